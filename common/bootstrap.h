@@ -1,0 +1,61 @@
+/* bootstrap: who am I, who are the others, and where do they listen.
+ *
+ * Two implementations behind one interface: MPI (mpirun; the only file that
+ * calls MPI) and local (every role a thread of one process, no MPI). Used
+ * only at start and end of a job: rank and size, endpoint exchange
+ * (allgather of short strings), barriers. Never on the data path. */
+#ifndef PSREC_COMMON_BOOTSTRAP_H
+#define PSREC_COMMON_BOOTSTRAP_H
+
+#include "common/err.h"
+#include "common/van.h"
+
+typedef struct cm_boot cm_boot;
+typedef struct cm_boot_group cm_boot_group;
+
+/* MPI: calls MPI_Init (once per process) and makes a van. NULL on failure. */
+cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err);
+
+/* Local: a group of `size` ranks living in one process, sharing one van. */
+cm_boot_group *cm_boot_group_new(int size, cm_error *err);
+void cm_boot_group_destroy(cm_boot_group **pg);
+
+/* The member of group g with the given rank; each thread makes its own. */
+cm_boot *cm_boot_local_new(cm_boot_group *g, int rank, cm_error *err);
+
+/* Frees (MPI: finalizes MPI after a last barrier). No-op on NULL. */
+void cm_boot_destroy(cm_boot **pb);
+
+int cm_boot_rank(const cm_boot *b);
+int cm_boot_size(const cm_boot *b);
+int cm_boot_is_mpi(const cm_boot *b);
+
+/* The van every socket of this rank should use (owned by the boot or its
+ * group). */
+cm_van *cm_boot_van(cm_boot *b);
+
+/* An endpoint this rank can bind for the given purpose ("data", "ctl"):
+ * "inproc://psrec-<group>-<rank>-<purpose>" locally, "tcp://0.0.0.0:*" under MPI.
+ * out has CM_ENDPOINT_MAX bytes. */
+void cm_boot_bind_endpoint(const cm_boot *b, const char *purpose, char *out);
+
+/* Turns the endpoint a bind resolved to into one other ranks can connect
+ * to: locally unchanged; under MPI "tcp://0.0.0.0:P" becomes
+ * "tcp://<this host's address>:P" (PSREC_HOST in the environment overrides
+ * the address; 127.0.0.1 when every rank runs on this host). */
+int cm_boot_advertise(const cm_boot *b, const char *bound, char *out, cm_error *err);
+
+/* Gathers one string (< CM_ENDPOINT_MAX bytes) from every rank:
+ * all[r * CM_ENDPOINT_MAX] holds rank r's. `all` has size*CM_ENDPOINT_MAX
+ * bytes. Collective: every rank must call it. */
+int cm_boot_allgather(cm_boot *b, const char *mine, char *all, cm_error *err);
+
+/* Collective barrier. */
+int cm_boot_barrier(cm_boot *b, cm_error *err);
+
+/* Aborts every rank of the job (MPI_Abort) after a fatal error so peers do
+ * not wait forever; locally a no-op returning CM_ESTATE. Only cluster/
+ * calls this. */
+int cm_boot_abort(cm_boot *b, int code);
+
+#endif

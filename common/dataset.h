@@ -1,0 +1,86 @@
+/* dataset: interaction data in and out.
+ *
+ * Reads ratings from text (`user item rating [timestamp]` separated by
+ * "::", tab, comma or spaces, with or without a CSV header line) or from
+ * psrec's binary columnar format (.psrd: a protobuf DatasetHeader and three
+ * mmap-able, checksummed columns; docs/formats.md). The format is detected
+ * from the file's first bytes. Numeric ids are kept as they are; other ids
+ * hash (xxh64, seed 0) to 64-bit keys.
+ *
+ * Bad text lines never crash and never vanish silently: each is counted,
+ * the first few are logged as "file:line: reason", and loading fails with
+ * CM_ETOOMANY once more than max_bad_lines were seen. */
+#ifndef PSREC_COMMON_DATASET_H
+#define PSREC_COMMON_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+#define CM_DATASET_MAGIC "PSRECDS1"
+
+/* A column-oriented set of ratings. The arrays may live in an mmap of a
+ * binary file or in heap memory; either way cm_ratings_free releases them. */
+typedef struct {
+    size_t n;                  /* number of rows */
+    const uint64_t *user;      /* n user keys */
+    const uint64_t *item;      /* n item keys */
+    const float *rating;       /* n ratings */
+    double noise_floor;        /* best achievable RMSE if known, else -1 */
+    size_t bad_lines;          /* malformed text lines skipped while loading */
+    void *owner_;              /* private: the memory or mapping behind it */
+} cm_ratings;
+
+typedef struct {
+    long max_bad_lines;        /* fail when more than this many; default 10 */
+    int verify_checksum;       /* binary: check column checksums; default 1 */
+    int log_bad_lines;         /* how many bad lines to log; default 5 */
+} cm_load_opts;
+
+cm_load_opts cm_load_opts_default(void);
+
+/* Loads text or binary `path` into *out (zeroed on failure). 0 or a CM_E*
+ * code with a message naming the file (and line for text). */
+int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
+                    cm_error *err);
+
+/* Makes an owned, heap copy of the given rows (arrays are copied). */
+int cm_ratings_from_arrays(const uint64_t *user, const uint64_t *item,
+                           const float *rating, size_t n, cm_ratings *out,
+                           cm_error *err);
+
+/* Releases what *r holds and zeroes it; no-op on a zeroed struct. */
+void cm_ratings_free(cm_ratings *r);
+
+/* Splits rows deterministically: each row goes to test with probability
+ * test_fraction, decided by a stream seeded with `seed`. Both outputs own
+ * their memory. */
+int cm_ratings_split(const cm_ratings *all, double test_fraction, uint64_t seed,
+                     cm_ratings *train, cm_ratings *test, cm_error *err);
+
+/* Writes rows as a binary .psrd file (temporary name, fsync, rename). */
+int cm_ratings_write_bin(const char *path, const cm_ratings *r, const char *source,
+                         cm_error *err);
+
+/* Writes rows as tab-separated text "user\titem\trating". */
+int cm_ratings_write_text(const char *path, const cm_ratings *r, cm_error *err);
+
+/* Streaming binary writer for data too large to hold twice (psrec gen at
+ * 10^8 rows): the row count is fixed up front, rows are appended in order,
+ * close writes the header with checksums and renames into place. */
+typedef struct cm_binwriter cm_binwriter;
+
+cm_binwriter *cm_binwriter_open(const char *path, size_t n_rows, cm_error *err);
+int cm_binwriter_append(cm_binwriter *w, const uint64_t *user, const uint64_t *item,
+                        const float *rating, size_t n, cm_error *err);
+/* Finishes (fails with CM_ESTATE unless exactly n_rows were appended). */
+int cm_binwriter_close(cm_binwriter *w, double noise_floor, const char *source,
+                       cm_error *err);
+/* Abandons a writer: removes the temporary file, frees; no-op on NULL. */
+void cm_binwriter_destroy(cm_binwriter **pw);
+
+/* Returns 1 if `path` starts with the binary magic, 0 if not, <0 on error. */
+int cm_dataset_is_binary(const char *path);
+
+#endif

@@ -1,0 +1,99 @@
+/* msg: psrec messages on top of the van.
+ *
+ * A message is multipart: [route...] header [keys] [values]. The header is
+ * a protobuf-c psrec.pb.Header (converted here to the plain cm_hdr); keys
+ * are raw little-endian u64, strictly ascending (sorted, unique) for PULL
+ * and PUSH; values are raw f32, n_keys * dim of them. Every received
+ * message is validated (frame count, sizes against n_keys and dim, key
+ * order, op) before anyone reads it; a bad one gives CM_EPROTO with the
+ * reason, and, when its header decoded, enough of it (route, req_id) to
+ * send an error reply. */
+#ifndef PSREC_COMMON_MSG_H
+#define PSREC_COMMON_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/van.h"
+
+typedef enum {
+    CM_OP_NONE = 0,
+    CM_OP_PULL = 1,
+    CM_OP_PUSH = 2,
+    CM_OP_REPLY = 3,
+    CM_OP_ERROR = 4,
+    CM_OP_HELLO = 10,
+    CM_OP_PLAN = 11,
+    CM_OP_EPOCH = 12,
+    CM_OP_EPOCH_DONE = 13,
+    CM_OP_EVAL = 14,
+    CM_OP_EVAL_DONE = 15,
+    CM_OP_PROGRESS = 16,
+    CM_OP_STOP = 17
+} cm_op;
+
+/* Flags on a PULL. */
+#define CM_PULL_NO_CREATE 1u   /* missing rows read as zeros, not created */
+
+#define CM_HDR_MAX_STATS 32
+#define CM_HDR_ERROR_MAX 256
+
+/* The plain form of the protobuf header. */
+typedef struct {
+    int op;                        /* cm_op */
+    uint32_t table;
+    uint64_t req_id;
+    uint64_t clock;
+    uint64_t n_keys;               /* keys in the keys frame */
+    uint32_t dim;                  /* values per key in the values frame */
+    int32_t status;                /* 0 or CM_E* on replies */
+    char error[CM_HDR_ERROR_MAX];  /* with OP_ERROR */
+    uint32_t flags;
+    uint32_t epoch;
+    int32_t sender;                /* rank of the sender */
+    size_t n_stats;
+    double stats[CM_HDR_MAX_STATS];
+    size_t n_slots;
+    uint32_t *slots;               /* PLAN: slot -> server; owned by whoever built the hdr */
+} cm_hdr;
+
+/* A received message. keys/vals point into the received frames (or an
+ * aligned copy when a frame was misaligned) and live until release. */
+typedef struct {
+    cm_hdr hdr;
+    const uint64_t *keys;          /* hdr.n_keys keys, or NULL */
+    const float *vals;             /* n_vals values, or NULL */
+    size_t n_vals;
+    const void *route;             /* ROUTER: identity of the sender */
+    size_t route_size;
+    cm_frames *frames_;            /* private */
+    void *copy_;                   /* private */
+} cm_msg;
+
+/* Zeroed header with op set. */
+cm_hdr cm_hdr_make(int op);
+
+/* Sends header (+ keys if n_keys > 0) (+ values if n_vals > 0). `route`
+ * is the ROUTER identity to address (NULL on a DEALER). hdr->n_keys is set
+ * from n_keys here. */
+int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals);
+
+/* Receives and validates one message (timeout_ms -1: forever).
+ * 0: *m is filled and must be released. CM_ETIMEDOUT: nothing came.
+ * CM_EPROTO: malformed; err says why; *m still holds what decoded (route,
+ * hdr.req_id, hdr.op) and must be released. */
+int cm_msg_recv(cm_sock *s, cm_msg *m, int timeout_ms, cm_error *err);
+
+/* Frees what *m holds; safe on a zeroed or released msg. */
+void cm_msg_release(cm_msg *m);
+
+/* Replies on a ROUTER to the sender of `req` with OP_ERROR, status and
+ * text (req_id echoed). */
+int cm_msg_reply_error(cm_sock *s, const cm_msg *req, int status, const char *text);
+
+/* Name of an op ("PULL"); "?" if unknown. */
+const char *cm_op_name(int op);
+
+#endif

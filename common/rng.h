@@ -1,0 +1,33 @@
+/* rng: a small, fast, seedable random stream (xoshiro256**, seeded through
+ * splitmix64). A plain value type: copy it to fork a stream, keep one per
+ * thread. Same seed, same sequence, on every platform. */
+#ifndef PSREC_COMMON_RNG_H
+#define PSREC_COMMON_RNG_H
+
+#include <stdint.h>
+
+typedef struct {
+    uint64_t s[4];
+    double spare;      /* second normal deviate of the last Box-Muller pair */
+    int has_spare;
+} cm_rng;
+
+/* Seeds from one 64-bit value (any value, 0 included). */
+void cm_rng_seed(cm_rng *r, uint64_t seed);
+
+/* Next 64 random bits. */
+uint64_t cm_rng_next(cm_rng *r);
+
+/* Uniform double in [0, 1). */
+double cm_rng_uniform(cm_rng *r);
+
+/* Uniform integer in [0, n); n > 0. Unbiased. */
+uint64_t cm_rng_below(cm_rng *r, uint64_t n);
+
+/* Standard normal deviate. */
+double cm_rng_normal(cm_rng *r);
+
+/* Shuffles idx[0..n) in place (Fisher-Yates). */
+void cm_rng_shuffle_u32(cm_rng *r, uint32_t *idx, uint64_t n);
+
+#endif

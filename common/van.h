@@ -1,0 +1,83 @@
+/* van: the transport under every psrec message (frames over ZeroMQ).
+ *
+ * A cm_van is a transport context, shared by all threads of a process (an
+ * inproc:// endpoint is only reachable inside the same van). A cm_sock is
+ * one socket, used by one thread only. Behind the functions is a small ops
+ * table; van_zmq.c is the only file that includes zmq.h, and a
+ * fault-injecting van wraps any van for tests (drops, delays or duplicates
+ * whole messages). */
+#ifndef PSREC_COMMON_VAN_H
+#define PSREC_COMMON_VAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+typedef struct cm_van cm_van;
+typedef struct cm_sock cm_sock;
+typedef struct cm_frames cm_frames;
+
+typedef enum { CM_SOCK_ROUTER = 0, CM_SOCK_DEALER = 1 } cm_sock_type;
+
+#define CM_ENDPOINT_MAX 256
+
+/* One frame to send: bytes the caller keeps alive until the send returns
+ * (sends copy small frames; the van may avoid copies for large ones only
+ * when it owns the buffer, see cm_sock_send_owned). */
+typedef struct {
+    const void *data;
+    size_t size;
+} cm_iov;
+
+/* New ZeroMQ van. NULL on failure with the reason in *err. */
+cm_van *cm_van_new(cm_error *err);
+
+typedef struct {
+    double drop;      /* probability a sent message is silently dropped */
+    double dup;       /* probability it is sent twice */
+    int delay_ms;     /* each send sleeps this long first */
+    uint64_t seed;
+} cm_fault_params;
+
+/* Wraps `inner` (not owned; destroy it after this one) so that sends are
+ * dropped, duplicated or delayed as the params say. For tests only. */
+cm_van *cm_van_fault_new(cm_van *inner, const cm_fault_params *p, cm_error *err);
+
+/* Frees the van and NULLs *pv; all its sockets must be destroyed first. */
+void cm_van_destroy(cm_van **pv);
+
+/* New socket of the given type. NULL on failure. */
+cm_sock *cm_sock_new(cm_van *van, cm_sock_type type, cm_error *err);
+
+void cm_sock_destroy(cm_sock **ps);
+
+cm_sock_type cm_sock_type_of(const cm_sock *s);
+
+/* Binds; `actual` (may be NULL, else CM_ENDPOINT_MAX bytes) receives the
+ * resolved endpoint, so a "tcp://0.0.0.0:*" bind becomes "tcp://0.0.0.0:45123". */
+int cm_sock_bind(cm_sock *s, const char *endpoint, char *actual);
+
+int cm_sock_connect(cm_sock *s, const char *endpoint);
+
+/* Sends one multipart message of n frames (copies the bytes). */
+int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n);
+
+/* Receives one multipart message, waiting up to timeout_ms (-1 forever).
+ * CM_ETIMEDOUT when nothing came. *out is owned by the caller. */
+int cm_sock_recv(cm_sock *s, cm_frames **out, int timeout_ms);
+
+/* Waits until one of socks[0..n) can receive; sets bit i of *ready for each
+ * that can. Returns 0 (ready may be 0 on timeout) or a CM_E* code. n <= 64. */
+int cm_sock_poll(cm_sock **socks, size_t n, int timeout_ms, uint64_t *ready);
+
+/* The last error text of this socket ("" if none). */
+const char *cm_sock_errmsg(const cm_sock *s);
+
+/* Received frames: count, bytes and size of frame i; destroy frees. */
+size_t cm_frames_count(const cm_frames *f);
+const void *cm_frames_data(const cm_frames *f, size_t i);
+size_t cm_frames_size(const cm_frames *f, size_t i);
+void cm_frames_destroy(cm_frames **pf);
+
+#endif

@@ -1,0 +1,34 @@
+/* server: a parameter server's request loop.
+ *
+ * Binds a ROUTER, then answers PULL (values of the requested rows), PUSH
+ * (apply gradients, ack) and STOP (reply with per-table stats, then return)
+ * in arrival order, which keeps a single worker's run deterministic. Every
+ * request is validated: a malformed one, an unknown table or a wrong dim
+ * gets an OP_ERROR reply and a log line; the server keeps serving. */
+#ifndef PSREC_PS_SERVER_H
+#define PSREC_PS_SERVER_H
+
+#include <stddef.h>
+
+#include "common/err.h"
+#include "common/van.h"
+#include "ps/table.h"
+
+typedef struct ps_server ps_server;
+
+/* Creates the tables and binds `endpoint` on `van`. */
+ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
+                         size_t n_tables, cm_error *err);
+void ps_server_destroy(ps_server **ps);
+
+/* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
+const char *ps_server_endpoint(const ps_server *s);
+
+/* Serves until STOP. The STOP reply carries stats: for each table, rows
+ * then bytes. 0, or a CM_E* code if the transport itself failed. */
+int ps_server_run(ps_server *s);
+
+/* Access for tests and the stats reply. */
+ps_table *ps_server_table(ps_server *s, size_t i);
+
+#endif

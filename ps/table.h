@@ -1,0 +1,47 @@
+/* table: one sharded parameter table on a server (key -> row).
+ *
+ * Rows live in a slab of 64-byte-aligned slots: dim weights then optimizer
+ * state. A row is created on first touch with a deterministic
+ * initialisation seeded by (table seed, key), so values never depend on
+ * the order in which keys arrive. One owning thread. */
+#ifndef PSREC_PS_TABLE_H
+#define PSREC_PS_TABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "ps/optim.h"
+
+typedef struct ps_table ps_table;
+
+typedef struct {
+    int dim;             /* weights per row */
+    int zero_prefix;     /* leading weights initialised to 0 (e.g. a bias) */
+    float init_std;      /* the others ~ N(0, init_std^2) from (seed, key) */
+    uint64_t seed;       /* table seed */
+    ps_optim optim;
+} ps_table_params;
+
+ps_table *ps_table_new(const ps_table_params *p, cm_error *err);
+void ps_table_destroy(ps_table **pt);
+
+/* Copies the weights of each key's row to out[i*dim ..]. create=1 makes
+ * missing rows; create=0 reads them as zeros and counts them in *n_missing
+ * (may be NULL). CM_ENOMEM if a row cannot be made. */
+int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
+                  size_t *n_missing);
+
+/* Applies grads[i*dim ..] to each key's row with the table's optimizer,
+ * creating missing rows first. */
+int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads);
+
+/* Writes the deterministic initial weights of `key` to out[0..dim). */
+void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out);
+
+int ps_table_dim(const ps_table *t);
+size_t ps_table_rows(const ps_table *t);
+/* Bytes held: slab, state and index. */
+size_t ps_table_bytes(const ps_table *t);
+
+#endif
