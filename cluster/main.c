@@ -1,1 +1,369 @@
-int main(int c, char **v) { (void)c; (void)v; return 0; }
+/* psrec: the one binary. `psrec train` runs a role (under mpirun) or a
+ * whole cluster (--local); `gen` and `convert` make data. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/run.h"
+#include "common/config.h"
+#include "common/dataset.h"
+#include "common/log.h"
+#include "common/synth.h"
+
+#define PSREC_VERSION "0.1.0"
+
+static void s_usage(FILE *f)
+{
+    fprintf(f,
+            "psrec %s: distributed parameter-server training for recommendation models\n"
+            "\n"
+            "usage: psrec COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  train [JOB.ini] [--key value ...]   train a model; run it under\n"
+            "        mpirun -np N (rank 0 scheduler, 1..S servers, the rest workers)\n"
+            "        or add --local to run every role as a thread of this process\n"
+            "  gen [options]                       write synthetic ratings with a known\n"
+            "                                      noise floor\n"
+            "  convert INPUT OUTPUT [options]      text ratings -> binary .psrd dataset\n"
+            "  help [COMMAND]                      this text, or a command's options\n"
+            "  version                             print the version\n"
+            "\n"
+            "`psrec COMMAND --help` lists a command's options.\n",
+            PSREC_VERSION);
+}
+
+/* -------------------------------------------------------------------------
+ * Small option tables for gen and convert (train uses the job key table).
+ * ----------------------------------------------------------------------- */
+
+typedef enum { S_U64, S_INT, S_DBL, S_STR, S_FMT } s_type;
+
+typedef struct {
+    const char *name;
+    s_type type;
+    void *ptr;
+    const char *help;
+} s_opt;
+
+static int s_parse_opt(const s_opt *o, const char *v, cm_error *err)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (o->type) {
+    case S_U64: {
+        if (v[0] == '-')
+            break;
+        double d = strtod(v, &end); /* accepts 1e8 */
+        if (errno || *end || d < 0 || d > 1.8e19 || d != (double)(unsigned long long)d)
+            break;
+        *(uint64_t *)o->ptr = (uint64_t)d;
+        return 0;
+    }
+    case S_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || *end || x < 0 || x > 1 << 20)
+            break;
+        *(int *)o->ptr = (int)x;
+        return 0;
+    }
+    case S_DBL: {
+        double d = strtod(v, &end);
+        if (errno || *end || d != d || d < 0 || d > 1e12)
+            break;
+        *(double *)o->ptr = d;
+        return 0;
+    }
+    case S_STR:
+        *(const char **)o->ptr = v;
+        return 0;
+    case S_FMT:
+        if (strcmp(v, "bin") == 0 || strcmp(v, "text") == 0) {
+            *(int *)o->ptr = strcmp(v, "text") == 0;
+            return 0;
+        }
+        break;
+    }
+    return cm_error_set(err, CM_EINVAL, "--%s: bad value '%s'", o->name, v);
+}
+
+/* Parses --name value / --name=value for opts; positionals go to pos[]. */
+static int s_parse(int argc, char **argv, const s_opt *opts, size_t n_opts, const char **pos,
+                   int max_pos, int *n_pos, int *help, cm_error *err)
+{
+    *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            *help = 1;
+            return 0;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            if (*n_pos >= max_pos)
+                return cm_error_set(err, CM_EINVAL, "unexpected argument '%s'", a);
+            pos[(*n_pos)++] = a;
+            continue;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const s_opt *o = NULL;
+        for (size_t k = 0; k < n_opts; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
+                o = &opts[k];
+        if (!o)
+            return cm_error_set(err, CM_EINVAL, "%s: unknown option (see --help)", a);
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v)
+            return cm_error_set(err, CM_EINVAL, "--%s needs a value", o->name);
+        int rc = s_parse_opt(o, v, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void s_print_opts(FILE *f, const s_opt *opts, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        fprintf(f, "  --%-16s %s\n", opts[k].name, opts[k].help);
+}
+
+/* -------------------------------------------------------------------------
+ * gen
+ * ----------------------------------------------------------------------- */
+
+static int s_gen(int argc, char **argv)
+{
+    cm_synth_params p = cm_synth_params_default();
+    const char *out = "synthetic";
+    const s_opt opts[] = {
+        {"out", S_STR, &out, "output prefix: writes PREFIX.train.psrd and PREFIX.test.psrd "
+                             "(default synthetic)"},
+        {"ratings", S_U64, &p.n_ratings, "ratings in all, train + test (default 100000; "
+                                         "1e8 is fine)"},
+        {"users", S_U64, &p.n_users, "number of users (default 943)"},
+        {"items", S_U64, &p.n_items, "number of items (default 1682)"},
+        {"rank", S_INT, &p.rank, "rank of the planted factors (default 8)"},
+        {"noise", S_DBL, &p.noise, "standard deviation of the rating noise (default 0.5)"},
+        {"zipf", S_DBL, &p.zipf, "item popularity exponent (default 0.9)"},
+        {"mean", S_DBL, &p.mean, "global mean rating (default 3.5)"},
+        {"test-fraction", S_DBL, &p.test_fraction, "share of rows held out (default 0.1)"},
+        {"seed", S_U64, &p.seed, "random seed (default 42)"},
+        {"format", S_FMT, &p.text, "bin (.psrd, default) or text (.tsv)"},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    const char *pos[1];
+    int n_pos = 0, help = 0;
+    cm_error err = {0};
+    if (s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos, &help, &err) != 0) {
+        fprintf(stderr, "psrec gen: %s\n", err.msg);
+        return 2;
+    }
+    if (help) {
+        printf("usage: psrec gen [options]\n\n"
+               "Writes synthetic explicit ratings: global mean + user and item biases +\n"
+               "a planted low-rank dot product + Gaussian noise, with Zipf-like item\n"
+               "popularity. Prints the noise floor: the best test RMSE any model can\n"
+               "reach on the held-out rows.\n\n");
+        s_print_opts(stdout, opts, n_opts);
+        return 0;
+    }
+    if (p.test_fraction > 1 || p.n_users == 0 || p.n_items == 0 || p.rank < 1) {
+        fprintf(stderr, "psrec gen: need users, items, rank >= 1 and test-fraction <= 1\n");
+        return 2;
+    }
+    cm_synth_report rep;
+    if (cm_synth_write(&p, out, &rep, &err) != 0) {
+        fprintf(stderr, "psrec gen: %s\n", err.msg);
+        return 1;
+    }
+    printf("wrote %s (%llu ratings) and %s (%llu ratings)\n"
+           "noise floor (best achievable test RMSE): %.4f\n",
+           rep.train_path, (unsigned long long)rep.n_train, rep.test_path,
+           (unsigned long long)rep.n_test, rep.noise_floor);
+    return 0;
+}
+
+/* -------------------------------------------------------------------------
+ * convert
+ * ----------------------------------------------------------------------- */
+
+/* "out.psrd" -> "out.train.psrd" (suffix before a .psrd extension). */
+static void s_with_suffix(const char *path, const char *suffix, char *out, size_t n)
+{
+    size_t len = strlen(path);
+    if (len > 5 && strcmp(path + len - 5, ".psrd") == 0)
+        snprintf(out, n, "%.*s.%s.psrd", (int)(len - 5), path, suffix);
+    else
+        snprintf(out, n, "%s.%s.psrd", path, suffix);
+}
+
+static int s_convert(int argc, char **argv)
+{
+    double test_fraction = 0;
+    uint64_t seed = 1, max_bad = 10;
+    const s_opt opts[] = {
+        {"test-fraction", S_DBL, &test_fraction,
+         "hold out this share of rows: writes OUTPUT's stem + .train.psrd and .test.psrd "
+         "(default 0: one file)"},
+        {"seed", S_U64, &seed, "seed of the split (default 1)"},
+        {"max-bad-lines", S_U64, &max_bad, "give up after this many malformed lines "
+                                           "(default 10)"},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    const char *pos[2];
+    int n_pos = 0, help = 0;
+    cm_error err = {0};
+    if (s_parse(argc, argv, opts, n_opts, pos, 2, &n_pos, &help, &err) != 0) {
+        fprintf(stderr, "psrec convert: %s\n", err.msg);
+        return 2;
+    }
+    if (help) {
+        printf("usage: psrec convert INPUT OUTPUT [options]\n\n"
+               "Reads ratings as text (`user item rating [timestamp]` separated by '::',\n"
+               "tabs, commas or spaces; a CSV header line is skipped) and writes psrec's\n"
+               "binary, mmap-able, checksummed dataset (.psrd).\n\n");
+        s_print_opts(stdout, opts, n_opts);
+        return 0;
+    }
+    if (n_pos != 2) {
+        fprintf(stderr, "psrec convert: need INPUT and OUTPUT (see --help)\n");
+        return 2;
+    }
+    if (test_fraction < 0 || test_fraction >= 1) {
+        fprintf(stderr, "psrec convert: --test-fraction must be in [0, 1)\n");
+        return 2;
+    }
+    cm_load_opts lo = cm_load_opts_default();
+    lo.max_bad_lines = (long)max_bad;
+    cm_ratings all = {0}, train = {0}, test = {0};
+    int rc = cm_ratings_load(pos[0], &lo, &all, &err);
+    if (rc == 0 && test_fraction == 0) {
+        rc = cm_ratings_write_bin(pos[1], &all, pos[0], &err);
+        if (rc == 0)
+            printf("wrote %s: %zu ratings (%zu malformed lines skipped)\n", pos[1], all.n,
+                   all.bad_lines);
+    } else if (rc == 0) {
+        char tp[4096], sp[4096];
+        s_with_suffix(pos[1], "train", tp, sizeof tp);
+        s_with_suffix(pos[1], "test", sp, sizeof sp);
+        rc = cm_ratings_split(&all, test_fraction, seed, &train, &test, &err);
+        if (rc == 0)
+            rc = cm_ratings_write_bin(tp, &train, pos[0], &err);
+        if (rc == 0)
+            rc = cm_ratings_write_bin(sp, &test, pos[0], &err);
+        if (rc == 0)
+            printf("wrote %s (%zu ratings) and %s (%zu ratings); %zu malformed lines "
+                   "skipped\n",
+                   tp, train.n, sp, test.n, all.bad_lines);
+    }
+    if (rc != 0)
+        fprintf(stderr, "psrec convert: %s\n", err.msg);
+    cm_ratings_free(&all);
+    cm_ratings_free(&train);
+    cm_ratings_free(&test);
+    return rc == 0 ? 0 : 1;
+}
+
+/* -------------------------------------------------------------------------
+ * train
+ * ----------------------------------------------------------------------- */
+
+/* The rank of this process if started by a launcher, else -1. */
+static int s_launcher_rank(void)
+{
+    const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return atoi(v);
+    }
+    return -1;
+}
+
+static int s_train(int argc, char **argv, int *pargc, char ***pargv)
+{
+    cm_job job = cm_job_default();
+    cm_error err = {0};
+    int help = 0;
+    const int lrank = s_launcher_rank();
+    if (cm_job_parse_args(&job, argc, argv, &help, &err) != 0) {
+        if (lrank <= 0)
+            fprintf(stderr, "psrec train: %s\n", err.msg);
+        return 2;
+    }
+    if (help) {
+        if (lrank <= 0) {
+            printf("usage: psrec train [JOB.ini] [--key value ...] [--local]\n\n"
+                   "  mpirun -np N psrec train job.ini   rank 0 schedules, ranks 1..servers\n"
+                   "                                     serve parameters, the rest work\n"
+                   "  psrec train job.ini --local        the same roles as threads, no MPI\n\n"
+                   "Every key can be set in the job file (key = value) or on the command\n"
+                   "line (--key value); the command line wins.\n\n");
+            cm_job_print_help(stdout, 0);
+        }
+        return 0;
+    }
+    if (cm_job_validate(&job, &err) != 0) {
+        if (lrank <= 0)
+            fprintf(stderr, "psrec train: %s\n", err.msg);
+        return 2;
+    }
+    cm_log_set_level(job.log_level);
+    cm_log_set_identity("psrec", -1);
+    if (job.local) {
+        sch_result res;
+        if (cl_run_local(&job, stdout, &res, &err) != 0) {
+            fprintf(stderr, "psrec train: error: %s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
+    if (lrank < 0 && !getenv("PSREC_ALLOW_SINGLETON")) {
+        fprintf(stderr,
+                "psrec train: not started by mpirun; run `mpirun -np %d psrec train ...` "
+                "(1 scheduler, %d server%s, workers) or add --local\n",
+                job.servers + 3, job.servers, job.servers == 1 ? "" : "s");
+        return 2;
+    }
+    return cl_run_mpi(&job, pargc, pargv);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        s_usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        if (argc > 2 && strcmp(cmd, "help") == 0) {
+            char *sub[] = {argv[2], "--help", NULL};
+            argv = sub;
+            argc = 2;
+            cmd = argv[0];
+            if (strcmp(cmd, "train") == 0)
+                return s_train(argc, argv, &argc, &argv);
+            if (strcmp(cmd, "gen") == 0)
+                return s_gen(argc, argv);
+            if (strcmp(cmd, "convert") == 0)
+                return s_convert(argc, argv);
+        }
+        s_usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("psrec %s\n", PSREC_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "train") == 0)
+        return s_train(argc - 1, argv + 1, &argc, &argv);
+    if (strcmp(cmd, "gen") == 0)
+        return s_gen(argc - 1, argv + 1);
+    if (strcmp(cmd, "convert") == 0)
+        return s_convert(argc - 1, argv + 1);
+    fprintf(stderr, "psrec: unknown command '%s'\n\n", cmd);
+    s_usage(stderr);
+    return 2;
+}

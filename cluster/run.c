@@ -1,1 +1,246 @@
-/* placeholder */
+#include "cluster/run.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bootstrap.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "ps/server.h"
+#include "worker/models/model.h"
+#include "worker/worker.h"
+
+/* Marks a rank whose setup failed, in place of its endpoint, so every rank
+ * learns of it from the one allgather and gives up together. */
+#define S_FAILED "!"
+
+int cl_preflight(const cm_job *job, int n_ranks, cm_error *err)
+{
+    int rc = cm_job_validate(job, err);
+    if (rc != 0)
+        return rc;
+    if (n_ranks < job->servers + 2)
+        return cm_error_set(err, CM_ECONFIG,
+                            "%d ranks cannot run servers = %d: a job needs 1 scheduler, %d "
+                            "server%s and at least 1 worker, so at least %d ranks "
+                            "(mpirun -np %d, or --local)",
+                            n_ranks, job->servers, job->servers, job->servers == 1 ? "" : "s",
+                            job->servers + 2, job->servers + 2);
+    return 0;
+}
+
+/* A worker's inputs must be readable where it runs (hosts may differ). */
+static int s_check_files(const cm_job *job, cm_error *err)
+{
+    const char *paths[2] = {job->train, job->test};
+    for (int i = 0; i < 2; i++) {
+        if (!paths[i][0])
+            continue;
+        FILE *f = fopen(paths[i], "rb");
+        if (!f)
+            return cm_error_set(err, CM_EIO, "%s: cannot read the %s data: %s", paths[i],
+                                i ? "test" : "training", strerror(errno));
+        fclose(f);
+    }
+    return 0;
+}
+
+/* Table parameters of the job's model. */
+static int s_tables(const cm_job *job, ps_table_params *tp, size_t *n, cm_error *err)
+{
+    const wk_model_ops *model = wk_model_find(job->model);
+    if (!model)
+        return cm_error_set(err, CM_ECONFIG, "unknown model '%s'", job->model);
+    for (size_t t = 0; t < model->n_tables; t++)
+        model->table_params(job, t, &tp[t]);
+    *n = model->n_tables;
+    return 0;
+}
+
+/* One rank's whole life, the same under MPI and locally. *loud is set when
+ * this rank should print its error itself (the scheduler reports the
+ * failures of workers that told it). */
+static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int *loud,
+                  cm_error *err)
+{
+    const int rank = cm_boot_rank(b), size = cm_boot_size(b);
+    const int n_servers = job->servers, n_workers = size - 1 - n_servers;
+    cm_van *van = cm_boot_van(b);
+    cm_sock *ctl = NULL;
+    ps_server *srv = NULL;
+    char *all = NULL;
+    char bind_ep[CM_ENDPOINT_MAX], mine[CM_ENDPOINT_MAX] = "";
+    cm_error setup = {0};
+    int rc = 0;
+
+    if (rank == 0) {
+        cm_log_set_identity("sch", rank);
+        char bound[CM_ENDPOINT_MAX];
+        cm_boot_bind_endpoint(b, "ctl", bind_ep);
+        ctl = cm_sock_new(van, CM_SOCK_ROUTER, &setup);
+        if (ctl && cm_sock_bind(ctl, bind_ep, bound) != 0)
+            cm_error_set(&setup, CM_EIO, "scheduler: cannot bind %s: %s", bind_ep,
+                         cm_sock_errmsg(ctl));
+        if (!setup.code)
+            cm_boot_advertise(b, bound, mine, &setup);
+    } else if (rank <= n_servers) {
+        cm_log_set_identity("ps", rank);
+        ps_table_params tp[WK_MAX_TABLES];
+        size_t n_tables = 0;
+        cm_boot_bind_endpoint(b, "data", bind_ep);
+        if (s_tables(job, tp, &n_tables, &setup) == 0 &&
+            (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL)
+            cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
+    } else {
+        cm_log_set_identity("wk", rank);
+        s_check_files(job, &setup);
+    }
+    *loud = rank == 0 || rank <= n_servers || setup.code != 0;
+    if (setup.code)
+        snprintf(mine, sizeof mine, S_FAILED "%.200s", setup.msg);
+
+    all = malloc((size_t)size * CM_ENDPOINT_MAX);
+    if (!all) {
+        rc = cm_error_set(err, CM_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = cm_boot_allgather(b, mine, all, err)) != 0)
+        goto out;
+    for (int r = 0; r < size; r++) {
+        const char *ep = all + (size_t)r * CM_ENDPOINT_MAX;
+        if (ep[0] != S_FAILED[0])
+            continue;
+        if (setup.code)
+            rc = cm_error_set(err, setup.code, "%s", setup.msg);
+        else
+            rc = cm_error_set(err, CM_ESTATE, "rank %d could not start: %s", r, ep + 1);
+        goto out;
+    }
+
+    const char *server_eps[1024];
+    for (int i = 0; i < n_servers; i++)
+        server_eps[i] = all + (size_t)(i + 1) * CM_ENDPOINT_MAX;
+
+    if (rank == 0) {
+        sch_params sp = {
+            .job = job, .van = van, .ctl = ctl,
+            .n_workers = (uint32_t)n_workers, .n_servers = (uint32_t)n_servers,
+            .server_eps = server_eps, .out = out,
+        };
+        rc = sch_run(&sp, res, err);
+    } else if (rank <= n_servers) {
+        rc = ps_server_run(srv);
+        if (rc != 0)
+            cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
+    } else {
+        wk_params wp = {
+            .job = job, .van = van, .rank = rank,
+            .index = (uint32_t)(rank - 1 - n_servers), .n_workers = (uint32_t)n_workers,
+            .sched_ep = all, .n_servers = (uint32_t)n_servers, .server_eps = server_eps,
+        };
+        rc = wk_run(&wp, err);
+    }
+out:
+    ps_server_destroy(&srv);
+    cm_sock_destroy(&ctl);
+    free(all);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------
+ * Local: every rank a thread
+ * ------------------------------------------------------------------- */
+
+typedef struct {
+    cm_boot_group *group;
+    int rank;
+    const cm_job *job;
+    FILE *out;
+    sch_result *res;
+    cm_error err;
+    int rc;
+} s_thread;
+
+static void *s_thread_main(void *arg)
+{
+    s_thread *t = arg;
+    cm_boot *b = cm_boot_local_new(t->group, t->rank, &t->err);
+    if (!b) {
+        t->rc = t->err.code ? t->err.code : CM_ESTATE;
+        return NULL;
+    }
+    int loud = 0;
+    t->rc = s_role(b, t->job, t->out, t->res, &loud, &t->err);
+    cm_boot_destroy(&b);
+    return NULL;
+}
+
+int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
+{
+    const int size = 1 + job->servers + job->workers;
+    int rc = cl_preflight(job, size, err);
+    if (rc != 0)
+        return rc;
+    cm_boot_group *g = cm_boot_group_new(size, err);
+    if (!g)
+        return err ? err->code : CM_ENOMEM;
+    s_thread *th = calloc((size_t)size, sizeof *th);
+    pthread_t *tid = calloc((size_t)size, sizeof *tid);
+    if (!th || !tid) {
+        rc = cm_error_set(err, CM_ENOMEM, "out of memory");
+        goto out;
+    }
+    int started = 0;
+    for (int r = 0; r < size; r++) {
+        th[r] = (s_thread){.group = g, .rank = r, .job = job, .out = out, .res = res};
+        if (pthread_create(&tid[r], NULL, s_thread_main, &th[r]) != 0) {
+            /* the started threads would wait for the missing ones forever */
+            rc = cm_error_set(err, CM_ENOMEM, "cannot start thread %d of %d", r, size);
+            fprintf(stderr, "psrec: fatal: %s\n", err ? err->msg : "");
+            abort();
+        }
+        started++;
+    }
+    for (int r = 0; r < started; r++)
+        pthread_join(tid[r], NULL);
+    /* the scheduler's verdict first: it names the worker that failed */
+    for (int r = 0; r < size && rc == 0; r++)
+        if (th[r].rc != 0)
+            rc = cm_error_set(err, th[r].rc, "%s", th[r].err.msg);
+out:
+    free(th);
+    free(tid);
+    cm_boot_group_destroy(&g);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------
+ * MPI: this process is one rank
+ * ------------------------------------------------------------------- */
+
+int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
+{
+    cm_error err = {0};
+    cm_boot *b = cm_boot_mpi_new(argc, argv, &err);
+    if (!b) {
+        fprintf(stderr, "psrec: error: %s\n", err.msg);
+        return 1;
+    }
+    const int rank = cm_boot_rank(b);
+    int rc = cl_preflight(job, cm_boot_size(b), &err);
+    /* a preflight error is the same on every rank: rank 0 says it */
+    int loud = rank == 0;
+    if (rc == 0) {
+        sch_result res;
+        rc = s_role(b, job, stdout, &res, &loud, &err);
+    }
+    if (rc != 0 && loud)
+        fprintf(stderr, "psrec: error: %s\n", err.msg);
+    cm_error be = {0};
+    if (cm_boot_barrier(b, &be) != 0)
+        fprintf(stderr, "psrec: %s\n", be.msg);
+    cm_boot_destroy(&b);
+    return rc == 0 ? 0 : 1;
+}

@@ -33,7 +33,8 @@ typedef struct {
 } cm_ratings;
 
 typedef struct {
-    long max_bad_lines;        /* fail when more than this many; default 10 */
+    long max_bad_lines;        /* fail when more than this many; default 10;
+                                  negative: no limit */
     int verify_checksum;       /* binary: check column checksums; default 1 */
     int log_bad_lines;         /* how many bad lines to log; default 5 */
 } cm_load_opts;
@@ -63,7 +64,9 @@ int cm_ratings_split(const cm_ratings *all, double test_fraction, uint64_t seed,
 int cm_ratings_write_bin(const char *path, const cm_ratings *r, const char *source,
                          cm_error *err);
 
-/* Writes rows as tab-separated text "user\titem\trating". */
+/* Writes rows as tab-separated text "user\titem\trating" (temporary name,
+ * fsync, rename). Ratings print as the shortest decimal that reads back as
+ * the same float. A noise_floor >= 0 is kept as a trailing comment line. */
 int cm_ratings_write_text(const char *path, const cm_ratings *r, cm_error *err);
 
 /* Streaming binary writer for data too large to hold twice (psrec gen at
@@ -71,14 +74,33 @@ int cm_ratings_write_text(const char *path, const cm_ratings *r, cm_error *err);
  * close writes the header with checksums and renames into place. */
 typedef struct cm_binwriter cm_binwriter;
 
+/* Creates "<path>.tmp.<pid>" sized for n_rows. NULL on failure (err says
+ * why). */
 cm_binwriter *cm_binwriter_open(const char *path, size_t n_rows, cm_error *err);
+/* Appends rows (buffered; written in chunks). CM_ESTATE past n_rows, CM_EIO
+ * on a failed write. */
 int cm_binwriter_append(cm_binwriter *w, const uint64_t *user, const uint64_t *item,
                         const float *rating, size_t n, cm_error *err);
-/* Finishes (fails with CM_ESTATE unless exactly n_rows were appended). */
+/* Finishes (fails with CM_ESTATE unless exactly n_rows were appended):
+ * writes the header, fsyncs, renames into place. Always frees w, like
+ * fclose; on failure the temporary file is removed. Do not call destroy
+ * after close. */
 int cm_binwriter_close(cm_binwriter *w, double noise_floor, const char *source,
                        cm_error *err);
 /* Abandons a writer: removes the temporary file, frees; no-op on NULL. */
 void cm_binwriter_destroy(cm_binwriter **pw);
+
+/* Streaming text writer, same lines as cm_ratings_write_text, for output
+ * too large to hold (psrec gen --text). Same life cycle as cm_binwriter:
+ * close appends "#psrec noise_floor=<x>" when noise_floor >= 0 (the text
+ * loader reads it back), fsyncs, renames into place and frees w. */
+typedef struct cm_textwriter cm_textwriter;
+
+cm_textwriter *cm_textwriter_open(const char *path, cm_error *err);
+int cm_textwriter_append(cm_textwriter *w, const uint64_t *user, const uint64_t *item,
+                         const float *rating, size_t n, cm_error *err);
+int cm_textwriter_close(cm_textwriter *w, double noise_floor, cm_error *err);
+void cm_textwriter_destroy(cm_textwriter **pw);
 
 /* Returns 1 if `path` starts with the binary magic, 0 if not, <0 on error. */
 int cm_dataset_is_binary(const char *path);

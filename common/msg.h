@@ -1,13 +1,28 @@
 /* msg: psrec messages on top of the van.
  *
- * A message is multipart: [route...] header [keys] [values]. The header is
- * a protobuf-c psrec.pb.Header (converted here to the plain cm_hdr); keys
- * are raw little-endian u64, strictly ascending (sorted, unique) for PULL
- * and PUSH; values are raw f32, n_keys * dim of them. Every received
- * message is validated (frame count, sizes against n_keys and dim, key
- * order, op) before anyone reads it; a bad one gives CM_EPROTO with the
- * reason, and, when its header decoded, enough of it (route, req_id) to
- * send an error reply. */
+ * A message is multipart (docs/protocol.md has the full rules):
+ *
+ *   [route]  header  [keys]  [values]
+ *
+ *   route   only on a ROUTER: the peer's identity (one frame); a DEALER
+ *           neither sends nor receives it.
+ *   header  a protobuf-c psrec.pb.Header (converted here to the plain
+ *           cm_hdr). Always present.
+ *   keys    raw little-endian u64, hdr.n_keys of them; strictly ascending
+ *           (sorted, unique) for PULL and PUSH. Sent when there are keys,
+ *           and sent EMPTY when there are values but no keys ("keys
+ *           implied": the rows of a PULL reply come in the order asked for,
+ *           or one dense row such as a stats vector).
+ *   values  raw f32, hdr.n_keys * hdr.dim of them; sent only when there
+ *           are values.
+ *
+ * So after the route there are 1 (header), 2 (header, keys) or 3 (header,
+ * keys or empty, values) frames, and whenever values are present
+ * n_values == hdr.n_keys * hdr.dim, hdr.n_keys counting rows whether or not
+ * their keys travel. Every received message is validated (frame count,
+ * sizes against n_keys and dim, key order, op) before anyone reads it; a
+ * bad one gives CM_EPROTO with the reason, and, when its header decoded,
+ * enough of it (route, req_id, op) to send an error reply. */
 #ifndef PSREC_COMMON_MSG_H
 #define PSREC_COMMON_MSG_H
 
@@ -75,12 +90,18 @@ typedef struct {
 cm_hdr cm_hdr_make(int op);
 
 /* Sends header (+ keys if n_keys > 0) (+ values if n_vals > 0). `route`
- * is the ROUTER identity to address (NULL on a DEALER). hdr->n_keys is set
- * from n_keys here. */
+ * is the ROUTER identity to address (ignored on a DEALER). hdr->n_keys is
+ * set from n_keys here, or, with values but no keys, to the number of rows
+ * n_vals / dim. A zero hdr->dim is derived: n_vals / n_keys, or n_vals (one
+ * row) without keys. Refuses with CM_EINVAL (reason in cm_sock_errmsg)
+ * what the receiver would reject: values that are not whole rows, PULL or
+ * PUSH without keys or with keys out of order, PULL with values, PUSH
+ * without, a ROUTER send without a route. */
 int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
                 const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals);
 
-/* Receives and validates one message (timeout_ms -1: forever).
+/* Receives and validates one message (timeout_ms -1: forever). *m is
+ * overwritten (release a previous message first).
  * 0: *m is filled and must be released. CM_ETIMEDOUT: nothing came.
  * CM_EPROTO: malformed; err says why; *m still holds what decoded (route,
  * hdr.req_id, hdr.op) and must be released. */
@@ -90,7 +111,8 @@ int cm_msg_recv(cm_sock *s, cm_msg *m, int timeout_ms, cm_error *err);
 void cm_msg_release(cm_msg *m);
 
 /* Replies on a ROUTER to the sender of `req` with OP_ERROR, status and
- * text (req_id echoed). */
+ * text (req_id, table and clock echoed; NULL text: cm_strerror(status)).
+ * Works on a message that cm_msg_recv rejected with CM_EPROTO. */
 int cm_msg_reply_error(cm_sock *s, const cm_msg *req, int status, const char *text);
 
 /* Name of an op ("PULL"); "?" if unknown. */

@@ -25,7 +25,9 @@ typedef struct {
     double mean;             /* global mean; default 3.5 */
     double user_bias_sd;     /* default 0.4 */
     double item_bias_sd;     /* default 0.4 */
-    double factor_sd;        /* sd of each planted factor entry; default 0.6/sqrt(rank)*... see .c */
+    double factor_sd;        /* sd of each planted factor entry; <= 0 (the
+                                default): automatic, sqrt(0.6 / sqrt(rank)),
+                                so that <p_u, q_i> has sd 0.6 */
     double test_fraction;    /* share of rows written to the test file; default 0.1 */
     uint64_t seed;           /* default 42 */
     int text;                /* 1: write TSV text instead of .psrd binary */
@@ -35,13 +37,16 @@ cm_synth_params cm_synth_params_default(void);
 
 typedef struct {
     uint64_t n_train, n_test;
-    double noise_floor;      /* RMSE of the noiseless ratings on the test rows */
+    double noise_floor;      /* RMSE of the noiseless ratings on the test rows
+                                (on the train rows when there are no test rows) */
     char train_path[4096];
     char test_path[4096];
 } cm_synth_report;
 
-/* Writes <prefix>.train.psrd and <prefix>.test.psrd (or .tsv with text).
- * 0 or a CM_E* code with a message. */
+/* Writes <prefix>.train.psrd and <prefix>.test.psrd (or .tsv with text;
+ * text files end with a "#psrec noise_floor=<x>" comment line). Same
+ * params and seed, same files. rep may be NULL. 0 or a CM_E* code with a
+ * message. */
 int cm_synth_write(const cm_synth_params *p, const char *prefix,
                    cm_synth_report *rep, cm_error *err);
 

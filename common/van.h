@@ -47,6 +47,12 @@ cm_van *cm_van_fault_new(cm_van *inner, const cm_fault_params *p, cm_error *err)
 /* Frees the van and NULLs *pv; all its sockets must be destroyed first. */
 void cm_van_destroy(cm_van **pv);
 
+/* Wakes every thread blocked in a recv/poll/send on this van's sockets and
+ * makes those calls, and all later ones, return CM_ECLOSED. The sockets
+ * must still be destroyed (by their threads), then the van. Any thread.
+ * For a fault van this shuts the inner van down. */
+void cm_van_shutdown(cm_van *van);
+
 /* New socket of the given type. NULL on failure. */
 cm_sock *cm_sock_new(cm_van *van, cm_sock_type type, cm_error *err);
 
@@ -59,6 +65,11 @@ cm_sock_type cm_sock_type_of(const cm_sock *s);
 int cm_sock_bind(cm_sock *s, const char *endpoint, char *actual);
 
 int cm_sock_connect(cm_sock *s, const char *endpoint);
+
+/* Sets the identity a DEALER presents to the ROUTERs it connects to (the
+ * route they receive), 1..255 bytes, first byte not 0. Call before
+ * connect; without it ZeroMQ makes one up. */
+int cm_sock_set_identity(cm_sock *s, const void *id, size_t size);
 
 /* Sends one multipart message of n frames (copies the bytes). */
 int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n);

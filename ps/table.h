@@ -44,4 +44,14 @@ size_t ps_table_rows(const ps_table *t);
 /* Bytes held: slab, state and index. */
 size_t ps_table_bytes(const ps_table *t);
 
+/* The row of `key` (dim weights then optimizer state), or NULL if it does
+ * not exist. 64-byte aligned; valid until the table next creates a row or
+ * is destroyed (rows never move today, but do not rely on it). */
+const float *ps_table_find(const ps_table *t, uint64_t key);
+
+/* Iterates the rows (checkpoints, stats): start with *pos = 0; returns 1
+ * and fills key and row while rows remain, 0 at the end. Order is
+ * unspecified; the table must not change during the iteration. */
+int ps_table_next(const ps_table *t, size_t *pos, uint64_t *key, const float **row);
+
 #endif

@@ -1,1 +1,338 @@
-/* placeholder until the worker lands */
+#include "worker/kv.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "common/slots.h"
+
+/* One request in flight: which caller request it serves and where its
+ * rows go. Pull requests of one wk_kv_pull call get consecutive ids. */
+typedef struct {
+    size_t req;       /* index into the caller's wk_pull array */
+    size_t off;       /* first entry in kv->pos for this request */
+    size_t count;     /* keys in this request */
+    int done;
+} s_pending;
+
+struct wk_kv {
+    cm_sock **socks;        /* one DEALER per server */
+    uint32_t n_servers;
+    uint32_t *slot_map;     /* slot -> server */
+    uint32_t n_slots;
+    int *dims;              /* per table */
+    uint32_t n_tables;
+    int rank;
+    int timeout_ms;
+    uint64_t next_req;      /* next request id */
+    size_t pushes_pending;  /* pushes sent and not yet acknowledged */
+    /* scratch reused across calls (grown, never shrunk) */
+    uint32_t *server_of;    /* per key of a call: its server */
+    uint64_t *keys;         /* keys grouped by (request, server) */
+    uint32_t *pos;          /* for each grouped key, its index in the request */
+    float *vals;            /* push: gradients grouped by server */
+    size_t cap_keys, cap_vals;
+    s_pending *pending;
+    size_t cap_pending;
+    size_t *seg_count;      /* per server counts (n_servers + 1) */
+    wk_kv_counters counters;
+};
+
+static int s_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 1024;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, n * elem);
+    if (!q)
+        return CM_ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* Makes room for n keys in the three per-key scratch arrays. */
+static int s_reserve_keys(wk_kv *kv, size_t n)
+{
+    if (n <= kv->cap_keys)
+        return 0;
+    size_t cap = kv->cap_keys;
+    if (s_grow((void **)&kv->keys, &cap, n, sizeof *kv->keys) != 0)
+        return CM_ENOMEM;
+    uint32_t *pos = realloc(kv->pos, cap * sizeof *pos);
+    if (!pos)
+        return CM_ENOMEM;
+    kv->pos = pos;
+    uint32_t *so = realloc(kv->server_of, cap * sizeof *so);
+    if (!so)
+        return CM_ENOMEM;
+    kv->server_of = so;
+    kv->cap_keys = cap;
+    return 0;
+}
+
+wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
+{
+    wk_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) {
+        cm_error_set(err, CM_ENOMEM, "kv: out of memory");
+        return NULL;
+    }
+    kv->n_servers = p->n_servers;
+    kv->n_slots = p->n_slots;
+    kv->n_tables = p->n_tables;
+    kv->rank = p->rank;
+    kv->timeout_ms = p->timeout_ms;
+    kv->next_req = 1;
+    kv->socks = calloc(p->n_servers, sizeof *kv->socks);
+    kv->slot_map = malloc(p->n_slots * sizeof *kv->slot_map);
+    kv->dims = malloc(p->n_tables * sizeof *kv->dims);
+    kv->seg_count = calloc(p->n_servers + 1, sizeof *kv->seg_count);
+    if (!kv->socks || !kv->slot_map || !kv->dims || !kv->seg_count) {
+        cm_error_set(err, CM_ENOMEM, "kv: out of memory");
+        goto fail;
+    }
+    memcpy(kv->slot_map, p->slot_map, p->n_slots * sizeof *kv->slot_map);
+    memcpy(kv->dims, p->dims, p->n_tables * sizeof *kv->dims);
+    for (uint32_t s = 0; s < p->n_slots; s++)
+        if (kv->slot_map[s] >= p->n_servers) {
+            cm_error_set(err, CM_EINVAL, "kv: slot %u maps to server %u of %u", s,
+                         kv->slot_map[s], p->n_servers);
+            goto fail;
+        }
+    for (uint32_t i = 0; i < p->n_servers; i++) {
+        kv->socks[i] = cm_sock_new(van, CM_SOCK_DEALER, err);
+        if (!kv->socks[i])
+            goto fail;
+        if (cm_sock_connect(kv->socks[i], p->server_eps[i]) != 0) {
+            cm_error_set(err, CM_EIO, "kv: cannot connect to server %u at %s: %s", i,
+                         p->server_eps[i], cm_sock_errmsg(kv->socks[i]));
+            goto fail;
+        }
+    }
+    return kv;
+fail:
+    wk_kv_destroy(&kv);
+    return NULL;
+}
+
+void wk_kv_destroy(wk_kv **pkv)
+{
+    if (!pkv || !*pkv)
+        return;
+    wk_kv *kv = *pkv;
+    if (kv->socks)
+        for (uint32_t i = 0; i < kv->n_servers; i++)
+            cm_sock_destroy(&kv->socks[i]);
+    free(kv->socks);
+    free(kv->slot_map);
+    free(kv->dims);
+    free(kv->server_of);
+    free(kv->keys);
+    free(kv->pos);
+    free(kv->vals);
+    free(kv->pending);
+    free(kv->seg_count);
+    free(kv);
+    *pkv = NULL;
+}
+
+/* Receives one reply from any server and accounts for it: a push ack
+ * lowers pushes_pending; a pull reply in [base, base + n_pending) is
+ * scattered into its caller's output. */
+static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *pending,
+                      size_t n_pending, size_t *n_done, cm_error *err)
+{
+    uint64_t ready = 0;
+    int rc = cm_sock_poll(kv->socks, kv->n_servers, kv->timeout_ms, &ready);
+    if (rc != 0)
+        return cm_error_set(err, rc, "kv: poll failed: %s", cm_strerror(rc));
+    if (!ready)
+        return cm_error_set(err, CM_ETIMEDOUT,
+                            "kv: no reply from the servers within %d ms", kv->timeout_ms);
+    for (uint32_t s = 0; s < kv->n_servers; s++) {
+        if (!(ready & (1ULL << s)))
+            continue;
+        cm_msg m = {0};
+        rc = cm_msg_recv(kv->socks[s], &m, 0, err);
+        if (rc == CM_ETIMEDOUT)
+            continue;
+        if (rc != 0) {
+            cm_error_prefix(err, "kv: bad reply from server %u", s);
+            cm_msg_release(&m);
+            return rc;
+        }
+        kv->counters.bytes_in += m.n_vals * sizeof(float);
+        if (m.hdr.op == CM_OP_ERROR) {
+            rc = cm_error_set(err, CM_EREMOTE, "server %u refused request %llu: %s", s,
+                              (unsigned long long)m.hdr.req_id, m.hdr.error);
+            cm_msg_release(&m);
+            return rc;
+        }
+        if (m.hdr.op != CM_OP_REPLY) {
+            rc = cm_error_set(err, CM_EPROTO, "kv: server %u sent unexpected %s", s,
+                              cm_op_name(m.hdr.op));
+            cm_msg_release(&m);
+            return rc;
+        }
+        uint64_t id = m.hdr.req_id;
+        if (id >= base && id < base + n_pending) {
+            s_pending *pd = &pending[id - base];
+            const wk_pull *r = &reqs[pd->req];
+            size_t dim = (size_t)kv->dims[r->table];
+            if (pd->done || m.n_vals != pd->count * dim) {
+                rc = cm_error_set(err, CM_EPROTO,
+                                  "kv: server %u answered request %llu with %zu values, "
+                                  "expected %zu",
+                                  s, (unsigned long long)id, m.n_vals, pd->count * dim);
+                cm_msg_release(&m);
+                return rc;
+            }
+            const uint32_t *pos = kv->pos + pd->off;
+            for (size_t j = 0; j < pd->count; j++)
+                memcpy(r->out + (size_t)pos[j] * dim, m.vals + j * dim, dim * sizeof(float));
+            pd->done = 1;
+            (*n_done)++;
+        } else if (kv->pushes_pending > 0 && m.n_vals == 0) {
+            kv->pushes_pending--;
+        } else {
+            rc = cm_error_set(err, CM_EPROTO, "kv: server %u sent an unexpected reply %llu",
+                              s, (unsigned long long)id);
+            cm_msg_release(&m);
+            return rc;
+        }
+        cm_msg_release(&m);
+    }
+    return 0;
+}
+
+/* Groups the keys of one request by server (counting sort, stable, so each
+ * group stays sorted). Fills kv->keys/pos from `at` and seg_count[s] with
+ * the start of server s's group (seg_count[n_servers] = end). */
+static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, size_t at)
+{
+    size_t *start = kv->seg_count;
+    memset(start, 0, (kv->n_servers + 1) * sizeof *start);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t s = kv->slot_map[cm_slot_of(keys[i], table, kv->n_slots)];
+        kv->server_of[i] = s;
+        start[s + 1]++;
+    }
+    for (uint32_t s = 0; s < kv->n_servers; s++)
+        start[s + 1] += start[s];
+    /* fill using a running cursor per server, then restore starts */
+    for (size_t i = 0; i < n; i++) {
+        size_t slot = at + start[kv->server_of[i]]++;
+        kv->keys[slot] = keys[i];
+        kv->pos[slot] = (uint32_t)i;
+    }
+    for (uint32_t s = kv->n_servers; s > 0; s--)
+        start[s] = start[s - 1];
+    start[0] = 0;
+}
+
+int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
+{
+    size_t total = 0;
+    for (size_t r = 0; r < n; r++) {
+        if (reqs[r].table >= kv->n_tables)
+            return cm_error_set(err, CM_EINVAL, "kv: no table %u", reqs[r].table);
+        total += reqs[r].n;
+    }
+    if (s_reserve_keys(kv, total) != 0)
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", total);
+    size_t need_pending = n * kv->n_servers;
+    if (s_grow((void **)&kv->pending, &kv->cap_pending, need_pending, sizeof *kv->pending))
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory");
+
+    uint64_t base = kv->next_req;
+    size_t n_pending = 0, at = 0;
+    for (size_t r = 0; r < n; r++) {
+        const wk_pull *q = &reqs[r];
+        if (q->n == 0)
+            continue;
+        s_group(kv, q->table, q->keys, q->n, at);
+        for (uint32_t s = 0; s < kv->n_servers; s++) {
+            size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
+            if (e == b)
+                continue;
+            cm_hdr h = cm_hdr_make(CM_OP_PULL);
+            h.table = q->table;
+            h.dim = (uint32_t)kv->dims[q->table];
+            h.flags = q->flags;
+            h.sender = kv->rank;
+            h.req_id = base + n_pending;
+            int rc = cm_msg_send(kv->socks[s], NULL, 0, &h, kv->keys + at + b, e - b, NULL, 0);
+            if (rc != 0)
+                return cm_error_set(err, rc, "kv: send to server %u failed: %s", s,
+                                    cm_sock_errmsg(kv->socks[s]));
+            kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0};
+            kv->counters.requests++;
+            kv->counters.bytes_out += (e - b) * sizeof(uint64_t);
+        }
+        at += q->n;
+    }
+    kv->next_req = base + n_pending;
+    size_t n_done = 0;
+    while (n_done < n_pending) {
+        int rc = s_recv_one(kv, reqs, base, kv->pending, n_pending, &n_done, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const float *grads,
+               cm_error *err)
+{
+    if (table >= kv->n_tables)
+        return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
+    if (n == 0)
+        return 0;
+    size_t dim = (size_t)kv->dims[table];
+    if (s_reserve_keys(kv, n) != 0)
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
+    if (s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals))
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu values", n * dim);
+    s_group(kv, table, keys, n, 0);
+    for (size_t i = 0; i < n; i++)
+        memcpy(kv->vals + i * dim, grads + (size_t)kv->pos[i] * dim, dim * sizeof(float));
+    for (uint32_t s = 0; s < kv->n_servers; s++) {
+        size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
+        if (e == b)
+            continue;
+        cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+        h.table = table;
+        h.dim = (uint32_t)dim;
+        h.sender = kv->rank;
+        h.req_id = kv->next_req++;
+        int rc = cm_msg_send(kv->socks[s], NULL, 0, &h, kv->keys + b, e - b,
+                             kv->vals + b * dim, (e - b) * dim);
+        if (rc != 0)
+            return cm_error_set(err, rc, "kv: send to server %u failed: %s", s,
+                                cm_sock_errmsg(kv->socks[s]));
+        kv->pushes_pending++;
+        kv->counters.requests++;
+        kv->counters.bytes_out += (e - b) * (sizeof(uint64_t) + dim * sizeof(float));
+    }
+    return 0;
+}
+
+int wk_kv_flush(wk_kv *kv, cm_error *err)
+{
+    size_t n_done = 0;
+    while (kv->pushes_pending > 0) {
+        int rc = s_recv_one(kv, NULL, 0, NULL, 0, &n_done, err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+wk_kv_counters wk_kv_get_counters(const wk_kv *kv)
+{
+    return kv->counters;
+}

@@ -1,0 +1,29 @@
+/* run: role dispatch for `psrec train`, under MPI or as local threads.
+ *
+ * Rank 0 is the scheduler, ranks 1..S the servers, the rest workers. Each
+ * rank binds what it serves, the endpoints are exchanged through the
+ * bootstrap, then each runs its role to the end. The same role code runs
+ * under mpirun (one process per rank, tcp://) and with --local (one
+ * thread per rank, inproc://). */
+#ifndef PSREC_CLUSTER_RUN_H
+#define PSREC_CLUSTER_RUN_H
+
+#include <stdio.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "scheduler/scheduler.h"
+
+/* Runs the whole job in this process: 1 scheduler, job->servers servers
+ * and job->workers workers as threads. Epoch lines go to `out`; *res gets
+ * the scheduler's figures. */
+int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err);
+
+/* Runs this process's rank of an mpirun job (MPI must not be initialised
+ * yet). Returns the process exit status. */
+int cl_run_mpi(const cm_job *job, int *argc, char ***argv);
+
+/* Checks before any rank starts: roles add up, input files readable. */
+int cl_preflight(const cm_job *job, int n_ranks, cm_error *err);
+
+#endif

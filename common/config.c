@@ -1,0 +1,900 @@
+/* config: the job description and its single table of keys.
+ *
+ * Everything a user can set is one row of s_keys below. Parsing (job file
+ * and command line), range checks, defaults, `--help`, cm_job_print and the
+ * reference in docs/config.md all read that table, so a key added there is
+ * complete. */
+#include "common/config.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* -------------------------------------------------------------------------
+ * The key table
+ * ------------------------------------------------------------------------- */
+
+typedef enum {
+    S_STR,  /* text (paths), stored NUL-terminated in a char array */
+    S_INT,  /* signed integer, stored as int or long (by size) */
+    S_U64,  /* any uint64_t */
+    S_DBL,  /* finite double */
+    S_ENUM, /* one of names[], stored as an int (values[] or the index) */
+    S_WORD, /* one of names[], stored as the name itself in a char array */
+    S_BOOL  /* 1/0 true/false yes/no on/off, stored as int 1 or 0 */
+} s_type;
+
+typedef struct {
+    const char *name;         /* key in job files; --name on the command line */
+    s_type type;
+    size_t off;               /* offset of the field in cm_job */
+    size_t size;              /* size of the field */
+    long long imin, imax;     /* S_INT: inclusive range */
+    double dmin, dmax;        /* S_DBL: range, max inclusive */
+    int dmin_open;            /* S_DBL: 1 if dmin itself is not allowed */
+    const char *const *names; /* S_ENUM, S_WORD: NULL-terminated choices */
+    const int *values;        /* S_ENUM: value of names[i]; NULL means i */
+    const char *def;          /* default, as text a user could write */
+    const char *help;         /* one line for --help and the docs */
+} s_key;
+
+#define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
+
+static const char *const s_models[] = {"mf", NULL};
+static const char *const s_optimizers[] = {"sgd", "adagrad", NULL};
+static const char *const s_progress[] = {"auto", "on", "off", NULL};
+static const int s_progress_values[] = {-1, 1, 0};
+static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "silent", NULL};
+
+static const s_key s_keys[] = {
+    {.name = "train", .type = S_STR, S_AT(train), .def = "",
+     .help = "training data: a text file (user item rating [timestamp]) or a .psrd dataset"},
+    {.name = "test", .type = S_STR, S_AT(test), .def = "",
+     .help = "held-out data for metrics after each epoch; empty for none"},
+    {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
+     .help = "file the scheduler appends JSON-lines metrics to; empty for none"},
+    {.name = "model", .type = S_WORD, S_AT(model), .names = s_models, .def = "mf",
+     .help = "model to train (mf: biased matrix factorization)"},
+    {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
+     .help = "latent factors per row"},
+    {.name = "epochs", .type = S_INT, S_AT(epochs), .imin = 1, .imax = 100000, .def = "20",
+     .help = "passes over the training data"},
+    {.name = "servers", .type = S_INT, S_AT(servers), .imin = 1, .imax = 1024, .def = "1",
+     .help = "parameter-server ranks (mpirun: ranks 1..servers; the rest are workers)"},
+    {.name = "optimizer", .type = S_ENUM, S_AT(optimizer), .names = s_optimizers,
+     .def = "adagrad", .help = "update rule the servers apply to pushed gradients"},
+    {.name = "lr", .type = S_DBL, S_AT(lr), .dmin = 0, .dmax = 100, .dmin_open = 1,
+     .def = "0.05", .help = "learning rate"},
+    {.name = "l2", .type = S_DBL, S_AT(l2), .dmin = 0, .dmax = 100, .def = "0.02",
+     .help = "L2 regularisation, applied per occurrence of a row in a batch"},
+    {.name = "init_std", .type = S_DBL, S_AT(init_std), .dmin = 0, .dmax = 10, .def = "0.1",
+     .help = "standard deviation of initial factor entries"},
+    {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
+     .help = "examples per minibatch per worker"},
+    {.name = "seed", .type = S_U64, S_AT(seed), .def = "1",
+     .help = "seed for initialisation, shuffling and sampling"},
+    {.name = "max_bad_lines", .type = S_INT, S_AT(max_bad_lines), .imin = 0,
+     .imax = 1000000000000LL, .def = "10",
+     .help = "stop loading data after more malformed lines than this"},
+    {.name = "slots", .type = S_INT, S_AT(slots), .imin = 1, .imax = 1 << 20, .def = "4096",
+     .help = "virtual slots per table (keys hash to slots, slots map to servers)"},
+    {.name = "progress", .type = S_ENUM, S_AT(progress), .names = s_progress,
+     .values = s_progress_values, .def = "auto",
+     .help = "progress bar: auto (when stderr is a terminal), on or off"},
+    {.name = "log_level", .type = S_ENUM, S_AT(log_level), .names = s_log_levels,
+     .def = "info", .help = "lowest level of log lines printed"},
+    {.name = "local", .type = S_BOOL, S_AT(local), .def = "0",
+     .help = "run every role as a thread of one process, without MPI"},
+    {.name = "workers", .type = S_INT, S_AT(workers), .imin = 1, .imax = 1024, .def = "2",
+     .help = "worker threads with --local (under mpirun the rank count decides)"},
+    {.name = "timeout", .type = S_DBL, S_AT(timeout), .dmin = 0, .dmax = 1e6, .dmin_open = 1,
+     .def = "60", .help = "seconds a role waits for a peer before giving up"},
+};
+
+#define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
+
+/* Longest key name we ever need to copy out of a "--key=value" argument. */
+#define S_NAME_MAX 64
+
+/* Job-file lines may hold a path of CM_PATH_MAX bytes plus the key. */
+#define S_LINE_MAX 8192
+
+/* -------------------------------------------------------------------------
+ * Helpers: key lookup and suggestions
+ * ------------------------------------------------------------------------- */
+
+/* Key names compare with '-' equal to '_' so --max-bad-lines works. */
+static int s_name_eq(const char *a, const char *b)
+{
+    for (;; a++, b++) {
+        char ca = *a == '-' ? '_' : *a;
+        char cb = *b == '-' ? '_' : *b;
+        if (ca != cb)
+            return 0;
+        if (!ca)
+            return 1;
+    }
+}
+
+static const s_key *s_find(const char *name)
+{
+    for (size_t i = 0; i < S_NKEYS; i++)
+        if (s_name_eq(name, s_keys[i].name))
+            return &s_keys[i];
+    return NULL;
+}
+
+/* Edit distance (insert, delete, substitute), case- and dash-insensitive;
+ * names longer than S_NAME_MAX count as far from everything. */
+static size_t s_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > S_NAME_MAX || lb > S_NAME_MAX)
+        return (size_t)-1;
+    size_t row[S_NAME_MAX + 1];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            int ca = tolower((unsigned char)(a[i - 1] == '-' ? '_' : a[i - 1]));
+            int cb = tolower((unsigned char)(b[j - 1] == '-' ? '_' : b[j - 1]));
+            size_t best = diag + (ca != cb);
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            diag = row[j];
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* The key a mistyped name most likely meant, or NULL: the closest within
+ * two edits (and fewer edits than the name is long), else a key the name
+ * is a prefix of ("max_bad" -> "max_bad_lines"). */
+static const char *s_suggest(const char *name)
+{
+    size_t len = strlen(name), best = (size_t)-1;
+    const char *pick = NULL;
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        size_t d = s_distance(name, s_keys[i].name);
+        if (d <= 2 && d < len && d < best) {
+            best = d;
+            pick = s_keys[i].name;
+        }
+    }
+    if (pick || len < 3)
+        return pick;
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const char *k = s_keys[i].name;
+        size_t j = 0;
+        while (j < len && name[j] && k[j] &&
+               (name[j] == '-' ? '_' : name[j]) == k[j])
+            j++;
+        if (j == len)
+            return k;
+    }
+    return NULL;
+}
+
+/* A suggested key written the way the user writes names: with dashes if
+ * they typed dashes. */
+static void s_suggest_as_typed(const char *typed, const char *key, char *out, size_t n)
+{
+    snprintf(out, n, "%s", key);
+    if (strchr(typed, '-'))
+        for (char *p = out; *p; p++)
+            if (*p == '_')
+                *p = '-';
+}
+
+static int s_unknown(cm_error *err, const char *where, const char *name)
+{
+    const char *s = s_suggest(name);
+    char hint[S_NAME_MAX + 32] = "";
+    int flag = where && where[0] == '-';
+    if (s) {
+        char typed[S_NAME_MAX + 1];
+        s_suggest_as_typed(name, s, typed, sizeof typed);
+        snprintf(hint, sizeof hint, flag ? " (did you mean --%s?)" : " (did you mean '%s'?)",
+                 typed);
+    }
+    if (flag)
+        return cm_error_set(err, CM_ECONFIG, "%s: unknown option%s", where, hint);
+    if (where && *where)
+        return cm_error_set(err, CM_ECONFIG, "%s: unknown key '%.64s'%s", where, name, hint);
+    return cm_error_set(err, CM_ECONFIG, "unknown key '%.64s'%s", name, hint);
+}
+
+/* -------------------------------------------------------------------------
+ * Helpers: values
+ * ------------------------------------------------------------------------- */
+
+static int s_parse_ll(const char *s, long long *out)
+{
+    if (!*s || isspace((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int s_parse_u64(const char *s, uint64_t *out)
+{
+    /* strtoull would accept "-1" as UINT64_MAX */
+    if (!*s || isspace((unsigned char)*s) || *s == '-')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int s_parse_dbl(const char *s, double *out)
+{
+    if (!*s || isspace((unsigned char)*s))
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || !isfinite(v))
+        return -1;
+    /* ERANGE on underflow is fine (the value is tiny or 0); overflow gave inf */
+    *out = v;
+    return 0;
+}
+
+static int s_parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 0;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Index of s in names (case-insensitive), or -1. */
+static int s_choice(const char *const *names, const char *s)
+{
+    for (int i = 0; names[i]; i++)
+        if (strcasecmp(s, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static void s_choices_text(const char *const *names, char *out, size_t n)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; names[i] && used < n; i++) {
+        int w = snprintf(out + used, n - used, "%s%s", i ? "|" : "", names[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+/* The allowed values of a key, as shown in messages and help. */
+static void s_range_text(const s_key *k, char *out, size_t n)
+{
+    switch (k->type) {
+    case S_INT:
+        snprintf(out, n, "[%lld, %lld]", k->imin, k->imax);
+        break;
+    case S_U64:
+        snprintf(out, n, "[0, 2^64)");
+        break;
+    case S_DBL:
+        snprintf(out, n, "%c%g, %g]", k->dmin_open ? '(' : '[', k->dmin, k->dmax);
+        break;
+    case S_ENUM:
+    case S_WORD:
+        s_choices_text(k->names, out, n);
+        break;
+    case S_BOOL:
+        snprintf(out, n, "0|1");
+        break;
+    case S_STR:
+        snprintf(out, n, "< %zu bytes", k->size);
+        break;
+    }
+}
+
+static const char *s_type_name(s_type t)
+{
+    switch (t) {
+    case S_STR: return "path";
+    case S_INT: return "int";
+    case S_U64: return "u64";
+    case S_DBL: return "float";
+    case S_ENUM:
+    case S_WORD: return "enum";
+    case S_BOOL: return "bool";
+    }
+    return "?";
+}
+
+static long long s_get_int(const cm_job *job, const s_key *k)
+{
+    const char *p = (const char *)job + k->off;
+    if (k->size == sizeof(int)) {
+        int v;
+        memcpy(&v, p, sizeof v);
+        return v;
+    }
+    assert(k->size == sizeof(long));
+    long v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void s_put_int(cm_job *job, const s_key *k, long long v)
+{
+    char *p = (char *)job + k->off;
+    if (k->size == sizeof(int)) {
+        int x = (int)v;
+        memcpy(p, &x, sizeof x);
+    } else {
+        assert(k->size == sizeof(long));
+        long x = (long)v;
+        memcpy(p, &x, sizeof x);
+    }
+}
+
+/* "where: key" for a job file or programmatic source, just "--flag" on the
+ * command line (the flag already names the key). */
+static void s_where(char *out, size_t n, const char *where, const s_key *k)
+{
+    if (!where || !*where)
+        snprintf(out, n, "%s", k->name);
+    else if (where[0] == '-')
+        snprintf(out, n, "%s", where);
+    else
+        snprintf(out, n, "%s: %s", where, k->name);
+}
+
+/* Parses text for key k into *job; 0 or CM_ECONFIG with "where: reason". */
+static int s_set(cm_job *job, const s_key *k, const char *value, const char *where,
+                 cm_error *err)
+{
+    char at[CM_PATH_MAX + 96], range[128];
+    s_where(at, sizeof at, where, k);
+    s_range_text(k, range, sizeof range);
+    char *field = (char *)job + k->off;
+
+    switch (k->type) {
+    case S_STR: {
+        size_t len = strlen(value);
+        if (len >= k->size)
+            return cm_error_set(err, CM_ECONFIG, "%s: longer than %zu bytes", at, k->size - 1);
+        memset(field, 0, k->size);
+        memcpy(field, value, len);
+        return 0;
+    }
+    case S_INT: {
+        long long v;
+        if (s_parse_ll(value, &v) != 0 || v < k->imin || v > k->imax)
+            return cm_error_set(err, CM_ECONFIG, "%s: expected an integer in %s, got '%.80s'",
+                                at, range, value);
+        s_put_int(job, k, v);
+        return 0;
+    }
+    case S_U64: {
+        uint64_t v;
+        if (s_parse_u64(value, &v) != 0)
+            return cm_error_set(err, CM_ECONFIG,
+                                "%s: expected an unsigned 64-bit integer, got '%.80s'", at, value);
+        memcpy(field, &v, sizeof v);
+        return 0;
+    }
+    case S_DBL: {
+        double v;
+        if (s_parse_dbl(value, &v) != 0 || v < k->dmin || (k->dmin_open && v == k->dmin) ||
+            v > k->dmax)
+            return cm_error_set(err, CM_ECONFIG, "%s: expected a number in %s, got '%.80s'",
+                                at, range, value);
+        memcpy(field, &v, sizeof v);
+        return 0;
+    }
+    case S_ENUM:
+    case S_WORD: {
+        int i = s_choice(k->names, value);
+        if (i < 0)
+            return cm_error_set(err, CM_ECONFIG, "%s: expected one of %s, got '%.80s'", at,
+                                range, value);
+        if (k->type == S_WORD) {
+            assert(strlen(k->names[i]) < k->size);
+            memset(field, 0, k->size);
+            memcpy(field, k->names[i], strlen(k->names[i]));
+        } else {
+            int v = k->values ? k->values[i] : i;
+            memcpy(field, &v, sizeof v);
+        }
+        return 0;
+    }
+    case S_BOOL: {
+        int v;
+        if (s_parse_bool(value, &v) != 0)
+            return cm_error_set(err, CM_ECONFIG,
+                                "%s: expected a boolean (1/0, true/false, yes/no, on/off), "
+                                "got '%.80s'",
+                                at, value);
+        memcpy(field, &v, sizeof v);
+        return 0;
+    }
+    }
+    return cm_error_set(err, CM_EINVAL, "%s: bad key type", at);
+}
+
+/* Writes the current value of k in job as text that s_set accepts back. */
+static void s_value_text(const cm_job *job, const s_key *k, char *out, size_t n)
+{
+    const char *field = (const char *)job + k->off;
+    switch (k->type) {
+    case S_STR:
+    case S_WORD:
+        snprintf(out, n, "%.*s", (int)strnlen(field, k->size), field);
+        return;
+    case S_INT:
+        snprintf(out, n, "%lld", s_get_int(job, k));
+        return;
+    case S_U64: {
+        uint64_t v;
+        memcpy(&v, field, sizeof v);
+        snprintf(out, n, "%" PRIu64, v);
+        return;
+    }
+    case S_DBL: {
+        double v;
+        memcpy(&v, field, sizeof v);
+        /* shortest text that reads back as the same double */
+        for (int prec = 6; prec <= 17; prec++) {
+            snprintf(out, n, "%.*g", prec, v);
+            if (strtod(out, NULL) == v)
+                return;
+        }
+        return;
+    }
+    case S_ENUM: {
+        int v;
+        memcpy(&v, field, sizeof v);
+        for (int i = 0; k->names[i]; i++)
+            if ((k->values ? k->values[i] : i) == v) {
+                snprintf(out, n, "%s", k->names[i]);
+                return;
+            }
+        snprintf(out, n, "%d", v);
+        return;
+    }
+    case S_BOOL: {
+        int v;
+        memcpy(&v, field, sizeof v);
+        snprintf(out, n, "%d", v != 0);
+        return;
+    }
+    }
+    snprintf(out, n, "?");
+}
+
+/* Checks a value already in *job against its key's range (jobs can be
+ * filled in by code, not only by s_set). */
+static int s_check(const cm_job *job, const s_key *k, cm_error *err)
+{
+    const char *field = (const char *)job + k->off;
+    char range[128];
+    s_range_text(k, range, sizeof range);
+    switch (k->type) {
+    case S_STR:
+        if (strnlen(field, k->size) >= k->size)
+            return cm_error_set(err, CM_ECONFIG, "%s: not NUL-terminated", k->name);
+        return 0;
+    case S_INT: {
+        long long v = s_get_int(job, k);
+        if (v < k->imin || v > k->imax)
+            return cm_error_set(err, CM_ECONFIG, "%s: %lld is not in %s", k->name, v, range);
+        return 0;
+    }
+    case S_U64:
+        return 0;
+    case S_DBL: {
+        double v;
+        memcpy(&v, field, sizeof v);
+        if (!isfinite(v) || v < k->dmin || (k->dmin_open && v == k->dmin) || v > k->dmax)
+            return cm_error_set(err, CM_ECONFIG, "%s: %g is not in %s", k->name, v, range);
+        return 0;
+    }
+    case S_WORD:
+        if (strnlen(field, k->size) >= k->size || s_choice(k->names, field) < 0)
+            return cm_error_set(err, CM_ECONFIG, "%s: '%.*s' is not one of %s", k->name,
+                                (int)strnlen(field, k->size), field, range);
+        return 0;
+    case S_ENUM: {
+        int v;
+        memcpy(&v, field, sizeof v);
+        for (int i = 0; k->names[i]; i++)
+            if ((k->values ? k->values[i] : i) == v)
+                return 0;
+        return cm_error_set(err, CM_ECONFIG, "%s: %d is not one of %s", k->name, v, range);
+    }
+    case S_BOOL: {
+        int v;
+        memcpy(&v, field, sizeof v);
+        if (v != 0 && v != 1)
+            return cm_error_set(err, CM_ECONFIG, "%s: %d is not 0 or 1", k->name, v);
+        return 0;
+    }
+    }
+    return 0;
+}
+
+/* -------------------------------------------------------------------------
+ * Public: defaults, set, job files
+ * ------------------------------------------------------------------------- */
+
+cm_job cm_job_default(void)
+{
+    cm_job job;
+    memset(&job, 0, sizeof job);
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        int rc = s_set(&job, &s_keys[i], s_keys[i].def, "default", NULL);
+        assert(rc == 0 && "every default in s_keys must parse");
+        (void)rc;
+    }
+    return job;
+}
+
+int cm_job_set(cm_job *job, const char *key, const char *value, const char *where,
+               cm_error *err)
+{
+    if (!job || !key)
+        return cm_error_set(err, CM_EINVAL, "cm_job_set: NULL job or key");
+    const s_key *k = s_find(key);
+    if (!k)
+        return s_unknown(err, where, key);
+    if (!value) {
+        char at[CM_PATH_MAX + 96];
+        s_where(at, sizeof at, where, k);
+        return cm_error_set(err, CM_ECONFIG, "%s: missing value", at);
+    }
+    return s_set(job, k, value, where, err);
+}
+
+/* State shared by the inih reader and handler while loading one file. */
+typedef struct {
+    FILE *f;
+    const char *path;
+    size_t line;      /* lines read so far: the line the handler sees */
+    char *buf;        /* getline buffer */
+    size_t cap;
+    size_t long_line; /* first line too long for inih's buffer, or 0 */
+    int read_errno;   /* errno of a read error, or 0 */
+    cm_job *job;
+    size_t err_line;  /* line of the first bad key or value, or 0 */
+    cm_error err;     /* its message */
+} s_ini;
+
+static pthread_once_t s_ini_once = PTHREAD_ONCE_INIT;
+
+static void s_ini_setup(void)
+{
+    /* Debian's inih reads its line length at run time (default 200, which
+     * a long data path exceeds); we only ever raise it. */
+    if (ini_max_line < S_LINE_MAX)
+        ini_max_line = S_LINE_MAX;
+}
+
+/* fgets-style reader for inih. Counting lines here gives the handler its
+ * line number (this inih is built without INI_HANDLER_LINENO). Leading
+ * blanks are dropped so an indented line is a key of its own, never a
+ * continuation of the previous value. */
+static char *s_ini_read(char *str, int num, void *stream)
+{
+    s_ini *c = stream;
+    ssize_t n = getline(&c->buf, &c->cap, c->f);
+    if (n < 0) {
+        if (ferror(c->f))
+            c->read_errno = errno ? errno : EIO;
+        return NULL;
+    }
+    c->line++;
+    const char *p = c->buf;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    size_t len = strlen(p);
+    if (num < 2 || len + 1 > (size_t)num) {
+        if (!c->long_line)
+            c->long_line = c->line;
+        p = "\n";
+        len = 1;
+    }
+    memcpy(str, p, len + 1);
+    return str;
+}
+
+static int s_ini_handler(void *user, const char *section, const char *name, const char *value)
+{
+    (void)section; /* sections are for readability only */
+    s_ini *c = user;
+    if (c->err_line)
+        return 1;
+    char where[CM_PATH_MAX + 32];
+    snprintf(where, sizeof where, "%s:%zu", c->path, c->line);
+    if (cm_job_set(c->job, name, value, where, &c->err) != 0)
+        c->err_line = c->line;
+    /* our errors are reported from c->err; inih's return value is left to
+     * mean syntax errors only */
+    return 1;
+}
+
+int cm_job_load_file(cm_job *job, const char *path, cm_error *err)
+{
+    if (!job || !path)
+        return cm_error_set(err, CM_EINVAL, "cm_job_load_file: NULL job or path");
+    pthread_once(&s_ini_once, s_ini_setup);
+
+    int rc = 0;
+    cm_job tmp = *job; /* a failed load leaves *job as it was */
+    s_ini c = {.path = path, .job = &tmp};
+    c.f = fopen(path, "r");
+    if (!c.f) {
+        rc = cm_error_set(err, CM_EIO, "%s: cannot open job file: %s", path, strerror(errno));
+        goto out;
+    }
+    int r = ini_parse_stream(s_ini_read, &c, s_ini_handler, &c);
+    if (c.read_errno) {
+        rc = cm_error_set(err, CM_EIO, "%s: cannot read job file: %s", path,
+                          strerror(c.read_errno));
+        goto out;
+    }
+    if (r < 0) {
+        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory while parsing", path);
+        goto out;
+    }
+    /* report the earliest problem in the file */
+    size_t first = r > 0 ? (size_t)r : 0;
+    if (c.long_line && (!first || c.long_line < first))
+        first = c.long_line;
+    if (c.err_line && (!first || c.err_line < first))
+        first = c.err_line;
+    if (!first)
+        goto out;
+    if (first == c.long_line)
+        rc = cm_error_set(err, CM_ECONFIG, "%s:%zu: line longer than %d bytes", path, first,
+                          ini_max_line - 2);
+    else if (first == c.err_line)
+        rc = cm_error_set(err, c.err.code, "%s", c.err.msg);
+    else
+        rc = cm_error_set(err, CM_ECONFIG,
+                          "%s:%zu: syntax error (expected 'key = value', '[section]' or "
+                          "a '#' comment)",
+                          path, first);
+out:
+    if (c.f)
+        fclose(c.f);
+    free(c.buf);
+    if (rc == 0)
+        *job = tmp;
+    return rc;
+}
+
+/* -------------------------------------------------------------------------
+ * Public: command line
+ * ------------------------------------------------------------------------- */
+
+static int s_is_help(const char *a)
+{
+    return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+}
+
+/* One walk over argv. With apply=0 it checks the shape (known flags, values
+ * present, at most one job file) and finds the job file; with apply=1 it
+ * sets every flag's value into *job, in order, so a later flag wins. */
+static int s_walk_args(cm_job *job, int argc, char **argv, int apply, const char **file,
+                       cm_error *err)
+{
+    int only_positional = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            if (*file && *file != a && !apply)
+                return cm_error_set(err, CM_ECONFIG,
+                                    "%s: a second job file ('%s' was the first); "
+                                    "give at most one",
+                                    a, *file);
+            *file = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_positional = 1;
+            continue;
+        }
+        if (s_is_help(a))
+            continue;
+        if (a[1] != '-')
+            return cm_error_set(err, CM_ECONFIG,
+                                "%.80s: unknown option (keys are set with --key VALUE)", a);
+
+        /* "--key", "--key=value" */
+        const char *eq = strchr(a + 2, '=');
+        size_t nlen = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+        char name[S_NAME_MAX + 1], flag[S_NAME_MAX + 3];
+        if (nlen == 0 || nlen > S_NAME_MAX)
+            return cm_error_set(err, CM_ECONFIG, "%.80s: unknown option", a);
+        memcpy(name, a + 2, nlen);
+        name[nlen] = '\0';
+        snprintf(flag, sizeof flag, "--%s", name);
+        const s_key *k = s_find(name);
+        if (!k)
+            return s_unknown(err, flag, name);
+
+        const char *value;
+        if (eq) {
+            value = eq + 1;
+        } else if (k->type == S_BOOL) {
+            value = "1"; /* bare --local */
+        } else if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+            return cm_error_set(err, CM_ECONFIG, "%s: missing value (%s VALUE or %s=VALUE)",
+                                flag, flag, flag);
+        } else {
+            value = argv[++i];
+        }
+        if (apply) {
+            int rc = s_set(job, k, value, flag, err);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help, cm_error *err)
+{
+    if (!job || (argc > 0 && !argv))
+        return cm_error_set(err, CM_EINVAL, "cm_job_parse_args: NULL job or argv");
+    if (want_help)
+        *want_help = 0;
+    /* help wins over anything else on the line, even mistakes */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            break;
+        if (s_is_help(argv[i])) {
+            if (want_help)
+                *want_help = 1;
+            return 0;
+        }
+    }
+
+    const char *file = NULL;
+    int rc = s_walk_args(job, argc, argv, 0, &file, err);
+    if (rc)
+        return rc;
+    cm_job tmp = *job; /* on error *job stays as it was */
+    if (file) {
+        rc = cm_job_load_file(&tmp, file, err);
+        if (rc)
+            return rc;
+    }
+    rc = s_walk_args(&tmp, argc, argv, 1, &file, err);
+    if (rc)
+        return rc;
+    *job = tmp;
+    return 0;
+}
+
+/* -------------------------------------------------------------------------
+ * Public: validation and output
+ * ------------------------------------------------------------------------- */
+
+int cm_job_validate(const cm_job *job, cm_error *err)
+{
+    if (!job)
+        return cm_error_set(err, CM_EINVAL, "cm_job_validate: NULL job");
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        int rc = s_check(job, &s_keys[i], err);
+        if (rc)
+            return rc;
+    }
+    if (!job->train[0])
+        return cm_error_set(err, CM_ECONFIG,
+                            "train: no training data (set train in the job file or --train PATH)");
+    if (job->slots < job->servers)
+        return cm_error_set(err, CM_ECONFIG,
+                            "slots (%d) must be at least servers (%d): each server owns whole "
+                            "slots",
+                            job->slots, job->servers);
+    return 0;
+}
+
+void cm_job_print_help(FILE *f, int markdown)
+{
+    char range[128], def[160];
+    if (markdown) {
+        fprintf(f, "| key | type | range | default | description |\n");
+        fprintf(f, "|-----|------|-------|---------|-------------|\n");
+        for (size_t i = 0; i < S_NKEYS; i++) {
+            const s_key *k = &s_keys[i];
+            s_range_text(k, range, sizeof range);
+            /* '|' would split the markdown cell */
+            char cell[256];
+            size_t o = 0;
+            for (const char *p = range; *p && o + 3 < sizeof cell; p++) {
+                if (*p == '|')
+                    cell[o++] = '\\';
+                cell[o++] = *p;
+            }
+            cell[o] = '\0';
+            fprintf(f, "| `%s` | %s | %s | %s%s%s | %s |\n", k->name, s_type_name(k->type), cell,
+                    k->def[0] ? "`" : "", k->def[0] ? k->def : "(empty)", k->def[0] ? "`" : "",
+                    k->help);
+        }
+        return;
+    }
+    size_t wname = strlen("key"), wtype = strlen("type"), wrange = strlen("range"),
+           wdef = strlen("default");
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const s_key *k = &s_keys[i];
+        s_range_text(k, range, sizeof range);
+        size_t l = strlen(k->name) + 2; /* shown as --name */
+        if (l > wname)
+            wname = l;
+        if (strlen(s_type_name(k->type)) > wtype)
+            wtype = strlen(s_type_name(k->type));
+        if (strlen(range) > wrange)
+            wrange = strlen(range);
+        if (strlen(k->def[0] ? k->def : "\"\"") > wdef)
+            wdef = strlen(k->def[0] ? k->def : "\"\"");
+    }
+    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, "key", (int)wtype, "type",
+            (int)wrange, "range", (int)wdef, "default", "description");
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const s_key *k = &s_keys[i];
+        char flag[S_NAME_MAX + 3];
+        snprintf(flag, sizeof flag, "--%s", k->name);
+        s_range_text(k, range, sizeof range);
+        snprintf(def, sizeof def, "%s", k->def[0] ? k->def : "\"\"");
+        fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, flag, (int)wtype,
+                s_type_name(k->type), (int)wrange, range, (int)wdef, def, k->help);
+    }
+}
+
+void cm_job_print(FILE *f, const cm_job *job)
+{
+    char value[CM_PATH_MAX + 64];
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        s_value_text(job, &s_keys[i], value, sizeof value);
+        fprintf(f, "%s = %s\n", s_keys[i].name, value);
+    }
+}
+
+const char *cm_optimizer_name(int opt)
+{
+    if (opt < 0 || opt >= (int)(sizeof s_optimizers / sizeof s_optimizers[0]) - 1)
+        return "?";
+    return s_optimizers[opt];
+}

@@ -1,0 +1,283 @@
+/* msg: psrec messages (header + key/value frames) on top of the van.
+ * The frame layout and the validation rules are in msg.h and
+ * docs/protocol.md; s_validate below is their executable form. */
+#include "common/msg.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/codec.h"
+#include "common/van_impl.h"
+
+/* ------------------------------------------------------------ helpers -- */
+
+static int s_known_op(int op)
+{
+    switch (op) {
+    case CM_OP_PULL:
+    case CM_OP_PUSH:
+    case CM_OP_REPLY:
+    case CM_OP_ERROR:
+    case CM_OP_HELLO:
+    case CM_OP_PLAN:
+    case CM_OP_EPOCH:
+    case CM_OP_EPOCH_DONE:
+    case CM_OP_EVAL:
+    case CM_OP_EVAL_DONE:
+    case CM_OP_PROGRESS:
+    case CM_OP_STOP:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int s_needs_keys(int op)
+{
+    return op == CM_OP_PULL || op == CM_OP_PUSH;
+}
+
+/* Index of the first key that is not greater than the one before, or n. */
+static size_t s_first_unsorted(const uint64_t *keys, size_t n)
+{
+    for (size_t i = 1; i < n; i++)
+        if (keys[i] <= keys[i - 1])
+            return i;
+    return n;
+}
+
+cm_hdr cm_hdr_make(int op)
+{
+    cm_hdr h;
+    memset(&h, 0, sizeof h);
+    h.op = op;
+    return h;
+}
+
+const char *cm_op_name(int op)
+{
+    switch (op) {
+    case CM_OP_NONE: return "NONE";
+    case CM_OP_PULL: return "PULL";
+    case CM_OP_PUSH: return "PUSH";
+    case CM_OP_REPLY: return "REPLY";
+    case CM_OP_ERROR: return "ERROR";
+    case CM_OP_HELLO: return "HELLO";
+    case CM_OP_PLAN: return "PLAN";
+    case CM_OP_EPOCH: return "EPOCH";
+    case CM_OP_EPOCH_DONE: return "EPOCH_DONE";
+    case CM_OP_EVAL: return "EVAL";
+    case CM_OP_EVAL_DONE: return "EVAL_DONE";
+    case CM_OP_PROGRESS: return "PROGRESS";
+    case CM_OP_STOP: return "STOP";
+    default: return "?";
+    }
+}
+
+/* --------------------------------------------------------------- send -- */
+
+int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals)
+{
+    if (!s)
+        return CM_EINVAL;
+    if (!hdr)
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send: no header");
+    const char *op = cm_op_name(hdr->op);
+    if ((n_keys && !keys) || (n_vals && !vals))
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: counts without arrays", op);
+    int router = cm_sock_type_of(s) == CM_SOCK_ROUTER;
+    if (router && (!route || route_size == 0))
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: a ROUTER needs a route", op);
+
+    uint64_t rows = n_keys;
+    if (n_vals > 0) {
+        if (hdr->dim == 0) {
+            size_t d = n_keys ? n_vals / n_keys : n_vals;
+            if (d == 0 || d > UINT32_MAX)
+                return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: %zu values for %zu keys",
+                                       op, n_vals, n_keys);
+            hdr->dim = (uint32_t)d;
+        }
+        if (n_vals % hdr->dim != 0 || (n_keys && n_vals / hdr->dim != n_keys))
+            return cm_sock_seterr_(s, CM_EINVAL,
+                                   "msg send %s: %zu values are not %zu keys x dim %" PRIu32,
+                                   op, n_vals, n_keys, hdr->dim);
+        rows = n_vals / hdr->dim;
+    }
+    if (s_needs_keys(hdr->op)) {
+        if (n_keys == 0)
+            return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: no keys", op);
+        size_t bad = s_first_unsorted(keys, n_keys);
+        if (bad < n_keys)
+            return cm_sock_seterr_(s, CM_EINVAL,
+                                   "msg send %s: keys not strictly ascending at %zu", op, bad);
+        if (hdr->op == CM_OP_PULL && n_vals)
+            return cm_sock_seterr_(s, CM_EINVAL, "msg send PULL: a pull carries no values");
+        if (hdr->op == CM_OP_PUSH && !n_vals)
+            return cm_sock_seterr_(s, CM_EINVAL, "msg send PUSH: a push needs values");
+    }
+    hdr->n_keys = rows;
+
+    uint8_t *packed = NULL;
+    size_t packed_len = 0;
+    if (cm_codec_hdr_pack(hdr, &packed, &packed_len) < 0)
+        return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
+    cm_iov iov[4];
+    size_t n = 0;
+    if (router)
+        iov[n++] = (cm_iov){route, route_size};
+    iov[n++] = (cm_iov){packed, packed_len};
+    if (n_keys || n_vals)
+        iov[n++] = (cm_iov){keys, n_keys * sizeof *keys};   /* empty when keys are implied */
+    if (n_vals)
+        iov[n++] = (cm_iov){vals, n_vals * sizeof *vals};
+    int rc = cm_sock_send(s, iov, n);
+    free(packed);
+    return rc;
+}
+
+/* --------------------------------------------------------------- recv -- */
+
+/* Checks the body frames (header already decoded into m->hdr) and points
+ * m->keys / m->vals at them. `first` is the index of the header frame. */
+static int s_validate(cm_msg *m, size_t first, cm_error *err)
+{
+    const cm_frames *f = m->frames_;
+    const cm_hdr *h = &m->hdr;
+    size_t body = cm_frames_count(f) - first;
+    const char *op = cm_op_name(h->op);
+    uint64_t req = h->req_id;
+
+    if (!s_known_op(h->op))
+        return cm_error_set(err, CM_EPROTO, "req %" PRIu64 ": unknown op %d", req, h->op);
+    if (body > 3)
+        return cm_error_set(err, CM_EPROTO,
+                            "%s req %" PRIu64 ": %zu frames after the route, at most 3 "
+                            "(header, keys, values)", op, req, body);
+
+    size_t kbytes = body >= 2 ? cm_frames_size(f, first + 1) : 0;
+    size_t vbytes = body >= 3 ? cm_frames_size(f, first + 2) : 0;
+    uint64_t n_keys = h->n_keys;
+    if (vbytes % sizeof(float))
+        return cm_error_set(err, CM_EPROTO,
+                            "%s req %" PRIu64 ": values frame of %zu bytes is not a "
+                            "multiple of 4", op, req, vbytes);
+    size_t n_vals = vbytes / sizeof(float);
+    /* An empty keys frame before a values frame means "keys implied" (the
+     * rows of a PULL reply come back in the order they were asked for). */
+    int implied = kbytes == 0 && n_vals > 0 && !s_needs_keys(h->op);
+    if (!implied && (n_keys > SIZE_MAX / sizeof(uint64_t) || kbytes != n_keys * sizeof(uint64_t)))
+        return cm_error_set(err, CM_EPROTO,
+                            "%s req %" PRIu64 ": keys frame of %zu bytes, expected %" PRIu64
+                            " keys (8 bytes each)", op, req, kbytes, n_keys);
+    if (n_vals > 0) {
+        if (h->dim == 0)
+            return cm_error_set(err, CM_EPROTO,
+                                "%s req %" PRIu64 ": %zu values but dim is 0", op, req, n_vals);
+        if (n_vals % h->dim != 0 || n_vals / h->dim != n_keys)
+            return cm_error_set(err, CM_EPROTO,
+                                "%s req %" PRIu64 ": %zu values, expected n_keys %" PRIu64
+                                " x dim %" PRIu32, op, req, n_vals, n_keys, h->dim);
+    }
+    if (s_needs_keys(h->op)) {
+        if (n_keys == 0)
+            return cm_error_set(err, CM_EPROTO, "%s req %" PRIu64 ": no keys", op, req);
+        if (h->op == CM_OP_PULL && body > 2)
+            return cm_error_set(err, CM_EPROTO,
+                                "PULL req %" PRIu64 ": a pull carries no values frame", req);
+        if (h->op == CM_OP_PUSH && n_vals == 0)
+            return cm_error_set(err, CM_EPROTO, "PUSH req %" PRIu64 ": no values", req);
+    }
+
+    /* Point into the frames, or into one aligned copy when a frame's bytes
+     * are misaligned (ZeroMQ's tcp decoder hands out slices of its buffer). */
+    const void *kp = kbytes ? cm_frames_data(f, first + 1) : NULL;
+    const void *vp = vbytes ? cm_frames_data(f, first + 2) : NULL;
+    int copy_k = kp && (uintptr_t)kp % _Alignof(uint64_t) != 0;
+    int copy_v = vp && (uintptr_t)vp % _Alignof(float) != 0;
+    if (copy_k || copy_v) {
+        size_t koff = 0, voff = copy_k ? (kbytes + 63) / 64 * 64 : 0;
+        size_t total = voff + (copy_v ? vbytes : 0);
+        m->copy_ = aligned_alloc(64, (total + 63) / 64 * 64);
+        if (!m->copy_)
+            return cm_error_set(err, CM_ENOMEM, "%s req %" PRIu64 ": out of memory", op, req);
+        if (copy_k)
+            kp = memcpy((char *)m->copy_ + koff, kp, kbytes);
+        if (copy_v)
+            vp = memcpy((char *)m->copy_ + voff, vp, vbytes);
+    }
+    m->keys = kp;
+    m->vals = vp;
+    m->n_vals = n_vals;
+
+    if (s_needs_keys(h->op)) {
+        size_t bad = s_first_unsorted(m->keys, (size_t)n_keys);
+        if (bad < n_keys) {
+            if (m->keys[bad] == m->keys[bad - 1])
+                return cm_error_set(err, CM_EPROTO,
+                                    "%s req %" PRIu64 ": duplicate key %" PRIu64 " at %zu",
+                                    op, req, m->keys[bad], bad);
+            return cm_error_set(err, CM_EPROTO,
+                                "%s req %" PRIu64 ": keys not sorted: %" PRIu64 " at %zu "
+                                "after %" PRIu64, op, req, m->keys[bad], bad, m->keys[bad - 1]);
+        }
+    }
+    return 0;
+}
+
+int cm_msg_recv(cm_sock *s, cm_msg *m, int timeout_ms, cm_error *err)
+{
+    if (!m)
+        return cm_error_set(err, CM_EINVAL, "msg recv: no message");
+    memset(m, 0, sizeof *m);
+    if (!s)
+        return cm_error_set(err, CM_EINVAL, "msg recv: no socket");
+    int rc = cm_sock_recv(s, &m->frames_, timeout_ms);
+    if (rc < 0)
+        return cm_error_set(err, rc, "%s", cm_sock_errmsg(s));
+
+    size_t n = cm_frames_count(m->frames_), first = 0;
+    if (cm_sock_type_of(s) == CM_SOCK_ROUTER) {
+        /* A ROUTER prepends exactly one identity frame per DEALER peer. */
+        if (n == 0)
+            return cm_error_set(err, CM_EPROTO, "message without a route frame");
+        m->route = cm_frames_data(m->frames_, 0);
+        m->route_size = cm_frames_size(m->frames_, 0);
+        first = 1;
+    }
+    if (n <= first)
+        return cm_error_set(err, CM_EPROTO, "empty message: no header frame");
+    rc = cm_codec_hdr_unpack(cm_frames_data(m->frames_, first),
+                             cm_frames_size(m->frames_, first), &m->hdr, err);
+    if (rc < 0)
+        return rc;
+    return s_validate(m, first, err);
+}
+
+void cm_msg_release(cm_msg *m)
+{
+    if (!m)
+        return;
+    cm_frames_destroy(&m->frames_);
+    free(m->copy_);
+    free(m->hdr.slots);
+    memset(m, 0, sizeof *m);
+}
+
+int cm_msg_reply_error(cm_sock *s, const cm_msg *req, int status, const char *text)
+{
+    if (!s)
+        return CM_EINVAL;
+    if (!req)
+        return cm_sock_seterr_(s, CM_EINVAL, "reply error: no request");
+    cm_hdr h = cm_hdr_make(CM_OP_ERROR);
+    h.req_id = req->hdr.req_id;
+    h.table = req->hdr.table;
+    h.clock = req->hdr.clock;
+    h.status = status;
+    snprintf(h.error, sizeof h.error, "%s", text ? text : cm_strerror(status));
+    return cm_msg_send(s, req->route, req->route_size, &h, NULL, 0, NULL, 0);
+}

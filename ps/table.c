@@ -1,0 +1,385 @@
+/* table: key -> row slab for one parameter table.
+ *
+ * Storage. Rows live in chunks that never move once allocated (no realloc
+ * + memcpy of a large slab while a server is answering). The first G
+ * chunks grow geometrically, chunk k holding 64 << k rows, so a small
+ * table costs little; after them every chunk holds F = 64 << G rows, where
+ * F is the largest power of two whose chunk fits in S_CHUNK_MAX_BYTES. So
+ * the slack is at most one chunk (at most the table's size, and at most
+ * 16 MiB), and row index i maps to (chunk, offset) with a compare, a
+ * count-leading-zeros or a shift, and a mask. Chunks come from
+ * aligned_alloc(64) and a row's slot (stride) is a multiple of 16 floats,
+ * so every row starts on a 64-byte boundary. ps_table_bytes() counts whole
+ * chunks (what was asked for, not what the kernel backed).
+ *
+ * A slot is: dim weights, dim * ps_optim_state_per_weight() floats of
+ * optimizer state, zero padding up to the stride.
+ *
+ * Index: one cm_hashmap from key to row index, one lookup per key (upsert
+ * when rows may be created).
+ *
+ * Hot path. Keys of a request hit random rows of a table much larger than
+ * the caches, so pull and push work in blocks of S_BLOCK keys: pass 1
+ * resolves every key of the block to its row (independent lookups, which
+ * the CPU overlaps) and prefetches the row; pass 2 copies or updates the
+ * rows, by then in cache. The row pointers live on the stack: no
+ * allocation per request. */
+#include "ps/table.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/hash.h"
+#include "common/hashmap.h"
+#include "common/rng.h"
+
+#define S_ALIGN 64                       /* bytes: a row's alignment */
+#define S_ALIGN_FLOATS (S_ALIGN / (int)sizeof(float))
+#define S_CHUNK0_LOG 6                   /* chunk 0 holds 64 rows */
+#define S_CHUNK_MAX_BYTES ((size_t)16 << 20)
+#define S_MAX_DIM (1 << 20)              /* guards size arithmetic */
+#define S_MAX_ROWS ((size_t)UINT32_MAX)  /* row index is a u32 in the index */
+#define S_BLOCK 128                      /* keys resolved before rows are touched */
+#define S_PREFETCH_LINES 8               /* cache lines prefetched per row, at most */
+
+struct ps_table {
+    ps_table_params p;              /* as given, validated */
+    int dim;                        /* p.dim */
+    size_t stride;                  /* floats per row slot, multiple of 16 */
+    size_t used;                    /* floats of a slot that carry data */
+    int pull_lines;                 /* cache lines a pull reads from a row */
+    int push_lines;                 /* cache lines a push touches in a row */
+    cm_hashmap *index;              /* key -> row index */
+    float **chunks;                 /* n_chunks chunks; see the banner */
+    size_t n_chunks;
+    size_t chunks_cap;              /* entries allocated in chunks[] */
+    int geo;                        /* G: chunks [0, G) grow geometrically */
+    size_t geo_rows;                /* rows in those: 64 * (2^G - 1) */
+    int fixed_log;                  /* F = 1 << fixed_log rows per later chunk */
+    size_t n_rows;                  /* rows made; indexes [0, n_rows) */
+    size_t cap;                     /* row slots in the allocated chunks */
+    size_t slab_bytes;              /* bytes of the allocated chunks */
+};
+
+/* ---------------------------------------------------------------------------
+ * Slab */
+
+static inline float *s_row(const ps_table *t, size_t i)
+{
+    size_t k, off;
+    if (i < t->geo_rows) {
+        uint64_t j = ((uint64_t)i >> S_CHUNK0_LOG) + 1;
+        k = (size_t)(63 - __builtin_clzll(j));
+        off = i - ((((size_t)1 << k) - 1) << S_CHUNK0_LOG);
+    } else {
+        size_t d = i - t->geo_rows;
+        k = (size_t)t->geo + (d >> t->fixed_log);
+        off = d & (((size_t)1 << t->fixed_log) - 1);
+    }
+    return t->chunks[k] + off * t->stride;
+}
+
+/* Rows in chunk k. */
+static size_t s_chunk_rows(const ps_table *t, size_t k)
+{
+    if (k < (size_t)t->geo)
+        return (size_t)1 << (S_CHUNK0_LOG + k);
+    return (size_t)1 << t->fixed_log;
+}
+
+/* Adds the next chunk. 0 or CM_ENOMEM (table unchanged). */
+static int s_grow(ps_table *t)
+{
+    if (t->n_chunks == t->chunks_cap) {
+        size_t ncap = t->chunks_cap ? 2 * t->chunks_cap : 16;
+        float **nc = realloc(t->chunks, ncap * sizeof *nc);
+        if (!nc)
+            return CM_ENOMEM;
+        t->chunks = nc;
+        t->chunks_cap = ncap;
+    }
+    size_t rows = s_chunk_rows(t, t->n_chunks);
+    size_t bytes = rows * t->stride * sizeof(float);
+    float *c = aligned_alloc(S_ALIGN, bytes);   /* bytes is a multiple of 64 */
+    if (!c)
+        return CM_ENOMEM;
+    t->chunks[t->n_chunks++] = c;
+    t->cap += rows;
+    t->slab_bytes += bytes;
+    return 0;
+}
+
+/* Fills a fresh slot: initial weights, optimizer state, zero padding. */
+static void s_init_slot(ps_table *t, uint64_t key, float *row)
+{
+    ps_table_init_row(&t->p, key, row);
+    ps_optim_init_state(&t->p.optim, row, t->dim);
+    if (t->stride > t->used)
+        memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
+}
+
+/* The row of key, made if missing. NULL on ENOMEM (table unchanged). */
+static inline float *s_get_or_make(ps_table *t, uint64_t key)
+{
+    uint32_t idx;
+    /* Room for one more row before the upsert, so a failed chunk
+     * allocation never leaves a key in the index without a row. Only at a
+     * chunk boundary (rare) does this cost a second lookup. */
+    if (t->n_rows == t->cap || t->n_rows >= S_MAX_ROWS) {
+        if (cm_hashmap_get(t->index, key, &idx))
+            return s_row(t, idx);
+        if (t->n_rows >= S_MAX_ROWS || s_grow(t) != 0)
+            return NULL;
+    }
+    int inserted;
+    if (cm_hashmap_upsert(t->index, key, (uint32_t)t->n_rows, &idx, &inserted) != 0)
+        return NULL;
+    float *row = s_row(t, idx);
+    if (inserted) {
+        t->n_rows++;
+        s_init_slot(t, key, row);
+    }
+    return row;
+}
+
+static inline void s_prefetch(const float *row, int lines, int write)
+{
+    const char *p = (const char *)row;
+    if (write) {
+        for (int l = 0; l < lines; l++)
+            __builtin_prefetch(p + l * S_ALIGN, 1, 3);
+    } else {
+        for (int l = 0; l < lines; l++)
+            __builtin_prefetch(p + l * S_ALIGN, 0, 3);
+    }
+}
+
+static int s_lines(size_t floats)
+{
+    size_t l = (floats * sizeof(float) + S_ALIGN - 1) / S_ALIGN;
+    return l > S_PREFETCH_LINES ? S_PREFETCH_LINES : (int)l;
+}
+
+/* ---------------------------------------------------------------------------
+ * Lifecycle */
+
+static int s_check_params(const ps_table_params *p, cm_error *err)
+{
+    if (p->dim < 1 || p->dim > S_MAX_DIM)
+        return cm_error_set(err, CM_EINVAL, "table: dim %d out of range [1, %d]", p->dim,
+                            S_MAX_DIM);
+    if (p->zero_prefix < 0 || p->zero_prefix > p->dim)
+        return cm_error_set(err, CM_EINVAL, "table: zero_prefix %d out of range [0, %d]",
+                            p->zero_prefix, p->dim);
+    if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
+        return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
+                            (double)p->init_std);
+    const ps_optim *o = &p->optim;
+    if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ADAGRAD)
+        return cm_error_set(err, CM_EINVAL, "table: unknown optimizer %d", o->kind);
+    if (!(o->lr >= 0.0f) || !isfinite(o->lr))
+        return cm_error_set(err, CM_EINVAL, "table: lr %g must be finite and >= 0",
+                            (double)o->lr);
+    if (o->kind == CM_OPT_ADAGRAD) {
+        if (!(o->eps >= 0.0f) || !isfinite(o->eps) || !(o->init_accum >= 0.0f) ||
+            !isfinite(o->init_accum))
+            return cm_error_set(err, CM_EINVAL,
+                                "table: adagrad eps %g and init_accum %g must be finite "
+                                "and >= 0",
+                                (double)o->eps, (double)o->init_accum);
+        /* A zero gradient on a zero accumulator would be 0/0 = NaN. */
+        if (!(o->eps + o->init_accum > 0.0f))
+            return cm_error_set(err, CM_EINVAL,
+                                "table: adagrad needs eps + init_accum > 0 (got %g + %g)",
+                                (double)o->eps, (double)o->init_accum);
+    }
+    return 0;
+}
+
+ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
+{
+    if (!p) {
+        cm_error_set(err, CM_EINVAL, "table: no parameters");
+        return NULL;
+    }
+    if (s_check_params(p, err) != 0)
+        return NULL;
+    ps_table *t = calloc(1, sizeof *t);
+    if (!t)
+        goto nomem;
+    t->p = *p;
+    t->dim = p->dim;
+    t->used = (size_t)p->dim * (size_t)(1 + ps_optim_state_per_weight(p->optim.kind));
+    t->stride = (t->used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
+    t->pull_lines = s_lines((size_t)p->dim);
+    t->push_lines = s_lines(t->used);
+
+    /* G: geometric chunks until the next would pass S_CHUNK_MAX_BYTES. */
+    size_t slot_bytes = t->stride * sizeof(float);
+    int g = 0;
+    while (g < 26 && ((size_t)1 << (S_CHUNK0_LOG + g + 1)) * slot_bytes <= S_CHUNK_MAX_BYTES)
+        g++;
+    t->geo = g;
+    t->geo_rows = (((size_t)1 << g) - 1) << S_CHUNK0_LOG;
+    t->fixed_log = S_CHUNK0_LOG + g;
+
+    t->index = cm_hashmap_new(0);
+    if (!t->index)
+        goto nomem;
+    return t;
+nomem:
+    ps_table_destroy(&t);
+    cm_error_set(err, CM_ENOMEM, "table: out of memory");
+    return NULL;
+}
+
+void ps_table_destroy(ps_table **pt)
+{
+    if (!pt || !*pt)
+        return;
+    ps_table *t = *pt;
+    for (size_t k = 0; k < t->n_chunks; k++)
+        free(t->chunks[k]);
+    free(t->chunks);
+    cm_hashmap_destroy(&t->index);
+    free(t);
+    *pt = NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * Pull and push (the hot path) */
+
+int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
+                  size_t *n_missing)
+{
+    const size_t dim = (size_t)t->dim;
+    const size_t row_bytes = dim * sizeof(float);
+    const int lines = t->pull_lines;
+    const float *rows[S_BLOCK];
+    size_t missing = 0;
+    int rc = 0;
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        const uint64_t *kb = keys + b;
+        if (create) {
+            for (size_t i = 0; i < m; i++) {
+                float *row = s_get_or_make(t, kb[i]);
+                if (!row) {
+                    rc = CM_ENOMEM;
+                    goto out;
+                }
+                s_prefetch(row, lines, 0);
+                rows[i] = row;
+            }
+        } else {
+            for (size_t i = 0; i < m; i++) {
+                uint32_t idx;
+                if (cm_hashmap_get(t->index, kb[i], &idx)) {
+                    rows[i] = s_row(t, idx);
+                    s_prefetch(rows[i], lines, 0);
+                } else {
+                    rows[i] = NULL;
+                    missing++;
+                }
+            }
+        }
+        float *ob = out + b * dim;
+        for (size_t i = 0; i < m; i++) {
+            if (rows[i])
+                memcpy(ob + i * dim, rows[i], row_bytes);
+            else
+                memset(ob + i * dim, 0, row_bytes);
+        }
+    }
+out:
+    if (n_missing)
+        *n_missing = missing;
+    return rc;
+}
+
+int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads)
+{
+    const size_t dim = (size_t)t->dim;
+    const int lines = t->push_lines;
+    const ps_optim *o = &t->p.optim;
+    float *rows[S_BLOCK];
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        const uint64_t *kb = keys + b;
+        for (size_t i = 0; i < m; i++) {
+            float *row = s_get_or_make(t, kb[i]);
+            if (!row)
+                return CM_ENOMEM;   /* the rows before keep their update */
+            s_prefetch(row, lines, 1);
+            rows[i] = row;
+        }
+        const float *gb = grads + b * dim;
+        for (size_t i = 0; i < m; i++)
+            ps_optim_update(o, rows[i], gb + i * dim, t->dim);
+    }
+    return 0;
+}
+
+void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out)
+{
+    int dim = p->dim;
+    int zp = p->zero_prefix < 0 ? 0 : p->zero_prefix > dim ? dim : p->zero_prefix;
+    for (int j = 0; j < zp; j++)
+        out[j] = 0.0f;
+    if (zp == dim)
+        return;
+    if (p->init_std == 0.0f) {
+        for (int j = zp; j < dim; j++)
+            out[j] = 0.0f;
+        return;
+    }
+    /* The stream depends on (seed, key) only: arrival order, server and
+     * slot do not change a row's first value. */
+    cm_rng r;
+    cm_rng_seed(&r, cm_mix64(p->seed ^ cm_mix64(key)));
+    double sd = p->init_std;
+    for (int j = zp; j < dim; j++)
+        out[j] = (float)(sd * cm_rng_normal(&r));
+}
+
+/* ---------------------------------------------------------------------------
+ * Accessors */
+
+int ps_table_dim(const ps_table *t)
+{
+    return t->dim;
+}
+
+size_t ps_table_rows(const ps_table *t)
+{
+    return t->n_rows;
+}
+
+size_t ps_table_bytes(const ps_table *t)
+{
+    return sizeof *t + t->chunks_cap * sizeof(float *) + t->slab_bytes +
+           cm_hashmap_bytes(t->index);
+}
+
+const float *ps_table_find(const ps_table *t, uint64_t key)
+{
+    uint32_t idx;
+    if (!cm_hashmap_get(t->index, key, &idx))
+        return NULL;
+    return s_row(t, idx);
+}
+
+int ps_table_next(const ps_table *t, size_t *pos, uint64_t *key, const float **row)
+{
+    uint64_t k;
+    uint32_t idx;
+    if (!cm_hashmap_next(t->index, pos, &k, &idx))
+        return 0;
+    if (key)
+        *key = k;
+    if (row)
+        *row = s_row(t, idx);
+    return 1;
+}

@@ -1,0 +1,416 @@
+#include "scheduler/scheduler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "scheduler/plan.h"
+#include "scheduler/report.h"
+
+#define S_ROUTE_MAX 256
+
+/* What the scheduler knows of one worker. */
+typedef struct {
+    unsigned char route[S_ROUTE_MAX];   /* ROUTER identity of its DEALER */
+    size_t route_size;
+    int rank;
+    double stats[8];                    /* its HELLO */
+    uint64_t done;                      /* examples done this epoch */
+    double sq;                          /* running squared error this epoch */
+    int finished;                       /* answered the current phase */
+} s_wk;
+
+typedef struct {
+    const sch_params *p;
+    s_wk *wk;
+    sch_progress *progress;
+    sch_metrics *metrics;
+    uint64_t n_train, n_test;
+    double t_start;       /* when the scheduler started */
+} s_sched;
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int s_send(s_sched *s, uint32_t w, cm_hdr *h, cm_error *err)
+{
+    int rc = cm_msg_send(s->p->ctl, s->wk[w].route, s->wk[w].route_size, h, NULL, 0, NULL, 0);
+    if (rc != 0)
+        return cm_error_set(err, rc, "scheduler: cannot reach worker rank %d: %s",
+                            s->wk[w].rank, cm_sock_errmsg(s->p->ctl));
+    return 0;
+}
+
+static int s_broadcast(s_sched *s, int op, uint32_t epoch, cm_error *err)
+{
+    for (uint32_t w = 0; w < s->p->n_workers; w++) {
+        cm_hdr h = cm_hdr_make(op);
+        h.epoch = epoch;
+        h.sender = 0;
+        int rc = s_send(s, w, &h, err);
+        if (rc != 0)
+            return rc;
+        s->wk[w].finished = 0;
+        s->wk[w].done = 0;
+        s->wk[w].sq = 0;
+    }
+    return 0;
+}
+
+static int s_find(const s_sched *s, const cm_msg *m)
+{
+    for (uint32_t w = 0; w < s->p->n_workers; w++)
+        if (s->wk[w].route_size == m->route_size &&
+            memcmp(s->wk[w].route, m->route, m->route_size) == 0)
+            return (int)w;
+    return -1;
+}
+
+/* Receives control messages until every worker answered `want` for
+ * `epoch`. PROGRESS messages move the bar. Silence longer than the job's
+ * timeout, or an OP_ERROR from a worker, fails the job. */
+static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    uint32_t left = s->p->n_workers;
+    while (left > 0) {
+        cm_msg m = {0};
+        cm_error e = {0};
+        int rc = cm_msg_recv(s->p->ctl, &m, (int)(job->timeout * 1000), &e);
+        if (rc == CM_ETIMEDOUT) {
+            for (uint32_t w = 0; w < s->p->n_workers; w++)
+                if (!s->wk[w].finished)
+                    return cm_error_set(err, rc,
+                                        "scheduler: no word from worker rank %d for %.0f s "
+                                        "(raise `timeout` if it is just slow)",
+                                        s->wk[w].rank, job->timeout);
+        }
+        if (rc == CM_EPROTO) {
+            cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
+            cm_msg_release(&m);
+            continue;
+        }
+        if (rc != 0) {
+            cm_msg_release(&m);
+            return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
+        }
+        int w = s_find(s, &m);
+        if (w < 0) {
+            cm_log(CM_LOG_WARN, "scheduler: %s from an unknown peer (rank %d) ignored",
+                   cm_op_name(m.hdr.op), m.hdr.sender);
+            cm_msg_release(&m);
+            continue;
+        }
+        s_wk *k = &s->wk[w];
+        if (m.hdr.op == CM_OP_ERROR) {
+            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", k->rank,
+                              m.hdr.error);
+            cm_msg_release(&m);
+            return rc;
+        }
+        if (m.hdr.op == CM_OP_PROGRESS && m.hdr.n_stats >= 2 && m.hdr.epoch == epoch) {
+            k->done = (uint64_t)m.hdr.stats[0];
+            k->sq = m.hdr.stats[1];
+            uint64_t done = 0;
+            double sq = 0;
+            for (uint32_t i = 0; i < s->p->n_workers; i++) {
+                done += s->wk[i].done;
+                sq += s->wk[i].sq;
+            }
+            sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train,
+                                done ? sqrt(sq / (double)done) : 0, s_now() - t0);
+        } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished) {
+            size_t n = m.hdr.n_stats < 8 ? m.hdr.n_stats : 8;
+            memset(k->stats, 0, sizeof k->stats);
+            memcpy(k->stats, m.hdr.stats, n * sizeof(double));
+            k->finished = 1;
+            left--;
+        } else {
+            cm_log(CM_LOG_WARN, "scheduler: unexpected %s (epoch %u) from worker rank %d",
+                   cm_op_name(m.hdr.op), m.hdr.epoch, k->rank);
+        }
+        cm_msg_release(&m);
+    }
+    return 0;
+}
+
+/* First contact: every worker's HELLO, in any order. */
+static int s_hellos(s_sched *s, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    uint32_t got = 0;
+    while (got < s->p->n_workers) {
+        cm_msg m = {0};
+        cm_error e = {0};
+        int rc = cm_msg_recv(s->p->ctl, &m, (int)(job->timeout * 1000), &e);
+        if (rc == CM_ETIMEDOUT)
+            return cm_error_set(err, rc,
+                                "scheduler: only %u of %u workers reported within %.0f s",
+                                got, s->p->n_workers, job->timeout);
+        if (rc == CM_EPROTO) {
+            cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
+            cm_msg_release(&m);
+            continue;
+        }
+        if (rc != 0) {
+            cm_msg_release(&m);
+            return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
+        }
+        if (m.hdr.op == CM_OP_ERROR) {
+            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", m.hdr.sender,
+                              m.hdr.error);
+            /* remember it so that it, too, gets the STOP */
+            if (m.route_size <= S_ROUTE_MAX && s_find(s, &m) < 0) {
+                s_wk *k = &s->wk[got++];
+                memcpy(k->route, m.route, m.route_size);
+                k->route_size = m.route_size;
+                k->rank = m.hdr.sender;
+            }
+            cm_msg_release(&m);
+            return rc;
+        }
+        if (m.hdr.op != CM_OP_HELLO || m.route_size > S_ROUTE_MAX || s_find(s, &m) >= 0) {
+            cm_log(CM_LOG_WARN, "scheduler: unexpected %s from rank %d before start",
+                   cm_op_name(m.hdr.op), m.hdr.sender);
+            cm_msg_release(&m);
+            continue;
+        }
+        s_wk *k = &s->wk[got++];
+        memcpy(k->route, m.route, m.route_size);
+        k->route_size = m.route_size;
+        k->rank = m.hdr.sender;
+        size_t n = m.hdr.n_stats < 8 ? m.hdr.n_stats : 8;
+        memcpy(k->stats, m.hdr.stats, n * sizeof(double));
+        cm_msg_release(&m);
+    }
+    return 0;
+}
+
+static int s_plan(s_sched *s, sch_result *res, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    double sum = 0, lo = INFINITY, hi = -INFINITY, nf = -1;
+    uint64_t bad_train = 0, bad_test = 0;
+    for (uint32_t w = 0; w < s->p->n_workers; w++) {
+        const double *st = s->wk[w].stats;
+        s->n_train += (uint64_t)st[0];
+        sum += st[1];
+        if (st[0] > 0) {
+            lo = fmin(lo, st[2]);
+            hi = fmax(hi, st[3]);
+        }
+        s->n_test += (uint64_t)st[4];
+        bad_train = (uint64_t)st[5];
+        bad_test = (uint64_t)st[6];
+        nf = st[7];
+    }
+    if (s->n_train == 0)
+        return cm_error_set(err, CM_EINVAL, "%s: no training rows", job->train);
+    if (bad_train || bad_test)
+        cm_log(CM_LOG_WARN, "skipped malformed lines: %llu in %s, %llu in %s",
+               (unsigned long long)bad_train, job->train, (unsigned long long)bad_test,
+               job->test[0] ? job->test : "(no test file)");
+    res->n_train = s->n_train;
+    res->n_test = s->n_test;
+    res->noise_floor = job->test[0] ? nf : -1;
+    double mean = sum / (double)s->n_train;
+    uint32_t *map = malloc((size_t)job->slots * sizeof *map);
+    if (!map)
+        return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+    sch_plan_slots(map, (uint32_t)job->slots, s->p->n_servers, NULL);
+    fprintf(s->p->out,
+            "psrec: %s on %llu ratings (%u workers, %u servers), %llu held out; "
+            "global mean %.4f\n",
+            job->model, (unsigned long long)s->n_train, s->p->n_workers, s->p->n_servers,
+            (unsigned long long)s->n_test, mean);
+    fflush(s->p->out);
+    int rc = 0;
+    for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
+        cm_hdr h = cm_hdr_make(CM_OP_PLAN);
+        h.stats[0] = mean;
+        h.stats[1] = lo;
+        h.stats[2] = hi;
+        h.n_stats = 3;
+        h.slots = map;
+        h.n_slots = (size_t)job->slots;
+        rc = s_send(s, w, &h, err);
+    }
+    free(map);
+    return rc;
+}
+
+static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    double train_secs = 0;
+    uint64_t examples = 0;
+    for (int e = 1; e <= job->epochs; e++) {
+        double t0 = s_now();
+        int rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)e, err);
+        if (rc == 0)
+            rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)e, t0, err);
+        if (rc != 0)
+            return rc;
+        double secs = s_now() - t0;
+        sch_progress_clear(s->progress);
+        double sq = 0, n = 0;
+        for (uint32_t w = 0; w < s->p->n_workers; w++) {
+            sq += s->wk[w].stats[0];
+            n += s->wk[w].stats[1];
+        }
+        train_secs += secs;
+        examples += (uint64_t)n;
+        double train_mse = n > 0 ? sq / n : 0;
+        double rmse = -1, mae = -1;
+        uint64_t unseen = 0;
+        if (s->n_test > 0) {
+            rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, err);
+            if (rc == 0)
+                rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
+            if (rc != 0)
+                return rc;
+            double tsq = 0, tab = 0, tn = 0;
+            for (uint32_t w = 0; w < s->p->n_workers; w++) {
+                tsq += s->wk[w].stats[0];
+                tab += s->wk[w].stats[1];
+                tn += s->wk[w].stats[2];
+                unseen += (uint64_t)s->wk[w].stats[3];
+            }
+            rmse = tn > 0 ? sqrt(tsq / tn) : -1;
+            mae = tn > 0 ? tab / tn : -1;
+            if (e == 1 && unseen > 0)
+                cm_log(CM_LOG_WARN,
+                       "%s: %llu of %llu test rows have a user or item never seen in "
+                       "training; they are predicted from the global mean and whichever "
+                       "bias is known",
+                       job->test, (unsigned long long)unseen, (unsigned long long)s->n_test);
+        }
+        double rate = secs > 0 ? n / secs : 0;
+        fprintf(s->p->out, "epoch %3d/%d  train_rmse %.4f", e, job->epochs, sqrt(train_mse));
+        if (rmse >= 0)
+            fprintf(s->p->out, "  test_rmse %.4f  test_mae %.4f", rmse, mae);
+        fprintf(s->p->out, "  %.3gM ex/s  %.2f s\n", rate / 1e6, secs);
+        fflush(s->p->out);
+        if (s->metrics) {
+            sch_field f[] = {
+                {"epoch", e, 0},
+                {"train_loss", train_mse, 0},
+                {"train_rmse", sqrt(train_mse), 0},
+                {"test_rmse", rmse, 1},
+                {"test_mae", mae, 1},
+                {"examples_per_s", rate, 0},
+                {"seconds", secs, 0},
+                {"elapsed", s_now() - s->t_start, 0},
+                {"noise_floor", res->noise_floor, 1},
+            };
+            rc = sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
+            if (rc != 0)
+                return rc;
+        }
+        res->epochs = e;
+        res->train_rmse = sqrt(train_mse);
+        res->test_rmse = rmse;
+        res->test_mae = mae;
+        res->n_unseen = unseen;
+        res->seconds = train_secs;
+        res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
+    }
+    return 0;
+}
+
+int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_eps,
+                     int timeout_ms, uint64_t *rows, uint64_t *bytes, cm_error *err)
+{
+    int rc = 0;
+    if (rows)
+        *rows = 0;
+    if (bytes)
+        *bytes = 0;
+    for (uint32_t i = 0; i < n_servers; i++) {
+        cm_sock *d = cm_sock_new(van, CM_SOCK_DEALER, err);
+        if (!d)
+            return err ? err->code : CM_EIO;
+        cm_hdr h = cm_hdr_make(CM_OP_STOP);
+        cm_msg m = {0};
+        int r = cm_sock_connect(d, server_eps[i]);
+        if (r == 0)
+            r = cm_msg_send(d, NULL, 0, &h, NULL, 0, NULL, 0);
+        if (r == 0)
+            r = cm_msg_recv(d, &m, timeout_ms, err);
+        if (r == 0 && m.hdr.op == CM_OP_REPLY) {
+            for (size_t k = 0; k + 1 < m.hdr.n_stats; k += 2) {
+                if (rows)
+                    *rows += (uint64_t)m.hdr.stats[k];
+                if (bytes)
+                    *bytes += (uint64_t)m.hdr.stats[k + 1];
+            }
+        } else if (rc == 0) {
+            rc = cm_error_set(err, r ? r : CM_EPROTO, "scheduler: server %u (%s) did not stop "
+                              "cleanly", i, server_eps[i]);
+        }
+        cm_msg_release(&m);
+        cm_sock_destroy(&d);
+    }
+    return rc;
+}
+
+int sch_run(const sch_params *p, sch_result *res, cm_error *err)
+{
+    s_sched s = {.p = p, .t_start = s_now()};
+    memset(res, 0, sizeof *res);
+    res->test_rmse = res->test_mae = res->noise_floor = -1;
+    int rc = 0;
+    s.wk = calloc(p->n_workers, sizeof *s.wk);
+    s.progress = sch_progress_new(p->job->progress);
+    if (!s.wk || !s.progress) {
+        rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        goto out;
+    }
+    if (p->job->metrics[0] && !(s.metrics = sch_metrics_open(p->job->metrics, err))) {
+        rc = err ? err->code : CM_EIO;
+        goto out;
+    }
+    if ((rc = s_hellos(&s, err)) != 0)
+        goto out;
+    if ((rc = s_plan(&s, res, err)) != 0)
+        goto out;
+    if ((rc = s_epochs(&s, res, err)) != 0)
+        goto out;
+    if (res->test_rmse >= 0) {
+        fprintf(p->out, "final test RMSE %.4f  MAE %.4f after %d epochs, %.2f s training",
+                res->test_rmse, res->test_mae, res->epochs, res->seconds);
+        if (res->noise_floor >= 0)
+            fprintf(p->out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
+                    100.0 * (res->test_rmse / res->noise_floor - 1.0));
+        fputc('\n', p->out);
+        fflush(p->out);
+    }
+out:
+    sch_progress_destroy(&s.progress);
+    sch_metrics_close(&s.metrics);
+    /* stop everyone, success or not, so no role waits forever */
+    if (s.wk)
+        for (uint32_t w = 0; w < p->n_workers; w++)
+            if (s.wk[w].route_size) {
+                cm_hdr h = cm_hdr_make(CM_OP_STOP);
+                s_send(&s, w, &h, NULL);
+            }
+    cm_error se = {0};
+    int src = sch_stop_servers(p->van, p->n_servers, p->server_eps,
+                               (int)(p->job->timeout * 1000), &res->server_rows,
+                               &res->server_bytes, &se);
+    if (src != 0)
+        cm_log(CM_LOG_WARN, "%s", se.msg);
+    else
+        cm_log(CM_LOG_INFO, "servers held %llu rows in %.1f MiB",
+               (unsigned long long)res->server_rows, res->server_bytes / 1048576.0);
+    free(s.wk);
+    return rc;
+}

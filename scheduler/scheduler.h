@@ -1,0 +1,51 @@
+/* scheduler: rank 0's job — partition, pace and measure the training.
+ *
+ * Waits for every worker's HELLO, makes the plan (global mean, slot map),
+ * then runs epochs under BSP: EPOCH to all workers, wait for all
+ * EPOCH_DONE (showing progress from their PROGRESS messages), EVAL, gather
+ * the held-out error sums, print one line and write one JSON object per
+ * epoch. Finally stops the workers and the servers. A worker that reports
+ * an error, or silence longer than the job's timeout, stops the job. */
+#ifndef PSREC_SCHEDULER_SCHEDULER_H
+#define PSREC_SCHEDULER_SCHEDULER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/van.h"
+
+typedef struct {
+    const cm_job *job;
+    cm_van *van;
+    cm_sock *ctl;                    /* bound ROUTER the workers connect to; not owned */
+    uint32_t n_workers;
+    uint32_t n_servers;
+    const char *const *server_eps;
+    FILE *out;                       /* where epoch lines go (stdout) */
+} sch_params;
+
+/* What the run measured, for callers and tests. */
+typedef struct {
+    int epochs;                      /* epochs completed */
+    double train_rmse;               /* last epoch, on the fly */
+    double test_rmse, test_mae;      /* last evaluation; < 0 without test data */
+    double noise_floor;              /* from the test file, < 0 if unknown */
+    uint64_t n_train, n_test, n_unseen;
+    double seconds;                  /* training wall time, evaluation excluded */
+    double examples_per_s;           /* over all epochs */
+    uint64_t server_rows;            /* rows held by all servers at the end */
+    uint64_t server_bytes;
+} sch_result;
+
+/* Runs the job to the end. 0, or a CM_E* code with *err set; either way
+ * every worker and server was told to stop. */
+int sch_run(const sch_params *p, sch_result *res, cm_error *err);
+
+/* Sends STOP to every server and waits for the replies (used by sch_run,
+ * and by the launcher when the job fails before the scheduler runs). */
+int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_eps,
+                     int timeout_ms, uint64_t *rows, uint64_t *bytes, cm_error *err);
+
+#endif

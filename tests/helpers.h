@@ -1,0 +1,68 @@
+/* Small helpers shared by the integration tests. */
+#ifndef PSREC_TESTS_HELPERS_H
+#define PSREC_TESTS_HELPERS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ../shared/data beside the checkout, or $PSREC_DATA; NULL if absent. */
+static inline const char *th_data_dir(void)
+{
+    static char dir[1024];
+    const char *env = getenv("PSREC_DATA");
+    snprintf(dir, sizeof dir, "%s", env && *env ? env : PSREC_SOURCE_DIR "/../shared/data");
+    struct stat st;
+    return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? dir : NULL;
+}
+
+/* Runs a shell command, capturing stdout+stderr into out (cap bytes).
+ * Returns the exit status, or -1 if it could not run. */
+static inline int th_run(const char *cmd, char *out, size_t cap)
+{
+    char full[8192];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p)
+        return -1;
+    size_t n = 0;
+    if (out && cap)
+        out[0] = '\0';
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, p)) > 0) {
+        if (out && n + 1 < cap) {
+            size_t k = got < cap - 1 - n ? got : cap - 1 - n;
+            memcpy(out + n, buf, k);
+            n += k;
+            out[n] = '\0';
+        }
+    }
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The last value of "key": in a JSON-lines file, or -1. */
+static inline double th_last_metric(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char line[2048], pat[128];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    double v = -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, pat);
+        if (p)
+            v = strtod(p + strlen(pat), NULL);
+    }
+    fclose(f);
+    return v;
+}
+
+#define TH_MPIRUN "mpirun --allow-run-as-root --oversubscribe --bind-to none "
+
+#endif

@@ -1,0 +1,485 @@
+/* Tests for common/bootstrap.c.
+ *
+ * Local: a group of 4 threads exchanges strings twice, meets at barriers,
+ * gets distinct inproc endpoints and really talks over the shared van.
+ * MPI: the test binary runs itself under `mpirun -np 3`; with
+ * PSREC_TEST_BOOT_MPI set, a constructor takes over before Criterion's
+ * main, runs the MPI bootstrap (allgather, advertise, barrier, a real
+ * ZeroMQ exchange between ranks), prints what it saw and exits. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/bootstrap.h"
+
+#define NT 4
+#define EP CM_ENDPOINT_MAX
+
+/* -------------------------------------------------------------------------
+ * Local group
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    cm_boot_group *g;
+    int rank;
+    atomic_int *arrived;
+    int failures;
+    char why[1024];
+    char bind[EP];     /* this rank's "data" endpoint */
+    char all1[NT * EP]; /* first allgather */
+    char all2[NT * EP]; /* second allgather */
+    char binds[NT * EP];
+} s_member;
+
+#define S_CHECK(m, cond, ...)                                                        \
+    do {                                                                             \
+        if (!(cond) && !(m)->failures++)                                            \
+            snprintf((m)->why, sizeof (m)->why, __VA_ARGS__);                         \
+    } while (0)
+
+static void *s_member_main(void *arg)
+{
+    s_member *m = arg;
+    cm_error err = {0};
+    cm_boot *b = cm_boot_local_new(m->g, m->rank, &err);
+    S_CHECK(m, b != NULL, "rank %d: local_new: %s", m->rank, err.msg);
+    if (!b)
+        return NULL;
+    S_CHECK(m, cm_boot_rank(b) == m->rank, "rank %d: rank() %d", m->rank, cm_boot_rank(b));
+    S_CHECK(m, cm_boot_size(b) == NT, "size() %d", cm_boot_size(b));
+    S_CHECK(m, !cm_boot_is_mpi(b), "is_mpi");
+    S_CHECK(m, cm_boot_van(b) != NULL, "no van");
+
+    cm_boot_bind_endpoint(b, "data", m->bind);
+    char adv[EP];
+    S_CHECK(m, cm_boot_advertise(b, m->bind, adv, &err) == 0, "advertise: %s", err.msg);
+    S_CHECK(m, strcmp(adv, m->bind) == 0, "advertise changed %s to %s", m->bind, adv);
+
+    char mine[EP];
+    snprintf(mine, sizeof mine, "first-%d", m->rank);
+    S_CHECK(m, cm_boot_allgather(b, mine, m->all1, &err) == 0, "allgather 1: %s", err.msg);
+    snprintf(mine, sizeof mine, "second-%d-%s", m->rank, m->rank % 2 ? "odd" : "even");
+    S_CHECK(m, cm_boot_allgather(b, mine, m->all2, &err) == 0, "allgather 2: %s", err.msg);
+    S_CHECK(m, cm_boot_allgather(b, m->bind, m->binds, &err) == 0, "allgather 3: %s", err.msg);
+
+    /* nobody passes the barrier before everyone arrived */
+    atomic_fetch_add(m->arrived, 1);
+    S_CHECK(m, cm_boot_barrier(b, &err) == 0, "barrier: %s", err.msg);
+    S_CHECK(m, atomic_load(m->arrived) == NT, "passed the barrier with %d arrived",
+            atomic_load(m->arrived));
+    S_CHECK(m, cm_boot_barrier(b, &err) == 0, "barrier 2: %s", err.msg);
+
+    S_CHECK(m, cm_boot_abort(b, 3) == CM_ESTATE, "local abort must return CM_ESTATE");
+    cm_boot_destroy(&b);
+    S_CHECK(m, b == NULL, "destroy did not NULL the pointer");
+    return NULL;
+}
+
+Test(bootstrap, local_group_of_four)
+{
+    cm_error err = {0};
+    cm_boot_group *g = cm_boot_group_new(NT, &err);
+    cr_assert_not_null(g, "%s", err.msg);
+    atomic_int arrived = 0;
+    static s_member m[NT];
+    pthread_t th[NT];
+    for (int r = 0; r < NT; r++) {
+        memset(&m[r], 0, sizeof m[r]);
+        m[r].g = g;
+        m[r].rank = r;
+        m[r].arrived = &arrived;
+        cr_assert_eq(pthread_create(&th[r], NULL, s_member_main, &m[r]), 0);
+    }
+    for (int r = 0; r < NT; r++)
+        pthread_join(th[r], NULL);
+    for (int r = 0; r < NT; r++)
+        cr_assert_eq(m[r].failures, 0, "rank %d: %s", r, m[r].why);
+
+    for (int r = 0; r < NT; r++) {
+        for (int q = 0; q < NT; q++) {
+            char want[EP];
+            snprintf(want, sizeof want, "first-%d", q);
+            cr_assert_str_eq(m[r].all1 + q * EP, want);
+            snprintf(want, sizeof want, "second-%d-%s", q, q % 2 ? "odd" : "even");
+            cr_assert_str_eq(m[r].all2 + q * EP, want);
+            cr_assert_str_eq(m[r].binds + q * EP, m[q].bind);
+        }
+        cr_assert(strncmp(m[r].bind, "inproc://psrec-", 15) == 0, "%s", m[r].bind);
+        char tail[32];
+        snprintf(tail, sizeof tail, "-%d-data", r);
+        cr_assert(strstr(m[r].bind, tail) != NULL, "%s", m[r].bind);
+        for (int q = 0; q < r; q++)
+            cr_assert_str_neq(m[r].bind, m[q].bind);
+    }
+    cm_boot_group_destroy(&g);
+    cr_assert_null(g);
+    cm_boot_group_destroy(&g); /* no-op on NULL */
+}
+
+Test(bootstrap, local_errors)
+{
+    cm_error err = {0};
+    cr_assert_null(cm_boot_group_new(0, &err));
+    cr_assert_eq(err.code, CM_EINVAL);
+    cr_assert_null(cm_boot_group_new(-3, NULL));
+
+    cm_boot_group *g = cm_boot_group_new(2, &err);
+    cr_assert_not_null(g, "%s", err.msg);
+    cr_assert_null(cm_boot_local_new(g, 2, &err));
+    cr_assert_eq(err.code, CM_EINVAL);
+    cr_assert_null(cm_boot_local_new(g, -1, &err));
+    cr_assert_null(cm_boot_local_new(NULL, 0, &err));
+    cr_assert_eq(err.code, CM_EINVAL);
+
+    cm_boot *b = cm_boot_local_new(g, 1, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    cr_assert_null(cm_boot_local_new(g, 1, &err));
+    cr_assert_eq(err.code, CM_ESTATE);
+    cr_assert(strstr(err.msg, "rank 1") != NULL, "%s", err.msg);
+    /* a rank's slot is free again after its boot is destroyed */
+    cm_boot_destroy(&b);
+    b = cm_boot_local_new(g, 1, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+
+    char out[EP];
+    char long_ep[EP + 10];
+    memset(long_ep, 'x', sizeof long_ep - 1);
+    long_ep[sizeof long_ep - 1] = '\0';
+    cr_assert_eq(cm_boot_advertise(b, long_ep, out, &err), CM_EINVAL);
+    cr_assert_eq(cm_boot_advertise(b, NULL, out, &err), CM_EINVAL);
+    cm_boot_destroy(&b);
+    cm_boot_destroy(&b); /* no-op on NULL */
+    cm_boot_destroy(NULL);
+    cm_boot_group_destroy(&g);
+}
+
+Test(bootstrap, local_groups_have_distinct_names)
+{
+    cm_boot_group *g1 = cm_boot_group_new(1, NULL), *g2 = cm_boot_group_new(1, NULL);
+    cr_assert(g1 && g2);
+    cm_boot *a = cm_boot_local_new(g1, 0, NULL), *b = cm_boot_local_new(g2, 0, NULL);
+    cr_assert(a && b);
+    char e1[EP], e2[EP], e3[EP];
+    cm_boot_bind_endpoint(a, "ctl", e1);
+    cm_boot_bind_endpoint(b, "ctl", e2);
+    cm_boot_bind_endpoint(a, "data", e3);
+    cr_assert_str_neq(e1, e2);
+    cr_assert_str_neq(e1, e3);
+    /* a group of one: collectives return at once */
+    char all[EP];
+    cr_assert_eq(cm_boot_allgather(a, "solo", all, NULL), 0);
+    cr_assert_str_eq(all, "solo");
+    cr_assert_eq(cm_boot_barrier(a, NULL), 0);
+    cm_boot_destroy(&a);
+    cm_boot_destroy(&b);
+    cm_boot_group_destroy(&g1);
+    cm_boot_group_destroy(&g2);
+}
+
+typedef struct {
+    cm_boot_group *g;
+    int rank;
+    int rc;
+    char all[2 * EP];
+} s_long_member;
+
+static void *s_long_main(void *arg)
+{
+    s_long_member *m = arg;
+    cm_boot *b = cm_boot_local_new(m->g, m->rank, NULL);
+    if (!b) {
+        m->rc = 99;
+        return NULL;
+    }
+    char long_text[EP + 1];
+    memset(long_text, 'L', EP);
+    long_text[EP] = '\0';
+    m->rc = cm_boot_allgather(b, m->rank == 1 ? long_text : "short", m->all, NULL);
+    cm_boot_destroy(&b);
+    return NULL;
+}
+
+Test(bootstrap, local_allgather_too_long_does_not_hang_peers)
+{
+    cm_boot_group *g = cm_boot_group_new(2, NULL);
+    cr_assert_not_null(g);
+    s_long_member m[2] = {{.g = g, .rank = 0}, {.g = g, .rank = 1}};
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++)
+        pthread_create(&th[r], NULL, s_long_main, &m[r]);
+    for (int r = 0; r < 2; r++)
+        pthread_join(th[r], NULL);
+    cr_assert_eq(m[0].rc, 0);
+    cr_assert_eq(m[1].rc, CM_EINVAL);
+    cr_assert_str_eq(m[0].all, "short");
+    cr_assert_str_eq(m[0].all + EP, "");
+    cm_boot_group_destroy(&g);
+}
+
+/* Rank 0 binds a ROUTER on its endpoint, the others connect DEALERs to the
+ * gathered address and say hello: the group's van really is shared. */
+typedef struct {
+    cm_boot_group *g;
+    int rank;
+    int got; /* rank 0: hellos received */
+    char why[1024];
+} s_talk_member;
+
+static void *s_talk_main(void *arg)
+{
+    s_talk_member *m = arg;
+    cm_error err = {0};
+    cm_boot *b = cm_boot_local_new(m->g, m->rank, &err);
+    if (!b) {
+        snprintf(m->why, sizeof m->why, "local_new: %s", err.msg);
+        return NULL;
+    }
+    cm_sock *s = cm_sock_new(cm_boot_van(b), m->rank == 0 ? CM_SOCK_ROUTER : CM_SOCK_DEALER,
+                             &err);
+    char mine[EP] = "", all[NT * EP];
+    if (s && m->rank == 0) {
+        char bind[EP], bound[EP];
+        cm_boot_bind_endpoint(b, "ctl", bind);
+        if (cm_sock_bind(s, bind, bound) != 0)
+            snprintf(m->why, sizeof m->why, "bind %s: %s", bind, cm_sock_errmsg(s));
+        else
+            cm_boot_advertise(b, bound, mine, &err);
+    }
+    cm_boot_allgather(b, mine, all, &err);
+    if (s && m->rank != 0) {
+        if (cm_sock_connect(s, all) != 0) {
+            snprintf(m->why, sizeof m->why, "connect %.200s: %s", all, cm_sock_errmsg(s));
+        } else {
+            char hello[16];
+            snprintf(hello, sizeof hello, "hello %d", m->rank);
+            cm_iov iov = {hello, strlen(hello)};
+            if (cm_sock_send(s, &iov, 1) != 0)
+                snprintf(m->why, sizeof m->why, "send: %s", cm_sock_errmsg(s));
+        }
+    }
+    if (s && m->rank == 0) {
+        for (int i = 1; i < NT; i++) {
+            cm_frames *f = NULL;
+            if (cm_sock_recv(s, &f, 5000) != 0) {
+                snprintf(m->why, sizeof m->why, "recv: %s", cm_sock_errmsg(s));
+                break;
+            }
+            /* ROUTER: identity frame, then the payload */
+            size_t n = cm_frames_count(f);
+            if (n >= 1 && cm_frames_size(f, n - 1) >= 6 &&
+                memcmp(cm_frames_data(f, n - 1), "hello ", 6) == 0)
+                m->got++;
+            cm_frames_destroy(&f);
+        }
+    }
+    cm_boot_barrier(b, &err);
+    cm_sock_destroy(&s);
+    cm_boot_destroy(&b);
+    return NULL;
+}
+
+Test(bootstrap, local_van_is_shared)
+{
+    cm_boot_group *g = cm_boot_group_new(NT, NULL);
+    cr_assert_not_null(g);
+    s_talk_member m[NT];
+    pthread_t th[NT];
+    for (int r = 0; r < NT; r++) {
+        memset(&m[r], 0, sizeof m[r]);
+        m[r].g = g;
+        m[r].rank = r;
+        pthread_create(&th[r], NULL, s_talk_main, &m[r]);
+    }
+    for (int r = 0; r < NT; r++)
+        pthread_join(th[r], NULL);
+    for (int r = 0; r < NT; r++)
+        cr_assert_str_eq(m[r].why, "", "rank %d: %s", r, m[r].why);
+    cr_assert_eq(m[0].got, NT - 1);
+    cm_boot_group_destroy(&g);
+}
+
+/* -------------------------------------------------------------------------
+ * MPI, through mpirun
+ * ------------------------------------------------------------------------- */
+
+/* Runs in every rank under mpirun (PSREC_TEST_BOOT_MPI=basic|host). Rank 0
+ * prints the gathered view; every rank prints its own lines. Exits. */
+static void s_mpi_helper(const char *mode)
+{
+    cm_error err = {0};
+    cm_boot *b = cm_boot_mpi_new(NULL, NULL, &err);
+    if (!b) {
+        printf("FAIL new: %s\n", err.msg);
+        fflush(stdout);
+        _exit(1);
+    }
+    int rank = cm_boot_rank(b), size = cm_boot_size(b), bad = 0;
+    char *all = calloc((size_t)size, EP);
+
+    char bind[EP], bound[EP], adv[EP];
+    cm_boot_bind_endpoint(b, "data", bind);
+    if (strcmp(bind, "tcp://0.0.0.0:*") != 0 || !cm_boot_is_mpi(b))
+        printf("FAIL rank %d bind endpoint %s\n", rank, bind), bad = 1;
+    snprintf(bound, sizeof bound, "tcp://0.0.0.0:%d", 7000 + rank);
+    if (cm_boot_advertise(b, bound, adv, &err) != 0)
+        printf("FAIL rank %d advertise: %s\n", rank, err.msg), bad = 1;
+    /* a concrete address is left alone; an unresolved port is refused */
+    char out[EP];
+    if (cm_boot_advertise(b, "tcp://10.0.0.1:99", out, &err) != 0 ||
+        strcmp(out, "tcp://10.0.0.1:99") != 0)
+        printf("FAIL rank %d advertise kept address: %s\n", rank, out), bad = 1;
+    if (cm_boot_advertise(b, "tcp://0.0.0.0:*", out, &err) != CM_EINVAL)
+        printf("FAIL rank %d advertise of an unbound port\n", rank), bad = 1;
+
+    if (cm_boot_allgather(b, adv, all, &err) != 0)
+        printf("FAIL rank %d allgather 1: %s\n", rank, err.msg), bad = 1;
+    if (rank == 0) {
+        printf("size=%d\n", size);
+        for (int r = 0; r < size; r++)
+            printf("ep[%d]=%s\n", r, all + (size_t)r * EP);
+    }
+    char mine[EP];
+    snprintf(mine, sizeof mine, "second-%d", rank);
+    if (cm_boot_allgather(b, mine, all, &err) != 0)
+        printf("FAIL rank %d allgather 2: %s\n", rank, err.msg), bad = 1;
+    for (int r = 0; r < size; r++) {
+        snprintf(mine, sizeof mine, "second-%d", r);
+        if (strcmp(all + (size_t)r * EP, mine) != 0)
+            printf("FAIL rank %d allgather 2 slot %d: %s\n", rank, r, all + (size_t)r * EP),
+                bad = 1;
+    }
+    /* a too-long string fails on its rank only, and the others get "" */
+    char long_text[EP + 1];
+    memset(long_text, 'L', EP);
+    long_text[EP] = '\0';
+    int rc = cm_boot_allgather(b, rank == 1 ? long_text : "ok", all, &err);
+    if (rc != (rank == 1 ? CM_EINVAL : 0) || all[EP] != '\0')
+        printf("FAIL rank %d allgather of a long string: rc %d\n", rank, rc), bad = 1;
+
+    if (strcmp(mode, "basic") == 0) {
+        /* real traffic: everyone says hello to rank 0 at its advertised address */
+        cm_sock *s = cm_sock_new(cm_boot_van(b), rank == 0 ? CM_SOCK_ROUTER : CM_SOCK_DEALER,
+                                 &err);
+        char ep[EP] = "";
+        if (rank == 0 && (cm_sock_bind(s, bind, bound) != 0 ||
+                          cm_boot_advertise(b, bound, ep, &err) != 0))
+            printf("FAIL bind/advertise: %s %s\n", cm_sock_errmsg(s), err.msg), bad = 1;
+        cm_boot_allgather(b, ep, all, &err);
+        if (rank != 0) {
+            cm_iov iov = {"hello", 5};
+            if (cm_sock_connect(s, all) != 0 || cm_sock_send(s, &iov, 1) != 0)
+                printf("FAIL rank %d connect/send to %s: %s\n", rank, all, cm_sock_errmsg(s)),
+                    bad = 1;
+        } else {
+            int got = 0;
+            for (int i = 1; i < size; i++) {
+                cm_frames *f = NULL;
+                if (cm_sock_recv(s, &f, 10000) != 0)
+                    break;
+                got++;
+                cm_frames_destroy(&f);
+            }
+            printf("hellos=%d\n", got);
+        }
+        if (cm_boot_barrier(b, &err) != 0)
+            printf("FAIL rank %d barrier: %s\n", rank, err.msg), bad = 1;
+        cm_sock_destroy(&s);
+    }
+
+    if (cm_boot_barrier(b, &err) != 0)
+        printf("FAIL rank %d barrier: %s\n", rank, err.msg), bad = 1;
+    printf("rank %d of %d done%s\n", rank, size, bad ? " with failures" : "");
+    fflush(stdout);
+    free(all);
+    cm_boot_destroy(&b);
+    _exit(bad);
+}
+
+__attribute__((constructor)) static void s_maybe_mpi_helper(void)
+{
+    const char *mode = getenv("PSREC_TEST_BOOT_MPI");
+    if (mode && *mode)
+        s_mpi_helper(mode);
+}
+
+static int s_find_mpirun(char *out, size_t n)
+{
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/bin:/bin";
+    while (*path) {
+        size_t len = strcspn(path, ":");
+        snprintf(out, n, "%.*s/mpirun", (int)len, path);
+        if (len && access(out, X_OK) == 0)
+            return 0;
+        path += len + (path[len] == ':');
+    }
+    return -1;
+}
+
+/* Runs this binary as 3 MPI ranks; returns their combined output. */
+static char *s_run_mpi(const char *mode, const char *extra_env, int *status)
+{
+    char mpirun[4096], self[4096], cmd[9000];
+    if (s_find_mpirun(mpirun, sizeof mpirun) != 0)
+        cr_skip_test("mpirun not found");
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    cr_assert_gt(n, 0);
+    self[n] = '\0';
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    snprintf(cmd, sizeof cmd,
+             "timeout 120 %s --allow-run-as-root --oversubscribe -np 3 "
+             "-x PSREC_TEST_BOOT_MPI=%s %s %s 2>&1",
+             mpirun, mode, extra_env, self);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t cap = 1 << 16, used = 0;
+    char *text = malloc(cap);
+    size_t got;
+    while ((got = fread(text + used, 1, cap - used - 1, p)) > 0) {
+        used += got;
+        if (used + 1 == cap)
+            text = realloc(text, cap *= 2);
+    }
+    text[used] = '\0';
+    *status = pclose(p);
+    return text;
+}
+
+Test(bootstrap, mpi_three_ranks)
+{
+    int status;
+    char *out = s_run_mpi("basic", "", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "FAIL") == NULL, "%s", out);
+    cr_assert(strstr(out, "size=3\n") != NULL, "%s", out);
+    /* every rank on this host: advertised at 127.0.0.1 */
+    cr_assert(strstr(out, "ep[0]=tcp://127.0.0.1:7000\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "ep[1]=tcp://127.0.0.1:7001\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "ep[2]=tcp://127.0.0.1:7002\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    for (int r = 0; r < 3; r++) {
+        char want[64];
+        snprintf(want, sizeof want, "rank %d of 3 done\n", r);
+        cr_assert(strstr(out, want) != NULL, "%s", out);
+    }
+    free(out);
+}
+
+Test(bootstrap, mpi_psrec_host_overrides)
+{
+    int status;
+    char *out = s_run_mpi("host", "-x PSREC_HOST=10.9.8.7", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "FAIL") == NULL, "%s", out);
+    cr_assert(strstr(out, "ep[0]=tcp://10.9.8.7:7000\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "ep[2]=tcp://10.9.8.7:7002\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "rank 2 of 3 done\n") != NULL, "%s", out);
+    free(out);
+}

@@ -1,0 +1,129 @@
+/* The psrec binary as a user meets it: help, gen, convert, train --local,
+ * and the errors bad input gets. */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static char s_dir[] = "/tmp/psrec-cli-XXXXXX";
+static char s_out[65536];
+
+static void s_setup(void) { cr_assert_not_null(mkdtemp(s_dir)); }
+
+static void s_teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", s_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", s_dir);
+}
+
+/* Runs `psrec ARGS` (a printf format) and returns its exit status. */
+static int s_psrec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_psrec(const char *fmt, ...)
+{
+    char args[4096], cmd[5000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd %s && %s %s", s_dir, PSREC_BINARY, args);
+    return th_run(cmd, s_out, sizeof s_out);
+}
+
+static void s_write(const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", s_dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+TestSuite(cli, .init = s_setup, .fini = s_teardown, .timeout = 300);
+
+Test(cli, help_describes_every_command_and_key)
+{
+    cr_expect_eq(s_psrec("--help"), 0);
+    cr_expect(strstr(s_out, "train") && strstr(s_out, "gen") && strstr(s_out, "convert"), "%s",
+              s_out);
+    cr_expect_eq(s_psrec("train --help"), 0);
+    const char *keys[] = {"train", "test", "model", "dim", "epochs", "servers", "optimizer",
+                          "lr", "l2", "batch", "seed", "metrics", "max_bad_lines"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        cr_expect(strstr(s_out, keys[k]) != NULL, "train --help lacks %s", keys[k]);
+    cr_expect_eq(s_psrec("gen --help"), 0);
+    cr_expect(strstr(s_out, "--noise") != NULL, "%s", s_out);
+    cr_expect_eq(s_psrec("convert --help"), 0);
+    cr_expect(strstr(s_out, "--test-fraction") != NULL, "%s", s_out);
+    cr_expect_neq(s_psrec("frobnicate"), 0);
+    cr_expect(strstr(s_out, "unknown command") != NULL, "%s", s_out);
+}
+
+Test(cli, bad_keys_and_values_are_named)
+{
+    cr_expect_neq(s_psrec("train --train x.tsv --lrr 0.1 --local"), 0);
+    cr_expect(strstr(s_out, "--lrr") != NULL, "%s", s_out);
+    cr_expect_neq(s_psrec("train --train x.tsv --dim banana --local"), 0);
+    cr_expect(strstr(s_out, "dim") && strstr(s_out, "banana"), "%s", s_out);
+    s_write("job.ini", "# a job\ntrain = r.tsv\nepochs = 2\nlearning_rate = 0.1\n");
+    cr_expect_neq(s_psrec("train job.ini --local"), 0);
+    cr_expect(strstr(s_out, "job.ini:4") != NULL, "names file and line: %s", s_out);
+    cr_expect_neq(s_psrec("train --local"), 0, "no training data");
+    cr_expect_neq(s_psrec("train --train r.tsv"), 0, "neither mpirun nor --local");
+    cr_expect(strstr(s_out, "mpirun") != NULL, "%s", s_out);
+}
+
+Test(cli, gen_convert_and_train_local)
+{
+    cr_assert_eq(s_psrec("gen --out syn --ratings 30000 --users 300 --items 200 --format "
+                         "text --seed 3"),
+                 0, "%s", s_out);
+    cr_expect(strstr(s_out, "noise floor") != NULL, "%s", s_out);
+    cr_assert_eq(s_psrec("convert syn.train.tsv syn.psrd --test-fraction 0.2 --seed 9"), 0,
+                 "%s", s_out);
+    cr_expect(access("/dev/null", F_OK) == 0);
+    cr_assert_eq(s_psrec("train --train syn.train.psrd --test syn.test.psrd --local "
+                         "--epochs 3 --metrics m.jsonl --progress off"),
+                 0, "%s", s_out);
+    cr_expect(strstr(s_out, "epoch   3/3") != NULL, "one line per epoch:\n%s", s_out);
+    cr_expect(strstr(s_out, "final test RMSE") != NULL, "%s", s_out);
+    char m[600];
+    snprintf(m, sizeof m, "%s/m.jsonl", s_dir);
+    cr_expect_gt(th_last_metric(m, "test_rmse"), 0);
+    /* text accepted directly too, with a job file whose values the flags override */
+    s_write("job.ini", "[data]\ntrain = syn.train.tsv\ntest = syn.test.tsv\n[model]\n"
+                       "epochs = 50\ndim = 8\n");
+    cr_assert_eq(s_psrec("train job.ini --epochs 2 --local --progress off"), 0, "%s", s_out);
+    cr_expect(strstr(s_out, "epoch   2/2") != NULL, "--epochs wins over the file:\n%s", s_out);
+}
+
+Test(cli, convert_reports_bad_lines_with_file_and_line)
+{
+    s_write("bad.csv", "userId,movieId,rating,timestamp\n1,10,4.0,99\n2,11\n3,12,x,1\n"
+                       "4,13,3.5,7\n");
+    cr_expect_eq(s_psrec("convert bad.csv ok.psrd"), 0, "two bad lines are under the "
+                                                        "default limit: %s", s_out);
+    cr_expect(strstr(s_out, "bad.csv:3") != NULL, "%s", s_out);
+    cr_expect(strstr(s_out, "bad.csv:4") != NULL, "%s", s_out);
+    cr_expect(strstr(s_out, "2 malformed") != NULL, "%s", s_out);
+    cr_expect_neq(s_psrec("convert bad.csv ok.psrd --max-bad-lines 1"), 0);
+    cr_expect(strstr(s_out, "bad.csv") != NULL, "%s", s_out);
+    cr_expect_neq(s_psrec("convert missing.csv out.psrd"), 0);
+    cr_expect(strstr(s_out, "missing.csv") != NULL, "%s", s_out);
+}
+
+Test(cli, convert_movielens_formats)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA)");
+    cr_assert_eq(s_psrec("convert %s/ml-100k/u.data ml.psrd --test-fraction 0.1", data), 0,
+                 "%s", s_out);
+    cr_expect(strstr(s_out, "ml.train.psrd") && strstr(s_out, "ml.test.psrd"), "%s", s_out);
+    cr_assert_eq(s_psrec("convert %s/ml-latest-small/ratings.csv mls.psrd", data), 0, "%s",
+                 s_out);
+    cr_expect(strstr(s_out, "100836 ratings") != NULL, "%s", s_out);
+}

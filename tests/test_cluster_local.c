@@ -1,0 +1,150 @@
+/* A whole cluster in this process (--local): scheduler, servers and
+ * workers as threads over inproc://, on generated data with a known noise
+ * floor. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster/run.h"
+#include "common/log.h"
+#include "common/synth.h"
+
+static char s_dir[] = "/tmp/psrec-local-XXXXXX";
+static cm_synth_report s_rep;
+
+static void s_setup(void)
+{
+    cm_log_set_level(CM_LOG_WARN);
+    cr_assert_not_null(mkdtemp(s_dir));
+    cm_synth_params p = cm_synth_params_default();
+    p.n_ratings = 150000;
+    p.n_users = 1500;
+    p.n_items = 800;
+    p.rank = 4;
+    p.noise = 0.5;
+    p.seed = 11;
+    char prefix[256];
+    snprintf(prefix, sizeof prefix, "%s/syn", s_dir);
+    cm_error err = {0};
+    cr_assert_eq(cm_synth_write(&p, prefix, &s_rep, &err), 0, "%s", err.msg);
+}
+
+static void s_teardown(void)
+{
+    unlink(s_rep.train_path);
+    unlink(s_rep.test_path);
+    char m[300];
+    snprintf(m, sizeof m, "%s/metrics.jsonl", s_dir);
+    unlink(m);
+    rmdir(s_dir);
+}
+
+static cm_job s_job(int servers, int workers)
+{
+    cm_job job = cm_job_default();
+    snprintf(job.train, sizeof job.train, "%.1000s", s_rep.train_path);
+    snprintf(job.test, sizeof job.test, "%.1000s", s_rep.test_path);
+    job.local = 1;
+    job.servers = servers;
+    job.workers = workers;
+    job.progress = 0;
+    job.log_level = CM_LOG_WARN;
+    return job;
+}
+
+TestSuite(cluster_local, .init = s_setup, .fini = s_teardown, .timeout = 300);
+
+Test(cluster_local, reaches_the_noise_floor)
+{
+    cm_job job = s_job(2, 2);
+    snprintf(job.metrics, sizeof job.metrics, "%s/metrics.jsonl", s_dir);
+    FILE *out = fopen("/dev/null", "w");
+    sch_result res;
+    cm_error err = {0};
+    int rc = cl_run_local(&job, out, &res, &err);
+    fclose(out);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_eq(res.epochs, job.epochs);
+    cr_expect_float_eq(res.noise_floor, s_rep.noise_floor, 1e-9,
+                       "the test file carries the noise floor");
+    cr_expect_leq(res.test_rmse, 1.10 * s_rep.noise_floor,
+                  "test RMSE %.4f within 10%% of the noise floor %.4f", res.test_rmse,
+                  s_rep.noise_floor);
+    cr_expect_gt(res.server_rows, 0);
+
+    /* one JSON line per epoch with the promised fields */
+    FILE *f = fopen(job.metrics, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        lines++;
+        const char *keys[] = {"\"epoch\"", "\"train_loss\"", "\"test_rmse\"", "\"test_mae\"",
+                              "\"examples_per_s\"", "\"seconds\""};
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+            cr_expect(strstr(line, keys[k]) != NULL, "line %d lacks %s: %s", lines, keys[k],
+                      line);
+    }
+    fclose(f);
+    cr_expect_eq(lines, job.epochs);
+}
+
+Test(cluster_local, single_worker_is_bit_for_bit_repeatable)
+{
+    double rmse[2], train[2];
+    for (int run = 0; run < 2; run++) {
+        cm_job job = s_job(2, 1);
+        job.epochs = 3;
+        FILE *out = fopen("/dev/null", "w");
+        sch_result res;
+        cm_error err = {0};
+        int rc = cl_run_local(&job, out, &res, &err);
+        fclose(out);
+        cr_assert_eq(rc, 0, "%s", err.msg);
+        rmse[run] = res.test_rmse;
+        train[run] = res.train_rmse;
+    }
+    cr_expect(memcmp(&rmse[0], &rmse[1], sizeof(double)) == 0, "test RMSE %.17g vs %.17g",
+              rmse[0], rmse[1]);
+    cr_expect(memcmp(&train[0], &train[1], sizeof(double)) == 0, "train RMSE %.17g vs %.17g",
+              train[0], train[1]);
+}
+
+Test(cluster_local, a_missing_file_is_reported_not_hung)
+{
+    cm_job job = s_job(1, 2);
+    snprintf(job.test, sizeof job.test, "%s/does-not-exist.tsv", s_dir);
+    FILE *out = fopen("/dev/null", "w");
+    sch_result res;
+    cm_error err = {0};
+    int rc = cl_run_local(&job, out, &res, &err);
+    fclose(out);
+    cr_expect_neq(rc, 0);
+    cr_expect(strstr(err.msg, "does-not-exist.tsv") != NULL, "message names the file: %s",
+              err.msg);
+}
+
+Test(cluster_local, a_bad_training_file_stops_the_job_with_file_and_line)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/bad.tsv", s_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 50; i++)
+        fprintf(f, i % 3 ? "%d\t%d\t4\n" : "%d\t%d\tfour\n", i + 1, i % 7 + 1);
+    fclose(f);
+    cm_job job = s_job(1, 2);
+    snprintf(job.train, sizeof job.train, "%s", path);
+    job.test[0] = '\0';
+    job.max_bad_lines = 3;
+    FILE *out = fopen("/dev/null", "w");
+    sch_result res;
+    cm_error err = {0};
+    int rc = cl_run_local(&job, out, &res, &err);
+    fclose(out);
+    unlink(path);
+    cr_expect_neq(rc, 0);
+    cr_expect(strstr(err.msg, "bad.tsv") != NULL, "message names the file: %s", err.msg);
+}

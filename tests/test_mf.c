@@ -1,0 +1,98 @@
+/* Biased MF: gradients against finite differences of the loss it states. */
+#include <criterion/criterion.h>
+#include <math.h>
+
+#include "common/rng.h"
+#include "worker/models/model.h"
+
+enum { NU = 3, NI = 4, DIM = 5, NEX = 9 };
+
+static const uint32_t s_uidx[NEX] = {0, 0, 1, 2, 2, 1, 0, 2, 1};
+static const uint32_t s_iidx[NEX] = {0, 1, 1, 2, 3, 0, 3, 3, 2};
+static const float s_label[NEX] = {4, 3, 5, 1, 2, 4, 3, 5, 2};
+
+/* The loss mf.c documents: 1/2 e^2 + l2/2 (|row_u|^2 + |row_i|^2) per example. */
+static double s_loss(const wk_model_ctx *ctx, const wk_batch *b, const float *const *rows)
+{
+    float pred[NEX];
+    wk_model_mf.predict(ctx, b, DIM, rows, pred);
+    double l = 0;
+    for (size_t j = 0; j < b->n; j++) {
+        double e = (double)pred[j] - b->label[j];
+        double reg = 0;
+        for (int k = 0; k < DIM; k++) {
+            double pu = rows[0][b->uidx[j] * DIM + k], qi = rows[1][b->iidx[j] * DIM + k];
+            reg += pu * pu + qi * qi;
+        }
+        l += 0.5 * e * e + 0.5 * ctx->l2 * reg;
+    }
+    return l;
+}
+
+Test(mf, gradients_match_finite_differences)
+{
+    float user[NU * DIM], item[NI * DIM], gu[NU * DIM] = {0}, gi[NI * DIM] = {0};
+    cm_rng r;
+    cm_rng_seed(&r, 7);
+    for (int k = 0; k < NU * DIM; k++)
+        user[k] = (float)(0.5 * cm_rng_normal(&r));
+    for (int k = 0; k < NI * DIM; k++)
+        item[k] = (float)(0.5 * cm_rng_normal(&r));
+    wk_model_ctx ctx = {.mean = 3.5f, .l2 = 0.05f, .clip_lo = 1, .clip_hi = 5};
+    wk_batch b = {NEX, s_uidx, s_iidx, s_label};
+    const float *rows[2] = {user, item};
+    float *grads[2] = {gu, gi};
+    double sq = wk_model_mf.train(&ctx, &b, DIM, rows, grads);
+
+    float pred[NEX];
+    wk_model_mf.predict(&ctx, &b, DIM, rows, pred);
+    double want_sq = 0;
+    for (int j = 0; j < NEX; j++)
+        want_sq += (pred[j] - s_label[j]) * (pred[j] - s_label[j]);
+    cr_expect_float_eq(sq, want_sq, 1e-4 * want_sq, "train returns the squared error sum");
+
+    float *tables[2] = {user, item};
+    const int sizes[2] = {NU * DIM, NI * DIM};
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < sizes[t]; k++) {
+            const float h = 1e-2f, keep = tables[t][k];
+            tables[t][k] = keep + h;
+            double lp = s_loss(&ctx, &b, rows);
+            tables[t][k] = keep - h;
+            double lm = s_loss(&ctx, &b, rows);
+            tables[t][k] = keep;
+            double fd = (lp - lm) / (2 * h);
+            cr_expect(fabs(fd - grads[t][k]) <= 2e-3 + 2e-3 * fabs(fd),
+                      "table %d weight %d: analytic %g vs numeric %g", t, k, grads[t][k], fd);
+        }
+}
+
+Test(mf, prediction_is_mean_biases_and_dot)
+{
+    float user[DIM] = {0.5f, 1, 2, 0, 0}, item[DIM] = {-0.25f, 3, 0.5f, 0, 0};
+    uint32_t z = 0;
+    float label = 0, pred = 0;
+    wk_batch b = {1, &z, &z, &label};
+    wk_model_ctx ctx = {.mean = 3};
+    const float *rows[2] = {user, item};
+    wk_model_mf.predict(&ctx, &b, DIM, rows, &pred);
+    cr_expect_float_eq(pred, 3 + 0.5f - 0.25f + 1 * 3 + 2 * 0.5f, 1e-6);
+}
+
+Test(mf, tables_follow_the_job)
+{
+    cm_job job = cm_job_default();
+    job.dim = 16;
+    job.init_std = 0.2;
+    ps_table_params tp[2];
+    cr_assert_eq(wk_model_mf.n_tables, 2);
+    for (size_t t = 0; t < 2; t++) {
+        wk_model_mf.table_params(&job, t, &tp[t]);
+        cr_expect_eq(tp[t].dim, 17, "a row is the bias and 16 factors");
+        cr_expect_eq(tp[t].zero_prefix, 1, "biases start at zero");
+        cr_expect_float_eq(tp[t].init_std, 0.2f, 1e-7);
+    }
+    cr_expect_neq(tp[0].seed, tp[1].seed, "user and item tables are seeded apart");
+    cr_expect_eq(wk_model_find("mf"), &wk_model_mf);
+    cr_expect_null(wk_model_find("nope"));
+}

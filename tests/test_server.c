@@ -1,0 +1,607 @@
+/* Tests for ps/server.c: a server runs in a thread on an inproc endpoint
+ * of a van shared with the test thread, which talks to it through a
+ * DEALER, the way a worker does. Covers pull/push/pull through the
+ * optimizer, no-create pulls, every kind of rejected request (each gets
+ * OP_ERROR and the server keeps serving), pipelining, STOP and its stats,
+ * and a transport shutdown ending the loop. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/codec.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "common/van.h"
+#include "ps/server.h"
+
+#define WAIT_MS 5000
+
+typedef struct {
+    cm_van *van;
+    ps_server *srv;
+    pthread_t th;
+    int rc;              /* ps_server_run's result, after the join */
+    int running;
+    cm_sock *cli;        /* DEALER connected to the server */
+    uint64_t next_id;
+    ps_table_params params[4];
+    size_t n_tables;
+} s_fix;
+
+static void *s_thread(void *arg)
+{
+    s_fix *f = arg;
+    cm_log_set_identity("ps", 0);
+    f->rc = ps_server_run(f->srv);
+    return NULL;
+}
+
+static ps_table_params s_params(int dim, int kind, float lr)
+{
+    ps_table_params p = {
+        .dim = dim,
+        .zero_prefix = 0,
+        .init_std = 0.1f,
+        .seed = 99,
+        .optim = {.kind = kind, .lr = lr, .eps = 1e-8f, .init_accum = 0.1f},
+    };
+    return p;
+}
+
+/* Two tables: 0 is dim 4 SGD (lr 0.5), 1 is dim 2 AdaGrad (lr 0.1). */
+static void s_start(s_fix *f, const char *endpoint)
+{
+    memset(f, 0, sizeof *f);
+    cm_log_set_level(CM_LOG_ERROR);   /* rejected requests warn; keep output short */
+    f->params[0] = s_params(4, CM_OPT_SGD, 0.5f);
+    f->params[1] = s_params(2, CM_OPT_ADAGRAD, 0.1f);
+    f->n_tables = 2;
+    cm_error e = {0};
+    f->van = cm_van_new(&e);
+    cr_assert_not_null(f->van, "van: %s", e.msg);
+    f->srv = ps_server_new(f->van, endpoint, f->params, f->n_tables, &e);
+    cr_assert_not_null(f->srv, "server: %s", e.msg);
+    cr_assert_eq(pthread_create(&f->th, NULL, s_thread, f), 0);
+    f->running = 1;
+    f->cli = cm_sock_new(f->van, CM_SOCK_DEALER, &e);
+    cr_assert_not_null(f->cli, "dealer: %s", e.msg);
+    cr_assert_eq(cm_sock_connect(f->cli, ps_server_endpoint(f->srv)), 0, "%s",
+                 cm_sock_errmsg(f->cli));
+}
+
+static void s_join(s_fix *f)
+{
+    cr_assert_eq(pthread_join(f->th, NULL), 0);
+    f->running = 0;
+}
+
+static void s_finish(s_fix *f)
+{
+    cm_sock_destroy(&f->cli);
+    ps_server_destroy(&f->srv);
+    cm_van_destroy(&f->van);
+}
+
+/* Sends a request with a fresh req_id (returned). */
+static uint64_t s_send(s_fix *f, cm_hdr *h, const uint64_t *keys, size_t n,
+                       const float *vals, size_t nv)
+{
+    h->req_id = ++f->next_id;
+    int rc = cm_msg_send(f->cli, NULL, 0, h, keys, n, vals, nv);
+    cr_assert_eq(rc, 0, "send: %s", cm_sock_errmsg(f->cli));
+    return h->req_id;
+}
+
+/* Receives one reply (must come within WAIT_MS). */
+static void s_recv(s_fix *f, cm_msg *m)
+{
+    cm_error e = {0};
+    int rc = cm_msg_recv(f->cli, m, WAIT_MS, &e);
+    cr_assert_eq(rc, 0, "recv: %d %s", rc, e.msg);
+}
+
+/* One request, one reply, req_id checked. */
+static void s_call(s_fix *f, cm_hdr *h, const uint64_t *keys, size_t n, const float *vals,
+                   size_t nv, cm_msg *reply)
+{
+    uint64_t id = s_send(f, h, keys, n, vals, nv);
+    s_recv(f, reply);
+    cr_assert_eq(reply->hdr.req_id, id, "reply to %llu, expected %llu",
+                 (unsigned long long)reply->hdr.req_id, (unsigned long long)id);
+}
+
+static cm_hdr s_hdr(int op, uint32_t table, uint32_t dim, uint32_t flags)
+{
+    cm_hdr h = cm_hdr_make(op);
+    h.table = table;
+    h.dim = dim;
+    h.flags = flags;
+    return h;
+}
+
+/* Pulls keys from table; asserts a REPLY and copies the values to out. */
+static void s_pull(s_fix *f, uint32_t table, const uint64_t *keys, size_t n, uint32_t flags,
+                   float *out, double *missing)
+{
+    int dim = f->params[table].dim;
+    cm_hdr h = s_hdr(CM_OP_PULL, table, (uint32_t)dim, flags);
+    cm_msg r;
+    s_call(f, &h, keys, n, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "pull answered %s: %s", cm_op_name(r.hdr.op),
+                 r.hdr.error);
+    cr_assert_eq(r.hdr.table, table);
+    cr_assert_eq(r.hdr.dim, (uint32_t)dim);
+    cr_assert_eq(r.hdr.n_keys, n);
+    cr_assert_eq(r.n_vals, n * (size_t)dim);
+    cr_assert_not_null(r.vals);
+    memcpy(out, r.vals, n * dim * sizeof *out);
+    if (missing) {
+        cr_assert_eq(r.hdr.n_stats, 1);
+        *missing = r.hdr.stats[0];
+    }
+    cm_msg_release(&r);
+}
+
+static void s_push(s_fix *f, uint32_t table, const uint64_t *keys, size_t n, const float *g)
+{
+    int dim = f->params[table].dim;
+    cm_hdr h = s_hdr(CM_OP_PUSH, table, (uint32_t)dim, 0);
+    cm_msg r;
+    s_call(f, &h, keys, n, g, n * dim, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "push answered %s: %s", cm_op_name(r.hdr.op),
+                 r.hdr.error);
+    cr_assert_eq(r.n_vals, 0);
+    cm_msg_release(&r);
+}
+
+/* Sends STOP, checks the stats reply, joins the thread. */
+static void s_stop(s_fix *f)
+{
+    cm_hdr h = s_hdr(CM_OP_STOP, 0, 0, 0);
+    cm_msg r;
+    s_call(f, &h, NULL, 0, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY);
+    cr_assert_eq(r.hdr.n_stats, 2 * f->n_tables);
+    s_join(f);
+    cr_assert_eq(f->rc, 0);
+    for (size_t i = 0; i < f->n_tables; i++) {
+        ps_table *t = ps_server_table(f->srv, i);
+        cr_assert_eq(r.hdr.stats[2 * i], (double)ps_table_rows(t));
+        cr_assert_eq(r.hdr.stats[2 * i + 1], (double)ps_table_bytes(t));
+    }
+    cm_msg_release(&r);
+}
+
+/* Expects an OP_ERROR with this status and text containing `needle`. */
+static void s_expect_error(cm_msg *r, int status, const char *needle)
+{
+    cr_assert_eq(r->hdr.op, CM_OP_ERROR, "got %s", cm_op_name(r->hdr.op));
+    cr_assert_eq(r->hdr.status, status, "status %d (%s), expected %d", r->hdr.status,
+                 r->hdr.error, status);
+    cr_assert(strstr(r->hdr.error, needle), "error '%s' lacks '%s'", r->hdr.error, needle);
+}
+
+/* A valid pull works: the server is still serving. */
+static void s_still_serving(s_fix *f)
+{
+    const uint64_t k = 424242;
+    float out[4];
+    s_pull(f, 0, &k, 1, 0, out, NULL);
+}
+
+/* Sends raw frames (no validation on our side). */
+static void s_send_raw(s_fix *f, const cm_iov *iov, size_t n)
+{
+    cr_assert_eq(cm_sock_send(f->cli, iov, n), 0, "%s", cm_sock_errmsg(f->cli));
+}
+
+/* A packed header (caller frees). */
+static uint8_t *s_pack(cm_hdr *h, size_t *len)
+{
+    uint8_t *buf = NULL;
+    cr_assert_eq(cm_codec_hdr_pack(h, &buf, len), 0);
+    return buf;
+}
+
+/* ------------------------------------------------------------------------ */
+
+Test(server, new_rejects_bad_arguments)
+{
+    cm_error e = {0};
+    cm_van *van = cm_van_new(&e);
+    cr_assert_not_null(van);
+    ps_table_params p[17];
+    for (int i = 0; i < 17; i++)
+        p[i] = s_params(4, CM_OPT_SGD, 0.1f);
+
+    cr_assert_null(ps_server_new(NULL, "inproc://x", p, 1, &e));
+    cr_assert_eq(e.code, CM_EINVAL);
+    cr_assert_null(ps_server_new(van, NULL, p, 1, &e));
+    cr_assert_null(ps_server_new(van, "inproc://x", p, 17, &e));   /* stats would not fit */
+    cr_assert_eq(e.code, CM_EINVAL);
+
+    p[1].dim = 0;
+    cr_assert_null(ps_server_new(van, "inproc://x", p, 2, &e));
+    cr_assert_eq(e.code, CM_EINVAL);
+    cr_assert(strstr(e.msg, "table 1"), "%s", e.msg);
+    p[1].dim = 4;
+
+    cr_assert_null(ps_server_new(van, "nonsense://nowhere", p, 1, &e));
+    cr_assert_lt(e.code, 0);
+    cr_assert(strstr(e.msg, "nonsense://nowhere"), "%s", e.msg);
+
+    /* Two servers cannot bind the same endpoint. */
+    ps_server *a = ps_server_new(van, "inproc://dup", p, 1, &e);
+    cr_assert_not_null(a, "%s", e.msg);
+    cr_assert_null(ps_server_new(van, "inproc://dup", p, 1, &e));
+    ps_server_destroy(&a);
+    cr_assert_null(a);
+    ps_server_destroy(&a);
+
+    /* Zero tables is a server that only answers STOP (and errors). */
+    ps_server *z = ps_server_new(van, "inproc://empty", NULL, 0, &e);
+    cr_assert_not_null(z, "%s", e.msg);
+    cr_assert_null(ps_server_table(z, 0));
+    ps_server_destroy(&z);
+    cm_van_destroy(&van);
+}
+
+Test(server, tcp_endpoint_resolves)
+{
+    cm_error e = {0};
+    cm_van *van = cm_van_new(&e);
+    cr_assert_not_null(van);
+    ps_table_params p = s_params(4, CM_OPT_SGD, 0.1f);
+    ps_server *s = ps_server_new(van, "tcp://127.0.0.1:*", &p, 1, &e);
+    cr_assert_not_null(s, "%s", e.msg);
+    const char *ep = ps_server_endpoint(s);
+    cr_assert(strncmp(ep, "tcp://127.0.0.1:", 16) == 0, "%s", ep);
+    cr_assert_null(strchr(ep, '*'), "%s", ep);
+    cr_assert_gt(atoi(ep + 16), 0, "%s", ep);
+    cr_assert_not_null(ps_server_table(s, 0));
+    cr_assert_null(ps_server_table(s, 1));
+    ps_server_destroy(&s);
+    cm_van_destroy(&van);
+}
+
+Test(server, pull_push_pull, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-pull-push");
+
+    /* Table 0 (SGD, lr 0.5): fresh rows are the deterministic init. */
+    const uint64_t keys[3] = {1, 5, 1u << 31};
+    float out[12], init[12];
+    s_pull(&f, 0, keys, 3, 0, out, NULL);
+    for (int i = 0; i < 3; i++)
+        ps_table_init_row(&f.params[0], keys[i], init + 4 * i);
+    cr_assert_eq(memcmp(out, init, sizeof out), 0);
+
+    float g[12];
+    for (int i = 0; i < 12; i++)
+        g[i] = 0.1f * (float)(i + 1);
+    s_push(&f, 0, keys, 3, g);
+    s_pull(&f, 0, keys, 3, 0, out, NULL);
+    for (int i = 0; i < 12; i++)
+        cr_assert_float_eq(out[i], init[i] - 0.5f * g[i], 1e-6f, "value %d", i);
+
+    /* Table 1 (AdaGrad, lr 0.1, accum 0.1): one step of g = (0.3, -0.4)
+     * moves the weights by -0.03/sqrt(0.19) and +0.04/sqrt(0.26). */
+    const uint64_t k1 = 7;
+    float w[2], w0[2];
+    s_pull(&f, 1, &k1, 1, 0, w0, NULL);
+    const float g1[2] = {0.3f, -0.4f};
+    s_push(&f, 1, &k1, 1, g1);
+    s_pull(&f, 1, &k1, 1, 0, w, NULL);
+    cr_assert_float_eq(w[0], w0[0] - 0.068824718f, 1e-6f);
+    cr_assert_float_eq(w[1], w0[1] + 0.078446453f, 1e-6f);
+
+    /* A push to rows never pulled creates them first. */
+    const uint64_t fresh[2] = {100, 200};
+    const float gf[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    s_push(&f, 1, fresh, 2, gf);
+
+    s_stop(&f);
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), 3);
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 1)), 3);
+    s_finish(&f);
+}
+
+Test(server, pull_dim_zero_means_table_dim, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-dim0");
+    const uint64_t k = 3;
+    cm_hdr h = s_hdr(CM_OP_PULL, 1, 0, 0);
+    cm_msg r;
+    s_call(&f, &h, &k, 1, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    cr_assert_eq(r.hdr.dim, 2);
+    cr_assert_eq(r.n_vals, 2);
+    cm_msg_release(&r);
+    s_stop(&f);
+    s_finish(&f);
+}
+
+Test(server, no_create_pull, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-nocreate");
+    const uint64_t one = 2;
+    float w[4];
+    s_pull(&f, 0, &one, 1, 0, w, NULL);   /* makes key 2 */
+
+    const uint64_t keys[3] = {1, 2, 3};
+    float out[12];
+    double missing = -1;
+    s_pull(&f, 0, keys, 3, CM_PULL_NO_CREATE, out, &missing);
+    cr_assert_eq(missing, 2.0);
+    for (int j = 0; j < 4; j++) {
+        cr_assert_eq(out[j], 0.0f);
+        cr_assert_eq(out[4 + j], w[j]);
+        cr_assert_eq(out[8 + j], 0.0f);
+    }
+    s_stop(&f);
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), 1);   /* nothing made */
+    s_finish(&f);
+}
+
+Test(server, unknown_table_and_wrong_dim, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-badtable");
+    const uint64_t keys[2] = {1, 2};
+    const float g[8] = {0};
+    cm_msg r;
+
+    cm_hdr h = s_hdr(CM_OP_PULL, 7, 4, 0);
+    s_call(&f, &h, keys, 2, NULL, 0, &r);
+    s_expect_error(&r, CM_ENOTFOUND, "unknown table 7");
+    cr_assert_eq(r.hdr.table, 7);
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
+    h = s_hdr(CM_OP_PUSH, 2, 4, 0);
+    s_call(&f, &h, keys, 2, g, 8, &r);
+    s_expect_error(&r, CM_ENOTFOUND, "unknown table 2");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
+    h = s_hdr(CM_OP_PULL, 0, 3, 0);
+    s_call(&f, &h, keys, 2, NULL, 0, &r);
+    s_expect_error(&r, CM_EINVAL, "dim 4");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
+    /* A push of dim 2 rows into the dim 4 table (same float count). */
+    h = s_hdr(CM_OP_PUSH, 0, 2, 0);
+    const uint64_t four[4] = {1, 2, 3, 4};
+    s_call(&f, &h, four, 4, g, 8, &r);
+    s_expect_error(&r, CM_EINVAL, "dim 4");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
+    /* Ops a server does not serve. */
+    h = s_hdr(CM_OP_HELLO, 0, 0, 0);
+    s_call(&f, &h, NULL, 0, NULL, 0, &r);
+    s_expect_error(&r, CM_EPROTO, "unexpected op HELLO");
+    cm_msg_release(&r);
+    h = s_hdr(CM_OP_REPLY, 0, 0, 0);
+    s_call(&f, &h, NULL, 0, NULL, 0, &r);
+    s_expect_error(&r, CM_EPROTO, "unexpected op REPLY");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
+    s_stop(&f);
+    /* Rejected pushes changed nothing: only the still-serving key exists. */
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), 1);
+    s_finish(&f);
+}
+
+Test(server, malformed_messages, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-garbage");
+    cm_msg r;
+
+    /* Unsorted keys (our own send refuses them, so build the frames). */
+    {
+        cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+        h.req_id = 9001;
+        h.n_keys = 3;
+        size_t len;
+        uint8_t *hb = s_pack(&h, &len);
+        const uint64_t keys[3] = {5, 3, 8};
+        cm_iov iov[2] = {{hb, len}, {keys, sizeof keys}};
+        s_send_raw(&f, iov, 2);
+        free(hb);
+        s_recv(&f, &r);
+        s_expect_error(&r, CM_EPROTO, "not sorted");
+        cr_assert_eq(r.hdr.req_id, 9001);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* Duplicate keys. */
+    {
+        cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+        h.req_id = 9002;
+        h.n_keys = 2;
+        size_t len;
+        uint8_t *hb = s_pack(&h, &len);
+        const uint64_t keys[2] = {5, 5};
+        cm_iov iov[2] = {{hb, len}, {keys, sizeof keys}};
+        s_send_raw(&f, iov, 2);
+        free(hb);
+        s_recv(&f, &r);
+        s_expect_error(&r, CM_EPROTO, "duplicate");
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* A push whose values frame is one float short. */
+    {
+        cm_hdr h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+        h.req_id = 9003;
+        h.n_keys = 2;
+        size_t len;
+        uint8_t *hb = s_pack(&h, &len);
+        const uint64_t keys[2] = {1, 2};
+        const float vals[7] = {0};
+        cm_iov iov[3] = {{hb, len}, {keys, sizeof keys}, {vals, sizeof vals}};
+        s_send_raw(&f, iov, 3);
+        free(hb);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cr_assert_eq(r.hdr.status, CM_EPROTO);
+        cr_assert_eq(r.hdr.req_id, 9003);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* A keys frame that is not a whole number of keys. */
+    {
+        cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+        h.req_id = 9004;
+        h.n_keys = 2;
+        size_t len;
+        uint8_t *hb = s_pack(&h, &len);
+        const uint8_t keys[13] = {1};
+        cm_iov iov[2] = {{hb, len}, {keys, sizeof keys}};
+        s_send_raw(&f, iov, 2);
+        free(hb);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cr_assert_eq(r.hdr.status, CM_EPROTO);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* Garbage instead of a header. */
+    {
+        uint8_t junk[64];
+        for (size_t i = 0; i < sizeof junk; i++)
+            junk[i] = (uint8_t)(0xff - 7 * i);
+        cm_iov iov[1] = {{junk, sizeof junk}};
+        s_send_raw(&f, iov, 1);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cr_assert_eq(r.hdr.status, CM_EPROTO);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* Too many frames. */
+    {
+        cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+        h.n_keys = 1;
+        size_t len;
+        uint8_t *hb = s_pack(&h, &len);
+        const uint64_t key = 1;
+        cm_iov iov[5] = {{hb, len}, {&key, 8}, {&key, 8}, {&key, 8}, {&key, 8}};
+        s_send_raw(&f, iov, 5);
+        free(hb);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    /* An empty message (no header frame at all). */
+    {
+        cm_iov iov[1] = {{"", 0}};
+        s_send_raw(&f, iov, 1);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cm_msg_release(&r);
+        s_still_serving(&f);
+    }
+    s_stop(&f);
+    s_finish(&f);
+}
+
+Test(server, pipelined_requests_in_order, .timeout = 30)
+{
+    /* Several requests in flight; replies come back in arrival order, and
+     * the pulls see exactly the pushes sent before them. */
+    s_fix f;
+    s_start(&f, "inproc://ps-pipeline");
+    const uint64_t k = 11;
+    float w0[4];
+    s_pull(&f, 0, &k, 1, 0, w0, NULL);
+
+    const float g[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+    uint64_t ids[10];
+    for (int i = 0; i < 10; i++) {
+        cm_hdr h = s_hdr(i % 2 ? CM_OP_PULL : CM_OP_PUSH, 0, 4, 0);
+        ids[i] = s_send(&f, &h, &k, 1, i % 2 ? NULL : g, i % 2 ? 0 : 4);
+    }
+    for (int i = 0; i < 10; i++) {
+        cm_msg r;
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.req_id, ids[i]);
+        cr_assert_eq(r.hdr.op, CM_OP_REPLY);
+        if (i % 2) {
+            float pushes = (float)(i / 2 + 1);
+            for (int j = 0; j < 4; j++)
+                cr_assert_float_eq(r.vals[j], w0[j] - 0.5f * pushes * g[j], 1e-5f);
+        }
+        cm_msg_release(&r);
+    }
+    s_stop(&f);
+    s_finish(&f);
+}
+
+Test(server, large_pull_grows_buffer, .timeout = 60)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-large");
+    const size_t n = 50000;
+    uint64_t *keys = malloc(n * sizeof *keys);
+    float *out = malloc(n * 4 * sizeof *out), want[4];
+    cr_assert(keys && out);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = 3 * i + 1;
+    s_pull(&f, 0, keys, 10, 0, out, NULL);
+    s_pull(&f, 0, keys, n, 0, out, NULL);
+    s_pull(&f, 0, keys, 100, 0, out, NULL);
+    for (size_t i = 0; i < 100; i++) {
+        ps_table_init_row(&f.params[0], keys[i], want);
+        cr_assert_eq(memcmp(out + 4 * i, want, sizeof want), 0);
+    }
+    s_stop(&f);
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), n);
+    s_finish(&f);
+    free(out);
+    free(keys);
+}
+
+Test(server, gone_peer_does_not_stop_server, .timeout = 30)
+{
+    /* A worker that sends a request and disconnects before the reply: the
+     * reply cannot be routed, the server logs it and keeps serving. */
+    s_fix f;
+    s_start(&f, "inproc://ps-gone");
+    cm_error e = {0};
+    for (int i = 0; i < 5; i++) {
+        cm_sock *d = cm_sock_new(f.van, CM_SOCK_DEALER, &e);
+        cr_assert_not_null(d);
+        cr_assert_eq(cm_sock_connect(d, ps_server_endpoint(f.srv)), 0);
+        const uint64_t k = 77;
+        cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+        cr_assert_eq(cm_msg_send(d, NULL, 0, &h, &k, 1, NULL, 0), 0);
+        cm_sock_destroy(&d);
+    }
+    s_still_serving(&f);
+    s_stop(&f);
+    s_finish(&f);
+}
+
+Test(server, transport_shutdown_ends_run, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-shutdown");
+    s_still_serving(&f);
+    cm_van_shutdown(f.van);
+    s_join(&f);
+    cr_assert_eq(f.rc, CM_ECLOSED);
+    s_finish(&f);
+}

@@ -1,0 +1,62 @@
+/* kv: a worker's client for the sharded parameter servers.
+ *
+ * Holds one DEALER per server and the slot map; routes each key to the
+ * server that owns its slot, keeps several requests in flight, and
+ * reassembles replies in key order. Pushes are asynchronous: their acks
+ * are collected while later requests wait, and wk_kv_flush waits for the
+ * rest. Because each server answers one connection in order, a push sent
+ * before a pull is applied before that pull is read. One owning thread. */
+#ifndef PSREC_WORKER_KV_H
+#define PSREC_WORKER_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/van.h"
+
+typedef struct wk_kv wk_kv;
+
+typedef struct {
+    uint32_t n_servers;
+    const char *const *server_eps;   /* n_servers endpoints to connect */
+    uint32_t n_slots;
+    const uint32_t *slot_map;        /* slot -> server; copied */
+    uint32_t n_tables;
+    const int *dims;                 /* per table: floats per row */
+    int rank;                        /* this worker's rank (sent as sender) */
+    int timeout_ms;                  /* how long to wait for a reply */
+} wk_kv_params;
+
+wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err);
+void wk_kv_destroy(wk_kv **pkv);
+
+/* One table's part of a pull: keys sorted and unique; out gets n*dim. */
+typedef struct {
+    uint32_t table;
+    const uint64_t *keys;
+    size_t n;
+    float *out;
+    uint32_t flags;                  /* CM_PULL_NO_CREATE */
+} wk_pull;
+
+/* Sends every request of reqs[0..n) to the servers, then waits for all
+ * replies. CM_EREMOTE with the server's message when one refused;
+ * CM_ETIMEDOUT when one did not answer in time. */
+int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err);
+
+/* Sends the summed gradients of sorted unique keys (n*dim floats) without
+ * waiting for the acks. */
+int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+               const float *grads, cm_error *err);
+
+/* Waits until every push sent so far was acknowledged. */
+int wk_kv_flush(wk_kv *kv, cm_error *err);
+
+/* Totals for reports: requests sent and bytes sent/received. */
+typedef struct {
+    uint64_t requests, bytes_out, bytes_in;
+} wk_kv_counters;
+wk_kv_counters wk_kv_get_counters(const wk_kv *kv);
+
+#endif

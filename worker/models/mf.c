@@ -1,0 +1,73 @@
+/* Biased matrix factorisation, explicit feedback.
+ *
+ * Tables: 0 users, 1 items; a row is [bias, f_1 .. f_k] (dim k+1), so one
+ * pull fetches both the bias and the factors of a key.
+ *   prediction  r^ = mean + b_u + b_i + <p_u, q_i>
+ *   loss        1/2 (r^ - r)^2 + l2/2 (b_u^2 + |p_u|^2 + b_i^2 + |q_i|^2)
+ * The regulariser is charged per occurrence, as in per-rating SGD. */
+#include <string.h>
+
+#include "worker/models/model.h"
+
+enum { MF_USER = 0, MF_ITEM = 1 };
+
+static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
+{
+    memset(out, 0, sizeof *out);
+    out->dim = job->dim + 1;
+    out->zero_prefix = 1;
+    out->init_std = (float)job->init_std;
+    out->seed = job->seed * 2 + t + 1;
+    out->optim.kind = job->optimizer;
+    out->optim.lr = (float)job->lr;
+    out->optim.eps = 1e-8f;
+    out->optim.init_accum = 0.1f;
+}
+
+static inline float s_dot(const float *restrict a, const float *restrict b, int n)
+{
+    float s = 0.f;
+    for (int j = 0; j < n; j++)
+        s += a[j] * b[j];
+    return s;
+}
+
+static double s_train(const wk_model_ctx *ctx, const wk_batch *b, int dim,
+                      const float *const *rows, float *const *grads)
+{
+    const float l2 = ctx->l2;
+    double sq = 0;
+    for (size_t j = 0; j < b->n; j++) {
+        const float *p = rows[MF_USER] + (size_t)b->uidx[j] * dim;
+        const float *q = rows[MF_ITEM] + (size_t)b->iidx[j] * dim;
+        float *gp = grads[MF_USER] + (size_t)b->uidx[j] * dim;
+        float *gq = grads[MF_ITEM] + (size_t)b->iidx[j] * dim;
+        float e = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1) - b->label[j];
+        sq += (double)e * e;
+        gp[0] += e + l2 * p[0];
+        gq[0] += e + l2 * q[0];
+        for (int k = 1; k < dim; k++) {
+            gp[k] += e * q[k] + l2 * p[k];
+            gq[k] += e * p[k] + l2 * q[k];
+        }
+    }
+    return sq;
+}
+
+static void s_predict(const wk_model_ctx *ctx, const wk_batch *b, int dim,
+                      const float *const *rows, float *pred)
+{
+    for (size_t j = 0; j < b->n; j++) {
+        const float *p = rows[MF_USER] + (size_t)b->uidx[j] * dim;
+        const float *q = rows[MF_ITEM] + (size_t)b->iidx[j] * dim;
+        pred[j] = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1);
+    }
+}
+
+const wk_model_ops wk_model_mf = {
+    .name = "mf",
+    .n_tables = 2,
+    .table_params = s_table_params,
+    .train = s_train,
+    .predict = s_predict,
+};

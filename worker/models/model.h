@@ -1,0 +1,57 @@
+/* model: what a model is to the worker.
+ *
+ * A model names the tables it needs (their dims and initialisation) and
+ * does the math on one minibatch given the rows pulled for it: loss,
+ * predictions and per-row gradients, summed per key. The worker owns
+ * batching, deduplication and push/pull; the model never talks to the
+ * network. One ops table per model in worker/models/. */
+#ifndef PSREC_WORKER_MODEL_H
+#define PSREC_WORKER_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "ps/table.h"
+
+#define WK_MAX_TABLES 8
+
+/* One minibatch of rating examples after deduplication: example j uses
+ * row uidx[j] of the pulled user rows and row iidx[j] of the item rows. */
+typedef struct {
+    size_t n;
+    const uint32_t *uidx;
+    const uint32_t *iidx;
+    const float *label;
+} wk_batch;
+
+/* Constants of a run the model needs besides the rows. */
+typedef struct {
+    float mean;      /* global mean of the training labels */
+    float l2;        /* L2 regularisation per occurrence */
+    float clip_lo;   /* predictions are clipped to [clip_lo, clip_hi] at eval */
+    float clip_hi;
+} wk_model_ctx;
+
+typedef struct wk_model_ops {
+    const char *name;
+    size_t n_tables;
+    /* Table t's parameters for this job (dim, init, optimizer). */
+    void (*table_params)(const cm_job *job, size_t t, ps_table_params *out);
+    /* Adds the gradients of the batch loss to grads[t] (dense, one row per
+     * pulled key, zeroed by the caller) and returns the sum over examples
+     * of the squared error (the data term, before regularisation). */
+    double (*train)(const wk_model_ctx *ctx, const wk_batch *b, int dim,
+                    const float *const *rows, float *const *grads);
+    /* Writes the prediction of each example to pred[j] (unclipped). */
+    void (*predict)(const wk_model_ctx *ctx, const wk_batch *b, int dim,
+                    const float *const *rows, float *pred);
+} wk_model_ops;
+
+/* The model of that name ("mf"), or NULL. */
+const wk_model_ops *wk_model_find(const char *name);
+
+/* Biased matrix factorisation (worker/models/mf.c). */
+extern const wk_model_ops wk_model_mf;
+
+#endif

@@ -1,0 +1,443 @@
+#include "worker/worker.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/dataset.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "common/rng.h"
+#include "common/slots.h"
+#include "worker/kv.h"
+#include "worker/models/model.h"
+
+/* Keys touched by one batch for one table, with the rows pulled for them
+ * and their gradient sums. Buffers are reused from batch to batch. */
+typedef struct {
+    uint64_t *uniq;       /* unique sorted keys */
+    uint32_t *idx;        /* per example: position in uniq */
+    size_t n_uniq;
+    float *rows;          /* n_uniq * dim pulled values */
+    float *grads;         /* n_uniq * dim gradient sums */
+} s_tkeys;
+
+typedef struct {
+    const wk_params *p;
+    const wk_model_ops *model;
+    wk_model_ctx ctx;
+    int dims[WK_MAX_TABLES];
+    /* this worker's shard, owned copies */
+    cm_ratings train, test;
+    /* control and data connections */
+    cm_sock *ctl;
+    wk_kv *kv;
+    /* batch buffers, sized for the larger of batch and eval batch */
+    size_t cap;
+    uint64_t *ex_keys;    /* per-example keys of one table */
+    uint64_t *scratch;    /* 2*cap for dedupe */
+    float *label;
+    float *pred;
+    uint32_t *order;      /* shuffled example order */
+    s_tkeys tk[2];
+} s_worker;
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---------------------------------------------------------------------
+ * Deduplication
+ * ------------------------------------------------------------------- */
+
+static int s_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+void wk_dedupe(const uint64_t *keys, size_t n, uint64_t *uniq, uint32_t *idx, size_t *n_uniq,
+               uint64_t *scratch)
+{
+    /* sort (key, example) pairs by key; pairs laid out as two u64 */
+    for (size_t j = 0; j < n; j++) {
+        scratch[2 * j] = keys[j];
+        scratch[2 * j + 1] = j;
+    }
+    qsort(scratch, n, 2 * sizeof(uint64_t), s_cmp_u64);
+    size_t u = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint64_t k = scratch[2 * j];
+        if (u == 0 || uniq[u - 1] != k)
+            uniq[u++] = k;
+        idx[scratch[2 * j + 1]] = (uint32_t)(u - 1);
+    }
+    *n_uniq = u;
+}
+
+/* ---------------------------------------------------------------------
+ * Setup
+ * ------------------------------------------------------------------- */
+
+static int s_alloc(s_worker *w, size_t cap, cm_error *err)
+{
+    w->cap = cap;
+    w->ex_keys = malloc(cap * sizeof *w->ex_keys);
+    w->scratch = malloc(2 * cap * sizeof *w->scratch);
+    w->label = malloc(cap * sizeof *w->label);
+    w->pred = malloc(cap * sizeof *w->pred);
+    int ok = w->ex_keys && w->scratch && w->label && w->pred;
+    for (int t = 0; t < 2; t++) {
+        size_t dim = (size_t)w->dims[t];
+        w->tk[t].uniq = malloc(cap * sizeof(uint64_t));
+        w->tk[t].idx = malloc(cap * sizeof(uint32_t));
+        w->tk[t].rows = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
+        w->tk[t].grads = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
+        ok = ok && w->tk[t].uniq && w->tk[t].idx && w->tk[t].rows && w->tk[t].grads;
+    }
+    return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for batch buffers");
+}
+
+static void s_free(s_worker *w)
+{
+    free(w->ex_keys);
+    free(w->scratch);
+    free(w->label);
+    free(w->pred);
+    free(w->order);
+    for (int t = 0; t < 2; t++) {
+        free(w->tk[t].uniq);
+        free(w->tk[t].idx);
+        free(w->tk[t].rows);
+        free(w->tk[t].grads);
+    }
+    cm_ratings_free(&w->train);
+    cm_ratings_free(&w->test);
+    wk_kv_destroy(&w->kv);
+    cm_sock_destroy(&w->ctl);
+}
+
+/* Loads `path` and keeps the rows of the users this worker owns. */
+static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
+                        double *noise_floor, size_t *bad_lines, cm_error *err)
+{
+    cm_load_opts opts = cm_load_opts_default();
+    opts.max_bad_lines = p->job->max_bad_lines;
+    /* every worker reads the same file: only the first reports bad lines */
+    opts.log_bad_lines = p->index == 0 ? opts.log_bad_lines : 0;
+    cm_ratings all = {0};
+    int rc = cm_ratings_load(path, &opts, &all, err);
+    if (rc != 0)
+        return rc;
+    *noise_floor = all.noise_floor;
+    *bad_lines = all.bad_lines;
+    size_t n = 0;
+    uint64_t *u = malloc((all.n + 1) * sizeof *u);
+    uint64_t *i = malloc((all.n + 1) * sizeof *i);
+    float *r = malloc((all.n + 1) * sizeof *r);
+    if (!u || !i || !r) {
+        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, all.n);
+        goto out;
+    }
+    for (size_t j = 0; j < all.n; j++) {
+        if (cm_worker_of(all.user[j], p->n_workers) != p->index)
+            continue;
+        u[n] = all.user[j];
+        i[n] = all.item[j];
+        r[n] = all.rating[j];
+        n++;
+    }
+    rc = cm_ratings_from_arrays(u, i, r, n, out, err);
+out:
+    free(u);
+    free(i);
+    free(r);
+    cm_ratings_free(&all);
+    return rc;
+}
+
+/* Sends a control message to the scheduler. */
+static int s_tell(s_worker *w, int op, uint32_t epoch, const double *stats, size_t n_stats,
+                  cm_error *err)
+{
+    cm_hdr h = cm_hdr_make(op);
+    h.sender = w->p->rank;
+    h.epoch = epoch;
+    h.n_stats = n_stats;
+    memcpy(h.stats, stats, n_stats * sizeof(double));
+    int rc = cm_msg_send(w->ctl, NULL, 0, &h, NULL, 0, NULL, 0);
+    if (rc != 0)
+        return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                            cm_sock_errmsg(w->ctl));
+    return 0;
+}
+
+/* Fills the batch's deduplicated keys for rows[first..first+m) in `order`
+ * (or in file order when order is NULL). */
+static void s_make_batch(s_worker *w, const cm_ratings *d, const uint32_t *order,
+                         size_t first, size_t m, wk_batch *b)
+{
+    const uint64_t *cols[2] = {d->user, d->item};
+    for (int t = 0; t < 2; t++) {
+        for (size_t j = 0; j < m; j++) {
+            size_t row = order ? order[first + j] : first + j;
+            w->ex_keys[j] = cols[t][row];
+        }
+        wk_dedupe(w->ex_keys, m, w->tk[t].uniq, w->tk[t].idx, &w->tk[t].n_uniq, w->scratch);
+    }
+    for (size_t j = 0; j < m; j++)
+        w->label[j] = d->rating[order ? order[first + j] : first + j];
+    b->n = m;
+    b->uidx = w->tk[0].idx;
+    b->iidx = w->tk[1].idx;
+    b->label = w->label;
+}
+
+static int s_pull_batch(s_worker *w, uint32_t flags, cm_error *err)
+{
+    wk_pull reqs[2];
+    for (int t = 0; t < 2; t++)
+        reqs[t] = (wk_pull){(uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, w->tk[t].rows, flags};
+    return wk_kv_pull(w->kv, reqs, 2, err);
+}
+
+/* ---------------------------------------------------------------------
+ * Epochs
+ * ------------------------------------------------------------------- */
+
+static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    const cm_job *job = w->p->job;
+    const size_t n = w->train.n;
+    double t0 = s_now(), last_report = t0;
+    cm_rng rng;
+    cm_rng_seed(&rng, cm_mix64(job->seed ^ cm_mix64(((uint64_t)w->p->index << 32) | epoch)));
+    for (size_t j = 0; j < n; j++)
+        w->order[j] = (uint32_t)j;
+    cm_rng_shuffle_u32(&rng, w->order, n);
+
+    double sq = 0;
+    const size_t bs = (size_t)job->batch;
+    for (size_t first = 0; first < n; first += bs) {
+        size_t m = n - first < bs ? n - first : bs;
+        wk_batch b;
+        s_make_batch(w, &w->train, w->order, first, m, &b);
+        int rc = s_pull_batch(w, 0, err);
+        if (rc != 0)
+            return rc;
+        const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
+        float *grads[2] = {w->tk[0].grads, w->tk[1].grads};
+        for (int t = 0; t < 2; t++)
+            memset(grads[t], 0, w->tk[t].n_uniq * (size_t)w->dims[t] * sizeof(float));
+        sq += w->model->train(&w->ctx, &b, w->dims[0], rows, grads);
+        for (int t = 0; t < 2; t++) {
+            rc = wk_kv_push(w->kv, (uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, grads[t], err);
+            if (rc != 0)
+                return rc;
+        }
+        double now = s_now();
+        if (now - last_report > 0.25) {
+            double st[2] = {(double)(first + m), sq};
+            if ((rc = s_tell(w, CM_OP_PROGRESS, epoch, st, 2, err)) != 0)
+                return rc;
+            last_report = now;
+        }
+    }
+    int rc = wk_kv_flush(w->kv, err);
+    if (rc != 0)
+        return rc;
+    double st[3] = {sq, (double)n, s_now() - t0};
+    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+}
+
+/* A row that was never trained reads back as zeros (NO_CREATE pull). */
+static int s_row_known(const float *row, int dim)
+{
+    for (int k = 0; k < dim; k++)
+        if (row[k] != 0.f)
+            return 1;
+    return 0;
+}
+
+static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    const cm_ratings *d = &w->test;
+    double sq = 0, ab = 0;
+    size_t unseen = 0;
+    for (size_t first = 0; first < d->n; first += w->cap) {
+        size_t m = d->n - first < w->cap ? d->n - first : w->cap;
+        wk_batch b;
+        s_make_batch(w, d, NULL, first, m, &b);
+        int rc = s_pull_batch(w, CM_PULL_NO_CREATE, err);
+        if (rc != 0)
+            return rc;
+        const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
+        w->model->predict(&w->ctx, &b, w->dims[0], rows, w->pred);
+        for (size_t j = 0; j < m; j++) {
+            float pr = w->pred[j];
+            if (pr < w->ctx.clip_lo)
+                pr = w->ctx.clip_lo;
+            if (pr > w->ctx.clip_hi)
+                pr = w->ctx.clip_hi;
+            double e = (double)pr - b.label[j];
+            sq += e * e;
+            ab += fabs(e);
+            if (!s_row_known(rows[0] + (size_t)b.uidx[j] * w->dims[0], w->dims[0]) ||
+                !s_row_known(rows[1] + (size_t)b.iidx[j] * w->dims[1], w->dims[1]))
+                unseen++;
+        }
+    }
+    double st[4] = {sq, ab, (double)d->n, (double)unseen};
+    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 4, err);
+}
+
+/* ---------------------------------------------------------------------
+ * Life cycle
+ * ------------------------------------------------------------------- */
+
+static int s_hello_and_plan(s_worker *w, cm_error *err)
+{
+    const cm_ratings *tr = &w->train;
+    double sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (size_t j = 0; j < tr->n; j++) {
+        sum += tr->rating[j];
+        if (tr->rating[j] < lo)
+            lo = tr->rating[j];
+        if (tr->rating[j] > hi)
+            hi = tr->rating[j];
+    }
+    double st[8] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->test.n,
+                    (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor};
+    int rc = s_tell(w, CM_OP_HELLO, 0, st, 8, err);
+    if (rc != 0)
+        return rc;
+    cm_msg m = {0};
+    rc = cm_msg_recv(w->ctl, &m, (int)(w->p->job->timeout * 1000), err);
+    if (rc == CM_ETIMEDOUT)
+        rc = cm_error_set(err, rc, "worker: no plan from the scheduler within %.0f s",
+                          w->p->job->timeout);
+    if (rc != 0)
+        goto out;
+    if (m.hdr.op == CM_OP_STOP) {
+        rc = CM_ECLOSED;
+        cm_error_set(err, rc, "worker: the scheduler stopped the job before training");
+        goto out;
+    }
+    if (m.hdr.op != CM_OP_PLAN || m.hdr.n_stats < 3 || m.hdr.n_slots == 0) {
+        rc = cm_error_set(err, CM_EPROTO, "worker: expected a PLAN, got %s",
+                          cm_op_name(m.hdr.op));
+        goto out;
+    }
+    w->ctx.mean = (float)m.hdr.stats[0];
+    w->ctx.clip_lo = (float)m.hdr.stats[1];
+    w->ctx.clip_hi = (float)m.hdr.stats[2];
+    w->ctx.l2 = (float)w->p->job->l2;
+    wk_kv_params kp = {
+        .n_servers = w->p->n_servers,
+        .server_eps = w->p->server_eps,
+        .n_slots = (uint32_t)m.hdr.n_slots,
+        .slot_map = m.hdr.slots,
+        .n_tables = (uint32_t)w->model->n_tables,
+        .dims = w->dims,
+        .rank = w->p->rank,
+        .timeout_ms = (int)(w->p->job->timeout * 1000),
+    };
+    w->kv = wk_kv_new(w->p->van, &kp, err);
+    if (!w->kv)
+        rc = err ? err->code : CM_EIO;
+out:
+    cm_msg_release(&m);
+    return rc;
+}
+
+static int s_serve(s_worker *w, cm_error *err)
+{
+    for (;;) {
+        cm_msg m = {0};
+        /* the scheduler may be waiting on slower workers: wait for it */
+        int rc = cm_msg_recv(w->ctl, &m, -1, err);
+        if (rc != 0) {
+            cm_msg_release(&m);
+            return cm_error_prefix(err, "worker: control channel");
+        }
+        int op = m.hdr.op;
+        uint32_t epoch = m.hdr.epoch;
+        cm_msg_release(&m);
+        if (op == CM_OP_STOP)
+            return 0;
+        if (op == CM_OP_EPOCH)
+            rc = s_train_epoch(w, epoch, err);
+        else if (op == CM_OP_EVAL)
+            rc = s_eval(w, epoch, err);
+        else
+            rc = cm_error_set(err, CM_EPROTO, "worker: unexpected %s from the scheduler",
+                              cm_op_name(op));
+        if (rc != 0)
+            return rc;
+    }
+}
+
+int wk_run(const wk_params *p, cm_error *err)
+{
+    s_worker w = {.p = p};
+    int rc = 0;
+    w.model = wk_model_find(p->job->model);
+    if (!w.model)
+        return cm_error_set(err, CM_ECONFIG, "worker: unknown model '%s'", p->job->model);
+    for (size_t t = 0; t < w.model->n_tables; t++) {
+        ps_table_params tp;
+        w.model->table_params(p->job, t, &tp);
+        w.dims[t] = tp.dim;
+    }
+    w.ctl = cm_sock_new(p->van, CM_SOCK_DEALER, err);
+    if (!w.ctl)
+        return err ? err->code : CM_EIO;
+    if (cm_sock_connect(w.ctl, p->sched_ep) != 0) {
+        rc = cm_error_set(err, CM_EIO, "worker: cannot connect to the scheduler at %s: %s",
+                          p->sched_ep, cm_sock_errmsg(w.ctl));
+        goto out;
+    }
+    double nf = -1;
+    size_t bad = 0;
+    if ((rc = s_load_shard(p, p->job->train, &w.train, &nf, &bad, err)) != 0)
+        goto out;
+    w.train.bad_lines = bad;
+    if (p->job->test[0]) {
+        if ((rc = s_load_shard(p, p->job->test, &w.test, &nf, &bad, err)) != 0)
+            goto out;
+        w.test.noise_floor = nf;
+        w.test.bad_lines = bad;
+    } else {
+        w.test.noise_floor = -1;
+    }
+    size_t cap = (size_t)p->job->batch;
+    if (cap < 4096)
+        cap = 4096;
+    if ((rc = s_alloc(&w, cap, err)) != 0)
+        goto out;
+    w.order = malloc((w.train.n + 1) * sizeof *w.order);
+    if (!w.order) {
+        rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+        goto out;
+    }
+    if ((rc = s_hello_and_plan(&w, err)) != 0)
+        goto out;
+    rc = s_serve(&w, err);
+out:
+    if (rc != 0 && w.ctl && rc != CM_ECLOSED) {
+        /* best effort: let the scheduler stop the job instead of waiting */
+        cm_hdr h = cm_hdr_make(CM_OP_ERROR);
+        h.sender = p->rank;
+        h.status = rc;
+        snprintf(h.error, sizeof h.error, "%.255s", err ? err->msg : cm_strerror(rc));
+        if (cm_msg_send(w.ctl, NULL, 0, &h, NULL, 0, NULL, 0) == 0)
+            nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL); /* let it leave */
+    }
+    s_free(&w);
+    return rc;
+}
