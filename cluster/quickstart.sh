@@ -16,5 +16,5 @@ echo "== generating 1M ratings (6040 users x 3706 items, like MovieLens 1M)"
 echo "== training: mpirun -np 4 (1 scheduler, 1 server, 2 workers)"
 mpirun --oversubscribe --bind-to none -np 4 "$top/build/psrec" train \
     --train "$data/ml1m.train.psrd" --test "$data/ml1m.test.psrd" \
-    --metrics "$data/metrics.jsonl" "$@"
+    --epochs 10 --l2 0.05 --metrics "$data/metrics.jsonl" "$@"
 echo "== per-epoch metrics: $data/metrics.jsonl"

@@ -611,7 +611,11 @@ static int s_check_column(const char *path, const char *name, uint64_t off, uint
         return cm_error_set(err, CM_EPARSE,
                             "%s: %s column offset %llu is not %u-byte aligned (file is corrupted)",
                             path, name, (unsigned long long)off, S_ALIGN);
-    if (off < data_start || off > size || n > (size - off) / width)
+    if (off < data_start)
+        return cm_error_set(err, CM_EPARSE,
+                            "%s: %s column offset %llu overlaps the header (file is corrupted)",
+                            path, name, (unsigned long long)off);
+    if (off > size || n > (size - off) / width)
         return cm_error_set(err, CM_EPARSE,
                             "%s: %s column (offset %llu, %llu rows) lies outside the file of %llu bytes "
                             "(file is corrupted or truncated)",

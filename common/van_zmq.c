@@ -126,8 +126,11 @@ static int s_sock_open(cm_van *v, cm_sock *s, cm_error *err)
         (rc = s_setint(s, zs, ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")) < 0 ||
         (rc = s_setint(s, zs, ZMQ_RCVHWM, 0, "ZMQ_RCVHWM")) < 0)
         goto out;
+    /* HANDOVER: a DEALER with a fixed identity that reconnects (new tcp
+     * connection) takes its route over instead of being refused. */
     if (s->type == CM_SOCK_ROUTER &&
-        (rc = s_setint(s, zs, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")) < 0)
+        ((rc = s_setint(s, zs, ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY")) < 0 ||
+         (rc = s_setint(s, zs, ZMQ_ROUTER_HANDOVER, 1, "ZMQ_ROUTER_HANDOVER")) < 0))
         goto out;
     s->impl = zs;
     atomic_fetch_add(&z->n_socks, 1);

@@ -97,9 +97,9 @@ Test(config, defaults)
     cr_assert_eq(j.epochs, 20);
     cr_assert_eq(j.servers, 1);
     cr_assert_eq(j.optimizer, CM_OPT_ADAGRAD);
-    cr_assert_eq(j.lr, 0.05);
-    cr_assert_eq(j.l2, 0.02);
-    cr_assert_eq(j.init_std, 0.1);
+    cr_assert_eq(j.lr, 0.07);
+    cr_assert_eq(j.l2, 0.12);
+    cr_assert_eq(j.init_std, 0.05);
     cr_assert_eq(j.batch, 256);
     cr_assert_eq(j.seed, 1);
     cr_assert_eq(j.max_bad_lines, 10);
@@ -476,6 +476,23 @@ Test(config, file_long_lines, .init = s_setup, .fini = s_cleanup)
     cr_assert(strstr(err.msg, ":3: line longer than") != NULL, "%s", err.msg);
 }
 
+Test(config, file_colon_and_empty_values, .init = s_setup, .fini = s_cleanup)
+{
+    cm_job j = cm_job_default();
+    strcpy(j.test, "old");
+    cm_error err = {0};
+    const char *path = s_write("c.ini", "dim: 9\ntest =\nseed = 5 ; inline\nepochs = 3;x\n");
+    /* "3;x": a ';' without a blank before it is part of the value */
+    cr_assert_eq(cm_job_load_file(&j, path, &err), CM_ECONFIG);
+    cr_assert(strstr(err.msg, ":4: epochs: expected an integer in [1, 100000], got '3;x'") != NULL,
+              "%s", err.msg);
+    path = s_write("c2.ini", "dim: 9\ntest =\nseed = 5 ; inline\n");
+    cr_assert_eq(cm_job_load_file(&j, path, &err), 0, "%s", err.msg);
+    cr_assert_eq(j.dim, 9);
+    cr_assert_str_eq(j.test, "");
+    cr_assert_eq(j.seed, 5);
+}
+
 Test(config, file_empty_and_crlf, .init = s_setup, .fini = s_cleanup)
 {
     cm_job j = cm_job_default();
@@ -725,7 +742,7 @@ Test(config, print_lists_every_key)
         snprintf(want, sizeof want, "%s = ", s_all_keys[i]);
         cr_assert(strstr(text, want) != NULL, "%s missing:\n%s", s_all_keys[i], text);
     }
-    cr_assert(strstr(text, "lr = 0.05\n") != NULL, "%s", text);
+    cr_assert(strstr(text, "lr = 0.07\n") != NULL, "%s", text);
     cr_assert(strstr(text, "progress = auto\n") != NULL, "%s", text);
     cr_assert(strstr(text, "optimizer = adagrad\n") != NULL, "%s", text);
     free(text);

@@ -402,6 +402,40 @@ Test(van, dealer_identity_is_the_route)
     cm_van_destroy(&v);
 }
 
+/* A worker that comes back with the same identity gets its route back,
+ * even while the router still holds the old connection. */
+Test(van, reconnecting_identity_takes_over_its_route)
+{
+    cm_van *v = s_van();
+    cm_sock *r = s_sock(v, CM_SOCK_ROUTER);
+    char ep[CM_ENDPOINT_MAX];
+    cr_assert_eq(cm_sock_bind(r, "tcp://127.0.0.1:*", ep), 0);
+    cm_sock *d1 = s_sock(v, CM_SOCK_DEALER);
+    cr_assert_eq(cm_sock_set_identity(d1, "wk-1", 4), 0);
+    cr_assert_eq(cm_sock_connect(d1, ep), 0);
+    s_send_str(d1, "first", NULL);
+    cm_frames *f = NULL;
+    cr_assert_eq(cm_sock_recv(r, &f, 5000), 0);
+    cm_frames_destroy(&f);
+
+    cm_sock *d2 = s_sock(v, CM_SOCK_DEALER);
+    cr_assert_eq(cm_sock_set_identity(d2, "wk-1", 4), 0);
+    cr_assert_eq(cm_sock_connect(d2, ep), 0);
+    s_send_str(d2, "second", NULL);
+    cr_assert_eq(cm_sock_recv(r, &f, 5000), 0);
+    cr_assert(s_frame_is(f, 0, "wk-1"));
+    cr_assert(s_frame_is(f, 1, "second"));
+    cm_frames_destroy(&f);
+    cr_assert_eq(cm_sock_send(r, (cm_iov[]){{"wk-1", 4}, {"back", 4}}, 2), 0);
+    cr_assert_eq(cm_sock_recv(d2, &f, 5000), 0);
+    cr_assert(s_frame_is(f, 0, "back"));
+    cm_frames_destroy(&f);
+    cm_sock_destroy(&d1);
+    cm_sock_destroy(&d2);
+    cm_sock_destroy(&r);
+    cm_van_destroy(&v);
+}
+
 /* ------------------------------------------------------------ shutdown -- */
 
 typedef struct {

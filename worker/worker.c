@@ -55,27 +55,49 @@ static double s_now(void)
  * Deduplication
  * ------------------------------------------------------------------- */
 
-static int s_cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
+/* LSD radix sort of (key, example) pairs, one byte a pass; passes where
+ * every key has the same byte are skipped, so small ids cost 2-3 passes. */
 void wk_dedupe(const uint64_t *keys, size_t n, uint64_t *uniq, uint32_t *idx, size_t *n_uniq,
                uint64_t *scratch)
 {
-    /* sort (key, example) pairs by key; pairs laid out as two u64 */
+    uint64_t *a = scratch, *b = scratch + n; /* a: keys, b: keys (other buffer) */
+    uint32_t *pa = idx, *pb = (uint32_t *)uniq; /* example ids ride along */
+    /* idx and uniq double as the example-id buffers until the final pass */
     for (size_t j = 0; j < n; j++) {
-        scratch[2 * j] = keys[j];
-        scratch[2 * j + 1] = j;
+        a[j] = keys[j];
+        pa[j] = (uint32_t)j;
     }
-    qsort(scratch, n, 2 * sizeof(uint64_t), s_cmp_u64);
+    uint64_t diff = 0;
+    for (size_t j = 1; j < n; j++)
+        diff |= a[j] ^ a[0];
+    for (int shift = 0; shift < 64 && (diff >> shift); shift += 8) {
+        if (((diff >> shift) & 0xff) == 0)
+            continue;
+        size_t count[257] = {0};
+        for (size_t j = 0; j < n; j++)
+            count[((a[j] >> shift) & 0xff) + 1]++;
+        for (int d = 0; d < 256; d++)
+            count[d + 1] += count[d];
+        for (size_t j = 0; j < n; j++) {
+            size_t at = count[(a[j] >> shift) & 0xff]++;
+            b[at] = a[j];
+            pb[at] = pa[j];
+        }
+        uint64_t *t = a;
+        a = b;
+        b = t;
+        uint32_t *tp = pa;
+        pa = pb;
+        pb = tp;
+    }
+    /* pa holds example ids in key order; move them out of idx/uniq first */
+    uint32_t *ex = (uint32_t *)b; /* b is free now and holds n u64 >= n u32 */
+    memcpy(ex, pa, n * sizeof *ex);
     size_t u = 0;
     for (size_t j = 0; j < n; j++) {
-        uint64_t k = scratch[2 * j];
-        if (u == 0 || uniq[u - 1] != k)
-            uniq[u++] = k;
-        idx[scratch[2 * j + 1]] = (uint32_t)(u - 1);
+        if (u == 0 || uniq[u - 1] != a[j])
+            uniq[u++] = a[j];
+        idx[ex[j]] = (uint32_t)(u - 1);
     }
     *n_uniq = u;
 }

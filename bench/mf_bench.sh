@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# MF throughput benchmark: generates ratings shaped like MovieLens 20M
+# (138k users x 27k items) and trains biased MF at dim 32 twice, under
+# mpirun (1 scheduler, 1 server, 2 workers over tcp) and with --local (the
+# same roles as threads over inproc), printing updates/s, seconds per epoch
+# and the final test RMSE beside the noise floor. Figures come from the run.
+#
+#   bench/mf_bench.sh [--ratings N] [--epochs E] [--dim K] [--keep]
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+ratings=20000000 users=138000 items=27000 epochs=5 dim=32 keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ratings) ratings=$2; shift 2 ;;
+    --users) users=$2; shift 2 ;;
+    --items) items=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --dim) dim=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+"$top/cluster/deps.sh"
+"$top/cluster/build.sh" "$top/build"
+psrec=$top/build/psrec
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+work=${PSREC_BENCH_DIR:-$top/build/bench}
+mkdir -p "$work"
+data=$work/mf_${ratings}_${users}x${items}
+if [ ! -f "$data.train.psrd" ]; then
+  echo "== generating $ratings ratings ($users users x $items items)"
+  t0=$(date +%s%N)
+  "$psrec" gen --out "$data" --ratings "$ratings" --users "$users" --items "$items" \
+      --rank 16 --noise 0.5 --seed 1
+  echo "   generated in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+fi
+
+# mean examples/s and s/epoch over epochs after the first (warm-up), last RMSE
+summarise() {
+  awk -F'[:,}]' '
+    { for (i = 1; i <= NF; i++) { gsub(/[ "{]/, "", $i) }
+      for (i = 1; i < NF; i++) {
+        if ($i == "epoch") e = $(i+1); if ($i == "examples_per_s") r = $(i+1);
+        if ($i == "seconds") s = $(i+1); if ($i == "test_rmse") t = $(i+1);
+        if ($i == "noise_floor") nf = $(i+1) }
+      if (e > 1 || NR == 1) { if (e > 1 && !warm) { sr = 0; ss = 0; n = 0; warm = 1 }
+                              sr += r; ss += s; n++ }
+    }
+    END { printf "%12.3f %10.2f %10.4f %10.4f %8.1f%%\n", sr / n / 1e6, ss / n, t, nf, 100 * (t / nf - 1) }' "$1"
+}
+
+run() {
+  local name=$1; shift
+  local m=$work/metrics_$name.jsonl
+  echo "== $name: $*" >&2
+  "$@" --train "$data.train.psrd" \
+      --test "$data.test.psrd" --dim "$dim" --epochs "$epochs" --metrics "$m" \
+      --progress off --log_level warn >&2
+  printf "%-34s " "$name"
+  summarise "$m"
+}
+
+echo
+{
+  printf "%-34s %12s %10s %10s %10s %9s\n" "configuration" "Mupdates/s" "s/epoch" \
+      "test_rmse" "floor" "above"
+  run "mpirun 1 sched + 1 server + 2 wk" \
+      mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1
+  run "--local 1 server + 2 workers" "$psrec" train --local --servers 1 --workers 2
+} | tee "$work/mf_bench.txt"
+echo "(updates/s: mean over epochs 2..$epochs; machine: $(nproc) cores, $(uname -m))"
+[ "$keep" = 1 ] || rm -f "$data".*.psrd
