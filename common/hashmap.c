@@ -132,30 +132,33 @@ int cm_hashmap_get(const cm_hashmap *m, uint64_t key, uint32_t *val)
     return 1;
 }
 
-int cm_hashmap_upsert(cm_hashmap *m, uint64_t key, uint32_t val_if_new,
-                      uint32_t *val, int *inserted)
+/* Inserts an absent key whose probe ended at empty slot i; grows first when
+ * the insert would pass the load limit (then the slot is found again). */
+static inline int s_insert(cm_hashmap *m, size_t i, uint64_t key, uint32_t val)
 {
-    size_t i = s_find(m, key);
-    if (m->slots[i].used) {
-        if (val)
-            *val = m->slots[i].val;
-        if (inserted)
-            *inserted = 0;
-        return 0;
-    }
     if (m->size + 1 > m->limit) {
         if (s_grow(m) != 0)
             return CM_ENOMEM;
         i = s_find(m, key);
     }
     m->slots[i].key = key;
-    m->slots[i].val = val_if_new;
+    m->slots[i].val = val;
     m->slots[i].used = 1;
     m->size++;
+    return 0;
+}
+
+int cm_hashmap_upsert(cm_hashmap *m, uint64_t key, uint32_t val_if_new,
+                      uint32_t *val, int *inserted)
+{
+    size_t i = s_find(m, key);
+    int fresh = !m->slots[i].used;
+    if (fresh && s_insert(m, i, key, val_if_new) != 0)
+        return CM_ENOMEM;
     if (val)
-        *val = val_if_new;
+        *val = fresh ? val_if_new : m->slots[i].val;
     if (inserted)
-        *inserted = 1;
+        *inserted = fresh;
     return 0;
 }
 
@@ -166,7 +169,7 @@ int cm_hashmap_put(cm_hashmap *m, uint64_t key, uint32_t val)
         m->slots[i].val = val;
         return 0;
     }
-    return cm_hashmap_upsert(m, key, val, NULL, NULL);
+    return s_insert(m, i, key, val);
 }
 
 int cm_hashmap_remove(cm_hashmap *m, uint64_t key)

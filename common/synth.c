@@ -32,6 +32,7 @@
 #define S_USER_ACTIVITY_SIGMA 1.0   /* lognormal sigma of user activity */
 #define S_DOT_SD 0.6                /* target sd of <p_u, q_i> for auto factor_sd */
 #define S_MAX_RANK 1024
+#define S_PREFETCH 16               /* rows ahead to prefetch table rows */
 
 enum { S_STREAM_MODEL = 1, S_STREAM_USER, S_STREAM_ITEM, S_STREAM_NOISE, S_STREAM_SPLIT };
 
@@ -65,15 +66,18 @@ static void s_stream(cm_rng *r, uint64_t seed, int which)
  * ------------------------------------------------------------------------ */
 
 typedef struct {
+    float prob;       /* keep column i with this probability... */
+    uint32_t alias;   /* ...else take this one */
+} s_alias_cell;       /* together: one cache miss per draw */
+
+typedef struct {
     uint64_t n;
-    float *prob;      /* keep column i with this probability... */
-    uint32_t *alias;  /* ...else take alias[i] */
+    s_alias_cell *cell;
 } s_alias;
 
 static void s_alias_free(s_alias *a)
 {
-    free(a->prob);
-    free(a->alias);
+    free(a->cell);
     memset(a, 0, sizeof *a);
 }
 
@@ -81,10 +85,9 @@ static void s_alias_free(s_alias *a)
 static int s_alias_build(s_alias *a, double *w, uint64_t n)
 {
     memset(a, 0, sizeof *a);
-    a->prob = malloc(n * sizeof *a->prob);
-    a->alias = malloc(n * sizeof *a->alias);
+    a->cell = malloc(n * sizeof *a->cell);
     uint32_t *stack = malloc(n * sizeof *stack);
-    if (!a->prob || !a->alias || !stack) {
+    if (!a->cell || !stack) {
         free(stack);
         s_alias_free(a);
         return CM_ENOMEM;
@@ -104,8 +107,7 @@ static int s_alias_build(s_alias *a, double *w, uint64_t n)
     }
     while (ns > 0 && nl < n) {
         uint32_t s = stack[--ns], l = stack[nl];
-        a->prob[s] = (float)w[s];
-        a->alias[s] = l;
+        a->cell[s] = (s_alias_cell){(float)w[s], l};
         w[l] = (w[l] + w[s]) - 1.0;
         if (w[l] < 1.0) {
             nl++;
@@ -115,22 +117,28 @@ static int s_alias_build(s_alias *a, double *w, uint64_t n)
     /* Whatever is left is 1 up to rounding. */
     while (nl < n) {
         uint32_t l = stack[nl++];
-        a->prob[l] = 1.0f;
-        a->alias[l] = l;
+        a->cell[l] = (s_alias_cell){1.0f, l};
     }
     while (ns > 0) {
         uint32_t s = stack[--ns];
-        a->prob[s] = 1.0f;
-        a->alias[s] = s;
+        a->cell[s] = (s_alias_cell){1.0f, s};
     }
     free(stack);
     return 0;
 }
 
-static inline uint32_t s_alias_draw(const s_alias *a, cm_rng *r)
+/* A draw is a column and a uniform; resolving it touches the table, so the
+ * generator draws a chunk first and resolves it with prefetching. */
+static inline void s_alias_draw(const s_alias *a, cm_rng *r, uint32_t *col, float *u)
 {
-    uint32_t i = (uint32_t)cm_rng_below(r, a->n);
-    return (float)cm_rng_uniform(r) < a->prob[i] ? i : a->alias[i];
+    *col = (uint32_t)cm_rng_below(r, a->n);
+    *u = (float)cm_rng_uniform(r);
+}
+
+static inline uint32_t s_alias_resolve(const s_alias *a, uint32_t col, float u)
+{
+    const s_alias_cell *c = &a->cell[col];
+    return u < c->prob ? col : c->alias;
 }
 
 /* ------------------------------------------------------------------------
@@ -139,15 +147,14 @@ static inline uint32_t s_alias_draw(const s_alias *a, cm_rng *r)
 
 typedef struct {
     int rank;
-    float *bu, *bi;       /* biases */
-    float *P, *Q;         /* n_users x rank, n_items x rank */
+    size_t stride;        /* rank + 1 */
+    float *P, *Q;         /* per user / item: [bias, factor_0 .. factor_rank-1],
+                             so a row's bias and factors share cache lines */
     s_alias users, items; /* row sampling */
 } s_model;
 
 static void s_model_free(s_model *m)
 {
-    free(m->bu);
-    free(m->bi);
     free(m->P);
     free(m->Q);
     s_alias_free(&m->users);
@@ -159,27 +166,30 @@ static int s_model_build(s_model *m, const cm_synth_params *p, double factor_sd)
     memset(m, 0, sizeof *m);
     uint64_t nu = p->n_users, ni = p->n_items, k = (uint64_t)p->rank;
     m->rank = p->rank;
-    m->bu = malloc(nu * sizeof *m->bu);
-    m->bi = malloc(ni * sizeof *m->bi);
-    m->P = malloc((k > 0 ? nu * k : 1) * sizeof *m->P);
-    m->Q = malloc((k > 0 ? ni * k : 1) * sizeof *m->Q);
+    m->stride = (size_t)k + 1;
+    m->P = malloc(nu * m->stride * sizeof *m->P);
+    m->Q = malloc(ni * m->stride * sizeof *m->Q);
     uint64_t nmax = nu > ni ? nu : ni;
     double *w = malloc(nmax * sizeof *w);
     uint32_t *perm = malloc(ni * sizeof *perm);
     int rc = CM_ENOMEM;
-    if (!m->bu || !m->bi || !m->P || !m->Q || !w || !perm)
+    if (!m->P || !m->Q || !w || !perm)
         goto out;
 
+    /* Draw order (all user biases, all user factors, item biases, item
+     * factors) is part of what a seed means: keep it. */
     cm_rng r;
     s_stream(&r, p->seed, S_STREAM_MODEL);
     for (uint64_t u = 0; u < nu; u++)
-        m->bu[u] = (float)(p->user_bias_sd * cm_rng_normal(&r));
-    for (uint64_t x = 0; x < nu * k; x++)
-        m->P[x] = (float)(factor_sd * cm_rng_normal(&r));
+        m->P[u * m->stride] = (float)(p->user_bias_sd * cm_rng_normal(&r));
+    for (uint64_t u = 0; u < nu; u++)
+        for (uint64_t f = 0; f < k; f++)
+            m->P[u * m->stride + 1 + f] = (float)(factor_sd * cm_rng_normal(&r));
     for (uint64_t i = 0; i < ni; i++)
-        m->bi[i] = (float)(p->item_bias_sd * cm_rng_normal(&r));
-    for (uint64_t x = 0; x < ni * k; x++)
-        m->Q[x] = (float)(factor_sd * cm_rng_normal(&r));
+        m->Q[i * m->stride] = (float)(p->item_bias_sd * cm_rng_normal(&r));
+    for (uint64_t i = 0; i < ni; i++)
+        for (uint64_t f = 0; f < k; f++)
+            m->Q[i * m->stride + 1 + f] = (float)(factor_sd * cm_rng_normal(&r));
 
     for (uint64_t u = 0; u < nu; u++)
         w[u] = exp(S_USER_ACTIVITY_SIGMA * cm_rng_normal(&r));
@@ -248,6 +258,35 @@ typedef struct {
     float *rating;
     size_t n;
 } s_buf;
+
+/* One chunk's draws before they become rows. */
+typedef struct {
+    uint32_t *u, *i;      /* alias columns, then resolved indices */
+    float *uu, *iu;       /* alias uniforms */
+    float *e;             /* noise */
+    uint8_t *test;        /* split decisions */
+} s_draws;
+
+static int s_draws_alloc(s_draws *d)
+{
+    d->u = malloc(S_CHUNK * sizeof *d->u);
+    d->i = malloc(S_CHUNK * sizeof *d->i);
+    d->uu = malloc(S_CHUNK * sizeof *d->uu);
+    d->iu = malloc(S_CHUNK * sizeof *d->iu);
+    d->e = malloc(S_CHUNK * sizeof *d->e);
+    d->test = malloc(S_CHUNK * sizeof *d->test);
+    return d->u && d->i && d->uu && d->iu && d->e && d->test ? 0 : CM_ENOMEM;
+}
+
+static void s_draws_free(s_draws *d)
+{
+    free(d->u);
+    free(d->i);
+    free(d->uu);
+    free(d->iu);
+    free(d->e);
+    free(d->test);
+}
 
 static int s_buf_alloc(s_buf *b)
 {
@@ -328,12 +367,13 @@ int cm_synth_write(const cm_synth_params *p, const char *prefix, cm_synth_report
     s_model m;
     s_sink train = {0}, test = {0};
     s_buf btr = {0}, bte = {0};
+    s_draws d = {0};
     if ((rc = s_model_build(&m, p, factor_sd)) != 0) {
         return cm_error_set(err, rc, "gen: cannot allocate the model for %llu users, %llu items, rank %d",
                             (unsigned long long)p->n_users, (unsigned long long)p->n_items,
                             p->rank);
     }
-    if (s_buf_alloc(&btr) != 0 || s_buf_alloc(&bte) != 0) {
+    if (s_buf_alloc(&btr) != 0 || s_buf_alloc(&bte) != 0 || s_draws_alloc(&d) != 0) {
         rc = cm_error_set(err, CM_ENOMEM, "gen: out of memory");
         goto out;
     }
@@ -357,27 +397,49 @@ int cm_synth_write(const cm_synth_params *p, const char *prefix, cm_synth_report
     s_stream(&ri, p->seed, S_STREAM_ITEM);
     s_stream(&rn, p->seed, S_STREAM_NOISE);
     const int k = m.rank;
+    const size_t st = m.stride;
     double se_test = 0.0, se_train = 0.0;
     for (uint64_t done = 0; done < p->n_ratings;) {
-        uint64_t chunk = p->n_ratings - done < S_CHUNK ? p->n_ratings - done : S_CHUNK;
+        size_t chunk = p->n_ratings - done < S_CHUNK ? (size_t)(p->n_ratings - done) : S_CHUNK;
+        /* (a) every random draw of the chunk: no table is touched */
+        for (size_t t = 0; t < chunk; t++) {
+            s_alias_draw(&m.users, &ru, &d.u[t], &d.uu[t]);
+            s_alias_draw(&m.items, &ri, &d.i[t], &d.iu[t]);
+            d.e[t] = (float)(p->noise * cm_rng_normal(&rn));
+            d.test[t] = cm_rng_uniform(&rs) < p->test_fraction;
+        }
+        /* (b) alias tables, prefetched a few rows ahead */
+        for (size_t t = 0; t < chunk; t++) {
+            if (t + S_PREFETCH < chunk) {
+                __builtin_prefetch(&m.users.cell[d.u[t + S_PREFETCH]]);
+                __builtin_prefetch(&m.items.cell[d.i[t + S_PREFETCH]]);
+            }
+            d.u[t] = s_alias_resolve(&m.users, d.u[t], d.uu[t]);
+            d.i[t] = s_alias_resolve(&m.items, d.i[t], d.iu[t]);
+        }
+        /* (c) ratings from the planted rows, prefetched likewise */
         btr.n = bte.n = 0;
-        for (uint64_t t = 0; t < chunk; t++) {
-            uint32_t u = s_alias_draw(&m.users, &ru);
-            uint32_t i = s_alias_draw(&m.items, &ri);
-            double e = p->noise * cm_rng_normal(&rn);
-            int is_test = cm_rng_uniform(&rs) < p->test_fraction;
-            const float *pu = m.P + (size_t)u * (size_t)k, *qi = m.Q + (size_t)i * (size_t)k;
+        for (size_t t = 0; t < chunk; t++) {
+            if (t + S_PREFETCH < chunk) {
+                __builtin_prefetch(m.P + (size_t)d.u[t + S_PREFETCH] * st);
+                __builtin_prefetch(m.Q + (size_t)d.i[t + S_PREFETCH] * st);
+            }
+            uint32_t u = d.u[t], i = d.i[t];
+            const float *pu = m.P + (size_t)u * st, *qi = m.Q + (size_t)i * st;
             float dot = 0.0f;
-            for (int f = 0; f < k; f++)
+            for (int f = 1; f <= k; f++)
                 dot += pu[f] * qi[f];
-            double truth = p->mean + (double)m.bu[u] + (double)m.bi[i] + (double)dot;
-            float r = (float)(truth + e);
-            double d = (double)r - truth; /* the noise as stored */
-            s_buf *b = is_test ? &bte : &btr;
-            if (is_test)
-                se_test += d * d;
-            else
-                se_train += d * d;
+            double truth = p->mean + (double)pu[0] + (double)qi[0] + (double)dot;
+            float r = (float)(truth + (double)d.e[t]);
+            double diff = (double)r - truth; /* the noise as stored */
+            s_buf *b;
+            if (d.test[t]) {
+                se_test += diff * diff;
+                b = &bte;
+            } else {
+                se_train += diff * diff;
+                b = &btr;
+            }
             b->user[b->n] = (uint64_t)u + 1;
             b->item[b->n] = (uint64_t)i + 1;
             b->rating[b->n] = r;
@@ -412,6 +474,7 @@ out:
     s_sink_destroy(&test);
     s_buf_free(&btr);
     s_buf_free(&bte);
+    s_draws_free(&d);
     s_model_free(&m);
     return rc;
 }

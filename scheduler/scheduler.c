@@ -226,9 +226,10 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
         return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
     sch_plan_slots(map, (uint32_t)job->slots, s->p->n_servers, NULL);
     fprintf(s->p->out,
-            "psrec: %s on %llu ratings (%u workers, %u servers), %llu held out; "
+            "psrec: %s on %llu ratings (%u worker%s, %u server%s), %llu held out; "
             "global mean %.4f\n",
-            job->model, (unsigned long long)s->n_train, s->p->n_workers, s->p->n_servers,
+            job->model, (unsigned long long)s->n_train, s->p->n_workers,
+            s->p->n_workers == 1 ? "" : "s", s->p->n_servers, s->p->n_servers == 1 ? "" : "s",
             (unsigned long long)s->n_test, mean);
     fflush(s->p->out);
     int rc = 0;

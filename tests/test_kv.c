@@ -1,0 +1,180 @@
+/* The worker's KV client against two real servers (threads, inproc). */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "common/slots.h"
+#include "ps/server.h"
+#include "scheduler/plan.h"
+#include "scheduler/scheduler.h"
+#include "worker/kv.h"
+
+enum { NS = 2, DIM = 3, SLOTS = 64 };
+
+static cm_van *s_van;
+static ps_server *s_srv[NS];
+static pthread_t s_tid[NS];
+static const char *s_eps[NS];
+static ps_table_params s_tp;
+
+static void *s_serve(void *arg)
+{
+    ps_server_run(arg);
+    return NULL;
+}
+
+static void s_setup(void)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    s_van = cm_van_new(&err);
+    cr_assert_not_null(s_van, "%s", err.msg);
+    memset(&s_tp, 0, sizeof s_tp);
+    s_tp.dim = DIM;
+    s_tp.init_std = 0.1f;
+    s_tp.seed = 5;
+    s_tp.optim.kind = CM_OPT_SGD;
+    s_tp.optim.lr = 0.5f;
+    for (int i = 0; i < NS; i++) {
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://kv-test-%d", i);
+        s_srv[i] = ps_server_new(s_van, ep, &s_tp, 1, &err);
+        cr_assert_not_null(s_srv[i], "%s", err.msg);
+        s_eps[i] = ps_server_endpoint(s_srv[i]);
+        cr_assert_eq(pthread_create(&s_tid[i], NULL, s_serve, s_srv[i]), 0);
+    }
+}
+
+static void s_teardown(void)
+{
+    cm_error err = {0};
+    uint64_t rows = 0, bytes = 0;
+    cr_expect_eq(sch_stop_servers(s_van, NS, s_eps, 5000, &rows, &bytes, &err), 0, "%s",
+                 err.msg);
+    for (int i = 0; i < NS; i++) {
+        pthread_join(s_tid[i], NULL);
+        ps_server_destroy(&s_srv[i]);
+    }
+    cm_van_destroy(&s_van);
+}
+
+static wk_kv *s_kv(uint32_t *map)
+{
+    sch_plan_slots(map, SLOTS, NS, NULL);
+    int dims[1] = {DIM};
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 1, .dims = dims, .rank = 3,
+                      .timeout_ms = 5000};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    return kv;
+}
+
+TestSuite(kv, .init = s_setup, .fini = s_teardown, .timeout = 60);
+
+Test(kv, pull_push_pull_across_two_servers)
+{
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv(map);
+    enum { N = 200 };
+    uint64_t keys[N];
+    for (int i = 0; i < N; i++)
+        keys[i] = 1000 + 7 * (uint64_t)i;
+    int on[NS] = {0};
+    for (int i = 0; i < N; i++)
+        on[map[cm_slot_of(keys[i], 0, SLOTS)]]++;
+    cr_assert(on[0] > 0 && on[1] > 0, "keys spread over both servers");
+
+    static float got[N * DIM], want[N * DIM], grads[N * DIM];
+    cm_error err = {0};
+    wk_pull req = {0, keys, N, got, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N; i++) {
+        ps_table_init_row(&s_tp, keys[i], want + i * DIM);
+        for (int k = 0; k < DIM; k++)
+            cr_expect_float_eq(got[i * DIM + k], want[i * DIM + k], 0,
+                               "key %d weight %d is the deterministic init", i, k);
+    }
+    for (int i = 0; i < N * DIM; i++)
+        grads[i] = (float)(i % 5) - 2.0f;
+    cr_assert_eq(wk_kv_push(kv, 0, keys, N, grads, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N * DIM; i++)
+        cr_expect_float_eq(got[i], want[i] - 0.5f * grads[i], 1e-6,
+                           "SGD applied in order before the next pull (%d)", i);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    wk_kv_counters c = wk_kv_get_counters(kv);
+    cr_expect_eq(c.requests, 6, "one request per server per call");
+    wk_kv_destroy(&kv);
+    cr_expect_null(kv);
+}
+
+Test(kv, no_create_pull_reads_zeros)
+{
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv(map);
+    uint64_t keys[3] = {1u << 30, (1u << 30) + 1, (1u << 30) + 2};
+    float got[3 * DIM];
+    memset(got, 0xff, sizeof got);
+    wk_pull req = {0, keys, 3, got, CM_PULL_NO_CREATE};
+    cm_error err = {0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 3 * DIM; i++)
+        cr_expect_eq(got[i], 0.f);
+    wk_kv_destroy(&kv);
+}
+
+Test(kv, server_refusal_is_reported)
+{
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, NS, NULL);
+    int dims[2] = {DIM, DIM};
+    /* the client believes in a second table that the servers do not have */
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 2, .dims = dims, .timeout_ms = 5000};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv);
+    uint64_t keys[2] = {1, 2};
+    float got[2 * DIM];
+    wk_pull req = {1, keys, 2, got, 0};
+    cr_expect_eq(wk_kv_pull(kv, &req, 1, &err), CM_EREMOTE);
+    cr_expect(strstr(err.msg, "refused") != NULL, "%s", err.msg);
+    wk_pull bad = {7, keys, 2, got, 0};
+    cr_expect_eq(wk_kv_pull(kv, &bad, 1, &err), CM_EINVAL, "unknown table caught locally");
+    wk_kv_destroy(&kv);
+}
+
+Test(kv, bad_slot_map_is_refused)
+{
+    uint32_t map[SLOTS] = {0};
+    map[5] = 9;
+    int dims[1] = {DIM};
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 1, .dims = dims, .timeout_ms = 100};
+    cm_error err = {0};
+    cr_expect_null(wk_kv_new(s_van, &p, &err));
+    cr_expect(strstr(err.msg, "slot 5") != NULL, "%s", err.msg);
+}
+
+Test(kv, silent_server_times_out)
+{
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, 1, NULL);
+    int dims[1] = {DIM};
+    const char *eps[1] = {"inproc://kv-test-nobody-home"};
+    wk_kv_params p = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS, .slot_map = map,
+                      .n_tables = 1, .dims = dims, .timeout_ms = 200};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    uint64_t keys[1] = {1};
+    float got[DIM];
+    wk_pull req = {0, keys, 1, got, 0};
+    cr_expect_eq(wk_kv_pull(kv, &req, 1, &err), CM_ETIMEDOUT, "%s", err.msg);
+    wk_kv_destroy(&kv);
+}
