@@ -547,14 +547,15 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const s_file 
 
     if (n == 0) {
         if (c.bad)
-            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows (%zu bad lines; first: %s)",
-                              path, c.bad, c.first_bad);
+            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows (%zu bad line%s; first: %s)",
+                              path, c.bad, c.bad == 1 ? "" : "s", c.first_bad);
         else
             rc = cm_error_set(err, CM_EPARSE, "%s: no data rows", path);
         goto fail;
     }
     if (c.bad)
-        cm_log(CM_LOG_WARN, "%s: skipped %zu bad lines of %zu", path, c.bad, line);
+        cm_log(CM_LOG_WARN, "%s: skipped %zu bad line%s of %zu", path, c.bad,
+               c.bad == 1 ? "" : "s", line);
 
     /* Give back the slack of blank, comment and bad lines. */
     if (n < cap) {

@@ -41,8 +41,9 @@ typedef struct {
 
 cm_load_opts cm_load_opts_default(void);
 
-/* Loads text or binary `path` into *out (zeroed on failure). 0 or a CM_E*
- * code with a message naming the file (and line for text). */
+/* Loads text or binary `path` into *out (zeroed on failure); opts may be
+ * NULL for the defaults. 0 or a CM_E* code with a message naming the file
+ * (and line for text). Formats and messages: docs/formats.md. */
 int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
                     cm_error *err);
 

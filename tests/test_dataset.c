@@ -433,9 +433,9 @@ Test(dataset, binary_garbage_in_text_path)
 
 static void make_rows(size_t n, uint64_t **u, uint64_t **it, float **ra)
 {
-    *u = malloc(n * sizeof **u);
-    *it = malloc(n * sizeof **it);
-    *ra = malloc(n * sizeof **ra);
+    *u = calloc(n + 1, sizeof **u);
+    *it = calloc(n + 1, sizeof **it);
+    *ra = calloc(n + 1, sizeof **ra);
     for (size_t i = 0; i < n; i++) {
         (*u)[i] = i * 2654435761ULL;
         (*it)[i] = UINT64_MAX - i;
