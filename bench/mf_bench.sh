@@ -8,7 +8,7 @@
 #   bench/mf_bench.sh [--ratings N] [--epochs E] [--dim K] [--keep]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-ratings=20000000 users=138000 items=27000 epochs=5 dim=32 keep=0
+ratings=20000000 users=138000 items=27000 epochs=5 dim=32 l2=0.05 keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --ratings) ratings=$2; shift 2 ;;
@@ -16,6 +16,7 @@ while [ $# -gt 0 ]; do
     --items) items=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --dim) dim=$2; shift 2 ;;
+    --l2) l2=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -55,7 +56,7 @@ run() {
   local m=$work/metrics_$name.jsonl
   echo "== $name: $*" >&2
   "$@" --train "$data.train.psrd" \
-      --test "$data.test.psrd" --dim "$dim" --epochs "$epochs" --metrics "$m" \
+      --test "$data.test.psrd" --dim "$dim" --epochs "$epochs" --l2 "$l2" --metrics "$m" \
       --progress off --log_level warn >&2
   printf "%-34s " "$name"
   summarise "$m"
