@@ -10,6 +10,7 @@
 #include "common/dataset.h"
 #include "common/log.h"
 #include "common/synth.h"
+#include "serve/cli.h"
 
 #define PSREC_VERSION "0.1.0"
 
@@ -27,6 +28,9 @@ static void s_usage(FILE *f)
             "  gen [options]                       write synthetic ratings with a known\n"
             "                                      noise floor\n"
             "  convert INPUT OUTPUT [options]      text ratings -> binary .psrd dataset\n"
+            "  export CHECKPOINT --out DIR         checkpoint -> npy, fvecs and .psm files\n"
+            "  recommend --model EXPORT --user ID  top-K items for a user\n"
+            "  serve --model EXPORT [--bind EP]    ZeroMQ top-K server with hot reload\n"
             "  help [COMMAND]                      this text, or a command's options\n"
             "  version                             print the version\n"
             "\n"
@@ -349,6 +353,12 @@ int main(int argc, char **argv)
                 return s_gen(argc, argv);
             if (strcmp(cmd, "convert") == 0)
                 return s_convert(argc, argv);
+            if (strcmp(cmd, "export") == 0)
+                return sv_export_main(argc, argv);
+            if (strcmp(cmd, "recommend") == 0)
+                return sv_recommend_main(argc, argv);
+            if (strcmp(cmd, "serve") == 0)
+                return sv_serve_main(argc, argv);
         }
         s_usage(stdout);
         return 0;
@@ -363,6 +373,12 @@ int main(int argc, char **argv)
         return s_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "convert") == 0)
         return s_convert(argc - 1, argv + 1);
+    if (strcmp(cmd, "export") == 0)
+        return sv_export_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "recommend") == 0)
+        return sv_recommend_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0)
+        return sv_serve_main(argc - 1, argv + 1);
     fprintf(stderr, "psrec: unknown command '%s'\n\n", cmd);
     s_usage(stderr);
     return 2;

@@ -47,14 +47,28 @@ static int s_check_files(const cm_job *job, cm_error *err)
     return 0;
 }
 
-/* Table parameters of the job's model. */
-static int s_tables(const cm_job *job, ps_table_params *tp, size_t *n, cm_error *err)
+/* Table parameters of the job's model, and (ct may be NULL) their
+ * description for checkpoint manifests. */
+static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, size_t *n,
+                    cm_error *err)
 {
     const wk_model_ops *model = wk_model_find(job->model);
     if (!model)
         return cm_error_set(err, CM_ECONFIG, "unknown model '%s'", job->model);
-    for (size_t t = 0; t < model->n_tables; t++)
+    for (size_t t = 0; t < model->n_tables; t++) {
         model->table_params(job, t, &tp[t]);
+        if (!ct)
+            continue;
+        memset(&ct[t], 0, sizeof ct[t]);
+        snprintf(ct[t].name, sizeof ct[t].name, "%s", model->table_names[t]);
+        ct[t].dim = tp[t].dim;
+        ct[t].row_floats = tp[t].dim + ps_optim_state_floats(tp[t].optim.kind, tp[t].dim);
+        ct[t].optimizer = tp[t].optim.kind;
+        ct[t].zero_prefix = tp[t].zero_prefix;
+        ct[t].lr = tp[t].optim.lr;
+        ct[t].init_std = tp[t].init_std;
+        ct[t].seed = tp[t].seed;
+    }
     *n = model->n_tables;
     return 0;
 }
@@ -90,9 +104,11 @@ static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int
         ps_table_params tp[WK_MAX_TABLES];
         size_t n_tables = 0;
         cm_boot_bind_endpoint(b, "data", bind_ep);
-        if (s_tables(job, tp, &n_tables, &setup) == 0 &&
-            (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL)
+        if (s_tables(job, tp, NULL, &n_tables, &setup) == 0 &&
+            (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL) {
+            ps_server_set_index(srv, rank - 1);
             cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
+        }
     } else {
         cm_log_set_identity("wk", rank);
         s_check_files(job, &setup);
@@ -124,10 +140,15 @@ static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int
         server_eps[i] = all + (size_t)(i + 1) * CM_ENDPOINT_MAX;
 
     if (rank == 0) {
+        ps_table_params tp[WK_MAX_TABLES];
+        cm_ckpt_table ct[WK_MAX_TABLES];
+        size_t n_tables = 0;
+        if ((rc = s_tables(job, tp, ct, &n_tables, err)) != 0)
+            goto out;
         sch_params sp = {
             .job = job, .van = van, .ctl = ctl,
             .n_workers = (uint32_t)n_workers, .n_servers = (uint32_t)n_servers,
-            .server_eps = server_eps, .out = out,
+            .server_eps = server_eps, .out = out, .tables = ct, .n_tables = n_tables,
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {

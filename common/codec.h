@@ -33,4 +33,46 @@ int cm_codec_dataset_pack(const cm_dataset_hdr *h, uint8_t **out, size_t *len);
 int cm_codec_dataset_unpack(const void *buf, size_t len, cm_dataset_hdr *h,
                             cm_error *err);
 
+/* ---- checkpoints (common/ckpt.h holds the plain structs) --------------- */
+
+typedef struct {
+    uint32_t version, table, dim, row_floats;
+    uint64_t n_rows, key_offset, row_offset;
+} cm_shard_hdr;
+
+int cm_codec_shard_pack(const cm_shard_hdr *h, uint8_t **out, size_t *len);
+int cm_codec_shard_unpack(const void *buf, size_t len, cm_shard_hdr *h, cm_error *err);
+
+struct cm_manifest;
+/* Packs a manifest (ckpt.h); unpack fills *m, whose arrays the caller frees
+ * with cm_manifest_free. */
+int cm_codec_manifest_pack(const struct cm_manifest *m, uint8_t **out, size_t *len);
+int cm_codec_manifest_unpack(const void *buf, size_t len, struct cm_manifest *m,
+                             cm_error *err);
+
+/* ---- serving ------------------------------------------------------------ */
+
+typedef struct {
+    uint64_t user;
+    uint32_t k;
+    size_t n_exclude;
+    uint64_t *exclude;          /* unpack: malloc'ed, caller frees */
+} cm_rec_request;
+
+typedef struct {
+    int32_t status;
+    char error[256];
+    size_t n;
+    uint64_t *items;            /* unpack: malloc'ed, caller frees */
+    float *scores;              /* unpack: malloc'ed, caller frees */
+    int fallback;
+    uint64_t model_version;
+} cm_rec_reply;
+
+int cm_codec_rec_request_pack(const cm_rec_request *r, uint8_t **out, size_t *len);
+int cm_codec_rec_request_unpack(const void *buf, size_t len, cm_rec_request *r,
+                                cm_error *err);
+int cm_codec_rec_reply_pack(const cm_rec_reply *r, uint8_t **out, size_t *len);
+int cm_codec_rec_reply_unpack(const void *buf, size_t len, cm_rec_reply *r, cm_error *err);
+
 #endif

@@ -49,8 +49,9 @@ typedef struct {
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
 static const char *const s_models[] = {"mf", NULL};
-static const char *const s_optimizers[] = {"sgd", "adagrad", NULL};
+static const char *const s_optimizers[] = {"sgd", "adagrad", "rowwise_adagrad", NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
+static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "silent", NULL};
 
@@ -60,7 +61,8 @@ static const s_key s_keys[] = {
     {.name = "test", .type = S_STR, S_AT(test), .def = "",
      .help = "held-out data for metrics after each epoch; empty for none"},
     {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
-     .help = "file the scheduler appends JSON-lines metrics to; empty for none"},
+     .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
+             "empty for none"},
     {.name = "model", .type = S_WORD, S_AT(model), .names = s_models, .def = "mf",
      .help = "model to train (mf: biased matrix factorization)"},
     {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
@@ -70,7 +72,9 @@ static const s_key s_keys[] = {
     {.name = "servers", .type = S_INT, S_AT(servers), .imin = 1, .imax = 1024, .def = "1",
      .help = "parameter-server ranks (mpirun: ranks 1..servers; the rest are workers)"},
     {.name = "optimizer", .type = S_ENUM, S_AT(optimizer), .names = s_optimizers,
-     .def = "adagrad", .help = "update rule the servers apply to pushed gradients"},
+     .def = "adagrad",
+     .help = "update rule for every row: sgd, adagrad (an accumulator per weight) or "
+             "rowwise_adagrad (one accumulator per row)"},
     {.name = "lr", .type = S_DBL, S_AT(lr), .dmin = 0, .dmax = 100, .dmin_open = 1,
      .def = "0.07", .help = "learning rate"},
     {.name = "l2", .type = S_DBL, S_AT(l2), .dmin = 0, .dmax = 100, .def = "0.12",
@@ -79,6 +83,11 @@ static const s_key s_keys[] = {
      .help = "standard deviation of initial factor entries"},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker"},
+    {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,
+     .def = "minibatch",
+     .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
+             "apply; blocks: each worker trains one block of items at a time locally and "
+             "pushes the changes (DSGD, far fewer messages)"},
     {.name = "seed", .type = S_U64, S_AT(seed), .def = "1",
      .help = "seed for initialisation, shuffling and sampling"},
     {.name = "max_bad_lines", .type = S_INT, S_AT(max_bad_lines), .imin = 0,
@@ -95,6 +104,18 @@ static const s_key s_keys[] = {
      .help = "run every role as a thread of one process, without MPI"},
     {.name = "workers", .type = S_INT, S_AT(workers), .imin = 1, .imax = 1024, .def = "2",
      .help = "worker threads with --local (under mpirun the rank count decides)"},
+    {.name = "checkpoint_dir", .type = S_STR, S_AT(checkpoint_dir), .def = "",
+     .help = "directory for checkpoints (shared by all ranks); empty: no checkpoints"},
+    {.name = "checkpoint_every", .type = S_INT, S_AT(checkpoint_every), .imin = 0,
+     .imax = 1000000, .def = "1",
+     .help = "write a checkpoint every N epochs (0: only the last epoch)"},
+    {.name = "checkpoint_secs", .type = S_DBL, S_AT(checkpoint_secs), .dmin = 0, .dmax = 1e9,
+     .def = "0", .help = "also write one when this many seconds passed since the last (0: off)"},
+    {.name = "checkpoint_keep", .type = S_INT, S_AT(checkpoint_keep), .imin = 0,
+     .imax = 1000000, .def = "3", .help = "keep the newest N checkpoints (0: keep all)"},
+    {.name = "resume", .type = S_STR, S_AT(resume), .def = "",
+     .help = "continue from a checkpoint directory, or 'auto' for the newest intact one "
+             "under checkpoint_dir"},
     {.name = "timeout", .type = S_DBL, S_AT(timeout), .dmin = 0, .dmax = 1e6, .dmin_open = 1,
      .def = "60", .help = "seconds a role waits for a peer before giving up"},
 };
@@ -828,6 +849,9 @@ int cm_job_validate(const cm_job *job, cm_error *err)
                             "slots (%d) must be at least servers (%d): each server owns whole "
                             "slots",
                             job->slots, job->servers);
+    if (strcmp(job->resume, "auto") == 0 && !job->checkpoint_dir[0])
+        return cm_error_set(err, CM_ECONFIG,
+                            "resume = auto needs checkpoint_dir: where should it look?");
     return 0;
 }
 

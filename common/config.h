@@ -16,7 +16,13 @@
 
 #define CM_PATH_MAX 1024
 
-typedef enum { CM_OPT_SGD = 0, CM_OPT_ADAGRAD = 1 } cm_optimizer;
+typedef enum { CM_OPT_SGD = 0, CM_OPT_ADAGRAD = 1, CM_OPT_ROWWISE = 2 } cm_optimizer;
+
+/* How workers and servers share the work of an epoch. */
+typedef enum {
+    CM_SCHED_MINIBATCH = 0, /* every minibatch pulls rows, pushes gradients */
+    CM_SCHED_BLOCKS = 1     /* DSGD: each worker trains an item block locally */
+} cm_schedule;
 
 /* Plain parameters struct: every field is one key of the table. */
 typedef struct {
@@ -32,6 +38,7 @@ typedef struct {
     double l2;                 /* L2 regularisation per occurrence */
     double init_std;           /* sd of initial factor entries */
     int batch;                 /* examples per minibatch per worker */
+    int schedule;              /* cm_schedule */
     uint64_t seed;
     long max_bad_lines;        /* stop loading after more bad lines */
     int slots;                 /* virtual slots per table */
@@ -40,6 +47,11 @@ typedef struct {
     int local;                 /* 1: run all roles as threads, no MPI */
     int workers;               /* --local only: worker threads */
     double timeout;            /* seconds a role waits for a peer before giving up */
+    char checkpoint_dir[CM_PATH_MAX]; /* "" for no checkpoints */
+    int checkpoint_every;      /* epochs between checkpoints; 0: last epoch only */
+    double checkpoint_secs;    /* also after this many seconds; 0: off */
+    int checkpoint_keep;       /* newest checkpoints kept; 0: all */
+    char resume[CM_PATH_MAX];  /* "" | checkpoint directory | "auto" */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */

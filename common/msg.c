@@ -28,6 +28,8 @@ static int s_known_op(int op)
     case CM_OP_EVAL_DONE:
     case CM_OP_PROGRESS:
     case CM_OP_STOP:
+    case CM_OP_CHECKPOINT:
+    case CM_OP_LOAD:
         return 1;
     default:
         return 0;
@@ -72,6 +74,8 @@ const char *cm_op_name(int op)
     case CM_OP_EVAL_DONE: return "EVAL_DONE";
     case CM_OP_PROGRESS: return "PROGRESS";
     case CM_OP_STOP: return "STOP";
+    case CM_OP_CHECKPOINT: return "CHECKPOINT";
+    case CM_OP_LOAD: return "LOAD";
     default: return "?";
     }
 }

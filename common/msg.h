@@ -45,14 +45,20 @@ typedef enum {
     CM_OP_EVAL = 14,
     CM_OP_EVAL_DONE = 15,
     CM_OP_PROGRESS = 16,
-    CM_OP_STOP = 17
+    CM_OP_STOP = 17,
+    CM_OP_CHECKPOINT = 18,
+    CM_OP_LOAD = 19
 } cm_op;
 
 /* Flags on a PULL. */
 #define CM_PULL_NO_CREATE 1u   /* missing rows read as zeros, not created */
+#define CM_PULL_FULL 2u        /* whole rows: weights then optimizer state */
+/* Flags on a PUSH. */
+#define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
 
 #define CM_HDR_MAX_STATS 32
 #define CM_HDR_ERROR_MAX 256
+#define CM_HDR_PATH_MAX 1024
 
 /* The plain form of the protobuf header. */
 typedef struct {
@@ -71,6 +77,7 @@ typedef struct {
     double stats[CM_HDR_MAX_STATS];
     size_t n_slots;
     uint32_t *slots;               /* PLAN: slot -> server; owned by whoever built the hdr */
+    char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: checkpoint directory */
 } cm_hdr;
 
 /* A received message. keys/vals point into the received frames (or an

@@ -33,8 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/ckpt.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "common/slots.h"
 
 /* The STOP reply carries two stats per table in one header. */
 #define S_MAX_TABLES (CM_HDR_MAX_STATS / 2)
@@ -48,6 +50,7 @@ struct ps_server {
     size_t buf_cap;                       /* floats in buf */
     uint64_t n_requests;                  /* answered, errors included */
     uint64_t n_errors;                    /* answered with OP_ERROR */
+    int index;                            /* 0..servers-1: names checkpoint files */
 };
 
 /* ---------------------------------------------------------------------------
@@ -108,6 +111,11 @@ void ps_server_destroy(ps_server **ps)
     free(s->buf);
     free(s);
     *ps = NULL;
+}
+
+void ps_server_set_index(ps_server *s, int index)
+{
+    s->index = index;
 }
 
 const char *ps_server_endpoint(const ps_server *s)
@@ -177,7 +185,9 @@ static ps_table *s_table_for(ps_server *s, const cm_msg *m, int *rc)
         return NULL;
     }
     ps_table *t = s->tables[h->table];
-    uint32_t dim = (uint32_t)ps_table_dim(t);
+    int whole = (h->op == CM_OP_PULL && (h->flags & CM_PULL_FULL)) ||
+                (h->op == CM_OP_PUSH && (h->flags & CM_PUSH_DELTA));
+    uint32_t dim = (uint32_t)(whole ? ps_table_row_floats(t) : ps_table_dim(t));
     if (h->dim != dim && !(h->op == CM_OP_PULL && h->dim == 0)) {
         *rc = s_reject(s, m, CM_EINVAL, "table %" PRIu32 " has dim %" PRIu32 ", request says %" PRIu32,
                        h->table, dim, h->dim);
@@ -192,7 +202,8 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
         return rc;
-    size_t dim = (size_t)ps_table_dim(t);
+    const int full = (m->hdr.flags & CM_PULL_FULL) != 0;
+    size_t dim = (size_t)(full ? ps_table_row_floats(t) : ps_table_dim(t));
     size_t n = (size_t)m->hdr.n_keys;
     size_t need = n * dim;
     if (need > s->buf_cap) {
@@ -207,7 +218,10 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     }
     int create = !(m->hdr.flags & CM_PULL_NO_CREATE);
     size_t missing = 0;
-    rc = ps_table_pull(t, m->keys, n, s->buf, create, &missing);
+    if (full && !create)
+        return s_reject(s, m, CM_EINVAL, "a full-row pull always makes missing rows");
+    rc = full ? ps_table_pull_full(t, m->keys, n, s->buf)
+              : ps_table_pull(t, m->keys, n, s->buf, create, &missing);
     if (rc < 0)
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
                         cm_strerror(rc));
@@ -227,16 +241,19 @@ static int s_on_push(ps_server *s, const cm_msg *m)
     if (!t)
         return rc;
     size_t n = (size_t)m->hdr.n_keys;
+    const int delta = (m->hdr.flags & CM_PUSH_DELTA) != 0;
+    const int dim = delta ? ps_table_row_floats(t) : ps_table_dim(t);
     /* msg.c checked this already; a push must never read past the frame. */
-    if (m->n_vals != n * (size_t)ps_table_dim(t) || !m->vals)
+    if (m->n_vals != n * (size_t)dim || !m->vals)
         return s_reject(s, m, CM_EPROTO, "%zu values for %zu keys x dim %d", m->n_vals, n,
-                        ps_table_dim(t));
-    rc = ps_table_push(t, m->keys, n, m->vals);
+                        dim);
+    rc = delta ? ps_table_push_delta(t, m->keys, n, m->vals)
+               : ps_table_push(t, m->keys, n, m->vals);
     if (rc < 0)
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
                         cm_strerror(rc));
     cm_hdr h = s_reply_hdr(m);
-    h.dim = (uint32_t)ps_table_dim(t);
+    h.dim = (uint32_t)dim;
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
 
@@ -249,6 +266,130 @@ static int s_on_stop(ps_server *s, const cm_msg *m)
         h.stats[2 * i + 1] = (double)ps_table_bytes(s->tables[i]);
     }
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
+}
+
+/* ---------------------------------------------------------------------------
+ * Checkpoints */
+
+static int s_cmp_key(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Writes one table's rows, sorted by key, to path. */
+static int s_write_shard(ps_table *t, uint32_t table, const char *path, uint64_t *out,
+                         cm_error *err)
+{
+    size_t n = ps_table_rows(t), rf = (size_t)ps_table_row_floats(t);
+    uint64_t *keys = malloc((n + 1) * sizeof *keys);
+    float *rows = malloc((n * rf + 1) * sizeof *rows);
+    int rc = 0;
+    if (!keys || !rows) {
+        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, n);
+        goto out;
+    }
+    size_t pos = 0, i = 0;
+    while (i < n && ps_table_next(t, &pos, &keys[i], NULL))
+        i++;
+    qsort(keys, n, sizeof *keys, s_cmp_key);
+    for (i = 0; i < n; i++)
+        memcpy(rows + i * rf, ps_table_find(t, keys[i]), rf * sizeof(float));
+    out[2] = n;
+    rc = cm_shard_write(path, table, ps_table_dim(t), (int)rf, keys, rows, n, &out[0], &out[1],
+                        err);
+out:
+    free(keys);
+    free(rows);
+    return rc;
+}
+
+/* CHECKPOINT: every table's rows into hdr.path; the reply's keys frame
+ * carries (size, checksum, rows) per table, in table order. */
+static int s_on_checkpoint(ps_server *s, const cm_msg *m)
+{
+    uint64_t info[3 * 16];
+    for (size_t i = 0; i < s->n_tables; i++) {
+        char path[CM_HDR_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/t%zu-s%d.rows", m->hdr.path, i, s->index);
+        cm_error e = {0};
+        int rc = s_write_shard(s->tables[i], (uint32_t)i, path, &info[3 * i], &e);
+        if (rc != 0)
+            return s_reject(s, m, rc, "checkpoint: %s", e.msg);
+    }
+    cm_hdr h = s_reply_hdr(m);
+    return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, info,
+                                    3 * s->n_tables, NULL, 0));
+}
+
+/* LOAD: from the checkpoint in hdr.path, every row whose slot the slot map
+ * in hdr.slots gives to this server. Rows of other slots are skipped, so a
+ * checkpoint written by any number of servers loads on any number. */
+static int s_on_load(ps_server *s, const cm_msg *m)
+{
+    cm_manifest man;
+    cm_error e = {0};
+    uint64_t loaded = 0;
+    int rc = cm_manifest_read(m->hdr.path, &man, &e);
+    if (rc != 0)
+        return s_reject(s, m, rc, "load: %s", e.msg);
+    const uint32_t n_slots = (uint32_t)m->hdr.n_slots;
+    if (n_slots == 0 || n_slots != man.n_slots) {
+        rc = s_reject(s, m, CM_EINVAL, "load: slot map of %u slots, checkpoint has %u", n_slots,
+                      man.n_slots);
+        goto out;
+    }
+    for (size_t f = 0; f < man.n_files; f++) {
+        const cm_ckpt_file *cf = &man.files[f];
+        if (cf->table >= s->n_tables) {
+            rc = s_reject(s, m, CM_EINVAL, "load: %s holds table %u, the model has %zu",
+                          cf->name, cf->table, s->n_tables);
+            goto out;
+        }
+        /* skip a file none of whose slots are ours */
+        int mine = cf->n_slots == 0;
+        for (size_t k = 0; k < cf->n_slots && !mine; k++)
+            mine = cf->slots[k] < n_slots && (int)m->hdr.slots[cf->slots[k]] == s->index;
+        if (!mine)
+            continue;
+        char path[CM_HDR_PATH_MAX + CM_CKPT_NAME_MAX + 2];
+        snprintf(path, sizeof path, "%s/%s", m->hdr.path, cf->name);
+        cm_shard sh;
+        rc = cm_shard_read(path, cf->size, cf->checksum, &sh, &e);
+        if (rc != 0) {
+            rc = s_reject(s, m, rc, "load: %s", e.msg);
+            goto out;
+        }
+        ps_table *t = s->tables[cf->table];
+        if (sh.dim != ps_table_dim(t) || sh.row_floats != ps_table_row_floats(t)) {
+            rc = s_reject(s, m, CM_EINVAL,
+                          "load: %s has rows of %d weights + %d state, the table %d + %d",
+                          path, sh.dim, sh.row_floats - sh.dim, ps_table_dim(t),
+                          ps_table_row_floats(t) - ps_table_dim(t));
+            cm_shard_free(&sh);
+            goto out;
+        }
+        for (size_t i = 0; i < sh.n && rc == 0; i++) {
+            uint32_t slot = cm_slot_of(sh.keys[i], cf->table, n_slots);
+            if ((int)m->hdr.slots[slot] != s->index)
+                continue;
+            rc = ps_table_load_row(t, sh.keys[i], sh.rows + i * (size_t)sh.row_floats);
+            loaded++;
+        }
+        cm_shard_free(&sh);
+        if (rc != 0) {
+            rc = s_reject(s, m, rc, "load: out of memory");
+            goto out;
+        }
+    }
+    cm_log(CM_LOG_INFO, "ps: loaded %" PRIu64 " rows from %s", loaded, m->hdr.path);
+    cm_hdr h = s_reply_hdr(m);
+    h.n_stats = 1;
+    h.stats[0] = (double)loaded;
+    rc = s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
+out:
+    cm_manifest_free(&man);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------
@@ -294,6 +435,12 @@ int ps_server_run(ps_server *s)
             break;
         case CM_OP_PUSH:
             rc = s_on_push(s, &m);
+            break;
+        case CM_OP_CHECKPOINT:
+            rc = s_on_checkpoint(s, &m);
+            break;
+        case CM_OP_LOAD:
+            rc = s_on_load(s, &m);
             break;
         case CM_OP_STOP:
             rc = s_on_stop(s, &m);

@@ -2,7 +2,9 @@
  *
  * Binds a ROUTER, then answers PULL (values of the requested rows), PUSH
  * (apply gradients, ack) and STOP (reply with per-table stats, then return)
- * in arrival order, which keeps a single worker's run deterministic. Every
+ * in arrival order, which keeps a single worker's run deterministic.
+ * CHECKPOINT writes every table's rows to a checkpoint directory; LOAD
+ * reads back the rows of this server's slots from one. Every
  * request is validated: a malformed one, an unknown table or a wrong dim
  * gets an OP_ERROR reply and a log line; the server keeps serving. */
 #ifndef PSREC_PS_SERVER_H
@@ -20,6 +22,10 @@ typedef struct ps_server ps_server;
 ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
                          size_t n_tables, cm_error *err);
 void ps_server_destroy(ps_server **ps);
+
+/* Which server of the job this is (0-based; default 0): names its
+ * checkpoint files and selects its slots when loading one. */
+void ps_server_set_index(ps_server *s, int index);
 
 /* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
 const char *ps_server_endpoint(const ps_server *s);

@@ -12,7 +12,7 @@
  * so every row starts on a 64-byte boundary. ps_table_bytes() counts whole
  * chunks (what was asked for, not what the kernel backed).
  *
- * A slot is: dim weights, dim * ps_optim_state_per_weight() floats of
+ * A slot is: dim weights, ps_optim_state_floats() floats of
  * optimizer state, zero padding up to the stride.
  *
  * Index: one cm_hashmap from key to row index, one lookup per key (upsert
@@ -177,12 +177,12 @@ static int s_check_params(const ps_table_params *p, cm_error *err)
         return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
                             (double)p->init_std);
     const ps_optim *o = &p->optim;
-    if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ADAGRAD)
+    if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ADAGRAD && o->kind != CM_OPT_ROWWISE)
         return cm_error_set(err, CM_EINVAL, "table: unknown optimizer %d", o->kind);
     if (!(o->lr >= 0.0f) || !isfinite(o->lr))
         return cm_error_set(err, CM_EINVAL, "table: lr %g must be finite and >= 0",
                             (double)o->lr);
-    if (o->kind == CM_OPT_ADAGRAD) {
+    if (o->kind == CM_OPT_ADAGRAD || o->kind == CM_OPT_ROWWISE) {
         if (!(o->eps >= 0.0f) || !isfinite(o->eps) || !(o->init_accum >= 0.0f) ||
             !isfinite(o->init_accum))
             return cm_error_set(err, CM_EINVAL,
@@ -211,7 +211,7 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
         goto nomem;
     t->p = *p;
     t->dim = p->dim;
-    t->used = (size_t)p->dim * (size_t)(1 + ps_optim_state_per_weight(p->optim.kind));
+    t->used = (size_t)p->dim + (size_t)ps_optim_state_floats(p->optim.kind, p->dim);
     t->stride = (t->used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
     t->pull_lines = s_lines((size_t)p->dim);
     t->push_lines = s_lines(t->used);
@@ -382,4 +382,44 @@ int ps_table_next(const ps_table *t, size_t *pos, uint64_t *key, const float **r
     if (row)
         *row = s_row(t, idx);
     return 1;
+}
+
+int ps_table_row_floats(const ps_table *t)
+{
+    return (int)t->used;
+}
+
+int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
+{
+    float *dst = s_get_or_make(t, key);
+    if (!dst)
+        return CM_ENOMEM;
+    memcpy(dst, row, t->used * sizeof(float));
+    return 0;
+}
+
+int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
+{
+    const size_t rf = t->used;
+    for (size_t i = 0; i < n; i++) {
+        const float *row = s_get_or_make(t, keys[i]);
+        if (!row)
+            return CM_ENOMEM;
+        memcpy(out + i * rf, row, rf * sizeof(float));
+    }
+    return 0;
+}
+
+int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float *deltas)
+{
+    const size_t rf = t->used;
+    for (size_t i = 0; i < n; i++) {
+        float *restrict row = s_get_or_make(t, keys[i]);
+        if (!row)
+            return CM_ENOMEM;
+        const float *restrict d = deltas + i * rf;
+        for (size_t j = 0; j < rf; j++)
+            row[j] += d[j];
+    }
+    return 0;
 }

@@ -54,4 +54,20 @@ const float *ps_table_find(const ps_table *t, uint64_t key);
  * unspecified; the table must not change during the iteration. */
 int ps_table_next(const ps_table *t, size_t *pos, uint64_t *key, const float **row);
 
+/* Floats a row stores: the weights, then the optimizer state. */
+int ps_table_row_floats(const ps_table *t);
+
+/* Whole rows (weights then optimizer state, row_floats floats each) of
+ * keys, made if missing: what a worker takes to train a block locally. */
+int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out);
+
+/* Adds deltas (row_floats per key) to whole rows, made if missing: what a
+ * worker sends back after training a block locally. Several workers'
+ * deltas to one row add up. */
+int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float *deltas);
+
+/* Sets key's whole row (weights and optimizer state, row_floats floats) as
+ * a checkpoint stored it, creating the row if missing. 0 or CM_ENOMEM. */
+int ps_table_load_row(ps_table *t, uint64_t key, const float *row);
+
 #endif

@@ -92,7 +92,7 @@ struct sch_metrics {
     char path[1024];
 };
 
-sch_metrics *sch_metrics_open(const char *path, cm_error *err)
+sch_metrics *sch_metrics_open(const char *path, int append, cm_error *err)
 {
     sch_metrics *m = calloc(1, sizeof *m);
     if (!m) {
@@ -100,7 +100,7 @@ sch_metrics *sch_metrics_open(const char *path, cm_error *err)
         return NULL;
     }
     snprintf(m->path, sizeof m->path, "%s", path);
-    m->f = fopen(path, "w");
+    m->f = fopen(path, append ? "a" : "w");
     if (!m->f) {
         cm_error_set(err, CM_EIO, "%s: cannot write metrics: %s", path, strerror(errno));
         free(m);

@@ -26,8 +26,9 @@ void sch_progress_clear(sch_progress *p);
 
 typedef struct sch_metrics sch_metrics;
 
-/* Opens (truncates) path for JSON lines; NULL with *err on failure. */
-sch_metrics *sch_metrics_open(const char *path, cm_error *err);
+/* Opens path for JSON lines, truncated or (append=1) appended to; NULL
+ * with *err on failure. */
+sch_metrics *sch_metrics_open(const char *path, int append, cm_error *err);
 void sch_metrics_close(sch_metrics **pm);
 
 /* One field of a metrics line; a NaN or negative-by-convention value is

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/ckpt.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "scheduler/plan.h"
@@ -30,6 +31,13 @@ typedef struct {
     sch_metrics *metrics;
     uint64_t n_train, n_test;
     double t_start;       /* when the scheduler started */
+    double mean;          /* global mean of the training ratings */
+    float clip_lo, clip_hi;
+    uint32_t n_slots;
+    uint32_t *slot_map;   /* slot -> server index */
+    cm_sock **srv;        /* one DEALER per server (checkpoint, load) */
+    int first_epoch;      /* 1, or the epoch after the resumed checkpoint */
+    double last_ckpt;     /* when the last checkpoint was written */
 } s_sched;
 
 static double s_now(void)
@@ -48,18 +56,23 @@ static int s_send(s_sched *s, uint32_t w, cm_hdr *h, cm_error *err)
     return 0;
 }
 
-static int s_broadcast(s_sched *s, int op, uint32_t epoch, cm_error *err)
+/* Sends op for epoch (and sub-epoch `clock`) to every worker. Progress
+ * counts restart with each epoch, not with each sub-epoch. */
+static int s_broadcast(s_sched *s, int op, uint32_t epoch, uint64_t clock, cm_error *err)
 {
     for (uint32_t w = 0; w < s->p->n_workers; w++) {
         cm_hdr h = cm_hdr_make(op);
         h.epoch = epoch;
+        h.clock = clock;
         h.sender = 0;
         int rc = s_send(s, w, &h, err);
         if (rc != 0)
             return rc;
         s->wk[w].finished = 0;
-        s->wk[w].done = 0;
-        s->wk[w].sq = 0;
+        if (clock == 0) {
+            s->wk[w].done = 0;
+            s->wk[w].sq = 0;
+        }
     }
     return 0;
 }
@@ -220,30 +233,229 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
     res->n_train = s->n_train;
     res->n_test = s->n_test;
     res->noise_floor = job->test[0] ? nf : -1;
-    double mean = sum / (double)s->n_train;
-    uint32_t *map = malloc((size_t)job->slots * sizeof *map);
-    if (!map)
+    s->mean = sum / (double)s->n_train;
+    s->clip_lo = (float)lo;
+    s->clip_hi = (float)hi;
+    if (!s->n_slots)
+        s->n_slots = (uint32_t)job->slots;
+    s->slot_map = malloc((size_t)s->n_slots * sizeof *s->slot_map);
+    if (!s->slot_map)
         return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
-    sch_plan_slots(map, (uint32_t)job->slots, s->p->n_servers, NULL);
+    sch_plan_slots(s->slot_map, s->n_slots, s->p->n_servers, NULL);
     fprintf(s->p->out,
             "psrec: %s on %llu ratings (%u worker%s, %u server%s), %llu held out; "
             "global mean %.4f\n",
             job->model, (unsigned long long)s->n_train, s->p->n_workers,
             s->p->n_workers == 1 ? "" : "s", s->p->n_servers, s->p->n_servers == 1 ? "" : "s",
-            (unsigned long long)s->n_test, mean);
+            (unsigned long long)s->n_test, s->mean);
     fflush(s->p->out);
+    return 0;
+}
+
+static int s_send_plan(s_sched *s, cm_error *err)
+{
     int rc = 0;
     for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
         cm_hdr h = cm_hdr_make(CM_OP_PLAN);
-        h.stats[0] = mean;
-        h.stats[1] = lo;
-        h.stats[2] = hi;
+        h.stats[0] = s->mean;
+        h.stats[1] = s->clip_lo;
+        h.stats[2] = s->clip_hi;
         h.n_stats = 3;
-        h.slots = map;
-        h.n_slots = (size_t)job->slots;
+        h.slots = s->slot_map;
+        h.n_slots = s->n_slots;
         rc = s_send(s, w, &h, err);
     }
-    free(map);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------
+ * Checkpoints
+ * ------------------------------------------------------------------- */
+
+/* Sends h to every server, then waits for all replies; reply i goes to
+ * replies[i] (released by the caller). */
+static int s_ask_servers(s_sched *s, cm_hdr *h, cm_msg *replies, cm_error *err)
+{
+    const uint32_t n = s->p->n_servers;
+    int timeout_ms = (int)(s->p->job->timeout * 1000);
+    for (uint32_t i = 0; i < n; i++) {
+        int rc = cm_msg_send(s->srv[i], NULL, 0, h, NULL, 0, NULL, 0);
+        if (rc != 0)
+            return cm_error_set(err, rc, "scheduler: cannot reach server %u: %s", i,
+                                cm_sock_errmsg(s->srv[i]));
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        cm_error e = {0};
+        int rc = cm_msg_recv(s->srv[i], &replies[i], timeout_ms, &e);
+        if (rc == CM_ETIMEDOUT)
+            return cm_error_set(err, rc, "scheduler: server %u did not answer %s within %.0f s",
+                                i, cm_op_name(h->op), s->p->job->timeout);
+        if (rc != 0)
+            return cm_error_set(err, rc, "scheduler: server %u: %s", i, e.msg);
+        if (replies[i].hdr.op == CM_OP_ERROR)
+            return cm_error_set(err, CM_EREMOTE, "server %u: %s", i, replies[i].hdr.error);
+    }
+    return 0;
+}
+
+static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *err)
+{
+    const sch_params *p = s->p;
+    const cm_job *job = p->job;
+    const uint32_t n_srv = p->n_servers, n_tab = (uint32_t)p->n_tables;
+    double t0 = s_now();
+    char name[64], dir[CM_HDR_PATH_MAX];
+    cm_ckpt_dirname((uint32_t)epoch, name, sizeof name);
+    int rc = cm_ckpt_mkdir(job->checkpoint_dir, name, dir, sizeof dir, err);
+    if (rc != 0)
+        return rc;
+    cm_msg *rep = calloc(n_srv, sizeof *rep);
+    cm_manifest m = {0};
+    m.files = calloc((size_t)n_srv * n_tab, sizeof *m.files);
+    char *job_text = NULL;
+    size_t job_len = 0;
+    FILE *jf = open_memstream(&job_text, &job_len);
+    if (!rep || !m.files || !jf) {
+        rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        goto out;
+    }
+    cm_job_print(jf, job);
+    fclose(jf);
+    jf = NULL;
+    cm_hdr h = cm_hdr_make(CM_OP_CHECKPOINT);
+    h.epoch = (uint32_t)epoch;
+    snprintf(h.path, sizeof h.path, "%s", dir);
+    if ((rc = s_ask_servers(s, &h, rep, err)) != 0)
+        goto out;
+    uint64_t rows = 0, bytes = 0;
+    for (uint32_t i = 0; i < n_srv; i++) {
+        if (rep[i].hdr.n_keys != 3 * (uint64_t)n_tab) {
+            rc = cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %llu numbers, "
+                              "expected %u", i, (unsigned long long)rep[i].hdr.n_keys, 3 * n_tab);
+            goto out;
+        }
+        for (uint32_t t = 0; t < n_tab; t++) {
+            cm_ckpt_file *f = &m.files[m.n_files++];
+            snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
+            f->table = t;
+            f->size = rep[i].keys[3 * t];
+            f->checksum = rep[i].keys[3 * t + 1];
+            f->rows = rep[i].keys[3 * t + 2];
+            f->writer = (int)i + 1;
+            f->slots = malloc(s->n_slots * sizeof *f->slots);
+            if (!f->slots) {
+                rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+                goto out;
+            }
+            for (uint32_t k = 0; k < s->n_slots; k++)
+                if (s->slot_map[k] == i)
+                    f->slots[f->n_slots++] = k;
+            rows += f->rows;
+            bytes += f->size;
+        }
+    }
+    m.version = 1;
+    m.job = job_text;
+    snprintf(m.model, sizeof m.model, "%s", job->model);
+    m.n_tables = n_tab;
+    m.tables = (cm_ckpt_table *)p->tables;
+    m.n_slots = s->n_slots;
+    m.slot_map = s->slot_map;
+    m.epoch = (uint32_t)epoch;
+    m.global_mean = s->mean;
+    m.clip_lo = s->clip_lo;
+    m.clip_hi = s->clip_hi;
+    m.train_rmse = res->train_rmse;
+    m.test_rmse = res->test_rmse;
+    m.test_mae = res->test_mae;
+    m.created_unix = (uint64_t)time(NULL);
+    m.n_servers = n_srv;
+    m.n_workers = p->n_workers;
+    if ((rc = cm_manifest_write(dir, &m, err)) != 0)
+        goto out;
+    if ((rc = cm_ckpt_publish(job->checkpoint_dir, name, job->checkpoint_keep, err)) != 0)
+        goto out;
+    s->last_ckpt = s_now();
+    cm_log(CM_LOG_INFO, "checkpoint %s: %llu rows, %.1f MiB in %.2f s", dir,
+           (unsigned long long)rows, bytes / 1048576.0, s->last_ckpt - t0);
+out:
+    if (jf)
+        fclose(jf);
+    free(job_text);
+    for (size_t f = 0; m.files && f < m.n_files; f++)
+        free(m.files[f].slots);
+    free(m.files);
+    for (uint32_t i = 0; rep && i < n_srv; i++)
+        cm_msg_release(&rep[i]);
+    free(rep);
+    return rc;
+}
+
+/* Points the servers at a checkpoint and sets where training goes on. */
+static int s_resume(s_sched *s, cm_error *err)
+{
+    const sch_params *p = s->p;
+    const cm_job *job = p->job;
+    char dir[CM_HDR_PATH_MAX];
+    cm_manifest m = {0};
+    cm_msg *rep = NULL;
+    int rc = cm_ckpt_resolve(job->checkpoint_dir, job->resume, dir, sizeof dir, err);
+    if (rc != 0)
+        return rc;
+    if ((rc = cm_manifest_read(dir, &m, err)) != 0)
+        goto out;
+    if (strcmp(m.model, job->model) != 0 || m.n_tables != p->n_tables) {
+        rc = cm_error_set(err, CM_ECONFIG, "%s: checkpoint of model '%s' with %zu tables, the "
+                          "job trains '%s' with %zu", dir, m.model, m.n_tables, job->model,
+                          p->n_tables);
+        goto out;
+    }
+    for (size_t t = 0; t < m.n_tables; t++)
+        if (m.tables[t].dim != p->tables[t].dim ||
+            m.tables[t].row_floats != p->tables[t].row_floats) {
+            rc = cm_error_set(err, CM_ECONFIG,
+                              "%s: table %s has rows of %d weights + %d optimizer state, the "
+                              "job's have %d + %d (dim and optimizer must match to resume)",
+                              dir, m.tables[t].name, m.tables[t].dim,
+                              m.tables[t].row_floats - m.tables[t].dim, p->tables[t].dim,
+                              p->tables[t].row_floats - p->tables[t].dim);
+            goto out;
+        }
+    if (m.n_slots != s->n_slots) {
+        /* a key's slot depends on the slot count: keep the checkpoint's */
+        cm_log(CM_LOG_INFO, "resume: using the checkpoint's %u slots", m.n_slots);
+        s->n_slots = m.n_slots;
+        free(s->slot_map);
+        s->slot_map = malloc((size_t)s->n_slots * sizeof *s->slot_map);
+        if (!s->slot_map) {
+            rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+            goto out;
+        }
+        sch_plan_slots(s->slot_map, s->n_slots, p->n_servers, NULL);
+    }
+    rep = calloc(p->n_servers, sizeof *rep);
+    if (!rep) {
+        rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        goto out;
+    }
+    cm_hdr h = cm_hdr_make(CM_OP_LOAD);
+    snprintf(h.path, sizeof h.path, "%s", dir);
+    h.slots = s->slot_map;
+    h.n_slots = s->n_slots;
+    if ((rc = s_ask_servers(s, &h, rep, err)) != 0)
+        goto out;
+    uint64_t rows = 0;
+    for (uint32_t i = 0; i < p->n_servers; i++)
+        rows += rep[i].hdr.n_stats ? (uint64_t)rep[i].hdr.stats[0] : 0;
+    s->first_epoch = (int)m.epoch + 1;
+    fprintf(p->out, "resumed from %s: epoch %u done (%llu rows, written by %u server%s)\n",
+            dir, m.epoch, (unsigned long long)rows, m.n_servers, m.n_servers == 1 ? "" : "s");
+    fflush(p->out);
+out:
+    for (uint32_t i = 0; rep && i < p->n_servers; i++)
+        cm_msg_release(&rep[i]);
+    free(rep);
+    cm_manifest_free(&m);
     return rc;
 }
 
@@ -252,27 +464,32 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
     const cm_job *job = s->p->job;
     double train_secs = 0;
     uint64_t examples = 0;
-    for (int e = 1; e <= job->epochs; e++) {
+    for (int e = s->first_epoch; e <= job->epochs; e++) {
         double t0 = s_now();
-        int rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)e, err);
-        if (rc == 0)
-            rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)e, t0, err);
+        /* minibatch: one round; blocks: one round per block, each a barrier */
+        const uint32_t rounds = job->schedule == CM_SCHED_BLOCKS ? s->p->n_workers : 1;
+        double sq = 0, n = 0;
+        int rc = 0;
+        for (uint32_t r = 0; r < rounds && rc == 0; r++) {
+            rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)e, r, err);
+            if (rc == 0)
+                rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)e, t0, err);
+            for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
+                sq += s->wk[w].stats[0];
+                n += s->wk[w].stats[1];
+            }
+        }
         if (rc != 0)
             return rc;
         double secs = s_now() - t0;
         sch_progress_clear(s->progress);
-        double sq = 0, n = 0;
-        for (uint32_t w = 0; w < s->p->n_workers; w++) {
-            sq += s->wk[w].stats[0];
-            n += s->wk[w].stats[1];
-        }
         train_secs += secs;
         examples += (uint64_t)n;
         double train_mse = n > 0 ? sq / n : 0;
         double rmse = -1, mae = -1;
         uint64_t unseen = 0;
         if (s->n_test > 0) {
-            rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, err);
+            rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
             if (rc == 0)
                 rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
             if (rc != 0)
@@ -322,6 +539,13 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         res->n_unseen = unseen;
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
+        if (job->checkpoint_dir[0] &&
+            ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
+             e == job->epochs ||
+             (job->checkpoint_secs > 0 && s_now() - s->last_ckpt >= job->checkpoint_secs))) {
+            if ((rc = s_checkpoint(s, e, res, err)) != 0)
+                return rc;
+        }
     }
     return 0;
 }
@@ -364,7 +588,8 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
 
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
-    s_sched s = {.p = p, .t_start = s_now()};
+    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1};
+    s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;
     int rc = 0;
@@ -374,13 +599,34 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
         goto out;
     }
-    if (p->job->metrics[0] && !(s.metrics = sch_metrics_open(p->job->metrics, err))) {
+    s.srv = calloc(p->n_servers, sizeof *s.srv);
+    if (!s.srv) {
+        rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        goto out;
+    }
+    for (uint32_t i = 0; i < p->n_servers; i++) {
+        if (!(s.srv[i] = cm_sock_new(p->van, CM_SOCK_DEALER, err))) {
+            rc = err ? err->code : CM_EIO;
+            goto out;
+        }
+        if (cm_sock_connect(s.srv[i], p->server_eps[i]) != 0) {
+            rc = cm_error_set(err, CM_EIO, "scheduler: cannot connect to server %u at %s: %s",
+                              i, p->server_eps[i], cm_sock_errmsg(s.srv[i]));
+            goto out;
+        }
+    }
+    if (p->job->metrics[0] &&
+        !(s.metrics = sch_metrics_open(p->job->metrics, p->job->resume[0] != 0, err))) {
         rc = err ? err->code : CM_EIO;
         goto out;
     }
     if ((rc = s_hellos(&s, err)) != 0)
         goto out;
     if ((rc = s_plan(&s, res, err)) != 0)
+        goto out;
+    if (p->job->resume[0] && (rc = s_resume(&s, err)) != 0)
+        goto out;
+    if ((rc = s_send_plan(&s, err)) != 0)
         goto out;
     if ((rc = s_epochs(&s, res, err)) != 0)
         goto out;
@@ -412,6 +658,10 @@ out:
     else
         cm_log(CM_LOG_INFO, "servers held %llu rows in %.1f MiB",
                (unsigned long long)res->server_rows, res->server_bytes / 1048576.0);
+    for (uint32_t i = 0; s.srv && i < p->n_servers; i++)
+        cm_sock_destroy(&s.srv[i]);
+    free(s.srv);
+    free(s.slot_map);
     free(s.wk);
     return rc;
 }

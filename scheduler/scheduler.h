@@ -4,7 +4,9 @@
  * then runs epochs under BSP: EPOCH to all workers, wait for all
  * EPOCH_DONE (showing progress from their PROGRESS messages), EVAL, gather
  * the held-out error sums, print one line and write one JSON object per
- * epoch. Finally stops the workers and the servers. A worker that reports
+ * epoch. With checkpoint_dir it has the servers write checkpoints and
+ * writes their MANIFEST; with resume it has them load one first and goes
+ * on from the epoch after it. Finally stops the workers and the servers. A worker that reports
  * an error, or silence longer than the job's timeout, stops the job. */
 #ifndef PSREC_SCHEDULER_SCHEDULER_H
 #define PSREC_SCHEDULER_SCHEDULER_H
@@ -12,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/ckpt.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/van.h"
@@ -24,6 +27,8 @@ typedef struct {
     uint32_t n_servers;
     const char *const *server_eps;
     FILE *out;                       /* where epoch lines go (stdout) */
+    const cm_ckpt_table *tables;     /* the model's tables, for checkpoints */
+    size_t n_tables;
 } sch_params;
 
 /* What the run measured, for callers and tests. */

@@ -151,3 +151,39 @@ Test(cluster_local, a_bad_training_file_stops_the_job_with_file_and_line)
     cr_expect_neq(rc, 0);
     cr_expect(strstr(err.msg, "bad.tsv") != NULL, "message names the file: %s", err.msg);
 }
+
+Test(cluster_local, blocks_schedule_reaches_the_noise_floor)
+{
+    cm_job job = s_job(2, 2);
+    job.schedule = CM_SCHED_BLOCKS;
+    job.optimizer = CM_OPT_ROWWISE;
+    job.lr = 0.1;
+    FILE *out = fopen("/dev/null", "w");
+    sch_result res;
+    cm_error err = {0};
+    int rc = cl_run_local(&job, out, &res, &err);
+    fclose(out);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_eq(res.epochs, job.epochs);
+    cr_expect_leq(res.test_rmse, 1.10 * s_rep.noise_floor,
+                  "blocks: test RMSE %.4f within 10%% of the noise floor %.4f", res.test_rmse,
+                  s_rep.noise_floor);
+}
+
+Test(cluster_local, blocks_single_worker_is_repeatable)
+{
+    double rmse[2];
+    for (int run = 0; run < 2; run++) {
+        cm_job job = s_job(2, 1);
+        job.schedule = CM_SCHED_BLOCKS;
+        job.epochs = 3;
+        FILE *out = fopen("/dev/null", "w");
+        sch_result res;
+        cm_error err = {0};
+        int rc = cl_run_local(&job, out, &res, &err);
+        fclose(out);
+        cr_assert_eq(rc, 0, "%s", err.msg);
+        rmse[run] = res.test_rmse;
+    }
+    cr_expect(rmse[0] == rmse[1], "%.17g vs %.17g", rmse[0], rmse[1]);
+}

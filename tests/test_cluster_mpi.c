@@ -1,6 +1,10 @@
 /* Real multi-process jobs: mpirun with several ranks on this host, over
  * tcp:// on loopback, on MovieLens 100K and on generated data. */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <signal.h>
+#include <sys/types.h>
 
 #include "helpers.h"
 
@@ -83,4 +87,119 @@ Test(cluster_mpi, generated_data_one_server_two_workers)
     char rmcmd[600];
     snprintf(rmcmd, sizeof rmcmd, "rm -rf %s", dir);
     cr_expect_eq(system(rmcmd), 0);
+}
+
+/* The pid of the psrec process that is rank `rank` of an mpirun job. */
+static pid_t s_find_rank(int rank)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    pid_t found = -1;
+    char want[64];
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    while (found < 0 && (e = readdir(d))) {
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid <= 0)
+            continue;
+        char path[64], buf[65536];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        if (!strstr(buf, "psrec") || strstr(buf, "mpirun"))
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+        f = fopen(path, "r");
+        if (!f)
+            continue;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+            if (strcmp(buf + i, want) == 0)
+                found = pid;
+    }
+    closedir(d);
+    return found;
+}
+
+static int s_epochs_done(const char *metrics)
+{
+    double e = th_last_metric(metrics, "epoch");
+    return e < 0 ? 0 : (int)e;
+}
+
+Test(cluster_mpi, kill_a_worker_then_resume_auto)
+{
+    if (!s_have_mpirun())
+        cr_skip_test("mpirun not found");
+    char dir[] = "/tmp/psrec-kill-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char cmd[4096], out[65536], m_ref[512], m_run[512], log[512];
+    snprintf(cmd, sizeof cmd,
+             "%s gen --out %s/syn --ratings 400000 --users 3000 --items 1500 --rank 4 "
+             "--seed 9",
+             PSREC_BINARY, dir);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    snprintf(m_ref, sizeof m_ref, "%s/ref.jsonl", dir);
+    snprintf(m_run, sizeof m_run, "%s/run.jsonl", dir);
+    snprintf(log, sizeof log, "%s/killed.log", dir);
+    const char *job = "--train %s/syn.train.psrd --test %s/syn.test.psrd --epochs 8 "
+                      "--l2 0.05 --progress off --checkpoint_dir %s/ck%s";
+    char args[1024];
+
+    /* fault-free reference */
+    snprintf(args, sizeof args, job, dir, dir, dir, "ref");
+    snprintf(cmd, sizeof cmd, TH_MPIRUN "-np 4 %s train %s --metrics %s", PSREC_BINARY, args,
+             m_ref);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    double want = th_last_metric(m_ref, "test_rmse");
+
+    /* the same job, with worker rank 3 killed -9 once epoch 3 is done */
+    snprintf(args, sizeof args, job, dir, dir, dir, "run");
+    snprintf(cmd, sizeof cmd, TH_MPIRUN "-np 4 %s train %s --metrics %s > %s 2>&1",
+             PSREC_BINARY, args, m_run, log);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int killed = 0;
+    for (int i = 0; i < 1200 && !killed; i++) {
+        usleep(50 * 1000);
+        if (s_epochs_done(m_run) >= 3) {
+            pid_t w = s_find_rank(3);
+            if (w > 0 && kill(w, SIGKILL) == 0)
+                killed = 1;
+        }
+        if (waitpid(child, NULL, WNOHANG) == child) {
+            child = -1;
+            break;
+        }
+    }
+    int st = 0;
+    if (child > 0)
+        waitpid(child, &st, 0);
+    cr_assert(killed, "found and killed worker rank 3 (epochs done: %d)", s_epochs_done(m_run));
+    cr_expect(!WIFEXITED(st) || WEXITSTATUS(st) != 0, "the killed job failed");
+    int done = s_epochs_done(m_run);
+    cr_expect_lt(done, 8, "killed before the end (after epoch %d)", done);
+
+    /* resume from the newest intact checkpoint and finish */
+    snprintf(cmd, sizeof cmd, TH_MPIRUN "-np 4 %s train %s --metrics %s --resume auto",
+             PSREC_BINARY, args, m_run);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "resumed from") != NULL, "%s", out);
+    double got = th_last_metric(m_run, "test_rmse");
+    cr_expect_eq(s_epochs_done(m_run), 8);
+    cr_expect(got > 0 && fabs(got - want) <= 0.005 * want,
+              "resumed final test RMSE %.5f vs fault-free %.5f (must be within 0.5%%)", got,
+              want);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
 }

@@ -19,6 +19,8 @@ static const char *const s_all_keys[] = {
     "train", "test", "metrics", "model", "dim", "epochs", "servers",
     "optimizer", "lr", "l2", "init_std", "batch", "seed", "max_bad_lines",
     "slots", "progress", "log_level", "local", "workers", "timeout",
+    "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
+    "resume",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
@@ -236,7 +238,7 @@ Test(config, enums)
     cr_assert_str_eq(j.model, "mf");
 
     s_set_fails("optimizer", "adam",
-                "job.ini:3: optimizer: expected one of sgd|adagrad, got 'adam'");
+                "job.ini:3: optimizer: expected one of sgd|adagrad|rowwise_adagrad, got 'adam'");
     s_set_fails("progress", "1", "job.ini:3: progress: expected one of auto|on|off, got '1'");
     s_set_fails("log_level", "verbose",
                 "job.ini:3: log_level: expected one of debug|info|warn|error|silent, got "
@@ -794,7 +796,8 @@ Test(config, optimizer_name)
 {
     cr_assert_str_eq(cm_optimizer_name(CM_OPT_SGD), "sgd");
     cr_assert_str_eq(cm_optimizer_name(CM_OPT_ADAGRAD), "adagrad");
-    cr_assert_str_eq(cm_optimizer_name(2), "?");
+    cr_assert_str_eq(cm_optimizer_name(CM_OPT_ROWWISE), "rowwise_adagrad");
+    cr_assert_str_eq(cm_optimizer_name(3), "?");
     cr_assert_str_eq(cm_optimizer_name(-1), "?");
 }
 

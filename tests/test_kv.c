@@ -178,3 +178,29 @@ Test(kv, silent_server_times_out)
     cr_expect_eq(wk_kv_pull(kv, &req, 1, &err), CM_ETIMEDOUT, "%s", err.msg);
     wk_kv_destroy(&kv);
 }
+
+Test(kv, whole_rows_and_deltas)
+{
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, NS, NULL);
+    int dims[1] = {DIM}, rfs[1] = {DIM}; /* SGD: no optimizer state */
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 1, .dims = dims, .row_floats = rfs,
+                      .timeout_ms = 5000};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    uint64_t keys[4] = {50001, 50002, 50003, 50004};
+    float full[4 * DIM], again[4 * DIM], delta[4 * DIM];
+    wk_pull req = {0, keys, 4, full, CM_PULL_FULL};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 4 * DIM; i++)
+        delta[i] = 0.25f * (float)(i + 1);
+    cr_assert_eq(wk_kv_push_delta(kv, 0, keys, 4, delta, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_push_delta(kv, 0, keys, 4, delta, &err), 0, "%s", err.msg);
+    wk_pull req2 = {0, keys, 4, again, CM_PULL_FULL};
+    cr_assert_eq(wk_kv_pull(kv, &req2, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 4 * DIM; i++)
+        cr_expect_float_eq(again[i], full[i] + 2 * delta[i], 1e-6, "deltas add up (%d)", i);
+    wk_kv_destroy(&kv);
+}

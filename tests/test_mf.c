@@ -1,6 +1,7 @@
 /* Biased MF: gradients against finite differences of the loss it states. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <string.h>
 
 #include "common/rng.h"
 #include "worker/models/model.h"
@@ -95,4 +96,58 @@ Test(mf, tables_follow_the_job)
     cr_expect_neq(tp[0].seed, tp[1].seed, "user and item tables are seeded apart");
     cr_expect_eq(wk_model_find("mf"), &wk_model_mf);
     cr_expect_null(wk_model_find("nope"));
+}
+
+/* One local SGD step by hand: e = mean + bu + bi + <p, q> - r, then
+ * p -= lr * (e q + l2 p) and q -= lr * (e p + l2 q) with the old values. */
+Test(mf, local_sgd_step_by_hand)
+{
+    enum { D = 3, STRIDE = 8 };
+    float users[STRIDE] = {0.1f, 0.5f, -0.2f}, items[STRIDE] = {-0.3f, 0.4f, 0.6f};
+    wk_model_ctx ctx = {.mean = 3.0f, .l2 = 0.1f};
+    ps_optim o = {.kind = CM_OPT_SGD, .lr = 0.05f};
+    wk_rating r = {0, 0, 4.0f};
+    double e = 3.0 + 0.1 - 0.3 + 0.5 * 0.4 + (-0.2) * 0.6 - 4.0;
+    float want_p[D] = {(float)(0.1 - 0.05 * (e + 0.1 * 0.1)),
+                       (float)(0.5 - 0.05 * (e * 0.4 + 0.1 * 0.5)),
+                       (float)(-0.2 - 0.05 * (e * 0.6 + 0.1 * -0.2))};
+    float want_q[D] = {(float)(-0.3 - 0.05 * (e + 0.1 * -0.3)),
+                       (float)(0.4 - 0.05 * (e * 0.5 + 0.1 * 0.4)),
+                       (float)(0.6 - 0.05 * (e * -0.2 + 0.1 * 0.6))};
+    double sq = wk_model_mf.train_local(&ctx, &o, &r, 1, D, (wk_rows){users, STRIDE},
+                                        (wk_rows){items, STRIDE});
+    cr_expect_float_eq(sq, e * e, 1e-5);
+    for (int k = 0; k < D; k++) {
+        cr_expect_float_eq(users[k], want_p[k], 1e-6, "user weight %d", k);
+        cr_expect_float_eq(items[k], want_q[k], 1e-6, "item weight %d", k);
+    }
+}
+
+/* The row-wise AdaGrad path of the fused step matches the optimizer's own
+ * update applied to the gradients of the loss. */
+Test(mf, local_rowwise_matches_optimizer)
+{
+    enum { D = 5, STRIDE = 8 };
+    float u1[STRIDE] = {0.1f, 0.2f, -0.1f, 0.3f, 0.05f, 0.1f};
+    float i1[STRIDE] = {-0.2f, 0.1f, 0.4f, -0.3f, 0.2f, 0.1f};
+    float u2[STRIDE], i2[STRIDE];
+    memcpy(u2, u1, sizeof u1);
+    memcpy(i2, i1, sizeof i1);
+    wk_model_ctx ctx = {.mean = 3.5f, .l2 = 0.05f};
+    ps_optim o = {.kind = CM_OPT_ROWWISE, .lr = 0.1f, .eps = 1e-8f, .init_accum = 0.1f};
+    wk_rating r = {0, 0, 2.0f};
+    wk_model_mf.train_local(&ctx, &o, &r, 1, D, (wk_rows){u1, STRIDE}, (wk_rows){i1, STRIDE});
+    /* reference: gradients from the minibatch path, then the optimizer */
+    float gu[D] = {0}, gi[D] = {0};
+    uint32_t z = 0;
+    wk_batch b = {1, &z, &z, &r.r};
+    const float *rows[2] = {u2, i2};
+    float *grads[2] = {gu, gi};
+    wk_model_mf.train(&ctx, &b, D, rows, grads);
+    ps_optim_update(&o, u2, gu, D);
+    ps_optim_update(&o, i2, gi, D);
+    for (int k = 0; k <= D; k++) {
+        cr_expect_float_eq(u1[k], u2[k], 1e-6, "user float %d", k);
+        cr_expect_float_eq(i1[k], i2[k], 1e-6, "item float %d", k);
+    }
 }

@@ -11,8 +11,9 @@
 
 Test(optim, state_per_weight)
 {
-    cr_assert_eq(ps_optim_state_per_weight(CM_OPT_SGD), 0);
-    cr_assert_eq(ps_optim_state_per_weight(CM_OPT_ADAGRAD), 1);
+    cr_assert_eq(ps_optim_state_floats(CM_OPT_SGD, 8), 0);
+    cr_assert_eq(ps_optim_state_floats(CM_OPT_ADAGRAD, 8), 8);
+    cr_assert_eq(ps_optim_state_floats(CM_OPT_ROWWISE, 8), 1);
 }
 
 Test(optim, sgd_step)
@@ -115,4 +116,26 @@ Test(optim, adagrad_steps_shrink)
         prev = row[0];
     }
     cr_assert_float_eq(row[1], 10.1f, 1e-5f);
+}
+
+Test(optim, rowwise_adagrad_by_hand)
+{
+    /* dim 2, accumulator 0.1: g = (3, 4) -> A = 0.1 + (9 + 16) / 2 = 12.6,
+     * step = 0.5 / sqrt(12.6 + 0) */
+    ps_optim o = {.kind = CM_OPT_ROWWISE, .lr = 0.5f, .eps = 0.0f, .init_accum = 0.1f};
+    float row[3] = {1.0f, -1.0f, 0.0f};
+    ps_optim_init_state(&o, row, 2);
+    cr_assert_float_eq(row[2], 0.1f, 1e-7);
+    const float g[2] = {3.0f, 4.0f};
+    ps_optim_update(&o, row, g, 2);
+    double step = 0.5 / sqrt(12.6);
+    cr_expect_float_eq(row[2], 12.6f, 1e-5);
+    cr_expect_float_eq(row[0], 1.0 - step * 3, 1e-6);
+    cr_expect_float_eq(row[1], -1.0 - step * 4, 1e-6);
+    /* a second step uses the grown accumulator: A = 12.6 + (1 + 0) / 2 */
+    const float g2[2] = {1.0f, 0.0f};
+    float w0 = row[0];
+    ps_optim_update(&o, row, g2, 2);
+    cr_expect_float_eq(row[2], 13.1f, 1e-5);
+    cr_expect_float_eq(row[0], w0 - 0.5 / sqrt(13.1), 1e-6);
 }

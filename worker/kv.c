@@ -21,7 +21,8 @@ struct wk_kv {
     uint32_t n_servers;
     uint32_t *slot_map;     /* slot -> server */
     uint32_t n_slots;
-    int *dims;              /* per table */
+    int *dims;              /* per table: weights per row */
+    int *row_floats;        /* per table: weights + optimizer state */
     uint32_t n_tables;
     int rank;
     int timeout_ms;
@@ -90,13 +91,16 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
     kv->socks = calloc(p->n_servers, sizeof *kv->socks);
     kv->slot_map = malloc(p->n_slots * sizeof *kv->slot_map);
     kv->dims = malloc(p->n_tables * sizeof *kv->dims);
+    kv->row_floats = malloc(p->n_tables * sizeof *kv->row_floats);
     kv->seg_count = calloc(p->n_servers + 1, sizeof *kv->seg_count);
-    if (!kv->socks || !kv->slot_map || !kv->dims || !kv->seg_count) {
+    if (!kv->socks || !kv->slot_map || !kv->dims || !kv->row_floats || !kv->seg_count) {
         cm_error_set(err, CM_ENOMEM, "kv: out of memory");
         goto fail;
     }
     memcpy(kv->slot_map, p->slot_map, p->n_slots * sizeof *kv->slot_map);
     memcpy(kv->dims, p->dims, p->n_tables * sizeof *kv->dims);
+    memcpy(kv->row_floats, p->row_floats ? p->row_floats : p->dims,
+           p->n_tables * sizeof *kv->row_floats);
     for (uint32_t s = 0; s < p->n_slots; s++)
         if (kv->slot_map[s] >= p->n_servers) {
             cm_error_set(err, CM_EINVAL, "kv: slot %u maps to server %u of %u", s,
@@ -130,6 +134,7 @@ void wk_kv_destroy(wk_kv **pkv)
     free(kv->socks);
     free(kv->slot_map);
     free(kv->dims);
+    free(kv->row_floats);
     free(kv->server_of);
     free(kv->keys);
     free(kv->pos);
@@ -138,6 +143,12 @@ void wk_kv_destroy(wk_kv **pkv)
     free(kv->seg_count);
     free(kv);
     *pkv = NULL;
+}
+
+/* Floats per row a pull returns. */
+static size_t s_pull_dim(const wk_kv *kv, const wk_pull *r)
+{
+    return (size_t)((r->flags & CM_PULL_FULL) ? kv->row_floats[r->table] : kv->dims[r->table]);
 }
 
 /* Receives one reply from any server and accounts for it: a push ack
@@ -182,7 +193,7 @@ static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *
         if (id >= base && id < base + n_pending) {
             s_pending *pd = &pending[id - base];
             const wk_pull *r = &reqs[pd->req];
-            size_t dim = (size_t)kv->dims[r->table];
+            size_t dim = s_pull_dim(kv, r);
             if (pd->done || m.n_vals != pd->count * dim) {
                 rc = cm_error_set(err, CM_EPROTO,
                                   "kv: server %u answered request %llu with %zu values, "
@@ -261,7 +272,7 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
                 continue;
             cm_hdr h = cm_hdr_make(CM_OP_PULL);
             h.table = q->table;
-            h.dim = (uint32_t)kv->dims[q->table];
+            h.dim = (uint32_t)s_pull_dim(kv, q);
             h.flags = q->flags;
             h.sender = kv->rank;
             h.req_id = base + n_pending;
@@ -285,14 +296,14 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
     return 0;
 }
 
-int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const float *grads,
-               cm_error *err)
+static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                  const float *grads, uint32_t flags, cm_error *err)
 {
     if (table >= kv->n_tables)
         return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
     if (n == 0)
         return 0;
-    size_t dim = (size_t)kv->dims[table];
+    size_t dim = (size_t)((flags & CM_PUSH_DELTA) ? kv->row_floats[table] : kv->dims[table]);
     if (s_reserve_keys(kv, n) != 0)
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
     if (s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals))
@@ -307,6 +318,7 @@ int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const 
         cm_hdr h = cm_hdr_make(CM_OP_PUSH);
         h.table = table;
         h.dim = (uint32_t)dim;
+        h.flags = flags;
         h.sender = kv->rank;
         h.req_id = kv->next_req++;
         int rc = cm_msg_send(kv->socks[s], NULL, 0, &h, kv->keys + b, e - b,
@@ -319,6 +331,18 @@ int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const 
         kv->counters.bytes_out += (e - b) * (sizeof(uint64_t) + dim * sizeof(float));
     }
     return 0;
+}
+
+int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const float *grads,
+               cm_error *err)
+{
+    return s_push(kv, table, keys, n, grads, 0, err);
+}
+
+int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                     const float *deltas, cm_error *err)
+{
+    return s_push(kv, table, keys, n, deltas, CM_PUSH_DELTA, err);
 }
 
 int wk_kv_flush(wk_kv *kv, cm_error *err)

@@ -23,7 +23,9 @@ typedef struct {
     uint32_t n_slots;
     const uint32_t *slot_map;        /* slot -> server; copied */
     uint32_t n_tables;
-    const int *dims;                 /* per table: floats per row */
+    const int *dims;                 /* per table: weights per row */
+    const int *row_floats;           /* per table: weights + optimizer state
+                                        (CM_PULL_FULL, deltas); NULL = dims */
     int rank;                        /* this worker's rank (sent as sender) */
     int timeout_ms;                  /* how long to wait for a reply */
 } wk_kv_params;
@@ -37,7 +39,8 @@ typedef struct {
     const uint64_t *keys;
     size_t n;
     float *out;
-    uint32_t flags;                  /* CM_PULL_NO_CREATE */
+    uint32_t flags;                  /* CM_PULL_NO_CREATE, CM_PULL_FULL (out gets
+                                        n*row_floats: whole rows) */
 } wk_pull;
 
 /* Sends every request of reqs[0..n) to the servers, then waits for all
@@ -49,6 +52,11 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err);
  * waiting for the acks. */
 int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                const float *grads, cm_error *err);
+
+/* Sends deltas of whole rows (n*row_floats floats) to be added to the
+ * servers' rows, without waiting for the acks. */
+int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                     const float *deltas, cm_error *err);
 
 /* Waits until every push sent so far was acknowledged. */
 int wk_kv_flush(wk_kv *kv, cm_error *err);

@@ -11,6 +11,7 @@
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/slots.h"
+#include "worker/blocks.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 
@@ -29,6 +30,13 @@ typedef struct {
     const wk_model_ops *model;
     wk_model_ctx ctx;
     int dims[WK_MAX_TABLES];
+    int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
+    ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
+    wk_blocks *blocks;              /* blocks schedule: this shard by item block */
+    size_t epoch_done;              /* examples trained so far this epoch */
+    double epoch_sq;
+    double last_report;
+    uint32_t progress_epoch;
     /* this worker's shard, owned copies */
     cm_ratings train, test;
     /* control and data connections */
@@ -140,6 +148,7 @@ static void s_free(s_worker *w)
     }
     cm_ratings_free(&w->train);
     cm_ratings_free(&w->test);
+    wk_blocks_destroy(&w->blocks);
     wk_kv_destroy(&w->kv);
     cm_sock_destroy(&w->ctl);
 }
@@ -277,6 +286,47 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
 
+static int s_block_progress(void *arg, size_t done)
+{
+    s_worker *w = arg;
+    double now = s_now();
+    if (now - w->last_report < 0.25)
+        return 0;
+    w->last_report = now;
+    double st[2] = {(double)(w->epoch_done + done), w->epoch_sq};
+    return s_tell(w, CM_OP_PROGRESS, w->progress_epoch, st, 2, NULL);
+}
+
+/* Blocks schedule, sub-epoch `round` of `epoch`: train block
+ * (index + round) mod B; after the last round write the user rows back. */
+static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *err)
+{
+    const uint32_t nb = w->p->n_workers;
+    const uint32_t block = (w->p->index + round) % nb;
+    double t0 = s_now();
+    if (round == 0) {
+        w->epoch_done = 0;
+        w->epoch_sq = 0;
+    }
+    w->progress_epoch = epoch;
+    w->last_report = t0;
+    uint64_t seed = cm_mix64(w->p->job->seed ^
+                             cm_mix64(((uint64_t)epoch << 40) ^ ((uint64_t)block << 20) ^
+                                      w->p->index));
+    double sq = 0;
+    size_t n = 0;
+    int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, block, seed,
+                             s_block_progress, w, &sq, &n, err);
+    if (rc == 0 && round + 1 == nb)
+        rc = wk_blocks_writeback(w->blocks, w->kv, err);
+    if (rc != 0)
+        return rc;
+    w->epoch_done += n;
+    w->epoch_sq += sq;
+    double st[3] = {sq, (double)n, s_now() - t0};
+    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+}
+
 /* A row that was never trained reads back as zeros (NO_CREATE pull). */
 static int s_row_known(const float *row, int dim)
 {
@@ -366,12 +416,18 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         .slot_map = m.hdr.slots,
         .n_tables = (uint32_t)w->model->n_tables,
         .dims = w->dims,
+        .row_floats = w->row_floats,
         .rank = w->p->rank,
         .timeout_ms = (int)(w->p->job->timeout * 1000),
     };
     w->kv = wk_kv_new(w->p->van, &kp, err);
-    if (!w->kv)
+    if (!w->kv) {
         rc = err ? err->code : CM_EIO;
+        goto out;
+    }
+    if (w->p->job->schedule == CM_SCHED_BLOCKS &&
+        !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats, err)))
+        rc = err ? err->code : CM_ENOMEM;
 out:
     cm_msg_release(&m);
     return rc;
@@ -389,10 +445,13 @@ static int s_serve(s_worker *w, cm_error *err)
         }
         int op = m.hdr.op;
         uint32_t epoch = m.hdr.epoch;
+        uint32_t round = (uint32_t)m.hdr.clock;
         cm_msg_release(&m);
         if (op == CM_OP_STOP)
             return 0;
-        if (op == CM_OP_EPOCH)
+        if (op == CM_OP_EPOCH && w->blocks)
+            rc = s_train_block(w, epoch, round, err);
+        else if (op == CM_OP_EPOCH)
             rc = s_train_epoch(w, epoch, err);
         else if (op == CM_OP_EVAL)
             rc = s_eval(w, epoch, err);
@@ -415,6 +474,8 @@ int wk_run(const wk_params *p, cm_error *err)
         ps_table_params tp;
         w.model->table_params(p->job, t, &tp);
         w.dims[t] = tp.dim;
+        w.row_floats[t] = tp.dim + ps_optim_state_floats(tp.optim.kind, tp.dim);
+        w.optim = tp.optim;
     }
     w.ctl = cm_sock_new(p->van, CM_SOCK_DEALER, err);
     if (!w.ctl)

@@ -25,6 +25,20 @@ typedef struct {
     const float *label;
 } wk_batch;
 
+/* One rating of a block, as local row indexes (blocks schedule). */
+typedef struct {
+    uint32_t u;      /* row of the worker's user rows */
+    uint32_t i;      /* row of the block's item rows */
+    float r;         /* the rating */
+} wk_rating;
+
+/* Rows a worker holds while it trains a block: n rows of `stride` floats,
+ * each the weights then the optimizer state (row_floats floats used). */
+typedef struct {
+    float *rows;
+    size_t stride;
+} wk_rows;
+
 /* Constants of a run the model needs besides the rows. */
 typedef struct {
     float mean;      /* global mean of the training labels */
@@ -36,6 +50,7 @@ typedef struct {
 typedef struct wk_model_ops {
     const char *name;
     size_t n_tables;
+    const char *const *table_names;  /* n_tables names ("user", "item") */
     /* Table t's parameters for this job (dim, init, optimizer). */
     void (*table_params)(const cm_job *job, size_t t, ps_table_params *out);
     /* Adds the gradients of the batch loss to grads[t] (dense, one row per
@@ -46,6 +61,12 @@ typedef struct wk_model_ops {
     /* Writes the prediction of each example to pred[j] (unclipped). */
     void (*predict)(const wk_model_ctx *ctx, const wk_batch *b, int dim,
                     const float *const *rows, float *pred);
+    /* Blocks schedule: plain per-rating SGD over r[0..n) in order, updating
+     * the held user and item rows in place with the optimizer `o` (whose
+     * state follows the dim weights of each row). Returns the sum of the
+     * squared errors seen before each update. */
+    double (*train_local)(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+                          size_t n, int dim, wk_rows users, wk_rows items);
 } wk_model_ops;
 
 /* The model of that name ("mf"), or NULL. */

@@ -1,0 +1,118 @@
+/* ckpt: the checkpoint format on disk (docs/checkpoints.md).
+ *
+ * A checkpoint is a directory under the job's checkpoint_dir, named
+ * "ckpt-NNNNNN" after the epochs it completed, holding a MANIFEST
+ * (protobuf psrec.pb.Manifest behind a magic and a checksum) and one row
+ * shard file per table per writer: rows sorted by key, each row its
+ * weights then its optimizer state. Every file is written to a temporary
+ * name, fsynced and renamed; the directory is fsynced; the root's LATEST
+ * pointer is switched last. Readers check sizes and xxh64 checksums and
+ * refuse a torn or corrupted file with a message naming it. */
+#ifndef PSREC_COMMON_CKPT_H
+#define PSREC_COMMON_CKPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+#define CM_SHARD_MAGIC "PSRECCK1"
+#define CM_MANIFEST_MAGIC "PSRECMF1"
+#define CM_CKPT_NAME_MAX 256
+
+/* ---- row shards ------------------------------------------------------- */
+
+/* A loaded shard; arrays are owned (heap or mapping) until cm_shard_free. */
+typedef struct {
+    uint32_t table;
+    int dim;               /* weights per row */
+    int row_floats;        /* floats per row: weights + optimizer state */
+    size_t n;              /* rows */
+    const uint64_t *keys;  /* n, ascending */
+    const float *rows;     /* n * row_floats */
+    void *owner_;
+} cm_shard;
+
+/* Writes rows (keys strictly ascending) to path via a temporary name,
+ * fsync and rename. *size and *checksum (xxh64 of the file) may be NULL. */
+int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
+                   const uint64_t *keys, const float *rows, size_t n, uint64_t *size,
+                   uint64_t *checksum, cm_error *err);
+
+/* Reads and validates a shard. want_size/want_checksum: 0 skips that
+ * check. Truncation, bad magic, bad header, keys out of order and checksum
+ * mismatch are CM_ECHECKSUM/CM_EPARSE errors naming the file. */
+int cm_shard_read(const char *path, uint64_t want_size, uint64_t want_checksum,
+                  cm_shard *out, cm_error *err);
+
+void cm_shard_free(cm_shard *s);
+
+/* ---- manifest --------------------------------------------------------- */
+
+typedef struct {
+    char name[64];
+    int dim, row_floats, optimizer, zero_prefix;
+    float lr, init_std;
+    uint64_t seed;
+} cm_ckpt_table;
+
+typedef struct {
+    char name[CM_CKPT_NAME_MAX];   /* relative to the checkpoint directory */
+    uint32_t table;
+    uint64_t size, checksum, rows;
+    int writer;
+    size_t n_slots;
+    uint32_t *slots;               /* owned; NULL/0 = rows of any slot */
+} cm_ckpt_file;
+
+/* Plain form of psrec.pb.Manifest; cm_manifest_free releases arrays. The
+ * struct tag lets codec.h name it without including this header. */
+typedef struct cm_manifest {
+    uint32_t version;
+    char *job;                     /* INI text, owned */
+    char model[32];
+    size_t n_tables;
+    cm_ckpt_table *tables;         /* owned */
+    uint32_t n_slots;
+    uint32_t *slot_map;            /* n_slots, owned */
+    uint32_t epoch;
+    size_t n_files;
+    cm_ckpt_file *files;           /* owned */
+    double global_mean;
+    float clip_lo, clip_hi;
+    double train_rmse, test_rmse, test_mae;
+    uint64_t created_unix;
+    uint32_t n_servers, n_workers;
+} cm_manifest;
+
+/* Writes dir/MANIFEST (temporary name, fsync, rename, fsync dir). */
+int cm_manifest_write(const char *dir, const cm_manifest *m, cm_error *err);
+
+/* Reads dir/MANIFEST into *m (zeroed first). */
+int cm_manifest_read(const char *dir, cm_manifest *m, cm_error *err);
+
+void cm_manifest_free(cm_manifest *m);
+
+/* Reads the manifest and checks every listed file's size and checksum.
+ * 0 when the whole checkpoint is intact; else the first problem, named. */
+int cm_ckpt_verify(const char *dir, cm_error *err);
+
+/* ---- the checkpoint root ---------------------------------------------- */
+
+/* "ckpt-000005" for epoch 5. */
+void cm_ckpt_dirname(uint32_t epoch, char *out, size_t n);
+
+/* Makes root/name (and root) if missing. */
+int cm_ckpt_mkdir(const char *root, const char *name, char *path, size_t n, cm_error *err);
+
+/* Points root/LATEST at name (temporary file, fsync, rename), then removes
+ * the oldest complete checkpoints beyond `keep` (keep <= 0: keep all). */
+int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err);
+
+/* Resolves what to resume from: `spec` is a checkpoint directory, or
+ * "auto" for the newest intact checkpoint under root (LATEST first, then
+ * older ones, newest first; each refused one is logged with its reason).
+ * Writes the chosen directory to out. CM_ENOTFOUND when none is intact. */
+int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_error *err);
+
+#endif

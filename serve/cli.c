@@ -1,0 +1,387 @@
+#define _GNU_SOURCE
+#include "serve/cli.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dataset.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/van.h"
+#include "serve/export.h"
+#include "serve/score.h"
+#include "serve/server.h"
+
+/* ---------------------------------------------------- option parsing -- */
+
+typedef enum { S_STR, S_U64, S_INT } s_type;
+
+typedef struct {
+    const char *name;   /* long name, without "--" */
+    char short_name;    /* 0 or the letter of "-x" */
+    s_type type;
+    void *ptr;
+    const char *help;
+} s_opt;
+
+static int s_set(const char *cmd, const s_opt *o, const char *v)
+{
+    char *end = NULL;
+    errno = 0;
+    if (o->type == S_STR) {
+        *(const char **)o->ptr = v;
+        return 0;
+    }
+    if (v[0] != '-' && v[0] != '\0') {
+        unsigned long long x = strtoull(v, &end, 10);
+        if (!errno && *end == '\0') {
+            if (o->type == S_U64) {
+                *(uint64_t *)o->ptr = x;
+                return 0;
+            }
+            if (x <= 1u << 30) {
+                *(int *)o->ptr = (int)x;
+                return 0;
+            }
+        }
+    }
+    fprintf(stderr, "psrec %s: --%s: bad value '%s'\n", cmd, o->name, v);
+    return 2;
+}
+
+/* Parses argv[1..]; positionals go to pos (at most max_pos). Returns 0,
+ * 2 on bad usage (printed), or -1 when --help was asked for. */
+static int s_parse(int argc, char **argv, const s_opt *opts, size_t n, const char **pos,
+                   int max_pos, int *n_pos)
+{
+    const char *cmd = argv[0];
+    *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return -1;
+        const s_opt *o = NULL;
+        const char *v = NULL;
+        if (strncmp(a, "--", 2) == 0) {
+            const char *name = a + 2, *eq = strchr(name, '=');
+            size_t len = eq ? (size_t)(eq - name) : strlen(name);
+            for (size_t k = 0; k < n; k++)
+                if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
+                    o = &opts[k];
+            if (eq)
+                v = eq + 1;
+        } else if (a[0] == '-' && a[1] && !a[2]) {
+            for (size_t k = 0; k < n; k++)
+                if (opts[k].short_name == a[1])
+                    o = &opts[k];
+        } else {
+            if (*n_pos >= max_pos) {
+                fprintf(stderr, "psrec %s: unexpected argument '%s' (see --help)\n", cmd, a);
+                return 2;
+            }
+            pos[(*n_pos)++] = a;
+            continue;
+        }
+        if (!o) {
+            fprintf(stderr, "psrec %s: %s: unknown option (see --help)\n", cmd, a);
+            return 2;
+        }
+        if (!v && i + 1 < argc)
+            v = argv[++i];
+        if (!v) {
+            fprintf(stderr, "psrec %s: --%s needs a value\n", cmd, o->name);
+            return 2;
+        }
+        int rc = s_set(cmd, o, v);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void s_print_opts(const s_opt *opts, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        char name[40];
+        if (opts[k].short_name)
+            snprintf(name, sizeof name, "-%c, --%s", opts[k].short_name, opts[k].name);
+        else
+            snprintf(name, sizeof name, "    --%s", opts[k].name);
+        printf("  %-18s %s\n", name, opts[k].help);
+    }
+}
+
+/* A user or item id as the data loader reads it: a plain decimal that
+ * fits 64 bits is the key, anything else hashes (docs/formats.md). */
+static uint64_t s_parse_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n > 0 && n <= 20) {
+        uint64_t v = 0;
+        size_t i = 0;
+        for (; i < n; i++) {
+            unsigned d = (unsigned char)s[i] - '0';
+            if (d > 9 || v > (UINT64_MAX - d) / 10)
+                break;
+            v = v * 10 + d;
+        }
+        if (i == n)
+            return v;
+    }
+    return cm_hash_bytes(s, n, 0);
+}
+
+/* ------------------------------------------------------------ export -- */
+
+int sv_export_main(int argc, char **argv)
+{
+    const char *out = NULL, *formats = "npy,fvecs,psm", *level = "warn";
+    const s_opt opts[] = {
+        {"out", 'o', S_STR, &out, "output directory (created if missing; required)"},
+        {"format", 0, S_STR, &formats, "comma-separated: npy, fvecs, psm (default all three)"},
+        {"log-level", 0, S_STR, &level, "debug, info, warn (default), error"},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    const char *pos[1];
+    int n_pos = 0;
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 1, &n_pos);
+    if (rc < 0) {
+        printf("usage: psrec export CHECKPOINT --out DIR [--format npy,fvecs,psm]\n\n"
+               "Turns a checkpoint (a ckpt-NNNNNN directory, or a checkpoint root: its\n"
+               "newest intact checkpoint) into files serving systems read:\n"
+               "  npy    <table>.npy (float32 rows) and <table>.ids.npy (int64 ids)\n"
+               "  fvecs  item.fvecs: item vectors [bias, factors] for ANN tools (Faiss);\n"
+               "         query with [1, user factors] (see manifest.json)\n"
+               "  psm    model.psm: one mmap-able file with every table (docs/psm.md),\n"
+               "         read by psrec recommend / serve and by serve/psm.c\n"
+               "manifest.json states the model and its scoring formula.\n\n");
+        s_print_opts(opts, n_opts);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    if (n_pos != 1 || !out) {
+        fprintf(stderr, "psrec export: need CHECKPOINT and --out DIR (see --help)\n");
+        return 2;
+    }
+    unsigned fmt = 0;
+    cm_error err = {0};
+    if (sv_export_parse_formats(formats, &fmt, &err) != 0) {
+        fprintf(stderr, "psrec export: %s\n", err.msg);
+        return 2;
+    }
+    int lv = cm_log_level_parse(level);
+    cm_log_set_level(lv < 0 ? CM_LOG_WARN : lv);
+    cm_log_set_identity("psrec", -1);
+    sv_export_model m;
+    rc = sv_export_load(pos[0], &m, &err);
+    if (rc == 0)
+        rc = sv_export_write(&m, out, fmt, &err);
+    if (rc != 0) {
+        fprintf(stderr, "psrec export: %s\n", err.msg);
+        sv_export_model_free(&m);
+        return 1;
+    }
+    printf("exported %s (model %s, global mean %.6g) to %s:", pos[0], m.model, m.global_mean,
+           out);
+    for (size_t t = 0; t < m.n_tables; t++)
+        printf(" %s %zu x %d;", m.tables[t].name, m.tables[t].n, m.tables[t].dim);
+    printf(" formats%s%s%s\n", fmt & SV_FMT_NPY ? " npy" : "", fmt & SV_FMT_FVECS ? " fvecs" : "",
+           fmt & SV_FMT_PSM ? " psm" : "");
+    sv_export_model_free(&m);
+    return 0;
+}
+
+/* --------------------------------------------------------- recommend -- */
+
+int sv_recommend_main(int argc, char **argv)
+{
+    const char *model = NULL, *user_s = NULL, *exclude = NULL;
+    int k = 10;
+    const s_opt opts[] = {
+        {"model", 'm', S_STR, &model, "an export directory or its model.psm (required)"},
+        {"user", 'u', S_STR, &user_s, "the user id, as in the ratings (required)"},
+        {"k", 'k', S_INT, &k, "how many items (default 10)"},
+        {"exclude", 0, S_STR, &exclude,
+         "ratings file (text or .psrd): skip items this user rated there"},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    const char *pos[1];
+    int n_pos = 0;
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
+    if (rc < 0) {
+        printf("usage: psrec recommend --model EXPORT --user ID [-k 10] [--exclude FILE]\n\n"
+               "Prints the top-K items for a user, best first, as `rank item score`\n"
+               "lines (lines starting with '#' are comments). score = global_mean +\n"
+               "user bias + item bias + dot(user factors, item factors), unclipped. A\n"
+               "user the model does not know gets the popularity fallback (items by\n"
+               "global_mean + item bias), flagged in a '# fallback' line.\n\n");
+        s_print_opts(opts, n_opts);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    if (!model || !user_s) {
+        fprintf(stderr, "psrec recommend: need --model and --user (see --help)\n");
+        return 2;
+    }
+    if (k < 1) {
+        fprintf(stderr, "psrec recommend: -k must be at least 1\n");
+        return 2;
+    }
+    cm_log_set_identity("psrec", -1);
+    const uint64_t user = s_parse_id(user_s);
+    cm_error err = {0};
+    cm_ratings r = {0};
+    uint64_t *ex = NULL;
+    size_t n_ex = 0;
+    sv_hit *hits = NULL;
+    sv_scorer *sc = NULL;
+    int status = 1;
+    sv_model *m = sv_model_open(model, &err);
+    if (!m)
+        goto out;
+    if (exclude) {
+        if (cm_ratings_load(exclude, NULL, &r, &err) != 0)
+            goto out;
+        for (size_t j = 0; j < r.n; j++)
+            n_ex += r.user[j] == user;
+        ex = malloc((n_ex ? n_ex : 1) * sizeof *ex);
+        if (!ex) {
+            cm_error_set(&err, CM_ENOMEM, "out of memory");
+            goto out;
+        }
+        n_ex = 0;
+        for (size_t j = 0; j < r.n; j++)
+            if (r.user[j] == user)
+                ex[n_ex++] = r.item[j];
+    }
+    hits = malloc((size_t)k * sizeof *hits);
+    sc = sv_scorer_new(&err);
+    if (!hits || !sc) {
+        cm_error_set(&err, CM_ENOMEM, "out of memory");
+        goto out;
+    }
+    size_t n = 0;
+    int fallback = 0;
+    if (sv_recommend(sc, m, user, (size_t)k, ex, n_ex, hits, &n, &fallback, &err) != 0)
+        goto out;
+    printf("# user %s: top %zu of %zu items", user_s, n, sv_model_n_items(m));
+    if (exclude)
+        printf(", %zu rated in %s excluded", n_ex, exclude);
+    printf("\n");
+    if (fallback)
+        printf("# fallback: user %s is not in the model; items ranked by popularity "
+               "(global_mean + item bias)\n",
+               user_s);
+    printf("# rank item score\n");
+    for (size_t j = 0; j < n; j++)
+        printf("%zu %llu %.9g\n", j + 1, (unsigned long long)hits[j].item, hits[j].score);
+    status = 0;
+out:
+    if (status != 0)
+        fprintf(stderr, "psrec recommend: %s\n", err.msg);
+    sv_scorer_destroy(&sc);
+    free(hits);
+    free(ex);
+    cm_ratings_free(&r);
+    sv_model_destroy(&m);
+    return status;
+}
+
+/* ------------------------------------------------------------- serve -- */
+
+static atomic_int s_stop;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    atomic_store(&s_stop, 1);
+}
+
+int sv_serve_main(int argc, char **argv)
+{
+    sv_server_params p = sv_server_params_default();
+    const char *level = "info";
+    uint64_t max_requests = 0;
+    int max_k = (int)p.max_k;
+    p.bind = "tcp://127.0.0.1:5555";
+    const s_opt opts[] = {
+        {"model", 'm', S_STR, &p.model, "an export directory or its model.psm (required)"},
+        {"bind", 'b', S_STR, &p.bind, "endpoint to listen on (default tcp://127.0.0.1:5555; "
+                                      "port * picks a free one)"},
+        {"poll-ms", 0, S_INT, &p.poll_ms, "check the model file for a new version this often "
+                                          "(default 200)"},
+        {"max-k", 0, S_INT, &max_k, "largest k a request may ask for (default 1000)"},
+        {"max-requests", 0, S_U64, &max_requests, "exit after this many requests "
+                                                  "(default 0: run until SIGINT/SIGTERM)"},
+        {"log-level", 0, S_STR, &level, "debug, info (default), warn, error"},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    const char *pos[1];
+    int n_pos = 0;
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
+    if (rc < 0) {
+        printf("usage: psrec serve --model EXPORT [--bind ENDPOINT] [options]\n\n"
+               "Answers top-K requests over ZeroMQ: a ROUTER socket takes a protobuf\n"
+               "psrec.pb.RecRequest {user, k, exclude} from DEALER (or REQ) clients and\n"
+               "replies with a RecReply {status, error, items, scores, fallback,\n"
+               "model_version}. Unknown users get the popularity fallback, flagged.\n"
+               "When model.psm is replaced (rename) the new file is validated and\n"
+               "swapped in; a broken file is logged and the old model keeps serving.\n"
+               "docs/serving.md has the protocol.\n\n");
+        s_print_opts(opts, n_opts);
+        return 0;
+    }
+    if (rc != 0)
+        return rc;
+    if (!p.model) {
+        fprintf(stderr, "psrec serve: need --model (see --help)\n");
+        return 2;
+    }
+    if (max_k < 1) {
+        fprintf(stderr, "psrec serve: --max-k must be at least 1\n");
+        return 2;
+    }
+    p.max_k = (uint32_t)max_k;
+    p.max_requests = max_requests;
+    int lv = cm_log_level_parse(level);
+    if (lv < 0) {
+        fprintf(stderr, "psrec serve: --log-level: bad value '%s'\n", level);
+        return 2;
+    }
+    cm_log_set_level(lv);
+    cm_log_set_identity("serve", -1);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    if (!van) {
+        fprintf(stderr, "psrec serve: %s\n", err.msg);
+        return 1;
+    }
+    sv_server *s = sv_server_new(van, &p, &err);
+    if (!s) {
+        fprintf(stderr, "psrec serve: %s\n", err.msg);
+        cm_van_destroy(&van);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    printf("psrec serve: serving %s on %s\n", p.model, sv_server_endpoint(s));
+    fflush(stdout);
+    rc = sv_server_run(s, &s_stop);
+    printf("psrec serve: stopped after %llu requests (model version %llu)\n",
+           (unsigned long long)sv_server_requests(s),
+           (unsigned long long)sv_server_model_version(s));
+    sv_server_destroy(&s);
+    cm_van_destroy(&van);
+    return rc == 0 ? 0 : 1;
+}

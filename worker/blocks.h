@@ -1,0 +1,49 @@
+/* blocks: the worker's side of the blocks schedule (DSGD).
+ *
+ * Items are split into as many blocks as there are workers. In sub-epoch s
+ * worker w trains block (w + s) mod B: it pulls the block's item rows whole
+ * (weights and optimizer state), runs plain per-rating SGD over its own
+ * ratings of that block with its own user rows, which it holds for the
+ * whole run, then pushes back the change of each item row. No two workers
+ * hold the same block at once, so the updates never conflict, and the
+ * messages are per block, not per minibatch. At the end of an epoch the
+ * user rows are written back too, so the servers hold the whole model for
+ * evaluation and checkpoints. */
+#ifndef PSREC_WORKER_BLOCKS_H
+#define PSREC_WORKER_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dataset.h"
+#include "common/err.h"
+#include "ps/optim.h"
+#include "worker/kv.h"
+#include "worker/models/model.h"
+
+typedef struct wk_blocks wk_blocks;
+
+/* Block of an item among n_blocks (fixed hash, independent of slots). */
+uint32_t wk_block_of(uint64_t item, uint32_t n_blocks);
+
+/* Indexes the shard's ratings by block. row_floats[t]: floats per row of
+ * table t (0 users, 1 items). The ratings are copied. */
+wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
+                         const int *row_floats, cm_error *err);
+void wk_blocks_destroy(wk_blocks **pb);
+
+/* Called now and then during training with examples done in the block. */
+typedef int (*wk_progress_fn)(void *arg, size_t done);
+
+/* Trains block `block` once: pulls its item rows (and, the first time, the
+ * user rows), shuffles its ratings with `seed`, runs the model's local SGD,
+ * pushes the item deltas and waits for the acks. Adds the squared errors
+ * and the count of ratings to *sq and *n. */
+int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
+                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint64_t seed,
+                    wk_progress_fn progress, void *arg, double *sq, size_t *n, cm_error *err);
+
+/* Pushes the change of every user row since the last write-back. */
+int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err);
+
+#endif
