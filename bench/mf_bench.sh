@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # MF throughput benchmark: generates ratings shaped like MovieLens 20M
-# (138k users x 27k items) and trains biased MF at dim 32 twice, under
-# mpirun (1 scheduler, 1 server, 2 workers over tcp) and with --local (the
-# same roles as threads over inproc), printing updates/s, seconds per epoch
-# and the final test RMSE beside the noise floor. Figures come from the run.
+# (138k users x 27k items) and trains biased MF at dim 32 under mpirun
+# (1 scheduler, 1 server, 2 workers over tcp) and with --local (the same
+# roles as threads over inproc), with both schedules (blocks: DSGD, the
+# default; minibatch: pull/push every minibatch), plus a one-worker run as
+# the single-process baseline. Prints updates/s, seconds per epoch and the
+# final test RMSE beside the noise floor. Figures come from the run.
 #
 #   bench/mf_bench.sh [--ratings N] [--epochs E] [--dim K] [--keep]
 set -euo pipefail
@@ -58,17 +60,21 @@ run() {
   "$@" --train "$data.train.psrd" \
       --test "$data.test.psrd" --dim "$dim" --epochs "$epochs" --l2 "$l2" --metrics "$m" \
       --progress off --log_level warn >&2
-  printf "%-34s " "$name"
+  printf "%-36s " "$name"
   summarise "$m"
 }
 
 echo
 {
-  printf "%-34s %12s %10s %10s %10s %9s\n" "configuration" "Mupdates/s" "s/epoch" \
+  printf "%-36s %12s %10s %10s %10s %9s\n" "configuration" "Mupdates/s" "s/epoch" \
       "test_rmse" "floor" "above"
-  run "mpirun 1 sched + 1 server + 2 wk" \
+  run "blocks, mpirun 1+1+2 ranks" \
       mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1
-  run "--local 1 server + 2 workers" "$psrec" train --local --servers 1 --workers 2
+  run "blocks, --local 1 server 2 workers" "$psrec" train --local --servers 1 --workers 2
+  run "blocks, --local 1 worker (baseline)" "$psrec" train --local --servers 1 --workers 1
+  run "minibatch, mpirun 1+1+2 ranks" \
+      mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \
+      --schedule minibatch
 } | tee "$work/mf_bench.txt"
 echo "(updates/s: mean over epochs 2..$epochs; machine: $(nproc) cores, $(uname -m))"
 [ "$keep" = 1 ] || rm -f "$data".*.psrd

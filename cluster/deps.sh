@@ -9,7 +9,8 @@ PKGS=(build-essential cmake pkg-config
       protobuf-c-compiler libprotobuf-c-dev
       libopenblas-dev
       libxxhash-dev libinih-dev
-      libcriterion-dev)
+      libcriterion-dev
+      python3-numpy python3-faiss)   # tests/faiss_check.py (run with /usr/bin/python3)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -913,8 +913,13 @@ static void s_remove_tmp(const char *dir)
 static void s_remove_ckpt(const char *root, const char *name)
 {
     char dir[PATH_MAX];
-    if (s_join(dir, sizeof dir, root, name, NULL) != 0)
+    struct stat lst;
+    if (s_join(dir, sizeof dir, root, name, NULL) != 0 || lstat(dir, &lst) != 0)
         return;
+    if (!S_ISDIR(lst.st_mode)) {
+        cm_log(CM_LOG_WARN, "%s: not pruned: not a plain directory", dir);
+        return;
+    }
     DIR *d = opendir(dir);
     if (!d) {
         cm_log(CM_LOG_WARN, "%s: cannot prune: %s", dir, strerror(errno));

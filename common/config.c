@@ -84,7 +84,7 @@ static const s_key s_keys[] = {
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker"},
     {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,
-     .def = "minibatch",
+     .def = "blocks",
      .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
              "apply; blocks: each worker trains one block of items at a time locally and "
              "pushes the changes (DSGD, far fewer messages)"},

@@ -261,6 +261,8 @@ int sv_recommend_main(int argc, char **argv)
             if (r.user[j] == user)
                 ex[n_ex++] = r.item[j];
     }
+    if ((size_t)k > sv_model_n_items(m))
+        k = (int)sv_model_n_items(m) + 1; /* room enough; never a huge buffer */
     hits = malloc((size_t)k * sizeof *hits);
     sc = sv_scorer_new(&err);
     if (!hits || !sc) {

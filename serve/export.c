@@ -110,9 +110,8 @@ static int s_load_table(const char *dir, const cm_manifest *man, uint32_t t, sv_
     int rc = 0;
     size_t n_sh = 0, total = 0, n_heads = 0;
     cm_shard *sh = calloc(man->n_files ? man->n_files : 1, sizeof *sh);
-    size_t *file_of = calloc(man->n_files ? man->n_files : 1, sizeof *file_of);
     s_head *heap = calloc(man->n_files ? man->n_files : 1, sizeof *heap);
-    if (!sh || !file_of || !heap) {
+    if (!sh || !heap) {
         rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", dir);
         goto out;
     }
@@ -135,7 +134,6 @@ static int s_load_table(const char *dir, const cm_manifest *man, uint32_t t, sv_
         rc = cm_shard_read(path, cf->size, cf->checksum, &sh[n_sh], err);
         if (rc != 0)
             goto out;
-        file_of[n_sh] = f;
         const cm_shard *s = &sh[n_sh++];
         if (s->table != t || s->dim != ct->dim || s->row_floats != ct->row_floats ||
             (cf->rows && cf->rows != s->n)) {
@@ -184,7 +182,6 @@ out:
     for (size_t i = 0; i < n_sh; i++)
         cm_shard_free(&sh[i]);
     free(sh);
-    free(file_of);
     free(heap);
     return rc;
 }

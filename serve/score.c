@@ -241,6 +241,9 @@ int sv_recommend(sv_scorer *sc, const sv_model *m, uint64_t user, size_t k,
         return cm_error_set(err, CM_EINVAL, "k must be at least 1");
     const size_t n = (size_t)m->item.n_rows;
     const size_t dim = (size_t)m->dim;
+    const float *p = psm_row(&m->user, user);
+    if (fallback)
+        *fallback = p == NULL;
     if (k > n)
         k = n;
     if (n == 0)
@@ -251,7 +254,6 @@ int sv_recommend(sv_scorer *sc, const sv_model *m, uint64_t user, size_t k,
         return cm_error_set(err, CM_ENOMEM, "scoring %zu items: out of memory", n);
 
     const float *items = m->item.rows;
-    const float *p = psm_row(&m->user, user);
     double base = m->global_mean;
     if (p) {
         base += p[0];
@@ -266,8 +268,6 @@ int sv_recommend(sv_scorer *sc, const sv_model *m, uint64_t user, size_t k,
         }
     } else {
         /* a new user's row is all zeros: the score is global_mean + b_i */
-        if (fallback)
-            *fallback = 1;
         for (size_t i = 0; i < n; i++)
             sc->raw[i] = items[i * dim];
     }

@@ -254,10 +254,11 @@ static void s_handle(sv_server *s, cm_frames *f)
     for (size_t i = 0; i < head; i++)
         iov[i] = (cm_iov){cm_frames_data(f, i), cm_frames_size(f, i)};
     iov[head] = (cm_iov){buf, len};
+    /* counted before the send, so a client holding its reply sees it */
+    atomic_fetch_add(&s->requests, 1);
     if (cm_sock_send(s->sock, iov, head + 1) != 0)
         cm_log(CM_LOG_DEBUG, "serve: reply not sent: %s", cm_sock_errmsg(s->sock));
     free(buf);
-    atomic_fetch_add(&s->requests, 1);
 }
 
 int sv_server_run(sv_server *s, atomic_int *stop)

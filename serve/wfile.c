@@ -177,7 +177,7 @@ int sv_wfile_commit(sv_wfile *w, cm_error *err)
     int rc = s_flush(w, err);
     if (rc == 0 && fsync(w->fd) != 0)
         rc = cm_error_set(err, CM_EIO, "%s: fsync failed: %s", w->tmp, strerror(errno));
-    if (rc == 0 && close(w->fd) != 0)
+    if (close(w->fd) != 0 && rc == 0)
         rc = cm_error_set(err, CM_EIO, "%s: close failed: %s", w->tmp, strerror(errno));
     w->fd = -1;
     if (rc == 0 && rename(w->tmp, w->path) != 0)

@@ -156,6 +156,7 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
     char a[1200], b[1200];
     /* reference: 6 epochs on 2 servers, no interruption */
     cm_job ref = s_job("ref", 2, 6);
+    ref.schedule = CM_SCHED_MINIBATCH;
     sch_result r_ref = s_run(&ref);
 
     /* interrupted after 3 epochs, then resumed on 2, 3 and 1 servers */
@@ -164,8 +165,10 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
         char ck[32];
         snprintf(ck, sizeof ck, "part%d", k);
         cm_job first = s_job(ck, 2, 3);
+        first.schedule = CM_SCHED_MINIBATCH;
         s_run(&first);
         cm_job rest = s_job(ck, resume_servers[k], 6);
+        rest.schedule = CM_SCHED_MINIBATCH;
         snprintf(rest.resume, sizeof rest.resume, "auto");
         sch_result r = s_run(&rest);
         cr_expect_eq(r.epochs, 6);

@@ -62,6 +62,7 @@ TestSuite(cluster_local, .init = s_setup, .fini = s_teardown, .timeout = 300);
 Test(cluster_local, reaches_the_noise_floor)
 {
     cm_job job = s_job(2, 2);
+    job.schedule = CM_SCHED_MINIBATCH;
     snprintf(job.metrics, sizeof job.metrics, "%s/metrics.jsonl", s_dir);
     FILE *out = fopen("/dev/null", "w");
     sch_result res;
@@ -99,6 +100,7 @@ Test(cluster_local, single_worker_is_bit_for_bit_repeatable)
     double rmse[2], train[2];
     for (int run = 0; run < 2; run++) {
         cm_job job = s_job(2, 1);
+        job.schedule = CM_SCHED_MINIBATCH;
         job.epochs = 3;
         FILE *out = fopen("/dev/null", "w");
         sch_result res;

@@ -76,7 +76,7 @@ Test(cluster_mpi, generated_data_one_server_two_workers)
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
     snprintf(cmd, sizeof cmd,
              TH_MPIRUN "-np 4 %s train --train %s/syn.train.psrd "
-             "--test %s/syn.test.psrd --metrics %s --epochs 10 --l2 0.05 --progress off",
+             "--test %s/syn.test.psrd --metrics %s --epochs 10 --l2 0.05 --progress off --schedule minibatch",
              PSREC_BINARY, dir, dir, metrics);
     int rc = th_run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);

@@ -103,6 +103,10 @@ Test(config, defaults)
     cr_assert_eq(j.l2, 0.12);
     cr_assert_eq(j.init_std, 0.05);
     cr_assert_eq(j.batch, 256);
+    cr_assert_eq(j.schedule, CM_SCHED_BLOCKS);
+    cr_assert_eq(j.checkpoint_every, 1);
+    cr_assert_eq(j.checkpoint_keep, 3);
+    cr_assert_str_eq(j.resume, "");
     cr_assert_eq(j.seed, 1);
     cr_assert_eq(j.max_bad_lines, 10);
     cr_assert_eq(j.slots, 4096);

@@ -66,69 +66,47 @@ static void s_predict(const wk_model_ctx *ctx, const wk_batch *b, int dim,
     }
 }
 
-/* One rating's SGD step for the optimizers whose state is small: SGD and
- * row-wise AdaGrad, fused so each row is read and written once. */
-static inline float s_step(const wk_model_ctx *ctx, const ps_optim *o, float *restrict p,
-                           float *restrict q, float r, int dim, float *restrict gp,
-                           float *restrict gq)
+/* Applies a row's gradient g with the optimizers whose state is small
+ * (SGD, row-wise AdaGrad) inline; per-weight AdaGrad goes through the
+ * optimizer. */
+static inline void s_apply(const ps_optim *o, float *restrict w, const float *restrict g,
+                           int dim)
 {
-    const float l2 = ctx->l2;
-    const int k = dim - 1;
-    const float *restrict pf = p + 1, *restrict qf = q + 1;
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int j = 0; j < k; j++)
-        dot += pf[j] * qf[j];
-    const float e = ctx->mean + p[0] + q[0] + dot - r;
-    gp[0] = e + l2 * p[0];
-    gq[0] = e + l2 * q[0];
-    for (int j = 0; j < k; j++) {
-        gp[j + 1] = e * qf[j] + l2 * pf[j];
-        gq[j + 1] = e * pf[j] + l2 * qf[j];
+    if (o->kind == CM_OPT_ADAGRAD) {
+        ps_optim_update(o, w, g, dim);
+        return;
     }
-    float sp = o->lr, sq = o->lr;
+    float step = o->lr;
     if (o->kind == CM_OPT_ROWWISE) {
-        float np = 0.f, nq = 0.f;
-#pragma omp simd reduction(+ : np, nq)
-        for (int j = 0; j < dim; j++) {
-            np += gp[j] * gp[j];
-            nq += gq[j] * gq[j];
-        }
-        p[dim] += np / (float)dim;
-        q[dim] += nq / (float)dim;
-        sp = o->lr / sqrtf(p[dim] + o->eps);
-        sq = o->lr / sqrtf(q[dim] + o->eps);
+        float n2 = 0.f;
+#pragma omp simd reduction(+ : n2)
+        for (int k = 0; k < dim; k++)
+            n2 += g[k] * g[k];
+        w[dim] += n2 / (float)dim;
+        step = o->lr / sqrtf(w[dim] + o->eps);
     }
-    for (int j = 0; j < dim; j++) {
-        p[j] -= sp * gp[j];
-        q[j] -= sq * gq[j];
-    }
-    return e;
+    for (int k = 0; k < dim; k++)
+        w[k] -= step * g[k];
 }
 
 static double s_train_local(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
                             size_t n, int dim, wk_rows users, wk_rows items)
 {
     float gp[1100], gq[1100]; /* dim <= 1025 (config) */
+    const float l2 = ctx->l2;
     double sq = 0;
     for (size_t j = 0; j < n; j++) {
         float *p = users.rows + (size_t)r[j].u * users.stride;
         float *q = items.rows + (size_t)r[j].i * items.stride;
-        if (o->kind == CM_OPT_ADAGRAD) {
-            /* per-weight state: the optimizer's own update, one row at a time */
-            float e = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1) - r[j].r;
-            gp[0] = e + ctx->l2 * p[0];
-            gq[0] = e + ctx->l2 * q[0];
-            for (int k = 1; k < dim; k++) {
-                gp[k] = e * q[k] + ctx->l2 * p[k];
-                gq[k] = e * p[k] + ctx->l2 * q[k];
-            }
-            ps_optim_update(o, p, gp, dim);
-            ps_optim_update(o, q, gq, dim);
-            sq += (double)e * e;
-            continue;
+        float e = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1) - r[j].r;
+        gp[0] = e + l2 * p[0];
+        gq[0] = e + l2 * q[0];
+        for (int k = 1; k < dim; k++) {
+            gp[k] = e * q[k] + l2 * p[k];
+            gq[k] = e * p[k] + l2 * q[k];
         }
-        float e = s_step(ctx, o, p, q, r[j].r, dim, gp, gq);
+        s_apply(o, p, gp, dim);
+        s_apply(o, q, gq, dim);
         sq += (double)e * e;
     }
     return sq;
