@@ -13,6 +13,8 @@
 #include <time.h>
 #include <zmq.h>
 
+#define S_SEND_TIMEOUT_MS 30000
+
 #include "common/log.h"
 #include "common/van_impl.h"
 
@@ -125,6 +127,10 @@ static int s_sock_open(cm_van *v, cm_sock *s, cm_error *err)
     if ((rc = s_setint(s, zs, ZMQ_LINGER, 0, "ZMQ_LINGER")) < 0 ||
         (rc = s_setint(s, zs, ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")) < 0 ||
         (rc = s_setint(s, zs, ZMQ_RCVHWM, 0, "ZMQ_RCVHWM")) < 0)
+        goto out;
+    /* With unlimited queues a send waits only when no peer is connected at
+     * all (a DEALER whose peer has gone): give up then instead of hanging. */
+    if ((rc = s_setint(s, zs, ZMQ_SNDTIMEO, S_SEND_TIMEOUT_MS, "ZMQ_SNDTIMEO")) < 0)
         goto out;
     /* HANDOVER: a DEALER with a fixed identity that reconnects (new tcp
      * connection) takes its route over instead of being refused. */

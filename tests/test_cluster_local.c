@@ -51,6 +51,7 @@ static cm_job s_job(int servers, int workers)
     job.workers = workers;
     job.progress = 0;
     job.log_level = CM_LOG_WARN;
+    job.timeout = 20; /* a lost message fails the test in seconds, not minutes */
     /* the defaults are tuned on MovieLens 100K, which is sparse and noisy;
      * this generated set (100 ratings a user, rank 4) needs less shrinkage */
     job.l2 = 0.05;

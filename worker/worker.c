@@ -518,8 +518,20 @@ out:
         h.sender = p->rank;
         h.status = rc;
         snprintf(h.error, sizeof h.error, "%.255s", err ? err->msg : cm_strerror(rc));
-        if (cm_msg_send(w.ctl, NULL, 0, &h, NULL, 0, NULL, 0) == 0)
-            nanosleep(&(struct timespec){0, 200 * 1000 * 1000}, NULL); /* let it leave */
+        if (cm_msg_send(w.ctl, NULL, 0, &h, NULL, 0, NULL, 0) == 0) {
+            /* wait for the scheduler's STOP (a few seconds at most): closing
+             * the socket at once could drop the report before it is read */
+            for (int i = 0; i < 50; i++) {
+                cm_msg m = {0};
+                int r = cm_msg_recv(w.ctl, &m, 100, NULL);
+                int op = m.hdr.op;
+                cm_msg_release(&m);
+                if (r == 0 && op == CM_OP_STOP)
+                    break;
+                if (r != 0 && r != CM_ETIMEDOUT && r != CM_EPROTO)
+                    break;
+            }
+        }
     }
     s_free(&w);
     return rc;
