@@ -37,6 +37,8 @@ typedef struct {
     uint32_t *slot_map;   /* slot -> server index */
     cm_sock **srv;        /* one DEALER per server (checkpoint, load) */
     int first_epoch;      /* 1, or the epoch after the resumed checkpoint */
+    double *load;         /* job->slots expected requests per slot (HELLOs) */
+    int load_ok;          /* every worker sent its loads */
     double last_ckpt;     /* when the last checkpoint was written */
 } s_sched;
 
@@ -201,6 +203,12 @@ static int s_hellos(s_sched *s, cm_error *err)
         k->rank = m.hdr.sender;
         size_t n = m.hdr.n_stats < 8 ? m.hdr.n_stats : 8;
         memcpy(k->stats, m.hdr.stats, n * sizeof(double));
+        /* the expected request load per slot, summed over the workers */
+        if (m.vals && m.n_vals == (size_t)job->slots && s->load)
+            for (size_t j = 0; j < m.n_vals; j++)
+                s->load[j] += m.vals[j];
+        else if (s->load)
+            s->load_ok = 0;
         cm_msg_release(&m);
     }
     return 0;
@@ -242,6 +250,16 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
     if (!s->slot_map)
         return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
     sch_plan_slots(s->slot_map, s->n_slots, s->p->n_servers, NULL);
+    if (s->load_ok && s->n_slots == (uint32_t)job->slots && s->p->n_servers > 1) {
+        /* load-aware: heaviest slots first to the least loaded server */
+        double before = sch_plan_imbalance(s->slot_map, s->n_slots, s->p->n_servers, s->load);
+        sch_plan_slots(s->slot_map, s->n_slots, s->p->n_servers, s->load);
+        double after = sch_plan_imbalance(s->slot_map, s->n_slots, s->p->n_servers, s->load);
+        cm_log(CM_LOG_INFO, "slot plan: max/mean server load %.3f round-robin, %.3f load-aware",
+               before, after);
+        res->load_imbalance_before = before;
+        res->load_imbalance = after;
+    }
     fprintf(s->p->out,
             "psrec: %s on %llu ratings (%u worker%s, %u server%s), %llu held out; "
             "global mean %.4f\n",
@@ -588,7 +606,7 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
 
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
-    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1};
+    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1, .load_ok = 1};
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;
@@ -600,7 +618,8 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         goto out;
     }
     s.srv = calloc(p->n_servers, sizeof *s.srv);
-    if (!s.srv) {
+    s.load = calloc((size_t)p->job->slots, sizeof *s.load);
+    if (!s.srv || !s.load) {
         rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
         goto out;
     }
@@ -662,6 +681,7 @@ out:
         cm_sock_destroy(&s.srv[i]);
     free(s.srv);
     free(s.slot_map);
+    free(s.load);
     free(s.wk);
     return rc;
 }

@@ -42,6 +42,8 @@ typedef struct {
     double examples_per_s;           /* over all epochs */
     uint64_t server_rows;            /* rows held by all servers at the end */
     uint64_t server_bytes;
+    double load_imbalance_before;    /* max/mean expected server load, round-robin */
+    double load_imbalance;           /* the same for the plan used (1.0 = even) */
 } sch_result;
 
 /* Runs the job to the end. 0, or a CM_E* code with *err set; either way

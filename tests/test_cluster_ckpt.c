@@ -12,6 +12,7 @@
 #include "common/ckpt.h"
 #include "common/log.h"
 #include "common/synth.h"
+#include "serve/export.h"
 
 static char s_dir[] = "/tmp/psrec-ckpt-XXXXXX";
 static cm_synth_report s_rep;
@@ -144,6 +145,43 @@ static void s_expect_same_model(const char *a, const char *b)
     }
 }
 
+/* Byte-for-byte equality of two files. */
+static int s_same_file(const char *a, const char *b)
+{
+    FILE *x = fopen(a, "rb"), *y = fopen(b, "rb");
+    int same = x && y;
+    while (same) {
+        int c = fgetc(x), d = fgetc(y);
+        same = c == d;
+        if (c == EOF || d == EOF)
+            break;
+    }
+    if (x)
+        fclose(x);
+    if (y)
+        fclose(y);
+    return same;
+}
+
+/* Exports both checkpoints and expects identical files. */
+static void s_expect_same_export(const char *a, const char *b)
+{
+    char oa[1300], ob[1300];
+    snprintf(oa, sizeof oa, "%s-export", a);
+    snprintf(ob, sizeof ob, "%s-export", b);
+    cm_error err = {0};
+    cr_assert_eq(sv_export(a, oa, SV_FMT_ALL, &err), 0, "%s", err.msg);
+    cr_assert_eq(sv_export(b, ob, SV_FMT_ALL, &err), 0, "%s", err.msg);
+    const char *files[] = {"user.npy", "user.ids.npy", "item.npy", "item.ids.npy",
+                           "item.fvecs", "model.psm"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char fa[1400], fb[1400];
+        snprintf(fa, sizeof fa, "%s/%s", oa, files[i]);
+        snprintf(fb, sizeof fb, "%s/%s", ob, files[i]);
+        cr_expect(s_same_file(fa, fb), "export %s differs: %s vs %s", files[i], fa, fb);
+    }
+}
+
 static void s_path(char *out, size_t n, const char *ck, uint32_t epoch)
 {
     char name[64];
@@ -178,6 +216,7 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
         s_path(a, sizeof a, "ref", 6);
         s_path(b, sizeof b, ck, 6);
         s_expect_same_model(a, b);
+        s_expect_same_export(a, b);
     }
 }
 
@@ -262,4 +301,5 @@ Test(cluster_ckpt, blocks_schedule_resumes_exactly)
     s_path(a, sizeof a, "bref", 4);
     s_path(b, sizeof b, "bpart", 4);
     s_expect_same_model(a, b);
+    s_expect_same_export(a, b);
 }

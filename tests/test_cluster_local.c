@@ -190,3 +190,19 @@ Test(cluster_local, blocks_single_worker_is_repeatable)
     }
     cr_expect(rmse[0] == rmse[1], "%.17g vs %.17g", rmse[0], rmse[1]);
 }
+
+Test(cluster_local, load_aware_slot_plan_is_at_least_as_even)
+{
+    cm_job job = s_job(3, 2);
+    job.epochs = 1;
+    FILE *out = fopen("/dev/null", "w");
+    sch_result res;
+    cm_error err = {0};
+    int rc = cl_run_local(&job, out, &res, &err);
+    fclose(out);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_gt(res.load_imbalance_before, 1.0, "round-robin is uneven on Zipf items");
+    cr_expect_leq(res.load_imbalance, res.load_imbalance_before, "%.4f vs %.4f",
+                  res.load_imbalance, res.load_imbalance_before);
+    cr_expect_lt(res.load_imbalance, 1.01, "max/mean load %.4f", res.load_imbalance);
+}

@@ -385,9 +385,25 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     }
     double st[8] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->test.n,
                     (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor};
-    int rc = s_tell(w, CM_OP_HELLO, 0, st, 8, err);
+    /* the load each slot will see from this shard: one request per rating
+     * for its user's slot and its item's slot (the scheduler evens it out) */
+    const uint32_t n_slots = (uint32_t)w->p->job->slots;
+    float *load = calloc(n_slots, sizeof *load);
+    if (!load)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    for (size_t j = 0; j < tr->n; j++) {
+        load[cm_slot_of(tr->user[j], 0, n_slots)] += 1.f;
+        load[cm_slot_of(tr->item[j], 1, n_slots)] += 1.f;
+    }
+    cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
+    hh.sender = w->p->rank;
+    hh.n_stats = 8;
+    memcpy(hh.stats, st, sizeof st);
+    int rc = cm_msg_send(w->ctl, NULL, 0, &hh, NULL, 0, load, n_slots);
+    free(load);
     if (rc != 0)
-        return rc;
+        return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                            cm_sock_errmsg(w->ctl));
     cm_msg m = {0};
     rc = cm_msg_recv(w->ctl, &m, (int)(w->p->job->timeout * 1000), err);
     if (rc == CM_ETIMEDOUT)
