@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "common/bootstrap.h"
 #include "common/log.h"
@@ -45,6 +46,15 @@ static int s_check_files(const cm_job *job, cm_error *err)
         fclose(f);
     }
     return 0;
+}
+
+/* Logs this process's peak resident memory (each rank's, under MPI). */
+static void s_log_peak_memory(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cm_log(CM_LOG_INFO, "peak memory (RSS) of this process: %.0f MiB",
+               (double)ru.ru_maxrss / 1024.0);
 }
 
 /* Table parameters of the job's model, and (ct may be NULL) their
@@ -226,6 +236,7 @@ int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
     }
     for (int r = 0; r < started; r++)
         pthread_join(tid[r], NULL);
+    s_log_peak_memory();
     /* the scheduler's verdict first: it names the worker that failed */
     for (int r = 0; r < size && rc == 0; r++)
         if (th[r].rc != 0)
@@ -259,6 +270,7 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
     }
     if (rc != 0 && loud)
         fprintf(stderr, "psrec: error: %s\n", err.msg);
+    s_log_peak_memory();
     cm_error be = {0};
     if (cm_boot_barrier(b, &be) != 0)
         fprintf(stderr, "psrec: %s\n", be.msg);

@@ -49,7 +49,8 @@ typedef struct {
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
 static const char *const s_models[] = {"mf", NULL};
-static const char *const s_optimizers[] = {"sgd", "adagrad", "rowwise_adagrad", NULL};
+static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
+                                            "adam", "ftrl",    NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
 static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
@@ -69,18 +70,39 @@ static const s_key s_keys[] = {
      .help = "latent factors per row"},
     {.name = "epochs", .type = S_INT, S_AT(epochs), .imin = 1, .imax = 100000, .def = "20",
      .help = "passes over the training data"},
+    {.name = "eval_every", .type = S_INT, S_AT(eval_every), .imin = 1, .imax = 100000,
+     .def = "1", .help = "evaluate on the test data every N epochs (and after the last)"},
     {.name = "servers", .type = S_INT, S_AT(servers), .imin = 1, .imax = 1024, .def = "1",
      .help = "parameter-server ranks (mpirun: ranks 1..servers; the rest are workers)"},
     {.name = "optimizer", .type = S_ENUM, S_AT(optimizer), .names = s_optimizers,
      .def = "adagrad",
-     .help = "update rule for every row: sgd, adagrad (an accumulator per weight) or "
-             "rowwise_adagrad (one accumulator per row)"},
+     .help = "update rule for every row: sgd, adagrad (an accumulator per weight), "
+             "rowwise_adagrad (one accumulator per row), adam (lazy: only rows with a "
+             "gradient move) or ftrl (FTRL-proximal; see docs/optimizers.md)"},
     {.name = "lr", .type = S_DBL, S_AT(lr), .dmin = 0, .dmax = 100, .dmin_open = 1,
      .def = "0.07", .help = "learning rate"},
     {.name = "l2", .type = S_DBL, S_AT(l2), .dmin = 0, .dmax = 100, .def = "0.12",
      .help = "L2 regularisation, applied per occurrence of a row in a batch"},
     {.name = "init_std", .type = S_DBL, S_AT(init_std), .dmin = 0, .dmax = 10, .def = "0.05",
      .help = "standard deviation of initial factor entries"},
+    {.name = "min_count", .type = S_INT, S_AT(min_count), .imin = 0, .imax = 1000000,
+     .def = "0",
+     .help = "pushes of a key a server sees before it gives the key a row (before: reads "
+             "as zeros, gradients dropped); 0 or 1: at once"},
+    {.name = "ttl", .type = S_INT, S_AT(ttl), .imin = 0, .imax = 1000000, .def = "0",
+     .help = "evict rows not touched for this many epochs (0: never)"},
+    {.name = "max_rows", .type = S_INT, S_AT(max_rows), .imin = 0,
+     .imax = 4000000000LL, .def = "0",
+     .help = "rows per table per server; beyond it the least recently used are evicted "
+             "(0: unbounded)"},
+    {.name = "adam_beta1", .type = S_DBL, S_AT(adam_beta1), .dmin = 0, .dmax = 0.999999,
+     .def = "0.9", .help = "Adam: decay of the first-moment (mean) estimate"},
+    {.name = "adam_beta2", .type = S_DBL, S_AT(adam_beta2), .dmin = 0, .dmax = 0.999999,
+     .def = "0.999", .help = "Adam: decay of the second-moment estimate"},
+    {.name = "ftrl_l1", .type = S_DBL, S_AT(ftrl_l1), .dmin = 0, .dmax = 1e6, .def = "0",
+     .help = "FTRL: L1 strength; weights whose |z| is below it are exactly 0"},
+    {.name = "ftrl_beta", .type = S_DBL, S_AT(ftrl_beta), .dmin = 0, .dmax = 1e6,
+     .def = "1", .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))"},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker"},
     {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,

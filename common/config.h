@@ -16,7 +16,13 @@
 
 #define CM_PATH_MAX 1024
 
-typedef enum { CM_OPT_SGD = 0, CM_OPT_ADAGRAD = 1, CM_OPT_ROWWISE = 2 } cm_optimizer;
+typedef enum {
+    CM_OPT_SGD = 0,
+    CM_OPT_ADAGRAD = 1,
+    CM_OPT_ROWWISE = 2,
+    CM_OPT_ADAM = 3, /* lazy, sparse-row: only rows with a gradient move */
+    CM_OPT_FTRL = 4  /* FTRL-proximal, per coordinate */
+} cm_optimizer;
 
 /* How workers and servers share the work of an epoch. */
 typedef enum {
@@ -32,11 +38,19 @@ typedef struct {
     char model[32];            /* "mf" */
     int dim;                   /* latent factors per row */
     int epochs;
+    int eval_every;            /* evaluate every N epochs (and after the last) */
     int servers;               /* parameter-server ranks */
     int optimizer;             /* cm_optimizer */
     double lr;                 /* learning rate */
     double l2;                 /* L2 regularisation per occurrence */
     double init_std;           /* sd of initial factor entries */
+    int min_count;             /* pushes of a key before it gets a row; 0/1: at once */
+    int ttl;                   /* evict rows untouched this many epochs; 0: never */
+    long max_rows;             /* rows per server per table (LRU beyond); 0: unbounded */
+    double adam_beta1;         /* Adam: first-moment decay */
+    double adam_beta2;         /* Adam: second-moment decay */
+    double ftrl_l1;            /* FTRL: L1 strength (exact zeros below it) */
+    double ftrl_beta;          /* FTRL: learning-rate smoothing beta */
     int batch;                 /* examples per minibatch per worker */
     int schedule;              /* cm_schedule */
     uint64_t seed;

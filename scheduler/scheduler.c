@@ -39,6 +39,7 @@ typedef struct {
     int first_epoch;      /* 1, or the epoch after the resumed checkpoint */
     double *load;         /* job->slots expected requests per slot (HELLOs) */
     int load_ok;          /* every worker sent its loads */
+    int warned_unseen;    /* the unseen-ids warning was given */
     double last_ckpt;     /* when the last checkpoint was written */
 } s_sched;
 
@@ -506,7 +507,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         double train_mse = n > 0 ? sq / n : 0;
         double rmse = -1, mae = -1;
         uint64_t unseen = 0;
-        if (s->n_test > 0) {
+        if (s->n_test > 0 && (e % job->eval_every == 0 || e == job->epochs)) {
             rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
             if (rc == 0)
                 rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
@@ -521,7 +522,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             }
             rmse = tn > 0 ? sqrt(tsq / tn) : -1;
             mae = tn > 0 ? tab / tn : -1;
-            if (e == 1 && unseen > 0)
+            if (!s->warned_unseen && unseen > 0 && (s->warned_unseen = 1))
                 cm_log(CM_LOG_WARN,
                        "%s: %llu of %llu test rows have a user or item never seen in "
                        "training; they are predicted from the global mean and whichever "
@@ -552,9 +553,11 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         }
         res->epochs = e;
         res->train_rmse = sqrt(train_mse);
-        res->test_rmse = rmse;
-        res->test_mae = mae;
-        res->n_unseen = unseen;
+        if (rmse >= 0) {
+            res->test_rmse = rmse;
+            res->test_mae = mae;
+            res->n_unseen = unseen;
+        }
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
         if (job->checkpoint_dir[0] &&

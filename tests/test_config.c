@@ -20,7 +20,8 @@ static const char *const s_all_keys[] = {
     "optimizer", "lr", "l2", "init_std", "batch", "seed", "max_bad_lines",
     "slots", "progress", "log_level", "local", "workers", "timeout",
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
-    "resume",
+    "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
+    "ftrl_l1", "ftrl_beta",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
@@ -241,8 +242,9 @@ Test(config, enums)
     s_set_ok(&j, "model", "MF");
     cr_assert_str_eq(j.model, "mf");
 
-    s_set_fails("optimizer", "adam",
-                "job.ini:3: optimizer: expected one of sgd|adagrad|rowwise_adagrad, got 'adam'");
+    s_set_fails("optimizer", "adamw",
+                "job.ini:3: optimizer: expected one of "
+                "sgd|adagrad|rowwise_adagrad|adam|ftrl, got 'adamw'");
     s_set_fails("progress", "1", "job.ini:3: progress: expected one of auto|on|off, got '1'");
     s_set_fails("log_level", "verbose",
                 "job.ini:3: log_level: expected one of debug|info|warn|error|silent, got "
@@ -801,7 +803,9 @@ Test(config, optimizer_name)
     cr_assert_str_eq(cm_optimizer_name(CM_OPT_SGD), "sgd");
     cr_assert_str_eq(cm_optimizer_name(CM_OPT_ADAGRAD), "adagrad");
     cr_assert_str_eq(cm_optimizer_name(CM_OPT_ROWWISE), "rowwise_adagrad");
-    cr_assert_str_eq(cm_optimizer_name(3), "?");
+    cr_assert_str_eq(cm_optimizer_name(CM_OPT_ADAM), "adam");
+    cr_assert_str_eq(cm_optimizer_name(CM_OPT_FTRL), "ftrl");
+    cr_assert_str_eq(cm_optimizer_name(5), "?");
     cr_assert_str_eq(cm_optimizer_name(-1), "?");
 }
 

@@ -10,6 +10,7 @@
 
 #define S_BLOCK_SEED 0x70737265632d626bULL
 #define S_CHUNK 262144   /* ratings between progress reports */
+#define S_ROWS_PER_MSG 65536 /* rows per pull or push: bounded message size */
 
 /* One block: its items (sorted) and this worker's ratings of them,
  * grouped by ranges of users so that the rows one group touches stay in
@@ -229,14 +230,16 @@ static int s_pull_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
                        size_t stride, float *rows, float *base, float *scratch,
                        cm_error *err)
 {
-    if (n == 0)
-        return 0;
-    wk_pull req = {table, keys, n, scratch, CM_PULL_FULL};
-    int rc = wk_kv_pull(kv, &req, 1, err);
-    if (rc != 0)
-        return rc;
-    for (size_t j = 0; j < n; j++)
-        memcpy(rows + j * stride, scratch + j * (size_t)rf, (size_t)rf * sizeof(float));
+    for (size_t first = 0; first < n; first += S_ROWS_PER_MSG) {
+        size_t m = n - first < S_ROWS_PER_MSG ? n - first : S_ROWS_PER_MSG;
+        wk_pull req = {table, keys + first, m, scratch, CM_PULL_FULL};
+        int rc = wk_kv_pull(kv, &req, 1, err);
+        if (rc != 0)
+            return rc;
+        for (size_t j = 0; j < m; j++)
+            memcpy(rows + (first + j) * stride, scratch + j * (size_t)rf,
+                   (size_t)rf * sizeof(float));
+    }
     memcpy(base, rows, n * stride * sizeof(float));
     return 0;
 }
@@ -263,7 +266,11 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
         changed[m++] = keys[j];
     }
     memcpy(base, rows, n * stride * sizeof(float));
-    int rc = wk_kv_push_delta(kv, table, changed, m, delta, err);
+    int rc = 0;
+    for (size_t first = 0; first < m && rc == 0; first += S_ROWS_PER_MSG) {
+        size_t c = m - first < S_ROWS_PER_MSG ? m - first : S_ROWS_PER_MSG;
+        rc = wk_kv_push_delta(kv, table, changed + first, c, delta + first * (size_t)rf, err);
+    }
     if (rc == 0)
         rc = wk_kv_flush(kv, err);
     return rc;
