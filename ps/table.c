@@ -23,7 +23,22 @@
  * resolves every key of the block to its row (independent lookups, which
  * the CPU overlaps) and prefetches the row; pass 2 copies or updates the
  * rows, by then in cache. The row pointers live on the stack: no
- * allocation per request. */
+ * allocation per request.
+ *
+ * Admission and eviction (both off by default; then `slow` is 0 and the
+ * paths above run unchanged). With either on, pull and push go key by key
+ * through s_slow(): resolving a whole block first would be unsafe, since
+ * making the row of a later key may evict the row of an earlier one.
+ * - Admission keeps a second cm_hashmap, key -> pushes seen, for keys
+ *   without a row; it is cleared whole when it would pass max_pending
+ *   entries, so rare keys cannot make it grow without bound.
+ * - Eviction keeps a meta record per slot, in chunks parallel to the slab
+ *   (rows and checkpoints keep their layout): the key, a touch stamp from
+ *   a per-table clock, the epoch of the last touch, and whether the slot
+ *   is live. Freed slots form a list threaded through their meta records
+ *   and are reused before the slab grows. LRU is sampled (as Redis does):
+ *   the victim is the oldest of S_SAMPLES live slots drawn at random, or
+ *   the exact oldest when the table has at most S_EXACT slots. */
 #include "ps/table.h"
 
 #include <math.h>
@@ -43,6 +58,26 @@
 #define S_MAX_ROWS ((size_t)UINT32_MAX)  /* row index is a u32 in the index */
 #define S_BLOCK 128                      /* keys resolved before rows are touched */
 #define S_PREFETCH_LINES 8               /* cache lines prefetched per row, at most */
+#define S_PENDING_MAX ((size_t)1 << 20)  /* default max_pending */
+#define S_SAMPLES 32                     /* slots sampled per LRU victim */
+#define S_EXACT 64                       /* up to this many slots: exact LRU */
+#define S_NONE SIZE_MAX                  /* end of the free list */
+
+/* Per slot, when eviction is on. */
+typedef struct {
+    uint64_t key;    /* live: the row's key; free: the next free slot (S_NONE) */
+    uint64_t stamp;  /* clock at the last touch */
+    uint32_t epoch;  /* epoch of the last touch */
+    uint32_t live;   /* 1 while the slot holds a row */
+} s_meta;
+
+/* How s_slow treats a key without a row. */
+enum {
+    S_READ,  /* pull without create: leave it */
+    S_PULL,  /* pull with create: make it if admission is off */
+    S_PUSH,  /* push, delta: one sighting; make it when admitted */
+    S_LOAD   /* checkpoint: make it, admission or not */
+};
 
 struct ps_table {
     ps_table_params p;              /* as given, validated */
@@ -58,27 +93,55 @@ struct ps_table {
     int geo;                        /* G: chunks [0, G) grow geometrically */
     size_t geo_rows;                /* rows in those: 64 * (2^G - 1) */
     int fixed_log;                  /* F = 1 << fixed_log rows per later chunk */
-    size_t n_rows;                  /* rows made; indexes [0, n_rows) */
+    size_t n_rows;                  /* slots handed out; indexes [0, n_rows) */
     size_t cap;                     /* row slots in the allocated chunks */
     size_t slab_bytes;              /* bytes of the allocated chunks */
+    /* Admission and eviction; all zero/NULL when off. */
+    int slow;                       /* admit || evict: pull/push via s_slow */
+    int admit;                      /* min_count > 1 */
+    int evict;                      /* ttl > 0 || max_rows > 0: meta kept */
+    cm_hashmap *pending;            /* key -> pushes seen, keys without a row */
+    size_t max_pending;             /* pending cleared when it would pass this */
+    s_meta **meta;                  /* per chunk, parallel to chunks[] */
+    size_t meta_bytes;              /* bytes of the meta chunks */
+    size_t free_head;               /* first free slot, or S_NONE */
+    size_t n_free;                  /* slots on the free list */
+    uint64_t clock;                 /* touch stamps */
+    uint32_t epoch;                 /* ps_table_set_epoch */
+    uint64_t evicted;               /* rows evicted, ever */
+    uint64_t dropped;               /* gradients dropped before admission */
+    cm_rng rng;                     /* LRU sampling */
 };
 
 /* ---------------------------------------------------------------------------
  * Slab */
 
+/* Chunk and offset of row index i. */
+static inline void s_locate(const ps_table *t, size_t i, size_t *k, size_t *off)
+{
+    if (i < t->geo_rows) {
+        uint64_t j = ((uint64_t)i >> S_CHUNK0_LOG) + 1;
+        *k = (size_t)(63 - __builtin_clzll(j));
+        *off = i - ((((size_t)1 << *k) - 1) << S_CHUNK0_LOG);
+    } else {
+        size_t d = i - t->geo_rows;
+        *k = (size_t)t->geo + (d >> t->fixed_log);
+        *off = d & (((size_t)1 << t->fixed_log) - 1);
+    }
+}
+
 static inline float *s_row(const ps_table *t, size_t i)
 {
     size_t k, off;
-    if (i < t->geo_rows) {
-        uint64_t j = ((uint64_t)i >> S_CHUNK0_LOG) + 1;
-        k = (size_t)(63 - __builtin_clzll(j));
-        off = i - ((((size_t)1 << k) - 1) << S_CHUNK0_LOG);
-    } else {
-        size_t d = i - t->geo_rows;
-        k = (size_t)t->geo + (d >> t->fixed_log);
-        off = d & (((size_t)1 << t->fixed_log) - 1);
-    }
+    s_locate(t, i, &k, &off);
     return t->chunks[k] + off * t->stride;
+}
+
+static inline s_meta *s_meta_of(const ps_table *t, size_t i)
+{
+    size_t k, off;
+    s_locate(t, i, &k, &off);
+    return &t->meta[k][off];
 }
 
 /* Rows in chunk k. */
@@ -98,6 +161,13 @@ static int s_grow(ps_table *t)
         if (!nc)
             return CM_ENOMEM;
         t->chunks = nc;
+        if (t->evict) {
+            /* chunks_cap moves only once both arrays have the room */
+            s_meta **nm = realloc(t->meta, ncap * sizeof *nm);
+            if (!nm)
+                return CM_ENOMEM;
+            t->meta = nm;
+        }
         t->chunks_cap = ncap;
     }
     size_t rows = s_chunk_rows(t, t->n_chunks);
@@ -105,6 +175,15 @@ static int s_grow(ps_table *t)
     float *c = aligned_alloc(S_ALIGN, bytes);   /* bytes is a multiple of 64 */
     if (!c)
         return CM_ENOMEM;
+    if (t->evict) {
+        s_meta *m = calloc(rows, sizeof *m);
+        if (!m) {
+            free(c);
+            return CM_ENOMEM;
+        }
+        t->meta[t->n_chunks] = m;
+        t->meta_bytes += rows * sizeof *m;
+    }
     t->chunks[t->n_chunks++] = c;
     t->cap += rows;
     t->slab_bytes += bytes;
@@ -163,6 +242,191 @@ static int s_lines(size_t floats)
 }
 
 /* ---------------------------------------------------------------------------
+ * Admission and eviction (only when t->slow) */
+
+static inline size_t s_live(const ps_table *t)
+{
+    return t->n_rows - t->n_free;
+}
+
+static inline void s_touch(ps_table *t, size_t i)
+{
+    s_meta *m = s_meta_of(t, i);
+    m->stamp = ++t->clock;
+    m->epoch = t->epoch;
+}
+
+/* Evicts the row in slot i: out of the index, slot onto the free list. */
+static void s_free_slot(ps_table *t, size_t i)
+{
+    s_meta *m = s_meta_of(t, i);
+    cm_hashmap_remove(t->index, m->key);
+    m->live = 0;
+    m->key = (uint64_t)t->free_head;
+    t->free_head = i;
+    t->n_free++;
+    t->evicted++;
+}
+
+/* The slot of the least recently touched row (sampled above S_EXACT
+ * slots), or S_NONE if no row is live. */
+static size_t s_lru_victim(ps_table *t)
+{
+    size_t best = S_NONE;
+    uint64_t oldest = UINT64_MAX;
+    if (t->n_rows > S_EXACT) {
+        for (int got = 0, tries = 0; got < S_SAMPLES && tries < 4 * S_SAMPLES; tries++) {
+            size_t i = (size_t)cm_rng_below(&t->rng, t->n_rows);
+            const s_meta *m = s_meta_of(t, i);
+            if (!m->live)
+                continue;
+            got++;
+            if (m->stamp < oldest) {
+                oldest = m->stamp;
+                best = i;
+            }
+        }
+        if (best != S_NONE)
+            return best;
+    }
+    /* Small table, or so many free slots that sampling missed: scan. */
+    for (size_t i = 0; i < t->n_rows; i++) {
+        const s_meta *m = s_meta_of(t, i);
+        if (m->live && m->stamp < oldest) {
+            oldest = m->stamp;
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Makes the row of a key not in the index, evicting the LRU row first
+ * when max_rows are live. 0 or CM_ENOMEM (no row made). */
+static int s_make(ps_table *t, uint64_t key, float **out)
+{
+    if (t->p.max_rows && s_live(t) >= t->p.max_rows) {
+        size_t v = s_lru_victim(t);
+        if (v != S_NONE)
+            s_free_slot(t, v);
+    }
+    size_t idx = t->free_head;
+    if (idx == S_NONE) {
+        if (t->n_rows >= S_MAX_ROWS)
+            return CM_ENOMEM;
+        if (t->n_rows == t->cap && s_grow(t) != 0)
+            return CM_ENOMEM;
+        idx = t->n_rows;
+    }
+    if (cm_hashmap_put(t->index, key, (uint32_t)idx) != 0)
+        return CM_ENOMEM;
+    if (idx == t->free_head) {
+        t->free_head = (size_t)s_meta_of(t, idx)->key;
+        t->n_free--;
+    } else {
+        t->n_rows++;
+    }
+    float *row = s_row(t, idx);
+    s_init_slot(t, key, row);
+    if (t->evict) {
+        s_meta *m = s_meta_of(t, idx);
+        m->key = key;
+        m->live = 1;
+        m->stamp = ++t->clock;
+        m->epoch = t->epoch;
+    }
+    *out = row;
+    return 0;
+}
+
+/* Counts one push of a key without a row. 1 if it is now admitted, 0 if
+ * not yet, or CM_ENOMEM. */
+static int s_sighting(ps_table *t, uint64_t key)
+{
+    uint32_t seen = 0;
+    cm_hashmap_get(t->pending, key, &seen);
+    if (++seen >= t->p.min_count)
+        return 1;
+    if (seen == 1 && cm_hashmap_size(t->pending) >= t->max_pending) {
+        /* The bound on keys seen but never admitted: start counting over. */
+        cm_hashmap *fresh = cm_hashmap_new(0);
+        if (!fresh)
+            return CM_ENOMEM;
+        cm_hashmap_destroy(&t->pending);
+        t->pending = fresh;
+    }
+    if (cm_hashmap_put(t->pending, key, seen) != 0)
+        return CM_ENOMEM;
+    return 0;
+}
+
+/* The row of key under admission and eviction: *out = the row (touched),
+ * or NULL when the key has none and `mode` does not make it. 0 or
+ * CM_ENOMEM. */
+static int s_slow(ps_table *t, uint64_t key, int mode, float **out)
+{
+    uint32_t idx;
+    *out = NULL;
+    if (cm_hashmap_get(t->index, key, &idx)) {
+        if (t->evict)
+            s_touch(t, idx);
+        *out = s_row(t, idx);
+        return 0;
+    }
+    if (mode == S_READ || (t->admit && mode == S_PULL))
+        return 0;
+    if (t->admit && mode == S_PUSH) {
+        int rc = s_sighting(t, key);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            t->dropped++;
+            return 0;
+        }
+    }
+    int rc = s_make(t, key, out);
+    if (rc == 0 && t->admit)
+        cm_hashmap_remove(t->pending, key);
+    return rc;
+}
+
+static int s_pull_slow(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
+                       size_t *n_missing)
+{
+    const size_t dim = (size_t)t->dim;
+    size_t missing = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        float *row;
+        rc = s_slow(t, keys[i], create ? S_PULL : S_READ, &row);
+        if (rc < 0)
+            break;
+        if (row) {
+            memcpy(out + i * dim, row, dim * sizeof(float));
+        } else {
+            memset(out + i * dim, 0, dim * sizeof(float));
+            missing++;
+        }
+    }
+    if (n_missing)
+        *n_missing = missing;
+    return rc;
+}
+
+static int s_push_slow(ps_table *t, const uint64_t *keys, size_t n, const float *grads)
+{
+    const size_t dim = (size_t)t->dim;
+    for (size_t i = 0; i < n; i++) {
+        float *row;
+        int rc = s_slow(t, keys[i], S_PUSH, &row);
+        if (rc < 0)
+            return rc;   /* the rows before keep their update */
+        if (row)
+            ps_optim_update(&t->p.optim, row, grads + i * dim, t->dim);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
  * Lifecycle */
 
 static int s_check_params(const ps_table_params *p, cm_error *err)
@@ -176,26 +440,7 @@ static int s_check_params(const ps_table_params *p, cm_error *err)
     if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
         return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
                             (double)p->init_std);
-    const ps_optim *o = &p->optim;
-    if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ADAGRAD && o->kind != CM_OPT_ROWWISE)
-        return cm_error_set(err, CM_EINVAL, "table: unknown optimizer %d", o->kind);
-    if (!(o->lr >= 0.0f) || !isfinite(o->lr))
-        return cm_error_set(err, CM_EINVAL, "table: lr %g must be finite and >= 0",
-                            (double)o->lr);
-    if (o->kind == CM_OPT_ADAGRAD || o->kind == CM_OPT_ROWWISE) {
-        if (!(o->eps >= 0.0f) || !isfinite(o->eps) || !(o->init_accum >= 0.0f) ||
-            !isfinite(o->init_accum))
-            return cm_error_set(err, CM_EINVAL,
-                                "table: adagrad eps %g and init_accum %g must be finite "
-                                "and >= 0",
-                                (double)o->eps, (double)o->init_accum);
-        /* A zero gradient on a zero accumulator would be 0/0 = NaN. */
-        if (!(o->eps + o->init_accum > 0.0f))
-            return cm_error_set(err, CM_EINVAL,
-                                "table: adagrad needs eps + init_accum > 0 (got %g + %g)",
-                                (double)o->eps, (double)o->init_accum);
-    }
-    return 0;
+    return ps_optim_check(&p->optim, err);
 }
 
 ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
@@ -228,6 +473,18 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
     t->index = cm_hashmap_new(0);
     if (!t->index)
         goto nomem;
+
+    t->admit = p->min_count > 1;
+    t->evict = p->ttl > 0 || p->max_rows > 0;
+    t->slow = t->admit || t->evict;
+    t->free_head = S_NONE;
+    t->max_pending = p->max_pending ? p->max_pending : S_PENDING_MAX;
+    cm_rng_seed(&t->rng, cm_mix64(p->seed ^ 0x6576696374ULL));
+    if (t->admit) {
+        t->pending = cm_hashmap_new(0);
+        if (!t->pending)
+            goto nomem;
+    }
     return t;
 nomem:
     ps_table_destroy(&t);
@@ -243,7 +500,12 @@ void ps_table_destroy(ps_table **pt)
     for (size_t k = 0; k < t->n_chunks; k++)
         free(t->chunks[k]);
     free(t->chunks);
+    if (t->meta)
+        for (size_t k = 0; k < t->n_chunks; k++)
+            free(t->meta[k]);
+    free(t->meta);
     cm_hashmap_destroy(&t->index);
+    cm_hashmap_destroy(&t->pending);
     free(t);
     *pt = NULL;
 }
@@ -260,6 +522,8 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
     const float *rows[S_BLOCK];
     size_t missing = 0;
     int rc = 0;
+    if (t->slow)
+        return s_pull_slow(t, keys, n, out, create, n_missing);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
@@ -305,6 +569,8 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
     const int lines = t->push_lines;
     const ps_optim *o = &t->p.optim;
     float *rows[S_BLOCK];
+    if (t->slow)
+        return s_push_slow(t, keys, n, grads);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
@@ -354,13 +620,54 @@ int ps_table_dim(const ps_table *t)
 
 size_t ps_table_rows(const ps_table *t)
 {
-    return t->n_rows;
+    return s_live(t);
 }
 
 size_t ps_table_bytes(const ps_table *t)
 {
-    return sizeof *t + t->chunks_cap * sizeof(float *) + t->slab_bytes +
-           cm_hashmap_bytes(t->index);
+    size_t b = sizeof *t + t->chunks_cap * sizeof(float *) + t->slab_bytes +
+               cm_hashmap_bytes(t->index);
+    if (t->meta)
+        b += t->chunks_cap * sizeof(s_meta *) + t->meta_bytes;
+    if (t->pending)
+        b += cm_hashmap_bytes(t->pending);
+    return b;
+}
+
+void ps_table_stats(const ps_table *t, ps_table_counters *out)
+{
+    out->rows = s_live(t);
+    out->bytes = ps_table_bytes(t);
+    out->evicted = t->evicted;
+    out->admitted = (uint64_t)s_live(t) + t->evicted;
+    out->pending = t->pending ? cm_hashmap_size(t->pending) : 0;
+    out->dropped = t->dropped;
+}
+
+void ps_table_set_epoch(ps_table *t, uint32_t epoch)
+{
+    t->epoch = epoch;
+}
+
+size_t ps_table_evict(ps_table *t)
+{
+    if (!t->evict)
+        return 0;
+    uint64_t before = t->evicted;
+    if (t->p.ttl) {
+        for (size_t i = 0; i < t->n_rows; i++) {
+            const s_meta *m = s_meta_of(t, i);
+            if (m->live && (uint64_t)m->epoch + t->p.ttl < (uint64_t)t->epoch)
+                s_free_slot(t, i);
+        }
+    }
+    while (t->p.max_rows && s_live(t) > t->p.max_rows) {
+        size_t v = s_lru_victim(t);
+        if (v == S_NONE)
+            break;
+        s_free_slot(t, v);
+    }
+    return (size_t)(t->evicted - before);
 }
 
 const float *ps_table_find(const ps_table *t, uint64_t key)
@@ -391,7 +698,14 @@ int ps_table_row_floats(const ps_table *t)
 
 int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
 {
-    float *dst = s_get_or_make(t, key);
+    float *dst = NULL;
+    if (t->slow) {
+        int rc = s_slow(t, key, S_LOAD, &dst);
+        if (rc < 0)
+            return rc;
+    } else {
+        dst = s_get_or_make(t, key);
+    }
     if (!dst)
         return CM_ENOMEM;
     memcpy(dst, row, t->used * sizeof(float));
@@ -402,9 +716,24 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
 {
     const size_t rf = t->used;
     for (size_t i = 0; i < n; i++) {
-        const float *row = s_get_or_make(t, keys[i]);
-        if (!row)
-            return CM_ENOMEM;
+        float *row;
+        if (t->slow) {
+            int rc = s_slow(t, keys[i], S_PULL, &row);
+            if (rc < 0)
+                return rc;
+            if (!row) {
+                /* Not admitted: zero weights and the state a fresh row of
+                 * zeros would have, so a delta from it is well defined. */
+                float *o = out + i * rf;
+                memset(o, 0, rf * sizeof(float));
+                ps_optim_init_state(&t->p.optim, o, t->dim);
+                continue;
+            }
+        } else {
+            row = s_get_or_make(t, keys[i]);
+            if (!row)
+                return CM_ENOMEM;
+        }
         memcpy(out + i * rf, row, rf * sizeof(float));
     }
     return 0;
@@ -414,9 +743,19 @@ int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float
 {
     const size_t rf = t->used;
     for (size_t i = 0; i < n; i++) {
-        float *restrict row = s_get_or_make(t, keys[i]);
-        if (!row)
-            return CM_ENOMEM;
+        float *found;
+        if (t->slow) {
+            int rc = s_slow(t, keys[i], S_PUSH, &found);
+            if (rc < 0)
+                return rc;
+            if (!found)
+                continue;   /* not admitted yet: dropped */
+        } else {
+            found = s_get_or_make(t, keys[i]);
+            if (!found)
+                return CM_ENOMEM;
+        }
+        float *restrict row = found;
         const float *restrict d = deltas + i * rf;
         for (size_t j = 0; j < rf; j++)
             row[j] += d[j];

@@ -3,7 +3,15 @@
  * Rows live in a slab of 64-byte-aligned slots: dim weights then optimizer
  * state. A row is created on first touch with a deterministic
  * initialisation seeded by (table seed, key), so values never depend on
- * the order in which keys arrive. One owning thread. */
+ * the order in which keys arrive. One owning thread.
+ *
+ * Optional, off by default (then nothing here costs anything):
+ * - admission (min_count > 1): a key gets a row only at its min_count-th
+ *   push; before that pulls read it as zeros and its gradients are dropped;
+ * - eviction (ttl > 0 or max_rows > 0): rows untouched for ttl epochs go
+ *   at ps_table_evict(); beyond max_rows the least recently used go
+ *   (sampled LRU), also when a new row would pass max_rows.
+ * docs/optimizers.md has the exact rules. */
 #ifndef PSREC_PS_TABLE_H
 #define PSREC_PS_TABLE_H
 
@@ -21,19 +29,38 @@ typedef struct {
     float init_std;      /* the others ~ N(0, init_std^2) from (seed, key) */
     uint64_t seed;       /* table seed */
     ps_optim optim;
+    uint32_t min_count;  /* pushes before a key gets a row; 0 or 1: at once */
+    uint32_t ttl;        /* evict rows untouched for this many epochs; 0: never */
+    size_t max_rows;     /* rows kept, least recently used evicted; 0: unbounded */
+    size_t max_pending;  /* admission counters kept before all are cleared;
+                          * 0: 1 << 20 */
 } ps_table_params;
+
+/* What ps_table_stats reports. */
+typedef struct {
+    size_t rows;         /* rows held now (admitted - evicted) */
+    size_t bytes;        /* ps_table_bytes() */
+    uint64_t evicted;    /* rows evicted since the table was made */
+    uint64_t admitted;   /* rows made since the table was made (loads included) */
+    size_t pending;      /* keys seen but not admitted yet (counters held) */
+    uint64_t dropped;    /* gradients (one per key per push) dropped for keys
+                          * not admitted yet */
+} ps_table_counters;
 
 ps_table *ps_table_new(const ps_table_params *p, cm_error *err);
 void ps_table_destroy(ps_table **pt);
 
 /* Copies the weights of each key's row to out[i*dim ..]. create=1 makes
  * missing rows; create=0 reads them as zeros and counts them in *n_missing
- * (may be NULL). CM_ENOMEM if a row cannot be made. */
+ * (may be NULL). Keys not admitted yet read as zeros, are not made, and
+ * count as missing too. CM_ENOMEM if a row cannot be made. */
 int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
                   size_t *n_missing);
 
 /* Applies grads[i*dim ..] to each key's row with the table's optimizer,
- * creating missing rows first. */
+ * creating missing rows first. With admission on, a push counts one
+ * sighting of each missing key; the gradient of a key below min_count is
+ * dropped, the one that reaches it makes the row and is applied. */
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads);
 
 /* Writes the deterministic initial weights of `key` to out[0..dim). */
@@ -41,12 +68,27 @@ void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out);
 
 int ps_table_dim(const ps_table *t);
 size_t ps_table_rows(const ps_table *t);
-/* Bytes held: slab, state and index. */
+/* Bytes held: slab, state, index, and the admission and eviction
+ * bookkeeping when on. */
 size_t ps_table_bytes(const ps_table *t);
 
+/* Fills *out with the table's counters (see ps_table_counters). */
+void ps_table_stats(const ps_table *t, ps_table_counters *out);
+
+/* Sets the current epoch: rows touched from now on are stamped with it.
+ * The server calls it as each epoch starts. */
+void ps_table_set_epoch(ps_table *t, uint32_t epoch);
+
+/* Evicts the rows last touched in an epoch e with e + ttl < the current
+ * epoch (ttl > 0), then least recently used rows while more than max_rows
+ * remain (max_rows > 0). Returns how many rows went; their slots are
+ * reused by later rows. 0 when eviction is off. */
+size_t ps_table_evict(ps_table *t);
+
 /* The row of `key` (dim weights then optimizer state), or NULL if it does
- * not exist. 64-byte aligned; valid until the table next creates a row or
- * is destroyed (rows never move today, but do not rely on it). */
+ * not exist. 64-byte aligned; valid until the table next creates or
+ * evicts a row or is destroyed (rows never move today, but an evicted
+ * row's slot is reused). Does not count as a touch. */
 const float *ps_table_find(const ps_table *t, uint64_t key);
 
 /* Iterates the rows (checkpoints, stats): start with *pos = 0; returns 1
@@ -58,16 +100,19 @@ int ps_table_next(const ps_table *t, size_t *pos, uint64_t *key, const float **r
 int ps_table_row_floats(const ps_table *t);
 
 /* Whole rows (weights then optimizer state, row_floats floats each) of
- * keys, made if missing: what a worker takes to train a block locally. */
+ * keys, made if missing: what a worker takes to train a block locally.
+ * A key not admitted yet reads as zero weights with a fresh optimizer
+ * state, and is not made. */
 int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out);
 
 /* Adds deltas (row_floats per key) to whole rows, made if missing: what a
  * worker sends back after training a block locally. Several workers'
- * deltas to one row add up. */
+ * deltas to one row add up. Admission counts and drops as for a push. */
 int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float *deltas);
 
 /* Sets key's whole row (weights and optimizer state, row_floats floats) as
- * a checkpoint stored it, creating the row if missing. 0 or CM_ENOMEM. */
+ * a checkpoint stored it, creating the row if missing (admission does not
+ * apply: a stored row was admitted). 0 or CM_ENOMEM. */
 int ps_table_load_row(ps_table *t, uint64_t key, const float *row);
 
 #endif

@@ -14,6 +14,8 @@ typedef struct {
     size_t off;       /* first entry in kv->pos for this request */
     size_t count;     /* keys in this request */
     int done;
+    int direct;       /* the caller's whole request went to one server as it
+                         was: rows land in out in order, no scatter */
 } s_pending;
 
 struct wk_kv {
@@ -202,9 +204,14 @@ static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *
                 cm_msg_release(&m);
                 return rc;
             }
-            const uint32_t *pos = kv->pos + pd->off;
-            for (size_t j = 0; j < pd->count; j++)
-                memcpy(r->out + (size_t)pos[j] * dim, m.vals + j * dim, dim * sizeof(float));
+            if (pd->direct) {
+                memcpy(r->out, m.vals, pd->count * dim * sizeof(float));
+            } else {
+                const uint32_t *pos = kv->pos + pd->off;
+                for (size_t j = 0; j < pd->count; j++)
+                    memcpy(r->out + (size_t)pos[j] * dim, m.vals + j * dim,
+                           dim * sizeof(float));
+            }
             pd->done = 1;
             (*n_done)++;
         } else if (kv->pushes_pending > 0 && m.n_vals == 0) {
@@ -265,6 +272,23 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
         const wk_pull *q = &reqs[r];
         if (q->n == 0)
             continue;
+        if (kv->n_servers == 1) {
+            /* one server: the sorted keys go as they are, no grouping */
+            cm_hdr h = cm_hdr_make(CM_OP_PULL);
+            h.table = q->table;
+            h.dim = (uint32_t)s_pull_dim(kv, q);
+            h.flags = q->flags;
+            h.sender = kv->rank;
+            h.req_id = base + n_pending;
+            int rc = cm_msg_send(kv->socks[0], NULL, 0, &h, q->keys, q->n, NULL, 0);
+            if (rc != 0)
+                return cm_error_set(err, rc, "kv: send to server 0 failed: %s",
+                                    cm_sock_errmsg(kv->socks[0]));
+            kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
+            kv->counters.requests++;
+            kv->counters.bytes_out += q->n * sizeof(uint64_t);
+            continue;
+        }
         s_group(kv, q->table, q->keys, q->n, at);
         for (uint32_t s = 0; s < kv->n_servers; s++) {
             size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
@@ -280,7 +304,7 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             if (rc != 0)
                 return cm_error_set(err, rc, "kv: send to server %u failed: %s", s,
                                     cm_sock_errmsg(kv->socks[s]));
-            kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0};
+            kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0, 0};
             kv->counters.requests++;
             kv->counters.bytes_out += (e - b) * sizeof(uint64_t);
         }
@@ -304,6 +328,23 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
     if (n == 0)
         return 0;
     size_t dim = (size_t)((flags & CM_PUSH_DELTA) ? kv->row_floats[table] : kv->dims[table]);
+    if (kv->n_servers == 1) {
+        /* one server: keys and values go as they are, no grouping copy */
+        cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+        h.table = table;
+        h.dim = (uint32_t)dim;
+        h.flags = flags;
+        h.sender = kv->rank;
+        h.req_id = kv->next_req++;
+        int rc = cm_msg_send(kv->socks[0], NULL, 0, &h, keys, n, grads, n * dim);
+        if (rc != 0)
+            return cm_error_set(err, rc, "kv: send to server 0 failed: %s",
+                                cm_sock_errmsg(kv->socks[0]));
+        kv->pushes_pending++;
+        kv->counters.requests++;
+        kv->counters.bytes_out += n * (sizeof(uint64_t) + dim * sizeof(float));
+        return 0;
+    }
     if (s_reserve_keys(kv, n) != 0)
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
     if (s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals))

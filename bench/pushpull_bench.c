@@ -1,0 +1,173 @@
+/* Push/pull micro-benchmark: psrec's KV client and parameter server over
+ * tcp loopback, against raw ZeroMQ request/reply moving the same bytes in
+ * the same pattern (a request of n keys, a reply of n rows, one in flight).
+ * Prints MB/s of payload for each and psrec's share of the raw figure.
+ *
+ *   build/pushpull_bench [seconds per case, default 2] */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "ps/server.h"
+#include "scheduler/plan.h"
+#include "scheduler/scheduler.h"
+#include "worker/kv.h"
+
+enum { KEYS = 4096, SLOTS = 64 };
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- raw ZeroMQ: ROUTER echoing `reply` bytes for each request --------- */
+
+typedef struct {
+    void *ctx;
+    char ep[256];
+    size_t reply;
+    volatile int ready;
+} s_raw;
+
+static void *s_raw_server(void *arg)
+{
+    s_raw *r = arg;
+    void *sock = zmq_socket(r->ctx, ZMQ_ROUTER);
+    zmq_bind(sock, "tcp://127.0.0.1:*");
+    size_t len = sizeof r->ep;
+    zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, r->ep, &len);
+    char *buf = calloc(1, r->reply + 1);
+    r->ready = 1;
+    for (;;) {
+        zmq_msg_t id, body;
+        zmq_msg_init(&id);
+        zmq_msg_init(&body);
+        if (zmq_msg_recv(&id, sock, 0) < 0)
+            break;
+        zmq_msg_recv(&body, sock, 0);
+        int stop = zmq_msg_size(&body) == 0;
+        zmq_msg_send(&id, sock, ZMQ_SNDMORE);
+        zmq_send(sock, buf, stop ? 0 : r->reply, 0);
+        zmq_msg_close(&body);
+        if (stop)
+            break;
+    }
+    free(buf);
+    zmq_close(sock);
+    return NULL;
+}
+
+/* Bytes per second moved by raw request/reply of (req, reply) bytes. */
+static double s_raw_rate(size_t req, size_t reply, double secs)
+{
+    s_raw r = {.ctx = zmq_ctx_new(), .reply = reply};
+    pthread_t t;
+    pthread_create(&t, NULL, s_raw_server, &r);
+    while (!r.ready)
+        ;
+    void *d = zmq_socket(r.ctx, ZMQ_DEALER);
+    zmq_connect(d, r.ep);
+    char *out = calloc(1, req + 1), *in = malloc(reply + 1);
+    double t0 = s_now(), moved = 0;
+    while (s_now() - t0 < secs) {
+        zmq_send(d, out, req, 0);
+        zmq_recv(d, in, reply, 0);
+        moved += (double)(req + reply);
+    }
+    double rate = moved / (s_now() - t0);
+    zmq_send(d, out, 0, 0);
+    zmq_recv(d, in, reply, 0);
+    pthread_join(t, NULL);
+    zmq_close(d);
+    zmq_ctx_term(r.ctx);
+    free(out);
+    free(in);
+    return rate;
+}
+
+/* ---- psrec: wk_kv against a ps_server ----------------------------------- */
+
+static void *s_serve(void *arg)
+{
+    ps_server_run(arg);
+    return NULL;
+}
+
+static int s_psrec_rates(int dim, double secs, double *pull, double *push)
+{
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    ps_table_params tp = {.dim = dim, .init_std = 0.1f, .seed = 1,
+                          .optim = {.kind = CM_OPT_SGD, .lr = 0.01f}};
+    ps_server *srv = van ? ps_server_new(van, "tcp://127.0.0.1:*", &tp, 1, &err) : NULL;
+    if (!srv) {
+        fprintf(stderr, "pushpull_bench: %s\n", err.msg);
+        return 1;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, s_serve, srv);
+    const char *eps[1] = {ps_server_endpoint(srv)};
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, 1, NULL);
+    wk_kv_params kp = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS, .slot_map = map,
+                       .n_tables = 1, .dims = &dim, .timeout_ms = 10000};
+    wk_kv *kv = wk_kv_new(van, &kp, &err);
+    uint64_t *keys = malloc(KEYS * sizeof *keys);
+    float *vals = calloc((size_t)KEYS * dim, sizeof *vals);
+    for (size_t i = 0; i < KEYS; i++)
+        keys[i] = 1000 + 3 * i;
+    wk_pull req = {0, keys, KEYS, vals, 0};
+    wk_kv_pull(kv, &req, 1, &err); /* create the rows */
+    const double bytes = KEYS * (8.0 + 4.0 * dim);
+    double t0 = s_now(), n = 0;
+    while (s_now() - t0 < secs && wk_kv_pull(kv, &req, 1, &err) == 0)
+        n++;
+    *pull = n * bytes / (s_now() - t0);
+    t0 = s_now();
+    n = 0;
+    while (s_now() - t0 < secs && wk_kv_push(kv, 0, keys, KEYS, vals, &err) == 0 &&
+           wk_kv_flush(kv, &err) == 0)
+        n++;
+    *push = n * bytes / (s_now() - t0);
+    wk_kv_destroy(&kv);
+    sch_stop_servers(van, 1, eps, 10000, NULL, NULL, &err);
+    pthread_join(t, NULL);
+    ps_server_destroy(&srv);
+    cm_van_destroy(&van);
+    free(keys);
+    free(vals);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    double secs = argc > 1 ? atof(argv[1]) : 2.0;
+    if (secs <= 0)
+        secs = 2.0;
+    cm_log_set_level(CM_LOG_WARN);
+    printf("pull/push of %d rows per request over tcp loopback, one request in flight\n",
+           KEYS);
+    printf("%-6s %-5s %12s %12s %8s\n", "dim", "op", "psrec MB/s", "raw MB/s", "share");
+    const int dims[2] = {32, 128};
+    for (int d = 0; d < 2; d++) {
+        double pull = 0, push = 0;
+        if (s_psrec_rates(dims[d], secs, &pull, &push) != 0)
+            return 1;
+        size_t keys = KEYS * 8, rows = (size_t)KEYS * 4 * dims[d];
+        double raw_pull = s_raw_rate(keys, rows, secs);
+        double raw_push = s_raw_rate(keys + rows, 0, secs);
+        printf("%-6d %-5s %12.0f %12.0f %7.0f%%\n", dims[d], "pull", pull / 1e6, raw_pull / 1e6,
+               100 * pull / raw_pull);
+        printf("%-6d %-5s %12.0f %12.0f %7.0f%%\n", dims[d], "push", push / 1e6, raw_push / 1e6,
+               100 * push / raw_push);
+    }
+    return 0;
+}
