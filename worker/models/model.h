@@ -25,6 +25,18 @@ typedef struct {
     const float *label;
 } wk_batch;
 
+/* A minibatch of sparse examples after deduplication (FM-style models):
+ * example j has the features at[j] .. at[j+1]-1; feature k reads row
+ * idx[k] of the pulled rows with value val[k]. */
+typedef struct {
+    size_t n;
+    const uint64_t *at;      /* n + 1 offsets */
+    const uint32_t *idx;     /* row of each feature occurrence */
+    const float *val;        /* value of each feature occurrence */
+    const float *label;      /* regression: the target; binary: 0 or 1 */
+    uint32_t bias_row;       /* row of the global bias key */
+} wk_sparse_batch;
+
 /* One rating of a block, as local row indexes (blocks schedule). */
 typedef struct {
     uint32_t u;      /* row of the worker's user rows */
@@ -67,6 +79,15 @@ typedef struct wk_model_ops {
      * squared errors seen before each update. */
     double (*train_local)(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
                           size_t n, int dim, wk_rows users, wk_rows items);
+    /* Sparse-feature models (NULL for the others): adds the gradients of
+     * the batch loss to grads (one row per pulled key, zeroed by the
+     * caller) and returns the summed loss (squared error / 2 for
+     * regression, log loss for binary). */
+    double (*train_sparse)(const wk_model_ctx *ctx, int task, const wk_sparse_batch *b,
+                           int dim, const float *rows, float *grads);
+    /* Writes each example's raw score (binary: before the sigmoid). */
+    void (*predict_sparse)(const wk_model_ctx *ctx, const wk_sparse_batch *b, int dim,
+                           const float *rows, float *score);
 } wk_model_ops;
 
 /* The model of that name ("mf"), or NULL. */
@@ -74,5 +95,11 @@ const wk_model_ops *wk_model_find(const char *name);
 
 /* Biased matrix factorisation (worker/models/mf.c). */
 extern const wk_model_ops wk_model_mf;
+
+/* Factorization machine over sparse features (worker/models/fm.c). */
+extern const wk_model_ops wk_model_fm;
+
+/* The key of an FM's global bias row in its table. */
+#define WK_FM_BIAS_KEY 0xFFFFFFFFFFFFFFFFULL
 
 #endif

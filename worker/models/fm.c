@@ -1,0 +1,108 @@
+/* Factorization machine (Rendle 2010) over sparse features.
+ *
+ * One table keyed by feature: a row is [w, v_1 .. v_k] (dim k+1); the
+ * global bias w0 is the first weight of the row of WK_FM_BIAS_KEY.
+ *   score   y = w0 + sum_i w_i x_i
+ *               + 1/2 sum_f [ (sum_i v_if x_i)^2 - sum_i v_if^2 x_i^2 ]
+ *   loss    regression: 1/2 (y - t)^2;  binary: log(1 + e^-y) for t = 1,
+ *           log(1 + e^y) for t = 0 (t in {0, 1})
+ *           + l2/2 (w_i^2 + |v_i|^2) per occurrence of feature i
+ *   dL/dy   regression: y - t;  binary: sigmoid(y) - t
+ *   dy/dw_i = x_i,  dy/dv_if = x_i s_f - v_if x_i^2, s_f = sum_j v_jf x_j
+ * The bias is not regularised. */
+#include <math.h>
+#include <string.h>
+
+#include "common/features.h"
+#include "worker/models/model.h"
+
+#define S_MAX_DIM 1100
+
+static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
+{
+    (void)t;
+    memset(out, 0, sizeof *out);
+    out->dim = job->dim + 1;
+    out->zero_prefix = 1;
+    out->init_std = (float)job->init_std;
+    out->seed = job->seed * 2 + 1;
+    out->optim.kind = job->optimizer;
+    out->optim.lr = (float)job->lr;
+    out->optim.eps = 1e-8f;
+    out->optim.init_accum = 0.1f;
+}
+
+/* Score of example j; s (k floats) receives sum_i v_if x_i. */
+static float s_score(const wk_sparse_batch *b, size_t j, int dim, const float *rows, float *s)
+{
+    const int k = dim - 1;
+    float y = rows[(size_t)b->bias_row * dim];
+    float sq = 0.f;
+    memset(s, 0, (size_t)k * sizeof *s);
+    for (uint64_t a = b->at[j]; a < b->at[j + 1]; a++) {
+        const float *r = rows + (size_t)b->idx[a] * dim;
+        const float x = b->val[a];
+        y += r[0] * x;
+        for (int f = 0; f < k; f++) {
+            float vx = r[1 + f] * x;
+            s[f] += vx;
+            sq += vx * vx;
+        }
+    }
+    float ss = 0.f;
+    for (int f = 0; f < k; f++)
+        ss += s[f] * s[f];
+    return y + 0.5f * (ss - sq);
+}
+
+static void s_predict_sparse(const wk_model_ctx *ctx, const wk_sparse_batch *b, int dim,
+                             const float *rows, float *score)
+{
+    (void)ctx;
+    float s[S_MAX_DIM];
+    for (size_t j = 0; j < b->n; j++)
+        score[j] = s_score(b, j, dim, rows, s);
+}
+
+static double s_train_sparse(const wk_model_ctx *ctx, int task, const wk_sparse_batch *b,
+                             int dim, const float *rows, float *grads)
+{
+    const int k = dim - 1;
+    const float l2 = ctx->l2;
+    float s[S_MAX_DIM];
+    double loss = 0;
+    for (size_t j = 0; j < b->n; j++) {
+        const float y = s_score(b, j, dim, rows, s), t = b->label[j];
+        float g;
+        if (task == CM_TASK_BINARY) {
+            /* stable log(1 + e^-m) with margin m = y for t = 1, -y for t = 0 */
+            const float m = t > 0.5f ? y : -y;
+            loss += m > 0 ? log1p(exp(-(double)m)) : -(double)m + log1p(exp((double)m));
+            g = 1.f / (1.f + expf(-y)) - t;
+        } else {
+            loss += 0.5 * (double)(y - t) * (y - t);
+            g = y - t;
+        }
+        grads[(size_t)b->bias_row * dim] += g;
+        for (uint64_t a = b->at[j]; a < b->at[j + 1]; a++) {
+            const float *r = rows + (size_t)b->idx[a] * dim;
+            float *gr = grads + (size_t)b->idx[a] * dim;
+            const float x = b->val[a];
+            gr[0] += g * x + l2 * r[0];
+            for (int f = 0; f < k; f++)
+                gr[1 + f] += g * (x * s[f] - r[1 + f] * x * x) + l2 * r[1 + f];
+        }
+    }
+    return loss;
+}
+
+static const char *const s_table_names[] = {"feature"};
+
+const wk_model_ops wk_model_fm = {
+    .name = "fm",
+    .n_tables = 1,
+    .table_names = s_table_names,
+    .table_params = s_table_params,
+    .train_sparse = s_train_sparse,
+    .predict_sparse = s_predict_sparse,
+};
