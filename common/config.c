@@ -48,7 +48,10 @@ typedef struct {
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
-static const char *const s_models[] = {"mf", NULL};
+static const char *const s_models[] = {"mf", "fm", NULL};
+static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
+static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
+static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
 static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
                                             "adam", "ftrl",    NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
@@ -65,7 +68,21 @@ static const s_key s_keys[] = {
      .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
              "empty for none"},
     {.name = "model", .type = S_WORD, S_AT(model), .names = s_models, .def = "mf",
-     .help = "model to train (mf: biased matrix factorization)"},
+     .help = "model to train (mf: biased matrix factorization; fm: factorization machine "
+             "over sparse features)"},
+    {.name = "task", .type = S_ENUM, S_AT(task), .names = s_tasks, .values = s_task_values,
+     .def = "auto",
+     .help = "fm: regression (squared loss) or binary (logistic loss); auto: binary when "
+             "every training label is -1, 0 or 1"},
+    {.name = "format", .type = S_ENUM, S_AT(format), .names = s_formats, .def = "auto",
+     .help = "input format; auto: ratings for mf, and for fm libffm (.ffm), csv (.csv) or "
+             "libsvm/libFM"},
+    {.name = "label_column", .type = S_STR, S_AT(label_column), .def = "",
+     .help = "csv: the label column's name"},
+    {.name = "numeric_columns", .type = S_STR, S_AT(numeric_columns), .def = "",
+     .help = "csv: comma-separated numeric columns (one feature each, value = the number)"},
+    {.name = "categorical_columns", .type = S_STR, S_AT(categorical_columns), .def = "",
+     .help = "csv: comma-separated categorical columns (each value hashes to a feature)"},
     {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
      .help = "latent factors per row"},
     {.name = "epochs", .type = S_INT, S_AT(epochs), .imin = 1, .imax = 100000, .def = "20",
@@ -102,7 +119,8 @@ static const s_key s_keys[] = {
     {.name = "ftrl_l1", .type = S_DBL, S_AT(ftrl_l1), .dmin = 0, .dmax = 1e6, .def = "0",
      .help = "FTRL: L1 strength; weights whose |z| is below it are exactly 0"},
     {.name = "ftrl_beta", .type = S_DBL, S_AT(ftrl_beta), .dmin = 0, .dmax = 1e6,
-     .def = "1", .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))"},
+     .dmin_open = 1, .def = "1",
+     .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))"},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker"},
     {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,
@@ -936,6 +954,16 @@ void cm_job_print(FILE *f, const cm_job *job)
         s_value_text(job, &s_keys[i], value, sizeof value);
         fprintf(f, "%s = %s\n", s_keys[i].name, value);
     }
+}
+
+int cm_job_uses_blocks(const cm_job *job)
+{
+    return job->schedule == CM_SCHED_BLOCKS && !cm_job_is_sparse(job);
+}
+
+int cm_job_is_sparse(const cm_job *job)
+{
+    return strcmp(job->model, "fm") == 0;
 }
 
 const char *cm_optimizer_name(int opt)

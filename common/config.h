@@ -30,12 +30,30 @@ typedef enum {
     CM_SCHED_BLOCKS = 1     /* DSGD: each worker trains an item block locally */
 } cm_schedule;
 
+/* job->task: auto (binary when every training label is -1, 0 or 1), or
+ * the cm_task values of common/features.h (0 regression, 1 binary). */
+#define CM_JOB_TASK_AUTO (-1)
+
+/* How input files are read. */
+typedef enum {
+    CM_FMT_AUTO = 0,    /* by model and extension */
+    CM_FMT_RATINGS = 1, /* user item rating [timestamp], or .psrd */
+    CM_FMT_LIBSVM = 2,  /* label idx:val ... (libsvm, libFM) */
+    CM_FMT_LIBFFM = 3,  /* label field:idx:val ... */
+    CM_FMT_CSV = 4      /* header line; label_column, numeric/categorical_columns */
+} cm_format;
+
 /* Plain parameters struct: every field is one key of the table. */
 typedef struct {
     char train[CM_PATH_MAX];   /* training data (text or .psrd) */
     char test[CM_PATH_MAX];    /* held-out data; "" for none */
     char metrics[CM_PATH_MAX]; /* JSON-lines metrics file; "" for none */
-    char model[32];            /* "mf" */
+    char model[32];            /* "mf", "fm" */
+    int task;                  /* CM_JOB_TASK_AUTO or a cm_task */
+    int format;                /* cm_format */
+    char label_column[128];    /* csv */
+    char numeric_columns[CM_PATH_MAX];     /* csv: comma-separated names */
+    char categorical_columns[CM_PATH_MAX]; /* csv: comma-separated names */
     int dim;                   /* latent factors per row */
     int epochs;
     int eval_every;            /* evaluate every N epochs (and after the last) */
@@ -96,6 +114,12 @@ void cm_job_print_help(FILE *f, int markdown);
 
 /* Writes the job as an INI file body (every key, current values). */
 void cm_job_print(FILE *f, const cm_job *job);
+
+/* 1 when the job trains with the blocks schedule (only mf can). */
+int cm_job_uses_blocks(const cm_job *job);
+
+/* 1 when the model reads sparse features (fm) rather than ratings. */
+int cm_job_is_sparse(const cm_job *job);
 
 /* Name of an optimizer value ("sgd", "adagrad"). */
 const char *cm_optimizer_name(int opt);

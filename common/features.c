@@ -626,6 +626,43 @@ static int s_pair(const char *t, size_t tn, int ffm, uint64_t max_index, uint32_
     return 0;
 }
 
+/* The common shape `idx:val` / `field:idx:val` with at most 18-digit
+ * numbers, parsed in one pass over the token. Returns the token's end, or
+ * NULL for anything else (s_pair then gives the verdict and the reason). */
+static inline const char *s_pair_fast(const char *t, const char *le, int ffm,
+                                      uint64_t max_index, uint32_t *field, uint64_t *idx,
+                                      float *val)
+{
+    const char *q = t;
+    uint64_t x = 0;
+    int nd = 0;
+    if (ffm) {
+        while (q < le && (unsigned)(*q - '0') <= 9 && nd < 9) {
+            x = x * 10 + (uint64_t)(*q++ - '0');
+            nd++;
+        }
+        if (nd == 0 || q == le || *q != ':')
+            return NULL;
+        *field = (uint32_t)x;
+        q++;
+        x = 0;
+        nd = 0;
+    }
+    while (q < le && (unsigned)(*q - '0') <= 9 && nd < 18) {
+        x = x * 10 + (uint64_t)(*q++ - '0');
+        nd++;
+    }
+    if (nd == 0 || q == le || *q != ':' || (max_index && x >= max_index))
+        return NULL;
+    *idx = x;
+    const char *v = ++q;
+    while (q < le && !s_is_blank(*q))
+        q++;
+    if (q == v || s_parse_f32(v, (size_t)(q - v), val) != 0)
+        return NULL;
+    return q;
+}
+
 static int s_load_sparse(const char *path, const cm_feat_opts *opts_in, int ffm,
                          cm_examples *out, cm_error *err)
 {
@@ -656,13 +693,6 @@ static int s_load_sparse(const char *path, const cm_feat_opts *opts_in, int ffm,
     while (s_next_line(&it, &ls, &le)) {
         if (ls == le || *ls == '#')
             continue;
-        /* A trailing "# comment" (svmlight) ends the data. */
-        const char *hash = memchr(ls, '#', (size_t)(le - ls));
-        if (hash) {
-            le = hash;
-            while (le > ls && s_is_blank(le[-1]))
-                le--;
-        }
         const char *p = ls;
         while (p < le && !s_is_blank(*p))
             p++;
@@ -674,16 +704,24 @@ static int s_load_sparse(const char *path, const cm_feat_opts *opts_in, int ffm,
         for (;;) {
             while (p < le && s_is_blank(*p))
                 p++;
-            if (p == le)
-                break;
+            if (p == le || *p == '#')
+                break; /* a token starting with '#' begins a trailing comment */
             const char *t = p;
-            while (p < le && !s_is_blank(*p))
-                p++;
             uint32_t fld = 0;
             uint64_t idx;
             float v;
-            if (s_pair(t, (size_t)(p - t), ffm, opts.max_index, &fld, &idx, &v, why, sizeof why))
-                goto bad;
+            p = s_pair_fast(t, le, ffm, opts.max_index, &fld, &idx, &v);
+            if (!p) {
+                /* Not the common shape: find the token's end and say what
+                 * is wrong with it (or accept what the fast path would
+                 * not, such as a 20-digit index). */
+                p = t;
+                while (p < le && !s_is_blank(*p))
+                    p++;
+                if (s_pair(t, (size_t)(p - t), ffm, opts.max_index, &fld, &idx, &v, why,
+                           sizeof why))
+                    goto bad;
+            }
             if (ffm && n_fields && fld >= n_fields) {
                 if (fields_line)
                     snprintf(why, sizeof why,
@@ -847,6 +885,22 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     size_t nfeat = spec->n_numeric + spec->n_categorical;
     if (nfeat > UINT32_MAX)
         return cm_error_set(err, CM_EINVAL, "%s: too many feature columns", path);
+    for (size_t j = 0; j < nfeat; j++) {
+        const char *a = j < spec->n_numeric ? spec->numeric[j]
+                                            : spec->categorical[j - spec->n_numeric];
+        if (!a)
+            return cm_error_set(err, CM_EINVAL, "%s: CSV spec column %zu has no name", path, j);
+        if (spec->label_column && strcmp(a, spec->label_column) == 0)
+            return cm_error_set(err, CM_EINVAL, "%s: column '%s' is both the label and a feature",
+                                path, a);
+        for (size_t i = 0; i < j; i++) {
+            const char *b = i < spec->n_numeric ? spec->numeric[i]
+                                                : spec->categorical[i - spec->n_numeric];
+            if (strcmp(a, b) == 0)
+                return cm_error_set(err, CM_EINVAL, "%s: column '%s' is named twice in the spec",
+                                    path, a);
+        }
+    }
 
     s_file f;
     int rc = s_file_open(&f, path, err);
@@ -932,7 +986,11 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     }
 
     size_t rows = s_count_lines(it.p, (size_t)(it.end - it.p));
-    if (s_build_init(&b, rows, rows * (nfeat ? nfeat : 1), 1) != 0) {
+    /* A feature takes at least a byte and a separator. */
+    size_t est = rows * (nfeat ? nfeat : 1);
+    if (est > f.len / 2)
+        est = f.len / 2;
+    if (s_build_init(&b, rows, est, 1) != 0) {
         rc = cm_error_set(err, CM_ENOMEM, "%s: cannot allocate %zu rows", path, rows);
         goto out;
     }

@@ -268,6 +268,27 @@ static int s_on_stop(ps_server *s, const cm_msg *m)
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
 
+/* EPOCH (from the scheduler, as an epoch starts): tables learn the epoch
+ * (time-to-live eviction) and evict; the reply's stats carry, per table,
+ * rows, bytes, evicted, admitted, pending and dropped. */
+static int s_on_epoch(ps_server *s, const cm_msg *m)
+{
+    cm_hdr h = s_reply_hdr(m);
+    for (size_t i = 0; i < s->n_tables; i++) {
+        ps_table_set_epoch(s->tables[i], m->hdr.epoch);
+        ps_table_evict(s->tables[i]);
+        ps_table_counters c;
+        ps_table_stats(s->tables[i], &c);
+        if (h.n_stats + 6 > CM_HDR_MAX_STATS)
+            break;
+        double v[6] = {(double)c.rows, (double)c.bytes, (double)c.evicted,
+                       (double)c.admitted, (double)c.pending, (double)c.dropped};
+        memcpy(h.stats + h.n_stats, v, sizeof v);
+        h.n_stats += 6;
+    }
+    return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
+}
+
 /* ---------------------------------------------------------------------------
  * Checkpoints */
 
@@ -438,6 +459,9 @@ int ps_server_run(ps_server *s)
             break;
         case CM_OP_CHECKPOINT:
             rc = s_on_checkpoint(s, &m);
+            break;
+        case CM_OP_EPOCH:
+            rc = s_on_epoch(s, &m);
             break;
         case CM_OP_LOAD:
             rc = s_on_load(s, &m);

@@ -6,19 +6,22 @@
 #include <time.h>
 
 #include "common/ckpt.h"
+#include "common/features.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/msg.h"
 #include "scheduler/plan.h"
 #include "scheduler/report.h"
 
 #define S_ROUTE_MAX 256
+#define S_STATS 12
 
 /* What the scheduler knows of one worker. */
 typedef struct {
     unsigned char route[S_ROUTE_MAX];   /* ROUTER identity of its DEALER */
     size_t route_size;
     int rank;
-    double stats[8];                    /* its HELLO */
+    double stats[S_STATS];              /* its HELLO, then its last answer */
     uint64_t done;                      /* examples done this epoch */
     double sq;                          /* running squared error this epoch */
     int finished;                       /* answered the current phase */
@@ -40,6 +43,8 @@ typedef struct {
     double *load;         /* job->slots expected requests per slot (HELLOs) */
     int load_ok;          /* every worker sent its loads */
     int warned_unseen;    /* the unseen-ids warning was given */
+    int task;             /* -1 ratings (mf), else the cm_task of a sparse model */
+    uint64_t *auc_pos, *auc_neg; /* binary tasks: merged AUC histograms */
     double last_ckpt;     /* when the last checkpoint was written */
 } s_sched;
 
@@ -143,9 +148,16 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
             sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train,
                                 done ? sqrt(sq / (double)done) : 0, s_now() - t0);
         } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished) {
-            size_t n = m.hdr.n_stats < 8 ? m.hdr.n_stats : 8;
+            size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
             memset(k->stats, 0, sizeof k->stats);
             memcpy(k->stats, m.hdr.stats, n * sizeof(double));
+            /* binary tasks: the AUC histograms, positives then negatives */
+            if (want == CM_OP_EVAL_DONE && s->auc_pos && m.keys &&
+                m.hdr.n_keys == 2 * (uint64_t)CM_AUC_BINS)
+                for (size_t b = 0; b < CM_AUC_BINS; b++) {
+                    s->auc_pos[b] += m.keys[b];
+                    s->auc_neg[b] += m.keys[CM_AUC_BINS + b];
+                }
             k->finished = 1;
             left--;
         } else {
@@ -202,7 +214,7 @@ static int s_hellos(s_sched *s, cm_error *err)
         memcpy(k->route, m.route, m.route_size);
         k->route_size = m.route_size;
         k->rank = m.hdr.sender;
-        size_t n = m.hdr.n_stats < 8 ? m.hdr.n_stats : 8;
+        size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
         memcpy(k->stats, m.hdr.stats, n * sizeof(double));
         /* the expected request load per slot, summed over the workers */
         if (m.vals && m.n_vals == (size_t)job->slots && s->load)
@@ -232,6 +244,13 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
         bad_train = (uint64_t)st[5];
         bad_test = (uint64_t)st[6];
         nf = st[7];
+        s->task = cm_job_is_sparse(job) ? (int)st[8] : -1;
+    }
+    if (s->task == CM_TASK_BINARY) {
+        s->auc_pos = calloc(2 * (size_t)CM_AUC_BINS, sizeof *s->auc_pos);
+        if (!s->auc_pos)
+            return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        s->auc_neg = s->auc_pos + CM_AUC_BINS;
     }
     if (s->n_train == 0)
         return cm_error_set(err, CM_EINVAL, "%s: no training rows", job->train);
@@ -484,9 +503,30 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
     double train_secs = 0;
     uint64_t examples = 0;
     for (int e = s->first_epoch; e <= job->epochs; e++) {
+        /* servers first: they age their rows and report their tables */
+        double srv_rows = 0, srv_bytes = 0, srv_evicted = 0, srv_dropped = 0;
+        {
+            cm_msg *rep = calloc(s->p->n_servers, sizeof *rep);
+            cm_hdr h = cm_hdr_make(CM_OP_EPOCH);
+            h.epoch = (uint32_t)e;
+            int rc = rep ? s_ask_servers(s, &h, rep, err)
+                         : cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+            for (uint32_t i = 0; rep && i < s->p->n_servers; i++) {
+                for (size_t k = 0; rc == 0 && k + 6 <= rep[i].hdr.n_stats; k += 6) {
+                    srv_rows += rep[i].hdr.stats[k];
+                    srv_bytes += rep[i].hdr.stats[k + 1];
+                    srv_evicted += rep[i].hdr.stats[k + 2];
+                    srv_dropped += rep[i].hdr.stats[k + 5];
+                }
+                cm_msg_release(&rep[i]);
+            }
+            free(rep);
+            if (rc != 0)
+                return rc;
+        }
         double t0 = s_now();
         /* minibatch: one round; blocks: one round per block, each a barrier */
-        const uint32_t rounds = job->schedule == CM_SCHED_BLOCKS ? s->p->n_workers : 1;
+        const uint32_t rounds = cm_job_uses_blocks(job) ? s->p->n_workers : 1;
         double sq = 0, n = 0;
         int rc = 0;
         for (uint32_t r = 0; r < rounds && rc == 0; r++) {
@@ -507,21 +547,29 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         double train_mse = n > 0 ? sq / n : 0;
         double rmse = -1, mae = -1;
         uint64_t unseen = 0;
+        double auc = -1, logloss = -1;
         if (s->n_test > 0 && (e % job->eval_every == 0 || e == job->epochs)) {
+            if (s->auc_pos)
+                memset(s->auc_pos, 0, 2 * (size_t)CM_AUC_BINS * sizeof *s->auc_pos);
             rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
             if (rc == 0)
                 rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
             if (rc != 0)
                 return rc;
-            double tsq = 0, tab = 0, tn = 0;
+            double tsq = 0, tab = 0, tn = 0, tll = 0;
             for (uint32_t w = 0; w < s->p->n_workers; w++) {
                 tsq += s->wk[w].stats[0];
                 tab += s->wk[w].stats[1];
                 tn += s->wk[w].stats[2];
                 unseen += (uint64_t)s->wk[w].stats[3];
+                tll += s->wk[w].stats[4];
             }
             rmse = tn > 0 ? sqrt(tsq / tn) : -1;
             mae = tn > 0 ? tab / tn : -1;
+            if (s->task == CM_TASK_BINARY && tn > 0) {
+                auc = cm_auc_from_hist(s->auc_pos, s->auc_neg);
+                logloss = tll / tn;
+            }
             if (!s->warned_unseen && unseen > 0 && (s->warned_unseen = 1))
                 cm_log(CM_LOG_WARN,
                        "%s: %llu of %llu test rows have a user or item never seen in "
@@ -530,8 +578,14 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                        job->test, (unsigned long long)unseen, (unsigned long long)s->n_test);
         }
         double rate = secs > 0 ? n / secs : 0;
-        fprintf(s->p->out, "epoch %3d/%d  train_rmse %.4f", e, job->epochs, sqrt(train_mse));
-        if (rmse >= 0)
+        if (s->task == CM_TASK_BINARY)
+            fprintf(s->p->out, "epoch %3d/%d  train_logloss %.4f", e, job->epochs, train_mse);
+        else
+            fprintf(s->p->out, "epoch %3d/%d  train_rmse %.4f", e, job->epochs,
+                    sqrt(train_mse));
+        if (auc >= 0)
+            fprintf(s->p->out, "  test_auc %.4f  test_logloss %.4f", auc, logloss);
+        else if (rmse >= 0)
             fprintf(s->p->out, "  test_rmse %.4f  test_mae %.4f", rmse, mae);
         fprintf(s->p->out, "  %.3gM ex/s  %.2f s\n", rate / 1e6, secs);
         fflush(s->p->out);
@@ -539,13 +593,20 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             sch_field f[] = {
                 {"epoch", e, 0},
                 {"train_loss", train_mse, 0},
-                {"train_rmse", sqrt(train_mse), 0},
+                {"train_rmse", s->task == CM_TASK_BINARY ? -1 : sqrt(train_mse), 1},
                 {"test_rmse", rmse, 1},
                 {"test_mae", mae, 1},
                 {"examples_per_s", rate, 0},
                 {"seconds", secs, 0},
                 {"elapsed", s_now() - s->t_start, 0},
                 {"noise_floor", res->noise_floor, 1},
+                {"test_auc", auc, 1},
+                {"test_logloss", logloss, 1},
+                /* server tables as the epoch started */
+                {"server_rows", srv_rows, 0},
+                {"server_bytes", srv_bytes, 0},
+                {"evicted", srv_evicted, 0},
+                {"dropped_gradients", srv_dropped, 0},
             };
             rc = sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
             if (rc != 0)
@@ -557,6 +618,8 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             res->test_rmse = rmse;
             res->test_mae = mae;
             res->n_unseen = unseen;
+            res->test_auc = auc;
+            res->test_logloss = logloss;
         }
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
@@ -613,6 +676,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;
+    res->test_auc = res->test_logloss = -1;
     int rc = 0;
     s.wk = calloc(p->n_workers, sizeof *s.wk);
     s.progress = sch_progress_new(p->job->progress);
@@ -652,7 +716,11 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         goto out;
     if ((rc = s_epochs(&s, res, err)) != 0)
         goto out;
-    if (res->test_rmse >= 0) {
+    if (res->test_auc >= 0) {
+        fprintf(p->out, "final test AUC %.4f  log loss %.4f after %d epochs, %.2f s training\n",
+                res->test_auc, res->test_logloss, res->epochs, res->seconds);
+        fflush(p->out);
+    } else if (res->test_rmse >= 0) {
         fprintf(p->out, "final test RMSE %.4f  MAE %.4f after %d epochs, %.2f s training",
                 res->test_rmse, res->test_mae, res->epochs, res->seconds);
         if (res->noise_floor >= 0)
@@ -685,6 +753,7 @@ out:
     free(s.srv);
     free(s.slot_map);
     free(s.load);
+    free(s.auc_pos);
     free(s.wk);
     return rc;
 }

@@ -36,6 +36,7 @@ typedef struct {
     int epochs;                      /* epochs completed */
     double train_rmse;               /* last epoch, on the fly */
     double test_rmse, test_mae;      /* last evaluation; < 0 without test data */
+    double test_auc, test_logloss;   /* binary tasks; < 0 otherwise */
     double noise_floor;              /* from the test file, < 0 if unknown */
     uint64_t n_train, n_test, n_unseen;
     double seconds;                  /* training wall time, evaluation excluded */

@@ -203,3 +203,28 @@ Test(cluster_mpi, kill_a_worker_then_resume_auto)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }
+
+Test(cluster_mpi, fm_on_frappe_two_servers_two_workers)
+{
+    if (!s_have_mpirun())
+        cr_skip_test("mpirun not found");
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA): frappe test skipped");
+    char dir[] = "/tmp/psrec-mpi-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char cmd[4096], out[65536], metrics[512];
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+    snprintf(cmd, sizeof cmd,
+             TH_MPIRUN "-np 5 %s train --model fm --train %s/frappe/frappe.validation.libfm "
+             "--test %s/frappe/frappe.test.libfm --servers 2 --l2 0.01 --metrics %s "
+             "--progress off",
+             PSREC_BINARY, data, data, metrics);
+    int rc = th_run(cmd, out, sizeof out);
+    cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);
+    double auc = th_last_metric(metrics, "test_auc");
+    cr_expect_geq(auc, 0.945, "frappe FM test AUC %.4f under mpirun:\n%s", auc, out);
+    cr_expect(strstr(out, "final test AUC") != NULL, "%s", out);
+    unlink(metrics);
+    rmdir(dir);
+}

@@ -21,7 +21,8 @@ static const char *const s_all_keys[] = {
     "slots", "progress", "log_level", "local", "workers", "timeout",
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
-    "ftrl_l1", "ftrl_beta",
+    "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
+    "categorical_columns",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
@@ -249,7 +250,7 @@ Test(config, enums)
     s_set_fails("log_level", "verbose",
                 "job.ini:3: log_level: expected one of debug|info|warn|error|silent, got "
                 "'verbose'");
-    s_set_fails("model", "fm", "job.ini:3: model: expected one of mf, got 'fm'");
+    s_set_fails("model", "ffm", "job.ini:3: model: expected one of mf|fm, got 'ffm'");
 }
 
 Test(config, bools)

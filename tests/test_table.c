@@ -2,6 +2,7 @@
  * pull with and without creation, push through SGD and AdaGrad (values
  * computed by hand), growth to many rows, accounting and alignment. */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -465,4 +466,547 @@ Test(table, wide_rows_bounded_slack)
     free(want);
     free(buf);
     ps_table_destroy(&t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Admission */
+
+static ps_table_counters s_stats(const ps_table *t)
+{
+    ps_table_counters c;
+    memset(&c, 0xab, sizeof c);
+    ps_table_stats(t, &c);
+    return c;
+}
+
+Test(table, defaults_keep_counters_quiet)
+{
+    /* min_count 0 and 1 both admit at once; no eviction: evict is a no-op
+     * and the table holds exactly what a default table holds. */
+    for (uint32_t mc = 0; mc <= 1; mc++) {
+        ps_table_params p = s_params(5, CM_OPT_ADAGRAD, 3), q = p;
+        q.min_count = mc;
+        ps_table *a = s_new(&p), *b = s_new(&q);
+        uint64_t keys[300];
+        float g[300 * 5];
+        for (int i = 0; i < 300; i++) {
+            keys[i] = (uint64_t)i * 7919;
+            for (int j = 0; j < 5; j++)
+                g[i * 5 + j] = (float)(i - j) * 0.01f;
+        }
+        cr_assert_eq(ps_table_push(a, keys, 300, g), 0);
+        cr_assert_eq(ps_table_push(b, keys, 300, g), 0);
+        ps_table_set_epoch(a, 100);
+        cr_assert_eq(ps_table_evict(a), 0);
+        cr_assert_eq(ps_table_rows(a), 300);
+        cr_assert_eq(ps_table_bytes(a), ps_table_bytes(b));
+        for (int i = 0; i < 300; i++)
+            cr_assert_eq(memcmp(ps_table_find(a, keys[i]), ps_table_find(b, keys[i]),
+                                (size_t)ps_table_row_floats(a) * sizeof(float)),
+                         0);
+        ps_table_counters c = s_stats(a);
+        cr_assert_eq(c.rows, 300);
+        cr_assert_eq(c.bytes, ps_table_bytes(a));
+        cr_assert_eq(c.evicted, 0);
+        cr_assert_eq(c.admitted, 300);
+        cr_assert_eq(c.pending, 0);
+        cr_assert_eq(c.dropped, 0);
+        ps_table_destroy(&a);
+        ps_table_destroy(&b);
+    }
+}
+
+Test(table, admission_after_min_count_pushes)
+{
+    ps_table_params p = s_params(3, CM_OPT_SGD, 11);
+    p.optim.lr = 0.5f;
+    p.min_count = 3;
+    ps_table *t = s_new(&p);
+    const uint64_t k = 77, other = 78;
+    const float g[3] = {1.0f, -2.0f, 0.5f};
+    float out[3];
+    size_t missing = 0;
+
+    /* Pulls read zeros, make nothing and are not sightings. */
+    for (int i = 0; i < 5; i++) {
+        memset(out, 0xff, sizeof out);
+        cr_assert_eq(ps_table_pull(t, &k, 1, out, 1, &missing), 0);
+        cr_assert_eq(missing, 1);
+        for (int j = 0; j < 3; j++)
+            cr_assert_eq(out[j], 0.0f);
+    }
+    cr_assert_eq(ps_table_rows(t), 0);
+    cr_assert_eq(s_stats(t).pending, 0);
+
+    /* Pushes 1 and 2: dropped. */
+    for (int i = 1; i <= 2; i++) {
+        cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+        cr_assert_null(ps_table_find(t, k));
+        ps_table_counters c = s_stats(t);
+        cr_assert_eq(c.rows, 0);
+        cr_assert_eq(c.pending, 1);
+        cr_assert_eq(c.dropped, (uint64_t)i);
+        cr_assert_eq(c.admitted, 0);
+    }
+    cr_assert_eq(ps_table_pull(t, &k, 1, out, 1, &missing), 0);
+    cr_assert_eq(out[0], 0.0f);
+
+    /* Another key's pushes count apart. */
+    cr_assert_eq(ps_table_push(t, &other, 1, g), 0);
+    cr_assert_eq(s_stats(t).pending, 2);
+
+    /* Push 3: the row is made with the standard initialisation and this
+     * gradient is applied. */
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    float init[3];
+    ps_table_init_row(&p, k, init);
+    const float *row = ps_table_find(t, k);
+    cr_assert_not_null(row);
+    for (int j = 0; j < 3; j++)
+        cr_assert_eq(row[j], init[j] - 0.5f * g[j]);
+    ps_table_counters c = s_stats(t);
+    cr_assert_eq(c.rows, 1);
+    cr_assert_eq(c.admitted, 1);
+    cr_assert_eq(c.pending, 1);   /* `other` only */
+    cr_assert_eq(c.dropped, 3);
+
+    /* From now on it is an ordinary row. */
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_eq(ps_table_pull(t, &k, 1, out, 0, &missing), 0);
+    cr_assert_eq(missing, 0);
+    for (int j = 0; j < 3; j++)
+        cr_assert_eq(out[j], init[j] - 0.5f * g[j] - 0.5f * g[j]);
+    cr_assert_eq(s_stats(t).dropped, 3);
+    ps_table_destroy(&t);
+}
+
+Test(table, admission_counts_each_key_of_a_push)
+{
+    /* min_count 2: in a push of several keys, each key counts for itself. */
+    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 12);
+    p.min_count = 2;
+    ps_table *t = s_new(&p);
+    const uint64_t a[3] = {1, 2, 3}, b[2] = {2, 3}, c[1] = {1};
+    float g[6] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f};
+    cr_assert_eq(ps_table_push(t, a, 3, g), 0);
+    cr_assert_eq(ps_table_rows(t), 0);
+    cr_assert_eq(ps_table_push(t, b, 2, g), 0);
+    cr_assert_eq(ps_table_rows(t), 2);
+    cr_assert_null(ps_table_find(t, 1));
+    cr_assert_not_null(ps_table_find(t, 2));
+    /* AdaGrad from the fresh state: a = 0.1 + g^2 */
+    const float *r2 = ps_table_find(t, 2);
+    cr_assert_float_eq(r2[2], 0.1f + 0.01f, 1e-7);
+    cr_assert_float_eq(r2[3], 0.1f + 0.04f, 1e-7);
+    cr_assert_eq(ps_table_push(t, c, 1, g), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+    ps_table_counters s = s_stats(t);
+    cr_assert_eq(s.dropped, 3);
+    cr_assert_eq(s.pending, 0);
+    cr_assert_eq(s.admitted, 3);
+    ps_table_destroy(&t);
+}
+
+Test(table, admission_full_rows_and_loads)
+{
+    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 13);
+    p.min_count = 2;
+    ps_table *t = s_new(&p);
+    const int rf = ps_table_row_floats(t);
+    cr_assert_eq(rf, 4);
+    const uint64_t k = 5;
+
+    /* A full-row pull of a key not admitted: zero weights, fresh state. */
+    float out[4];
+    cr_assert_eq(ps_table_pull_full(t, &k, 1, out), 0);
+    cr_assert_eq(out[0], 0.0f);
+    cr_assert_eq(out[1], 0.0f);
+    cr_assert_eq(out[2], 0.1f);
+    cr_assert_eq(out[3], 0.1f);
+    cr_assert_eq(ps_table_rows(t), 0);
+
+    /* Deltas count like pushes: the first is dropped, the second makes
+     * the row (standard init) and is added. */
+    const float d[4] = {0.5f, -0.5f, 1.0f, 2.0f};
+    cr_assert_eq(ps_table_push_delta(t, &k, 1, d), 0);
+    cr_assert_eq(ps_table_rows(t), 0);
+    cr_assert_eq(s_stats(t).dropped, 1);
+    cr_assert_eq(ps_table_push_delta(t, &k, 1, d), 0);
+    float init[2];
+    ps_table_init_row(&p, k, init);
+    const float *row = ps_table_find(t, k);
+    cr_assert_not_null(row);
+    cr_assert_eq(row[0], init[0] + 0.5f);
+    cr_assert_eq(row[1], init[1] - 0.5f);
+    cr_assert_eq(row[2], 0.1f + 1.0f);
+    cr_assert_eq(row[3], 0.1f + 2.0f);
+
+    /* A checkpoint load is admitted whatever the count, and clears it. */
+    const uint64_t k2 = 6;
+    cr_assert_eq(ps_table_push(t, &k2, 1, d), 0);
+    cr_assert_eq(s_stats(t).pending, 1);
+    const float stored[4] = {1, 2, 3, 4};
+    cr_assert_eq(ps_table_load_row(t, k2, stored), 0);
+    cr_assert_eq(memcmp(ps_table_find(t, k2), stored, sizeof stored), 0);
+    cr_assert_eq(s_stats(t).pending, 0);
+    const uint64_t k3 = 7;
+    cr_assert_eq(ps_table_load_row(t, k3, stored), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+    ps_table_destroy(&t);
+}
+
+Test(table, admission_counters_are_bounded)
+{
+    /* max_pending 4: the fifth new key clears the counters first. */
+    ps_table_params p = s_params(1, CM_OPT_SGD, 14);
+    p.min_count = 3;
+    p.max_pending = 4;
+    ps_table *t = s_new(&p);
+    const float g[1] = {1.0f};
+    for (uint64_t k = 1; k <= 4; k++)
+        cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    const uint64_t k1 = 1;
+    cr_assert_eq(ps_table_push(t, &k1, 1, g), 0);   /* key 1 seen twice */
+    cr_assert_eq(s_stats(t).pending, 4);
+    const uint64_t k5 = 5;
+    cr_assert_eq(ps_table_push(t, &k5, 1, g), 0);
+    cr_assert_eq(s_stats(t).pending, 1);
+    /* Key 1 starts over: two more pushes are not enough. */
+    cr_assert_eq(ps_table_push(t, &k1, 1, g), 0);
+    cr_assert_eq(ps_table_push(t, &k1, 1, g), 0);
+    cr_assert_null(ps_table_find(t, 1));
+    cr_assert_eq(ps_table_push(t, &k1, 1, g), 0);
+    cr_assert_not_null(ps_table_find(t, 1));
+
+    /* Many rare keys never hold more than max_pending counters. */
+    for (uint64_t k = 100; k < 10000; k++) {
+        cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+        cr_assert_leq(s_stats(t).pending, 4);
+    }
+    cr_assert_eq(ps_table_rows(t), 1);
+    ps_table_destroy(&t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Eviction */
+
+static void s_touch_keys(ps_table *t, const uint64_t *keys, size_t n)
+{
+    float out[64 * 8];
+    cr_assert_leq(n * (size_t)ps_table_dim(t), sizeof out / sizeof out[0]);
+    cr_assert_eq(ps_table_pull(t, keys, n, out, 1, NULL), 0);
+}
+
+Test(table, evict_by_ttl)
+{
+    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 21);
+    p.ttl = 2;
+    ps_table *t = s_new(&p);
+    const uint64_t a = 1, b = 2, c = 3, all[3] = {1, 2, 3};
+    ps_table_set_epoch(t, 0);
+    s_touch_keys(t, all, 3);
+    cr_assert_eq(ps_table_evict(t), 0);
+    ps_table_set_epoch(t, 1);
+    s_touch_keys(t, &a, 1);
+    cr_assert_eq(ps_table_evict(t), 0);
+    ps_table_set_epoch(t, 2);
+    /* Reads without create count as touches too. */
+    float out[2];
+    cr_assert_eq(ps_table_pull(t, &b, 1, out, 0, NULL), 0);
+    cr_assert_eq(ps_table_evict(t), 0);   /* c: 0 + 2 < 2 is false */
+
+    ps_table_set_epoch(t, 3);
+    cr_assert_eq(ps_table_evict(t), 1);   /* c: untouched in epochs 1 and 2 */
+    cr_assert_null(ps_table_find(t, c));
+    cr_assert_not_null(ps_table_find(t, a));
+    cr_assert_not_null(ps_table_find(t, b));
+    cr_assert_eq(ps_table_rows(t), 2);
+    cr_assert_eq(ps_table_evict(t), 0);   /* idempotent within an epoch */
+
+    ps_table_set_epoch(t, 4);
+    cr_assert_eq(ps_table_evict(t), 1);   /* a */
+    cr_assert_null(ps_table_find(t, a));
+    cr_assert_not_null(ps_table_find(t, b));
+    ps_table_counters s = s_stats(t);
+    cr_assert_eq(s.rows, 1);
+    cr_assert_eq(s.evicted, 2);
+    cr_assert_eq(s.admitted, 3);
+
+    /* An evicted key comes back as a fresh row with the standard init. */
+    float w[2], init[2];
+    cr_assert_eq(ps_table_pull(t, &c, 1, w, 1, NULL), 0);
+    ps_table_init_row(&p, c, init);
+    cr_assert_eq(memcmp(w, init, sizeof w), 0);
+    cr_assert_eq(ps_table_find(t, c)[2], 0.1f);   /* fresh AdaGrad state too */
+    cr_assert_eq(s_stats(t).admitted, 4);
+
+    /* An epoch going backwards (a resume) evicts nothing. */
+    ps_table_set_epoch(t, 0);
+    cr_assert_eq(ps_table_evict(t), 0);
+    ps_table_destroy(&t);
+}
+
+Test(table, evict_lru_beyond_max_rows)
+{
+    ps_table_params p = s_params(2, CM_OPT_SGD, 22);
+    p.max_rows = 3;
+    ps_table *t = s_new(&p);
+    const float g[2] = {1.0f, 1.0f};
+    for (uint64_t k = 1; k <= 3; k++)
+        cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+
+    /* Touch 1: now 2 is the least recently used, and goes for 4. */
+    const uint64_t k1 = 1, k3 = 3, k4 = 4, k5 = 5;
+    s_touch_keys(t, &k1, 1);
+    cr_assert_eq(ps_table_push(t, &k4, 1, g), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+    cr_assert_null(ps_table_find(t, 2));
+    cr_assert_not_null(ps_table_find(t, 1));
+    cr_assert_not_null(ps_table_find(t, 3));
+    cr_assert_not_null(ps_table_find(t, 4));
+
+    /* Touch 3 (by a push): 1 is now the oldest, and goes for 5. */
+    cr_assert_eq(ps_table_push(t, &k3, 1, g), 0);
+    cr_assert_eq(ps_table_pull(t, &k5, 1, (float[2]){0}, 1, NULL), 0);
+    cr_assert_null(ps_table_find(t, 1));
+    cr_assert_not_null(ps_table_find(t, 3));
+    cr_assert_not_null(ps_table_find(t, 4));
+    cr_assert_not_null(ps_table_find(t, 5));
+
+    /* The survivors kept their values: 3 had two steps. */
+    float init[2];
+    ps_table_init_row(&p, 3, init);
+    cr_assert_float_eq(ps_table_find(t, 3)[0], init[0] - 0.2f, TOL);
+
+    ps_table_counters s = s_stats(t);
+    cr_assert_eq(s.rows, 3);
+    cr_assert_eq(s.evicted, 2);
+    cr_assert_eq(s.admitted, 5);
+    cr_assert_eq(ps_table_evict(t), 0);   /* at max_rows, not beyond */
+
+    /* One push of more keys than max_rows: the later ones stay, and each
+     * gradient went to its own row. */
+    uint64_t many[10];
+    float gm[20];
+    for (int i = 0; i < 10; i++) {
+        many[i] = 100 + (uint64_t)i;
+        gm[2 * i] = gm[2 * i + 1] = (float)i;
+    }
+    cr_assert_eq(ps_table_push(t, many, 10, gm), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+    for (int i = 7; i < 10; i++) {
+        const float *r = ps_table_find(t, many[i]);
+        cr_assert_not_null(r);
+        ps_table_init_row(&p, many[i], init);
+        cr_assert_float_eq(r[0], init[0] - 0.1f * (float)i, TOL);
+    }
+    ps_table_destroy(&t);
+}
+
+Test(table, evict_reuses_slots)
+{
+    ps_table_params p = s_params(4, CM_OPT_ADAM, 23);
+    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    p.ttl = 1;
+    ps_table *t = s_new(&p);
+    uint64_t keys[200];
+    for (int i = 0; i < 200; i++)
+        keys[i] = (uint64_t)i * 1000003u;
+    ps_table_set_epoch(t, 0);
+    for (int i = 0; i < 200; i += 50)
+        s_touch_keys(t, keys + i, 50);
+    size_t bytes = ps_table_bytes(t);
+    const float *old_rows[200];
+    for (int i = 0; i < 200; i++)
+        old_rows[i] = ps_table_find(t, keys[i]);
+
+    ps_table_set_epoch(t, 2);
+    cr_assert_eq(ps_table_evict(t), 200);
+    cr_assert_eq(ps_table_rows(t), 0);
+    size_t pos = 0;
+    cr_assert_eq(ps_table_next(t, &pos, NULL, NULL), 0);
+
+    /* 200 new keys fit in the freed slots: no growth, same addresses. */
+    for (int i = 0; i < 200; i += 50) {
+        uint64_t fresh[50];
+        for (int j = 0; j < 50; j++)
+            fresh[j] = keys[i + j] + 1;
+        s_touch_keys(t, fresh, 50);
+    }
+    cr_assert_eq(ps_table_rows(t), 200);
+    cr_assert_eq(ps_table_bytes(t), bytes);
+    for (int i = 0; i < 200; i++) {
+        const float *r = ps_table_find(t, keys[i] + 1);
+        int found = 0;
+        for (int j = 0; j < 200 && !found; j++)
+            found = r == old_rows[j];
+        cr_assert(found, "row %d not in a reused slot", i);
+        /* a reused slot is a fresh row: initial weights, Adam state 0 */
+        float init[4];
+        ps_table_init_row(&p, keys[i] + 1, init);
+        cr_assert_eq(memcmp(r, init, sizeof init), 0);
+        for (int j = 4; j < ps_table_row_floats(t); j++)
+            cr_assert_eq(r[j], 0.0f);
+    }
+    ps_table_destroy(&t);
+}
+
+Test(table, iteration_after_eviction)
+{
+    ps_table_params p = s_params(3, CM_OPT_FTRL, 24);
+    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    p.ttl = 1;
+    ps_table *t = s_new(&p);
+    ps_table_set_epoch(t, 1);
+    uint64_t even[32], odd[32];
+    for (int i = 0; i < 32; i++) {
+        even[i] = 2 * (uint64_t)i;
+        odd[i] = 2 * (uint64_t)i + 1;
+    }
+    s_touch_keys(t, even, 32);
+    s_touch_keys(t, odd, 16);
+    s_touch_keys(t, odd + 16, 16);
+    ps_table_set_epoch(t, 2);
+    s_touch_keys(t, odd, 16);
+    s_touch_keys(t, odd + 16, 16);
+    ps_table_set_epoch(t, 3);
+    cr_assert_eq(ps_table_evict(t), 32);
+
+    size_t pos = 0, n = 0;
+    uint64_t key;
+    const float *row;
+    int seen[64] = {0};
+    while (ps_table_next(t, &pos, &key, &row)) {
+        cr_assert_lt(key, 64);
+        cr_assert_eq(key % 2, 1, "even key %" PRIu64 " survived", key);
+        cr_assert_eq(row, ps_table_find(t, key));
+        cr_assert_eq(seen[key]++, 0);
+        n++;
+    }
+    cr_assert_eq(n, 32);
+    cr_assert_eq(n, ps_table_rows(t));
+    ps_table_destroy(&t);
+}
+
+Test(table, sampled_lru_keeps_the_hot_rows)
+{
+    /* Well above the exact-scan size: 100 hot keys touched every round
+     * with a stream of cold keys never seen again. */
+    ps_table_params p = s_params(2, CM_OPT_SGD, 25);
+    p.max_rows = 1000;
+    ps_table *t = s_new(&p);
+    uint64_t hot[100];
+    for (int i = 0; i < 100; i++)
+        hot[i] = 1000000 + (uint64_t)i;
+    float out[100 * 2];
+    uint64_t cold = 0;
+    for (int round = 0; round < 200; round++) {
+        cr_assert_eq(ps_table_pull(t, hot, 100, out, 1, NULL), 0);
+        uint64_t batch[50];
+        for (int i = 0; i < 50; i++)
+            batch[i] = cold++;
+        cr_assert_eq(ps_table_pull(t, batch, 50, out, 1, NULL), 0);
+        cr_assert_leq(ps_table_rows(t), 1000);
+    }
+    cr_assert_eq(ps_table_rows(t), 1000);
+    for (int i = 0; i < 100; i++)
+        cr_assert_not_null(ps_table_find(t, hot[i]), "hot key %d evicted", i);
+    ps_table_counters s = s_stats(t);
+    cr_assert_eq(s.evicted, 100 + 200 * 50 - 1000);
+    cr_assert_eq(s.admitted, s.rows + s.evicted);
+    /* Slab: at most one chunk beyond what 1000 rows need. */
+    ps_table_params q = p;
+    q.max_rows = 0;
+    ps_table *u = s_new(&q);
+    for (uint64_t k = 0; k < 1000; k++)
+        cr_assert_eq(ps_table_pull(u, &k, 1, out, 1, NULL), 0);
+    cr_assert_lt(ps_table_bytes(t), 3 * ps_table_bytes(u));
+    ps_table_destroy(&u);
+    ps_table_destroy(&t);
+}
+
+Test(table, admission_and_eviction_together)
+{
+    /* An evicted key starts over: min_count pushes again. */
+    ps_table_params p = s_params(1, CM_OPT_SGD, 26);
+    p.min_count = 2;
+    p.ttl = 1;
+    ps_table *t = s_new(&p);
+    const uint64_t k = 9;
+    const float g[1] = {1.0f};
+    ps_table_set_epoch(t, 0);
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_not_null(ps_table_find(t, k));
+    ps_table_set_epoch(t, 5);
+    cr_assert_eq(ps_table_evict(t), 1);
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_null(ps_table_find(t, k));
+    cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
+    cr_assert_not_null(ps_table_find(t, k));
+    ps_table_counters s = s_stats(t);
+    cr_assert_eq(s.admitted, 2);
+    cr_assert_eq(s.evicted, 1);
+    cr_assert_eq(s.dropped, 2);
+    /* The bookkeeping is counted in the bytes. */
+    ps_table_params q = s_params(1, CM_OPT_SGD, 26);
+    ps_table *u = s_new(&q);
+    cr_assert_eq(ps_table_push(u, &k, 1, g), 0);
+    cr_assert_gt(ps_table_bytes(t), ps_table_bytes(u));
+    ps_table_destroy(&u);
+    ps_table_destroy(&t);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Adam and FTRL tables */
+
+Test(table, adam_and_ftrl_rows)
+{
+    /* Adam: each row counts its own steps (lazy). */
+    ps_table_params p = s_params(2, CM_OPT_ADAM, 31);
+    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    ps_table *t = s_new(&p);
+    cr_assert_eq(ps_table_row_floats(t), 7);
+    const uint64_t a = 1, b = 2;
+    const float g[2] = {1.0f, -1.0f};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(ps_table_push(t, &a, 1, g), 0);
+    cr_assert_eq(ps_table_push(t, &b, 1, g), 0);
+    cr_assert_eq(ps_table_find(t, a)[6], 3.0f);
+    cr_assert_eq(ps_table_find(t, b)[6], 1.0f);
+    float init[2];
+    ps_table_init_row(&p, b, init);
+    cr_assert_float_eq(ps_table_find(t, b)[0], init[0] - 0.01f, 1e-7);
+    cr_assert_float_eq(ps_table_find(t, b)[1], init[1] + 0.01f, 1e-7);
+    ps_table_destroy(&t);
+
+    /* FTRL: a fresh row reads its standard initial weights, and a zero
+     * gradient leaves them exactly. */
+    p = s_params(3, CM_OPT_FTRL, 32);
+    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    p.optim.l1 = 0.01f;
+    t = s_new(&p);
+    cr_assert_eq(ps_table_row_floats(t), 9);
+    float w[3], want[3];
+    const uint64_t k = 42;
+    cr_assert_eq(ps_table_pull(t, &k, 1, w, 1, NULL), 0);
+    ps_table_init_row(&p, k, want);
+    cr_assert_eq(memcmp(w, want, sizeof w), 0);
+    const float zero[3] = {0};
+    cr_assert_eq(ps_table_push(t, &k, 1, zero), 0);
+    cr_assert_eq(memcmp(ps_table_find(t, k), want, sizeof want), 0);
+    const float g3[3] = {0.5f, 0.0f, -0.5f};
+    cr_assert_eq(ps_table_push(t, &k, 1, g3), 0);
+    const float *r = ps_table_find(t, k);
+    cr_assert_lt(r[0], want[0]);
+    cr_assert_eq(r[1], want[1]);
+    cr_assert_gt(r[2], want[2]);
+    ps_table_destroy(&t);
+
+    /* Bad optimizer parameters are refused by the table too. */
+    p.optim.beta = 0.0f;
+    cm_error e = {0};
+    cr_assert_null(ps_table_new(&p, &e));
+    cr_assert_eq(e.code, CM_EINVAL);
 }

@@ -6,14 +6,17 @@
 #include <time.h>
 
 #include "common/dataset.h"
+#include "common/features.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/slots.h"
 #include "worker/blocks.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
+#include "worker/sparse.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -33,6 +36,7 @@ typedef struct {
     int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
     ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
+    wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
     size_t epoch_done;              /* examples trained so far this epoch */
     double epoch_sq;
     double last_report;
@@ -149,6 +153,7 @@ static void s_free(s_worker *w)
     cm_ratings_free(&w->train);
     cm_ratings_free(&w->test);
     wk_blocks_destroy(&w->blocks);
+    wk_sparse_destroy(&w->sparse);
     wk_kv_destroy(&w->kv);
     cm_sock_destroy(&w->ctl);
 }
@@ -327,6 +332,63 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
 
+static int s_sparse_progress(void *arg, size_t done, double loss)
+{
+    s_worker *w = arg;
+    double now = s_now();
+    if (now - w->last_report < 0.25)
+        return 0;
+    w->last_report = now;
+    double st[2] = {(double)done, loss};
+    return s_tell(w, CM_OP_PROGRESS, w->progress_epoch, st, 2, NULL);
+}
+
+/* Sparse-feature models: one epoch of minibatches. The loss reported is
+ * the squared error (regression) or the log loss (binary) summed. */
+static int s_train_sparse(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    double t0 = s_now(), loss = 0;
+    size_t n = 0;
+    w->progress_epoch = epoch;
+    w->last_report = t0;
+    uint64_t seed = cm_mix64(w->p->job->seed ^ cm_mix64(((uint64_t)w->p->index << 32) | epoch));
+    int rc = wk_sparse_train(w->sparse, w->kv, w->model, &w->ctx, seed, s_sparse_progress, w,
+                             &loss, &n, err);
+    if (rc != 0)
+        return rc;
+    if (wk_sparse_task(w->sparse) != CM_TASK_BINARY)
+        loss *= 2; /* the model sums (y - t)^2 / 2 */
+    double st[3] = {loss, (double)n, s_now() - t0};
+    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+}
+
+/* Sparse-feature models: error sums, and AUC histograms in the keys frame
+ * (positives then negatives) for binary tasks. */
+static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    const int binary = wk_sparse_task(w->sparse) == CM_TASK_BINARY;
+    uint64_t *hist = binary ? calloc(2 * (size_t)CM_AUC_BINS, sizeof *hist) : NULL;
+    if (binary && !hist)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    double ev[4];
+    int rc = wk_sparse_eval(w->sparse, w->kv, w->model, &w->ctx, ev, hist,
+                            hist ? hist + CM_AUC_BINS : NULL, err);
+    if (rc == 0) {
+        cm_hdr h = cm_hdr_make(CM_OP_EVAL_DONE);
+        h.sender = w->p->rank;
+        h.epoch = epoch;
+        double st[5] = {ev[0], ev[1], ev[2], 0, ev[3]};
+        h.n_stats = 5;
+        memcpy(h.stats, st, sizeof st);
+        rc = cm_msg_send(w->ctl, NULL, 0, &h, hist, hist ? 2 * (size_t)CM_AUC_BINS : 0, NULL, 0);
+        if (rc != 0)
+            cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                         cm_sock_errmsg(w->ctl));
+    }
+    free(hist);
+    return rc;
+}
+
 /* A row that was never trained reads back as zeros (NO_CREATE pull). */
 static int s_row_known(const float *row, int dim)
 {
@@ -375,29 +437,39 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 static int s_hello_and_plan(s_worker *w, cm_error *err)
 {
     const cm_ratings *tr = &w->train;
-    double sum = 0, lo = INFINITY, hi = -INFINITY;
-    for (size_t j = 0; j < tr->n; j++) {
-        sum += tr->rating[j];
-        if (tr->rating[j] < lo)
-            lo = tr->rating[j];
-        if (tr->rating[j] > hi)
-            hi = tr->rating[j];
-    }
-    double st[8] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->test.n,
-                    (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor};
     /* the load each slot will see from this shard: one request per rating
-     * for its user's slot and its item's slot (the scheduler evens it out) */
+     * for its user's slot and its item's slot, or per feature occurrence
+     * (the scheduler evens it out) */
     const uint32_t n_slots = (uint32_t)w->p->job->slots;
     float *load = calloc(n_slots, sizeof *load);
     if (!load)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
-    for (size_t j = 0; j < tr->n; j++) {
-        load[cm_slot_of(tr->user[j], 0, n_slots)] += 1.f;
-        load[cm_slot_of(tr->item[j], 1, n_slots)] += 1.f;
+    /* n_train, label sum, min, max, n_test, bad lines (train, test),
+     * noise floor, task */
+    double st[9] = {0};
+    if (w->sparse) {
+        wk_sparse_hello(w->sparse, st, load, n_slots);
+        st[7] = -1;
+        st[8] = wk_sparse_task(w->sparse);
+    } else {
+        double sum = 0, lo = INFINITY, hi = -INFINITY;
+        for (size_t j = 0; j < tr->n; j++) {
+            sum += tr->rating[j];
+            if (tr->rating[j] < lo)
+                lo = tr->rating[j];
+            if (tr->rating[j] > hi)
+                hi = tr->rating[j];
+            load[cm_slot_of(tr->user[j], 0, n_slots)] += 1.f;
+            load[cm_slot_of(tr->item[j], 1, n_slots)] += 1.f;
+        }
+        double r[9] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->test.n,
+                       (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor,
+                       -1};
+        memcpy(st, r, sizeof r);
     }
     cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
     hh.sender = w->p->rank;
-    hh.n_stats = 8;
+    hh.n_stats = 9;
     memcpy(hh.stats, st, sizeof st);
     int rc = cm_msg_send(w->ctl, NULL, 0, &hh, NULL, 0, load, n_slots);
     free(load);
@@ -441,7 +513,7 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         rc = err ? err->code : CM_EIO;
         goto out;
     }
-    if (w->p->job->schedule == CM_SCHED_BLOCKS &&
+    if (cm_job_uses_blocks(w->p->job) &&
         !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats, err)))
         rc = err ? err->code : CM_ENOMEM;
 out:
@@ -465,7 +537,11 @@ static int s_serve(s_worker *w, cm_error *err)
         cm_msg_release(&m);
         if (op == CM_OP_STOP)
             return 0;
-        if (op == CM_OP_EPOCH && w->blocks)
+        if (op == CM_OP_EPOCH && w->sparse)
+            rc = s_train_sparse(w, epoch, err);
+        else if (op == CM_OP_EVAL && w->sparse)
+            rc = s_eval_sparse(w, epoch, err);
+        else if (op == CM_OP_EPOCH && w->blocks)
             rc = s_train_block(w, epoch, round, err);
         else if (op == CM_OP_EPOCH)
             rc = s_train_epoch(w, epoch, err);
@@ -499,6 +575,16 @@ int wk_run(const wk_params *p, cm_error *err)
     if (cm_sock_connect(w.ctl, p->sched_ep) != 0) {
         rc = cm_error_set(err, CM_EIO, "worker: cannot connect to the scheduler at %s: %s",
                           p->sched_ep, cm_sock_errmsg(w.ctl));
+        goto out;
+    }
+    if (cm_job_is_sparse(p->job)) {
+        if (!(w.sparse = wk_sparse_new(p->job, p->index, p->n_workers, w.dims[0], err))) {
+            rc = err ? err->code : CM_ENOMEM;
+            goto out;
+        }
+        if ((rc = s_hello_and_plan(&w, err)) != 0)
+            goto out;
+        rc = s_serve(&w, err);
         goto out;
     }
     double nf = -1;

@@ -26,10 +26,7 @@ static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
     out->zero_prefix = 1;
     out->init_std = (float)job->init_std;
     out->seed = job->seed * 2 + 1;
-    out->optim.kind = job->optimizer;
-    out->optim.lr = (float)job->lr;
-    out->optim.eps = 1e-8f;
-    out->optim.init_accum = 0.1f;
+    wk_model_table_common(job, out);
 }
 
 /* Score of example j; s (k floats) receives sum_i v_if x_i. */

@@ -19,10 +19,7 @@ static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
     out->zero_prefix = 1;
     out->init_std = (float)job->init_std;
     out->seed = job->seed * 2 + t + 1;
-    out->optim.kind = job->optimizer;
-    out->optim.lr = (float)job->lr;
-    out->optim.eps = 1e-8f;
-    out->optim.init_accum = 0.1f;
+    wk_model_table_common(job, out);
 }
 
 static inline float s_dot(const float *restrict a, const float *restrict b, int n)
@@ -67,12 +64,11 @@ static void s_predict(const wk_model_ctx *ctx, const wk_batch *b, int dim,
 }
 
 /* Applies a row's gradient g with the optimizers whose state is small
- * (SGD, row-wise AdaGrad) inline; per-weight AdaGrad goes through the
- * optimizer. */
+ * (SGD, row-wise AdaGrad) inline; the others go through the optimizer. */
 static inline void s_apply(const ps_optim *o, float *restrict w, const float *restrict g,
                            int dim)
 {
-    if (o->kind == CM_OPT_ADAGRAD) {
+    if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ROWWISE) {
         ps_optim_update(o, w, g, dim);
         return;
     }

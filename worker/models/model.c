@@ -2,7 +2,7 @@
 
 #include "worker/models/model.h"
 
-static const wk_model_ops *const s_models[] = {&wk_model_mf};
+static const wk_model_ops *const s_models[] = {&wk_model_mf, &wk_model_fm};
 
 const wk_model_ops *wk_model_find(const char *name)
 {
@@ -10,4 +10,16 @@ const wk_model_ops *wk_model_find(const char *name)
         if (strcmp(s_models[i]->name, name) == 0)
             return s_models[i];
     return NULL;
+}
+
+void wk_model_table_common(const cm_job *job, ps_table_params *out)
+{
+    out->optim = ps_optim_default(job->optimizer, (float)job->lr);
+    out->optim.beta1 = (float)job->adam_beta1;
+    out->optim.beta2 = (float)job->adam_beta2;
+    out->optim.l1 = (float)job->ftrl_l1;
+    out->optim.beta = (float)job->ftrl_beta;
+    out->min_count = (uint32_t)job->min_count;
+    out->ttl = (uint32_t)job->ttl;
+    out->max_rows = (size_t)job->max_rows;
 }

@@ -90,6 +90,11 @@ typedef struct wk_model_ops {
                            const float *rows, float *score);
 } wk_model_ops;
 
+/* The table settings every model takes from the job: optimizer (with its
+ * hyper-parameters), admission and eviction. Models set dim, zero_prefix,
+ * init and seed. */
+void wk_model_table_common(const cm_job *job, ps_table_params *out);
+
 /* The model of that name ("mf"), or NULL. */
 const wk_model_ops *wk_model_find(const char *name);
 

@@ -1,0 +1,380 @@
+#include "worker/sparse.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/features.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/msg.h"
+#include "common/rng.h"
+#include "common/slots.h"
+#include "worker/worker.h"
+
+#define S_EVAL_BATCH 4096
+
+/* This worker's rows of one file, in CSR form (owned copies). */
+typedef struct {
+    size_t n;
+    float *label;
+    uint64_t *at;     /* n + 1 */
+    uint64_t *key;
+    float *val;
+    size_t bad_lines;
+} s_set;
+
+struct wk_sparse {
+    int task;
+    int dim;
+    size_t batch;
+    s_set train, test;
+    /* batch scratch, grown as needed */
+    uint64_t *keys, *uniq, *scratch, *at;
+    uint32_t *idx;
+    float *val, *label, *rows, *grads, *score;
+    size_t cap_nnz, cap_ex;
+    uint32_t *order;
+};
+
+static void s_set_free(s_set *d)
+{
+    free(d->label);
+    free(d->at);
+    free(d->key);
+    free(d->val);
+    memset(d, 0, sizeof *d);
+}
+
+void wk_sparse_destroy(wk_sparse **ps)
+{
+    if (!ps || !*ps)
+        return;
+    wk_sparse *s = *ps;
+    s_set_free(&s->train);
+    s_set_free(&s->test);
+    free(s->keys);
+    free(s->uniq);
+    free(s->scratch);
+    free(s->at);
+    free(s->idx);
+    free(s->val);
+    free(s->label);
+    free(s->rows);
+    free(s->grads);
+    free(s->score);
+    free(s->order);
+    free(s);
+    *ps = NULL;
+}
+
+int wk_sparse_task(const wk_sparse *s)
+{
+    return s->task;
+}
+
+/* The input format of path: the job's, else by extension, else libsvm. */
+static int s_format(const cm_job *job, const char *path)
+{
+    if (job->format != CM_FMT_AUTO)
+        return job->format;
+    const char *dot = strrchr(path, '.');
+    if (dot && (!strcasecmp(dot, ".ffm") || !strcasecmp(dot, ".libffm")))
+        return CM_FMT_LIBFFM;
+    if (dot && !strcasecmp(dot, ".csv"))
+        return CM_FMT_CSV;
+    return CM_FMT_LIBSVM;
+}
+
+/* Splits "a,b,c" into up to max names (pointers into buf). */
+static size_t s_split(char *buf, const char **names, size_t max)
+{
+    size_t n = 0;
+    for (char *p = buf; *p && n < max;) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        if (!*p)
+            break;
+        names[n++] = p;
+        while (*p && *p != ',')
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    return n;
+}
+
+static int s_load_file(const cm_job *job, const char *path, cm_examples *out, int log_lines,
+                       cm_error *err)
+{
+    cm_feat_opts fo = cm_feat_opts_default();
+    fo.max_bad_lines = job->max_bad_lines;
+    fo.log_bad_lines = log_lines;
+    fo.task = CM_TASK_REGRESSION; /* raw labels; the task is settled after */
+    switch (s_format(job, path)) {
+    case CM_FMT_LIBFFM:
+        return cm_examples_load_libffm(path, &fo, out, err);
+    case CM_FMT_CSV: {
+        char num[CM_PATH_MAX], cat[CM_PATH_MAX];
+        const char *nn[256], *cn[256];
+        snprintf(num, sizeof num, "%s", job->numeric_columns);
+        snprintf(cat, sizeof cat, "%s", job->categorical_columns);
+        cm_csv_spec spec = {.label_column = job->label_column[0] ? job->label_column : NULL,
+                            .numeric = nn, .n_numeric = s_split(num, nn, 256),
+                            .categorical = cn, .n_categorical = s_split(cat, cn, 256)};
+        return cm_examples_load_csv(path, &spec, &fo, out, err);
+    }
+    default:
+        return cm_examples_load_libsvm(path, &fo, out, err);
+    }
+}
+
+/* Copies the rows i with i % n_workers == index. */
+static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, s_set *d,
+                  cm_error *err)
+{
+    size_t n = 0, nnz = 0;
+    for (size_t i = index; i < all->n; i += n_workers) {
+        n++;
+        nnz += all->row_at[i + 1] - all->row_at[i];
+    }
+    d->label = malloc((n + 1) * sizeof *d->label);
+    d->at = malloc((n + 1) * sizeof *d->at);
+    d->key = malloc((nnz + 1) * sizeof *d->key);
+    d->val = malloc((nnz + 1) * sizeof *d->val);
+    if (!d->label || !d->at || !d->key || !d->val)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu examples", n);
+    d->n = n;
+    d->at[0] = 0;
+    size_t j = 0, k = 0;
+    for (size_t i = index; i < all->n; i += n_workers, j++) {
+        d->label[j] = all->label[i];
+        for (uint64_t a = all->row_at[i]; a < all->row_at[i + 1]; a++, k++) {
+            d->key[k] = all->key[a];
+            d->val[k] = all->val[a];
+        }
+        d->at[j + 1] = k;
+    }
+    d->bad_lines = all->bad_lines;
+    return 0;
+}
+
+/* Binary when every training label is -1, 0 or 1. */
+static int s_is_binary(const cm_examples *ex)
+{
+    for (size_t i = 0; i < ex->n; i++)
+        if (ex->label[i] != 1.f && ex->label[i] != 0.f && ex->label[i] != -1.f)
+            return 0;
+    return ex->n > 0;
+}
+
+/* Binary labels to 0/1; anything else is an error naming the file. */
+static int s_binarize(s_set *d, const char *path, cm_error *err)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        float t = d->label[i];
+        if (t != 1.f && t != 0.f && t != -1.f)
+            return cm_error_set(err, CM_EPARSE,
+                                "%s: label %g in a binary task (labels must be -1/+1 or 0/1)",
+                                path, (double)t);
+        d->label[i] = t > 0.f ? 1.f : 0.f;
+    }
+    return 0;
+}
+
+wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
+                         cm_error *err)
+{
+    wk_sparse *s = calloc(1, sizeof *s);
+    cm_examples all = {0};
+    if (!s) {
+        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+        return NULL;
+    }
+    s->dim = dim;
+    s->batch = (size_t)job->batch;
+    const int log_lines = index == 0 ? 5 : 0;
+    if (s_load_file(job, job->train, &all, log_lines, err) != 0)
+        goto fail;
+    s->task = job->task == CM_JOB_TASK_AUTO
+                  ? (s_is_binary(&all) ? CM_TASK_BINARY : CM_TASK_REGRESSION)
+                  : job->task;
+    if (s_take(&all, index, n_workers, &s->train, err) != 0)
+        goto fail;
+    cm_examples_free(&all);
+    if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
+        goto fail;
+    if (job->test[0]) {
+        if (s_load_file(job, job->test, &all, log_lines, err) != 0 ||
+            s_take(&all, index, n_workers, &s->test, err) != 0)
+            goto fail;
+        cm_examples_free(&all);
+        if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
+            goto fail;
+    }
+    s->order = malloc((s->train.n + 1) * sizeof *s->order);
+    if (!s->order) {
+        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+        goto fail;
+    }
+    return s;
+fail:
+    cm_examples_free(&all);
+    wk_sparse_destroy(&s);
+    return NULL;
+}
+
+void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n_slots)
+{
+    double sum = 0, lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < s->train.n; i++) {
+        sum += s->train.label[i];
+        lo = fmin(lo, s->train.label[i]);
+        hi = fmax(hi, s->train.label[i]);
+    }
+    stats[0] = (double)s->train.n;
+    stats[1] = sum;
+    stats[2] = s->train.n ? lo : 0;
+    stats[3] = s->train.n ? hi : 0;
+    stats[4] = (double)s->test.n;
+    stats[5] = (double)s->train.bad_lines;
+    stats[6] = (double)s->test.bad_lines;
+    const size_t nnz = s->train.n ? s->train.at[s->train.n] : 0;
+    for (size_t k = 0; k < nnz; k++)
+        loads[cm_slot_of(s->train.key[k], 0, n_slots)] += 1.f;
+}
+
+/* Makes room for a batch of n examples with nnz features (+ the bias). */
+static int s_reserve(wk_sparse *s, size_t n, size_t nnz, cm_error *err)
+{
+    if (nnz + 1 > s->cap_nnz) {
+        size_t c = (nnz + 1) * 2;
+        free(s->keys);
+        free(s->uniq);
+        free(s->scratch);
+        free(s->idx);
+        free(s->val);
+        free(s->rows);
+        free(s->grads);
+        s->keys = malloc(c * sizeof *s->keys);
+        s->uniq = malloc(c * sizeof *s->uniq);
+        s->scratch = malloc(2 * c * sizeof *s->scratch);
+        s->idx = malloc(c * sizeof *s->idx);
+        s->val = malloc(c * sizeof *s->val);
+        s->rows = malloc(c * (size_t)s->dim * sizeof *s->rows);
+        s->grads = malloc(c * (size_t)s->dim * sizeof *s->grads);
+        s->cap_nnz = c;
+        if (!s->keys || !s->uniq || !s->scratch || !s->idx || !s->val || !s->rows ||
+            !s->grads) {
+            s->cap_nnz = 0;
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for a batch");
+        }
+    }
+    if (n + 1 > s->cap_ex) {
+        size_t c = (n + 1) * 2;
+        free(s->at);
+        free(s->label);
+        free(s->score);
+        s->at = malloc(c * sizeof *s->at);
+        s->label = malloc(c * sizeof *s->label);
+        s->score = malloc(c * sizeof *s->score);
+        s->cap_ex = c;
+        if (!s->at || !s->label || !s->score) {
+            s->cap_ex = 0;
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for a batch");
+        }
+    }
+    return 0;
+}
+
+/* Gathers examples rows[0..n) of d (through order, if given) into a
+ * deduplicated batch and pulls its rows. */
+static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *order,
+                   size_t first, size_t n, uint32_t flags, wk_sparse_batch *b, size_t *n_uniq,
+                   cm_error *err)
+{
+    size_t nnz = 0;
+    for (size_t j = 0; j < n; j++) {
+        size_t r = order ? order[first + j] : first + j;
+        nnz += d->at[r + 1] - d->at[r];
+    }
+    int rc = s_reserve(s, n, nnz, err);
+    if (rc != 0)
+        return rc;
+    size_t k = 0;
+    s->at[0] = 0;
+    for (size_t j = 0; j < n; j++) {
+        size_t r = order ? order[first + j] : first + j;
+        for (uint64_t a = d->at[r]; a < d->at[r + 1]; a++, k++) {
+            s->keys[k] = d->key[a];
+            s->val[k] = d->val[a];
+        }
+        s->at[j + 1] = k;
+        s->label[j] = d->label[r];
+    }
+    s->keys[k] = WK_FM_BIAS_KEY;
+    wk_dedupe(s->keys, k + 1, s->uniq, s->idx, n_uniq, s->scratch);
+    *b = (wk_sparse_batch){n, s->at, s->idx, s->val, s->label, s->idx[k]};
+    wk_pull req = {0, s->uniq, *n_uniq, s->rows, flags};
+    return wk_kv_pull(kv, &req, 1, err);
+}
+
+int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
+                    uint64_t seed, wk_sparse_progress_fn progress, void *arg, double *loss,
+                    size_t *n, cm_error *err)
+{
+    const size_t total = s->train.n;
+    cm_rng rng;
+    cm_rng_seed(&rng, seed);
+    for (size_t j = 0; j < total; j++)
+        s->order[j] = (uint32_t)j;
+    cm_rng_shuffle_u32(&rng, s->order, total);
+    double sum = 0;
+    for (size_t first = 0; first < total; first += s->batch) {
+        size_t cnt = total - first < s->batch ? total - first : s->batch, nu = 0;
+        wk_sparse_batch b;
+        int rc = s_batch(s, kv, &s->train, s->order, first, cnt, 0, &b, &nu, err);
+        if (rc != 0)
+            return rc;
+        memset(s->grads, 0, nu * (size_t)s->dim * sizeof(float));
+        sum += m->train_sparse(ctx, s->task, &b, s->dim, s->rows, s->grads);
+        if ((rc = wk_kv_push(kv, 0, s->uniq, nu, s->grads, err)) != 0)
+            return rc;
+        if (progress && (rc = progress(arg, first + cnt, sum)) != 0)
+            return rc;
+    }
+    *loss += sum;
+    *n += total;
+    return wk_kv_flush(kv, err);
+}
+
+int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
+                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
+{
+    double sq = 0, ab = 0, ll = 0;
+    for (size_t first = 0; first < s->test.n; first += S_EVAL_BATCH) {
+        size_t cnt = s->test.n - first < S_EVAL_BATCH ? s->test.n - first : S_EVAL_BATCH, nu;
+        wk_sparse_batch b;
+        int rc = s_batch(s, kv, &s->test, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
+        if (rc != 0)
+            return rc;
+        m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
+        for (size_t j = 0; j < cnt; j++) {
+            double y = s->score[j], t = b.label[j];
+            if (s->task == CM_TASK_BINARY) {
+                float p = (float)(1.0 / (1.0 + exp(-y)));
+                cm_auc_add(pos, neg, p, t > 0.5);
+                ll += cm_logloss(p, t > 0.5);
+                y = p;
+            }
+            sq += (y - t) * (y - t);
+            ab += fabs(y - t);
+        }
+    }
+    stats[0] = sq;
+    stats[1] = ab;
+    stats[2] = (double)s->test.n;
+    stats[3] = ll;
+    return 0;
+}

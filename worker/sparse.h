@@ -1,0 +1,51 @@
+/* sparse: a worker's data and epochs for sparse-feature models (fm).
+ *
+ * Examples are libsvm/libFM, libffm or CSV rows of (key, value) features
+ * (common/features.h). Worker w keeps the rows whose index is w modulo the
+ * worker count. Training is the minibatch schedule: each batch gathers its
+ * features' keys plus the global bias key, deduplicates them, pulls the
+ * rows, lets the model add its gradients, and pushes them. Evaluation
+ * returns error sums and, for binary tasks, the AUC histograms. */
+#ifndef PSREC_WORKER_SPARSE_H
+#define PSREC_WORKER_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "worker/kv.h"
+#include "worker/models/model.h"
+
+typedef struct wk_sparse wk_sparse;
+
+/* Loads the job's train (and test) files, keeps this worker's rows, and
+ * settles the task (job->task, or from the training labels when auto). */
+wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
+                         cm_error *err);
+void wk_sparse_destroy(wk_sparse **ps);
+
+/* cm_task of the run. */
+int wk_sparse_task(const wk_sparse *s);
+
+/* HELLO statistics: n_train, label sum, label min, label max, n_test, bad
+ * train lines, bad test lines (7 numbers); loads (n_slots floats) gets one
+ * request per feature occurrence in the slot of its key. */
+void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n_slots);
+
+/* Called now and then with examples done and the loss so far. */
+typedef int (*wk_sparse_progress_fn)(void *arg, size_t done, double loss);
+
+/* One epoch of minibatches (shuffled with seed). Adds the summed loss and
+ * the example count. */
+int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
+                    uint64_t seed, wk_sparse_progress_fn progress, void *arg, double *loss,
+                    size_t *n, cm_error *err);
+
+/* Evaluates the held-out rows: stats = {squared error, absolute error,
+ * count, log loss sum}; for binary tasks pos/neg (CM_AUC_BINS each, zeroed
+ * by the caller) get the AUC histograms of the predicted probabilities. */
+int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
+                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err);
+
+#endif
