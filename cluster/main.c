@@ -309,6 +309,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
         }
         return 0;
     }
+    cm_job_model_defaults(&job);
     if (cm_job_validate(&job, &err) != 0) {
         if (lrank <= 0)
             fprintf(stderr, "psrec train: %s\n", err.msg);

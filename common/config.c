@@ -440,9 +440,22 @@ static void s_where(char *out, size_t n, const char *where, const s_key *k)
         snprintf(out, n, "%s: %s", where, k->name);
 }
 
-/* Parses text for key k into *job; 0 or CM_ECONFIG with "where: reason". */
+static int s_parse_into(cm_job *job, const s_key *k, const char *value, const char *where,
+                        cm_error *err);
+
+/* Parses text for key k into *job and remembers that the user set it;
+ * 0 or CM_ECONFIG with "where: reason". */
 static int s_set(cm_job *job, const s_key *k, const char *value, const char *where,
                  cm_error *err)
+{
+    int rc = s_parse_into(job, k, value, where, err);
+    if (rc == 0)
+        job->explicit_ |= 1ULL << (k - s_keys);
+    return rc;
+}
+
+static int s_parse_into(cm_job *job, const s_key *k, const char *value, const char *where,
+                        cm_error *err)
 {
     char at[CM_PATH_MAX + 96], range[128];
     s_where(at, sizeof at, where, k);
@@ -623,7 +636,7 @@ cm_job cm_job_default(void)
     cm_job job;
     memset(&job, 0, sizeof job);
     for (size_t i = 0; i < S_NKEYS; i++) {
-        int rc = s_set(&job, &s_keys[i], s_keys[i].def, "default", NULL);
+        int rc = s_parse_into(&job, &s_keys[i], s_keys[i].def, "default", NULL);
         assert(rc == 0 && "every default in s_keys must parse");
         (void)rc;
     }
@@ -954,6 +967,15 @@ void cm_job_print(FILE *f, const cm_job *job)
         s_value_text(job, &s_keys[i], value, sizeof value);
         fprintf(f, "%s = %s\n", s_keys[i].name, value);
     }
+}
+
+_Static_assert(S_NKEYS <= 64, "explicit_ has one bit per key");
+
+void cm_job_model_defaults(cm_job *job)
+{
+    const s_key *l2 = s_find("l2");
+    if (cm_job_is_sparse(job) && l2 && !(job->explicit_ & (1ULL << (l2 - s_keys))))
+        job->l2 = 0.01;
 }
 
 int cm_job_uses_blocks(const cm_job *job)

@@ -820,3 +820,20 @@ __attribute__((constructor)) static void s_print_docs_table(void)
     fflush(stdout);
     _exit(0);
 }
+
+Test(config, model_defaults_fill_only_unset_keys)
+{
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    cr_assert_eq(cm_job_set(&j, "model", "fm", "--model", &err), 0, "%s", err.msg);
+    cm_job_model_defaults(&j);
+    cr_expect_float_eq(j.l2, 0.01, 1e-12, "fm gets its own l2 default");
+    cm_job k = cm_job_default();
+    cr_assert_eq(cm_job_set(&k, "model", "fm", "--model", &err), 0);
+    cr_assert_eq(cm_job_set(&k, "l2", "0.3", "--l2", &err), 0);
+    cm_job_model_defaults(&k);
+    cr_expect_float_eq(k.l2, 0.3, 1e-12, "a value the user gave is kept");
+    cm_job m = cm_job_default();
+    cm_job_model_defaults(&m);
+    cr_expect_float_eq(m.l2, 0.12, 1e-12, "mf keeps the table default");
+}
