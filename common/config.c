@@ -56,6 +56,7 @@ static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
                                             "adam", "ftrl",    NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
 static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
+static const char *const s_consistency[] = {"asp", "ssp", "bsp", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "silent", NULL};
 
@@ -128,6 +129,13 @@ static const s_key s_keys[] = {
      .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
              "apply; blocks: each worker trains one block of items at a time locally and "
              "pushes the changes (DSGD, far fewer messages)"},
+    {.name = "consistency", .type = S_ENUM, S_AT(consistency), .names = s_consistency,
+     .def = "asp",
+     .help = "minibatch schedule, inside an epoch: asp (never wait), ssp (wait when more "
+             "than `staleness` minibatches ahead of the slowest worker) or bsp (wait after "
+             "every minibatch); epochs are always barriers"},
+    {.name = "staleness", .type = S_INT, S_AT(staleness), .imin = 0, .imax = 1000000,
+     .def = "4", .help = "ssp: minibatches a worker may lead the slowest worker by"},
     {.name = "seed", .type = S_U64, S_AT(seed), .def = "1",
      .help = "seed for initialisation, shuffling and sampling"},
     {.name = "max_bad_lines", .type = S_INT, S_AT(max_bad_lines), .imin = 0,

@@ -24,6 +24,13 @@ typedef enum {
     CM_OPT_FTRL = 4  /* FTRL-proximal, per coordinate */
 } cm_optimizer;
 
+/* How far workers may run apart inside an epoch (minibatch schedule). */
+typedef enum {
+    CM_CONS_ASP = 0,  /* never wait; epochs are still barriers */
+    CM_CONS_SSP = 1,  /* wait when more than `staleness` minibatches ahead */
+    CM_CONS_BSP = 2   /* wait for everyone after every minibatch */
+} cm_consistency;
+
 /* How workers and servers share the work of an epoch. */
 typedef enum {
     CM_SCHED_MINIBATCH = 0, /* every minibatch pulls rows, pushes gradients */
@@ -71,6 +78,8 @@ typedef struct {
     double ftrl_beta;          /* FTRL: learning-rate smoothing beta */
     int batch;                 /* examples per minibatch per worker */
     int schedule;              /* cm_schedule */
+    int consistency;           /* cm_consistency */
+    int staleness;             /* SSP: minibatches a worker may lead the slowest */
     uint64_t seed;
     long max_bad_lines;        /* stop loading after more bad lines */
     int slots;                 /* virtual slots per table */

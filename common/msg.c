@@ -30,6 +30,7 @@ static int s_known_op(int op)
     case CM_OP_STOP:
     case CM_OP_CHECKPOINT:
     case CM_OP_LOAD:
+    case CM_OP_CLOCK:
         return 1;
     default:
         return 0;
@@ -76,6 +77,7 @@ const char *cm_op_name(int op)
     case CM_OP_STOP: return "STOP";
     case CM_OP_CHECKPOINT: return "CHECKPOINT";
     case CM_OP_LOAD: return "LOAD";
+    case CM_OP_CLOCK: return "CLOCK";
     default: return "?";
     }
 }

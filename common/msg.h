@@ -47,7 +47,8 @@ typedef enum {
     CM_OP_PROGRESS = 16,
     CM_OP_STOP = 17,
     CM_OP_CHECKPOINT = 18,
-    CM_OP_LOAD = 19
+    CM_OP_LOAD = 19,
+    CM_OP_CLOCK = 20
 } cm_op;
 
 /* Flags on a PULL. */

@@ -25,6 +25,7 @@ typedef struct {
     uint64_t done;                      /* examples done this epoch */
     double sq;                          /* running squared error this epoch */
     int finished;                       /* answered the current phase */
+    uint64_t clock;                     /* SSP/BSP: minibatches done this epoch */
 } s_wk;
 
 typedef struct {
@@ -43,6 +44,7 @@ typedef struct {
     double *load;         /* job->slots expected requests per slot (HELLOs) */
     int load_ok;          /* every worker sent its loads */
     int warned_unseen;    /* the unseen-ids warning was given */
+    uint64_t min_sent;    /* SSP/BSP: the slowest clock last sent to the workers */
     int task;             /* -1 ratings (mf), else the cm_task of a sparse model */
     uint64_t *auc_pos, *auc_neg; /* binary tasks: merged AUC histograms */
     double last_ckpt;     /* when the last checkpoint was written */
@@ -77,6 +79,8 @@ static int s_broadcast(s_sched *s, int op, uint32_t epoch, uint64_t clock, cm_er
         if (rc != 0)
             return rc;
         s->wk[w].finished = 0;
+        s->wk[w].clock = 0;
+        s->min_sent = 0;
         if (clock == 0) {
             s->wk[w].done = 0;
             s->wk[w].sq = 0;
@@ -92,6 +96,27 @@ static int s_find(const s_sched *s, const cm_msg *m)
             memcmp(s->wk[w].route, m->route, m->route_size) == 0)
             return (int)w;
     return -1;
+}
+
+/* SSP/BSP: sends the slowest unfinished worker's clock to the unfinished
+ * workers when it moved (finished workers no longer hold anyone back). */
+static void s_publish_clock(s_sched *s, uint32_t epoch)
+{
+    uint64_t mn = UINT64_MAX;
+    for (uint32_t w = 0; w < s->p->n_workers; w++)
+        if (!s->wk[w].finished && s->wk[w].clock < mn)
+            mn = s->wk[w].clock;
+    if (mn == UINT64_MAX || mn <= s->min_sent)
+        return;
+    s->min_sent = mn;
+    for (uint32_t w = 0; w < s->p->n_workers; w++) {
+        if (s->wk[w].finished)
+            continue;
+        cm_hdr h = cm_hdr_make(CM_OP_CLOCK);
+        h.epoch = epoch;
+        h.clock = mn;
+        s_send(s, w, &h, NULL);
+    }
 }
 
 /* Receives control messages until every worker answered `want` for
@@ -136,7 +161,11 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
             cm_msg_release(&m);
             return rc;
         }
-        if (m.hdr.op == CM_OP_PROGRESS && m.hdr.n_stats >= 2 && m.hdr.epoch == epoch) {
+        if (m.hdr.op == CM_OP_CLOCK && m.hdr.epoch == epoch) {
+            if (m.hdr.clock > k->clock)
+                k->clock = m.hdr.clock;
+            s_publish_clock(s, epoch);
+        } else if (m.hdr.op == CM_OP_PROGRESS && m.hdr.n_stats >= 2 && m.hdr.epoch == epoch) {
             k->done = (uint64_t)m.hdr.stats[0];
             k->sq = m.hdr.stats[1];
             uint64_t done = 0;
@@ -160,6 +189,8 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
                 }
             k->finished = 1;
             left--;
+            if (want == CM_OP_EPOCH_DONE)
+                s_publish_clock(s, epoch);
         } else {
             cm_log(CM_LOG_WARN, "scheduler: unexpected %s (epoch %u) from worker rank %d",
                    cm_op_name(m.hdr.op), m.hdr.epoch, k->rank);
@@ -527,7 +558,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         double t0 = s_now();
         /* minibatch: one round; blocks: one round per block, each a barrier */
         const uint32_t rounds = cm_job_uses_blocks(job) ? s->p->n_workers : 1;
-        double sq = 0, n = 0;
+        double sq = 0, n = 0, max_lead = -1; /* -1: not tracked (asp, blocks) */
         int rc = 0;
         for (uint32_t r = 0; r < rounds && rc == 0; r++) {
             rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)e, r, err);
@@ -536,6 +567,8 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
                 sq += s->wk[w].stats[0];
                 n += s->wk[w].stats[1];
+                if (!cm_job_uses_blocks(job))
+                    max_lead = fmax(max_lead, s->wk[w].stats[3]);
             }
         }
         if (rc != 0)
@@ -607,12 +640,15 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 {"server_bytes", srv_bytes, 0},
                 {"evicted", srv_evicted, 0},
                 {"dropped_gradients", srv_dropped, 0},
+                {"max_lead", max_lead, 1},
             };
             rc = sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
             if (rc != 0)
                 return rc;
         }
         res->epochs = e;
+        if (max_lead > res->max_lead)
+            res->max_lead = max_lead;
         res->train_rmse = sqrt(train_mse);
         if (rmse >= 0) {
             res->test_rmse = rmse;
@@ -677,6 +713,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;
     res->test_auc = res->test_logloss = -1;
+    res->max_lead = -1;
     int rc = 0;
     s.wk = calloc(p->n_workers, sizeof *s.wk);
     s.progress = sch_progress_new(p->job->progress);

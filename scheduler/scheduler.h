@@ -45,6 +45,8 @@ typedef struct {
     uint64_t server_bytes;
     double load_imbalance_before;    /* max/mean expected server load, round-robin */
     double load_imbalance;           /* the same for the plan used (1.0 = even) */
+    double max_lead;                 /* SSP/BSP: most minibatches a worker led the
+                                        slowest by; < 0 when not tracked */
 } sch_result;
 
 /* Runs the job to the end. 0, or a CM_E* code with *err set; either way

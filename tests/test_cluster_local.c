@@ -2,6 +2,7 @@
  * workers as threads over inproc://, on generated data with a known noise
  * floor. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,4 +206,31 @@ Test(cluster_local, load_aware_slot_plan_is_at_least_as_even)
     cr_expect_leq(res.load_imbalance, res.load_imbalance_before, "%.4f vs %.4f",
                   res.load_imbalance, res.load_imbalance_before);
     cr_expect_lt(res.load_imbalance, 1.01, "max/mean load %.4f", res.load_imbalance);
+}
+
+Test(cluster_local, consistency_bounds_hold_and_reach_the_bsp_metric)
+{
+    const int modes[3] = {CM_CONS_BSP, CM_CONS_SSP, CM_CONS_ASP};
+    double rmse[3], lead[3];
+    for (int k = 0; k < 3; k++) {
+        cm_job job = s_job(1, 3);
+        job.schedule = CM_SCHED_MINIBATCH;
+        job.consistency = modes[k];
+        job.staleness = 2;
+        job.epochs = 8;
+        FILE *out = fopen("/dev/null", "w");
+        sch_result res;
+        cm_error err = {0};
+        int rc = cl_run_local(&job, out, &res, &err);
+        fclose(out);
+        cr_assert_eq(rc, 0, "%s", err.msg);
+        rmse[k] = res.test_rmse;
+        lead[k] = res.max_lead;
+    }
+    cr_expect_eq(lead[0], 0, "bsp: no worker ever ahead (%g)", lead[0]);
+    cr_expect(lead[1] >= 0 && lead[1] <= 2, "ssp: lead %g within staleness 2", lead[1]);
+    cr_expect_lt(lead[2], 0, "asp does not track clocks");
+    for (int k = 1; k < 3; k++)
+        cr_expect_leq(fabs(rmse[k] - rmse[0]), 0.01 * rmse[0], "mode %d RMSE %.5f vs bsp %.5f",
+                      modes[k], rmse[k], rmse[0]);
 }

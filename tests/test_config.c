@@ -22,7 +22,7 @@ static const char *const s_all_keys[] = {
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
-    "categorical_columns",
+    "categorical_columns", "consistency", "staleness",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 

@@ -41,6 +41,7 @@ typedef struct {
     double epoch_sq;
     double last_report;
     uint32_t progress_epoch;
+    uint64_t min_clock;             /* SSP/BSP: the slowest worker's clock, as last heard */
     /* this worker's shard, owned copies */
     cm_ratings train, test;
     /* control and data connections */
@@ -246,6 +247,35 @@ static int s_pull_batch(s_worker *w, uint32_t flags, cm_error *err)
  * Epochs
  * ------------------------------------------------------------------- */
 
+/* SSP/BSP: before minibatch `c` (0-based) waits until the slowest worker
+ * has done at least c - staleness minibatches of this epoch. */
+static int s_wait_clock(s_worker *w, uint32_t epoch, uint64_t c, cm_error *err)
+{
+    const cm_job *job = w->p->job;
+    const uint64_t s = job->consistency == CM_CONS_BSP ? 0 : (uint64_t)job->staleness;
+    while (c > w->min_clock + s) {
+        cm_msg m = {0};
+        int rc = cm_msg_recv(w->ctl, &m, (int)(job->timeout * 1000), err);
+        if (rc == CM_ETIMEDOUT)
+            rc = cm_error_set(err, rc, "worker: waited %.0f s for the slowest worker's clock",
+                              job->timeout);
+        int op = m.hdr.op;
+        uint32_t ep = m.hdr.epoch;
+        uint64_t clk = m.hdr.clock;
+        cm_msg_release(&m);
+        if (rc != 0)
+            return rc;
+        if (op == CM_OP_STOP)
+            return cm_error_set(err, CM_ECLOSED, "worker: stopped while waiting");
+        if (op != CM_OP_CLOCK)
+            return cm_error_set(err, CM_EPROTO, "worker: unexpected %s inside an epoch",
+                                cm_op_name(op));
+        if (ep == epoch && clk > w->min_clock)
+            w->min_clock = clk;
+    }
+    return 0;
+}
+
 static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
 {
     const cm_job *job = w->p->job;
@@ -259,11 +289,21 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
 
     double sq = 0;
     const size_t bs = (size_t)job->batch;
-    for (size_t first = 0; first < n; first += bs) {
+    const int synced = job->consistency != CM_CONS_ASP;
+    uint64_t clock = 0, max_lead = 0;
+    w->min_clock = 0;
+    for (size_t first = 0; first < n; first += bs, clock++) {
         size_t m = n - first < bs ? n - first : bs;
         wk_batch b;
+        int rc;
+        if (synced) {
+            if ((rc = s_wait_clock(w, epoch, clock, err)) != 0)
+                return rc;
+            if (clock > w->min_clock && clock - w->min_clock > max_lead)
+                max_lead = clock - w->min_clock;
+        }
         s_make_batch(w, &w->train, w->order, first, m, &b);
-        int rc = s_pull_batch(w, 0, err);
+        rc = s_pull_batch(w, 0, err);
         if (rc != 0)
             return rc;
         const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
@@ -276,6 +316,15 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
             if (rc != 0)
                 return rc;
         }
+        if (synced) {
+            cm_hdr h = cm_hdr_make(CM_OP_CLOCK);
+            h.sender = w->p->rank;
+            h.epoch = epoch;
+            h.clock = clock + 1;
+            if ((rc = cm_msg_send(w->ctl, NULL, 0, &h, NULL, 0, NULL, 0)) != 0)
+                return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                                    cm_sock_errmsg(w->ctl));
+        }
         double now = s_now();
         if (now - last_report > 0.25) {
             double st[2] = {(double)(first + m), sq};
@@ -287,8 +336,9 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
     int rc = wk_kv_flush(w->kv, err);
     if (rc != 0)
         return rc;
-    double st[3] = {sq, (double)n, s_now() - t0};
-    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+    /* the fourth number: the most minibatches this worker led the slowest by */
+    double st[4] = {sq, (double)n, s_now() - t0, synced ? (double)max_lead : -1};
+    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
 }
 
 static int s_block_progress(void *arg, size_t done)
@@ -537,6 +587,8 @@ static int s_serve(s_worker *w, cm_error *err)
         cm_msg_release(&m);
         if (op == CM_OP_STOP)
             return 0;
+        if (op == CM_OP_CLOCK)
+            continue; /* a clock published after this worker's last wait */
         if (op == CM_OP_EPOCH && w->sparse)
             rc = s_train_sparse(w, epoch, err);
         else if (op == CM_OP_EVAL && w->sparse)
