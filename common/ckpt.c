@@ -3,17 +3,17 @@
  * publish protocol are in docs/checkpoints.md.
  *
  * Writers never let a reader see a half-written file under its final name:
- * every file goes to "name.tmp.<pid>.<counter>", is fsynced, renamed, and
- * the directory fsynced. Readers trust nothing: sizes and checksums come
- * from the manifest, every offset is checked against the file size before
- * it is touched, and each failure names the file. */
+ * every file goes through common/atomic.h to "name.tmp.<pid>.<counter>", is
+ * fsynced, renamed, and the directory fsynced. Readers trust nothing:
+ * sizes and checksums come from the manifest, every offset is checked
+ * against the file size before it is touched, and each failure names the
+ * file. */
 #include "common/ckpt.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/atomic.h"
 #include "common/codec.h"
 #include "common/log.h"
 
@@ -40,10 +41,6 @@
 #define S_LATEST "LATEST"
 #define S_MANIFEST "MANIFEST"
 #define S_DIR_PREFIX "ckpt-"
-
-/* Makes temporary names unique across the threads of one process (a
- * --local cluster runs every server as a thread of one pid). */
-static atomic_ulong s_tmp_counter;
 
 /* ------------------------------------------------------------------------
  * Small file helpers
@@ -114,23 +111,6 @@ static void s_fsync_dir(const char *dir)
     }
 }
 
-/* The directory part of path ("." when there is none). */
-static void s_fsync_parent(const char *path)
-{
-    char *dup = strdup(path);
-    if (!dup)
-        return;
-    char *slash = strrchr(dup, '/');
-    if (slash == dup)
-        s_fsync_dir("/");
-    else if (slash) {
-        *slash = '\0';
-        s_fsync_dir(dup);
-    } else
-        s_fsync_dir(".");
-    free(dup);
-}
-
 /* Writes all of buf and feeds it to the running checksum, if any. */
 static int s_write_all(int fd, const void *buf, size_t n, XXH64_state_t *xs)
 {
@@ -147,74 +127,6 @@ static int s_write_all(int fd, const void *buf, size_t n, XXH64_state_t *xs)
         n -= (size_t)k;
     }
     return 0;
-}
-
-/* A file being written under a temporary name next to its final one. */
-typedef struct {
-    const char *path;   /* final name */
-    char *tmp;          /* path.tmp.<pid>.<counter> */
-    int fd;
-} s_tmpfile;
-
-static int s_tmp_open(s_tmpfile *t, const char *path, cm_error *err)
-{
-    t->path = path;
-    t->fd = -1;
-    size_t n = strlen(path) + 64;
-    t->tmp = malloc(n);
-    if (!t->tmp)
-        return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-    unsigned long c = atomic_fetch_add(&s_tmp_counter, 1);
-    snprintf(t->tmp, n, "%s.tmp.%ld.%lu", path, (long)getpid(), c);
-    t->fd = open(t->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (t->fd < 0) {
-        int e = errno;
-        int rc = cm_error_set(err, s_errno_code(e), "%s: %s", t->tmp, strerror(e));
-        free(t->tmp);
-        t->tmp = NULL;
-        return rc;
-    }
-    return 0;
-}
-
-/* Removes the temporary file (after a failure) and frees. */
-static void s_tmp_abort(s_tmpfile *t)
-{
-    if (t->fd >= 0)
-        close(t->fd);
-    t->fd = -1;
-    if (t->tmp)
-        unlink(t->tmp);
-    free(t->tmp);
-    t->tmp = NULL;
-}
-
-/* fsync, close, rename onto the final name, fsync the directory. */
-static int s_tmp_commit(s_tmpfile *t, cm_error *err)
-{
-    int rc = 0;
-    if (fsync(t->fd) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: fsync failed: %s", t->tmp, strerror(errno));
-        goto fail;
-    }
-    int fd = t->fd;
-    t->fd = -1;
-    if (close(fd) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: close failed: %s", t->tmp, strerror(errno));
-        goto fail;
-    }
-    if (rename(t->tmp, t->path) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: rename from %s failed: %s", t->path, t->tmp,
-                          strerror(errno));
-        goto fail;
-    }
-    free(t->tmp);
-    t->tmp = NULL;
-    s_fsync_parent(t->path);
-    return 0;
-fail:
-    s_tmp_abort(t);
-    return rc;
 }
 
 /* xxh64 (seed 0) of a whole open file, read in chunks. */
@@ -302,14 +214,14 @@ int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
     uint64_t total = h.row_offset + (uint64_t)n * (uint64_t)row_floats * 4;
 
     XXH64_state_t *xs = XXH64_createState();
-    s_tmpfile t = {.fd = -1};
+    cm_atomic t = CM_ATOMIC_INIT;
     int rc = 0;
     if (!xs) {
         rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
         goto out;
     }
     XXH64_reset(xs, 0);
-    if ((rc = s_tmp_open(&t, path, err)) != 0)
+    if ((rc = cm_atomic_open(&t, path, CM_ATOMIC_UNIQUE | CM_ATOMIC_NOTFOUND, err)) != 0)
         goto out;
     unsigned char pre[S_SHARD_PREAMBLE];
     static const unsigned char zeros[S_ALIGN];
@@ -324,10 +236,10 @@ int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
         s_write_all(t.fd, zeros, (size_t)row_pad, xs) != 0 ||
         s_write_all(t.fd, rows, n * (size_t)row_floats * sizeof(float), xs) != 0) {
         rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", t.tmp, strerror(errno));
-        s_tmp_abort(&t);
+        cm_atomic_abort(&t);
         goto out;
     }
-    if ((rc = s_tmp_commit(&t, err)) != 0)
+    if ((rc = cm_atomic_commit(&t, err)) != 0)
         goto out;
     if (size)
         *size = total;
@@ -593,7 +505,7 @@ int cm_manifest_write(const char *dir, const cm_manifest *m, cm_error *err)
         return rc;
     uint8_t *pb = NULL;
     size_t plen = 0;
-    s_tmpfile t = {.fd = -1};
+    cm_atomic t = CM_ATOMIC_INIT;
     if (cm_codec_manifest_pack(m, &pb, &plen) != 0)
         return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
     if (plen > S_MANIFEST_MAX) {
@@ -604,15 +516,15 @@ int cm_manifest_write(const char *dir, const cm_manifest *m, cm_error *err)
     memcpy(pre, CM_MANIFEST_MAGIC, 8);
     s_put_le32(pre + 8, (uint32_t)plen);
     s_put_le64(pre + 12, XXH64(pb, plen, 0));
-    if ((rc = s_tmp_open(&t, path, err)) != 0)
+    if ((rc = cm_atomic_open(&t, path, CM_ATOMIC_UNIQUE | CM_ATOMIC_NOTFOUND, err)) != 0)
         goto out;
     if (s_write_all(t.fd, pre, sizeof pre, NULL) != 0 ||
         s_write_all(t.fd, pb, plen, NULL) != 0) {
         rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", t.tmp, strerror(errno));
-        s_tmp_abort(&t);
+        cm_atomic_abort(&t);
         goto out;
     }
-    rc = s_tmp_commit(&t, err);
+    rc = cm_atomic_commit(&t, err);
 out:
     free(pb);
     return rc;
@@ -1003,15 +915,15 @@ int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
     int rc = s_join(path, sizeof path, root, S_LATEST, err);
     if (rc != 0)
         return rc;
-    s_tmpfile t = {.fd = -1};
-    if ((rc = s_tmp_open(&t, path, err)) != 0)
+    cm_atomic t = CM_ATOMIC_INIT;
+    if ((rc = cm_atomic_open(&t, path, CM_ATOMIC_UNIQUE | CM_ATOMIC_NOTFOUND, err)) != 0)
         return rc;
     if (s_write_all(t.fd, name, strlen(name), NULL) != 0 || s_write_all(t.fd, "\n", 1, NULL) != 0) {
         rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", t.tmp, strerror(errno));
-        s_tmp_abort(&t);
+        cm_atomic_abort(&t);
         return rc;
     }
-    if ((rc = s_tmp_commit(&t, err)) != 0)
+    if ((rc = cm_atomic_commit(&t, err)) != 0)
         return rc;
     /* LATEST is durable; what follows is housekeeping and cannot undo it */
     s_remove_tmp(root);

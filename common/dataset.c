@@ -9,21 +9,20 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <float.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/atomic.h"
 #include "common/codec.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/rng.h"
+#include "common/textfile.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the .psrd columns are little-endian; this host is not"
@@ -129,95 +128,8 @@ int cm_ratings_from_arrays(const uint64_t *user, const uint64_t *item,
 }
 
 /* ------------------------------------------------------------------------
- * Reading a whole file
+ * Sniffing
  * ------------------------------------------------------------------------ */
-
-typedef struct {
-    const char *data;   /* file bytes */
-    size_t len;
-    void *map;          /* mmap base, or NULL */
-    char *heap;         /* read buffer, or NULL */
-    int fd;
-} s_file;
-
-static void s_file_close(s_file *f)
-{
-    if (f->map)
-        munmap(f->map, f->len);
-    free(f->heap);
-    if (f->fd >= 0)
-        close(f->fd);
-    memset(f, 0, sizeof *f);
-    f->fd = -1;
-}
-
-/* Maps a regular file; reads anything else (a pipe, /dev/stdin) whole. */
-static int s_file_open(s_file *f, const char *path, cm_error *err)
-{
-    memset(f, 0, sizeof *f);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0)
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(f->fd, &st) != 0) {
-        int e = errno;
-        s_file_close(f);
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(e));
-    }
-    if (S_ISDIR(st.st_mode)) {
-        s_file_close(f);
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(EISDIR));
-    }
-    if (S_ISREG(st.st_mode)) {
-        f->len = (size_t)st.st_size;
-        if (f->len == 0) {
-            f->data = "";
-            return 0;
-        }
-        void *p = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, f->fd, 0);
-        if (p != MAP_FAILED) {
-            madvise(p, f->len, MADV_SEQUENTIAL);
-            f->map = p;
-            f->data = p;
-            return 0;
-        }
-        f->len = 0;
-    }
-    size_t cap = 1 << 20, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            s_file_close(f);
-            return cm_error_set(err, CM_ENOMEM, "%s: out of memory reading the file", path);
-        }
-        if (len == cap) {
-            char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                continue;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t k = read(f->fd, buf + len, cap - len);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            int e = errno;
-            free(buf);
-            s_file_close(f);
-            return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(e));
-        }
-        if (k == 0)
-            break;
-        len += (size_t)k;
-    }
-    f->heap = buf;
-    f->data = buf;
-    f->len = len;
-    return 0;
-}
 
 int cm_dataset_is_binary(const char *path)
 {
@@ -338,90 +250,13 @@ static inline uint64_t s_parse_id(const char *p, size_t n)
     return cm_hash_bytes(p, n, 0);
 }
 
-static const double s_pow10[] = {
-    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
 /* Parses a rating. 0 on success; -1 when the field is not a number (or has
- * trailing characters); -2 when it is a number but not a finite float. */
-static int s_parse_rating(const char *p, size_t n, float *out)
+ * trailing characters; "nan" and "inf" are refused as such); -2 when it is
+ * a number but not a finite float. */
+static inline int s_parse_rating(const char *p, size_t n, float *out)
 {
-    const char *e = p + n, *q = p;
-    int neg = 0;
-    if (q < e && (*q == '-' || *q == '+'))
-        neg = *q++ == '-';
-    uint64_t mant = 0;
-    int digits = 0, frac = 0;
-    while (q < e && (unsigned)(*q - '0') <= 9) {
-        mant = mant * 10 + (uint64_t)(*q - '0');
-        digits++;
-        q++;
-    }
-    if (q < e && *q == '.') {
-        q++;
-        while (q < e && (unsigned)(*q - '0') <= 9) {
-            mant = mant * 10 + (uint64_t)(*q - '0');
-            digits++;
-            frac++;
-            q++;
-        }
-    }
-    if (q == e && digits > 0 && digits <= 15) {
-        /* Both operands are exact doubles, so the quotient is correctly
-         * rounded. */
-        double v = frac ? (double)mant / s_pow10[frac] : (double)mant;
-        *out = (float)(neg ? -v : v);
-        return 0;
-    }
-    /* Exponents and long mantissas go to strtod, restricted to the
-     * characters of a decimal number so "nan", "inf" and hex are refused. */
-    if (n == 0 || n >= 64)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-'))
-            return -1;
-    }
-    char buf[64];
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    char *end;
-    errno = 0;
-    double v = strtod(buf, &end);
-    if (end != buf + n || end == buf)
-        return -1;
-    if (!isfinite(v) || fabs(v) > FLT_MAX)
-        return -2;
-    *out = (float)v;
-    return 0;
-}
-
-typedef struct {
-    const char *path;
-    const cm_load_opts *opts;
-    size_t bad;               /* bad lines so far */
-    char first_bad[CM_ERROR_MSG_MAX]; /* "path:line: reason" of the first */
-} s_text_ctx;
-
-/* Records one bad line; returns nonzero once the limit is exceeded. */
-static int s_bad_line(s_text_ctx *c, size_t line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int s_bad_line(s_text_ctx *c, size_t line, const char *fmt, ...)
-{
-    c->bad++;
-    if (c->bad == 1 || (long)c->bad <= c->opts->log_bad_lines) {
-        char reason[256];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reason, sizeof reason, fmt, ap);
-        va_end(ap);
-        if (c->bad == 1)
-            snprintf(c->first_bad, sizeof c->first_bad, "%s:%zu: %s", c->path, line, reason);
-        if ((long)c->bad <= c->opts->log_bad_lines)
-            cm_log(CM_LOG_WARN, "%s:%zu: %s", c->path, line, reason);
-    }
-    return c->opts->max_bad_lines >= 0 && (long)c->bad > c->opts->max_bad_lines;
+    int rc = cm_text_parse_f32(p, n, out);
+    return rc == -3 ? -1 : rc;
 }
 
 /* A short printable excerpt of a field for messages. */
@@ -450,53 +285,34 @@ static void s_comment(const char *p, const char *e, double *noise_floor)
         *noise_floor = v;
 }
 
-static size_t s_count_lines(const char *p, size_t len)
-{
-    size_t n = 0;
-    const char *e = p + len;
-    while (p < e) {
-        const char *q = memchr(p, '\n', (size_t)(e - p));
-        if (!q)
-            break;
-        n++;
-        p = q + 1;
-    }
-    return n + 1;
-}
-
-static int s_load_text(const char *path, const cm_load_opts *opts, const s_file *f,
+static int s_load_text(const char *path, const cm_load_opts *opts, const cm_textfile *f,
                        cm_ratings *out, cm_error *err)
 {
-    const char *p = f->data, *end = f->data + f->len;
-    if (f->len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
-        p += 3; /* UTF-8 byte order mark */
+    cm_lines it;
     /* NUL bytes near the start mean binary data (a .psrd with a damaged
      * magic, a compressed file): say so instead of counting bad lines. */
-    if (memchr(p, '\0', (size_t)(end - p) < 4096 ? (size_t)(end - p) : 4096))
+    if (cm_lines_init(&it, f))
         return cm_error_set(err, CM_EPARSE,
                             "%s: binary data in a text file (bad magic? a psrec binary dataset "
                             "starts with %s)", path, CM_DATASET_MAGIC);
 
-    size_t cap = s_count_lines(p, (size_t)(end - p));
+    size_t cap = cm_lines_count(&it);
     s_owner *o = s_owner_heap(cap);
     if (!o)
         return cm_error_set(err, CM_ENOMEM, "%s: cannot allocate %zu rows", path, cap);
 
-    s_text_ctx c = {.path = path, .opts = opts};
+    cm_badlines c;
+    cm_badlines_init(&c, path, opts->max_bad_lines, opts->log_bad_lines);
     s_sep sep = S_SEP_NONE;
-    size_t n = 0, line = 0;
+    size_t n = 0;
     double noise_floor = -1.0;
     int rc = 0;
     s_field fl[S_MAX_FIELDS];
+    const char *ls, *le;
 
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        const char *ls = p;
-        p = nl ? nl + 1 : end;
-        line++;
-        if (le > ls && le[-1] == '\r')
-            le--;
+    /* Trailing blanks stay: s_detect sees them and s_split trims fields. */
+    while (cm_lines_next(&it, &ls, &le)) {
+        const size_t line = it.line;
         while (ls < le && s_is_blank(*ls))
             ls++;
         if (ls == le)
@@ -511,7 +327,7 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const s_file 
 
         int nf = s_split(sep, ls, le, fl);
         if (nf < 3 || nf > 4) {
-            if (s_bad_line(&c, line, "expected 3 or 4 fields (user item rating [timestamp]), got %d", nf))
+            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]), got %d", nf))
                 goto toomany;
             continue;
         }
@@ -522,19 +338,19 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const s_file 
             continue;
         }
         if (fl[0].n == 0 || fl[1].n == 0) {
-            if (s_bad_line(&c, line, "expected a non-empty %s id, got an empty field",
+            if (cm_badlines_add(&c, line, "expected a non-empty %s id, got an empty field",
                            fl[0].n == 0 ? "user" : "item"))
                 goto toomany;
             continue;
         }
         if (pr == -1) {
-            if (s_bad_line(&c, line, "expected a numeric rating, got '%.*s'",
+            if (cm_badlines_add(&c, line, "expected a numeric rating, got '%.*s'",
                            s_show_len(fl[2].n), fl[2].p))
                 goto toomany;
             continue;
         }
         if (pr == -2) {
-            if (s_bad_line(&c, line, "expected a finite rating, got '%.*s'",
+            if (cm_badlines_add(&c, line, "expected a finite rating, got '%.*s'",
                            s_show_len(fl[2].n), fl[2].p))
                 goto toomany;
             continue;
@@ -545,17 +361,8 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const s_file 
         n++;
     }
 
-    if (n == 0) {
-        if (c.bad)
-            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows (%zu bad line%s; first: %s)",
-                              path, c.bad, c.bad == 1 ? "" : "s", c.first_bad);
-        else
-            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows", path);
+    if ((rc = cm_badlines_finish(&c, n, it.line, err)) != 0)
         goto fail;
-    }
-    if (c.bad)
-        cm_log(CM_LOG_WARN, "%s: skipped %zu bad line%s of %zu", path, c.bad,
-               c.bad == 1 ? "" : "s", line);
 
     /* Give back the slack of blank, comment and bad lines. */
     if (n < cap) {
@@ -575,9 +382,7 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const s_file 
     return 0;
 
 toomany:
-    rc = cm_error_set(err, CM_ETOOMANY,
-                      "%s: too many bad lines (more than max_bad_lines=%ld, stopped at line %zu); first: %s",
-                      path, opts->max_bad_lines, line, c.first_bad);
+    rc = cm_badlines_toomany(&c, it.line, err);
 fail:
     free(o->user);
     free(o->item);
@@ -625,7 +430,7 @@ static int s_check_column(const char *path, const char *name, uint64_t off, uint
     return 0;
 }
 
-static int s_load_bin(const char *path, const cm_load_opts *opts, s_file *f,
+static int s_load_bin(const char *path, const cm_load_opts *opts, cm_textfile *f,
                       cm_ratings *out, cm_error *err)
 {
     const unsigned char *b = (const unsigned char *)f->data;
@@ -705,8 +510,8 @@ int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
     cm_load_opts def = cm_load_opts_default();
     if (!opts)
         opts = &def;
-    s_file f;
-    int rc = s_file_open(&f, path, err);
+    cm_textfile f;
+    int rc = cm_textfile_open(&f, path, err);
     if (rc != 0)
         return rc;
     /* "PSRECDS" with another version byte, or a file too short for the
@@ -716,7 +521,7 @@ int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
     } else {
         rc = s_load_text(path, opts, &f, out, err);
     }
-    s_file_close(&f);
+    cm_textfile_close(&f);
     if (rc != 0)
         memset(out, 0, sizeof *out);
     return rc;
@@ -773,9 +578,7 @@ int cm_ratings_split(const cm_ratings *all, double test_fraction, uint64_t seed,
  * ------------------------------------------------------------------------ */
 
 struct cm_binwriter {
-    char *path;               /* final name */
-    char *tmp;                /* path.tmp.<pid>, written then renamed */
-    int fd;
+    cm_atomic f;              /* path, its "path.tmp.<pid>" and the fd */
     size_t n_rows;            /* promised row count */
     size_t written;           /* rows appended so far */
     size_t buffered;          /* rows in the buffers, not yet written */
@@ -809,20 +612,16 @@ static int s_pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
     return 0;
 }
 
-static void s_binwriter_free(cm_binwriter *w, int remove_tmp)
+/* Frees w; removes the temporary file unless it was committed. */
+static void s_binwriter_free(cm_binwriter *w)
 {
-    if (w->fd >= 0)
-        close(w->fd);
-    if (remove_tmp && w->tmp)
-        unlink(w->tmp);
+    cm_atomic_abort(&w->f);
     for (int i = 0; i < 3; i++)
         if (w->xs[i])
             XXH64_freeState(w->xs[i]);
     free(w->ubuf);
     free(w->ibuf);
     free(w->rbuf);
-    free(w->path);
-    free(w->tmp);
     free(w);
 }
 
@@ -837,26 +636,19 @@ cm_binwriter *cm_binwriter_open(const char *path, size_t n_rows, cm_error *err)
         cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
         return NULL;
     }
-    w->fd = -1;
-    size_t tl = strlen(path) + 32;
-    w->path = strdup(path);
-    w->tmp = malloc(tl);
+    w->f = (cm_atomic)CM_ATOMIC_INIT;
     w->ubuf = malloc(S_CHUNK_ROWS * sizeof *w->ubuf);
     w->ibuf = malloc(S_CHUNK_ROWS * sizeof *w->ibuf);
     w->rbuf = malloc(S_CHUNK_ROWS * sizeof *w->rbuf);
     for (int i = 0; i < 3; i++)
         w->xs[i] = XXH64_createState();
-    if (!w->path || !w->tmp || !w->ubuf || !w->ibuf || !w->rbuf || !w->xs[0] || !w->xs[1] ||
-        !w->xs[2]) {
+    if (!w->ubuf || !w->ibuf || !w->rbuf || !w->xs[0] || !w->xs[1] || !w->xs[2]) {
         cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        free(w->tmp);
-        w->tmp = NULL;
-        s_binwriter_free(w, 0);
+        s_binwriter_free(w);
         return NULL;
     }
     for (int i = 0; i < 3; i++)
         XXH64_reset(w->xs[i], 0);
-    snprintf(w->tmp, tl, "%s.tmp.%ld", path, (long)getpid());
     w->n_rows = n_rows;
     w->off[0] = S_HEADER_REGION;
     w->off[1] = s_align_up(w->off[0] + (uint64_t)n_rows * 8);
@@ -865,17 +657,13 @@ cm_binwriter *cm_binwriter_open(const char *path, size_t n_rows, cm_error *err)
         w->pos[i] = w->off[i];
     w->rmin = INFINITY;
     w->rmax = -INFINITY;
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        cm_error_set(err, CM_EIO, "%s: %s", w->tmp, strerror(errno));
-        free(w->tmp);
-        w->tmp = NULL;
-        s_binwriter_free(w, 0);
+    if (cm_atomic_open(&w->f, path, 0, err) != 0) {
+        s_binwriter_free(w);
         return NULL;
     }
-    if (ftruncate(w->fd, (off_t)(w->off[2] + (uint64_t)n_rows * 4)) != 0) {
-        cm_error_set(err, CM_EIO, "%s: %s", w->tmp, strerror(errno));
-        s_binwriter_free(w, 1);
+    if (ftruncate(w->f.fd, (off_t)(w->off[2] + (uint64_t)n_rows * 4)) != 0) {
+        cm_error_set(err, CM_EIO, "%s: %s", w->f.tmp, strerror(errno));
+        s_binwriter_free(w);
         return NULL;
     }
     return w;
@@ -890,8 +678,8 @@ static int s_flush(cm_binwriter *w, cm_error *err)
     size_t widths[3] = {8, 8, 4};
     for (int i = 0; i < 3; i++) {
         XXH64_update(w->xs[i], bufs[i], k * widths[i]);
-        if (s_pwrite_all(w->fd, bufs[i], k * widths[i], w->pos[i]) != 0)
-            return cm_error_set(err, CM_EIO, "%s: write failed: %s", w->tmp, strerror(errno));
+        if (s_pwrite_all(w->f.fd, bufs[i], k * widths[i], w->pos[i]) != 0)
+            return cm_error_set(err, CM_EIO, "%s: write failed: %s", w->f.tmp, strerror(errno));
         w->pos[i] += k * widths[i];
     }
     w->buffered = 0;
@@ -903,7 +691,7 @@ int cm_binwriter_append(cm_binwriter *w, const uint64_t *user, const uint64_t *i
 {
     if (n > w->n_rows - w->written)
         return cm_error_set(err, CM_ESTATE, "%s: appending %zu rows would exceed the %zu promised",
-                            w->path, n, w->n_rows);
+                            w->f.path, n, w->n_rows);
     while (n > 0) {
         size_t k = S_CHUNK_ROWS - w->buffered;
         if (k > n)
@@ -932,28 +720,6 @@ int cm_binwriter_append(cm_binwriter *w, const uint64_t *user, const uint64_t *i
     return 0;
 }
 
-/* Best effort: makes the rename durable. */
-static void s_fsync_dir(const char *path)
-{
-    char *dup = strdup(path);
-    if (!dup)
-        return;
-    char *slash = strrchr(dup, '/');
-    const char *dir = ".";
-    if (slash == dup)
-        dir = "/";
-    else if (slash) {
-        *slash = '\0';
-        dir = dup;
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(dup);
-}
-
 int cm_binwriter_close(cm_binwriter *w, double noise_floor, const char *source,
                        cm_error *err)
 {
@@ -962,12 +728,12 @@ int cm_binwriter_close(cm_binwriter *w, double noise_floor, const char *source,
     int rc = 0;
     uint8_t *pb = NULL;
     if (w->written != w->n_rows) {
-        rc = cm_error_set(err, CM_ESTATE, "%s: %zu rows appended, %zu promised", w->path,
+        rc = cm_error_set(err, CM_ESTATE, "%s: %zu rows appended, %zu promised", w->f.path,
                           w->written, w->n_rows);
-        goto fail;
+        goto out;
     }
     if ((rc = s_flush(w, err)) != 0)
-        goto fail;
+        goto out;
 
     cm_dataset_hdr h;
     memset(&h, 0, sizeof h);
@@ -986,45 +752,27 @@ int cm_binwriter_close(cm_binwriter *w, double noise_floor, const char *source,
     snprintf(h.source, sizeof h.source, "%s", source ? source : "");
     size_t plen;
     if (cm_codec_dataset_pack(&h, &pb, &plen) != 0) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", w->path);
-        goto fail;
+        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", w->f.path);
+        goto out;
     }
     if (plen > S_HEADER_REGION - S_PREAMBLE) {
-        rc = cm_error_set(err, CM_ERANGE, "%s: header of %zu bytes does not fit", w->path, plen);
-        goto fail;
+        rc = cm_error_set(err, CM_ERANGE, "%s: header of %zu bytes does not fit", w->f.path,
+                          plen);
+        goto out;
     }
     unsigned char pre[S_PREAMBLE];
     memcpy(pre, CM_DATASET_MAGIC, 8);
     s_put_le32(pre + 8, (uint32_t)plen);
     s_put_le32(pre + 12, 0);
-    if (s_pwrite_all(w->fd, pre, sizeof pre, 0) != 0 ||
-        s_pwrite_all(w->fd, pb, plen, S_PREAMBLE) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", w->tmp, strerror(errno));
-        goto fail;
+    if (s_pwrite_all(w->f.fd, pre, sizeof pre, 0) != 0 ||
+        s_pwrite_all(w->f.fd, pb, plen, S_PREAMBLE) != 0) {
+        rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", w->f.tmp, strerror(errno));
+        goto out;
     }
-    if (fsync(w->fd) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: fsync failed: %s", w->tmp, strerror(errno));
-        goto fail;
-    }
-    if (close(w->fd) != 0) {
-        w->fd = -1;
-        rc = cm_error_set(err, CM_EIO, "%s: close failed: %s", w->tmp, strerror(errno));
-        goto fail;
-    }
-    w->fd = -1;
-    if (rename(w->tmp, w->path) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: rename from %s failed: %s", w->path, w->tmp,
-                          strerror(errno));
-        goto fail;
-    }
-    s_fsync_dir(w->path);
+    rc = cm_atomic_commit(&w->f, err);
+out:
     free(pb);
-    s_binwriter_free(w, 0);
-    return 0;
-
-fail:
-    free(pb);
-    s_binwriter_free(w, 1);
+    s_binwriter_free(w);
     return rc;
 }
 
@@ -1032,7 +780,7 @@ void cm_binwriter_destroy(cm_binwriter **pw)
 {
     if (!pw || !*pw)
         return;
-    s_binwriter_free(*pw, 1);
+    s_binwriter_free(*pw);
     *pw = NULL;
 }
 
@@ -1070,6 +818,8 @@ static size_t s_fmt_u64(char *p, uint64_t v)
         p[i] = tmp[n - 1 - i];
     return n;
 }
+
+static const double s_pow10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8};
 
 /* Writes the shortest fixed-point decimal (at most 8 fractional digits)
  * that reads back as the same float, or %.9g for anything else; p has room
@@ -1115,22 +865,16 @@ static size_t s_fmt_float(char *p, float x)
 #define S_TEXT_BUF (1u << 20)
 
 struct cm_textwriter {
-    char *path;        /* final name */
-    char *tmp;         /* path.tmp.<pid>, written then renamed */
-    int fd;
+    cm_atomic f;       /* path, its "path.tmp.<pid>" and the fd */
     char *buf;         /* S_TEXT_BUF bytes of pending output */
     size_t len;
 };
 
-static void s_textwriter_free(cm_textwriter *w, int remove_tmp)
+/* Frees w; removes the temporary file unless it was committed. */
+static void s_textwriter_free(cm_textwriter *w)
 {
-    if (w->fd >= 0)
-        close(w->fd);
-    if (remove_tmp && w->tmp)
-        unlink(w->tmp);
+    cm_atomic_abort(&w->f);
     free(w->buf);
-    free(w->path);
-    free(w->tmp);
     free(w);
 }
 
@@ -1139,11 +883,11 @@ static int s_text_flush(cm_textwriter *w, cm_error *err)
     const char *p = w->buf;
     size_t n = w->len;
     while (n > 0) {
-        ssize_t k = write(w->fd, p, n);
+        ssize_t k = write(w->f.fd, p, n);
         if (k < 0 && errno == EINTR)
             continue;
         if (k < 0)
-            return cm_error_set(err, CM_EIO, "%s: write failed: %s", w->tmp, strerror(errno));
+            return cm_error_set(err, CM_EIO, "%s: write failed: %s", w->f.tmp, strerror(errno));
         p += k;
         n -= (size_t)k;
     }
@@ -1158,21 +902,15 @@ cm_textwriter *cm_textwriter_open(const char *path, cm_error *err)
         cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
         return NULL;
     }
-    w->fd = -1;
-    size_t tl = strlen(path) + 32;
-    w->path = strdup(path);
-    w->tmp = malloc(tl);
+    w->f = (cm_atomic)CM_ATOMIC_INIT;
     w->buf = malloc(S_TEXT_BUF);
-    if (!w->path || !w->tmp || !w->buf) {
+    if (!w->buf) {
         cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        s_textwriter_free(w, 0);
+        s_textwriter_free(w);
         return NULL;
     }
-    snprintf(w->tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        cm_error_set(err, CM_EIO, "%s: %s", w->tmp, strerror(errno));
-        s_textwriter_free(w, 0);
+    if (cm_atomic_open(&w->f, path, 0, err) != 0) {
+        s_textwriter_free(w);
         return NULL;
     }
     return w;
@@ -1206,35 +944,17 @@ int cm_textwriter_close(cm_textwriter *w, double noise_floor, cm_error *err)
     int rc;
     if (noise_floor >= 0) {
         if (S_TEXT_BUF - w->len < 128 && (rc = s_text_flush(w, err)) != 0)
-            goto fail;
+            goto out;
         int k = snprintf(w->buf + w->len, S_TEXT_BUF - w->len, "#psrec noise_floor=%.17g\n",
                          noise_floor);
         if (k > 0)
             w->len += (size_t)k;
     }
     if ((rc = s_text_flush(w, err)) != 0)
-        goto fail;
-    if (fsync(w->fd) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: fsync failed: %s", w->tmp, strerror(errno));
-        goto fail;
-    }
-    int cr = close(w->fd);
-    w->fd = -1;
-    if (cr != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: close failed: %s", w->tmp, strerror(errno));
-        goto fail;
-    }
-    if (rename(w->tmp, w->path) != 0) {
-        rc = cm_error_set(err, CM_EIO, "%s: rename from %s failed: %s", w->path, w->tmp,
-                          strerror(errno));
-        goto fail;
-    }
-    s_fsync_dir(w->path);
-    s_textwriter_free(w, 0);
-    return 0;
-
-fail:
-    s_textwriter_free(w, 1);
+        goto out;
+    rc = cm_atomic_commit(&w->f, err);
+out:
+    s_textwriter_free(w);
     return rc;
 }
 
@@ -1242,7 +962,7 @@ void cm_textwriter_destroy(cm_textwriter **pw)
 {
     if (!pw || !*pw)
         return;
-    s_textwriter_free(*pw, 1);
+    s_textwriter_free(*pw);
     *pw = NULL;
 }
 

@@ -7,21 +7,15 @@
  * so a skipped line leaves no trace but its count. Rules: docs/features.md. */
 #include "common/features.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <float.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/hash.h"
 #include "common/hashmap.h"
 #include "common/log.h"
+#include "common/textfile.h"
 
 cm_feat_opts cm_feat_opts_default(void)
 {
@@ -36,104 +30,8 @@ cm_feat_opts cm_feat_opts_default(void)
 }
 
 /* ------------------------------------------------------------------------
- * Reading a whole file
+ * Lines, numbers
  * ------------------------------------------------------------------------ */
-
-typedef struct {
-    const char *data;   /* file bytes */
-    size_t len;
-    void *map;          /* mmap base, or NULL */
-    char *heap;         /* read buffer, or NULL */
-    int fd;
-} s_file;
-
-static void s_file_close(s_file *f)
-{
-    if (f->map)
-        munmap(f->map, f->len);
-    free(f->heap);
-    if (f->fd >= 0)
-        close(f->fd);
-    memset(f, 0, sizeof *f);
-    f->fd = -1;
-}
-
-/* Maps a regular file; reads anything else (a pipe, /dev/stdin) whole. */
-static int s_file_open(s_file *f, const char *path, cm_error *err)
-{
-    memset(f, 0, sizeof *f);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0)
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(f->fd, &st) != 0) {
-        int e = errno;
-        s_file_close(f);
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(e));
-    }
-    if (S_ISDIR(st.st_mode)) {
-        s_file_close(f);
-        return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(EISDIR));
-    }
-    if (S_ISREG(st.st_mode)) {
-        f->len = (size_t)st.st_size;
-        if (f->len == 0) {
-            f->data = "";
-            return 0;
-        }
-        void *p = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, f->fd, 0);
-        if (p != MAP_FAILED) {
-            madvise(p, f->len, MADV_SEQUENTIAL);
-            f->map = p;
-            f->data = p;
-            return 0;
-        }
-        f->len = 0;
-    }
-    size_t cap = 1 << 20, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            s_file_close(f);
-            return cm_error_set(err, CM_ENOMEM, "%s: out of memory reading the file", path);
-        }
-        if (len == cap) {
-            char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                continue;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        ssize_t k = read(f->fd, buf + len, cap - len);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            int e = errno;
-            free(buf);
-            s_file_close(f);
-            return cm_error_set(err, CM_EIO, "%s: %s", path, strerror(e));
-        }
-        if (k == 0)
-            break;
-        len += (size_t)k;
-    }
-    f->heap = buf;
-    f->data = buf;
-    f->len = len;
-    return 0;
-}
-
-/* ------------------------------------------------------------------------
- * Lines, bad lines, numbers
- * ------------------------------------------------------------------------ */
-
-typedef struct {
-    const char *p, *end;  /* what is left of the file */
-    size_t line;          /* 1-based number of the line last returned */
-} s_lines;
 
 static inline int s_is_blank(char c)
 {
@@ -141,15 +39,9 @@ static inline int s_is_blank(char c)
 }
 
 /* Opens the iterator past a UTF-8 byte order mark; refuses binary data. */
-static int s_lines_init(s_lines *it, const char *path, const s_file *f, cm_error *err)
+static int s_lines_init(cm_lines *it, const char *path, const cm_textfile *f, cm_error *err)
 {
-    it->p = f->data;
-    it->end = f->data + f->len;
-    it->line = 0;
-    if (f->len >= 3 && memcmp(it->p, "\xEF\xBB\xBF", 3) == 0)
-        it->p += 3;
-    size_t head = (size_t)(it->end - it->p) < 4096 ? (size_t)(it->end - it->p) : 4096;
-    if (memchr(it->p, '\0', head))
+    if (cm_lines_init(it, f))
         return cm_error_set(err, CM_EPARSE,
                             "%s: binary data in a text file (compressed? a .psrd dataset?)", path);
     return 0;
@@ -157,17 +49,11 @@ static int s_lines_init(s_lines *it, const char *path, const s_file *f, cm_error
 
 /* Next line without its "\n" or "\r\n" and without surrounding blanks;
  * 0 at the end of the file. Blank lines are returned (empty). */
-static inline int s_next_line(s_lines *it, const char **ls, const char **le)
+static inline int s_next_line(cm_lines *it, const char **ls, const char **le)
 {
-    if (it->p >= it->end)
+    const char *s, *e;
+    if (!cm_lines_next(it, &s, &e))
         return 0;
-    const char *s = it->p;
-    const char *nl = memchr(s, '\n', (size_t)(it->end - s));
-    const char *e = nl ? nl : it->end;
-    it->p = nl ? nl + 1 : it->end;
-    it->line++;
-    if (e > s && e[-1] == '\r')
-        e--;
     while (s < e && s_is_blank(*s))
         s++;
     while (e > s && s_is_blank(e[-1]))
@@ -177,123 +63,19 @@ static inline int s_next_line(s_lines *it, const char **ls, const char **le)
     return 1;
 }
 
-static size_t s_count_lines(const char *p, size_t len)
-{
-    size_t n = 0;
-    const char *e = p + len;
-    while (p < e) {
-        const char *q = memchr(p, '\n', (size_t)(e - p));
-        if (!q)
-            break;
-        n++;
-        p = q + 1;
-    }
-    return n + 1;
-}
-
-typedef struct {
-    const char *path;
-    long max_bad_lines;
-    int log_bad_lines;
-    size_t bad;                       /* bad lines so far */
-    char first_bad[CM_ERROR_MSG_MAX]; /* "path:line: reason" of the first */
-} s_bad;
-
-/* Records one bad line; returns nonzero once the limit is exceeded. */
-static int s_bad_line(s_bad *c, size_t line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int s_bad_line(s_bad *c, size_t line, const char *fmt, ...)
-{
-    c->bad++;
-    if (c->bad == 1 || (long)c->bad <= c->log_bad_lines) {
-        char reason[320];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reason, sizeof reason, fmt, ap);
-        va_end(ap);
-        if (c->bad == 1)
-            snprintf(c->first_bad, sizeof c->first_bad, "%s:%zu: %s", c->path, line, reason);
-        if ((long)c->bad <= c->log_bad_lines)
-            cm_log(CM_LOG_WARN, "%s:%zu: %s", c->path, line, reason);
-    }
-    return c->max_bad_lines >= 0 && (long)c->bad > c->max_bad_lines;
-}
-
-static int s_too_many(const s_bad *c, size_t line, cm_error *err)
-{
-    return cm_error_set(err, CM_ETOOMANY,
-                        "%s: too many bad lines (more than max_bad_lines=%ld, stopped at line "
-                        "%zu); first: %s",
-                        c->path, c->max_bad_lines, line, c->first_bad);
-}
-
 /* A short printable excerpt of a token for messages. */
 static inline int s_show(size_t n)
 {
     return n > 40 ? 40 : (int)n;
 }
 
-static const double s_pow10[] = {
-    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
 /* Parses a decimal number into a float. 0 on success; -1 when [p, p+n) is
  * not a number (or has trailing characters); -2 when it is a number (or
- * nan/inf) but not a finite float. */
-static int s_parse_f32(const char *p, size_t n, float *out)
+ * nan/inf: "not finite", not "garbage") but not a finite float. */
+static inline int s_parse_f32(const char *p, size_t n, float *out)
 {
-    const char *e = p + n, *q = p;
-    int neg = 0;
-    if (q < e && (*q == '-' || *q == '+'))
-        neg = *q++ == '-';
-    uint64_t mant = 0;
-    int digits = 0, frac = 0;
-    while (q < e && (unsigned)(*q - '0') <= 9) {
-        mant = mant * 10 + (uint64_t)(*q - '0');
-        digits++;
-        q++;
-    }
-    if (q < e && *q == '.') {
-        q++;
-        while (q < e && (unsigned)(*q - '0') <= 9) {
-            mant = mant * 10 + (uint64_t)(*q - '0');
-            digits++;
-            frac++;
-            q++;
-        }
-    }
-    if (q == e && digits > 0 && digits <= 15) {
-        /* Both operands are exact doubles: the quotient is correctly
-         * rounded. */
-        double v = frac ? (double)mant / s_pow10[frac] : (double)mant;
-        *out = (float)(neg ? -v : v);
-        return 0;
-    }
-    if (n == 0 || n >= 64)
-        return -1;
-    /* nan and inf are numbers of a kind: say "not finite", not "garbage". */
-    const char *w = p + (p[0] == '-' || p[0] == '+');
-    size_t wn = (size_t)(e - w);
-    if ((wn == 3 && (strncasecmp(w, "nan", 3) == 0 || strncasecmp(w, "inf", 3) == 0)) ||
-        (wn == 8 && strncasecmp(w, "infinity", 8) == 0))
-        return -2;
-    for (size_t i = 0; i < n; i++) {
-        char c = p[i];
-        if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-'))
-            return -1;
-    }
-    char buf[64];
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    char *end;
-    double v = strtod(buf, &end);
-    if (end != buf + n || end == buf)
-        return -1;
-    if (!isfinite(v) || fabs(v) > FLT_MAX)
-        return -2;
-    *out = (float)v;
-    return 0;
+    int rc = cm_text_parse_f32(p, n, out);
+    return rc == -3 ? -2 : rc;
 }
 
 /* Parses a plain non-negative decimal integer (digits only) that fits in
@@ -519,20 +301,13 @@ void cm_examples_free(cm_examples *ex)
 
 /* The end of a load: "no data rows" if nothing was read, else the summary
  * log line and the hand-over. */
-static int s_finish(s_build *b, const s_bad *c, size_t lines, uint32_t n_fields,
+static int s_finish(s_build *b, const cm_badlines *c, size_t lines, uint32_t n_fields,
                     cm_examples *out, cm_error *err)
 {
-    if (b->n == 0) {
-        if (c->bad)
-            return cm_error_set(err, CM_EPARSE, "%s: no data rows (%zu bad line%s; first: %s)",
-                                c->path, c->bad, c->bad == 1 ? "" : "s", c->first_bad);
-        return cm_error_set(err, CM_EPARSE, "%s: no data rows", c->path);
-    }
-    if (c->bad)
-        cm_log(CM_LOG_WARN, "%s: skipped %zu bad line%s of %zu", c->path, c->bad,
-               c->bad == 1 ? "" : "s", lines);
-    s_build_finish(b, out, n_fields, c->bad);
-    return 0;
+    int rc = cm_badlines_finish(c, b->n, lines, err);
+    if (rc == 0)
+        s_build_finish(b, out, n_fields, c->bad);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -670,21 +445,21 @@ static int s_load_sparse(const char *path, const cm_feat_opts *opts_in, int ffm,
     cm_feat_opts opts = opts_in ? *opts_in : cm_feat_opts_default();
     if (opts.task != CM_TASK_REGRESSION && opts.task != CM_TASK_BINARY)
         return cm_error_set(err, CM_EINVAL, "%s: unknown task %d", path, opts.task);
-    s_file f;
-    int rc = s_file_open(&f, path, err);
+    cm_textfile f;
+    int rc = cm_textfile_open(&f, path, err);
     if (rc != 0)
         return rc;
-    s_lines it;
+    cm_lines it;
     s_build b = {0};
     if ((rc = s_lines_init(&it, path, &f, err)) != 0)
         goto out;
-    size_t rows = s_count_lines(it.p, (size_t)(it.end - it.p));
+    size_t rows = cm_lines_count(&it);
     if (s_build_init(&b, rows, f.len / 8, ffm) != 0) {
         rc = cm_error_set(err, CM_ENOMEM, "%s: cannot allocate %zu rows", path, rows);
         goto out;
     }
-    s_bad c = {.path = path, .max_bad_lines = opts.max_bad_lines,
-               .log_bad_lines = opts.log_bad_lines};
+    cm_badlines c;
+    cm_badlines_init(&c, path, opts.max_bad_lines, opts.log_bad_lines);
     uint32_t n_fields = ffm ? opts.n_fields : 0;
     size_t fields_line = 0; /* the line that set n_fields, 0 if opts did */
     const char *ls, *le;
@@ -748,8 +523,8 @@ static int s_load_sparse(const char *path, const cm_feat_opts *opts_in, int ffm,
         continue;
     bad:
         s_drop_row(&b);
-        if (s_bad_line(&c, it.line, "%s", why)) {
-            rc = s_too_many(&c, it.line, err);
+        if (cm_badlines_add(&c, it.line, "%s", why)) {
+            rc = cm_badlines_toomany(&c, it.line, err);
             goto out;
         }
     }
@@ -760,7 +535,7 @@ nomem:
     rc = cm_error_set(err, CM_ENOMEM, "%s:%zu: out of memory", path, it.line);
 out:
     s_owner_free(b.o);
-    s_file_close(&f);
+    cm_textfile_close(&f);
     return rc;
 }
 
@@ -902,11 +677,11 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         }
     }
 
-    s_file f;
-    int rc = s_file_open(&f, path, err);
+    cm_textfile f;
+    int rc = cm_textfile_open(&f, path, err);
     if (rc != 0)
         return rc;
-    s_lines it;
+    cm_lines it;
     s_build b = {0};
     s_row row = {0};
     int *role = NULL;           /* per file column */
@@ -915,8 +690,8 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     size_t ncols = 0;
     const char *ls, *le;
     char why[320];
-    s_bad c = {.path = path, .max_bad_lines = opts.max_bad_lines,
-               .log_bad_lines = opts.log_bad_lines};
+    cm_badlines c;
+    cm_badlines_init(&c, path, opts.max_bad_lines, opts.log_bad_lines);
 
     if ((rc = s_lines_init(&it, path, &f, err)) != 0)
         goto out;
@@ -985,7 +760,7 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         }
     }
 
-    size_t rows = s_count_lines(it.p, (size_t)(it.end - it.p));
+    size_t rows = cm_lines_count(&it);
     /* A feature takes at least a byte and a separator. */
     size_t est = rows * (nfeat ? nfeat : 1);
     if (est > f.len / 2)
@@ -1050,8 +825,8 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         continue;
     bad:
         s_drop_row(&b);
-        if (s_bad_line(&c, it.line, "%s", why)) {
-            rc = s_too_many(&c, it.line, err);
+        if (cm_badlines_add(&c, it.line, "%s", why)) {
+            rc = cm_badlines_toomany(&c, it.line, err);
             goto out;
         }
     }
@@ -1067,7 +842,7 @@ out:
     free(role);
     free(seed);
     free(seen);
-    s_file_close(&f);
+    cm_textfile_close(&f);
     return rc;
 }
 
@@ -1214,10 +989,10 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
     int rc = s_side_check_spec(path, spec, &need, err);
     if (rc != 0)
         return rc;
-    s_file f;
-    if ((rc = s_file_open(&f, path, err)) != 0)
+    cm_textfile f;
+    if ((rc = cm_textfile_open(&f, path, err)) != 0)
         return rc;
-    s_lines it;
+    cm_lines it;
     s_row row = {0};
     uint64_t *seed = NULL;
     cm_side *s = calloc(1, sizeof *s);
@@ -1232,7 +1007,7 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
     s->spec.name = s->name_;
     if ((rc = s_lines_init(&it, path, &f, err)) != 0)
         goto out;
-    rows = s_count_lines(it.p, (size_t)(it.end - it.p));
+    rows = cm_lines_count(&it);
     s->by_id = cm_hashmap_new(rows);
     s->row_at = malloc((rows + 1) * sizeof *s->row_at);
     seed = malloc(need * sizeof *seed);
@@ -1242,8 +1017,8 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
         seed[col] = s_col_seed(spec, col);
     s->row_at[0] = 0;
 
-    s_bad c = {.path = path, .max_bad_lines = opts.max_bad_lines,
-               .log_bad_lines = opts.log_bad_lines};
+    cm_badlines c;
+    cm_badlines_init(&c, path, opts.max_bad_lines, opts.log_bad_lines);
     const char *ls, *le;
     char why[320];
     while (s_next_line(&it, &ls, &le)) {
@@ -1324,22 +1099,13 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
     bad_row:
         s->nkeys = start;
     bad:
-        if (s_bad_line(&c, it.line, "%s", why)) {
-            rc = s_too_many(&c, it.line, err);
+        if (cm_badlines_add(&c, it.line, "%s", why)) {
+            rc = cm_badlines_toomany(&c, it.line, err);
             goto out;
         }
     }
-    if (s->n == 0) {
-        if (c.bad)
-            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows (%zu bad line%s; first: %s)",
-                              path, c.bad, c.bad == 1 ? "" : "s", c.first_bad);
-        else
-            rc = cm_error_set(err, CM_EPARSE, "%s: no data rows", path);
+    if ((rc = cm_badlines_finish(&c, s->n, it.line, err)) != 0)
         goto out;
-    }
-    if (c.bad)
-        cm_log(CM_LOG_WARN, "%s: skipped %zu bad line%s of %zu", path, c.bad,
-               c.bad == 1 ? "" : "s", it.line);
     s->bad_lines = c.bad;
     *out = s;
     s = NULL;
@@ -1356,7 +1122,7 @@ out:
     free(row.cells);
     free(row.scratch);
     free(seed);
-    s_file_close(&f);
+    cm_textfile_close(&f);
     return rc;
 }
 

@@ -11,8 +11,8 @@
 
 #include "common/ckpt.h"
 #include "common/log.h"
+#include "common/wfile.h"
 #include "serve/psm_write.h"
-#include "serve/wfile.h"
 
 #define S_PATH_MAX 4096
 
@@ -270,130 +270,130 @@ static int s_write_npy(const char *path, const char *descr, size_t rows, int col
     size_t hlen = padded - 10;
     unsigned char head[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                               (unsigned char)(hlen & 0xff), (unsigned char)(hlen >> 8)};
-    sv_wfile *w = sv_wfile_open(path, err);
+    cm_wfile *w = cm_wfile_open(path, err);
     if (!w)
         return err ? err->code : CM_EIO;
-    int rc = sv_wfile_write(w, head, sizeof head, err);
+    int rc = cm_wfile_write(w, head, sizeof head, err);
     if (rc == 0)
-        rc = sv_wfile_write(w, dict, (size_t)dl, err);
+        rc = cm_wfile_write(w, dict, (size_t)dl, err);
     for (size_t i = 10 + (size_t)dl; rc == 0 && i + 1 < padded; i++)
-        rc = sv_wfile_write(w, " ", 1, err);
+        rc = cm_wfile_write(w, " ", 1, err);
     if (rc == 0)
-        rc = sv_wfile_write(w, "\n", 1, err);
+        rc = cm_wfile_write(w, "\n", 1, err);
     size_t cells = rows * (size_t)(cols < 0 ? 1 : cols);
     if (rc == 0 && cells)
-        rc = sv_wfile_write(w, data, cells * elem, err);
+        rc = cm_wfile_write(w, data, cells * elem, err);
     if (rc != 0) {
-        sv_wfile_abort(&w);
+        cm_wfile_abort(&w);
         return rc;
     }
-    return sv_wfile_commit(w, err);
+    return cm_wfile_commit(w, err);
 }
 
 static int s_write_fvecs(const char *path, const sv_table *tb, cm_error *err)
 {
-    sv_wfile *w = sv_wfile_open(path, err);
+    cm_wfile *w = cm_wfile_open(path, err);
     if (!w)
         return err ? err->code : CM_EIO;
     int32_t d = tb->dim;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < tb->n; i++) {
-        rc = sv_wfile_write(w, &d, sizeof d, err);
+        rc = cm_wfile_write(w, &d, sizeof d, err);
         if (rc == 0)
-            rc = sv_wfile_write(w, tb->rows + i * (size_t)tb->dim,
+            rc = cm_wfile_write(w, tb->rows + i * (size_t)tb->dim,
                                 (size_t)tb->dim * sizeof(float), err);
     }
     if (rc != 0) {
-        sv_wfile_abort(&w);
+        cm_wfile_abort(&w);
         return rc;
     }
-    return sv_wfile_commit(w, err);
+    return cm_wfile_commit(w, err);
 }
 
-static int s_json_str(sv_wfile *w, const char *s, cm_error *err)
+static int s_json_str(cm_wfile *w, const char *s, cm_error *err)
 {
-    int rc = sv_wfile_write(w, "\"", 1, err);
+    int rc = cm_wfile_write(w, "\"", 1, err);
     for (const unsigned char *p = (const unsigned char *)s; rc == 0 && *p; p++) {
         if (*p == '"' || *p == '\\')
-            rc = sv_wfile_printf(w, err, "\\%c", *p);
+            rc = cm_wfile_printf(w, err, "\\%c", *p);
         else if (*p < 0x20)
-            rc = sv_wfile_printf(w, err, "\\u%04x", *p);
+            rc = cm_wfile_printf(w, err, "\\u%04x", *p);
         else
-            rc = sv_wfile_write(w, p, 1, err);
+            rc = cm_wfile_write(w, p, 1, err);
     }
-    return rc == 0 ? sv_wfile_write(w, "\"", 1, err) : rc;
+    return rc == 0 ? cm_wfile_write(w, "\"", 1, err) : rc;
 }
 
-static int s_json_num(sv_wfile *w, double x, int digits, cm_error *err)
+static int s_json_num(cm_wfile *w, double x, int digits, cm_error *err)
 {
     if (!isfinite(x))
-        return sv_wfile_printf(w, err, "null");
-    return sv_wfile_printf(w, err, "%.*g", digits, x);
+        return cm_wfile_printf(w, err, "null");
+    return cm_wfile_printf(w, err, "%.*g", digits, x);
 }
 
 static int s_write_manifest(const char *path, const sv_export_model *m, unsigned formats,
                             const sv_table *item, cm_error *err)
 {
     const int mf = strcmp(m->model, "mf") == 0;
-    sv_wfile *w = sv_wfile_open(path, err);
+    cm_wfile *w = cm_wfile_open(path, err);
     if (!w)
         return err ? err->code : CM_EIO;
-    int rc = sv_wfile_printf(w, err, "{\n  \"format\": \"psrec-export\",\n  \"version\": 1,\n"
+    int rc = cm_wfile_printf(w, err, "{\n  \"format\": \"psrec-export\",\n  \"version\": 1,\n"
                                      "  \"model\": ");
     if (rc == 0)
         rc = s_json_str(w, m->model, err);
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, ",\n  \"formula\": ");
+        rc = cm_wfile_printf(w, err, ",\n  \"formula\": ");
     if (rc == 0)
         rc = s_json_str(w, sv_export_formula(m->model), err);
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, ",\n  \"global_mean\": ");
+        rc = cm_wfile_printf(w, err, ",\n  \"global_mean\": ");
     if (rc == 0)
         rc = s_json_num(w, m->global_mean, 17, err);
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, ",\n  \"clip\": [");
+        rc = cm_wfile_printf(w, err, ",\n  \"clip\": [");
     if (rc == 0)
         rc = s_json_num(w, m->clip_lo, 9, err);
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, ", ");
+        rc = cm_wfile_printf(w, err, ", ");
     if (rc == 0)
         rc = s_json_num(w, m->clip_hi, 9, err);
     if (rc == 0)
-        rc = sv_wfile_printf(
+        rc = cm_wfile_printf(
             w, err,
             "],\n  \"clip_note\": \"clip a score to [lo, hi] to predict a rating; rank by the "
             "unclipped score\",\n");
     if (rc == 0 && mf)
-        rc = sv_wfile_printf(w, err,
+        rc = cm_wfile_printf(w, err,
                              "  \"fallback\": \"unknown users: items ranked by global_mean "
                              "+ item[i][0], the prediction for a user whose row is all "
                              "zeros\",\n");
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, "  \"tables\": {");
+        rc = cm_wfile_printf(w, err, "  \"tables\": {");
     for (size_t t = 0; rc == 0 && t < m->n_tables; t++) {
         const sv_table *tb = &m->tables[t];
-        rc = sv_wfile_printf(w, err, "%s\n    ", t ? "," : "");
+        rc = cm_wfile_printf(w, err, "%s\n    ", t ? "," : "");
         if (rc == 0)
             rc = s_json_str(w, tb->name, err);
         if (rc == 0)
-            rc = sv_wfile_printf(w, err, ": {\"rows\": %zu, \"dim\": %d", tb->n, tb->dim);
+            rc = cm_wfile_printf(w, err, ": {\"rows\": %zu, \"dim\": %d", tb->n, tb->dim);
         if (rc == 0 && (formats & SV_FMT_NPY))
-            rc = sv_wfile_printf(w, err, ", \"file\": \"%s.npy\", \"dtype\": \"float32\"",
+            rc = cm_wfile_printf(w, err, ", \"file\": \"%s.npy\", \"dtype\": \"float32\"",
                                  tb->name);
         if (rc == 0 && ((formats & SV_FMT_NPY) || (tb == item && (formats & SV_FMT_FVECS))))
-            rc = sv_wfile_printf(w, err, ", \"ids\": \"%s.ids.npy\", \"ids_dtype\": \"int64\"",
+            rc = cm_wfile_printf(w, err, ", \"ids\": \"%s.ids.npy\", \"ids_dtype\": \"int64\"",
                                  tb->name);
         if (rc == 0 && mf)
-            rc = sv_wfile_printf(w, err, ", \"columns\": \"0: bias, 1..%d: factors\"",
+            rc = cm_wfile_printf(w, err, ", \"columns\": \"0: bias, 1..%d: factors\"",
                                  tb->dim - 1);
         if (rc == 0)
-            rc = sv_wfile_printf(w, err, "}");
+            rc = cm_wfile_printf(w, err, "}");
     }
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, "\n  },\n  \"ids_note\": \"ids are psrec's 64-bit keys "
+        rc = cm_wfile_printf(w, err, "\n  },\n  \"ids_note\": \"ids are psrec's 64-bit keys "
                                      "stored as int64; view as uint64 for keys >= 2^63\"");
     if (rc == 0 && (formats & SV_FMT_FVECS) && item)
-        rc = sv_wfile_printf(
+        rc = cm_wfile_printf(
             w, err,
             ",\n  \"fvecs\": {\"file\": \"item.fvecs\", \"ids\": \"item.ids.npy\", "
             "\"dim\": %d, \"vector\": \"item[i] = [item bias, item factors...]\", "
@@ -401,15 +401,15 @@ static int s_write_manifest(const char *path, const sv_export_model *m, unsigned
             "dot(user[u][1:], item[i][1:]); add global_mean + user[u][0] for the score\"}",
             item->dim);
     if (rc == 0 && (formats & SV_FMT_PSM))
-        rc = sv_wfile_printf(w, err, ",\n  \"psm\": {\"file\": \"model.psm\", \"doc\": "
+        rc = cm_wfile_printf(w, err, ",\n  \"psm\": {\"file\": \"model.psm\", \"doc\": "
                                      "\"docs/psm.md\"}");
     if (rc == 0)
-        rc = sv_wfile_printf(w, err, "\n}\n");
+        rc = cm_wfile_printf(w, err, "\n}\n");
     if (rc != 0) {
-        sv_wfile_abort(&w);
+        cm_wfile_abort(&w);
         return rc;
     }
-    return sv_wfile_commit(w, err);
+    return cm_wfile_commit(w, err);
 }
 
 int sv_export_write(const sv_export_model *m, const char *out_dir, unsigned formats,

@@ -5,13 +5,13 @@
 
 #include <string.h>
 
+#include "common/wfile.h"
 #include "serve/psm.h"
-#include "serve/wfile.h"
 
 /* Streams bytes to the file while hashing them in 8-byte words (sections
  * need not end on a word boundary, so a partial word is carried). */
 typedef struct {
-    sv_wfile *w;
+    cm_wfile *w;
     uint64_t h;
     unsigned char carry[8];
     size_t n_carry;
@@ -38,13 +38,13 @@ static int s_emit(s_out *o, const void *data, size_t n, cm_error *err)
     o->h = psm_checksum_update(o->h, p, whole);
     memcpy(o->carry, p + whole, left - whole);
     o->n_carry += left - whole;
-    return sv_wfile_write(o->w, data, n, err);
+    return cm_wfile_write(o->w, data, n, err);
 }
 
 static int s_emit_pad(s_out *o, uint64_t to, cm_error *err)
 {
     static const unsigned char zeros[PSM_ALIGN];
-    uint64_t at = sv_wfile_tell(o->w);
+    uint64_t at = cm_wfile_tell(o->w);
     int rc = 0;
     while (rc == 0 && at < to) {
         size_t take = to - at < sizeof zeros ? (size_t)(to - at) : sizeof zeros;
@@ -144,12 +144,12 @@ int sv_psm_write(const char *path, const sv_psm_model *m, cm_error *err)
     s_put32(hdr + 40, (uint32_t)strings_size);
     s_put64(hdr + 48, dir_offset);
 
-    s_out o = {.w = sv_wfile_open(path, err), .h = PSM_CHECKSUM_SEED};
+    s_out o = {.w = cm_wfile_open(path, err), .h = PSM_CHECKSUM_SEED};
     if (!o.w)
         return err ? err->code : CM_EIO;
     /* the header is hashed up to the checksum word, which is written last */
     o.h = psm_checksum_update(o.h, hdr, PSM_CHECKSUM_OFFSET);
-    rc = sv_wfile_write(o.w, hdr, sizeof hdr, err);
+    rc = cm_wfile_write(o.w, hdr, sizeof hdr, err);
     if (rc == 0)
         rc = s_emit(&o, model, ml, err);
     if (rc == 0)
@@ -180,11 +180,11 @@ int sv_psm_write(const char *path, const sv_psm_model *m, cm_error *err)
     if (rc == 0) {
         unsigned char sum[8];
         s_put64(sum, o.h);
-        rc = sv_wfile_pwrite(o.w, PSM_CHECKSUM_OFFSET, sum, 8, err);
+        rc = cm_wfile_pwrite(o.w, PSM_CHECKSUM_OFFSET, sum, 8, err);
     }
     if (rc != 0) {
-        sv_wfile_abort(&o.w);
+        cm_wfile_abort(&o.w);
         return rc;
     }
-    return sv_wfile_commit(o.w, err);
+    return cm_wfile_commit(o.w, err);
 }
