@@ -76,14 +76,20 @@ static const s_key s_keys[] = {
      .help = "fm: regression (squared loss) or binary (logistic loss); auto: binary when "
              "every training label is -1, 0 or 1"},
     {.name = "format", .type = S_ENUM, S_AT(format), .names = s_formats, .def = "auto",
-     .help = "input format; auto: ratings for mf, and for fm libffm (.ffm), csv (.csv) or "
-             "libsvm/libFM"},
+     .help = "input format; auto: ratings for mf; for fm libffm (.ffm), csv (.csv), ratings "
+             "(.psrd, or text without ':') or libsvm/libFM"},
     {.name = "label_column", .type = S_STR, S_AT(label_column), .def = "",
      .help = "csv: the label column's name"},
     {.name = "numeric_columns", .type = S_STR, S_AT(numeric_columns), .def = "",
      .help = "csv: comma-separated numeric columns (one feature each, value = the number)"},
     {.name = "categorical_columns", .type = S_STR, S_AT(categorical_columns), .def = "",
      .help = "csv: comma-separated categorical columns (each value hashes to a feature)"},
+    {.name = "user_features", .type = S_STR, S_AT(user_features), .def = "",
+     .help = "fm on ratings: side features of users, joined by user id (MovieLens 100K "
+             "u.user layout: id|age|gender|occupation|zip)"},
+    {.name = "item_features", .type = S_STR, S_AT(item_features), .def = "",
+     .help = "fm on ratings: side features of items, joined by item id (MovieLens 100K "
+             "u.item layout: id|title|date|video date|url|19 genre flags)"},
     {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
      .help = "latent factors per row"},
     {.name = "epochs", .type = S_INT, S_AT(epochs), .imin = 1, .imax = 100000, .def = "20",
@@ -164,6 +170,9 @@ static const s_key s_keys[] = {
     {.name = "resume", .type = S_STR, S_AT(resume), .def = "",
      .help = "continue from a checkpoint directory, or 'auto' for the newest intact one "
              "under checkpoint_dir"},
+    {.name = "memory_limit", .type = S_U64, S_AT(memory_limit), .def = "0",
+     .help = "bytes one process may use; `train` refuses a job whose memory plan (`psrec "
+             "plan`) exceeds it (0: MemAvailable of /proc/meminfo / ranks on this host)"},
     {.name = "timeout", .type = S_DBL, S_AT(timeout), .dmin = 0, .dmax = 1e6, .dmin_open = 1,
      .def = "60", .help = "seconds a role waits for a peer before giving up"},
 };

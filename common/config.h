@@ -61,6 +61,8 @@ typedef struct {
     char label_column[128];    /* csv */
     char numeric_columns[CM_PATH_MAX];     /* csv: comma-separated names */
     char categorical_columns[CM_PATH_MAX]; /* csv: comma-separated names */
+    char user_features[CM_PATH_MAX];       /* fm on ratings: u.user-style side file */
+    char item_features[CM_PATH_MAX];       /* fm on ratings: u.item-style side file */
     int dim;                   /* latent factors per row */
     int epochs;
     int eval_every;            /* evaluate every N epochs (and after the last) */
@@ -93,6 +95,8 @@ typedef struct {
     double checkpoint_secs;    /* also after this many seconds; 0: off */
     int checkpoint_keep;       /* newest checkpoints kept; 0: all */
     char resume[CM_PATH_MAX];  /* "" | checkpoint directory | "auto" */
+    uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
+                                  on this host */
     uint64_t explicit_;        /* private: bit i set when key i was set by the user */
 } cm_job;
 

@@ -144,3 +144,85 @@ Test(cluster_fm, bad_feature_lines_name_file_and_line)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* MovieLens 100K with u.user and u.item: FM with side features beats
+ * biased MF on u1, and predicts users never seen in training better than
+ * the global mean. */
+Test(cluster_fm, ml100k_side_features_and_cold_start)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA): ml-100k test skipped");
+    char u1b[1000], u1t[1000], uu[1000], ui[1000], ud[1000];
+    snprintf(u1b, sizeof u1b, "%.900s/ml-100k/u1.base", data);
+    snprintf(u1t, sizeof u1t, "%.900s/ml-100k/u1.test", data);
+    snprintf(uu, sizeof uu, "%.900s/ml-100k/u.user", data);
+    snprintf(ui, sizeof ui, "%.900s/ml-100k/u.item", data);
+    snprintf(ud, sizeof ud, "%.900s/ml-100k/u.data", data);
+
+    /* u1: MF with its defaults, FM with side features */
+    cm_job mf = cm_job_default();
+    snprintf(mf.train, sizeof mf.train, "%s", u1b);
+    snprintf(mf.test, sizeof mf.test, "%s", u1t);
+    mf.local = 1;
+    mf.progress = 0;
+    mf.log_level = CM_LOG_ERROR;
+    sch_result r_mf = s_run(&mf);
+    cm_job fm = s_job();
+    snprintf(fm.train, sizeof fm.train, "%s", u1b);
+    snprintf(fm.test, sizeof fm.test, "%s", u1t);
+    snprintf(fm.user_features, sizeof fm.user_features, "%s", uu);
+    snprintf(fm.item_features, sizeof fm.item_features, "%s", ui);
+    fm.l2 = 0.1;
+    sch_result r_fm = s_run(&fm);
+    cr_log_info("ml-100k u1: MF RMSE %.4f, FM with side features %.4f", r_mf.test_rmse,
+                r_fm.test_rmse);
+    cr_expect_lt(r_fm.test_rmse, r_mf.test_rmse, "FM %.4f vs MF %.4f", r_fm.test_rmse,
+                 r_mf.test_rmse);
+
+    /* cold start: every rating of users whose id ends in 0 is held out */
+    char dir[] = "/tmp/psrec-cold-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char tr[300], te[300];
+    snprintf(tr, sizeof tr, "%s/warm.tsv", dir);
+    snprintf(te, sizeof te, "%s/cold.tsv", dir);
+    FILE *in = fopen(ud, "r"), *a = fopen(tr, "w"), *b = fopen(te, "w");
+    cr_assert(in && a && b);
+    unsigned u, i, r, t;
+    double sum = 0, n = 0;
+    while (fscanf(in, "%u %u %u %u", &u, &i, &r, &t) == 4) {
+        fprintf(u % 10 == 0 ? b : a, "%u\t%u\t%u\n", u, i, r);
+        if (u % 10) {
+            sum += r;
+            n++;
+        }
+    }
+    fclose(in);
+    fclose(a);
+    fclose(b);
+    /* the global mean's RMSE on the cold users */
+    double mean = sum / n, sq = 0, m = 0;
+    b = fopen(te, "r");
+    while (fscanf(b, "%u %u %u", &u, &i, &r) == 3) {
+        sq += (r - mean) * (r - mean);
+        m++;
+    }
+    fclose(b);
+    double mean_rmse = sqrt(sq / m);
+    cm_job cold = fm;
+    snprintf(cold.train, sizeof cold.train, "%s", tr);
+    snprintf(cold.test, sizeof cold.test, "%s", te);
+    sch_result r_cold = s_run(&cold);
+    cm_job cold_mf = mf;
+    snprintf(cold_mf.train, sizeof cold_mf.train, "%s", tr);
+    snprintf(cold_mf.test, sizeof cold_mf.test, "%s", te);
+    sch_result r_cold_mf = s_run(&cold_mf);
+    cr_log_info("cold users (%.0f ratings): global mean RMSE %.4f, MF %.4f, FM with side "
+                "features %.4f",
+                m, mean_rmse, r_cold_mf.test_rmse, r_cold.test_rmse);
+    cr_expect_lt(r_cold.test_rmse, mean_rmse, "cold FM %.4f vs global mean %.4f",
+                 r_cold.test_rmse, mean_rmse);
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
+}

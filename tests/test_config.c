@@ -22,7 +22,8 @@ static const char *const s_all_keys[] = {
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
-    "categorical_columns", "consistency", "staleness",
+    "categorical_columns", "consistency", "staleness", "user_features", "item_features",
+    "memory_limit",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 

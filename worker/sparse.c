@@ -5,7 +5,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/dataset.h"
 #include "common/features.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/msg.h"
@@ -74,7 +76,9 @@ int wk_sparse_task(const wk_sparse *s)
     return s->task;
 }
 
-/* The input format of path: the job's, else by extension, else libsvm. */
+/* The input format of path: the job's; else by extension; else ratings
+ * for a .psrd file or a text file whose first data line has no ':'; else
+ * libsvm. */
 static int s_format(const cm_job *job, const char *path)
 {
     if (job->format != CM_FMT_AUTO)
@@ -84,7 +88,71 @@ static int s_format(const cm_job *job, const char *path)
         return CM_FMT_LIBFFM;
     if (dot && !strcasecmp(dot, ".csv"))
         return CM_FMT_CSV;
-    return CM_FMT_LIBSVM;
+    if (cm_dataset_is_binary(path) == 1)
+        return CM_FMT_RATINGS;
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int fmt = CM_FMT_LIBSVM;
+    while (f && fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || line[0] == '\n' || line[0] == '\r')
+            continue;
+        fmt = strchr(line, ':') && !strstr(line, "::") ? CM_FMT_LIBSVM : CM_FMT_RATINGS;
+        break;
+    }
+    if (f)
+        fclose(f);
+    return fmt;
+}
+
+/* Ratings as FM examples: the user and the item as one-hot features, each
+ * in its own key space, plus their side features (value 1 each) when side
+ * files are given. Rows i with i % n_workers == index are kept. */
+#define S_USER_NS 0x7573657273ULL
+#define S_ITEM_NS 0x6974656d73ULL
+
+static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_side *is,
+                          uint32_t index, uint32_t n_workers, s_set *d, cm_error *err)
+{
+    size_t n = 0, nnz = 0;
+    const uint64_t *k;
+    size_t nk;
+    for (size_t i = index; i < all->n; i += n_workers) {
+        n++;
+        nnz += 2;
+        if (us && cm_side_features(us, all->user[i], &k, &nk))
+            nnz += nk;
+        if (is && cm_side_features(is, all->item[i], &k, &nk))
+            nnz += nk;
+    }
+    d->label = malloc((n + 1) * sizeof *d->label);
+    d->at = malloc((n + 1) * sizeof *d->at);
+    d->key = malloc((nnz + 1) * sizeof *d->key);
+    d->val = malloc((nnz + 1) * sizeof *d->val);
+    if (!d->label || !d->at || !d->key || !d->val)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu examples", n);
+    d->n = n;
+    d->at[0] = 0;
+    size_t j = 0, a = 0;
+    for (size_t i = index; i < all->n; i += n_workers, j++) {
+        d->label[j] = all->rating[i];
+        d->key[a] = cm_hash_key(all->user[i], S_USER_NS);
+        d->val[a++] = 1.f;
+        d->key[a] = cm_hash_key(all->item[i], S_ITEM_NS);
+        d->val[a++] = 1.f;
+        if (us && cm_side_features(us, all->user[i], &k, &nk))
+            for (size_t x = 0; x < nk; x++, a++) {
+                d->key[a] = k[x];
+                d->val[a] = 1.f;
+            }
+        if (is && cm_side_features(is, all->item[i], &k, &nk))
+            for (size_t x = 0; x < nk; x++, a++) {
+                d->key[a] = k[x];
+                d->val[a] = 1.f;
+            }
+        d->at[j + 1] = a;
+    }
+    d->bad_lines = all->bad_lines;
+    return 0;
 }
 
 /* Splits "a,b,c" into up to max names (pointers into buf). */
@@ -183,6 +251,50 @@ static int s_binarize(s_set *d, const char *path, cm_error *err)
     return 0;
 }
 
+/* Ratings files (train and test) with optional side features: regression
+ * on the ratings. */
+static int s_load_ratings(wk_sparse *s, const cm_job *job, uint32_t index,
+                          uint32_t n_workers, int log_lines, cm_error *err)
+{
+    cm_side *us = NULL, *is = NULL;
+    cm_ratings all = {0};
+    cm_load_opts lo = cm_load_opts_default();
+    lo.max_bad_lines = job->max_bad_lines;
+    lo.log_bad_lines = log_lines;
+    cm_feat_opts fo = cm_feat_opts_default();
+    fo.max_bad_lines = job->max_bad_lines;
+    fo.log_bad_lines = log_lines;
+    int rc = 0;
+    if (job->user_features[0]) {
+        cm_side_spec sp = cm_side_spec_ml100k_user();
+        if ((rc = cm_side_load(job->user_features, &sp, &fo, &us, err)) != 0)
+            goto out;
+    }
+    if (job->item_features[0]) {
+        cm_side_spec sp = cm_side_spec_ml100k_item();
+        if ((rc = cm_side_load(job->item_features, &sp, &fo, &is, err)) != 0)
+            goto out;
+    }
+    s->task = job->task == CM_JOB_TASK_AUTO ? CM_TASK_REGRESSION : job->task;
+    const char *paths[2] = {job->train, job->test};
+    s_set *sets[2] = {&s->train, &s->test};
+    for (int f = 0; f < 2 && rc == 0; f++) {
+        if (!paths[f][0])
+            continue;
+        if ((rc = cm_ratings_load(paths[f], &lo, &all, err)) != 0)
+            goto out;
+        rc = s_take_ratings(&all, us, is, index, n_workers, sets[f], err);
+        cm_ratings_free(&all);
+        if (rc == 0 && s->task == CM_TASK_BINARY)
+            rc = s_binarize(sets[f], paths[f], err);
+    }
+out:
+    cm_ratings_free(&all);
+    cm_side_destroy(&us);
+    cm_side_destroy(&is);
+    return rc;
+}
+
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err)
 {
@@ -195,6 +307,11 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
+    if (s_format(job, job->train) == CM_FMT_RATINGS) {
+        if (s_load_ratings(s, job, index, n_workers, log_lines, err) != 0)
+            goto fail;
+        goto loaded;
+    }
     if (s_load_file(job, job->train, &all, log_lines, err) != 0)
         goto fail;
     s->task = job->task == CM_JOB_TASK_AUTO
@@ -213,6 +330,7 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
         if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
             goto fail;
     }
+loaded:
     s->order = malloc((s->train.n + 1) * sizeof *s->order);
     if (!s->order) {
         cm_error_set(err, CM_ENOMEM, "worker: out of memory");
@@ -362,6 +480,8 @@ int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mode
         m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
         for (size_t j = 0; j < cnt; j++) {
             double y = s->score[j], t = b.label[j];
+            if (s->task != CM_TASK_BINARY)
+                y = y < ctx->clip_lo ? ctx->clip_lo : (y > ctx->clip_hi ? ctx->clip_hi : y);
             if (s->task == CM_TASK_BINARY) {
                 float p = (float)(1.0 / (1.0 + exp(-y)));
                 cm_auc_add(pos, neg, p, t > 0.5);

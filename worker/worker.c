@@ -547,6 +547,8 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     w->ctx.clip_lo = (float)m.hdr.stats[1];
     w->ctx.clip_hi = (float)m.hdr.stats[2];
     w->ctx.l2 = (float)w->p->job->l2;
+    /* sparse regression scores start from the mean; binary ones from 0 */
+    w->ctx.offset = w->sparse && wk_sparse_task(w->sparse) != CM_TASK_BINARY ? w->ctx.mean : 0.f;
     wk_kv_params kp = {
         .n_servers = w->p->n_servers,
         .server_eps = w->p->server_eps,

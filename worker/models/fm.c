@@ -9,7 +9,8 @@
  *           + l2/2 (w_i^2 + |v_i|^2) per occurrence of feature i
  *   dL/dy   regression: y - t;  binary: sigmoid(y) - t
  *   dy/dw_i = x_i,  dy/dv_if = x_i s_f - v_if x_i^2, s_f = sum_j v_jf x_j
- * The bias is not regularised. */
+ * The bias is not regularised. A constant offset (the training mean, for
+ * regression) is added to y so the bias starts near its value. */
 #include <math.h>
 #include <string.h>
 
@@ -29,11 +30,13 @@ static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
     wk_model_table_common(job, out);
 }
 
-/* Score of example j; s (k floats) receives sum_i v_if x_i. */
-static float s_score(const wk_sparse_batch *b, size_t j, int dim, const float *rows, float *s)
+/* Score of example j (plus the context's offset); s (k floats) receives
+ * sum_i v_if x_i. */
+static float s_score(const wk_model_ctx *ctx, const wk_sparse_batch *b, size_t j, int dim,
+                     const float *rows, float *s)
 {
     const int k = dim - 1;
-    float y = rows[(size_t)b->bias_row * dim];
+    float y = (ctx ? ctx->offset : 0.f) + rows[(size_t)b->bias_row * dim];
     float sq = 0.f;
     memset(s, 0, (size_t)k * sizeof *s);
     for (uint64_t a = b->at[j]; a < b->at[j + 1]; a++) {
@@ -55,10 +58,9 @@ static float s_score(const wk_sparse_batch *b, size_t j, int dim, const float *r
 static void s_predict_sparse(const wk_model_ctx *ctx, const wk_sparse_batch *b, int dim,
                              const float *rows, float *score)
 {
-    (void)ctx;
     float s[S_MAX_DIM];
     for (size_t j = 0; j < b->n; j++)
-        score[j] = s_score(b, j, dim, rows, s);
+        score[j] = s_score(ctx, b, j, dim, rows, s);
 }
 
 static double s_train_sparse(const wk_model_ctx *ctx, int task, const wk_sparse_batch *b,
@@ -69,7 +71,7 @@ static double s_train_sparse(const wk_model_ctx *ctx, int task, const wk_sparse_
     float s[S_MAX_DIM];
     double loss = 0;
     for (size_t j = 0; j < b->n; j++) {
-        const float y = s_score(b, j, dim, rows, s), t = b->label[j];
+        const float y = s_score(ctx, b, j, dim, rows, s), t = b->label[j];
         float g;
         if (task == CM_TASK_BINARY) {
             /* stable log(1 + e^-m) with margin m = y for t = 1, -y for t = 0 */

@@ -57,6 +57,7 @@ typedef struct {
     float l2;        /* L2 regularisation per occurrence */
     float clip_lo;   /* predictions are clipped to [clip_lo, clip_hi] at eval */
     float clip_hi;
+    float offset;    /* sparse models: added to every score (regression: the mean) */
 } wk_model_ctx;
 
 typedef struct wk_model_ops {
