@@ -35,7 +35,7 @@ struct wk_blocks {
     uint64_t *users;            /* n_users keys, ascending */
     size_t n_users;
     float *urows, *ubase;       /* held user rows and their last written state */
-    int have_users;             /* user rows pulled */
+    int have_users;             /* user rows held (pulled or initialised) */
     size_t group_users;         /* users per group */
     uint32_t n_groups;
     s_block *blocks;
@@ -90,7 +90,8 @@ static size_t s_stride(int rf)
 }
 
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
-                         const int *row_floats, cm_error *err)
+                         const int *row_floats, const ps_table_params *user_init,
+                         cm_error *err)
 {
     wk_blocks *b = calloc(1, sizeof *b);
     cm_hashmap *uix = NULL, *iix = NULL;
@@ -187,6 +188,16 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                       sizeof(float));
     if (!b->urows || !b->ubase || !b->irows || !b->ibase || !b->delta)
         goto oom;
+    if (user_init) {
+        /* exactly the row a server makes on first touch (ps/table.c) */
+        for (size_t j = 0; j < b->n_users; j++) {
+            float *row = b->urows + j * b->us;
+            ps_table_init_row(user_init, b->users[j], row);
+            ps_optim_init_state(&user_init->optim, row, user_init->dim);
+        }
+        memcpy(b->ubase, b->urows, b->n_users * b->us * sizeof(float));
+        b->have_users = 1;
+    }
     free(tmp);
     free(fill);
     cm_hashmap_destroy(&uix);

@@ -18,6 +18,7 @@
 #include "common/dataset.h"
 #include "common/err.h"
 #include "ps/optim.h"
+#include "ps/table.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 
@@ -27,9 +28,14 @@ typedef struct wk_blocks wk_blocks;
 uint32_t wk_block_of(uint64_t item, uint32_t n_blocks);
 
 /* Indexes the shard's ratings by block. row_floats[t]: floats per row of
- * table t (0 users, 1 items). The ratings are copied. */
+ * table t (0 users, 1 items). The ratings are copied. With user_init (the
+ * user table's parameters; NULL when resuming, where the servers hold the
+ * rows), the user rows start from the deterministic initialisation the
+ * servers would give them instead of being pulled: the first epoch then
+ * moves each user row once (the write-back), not twice. */
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
-                         const int *row_floats, cm_error *err);
+                         const int *row_floats, const ps_table_params *user_init,
+                         cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);
 
 /* Called now and then during training with examples done in the block. */

@@ -35,6 +35,7 @@ typedef struct {
     int dims[WK_MAX_TABLES];
     int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
     ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
+    ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
     size_t epoch_done;              /* examples trained so far this epoch */
@@ -566,7 +567,8 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         goto out;
     }
     if (cm_job_uses_blocks(w->p->job) &&
-        !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats, err)))
+        !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats,
+                                    w->p->job->resume[0] ? NULL : &w->user_table, err)))
         rc = err ? err->code : CM_ENOMEM;
 out:
     cm_msg_release(&m);
@@ -622,6 +624,8 @@ int wk_run(const wk_params *p, cm_error *err)
         w.dims[t] = tp.dim;
         w.row_floats[t] = tp.dim + ps_optim_state_floats(tp.optim.kind, tp.dim);
         w.optim = tp.optim;
+        if (t == 0)
+            w.user_table = tp;
     }
     w.ctl = cm_sock_new(p->van, CM_SOCK_DEALER, err);
     if (!w.ctl)
