@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster/plan.h"
 #include "cluster/run.h"
 #include "common/config.h"
 #include "common/dataset.h"
@@ -25,6 +26,7 @@ static void s_usage(FILE *f)
             "  train [JOB.ini] [--key value ...]   train a model; run it under\n"
             "        mpirun -np N (rank 0 scheduler, 1..S servers, the rest workers)\n"
             "        or add --local to run every role as a thread of this process\n"
+            "  plan [JOB.ini] [--ranks N]          per-server and per-worker memory of a job\n"
             "  gen [options]                       write synthetic ratings with a known\n"
             "                                      noise floor\n"
             "  convert INPUT OUTPUT [options]      text ratings -> binary .psrd dataset\n"
@@ -286,6 +288,125 @@ static int s_launcher_rank(void)
     return -1;
 }
 
+/* -------------------------------------------------------------------------
+ * plan (and train's memory check)
+ * ----------------------------------------------------------------------- */
+
+/* The world size a launcher gives, else -1. */
+static int s_launcher_size(void)
+{
+    const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return atoi(v);
+    }
+    return -1;
+}
+
+/* 1 (after printing the table and why) when the job would not fit. Under
+ * mpirun only rank 0 checks: its non-zero exit makes the launcher stop
+ * the other ranks. A plan that cannot be made is left to the run. */
+static int s_plan_refuses(const cm_job *job)
+{
+    int size = job->local ? 0 : s_launcher_size();
+    int workers = job->local ? job->workers : size - 1 - job->servers;
+    if (workers < 1)
+        return 0;
+    cl_plan plan;
+    cm_error err = {0};
+    if (cl_plan_estimate(job, job->servers, workers, &plan, &err) != 0)
+        return 0;
+    if (!job->local) {
+        const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        if (!ls || !*ls)
+            ls = getenv("MPI_LOCALNRANKS");
+        plan.avail = cl_plan_available(job, ls && *ls ? atoi(ls) : size, plan.avail_how,
+                                       sizeof plan.avail_how);
+    }
+    if (cl_plan_check(&plan, &err) == 0)
+        return 0;
+    cl_plan_print(stderr, &plan);
+    fprintf(stderr, "\npsrec train: %s\n", err.msg);
+    return 1;
+}
+
+static int s_plan(int argc, char **argv)
+{
+    /* --ranks N is plan's own; everything else is a job key */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    int n = 0, ranks = 0;
+    cm_error err = {0};
+    if (!rest) {
+        fprintf(stderr, "psrec plan: out of memory\n");
+        return 1;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *v = NULL;
+        if (strncmp(argv[i], "--ranks=", 8) == 0)
+            v = argv[i] + 8;
+        else if (strcmp(argv[i], "--ranks") == 0)
+            v = i + 1 < argc ? argv[++i] : "";
+        else {
+            rest[n++] = argv[i];
+            continue;
+        }
+        char *end = NULL;
+        long r = strtol(v, &end, 10);
+        if (!*v || *end || r < 3 || r > 1 << 20) {
+            fprintf(stderr, "psrec plan: --ranks: expected an integer >= 3, got '%s'\n", v);
+            free(rest);
+            return 2;
+        }
+        ranks = (int)r;
+    }
+    cm_job job = cm_job_default();
+    int help = 0, rc = cm_job_parse_args(&job, n, rest, &help, &err);
+    free(rest);
+    if (rc != 0) {
+        fprintf(stderr, "psrec plan: %s\n", err.msg);
+        return 2;
+    }
+    if (help) {
+        printf("usage: psrec plan [JOB.ini] [--key value ...] [--ranks N | --workers N]\n\n"
+               "Counts the job's data (users, items, ratings; fm: feature keys) and prints\n"
+               "the memory of each server and worker process: rows x dim x 4 bytes,\n"
+               "optimizer state, slot padding, hash index, message and batch buffers,\n"
+               "the worker's shard, and what loading the input holds; then whether the\n"
+               "largest process fits memory_limit (default: MemAvailable / ranks on\n"
+               "this host). `psrec train` refuses a job that does not fit.\n\n"
+               "  --ranks N     size of an mpirun job: 1 scheduler, `servers` servers,\n"
+               "                the rest workers (default: --local with `workers`)\n"
+               "  --workers N   workers of a --local job (default 2)\n\n"
+               "Every job key is accepted (see `psrec train --help`); docs/planner.md.\n");
+        return 0;
+    }
+    cm_job_model_defaults(&job);
+    if (cm_job_validate(&job, &err) != 0) {
+        fprintf(stderr, "psrec plan: %s\n", err.msg);
+        return 2;
+    }
+    int workers = job.workers;
+    if (ranks) {
+        job.local = 0;
+        workers = ranks - 1 - job.servers;
+        if (workers < 1) {
+            fprintf(stderr, "psrec plan: %d ranks leave no worker beside 1 scheduler and %d "
+                            "server%s\n", ranks, job.servers, job.servers == 1 ? "" : "s");
+            return 2;
+        }
+    } else {
+        job.local = 1;
+    }
+    cl_plan plan;
+    if (cl_plan_estimate(&job, job.servers, workers, &plan, &err) != 0) {
+        fprintf(stderr, "psrec plan: %s\n", err.msg);
+        return 1;
+    }
+    cl_plan_print(stdout, &plan);
+    return 0;
+}
+
 static int s_train(int argc, char **argv, int *pargc, char ***pargv)
 {
     cm_job job = cm_job_default();
@@ -317,6 +438,8 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);
+    if (lrank <= 0 && s_plan_refuses(&job))
+        return 2;
     if (job.local) {
         sch_result res;
         if (cl_run_local(&job, stdout, &res, &err) != 0) {
@@ -350,6 +473,8 @@ int main(int argc, char **argv)
             cmd = argv[0];
             if (strcmp(cmd, "train") == 0)
                 return s_train(argc, argv, &argc, &argv);
+            if (strcmp(cmd, "plan") == 0)
+                return s_plan(argc, argv);
             if (strcmp(cmd, "gen") == 0)
                 return s_gen(argc, argv);
             if (strcmp(cmd, "convert") == 0)
@@ -370,6 +495,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "train") == 0)
         return s_train(argc - 1, argv + 1, &argc, &argv);
+    if (strcmp(cmd, "plan") == 0)
+        return s_plan(argc - 1, argv + 1);
     if (strcmp(cmd, "gen") == 0)
         return s_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "convert") == 0)

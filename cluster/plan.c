@@ -1,0 +1,610 @@
+/* plan: memory estimate of a job. The layouts mirrored here are those of
+ * ps/table.c (slots, chunks), common/hashmap.c (16-byte entries, load
+ * <= 0.7, doubling from 16), ps/server.c (one reply buffer grown by
+ * doubling from 4096 floats), worker/worker.c (shard copies, batch
+ * buffers), worker/blocks.c (strides of 8 floats, rows + base) and
+ * worker/sparse.c (CSR shard, batch buffers twice the largest batch).
+ * docs/planner.md explains each line; keep them in step. */
+#include "cluster/plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/dataset.h"
+#include "common/features.h"
+#include "common/hashmap.h"
+#include "common/slots.h"
+#include "ps/optim.h"
+#include "worker/blocks.h"
+
+#define S_SLOT_ALIGN_FLOATS 16            /* ps/table.c: 64-byte row slots */
+#define S_CHUNK0_LOG 6                    /* ps/table.c: chunk 0 holds 64 rows */
+#define S_CHUNK_MAX_BYTES ((uint64_t)16 << 20)
+#define S_HASH_ENTRY 16                   /* common/hashmap.c: {u64, u32, u32} */
+#define S_HASH_MIN_CAP 16
+#define S_META_BYTES 24                   /* ps/table.c: s_meta per slot (eviction) */
+#define S_PENDING_MAX ((uint64_t)1 << 20) /* ps/table.c: admission counters kept */
+#define S_RATING_BYTES 20                 /* cm_ratings: u64 user, u64 item, f32 */
+#define S_BLOCK_RATING 12                 /* wk_rating */
+#define S_BLOCK_MSG_ROWS 65536            /* worker/blocks.c: rows per pull or push */
+#define S_MIN_BATCH_CAP 4096              /* worker/worker.c: batch buffers */
+
+/* ------------------------------------------------------------------------
+ * Layout arithmetic
+ * ------------------------------------------------------------------------ */
+
+static uint64_t s_ceil_div(uint64_t a, uint64_t b)
+{
+    return b ? (a + b - 1) / b : a;
+}
+
+static uint64_t s_round_up(uint64_t a, uint64_t m)
+{
+    return s_ceil_div(a, m) * m;
+}
+
+/* common/hashmap.c: capacity holding n keys at load <= 0.7. */
+static uint64_t s_hash_cap(uint64_t n)
+{
+    uint64_t cap = S_HASH_MIN_CAP;
+    while (cap / 10 * 7 + (cap % 10) * 7 / 10 < n)
+        cap <<= 1;
+    return cap;
+}
+
+/* ps/table.c: row slots the chunks allocated for n rows hold. */
+static uint64_t s_slab_rows(uint64_t n, uint64_t stride_floats)
+{
+    const uint64_t slot = stride_floats * sizeof(float);
+    int g = 0;
+    while (g < 26 && ((uint64_t)1 << (S_CHUNK0_LOG + g + 1)) * slot <= S_CHUNK_MAX_BYTES)
+        g++;
+    uint64_t have = 0;
+    for (int k = 0; have < n; k++)
+        have += (uint64_t)1 << (S_CHUNK0_LOG + (k < g ? k : g));
+    return have;
+}
+
+/* ps/server.c: the reply buffer after doubling from 4096 to hold need floats. */
+static uint64_t s_reply_floats(uint64_t need)
+{
+    uint64_t cap = 4096;
+    while (cap < need)
+        cap *= 2;
+    return cap;
+}
+
+static void s_add(cl_plan_role *r, const char *name, uint64_t bytes, int loading)
+{
+    if (bytes == 0 || r->n_items == CL_PLAN_MAX_ITEMS)
+        return;
+    r->items[r->n_items++] = (cl_plan_item){name, bytes, loading};
+}
+
+/* Sums the phases: loading items live beside the shard only; the others
+ * are what training holds. */
+static void s_finish(cl_plan_role *r, uint64_t shard)
+{
+    r->loading = shard;
+    r->training = 0;
+    for (size_t k = 0; k < r->n_items; k++) {
+        if (r->items[k].loading)
+            r->loading += r->items[k].bytes;
+        else
+            r->training += r->items[k].bytes;
+    }
+    r->total = r->loading > r->training ? r->loading : r->training;
+}
+
+/* ------------------------------------------------------------------------
+ * Counting the data
+ * ------------------------------------------------------------------------ */
+
+static int s_is_ratings_input(const cm_job *job, const char *path)
+{
+    if (!cm_job_is_sparse(job))
+        return 1;
+    if (job->format == CM_FMT_RATINGS)
+        return 1;
+    return job->format == CM_FMT_AUTO && cm_dataset_is_binary(path) == 1;
+}
+
+static int s_feature_format(const cm_job *job, const char *path)
+{
+    if (job->format != CM_FMT_AUTO)
+        return job->format;
+    const char *dot = strrchr(path, '.');
+    if (dot && (!strcasecmp(dot, ".ffm") || !strcasecmp(dot, ".libffm")))
+        return CM_FMT_LIBFFM;
+    if (dot && !strcasecmp(dot, ".csv"))
+        return CM_FMT_CSV;
+    return CM_FMT_LIBSVM;
+}
+
+static size_t s_split(char *buf, const char **names, size_t max)
+{
+    size_t n = 0;
+    for (char *p = buf; *p && n < max;) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        if (!*p)
+            break;
+        names[n++] = p;
+        while (*p && *p != ',')
+            p++;
+        if (*p)
+            *p++ = '\0';
+    }
+    return n;
+}
+
+static int s_load_examples(const cm_job *job, const char *path, cm_examples *out,
+                           cm_error *err)
+{
+    cm_feat_opts fo = cm_feat_opts_default();
+    fo.max_bad_lines = job->max_bad_lines;
+    fo.log_bad_lines = 0;
+    switch (s_feature_format(job, path)) {
+    case CM_FMT_LIBFFM:
+        return cm_examples_load_libffm(path, &fo, out, err);
+    case CM_FMT_CSV: {
+        char num[CM_PATH_MAX], cat[CM_PATH_MAX];
+        const char *nn[256], *cn[256];
+        snprintf(num, sizeof num, "%s", job->numeric_columns);
+        snprintf(cat, sizeof cat, "%s", job->categorical_columns);
+        cm_csv_spec spec = {.label_column = job->label_column[0] ? job->label_column : NULL,
+                            .numeric = nn, .n_numeric = s_split(num, nn, 256),
+                            .categorical = cn, .n_categorical = s_split(cat, cn, 256)};
+        return cm_examples_load_csv(path, &spec, &fo, out, err);
+    }
+    default:
+        return cm_examples_load_libsvm(path, &fo, out, err);
+    }
+}
+
+static int s_load_ratings(const cm_job *job, const char *path, cm_ratings *out, cm_error *err)
+{
+    cm_load_opts lo = cm_load_opts_default();
+    lo.max_bad_lines = job->max_bad_lines;
+    lo.log_bad_lines = 0;
+    lo.verify_checksum = 0; /* train verifies; the plan only counts */
+    return cm_ratings_load(path, &lo, out, err);
+}
+
+static uint64_t s_max_u64(const uint64_t *a, size_t n)
+{
+    uint64_t m = 0;
+    for (size_t k = 0; k < n; k++)
+        if (a[k] > m)
+            m = a[k];
+    return m;
+}
+
+/* Ratings (mf, or fm on ratings): distinct users and items, and the
+ * largest worker's share. */
+static int s_count_ratings(const cm_job *job, int n_workers, cl_plan_data *d, cm_error *err)
+{
+    cm_ratings r = {0};
+    cm_hashmap *users = NULL, *items = NULL;
+    uint64_t *per = calloc((size_t)n_workers * 2 + 1, sizeof *per);
+    int rc = per ? 0 : cm_error_set(err, CM_ENOMEM, "plan: out of memory");
+    if (rc == 0)
+        rc = s_load_ratings(job, job->train, &r, err);
+    if (rc != 0)
+        goto out;
+    users = cm_hashmap_new(1024);
+    items = cm_hashmap_new(1024);
+    if (!users || !items) {
+        rc = cm_error_set(err, CM_ENOMEM, "plan: out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < r.n; j++) {
+        if (cm_hashmap_upsert(users, r.user[j], 0, &(uint32_t){0}, NULL) != 0 ||
+            cm_hashmap_upsert(items, r.item[j], 0, &(uint32_t){0}, NULL) != 0) {
+            rc = cm_error_set(err, CM_ENOMEM, "plan: out of memory counting %s", job->train);
+            goto out;
+        }
+        per[cm_worker_of(r.user[j], (uint32_t)n_workers)]++;
+    }
+    d->n_train = r.n;
+    d->n_users = cm_hashmap_size(users);
+    d->n_items = cm_hashmap_size(items);
+    d->w_train = s_max_u64(per, (size_t)n_workers);
+    d->train_file_bytes = (uint64_t)r.n * S_RATING_BYTES;
+    /* blocks: users per worker, items per block (block = item hash % workers) */
+    memset(per, 0, (size_t)n_workers * 2 * sizeof *per);
+    size_t pos = 0;
+    uint64_t key;
+    uint32_t val;
+    while (cm_hashmap_next(users, &pos, &key, &val))
+        per[cm_worker_of(key, (uint32_t)n_workers)]++;
+    pos = 0;
+    while (cm_hashmap_next(items, &pos, &key, &val))
+        per[n_workers + wk_block_of(key, (uint32_t)n_workers)]++;
+    d->w_users = s_max_u64(per, (size_t)n_workers);
+    d->block_items = s_max_u64(per + n_workers, (size_t)n_workers);
+    if (cm_job_is_sparse(job)) { /* fm on ratings: user and item keys + the bias */
+        d->n_features = d->n_users + d->n_items + 1;
+        d->nnz = 2 * d->n_train;
+        d->w_nnz = 2 * d->w_train;
+    }
+    cm_ratings_free(&r);
+    if (job->test[0]) {
+        if ((rc = s_load_ratings(job, job->test, &r, err)) != 0)
+            goto out;
+        memset(per, 0, (size_t)n_workers * sizeof *per);
+        for (size_t j = 0; j < r.n; j++)
+            per[cm_worker_of(r.user[j], (uint32_t)n_workers)]++;
+        d->n_test = r.n;
+        d->w_test = s_max_u64(per, (size_t)n_workers);
+        if ((uint64_t)r.n * S_RATING_BYTES > d->train_file_bytes)
+            d->train_file_bytes = (uint64_t)r.n * S_RATING_BYTES;
+    }
+out:
+    cm_ratings_free(&r);
+    cm_hashmap_destroy(&users);
+    cm_hashmap_destroy(&items);
+    free(per);
+    return rc;
+}
+
+/* Sparse examples (fm): distinct keys, occurrences, the largest share
+ * (worker w takes examples i with i % workers == w). */
+static int s_count_examples(const cm_job *job, int n_workers, cl_plan_data *d, cm_error *err)
+{
+    cm_examples ex = {0};
+    cm_hashmap *keys = NULL;
+    uint64_t *nnz = calloc((size_t)n_workers + 1, sizeof *nnz);
+    int rc = nnz ? 0 : cm_error_set(err, CM_ENOMEM, "plan: out of memory");
+    if (rc == 0)
+        rc = s_load_examples(job, job->train, &ex, err);
+    if (rc != 0)
+        goto out;
+    if (!(keys = cm_hashmap_new(1024))) {
+        rc = cm_error_set(err, CM_ENOMEM, "plan: out of memory");
+        goto out;
+    }
+    for (size_t a = 0; a < ex.nnz; a++)
+        if (cm_hashmap_upsert(keys, ex.key[a], 0, &(uint32_t){0}, NULL) != 0) {
+            rc = cm_error_set(err, CM_ENOMEM, "plan: out of memory counting %s", job->train);
+            goto out;
+        }
+    for (size_t i = 0; i < ex.n; i++)
+        nnz[i % (size_t)n_workers] += ex.row_at[i + 1] - ex.row_at[i];
+    d->n_train = ex.n;
+    d->nnz = ex.nnz;
+    d->n_features = cm_hashmap_size(keys) + 1; /* + the global bias row */
+    d->w_train = s_ceil_div(ex.n, (uint64_t)n_workers);
+    d->w_nnz = s_max_u64(nnz, (size_t)n_workers);
+    d->train_file_bytes = (uint64_t)ex.n * (4 + 8) + 8 +
+                          (uint64_t)ex.nnz * (8 + 4 + (ex.field ? 4 : 0));
+    cm_examples_free(&ex);
+    if (job->test[0]) {
+        if ((rc = s_load_examples(job, job->test, &ex, err)) != 0)
+            goto out;
+        d->n_test = ex.n;
+        d->w_test = s_ceil_div(ex.n, (uint64_t)n_workers);
+    }
+out:
+    cm_examples_free(&ex);
+    cm_hashmap_destroy(&keys);
+    free(nnz);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Roles
+ * ------------------------------------------------------------------------ */
+
+/* A table of `rows` rows as one server holds it. */
+typedef struct {
+    uint64_t weights, state, pad, index, meta, pending, rows;
+} s_table_bytes;
+
+static s_table_bytes s_server_table(const cm_job *job, uint64_t rows, int n_servers,
+                                    int dim_t)
+{
+    s_table_bytes b = {0};
+    uint64_t n = s_ceil_div(rows, (uint64_t)n_servers);
+    if (job->max_rows > 0 && (uint64_t)job->max_rows < n)
+        n = (uint64_t)job->max_rows;
+    const uint64_t state = (uint64_t)ps_optim_state_floats(job->optimizer, dim_t);
+    const uint64_t stride = s_round_up((uint64_t)dim_t + state, S_SLOT_ALIGN_FLOATS);
+    const uint64_t slab_rows = n ? s_slab_rows(n, stride) : 0;
+    b.rows = n;
+    b.weights = n * (uint64_t)dim_t * 4;
+    b.state = n * state * 4;
+    b.pad = slab_rows * stride * 4 - b.weights - b.state;
+    b.index = s_hash_cap(n) * S_HASH_ENTRY;
+    if (job->ttl > 0 || job->max_rows > 0)
+        b.meta = slab_rows * S_META_BYTES;
+    if (job->min_count > 1)
+        b.pending = s_hash_cap(n < S_PENDING_MAX ? n : S_PENDING_MAX) * S_HASH_ENTRY;
+    return b;
+}
+
+static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys)
+{
+    cl_plan_role *r = &p->server;
+    const int dim_t = job->dim + 1;
+    const uint64_t rf = (uint64_t)p->row_floats;
+    uint64_t tables[2];
+    size_t n_tables = 0;
+    if (cm_job_is_sparse(job)) {
+        tables[n_tables++] = p->data.n_features;
+    } else {
+        tables[n_tables++] = p->data.n_users;
+        tables[n_tables++] = p->data.n_items;
+    }
+    s_table_bytes sum = {0};
+    uint64_t largest = 0, reply = 0, inbound = 0;
+    const int blocks = cm_job_uses_blocks(job);
+    for (size_t t = 0; t < n_tables; t++) {
+        s_table_bytes b = s_server_table(job, tables[t], p->n_servers, dim_t);
+        sum.weights += b.weights;
+        sum.state += b.state;
+        sum.pad += b.pad;
+        sum.index += b.index;
+        sum.meta += b.meta;
+        sum.pending += b.pending;
+        if (b.rows > largest)
+            largest = b.rows;
+        /* one request's keys at one server: a batch's distinct keys, or a
+         * blocks message of full rows (weights + state) */
+        uint64_t keys = blocks ? S_BLOCK_MSG_ROWS : batch_keys;
+        if (keys > b.rows)
+            keys = b.rows;
+        const uint64_t floats = blocks ? rf : (uint64_t)dim_t;
+        if (s_reply_floats(keys * floats) * 4 > reply)
+            reply = s_reply_floats(keys * floats) * 4;
+        if (keys * (8 + floats * 4) > inbound)
+            inbound = keys * (8 + floats * 4);
+    }
+    r->role = "server";
+    r->count = p->n_servers;
+    s_add(r, "rows: weights", sum.weights, 0);
+    s_add(r, "rows: optimizer state", sum.state, 0);
+    s_add(r, "rows: slot padding + chunk slack", sum.pad, 0);
+    s_add(r, "hash index", sum.index, 0);
+    s_add(r, "eviction records", sum.meta, 0);
+    s_add(r, "admission counters", sum.pending, 0);
+    s_add(r, "reply buffer + one request", reply + inbound, 0);
+    if (job->checkpoint_dir[0])
+        s_add(r, "checkpoint copy of a table", largest * (8 + rf * 4), 0);
+    s_finish(r, 0);
+}
+
+static void s_worker_mf(const cm_job *job, cl_plan *p)
+{
+    cl_plan_role *r = &p->worker;
+    const cl_plan_data *d = &p->data;
+    const uint64_t dim_t = (uint64_t)job->dim + 1;
+    const uint64_t shard = (d->w_train + d->w_test) * S_RATING_BYTES;
+    s_add(r, "ratings shard (train + test)", shard, 0);
+    s_add(r, "input file, mapped or read (loading)", d->train_file_bytes, 1);
+    s_add(r, "shard filter scratch (loading)", d->train_file_bytes, 1);
+    s_add(r, "example order", d->w_train * 4, 0);
+    uint64_t cap = (uint64_t)job->batch > S_MIN_BATCH_CAP ? (uint64_t)job->batch
+                                                          : S_MIN_BATCH_CAP;
+    uint64_t batch = cap * (8 + 16 + 4 + 4) +
+                     2 * (cap * (8 + 4) + 2 * s_round_up(cap * dim_t * 4, 64));
+    s_add(r, "minibatch buffers", batch, 0);
+    if (!cm_job_uses_blocks(job))
+        s_add(r, "pull replies + push requests", 2 * cap * (8 + 2 * dim_t * 4), 0);
+    if (cm_job_uses_blocks(job)) {
+        const uint64_t rf = (uint64_t)p->row_floats, st = s_round_up(rf, 8);
+        const uint64_t dcap = (d->w_users > d->block_items ? d->w_users : d->block_items) + 1;
+        s_add(r, "blocks: user rows (rows + base)", 2 * (d->w_users + 1) * st * 4, 0);
+        s_add(r, "blocks: item rows of a block (x2)", 2 * (d->block_items + 1) * st * 4, 0);
+        s_add(r, "blocks: delta buffer + keys", dcap * (rf * 4 + 8), 0);
+        uint64_t msg = dcap < S_BLOCK_MSG_ROWS ? dcap : S_BLOCK_MSG_ROWS;
+        s_add(r, "blocks: row messages (pull + push)", 2 * msg * (8 + rf * 4), 0);
+        s_add(r, "blocks: ratings (canon + working)", 2 * d->w_train * S_BLOCK_RATING, 0);
+        uint64_t item_keys = d->n_items < d->w_train ? d->n_items : d->w_train;
+        s_add(r, "blocks: item keys + index build", item_keys * 8 + d->w_train * 16 +
+                  (s_hash_cap(d->w_users) + s_hash_cap(item_keys)) * S_HASH_ENTRY, 0);
+    }
+    s_finish(r, shard);
+}
+
+static void s_worker_fm(const cm_job *job, cl_plan *p)
+{
+    cl_plan_role *r = &p->worker;
+    const cl_plan_data *d = &p->data;
+    const uint64_t dim_t = (uint64_t)job->dim + 1;
+    const uint64_t avg_nnz = d->n_train ? s_ceil_div(d->nnz, d->n_train) : 0;
+    const uint64_t shard = d->w_train * (4 + 8) + d->w_nnz * (8 + 4) +
+                           d->w_test * (4 + 8 + avg_nnz * (8 + 4));
+    s_add(r, "examples shard (train + test)", shard, 0);
+    s_add(r, "input examples (loading)", d->train_file_bytes, 1);
+    s_add(r, "example order", d->w_train * 4, 0);
+    const uint64_t c = ((uint64_t)job->batch * avg_nnz + 2) * 2;
+    const uint64_t c_ex = ((uint64_t)job->batch + 1) * 2;
+    s_add(r, "minibatch buffers",
+          c * (8 + 8 + 16 + 4 + 4 + 2 * dim_t * 4) + c_ex * (8 + 4 + 4), 0);
+    s_add(r, "pull reply + push request", c / 2 * (8 + 2 * dim_t * 4), 0);
+    s_finish(r, shard);
+}
+
+/* ------------------------------------------------------------------------
+ * Public
+ * ------------------------------------------------------------------------ */
+
+int cl_plan_estimate(const cm_job *job, int n_servers, int n_workers, cl_plan *out,
+                     cm_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!job || !job->train[0])
+        return cm_error_set(err, CM_EINVAL, "plan: no training data (set train)");
+    if (n_servers < 1 || n_workers < 1)
+        return cm_error_set(err, CM_EINVAL,
+                            "plan: need at least 1 server and 1 worker (got %d and %d)",
+                            n_servers, n_workers);
+    out->n_servers = n_servers;
+    out->n_workers = n_workers;
+    out->local = job->local;
+    out->dim = job->dim;
+    out->optimizer = job->optimizer;
+    const int dim_t = job->dim + 1;
+    out->row_floats = dim_t + ps_optim_state_floats(job->optimizer, dim_t);
+    out->stride_floats = (int)s_round_up((uint64_t)out->row_floats, S_SLOT_ALIGN_FLOATS);
+    int rc = s_is_ratings_input(job, job->train)
+                 ? s_count_ratings(job, n_workers, &out->data, err)
+                 : s_count_examples(job, n_workers, &out->data, err);
+    if (rc != 0)
+        return rc;
+    uint64_t batch_keys;
+    if (cm_job_is_sparse(job)) {
+        uint64_t avg = out->data.n_train ? s_ceil_div(out->data.nnz, out->data.n_train) : 0;
+        batch_keys = (uint64_t)job->batch * avg + 1;
+        s_worker_fm(job, out);
+    } else {
+        batch_keys = (uint64_t)job->batch > S_MIN_BATCH_CAP ? (uint64_t)job->batch
+                                                            : S_MIN_BATCH_CAP;
+        s_worker_mf(job, out);
+    }
+    s_server(job, out, batch_keys);
+    out->worker.role = "worker";
+    out->worker.count = n_workers;
+    if (job->local)
+        out->process_total = (uint64_t)n_servers * out->server.total +
+                             (uint64_t)n_workers * out->worker.total;
+    else
+        out->process_total = out->server.total > out->worker.total ? out->server.total
+                                                                   : out->worker.total;
+    int ranks = job->local ? 1 : 1 + n_servers + n_workers;
+    out->avail = cl_plan_available(job, ranks, out->avail_how, sizeof out->avail_how);
+    return 0;
+}
+
+const char *cl_plan_bytes_text(uint64_t n, char *buf, size_t size)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)n;
+    int u = 0;
+    while (v >= 1024 && u < 5) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%llu B", (unsigned long long)n);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+static void s_print_role(FILE *f, const cl_plan_role *r)
+{
+    char b[32];
+    for (size_t k = 0; k < r->n_items; k++)
+        fprintf(f, "%-8s %5s  %-38s %12s\n", k == 0 ? r->role : "",
+                k == 0 ? "" : "", r->items[k].name, cl_plan_bytes_text(r->items[k].bytes, b, sizeof b));
+    fprintf(f, "%-8s %5d  %-38s %12s", "", r->count, "total per process (peak)",
+            cl_plan_bytes_text(r->total, b, sizeof b));
+    char l[32], t[32];
+    fprintf(f, "  (loading %s, training %s)\n", cl_plan_bytes_text(r->loading, l, sizeof l),
+            cl_plan_bytes_text(r->training, t, sizeof t));
+}
+
+void cl_plan_print(FILE *f, const cl_plan *p)
+{
+    const cl_plan_data *d = &p->data;
+    char b[32], a[32];
+    const int dim_t = p->dim + 1;
+    fprintf(f, "memory plan: dim %d, %s: a row is %d weights + %d state floats, slot %d floats "
+               "(%d B)\n",
+            p->dim, cm_optimizer_name(p->optimizer), dim_t, p->row_floats - dim_t,
+            p->stride_floats, p->stride_floats * 4);
+    if (d->n_features)
+        fprintf(f, "data: %llu examples, %llu feature occurrences, %llu distinct keys "
+                   "(+ bias); %llu test examples\n",
+                (unsigned long long)d->n_train, (unsigned long long)d->nnz,
+                (unsigned long long)(d->n_features - 1), (unsigned long long)d->n_test);
+    else
+        fprintf(f, "data: %llu ratings, %llu users, %llu items; %llu test ratings\n",
+                (unsigned long long)d->n_train, (unsigned long long)d->n_users,
+                (unsigned long long)d->n_items, (unsigned long long)d->n_test);
+    fprintf(f, "cluster: %d server%s, %d worker%s%s\n\n", p->n_servers,
+            p->n_servers == 1 ? "" : "s", p->n_workers, p->n_workers == 1 ? "" : "s",
+            p->local ? " as threads of one --local process" : " (+ 1 scheduler), one process each");
+    fprintf(f, "%-8s %5s  %-38s %12s\n", "role", "count", "per process", "bytes");
+    s_print_role(f, &p->server);
+    s_print_role(f, &p->worker);
+    fprintf(f, "%-8s %5s  %-38s %12s\n", "all", "", p->local ? "the --local process"
+                                                       : "largest process",
+            cl_plan_bytes_text(p->process_total, b, sizeof b));
+    if (p->avail == 0)
+        fprintf(f, "\nverdict: unknown: available memory cannot be read (set memory_limit)\n");
+    else
+        fprintf(f, "\nverdict: %s: %s needs %s of %s available (%s)\n",
+                p->process_total <= p->avail ? "fits" : "DOES NOT FIT",
+                p->local ? "the --local process" : "the largest process",
+                cl_plan_bytes_text(p->process_total, b, sizeof b),
+                cl_plan_bytes_text(p->avail, a, sizeof a), p->avail_how);
+}
+
+uint64_t cl_plan_available(const cm_job *job, int ranks_on_host, char *how, size_t how_n)
+{
+    char b[32];
+    if (job->memory_limit) {
+        snprintf(how, how_n, "memory_limit");
+        return job->memory_limit;
+    }
+    FILE *f = fopen("/proc/meminfo", "r");
+    unsigned long long kb = 0;
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+                break;
+        fclose(f);
+    }
+    if (kb == 0) {
+        snprintf(how, how_n, "unknown");
+        return 0;
+    }
+    if (ranks_on_host < 1)
+        ranks_on_host = 1;
+    snprintf(how, how_n, "MemAvailable %s / %d rank%s on this host",
+             cl_plan_bytes_text((uint64_t)kb * 1024, b, sizeof b), ranks_on_host,
+             ranks_on_host == 1 ? "" : "s");
+    return (uint64_t)kb * 1024 / (uint64_t)ranks_on_host;
+}
+
+/* The largest item of a role. */
+static const cl_plan_item *s_largest(const cl_plan_role *r)
+{
+    const cl_plan_item *m = NULL;
+    for (size_t k = 0; k < r->n_items; k++)
+        if (!m || r->items[k].bytes > m->bytes)
+            m = &r->items[k];
+    return m;
+}
+
+int cl_plan_check(const cl_plan *p, cm_error *err)
+{
+    if (p->avail == 0 || p->process_total <= p->avail)
+        return 0;
+    char need[32], have[32];
+    const cl_plan_role *r = p->server.total >= p->worker.total ? &p->server : &p->worker;
+    if (!p->local) {
+        if (p->server.total <= p->avail)
+            r = &p->worker;
+        else if (p->worker.total <= p->avail)
+            r = &p->server;
+    }
+    const cl_plan_item *big = s_largest(r);
+    const char *what = p->local ? "this --local process (all servers and workers)"
+                                : (r == &p->server ? "each server process" : "each worker process");
+    return cm_error_set(
+        err, CM_ENOMEM,
+        "memory plan: %s needs %s but %s is available (%s); the %s's largest part is "
+        "%s. To shrink the job: more servers (--servers; splits the tables), a smaller "
+        "--dim, --optimizer rowwise_adagrad or sgd (1 or 0 state floats per row, not %d), "
+        "more workers (smaller shards), or a correct --memory_limit (bytes). "
+        "`psrec plan` prints the whole table.",
+        what, cl_plan_bytes_text(p->local ? p->process_total : r->total, need, sizeof need),
+        cl_plan_bytes_text(p->avail, have, sizeof have), p->avail_how, r->role,
+        big ? big->name : "?", p->row_floats - p->dim - 1);
+}
