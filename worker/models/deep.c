@@ -146,10 +146,14 @@ wk_mlp *wk_mlp_new(const wk_mlp_params *p, int max_batch, cm_error *err)
     const size_t nb = (size_t)max_batch;
     size_t off[WK_MLP_MAX_HIDDEN + 4], total = 0;
     int nbuf = 0;
-    for (int l = 0; l < p->n_hidden; l++, total += s_round(nb * p->hidden[l]))
+    for (int l = 0; l < p->n_hidden; l++) {
         off[nbuf++] = total;
-    for (int i = 0; i < 2; i++, total += s_round(nb * widest))
+        total += s_round(nb * p->hidden[l]);
+    }
+    for (int i = 0; i < 2; i++) {
         off[nbuf++] = total;
+        total += s_round(nb * widest);
+    }
     off[nbuf++] = total;
     total += s_round(nb);
     off[nbuf++] = total;
