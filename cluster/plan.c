@@ -9,7 +9,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "common/dataset.h"
 #include "common/features.h"
@@ -17,6 +16,7 @@
 #include "common/slots.h"
 #include "ps/optim.h"
 #include "worker/blocks.h"
+#include "worker/sparse.h"
 
 #define S_SLOT_ALIGN_FLOATS 16            /* ps/table.c: 64-byte row slots */
 #define S_CHUNK0_LOG 6                    /* ps/table.c: chunk 0 holds 64 rows */
@@ -105,62 +105,7 @@ static int s_is_ratings_input(const cm_job *job, const char *path)
 {
     if (!cm_job_is_sparse(job))
         return 1;
-    if (job->format == CM_FMT_RATINGS)
-        return 1;
-    return job->format == CM_FMT_AUTO && cm_dataset_is_binary(path) == 1;
-}
-
-static int s_feature_format(const cm_job *job, const char *path)
-{
-    if (job->format != CM_FMT_AUTO)
-        return job->format;
-    const char *dot = strrchr(path, '.');
-    if (dot && (!strcasecmp(dot, ".ffm") || !strcasecmp(dot, ".libffm")))
-        return CM_FMT_LIBFFM;
-    if (dot && !strcasecmp(dot, ".csv"))
-        return CM_FMT_CSV;
-    return CM_FMT_LIBSVM;
-}
-
-static size_t s_split(char *buf, const char **names, size_t max)
-{
-    size_t n = 0;
-    for (char *p = buf; *p && n < max;) {
-        while (*p == ',' || *p == ' ')
-            p++;
-        if (!*p)
-            break;
-        names[n++] = p;
-        while (*p && *p != ',')
-            p++;
-        if (*p)
-            *p++ = '\0';
-    }
-    return n;
-}
-
-static int s_load_examples(const cm_job *job, const char *path, cm_examples *out,
-                           cm_error *err)
-{
-    cm_feat_opts fo = cm_feat_opts_default();
-    fo.max_bad_lines = job->max_bad_lines;
-    fo.log_bad_lines = 0;
-    switch (s_feature_format(job, path)) {
-    case CM_FMT_LIBFFM:
-        return cm_examples_load_libffm(path, &fo, out, err);
-    case CM_FMT_CSV: {
-        char num[CM_PATH_MAX], cat[CM_PATH_MAX];
-        const char *nn[256], *cn[256];
-        snprintf(num, sizeof num, "%s", job->numeric_columns);
-        snprintf(cat, sizeof cat, "%s", job->categorical_columns);
-        cm_csv_spec spec = {.label_column = job->label_column[0] ? job->label_column : NULL,
-                            .numeric = nn, .n_numeric = s_split(num, nn, 256),
-                            .categorical = cn, .n_categorical = s_split(cat, cn, 256)};
-        return cm_examples_load_csv(path, &spec, &fo, out, err);
-    }
-    default:
-        return cm_examples_load_libsvm(path, &fo, out, err);
-    }
+    return wk_sparse_format(job, path) == CM_FMT_RATINGS;
 }
 
 static int s_load_ratings(const cm_job *job, const char *path, cm_ratings *out, cm_error *err)
@@ -258,7 +203,7 @@ static int s_count_examples(const cm_job *job, int n_workers, cl_plan_data *d, c
     uint64_t *nnz = calloc((size_t)n_workers + 1, sizeof *nnz);
     int rc = nnz ? 0 : cm_error_set(err, CM_ENOMEM, "plan: out of memory");
     if (rc == 0)
-        rc = s_load_examples(job, job->train, &ex, err);
+        rc = wk_sparse_load_features(job, job->train, 0, &ex, err);
     if (rc != 0)
         goto out;
     if (!(keys = cm_hashmap_new(1024))) {
@@ -281,7 +226,7 @@ static int s_count_examples(const cm_job *job, int n_workers, cl_plan_data *d, c
                           (uint64_t)ex.nnz * (8 + 4 + (ex.field ? 4 : 0));
     cm_examples_free(&ex);
     if (job->test[0]) {
-        if ((rc = s_load_examples(job, job->test, &ex, err)) != 0)
+        if ((rc = wk_sparse_load_features(job, job->test, 0, &ex, err)) != 0)
             goto out;
         d->n_test = ex.n;
         d->w_test = s_ceil_div(ex.n, (uint64_t)n_workers);

@@ -79,7 +79,7 @@ int wk_sparse_task(const wk_sparse *s)
 /* The input format of path: the job's; else by extension; else ratings
  * for a .psrd file or a text file whose first data line has no ':'; else
  * libsvm. */
-static int s_format(const cm_job *job, const char *path)
+int wk_sparse_format(const cm_job *job, const char *path)
 {
     if (job->format != CM_FMT_AUTO)
         return job->format;
@@ -173,14 +173,14 @@ static size_t s_split(char *buf, const char **names, size_t max)
     return n;
 }
 
-static int s_load_file(const cm_job *job, const char *path, cm_examples *out, int log_lines,
-                       cm_error *err)
+int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
+                            cm_examples *out, cm_error *err)
 {
     cm_feat_opts fo = cm_feat_opts_default();
     fo.max_bad_lines = job->max_bad_lines;
     fo.log_bad_lines = log_lines;
     fo.task = CM_TASK_REGRESSION; /* raw labels; the task is settled after */
-    switch (s_format(job, path)) {
+    switch (wk_sparse_format(job, path)) {
     case CM_FMT_LIBFFM:
         return cm_examples_load_libffm(path, &fo, out, err);
     case CM_FMT_CSV: {
@@ -307,12 +307,12 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
-    if (s_format(job, job->train) == CM_FMT_RATINGS) {
+    if (wk_sparse_format(job, job->train) == CM_FMT_RATINGS) {
         if (s_load_ratings(s, job, index, n_workers, log_lines, err) != 0)
             goto fail;
         goto loaded;
     }
-    if (s_load_file(job, job->train, &all, log_lines, err) != 0)
+    if (wk_sparse_load_features(job, job->train, log_lines, &all, err) != 0)
         goto fail;
     s->task = job->task == CM_JOB_TASK_AUTO
                   ? (s_is_binary(&all) ? CM_TASK_BINARY : CM_TASK_REGRESSION)
@@ -323,7 +323,7 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
         goto fail;
     if (job->test[0]) {
-        if (s_load_file(job, job->test, &all, log_lines, err) != 0 ||
+        if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0 ||
             s_take(&all, index, n_workers, &s->test, err) != 0)
             goto fail;
         cm_examples_free(&all);

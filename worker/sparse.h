@@ -14,10 +14,21 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/features.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 
 typedef struct wk_sparse wk_sparse;
+
+/* The input format (cm_format) of path for a sparse model: the job's;
+ * else by extension (.ffm, .libffm, .csv); else ratings for a .psrd file or
+ * a text file whose first data line has no ':'; else libsvm/libFM. */
+int wk_sparse_format(const cm_job *job, const char *path);
+
+/* Loads a libsvm/libFM, libffm or csv file (by wk_sparse_format) with the
+ * labels as written; logs the first log_lines bad lines. */
+int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
+                            cm_examples *out, cm_error *err);
 
 /* Loads the job's train (and test) files, keeps this worker's rows, and
  * settles the task (job->task, or from the training labels when auto). */
