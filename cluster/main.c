@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/dataset.h"
 #include "common/log.h"
+#include "common/opts.h"
 #include "common/synth.h"
 #include "serve/cli.h"
 
@@ -41,101 +42,6 @@ static void s_usage(FILE *f)
 }
 
 /* -------------------------------------------------------------------------
- * Small option tables for gen and convert (train uses the job key table).
- * ----------------------------------------------------------------------- */
-
-typedef enum { S_U64, S_INT, S_DBL, S_STR, S_FMT } s_type;
-
-typedef struct {
-    const char *name;
-    s_type type;
-    void *ptr;
-    const char *help;
-} s_opt;
-
-static int s_parse_opt(const s_opt *o, const char *v, cm_error *err)
-{
-    char *end = NULL;
-    errno = 0;
-    switch (o->type) {
-    case S_U64: {
-        if (v[0] == '-')
-            break;
-        double d = strtod(v, &end); /* accepts 1e8 */
-        if (errno || *end || d < 0 || d > 1.8e19 || d != (double)(unsigned long long)d)
-            break;
-        *(uint64_t *)o->ptr = (uint64_t)d;
-        return 0;
-    }
-    case S_INT: {
-        long x = strtol(v, &end, 10);
-        if (errno || *end || x < 0 || x > 1 << 20)
-            break;
-        *(int *)o->ptr = (int)x;
-        return 0;
-    }
-    case S_DBL: {
-        double d = strtod(v, &end);
-        if (errno || *end || d != d || d < 0 || d > 1e12)
-            break;
-        *(double *)o->ptr = d;
-        return 0;
-    }
-    case S_STR:
-        *(const char **)o->ptr = v;
-        return 0;
-    case S_FMT:
-        if (strcmp(v, "bin") == 0 || strcmp(v, "text") == 0) {
-            *(int *)o->ptr = strcmp(v, "text") == 0;
-            return 0;
-        }
-        break;
-    }
-    return cm_error_set(err, CM_EINVAL, "--%s: bad value '%s'", o->name, v);
-}
-
-/* Parses --name value / --name=value for opts; positionals go to pos[]. */
-static int s_parse(int argc, char **argv, const s_opt *opts, size_t n_opts, const char **pos,
-                   int max_pos, int *n_pos, int *help, cm_error *err)
-{
-    *n_pos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            *help = 1;
-            return 0;
-        }
-        if (strncmp(a, "--", 2) != 0) {
-            if (*n_pos >= max_pos)
-                return cm_error_set(err, CM_EINVAL, "unexpected argument '%s'", a);
-            pos[(*n_pos)++] = a;
-            continue;
-        }
-        const char *name = a + 2, *eq = strchr(name, '=');
-        size_t len = eq ? (size_t)(eq - name) : strlen(name);
-        const s_opt *o = NULL;
-        for (size_t k = 0; k < n_opts; k++)
-            if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
-                o = &opts[k];
-        if (!o)
-            return cm_error_set(err, CM_EINVAL, "%s: unknown option (see --help)", a);
-        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-        if (!v)
-            return cm_error_set(err, CM_EINVAL, "--%s needs a value", o->name);
-        int rc = s_parse_opt(o, v, err);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
-}
-
-static void s_print_opts(FILE *f, const s_opt *opts, size_t n)
-{
-    for (size_t k = 0; k < n; k++)
-        fprintf(f, "  --%-16s %s\n", opts[k].name, opts[k].help);
-}
-
-/* -------------------------------------------------------------------------
  * gen
  * ----------------------------------------------------------------------- */
 
@@ -143,26 +49,30 @@ static int s_gen(int argc, char **argv)
 {
     cm_synth_params p = cm_synth_params_default();
     const char *out = "synthetic";
-    const s_opt opts[] = {
-        {"out", S_STR, &out, "output prefix: writes PREFIX.train.psrd and PREFIX.test.psrd "
+    static const char *const formats[] = {"bin", "text", NULL};
+    cm_opt_choice format = {&p.text, formats};
+    const cm_opt opts[] = {
+        {"out", 0, CM_OPT_STR, &out, "output prefix: writes PREFIX.train.psrd and PREFIX.test.psrd "
                              "(default synthetic)"},
-        {"ratings", S_U64, &p.n_ratings, "ratings in all, train + test (default 100000; "
+        {"ratings", 0, CM_OPT_U64, &p.n_ratings, "ratings in all, train + test (default 100000; "
                                          "1e8 is fine)"},
-        {"users", S_U64, &p.n_users, "number of users (default 943)"},
-        {"items", S_U64, &p.n_items, "number of items (default 1682)"},
-        {"rank", S_INT, &p.rank, "rank of the planted factors (default 8)"},
-        {"noise", S_DBL, &p.noise, "standard deviation of the rating noise (default 0.5)"},
-        {"zipf", S_DBL, &p.zipf, "item popularity exponent (default 0.9)"},
-        {"mean", S_DBL, &p.mean, "global mean rating (default 3.5)"},
-        {"test-fraction", S_DBL, &p.test_fraction, "share of rows held out (default 0.1)"},
-        {"seed", S_U64, &p.seed, "random seed (default 42)"},
-        {"format", S_FMT, &p.text, "bin (.psrd, default) or text (.tsv)"},
+        {"users", 0, CM_OPT_U64, &p.n_users, "number of users (default 943)"},
+        {"items", 0, CM_OPT_U64, &p.n_items, "number of items (default 1682)"},
+        {"rank", 0, CM_OPT_INT, &p.rank, "rank of the planted factors (default 8)"},
+        {"noise", 0, CM_OPT_DBL, &p.noise,
+         "standard deviation of the rating noise (default 0.5)"},
+        {"zipf", 0, CM_OPT_DBL, &p.zipf, "item popularity exponent (default 0.9)"},
+        {"mean", 0, CM_OPT_DBL, &p.mean, "global mean rating (default 3.5)"},
+        {"test-fraction", 0, CM_OPT_DBL, &p.test_fraction,
+         "share of rows held out (default 0.1)"},
+        {"seed", 0, CM_OPT_U64, &p.seed, "random seed (default 42)"},
+        {"format", 0, CM_OPT_CHOICE, &format, "bin (.psrd, default) or text (.tsv)"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0, help = 0;
     cm_error err = {0};
-    if (s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos, &help, &err) != 0) {
+    if (cm_opts_parse(argc, argv, opts, n_opts, pos, 0, &n_pos, &help, &err) != 0) {
         fprintf(stderr, "psrec gen: %s\n", err.msg);
         return 2;
     }
@@ -172,7 +82,7 @@ static int s_gen(int argc, char **argv)
                "a planted low-rank dot product + Gaussian noise, with Zipf-like item\n"
                "popularity. Prints the noise floor: the best test RMSE any model can\n"
                "reach on the held-out rows.\n\n");
-        s_print_opts(stdout, opts, n_opts);
+        cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (p.test_fraction > 1 || p.n_users == 0 || p.n_items == 0 || p.rank < 1) {
@@ -209,19 +119,19 @@ static int s_convert(int argc, char **argv)
 {
     double test_fraction = 0;
     uint64_t seed = 1, max_bad = 10;
-    const s_opt opts[] = {
-        {"test-fraction", S_DBL, &test_fraction,
+    const cm_opt opts[] = {
+        {"test-fraction", 0, CM_OPT_DBL, &test_fraction,
          "hold out this share of rows: writes OUTPUT's stem + .train.psrd and .test.psrd "
          "(default 0: one file)"},
-        {"seed", S_U64, &seed, "seed of the split (default 1)"},
-        {"max-bad-lines", S_U64, &max_bad, "give up after this many malformed lines "
+        {"seed", 0, CM_OPT_U64, &seed, "seed of the split (default 1)"},
+        {"max-bad-lines", 0, CM_OPT_U64, &max_bad, "give up after this many malformed lines "
                                            "(default 10)"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[2];
     int n_pos = 0, help = 0;
     cm_error err = {0};
-    if (s_parse(argc, argv, opts, n_opts, pos, 2, &n_pos, &help, &err) != 0) {
+    if (cm_opts_parse(argc, argv, opts, n_opts, pos, 2, &n_pos, &help, &err) != 0) {
         fprintf(stderr, "psrec convert: %s\n", err.msg);
         return 2;
     }
@@ -230,7 +140,7 @@ static int s_convert(int argc, char **argv)
                "Reads ratings as text (`user item rating [timestamp]` separated by '::',\n"
                "tabs, commas or spaces; a CSV header line is skipped) and writes psrec's\n"
                "binary, mmap-able, checksummed dataset (.psrd).\n\n");
-        s_print_opts(stdout, opts, n_opts);
+        cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (n_pos != 2) {

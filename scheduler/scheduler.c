@@ -119,6 +119,27 @@ static void s_publish_clock(s_sched *s, uint32_t epoch)
     }
 }
 
+/* Receives the next well-formed control message into *m (released by the
+ * caller on 0). Malformed ones are logged and skipped. CM_ETIMEDOUT after
+ * the job's timeout of silence, for the caller to explain; other failures
+ * of the channel come back with *err set. */
+static int s_recv_ctl(s_sched *s, cm_msg *m, cm_error *err)
+{
+    for (;;) {
+        cm_error e = {0};
+        memset(m, 0, sizeof *m);
+        int rc = cm_msg_recv(s->p->ctl, m, (int)(s->p->job->timeout * 1000), &e);
+        if (rc == 0)
+            return 0;
+        cm_msg_release(m);
+        if (rc == CM_ETIMEDOUT)
+            return rc;
+        if (rc != CM_EPROTO)
+            return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
+        cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
+    }
+}
+
 /* Receives control messages until every worker answered `want` for
  * `epoch`. PROGRESS messages move the bar. Silence longer than the job's
  * timeout, or an OP_ERROR from a worker, fails the job. */
@@ -127,9 +148,8 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
     const cm_job *job = s->p->job;
     uint32_t left = s->p->n_workers;
     while (left > 0) {
-        cm_msg m = {0};
-        cm_error e = {0};
-        int rc = cm_msg_recv(s->p->ctl, &m, (int)(job->timeout * 1000), &e);
+        cm_msg m;
+        int rc = s_recv_ctl(s, &m, err);
         if (rc == CM_ETIMEDOUT) {
             for (uint32_t w = 0; w < s->p->n_workers; w++)
                 if (!s->wk[w].finished)
@@ -138,15 +158,8 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
                                         "(raise `timeout` if it is just slow)",
                                         s->wk[w].rank, job->timeout);
         }
-        if (rc == CM_EPROTO) {
-            cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
-            cm_msg_release(&m);
-            continue;
-        }
-        if (rc != 0) {
-            cm_msg_release(&m);
-            return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
-        }
+        if (rc != 0)
+            return rc;
         int w = s_find(s, &m);
         if (w < 0) {
             cm_log(CM_LOG_WARN, "scheduler: %s from an unknown peer (rank %d) ignored",
@@ -206,22 +219,14 @@ static int s_hellos(s_sched *s, cm_error *err)
     const cm_job *job = s->p->job;
     uint32_t got = 0;
     while (got < s->p->n_workers) {
-        cm_msg m = {0};
-        cm_error e = {0};
-        int rc = cm_msg_recv(s->p->ctl, &m, (int)(job->timeout * 1000), &e);
+        cm_msg m;
+        int rc = s_recv_ctl(s, &m, err);
         if (rc == CM_ETIMEDOUT)
             return cm_error_set(err, rc,
                                 "scheduler: only %u of %u workers reported within %.0f s",
                                 got, s->p->n_workers, job->timeout);
-        if (rc == CM_EPROTO) {
-            cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
-            cm_msg_release(&m);
-            continue;
-        }
-        if (rc != 0) {
-            cm_msg_release(&m);
-            return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
-        }
+        if (rc != 0)
+            return rc;
         if (m.hdr.op == CM_OP_ERROR) {
             rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", m.hdr.sender,
                               m.hdr.error);

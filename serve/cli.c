@@ -12,6 +12,7 @@
 #include "common/dataset.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/opts.h"
 #include "common/van.h"
 #include "serve/export.h"
 #include "serve/score.h"
@@ -19,101 +20,18 @@
 
 /* ---------------------------------------------------- option parsing -- */
 
-typedef enum { S_STR, S_U64, S_INT } s_type;
-
-typedef struct {
-    const char *name;   /* long name, without "--" */
-    char short_name;    /* 0 or the letter of "-x" */
-    s_type type;
-    void *ptr;
-    const char *help;
-} s_opt;
-
-static int s_set(const char *cmd, const s_opt *o, const char *v)
-{
-    char *end = NULL;
-    errno = 0;
-    if (o->type == S_STR) {
-        *(const char **)o->ptr = v;
-        return 0;
-    }
-    if (v[0] != '-' && v[0] != '\0') {
-        unsigned long long x = strtoull(v, &end, 10);
-        if (!errno && *end == '\0') {
-            if (o->type == S_U64) {
-                *(uint64_t *)o->ptr = x;
-                return 0;
-            }
-            if (x <= 1u << 30) {
-                *(int *)o->ptr = (int)x;
-                return 0;
-            }
-        }
-    }
-    fprintf(stderr, "psrec %s: --%s: bad value '%s'\n", cmd, o->name, v);
-    return 2;
-}
-
-/* Parses argv[1..]; positionals go to pos (at most max_pos). Returns 0,
- * 2 on bad usage (printed), or -1 when --help was asked for. */
-static int s_parse(int argc, char **argv, const s_opt *opts, size_t n, const char **pos,
+/* Parses with the shared option table parser; prints a usage error as
+ * "psrec CMD: reason". Returns 0, 2 on bad usage, or -1 for --help. */
+static int s_parse(int argc, char **argv, const cm_opt *opts, size_t n, const char **pos,
                    int max_pos, int *n_pos)
 {
-    const char *cmd = argv[0];
-    *n_pos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-            return -1;
-        const s_opt *o = NULL;
-        const char *v = NULL;
-        if (strncmp(a, "--", 2) == 0) {
-            const char *name = a + 2, *eq = strchr(name, '=');
-            size_t len = eq ? (size_t)(eq - name) : strlen(name);
-            for (size_t k = 0; k < n; k++)
-                if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
-                    o = &opts[k];
-            if (eq)
-                v = eq + 1;
-        } else if (a[0] == '-' && a[1] && !a[2]) {
-            for (size_t k = 0; k < n; k++)
-                if (opts[k].short_name == a[1])
-                    o = &opts[k];
-        } else {
-            if (*n_pos >= max_pos) {
-                fprintf(stderr, "psrec %s: unexpected argument '%s' (see --help)\n", cmd, a);
-                return 2;
-            }
-            pos[(*n_pos)++] = a;
-            continue;
-        }
-        if (!o) {
-            fprintf(stderr, "psrec %s: %s: unknown option (see --help)\n", cmd, a);
-            return 2;
-        }
-        if (!v && i + 1 < argc)
-            v = argv[++i];
-        if (!v) {
-            fprintf(stderr, "psrec %s: --%s needs a value\n", cmd, o->name);
-            return 2;
-        }
-        int rc = s_set(cmd, o, v);
-        if (rc != 0)
-            return rc;
+    cm_error err = {0};
+    int help = 0;
+    if (cm_opts_parse(argc, argv, opts, n, pos, max_pos, n_pos, &help, &err) != 0) {
+        fprintf(stderr, "psrec %s: %s\n", argv[0], err.msg);
+        return 2;
     }
-    return 0;
-}
-
-static void s_print_opts(const s_opt *opts, size_t n)
-{
-    for (size_t k = 0; k < n; k++) {
-        char name[40];
-        if (opts[k].short_name)
-            snprintf(name, sizeof name, "-%c, --%s", opts[k].short_name, opts[k].name);
-        else
-            snprintf(name, sizeof name, "    --%s", opts[k].name);
-        printf("  %-18s %s\n", name, opts[k].help);
-    }
+    return help ? -1 : 0;
 }
 
 /* A user or item id as the data loader reads it: a plain decimal that
@@ -141,10 +59,10 @@ static uint64_t s_parse_id(const char *s)
 int sv_export_main(int argc, char **argv)
 {
     const char *out = NULL, *formats = "npy,fvecs,psm", *level = "warn";
-    const s_opt opts[] = {
-        {"out", 'o', S_STR, &out, "output directory (created if missing; required)"},
-        {"format", 0, S_STR, &formats, "comma-separated: npy, fvecs, psm (default all three)"},
-        {"log-level", 0, S_STR, &level, "debug, info, warn (default), error"},
+    const cm_opt opts[] = {
+        {"out", 'o', CM_OPT_STR, &out, "output directory (created if missing; required)"},
+        {"format", 0, CM_OPT_STR, &formats, "comma-separated: npy, fvecs, psm (default all three)"},
+        {"log-level", 0, CM_OPT_STR, &level, "debug, info, warn (default), error"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
@@ -160,7 +78,7 @@ int sv_export_main(int argc, char **argv)
                "  psm    model.psm: one mmap-able file with every table (docs/psm.md),\n"
                "         read by psrec recommend / serve and by serve/psm.c\n"
                "manifest.json states the model and its scoring formula.\n\n");
-        s_print_opts(opts, n_opts);
+        cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (rc != 0)
@@ -203,11 +121,11 @@ int sv_recommend_main(int argc, char **argv)
 {
     const char *model = NULL, *user_s = NULL, *exclude = NULL;
     int k = 10;
-    const s_opt opts[] = {
-        {"model", 'm', S_STR, &model, "an export directory or its model.psm (required)"},
-        {"user", 'u', S_STR, &user_s, "the user id, as in the ratings (required)"},
-        {"k", 'k', S_INT, &k, "how many items (default 10)"},
-        {"exclude", 0, S_STR, &exclude,
+    const cm_opt opts[] = {
+        {"model", 'm', CM_OPT_STR, &model, "an export directory or its model.psm (required)"},
+        {"user", 'u', CM_OPT_STR, &user_s, "the user id, as in the ratings (required)"},
+        {"k", 'k', CM_OPT_INT, &k, "how many items (default 10)"},
+        {"exclude", 0, CM_OPT_STR, &exclude,
          "ratings file (text or .psrd): skip items this user rated there"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
@@ -221,7 +139,7 @@ int sv_recommend_main(int argc, char **argv)
                "user bias + item bias + dot(user factors, item factors), unclipped. A\n"
                "user the model does not know gets the popularity fallback (items by\n"
                "global_mean + item bias), flagged in a '# fallback' line.\n\n");
-        s_print_opts(opts, n_opts);
+        cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (rc != 0)
@@ -313,16 +231,16 @@ int sv_serve_main(int argc, char **argv)
     uint64_t max_requests = 0;
     int max_k = (int)p.max_k;
     p.bind = "tcp://127.0.0.1:5555";
-    const s_opt opts[] = {
-        {"model", 'm', S_STR, &p.model, "an export directory or its model.psm (required)"},
-        {"bind", 'b', S_STR, &p.bind, "endpoint to listen on (default tcp://127.0.0.1:5555; "
+    const cm_opt opts[] = {
+        {"model", 'm', CM_OPT_STR, &p.model, "an export directory or its model.psm (required)"},
+        {"bind", 'b', CM_OPT_STR, &p.bind, "endpoint to listen on (default tcp://127.0.0.1:5555; "
                                       "port * picks a free one)"},
-        {"poll-ms", 0, S_INT, &p.poll_ms, "check the model file for a new version this often "
+        {"poll-ms", 0, CM_OPT_INT, &p.poll_ms, "check the model file for a new version this often "
                                           "(default 200)"},
-        {"max-k", 0, S_INT, &max_k, "largest k a request may ask for (default 1000)"},
-        {"max-requests", 0, S_U64, &max_requests, "exit after this many requests "
+        {"max-k", 0, CM_OPT_INT, &max_k, "largest k a request may ask for (default 1000)"},
+        {"max-requests", 0, CM_OPT_U64, &max_requests, "exit after this many requests "
                                                   "(default 0: run until SIGINT/SIGTERM)"},
-        {"log-level", 0, S_STR, &level, "debug, info (default), warn, error"},
+        {"log-level", 0, CM_OPT_STR, &level, "debug, info (default), warn, error"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
@@ -337,7 +255,7 @@ int sv_serve_main(int argc, char **argv)
                "When model.psm is replaced (rename) the new file is validated and\n"
                "swapped in; a broken file is logged and the old model keeps serving.\n"
                "docs/serving.md has the protocol.\n\n");
-        s_print_opts(opts, n_opts);
+        cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (rc != 0)

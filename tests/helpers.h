@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cluster/run.h"
+
 /* ../shared/data beside the checkout, or $PSREC_DATA; NULL if absent. */
 static inline const char *th_data_dir(void)
 {
@@ -65,6 +67,17 @@ static inline double th_last_metric(const char *path, const char *key)
 
 /* Leak checking stays on for in-process tests; in mpirun's processes it
  * would report Open MPI's own start-up allocations, which it never frees. */
+/* Runs job as a --local cluster, its epoch lines discarded. Returns
+ * cl_run_local's code; *res and *err are filled. */
+static inline int th_local(const cm_job *job, sch_result *res, cm_error *err)
+{
+    FILE *out = fopen("/dev/null", "w");
+    int rc = cl_run_local(job, out ? out : stdout, res, err);
+    if (out)
+        fclose(out);
+    return rc;
+}
+
 #define TH_MPIRUN                                                                   \
     "ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "       \
     "--bind-to none -x ASAN_OPTIONS "

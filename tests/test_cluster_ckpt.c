@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cluster/run.h"
+#include "helpers.h"
 #include "common/ckpt.h"
 #include "common/log.h"
 #include "common/synth.h"
@@ -62,11 +63,9 @@ static cm_job s_job(const char *ckdir, int servers, int epochs)
 
 static sch_result s_run(const cm_job *job)
 {
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(job, &res, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     return res;
 }
@@ -266,19 +265,15 @@ Test(cluster_ckpt, keep_prunes_and_mismatch_is_refused)
     cm_job other = s_job("keep", 1, 6);
     other.dim = 8;
     snprintf(other.resume, sizeof other.resume, "auto");
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&other, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&other, &res, &err);
     cr_expect_neq(rc, 0);
     cr_expect(strstr(err.msg, "dim") != NULL, "says why: %s", err.msg);
 
     cm_job none = s_job("nothing-here", 1, 2);
     snprintf(none.resume, sizeof none.resume, "auto");
-    out = fopen("/dev/null", "w");
-    rc = cl_run_local(&none, out, &res, &err);
-    fclose(out);
+    rc = th_local(&none, &res, &err);
     cr_expect_neq(rc, 0, "resume auto with no checkpoint fails clearly");
     cr_expect(strstr(err.msg, "nothing-here") != NULL, "%s", err.msg);
 }

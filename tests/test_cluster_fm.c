@@ -28,11 +28,9 @@ static cm_job s_job(void)
 
 static sch_result s_run(const cm_job *job)
 {
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(job, &res, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     return res;
 }
@@ -133,11 +131,9 @@ Test(cluster_fm, bad_feature_lines_name_file_and_line)
     cm_job job = s_job();
     snprintf(job.train, sizeof job.train, "%s", train);
     job.max_bad_lines = 2;
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     cr_expect_neq(rc, 0);
     cr_expect(strstr(err.msg, "bad.libsvm") != NULL, "%s", err.msg);
     char cmd[400];

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cluster/run.h"
+#include "helpers.h"
 #include "common/log.h"
 #include "common/synth.h"
 
@@ -66,11 +67,9 @@ Test(cluster_local, reaches_the_noise_floor)
     cm_job job = s_job(2, 2);
     job.schedule = CM_SCHED_MINIBATCH;
     snprintf(job.metrics, sizeof job.metrics, "%s/metrics.jsonl", s_dir);
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     cr_expect_eq(res.epochs, job.epochs);
     cr_expect_float_eq(res.noise_floor, s_rep.noise_floor, 1e-9,
@@ -104,11 +103,9 @@ Test(cluster_local, single_worker_is_bit_for_bit_repeatable)
         cm_job job = s_job(2, 1);
         job.schedule = CM_SCHED_MINIBATCH;
         job.epochs = 3;
-        FILE *out = fopen("/dev/null", "w");
         sch_result res;
         cm_error err = {0};
-        int rc = cl_run_local(&job, out, &res, &err);
-        fclose(out);
+        int rc = th_local(&job, &res, &err);
         cr_assert_eq(rc, 0, "%s", err.msg);
         rmse[run] = res.test_rmse;
         train[run] = res.train_rmse;
@@ -123,11 +120,9 @@ Test(cluster_local, a_missing_file_is_reported_not_hung)
 {
     cm_job job = s_job(1, 2);
     snprintf(job.test, sizeof job.test, "%s/does-not-exist.tsv", s_dir);
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     cr_expect_neq(rc, 0);
     cr_expect(strstr(err.msg, "does-not-exist.tsv") != NULL, "message names the file: %s",
               err.msg);
@@ -146,11 +141,9 @@ Test(cluster_local, a_bad_training_file_stops_the_job_with_file_and_line)
     snprintf(job.train, sizeof job.train, "%s", path);
     job.test[0] = '\0';
     job.max_bad_lines = 3;
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     unlink(path);
     cr_expect_neq(rc, 0);
     cr_expect(strstr(err.msg, "bad.tsv") != NULL, "message names the file: %s", err.msg);
@@ -162,11 +155,9 @@ Test(cluster_local, blocks_schedule_reaches_the_noise_floor)
     job.schedule = CM_SCHED_BLOCKS;
     job.optimizer = CM_OPT_ROWWISE;
     job.lr = 0.1;
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     cr_expect_eq(res.epochs, job.epochs);
     cr_expect_leq(res.test_rmse, 1.10 * s_rep.noise_floor,
@@ -181,11 +172,9 @@ Test(cluster_local, blocks_single_worker_is_repeatable)
         cm_job job = s_job(2, 1);
         job.schedule = CM_SCHED_BLOCKS;
         job.epochs = 3;
-        FILE *out = fopen("/dev/null", "w");
         sch_result res;
         cm_error err = {0};
-        int rc = cl_run_local(&job, out, &res, &err);
-        fclose(out);
+        int rc = th_local(&job, &res, &err);
         cr_assert_eq(rc, 0, "%s", err.msg);
         rmse[run] = res.test_rmse;
     }
@@ -196,11 +185,9 @@ Test(cluster_local, load_aware_slot_plan_is_at_least_as_even)
 {
     cm_job job = s_job(3, 2);
     job.epochs = 1;
-    FILE *out = fopen("/dev/null", "w");
     sch_result res;
     cm_error err = {0};
-    int rc = cl_run_local(&job, out, &res, &err);
-    fclose(out);
+    int rc = th_local(&job, &res, &err);
     cr_assert_eq(rc, 0, "%s", err.msg);
     cr_expect_gt(res.load_imbalance_before, 1.0, "round-robin is uneven on Zipf items");
     cr_expect_leq(res.load_imbalance, res.load_imbalance_before, "%.4f vs %.4f",
@@ -218,11 +205,9 @@ Test(cluster_local, consistency_bounds_hold_and_reach_the_bsp_metric)
         job.consistency = modes[k];
         job.staleness = 2;
         job.epochs = 8;
-        FILE *out = fopen("/dev/null", "w");
         sch_result res;
         cm_error err = {0};
-        int rc = cl_run_local(&job, out, &res, &err);
-        fclose(out);
+        int rc = th_local(&job, &res, &err);
         cr_assert_eq(rc, 0, "%s", err.msg);
         rmse[k] = res.test_rmse;
         lead[k] = res.max_lead;

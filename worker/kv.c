@@ -252,6 +252,26 @@ static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, s
     start[0] = 0;
 }
 
+/* Sends one PULL or PUSH to server `srv` and counts it. */
+static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim,
+                     uint32_t flags, uint64_t req_id, const uint64_t *keys, size_t n,
+                     const float *vals, size_t n_vals, cm_error *err)
+{
+    cm_hdr h = cm_hdr_make(op);
+    h.table = table;
+    h.dim = (uint32_t)dim;
+    h.flags = flags;
+    h.sender = kv->rank;
+    h.req_id = req_id;
+    int rc = cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
+    if (rc != 0)
+        return cm_error_set(err, rc, "kv: send to server %u failed: %s", srv,
+                            cm_sock_errmsg(kv->socks[srv]));
+    kv->counters.requests++;
+    kv->counters.bytes_out += n * sizeof(uint64_t) + n_vals * sizeof(float);
+    return 0;
+}
+
 int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
 {
     size_t total = 0;
@@ -274,19 +294,11 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             continue;
         if (kv->n_servers == 1) {
             /* one server: the sorted keys go as they are, no grouping */
-            cm_hdr h = cm_hdr_make(CM_OP_PULL);
-            h.table = q->table;
-            h.dim = (uint32_t)s_pull_dim(kv, q);
-            h.flags = q->flags;
-            h.sender = kv->rank;
-            h.req_id = base + n_pending;
-            int rc = cm_msg_send(kv->socks[0], NULL, 0, &h, q->keys, q->n, NULL, 0);
+            int rc = s_request(kv, 0, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
+                               base + n_pending, q->keys, q->n, NULL, 0, err);
             if (rc != 0)
-                return cm_error_set(err, rc, "kv: send to server 0 failed: %s",
-                                    cm_sock_errmsg(kv->socks[0]));
+                return rc;
             kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
-            kv->counters.requests++;
-            kv->counters.bytes_out += q->n * sizeof(uint64_t);
             continue;
         }
         s_group(kv, q->table, q->keys, q->n, at);
@@ -294,19 +306,11 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
             if (e == b)
                 continue;
-            cm_hdr h = cm_hdr_make(CM_OP_PULL);
-            h.table = q->table;
-            h.dim = (uint32_t)s_pull_dim(kv, q);
-            h.flags = q->flags;
-            h.sender = kv->rank;
-            h.req_id = base + n_pending;
-            int rc = cm_msg_send(kv->socks[s], NULL, 0, &h, kv->keys + at + b, e - b, NULL, 0);
+            int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
+                               base + n_pending, kv->keys + at + b, e - b, NULL, 0, err);
             if (rc != 0)
-                return cm_error_set(err, rc, "kv: send to server %u failed: %s", s,
-                                    cm_sock_errmsg(kv->socks[s]));
+                return rc;
             kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0, 0};
-            kv->counters.requests++;
-            kv->counters.bytes_out += (e - b) * sizeof(uint64_t);
         }
         at += q->n;
     }
@@ -330,20 +334,11 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
     size_t dim = (size_t)((flags & CM_PUSH_DELTA) ? kv->row_floats[table] : kv->dims[table]);
     if (kv->n_servers == 1) {
         /* one server: keys and values go as they are, no grouping copy */
-        cm_hdr h = cm_hdr_make(CM_OP_PUSH);
-        h.table = table;
-        h.dim = (uint32_t)dim;
-        h.flags = flags;
-        h.sender = kv->rank;
-        h.req_id = kv->next_req++;
-        int rc = cm_msg_send(kv->socks[0], NULL, 0, &h, keys, n, grads, n * dim);
-        if (rc != 0)
-            return cm_error_set(err, rc, "kv: send to server 0 failed: %s",
-                                cm_sock_errmsg(kv->socks[0]));
-        kv->pushes_pending++;
-        kv->counters.requests++;
-        kv->counters.bytes_out += n * (sizeof(uint64_t) + dim * sizeof(float));
-        return 0;
+        int rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, keys, n,
+                           grads, n * dim, err);
+        if (rc == 0)
+            kv->pushes_pending++;
+        return rc;
     }
     if (s_reserve_keys(kv, n) != 0)
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
@@ -356,20 +351,11 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
         if (e == b)
             continue;
-        cm_hdr h = cm_hdr_make(CM_OP_PUSH);
-        h.table = table;
-        h.dim = (uint32_t)dim;
-        h.flags = flags;
-        h.sender = kv->rank;
-        h.req_id = kv->next_req++;
-        int rc = cm_msg_send(kv->socks[s], NULL, 0, &h, kv->keys + b, e - b,
-                             kv->vals + b * dim, (e - b) * dim);
+        int rc = s_request(kv, s, CM_OP_PUSH, table, dim, flags, kv->next_req++,
+                           kv->keys + b, e - b, kv->vals + b * dim, (e - b) * dim, err);
         if (rc != 0)
-            return cm_error_set(err, rc, "kv: send to server %u failed: %s", s,
-                                cm_sock_errmsg(kv->socks[s]));
+            return rc;
         kv->pushes_pending++;
-        kv->counters.requests++;
-        kv->counters.bytes_out += (e - b) * (sizeof(uint64_t) + dim * sizeof(float));
     }
     return 0;
 }
