@@ -48,7 +48,9 @@ typedef struct {
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
-static const char *const s_models[] = {"mf", "fm", NULL};
+static const char *const s_models[] = {"mf", "fm", "ffm", "deep", "implicit", NULL};
+static const char *const s_losses[] = {"bpr", "logistic", NULL};
+static const char *const s_samplers[] = {"uniform", "popularity", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
@@ -70,7 +72,26 @@ static const s_key s_keys[] = {
              "empty for none"},
     {.name = "model", .type = S_WORD, S_AT(model), .names = s_models, .def = "mf",
      .help = "model to train (mf: biased matrix factorization; fm: factorization machine "
-             "over sparse features)"},
+             "over sparse features; ffm: field-aware FM; deep: MLP on field embeddings "
+             "(NCF / DeepFM); implicit: MF from positives only, with sampled negatives)"},
+    {.name = "loss", .type = S_ENUM, S_AT(loss), .names = s_losses, .def = "bpr",
+     .help = "implicit: bpr (pairwise, positive above each sampled negative) or logistic "
+             "(positives 1, sampled negatives 0)"},
+    {.name = "negatives", .type = S_INT, S_AT(negatives), .imin = 1, .imax = 1000,
+     .def = "1", .help = "implicit: negatives sampled per positive"},
+    {.name = "sampler", .type = S_ENUM, S_AT(sampler), .names = s_samplers, .def = "uniform",
+     .help = "implicit: how negatives are drawn: uniform over items, or popularity "
+             "(proportional to an item's training positives)"},
+    {.name = "positive_threshold", .type = S_DBL, S_AT(positive_threshold), .dmin = -1e30,
+     .dmax = 1e30, .def = "0",
+     .help = "implicit: rows whose rating is at least this are positives, the rest are "
+             "dropped (0: every row is a positive)"},
+    {.name = "top_k", .type = S_INT, S_AT(top_k), .imin = 1, .imax = 10000, .def = "20",
+     .help = "implicit: K of Recall@K, NDCG@K and HR@K"},
+    {.name = "hidden", .type = S_STR, S_AT(hidden), .def = "64,32",
+     .help = "deep: widths of the hidden layers, comma-separated (at most 4; empty: none)"},
+    {.name = "fm_term", .type = S_BOOL, S_AT(fm_term), .def = "1",
+     .help = "deep: add the FM first- and second-order terms to the MLP output (DeepFM)"},
     {.name = "task", .type = S_ENUM, S_AT(task), .names = s_tasks, .values = s_task_values,
      .def = "auto",
      .help = "fm: regression (squared loss) or binary (logistic loss); auto: binary when "
@@ -997,12 +1018,13 @@ void cm_job_model_defaults(cm_job *job)
 
 int cm_job_uses_blocks(const cm_job *job)
 {
-    return job->schedule == CM_SCHED_BLOCKS && !cm_job_is_sparse(job);
+    return job->schedule == CM_SCHED_BLOCKS && strcmp(job->model, "mf") == 0;
 }
 
 int cm_job_is_sparse(const cm_job *job)
 {
-    return strcmp(job->model, "fm") == 0;
+    return strcmp(job->model, "fm") == 0 || strcmp(job->model, "ffm") == 0 ||
+           strcmp(job->model, "deep") == 0;
 }
 
 const char *cm_optimizer_name(int opt)

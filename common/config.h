@@ -41,6 +41,18 @@ typedef enum {
  * the cm_task values of common/features.h (0 regression, 1 binary). */
 #define CM_JOB_TASK_AUTO (-1)
 
+/* Implicit feedback: the loss over positives and sampled negatives. */
+typedef enum {
+    CM_LOSS_BPR = 0,      /* -log sigmoid(score(u,i) - score(u,j)) */
+    CM_LOSS_LOGISTIC = 1  /* positives label 1, negatives label 0 */
+} cm_implicit_loss;
+
+/* Implicit feedback: how negatives are drawn. */
+typedef enum {
+    CM_SAMPLER_UNIFORM = 0,    /* every item alike */
+    CM_SAMPLER_POPULARITY = 1  /* proportional to the item's training positives */
+} cm_sampler;
+
 /* How input files are read. */
 typedef enum {
     CM_FMT_AUTO = 0,    /* by model and extension */
@@ -55,7 +67,14 @@ typedef struct {
     char train[CM_PATH_MAX];   /* training data (text or .psrd) */
     char test[CM_PATH_MAX];    /* held-out data; "" for none */
     char metrics[CM_PATH_MAX]; /* JSON-lines metrics file; "" for none */
-    char model[32];            /* "mf", "fm" */
+    char model[32];            /* "mf", "fm", "ffm", "deep", "implicit" */
+    int loss;                  /* implicit: cm_implicit_loss */
+    int negatives;             /* implicit: negatives per positive */
+    int sampler;               /* implicit: cm_sampler */
+    double positive_threshold; /* implicit: ratings >= this are positives; 0: all */
+    int top_k;                 /* implicit: K of the ranking metrics */
+    char hidden[128];          /* deep: hidden widths "64,32" */
+    int fm_term;               /* deep: 1 adds the FM terms (DeepFM) */
     int task;                  /* CM_JOB_TASK_AUTO or a cm_task */
     int format;                /* cm_format */
     char label_column[128];    /* csv */
@@ -136,7 +155,8 @@ void cm_job_model_defaults(cm_job *job);
 /* 1 when the job trains with the blocks schedule (only mf can). */
 int cm_job_uses_blocks(const cm_job *job);
 
-/* 1 when the model reads sparse features (fm) rather than ratings. */
+/* 1 when the model reads sparse features (fm, ffm, deep) rather than
+ * ratings. */
 int cm_job_is_sparse(const cm_job *job);
 
 /* Name of an optimizer value ("sgd", "adagrad"). */

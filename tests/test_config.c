@@ -23,7 +23,8 @@ static const char *const s_all_keys[] = {
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
-    "memory_limit",
+    "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
+    "fm_term",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
@@ -251,7 +252,8 @@ Test(config, enums)
     s_set_fails("log_level", "verbose",
                 "job.ini:3: log_level: expected one of debug|info|warn|error|silent, got "
                 "'verbose'");
-    s_set_fails("model", "ffm", "job.ini:3: model: expected one of mf|fm, got 'ffm'");
+    s_set_fails("model", "gbdt",
+                "job.ini:3: model: expected one of mf|fm|ffm|deep|implicit, got 'gbdt'");
 }
 
 Test(config, bools)
@@ -687,7 +689,7 @@ Test(config, validate_cross_checks)
     cr_assert_eq(cm_job_validate(&j, &err), CM_ECONFIG);
     j = cm_job_default();
     strcpy(j.train, "t.csv");
-    strcpy(j.model, "deep");
+    strcpy(j.model, "gbdt");
     cr_assert_eq(cm_job_validate(&j, &err), CM_ECONFIG);
     cr_assert(strncmp(err.msg, "model:", 6) == 0, "%s", err.msg);
     j = cm_job_default();
