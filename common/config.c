@@ -88,6 +88,9 @@ static const s_key s_keys[] = {
              "dropped (0: every row is a positive)"},
     {.name = "top_k", .type = S_INT, S_AT(top_k), .imin = 1, .imax = 10000, .def = "20",
      .help = "implicit: K of Recall@K, NDCG@K and HR@K"},
+    {.name = "fields", .type = S_INT, S_AT(fields), .imin = 0, .imax = 1024, .def = "0",
+     .help = "ffm, deep: feature fields per example (0: from the data: the first libffm "
+             "line, the csv columns, or user/item (+ side features) for ratings)"},
     {.name = "hidden", .type = S_STR, S_AT(hidden), .def = "64,32",
      .help = "deep: widths of the hidden layers, comma-separated (at most 4; empty: none)"},
     {.name = "fm_term", .type = S_BOOL, S_AT(fm_term), .def = "1",

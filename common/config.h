@@ -73,6 +73,7 @@ typedef struct {
     int sampler;               /* implicit: cm_sampler */
     double positive_threshold; /* implicit: ratings >= this are positives; 0: all */
     int top_k;                 /* implicit: K of the ranking metrics */
+    int fields;                /* ffm, deep: fields per example; 0: from the data */
     char hidden[128];          /* deep: hidden widths "64,32" */
     int fm_term;               /* deep: 1 adds the FM terms (DeepFM) */
     int task;                  /* CM_JOB_TASK_AUTO or a cm_task */
