@@ -7,12 +7,14 @@
  * docs/planner.md explains each line; keep them in step. */
 #include "cluster/plan.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/dataset.h"
 #include "common/features.h"
 #include "common/hashmap.h"
+#include "common/hll.h"
 #include "common/slots.h"
 #include "ps/optim.h"
 #include "worker/blocks.h"
@@ -126,9 +128,57 @@ static uint64_t s_max_u64(const uint64_t *a, size_t n)
     return m;
 }
 
+/* Large inputs: distinct users per worker and items per block from
+ * HyperLogLog sketches in one streaming pass (no hash sets of millions of
+ * keys); each estimate is raised by 2% (about 2.5 standard errors) so the
+ * plan errs on the side of more memory. per: 2 * n_workers + 1 zeroed
+ * counters. */
+static uint64_t s_sketch_count(const cm_hll *h)
+{
+    return (uint64_t)ceil(cm_hll_estimate(h) * 1.02);
+}
+
+static int s_sketch_ratings(const cm_job *job, const cm_ratings *r, int n_workers,
+                            uint64_t *per, cl_plan_data *d, cm_error *err)
+{
+    cm_hll *hu = calloc((size_t)n_workers, sizeof *hu);
+    cm_hll *hi = calloc((size_t)n_workers, sizeof *hi);
+    if (!hu || !hi) {
+        free(hu);
+        free(hi);
+        return cm_error_set(err, CM_ENOMEM, "plan: out of memory counting %s", job->train);
+    }
+    for (size_t j = 0; j < r->n; j++) {
+        const uint32_t w = cm_worker_of(r->user[j], (uint32_t)n_workers);
+        per[w]++;
+        cm_hll_add(&hu[w], r->user[j]);
+        cm_hll_add(&hi[wk_block_of(r->item[j], (uint32_t)n_workers)], r->item[j]);
+    }
+    d->n_train = r->n;
+    d->w_train = s_max_u64(per, (size_t)n_workers);
+    d->train_file_bytes = (uint64_t)r->n * S_RATING_BYTES;
+    d->sketched = 1;
+    for (int w = 0; w < n_workers; w++) {
+        const uint64_t nu = s_sketch_count(&hu[w]), ni = s_sketch_count(&hi[w]);
+        d->n_users += nu;
+        d->n_items += ni;
+        d->w_users = nu > d->w_users ? nu : d->w_users;
+        d->block_items = ni > d->block_items ? ni : d->block_items;
+    }
+    if (cm_job_is_sparse(job)) { /* fm on ratings: user and item keys + the bias */
+        d->n_features = d->n_users + d->n_items + 1;
+        d->nnz = 2 * d->n_train;
+        d->w_nnz = 2 * d->w_train;
+    }
+    free(hu);
+    free(hi);
+    return 0;
+}
+
 /* Ratings (mf, or fm on ratings): distinct users and items, and the
- * largest worker's share. */
-static int s_count_ratings(const cm_job *job, int n_workers, cl_plan_data *d, cm_error *err)
+ * largest worker's share; exact up to exact_rows ratings, sketched above. */
+static int s_count_ratings(const cm_job *job, int n_workers, uint64_t exact_rows,
+                           cl_plan_data *d, cm_error *err)
 {
     cm_ratings r = {0};
     cm_hashmap *users = NULL, *items = NULL;
@@ -138,6 +188,10 @@ static int s_count_ratings(const cm_job *job, int n_workers, cl_plan_data *d, cm
         rc = s_load_ratings(job, job->train, &r, err);
     if (rc != 0)
         goto out;
+    if (r.n > exact_rows) {
+        rc = s_sketch_ratings(job, &r, n_workers, per, d, err);
+        goto test;
+    }
     users = cm_hashmap_new(1024);
     items = cm_hashmap_new(1024);
     if (!users || !items) {
@@ -174,8 +228,9 @@ static int s_count_ratings(const cm_job *job, int n_workers, cl_plan_data *d, cm
         d->nnz = 2 * d->n_train;
         d->w_nnz = 2 * d->w_train;
     }
+test:
     cm_ratings_free(&r);
-    if (job->test[0]) {
+    if (rc == 0 && job->test[0]) {
         if ((rc = s_load_ratings(job, job->test, &r, err)) != 0)
             goto out;
         memset(per, 0, (size_t)n_workers * sizeof *per);
@@ -379,6 +434,12 @@ static void s_worker_fm(const cm_job *job, cl_plan *p)
 int cl_plan_estimate(const cm_job *job, int n_servers, int n_workers, cl_plan *out,
                      cm_error *err)
 {
+    return cl_plan_estimate_ex(job, n_servers, n_workers, CL_PLAN_EXACT_ROWS, out, err);
+}
+
+int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_t exact_rows,
+                        cl_plan *out, cm_error *err)
+{
     memset(out, 0, sizeof *out);
     if (!job || !job->train[0])
         return cm_error_set(err, CM_EINVAL, "plan: no training data (set train)");
@@ -395,7 +456,7 @@ int cl_plan_estimate(const cm_job *job, int n_servers, int n_workers, cl_plan *o
     out->row_floats = dim_t + ps_optim_state_floats(job->optimizer, dim_t);
     out->stride_floats = (int)s_round_up((uint64_t)out->row_floats, S_SLOT_ALIGN_FLOATS);
     int rc = s_is_ratings_input(job, job->train)
-                 ? s_count_ratings(job, n_workers, &out->data, err)
+                 ? s_count_ratings(job, n_workers, exact_rows, &out->data, err)
                  : s_count_examples(job, n_workers, &out->data, err);
     if (rc != 0)
         return rc;
@@ -467,9 +528,11 @@ void cl_plan_print(FILE *f, const cl_plan *p)
                 (unsigned long long)d->n_train, (unsigned long long)d->nnz,
                 (unsigned long long)(d->n_features - 1), (unsigned long long)d->n_test);
     else
-        fprintf(f, "data: %llu ratings, %llu users, %llu items; %llu test ratings\n",
-                (unsigned long long)d->n_train, (unsigned long long)d->n_users,
-                (unsigned long long)d->n_items, (unsigned long long)d->n_test);
+        fprintf(f, "data: %llu ratings, %s%llu users, %s%llu items%s; %llu test ratings\n",
+                (unsigned long long)d->n_train, d->sketched ? "~" : "",
+                (unsigned long long)d->n_users, d->sketched ? "~" : "",
+                (unsigned long long)d->n_items,
+                d->sketched ? " (estimated, +2%)" : "", (unsigned long long)d->n_test);
     fprintf(f, "cluster: %d server%s, %d worker%s%s\n\n", p->n_servers,
             p->n_servers == 1 ? "" : "s", p->n_workers, p->n_workers == 1 ? "" : "s",
             p->local ? " as threads of one --local process" : " (+ 1 scheduler), one process each");

@@ -53,6 +53,7 @@ typedef struct {
     uint64_t w_users;        /* blocks: the largest worker's distinct users */
     uint64_t block_items;    /* blocks: distinct items of the largest block */
     uint64_t train_file_bytes; /* what loading the train file holds (heap or mapping) */
+    int sketched;            /* 1: users and items estimated (HyperLogLog, +2%) */
 } cl_plan_data;
 
 typedef struct {
@@ -74,10 +75,19 @@ typedef struct {
  * n_workers workers (job->local decides whether they share a process);
  * out->avail is cl_plan_available() with every rank on this host.
  * Reads the train and test files once (about as long as loading them);
- * holds a hash set of the distinct keys meanwhile (16 bytes / 0.7 per key).
+ * counts distinct keys with a hash set (16 bytes / 0.7 per key), or for
+ * ratings inputs over CL_PLAN_EXACT_ROWS rows with HyperLogLog sketches.
  * 0, or a CM_E* code with the reason in err. */
 int cl_plan_estimate(const cm_job *job, int n_servers, int n_workers, cl_plan *out,
                      cm_error *err);
+
+/* Ratings inputs with more rows than this have their distinct users and
+ * items estimated by sketches (common/hll.h) instead of counted. */
+#define CL_PLAN_EXACT_ROWS 4000000ULL
+
+/* cl_plan_estimate with the exact-count limit given (0: always sketch). */
+int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_t exact_rows,
+                        cl_plan *out, cm_error *err);
 
 /* Prints the table (role, count, each item per process, totals). */
 void cl_plan_print(FILE *f, const cl_plan *p);

@@ -65,6 +65,32 @@ Test(cli_plan, counts_u1_base)
     cr_expect_eq(p.stride_floats, 80);
 }
 
+/* Sketched counts (forced on the 80k ratings) land within 4% above the
+ * exact ones, never below them by more than the sketch's error, and the
+ * per-worker and per-block figures stay consistent. */
+Test(cli_plan, sketched_counts_near_exact)
+{
+    s_need_data();
+    cm_job j = s_job(32, "adagrad", "blocks");
+    cl_plan exact, sk;
+    cm_error err = {0};
+    cr_assert_eq(cl_plan_estimate(&j, 1, 2, &exact, &err), 0, "%s", err.msg);
+    cr_assert_eq(cl_plan_estimate_ex(&j, 1, 2, 0, &sk, &err), 0, "%s", err.msg);
+    cr_expect_eq(exact.data.sketched, 0);
+    cr_expect_eq(sk.data.sketched, 1);
+    cr_expect_eq(sk.data.n_train, exact.data.n_train);
+    cr_expect_eq(sk.data.w_train, exact.data.w_train);
+    const uint64_t *e[] = {&exact.data.n_users, &exact.data.n_items, &exact.data.w_users,
+                           &exact.data.block_items};
+    const uint64_t *g[] = {&sk.data.n_users, &sk.data.n_items, &sk.data.w_users,
+                           &sk.data.block_items};
+    for (int k = 0; k < 4; k++)
+        cr_expect(*g[k] >= *e[k] * 0.99 && *g[k] <= *e[k] * 1.04,
+                  "count %d: sketched %llu, exact %llu", k, (unsigned long long)*g[k],
+                  (unsigned long long)*e[k]);
+    cr_expect(sk.worker.total >= exact.worker.total * 0.99, "worker plan shrank");
+}
+
 /* dim 32, adagrad, 1 server, minibatch: by hand from the layouts. */
 Test(cli_plan, server_matches_hand_computation)
 {
