@@ -3,8 +3,10 @@
  * <= 0.7, doubling from 16), ps/server.c (one reply buffer grown by
  * doubling from 4096 floats), worker/worker.c (shard copies, batch
  * buffers), worker/blocks.c (strides of 8 floats, rows + base) and
- * worker/sparse.c (CSR shard, batch buffers twice the largest batch).
- * docs/planner.md explains each line; keep them in step. */
+ * worker/sparse.c (CSR shard, batch buffers twice the largest batch) and
+ * worker/models/ffm.c, deep_model.c (row sizes from the model's own
+ * table_params; deep's net rows and MLP scratch). docs/planner.md
+ * explains each line; keep them in step. */
 #include "cluster/plan.h"
 
 #include <math.h>
@@ -18,6 +20,8 @@
 #include "common/slots.h"
 #include "ps/optim.h"
 #include "worker/blocks.h"
+#include "worker/models/deep.h"
+#include "worker/models/model.h"
 #include "worker/sparse.h"
 
 #define S_SLOT_ALIGN_FLOATS 16            /* ps/table.c: 64-byte row slots */
@@ -31,6 +35,7 @@
 #define S_BLOCK_RATING 12                 /* wk_rating */
 #define S_BLOCK_MSG_ROWS 65536            /* worker/blocks.c: rows per pull or push */
 #define S_MIN_BATCH_CAP 4096              /* worker/worker.c: batch buffers */
+#define S_EVAL_BATCH 4096                 /* worker/sparse.c: deep scratch rows, at least */
 
 /* ------------------------------------------------------------------------
  * Layout arithmetic
@@ -293,6 +298,60 @@ out:
     return rc;
 }
 
+/* What a sparse model's tables look like: the feature table's row dim
+ * (fm and deep: dim + 1; ffm: 1 + fields x dim), and deep's dense table
+ * (n_dense rows of dense_dim floats; 0 for the others) and the floats per
+ * example of its worker scratch. fields = 0 is resolved from the data as
+ * the launcher does. */
+typedef struct {
+    int dim_t;
+    uint64_t n_dense;
+    int dense_dim;
+    uint64_t scratch_per_example;
+} s_sparse_shape;
+
+static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
+{
+    memset(sh, 0, sizeof *sh);
+    sh->dim_t = job->dim + 1;
+    const wk_model_ops *m = wk_model_find(job->model);
+    if (!m || !cm_job_is_sparse(job))
+        return 0;
+    cm_job *rj = malloc(sizeof *rj);
+    if (!rj)
+        return cm_error_set(err, CM_ENOMEM, "plan: out of memory");
+    *rj = *job;
+    int rc = 0, f = wk_sparse_fields(job, err);
+    if (f < 0) {
+        rc = f;
+        goto out;
+    }
+    rj->fields = f;
+    ps_table_params tp;
+    m->table_params(rj, 0, &tp);
+    sh->dim_t = tp.dim;
+    if (m->dense_rows) {
+        wk_mlp_params mp;
+        if ((rc = wk_deep_params(rj, &mp, err)) != 0)
+            goto out;
+        m->table_params(rj, 1, &tp);
+        sh->n_dense = m->dense_rows(rj);
+        sh->dense_dim = tp.dim;
+        /* deep_model.c: emb, its gradient, lin, its gradient, target; deep.c:
+         * hidden activations, two error buffers of the widest layer, y */
+        const uint64_t fk = (uint64_t)mp.n_fields * (uint64_t)mp.k;
+        uint64_t widest = fk, hidden = 0;
+        for (int l = 0; l < mp.n_hidden; l++) {
+            hidden += (uint64_t)mp.hidden[l];
+            widest = (uint64_t)mp.hidden[l] > widest ? (uint64_t)mp.hidden[l] : widest;
+        }
+        sh->scratch_per_example = 2 * fk + 2 * (uint64_t)mp.n_fields + 1 + hidden + 2 * widest + 1;
+    }
+out:
+    free(rj);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------
  * Roles
  * ------------------------------------------------------------------------ */
@@ -324,15 +383,20 @@ static s_table_bytes s_server_table(const cm_job *job, uint64_t rows, int n_serv
     return b;
 }
 
-static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys)
+static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys,
+                     const s_sparse_shape *sh)
 {
     cl_plan_role *r = &p->server;
-    const int dim_t = job->dim + 1;
     const uint64_t rf = (uint64_t)p->row_floats;
     uint64_t tables[2];
+    int dims[2] = {sh->dim_t, sh->dim_t};
     size_t n_tables = 0;
     if (cm_job_is_sparse(job)) {
         tables[n_tables++] = p->data.n_features;
+        if (sh->n_dense) { /* deep: the net, every row in every request */
+            dims[n_tables] = sh->dense_dim;
+            tables[n_tables++] = sh->n_dense;
+        }
     } else {
         tables[n_tables++] = p->data.n_users;
         tables[n_tables++] = p->data.n_items;
@@ -341,6 +405,7 @@ static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys)
     uint64_t largest = 0, reply = 0, inbound = 0;
     const int blocks = cm_job_uses_blocks(job);
     for (size_t t = 0; t < n_tables; t++) {
+        const int dim_t = dims[t];
         s_table_bytes b = s_server_table(job, tables[t], p->n_servers, dim_t);
         sum.weights += b.weights;
         sum.state += b.state;
@@ -408,11 +473,11 @@ static void s_worker_mf(const cm_job *job, cl_plan *p)
     s_finish(r, shard);
 }
 
-static void s_worker_fm(const cm_job *job, cl_plan *p)
+static void s_worker_fm(const cm_job *job, cl_plan *p, const s_sparse_shape *sh)
 {
     cl_plan_role *r = &p->worker;
     const cl_plan_data *d = &p->data;
-    const uint64_t dim_t = (uint64_t)job->dim + 1;
+    const uint64_t dim_t = (uint64_t)sh->dim_t;
     const uint64_t avg_nnz = d->n_train ? s_ceil_div(d->nnz, d->n_train) : 0;
     const uint64_t shard = d->w_train * (4 + 8) + d->w_nnz * (8 + 4) +
                            d->w_test * (4 + 8 + avg_nnz * (8 + 4));
@@ -424,6 +489,13 @@ static void s_worker_fm(const cm_job *job, cl_plan *p)
     s_add(r, "minibatch buffers",
           c * (8 + 8 + 16 + 4 + 4 + 2 * dim_t * 4) + c_ex * (8 + 4 + 4), 0);
     s_add(r, "pull reply + push request", c / 2 * (8 + 2 * dim_t * 4), 0);
+    if (sh->n_dense) {
+        const uint64_t dense = sh->n_dense * (uint64_t)sh->dense_dim * 4;
+        const uint64_t maxb = (uint64_t)job->batch > S_EVAL_BATCH ? (uint64_t)job->batch
+                                                                  : S_EVAL_BATCH;
+        s_add(r, "dense rows, gradients, messages", 4 * dense + sh->n_dense * 8, 0);
+        s_add(r, "MLP scratch (activations)", maxb * sh->scratch_per_example * 4, 0);
+    }
     s_finish(r, shard);
 }
 
@@ -450,12 +522,17 @@ int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_
     out->n_servers = n_servers;
     out->n_workers = n_workers;
     out->local = job->local;
-    out->dim = job->dim;
+    s_sparse_shape sh;
+    int rc = s_sparse_tables(job, &sh, err);
+    if (rc != 0)
+        return rc;
+    /* ffm: the row holds fields x dim latent floats; print them as its dim */
+    out->dim = sh.dim_t - 1;
     out->optimizer = job->optimizer;
-    const int dim_t = job->dim + 1;
+    const int dim_t = sh.dim_t;
     out->row_floats = dim_t + ps_optim_state_floats(job->optimizer, dim_t);
     out->stride_floats = (int)s_round_up((uint64_t)out->row_floats, S_SLOT_ALIGN_FLOATS);
-    int rc = s_is_ratings_input(job, job->train)
+    rc = s_is_ratings_input(job, job->train)
                  ? s_count_ratings(job, n_workers, exact_rows, &out->data, err)
                  : s_count_examples(job, n_workers, &out->data, err);
     if (rc != 0)
@@ -464,13 +541,13 @@ int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_
     if (cm_job_is_sparse(job)) {
         uint64_t avg = out->data.n_train ? s_ceil_div(out->data.nnz, out->data.n_train) : 0;
         batch_keys = (uint64_t)job->batch * avg + 1;
-        s_worker_fm(job, out);
+        s_worker_fm(job, out, &sh);
     } else {
         batch_keys = (uint64_t)job->batch > S_MIN_BATCH_CAP ? (uint64_t)job->batch
                                                             : S_MIN_BATCH_CAP;
         s_worker_mf(job, out);
     }
-    s_server(job, out, batch_keys);
+    s_server(job, out, batch_keys, &sh);
     out->worker.role = "worker";
     out->worker.count = n_workers;
     if (job->local)

@@ -1,5 +1,6 @@
 #include "cluster/run.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -10,7 +11,9 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "ps/server.h"
+#include "worker/models/deep.h"
 #include "worker/models/model.h"
+#include "worker/sparse.h"
 #include "worker/worker.h"
 
 /* Marks a rank whose setup failed, in place of its endpoint, so every rank
@@ -29,6 +32,30 @@ int cl_preflight(const cm_job *job, int n_ranks, cm_error *err)
                             "(mpirun -np %d, or --local)",
                             n_ranks, job->servers, job->servers, job->servers == 1 ? "" : "s",
                             job->servers + 2, job->servers + 2);
+    return 0;
+}
+
+/* The job every role runs: fields = 0 resolved from the training data
+ * (ffm, deep), since the servers size their tables before any worker
+ * reads a line, and the deep net's keys checked. Every rank does the same
+ * with the same file, so all agree. */
+static int s_resolve(const cm_job *job, cm_job *out, cm_error *err)
+{
+    *out = *job;
+    int f = wk_sparse_fields(job, err);
+    if (f < 0)
+        return f;
+    out->fields = f;
+    if (strcmp(job->model, "deep") == 0) {
+        wk_mlp_params p;
+        int rc = wk_deep_params(out, &p, err);
+        /* the roles already fill the cores (threads here, ranks under
+         * mpirun): BLAS threads on top of them only contend (a 20x
+         * slowdown measured with 2 worker threads on 2 cores) */
+        if (rc == 0)
+            openblas_set_num_threads(1);
+        return rc;
+    }
     return 0;
 }
 
@@ -170,6 +197,7 @@ static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int
             .job = job, .van = van, .rank = rank,
             .index = (uint32_t)(rank - 1 - n_servers), .n_workers = (uint32_t)n_workers,
             .sched_ep = all, .n_servers = (uint32_t)n_servers, .server_eps = server_eps,
+            .boot = b,
         };
         rc = wk_run(&wp, err);
     }
@@ -214,9 +242,19 @@ int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
     int rc = cl_preflight(job, size, err);
     if (rc != 0)
         return rc;
+    cm_job *run = malloc(sizeof *run);
+    if (!run)
+        return cm_error_set(err, CM_ENOMEM, "out of memory");
+    if ((rc = s_resolve(job, run, err)) != 0) {
+        free(run);
+        return rc;
+    }
+    job = run;
     cm_boot_group *g = cm_boot_group_new(size, err);
-    if (!g)
+    if (!g) {
+        free(run);
         return err ? err->code : CM_ENOMEM;
+    }
     s_thread *th = calloc((size_t)size, sizeof *th);
     pthread_t *tid = calloc((size_t)size, sizeof *tid);
     if (!th || !tid) {
@@ -245,6 +283,7 @@ out:
     free(th);
     free(tid);
     cm_boot_group_destroy(&g);
+    free(run);
     return rc;
 }
 
@@ -262,12 +301,18 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
     }
     const int rank = cm_boot_rank(b);
     int rc = cl_preflight(job, cm_boot_size(b), &err);
+    cm_job *run = rc == 0 ? malloc(sizeof *run) : NULL;
+    if (rc == 0 && !run)
+        rc = cm_error_set(&err, CM_ENOMEM, "out of memory");
+    if (rc == 0)
+        rc = s_resolve(job, run, &err);
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
     if (rc == 0) {
         sch_result res;
-        rc = s_role(b, job, stdout, &res, &loud, &err);
+        rc = s_role(b, run, stdout, &res, &loud, &err);
     }
+    free(run);
     if (rc != 0 && loud)
         fprintf(stderr, "psrec: error: %s\n", err.msg);
     s_log_peak_memory();

@@ -35,6 +35,9 @@ typedef struct {
     void (*bind_endpoint)(const cm_boot *b, const char *purpose, char *out);
     int (*advertise)(const cm_boot *b, const char *bound, char *out, cm_error *err);
     int (*abort)(cm_boot *b, int code);
+    int (*exchange)(cm_boot *b, int first, int count, size_t rec_size, const void *send,
+                    const uint64_t *send_counts, void **recv, uint64_t *n_recv,
+                    cm_error *err); /* NULL: not available */
     void (*destroy)(cm_boot *b);
 } s_ops;
 
@@ -45,6 +48,8 @@ struct cm_boot {
     cm_van *van;                /* MPI: owned; local: the group's */
     cm_boot_group *group;       /* local: the group this rank belongs to */
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
+    MPI_Comm sub;               /* MPI: ranks sub_first.. of the last exchange */
+    int sub_first, sub_count;
 };
 
 struct cm_boot_group {
@@ -249,6 +254,8 @@ static void s_mpi_destroy(cm_boot *b)
     int rc = MPI_Barrier(MPI_COMM_WORLD);
     if (rc != MPI_SUCCESS)
         cm_log(CM_LOG_WARN, "bootstrap: last MPI_Barrier failed (%d); finalizing anyway", rc);
+    if (b->sub != MPI_COMM_NULL)
+        MPI_Comm_free(&b->sub);
     cm_van_destroy(&b->van);
     pthread_mutex_lock(&s_mpi_lock);
     int last = --s_mpi_boots == 0;
@@ -259,6 +266,102 @@ static void s_mpi_destroy(cm_boot *b)
         MPI_Finalize();
 }
 
+/* The communicator of ranks first..first+count-1, made once per boot with
+ * MPI_Comm_create_group (collective over those ranks only). */
+static int s_mpi_subcomm(cm_boot *b, int first, int count, MPI_Comm *out, cm_error *err)
+{
+    if (b->sub != MPI_COMM_NULL && b->sub_first == first && b->sub_count == count) {
+        *out = b->sub;
+        return 0;
+    }
+    if (b->sub != MPI_COMM_NULL)
+        MPI_Comm_free(&b->sub);
+    MPI_Group world, part;
+    int range[1][3] = {{first, first + count - 1, 1}};
+    int rc = MPI_Comm_group(MPI_COMM_WORLD, &world);
+    if (rc == MPI_SUCCESS) {
+        rc = MPI_Group_range_incl(world, 1, range, &part);
+        if (rc == MPI_SUCCESS) {
+            rc = MPI_Comm_create_group(MPI_COMM_WORLD, part, 0x5053, &b->sub);
+            MPI_Group_free(&part);
+        }
+        MPI_Group_free(&world);
+    }
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_set_errhandler(b->sub, MPI_ERRORS_RETURN);
+    if (rc != MPI_SUCCESS)
+        return s_mpi_error(err, rc, "bootstrap: MPI_Comm_create_group");
+    b->sub_first = first;
+    b->sub_count = count;
+    *out = b->sub;
+    return 0;
+}
+
+static int s_mpi_exchange(cm_boot *b, int first, int count, size_t rec_size,
+                          const void *send, const uint64_t *send_counts, void **recv,
+                          uint64_t *n_recv, cm_error *err)
+{
+    MPI_Comm comm = MPI_COMM_NULL;
+    int rc = s_mpi_subcomm(b, first, count, &comm, err);
+    if (rc != 0)
+        return rc;
+    uint64_t *rc64 = malloc((size_t)count * sizeof *rc64);
+    int *sc = malloc((size_t)count * 4 * sizeof *sc);
+    MPI_Datatype rec = MPI_DATATYPE_NULL;
+    char *in = NULL;
+    if (!rc64 || !sc) {
+        rc = cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for an exchange");
+        goto out;
+    }
+    int mrc = MPI_Alltoall(send_counts, 1, MPI_UINT64_T, rc64, 1, MPI_UINT64_T, comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = s_mpi_error(err, mrc, "bootstrap: MPI_Alltoall of counts");
+        goto out;
+    }
+    /* counts and displacements are ints (in records): refuse what they
+     * cannot hold rather than wrap */
+    int *sd = sc + count, *rcn = sc + 2 * count, *rd = sc + 3 * count;
+    uint64_t so = 0, ro = 0;
+    for (int d = 0; d < count; d++) {
+        if (so > INT32_MAX || ro > INT32_MAX || send_counts[d] > INT32_MAX ||
+            rc64[d] > INT32_MAX) {
+            rc = cm_error_set(err, CM_ERANGE,
+                              "bootstrap: an exchange of more than 2^31 records per rank");
+            goto out;
+        }
+        sc[d] = (int)send_counts[d];
+        sd[d] = (int)so;
+        rcn[d] = (int)rc64[d];
+        rd[d] = (int)ro;
+        so += send_counts[d];
+        ro += rc64[d];
+    }
+    if (!(in = malloc(ro * rec_size + 1))) {
+        rc = cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %llu records",
+                          (unsigned long long)ro);
+        goto out;
+    }
+    mrc = MPI_Type_contiguous((int)rec_size, MPI_BYTE, &rec);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&rec);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Alltoallv(send, sc, sd, rec, in, rcn, rd, rec, comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = s_mpi_error(err, mrc, "bootstrap: MPI_Alltoallv");
+        goto out;
+    }
+    *recv = in;
+    *n_recv = ro;
+    in = NULL;
+out:
+    if (rec != MPI_DATATYPE_NULL)
+        MPI_Type_free(&rec);
+    free(in);
+    free(rc64);
+    free(sc);
+    return rc;
+}
+
 static const s_ops s_mpi_ops = {
     .is_mpi = 1,
     .allgather = s_mpi_allgather,
@@ -266,6 +369,7 @@ static const s_ops s_mpi_ops = {
     .bind_endpoint = s_mpi_bind_endpoint,
     .advertise = s_mpi_advertise,
     .abort = s_mpi_abort,
+    .exchange = s_mpi_exchange,
     .destroy = s_mpi_destroy,
 };
 
@@ -277,6 +381,7 @@ cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err)
         return NULL;
     }
     b->ops = &s_mpi_ops;
+    b->sub = MPI_COMM_NULL;
 
     int finalized = 0, initialized = 0, rc;
     MPI_Finalized(&finalized);
@@ -568,6 +673,26 @@ int cm_boot_barrier(cm_boot *b, cm_error *err)
     if (!b)
         return cm_error_set(err, CM_EINVAL, "barrier: NULL boot");
     return b->ops->barrier(b, err);
+}
+
+int cm_boot_can_exchange(const cm_boot *b)
+{
+    return b && b->ops->exchange != NULL;
+}
+
+int cm_boot_exchange(cm_boot *b, int first, int count, size_t rec_size, const void *send,
+                     const uint64_t *send_counts, void **recv, uint64_t *n_recv, cm_error *err)
+{
+    *recv = NULL;
+    *n_recv = 0;
+    if (!cm_boot_can_exchange(b))
+        return cm_error_set(err, CM_ESTATE, "bootstrap: no all-to-all exchange without MPI");
+    if (count < 1 || first < 0 || first + count > b->size || b->rank < first ||
+        b->rank >= first + count || rec_size == 0 || rec_size > INT32_MAX)
+        return cm_error_set(err, CM_EINVAL,
+                            "bootstrap: exchange among ranks %d..%d of %d from rank %d",
+                            first, first + count - 1, b->size, b->rank);
+    return b->ops->exchange(b, first, count, rec_size, send, send_counts, recv, n_recv, err);
 }
 
 int cm_boot_abort(cm_boot *b, int code)

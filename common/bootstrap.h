@@ -3,9 +3,14 @@
  * Two implementations behind one interface: MPI (mpirun; the only file that
  * calls MPI) and local (every role a thread of one process, no MPI). Used
  * only at start and end of a job: rank and size, endpoint exchange
- * (allgather of short strings), barriers. Never on the data path. */
+ * (allgather of short strings), barriers, and under MPI one all-to-all
+ * exchange of input records among the workers as they load their shards.
+ * Never on the training path. */
 #ifndef PSREC_COMMON_BOOTSTRAP_H
 #define PSREC_COMMON_BOOTSTRAP_H
+
+#include <stddef.h>
+#include <stdint.h>
 
 #include "common/err.h"
 #include "common/van.h"
@@ -52,6 +57,20 @@ int cm_boot_allgather(cm_boot *b, const char *mine, char *all, cm_error *err);
 
 /* Collective barrier. */
 int cm_boot_barrier(cm_boot *b, cm_error *err);
+
+/* 1 when cm_boot_exchange works (MPI), 0 locally. */
+int cm_boot_can_exchange(const cm_boot *b);
+
+/* All-to-all among the `count` ranks first .. first+count-1 (the worker
+ * ranks, as they load their input; collective over those ranks only).
+ * Member m sends send_counts[d] records of rec_size bytes to member d,
+ * `send` holding them grouped by destination in member order; it receives
+ * in *recv (malloc'ed; the caller frees) what every member sent it, in
+ * member order, *n_recv records in all. Counts travel as u64; more than
+ * 2^31 records to or from one rank is CM_ERANGE. Without MPI: CM_ESTATE. */
+int cm_boot_exchange(cm_boot *b, int first, int count, size_t rec_size, const void *send,
+                     const uint64_t *send_counts, void **recv, uint64_t *n_recv,
+                     cm_error *err);
 
 /* Aborts every rank of the job (MPI_Abort) after a fatal error so peers do
  * not wait forever; locally a no-op returning CM_ESTATE. Only cluster/

@@ -20,6 +20,8 @@ int cm_codec_hdr_pack(const cm_hdr *h, uint8_t **out, size_t *len)
     pb.status = h->status;
     pb.error = (char *)h->error;
     pb.flags = h->flags;
+    pb.dtype = h->dtype == CM_DTYPE_F16 ? PSREC__PB__DTYPE__DTYPE_F16
+                                        : PSREC__PB__DTYPE__DTYPE_F32;
     pb.epoch = h->epoch;
     pb.sender = h->sender;
     pb.n_stats = h->n_stats;
@@ -75,7 +77,9 @@ int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err)
         memcpy(h->slots, pb->slots, pb->n_slots * sizeof(uint32_t));
         h->n_slots = pb->n_slots;
     }
-    if (pb->dtype != PSREC__PB__DTYPE__DTYPE_F32)
+    if (pb->dtype == PSREC__PB__DTYPE__DTYPE_F16)
+        h->dtype = CM_DTYPE_F16;
+    else if (pb->dtype != PSREC__PB__DTYPE__DTYPE_F32)
         rc = cm_error_set(err, CM_EPROTO, "value dtype %d is not supported", (int)pb->dtype);
 out:
     psrec__pb__header__free_unpacked(pb, NULL);

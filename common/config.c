@@ -51,6 +51,8 @@ typedef struct {
 static const char *const s_models[] = {"mf", "fm", "ffm", "deep", "implicit", NULL};
 static const char *const s_losses[] = {"bpr", "logistic", NULL};
 static const char *const s_samplers[] = {"uniform", "popularity", NULL};
+static const char *const s_wire_dtypes[] = {"f32", "f16", NULL};
+static const char *const s_ingest[] = {"auto", "scan", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
@@ -78,7 +80,7 @@ static const s_key s_keys[] = {
      .help = "implicit: bpr (pairwise, positive above each sampled negative) or logistic "
              "(positives 1, sampled negatives 0)"},
     {.name = "negatives", .type = S_INT, S_AT(negatives), .imin = 1, .imax = 1000,
-     .def = "1", .help = "implicit: negatives sampled per positive"},
+     .def = "4", .help = "implicit: negatives sampled per positive"},
     {.name = "sampler", .type = S_ENUM, S_AT(sampler), .names = s_samplers, .def = "uniform",
      .help = "implicit: how negatives are drawn: uniform over items, or popularity "
              "(proportional to an item's training positives)"},
@@ -166,6 +168,14 @@ static const s_key s_keys[] = {
              "every minibatch); epochs are always barriers"},
     {.name = "staleness", .type = S_INT, S_AT(staleness), .imin = 0, .imax = 1000000,
      .def = "4", .help = "ssp: minibatches a worker may lead the slowest worker by"},
+    {.name = "ingest", .type = S_ENUM, S_AT(ingest), .names = s_ingest, .def = "auto",
+     .help = "how workers load ratings: auto (under mpirun with a .psrd file each worker "
+             "reads 1/W of it and an MPI all-to-all routes rows to their owners; otherwise "
+             "scan) or scan (every worker reads the whole file)"},
+    {.name = "wire_dtype", .type = S_ENUM, S_AT(wire_dtype), .names = s_wire_dtypes,
+     .def = "f32",
+     .help = "values on the wire between workers and servers: f32, or f16 (half the bytes "
+             "for gradients and pulled weights; whole rows and deltas stay f32)"},
     {.name = "seed", .type = S_U64, S_AT(seed), .def = "1",
      .help = "seed for initialisation, shuffling and sampling"},
     {.name = "max_bad_lines", .type = S_INT, S_AT(max_bad_lines), .imin = 0,
@@ -1017,6 +1027,25 @@ void cm_job_model_defaults(cm_job *job)
     const s_key *l2 = s_find("l2");
     if (cm_job_is_sparse(job) && l2 && !(job->explicit_ & (1ULL << (l2 - s_keys))))
         job->l2 = 0.01;
+    if (strcmp(job->model, "implicit") == 0) {
+        /* ranking from positives wants more factors, less shrinkage and a
+         * few more epochs than rating regression (tuned on ml-100k u1,
+         * ratings >= 4; docs/implicit.md) */
+        static const struct {
+            const char *key;
+            double value;
+        } defs[] = {{"dim", 64}, {"l2", 0.03}, {"lr", 0.05}, {"epochs", 30},
+                    {"init_std", 0.1}};
+        for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
+            const s_key *k = s_find(defs[i].key);
+            if (!k || (job->explicit_ & (1ULL << (k - s_keys))))
+                continue;
+            if (k->type == S_INT)
+                *(int *)((char *)job + k->off) = (int)defs[i].value;
+            else if (k->type == S_DBL)
+                *(double *)((char *)job + k->off) = defs[i].value;
+        }
+    }
 }
 
 int cm_job_uses_blocks(const cm_job *job)

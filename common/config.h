@@ -53,6 +53,12 @@ typedef enum {
     CM_SAMPLER_POPULARITY = 1  /* proportional to the item's training positives */
 } cm_sampler;
 
+/* How workers load a ratings file (worker/ingest.h). */
+typedef enum {
+    CM_INGEST_AUTO = 0,  /* exchange under MPI for .psrd inputs, else scan */
+    CM_INGEST_SCAN = 1   /* every worker reads the whole file */
+} cm_ingest;
+
 /* How input files are read. */
 typedef enum {
     CM_FMT_AUTO = 0,    /* by model and extension */
@@ -102,6 +108,8 @@ typedef struct {
     int schedule;              /* cm_schedule */
     int consistency;           /* cm_consistency */
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
+    int wire_dtype;            /* 0: f32, 1: f16 values on the wire */
+    int ingest;                /* cm_ingest */
     uint64_t seed;
     long max_bad_lines;        /* stop loading after more bad lines */
     int slots;                 /* virtual slots per table */

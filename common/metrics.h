@@ -28,4 +28,43 @@ double cm_auc_exact(const float *score, const float *label, size_t n);
  * 0 and 1 by 1e-7 so one confident mistake cannot make it infinite. */
 double cm_logloss(float p, int label);
 
+/* ---------------------------------------------------------------------
+ * Top-K ranking (implicit feedback; definitions in docs/implicit.md)
+ *
+ * A ranked list orders items by score, highest first; equal scores go by
+ * the smaller key first, so a ranking is a function of the scores alone
+ * and ties never depend on the order items were offered in. A NaN score
+ * ranks below every number.
+ * ------------------------------------------------------------------- */
+
+/* One candidate of a top-K list. */
+typedef struct {
+    float score;
+    uint64_t key;
+} cm_scored;
+
+/* 1 when a ranks above b in the order above. */
+int cm_scored_before(cm_scored a, cm_scored b);
+
+/* Offers (score, key) to the best-k list kept as a heap in h[0..*n)
+ * (capacity k): it is kept when the list has room or when it ranks above
+ * the list's worst. */
+void cm_topk_offer(cm_scored *h, size_t *n, size_t k, float score, uint64_t key);
+
+/* Sorts the n entries of a top-K heap best first (in place). */
+void cm_topk_sort(cm_scored *h, size_t n);
+
+/* The ranking metrics of one user. */
+typedef struct {
+    double recall;  /* hits in the top k / min(k, |relevant|) */
+    double ndcg;    /* DCG of the top k / DCG of an ideal top k; log2 discount */
+    double hit;     /* 1 when the top k holds a relevant item, else 0 */
+} cm_rank_metrics;
+
+/* Scores the first min(k, n_ranked) entries of ranked[] (best first)
+ * against the relevant keys rel[0..n_rel) (sorted ascending, unique).
+ * With no relevant key every metric is 0. */
+cm_rank_metrics cm_rank_metrics_of(const uint64_t *ranked, size_t n_ranked,
+                                   const uint64_t *rel, size_t n_rel, size_t k);
+
 #endif

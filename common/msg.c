@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/codec.h"
+#include "common/half.h"
 #include "common/van_impl.h"
 
 /* ------------------------------------------------------------ helpers -- */
@@ -126,11 +127,22 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
             return cm_sock_seterr_(s, CM_EINVAL, "msg send PUSH: a push needs values");
     }
     hdr->n_keys = rows;
+    if (hdr->dtype != CM_DTYPE_F32 && hdr->dtype != CM_DTYPE_F16)
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: unknown dtype %" PRIu32, op,
+                               hdr->dtype);
 
+    uint16_t *halves = NULL;
+    if (n_vals && hdr->dtype == CM_DTYPE_F16) {
+        if (!(halves = malloc(n_vals * sizeof *halves)))
+            return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
+        cm_half_from_f32(vals, halves, n_vals);
+    }
     uint8_t *packed = NULL;
     size_t packed_len = 0;
-    if (cm_codec_hdr_pack(hdr, &packed, &packed_len) < 0)
+    if (cm_codec_hdr_pack(hdr, &packed, &packed_len) < 0) {
+        free(halves);
         return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
+    }
     cm_iov iov[4];
     size_t n = 0;
     if (router)
@@ -138,10 +150,13 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     iov[n++] = (cm_iov){packed, packed_len};
     if (n_keys || n_vals)
         iov[n++] = (cm_iov){keys, n_keys * sizeof *keys};   /* empty when keys are implied */
-    if (n_vals)
+    if (n_vals && halves)
+        iov[n++] = (cm_iov){halves, n_vals * sizeof *halves};
+    else if (n_vals)
         iov[n++] = (cm_iov){vals, n_vals * sizeof *vals};
     int rc = cm_sock_send(s, iov, n);
     free(packed);
+    free(halves);
     return rc;
 }
 
@@ -167,11 +182,12 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
     size_t kbytes = body >= 2 ? cm_frames_size(f, first + 1) : 0;
     size_t vbytes = body >= 3 ? cm_frames_size(f, first + 2) : 0;
     uint64_t n_keys = h->n_keys;
-    if (vbytes % sizeof(float))
+    const size_t esize = h->dtype == CM_DTYPE_F16 ? sizeof(uint16_t) : sizeof(float);
+    if (vbytes % esize)
         return cm_error_set(err, CM_EPROTO,
                             "%s req %" PRIu64 ": values frame of %zu bytes is not a "
-                            "multiple of 4", op, req, vbytes);
-    size_t n_vals = vbytes / sizeof(float);
+                            "multiple of %zu", op, req, vbytes, esize);
+    size_t n_vals = vbytes / esize;
     /* An empty keys frame before a values frame means "keys implied" (the
      * rows of a PULL reply come back in the order they were asked for). */
     int implied = kbytes == 0 && n_vals > 0 && !s_needs_keys(h->op);
@@ -203,17 +219,31 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
     const void *kp = kbytes ? cm_frames_data(f, first + 1) : NULL;
     const void *vp = vbytes ? cm_frames_data(f, first + 2) : NULL;
     int copy_k = kp && (uintptr_t)kp % _Alignof(uint64_t) != 0;
-    int copy_v = vp && (uintptr_t)vp % _Alignof(float) != 0;
+    /* halves are widened into the copy, so the code reading m->vals always
+     * sees floats */
+    const int half = vp && h->dtype == CM_DTYPE_F16;
+    int copy_v = half || (vp && (uintptr_t)vp % _Alignof(float) != 0);
     if (copy_k || copy_v) {
         size_t koff = 0, voff = copy_k ? (kbytes + 63) / 64 * 64 : 0;
-        size_t total = voff + (copy_v ? vbytes : 0);
+        size_t total = voff + (copy_v ? n_vals * sizeof(float) : 0);
         m->copy_ = aligned_alloc(64, (total + 63) / 64 * 64);
         if (!m->copy_)
             return cm_error_set(err, CM_ENOMEM, "%s req %" PRIu64 ": out of memory", op, req);
         if (copy_k)
             kp = memcpy((char *)m->copy_ + koff, kp, kbytes);
-        if (copy_v)
+        if (half) {
+            /* the frame may be misaligned for u16 too: widen from a copy */
+            float *dst = (float *)((char *)m->copy_ + voff);
+            uint16_t tmp[256];
+            for (size_t i = 0; i < n_vals; i += 256) {
+                size_t c = n_vals - i < 256 ? n_vals - i : 256;
+                memcpy(tmp, (const char *)vp + i * sizeof *tmp, c * sizeof *tmp);
+                cm_half_to_f32(tmp, dst + i, c);
+            }
+            vp = dst;
+        } else if (copy_v) {
             vp = memcpy((char *)m->copy_ + voff, vp, vbytes);
+        }
     }
     m->keys = kp;
     m->vals = vp;

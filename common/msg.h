@@ -13,8 +13,8 @@
  *           and sent EMPTY when there are values but no keys ("keys
  *           implied": the rows of a PULL reply come in the order asked for,
  *           or one dense row such as a stats vector).
- *   values  raw f32, hdr.n_keys * hdr.dim of them; sent only when there
- *           are values.
+ *   values  raw f32 (or f16 when hdr.dtype says so), hdr.n_keys * hdr.dim
+ *           of them; sent only when there are values.
  *
  * So after the route there are 1 (header), 2 (header, keys) or 3 (header,
  * keys or empty, values) frames, and whenever values are present
@@ -57,6 +57,19 @@ typedef enum {
 /* Flags on a PUSH. */
 #define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
 
+/* Flag on a HELLO. */
+#define CM_HELLO_ITEMS 8u      /* implicit: a worker's second HELLO, its training
+                                  items as sorted keys with their positives as
+                                  values (dim 1); the PLAN answers with the
+                                  merged list of every worker's items */
+
+/* Element type of the values frame (hdr.dtype). Values are always floats
+ * to the code on both ends: cm_msg_send converts them to halves and
+ * cm_msg_recv back (common/half.h). On a PULL, dtype asks for the reply's
+ * values in that type. */
+#define CM_DTYPE_F32 0u
+#define CM_DTYPE_F16 1u
+
 #define CM_HDR_MAX_STATS 32
 #define CM_HDR_ERROR_MAX 256
 #define CM_HDR_PATH_MAX 1024
@@ -72,6 +85,7 @@ typedef struct {
     int32_t status;                /* 0 or CM_E* on replies */
     char error[CM_HDR_ERROR_MAX];  /* with OP_ERROR */
     uint32_t flags;
+    uint32_t dtype;                /* CM_DTYPE_F32 or CM_DTYPE_F16 (values frame) */
     uint32_t epoch;
     int32_t sender;                /* rank of the sender */
     size_t n_stats;

@@ -227,6 +227,9 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
                         cm_strerror(rc));
     cm_hdr h = s_reply_hdr(m);
     h.dim = (uint32_t)dim;
+    /* weights in the type asked for; whole rows (optimizer state, whose
+     * sums may pass the half range) always as f32 */
+    h.dtype = full ? CM_DTYPE_F32 : m->hdr.dtype;
     if (!create) {
         h.n_stats = 1;
         h.stats[0] = (double)missing;

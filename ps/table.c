@@ -591,6 +591,10 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
 void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out)
 {
     int dim = p->dim;
+    if (p->init) {
+        p->init(p->init_arg, key, out, dim);
+        return;
+    }
     int zp = p->zero_prefix < 0 ? 0 : p->zero_prefix > dim ? dim : p->zero_prefix;
     for (int j = 0; j < zp; j++)
         out[j] = 0.0f;

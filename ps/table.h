@@ -34,6 +34,12 @@ typedef struct {
     size_t max_rows;     /* rows kept, least recently used evicted; 0: unbounded */
     size_t max_pending;  /* admission counters kept before all are cleared;
                           * 0: 1 << 20 */
+    /* Optional (NULL: zero_prefix and init_std): writes the dim initial
+     * weights of key's row, for a dense table whose rows are slices of one
+     * array (an MLP's weights). Must depend on (init_arg, key) only;
+     * init_arg must outlive the table. */
+    void (*init)(const void *init_arg, uint64_t key, float *out, int dim);
+    const void *init_arg;
 } ps_table_params;
 
 /* What ps_table_stats reports. */
@@ -63,7 +69,8 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
  * dropped, the one that reaches it makes the row and is applied. */
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads);
 
-/* Writes the deterministic initial weights of `key` to out[0..dim). */
+/* Writes the deterministic initial weights of `key` to out[0..dim): the
+ * init hook's, when p has one. */
 void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out);
 
 int ps_table_dim(const ps_table *t);

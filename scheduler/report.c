@@ -9,6 +9,7 @@
 
 struct sch_progress {
     int on;              /* draw at all */
+    char label[16];      /* name of the running figure */
     double last_draw;    /* monotonic seconds of the last redraw */
     int drawn;           /* a bar is on screen */
 };
@@ -26,6 +27,7 @@ sch_progress *sch_progress_new(int enabled)
     if (!p)
         return NULL;
     p->on = enabled < 0 ? isatty(STDERR_FILENO) : enabled;
+    snprintf(p->label, sizeof p->label, "rmse");
     return p;
 }
 
@@ -72,8 +74,8 @@ void sch_progress_update(sch_progress *p, int epoch, int epochs, uint64_t done, 
     double eta = rate > 0 ? (double)(total - done) / rate : 0;
     char r[32];
     s_human(rate, r, sizeof r);
-    fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %3.0f%% %s ex/s ETA %.0fs rmse %.4f", epoch,
-            epochs, bar, frac * 100, r, eta, rmse);
+    fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %3.0f%% %s ex/s ETA %.0fs %s %.4f", epoch,
+            epochs, bar, frac * 100, r, eta, p->label, rmse);
     fflush(stderr);
     p->drawn = 1;
 }
@@ -85,6 +87,25 @@ void sch_progress_clear(sch_progress *p)
     fprintf(stderr, "\r\033[K");
     fflush(stderr);
     p->drawn = 0;
+}
+
+void sch_progress_set_label(sch_progress *p, const char *label)
+{
+    if (p && label)
+        snprintf(p->label, sizeof p->label, "%s", label);
+}
+
+int sch_ranking_text(char *out, size_t n, const sch_ranking *r)
+{
+    int len = snprintf(out, n, "recall@%d %.4f  ndcg@%d %.4f  hr@%d %.4f", r->k, r->recall,
+                       r->k, r->ndcg, r->k, r->hr);
+    if (len < 0 || r->pop_recall < 0)
+        return len;
+    size_t at = (size_t)len < n ? (size_t)len : (n ? n - 1 : 0);
+    int more = snprintf(out ? out + at : NULL, n > at ? n - at : 0,
+                        "  (popularity %.4f / %.4f / %.4f)", r->pop_recall, r->pop_ndcg,
+                        r->pop_hr);
+    return more < 0 ? more : len + more;
 }
 
 struct sch_metrics {

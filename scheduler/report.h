@@ -24,6 +24,23 @@ void sch_progress_update(sch_progress *p, int epoch, int epochs, uint64_t done, 
 /* Clears the bar so that a normal line can be printed. */
 void sch_progress_clear(sch_progress *p);
 
+/* Names the running figure the bar shows ("rmse" until set; at most 15
+ * characters are kept). */
+void sch_progress_set_label(sch_progress *p, const char *label);
+
+/* Ranking metrics of one evaluation (implicit feedback), averaged over
+ * test users; a negative value was not measured. */
+typedef struct {
+    int k;
+    double recall, ndcg, hr;             /* the model */
+    double pop_recall, pop_ndcg, pop_hr; /* the popularity baseline */
+} sch_ranking;
+
+/* Writes "recall@K r  ndcg@K n  hr@K h  (popularity r / n / h)" into out
+ * (n bytes, always terminated; the popularity part only when measured).
+ * Returns the length it needed, as snprintf does. */
+int sch_ranking_text(char *out, size_t n, const sch_ranking *r);
+
 typedef struct sch_metrics sch_metrics;
 
 /* Opens path for JSON lines, truncated or (append=1) appended to; NULL

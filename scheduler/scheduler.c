@@ -13,6 +13,9 @@
 #include "scheduler/plan.h"
 #include "scheduler/report.h"
 
+/* Tables whose rows and bytes the metrics report one by one. */
+#define S_MAX_TABLES 8
+
 #define S_ROUTE_MAX 256
 #define S_STATS 12
 
@@ -26,6 +29,7 @@ typedef struct {
     double sq;                          /* running squared error this epoch */
     int finished;                       /* answered the current phase */
     uint64_t clock;                     /* SSP/BSP: minibatches done this epoch */
+    int items_in;                       /* implicit: its item list arrived */
 } s_wk;
 
 typedef struct {
@@ -48,6 +52,12 @@ typedef struct {
     int task;             /* -1 ratings (mf), else the cm_task of a sparse model */
     uint64_t *auc_pos, *auc_neg; /* binary tasks: merged AUC histograms */
     double last_ckpt;     /* when the last checkpoint was written */
+    /* implicit feedback: the item universe, merged from the workers' lists */
+    int implicit;
+    size_t n_items;
+    uint64_t *items;      /* sorted keys */
+    double *counts;       /* training positives per item */
+    int warned_cold;      /* the cold test users/items warning was given */
 } s_sched;
 
 static double s_now(void)
@@ -187,8 +197,9 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
                 done += s->wk[i].done;
                 sq += s->wk[i].sq;
             }
-            sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train,
-                                done ? sqrt(sq / (double)done) : 0, s_now() - t0);
+            double shown = done ? (s->implicit ? sq / (double)done : sqrt(sq / (double)done)) : 0;
+            sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train, shown,
+                                s_now() - t0);
         } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished) {
             size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
             memset(k->stats, 0, sizeof k->stats);
@@ -213,25 +224,72 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
     return 0;
 }
 
-/* First contact: every worker's HELLO, in any order. */
+/* Adds a worker's item list (sorted keys, positives as values) to the
+ * universe. A list that is not sorted and unique, or whose counts do not
+ * match its keys, is refused with CM_EPROTO. */
+static int s_merge_items(s_sched *s, const cm_msg *m, int rank, cm_error *err)
+{
+    size_t n = (size_t)m->hdr.n_keys;
+    if (n == 0)
+        return 0;
+    if (!m->keys || !m->vals || m->n_vals != n)
+        return cm_error_set(err, CM_EPROTO, "scheduler: worker rank %d sent %zu items with "
+                            "%zu counts", rank, n, m->n_vals);
+    for (size_t i = 0; i < n; i++)
+        if ((i > 0 && m->keys[i] <= m->keys[i - 1]) || !(m->vals[i] >= 0))
+            return cm_error_set(err, CM_EPROTO, "scheduler: worker rank %d sent a bad item "
+                                "list (item %zu: key %llu, count %g)", rank, i,
+                                (unsigned long long)m->keys[i], m->vals[i]);
+    size_t cap = s->n_items + n;
+    uint64_t *keys = malloc(cap * sizeof *keys);
+    double *counts = malloc(cap * sizeof *counts);
+    if (!keys || !counts) {
+        free(keys);
+        free(counts);
+        return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory for %zu items", cap);
+    }
+    size_t a = 0, b = 0, o = 0;
+    while (a < s->n_items || b < n) {
+        if (b == n || (a < s->n_items && s->items[a] < m->keys[b])) {
+            keys[o] = s->items[a];
+            counts[o++] = s->counts[a++];
+        } else if (a == s->n_items || m->keys[b] < s->items[a]) {
+            keys[o] = m->keys[b];
+            counts[o++] = m->vals[b++];
+        } else {
+            keys[o] = s->items[a];
+            counts[o++] = s->counts[a++] + m->vals[b++];
+        }
+    }
+    free(s->items);
+    free(s->counts);
+    s->items = keys;
+    s->counts = counts;
+    s->n_items = o;
+    return 0;
+}
+
+/* First contact: every worker's HELLO, in any order (implicit jobs: and
+ * each worker's item list, which follows its HELLO). */
 static int s_hellos(s_sched *s, cm_error *err)
 {
     const cm_job *job = s->p->job;
-    uint32_t got = 0;
-    while (got < s->p->n_workers) {
+    uint32_t got = 0, items = s->implicit ? 0 : s->p->n_workers;
+    while (got < s->p->n_workers || items < s->p->n_workers) {
         cm_msg m;
         int rc = s_recv_ctl(s, &m, err);
         if (rc == CM_ETIMEDOUT)
             return cm_error_set(err, rc,
-                                "scheduler: only %u of %u workers reported within %.0f s",
-                                got, s->p->n_workers, job->timeout);
+                                "scheduler: only %u of %u workers reported%s within %.0f s",
+                                got < s->p->n_workers ? got : items, s->p->n_workers,
+                                got < s->p->n_workers ? "" : " their items", job->timeout);
         if (rc != 0)
             return rc;
         if (m.hdr.op == CM_OP_ERROR) {
             rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", m.hdr.sender,
                               m.hdr.error);
             /* remember it so that it, too, gets the STOP */
-            if (m.route_size <= S_ROUTE_MAX && s_find(s, &m) < 0) {
+            if (got < s->p->n_workers && m.route_size <= S_ROUTE_MAX && s_find(s, &m) < 0) {
                 s_wk *k = &s->wk[got++];
                 memcpy(k->route, m.route, m.route_size);
                 k->route_size = m.route_size;
@@ -239,6 +297,21 @@ static int s_hellos(s_sched *s, cm_error *err)
             }
             cm_msg_release(&m);
             return rc;
+        }
+        if (s->implicit && m.hdr.op == CM_OP_HELLO && (m.hdr.flags & CM_HELLO_ITEMS)) {
+            int w = s_find(s, &m);
+            if (w < 0 || s->wk[w].items_in) {
+                cm_log(CM_LOG_WARN, "scheduler: unexpected item list from rank %d",
+                       m.hdr.sender);
+            } else {
+                s->wk[w].items_in = 1;
+                items++;
+                rc = s_merge_items(s, &m, s->wk[w].rank, err);
+            }
+            cm_msg_release(&m);
+            if (rc != 0)
+                return rc;
+            continue;
         }
         if (m.hdr.op != CM_OP_HELLO || m.route_size > S_ROUTE_MAX || s_find(s, &m) >= 0) {
             cm_log(CM_LOG_WARN, "scheduler: unexpected %s from rank %d before start",
@@ -267,7 +340,7 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
 {
     const cm_job *job = s->p->job;
     double sum = 0, lo = INFINITY, hi = -INFINITY, nf = -1;
-    uint64_t bad_train = 0, bad_test = 0;
+    uint64_t bad_train = 0, bad_test = 0, raw_train = 0;
     for (uint32_t w = 0; w < s->p->n_workers; w++) {
         const double *st = s->wk[w].stats;
         s->n_train += (uint64_t)st[0];
@@ -277,6 +350,7 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
             hi = fmax(hi, st[3]);
         }
         s->n_test += (uint64_t)st[4];
+        raw_train += (uint64_t)st[9];
         bad_train = (uint64_t)st[5];
         bad_test = (uint64_t)st[6];
         nf = st[7];
@@ -288,8 +362,13 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
             return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
         s->auc_neg = s->auc_pos + CM_AUC_BINS;
     }
+    if (s->n_train == 0 && s->implicit && raw_train > 0)
+        return cm_error_set(err, CM_EINVAL, "%s: no positives: none of its %llu rows has a "
+                            "rating >= positive_threshold %g", job->train,
+                            (unsigned long long)raw_train, job->positive_threshold);
     if (s->n_train == 0)
         return cm_error_set(err, CM_EINVAL, "%s: no training rows", job->train);
+    res->n_items = s->n_items;
     if (bad_train || bad_test)
         cm_log(CM_LOG_WARN, "skipped malformed lines: %llu in %s, %llu in %s",
                (unsigned long long)bad_train, job->train, (unsigned long long)bad_test,
@@ -316,12 +395,23 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
         res->load_imbalance_before = before;
         res->load_imbalance = after;
     }
-    fprintf(s->p->out,
-            "psrec: %s on %llu ratings (%u worker%s, %u server%s), %llu held out; "
-            "global mean %.4f\n",
-            job->model, (unsigned long long)s->n_train, s->p->n_workers,
-            s->p->n_workers == 1 ? "" : "s", s->p->n_servers, s->p->n_servers == 1 ? "" : "s",
-            (unsigned long long)s->n_test, s->mean);
+    if (s->implicit)
+        fprintf(s->p->out,
+                "psrec: implicit (%s, %d negative%s, %s sampler) on %llu positives of %llu "
+                "rows, %zu items (%u worker%s, %u server%s), %llu held out\n",
+                job->loss == CM_LOSS_LOGISTIC ? "logistic" : "bpr", job->negatives,
+                job->negatives == 1 ? "" : "s",
+                job->sampler == CM_SAMPLER_POPULARITY ? "popularity" : "uniform",
+                (unsigned long long)s->n_train, (unsigned long long)raw_train, s->n_items,
+                s->p->n_workers, s->p->n_workers == 1 ? "" : "s", s->p->n_servers,
+                s->p->n_servers == 1 ? "" : "s", (unsigned long long)s->n_test);
+    else
+        fprintf(s->p->out,
+                "psrec: %s on %llu ratings (%u worker%s, %u server%s), %llu held out; "
+                "global mean %.4f\n",
+                job->model, (unsigned long long)s->n_train, s->p->n_workers,
+                s->p->n_workers == 1 ? "" : "s", s->p->n_servers,
+                s->p->n_servers == 1 ? "" : "s", (unsigned long long)s->n_test, s->mean);
     fflush(s->p->out);
     return 0;
 }
@@ -329,6 +419,15 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
 static int s_send_plan(s_sched *s, cm_error *err)
 {
     int rc = 0;
+    /* implicit: the item universe rides along, keys and their counts */
+    float *counts = NULL;
+    if (s->implicit) {
+        counts = malloc((s->n_items + 1) * sizeof *counts);
+        if (!counts)
+            return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+        for (size_t i = 0; i < s->n_items; i++)
+            counts[i] = (float)s->counts[i];
+    }
     for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
         cm_hdr h = cm_hdr_make(CM_OP_PLAN);
         h.stats[0] = s->mean;
@@ -337,8 +436,18 @@ static int s_send_plan(s_sched *s, cm_error *err)
         h.n_stats = 3;
         h.slots = s->slot_map;
         h.n_slots = s->n_slots;
-        rc = s_send(s, w, &h, err);
+        if (!counts) {
+            rc = s_send(s, w, &h, err);
+            continue;
+        }
+        h.dim = 1;
+        rc = cm_msg_send(s->p->ctl, s->wk[w].route, s->wk[w].route_size, &h, s->items,
+                         s->n_items, counts, s->n_items);
+        if (rc != 0)
+            cm_error_set(err, rc, "scheduler: cannot reach worker rank %d: %s", s->wk[w].rank,
+                         cm_sock_errmsg(s->p->ctl));
     }
+    free(counts);
     return rc;
 }
 
@@ -533,6 +642,50 @@ out:
     return rc;
 }
 
+/* Implicit feedback: EVAL to every worker, then the ranking metrics from
+ * their sums (worker/implicit.h lists them), averaged over the test users
+ * that could be scored. */
+static int s_eval_ranking(s_sched *s, int e, double t0, sch_ranking *rk, double *users,
+                          cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    int rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
+    if (rc == 0)
+        rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
+    if (rc != 0)
+        return rc;
+    double sum[11] = {0};
+    for (uint32_t w = 0; w < s->p->n_workers; w++)
+        for (int k = 0; k < 11; k++)
+            sum[k] += s->wk[w].stats[k];
+    /* 0-2 recall, ndcg, hit; 3 users; 4-6 the popularity ones; 7 cold
+     * users; 8 cold items; 9 positives scored; 10 repeats */
+    double n = sum[3];
+    *users = n;
+    rk->k = job->top_k;
+    if (n > 0) {
+        rk->recall = sum[0] / n;
+        rk->ndcg = sum[1] / n;
+        rk->hr = sum[2] / n;
+        rk->pop_recall = sum[4] / n;
+        rk->pop_ndcg = sum[5] / n;
+        rk->pop_hr = sum[6] / n;
+    } else {
+        rk->recall = rk->ndcg = rk->hr = 0;
+        rk->pop_recall = rk->pop_ndcg = rk->pop_hr = 0;
+    }
+    if (!s->warned_cold && (sum[7] > 0 || sum[8] > 0 || sum[10] > 0) && (s->warned_cold = 1))
+        cm_log(CM_LOG_WARN,
+               "%s: of %llu test positives, %.0f users have no training positive and %.0f "
+               "positives name an item without one (not scored), %.0f repeat a training "
+               "positive of their user (left out); %.0f positives of %.0f users are scored",
+               job->test, (unsigned long long)s->n_test, sum[7], sum[8], sum[10], sum[9], n);
+    if (n == 0 && !s->warned_cold && (s->warned_cold = 1))
+        cm_log(CM_LOG_WARN, "%s: no test user can be scored (no test positive of a user "
+               "with training positives)", job->test);
+    return 0;
+}
+
 static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
 {
     const cm_job *job = s->p->job;
@@ -541,6 +694,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
     for (int e = s->first_epoch; e <= job->epochs; e++) {
         /* servers first: they age their rows and report their tables */
         double srv_rows = 0, srv_bytes = 0, srv_evicted = 0, srv_dropped = 0;
+        double tab_rows[S_MAX_TABLES] = {0}, tab_bytes[S_MAX_TABLES] = {0};
         {
             cm_msg *rep = calloc(s->p->n_servers, sizeof *rep);
             cm_hdr h = cm_hdr_make(CM_OP_EPOCH);
@@ -549,6 +703,10 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                          : cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
             for (uint32_t i = 0; rep && i < s->p->n_servers; i++) {
                 for (size_t k = 0; rc == 0 && k + 6 <= rep[i].hdr.n_stats; k += 6) {
+                    if (k / 6 < S_MAX_TABLES) {
+                        tab_rows[k / 6] += rep[i].hdr.stats[k];
+                        tab_bytes[k / 6] += rep[i].hdr.stats[k + 1];
+                    }
                     srv_rows += rep[i].hdr.stats[k];
                     srv_bytes += rep[i].hdr.stats[k + 1];
                     srv_evicted += rep[i].hdr.stats[k + 2];
@@ -586,7 +744,15 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         double rmse = -1, mae = -1;
         uint64_t unseen = 0;
         double auc = -1, logloss = -1;
-        if (s->n_test > 0 && (e % job->eval_every == 0 || e == job->epochs)) {
+        sch_ranking rk = {job->top_k, -1, -1, -1, -1, -1, -1};
+        double eval_users = -1;
+        int evaluate = s->n_test > 0 && (e % job->eval_every == 0 || e == job->epochs);
+        if (evaluate && s->implicit) {
+            if ((rc = s_eval_ranking(s, e, t0, &rk, &eval_users, err)) != 0)
+                return rc;
+            evaluate = 0;
+        }
+        if (evaluate) {
             if (s->auc_pos)
                 memset(s->auc_pos, 0, 2 * (size_t)CM_AUC_BINS * sizeof *s->auc_pos);
             rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
@@ -616,12 +782,18 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                        job->test, (unsigned long long)unseen, (unsigned long long)s->n_test);
         }
         double rate = secs > 0 ? n / secs : 0;
-        if (s->task == CM_TASK_BINARY)
+        if (s->implicit)
+            fprintf(s->p->out, "epoch %3d/%d  train_loss %.4f", e, job->epochs, train_mse);
+        else if (s->task == CM_TASK_BINARY)
             fprintf(s->p->out, "epoch %3d/%d  train_logloss %.4f", e, job->epochs, train_mse);
         else
             fprintf(s->p->out, "epoch %3d/%d  train_rmse %.4f", e, job->epochs,
                     sqrt(train_mse));
-        if (auc >= 0)
+        if (rk.recall >= 0) {
+            char text[256];
+            sch_ranking_text(text, sizeof text, &rk);
+            fprintf(s->p->out, "  %s", text);
+        } else if (auc >= 0)
             fprintf(s->p->out, "  test_auc %.4f  test_logloss %.4f", auc, logloss);
         else if (rmse >= 0)
             fprintf(s->p->out, "  test_rmse %.4f  test_mae %.4f", rmse, mae);
@@ -646,8 +818,31 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 {"evicted", srv_evicted, 0},
                 {"dropped_gradients", srv_dropped, 0},
                 {"max_lead", max_lead, 1},
+                /* implicit feedback only (the count below leaves them out) */
+                {"top_k", job->top_k, 0},
+                {"recall_at_k", rk.recall, 1},
+                {"ndcg_at_k", rk.ndcg, 1},
+                {"hr_at_k", rk.hr, 1},
+                {"pop_recall_at_k", rk.pop_recall, 1},
+                {"pop_ndcg_at_k", rk.pop_ndcg, 1},
+                {"pop_hr_at_k", rk.pop_hr, 1},
+                {"eval_users", eval_users, 1},
             };
-            rc = sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
+            size_t nf = sizeof f / sizeof f[0] - (s->implicit ? 0 : 8);
+            if (s->implicit)
+                f[2].value = -1; /* no rmse of a ranking loss */
+            /* then each table's rows and bytes over all servers:
+             * rows_<table>, bytes_<table> */
+            sch_field all[sizeof f / sizeof f[0] + 2 * S_MAX_TABLES];
+            char names[2 * S_MAX_TABLES][80];
+            memcpy(all, f, nf * sizeof f[0]);
+            for (size_t t = 0; t < s->p->n_tables && t < S_MAX_TABLES; t++) {
+                snprintf(names[2 * t], sizeof names[0], "rows_%s", s->p->tables[t].name);
+                snprintf(names[2 * t + 1], sizeof names[0], "bytes_%s", s->p->tables[t].name);
+                all[nf++] = (sch_field){names[2 * t], tab_rows[t], 0};
+                all[nf++] = (sch_field){names[2 * t + 1], tab_bytes[t], 0};
+            }
+            rc = sch_metrics_write(s->metrics, all, nf, err);
             if (rc != 0)
                 return rc;
         }
@@ -655,6 +850,16 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         if (max_lead > res->max_lead)
             res->max_lead = max_lead;
         res->train_rmse = sqrt(train_mse);
+        if (rk.recall >= 0) {
+            res->top_k = rk.k;
+            res->recall = rk.recall;
+            res->ndcg = rk.ndcg;
+            res->hr = rk.hr;
+            res->pop_recall = rk.pop_recall;
+            res->pop_ndcg = rk.pop_ndcg;
+            res->pop_hr = rk.pop_hr;
+            res->eval_users = (uint64_t)eval_users;
+        }
         if (rmse >= 0) {
             res->test_rmse = rmse;
             res->test_mae = mae;
@@ -713,12 +918,15 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
 
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
-    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1, .load_ok = 1};
+    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1, .load_ok = 1,
+                 .implicit = strcmp(p->job->model, "implicit") == 0};
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;
     res->test_auc = res->test_logloss = -1;
     res->max_lead = -1;
+    res->recall = res->ndcg = res->hr = -1;
+    res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
     int rc = 0;
     s.wk = calloc(p->n_workers, sizeof *s.wk);
     s.progress = sch_progress_new(p->job->progress);
@@ -756,9 +964,19 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         goto out;
     if ((rc = s_send_plan(&s, err)) != 0)
         goto out;
+    if (s.implicit)
+        sch_progress_set_label(s.progress, "loss");
     if ((rc = s_epochs(&s, res, err)) != 0)
         goto out;
-    if (res->test_auc >= 0) {
+    if (res->recall >= 0) {
+        sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
+                          res->pop_ndcg, res->pop_hr};
+        char text[256];
+        sch_ranking_text(text, sizeof text, &rk);
+        fprintf(p->out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
+                (unsigned long long)res->eval_users, res->epochs, res->seconds);
+        fflush(p->out);
+    } else if (res->test_auc >= 0) {
         fprintf(p->out, "final test AUC %.4f  log loss %.4f after %d epochs, %.2f s training\n",
                 res->test_auc, res->test_logloss, res->epochs, res->seconds);
         fflush(p->out);
@@ -796,6 +1014,8 @@ out:
     free(s.slot_map);
     free(s.load);
     free(s.auc_pos);
+    free(s.items);
+    free(s.counts);
     free(s.wk);
     return rc;
 }

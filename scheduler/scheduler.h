@@ -47,6 +47,14 @@ typedef struct {
     double load_imbalance;           /* the same for the plan used (1.0 = even) */
     double max_lead;                 /* SSP/BSP: most minibatches a worker led the
                                         slowest by; < 0 when not tracked */
+    /* implicit feedback, last evaluation (< 0 without one): the model's
+     * Recall@K, NDCG@K, HR@K and the popularity baseline's, averaged over
+     * eval_users test users (docs/implicit.md) */
+    int top_k;
+    double recall, ndcg, hr;
+    double pop_recall, pop_ndcg, pop_hr;
+    uint64_t eval_users;
+    uint64_t n_items;                /* the item universe (items with a positive) */
 } sch_result;
 
 /* Runs the job to the end. 0, or a CM_E* code with *err set; either way

@@ -138,7 +138,9 @@ int sv_recommend_main(int argc, char **argv)
                "lines (lines starting with '#' are comments). score = global_mean +\n"
                "user bias + item bias + dot(user factors, item factors), unclipped. A\n"
                "user the model does not know gets the popularity fallback (items by\n"
-               "global_mean + item bias), flagged in a '# fallback' line.\n\n");
+               "global_mean + item bias), flagged in a '# fallback' line. For an\n"
+               "implicit model the score has no global_mean and no user bias: it\n"
+               "ranks, it does not predict a rating.\n\n");
         cm_opts_print(stdout, opts, n_opts);
         return 0;
     }

@@ -19,9 +19,15 @@
 static const char s_mf_formula[] =
     "score(u,i) = global_mean + user[u][0] + item[i][0] + dot(user[u][1:], item[i][1:])";
 
+static const char s_implicit_formula[] =
+    "score(u,i) = item[i][0] + dot(user[u][1:], item[i][1:])  (a ranking score; user[u][0] "
+    "is 0)";
+
 const char *sv_export_formula(const char *model)
 {
-    return strcmp(model, "mf") == 0 ? s_mf_formula : "";
+    if (strcmp(model, "mf") == 0)
+        return s_mf_formula;
+    return strcmp(model, "implicit") == 0 ? s_implicit_formula : "";
 }
 
 int sv_export_parse_formats(const char *s, unsigned *out, cm_error *err)
@@ -334,7 +340,9 @@ static int s_json_num(cm_wfile *w, double x, int digits, cm_error *err)
 static int s_write_manifest(const char *path, const sv_export_model *m, unsigned formats,
                             const sv_table *item, cm_error *err)
 {
-    const int mf = strcmp(m->model, "mf") == 0;
+    /* both keep [bias, factors] rows of users and items */
+    const int implicit = strcmp(m->model, "implicit") == 0;
+    const int mf = strcmp(m->model, "mf") == 0 || implicit;
     cm_wfile *w = cm_wfile_open(path, err);
     if (!w)
         return err ? err->code : CM_EIO;
@@ -365,9 +373,9 @@ static int s_write_manifest(const char *path, const sv_export_model *m, unsigned
             "unclipped score\",\n");
     if (rc == 0 && mf)
         rc = cm_wfile_printf(w, err,
-                             "  \"fallback\": \"unknown users: items ranked by global_mean "
-                             "+ item[i][0], the prediction for a user whose row is all "
-                             "zeros\",\n");
+                             "  \"fallback\": \"unknown users: items ranked by %sitem[i][0], "
+                             "the score of a user whose row is all zeros\",\n",
+                             implicit ? "" : "global_mean + ");
     if (rc == 0)
         rc = cm_wfile_printf(w, err, "  \"tables\": {");
     for (size_t t = 0; rc == 0 && t < m->n_tables; t++) {

@@ -49,9 +49,12 @@ void sv_model_path(const char *path, char *out, size_t n)
 static sv_model *s_model_from_psm(psm_file *f, const char *name, cm_error *err)
 {
     sv_model *m = NULL;
-    if (strcmp(psm_model(f), "mf") != 0) {
-        cm_error_set(err, CM_EINVAL, "%s: model '%s' cannot be served (only mf)", name,
-                     psm_model(f));
+    /* mf and implicit share the row layout; implicit scores have no
+     * global mean (they rank, they do not predict ratings) */
+    const int implicit = strcmp(psm_model(f), "implicit") == 0;
+    if (strcmp(psm_model(f), "mf") != 0 && !implicit) {
+        cm_error_set(err, CM_EINVAL, "%s: model '%s' cannot be served (only mf and implicit)",
+                     name, psm_model(f));
         goto fail;
     }
     psm_table user, item;
@@ -73,7 +76,7 @@ static sv_model *s_model_from_psm(psm_file *f, const char *name, cm_error *err)
     m->user = user;
     m->item = item;
     m->dim = (int)item.dim;
-    m->global_mean = psm_global_mean(f);
+    m->global_mean = implicit ? 0.0 : psm_global_mean(f);
     return m;
 fail:
     psm_close(&f);

@@ -87,13 +87,22 @@ Test(cluster_local, reaches_the_noise_floor)
     while (fgets(line, sizeof line, f)) {
         lines++;
         const char *keys[] = {"\"epoch\"", "\"train_loss\"", "\"test_rmse\"", "\"test_mae\"",
-                              "\"examples_per_s\"", "\"seconds\""};
+                              "\"examples_per_s\"", "\"seconds\"", "\"rows_user\"",
+                              "\"bytes_user\"", "\"rows_item\"", "\"bytes_item\""};
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
             cr_expect(strstr(line, keys[k]) != NULL, "line %d lacks %s: %s", lines, keys[k],
                       line);
     }
     fclose(f);
     cr_expect_eq(lines, job.epochs);
+    /* per-table memory adds up to the servers' total */
+    double rows = th_last_metric(job.metrics, "server_rows"),
+           bytes = th_last_metric(job.metrics, "server_bytes");
+    cr_expect_eq(th_last_metric(job.metrics, "rows_user") +
+                     th_last_metric(job.metrics, "rows_item"), rows);
+    cr_expect_eq(th_last_metric(job.metrics, "bytes_user") +
+                     th_last_metric(job.metrics, "bytes_item"), bytes);
+    cr_expect_gt(th_last_metric(job.metrics, "rows_user"), 0);
 }
 
 Test(cluster_local, single_worker_is_bit_for_bit_repeatable)

@@ -89,7 +89,11 @@ Test(cluster_mpi, generated_data_one_server_two_workers)
     cr_expect_eq(system(rmcmd), 0);
 }
 
-/* The pid of the psrec process that is rank `rank` of an mpirun job. */
+/* Marks the processes of the job the kill test may kill. */
+static char s_kill_tag[64];
+
+/* The pid of the psrec process that is rank `rank` of the tagged mpirun
+ * job. */
 static pid_t s_find_rank(int rank)
 {
     DIR *d = opendir("/proc");
@@ -99,6 +103,10 @@ static pid_t s_find_rank(int rank)
     pid_t found = -1;
     char want[64];
     snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    /* only this test's job: other jobs on the machine have a rank 3 too */
+    char tag[128];
+    snprintf(tag, sizeof tag, "PSREC_KILL_TAG=%s", s_kill_tag);
+    int tagged;
     while (found < 0 && (e = readdir(d))) {
         pid_t pid = (pid_t)atoi(e->d_name);
         if (pid <= 0)
@@ -119,9 +127,14 @@ static pid_t s_find_rank(int rank)
             continue;
         n = fread(buf, 1, sizeof buf - 1, f);
         fclose(f);
-        for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
-            if (strcmp(buf + i, want) == 0)
-                found = pid;
+        int is_rank = 0;
+        tagged = 0;
+        for (size_t i = 0; i < n; i += strlen(buf + i) + 1) {
+            is_rank |= strcmp(buf + i, want) == 0;
+            tagged |= strcmp(buf + i, tag) == 0;
+        }
+        if (is_rank && tagged)
+            found = pid;
     }
     closedir(d);
     return found;
@@ -141,9 +154,10 @@ Test(cluster_mpi, kill_a_worker_then_resume_auto)
     cr_assert_not_null(mkdtemp(dir));
     char cmd[4096], out[65536], m_ref[512], m_run[512], log[512];
     snprintf(cmd, sizeof cmd,
-             "%s gen --out %s/syn --ratings 400000 --users 3000 --items 1500 --rank 4 "
+             "%s gen --out %s/syn --ratings 2000000 --users 20000 --items 5000 --rank 4 "
              "--seed 9",
              PSREC_BINARY, dir);
+    snprintf(s_kill_tag, sizeof s_kill_tag, "%s", dir);
     cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
     snprintf(m_ref, sizeof m_ref, "%s/ref.jsonl", dir);
     snprintf(m_run, sizeof m_run, "%s/run.jsonl", dir);
@@ -161,8 +175,10 @@ Test(cluster_mpi, kill_a_worker_then_resume_auto)
 
     /* the same job, with worker rank 3 killed -9 once epoch 3 is done */
     snprintf(args, sizeof args, job, dir, dir, dir, "run");
-    snprintf(cmd, sizeof cmd, TH_MPIRUN "-np 4 %s train %s --metrics %s > %s 2>&1",
-             PSREC_BINARY, args, m_run, log);
+    snprintf(cmd, sizeof cmd,
+             "PSREC_KILL_TAG=%s " TH_MPIRUN "-x PSREC_KILL_TAG -np 4 %s train %s --metrics %s "
+             "> %s 2>&1",
+             s_kill_tag, PSREC_BINARY, args, m_run, log);
     pid_t child = fork();
     cr_assert_geq(child, 0);
     if (child == 0) {
@@ -170,8 +186,8 @@ Test(cluster_mpi, kill_a_worker_then_resume_auto)
         _exit(127);
     }
     int killed = 0;
-    for (int i = 0; i < 1200 && !killed; i++) {
-        usleep(50 * 1000);
+    for (int i = 0; i < 6000 && !killed; i++) {
+        usleep(10 * 1000);
         if (s_epochs_done(m_run) >= 3) {
             pid_t w = s_find_rank(3);
             if (w > 0 && kill(w, SIGKILL) == 0)

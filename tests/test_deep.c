@@ -509,3 +509,270 @@ Test(deep, a_linear_model_cannot_fit_xor)
     cr_log_info("AUC %.3f accuracy %.3f", auc, acc);
     cr_expect_lt(auc, 0.7, "AUC %g", auc);
 }
+
+/* ---------------------------------------------------------------------------
+ * Dense-table rows: wk_mlp_init_row, wk_mlp_row_floats
+ * ------------------------------------------------------------------------- */
+
+Test(deep, init_row_is_the_slice_of_the_whole_init)
+{
+    const wk_mlp_params nets[] = {
+        s_small(0),
+        {.n_fields = 3, .k = 5, .n_hidden = 1, .hidden = {7}},        /* odd weight counts */
+        {.n_fields = 1, .k = 1, .n_hidden = 0},
+        {.n_fields = 10, .k = 8, .n_hidden = 3, .hidden = {33, 17, 5}},
+    };
+    const int row_floats[] = {16, 48, 64, 80};
+    for (size_t q = 0; q < sizeof nets / sizeof nets[0]; q++) {
+        const size_t nw = wk_mlp_n_weights(&nets[q]);
+        float *w = s_falloc(nw);
+        wk_mlp_init_weights(&nets[q], 99 + q, w);
+        for (size_t z = 0; z < sizeof row_floats / sizeof row_floats[0]; z++) {
+            const int R = row_floats[z];
+            const size_t rows = wk_mlp_n_rows(&nets[q], R);
+            float *row = s_falloc((size_t)R);
+            for (size_t r = 0; r <= rows; r++) { /* one past the end: all zeros */
+                wk_mlp_init_row(&nets[q], 99 + q, R, r, row);
+                for (int i = 0; i < R; i++) {
+                    const size_t at = r * (size_t)R + (size_t)i;
+                    const float want = at < nw ? w[at] : 0.f;
+                    cr_assert_eq(row[i], want, "net %zu R %d row %zu float %d: %g vs %g", q,
+                                 R, r, i, row[i], want);
+                }
+            }
+            free(row);
+        }
+        free(w);
+    }
+}
+
+Test(deep, row_floats_keep_nets_to_few_rows)
+{
+    const wk_mlp_params small = s_small(0);
+    cr_expect_eq(wk_mlp_row_floats(&small), 64);
+    const wk_mlp_params big = {.n_fields = 39, .k = 16, .n_hidden = 3, .hidden = {400, 400, 400}};
+    const int R = wk_mlp_row_floats(&big);
+    cr_expect_eq(R % WK_MLP_ALIGN, 0);
+    cr_expect_gt(R, 64);
+    cr_expect_leq(wk_mlp_n_rows(&big, R), 256, "%zu rows of %d", wk_mlp_n_rows(&big, R), R);
+}
+
+/* ---------------------------------------------------------------------------
+ * The model ops (wk_model_deep): job keys, tables, features -> loss
+ * ------------------------------------------------------------------------- */
+
+#include "ps/table.h"
+#include "worker/models/model.h"
+
+static cm_job s_deep_job(int fm_term)
+{
+    cm_job job = cm_job_default();
+    snprintf(job.model, sizeof job.model, "deep");
+    job.fields = F;
+    job.dim = K;
+    snprintf(job.hidden, sizeof job.hidden, "8,4");
+    job.fm_term = fm_term;
+    return job;
+}
+
+Test(deep, params_from_the_job)
+{
+    cm_job job = s_deep_job(1);
+    wk_mlp_params p;
+    cm_error e = {0};
+    cr_assert_eq(wk_deep_params(&job, &p, &e), 0, "%s", e.msg);
+    cr_expect(p.n_fields == F && p.k == K && p.n_hidden == 2 && p.hidden[0] == 8 &&
+              p.hidden[1] == 4 && p.fm_term == 1);
+    snprintf(job.hidden, sizeof job.hidden, " 16 , 8,4 ");
+    cr_assert_eq(wk_deep_params(&job, &p, &e), 0, "%s", e.msg);
+    cr_expect_eq(p.n_hidden, 3);
+    cr_expect_eq(p.hidden[2], 4);
+    job.hidden[0] = '\0';
+    cr_assert_eq(wk_deep_params(&job, &p, &e), 0, "%s", e.msg);
+    cr_expect_eq(p.n_hidden, 0);
+    const char *bad[] = {"64,x", "1,2,3,4,5", "64,", "0", "-3", "8;4"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(job.hidden, sizeof job.hidden, "%s", bad[i]);
+        cr_expect_eq(wk_deep_params(&job, &p, &e), CM_ECONFIG, "'%s' accepted", bad[i]);
+        cr_expect(strstr(e.msg, "hidden") != NULL, "%s", e.msg);
+    }
+    job = s_deep_job(0);
+    job.fields = 0;
+    cr_expect_eq(wk_deep_params(&job, &p, &e), CM_ECONFIG);
+    cr_expect(strstr(e.msg, "fields") != NULL, "%s", e.msg);
+    cr_expect_null(wk_model_deep.scratch_new(&job, 8, &e), "no net without fields");
+}
+
+Test(deep, tables_and_the_dense_init_hook)
+{
+    cm_job job = s_deep_job(1);
+    job.min_count = 5;
+    job.ttl = 2;
+    cr_assert_eq(wk_model_find("deep"), &wk_model_deep);
+    cr_assert_eq(wk_model_deep.n_tables, 2);
+    cr_expect_str_eq(wk_model_deep.table_names[1], "dense");
+    ps_table_params t0, t1;
+    wk_model_deep.table_params(&job, 0, &t0);
+    wk_model_deep.table_params(&job, 1, &t1);
+    cr_expect_eq(t0.dim, K + 1);
+    cr_expect_eq(t0.zero_prefix, 1);
+    cr_expect_eq(t0.min_count, 5u, "the feature table takes the job's admission");
+    cr_expect_eq(t1.dim, 64);
+    cr_expect(t1.min_count == 0 && t1.ttl == 0 && t1.max_rows == 0,
+              "no admission or eviction for the net");
+    cr_assert_not_null(t1.init);
+    wk_mlp_params p;
+    cr_assert_eq(wk_deep_params(&job, &p, NULL), 0);
+    const size_t rows = wk_model_deep.dense_rows(&job);
+    cr_expect_eq(rows, wk_mlp_n_rows(&p, 64));
+    /* a server's table hands out the net's initial weights, row by row */
+    float *w = s_falloc(rows * 64);
+    wk_mlp_init_weights(&p, wk_deep_seed(&job), w);
+    cm_error e = {0};
+    ps_table *t = ps_table_new(&t1, &e);
+    cr_assert_not_null(t, "%s", e.msg);
+    uint64_t keys[64];
+    for (size_t r = 0; r < rows; r++)
+        keys[r] = rows - 1 - r; /* arrival order does not matter */
+    float *got = s_falloc(rows * 64);
+    cr_assert_eq(ps_table_pull(t, keys, rows, got, 1, NULL), 0);
+    for (size_t r = 0; r < rows; r++)
+        for (int i = 0; i < 64; i++)
+            cr_assert_eq(got[r * 64 + i], w[keys[r] * 64 + i], "row %zu float %d",
+                         (size_t)keys[r], i);
+    ps_table_destroy(&t);
+    /* another seed, another net */
+    job.seed ^= 1;
+    float other[64];
+    ps_table_params t2;
+    wk_model_deep.table_params(&job, 1, &t2);
+    ps_table_init_row(&t2, 0, other);
+    cr_expect(memcmp(other, w, sizeof other) != 0);
+    free(w);
+    free(got);
+}
+
+enum { DR = 7, DN = 4, DDIM = K + 1 }; /* 7 feature rows (6: the bias), 4 examples */
+
+/* Example j has features at[j]..at[j+1]-1: example 0 has two in field 1
+ * (pooled), example 2 none in field 2, example 3 a feature twice. */
+static const uint64_t s_dat[DN + 1] = {0, 4, 7, 9, 13};
+static const uint32_t s_didx[13] = {0, 1, 2, 3, 4, 5, 1, 0, 3, 2, 2, 4, 5};
+static const uint32_t s_dfld[13] = {0, 1, 1, 2, 0, 1, 2, 0, 1, 0, 0, 1, 2};
+static const float s_dval[13] = {1, 0.5f, -1, 1, 2, 1, 0.3f, -0.4f, 1, 1, 0.5f, 1.5f, 1};
+
+/* The documented loss of the whole model in double: pooled fields into
+ * the reference net, + offset, + l2/2 |row|^2 per occurrence, + l2/2 |w|^2
+ * of the net per example. */
+static double s_model_loss(const wk_mlp_params *p, int task, const double *rows,
+                           const double *w, const float *label, double offset, double l2,
+                           double *kink, double *score)
+{
+    double l = 0, ww = 0;
+    for (size_t i = 0; i < wk_mlp_n_weights(p); i++)
+        ww += w[i] * w[i];
+    for (int j = 0; j < DN; j++) {
+        l += 0.5 * l2 * ww;
+        double e[FK] = {0}, lin[F] = {0};
+        for (uint64_t a = s_dat[j]; a < s_dat[j + 1]; a++) {
+            const double *r = rows + s_didx[a] * DDIM;
+            lin[s_dfld[a]] += s_dval[a] * r[0];
+            for (int c = 0; c < K; c++)
+                e[s_dfld[a] * K + c] += s_dval[a] * r[1 + c];
+            for (int c = 0; c < DDIM; c++)
+                l += 0.5 * l2 * r[c] * r[c];
+        }
+        const double y = offset + s_ref_score(p, w, e, lin, kink), t = label[j];
+        if (score)
+            score[j] = y;
+        l += task == CM_TASK_BINARY ? (t > 0.5 ? log1p(exp(-y)) : log1p(exp(y)))
+                                    : 0.5 * (y - t) * (y - t);
+    }
+    return l;
+}
+
+static void s_check_model(int task, int fm_term, const float *label)
+{
+    cm_job job = s_deep_job(fm_term);
+    wk_mlp_params p;
+    cr_assert_eq(wk_deep_params(&job, &p, NULL), 0);
+    const size_t nd = wk_model_deep.dense_rows(&job) * 64, nw = wk_mlp_n_weights(&p);
+    float *dense = s_falloc(nd), *dgrad = s_falloc(nd), rows[DR * DDIM],
+          grads[DR * DDIM] = {0}, pred[DN];
+    wk_mlp_init_weights(&p, 5, dense);
+    for (int l = 0; l <= p.n_hidden; l++) {
+        wk_mlp_layer_info li = wk_mlp_layer(&p, l);
+        s_random(dense + li.b_off, (size_t)li.out, 200 + l, 0.3);
+    }
+    s_random(rows, DR * DDIM, 31, 0.5);
+    cm_error e = {0};
+    void *scratch = wk_model_deep.scratch_new(&job, 3, &e); /* < DN: the batch is split */
+    cr_assert_not_null(scratch, "%s", e.msg);
+    const wk_sparse_batch b = {DN, s_dat, s_didx, s_dval, label, 6};
+    const wk_sparse_extra x = {.field = s_dfld, .n_fields = F, .scratch = scratch,
+                               .dense = dense, .dense_grads = dgrad};
+    const wk_model_ctx ctx = {.l2 = 0.02f, .offset = task == CM_TASK_BINARY ? 0.f : 0.3f};
+    double loss = wk_model_deep.train_ext(&ctx, task, &b, &x, DDIM, rows, grads);
+    wk_model_deep.predict_ext(&ctx, &b, &x, DDIM, rows, pred);
+
+    double *dw = malloc(nd * sizeof *dw), drows[DR * DDIM], ref[DN];
+    cr_assert_not_null(dw);
+    s_to_double(dense, dw, nd);
+    s_to_double(rows, drows, DR * DDIM);
+    double kink = INFINITY;
+    double want = s_model_loss(&p, task, drows, dw, label, ctx.offset, 0, &kink, ref);
+    cr_expect(fabs(loss - want) <= 1e-5 * fabs(want) + 1e-6, "loss %g vs %g", loss, want);
+    for (int j = 0; j < DN; j++)
+        cr_expect(fabs(pred[j] - ref[j]) <= 1e-5 * (1 + fabs(ref[j])), "score %d: %g vs %g",
+                  j, pred[j], ref[j]);
+    const double h = 1e-5;
+    cr_assert(kink > 10 * h, "fixture sits on a ReLU corner (min |z| = %g)", kink);
+    int moved = 0;
+    for (int i = 0; i < DR * DDIM; i++) {
+        const double keep = drows[i];
+        double k2 = INFINITY;
+        drows[i] = keep + h;
+        double lp = s_model_loss(&p, task, drows, dw, label, ctx.offset, ctx.l2, &k2, NULL);
+        drows[i] = keep - h;
+        double lm = s_model_loss(&p, task, drows, dw, label, ctx.offset, ctx.l2, &k2, NULL);
+        drows[i] = keep;
+        const double fd = (lp - lm) / (2 * h);
+        cr_expect(fabs(fd - grads[i]) <= 1e-4 + 1e-3 * fabs(fd),
+                  "task %d fm %d feature row %d weight %d: analytic %.7g vs numeric %.7g",
+                  task, fm_term, i / DDIM, i % DDIM, grads[i], fd);
+        moved += fabs(fd) > 1e-3;
+    }
+    cr_expect_gt(moved, DR * DDIM / 2);
+    for (size_t i = 0; i < nd; i++) {
+        const double keep = dw[i];
+        double k2 = INFINITY;
+        dw[i] = keep + h;
+        double lp = s_model_loss(&p, task, drows, dw, label, ctx.offset, ctx.l2, &k2, NULL);
+        dw[i] = keep - h;
+        double lm = s_model_loss(&p, task, drows, dw, label, ctx.offset, ctx.l2, &k2, NULL);
+        dw[i] = keep;
+        const double fd = i < nw ? (lp - lm) / (2 * h) : 0;
+        cr_expect(fabs(fd - dgrad[i]) <= 1e-4 + 1e-3 * fabs(fd),
+                  "task %d fm %d dense %zu: analytic %.7g vs numeric %.7g", task, fm_term, i,
+                  dgrad[i], fd);
+    }
+    free(dw);
+    free(dense);
+    free(dgrad);
+    wk_model_deep.scratch_destroy(&scratch);
+    cr_expect_null(scratch);
+}
+
+Test(deep, model_regression_gradients_match_finite_differences)
+{
+    const float label[DN] = {4.f, 2.5f, 3.f, 1.f};
+    s_check_model(CM_TASK_REGRESSION, 0, label);
+    s_check_model(CM_TASK_REGRESSION, 1, label);
+}
+
+Test(deep, model_logistic_gradients_match_finite_differences)
+{
+    const float label[DN] = {1.f, 0.f, 0.f, 1.f};
+    s_check_model(CM_TASK_BINARY, 0, label);
+    s_check_model(CM_TASK_BINARY, 1, label);
+}

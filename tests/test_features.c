@@ -415,6 +415,42 @@ Test(features, libffm_field_count_change_is_a_bad_line, .init = setup_capture)
                      "field 1 in '1:2:1' out of range (n_fields = 1)");
 }
 
+/* ffm's case: the field count is fixed (the launcher read it from the
+ * training file) and every line past it is a bad line, named, counted, and
+ * subject to max_bad_lines; binary labels outside the domain likewise. */
+Test(features, libffm_fixed_field_count_counts_and_stops, .init = setup_capture)
+{
+    const char *p = write_str("fix.ffm", "1 0:1:1 1:2:1\n"
+                                         "0 0:1:1 3:3:1\n"       /* 2: field 3 >= 2 */
+                                         "1 1:5:1\n"
+                                         "2 0:1:1\n"             /* 4: label 2 */
+                                         "1 2:9:1 0:1:1\n"       /* 5: field 2 >= 2 */
+                                         "0 1:4:1 0:3:2\n");
+    cm_feat_opts o = cm_feat_opts_default();
+    o.n_fields = 2;
+    o.task = CM_TASK_BINARY;
+    o.log_bad_lines = 100;
+    o.max_bad_lines = 3;
+    cm_examples ex;
+    cm_error e;
+    cr_assert_eq(cm_examples_load_libffm(p, &o, &ex, &e), 0, "%s", e.msg);
+    cr_expect_eq(ex.n, 3);
+    cr_expect_eq(ex.bad_lines, 3);
+    cr_expect_eq(ex.n_fields, 2);
+    for (size_t a = 0; a < ex.nnz; a++)
+        cr_expect_lt(ex.field[a], 2u);
+    cm_examples_free(&ex);
+    const char *log = captured();
+    expect_logged(log, p, 2, "field 3 in '3:3:1' out of range (n_fields = 2)");
+    expect_logged(log, p, 4, "label '2' is not a binary label");
+    expect_logged(log, p, 5, "field 2 in '2:9:1' out of range (n_fields = 2)");
+    o.max_bad_lines = 2;
+    cr_assert_eq(cm_examples_load_libffm(p, &o, &ex, &e), CM_ETOOMANY);
+    char want[700];
+    snprintf(want, sizeof want, "stopped at line 5); first: %s:2: field 3", p);
+    cr_expect_not_null(strstr(e.msg, want), "%s", e.msg);
+}
+
 Test(features, libffm_max_index)
 {
     const char *p = write_str("mi.ffm", "1 0:7:1\n1 0:8:1\n");

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/config.h"
+#include "common/half.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/slots.h"
@@ -111,6 +112,84 @@ Test(kv, pull_push_pull_across_two_servers)
     cr_expect_eq(c.requests, 6, "one request per server per call");
     wk_kv_destroy(&kv);
     cr_expect_null(kv);
+}
+
+/* wire_f16: pulled weights arrive half-rounded and pushed gradients are
+ * applied half-rounded; the bytes counted are half of f32's. */
+Test(kv, half_wire)
+{
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, NS, NULL);
+    int dims[1] = {DIM};
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 1, .dims = dims, .rank = 3,
+                      .timeout_ms = 5000, .wire_f16 = 1};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    enum { N = 100 };
+    uint64_t keys[N];
+    for (int i = 0; i < N; i++)
+        keys[i] = 50000 + 3 * (uint64_t)i;
+    static float got[N * DIM], init[N * DIM], grads[N * DIM];
+    wk_pull req = {0, keys, N, got, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N; i++)
+        ps_table_init_row(&s_tp, keys[i], init + i * DIM);
+    for (int i = 0; i < N * DIM; i++)
+        cr_assert_eq(got[i], cm_half_value(cm_half_of(init[i])), "weight %d", i);
+    for (int i = 0; i < N * DIM; i++)
+        grads[i] = 0.01f * (float)(i % 7) + 0.001f;
+    cr_assert_eq(wk_kv_push(kv, 0, keys, N, grads, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N * DIM; i++) {
+        float applied = init[i] - 0.5f * cm_half_value(cm_half_of(grads[i]));
+        cr_assert_eq(got[i], cm_half_value(cm_half_of(applied)), "updated weight %d", i);
+    }
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    wk_kv_counters c = wk_kv_get_counters(kv);
+    cr_expect_eq(c.bytes_out, 3 * N * 8 + N * DIM * 2, "keys of 3 calls + half gradients");
+    cr_expect_eq(c.bytes_in, 2 * N * DIM * 2, "two pulls of half weights");
+    wk_kv_destroy(&kv);
+}
+
+/* Pipelining: a pull started before a push does not see it, pushes and
+ * flushes while it is in flight do not disturb its rows, and a second
+ * start while one is in flight is refused. */
+Test(kv, pull_in_flight_across_pushes)
+{
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv(map);
+    enum { N = 150 };
+    uint64_t a[N], b[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = 90000 + 5 * (uint64_t)i;
+        b[i] = 200000 + 11 * (uint64_t)i;
+    }
+    static float ra[N * DIM], rb[N * DIM], init_a[N * DIM], init_b[N * DIM], g[N * DIM];
+    for (int i = 0; i < N; i++) {
+        ps_table_init_row(&s_tp, a[i], init_a + i * DIM);
+        ps_table_init_row(&s_tp, b[i], init_b + i * DIM);
+    }
+    for (int i = 0; i < N * DIM; i++)
+        g[i] = 1.0f;
+    cm_error err = {0};
+    wk_pull qa = {0, a, N, ra, 0}, qb = {0, b, N, rb, 0};
+    cr_assert_eq(wk_kv_pull_start(kv, &qa, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_pull_start(kv, &qb, 1, &err), CM_ESTATE, "one pull in flight");
+    /* pushes to the same rows and to others, then a flush, while a's pull
+     * is in flight */
+    cr_assert_eq(wk_kv_push(kv, 0, a, N, g, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_push(kv, 0, b, N, g, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N * DIM; i++)
+        cr_assert_float_eq(ra[i], init_a[i], 0, "a's pull went before the push (%d)", i);
+    cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "waiting with nothing in flight is fine");
+    cr_assert_eq(wk_kv_pull(kv, &qb, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N * DIM; i++)
+        cr_assert_float_eq(rb[i], init_b[i] - 0.5f, 1e-6, "b's pull sees the push (%d)", i);
+    wk_kv_destroy(&kv);
 }
 
 Test(kv, no_create_pull_reads_zeros)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/codec.h"
+#include "common/half.h"
 #include "common/msg.h"
 #include "common/van.h"
 
@@ -246,6 +247,67 @@ Test(msg, push_keys_and_values_inproc)
     size_t sizes[] = {1, 2, 3, 5, 64, 1000, 100000};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
         s_push_round_trip(&p, sizes[i], 1 + (uint32_t)i * 3);
+    s_pair_free(&p);
+}
+
+/* f16 values: the frame holds 2 bytes per value and the receiver reads
+ * floats equal to the half-rounded ones, over inproc and (misaligned
+ * slices) tcp; a half frame of odd length and an unknown dtype are
+ * refused. */
+static void s_half_round_trip(pair *p, size_t n, uint32_t dim)
+{
+    uint64_t *keys = malloc(n * sizeof *keys);
+    float *vals = malloc(n * dim * sizeof *vals);
+    s_fill(keys, vals, n, dim);
+    cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+    h.dtype = CM_DTYPE_F16;
+    cr_assert_eq(cm_msg_send(p->dealer, NULL, 0, &h, keys, n, vals, n * dim), 0, "%s",
+                 cm_sock_errmsg(p->dealer));
+    cm_msg m;
+    cm_error err = {0};
+    cr_assert_eq(cm_msg_recv(p->router, &m, 5000, &err), 0, "n=%zu: %s", n, err.msg);
+    cr_assert_eq(m.hdr.dtype, CM_DTYPE_F16);
+    cr_assert_eq(m.n_vals, n * dim);
+    cr_assert_eq((uintptr_t)m.vals % 4, 0);
+    cr_assert_arr_eq(m.keys, keys, n * sizeof *keys);
+    for (size_t i = 0; i < n * dim; i++)
+        cr_assert_eq(m.vals[i], cm_half_value(cm_half_of(vals[i])), "value %zu", i);
+    cm_msg_release(&m);
+    free(keys);
+    free(vals);
+}
+
+Test(msg, half_values_round_trip)
+{
+    pair p = s_pair("inproc://msg-half");
+    s_half_round_trip(&p, 1, 1);
+    s_half_round_trip(&p, 1000, 33);
+    s_pair_free(&p);
+    p = s_pair("tcp://127.0.0.1:*");
+    for (size_t n = 1; n < 20; n++)
+        s_half_round_trip(&p, n, (uint32_t)(n % 3) + 1);
+    s_pair_free(&p);
+}
+
+Test(msg, rejects_odd_half_frame_and_unknown_dtype)
+{
+    pair p = s_pair("inproc://msg-half-bad");
+    uint64_t key = 7;
+    uint16_t halves[3] = {0x3c00, 0x3c00, 0x3c00};
+    cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+    h.n_keys = 1;
+    h.dim = 1;
+    h.dtype = CM_DTYPE_F16;
+    s_expect_reject(&p, h, &key, 8, halves, 3, 3, "not a multiple of 2");
+    h.dim = 3;
+    s_expect_reject(&p, h, &key, 8, halves, 4, 3, "expected n_keys");
+    h.dim = 1;
+    h.dtype = 1;
+    float one = 1.f;
+    cm_hdr bad = h;
+    bad.dtype = 9;
+    cr_assert_neq(cm_msg_send(p.dealer, NULL, 0, &bad, &key, 1, &one, 1), 0,
+                  "send refuses an unknown dtype");
     s_pair_free(&p);
 }
 

@@ -57,3 +57,55 @@ Test(report, progress_off_draws_nothing)
     sch_progress_destroy(&p);
     cr_expect_null(p);
 }
+
+Test(report, ranking_text)
+{
+    sch_ranking r = {20, 0.42051, 0.4011, 0.943, 0.2414, 0.234, 0.8575};
+    char buf[256];
+    int len = sch_ranking_text(buf, sizeof buf, &r);
+    cr_expect_str_eq(buf, "recall@20 0.4205  ndcg@20 0.4011  hr@20 0.9430  "
+                          "(popularity 0.2414 / 0.2340 / 0.8575)");
+    cr_expect_eq(len, (int)strlen(buf));
+    /* without a baseline the parenthesis is left out */
+    r.pop_recall = -1;
+    sch_ranking_text(buf, sizeof buf, &r);
+    cr_expect_str_eq(buf, "recall@20 0.4205  ndcg@20 0.4011  hr@20 0.9430");
+    /* a short buffer is cut and terminated; the full length is returned */
+    r.pop_recall = 0.2414;
+    char full[256], small[16];
+    int want = sch_ranking_text(full, sizeof full, &r);
+    len = sch_ranking_text(small, sizeof small, &r);
+    cr_expect_eq(len, want);
+    cr_expect_eq(strlen(small), sizeof small - 1);
+    cr_expect_eq(strncmp(small, full, sizeof small - 1), 0);
+    /* measuring only, as snprintf(NULL, 0) */
+    cr_expect_eq(sch_ranking_text(NULL, 0, &r), want);
+}
+
+Test(report, progress_label_names_the_running_figure)
+{
+    char path[] = "/tmp/psrec-report-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    dup2(fd, STDERR_FILENO);
+    sch_progress *p = sch_progress_new(1);
+    sch_progress_set_label(p, "loss");
+    sch_progress_update(p, 1, 3, 50, 100, 0.6931, 1.0);
+    sch_progress_set_label(NULL, "x"); /* no-op */
+    sch_progress_destroy(&p);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    char buf[512] = {0};
+    FILE *f = fdopen(fd, "r");
+    cr_assert_not_null(f);
+    rewind(f);
+    size_t got = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    unlink(path);
+    buf[got] = '\0';
+    cr_expect(strstr(buf, "loss 0.6931") != NULL, "bar: %s", buf);
+    cr_expect(strstr(buf, "rmse") == NULL, "bar: %s", buf);
+}

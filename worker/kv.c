@@ -28,6 +28,7 @@ struct wk_kv {
     uint32_t n_tables;
     int rank;
     int timeout_ms;
+    uint32_t wire_dtype;        /* CM_DTYPE_F32 or CM_DTYPE_F16 */
     uint64_t next_req;      /* next request id */
     size_t pushes_pending;  /* pushes sent and not yet acknowledged */
     /* scratch reused across calls (grown, never shrunk) */
@@ -36,9 +37,17 @@ struct wk_kv {
     uint32_t *pos;          /* for each grouped key, its index in the request */
     float *vals;            /* push: gradients grouped by server */
     size_t cap_keys, cap_vals;
+    size_t *seg_count;      /* per server counts (n_servers + 1) */
+    /* the pull in flight (wk_kv_pull_start .. wk_kv_pull_wait): its own
+     * key scratch, so pushes sent meanwhile do not disturb it */
+    const wk_pull *f_reqs;  /* the caller's requests; NULL: no pull in flight */
+    uint64_t f_base;        /* request id of pending[0] */
+    size_t f_pending, f_done;
     s_pending *pending;
     size_t cap_pending;
-    size_t *seg_count;      /* per server counts (n_servers + 1) */
+    uint64_t *f_keys;       /* pull keys grouped by (request, server) */
+    uint32_t *f_pos;        /* for each grouped key, its index in its request */
+    size_t f_cap;
     wk_kv_counters counters;
 };
 
@@ -89,6 +98,7 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
     kv->n_tables = p->n_tables;
     kv->rank = p->rank;
     kv->timeout_ms = p->timeout_ms;
+    kv->wire_dtype = p->wire_f16 ? CM_DTYPE_F16 : CM_DTYPE_F32;
     kv->next_req = 1;
     kv->socks = calloc(p->n_servers, sizeof *kv->socks);
     kv->slot_map = malloc(p->n_slots * sizeof *kv->slot_map);
@@ -142,6 +152,8 @@ void wk_kv_destroy(wk_kv **pkv)
     free(kv->pos);
     free(kv->vals);
     free(kv->pending);
+    free(kv->f_keys);
+    free(kv->f_pos);
     free(kv->seg_count);
     free(kv);
     *pkv = NULL;
@@ -156,9 +168,12 @@ static size_t s_pull_dim(const wk_kv *kv, const wk_pull *r)
 /* Receives one reply from any server and accounts for it: a push ack
  * lowers pushes_pending; a pull reply in [base, base + n_pending) is
  * scattered into its caller's output. */
-static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *pending,
-                      size_t n_pending, size_t *n_done, cm_error *err)
+static int s_recv_one(wk_kv *kv, cm_error *err)
 {
+    const wk_pull *reqs = kv->f_reqs;
+    const uint64_t base = kv->f_base;
+    s_pending *pending = kv->pending;
+    const size_t n_pending = reqs ? kv->f_pending : 0;
     uint64_t ready = 0;
     int rc = cm_sock_poll(kv->socks, kv->n_servers, kv->timeout_ms, &ready);
     if (rc != 0)
@@ -178,7 +193,7 @@ static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *
             cm_msg_release(&m);
             return rc;
         }
-        kv->counters.bytes_in += m.n_vals * sizeof(float);
+        kv->counters.bytes_in += m.n_vals * (m.hdr.dtype == CM_DTYPE_F16 ? 2 : sizeof(float));
         if (m.hdr.op == CM_OP_ERROR) {
             rc = cm_error_set(err, CM_EREMOTE, "server %u refused request %llu: %s", s,
                               (unsigned long long)m.hdr.req_id, m.hdr.error);
@@ -207,13 +222,13 @@ static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *
             if (pd->direct) {
                 memcpy(r->out, m.vals, pd->count * dim * sizeof(float));
             } else {
-                const uint32_t *pos = kv->pos + pd->off;
+                const uint32_t *pos = kv->f_pos + pd->off;
                 for (size_t j = 0; j < pd->count; j++)
                     memcpy(r->out + (size_t)pos[j] * dim, m.vals + j * dim,
                            dim * sizeof(float));
             }
             pd->done = 1;
-            (*n_done)++;
+            kv->f_done++;
         } else if (kv->pushes_pending > 0 && m.n_vals == 0) {
             kv->pushes_pending--;
         } else {
@@ -230,7 +245,8 @@ static int s_recv_one(wk_kv *kv, const wk_pull *reqs, uint64_t base, s_pending *
 /* Groups the keys of one request by server (counting sort, stable, so each
  * group stays sorted). Fills kv->keys/pos from `at` and seg_count[s] with
  * the start of server s's group (seg_count[n_servers] = end). */
-static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, size_t at)
+static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, size_t at,
+                    uint64_t *out_keys, uint32_t *out_pos)
 {
     size_t *start = kv->seg_count;
     memset(start, 0, (kv->n_servers + 1) * sizeof *start);
@@ -244,8 +260,8 @@ static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, s
     /* fill using a running cursor per server, then restore starts */
     for (size_t i = 0; i < n; i++) {
         size_t slot = at + start[kv->server_of[i]]++;
-        kv->keys[slot] = keys[i];
-        kv->pos[slot] = (uint32_t)i;
+        out_keys[slot] = keys[i];
+        out_pos[slot] = (uint32_t)i;
     }
     for (uint32_t s = kv->n_servers; s > 0; s--)
         start[s] = start[s - 1];
@@ -263,24 +279,47 @@ static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim
     h.flags = flags;
     h.sender = kv->rank;
     h.req_id = req_id;
+    /* halves for gradients and weights; whole rows and row deltas (which
+     * carry optimizer state) stay f32 */
+    if (!(flags & (CM_PULL_FULL | CM_PUSH_DELTA)))
+        h.dtype = kv->wire_dtype;
     int rc = cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
     if (rc != 0)
         return cm_error_set(err, rc, "kv: send to server %u failed: %s", srv,
                             cm_sock_errmsg(kv->socks[srv]));
     kv->counters.requests++;
-    kv->counters.bytes_out += n * sizeof(uint64_t) + n_vals * sizeof(float);
+    kv->counters.bytes_out +=
+        n * sizeof(uint64_t) + n_vals * (h.dtype == CM_DTYPE_F16 ? 2 : sizeof(float));
     return 0;
 }
 
-int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
+/* Makes room for n keys of the pull in flight. */
+static int s_reserve_flight(wk_kv *kv, size_t n)
 {
+    if (n <= kv->f_cap)
+        return 0;
+    size_t cap = kv->f_cap;
+    if (s_grow((void **)&kv->f_keys, &cap, n, sizeof *kv->f_keys) != 0)
+        return CM_ENOMEM;
+    uint32_t *pos = realloc(kv->f_pos, cap * sizeof *pos);
+    if (!pos)
+        return CM_ENOMEM;
+    kv->f_pos = pos;
+    kv->f_cap = cap;
+    return s_reserve_keys(kv, cap); /* server_of is shared, sized alike */
+}
+
+int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
+{
+    if (kv->f_reqs)
+        return cm_error_set(err, CM_ESTATE, "kv: a pull is already in flight");
     size_t total = 0;
     for (size_t r = 0; r < n; r++) {
         if (reqs[r].table >= kv->n_tables)
             return cm_error_set(err, CM_EINVAL, "kv: no table %u", reqs[r].table);
         total += reqs[r].n;
     }
-    if (s_reserve_keys(kv, total) != 0)
+    if (s_reserve_flight(kv, total) != 0)
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", total);
     size_t need_pending = n * kv->n_servers;
     if (s_grow((void **)&kv->pending, &kv->cap_pending, need_pending, sizeof *kv->pending))
@@ -301,13 +340,13 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
             continue;
         }
-        s_group(kv, q->table, q->keys, q->n, at);
+        s_group(kv, q->table, q->keys, q->n, at, kv->f_keys, kv->f_pos);
         for (uint32_t s = 0; s < kv->n_servers; s++) {
             size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
             if (e == b)
                 continue;
             int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
-                               base + n_pending, kv->keys + at + b, e - b, NULL, 0, err);
+                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0, 0};
@@ -315,13 +354,32 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
         at += q->n;
     }
     kv->next_req = base + n_pending;
-    size_t n_done = 0;
-    while (n_done < n_pending) {
-        int rc = s_recv_one(kv, reqs, base, kv->pending, n_pending, &n_done, err);
-        if (rc != 0)
-            return rc;
-    }
+    kv->f_reqs = reqs;
+    kv->f_base = base;
+    kv->f_pending = n_pending;
+    kv->f_done = 0;
     return 0;
+}
+
+int wk_kv_pull_wait(wk_kv *kv, cm_error *err)
+{
+    if (!kv->f_reqs)
+        return 0;
+    while (kv->f_done < kv->f_pending) {
+        int rc = s_recv_one(kv, err);
+        if (rc != 0) {
+            kv->f_reqs = NULL; /* the connection state is unknown now: the caller stops */
+            return rc;
+        }
+    }
+    kv->f_reqs = NULL;
+    return 0;
+}
+
+int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
+{
+    int rc = wk_kv_pull_start(kv, reqs, n, err);
+    return rc != 0 ? rc : wk_kv_pull_wait(kv, err);
 }
 
 static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
@@ -344,7 +402,7 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
     if (s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals))
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu values", n * dim);
-    s_group(kv, table, keys, n, 0);
+    s_group(kv, table, keys, n, 0, kv->keys, kv->pos);
     for (size_t i = 0; i < n; i++)
         memcpy(kv->vals + i * dim, grads + (size_t)kv->pos[i] * dim, dim * sizeof(float));
     for (uint32_t s = 0; s < kv->n_servers; s++) {
@@ -374,9 +432,8 @@ int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
 
 int wk_kv_flush(wk_kv *kv, cm_error *err)
 {
-    size_t n_done = 0;
     while (kv->pushes_pending > 0) {
-        int rc = s_recv_one(kv, NULL, 0, NULL, 0, &n_done, err);
+        int rc = s_recv_one(kv, err);
         if (rc != 0)
             return rc;
     }

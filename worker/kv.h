@@ -28,6 +28,8 @@ typedef struct {
                                         (CM_PULL_FULL, deltas); NULL = dims */
     int rank;                        /* this worker's rank (sent as sender) */
     int timeout_ms;                  /* how long to wait for a reply */
+    int wire_f16;                    /* 1: gradients and pulled weights travel as
+                                        halves (whole rows and deltas stay f32) */
 } wk_kv_params;
 
 wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err);
@@ -47,6 +49,15 @@ typedef struct {
  * replies. CM_EREMOTE with the server's message when one refused;
  * CM_ETIMEDOUT when one did not answer in time. */
 int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err);
+
+/* wk_kv_pull in two halves, for pipelining: start sends the requests and
+ * returns; the replies land in the requests' out arrays by the time wait
+ * returns (replies that arrive while the caller pushes or flushes are
+ * placed then). reqs, their keys and outs must stay valid until wait. One
+ * pull in flight at a time (CM_ESTATE otherwise). Pushes sent after start
+ * reach each server after the pull, so the pull does not see them. */
+int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err);
+int wk_kv_pull_wait(wk_kv *kv, cm_error *err);
 
 /* Sends the summed gradients of sorted unique keys (n*dim floats) without
  * waiting for the acks. */

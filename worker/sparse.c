@@ -1,5 +1,6 @@
 #include "worker/sparse.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,8 @@
 #include "worker/worker.h"
 
 #define S_EVAL_BATCH 4096
+#define S_MAX_FIELDS 1024  /* the fields key's range */
+#define S_FIELDS_LINES 1000 /* lines read for a libffm field count, at most */
 
 /* This worker's rows of one file, in CSR form (owned copies). */
 typedef struct {
@@ -24,20 +27,30 @@ typedef struct {
     uint64_t *at;     /* n + 1 */
     uint64_t *key;
     float *val;
+    uint32_t *field;  /* field of each occurrence (ffm, deep); NULL otherwise */
     size_t bad_lines;
 } s_set;
 
 struct wk_sparse {
+    const cm_job *job;   /* the run's job (outlives this) */
     int task;
     int dim;
+    uint32_t n_fields;   /* fields per example (ffm, deep); 0 when unused */
     size_t batch;
     s_set train, test;
     /* batch scratch, grown as needed */
     uint64_t *keys, *uniq, *scratch, *at;
-    uint32_t *idx;
+    uint32_t *idx, *field;
     float *val, *label, *rows, *grads, *score;
     size_t cap_nnz, cap_ex;
     uint32_t *order;
+    /* models with a dense table (deep), set up at the first batch */
+    const wk_model_ops *dense_model;
+    wk_sparse_extra extra;  /* fields, dense rows and scratch, for ext models */
+    float *dense_rows, *dense_grads;
+    uint64_t *dense_keys;   /* 0 .. n_dense-1 */
+    size_t n_dense;
+    int dense_dim;
 };
 
 static void s_set_free(s_set *d)
@@ -46,6 +59,7 @@ static void s_set_free(s_set *d)
     free(d->at);
     free(d->key);
     free(d->val);
+    free(d->field);
     memset(d, 0, sizeof *d);
 }
 
@@ -67,6 +81,12 @@ void wk_sparse_destroy(wk_sparse **ps)
     free(s->grads);
     free(s->score);
     free(s->order);
+    free(s->field);
+    if (s->dense_model)
+        s->dense_model->scratch_destroy(&s->extra.scratch);
+    free(s->dense_rows);
+    free(s->dense_grads);
+    free(s->dense_keys);
     free(s);
     *ps = NULL;
 }
@@ -78,7 +98,7 @@ int wk_sparse_task(const wk_sparse *s)
 
 /* The input format of path: the job's; else by extension; else ratings
  * for a .psrd file or a text file whose first data line has no ':'; else
- * libsvm. */
+ * libffm when that line's first feature is field:idx:val; else libsvm. */
 int wk_sparse_format(const cm_job *job, const char *path)
 {
     if (job->format != CM_FMT_AUTO)
@@ -97,6 +117,15 @@ int wk_sparse_format(const cm_job *job, const char *path)
         if (line[0] == '#' || line[0] == '\n' || line[0] == '\r')
             continue;
         fmt = strchr(line, ':') && !strstr(line, "::") ? CM_FMT_LIBSVM : CM_FMT_RATINGS;
+        /* `label field:idx:val`: the first feature has two colons */
+        const char *tok = line + strcspn(line, " \t");
+        tok += strspn(tok, " \t");
+        const char *c1 = fmt == CM_FMT_LIBSVM ? strchr(tok, ':') : NULL;
+        if (c1 && c1 - tok < (long)strcspn(tok, " \t\r\n")) {
+            const char *c2 = strchr(c1 + 1, ':');
+            if (c2 && c2 - tok < (long)strcspn(tok, " \t\r\n"))
+                fmt = CM_FMT_LIBFFM;
+        }
         break;
     }
     if (f)
@@ -106,12 +135,16 @@ int wk_sparse_format(const cm_job *job, const char *path)
 
 /* Ratings as FM examples: the user and the item as one-hot features, each
  * in its own key space, plus their side features (value 1 each) when side
- * files are given. Rows i with i % n_workers == index are kept. */
+ * files are given. Rows i with i % n_workers == index are kept. With
+ * fields, the fields are S_FIELD_USER .. S_FIELD_ITEM_SIDE. */
 #define S_USER_NS 0x7573657273ULL
 #define S_ITEM_NS 0x6974656d73ULL
 
+enum { S_FIELD_USER, S_FIELD_ITEM, S_FIELD_USER_SIDE, S_FIELD_ITEM_SIDE };
+
 static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_side *is,
-                          uint32_t index, uint32_t n_workers, s_set *d, cm_error *err)
+                          uint32_t index, uint32_t n_workers, int fields, s_set *d,
+                          cm_error *err)
 {
     size_t n = 0, nnz = 0;
     const uint64_t *k;
@@ -128,24 +161,33 @@ static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_sid
     d->at = malloc((n + 1) * sizeof *d->at);
     d->key = malloc((nnz + 1) * sizeof *d->key);
     d->val = malloc((nnz + 1) * sizeof *d->val);
-    if (!d->label || !d->at || !d->key || !d->val)
+    if (fields)
+        d->field = malloc((nnz + 1) * sizeof *d->field);
+    if (!d->label || !d->at || !d->key || !d->val || (fields && !d->field))
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu examples", n);
+    uint32_t scratch_field;
+    uint32_t *fld = fields ? d->field : &scratch_field;
+    const size_t fstep = fields ? 1 : 0;
     d->n = n;
     d->at[0] = 0;
     size_t j = 0, a = 0;
     for (size_t i = index; i < all->n; i += n_workers, j++) {
         d->label[j] = all->rating[i];
+        fld[a * fstep] = S_FIELD_USER;
         d->key[a] = cm_hash_key(all->user[i], S_USER_NS);
         d->val[a++] = 1.f;
+        fld[a * fstep] = S_FIELD_ITEM;
         d->key[a] = cm_hash_key(all->item[i], S_ITEM_NS);
         d->val[a++] = 1.f;
         if (us && cm_side_features(us, all->user[i], &k, &nk))
             for (size_t x = 0; x < nk; x++, a++) {
+                fld[a * fstep] = S_FIELD_USER_SIDE;
                 d->key[a] = k[x];
                 d->val[a] = 1.f;
             }
         if (is && cm_side_features(is, all->item[i], &k, &nk))
             for (size_t x = 0; x < nk; x++, a++) {
+                fld[a * fstep] = S_FIELD_ITEM_SIDE;
                 d->key[a] = k[x];
                 d->val[a] = 1.f;
             }
@@ -153,6 +195,12 @@ static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_sid
     }
     d->bad_lines = all->bad_lines;
     return 0;
+}
+
+/* 1 when the job's model reads a field per feature occurrence. */
+static int s_needs_fields(const cm_job *job)
+{
+    return strcmp(job->model, "ffm") == 0 || strcmp(job->model, "deep") == 0;
 }
 
 /* Splits "a,b,c" into up to max names (pointers into buf). */
@@ -180,6 +228,7 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
     fo.max_bad_lines = job->max_bad_lines;
     fo.log_bad_lines = log_lines;
     fo.task = CM_TASK_REGRESSION; /* raw labels; the task is settled after */
+    fo.n_fields = job->fields > 0 ? (uint32_t)job->fields : 0;
     switch (wk_sparse_format(job, path)) {
     case CM_FMT_LIBFFM:
         return cm_examples_load_libffm(path, &fo, out, err);
@@ -198,9 +247,10 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
     }
 }
 
-/* Copies the rows i with i % n_workers == index. */
-static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, s_set *d,
-                  cm_error *err)
+/* Copies the rows i with i % n_workers == index (and their fields when
+ * fields is set). */
+static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, int fields,
+                  s_set *d, cm_error *err)
 {
     size_t n = 0, nnz = 0;
     for (size_t i = index; i < all->n; i += n_workers) {
@@ -211,7 +261,10 @@ static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, s_
     d->at = malloc((n + 1) * sizeof *d->at);
     d->key = malloc((nnz + 1) * sizeof *d->key);
     d->val = malloc((nnz + 1) * sizeof *d->val);
-    if (!d->label || !d->at || !d->key || !d->val)
+    fields = fields && all->field;
+    if (fields)
+        d->field = malloc((nnz + 1) * sizeof *d->field);
+    if (!d->label || !d->at || !d->key || !d->val || (fields && !d->field))
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu examples", n);
     d->n = n;
     d->at[0] = 0;
@@ -221,11 +274,89 @@ static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, s_
         for (uint64_t a = all->row_at[i]; a < all->row_at[i + 1]; a++, k++) {
             d->key[k] = all->key[a];
             d->val[k] = all->val[a];
+            if (fields)
+                d->field[k] = all->field[a];
         }
         d->at[j + 1] = k;
     }
     d->bad_lines = all->bad_lines;
     return 0;
+}
+
+/* The field count of a libffm file: the largest field + 1 of its first
+ * line that reads as libffm (the loader lets the same line set it). */
+static int s_libffm_fields(const char *path, cm_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return cm_error_set(err, CM_EIO, "%s: cannot read the training data", path);
+    char *line = NULL;
+    size_t cap = 0;
+    long lineno = 0, max = -1;
+    while (max < 0 && lineno < S_FIELDS_LINES && getline(&line, &cap, f) > 0) {
+        lineno++;
+        char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save), *end;
+        if (!tok || *tok == '#')
+            continue;
+        double label = strtod(tok, &end);
+        if (*end || !isfinite(label))
+            continue; /* a bad line to the loader too: the next one decides */
+        long m = -1;
+        while ((tok = strtok_r(NULL, " \t\r\n", &save)) != NULL && *tok != '#') {
+            char *c1 = strchr(tok, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+            long v = strtol(tok, &end, 10);
+            if (!c2 || strchr(c2 + 1, ':') || end != c1 || tok[0] < '0' || tok[0] > '9' ||
+                v >= INT_MAX) {
+                m = -1;
+                break;
+            }
+            m = v > m ? v : m;
+        }
+        max = m;
+    }
+    free(line);
+    fclose(f);
+    if (max >= S_MAX_FIELDS)
+        return cm_error_set(err, CM_ECONFIG,
+                            "%s:%ld: field %ld: at most %d fields are supported", path, lineno,
+                            max, S_MAX_FIELDS);
+    if (max < 0)
+        return cm_error_set(err, CM_EPARSE,
+                            "%s: no libffm line (label field:idx:val ...) in its first %ld to "
+                            "read the field count from; set fields",
+                            path, lineno);
+    return (int)max + 1;
+}
+
+int wk_sparse_fields(const cm_job *job, cm_error *err)
+{
+    if (!s_needs_fields(job) || job->fields > 0)
+        return job->fields;
+    switch (wk_sparse_format(job, job->train)) {
+    case CM_FMT_RATINGS:
+        return job->user_features[0] || job->item_features[0] ? 4 : 2;
+    case CM_FMT_LIBFFM:
+        return s_libffm_fields(job->train, err);
+    case CM_FMT_CSV: {
+        char num[CM_PATH_MAX], cat[CM_PATH_MAX];
+        const char *names[256];
+        snprintf(num, sizeof num, "%s", job->numeric_columns);
+        snprintf(cat, sizeof cat, "%s", job->categorical_columns);
+        size_t n = s_split(num, names, 256) + s_split(cat, names, 256);
+        if (n == 0)
+            return cm_error_set(err, CM_ECONFIG,
+                                "%s: model %s on csv needs numeric_columns or "
+                                "categorical_columns (one field each)",
+                                job->train, job->model);
+        return (int)n;
+    }
+    default:
+        return cm_error_set(err, CM_ECONFIG,
+                            "%s: model %s needs a field per feature, and libsvm/libFM input "
+                            "has none: use libffm (label field:idx:val ...), csv columns or "
+                            "ratings, or model = fm",
+                            job->train, job->model);
+    }
 }
 
 /* Binary when every training label is -1, 0 or 1. */
@@ -283,7 +414,7 @@ static int s_load_ratings(wk_sparse *s, const cm_job *job, uint32_t index,
             continue;
         if ((rc = cm_ratings_load(paths[f], &lo, &all, err)) != 0)
             goto out;
-        rc = s_take_ratings(&all, us, is, index, n_workers, sets[f], err);
+        rc = s_take_ratings(&all, us, is, index, n_workers, s->n_fields > 0, sets[f], err);
         cm_ratings_free(&all);
         if (rc == 0 && s->task == CM_TASK_BINARY)
             rc = s_binarize(sets[f], paths[f], err);
@@ -304,27 +435,68 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
         cm_error_set(err, CM_ENOMEM, "worker: out of memory");
         return NULL;
     }
+    s->job = job;
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
+    const int fields = s_needs_fields(job);
+    if (fields) {
+        /* the tables were made for job->fields: the launcher resolves 0 */
+        if (job->fields < 1) {
+            cm_error_set(err, CM_ECONFIG,
+                         "worker: model %s with fields = 0 (wk_sparse_fields resolves it "
+                         "before the tables are made)",
+                         job->model);
+            goto fail;
+        }
+        s->n_fields = (uint32_t)job->fields;
+    }
     if (wk_sparse_format(job, job->train) == CM_FMT_RATINGS) {
+        const uint32_t need = job->user_features[0] || job->item_features[0] ? 4 : 2;
+        if (fields && need > s->n_fields) {
+            cm_error_set(err, CM_ECONFIG,
+                         "%s: ratings%s have %u fields (user, item%s) but fields = %u",
+                         job->train, need == 4 ? " with side features" : "", need,
+                         need == 4 ? ", user side, item side" : "", s->n_fields);
+            goto fail;
+        }
         if (s_load_ratings(s, job, index, n_workers, log_lines, err) != 0)
             goto fail;
         goto loaded;
     }
     if (wk_sparse_load_features(job, job->train, log_lines, &all, err) != 0)
         goto fail;
+    if (fields && !all.field) {
+        /* the launcher says so first (wk_sparse_fields); a direct caller
+         * with fields set gets it here */
+        cm_error_set(err, CM_ECONFIG,
+                     "%s: model %s needs a field per feature, and libsvm/libFM input has "
+                     "none: use libffm (label field:idx:val ...), csv columns or ratings",
+                     job->train, job->model);
+        goto fail;
+    }
+    if (fields && all.n_fields > s->n_fields) {
+        cm_error_set(err, CM_ECONFIG, "%s: the data has %u fields but fields = %u", job->train,
+                     all.n_fields, s->n_fields);
+        goto fail;
+    }
     s->task = job->task == CM_JOB_TASK_AUTO
                   ? (s_is_binary(&all) ? CM_TASK_BINARY : CM_TASK_REGRESSION)
                   : job->task;
-    if (s_take(&all, index, n_workers, &s->train, err) != 0)
+    if (s_take(&all, index, n_workers, fields, &s->train, err) != 0)
         goto fail;
     cm_examples_free(&all);
     if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
         goto fail;
     if (job->test[0]) {
-        if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0 ||
-            s_take(&all, index, n_workers, &s->test, err) != 0)
+        if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0)
+            goto fail;
+        if (fields && (!all.field || all.n_fields > s->n_fields)) {
+            cm_error_set(err, CM_ECONFIG, "%s: the test data has %u fields, the model %u",
+                         job->test, all.n_fields, s->n_fields);
+            goto fail;
+        }
+        if (s_take(&all, index, n_workers, fields, &s->test, err) != 0)
             goto fail;
         cm_examples_free(&all);
         if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
@@ -372,10 +544,12 @@ static int s_reserve(wk_sparse *s, size_t n, size_t nnz, cm_error *err)
         free(s->uniq);
         free(s->scratch);
         free(s->idx);
+        free(s->field);
         free(s->val);
         free(s->rows);
         free(s->grads);
         s->keys = malloc(c * sizeof *s->keys);
+        s->field = malloc(c * sizeof *s->field);
         s->uniq = malloc(c * sizeof *s->uniq);
         s->scratch = malloc(2 * c * sizeof *s->scratch);
         s->idx = malloc(c * sizeof *s->idx);
@@ -383,8 +557,8 @@ static int s_reserve(wk_sparse *s, size_t n, size_t nnz, cm_error *err)
         s->rows = malloc(c * (size_t)s->dim * sizeof *s->rows);
         s->grads = malloc(c * (size_t)s->dim * sizeof *s->grads);
         s->cap_nnz = c;
-        if (!s->keys || !s->uniq || !s->scratch || !s->idx || !s->val || !s->rows ||
-            !s->grads) {
+        if (!s->keys || !s->uniq || !s->scratch || !s->idx || !s->field || !s->val ||
+            !s->rows || !s->grads) {
             s->cap_nnz = 0;
             return cm_error_set(err, CM_ENOMEM, "worker: out of memory for a batch");
         }
@@ -427,6 +601,8 @@ static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *orde
         for (uint64_t a = d->at[r]; a < d->at[r + 1]; a++, k++) {
             s->keys[k] = d->key[a];
             s->val[k] = d->val[a];
+            if (d->field)
+                s->field[k] = d->field[a];
         }
         s->at[j + 1] = k;
         s->label[j] = d->label[r];
@@ -434,8 +610,48 @@ static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *orde
     s->keys[k] = WK_FM_BIAS_KEY;
     wk_dedupe(s->keys, k + 1, s->uniq, s->idx, n_uniq, s->scratch);
     *b = (wk_sparse_batch){n, s->at, s->idx, s->val, s->label, s->idx[k]};
-    wk_pull req = {0, s->uniq, *n_uniq, s->rows, flags};
-    return wk_kv_pull(kv, &req, 1, err);
+    s->extra.field = d->field ? s->field : NULL;
+    s->extra.n_fields = d->field ? s->n_fields : 0;
+    /* the dense rows are made on first touch even while evaluating: they
+     * start from the net's initialisation, not zeros */
+    wk_pull req[2] = {{0, s->uniq, *n_uniq, s->rows, flags},
+                      {1, s->dense_keys, s->n_dense, s->dense_rows, 0}};
+    return wk_kv_pull(kv, req, s->dense_model ? 2 : 1, err);
+}
+
+/* Models with a dense table: their scratch and the dense rows' buffers,
+ * made once (the first batch tells which model runs). */
+static int s_dense_setup(wk_sparse *s, const wk_model_ops *m, cm_error *err)
+{
+    if (!m->dense_rows || s->dense_model)
+        return 0;
+    if (!m->scratch_new || !m->scratch_destroy || !m->train_ext || !m->predict_ext ||
+        m->n_tables < 2)
+        return cm_error_set(err, CM_EINVAL, "worker: model %s has an incomplete dense part",
+                            m->name);
+    ps_table_params tp;
+    m->table_params(s->job, 1, &tp);
+    const size_t max_batch = s->batch > S_EVAL_BATCH ? s->batch : S_EVAL_BATCH;
+    void *scratch = m->scratch_new(s->job, (int)max_batch, err);
+    if (!scratch)
+        return err && err->code ? err->code : CM_ENOMEM;
+    s->dense_model = m;
+    s->extra.scratch = scratch;
+    s->dense_dim = tp.dim;
+    s->n_dense = m->dense_rows(s->job);
+    /* 64-byte aligned for BLAS: a multiple of 16 floats per row */
+    const size_t floats = (s->n_dense * (size_t)tp.dim + 15) / 16 * 16;
+    s->dense_rows = aligned_alloc(64, floats * sizeof(float));
+    s->dense_grads = aligned_alloc(64, floats * sizeof(float));
+    s->dense_keys = malloc(s->n_dense * sizeof *s->dense_keys);
+    if (!s->dense_rows || !s->dense_grads || !s->dense_keys)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu dense rows",
+                            s->n_dense);
+    for (size_t r = 0; r < s->n_dense; r++)
+        s->dense_keys[r] = r;
+    s->extra.dense = s->dense_rows;
+    s->extra.dense_grads = s->dense_grads;
+    return 0;
 }
 
 int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
@@ -449,15 +665,26 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
         s->order[j] = (uint32_t)j;
     cm_rng_shuffle_u32(&rng, s->order, total);
     double sum = 0;
+    int rc = s_dense_setup(s, m, err);
+    if (rc != 0)
+        return rc;
     for (size_t first = 0; first < total; first += s->batch) {
         size_t cnt = total - first < s->batch ? total - first : s->batch, nu = 0;
         wk_sparse_batch b;
-        int rc = s_batch(s, kv, &s->train, s->order, first, cnt, 0, &b, &nu, err);
-        if (rc != 0)
+        if ((rc = s_batch(s, kv, &s->train, s->order, first, cnt, 0, &b, &nu, err)) != 0)
             return rc;
         memset(s->grads, 0, nu * (size_t)s->dim * sizeof(float));
-        sum += m->train_sparse(ctx, s->task, &b, s->dim, s->rows, s->grads);
+        if (s->dense_model)
+            memset(s->dense_grads, 0, s->n_dense * (size_t)s->dense_dim * sizeof(float));
+        if (m->train_ext) {
+            sum += m->train_ext(ctx, s->task, &b, &s->extra, s->dim, s->rows, s->grads);
+        } else {
+            sum += m->train_sparse(ctx, s->task, &b, s->dim, s->rows, s->grads);
+        }
         if ((rc = wk_kv_push(kv, 0, s->uniq, nu, s->grads, err)) != 0)
+            return rc;
+        if (s->dense_model &&
+            (rc = wk_kv_push(kv, 1, s->dense_keys, s->n_dense, s->dense_grads, err)) != 0)
             return rc;
         if (progress && (rc = progress(arg, first + cnt, sum)) != 0)
             return rc;
@@ -471,13 +698,19 @@ int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mode
                    double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
 {
     double sq = 0, ab = 0, ll = 0;
+    int rc0 = s_dense_setup(s, m, err);
+    if (rc0 != 0)
+        return rc0;
     for (size_t first = 0; first < s->test.n; first += S_EVAL_BATCH) {
         size_t cnt = s->test.n - first < S_EVAL_BATCH ? s->test.n - first : S_EVAL_BATCH, nu;
         wk_sparse_batch b;
         int rc = s_batch(s, kv, &s->test, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
         if (rc != 0)
             return rc;
-        m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
+        if (m->predict_ext)
+            m->predict_ext(ctx, &b, &s->extra, s->dim, s->rows, s->score);
+        else
+            m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
         for (size_t j = 0; j < cnt; j++) {
             double y = s->score[j], t = b.label[j];
             if (s->task != CM_TASK_BINARY)

@@ -1,10 +1,15 @@
-/* sparse: a worker's data and epochs for sparse-feature models (fm).
+/* sparse: a worker's data and epochs for sparse-feature models (fm, ffm,
+ * deep).
  *
  * Examples are libsvm/libFM, libffm or CSV rows of (key, value) features
  * (common/features.h). Worker w keeps the rows whose index is w modulo the
  * worker count. Training is the minibatch schedule: each batch gathers its
  * features' keys plus the global bias key, deduplicates them, pulls the
- * rows, lets the model add its gradients, and pushes them. Evaluation
+ * rows, lets the model add its gradients, and pushes them; a model with a
+ * dense table (deep) also pulls and pushes all of that table's rows with
+ * every batch. ffm and deep see each occurrence's field: libffm's, the csv
+ * column's, or for ratings 0 user, 1 item, 2 user side features, 3 item
+ * side features. Evaluation
  * returns error sums and, for binary tasks, the AUC histograms. */
 #ifndef PSREC_WORKER_SPARSE_H
 #define PSREC_WORKER_SPARSE_H
@@ -22,16 +27,29 @@ typedef struct wk_sparse wk_sparse;
 
 /* The input format (cm_format) of path for a sparse model: the job's;
  * else by extension (.ffm, .libffm, .csv); else ratings for a .psrd file or
- * a text file whose first data line has no ':'; else libsvm/libFM. */
+ * a text file whose first data line has no ':'; else libffm when that
+ * line's first feature has two colons (field:idx:val); else libsvm/libFM. */
 int wk_sparse_format(const cm_job *job, const char *path);
 
+/* The field count of the job's data for a model that needs fields (ffm,
+ * deep): job->fields when set, else 2 for ratings (4 with side features),
+ * the csv columns named, or the largest field + 1 of the first libffm
+ * line of the training file. Other models: job->fields as it is. A
+ * negative CM_E* code with a message when it cannot be known (libsvm has
+ * no fields: CM_ECONFIG). The launcher calls it once before the tables are
+ * made, the same on every rank. */
+int wk_sparse_fields(const cm_job *job, cm_error *err);
+
 /* Loads a libsvm/libFM, libffm or csv file (by wk_sparse_format) with the
- * labels as written; logs the first log_lines bad lines. */
+ * labels as written; logs the first log_lines bad lines. libffm lines with
+ * a field >= job->fields (when set) are bad lines. */
 int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
                             cm_examples *out, cm_error *err);
 
 /* Loads the job's train (and test) files, keeps this worker's rows, and
- * settles the task (job->task, or from the training labels when auto). */
+ * settles the task (job->task, or from the training labels when auto).
+ * ffm and deep need job->fields resolved (wk_sparse_fields); data with
+ * more fields, or none, is CM_ECONFIG. job must outlive the result. */
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err);
 void wk_sparse_destroy(wk_sparse **ps);

@@ -14,9 +14,12 @@
 #include "common/rng.h"
 #include "common/slots.h"
 #include "worker/blocks.h"
+#include "worker/ingest.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 #include "worker/sparse.h"
+#include "worker/implicit.h"
+#include "scheduler/scheduler.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -38,6 +41,8 @@ typedef struct {
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
+    wk_implicit *implicit;          /* model = implicit: positives, sampler, ranking */
+    size_t raw_train, raw_test;     /* implicit: shard rows before positive_threshold */
     size_t epoch_done;              /* examples trained so far this epoch */
     double epoch_sq;
     double last_report;
@@ -56,6 +61,11 @@ typedef struct {
     float *pred;
     uint32_t *order;      /* shuffled example order */
     s_tkeys tk[2];
+    /* the second set of batch buffers: with ASP the next minibatch's pull
+     * is in flight while this one computes (s_train_epoch) */
+    s_tkeys tk_alt[2];
+    float *label_alt;
+    wk_pull reqs[2];      /* the pull in flight */
 } s_worker;
 
 static double s_now(void)
@@ -126,15 +136,17 @@ static int s_alloc(s_worker *w, size_t cap, cm_error *err)
     w->ex_keys = malloc(cap * sizeof *w->ex_keys);
     w->scratch = malloc(2 * cap * sizeof *w->scratch);
     w->label = malloc(cap * sizeof *w->label);
+    w->label_alt = malloc(cap * sizeof *w->label_alt);
     w->pred = malloc(cap * sizeof *w->pred);
-    int ok = w->ex_keys && w->scratch && w->label && w->pred;
-    for (int t = 0; t < 2; t++) {
-        size_t dim = (size_t)w->dims[t];
-        w->tk[t].uniq = malloc(cap * sizeof(uint64_t));
-        w->tk[t].idx = malloc(cap * sizeof(uint32_t));
-        w->tk[t].rows = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
-        w->tk[t].grads = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
-        ok = ok && w->tk[t].uniq && w->tk[t].idx && w->tk[t].rows && w->tk[t].grads;
+    int ok = w->ex_keys && w->scratch && w->label && w->label_alt && w->pred;
+    for (int t = 0; t < 4; t++) {
+        s_tkeys *k = t < 2 ? &w->tk[t] : &w->tk_alt[t - 2];
+        size_t dim = (size_t)w->dims[t % 2];
+        k->uniq = malloc(cap * sizeof(uint64_t));
+        k->idx = malloc(cap * sizeof(uint32_t));
+        k->rows = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
+        k->grads = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
+        ok = ok && k->uniq && k->idx && k->rows && k->grads;
     }
     return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for batch buffers");
 }
@@ -144,23 +156,27 @@ static void s_free(s_worker *w)
     free(w->ex_keys);
     free(w->scratch);
     free(w->label);
+    free(w->label_alt);
     free(w->pred);
     free(w->order);
-    for (int t = 0; t < 2; t++) {
-        free(w->tk[t].uniq);
-        free(w->tk[t].idx);
-        free(w->tk[t].rows);
-        free(w->tk[t].grads);
+    for (int t = 0; t < 4; t++) {
+        s_tkeys *k = t < 2 ? &w->tk[t] : &w->tk_alt[t - 2];
+        free(k->uniq);
+        free(k->idx);
+        free(k->rows);
+        free(k->grads);
     }
     cm_ratings_free(&w->train);
     cm_ratings_free(&w->test);
     wk_blocks_destroy(&w->blocks);
     wk_sparse_destroy(&w->sparse);
+    wk_implicit_destroy(&w->implicit);
     wk_kv_destroy(&w->kv);
     cm_sock_destroy(&w->ctl);
 }
 
-/* Loads `path` and keeps the rows of the users this worker owns. */
+/* Loads `path` and keeps the rows of the users this worker owns
+ * (worker/ingest.h: a scan, or under MPI an all-to-all among the workers). */
 static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
                         double *noise_floor, size_t *bad_lines, cm_error *err)
 {
@@ -168,35 +184,10 @@ static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
     opts.max_bad_lines = p->job->max_bad_lines;
     /* every worker reads the same file: only the first reports bad lines */
     opts.log_bad_lines = p->index == 0 ? opts.log_bad_lines : 0;
-    cm_ratings all = {0};
-    int rc = cm_ratings_load(path, &opts, &all, err);
-    if (rc != 0)
-        return rc;
-    *noise_floor = all.noise_floor;
-    *bad_lines = all.bad_lines;
-    size_t n = 0;
-    uint64_t *u = malloc((all.n + 1) * sizeof *u);
-    uint64_t *i = malloc((all.n + 1) * sizeof *i);
-    float *r = malloc((all.n + 1) * sizeof *r);
-    if (!u || !i || !r) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, all.n);
-        goto out;
-    }
-    for (size_t j = 0; j < all.n; j++) {
-        if (cm_worker_of(all.user[j], p->n_workers) != p->index)
-            continue;
-        u[n] = all.user[j];
-        i[n] = all.item[j];
-        r[n] = all.rating[j];
-        n++;
-    }
-    rc = cm_ratings_from_arrays(u, i, r, n, out, err);
-out:
-    free(u);
-    free(i);
-    free(r);
-    cm_ratings_free(&all);
-    return rc;
+    wk_ingest in = {.boot = p->boot, .first_rank = 1 + (int)p->n_servers,
+                    .index = p->index, .n_workers = p->n_workers,
+                    .force_scan = p->job->ingest == CM_INGEST_SCAN};
+    return wk_ingest_ratings(&in, path, &opts, out, noise_floor, bad_lines, err);
 }
 
 /* Sends a control message to the scheduler. */
@@ -236,12 +227,32 @@ static void s_make_batch(s_worker *w, const cm_ratings *d, const uint32_t *order
     b->label = w->label;
 }
 
+/* Starts the pull of the rows of the batch in w->tk. */
+static int s_pull_start(s_worker *w, uint32_t flags, cm_error *err)
+{
+    for (int t = 0; t < 2; t++)
+        w->reqs[t] = (wk_pull){(uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, w->tk[t].rows,
+                               flags};
+    return wk_kv_pull_start(w->kv, w->reqs, 2, err);
+}
+
 static int s_pull_batch(s_worker *w, uint32_t flags, cm_error *err)
 {
-    wk_pull reqs[2];
-    for (int t = 0; t < 2; t++)
-        reqs[t] = (wk_pull){(uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, w->tk[t].rows, flags};
-    return wk_kv_pull(w->kv, reqs, 2, err);
+    int rc = s_pull_start(w, flags, err);
+    return rc != 0 ? rc : wk_kv_pull_wait(w->kv, err);
+}
+
+/* Swaps the two sets of batch buffers. */
+static void s_swap_sets(s_worker *w)
+{
+    for (int t = 0; t < 2; t++) {
+        s_tkeys k = w->tk[t];
+        w->tk[t] = w->tk_alt[t];
+        w->tk_alt[t] = k;
+    }
+    float *l = w->label;
+    w->label = w->label_alt;
+    w->label_alt = l;
 }
 
 /* ---------------------------------------------------------------------
@@ -291,8 +302,21 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
     double sq = 0;
     const size_t bs = (size_t)job->batch;
     const int synced = job->consistency != CM_CONS_ASP;
+    /* ASP never waits for other workers, so it also need not wait for its
+     * own pulls: batch t+1's rows are pulled while batch t computes (they
+     * miss batch t's own update: one minibatch of staleness, which ASP
+     * allows anyway). SSP and BSP keep pull, compute, push in lockstep so
+     * their bounds stay exact. */
+    const int pipelined = !synced;
     uint64_t clock = 0, max_lead = 0;
     w->min_clock = 0;
+    wk_batch next;
+    if (pipelined && n > 0) {
+        s_make_batch(w, &w->train, w->order, 0, n < bs ? n : bs, &next);
+        int rc = s_pull_start(w, 0, err);
+        if (rc != 0)
+            return rc;
+    }
     for (size_t first = 0; first < n; first += bs, clock++) {
         size_t m = n - first < bs ? n - first : bs;
         wk_batch b;
@@ -303,17 +327,31 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
             if (clock > w->min_clock && clock - w->min_clock > max_lead)
                 max_lead = clock - w->min_clock;
         }
-        s_make_batch(w, &w->train, w->order, first, m, &b);
-        rc = s_pull_batch(w, 0, err);
-        if (rc != 0)
-            return rc;
-        const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
-        float *grads[2] = {w->tk[0].grads, w->tk[1].grads};
+        if (pipelined) {
+            b = next;
+            if ((rc = wk_kv_pull_wait(w->kv, err)) != 0)
+                return rc;
+        } else {
+            s_make_batch(w, &w->train, w->order, first, m, &b);
+            if ((rc = s_pull_batch(w, 0, err)) != 0)
+                return rc;
+        }
+        /* this batch's buffers, whatever the next one does with w->tk */
+        s_tkeys cur[2] = {w->tk[0], w->tk[1]};
+        if (pipelined && first + bs < n) {
+            s_swap_sets(w);
+            size_t m2 = n - (first + bs) < bs ? n - (first + bs) : bs;
+            s_make_batch(w, &w->train, w->order, first + bs, m2, &next);
+            if ((rc = s_pull_start(w, 0, err)) != 0)
+                return rc;
+        }
+        const float *rows[2] = {cur[0].rows, cur[1].rows};
+        float *grads[2] = {cur[0].grads, cur[1].grads};
         for (int t = 0; t < 2; t++)
-            memset(grads[t], 0, w->tk[t].n_uniq * (size_t)w->dims[t] * sizeof(float));
+            memset(grads[t], 0, cur[t].n_uniq * (size_t)w->dims[t] * sizeof(float));
         sq += w->model->train(&w->ctx, &b, w->dims[0], rows, grads);
         for (int t = 0; t < 2; t++) {
-            rc = wk_kv_push(w->kv, (uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, grads[t], err);
+            rc = wk_kv_push(w->kv, (uint32_t)t, cur[t].uniq, cur[t].n_uniq, grads[t], err);
             if (rc != 0)
                 return rc;
         }
@@ -482,6 +520,148 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 }
 
 /* ---------------------------------------------------------------------
+ * Implicit feedback (worker/implicit.h does the work)
+ * ------------------------------------------------------------------- */
+
+/* Keeps the positives of the loaded shards (train and test alike). */
+static int s_implicit_positives(s_worker *w, cm_error *err)
+{
+    const double thr = w->p->job->positive_threshold;
+    cm_ratings *sets[2] = {&w->train, &w->test};
+    size_t *raw[2] = {&w->raw_train, &w->raw_test};
+    for (int k = 0; k < 2; k++) {
+        cm_ratings pos = {0};
+        int rc = wk_implicit_positives(sets[k], thr, &pos, err);
+        if (rc != 0)
+            return rc;
+        *raw[k] = sets[k]->n;
+        pos.noise_floor = -1;
+        cm_ratings_free(sets[k]);
+        *sets[k] = pos;
+    }
+    return 0;
+}
+
+/* Second HELLO: this shard's items (sorted keys) and their positives. */
+static int s_send_items(s_worker *w, cm_error *err)
+{
+    const cm_ratings *tr = &w->train;
+    uint64_t *keys = malloc((tr->n + 1) * sizeof *keys);
+    uint64_t *uniq = malloc((tr->n + 1) * sizeof *uniq);
+    uint64_t *scratch = malloc((2 * tr->n + 1) * sizeof *scratch);
+    uint32_t *idx = malloc((tr->n + 1) * sizeof *idx);
+    float *count = calloc(tr->n + 1, sizeof *count);
+    int rc = 0;
+    if (!keys || !uniq || !scratch || !idx || !count) {
+        rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu items", tr->n);
+        goto out;
+    }
+    size_t n = 0;
+    if (tr->n) {
+        memcpy(keys, tr->item, tr->n * sizeof *keys);
+        wk_dedupe(keys, tr->n, uniq, idx, &n, scratch);
+        for (size_t j = 0; j < tr->n; j++)
+            count[idx[j]] += 1.f;
+    }
+    cm_hdr h = cm_hdr_make(CM_OP_HELLO);
+    h.sender = w->p->rank;
+    h.flags = CM_HELLO_ITEMS;
+    h.dim = 1;
+    if ((rc = cm_msg_send(w->ctl, NULL, 0, &h, uniq, n, count, n)) != 0)
+        cm_error_set(err, rc, "worker: cannot send its items to the scheduler: %s",
+                     cm_sock_errmsg(w->ctl));
+out:
+    free(keys);
+    free(uniq);
+    free(scratch);
+    free(idx);
+    free(count);
+    return rc;
+}
+
+/* The PLAN of an implicit job carries the item universe: sorted keys and
+ * their training positives over all workers. */
+static int s_implicit_setup(s_worker *w, const cm_msg *m, cm_error *err)
+{
+    size_t n = (size_t)m->hdr.n_keys;
+    if (n == 0 || !m->keys || !m->vals || m->n_vals != n)
+        return cm_error_set(err, CM_EPROTO, "worker: the PLAN of an implicit job has no item "
+                            "list (%zu keys, %zu counts)", n, m->n_vals);
+    w->implicit = wk_implicit_new(w->p->job, &w->train, &w->test, m->keys, m->vals, n, w->dims,
+                                  err);
+    return w->implicit ? 0 : (err ? err->code : CM_ENOMEM);
+}
+
+/* Around each implicit minibatch: the same clocks and progress as
+ * s_train_epoch's. */
+typedef struct {
+    s_worker *w;
+    uint32_t epoch;
+    int synced;
+    uint64_t max_lead;
+    double last_report;
+} s_ihook;
+
+static int s_ihook_before(void *arg, uint64_t clock, cm_error *err)
+{
+    s_ihook *h = arg;
+    if (!h->synced)
+        return 0;
+    int rc = s_wait_clock(h->w, h->epoch, clock, err);
+    if (rc == 0 && clock > h->w->min_clock && clock - h->w->min_clock > h->max_lead)
+        h->max_lead = clock - h->w->min_clock;
+    return rc;
+}
+
+static int s_ihook_after(void *arg, uint64_t clock, size_t done, double loss, cm_error *err)
+{
+    s_ihook *h = arg;
+    s_worker *w = h->w;
+    int rc;
+    if (h->synced) {
+        cm_hdr c = cm_hdr_make(CM_OP_CLOCK);
+        c.sender = w->p->rank;
+        c.epoch = h->epoch;
+        c.clock = clock + 1;
+        if ((rc = cm_msg_send(w->ctl, NULL, 0, &c, NULL, 0, NULL, 0)) != 0)
+            return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                                cm_sock_errmsg(w->ctl));
+    }
+    double now = s_now();
+    if (now - h->last_report > 0.25) {
+        double st[2] = {(double)done, loss};
+        if ((rc = s_tell(w, CM_OP_PROGRESS, h->epoch, st, 2, err)) != 0)
+            return rc;
+        h->last_report = now;
+    }
+    return 0;
+}
+
+static int s_train_implicit(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    double t0 = s_now(), loss = 0;
+    size_t n = 0;
+    s_ihook h = {.w = w, .epoch = epoch, .synced = w->p->job->consistency != CM_CONS_ASP,
+                 .last_report = t0};
+    wk_implicit_hooks hooks = {s_ihook_before, s_ihook_after, &h};
+    w->min_clock = 0;
+    int rc = wk_implicit_train(w->implicit, w->kv, epoch, w->p->index, &hooks, &loss, &n, err);
+    if (rc != 0)
+        return rc;
+    double st[4] = {loss, (double)n, s_now() - t0, h.synced ? (double)h.max_lead : -1};
+    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
+}
+
+static int s_eval_implicit(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    double st[WK_IEV_N];
+    int rc = wk_implicit_eval(w->implicit, w->kv, st, err);
+    if (rc != 0)
+        return rc;
+    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, WK_IEV_N, err);
+}
+
+/* ---------------------------------------------------------------------
  * Life cycle
  * ------------------------------------------------------------------- */
 
@@ -497,7 +677,7 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     /* n_train, label sum, min, max, n_test, bad lines (train, test),
      * noise floor, task */
-    double st[9] = {0};
+    double st[11] = {0};
     if (w->sparse) {
         wk_sparse_hello(w->sparse, st, load, n_slots);
         st[7] = -1;
@@ -517,16 +697,22 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
                        (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor,
                        -1};
         memcpy(st, r, sizeof r);
+        /* implicit: the rows before positive_threshold, for a clear error
+         * when it leaves none */
+        st[9] = (double)w->raw_train;
+        st[10] = (double)w->raw_test;
     }
     cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
     hh.sender = w->p->rank;
-    hh.n_stats = 9;
+    hh.n_stats = 11;
     memcpy(hh.stats, st, sizeof st);
     int rc = cm_msg_send(w->ctl, NULL, 0, &hh, NULL, 0, load, n_slots);
     free(load);
     if (rc != 0)
         return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
                             cm_sock_errmsg(w->ctl));
+    if (!strcmp(w->p->job->model, "implicit") && (rc = s_send_items(w, err)) != 0)
+        return rc;
     cm_msg m = {0};
     rc = cm_msg_recv(w->ctl, &m, (int)(w->p->job->timeout * 1000), err);
     if (rc == CM_ETIMEDOUT)
@@ -560,12 +746,16 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         .row_floats = w->row_floats,
         .rank = w->p->rank,
         .timeout_ms = (int)(w->p->job->timeout * 1000),
+        .wire_f16 = w->p->job->wire_dtype == 1,
     };
     w->kv = wk_kv_new(w->p->van, &kp, err);
     if (!w->kv) {
         rc = err ? err->code : CM_EIO;
         goto out;
     }
+    if (!strcmp(w->p->job->model, "implicit") &&
+        (rc = s_implicit_setup(w, &m, err)) != 0)
+        goto out;
     if (cm_job_uses_blocks(w->p->job) &&
         !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats,
                                     w->p->job->resume[0] ? NULL : &w->user_table, err)))
@@ -593,7 +783,11 @@ static int s_serve(s_worker *w, cm_error *err)
             return 0;
         if (op == CM_OP_CLOCK)
             continue; /* a clock published after this worker's last wait */
-        if (op == CM_OP_EPOCH && w->sparse)
+        if (op == CM_OP_EPOCH && w->implicit)
+            rc = s_train_implicit(w, epoch, err);
+        else if (op == CM_OP_EVAL && w->implicit)
+            rc = s_eval_implicit(w, epoch, err);
+        else if (op == CM_OP_EPOCH && w->sparse)
             rc = s_train_sparse(w, epoch, err);
         else if (op == CM_OP_EVAL && w->sparse)
             rc = s_eval_sparse(w, epoch, err);
@@ -657,6 +851,14 @@ int wk_run(const wk_params *p, cm_error *err)
         w.test.bad_lines = bad;
     } else {
         w.test.noise_floor = -1;
+    }
+    if (!strcmp(p->job->model, "implicit")) {
+        if ((rc = s_implicit_positives(&w, err)) != 0)
+            goto out;
+        if ((rc = s_hello_and_plan(&w, err)) != 0)
+            goto out;
+        rc = s_serve(&w, err);
+        goto out;
     }
     size_t cap = (size_t)p->job->batch;
     if (cap < 4096)

@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "common/bootstrap.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/van.h"
@@ -24,6 +25,7 @@ typedef struct {
     const char *sched_ep;            /* scheduler control endpoint */
     uint32_t n_servers;
     const char *const *server_eps;
+    cm_boot *boot;                   /* for the MPI ingest exchange; may be NULL */
 } wk_params;
 
 /* Runs until the scheduler says STOP. 0, or a CM_E* code with *err set. */

@@ -22,6 +22,8 @@
 #define S_ALIGN_BYTES 64
 #define S_MAX_WIDTH (1 << 16)       /* widest layer or F*k we accept */
 #define S_MAX_BATCH (1 << 24)
+#define S_DENSE_ROW 64              /* floats per dense-table row, small nets */
+#define S_DENSE_MAX_ROWS 256        /* larger nets get longer rows instead */
 
 struct wk_mlp {
     wk_mlp_params p;                                  /* the net's shape */
@@ -112,6 +114,54 @@ void wk_mlp_init_weights(const wk_mlp_params *p, uint64_t seed, float *w)
         for (size_t i = 0; i < (size_t)li.out * li.in; i++)
             w[li.w_off + i] = (float)(std * cm_rng_normal(&r));
     }
+}
+
+/* Advances r past m normal deviates of cm_rng_normal: Box-Muller takes
+ * two uniforms per pair of deviates and hands out the second of a pair
+ * from the spare (tests/test_deep.c pins this against the real draws). */
+static void s_skip_normals(cm_rng *r, size_t m)
+{
+    if (r->has_spare && m > 0) {
+        r->has_spare = 0;
+        m--;
+    }
+    for (size_t i = 0; i < m / 2 * 2; i++)
+        (void)cm_rng_next(r);
+    if (m % 2)
+        (void)cm_rng_normal(r);
+}
+
+void wk_mlp_init_row(const wk_mlp_params *p, uint64_t seed, int row_floats, size_t r,
+                     float *out)
+{
+    assert(row_floats > 0);
+    const size_t lo = r * (size_t)row_floats, hi = lo + (size_t)row_floats;
+    memset(out, 0, (size_t)row_floats * sizeof *out);
+    size_t before = 0;
+    for (int l = 0; l <= p->n_hidden; l++) {
+        const wk_mlp_layer_info li = wk_mlp_layer(p, l);
+        const size_t n = (size_t)li.out * li.in;
+        if (li.w_off + n <= lo)
+            before += n;
+        else if (li.w_off < lo)
+            before += lo - li.w_off;
+    }
+    cm_rng g;
+    cm_rng_seed(&g, seed);
+    s_skip_normals(&g, before);
+    for (int l = 0; l <= p->n_hidden; l++) {
+        const wk_mlp_layer_info li = wk_mlp_layer(p, l);
+        const double std = l < p->n_hidden ? sqrt(2.0 / li.in) : sqrt(2.0 / (li.in + li.out));
+        const size_t end = li.w_off + (size_t)li.out * li.in;
+        for (size_t i = li.w_off > lo ? li.w_off : lo; i < end && i < hi; i++)
+            out[i - lo] = (float)(std * cm_rng_normal(&g));
+    }
+}
+
+int wk_mlp_row_floats(const wk_mlp_params *p)
+{
+    const size_t n = wk_mlp_n_weights(p), per = (n + S_DENSE_MAX_ROWS - 1) / S_DENSE_MAX_ROWS;
+    return per <= S_DENSE_ROW ? S_DENSE_ROW : (int)s_round(per);
 }
 
 /* ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/config.h"
 #include "common/err.h"
 
 #define WK_MLP_MAX_HIDDEN 4
@@ -90,6 +91,19 @@ size_t wk_mlp_n_rows(const wk_mlp_params *p, int row_floats);
  * one cm_rng seeded with `seed`: same seed, same weights everywhere. */
 void wk_mlp_init_weights(const wk_mlp_params *p, uint64_t seed, float *w);
 
+/* The same values as wk_mlp_init_weights(p, seed, w) restricted to row r
+ * of a dense table with row_floats floats per row, i.e. w[r*row_floats ..
+ * (r+1)*row_floats) (0 past the end of the array), without making the
+ * whole array: what a server needs to create one row. Costs a skip of the
+ * random stream up to the row (cheap next to the draws). */
+void wk_mlp_init_row(const wk_mlp_params *p, uint64_t seed, int row_floats, size_t r,
+                     float *out);
+
+/* Floats per row of the dense table that holds p's weights: 64 (256
+ * bytes), or more for nets of over 256 * 64 weights so that they take at
+ * most 256 rows (a multiple of WK_MLP_ALIGN). */
+int wk_mlp_row_floats(const wk_mlp_params *p);
+
 /* Scratch (activations, back-propagated errors) for batches of up to
  * max_batch examples, 64-byte aligned. NULL on bad params (CM_EINVAL) or
  * allocation failure (CM_ENOMEM), with the reason in err (may be NULL). */
@@ -125,5 +139,18 @@ double wk_mlp_forward_backward(wk_mlp *m, const float *w, const float *emb, cons
 /* Forward only: each example's raw output y into score[0..n). */
 void wk_mlp_predict(wk_mlp *m, const float *w, const float *emb, const float *lin, int n,
                     float *score);
+
+/* ------------------------------------------------------------------------
+ * The model (worker/models/deep_model.c: wk_model_deep)
+ * ------------------------------------------------------------------------ */
+
+/* The net of a job: F = job->fields (resolved, >= 1), k = job->dim,
+ * hidden from job->hidden ("64,32"; empty: none), fm_term. 0, or
+ * CM_ECONFIG naming the key that is wrong. */
+int wk_deep_params(const cm_job *job, wk_mlp_params *p, cm_error *err);
+
+/* The seed the dense table's initial weights come from (the job's seed
+ * mixed with the table's name). */
+uint64_t wk_deep_seed(const cm_job *job);
 
 #endif

@@ -2,7 +2,9 @@
 
 #include "worker/models/model.h"
 
-static const wk_model_ops *const s_models[] = {&wk_model_mf, &wk_model_fm};
+static const wk_model_ops *const s_models[] = {&wk_model_mf, &wk_model_fm, &wk_model_ffm,
+                                              &wk_model_deep,
+                                              &wk_model_implicit};
 
 const wk_model_ops *wk_model_find(const char *name)
 {
@@ -10,6 +12,16 @@ const wk_model_ops *wk_model_find(const char *name)
         if (strcmp(s_models[i]->name, name) == 0)
             return s_models[i];
     return NULL;
+}
+
+void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out)
+{
+    memset(out, 0, sizeof *out);
+    out->dim = job->dim + 1;
+    out->zero_prefix = 1;
+    out->init_std = (float)job->init_std;
+    out->seed = job->seed * 2 + t + 1;
+    wk_model_table_common(job, out);
 }
 
 void wk_model_table_common(const cm_job *job, ps_table_params *out)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/err.h"
 #include "ps/table.h"
 
 #define WK_MAX_TABLES 8
@@ -36,6 +37,18 @@ typedef struct {
     const float *label;      /* regression: the target; binary: 0 or 1 */
     uint32_t bias_row;       /* row of the global bias key */
 } wk_sparse_batch;
+
+/* What ffm and deep see of a batch besides wk_sparse_batch (kept apart so
+ * the plain FM batch stays as it is): the fields, and deep's dense table
+ * and scratch. */
+typedef struct {
+    const uint32_t *field;   /* field of each occurrence (< n_fields); NULL when the
+                                data has none: all read as field 0 */
+    uint32_t n_fields;       /* fields per example */
+    void *scratch;           /* the model's per-worker scratch (scratch_new) */
+    const float *dense;      /* the dense table's rows 0..n-1 back to back */
+    float *dense_grads;      /* their gradients, zeroed by the caller */
+} wk_sparse_extra;
 
 /* One rating of a block, as local row indexes (blocks schedule). */
 typedef struct {
@@ -89,12 +102,34 @@ typedef struct wk_model_ops {
     /* Writes each example's raw score (binary: before the sigmoid). */
     void (*predict_sparse)(const wk_model_ctx *ctx, const wk_sparse_batch *b, int dim,
                            const float *rows, float *score);
+    /* Models that read fields (ffm, deep; NULL for the others): what
+     * train_sparse and predict_sparse do, with the batch's extra part.
+     * When set they are called instead of those two. */
+    double (*train_ext)(const wk_model_ctx *ctx, int task, const wk_sparse_batch *b,
+                        const wk_sparse_extra *x, int dim, const float *rows, float *grads);
+    void (*predict_ext)(const wk_model_ctx *ctx, const wk_sparse_batch *b,
+                        const wk_sparse_extra *x, int dim, const float *rows, float *score);
+    /* Models with a second, dense table (deep; NULL for the others). Every
+     * batch reads all dense_rows(job) rows of table 1 (keys 0..n-1, into
+     * x->dense) besides its feature rows and pushes their gradients
+     * (x->dense_grads). */
+    size_t (*dense_rows)(const cm_job *job);
+    /* Per-worker scratch (x->scratch) for batches of up to max_batch
+     * examples; NULL with err set on failure. scratch_destroy frees and
+     * NULLs it. */
+    void *(*scratch_new)(const cm_job *job, int max_batch, cm_error *err);
+    void (*scratch_destroy)(void **scratch);
 } wk_model_ops;
 
 /* The table settings every model takes from the job: optimizer (with its
  * hyper-parameters), admission and eviction. Models set dim, zero_prefix,
  * init and seed. */
 void wk_model_table_common(const cm_job *job, ps_table_params *out);
+
+/* Table t (0 user, 1 item) of a model with [bias, dim factors] rows, as
+ * mf and implicit have: bias initialised to 0, factors from init_std, a
+ * seed per table, and the common settings. */
+void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out);
 
 /* The model of that name ("mf"), or NULL. */
 const wk_model_ops *wk_model_find(const char *name);
@@ -104,6 +139,15 @@ extern const wk_model_ops wk_model_mf;
 
 /* Factorization machine over sparse features (worker/models/fm.c). */
 extern const wk_model_ops wk_model_fm;
+
+/* Field-aware factorization machine (worker/models/ffm.c). */
+extern const wk_model_ops wk_model_ffm;
+
+/* MLP on field embeddings, NCF / DeepFM (worker/models/deep_model.c). */
+extern const wk_model_ops wk_model_deep;
+
+/* MF from positives only, sampled negatives (worker/models/implicit.c). */
+extern const wk_model_ops wk_model_implicit;
 
 /* The key of an FM's global bias row in its table. */
 #define WK_FM_BIAS_KEY 0xFFFFFFFFFFFFFFFFULL

@@ -1,0 +1,27 @@
+/* sorted: binary search in sorted arrays of keys. */
+#ifndef PSREC_COMMON_SORTED_H
+#define PSREC_COMMON_SORTED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* name(sorted, n, key): the first index i in sorted[0..n) with
+ * sorted[i] >= key (n if none), for arrays of T. */
+#define CM_DEFINE_LOWER_BOUND(name, T)                                    \
+    static inline size_t name(const T *sorted, size_t n, T key)           \
+    {                                                                     \
+        size_t lo = 0, hi = n;                                            \
+        while (lo < hi) {                                                 \
+            size_t mid = lo + (hi - lo) / 2;                              \
+            if (sorted[mid] < key)                                        \
+                lo = mid + 1;                                             \
+            else                                                          \
+                hi = mid;                                                 \
+        }                                                                 \
+        return lo;                                                        \
+    }
+
+CM_DEFINE_LOWER_BOUND(cm_lower_bound_u64, uint64_t)
+CM_DEFINE_LOWER_BOUND(cm_lower_bound_u32, uint32_t)
+
+#endif
