@@ -99,11 +99,12 @@ static const s_key s_keys[] = {
      .help = "deep: add the FM first- and second-order terms to the MLP output (DeepFM)"},
     {.name = "task", .type = S_ENUM, S_AT(task), .names = s_tasks, .values = s_task_values,
      .def = "auto",
-     .help = "fm: regression (squared loss) or binary (logistic loss); auto: binary when "
-             "every training label is -1, 0 or 1"},
+     .help = "fm, ffm, deep: regression (squared loss) or binary (logistic loss); auto: "
+             "binary when every training label is -1, 0 or 1"},
     {.name = "format", .type = S_ENUM, S_AT(format), .names = s_formats, .def = "auto",
-     .help = "input format; auto: ratings for mf; for fm libffm (.ffm), csv (.csv), ratings "
-             "(.psrd, or text without ':') or libsvm/libFM"},
+     .help = "input format; auto: ratings for mf and implicit; for fm, ffm and deep libffm "
+             "(.ffm, or field:idx:val features), csv (.csv), ratings (.psrd, or text without "
+             "':') or libsvm/libFM"},
     {.name = "label_column", .type = S_STR, S_AT(label_column), .def = "",
      .help = "csv: the label column's name"},
     {.name = "numeric_columns", .type = S_STR, S_AT(numeric_columns), .def = "",
@@ -111,10 +112,10 @@ static const s_key s_keys[] = {
     {.name = "categorical_columns", .type = S_STR, S_AT(categorical_columns), .def = "",
      .help = "csv: comma-separated categorical columns (each value hashes to a feature)"},
     {.name = "user_features", .type = S_STR, S_AT(user_features), .def = "",
-     .help = "fm on ratings: side features of users, joined by user id (MovieLens 100K "
+     .help = "fm, ffm, deep on ratings: side features of users, joined by user id (MovieLens 100K "
              "u.user layout: id|age|gender|occupation|zip)"},
     {.name = "item_features", .type = S_STR, S_AT(item_features), .def = "",
-     .help = "fm on ratings: side features of items, joined by item id (MovieLens 100K "
+     .help = "fm, ffm, deep on ratings: side features of items, joined by item id (MovieLens 100K "
              "u.item layout: id|title|date|video date|url|19 genre flags)"},
     {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
      .help = "latent factors per row"},
@@ -1022,29 +1023,44 @@ void cm_job_print(FILE *f, const cm_job *job)
 
 _Static_assert(S_NKEYS <= 64, "explicit_ has one bit per key");
 
+/* Defaults that differ by model, for keys the user left unset (tuned on
+ * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
+ * implicit; docs/config.md lists them). task "regression" means the user
+ * set task = regression on a sparse model. */
+static const struct {
+    const char *model; /* "sparse": fm, ffm and deep */
+    const char *key;
+    double value;
+} s_model_defaults[] = {
+    {"sparse", "l2", 0.01},
+    {"fm", "dim", 64},
+    {"deep", "dim", 64},
+    {"regression", "lr", 0.04},
+    /* ranking from positives wants more factors, less shrinkage and a few
+     * more epochs than rating regression */
+    {"implicit", "dim", 64},
+    {"implicit", "l2", 0.03},
+    {"implicit", "lr", 0.05},
+    {"implicit", "epochs", 30},
+    {"implicit", "init_std", 0.1},
+};
+
 void cm_job_model_defaults(cm_job *job)
 {
-    const s_key *l2 = s_find("l2");
-    if (cm_job_is_sparse(job) && l2 && !(job->explicit_ & (1ULL << (l2 - s_keys))))
-        job->l2 = 0.01;
-    if (strcmp(job->model, "implicit") == 0) {
-        /* ranking from positives wants more factors, less shrinkage and a
-         * few more epochs than rating regression (tuned on ml-100k u1,
-         * ratings >= 4; docs/implicit.md) */
-        static const struct {
-            const char *key;
-            double value;
-        } defs[] = {{"dim", 64}, {"l2", 0.03}, {"lr", 0.05}, {"epochs", 30},
-                    {"init_std", 0.1}};
-        for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
-            const s_key *k = s_find(defs[i].key);
-            if (!k || (job->explicit_ & (1ULL << (k - s_keys))))
-                continue;
-            if (k->type == S_INT)
-                *(int *)((char *)job + k->off) = (int)defs[i].value;
-            else if (k->type == S_DBL)
-                *(double *)((char *)job + k->off) = defs[i].value;
-        }
+    const int sparse = cm_job_is_sparse(job);
+    const int regression = sparse && job->task == 0 /* cm_task regression */;
+    for (size_t i = 0; i < sizeof s_model_defaults / sizeof s_model_defaults[0]; i++) {
+        const char *m = s_model_defaults[i].model;
+        if (!(strcmp(m, job->model) == 0 || (sparse && strcmp(m, "sparse") == 0) ||
+              (regression && strcmp(m, "regression") == 0)))
+            continue;
+        const s_key *k = s_find(s_model_defaults[i].key);
+        if (!k || (job->explicit_ & (1ULL << (k - s_keys))))
+            continue;
+        if (k->type == S_INT)
+            *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;
+        else if (k->type == S_DBL)
+            *(double *)((char *)job + k->off) = s_model_defaults[i].value;
     }
 }
 

@@ -58,10 +58,10 @@ static uint64_t s_parse_id(const char *s)
 
 int sv_export_main(int argc, char **argv)
 {
-    const char *out = NULL, *formats = "npy,fvecs,psm", *level = "warn";
+    const char *out = NULL, *formats = NULL, *level = "warn";
     const cm_opt opts[] = {
         {"out", 'o', CM_OPT_STR, &out, "output directory (created if missing; required)"},
-        {"format", 0, CM_OPT_STR, &formats, "comma-separated: npy, fvecs, psm (default all three)"},
+        {"format", 0, CM_OPT_STR, &formats, "comma-separated: npy, fvecs, psm (default: all that apply; fvecs needs an item table)"},
         {"log-level", 0, CM_OPT_STR, &level, "debug, info, warn (default), error"},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
@@ -87,9 +87,9 @@ int sv_export_main(int argc, char **argv)
         fprintf(stderr, "psrec export: need CHECKPOINT and --out DIR (see --help)\n");
         return 2;
     }
-    unsigned fmt = 0;
+    unsigned fmt = SV_FMT_ALL;
     cm_error err = {0};
-    if (sv_export_parse_formats(formats, &fmt, &err) != 0) {
+    if (formats && sv_export_parse_formats(formats, &fmt, &err) != 0) {
         fprintf(stderr, "psrec export: %s\n", err.msg);
         return 2;
     }
@@ -98,6 +98,14 @@ int sv_export_main(int argc, char **argv)
     cm_log_set_identity("psrec", -1);
     sv_export_model m;
     rc = sv_export_load(pos[0], &m, &err);
+    if (rc == 0 && !formats) {
+        /* unasked, item vectors only where the model has items (mf, implicit) */
+        int items = 0;
+        for (size_t t = 0; t < m.n_tables; t++)
+            items |= strcmp(m.tables[t].name, "item") == 0;
+        if (!items)
+            fmt &= ~(unsigned)SV_FMT_FVECS;
+    }
     if (rc == 0)
         rc = sv_export_write(&m, out, fmt, &err);
     if (rc != 0) {

@@ -222,3 +222,33 @@ Test(cluster_fm, ml100k_side_features_and_cold_start)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* A model without an item table exports its tables as npy and psm; item
+ * vectors (fvecs) are left out unless asked for, and then refused with the
+ * reason. */
+Test(cluster_fm, export_without_item_table)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA): frappe test skipped");
+    char dir[] = "/tmp/psrec-fmx-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    cm_job job = s_job();
+    snprintf(job.train, sizeof job.train, "%.900s/frappe/frappe.validation.libfm", data);
+    job.epochs = 2;
+    snprintf(job.checkpoint_dir, sizeof job.checkpoint_dir, "%s/ck", dir);
+    s_run(&job);
+    static char cmd[2048], out[16384];
+    snprintf(cmd, sizeof cmd, "%s export %s/ck --out %s/ex", PSREC_BINARY, dir, dir);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "formats npy psm") != NULL, "%s", out);
+    snprintf(cmd, sizeof cmd, "test -s %s/ex/feature.npy && test -s %s/ex/model.psm && "
+             "test ! -e %s/ex/item.fvecs", dir, dir, dir);
+    cr_expect_eq(th_run(cmd, out, sizeof out), 0, "files: %s", out);
+    snprintf(cmd, sizeof cmd, "%s export %s/ck --out %s/ex2 --format fvecs", PSREC_BINARY, dir,
+             dir);
+    cr_expect_neq(th_run(cmd, out, sizeof out), 0, "fvecs asked for: %s", out);
+    cr_expect(strstr(out, "no 'item' table") != NULL, "%s", out);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    th_run(cmd, NULL, 0);
+}

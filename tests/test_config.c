@@ -839,4 +839,20 @@ Test(config, model_defaults_fill_only_unset_keys)
     cm_job m = cm_job_default();
     cm_job_model_defaults(&m);
     cr_expect_float_eq(m.l2, 0.12, 1e-12, "mf keeps the table default");
+    cr_expect_eq(j.dim, 64, "fm's dim");
+    cr_expect_float_eq(j.lr, 0.07, 1e-12, "binary or auto task: the table's lr");
+    cm_job f = cm_job_default();
+    cr_assert_eq(cm_job_set(&f, "model", "ffm", "--model", &err), 0);
+    cr_assert_eq(cm_job_set(&f, "task", "regression", "--task", &err), 0);
+    cm_job_model_defaults(&f);
+    cr_expect_eq(f.dim, 32, "ffm keeps dim 32 (rows hold a vector per field)");
+    cr_expect_float_eq(f.l2, 0.01, 1e-12);
+    cr_expect_float_eq(f.lr, 0.04, 1e-12, "squared loss on sparse features: smaller steps");
+    cm_job r = cm_job_default();
+    cr_assert_eq(cm_job_set(&r, "model", "deep", "--model", &err), 0);
+    cr_assert_eq(cm_job_set(&r, "task", "regression", "--task", &err), 0);
+    cr_assert_eq(cm_job_set(&r, "lr", "0.2", "--lr", &err), 0);
+    cm_job_model_defaults(&r);
+    cr_expect_float_eq(r.lr, 0.2, 1e-12, "an lr the user gave is kept");
+    cr_expect_eq(r.dim, 64, "deep's dim");
 }
