@@ -19,8 +19,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 "$top/cluster/deps.sh"
-"$top/cluster/build.sh" "$top/build"
-psrec=$top/build/psrec
+build=${PSREC_BUILD:-$top/build}
+"$top/cluster/build.sh" "$build"
+psrec=$build/psrec
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work=${PSREC_BENCH_DIR:-$top/build/bench}/scale
 rm -rf "$work"

@@ -1,6 +1,7 @@
 /* Biased MF: gradients against finite differences of the loss it states. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/rng.h"
@@ -150,4 +151,134 @@ Test(mf, local_rowwise_matches_optimizer)
         cr_expect_float_eq(u1[k], u2[k], 1e-6, "user float %d", k);
         cr_expect_float_eq(i1[k], i2[k], 1e-6, "item float %d", k);
     }
+}
+
+/* ---- the blocks kernel against a plain reference ---------------------- */
+
+/* What train_local must do, one rating at a time: the error from the
+ * weights before the step, the gradients of the stated loss, then the
+ * server's own update rule for each row. */
+static double s_reference(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+                          size_t n, int dim, wk_rows users, wk_rows items)
+{
+    float gp[64], gq[64];
+    double sq = 0;
+    for (size_t j = 0; j < n; j++) {
+        float *p = users.rows + r[j].u * users.stride;
+        float *q = items.rows + r[j].i * items.stride;
+        double dot = 0;
+        for (int k = 1; k < dim; k++)
+            dot += (double)p[k] * q[k];
+        float e = (float)(ctx->mean + p[0] + q[0] + dot - r[j].r);
+        gp[0] = e + ctx->l2 * p[0];
+        gq[0] = e + ctx->l2 * q[0];
+        for (int k = 1; k < dim; k++) {
+            gp[k] = e * q[k] + ctx->l2 * p[k];
+            gq[k] = e * p[k] + ctx->l2 * q[k];
+        }
+        ps_optim_update(o, p, gp, dim);
+        ps_optim_update(o, q, gq, dim);
+        sq += (double)e * e;
+    }
+    return sq;
+}
+
+/* Random rows and ratings; the same steps through train_local and the
+ * reference must agree to 1e-5 for every optimizer the kernel does itself
+ * and for dims around the 16-float chunks (and the common 33). */
+Test(mf, local_kernel_matches_reference)
+{
+    enum { NU2 = 5, NI2 = 7, NR = 200 };
+    const int dims[] = {1, 2, 5, 15, 16, 17, 31, 33, 40, 49};
+    const int kinds[] = {CM_OPT_SGD, CM_OPT_ADAGRAD, CM_OPT_ROWWISE, CM_OPT_ADAM};
+    cm_rng rng;
+    cm_rng_seed(&rng, 99);
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+        for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
+            const int dim = dims[di];
+            ps_optim o = ps_optim_default(kinds[ki], 0.05f);
+            const int rf = dim + ps_optim_state_floats(o.kind, dim);
+            /* an odd stride too: the kernel must not rely on alignment */
+            const size_t stride = di % 2 ? (size_t)rf + 3 : ((size_t)rf + 15) / 16 * 16;
+            /* aligned_alloc wants a size that is a multiple of the alignment */
+            const size_t ub = (NU2 * stride * sizeof(float) + 63) / 64 * 64;
+            const size_t ib = (NI2 * stride * sizeof(float) + 63) / 64 * 64;
+            float *u1 = aligned_alloc(64, ub), *i1 = aligned_alloc(64, ib);
+            float *u2 = aligned_alloc(64, ub), *i2 = aligned_alloc(64, ib);
+            cr_assert(u1 && i1 && u2 && i2);
+            for (size_t x = 0; x < NU2 * stride; x++)
+                u1[x] = (float)(0.3 * cm_rng_normal(&rng));
+            for (size_t x = 0; x < NI2 * stride; x++)
+                i1[x] = (float)(0.3 * cm_rng_normal(&rng));
+            for (int x = 0; x < NU2; x++)
+                ps_optim_init_state(&o, u1 + x * stride, dim);
+            for (int x = 0; x < NI2; x++)
+                ps_optim_init_state(&o, i1 + x * stride, dim);
+            memcpy(u2, u1, NU2 * stride * sizeof(float));
+            memcpy(i2, i1, NI2 * stride * sizeof(float));
+            wk_rating r[NR];
+            for (int j = 0; j < NR; j++)
+                r[j] = (wk_rating){(uint32_t)cm_rng_below(&rng, NU2),
+                                   (uint32_t)cm_rng_below(&rng, NI2),
+                                   (float)(1 + cm_rng_below(&rng, 5))};
+            wk_model_ctx ctx = {.mean = 3.0f, .l2 = 0.05f};
+            double sq1 = wk_model_mf.train_local(&ctx, &o, r, NR, dim,
+                                                 (wk_rows){u1, stride}, (wk_rows){i1, stride});
+            double sq2 = s_reference(&ctx, &o, r, NR, dim, (wk_rows){u2, stride},
+                                     (wk_rows){i2, stride});
+            cr_expect(fabs(sq1 - sq2) <= 1e-5 * sq2, "dim %d %s: squared error %g vs %g", dim,
+                      cm_optimizer_name(o.kind), sq1, sq2);
+            int bad = 0;
+            for (int t = 0; t < 2; t++) {
+                const float *a = t ? i1 : u1, *b = t ? i2 : u2;
+                for (int x = 0; x < (t ? NI2 : NU2); x++)
+                    for (int k = 0; k < rf; k++) {
+                        float va = a[x * stride + k], vb = b[x * stride + k];
+                        if (!(fabsf(va - vb) <= 1e-5f * (1.0f + fabsf(vb))) && bad++ < 3)
+                            cr_expect(0, "dim %d %s: table %d row %d float %d: %.8g vs %.8g",
+                                      dim, cm_optimizer_name(o.kind), t, x, k, va, vb);
+                    }
+            }
+            cr_expect_eq(bad, 0, "dim %d %s: %d floats differ", dim,
+                         cm_optimizer_name(o.kind), bad);
+            free(u1);
+            free(i1);
+            free(u2);
+            free(i2);
+        }
+}
+
+/* Floats past each row's weights and state (the stride padding) and rows
+ * no rating names are left alone; no ratings, no change. */
+Test(mf, local_kernel_touches_only_named_rows)
+{
+    enum { DIMK = 33, STRIDE = 80 };
+    static float u[3 * STRIDE], it[3 * STRIDE];
+    for (int x = 0; x < 3 * STRIDE; x++) {
+        u[x] = 0.01f * (float)(x % 17);
+        it[x] = -0.02f * (float)(x % 13);
+    }
+    float u0[3 * STRIDE], i0[3 * STRIDE];
+    memcpy(u0, u, sizeof u);
+    memcpy(i0, it, sizeof it);
+    ps_optim o = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    wk_model_ctx ctx = {.mean = 3.0f, .l2 = 0.05f};
+    wk_rating r = {1, 2, 4.5f};
+    cr_expect_eq(wk_model_mf.train_local(&ctx, &o, &r, 0, DIMK, (wk_rows){u, STRIDE},
+                                         (wk_rows){it, STRIDE}),
+                 0.0);
+    cr_expect_eq(memcmp(u, u0, sizeof u), 0, "no ratings: no change");
+    double sq = wk_model_mf.train_local(&ctx, &o, &r, 1, DIMK, (wk_rows){u, STRIDE},
+                                        (wk_rows){it, STRIDE});
+    cr_expect_gt(sq, 0.0);
+    cr_expect_eq(memcmp(u, u0, STRIDE * sizeof(float)), 0, "user row 0 untouched");
+    cr_expect_eq(memcmp(u + 2 * STRIDE, u0 + 2 * STRIDE, STRIDE * sizeof(float)), 0,
+                 "user row 2 untouched");
+    cr_expect_eq(memcmp(it, i0, 2 * STRIDE * sizeof(float)), 0, "item rows 0, 1 untouched");
+    cr_expect_eq(memcmp(u + STRIDE + 2 * DIMK, u0 + STRIDE + 2 * DIMK,
+                        (STRIDE - 2 * DIMK) * sizeof(float)), 0, "user padding untouched");
+    cr_expect_eq(memcmp(it + 2 * STRIDE + 2 * DIMK, i0 + 2 * STRIDE + 2 * DIMK,
+                        (STRIDE - 2 * DIMK) * sizeof(float)), 0, "item padding untouched");
+    cr_expect_neq(memcmp(u + STRIDE, u0 + STRIDE, 2 * DIMK * sizeof(float)), 0,
+                  "the rated user row moved");
 }

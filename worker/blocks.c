@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/hash.h"
 #include "common/hashmap.h"
@@ -14,16 +15,14 @@
 
 /* One block: its items (sorted) and this worker's ratings of them,
  * grouped by ranges of users so that the rows one group touches stay in
- * cache (the groups are visited in a new random order every time, and the
- * ratings shuffled within each group). */
+ * cache. Each group is shuffled once when the block is built; an epoch then
+ * visits the groups in a new random order and starts each group at a
+ * random place in it, so no rating is copied per epoch, and the order of
+ * an epoch depends on (seed, epoch, block) only: a resumed run repeats it. */
 typedef struct {
     uint64_t *items;      /* n_items keys, ascending */
     size_t n_items;
-    wk_rating *ratings;   /* n_ratings, i indexes items: the working order */
-    wk_rating *canon;     /* the same ratings in their fixed order: each
-                             shuffle starts from it, so the order of an
-                             epoch depends on (seed, epoch, block) only and a
-                             resumed run repeats it */
+    wk_rating *ratings;   /* n_ratings, i indexes items, u the user rows */
     size_t n_ratings;
     size_t *group_at;     /* n_groups + 1 offsets into ratings */
 } s_block;
@@ -31,7 +30,7 @@ typedef struct {
 struct wk_blocks {
     int dim;
     int rf_user, rf_item;       /* floats per row used */
-    size_t us, is;              /* row strides (floats) */
+    size_t us, is;              /* row strides (floats): whole 64-byte lines */
     uint64_t *users;            /* n_users keys, ascending */
     size_t n_users;
     float *urows, *ubase;       /* held user rows and their last written state */
@@ -57,36 +56,148 @@ static int s_cmp_u64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Sorted unique copy of keys[0..n) (n may be 0): a hash set first, so
- * only the distinct keys are sorted. */
-static uint64_t *s_unique(const uint64_t *keys, size_t n, size_t *n_out)
+/* Key ranges up to this many times the number of keys are indexed with a
+ * plain array over the range instead of a hash map. */
+#define S_DENSE_FACTOR 4
+#define S_DENSE_MIN (1u << 20)
+
+int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                         size_t *n_uniq)
 {
-    cm_hashmap *seen = cm_hashmap_new(1024);
-    uint64_t *u = NULL;
+    *uniq = NULL;
+    *n_uniq = 0;
+    if (n >= UINT32_MAX)
+        return CM_EINVAL;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t j = 0; j < n; j++) {
+        lo = keys[j] < lo ? keys[j] : lo;
+        hi = keys[j] > hi ? keys[j] : hi;
+    }
+    size_t limit = n * S_DENSE_FACTOR > S_DENSE_MIN ? n * S_DENSE_FACTOR : S_DENSE_MIN;
+    if (n > 0 && hi - lo < limit && hi - lo < UINT32_MAX - 1) {
+        /* dense: mark the keys present, rank them in key order, look up */
+        size_t range = (size_t)(hi - lo) + 1;
+        uint32_t *rank = calloc(range, sizeof *rank);
+        if (!rank)
+            return CM_ENOMEM;
+        for (size_t j = 0; j < n; j++)
+            rank[keys[j] - lo] = 1;
+        size_t k = 0;
+        for (size_t x = 0; x < range; x++)
+            if (rank[x])
+                rank[x] = (uint32_t)++k;
+        uint64_t *u = malloc((k + 1) * sizeof *u);
+        if (!u) {
+            free(rank);
+            return CM_ENOMEM;
+        }
+        for (size_t x = 0; x < range; x++)
+            if (rank[x])
+                u[rank[x] - 1] = lo + x;
+        for (size_t j = 0; j < n; j++)
+            loc[j] = rank[keys[j] - lo] - 1;
+        free(rank);
+        *uniq = u;
+        *n_uniq = k;
+        return 0;
+    }
+    /* sparse (hashed ids): number keys in order of first sight with one
+     * lookup per rating (consecutive repeats skip it), then sort the
+     * distinct keys and renumber */
+    int rc = CM_ENOMEM;
+    cm_hashmap *seen = cm_hashmap_new(n / 4 + 1024);
+    uint64_t *u = NULL, *pairs = NULL;
+    uint32_t *perm = NULL;
     if (!seen)
-        return NULL;
-    size_t k = 0;
-    for (size_t j = 0; j < n; j++)
-        if (cm_hashmap_upsert(seen, keys[j], 0, &(uint32_t){0}, NULL) != 0)
-            goto out;
-    u = malloc((cm_hashmap_size(seen) + 1) * sizeof *u);
-    if (!u)
+        goto out;
+    uint64_t last = 0;
+    uint32_t last_loc = UINT32_MAX;
+    for (size_t j = 0; j < n; j++) {
+        if (last_loc == UINT32_MAX || keys[j] != last) {
+            uint32_t v = 0;
+            if (cm_hashmap_upsert(seen, keys[j], (uint32_t)cm_hashmap_size(seen), &v, NULL) != 0)
+                goto out;
+            last = keys[j];
+            last_loc = v;
+        }
+        loc[j] = last_loc;
+    }
+    size_t k = cm_hashmap_size(seen);
+    u = malloc((k + 1) * sizeof *u);
+    perm = malloc((k + 1) * sizeof *perm);
+    if (!u || !perm)
         goto out;
     size_t pos = 0;
     uint64_t key;
     uint32_t val;
     while (cm_hashmap_next(seen, &pos, &key, &val))
-        u[k++] = key;
-    qsort(u, k, sizeof *u, s_cmp_u64);
-    *n_out = k;
+        u[val] = key;
+    cm_hashmap_destroy(&seen);
+    /* sort the distinct keys, then turn first-seen numbers into ranks
+     * through a map over the sorted keys: one hash per distinct key */
+    pairs = malloc((k + 1) * sizeof *pairs);
+    if (!pairs)
+        goto out;
+    memcpy(pairs, u, k * sizeof *u);
+    qsort(pairs, k, sizeof *pairs, s_cmp_u64);
+    seen = cm_hashmap_new(k);
+    if (!seen)
+        goto out;
+    for (size_t x = 0; x < k; x++)
+        if (cm_hashmap_put(seen, pairs[x], (uint32_t)x) != 0)
+            goto out;
+    for (size_t x = 0; x < k; x++)
+        cm_hashmap_get(seen, u[x], &perm[x]);
+    for (size_t j = 0; j < n; j++)
+        loc[j] = perm[loc[j]];
+    free(u);
+    u = pairs;
+    pairs = NULL;
+    *uniq = u;
+    *n_uniq = k;
+    u = NULL;
+    rc = 0;
 out:
     cm_hashmap_destroy(&seen);
-    return u;
+    free(u);
+    free(pairs);
+    free(perm);
+    return rc;
 }
 
-static size_t s_stride(int rf)
+size_t wk_blocks_stride(int row_floats)
 {
-    return ((size_t)rf + 7) / 8 * 8;
+    return ((size_t)row_floats + 15) / 16 * 16;
+}
+
+/* Arrays of rows and ratings run to gigabytes on large shapes: from 8 MiB
+ * on they are asked to live on transparent huge pages, which cuts the page
+ * faults of first touch (costly in VMs) and the TLB misses of the random
+ * row accesses of training. Freed with free(). */
+#define S_HUGE (2u << 20)
+
+static void *s_alloc_rows(size_t bytes)
+{
+    if (bytes < 4 * (size_t)S_HUGE)
+        return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    bytes = (bytes + S_HUGE - 1) / S_HUGE * S_HUGE;
+    void *p = aligned_alloc(S_HUGE, bytes);
+#ifdef MADV_HUGEPAGE
+    if (p)
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
+#endif
+    return p;
+}
+
+/* Fisher-Yates over r[0..m). */
+static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
+{
+    for (size_t j = m; j > 1; j--) {
+        size_t k = (size_t)cm_rng_below(rng, j);
+        wk_rating t = r[j - 1];
+        r[j - 1] = r[k];
+        r[k] = t;
+    }
 }
 
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
@@ -94,54 +205,58 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          cm_error *err)
 {
     wk_blocks *b = calloc(1, sizeof *b);
-    cm_hashmap *uix = NULL, *iix = NULL;
-    uint64_t *tmp = NULL;
-    size_t *fill = NULL;
+    uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL;
+    uint64_t *items = NULL;
+    size_t n_items = 0;
     if (!b)
         goto oom;
+    if (n_blocks == 0 || train->n >= UINT32_MAX) {
+        cm_error_set(err, CM_EINVAL, "worker: cannot index %zu ratings into %u blocks",
+                     train->n, n_blocks);
+        free(b);
+        return NULL;
+    }
     b->dim = dim;
     b->rf_user = row_floats[0];
     b->rf_item = row_floats[1];
-    b->us = s_stride(b->rf_user);
-    b->is = s_stride(b->rf_item);
+    b->us = wk_blocks_stride(b->rf_user);
+    b->is = wk_blocks_stride(b->rf_item);
     b->n_blocks = n_blocks;
     b->blocks = calloc(n_blocks, sizeof *b->blocks);
-    if (!b->blocks)
+    uloc = malloc((train->n + 1) * sizeof *uloc);
+    iloc = malloc((train->n + 1) * sizeof *iloc);
+    if (!b->blocks || !uloc || !iloc)
         goto oom;
 
-    /* users: sorted unique, local index by hashmap */
-    b->users = s_unique(train->user, train->n, &b->n_users);
-    uix = cm_hashmap_new(b->n_users);
-    if (!b->users || !uix)
+    /* users and items: sorted distinct keys and each rating's rank */
+    if (wk_blocks_index_keys(train->user, train->n, uloc, &b->users, &b->n_users) != 0 ||
+        wk_blocks_index_keys(train->item, train->n, iloc, &items, &n_items) != 0)
         goto oom;
-    for (size_t j = 0; j < b->n_users; j++)
-        if (cm_hashmap_put(uix, b->users[j], (uint32_t)j) != 0)
-            goto oom;
-
-    /* items per block: gather, sort unique, index */
-    tmp = malloc((train->n + 1) * sizeof *tmp);
-    fill = calloc(n_blocks, sizeof *fill);
-    iix = cm_hashmap_new(1024);
-    if (!tmp || !fill || !iix)
+    /* each item's block and its row there: one hash per distinct item */
+    iblk = malloc((n_items + 1) * sizeof *iblk);
+    ilocal = malloc((n_items + 1) * sizeof *ilocal);
+    if (!iblk || !ilocal)
         goto oom;
+    for (size_t x = 0; x < n_items; x++) {
+        iblk[x] = wk_block_of(items[x], n_blocks);
+        ilocal[x] = (uint32_t)b->blocks[iblk[x]].n_items++;
+    }
     for (uint32_t k = 0; k < n_blocks; k++) {
-        size_t m = 0;
-        for (size_t j = 0; j < train->n; j++)
-            if (wk_block_of(train->item[j], n_blocks) == k)
-                tmp[m++] = train->item[j];
         s_block *bl = &b->blocks[k];
-        bl->n_ratings = m;
-        bl->items = s_unique(tmp, m, &bl->n_items);
-        bl->ratings = malloc((m + 1) * sizeof *bl->ratings);
-        bl->canon = malloc((m + 1) * sizeof *bl->canon);
-        if (!bl->items || !bl->ratings || !bl->canon)
+        bl->items = malloc((bl->n_items + 1) * sizeof *bl->items);
+        if (!bl->items)
             goto oom;
-        for (size_t j = 0; j < bl->n_items; j++)
-            if (cm_hashmap_put(iix, bl->items[j], (uint32_t)j) != 0)
-                goto oom;
         if (bl->n_items > b->icap)
             b->icap = bl->n_items;
+        bl->n_items = 0;
     }
+    for (size_t x = 0; x < n_items; x++) {
+        s_block *bl = &b->blocks[iblk[x]];
+        bl->items[bl->n_items++] = items[x];
+    }
+    free(items);
+    items = NULL;
+
     /* groups of users whose rows take about 256 KiB */
     b->group_users = (256 * 1024) / (b->us * sizeof(float)) + 1;
     b->n_groups = (uint32_t)((b->n_users + b->group_users - 1) / b->group_users);
@@ -152,37 +267,44 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         if (!b->blocks[k].group_at)
             goto oom;
     }
-    uint32_t *blk = malloc((train->n + 1) * sizeof *blk);
-    uint32_t *uloc = malloc((train->n + 1) * sizeof *uloc);
-    if (!blk || !uloc) {
-        free(blk);
-        free(uloc);
-        goto oom;
-    }
-    for (size_t j = 0; j < train->n; j++) {
-        uint32_t u = 0;
-        cm_hashmap_get(uix, train->user[j], &u);
-        blk[j] = wk_block_of(train->item[j], n_blocks);
-        uloc[j] = u;
-        b->blocks[blk[j]].group_at[u / b->group_users + 2]++;
-    }
-    for (uint32_t k = 0; k < n_blocks; k++)
+    /* counting sort by (block, group); 32-bit division: user rows fit */
+    const uint32_t gu = (uint32_t)b->group_users;
+    for (size_t j = 0; j < train->n; j++)
+        b->blocks[iblk[iloc[j]]].group_at[uloc[j] / gu + 2]++;
+    for (uint32_t k = 0; k < n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
         for (uint32_t g = 0; g < b->n_groups; g++)
-            b->blocks[k].group_at[g + 2] += b->blocks[k].group_at[g + 1];
+            bl->group_at[g + 2] += bl->group_at[g + 1];
+        bl->n_ratings = bl->group_at[b->n_groups + 1];
+        bl->ratings = s_alloc_rows((bl->n_ratings + 1) * sizeof *bl->ratings);
+        if (!bl->ratings)
+            goto oom;
+    }
     /* group_at[g + 1] is now the fill cursor of group g */
     for (size_t j = 0; j < train->n; j++) {
-        uint32_t i = 0;
-        cm_hashmap_get(iix, train->item[j], &i);
-        s_block *bl = &b->blocks[blk[j]];
-        bl->canon[bl->group_at[uloc[j] / b->group_users + 1]++] =
-            (wk_rating){uloc[j], i, train->rating[j]};
+        uint32_t x = iloc[j];
+        s_block *bl = &b->blocks[iblk[x]];
+        bl->ratings[bl->group_at[uloc[j] / gu + 1]++] =
+            (wk_rating){uloc[j], ilocal[x], train->rating[j]};
     }
-    free(blk);
     free(uloc);
-    b->urows = aligned_alloc(64, ((b->n_users + 1) * b->us * sizeof(float) + 63) / 64 * 64);
-    b->ubase = malloc((b->n_users + 1) * b->us * sizeof(float));
-    b->irows = aligned_alloc(64, ((b->icap + 1) * b->is * sizeof(float) + 63) / 64 * 64);
-    b->ibase = malloc((b->icap + 1) * b->is * sizeof(float));
+    free(iloc);
+    free(iblk);
+    free(ilocal);
+    uloc = iloc = iblk = ilocal = NULL;
+    /* each group's fixed order: a shuffle seeded by the block alone */
+    for (uint32_t k = 0; k < n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        cm_rng rng;
+        cm_rng_seed(&rng, S_BLOCK_SEED ^ cm_mix64(k + 1));
+        for (uint32_t g = 0; g < b->n_groups; g++)
+            s_shuffle(&rng, bl->ratings + bl->group_at[g], bl->group_at[g + 1] - bl->group_at[g]);
+    }
+
+    b->urows = s_alloc_rows((b->n_users + 1) * b->us * sizeof(float));
+    b->ubase = s_alloc_rows((b->n_users + 1) * b->us * sizeof(float));
+    b->irows = s_alloc_rows((b->icap + 1) * b->is * sizeof(float));
+    b->ibase = s_alloc_rows((b->icap + 1) * b->is * sizeof(float));
     b->dcap = (b->n_users > b->icap ? b->n_users : b->icap) + 1;
     b->delta = malloc(b->dcap * (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item) *
                       sizeof(float));
@@ -198,18 +320,15 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         memcpy(b->ubase, b->urows, b->n_users * b->us * sizeof(float));
         b->have_users = 1;
     }
-    free(tmp);
-    free(fill);
-    cm_hashmap_destroy(&uix);
-    cm_hashmap_destroy(&iix);
     return b;
 oom:
     cm_error_set(err, CM_ENOMEM, "worker: out of memory indexing %zu ratings into %u blocks",
                  train->n, n_blocks);
-    free(tmp);
-    free(fill);
-    cm_hashmap_destroy(&uix);
-    cm_hashmap_destroy(&iix);
+    free(uloc);
+    free(iloc);
+    free(iblk);
+    free(ilocal);
+    free(items);
     wk_blocks_destroy(&b);
     return NULL;
 }
@@ -222,7 +341,6 @@ void wk_blocks_destroy(wk_blocks **pb)
     for (uint32_t k = 0; b->blocks && k < b->n_blocks; k++) {
         free(b->blocks[k].items);
         free(b->blocks[k].ratings);
-        free(b->blocks[k].canon);
         free(b->blocks[k].group_at);
     }
     free(b->blocks);
@@ -247,11 +365,13 @@ static int s_pull_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
         int rc = wk_kv_pull(kv, &req, 1, err);
         if (rc != 0)
             return rc;
-        for (size_t j = 0; j < m; j++)
+        for (size_t j = 0; j < m; j++) {
             memcpy(rows + (first + j) * stride, scratch + j * (size_t)rf,
                    (size_t)rf * sizeof(float));
+            memcpy(base + (first + j) * stride, scratch + j * (size_t)rf,
+                   (size_t)rf * sizeof(float));
+        }
     }
-    memcpy(base, rows, n * stride * sizeof(float));
     return 0;
 }
 
@@ -263,20 +383,21 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
     size_t m = 0;
     for (size_t j = 0; j < n; j++) {
         float *r = rows + j * stride;
-        const float *o = base + j * stride;
+        float *o = base + j * stride;
         if (memcmp(r, o, (size_t)rf * sizeof(float)) == 0)
-            continue;
+            continue; /* base already equals the row */
         float *d = delta + m * (size_t)rf;
         /* keep what the server will hold, o + (r - o), which rounding can
          * make differ from r: then a run resumed from the server's rows
          * continues exactly like this one */
+#pragma omp simd
         for (int k = 0; k < rf; k++) {
             d[k] = r[k] - o[k];
             r[k] = o[k] + d[k];
+            o[k] = r[k];
         }
         changed[m++] = keys[j];
     }
-    memcpy(base, rows, n * stride * sizeof(float));
     int rc = 0;
     for (size_t first = 0; first < m && rc == 0; first += S_ROWS_PER_MSG) {
         size_t c = m - first < S_ROWS_PER_MSG ? m - first : S_ROWS_PER_MSG;
@@ -324,16 +445,11 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     wk_rows users = {b->urows, b->us}, items = {b->irows, b->is};
     size_t done = 0, reported = 0;
     for (uint32_t gi = 0; gi < b->n_groups; gi++) {
-        wk_rating *r = bl->ratings + bl->group_at[order[gi]];
+        const wk_rating *r = bl->ratings + bl->group_at[order[gi]];
         size_t m = bl->group_at[order[gi] + 1] - bl->group_at[order[gi]];
-        memcpy(r, bl->canon + bl->group_at[order[gi]], m * sizeof *r);
-        for (size_t j = m; j > 1; j--) {
-            size_t k = (size_t)cm_rng_below(&rng, j);
-            wk_rating t = r[j - 1];
-            r[j - 1] = r[k];
-            r[k] = t;
-        }
-        *sq += model->train_local(ctx, opt, r, m, b->dim, users, items);
+        size_t at = m > 1 ? (size_t)cm_rng_below(&rng, m) : 0;
+        *sq += model->train_local(ctx, opt, r + at, m - at, b->dim, users, items);
+        *sq += model->train_local(ctx, opt, r, at, b->dim, users, items);
         done += m;
         if (progress && done - reported >= S_CHUNK) {
             reported = done;

@@ -38,11 +38,26 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);
 
+/* Dense local numbering of keys[0..n): writes the sorted distinct keys to
+ * a new array *uniq (n_uniq of them; caller frees) and the rank of each
+ * key in it to loc[j]. Keys spanning a range of at most 4n (or 2^20) use
+ * an array over the range, others a hash map with one lookup per run of
+ * equal keys. 0, CM_ENOMEM or CM_EINVAL (n >= 2^32 - 1); *uniq NULL on
+ * failure. */
+int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                         size_t *n_uniq);
+
+/* Floats between held rows of row_floats floats: whole 64-byte lines, so
+ * that every row starts on a line of the 64-byte aligned row arrays. */
+size_t wk_blocks_stride(int row_floats);
+
 /* Called now and then during training with examples done in the block. */
 typedef int (*wk_progress_fn)(void *arg, size_t done);
 
 /* Trains block `block` once: pulls its item rows (and, the first time, the
- * user rows), shuffles its ratings with `seed`, runs the model's local SGD,
+ * user rows), runs the model's local SGD over its groups of ratings in an
+ * order drawn from `seed` (group order and each group's starting point;
+ * within a group the order is fixed when the block is built),
  * pushes the item deltas and waits for the acks. Adds the squared errors
  * and the count of ratings to *sq and *n. */
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# The benchmark set in one command. For each rating shape it trains biased
+# MF at dim 32 (AdaGrad, l2 0.05) with psrec's blocks schedule under mpirun
+# (1 scheduler + 1 server + 2 workers over tcp) and --local, and with the
+# single-process baselines on the same data:
+#   psrec --local 1 worker     psrec's own one-worker run;
+#   sgd_baseline 2 threads     a plain LIBMF-style trainer (bench/
+#                              sgd_baseline.c): the same kernel on a grid
+#                              of blocks, no servers, no messages.
+# Shapes: "ml20m" (20M ratings, 138k users x 27k items, cache-resident
+# item rows) and "dram" (50M ratings, 5M users x 500k items: rows do not
+# fit in cache). Then, unless left out, the 10^8 end-to-end run
+# (bench/scale_bench.sh), push/pull against raw ZeroMQ and the serving
+# latency benchmark.
+#
+# The table: configuration, M updates/s (mean over epochs 2..E), seconds
+# per epoch, final test RMSE, the noise floor and how far above it, peak
+# RSS (one process; for mpirun the largest rank and the sum of all), and
+# the ratio of updates/s to the sgd_baseline row of the same shape.
+#
+#   bench/run.sh [--quick] [--only LIST] [--epochs E] [--dram-epochs E]
+#                [--minibatch] [--keep]
+#   --quick        small shapes (2M and 5M ratings), 3 epochs, no 10^8 run:
+#                  a check that everything runs, in a few minutes
+#   --only LIST    comma-separated subset of ml20m,dram,scale,pushpull,serve
+#   --minibatch    also the minibatch schedule under mpirun on ml20m (slow)
+#   --keep         keep the generated data (in $PSREC_BENCH_DIR or build/bench)
+# PSREC_BUILD picks the build directory (default build/; it is configured
+# and built Release with -march=native first).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+quick=0 only=ml20m,dram,scale,pushpull,serve epochs=5 depochs=3 minibatch=0 keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1; shift ;;
+    --only) only=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --dram-epochs) depochs=$2; shift 2 ;;
+    --minibatch) minibatch=1; shift ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ "$quick" = 1 ]; then
+  epochs=3 depochs=3
+  [ "$only" = ml20m,dram,scale,pushpull,serve ] && only=ml20m,dram,pushpull,serve
+fi
+has() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+build=${PSREC_BUILD:-$top/build}
+"$top/cluster/deps.sh"
+"$top/cluster/build.sh" "$build"
+psrec=$build/psrec
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+work=${PSREC_BENCH_DIR:-$top/build/bench}
+mkdir -p "$work"
+table=$work/run_table.txt
+: > "$table"
+
+# mean updates/s and s/epoch over epochs after the first, last test RMSE
+# and noise floor, from a metrics JSONL file
+summarise() {
+  awk -F'[:,}]' '
+    { for (i = 1; i <= NF; i++) gsub(/[ "{]/, "", $i)
+      for (i = 1; i < NF; i++) {
+        if ($i == "epoch") e = $(i+1); if ($i == "examples_per_s") r = $(i+1)
+        if ($i == "seconds") s = $(i+1); if ($i == "test_rmse" && $(i+1) != "null") t = $(i+1)
+        if ($i == "noise_floor") nf = $(i+1) }
+      if (e > 1 || NR == 1) { if (e > 1 && !warm) { sr = 0; ss = 0; n = 0; warm = 1 }
+                              sr += r; ss += s; n++ } }
+    END { if (n == 0) n = 1; printf "%.0f %.4f %.4f %.4f\n", sr / n, ss / n, t, nf }' "$1"
+}
+
+# peak RSS in MiB from psrec's "peak memory" log lines: "max/sum" or one
+peak_of_log() {
+  grep -ho 'peak memory (RSS) of this process: [0-9]*' "$1" | awk '{ v = $NF; s += v;
+    if (v > m) m = v; n++ } END { if (n > 1) printf "%d/%d", m, s; else if (n == 1) printf "%d", m;
+    else printf "-" }'
+}
+
+row() { # name rate sec rmse floor rss baseline_rate
+  awk -v n="$1" -v r="$2" -v s="$3" -v t="$4" -v f="$5" -v m="$6" -v b="$7" 'BEGIN {
+    above = f > 0 ? sprintf("%.1f%%", 100 * (t / f - 1)) : "-"
+    ratio = b > 0 ? sprintf("%.2f", r / b) : "-"
+    printf "%-44s %9.2f %8.3f %9.4f %7.4f %7s %13s %6s\n", n, r / 1e6, s, t, f, above, m, ratio }' |
+    tee -a "$table"
+}
+
+header() {
+  printf "\n%-44s %9s %8s %9s %7s %7s %13s %6s\n" "configuration ($1)" "Mupd/s" "s/epoch" \
+    "test_rmse" "floor" "above" "peak_RSS_MiB" "ratio" | tee -a "$table"
+}
+
+# gen SHAPE_NAME RATINGS USERS ITEMS -> sets $data
+gen() {
+  data=$work/$1_$2_$3x$4
+  if [ ! -f "$data.train.psrd" ]; then
+    echo "== generating $1: $2 ratings ($3 users x $4 items)" >&2
+    "$psrec" gen --out "$data" --ratings "$2" --users "$3" --items "$4" \
+        --rank 16 --noise 0.5 --seed 1 >&2
+  fi
+}
+
+# mf_shape NAME RATINGS USERS ITEMS EPOCHS
+mf_shape() {
+  local name=$1 ep=$5
+  gen "$@"
+  free -g | awk '/Mem:/ { print "   memory: " $7 " GiB available" }' >&2
+  echo "== $name: sgd_baseline, 2 threads" >&2
+  /usr/bin/time -o "$work/time.txt" -f "%M" "$build/sgd_baseline" "$data.train.psrd" \
+      "$data.test.psrd" --threads 2 --epochs "$ep" --dim 32 --l2 0.05 > "$work/base_$name.txt"
+  local b r s t f
+  read -r b s t f < <(awk '/^summary/ { print $3, $7, $9, $11 }' "$work/base_$name.txt")
+  header "$name"
+  row "sgd_baseline, 1 process 2 threads" "$b" "$s" "$t" "$f" "$(( $(cat "$work/time.txt") / 1024 ))" "$b"
+
+  run_psrec() { # label log-name command...
+    local label=$1 tag=$2; shift 2
+    local m=$work/metrics_${name}_$tag.jsonl log=$work/log_${name}_$tag.txt
+    echo "== $name: $label" >&2
+    rm -f "$m"
+    "$@" --train "$data.train.psrd" --test "$data.test.psrd" --dim 32 --epochs "$ep" \
+        --l2 0.05 --metrics "$m" --progress off --log_level info > "$log" 2>&1 ||
+      { echo "   failed; see $log" >&2; return 0; }
+    read -r r s t f < <(summarise "$m")
+    row "$label" "$r" "$s" "$t" "$f" "$(peak_of_log "$log")" "$b"
+  }
+  run_psrec "blocks, mpirun 1 sched + 1 server + 2 workers" mpi \
+      mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1
+  run_psrec "blocks, --local 1 server + 2 workers" local2 \
+      "$psrec" train --local --servers 1 --workers 2
+  run_psrec "blocks, --local 1 worker (psrec baseline)" local1 \
+      "$psrec" train --local --servers 1 --workers 1
+  if [ "$minibatch" = 1 ] && [ "$name" = ml20m ]; then
+    run_psrec "minibatch, mpirun 1 + 1 + 2" minibatch \
+        mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \
+        --schedule minibatch
+  fi
+  [ "$keep" = 1 ] || rm -f "$data".*.psrd
+}
+
+if has ml20m; then
+  if [ "$quick" = 1 ]; then mf_shape ml20m-small 2000000 13800 2700 "$epochs"
+  else mf_shape ml20m 20000000 138000 27000 "$epochs"; fi
+fi
+if has dram; then
+  if [ "$quick" = 1 ]; then mf_shape dram-small 5000000 500000 50000 "$depochs"
+  else mf_shape dram 50000000 5000000 500000 "$depochs"; fi
+fi
+if has ml20m || has dram; then
+  echo "(updates/s: mean over epochs after the first; ratio: to sgd_baseline of the same" \
+       "shape; machine: $(nproc) cores, $(uname -m))" | tee -a "$table"
+fi
+
+if has scale; then
+  echo; echo "== 10^8 end to end (bench/scale_bench.sh)"
+  "$top/bench/scale_bench.sh" | tee -a "$table"
+fi
+if has pushpull; then
+  echo; echo "== push/pull against raw ZeroMQ"
+  "$build/pushpull_bench" "$([ "$quick" = 1 ] && echo 1 || echo 2)" | tee -a "$table"
+fi
+if has serve; then
+  echo; echo "== serving"
+  "$build/serve_bench" | tee -a "$table"
+fi
+echo; echo "table written to $table"

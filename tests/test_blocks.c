@@ -1,0 +1,110 @@
+/* blocks: the indexing helpers of the blocks schedule (the schedule itself
+ * runs in tests/test_cluster_local.c and test_cluster_ckpt.c). */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rng.h"
+#include "worker/blocks.h"
+
+/* Checks the contract of wk_blocks_index_keys on keys[0..n). */
+static void s_check_index(const uint64_t *keys, size_t n)
+{
+    uint32_t *loc = malloc((n + 1) * sizeof *loc);
+    uint64_t *uniq = NULL;
+    size_t k = 0;
+    cr_assert_not_null(loc);
+    cr_assert_eq(wk_blocks_index_keys(keys, n, loc, &uniq, &k), 0);
+    cr_assert_not_null(uniq);
+    cr_assert_leq(k, n);
+    for (size_t x = 1; x < k; x++)
+        cr_assert_lt(uniq[x - 1], uniq[x], "distinct keys strictly ascending at %zu", x);
+    for (size_t j = 0; j < n; j++) {
+        cr_assert_lt(loc[j], k);
+        cr_assert_eq(uniq[loc[j]], keys[j], "rating %zu maps back to its key", j);
+    }
+    /* every distinct key is used: count hits */
+    char *used = calloc(k + 1, 1);
+    cr_assert_not_null(used);
+    for (size_t j = 0; j < n; j++)
+        used[loc[j]] = 1;
+    for (size_t x = 0; x < k; x++)
+        cr_assert(used[x], "distinct key %zu appears in the input", x);
+    free(used);
+    free(uniq);
+    free(loc);
+}
+
+Test(blocks, index_small_dense_ids)
+{
+    const uint64_t keys[] = {7, 3, 3, 9, 7, 7, 100, 3};
+    uint32_t loc[8];
+    uint64_t *uniq = NULL;
+    size_t k = 0;
+    cr_assert_eq(wk_blocks_index_keys(keys, 8, loc, &uniq, &k), 0);
+    cr_assert_eq(k, 4);
+    const uint64_t want[] = {3, 7, 9, 100};
+    cr_expect_arr_eq(uniq, want, sizeof want);
+    const uint32_t want_loc[] = {1, 0, 0, 2, 1, 1, 3, 0};
+    cr_expect_arr_eq(loc, want_loc, sizeof want_loc);
+    free(uniq);
+}
+
+Test(blocks, index_dense_and_hashed_ids_agree)
+{
+    enum { N = 50000 };
+    uint64_t *dense = malloc(N * sizeof *dense), *sparse = malloc(N * sizeof *sparse);
+    cr_assert(dense && sparse);
+    cm_rng r;
+    cm_rng_seed(&r, 5);
+    for (size_t j = 0; j < N; j++) {
+        /* runs of repeats, as a shard sorted by user has */
+        dense[j] = j > 0 && cm_rng_below(&r, 3) == 0 ? dense[j - 1]
+                                                      : 1000000 + cm_rng_below(&r, 20000);
+        sparse[j] = cm_rng_next(&r) | 1ULL << 63; /* a range no array can cover */
+        if (j > 0 && cm_rng_below(&r, 4) == 0)
+            sparse[j] = sparse[cm_rng_below(&r, j)];
+    }
+    s_check_index(dense, N);
+    s_check_index(sparse, N);
+    /* the extremes of the key space */
+    const uint64_t edge[] = {UINT64_MAX, 0, UINT64_MAX, 1, 0};
+    s_check_index(edge, 5);
+    free(dense);
+    free(sparse);
+}
+
+Test(blocks, index_nothing)
+{
+    uint32_t loc[1];
+    uint64_t *uniq = NULL;
+    size_t k = 7;
+    cr_assert_eq(wk_blocks_index_keys(NULL, 0, loc, &uniq, &k), 0);
+    cr_expect_eq(k, 0);
+    free(uniq);
+}
+
+Test(blocks, stride_is_whole_cache_lines)
+{
+    cr_expect_eq(wk_blocks_stride(1), 16);
+    cr_expect_eq(wk_blocks_stride(16), 16);
+    cr_expect_eq(wk_blocks_stride(17), 32);
+    cr_expect_eq(wk_blocks_stride(66), 80, "dim 32 + bias with AdaGrad");
+    for (int rf = 1; rf < 300; rf++) {
+        size_t s = wk_blocks_stride(rf);
+        cr_assert(s >= (size_t)rf && s % 16 == 0 && s < (size_t)rf + 16);
+    }
+}
+
+Test(blocks, block_of_spreads_items)
+{
+    uint32_t count[4] = {0};
+    for (uint64_t item = 0; item < 4000; item++) {
+        uint32_t b = wk_block_of(item, 4);
+        cr_assert_lt(b, 4);
+        count[b]++;
+        cr_assert_eq(wk_block_of(item, 1), 0);
+    }
+    for (int b = 0; b < 4; b++)
+        cr_expect(count[b] > 800 && count[b] < 1200, "block %d has %u of 4000", b, count[b]);
+}
