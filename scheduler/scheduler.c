@@ -505,6 +505,10 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
     cm_job_print(jf, job);
     fclose(jf);
     jf = NULL;
+    /* workers first: the rows they hold (blocks: users) reach the servers */
+    if ((rc = s_broadcast(s, CM_OP_CHECKPOINT, (uint32_t)epoch, 0, err)) != 0 ||
+        (rc = s_gather(s, CM_OP_CHECKPOINT, (uint32_t)epoch, t0, err)) != 0)
+        goto out;
     cm_hdr h = cm_hdr_make(CM_OP_CHECKPOINT);
     h.epoch = (uint32_t)epoch;
     snprintf(h.path, sizeof h.path, "%s", dir);

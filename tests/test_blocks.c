@@ -108,3 +108,43 @@ Test(blocks, block_of_spreads_items)
     for (int b = 0; b < 4; b++)
         cr_expect(count[b] > 800 && count[b] < 1200, "block %d has %u of 4000", b, count[b]);
 }
+
+/* The rows a worker holds for its users: the deterministic initialisation
+ * the servers would give them, found by key; other users are not held,
+ * and a resumed worker (no user_init) holds none until it first trains. */
+Test(blocks, user_rows_are_held_by_key)
+{
+    const uint64_t user[] = {42, 7, 42, 1000, 7};
+    const uint64_t item[] = {1, 2, 3, 1, 4};
+    const float rating[] = {4, 3, 5, 2, 1};
+    cm_ratings r = {0};
+    cm_error err = {0};
+    cr_assert_eq(cm_ratings_from_arrays(user, item, rating, 5, &r, &err), 0, "%s", err.msg);
+    ps_table_params up = {0};
+    up.dim = 9;
+    up.zero_prefix = 1;
+    up.init_std = 0.1f;
+    up.seed = 77;
+    const int rf[2] = {18, 18};
+    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, &up, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    cr_assert(wk_blocks_holds_users(b));
+    float want[9];
+    const uint64_t keys[] = {7, 42, 1000};
+    for (int k = 0; k < 3; k++) {
+        const float *row = wk_blocks_user_row(b, keys[k]);
+        cr_assert_not_null(row, "user %llu held", (unsigned long long)keys[k]);
+        ps_table_init_row(&up, keys[k], want);
+        cr_expect_arr_eq(row, want, sizeof want, "user %llu starts from the servers' init",
+                         (unsigned long long)keys[k]);
+    }
+    cr_expect_null(wk_blocks_user_row(b, 8), "not a training user");
+    cr_expect_null(wk_blocks_user_row(b, 5000));
+    wk_blocks_destroy(&b);
+    b = wk_blocks_new(&r, 2, 8, rf, NULL, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    cr_expect(!wk_blocks_holds_users(b), "resuming: rows come with the first block");
+    cr_expect_null(wk_blocks_user_row(b, 42));
+    wk_blocks_destroy(&b);
+    cm_ratings_free(&r);
+}

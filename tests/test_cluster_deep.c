@@ -128,6 +128,7 @@ Test(cluster_deep, deepfm_frappe)
     cm_job job = s_job("deep");
     s_frappe_job(&job, data);
     job.epochs = 10;
+    job.dim = 32; /* the default is 64; 32 keeps the test quick */
     sch_result res = s_run(&job);
     cr_log_info("frappe deep (DeepFM), 10 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
@@ -190,7 +191,7 @@ Test(cluster_deep, deep_frappe_mpirun_two_servers_two_workers)
     snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", s_dir);
     snprintf(cmd, sizeof cmd,
              TH_MPIRUN "-np 5 %s train --model deep --train %s --test %s --servers 2 "
-             "--epochs 5 --metrics %s --progress off",
+             "--epochs 5 --dim 32 --metrics %s --progress off",
              PSREC_BINARY, train, test, metrics);
     int rc = th_run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);

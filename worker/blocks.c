@@ -8,6 +8,7 @@
 #include "common/hashmap.h"
 #include "common/msg.h"
 #include "common/rng.h"
+#include "common/sorted.h"
 
 #define S_BLOCK_SEED 0x70737265632d626bULL
 #define S_CHUNK 262144   /* ratings between progress reports */
@@ -466,6 +467,19 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
 out:
     free(changed);
     return rc;
+}
+
+int wk_blocks_holds_users(const wk_blocks *b)
+{
+    return b->have_users;
+}
+
+const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user)
+{
+    if (!b->have_users)
+        return NULL;
+    size_t j = cm_lower_bound_u64(b->users, b->n_users, user);
+    return j < b->n_users && b->users[j] == user ? b->urows + j * b->us : NULL;
 }
 
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)

@@ -67,4 +67,12 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
 /* Pushes the change of every user row since the last write-back. */
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err);
 
+/* The held row of `user` (weights, then optimizer state), or NULL when the
+ * worker holds no row for it: not one of its training users, or no user
+ * rows held yet (before the first block of a resumed run). */
+const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user);
+
+/* 1 once the worker holds its user rows (pulled or initialised). */
+int wk_blocks_holds_users(const wk_blocks *b);
+
 #endif

@@ -198,7 +198,8 @@ static int s_tell(s_worker *w, int op, uint32_t epoch, const double *stats, size
     h.sender = w->p->rank;
     h.epoch = epoch;
     h.n_stats = n_stats;
-    memcpy(h.stats, stats, n_stats * sizeof(double));
+    if (n_stats)
+        memcpy(h.stats, stats, n_stats * sizeof(double));
     int rc = cm_msg_send(w->ctl, NULL, 0, &h, NULL, 0, NULL, 0);
     if (rc != 0)
         return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
@@ -411,14 +412,25 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     size_t n = 0;
     int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, block, seed,
                              s_block_progress, w, &sq, &n, err);
-    if (rc == 0 && round + 1 == nb)
-        rc = wk_blocks_writeback(w->blocks, w->kv, err);
     if (rc != 0)
         return rc;
     w->epoch_done += n;
     w->epoch_sq += sq;
     double st[3] = {sq, (double)n, s_now() - t0};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+}
+
+/* Before a checkpoint: the blocks schedule's user rows live on the worker
+ * between checkpoints; push their changes so the servers' files hold the
+ * whole model, then tell the scheduler. */
+static int s_before_checkpoint(s_worker *w, uint32_t epoch, cm_error *err)
+{
+    if (w->blocks) {
+        int rc = wk_blocks_writeback(w->blocks, w->kv, err);
+        if (rc != 0)
+            return rc;
+    }
+    return s_tell(w, CM_OP_CHECKPOINT, epoch, NULL, 0, err);
 }
 
 static int s_sparse_progress(void *arg, size_t done, double loss)
@@ -487,16 +499,42 @@ static int s_row_known(const float *row, int dim)
     return 0;
 }
 
+/* Blocks schedule: the user rows of the batch in w->tk[0] from the rows
+ * this worker holds (users it does not hold read as zeros, as a pull
+ * without creating would give), so evaluation needs no write-back. */
+static void s_local_user_rows(s_worker *w)
+{
+    const size_t dim = (size_t)w->dims[0];
+    for (size_t k = 0; k < w->tk[0].n_uniq; k++) {
+        const float *row = wk_blocks_user_row(w->blocks, w->tk[0].uniq[k]);
+        float *out = w->tk[0].rows + k * dim;
+        if (row)
+            memcpy(out, row, dim * sizeof *out);
+        else
+            memset(out, 0, dim * sizeof *out);
+    }
+}
+
 static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 {
     const cm_ratings *d = &w->test;
     double sq = 0, ab = 0;
     size_t unseen = 0;
+    /* blocks: the users' rows are here and may be newer than the servers' */
+    const int local = w->blocks && wk_blocks_holds_users(w->blocks);
     for (size_t first = 0; first < d->n; first += w->cap) {
         size_t m = d->n - first < w->cap ? d->n - first : w->cap;
         wk_batch b;
         s_make_batch(w, d, NULL, first, m, &b);
-        int rc = s_pull_batch(w, CM_PULL_NO_CREATE, err);
+        int rc;
+        if (local) {
+            s_local_user_rows(w);
+            w->reqs[0] = (wk_pull){1, w->tk[1].uniq, w->tk[1].n_uniq, w->tk[1].rows,
+                                   CM_PULL_NO_CREATE};
+            rc = wk_kv_pull(w->kv, w->reqs, 1, err);
+        } else {
+            rc = s_pull_batch(w, CM_PULL_NO_CREATE, err);
+        }
         if (rc != 0)
             return rc;
         const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
@@ -797,6 +835,8 @@ static int s_serve(s_worker *w, cm_error *err)
             rc = s_train_epoch(w, epoch, err);
         else if (op == CM_OP_EVAL)
             rc = s_eval(w, epoch, err);
+        else if (op == CM_OP_CHECKPOINT)
+            rc = s_before_checkpoint(w, epoch, err);
         else
             rc = cm_error_set(err, CM_EPROTO, "worker: unexpected %s from the scheduler",
                               cm_op_name(op));

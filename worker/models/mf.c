@@ -17,16 +17,6 @@
 
 enum { MF_USER = 0, MF_ITEM = 1 };
 
-static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
-{
-    memset(out, 0, sizeof *out);
-    out->dim = job->dim + 1;
-    out->zero_prefix = 1;
-    out->init_std = (float)job->init_std;
-    out->seed = job->seed * 2 + t + 1;
-    wk_model_table_common(job, out);
-}
-
 static inline float s_dot(const float *restrict a, const float *restrict b, int n)
 {
     float s = 0.f;
@@ -283,7 +273,7 @@ const wk_model_ops wk_model_mf = {
     .name = "mf",
     .n_tables = 2,
     .table_names = s_table_names,
-    .table_params = s_table_params,
+    .table_params = wk_model_table_user_item,
     .train = s_train,
     .predict = s_predict,
     .train_local = s_train_local,
