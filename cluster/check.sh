@@ -12,7 +12,9 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 echo "== build (release)"
 "$top/cluster/build.sh" "$top/build"
 echo "== tests (release)"
-(cd "$top/build" && ctest --output-on-failure)
+# two test programs at a time: the integration tests spend much of their
+# time waiting on messages and process start-up, so the 2 cores stay busy
+(cd "$top/build" && ctest -j2 --output-on-failure)
 
 echo "== build (address + undefined behaviour sanitizers)"
 "$top/cluster/build.sh" "$top/build-asan" -DPSREC_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
@@ -21,5 +23,5 @@ echo "== tests (sanitizers)"
 # same role code); the tests that start mpirun turn it off in the ranks, where
 # it would report Open MPI's own start-up allocations.
 (cd "$top/build-asan" && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
-   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure)
+   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest -j2 --output-on-failure)
 echo "== all tests passed"
