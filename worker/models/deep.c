@@ -18,6 +18,7 @@
 #include "common/features.h"
 #include "common/rng.h"
 #include "worker/models/deep.h"
+#include "worker/models/model.h"
 
 #define S_ALIGN_BYTES 64
 #define S_MAX_WIDTH (1 << 16)       /* widest layer or F*k we accept */
@@ -288,19 +289,6 @@ static void s_forward(wk_mlp *m, const float *w, const float *emb, const float *
     }
 }
 
-/* Loss of output y for target t; *g receives dL/dy. */
-static double s_loss(int task, float y, float t, float *g)
-{
-    if (task == CM_TASK_BINARY) {
-        /* stable log(1 + e^-m) with margin m = y for t = 1, -y for t = 0 */
-        const double mg = t > 0.5f ? y : -(double)y;
-        *g = y >= 0.f ? 1.f / (1.f + expf(-y)) - t : expf(y) / (1.f + expf(y)) - t;
-        return mg > 0 ? log1p(exp(-mg)) : -mg + log1p(exp(mg));
-    }
-    *g = y - t;
-    return 0.5 * (double)(y - t) * (y - t);
-}
-
 double wk_mlp_forward_backward(wk_mlp *m, const float *w, const float *emb, const float *lin,
                                const float *label, int n, int task, float *grad_w,
                                float *grad_emb, float *grad_lin, float *score)
@@ -316,7 +304,7 @@ double wk_mlp_forward_backward(wk_mlp *m, const float *w, const float *emb, cons
     for (int j = 0; j < n; j++) {
         if (score)
             score[j] = m->y[j];
-        loss += s_loss(task, m->y[j], label[j], &g[j]);
+        loss += wk_model_loss(task, m->y[j], label[j], &g[j]);
     }
 
     /* D = dL/dZ of the current layer; ping-pong through err[]. */

@@ -90,14 +90,7 @@ static double s_train_ext(const wk_model_ctx *ctx, int task, const wk_sparse_bat
     for (size_t j = 0; j < b->n; j++) {
         const float y = s_score(ctx, b, x, j, dim, rows), t = b->label[j];
         float g;
-        if (task == CM_TASK_BINARY) {
-            const float m = t > 0.5f ? y : -y;
-            loss += m > 0 ? log1p(exp(-(double)m)) : -(double)m + log1p(exp((double)m));
-            g = 1.f / (1.f + expf(-y)) - t;
-        } else {
-            loss += 0.5 * (double)(y - t) * (y - t);
-            g = y - t;
-        }
+        loss += wk_model_loss(task, y, t, &g);
         grads[(size_t)b->bias_row * dim] += g;
         for (uint64_t a = b->at[j]; a < b->at[j + 1]; a++) {
             const float *ra = rows + (size_t)b->idx[a] * dim;

@@ -1,5 +1,7 @@
+#include <math.h>
 #include <string.h>
 
+#include "common/features.h"
 #include "worker/models/model.h"
 
 static const wk_model_ops *const s_models[] = {&wk_model_mf, &wk_model_fm, &wk_model_ffm,
@@ -12,6 +14,18 @@ const wk_model_ops *wk_model_find(const char *name)
         if (strcmp(s_models[i]->name, name) == 0)
             return s_models[i];
     return NULL;
+}
+
+double wk_model_loss(int task, float y, float t, float *g)
+{
+    if (task == CM_TASK_BINARY) {
+        /* stable log(1 + e^-m) with margin m = y for t = 1, -y for t = 0 */
+        const double mg = t > 0.5f ? y : -(double)y;
+        *g = y >= 0.f ? 1.f / (1.f + expf(-y)) - t : expf(y) / (1.f + expf(y)) - t;
+        return mg > 0 ? log1p(exp(-mg)) : -mg + log1p(exp(mg));
+    }
+    *g = y - t;
+    return 0.5 * (double)(y - t) * (y - t);
 }
 
 void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out)

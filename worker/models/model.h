@@ -126,6 +126,12 @@ typedef struct wk_model_ops {
  * init and seed. */
 void wk_model_table_common(const cm_job *job, ps_table_params *out);
 
+/* The loss of raw output y for target t under task (cm_task): regression
+ * 1/2 (y - t)^2; binary (t in {0, 1}) log(1 + e^-y) for t = 1 and
+ * log(1 + e^y) for t = 0, computed without overflow. *g receives dL/dy
+ * (y - t, or sigmoid(y) - t). */
+double wk_model_loss(int task, float y, float t, float *g);
+
 /* Table t (0 user, 1 item) of a model with [bias, dim factors] rows, as
  * mf and implicit have: bias initialised to 0, factors from init_std, a
  * seed per table, and the common settings. */
