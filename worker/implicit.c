@@ -9,6 +9,7 @@
 #include "common/metrics.h"
 #include "common/msg.h"
 #include "common/sorted.h"
+#include "worker/models/model.h"
 #include "worker/worker.h"
 
 /* ---------------------------------------------------------------------
@@ -51,18 +52,9 @@ out:
  * Loss math
  * ------------------------------------------------------------------- */
 
-static inline float s_dot(const float *restrict a, const float *restrict b, int n)
-{
-    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-    for (int j = 0; j < n; j++)
-        s += a[j] * b[j];
-    return s;
-}
-
 float wk_implicit_score(const float *p, const float *q, int dim)
 {
-    return q[0] + s_dot(p + 1, q + 1, dim - 1);
+    return q[0] + wk_dot(p + 1, q + 1, dim - 1);
 }
 
 /* log(1 + e^z) without overflow */

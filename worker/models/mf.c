@@ -17,15 +17,6 @@
 
 enum { MF_USER = 0, MF_ITEM = 1 };
 
-static inline float s_dot(const float *restrict a, const float *restrict b, int n)
-{
-    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-    for (int j = 0; j < n; j++)
-        s += a[j] * b[j];
-    return s;
-}
-
 static double s_train(const wk_model_ctx *ctx, const wk_batch *b, int dim,
                       const float *const *rows, float *const *grads)
 {
@@ -36,7 +27,7 @@ static double s_train(const wk_model_ctx *ctx, const wk_batch *b, int dim,
         const float *q = rows[MF_ITEM] + (size_t)b->iidx[j] * dim;
         float *gp = grads[MF_USER] + (size_t)b->uidx[j] * dim;
         float *gq = grads[MF_ITEM] + (size_t)b->iidx[j] * dim;
-        float e = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1) - b->label[j];
+        float e = ctx->mean + p[0] + q[0] + wk_dot(p + 1, q + 1, dim - 1) - b->label[j];
         sq += (double)e * e;
         gp[0] += e + l2 * p[0];
         gq[0] += e + l2 * q[0];
@@ -54,7 +45,7 @@ static void s_predict(const wk_model_ctx *ctx, const wk_batch *b, int dim,
     for (size_t j = 0; j < b->n; j++) {
         const float *p = rows[MF_USER] + (size_t)b->uidx[j] * dim;
         const float *q = rows[MF_ITEM] + (size_t)b->iidx[j] * dim;
-        pred[j] = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1);
+        pred[j] = ctx->mean + p[0] + q[0] + wk_dot(p + 1, q + 1, dim - 1);
     }
 }
 
@@ -112,7 +103,7 @@ static double s_local_plain(const wk_model_ctx *ctx, const ps_optim *o, const wk
         }
         float *p = users.rows + (size_t)r[j].u * users.stride;
         float *q = items.rows + (size_t)r[j].i * items.stride;
-        float e = ctx->mean + p[0] + q[0] + s_dot(p + 1, q + 1, dim - 1) - r[j].r;
+        float e = ctx->mean + p[0] + q[0] + wk_dot(p + 1, q + 1, dim - 1) - r[j].r;
         gp[0] = e + l2 * p[0];
         gq[0] = e + l2 * q[0];
         for (int k = 1; k < dim; k++) {

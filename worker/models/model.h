@@ -126,6 +126,16 @@ typedef struct wk_model_ops {
  * init and seed. */
 void wk_model_table_common(const cm_job *job, ps_table_params *out);
 
+/* Dot product of a[0..n) and b[0..n) (vectorised). */
+static inline float wk_dot(const float *restrict a, const float *restrict b, int n)
+{
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int j = 0; j < n; j++)
+        s += a[j] * b[j];
+    return s;
+}
+
 /* The loss of raw output y for target t under task (cm_task): regression
  * 1/2 (y - t)^2; binary (t in {0, 1}) log(1 + e^-y) for t = 1 and
  * log(1 + e^y) for t = 0, computed without overflow. *g receives dL/dy
