@@ -110,13 +110,14 @@ Test(cluster_deep, ffm_frappe_beats_fm)
     const char *data = s_data("frappe FFM test");
     cm_job job = s_job("ffm");
     s_frappe_job(&job, data);
-    job.epochs = 10;
+    job.epochs = 5;
     sch_result res = s_run(&job);
-    cr_expect_eq(res.epochs, 10);
-    cr_log_info("frappe ffm, 10 epochs: AUC %.4f log loss %.4f", res.test_auc,
+    cr_expect_eq(res.epochs, 5);
+    cr_log_info("frappe ffm, 5 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
-    /* FM with its defaults: 0.953 / 0.230 after 20 epochs; ignoring the
-     * fields (an FM with this row size) stays near that log loss */
+    /* ffm after 5 epochs: about 0.957 / 0.204. FM at dim 32 after 5 epochs:
+     * 0.947 / 0.247, and 0.953 / 0.230 after 20; ignoring the fields (an FM
+     * with this row size) stays near that log loss */
     cr_expect_geq(res.test_auc, 0.955, "frappe ffm AUC %.4f", res.test_auc);
     cr_expect(res.test_logloss > 0 && res.test_logloss < 0.222, "log loss %.4f",
               res.test_logloss);
