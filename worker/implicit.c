@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/features.h"
 #include "common/hash.h"
 #include "common/metrics.h"
 #include "common/msg.h"
@@ -57,26 +58,14 @@ float wk_implicit_score(const float *p, const float *q, int dim)
     return q[0] + wk_dot(p + 1, q + 1, dim - 1);
 }
 
-/* log(1 + e^z) without overflow */
-static double s_softplus(double z)
-{
-    return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
-}
-
-static double s_sigmoid(double z)
-{
-    if (z >= 0)
-        return 1.0 / (1.0 + exp(-z));
-    double e = exp(z);
-    return e / (1.0 + e);
-}
-
 double wk_bpr_grad(const float *p, const float *qi, const float *qj, int dim, float l2,
                    float *gp, float *gi, float *gj)
 {
-    double x = (double)wk_implicit_score(p, qi, dim) - wk_implicit_score(p, qj, dim);
-    /* d/dx of -log sigmoid(x) is -sigmoid(-x) */
-    const float g = (float)-s_sigmoid(-x);
+    /* -log sigmoid(x) is the binary loss of margin x with target 1; its
+     * derivative sigmoid(x) - 1 = -sigmoid(-x) */
+    const float x = wk_implicit_score(p, qi, dim) - wk_implicit_score(p, qj, dim);
+    float g;
+    const double loss = wk_model_loss(CM_TASK_BINARY, x, 1.f, &g);
     gi[0] += g + l2 * qi[0];
     gj[0] += -g + l2 * qj[0];
     for (int k = 1; k < dim; k++) {
@@ -84,20 +73,20 @@ double wk_bpr_grad(const float *p, const float *qi, const float *qj, int dim, fl
         gi[k] += g * p[k] + l2 * qi[k];
         gj[k] += -g * p[k] + l2 * qj[k];
     }
-    return s_softplus(-x);
+    return loss;
 }
 
 double wk_logistic_grad(const float *p, const float *q, int dim, float y, float l2,
                         float *gp, float *gq)
 {
-    double s = wk_implicit_score(p, q, dim);
-    const float g = (float)(s_sigmoid(s) - y);
+    float g;
+    const double loss = wk_model_loss(CM_TASK_BINARY, wk_implicit_score(p, q, dim), y, &g);
     gq[0] += g + l2 * q[0];
     for (int k = 1; k < dim; k++) {
         gp[k] += g * q[k] + l2 * p[k];
         gq[k] += g * p[k] + l2 * q[k];
     }
-    return s_softplus(s) - y * s;
+    return loss;
 }
 
 /* ---------------------------------------------------------------------
