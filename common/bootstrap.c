@@ -48,6 +48,8 @@ struct cm_boot {
     cm_van *van;                /* MPI: owned; local: the group's */
     cm_boot_group *group;       /* local: the group this rank belongs to */
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
+    int *host_of;               /* MPI: per rank, the lowest rank on its host; NULL locally
+                                 * (one host) */
     MPI_Comm sub;               /* MPI: ranks sub_first.. of the last exchange */
     int sub_first, sub_count;
 };
@@ -151,10 +153,23 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
         return s_mpi_error(err, rc, "bootstrap: MPI_Allgather of hostnames");
     }
     int same = 1;
+    b->host_of = malloc((size_t)b->size * sizeof *b->host_of);
+    if (!b->host_of) {
+        free(all);
+        return cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %d hostnames",
+                            b->size);
+    }
     for (int r = 0; r < b->size; r++) {
+        const char *name = all + (size_t)r * CM_ENDPOINT_MAX;
         all[(size_t)r * CM_ENDPOINT_MAX + CM_ENDPOINT_MAX - 1] = '\0';
-        if (strcmp(all + (size_t)r * CM_ENDPOINT_MAX, mine) != 0)
+        if (strcmp(name, mine) != 0)
             same = 0;
+        b->host_of[r] = r;
+        for (int q = 0; q < r; q++)
+            if (strcmp(all + (size_t)q * CM_ENDPOINT_MAX, name) == 0) {
+                b->host_of[r] = q;
+                break;
+            }
     }
     free(all);
 
@@ -430,6 +445,7 @@ fail_counted:
     s_mpi_boots--;
     pthread_mutex_unlock(&s_mpi_lock);
 fail:
+    free(b->host_of);
     free(b);
     return NULL;
 }
@@ -626,8 +642,22 @@ void cm_boot_destroy(cm_boot **pb)
         return;
     cm_boot *b = *pb;
     b->ops->destroy(b);
+    free(b->host_of);
     free(b);
     *pb = NULL;
+}
+
+void cm_boot_host_place(const cm_boot *b, int first, int count, int *index, int *peers)
+{
+    *index = -1;
+    *peers = 0;
+    for (int r = first; r < first + count && r < b->size; r++) {
+        if (b->host_of && b->host_of[r] != b->host_of[b->rank])
+            continue;
+        if (r == b->rank)
+            *index = *peers;
+        (*peers)++;
+    }
 }
 
 int cm_boot_rank(const cm_boot *b) { return b->rank; }

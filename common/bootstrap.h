@@ -55,6 +55,12 @@ int cm_boot_advertise(const cm_boot *b, const char *bound, char *out, cm_error *
  * bytes. Collective: every rank must call it. */
 int cm_boot_allgather(cm_boot *b, const char *mine, char *all, cm_error *err);
 
+/* This rank's place among the ranks first .. first+count-1 that run on
+ * its host: *index, its position among them in rank order (-1 when it is
+ * not one of them), and *peers, how many there are. Under MPI hosts are
+ * told apart by hostname; a local group is one host. Not collective. */
+void cm_boot_host_place(const cm_boot *b, int first, int count, int *index, int *peers);
+
 /* Collective barrier. */
 int cm_boot_barrier(cm_boot *b, cm_error *err);
 

@@ -53,6 +53,7 @@ static const char *const s_losses[] = {"bpr", "logistic", NULL};
 static const char *const s_samplers[] = {"uniform", "popularity", NULL};
 static const char *const s_wire_dtypes[] = {"f32", "f16", NULL};
 static const char *const s_ingest[] = {"auto", "scan", NULL};
+static const char *const s_affinity[] = {"auto", "off", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
@@ -173,6 +174,11 @@ static const s_key s_keys[] = {
      .help = "how workers load ratings: auto (under mpirun with a .psrd file each worker "
              "reads 1/W of it and an MPI all-to-all routes rows to their owners; otherwise "
              "scan) or scan (every worker reads the whole file)"},
+    {.name = "worker_affinity", .type = S_ENUM, S_AT(worker_affinity), .names = s_affinity,
+     .def = "auto",
+     .help = "auto: each worker pins its training thread to a CPU of its own when its host "
+             "allows at least as many CPUs as it runs workers (a launcher's binding to fewer "
+             "is kept); off: the system places threads"},
     {.name = "wire_dtype", .type = S_ENUM, S_AT(wire_dtype), .names = s_wire_dtypes,
      .def = "f32",
      .help = "values on the wire between workers and servers: f32, or f16 (half the bytes "

@@ -59,6 +59,12 @@ typedef enum {
     CM_INGEST_SCAN = 1   /* every worker reads the whole file */
 } cm_ingest;
 
+/* Whether workers pin their training thread to a CPU (common/affinity.h). */
+typedef enum {
+    CM_AFFINITY_AUTO = 0, /* one CPU each when the host has enough for its workers */
+    CM_AFFINITY_OFF = 1   /* leave placement to the system */
+} cm_affinity;
+
 /* How input files are read. */
 typedef enum {
     CM_FMT_AUTO = 0,    /* by model and extension */
@@ -110,6 +116,7 @@ typedef struct {
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
     int wire_dtype;            /* 0: f32, 1: f16 values on the wire */
     int ingest;                /* cm_ingest */
+    int worker_affinity;       /* cm_affinity */
     uint64_t seed;
     long max_bad_lines;        /* stop loading after more bad lines */
     int slots;                 /* virtual slots per table */

@@ -65,3 +65,10 @@ void cm_log_write(int level, const char *fmt, ...)
     /* one write per line so threads and ranks do not interleave mid-line */
     fprintf(stderr, "%s\n", line);
 }
+
+double cm_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}

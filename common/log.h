@@ -25,6 +25,9 @@ int cm_log_level_parse(const char *name);
  * rank (-1 for none). Host is taken from gethostname() once. */
 void cm_log_set_identity(const char *role, int rank);
 
+/* Seconds on the monotonic clock: for timing phases (not wall time). */
+double cm_now(void);
+
 void cm_log_write(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -7,19 +7,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/log.h"
+
 struct sch_progress {
     int on;              /* draw at all */
     char label[16];      /* name of the running figure */
     double last_draw;    /* monotonic seconds of the last redraw */
     int drawn;           /* a bar is on screen */
 };
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 sch_progress *sch_progress_new(int enabled)
 {
@@ -57,7 +52,7 @@ void sch_progress_update(sch_progress *p, int epoch, int epochs, uint64_t done, 
 {
     if (!p || !p->on)
         return;
-    double now = s_now();
+    double now = cm_now();
     if (now - p->last_draw < 0.1)
         return;
     p->last_draw = now;

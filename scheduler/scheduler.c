@@ -60,13 +60,6 @@ typedef struct {
     int warned_cold;      /* the cold test users/items warning was given */
 } s_sched;
 
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int s_send(s_sched *s, uint32_t w, cm_hdr *h, cm_error *err)
 {
     int rc = cm_msg_send(s->p->ctl, s->wk[w].route, s->wk[w].route_size, h, NULL, 0, NULL, 0);
@@ -199,7 +192,7 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
             }
             double shown = done ? (s->implicit ? sq / (double)done : sqrt(sq / (double)done)) : 0;
             sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train, shown,
-                                s_now() - t0);
+                                cm_now() - t0);
         } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished) {
             size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
             memset(k->stats, 0, sizeof k->stats);
@@ -486,7 +479,7 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
     const sch_params *p = s->p;
     const cm_job *job = p->job;
     const uint32_t n_srv = p->n_servers, n_tab = (uint32_t)p->n_tables;
-    double t0 = s_now();
+    double t0 = cm_now();
     char name[64], dir[CM_HDR_PATH_MAX];
     cm_ckpt_dirname((uint32_t)epoch, name, sizeof name);
     int rc = cm_ckpt_mkdir(job->checkpoint_dir, name, dir, sizeof dir, err);
@@ -562,7 +555,7 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
         goto out;
     if ((rc = cm_ckpt_publish(job->checkpoint_dir, name, job->checkpoint_keep, err)) != 0)
         goto out;
-    s->last_ckpt = s_now();
+    s->last_ckpt = cm_now();
     cm_log(CM_LOG_INFO, "checkpoint %s: %llu rows, %.1f MiB in %.2f s", dir,
            (unsigned long long)rows, bytes / 1048576.0, s->last_ckpt - t0);
 out:
@@ -722,7 +715,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             if (rc != 0)
                 return rc;
         }
-        double t0 = s_now();
+        double t0 = cm_now();
         /* minibatch: one round; blocks: one round per block, each a barrier */
         const uint32_t rounds = cm_job_uses_blocks(job) ? s->p->n_workers : 1;
         double sq = 0, n = 0, max_lead = -1; /* -1: not tracked (asp, blocks) */
@@ -740,7 +733,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         }
         if (rc != 0)
             return rc;
-        double secs = s_now() - t0;
+        double secs = cm_now() - t0;
         sch_progress_clear(s->progress);
         train_secs += secs;
         examples += (uint64_t)n;
@@ -812,7 +805,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 {"test_mae", mae, 1},
                 {"examples_per_s", rate, 0},
                 {"seconds", secs, 0},
-                {"elapsed", s_now() - s->t_start, 0},
+                {"elapsed", cm_now() - s->t_start, 0},
                 {"noise_floor", res->noise_floor, 1},
                 {"test_auc", auc, 1},
                 {"test_logloss", logloss, 1},
@@ -876,7 +869,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         if (job->checkpoint_dir[0] &&
             ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
              e == job->epochs ||
-             (job->checkpoint_secs > 0 && s_now() - s->last_ckpt >= job->checkpoint_secs))) {
+             (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs))) {
             if ((rc = s_checkpoint(s, e, res, err)) != 0)
                 return rc;
         }
@@ -922,7 +915,7 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
 
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
-    s_sched s = {.p = p, .t_start = s_now(), .first_epoch = 1, .load_ok = 1,
+    s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
                  .implicit = strcmp(p->job->model, "implicit") == 0};
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);

@@ -121,6 +121,26 @@ Test(bootstrap, local_group_of_four)
     cm_boot_group_destroy(&g); /* no-op on NULL */
 }
 
+Test(bootstrap, local_host_place)
+{
+    cm_error err = {0};
+    cm_boot_group *g = cm_boot_group_new(4, &err);
+    cr_assert_not_null(g, "%s", err.msg);
+    for (int r = 0; r < 4; r++) {
+        cm_boot *b = cm_boot_local_new(g, r, &err);
+        cr_assert_not_null(b, "%s", err.msg);
+        int index, peers;
+        cm_boot_host_place(b, 1, 3, &index, &peers); /* ranks 1..3: one host */
+        cr_expect_eq(peers, 3, "rank %d", r);
+        cr_expect_eq(index, r - 1, "rank %d", r);
+        cm_boot_host_place(b, 2, 10, &index, &peers); /* clipped to the group */
+        cr_expect_eq(peers, 2, "rank %d", r);
+        cr_expect_eq(index, r >= 2 ? r - 2 : -1, "rank %d", r);
+        cm_boot_destroy(&b);
+    }
+    cm_boot_group_destroy(&g);
+}
+
 Test(bootstrap, local_errors)
 {
     cm_error err = {0};
@@ -338,6 +358,12 @@ static void s_mpi_helper(const char *mode)
 
     if (cm_boot_allgather(b, adv, all, &err) != 0)
         printf("FAIL rank %d allgather 1: %s\n", rank, err.msg), bad = 1;
+    {
+        /* every rank on this host: ranks 1 and 2 are places 0 and 1 of 2 */
+        int index, peers;
+        cm_boot_host_place(b, 1, 2, &index, &peers);
+        printf("place[%d]=%d/%d\n", rank, index, peers);
+    }
     if (rank == 0) {
         printf("size=%d\n", size);
         for (int r = 0; r < size; r++)
@@ -464,6 +490,9 @@ Test(bootstrap, mpi_three_ranks)
     cr_assert(strstr(out, "ep[1]=tcp://127.0.0.1:7001\n") != NULL, "%s", out);
     cr_assert(strstr(out, "ep[2]=tcp://127.0.0.1:7002\n") != NULL, "%s", out);
     cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "place[0]=-1/2\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "place[1]=0/2\n") != NULL, "%s", out);
+    cr_assert(strstr(out, "place[2]=1/2\n") != NULL, "%s", out);
     for (int r = 0; r < 3; r++) {
         char want[64];
         snprintf(want, sizeof want, "rank %d of 3 done\n", r);

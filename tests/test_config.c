@@ -24,7 +24,7 @@ static const char *const s_all_keys[] = {
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
-    "fm_term", "fields", "wire_dtype", "ingest",
+    "fm_term", "fields", "wire_dtype", "ingest", "worker_affinity",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
@@ -244,6 +244,9 @@ Test(config, enums)
     }
     s_set_ok(&j, "model", "MF");
     cr_assert_str_eq(j.model, "mf");
+    cr_assert_eq(j.worker_affinity, CM_AFFINITY_AUTO);
+    s_set_ok(&j, "worker_affinity", "off");
+    cr_assert_eq(j.worker_affinity, CM_AFFINITY_OFF);
 
     s_set_fails("optimizer", "adamw",
                 "job.ini:3: optimizer: expected one of "
@@ -254,6 +257,8 @@ Test(config, enums)
                 "'verbose'");
     s_set_fails("model", "gbdt",
                 "job.ini:3: model: expected one of mf|fm|ffm|deep|implicit, got 'gbdt'");
+    s_set_fails("worker_affinity", "on",
+                "job.ini:3: worker_affinity: expected one of auto|off, got 'on'");
 }
 
 Test(config, bools)

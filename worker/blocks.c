@@ -6,6 +6,7 @@
 
 #include "common/hash.h"
 #include "common/hashmap.h"
+#include "common/log.h"
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/sorted.h"
@@ -428,11 +429,13 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
         b->have_users = 1;
     }
     s_block *bl = &b->blocks[block];
+    const double t0 = cm_now();
     rc = s_pull_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
                      b->delta, err);
     if (rc != 0)
         goto out;
 
+    const double t1 = cm_now();
     cm_rng rng;
     cm_rng_seed(&rng, seed);
     uint32_t *order = malloc((b->n_groups + 1) * sizeof *order);
@@ -462,8 +465,12 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     }
     *n += done;
     free(order);
+    const double t2 = cm_now();
     rc = s_push_changes(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
                         b->delta, changed, err);
+    cm_log(CM_LOG_DEBUG, "block %u: pulled %zu rows in %.3f s, %zu ratings in %.3f s, pushed "
+                         "in %.3f s", block, bl->n_items, t1 - t0, done, t2 - t1,
+           cm_now() - t2);
 out:
     free(changed);
     return rc;

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/affinity.h"
 #include "common/dataset.h"
 #include "common/features.h"
 #include "common/hash.h"
@@ -14,6 +15,7 @@
 #include "common/rng.h"
 #include "common/slots.h"
 #include "worker/blocks.h"
+#include "worker/evalset.h"
 #include "worker/ingest.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
@@ -66,14 +68,14 @@ typedef struct {
     s_tkeys tk_alt[2];
     float *label_alt;
     wk_pull reqs[2];      /* the pull in flight */
+    /* evaluation of rating models: the test shard's chunks (built at the
+     * first evaluation) and two sets of rows, so that the pull of chunk
+     * c + 1 is in flight while chunk c is scored */
+    wk_evalset *evalset;
+    float *erows[2][2];   /* [set][table] */
+    float *epred;
+    unsigned char *eknown[2]; /* per distinct key of a chunk: a row the servers know */
 } s_worker;
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---------------------------------------------------------------------
  * Deduplication
@@ -166,6 +168,12 @@ static void s_free(s_worker *w)
         free(k->rows);
         free(k->grads);
     }
+    wk_evalset_destroy(&w->evalset);
+    for (int t = 0; t < 4; t++)
+        free(w->erows[t / 2][t % 2]);
+    free(w->epred);
+    free(w->eknown[0]);
+    free(w->eknown[1]);
     cm_ratings_free(&w->train);
     cm_ratings_free(&w->test);
     wk_blocks_destroy(&w->blocks);
@@ -293,7 +301,7 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
 {
     const cm_job *job = w->p->job;
     const size_t n = w->train.n;
-    double t0 = s_now(), last_report = t0;
+    double t0 = cm_now(), last_report = t0;
     cm_rng rng;
     cm_rng_seed(&rng, cm_mix64(job->seed ^ cm_mix64(((uint64_t)w->p->index << 32) | epoch)));
     for (size_t j = 0; j < n; j++)
@@ -365,7 +373,7 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
                 return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
                                     cm_sock_errmsg(w->ctl));
         }
-        double now = s_now();
+        double now = cm_now();
         if (now - last_report > 0.25) {
             double st[2] = {(double)(first + m), sq};
             if ((rc = s_tell(w, CM_OP_PROGRESS, epoch, st, 2, err)) != 0)
@@ -377,14 +385,14 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
     if (rc != 0)
         return rc;
     /* the fourth number: the most minibatches this worker led the slowest by */
-    double st[4] = {sq, (double)n, s_now() - t0, synced ? (double)max_lead : -1};
+    double st[4] = {sq, (double)n, cm_now() - t0, synced ? (double)max_lead : -1};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
 }
 
 static int s_block_progress(void *arg, size_t done)
 {
     s_worker *w = arg;
-    double now = s_now();
+    double now = cm_now();
     if (now - w->last_report < 0.25)
         return 0;
     w->last_report = now;
@@ -398,7 +406,7 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
 {
     const uint32_t nb = w->p->n_workers;
     const uint32_t block = (w->p->index + round) % nb;
-    double t0 = s_now();
+    double t0 = cm_now();
     if (round == 0) {
         w->epoch_done = 0;
         w->epoch_sq = 0;
@@ -416,7 +424,7 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
         return rc;
     w->epoch_done += n;
     w->epoch_sq += sq;
-    double st[3] = {sq, (double)n, s_now() - t0};
+    double st[3] = {sq, (double)n, cm_now() - t0};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
 
@@ -436,7 +444,7 @@ static int s_before_checkpoint(s_worker *w, uint32_t epoch, cm_error *err)
 static int s_sparse_progress(void *arg, size_t done, double loss)
 {
     s_worker *w = arg;
-    double now = s_now();
+    double now = cm_now();
     if (now - w->last_report < 0.25)
         return 0;
     w->last_report = now;
@@ -448,7 +456,7 @@ static int s_sparse_progress(void *arg, size_t done, double loss)
  * the squared error (regression) or the log loss (binary) summed. */
 static int s_train_sparse(s_worker *w, uint32_t epoch, cm_error *err)
 {
-    double t0 = s_now(), loss = 0;
+    double t0 = cm_now(), loss = 0;
     size_t n = 0;
     w->progress_epoch = epoch;
     w->last_report = t0;
@@ -459,7 +467,7 @@ static int s_train_sparse(s_worker *w, uint32_t epoch, cm_error *err)
         return rc;
     if (wk_sparse_task(w->sparse) != CM_TASK_BINARY)
         loss *= 2; /* the model sums (y - t)^2 / 2 */
-    double st[3] = {loss, (double)n, s_now() - t0};
+    double st[3] = {loss, (double)n, cm_now() - t0};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
 
@@ -499,20 +507,53 @@ static int s_row_known(const float *row, int dim)
     return 0;
 }
 
-/* Blocks schedule: the user rows of the batch in w->tk[0] from the rows
- * this worker holds (users it does not hold read as zeros, as a pull
- * without creating would give), so evaluation needs no write-back. */
-static void s_local_user_rows(s_worker *w)
+/* Blocks schedule: the rows of users[0..n) from the rows this worker
+ * holds (users it does not hold read as zeros, as a pull without creating
+ * would give), so evaluation needs no write-back. */
+static void s_local_user_rows(s_worker *w, const uint64_t *users, size_t n, float *out)
 {
     const size_t dim = (size_t)w->dims[0];
-    for (size_t k = 0; k < w->tk[0].n_uniq; k++) {
-        const float *row = wk_blocks_user_row(w->blocks, w->tk[0].uniq[k]);
-        float *out = w->tk[0].rows + k * dim;
+    for (size_t k = 0; k < n; k++) {
+        const float *row = wk_blocks_user_row(w->blocks, users[k]);
         if (row)
-            memcpy(out, row, dim * sizeof *out);
+            memcpy(out + k * dim, row, dim * sizeof *out);
         else
-            memset(out, 0, dim * sizeof *out);
+            memset(out + k * dim, 0, dim * sizeof *out);
     }
+}
+
+/* Test ratings per evaluation chunk: one pull of at most this many rows
+ * per table. */
+#define S_EVAL_CHUNK 131072
+
+static int s_eval_setup(s_worker *w, cm_error *err)
+{
+    w->evalset = wk_evalset_new(&w->test, S_EVAL_CHUNK, err);
+    if (!w->evalset)
+        return err ? err->code : CM_ENOMEM;
+    size_t most = w->test.n < S_EVAL_CHUNK ? w->test.n : S_EVAL_CHUNK;
+    w->epred = malloc((most + 1) * sizeof *w->epred);
+    int ok = w->epred != NULL;
+    for (int t = 0; t < 4; t++) {
+        size_t rows = wk_evalset_max_uniq(w->evalset, t % 2) + 1;
+        w->erows[t / 2][t % 2] = malloc(rows * (size_t)w->dims[t % 2] * sizeof(float));
+        ok = ok && w->erows[t / 2][t % 2];
+        if (t < 2)
+            ok = ok && (w->eknown[t] = malloc(rows));
+    }
+    return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
+}
+
+/* Starts the pull of chunk c's rows into set c % 2 (items only when the
+ * users are held here). */
+static int s_eval_pull_start(s_worker *w, size_t c, int local, cm_error *err)
+{
+    const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
+    size_t n = 0;
+    for (int t = local ? 1 : 0; t < 2; t++)
+        w->reqs[n++] = (wk_pull){(uint32_t)t, ch->uniq[t], ch->n_uniq[t], w->erows[c % 2][t],
+                                 CM_PULL_NO_CREATE};
+    return wk_kv_pull_start(w->kv, w->reqs, n, err);
 }
 
 static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
@@ -520,37 +561,40 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     const cm_ratings *d = &w->test;
     double sq = 0, ab = 0;
     size_t unseen = 0;
+    int rc;
+    if (!w->evalset && (rc = s_eval_setup(w, err)) != 0)
+        return rc;
     /* blocks: the users' rows are here and may be newer than the servers' */
     const int local = w->blocks && wk_blocks_holds_users(w->blocks);
-    for (size_t first = 0; first < d->n; first += w->cap) {
-        size_t m = d->n - first < w->cap ? d->n - first : w->cap;
-        wk_batch b;
-        s_make_batch(w, d, NULL, first, m, &b);
-        int rc;
-        if (local) {
-            s_local_user_rows(w);
-            w->reqs[0] = (wk_pull){1, w->tk[1].uniq, w->tk[1].n_uniq, w->tk[1].rows,
-                                   CM_PULL_NO_CREATE};
-            rc = wk_kv_pull(w->kv, w->reqs, 1, err);
-        } else {
-            rc = s_pull_batch(w, CM_PULL_NO_CREATE, err);
-        }
-        if (rc != 0)
+    const size_t n_chunks = wk_evalset_count(w->evalset);
+    if (n_chunks > 0 && (rc = s_eval_pull_start(w, 0, local, err)) != 0)
+        return rc;
+    for (size_t c = 0; c < n_chunks; c++) {
+        if ((rc = wk_kv_pull_wait(w->kv, err)) != 0)
             return rc;
-        const float *rows[2] = {w->tk[0].rows, w->tk[1].rows};
-        w->model->predict(&w->ctx, &b, w->dims[0], rows, w->pred);
-        for (size_t j = 0; j < m; j++) {
-            float pr = w->pred[j];
+        const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
+        const float *rows[2] = {w->erows[c % 2][0], w->erows[c % 2][1]};
+        if (local)
+            s_local_user_rows(w, ch->uniq[0], ch->n_uniq[0], w->erows[c % 2][0]);
+        if (c + 1 < n_chunks && (rc = s_eval_pull_start(w, c + 1, local, err)) != 0)
+            return rc;
+        for (int t = 0; t < 2; t++)
+            for (size_t k = 0; k < ch->n_uniq[t]; k++)
+                w->eknown[t][k] =
+                    (unsigned char)s_row_known(rows[t] + k * w->dims[t], w->dims[t]);
+        const float *label = d->rating + ch->first;
+        wk_batch b = {ch->n, ch->idx[0], ch->idx[1], label};
+        w->model->predict(&w->ctx, &b, w->dims[0], rows, w->epred);
+        for (size_t j = 0; j < ch->n; j++) {
+            float pr = w->epred[j];
             if (pr < w->ctx.clip_lo)
                 pr = w->ctx.clip_lo;
             if (pr > w->ctx.clip_hi)
                 pr = w->ctx.clip_hi;
-            double e = (double)pr - b.label[j];
+            double e = (double)pr - label[j];
             sq += e * e;
             ab += fabs(e);
-            if (!s_row_known(rows[0] + (size_t)b.uidx[j] * w->dims[0], w->dims[0]) ||
-                !s_row_known(rows[1] + (size_t)b.iidx[j] * w->dims[1], w->dims[1]))
-                unseen++;
+            unseen += !(w->eknown[0][b.uidx[j]] & w->eknown[1][b.iidx[j]]);
         }
     }
     double st[4] = {sq, ab, (double)d->n, (double)unseen};
@@ -665,7 +709,7 @@ static int s_ihook_after(void *arg, uint64_t clock, size_t done, double loss, cm
             return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
                                 cm_sock_errmsg(w->ctl));
     }
-    double now = s_now();
+    double now = cm_now();
     if (now - h->last_report > 0.25) {
         double st[2] = {(double)done, loss};
         if ((rc = s_tell(w, CM_OP_PROGRESS, h->epoch, st, 2, err)) != 0)
@@ -677,7 +721,7 @@ static int s_ihook_after(void *arg, uint64_t clock, size_t done, double loss, cm
 
 static int s_train_implicit(s_worker *w, uint32_t epoch, cm_error *err)
 {
-    double t0 = s_now(), loss = 0;
+    double t0 = cm_now(), loss = 0;
     size_t n = 0;
     s_ihook h = {.w = w, .epoch = epoch, .synced = w->p->job->consistency != CM_CONS_ASP,
                  .last_report = t0};
@@ -686,7 +730,7 @@ static int s_train_implicit(s_worker *w, uint32_t epoch, cm_error *err)
     int rc = wk_implicit_train(w->implicit, w->kv, epoch, w->p->index, &hooks, &loss, &n, err);
     if (rc != 0)
         return rc;
-    double st[4] = {loss, (double)n, s_now() - t0, h.synced ? (double)h.max_lead : -1};
+    double st[4] = {loss, (double)n, cm_now() - t0, h.synced ? (double)h.max_lead : -1};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
 }
 
@@ -860,6 +904,14 @@ int wk_run(const wk_params *p, cm_error *err)
         w.optim = tp.optim;
         if (t == 0)
             w.user_table = tp;
+    }
+    if (p->job->worker_affinity == CM_AFFINITY_AUTO && p->boot) {
+        int index, peers;
+        cm_boot_host_place(p->boot, 1 + (int)p->n_servers, (int)p->n_workers, &index, &peers);
+        int cpu = cm_pin_thread(index, peers);
+        if (cpu >= 0)
+            cm_log(CM_LOG_DEBUG, "worker %u: pinned to CPU %d (%d of %d workers on this host)",
+                   p->index, cpu, index + 1, peers);
     }
     w.ctl = cm_sock_new(p->van, CM_SOCK_DEALER, err);
     if (!w.ctl)
