@@ -171,16 +171,39 @@ typedef struct {
     void *heap;       /* the file read into memory when it could not be mapped */
 } s_shard_owner;
 
-int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
-                   const uint64_t *keys, const float *rows, size_t n, uint64_t *size,
-                   uint64_t *checksum, cm_error *err)
+/* Writes rows [0, n) of row_floats floats, row i at rowp[i], through a
+ * small buffer. */
+static int s_write_gathered(int fd, const float *const *rowp, size_t n, int row_floats,
+                            XXH64_state_t *xs)
+{
+    enum { S_GATHER = 1 << 20 }; /* floats per write */
+    const size_t rf = (size_t)row_floats, per = S_GATHER / rf ? S_GATHER / rf : 1;
+    float *buf = malloc(per * rf * sizeof *buf);
+    if (!buf) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int rc = 0;
+    for (size_t first = 0; first < n && rc == 0; first += per) {
+        size_t m = n - first < per ? n - first : per;
+        for (size_t i = 0; i < m; i++)
+            memcpy(buf + i * rf, rowp[first + i], rf * sizeof *buf);
+        rc = s_write_all(fd, buf, m * rf * sizeof *buf, xs);
+    }
+    free(buf);
+    return rc;
+}
+
+static int s_shard_write(const char *path, uint32_t table, int dim, int row_floats,
+                         const uint64_t *keys, const float *rows, const float *const *rowp,
+                         size_t n, uint64_t *size, uint64_t *checksum, cm_error *err)
 {
     if (!path)
         return cm_error_set(err, CM_EINVAL, "shard_write: NULL path");
     if (dim <= 0 || row_floats < dim)
         return cm_error_set(err, CM_EINVAL, "%s: rows of %d floats with dim %d", path,
                             row_floats, dim);
-    if (n > 0 && (!keys || !rows))
+    if (n > 0 && (!keys || (!rows && !rowp)))
         return cm_error_set(err, CM_EINVAL, "%s: NULL keys or rows with %zu rows", path, n);
     if (n > (UINT64_MAX / 8 - 2 * S_ALIGN) / ((uint64_t)row_floats + 2) || n > SIZE_MAX / 8 ||
         n > SIZE_MAX / sizeof(float) / (size_t)row_floats)
@@ -234,7 +257,8 @@ int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
         s_write_all(t.fd, zeros, (size_t)key_pad, xs) != 0 ||
         s_write_all(t.fd, keys, n * 8, xs) != 0 ||
         s_write_all(t.fd, zeros, (size_t)row_pad, xs) != 0 ||
-        s_write_all(t.fd, rows, n * (size_t)row_floats * sizeof(float), xs) != 0) {
+        (rowp ? s_write_gathered(t.fd, rowp, n, row_floats, xs)
+              : s_write_all(t.fd, rows, n * (size_t)row_floats * sizeof(float), xs)) != 0) {
         rc = cm_error_set(err, CM_EIO, "%s: write failed: %s", t.tmp, strerror(errno));
         cm_atomic_abort(&t);
         goto out;
@@ -250,6 +274,22 @@ out:
         XXH64_freeState(xs);
     free(pb);
     return rc;
+}
+
+int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
+                   const uint64_t *keys, const float *rows, size_t n, uint64_t *size,
+                   uint64_t *checksum, cm_error *err)
+{
+    return s_shard_write(path, table, dim, row_floats, keys, rows, NULL, n, size, checksum,
+                         err);
+}
+
+int cm_shard_write_rows(const char *path, uint32_t table, int dim, int row_floats,
+                        const uint64_t *keys, const float *const *rows, size_t n,
+                        uint64_t *size, uint64_t *checksum, cm_error *err)
+{
+    return s_shard_write(path, table, dim, row_floats, keys, NULL, rows, n, size, checksum,
+                         err);
 }
 
 void cm_shard_free(cm_shard *s)

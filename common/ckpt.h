@@ -39,6 +39,12 @@ int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
                    const uint64_t *keys, const float *rows, size_t n, uint64_t *size,
                    uint64_t *checksum, cm_error *err);
 
+/* The same with row i at rows[i] (rows where they live, say in a table's
+ * slab: no copy of the whole shard is made). */
+int cm_shard_write_rows(const char *path, uint32_t table, int dim, int row_floats,
+                        const uint64_t *keys, const float *const *rows, size_t n,
+                        uint64_t *size, uint64_t *checksum, cm_error *err);
+
 /* Reads and validates a shard. want_size/want_checksum: 0 skips that
  * check. Truncation, bad magic, bad header, keys out of order and checksum
  * mismatch are CM_ECHECKSUM/CM_EPARSE errors naming the file. */

@@ -127,6 +127,27 @@ int cm_ratings_from_arrays(const uint64_t *user, const uint64_t *item,
     return 0;
 }
 
+int cm_ratings_adopt(uint64_t *user, uint64_t *item, float *rating, size_t n,
+                     cm_ratings *out, cm_error *err)
+{
+    memset(out, 0, sizeof *out);
+    s_owner *o = calloc(1, sizeof *o);
+    if (!o || !user || !item || !rating) {
+        free(o);
+        free(user);
+        free(item);
+        free(rating);
+        return cm_error_set(err, o ? CM_EINVAL : CM_ENOMEM,
+                            "ratings_adopt: %s for %zu rows",
+                            o ? "NULL column" : "out of memory", n);
+    }
+    o->user = user;
+    o->item = item;
+    o->rating = rating;
+    s_attach(out, o, n);
+    return 0;
+}
+
 /* ------------------------------------------------------------------------
  * Sniffing
  * ------------------------------------------------------------------------ */

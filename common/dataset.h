@@ -47,6 +47,12 @@ cm_load_opts cm_load_opts_default(void);
 int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
                     cm_error *err);
 
+/* Takes the given heap columns (freed with free(); each with room for at
+ * least one row even when n is 0) as the rows of *out, without a copy.
+ * On failure they are freed. */
+int cm_ratings_adopt(uint64_t *user, uint64_t *item, float *rating, size_t n,
+                     cm_ratings *out, cm_error *err);
+
 /* Makes an owned, heap copy of the given rows (arrays are copied). */
 int cm_ratings_from_arrays(const uint64_t *user, const uint64_t *item,
                            const float *rating, size_t n, cm_ratings *out,

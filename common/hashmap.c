@@ -16,6 +16,7 @@
 
 #include "common/err.h"
 #include "common/hash.h"
+#include "common/mem.h"
 
 #define S_MIN_CAP 16
 
@@ -58,7 +59,7 @@ static size_t s_cap_for(size_t n)
 
 static int s_alloc(cm_hashmap *m, size_t cap)
 {
-    s_slot *slots = calloc(cap, sizeof *slots);
+    s_slot *slots = cm_calloc_big(cap, sizeof *slots);
     if (!slots)
         return CM_ENOMEM;
     m->slots = slots;

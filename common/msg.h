@@ -56,6 +56,9 @@ typedef enum {
 #define CM_PULL_FULL 2u        /* whole rows: weights then optimizer state */
 /* Flags on a PUSH. */
 #define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
+#define CM_PUSH_SET 16u        /* values are whole rows that replace the servers'
+                                  rows (made if missing): rows only the sender
+                                  trains */
 
 /* Flag on a HELLO. */
 #define CM_HELLO_ITEMS 8u      /* implicit: a worker's second HELLO, its training

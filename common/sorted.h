@@ -1,4 +1,4 @@
-/* sorted: binary search in sorted arrays of keys. */
+/* sorted: sorting keys and binary search in sorted arrays of them. */
 #ifndef PSREC_COMMON_SORTED_H
 #define PSREC_COMMON_SORTED_H
 
@@ -23,5 +23,11 @@
 
 CM_DEFINE_LOWER_BOUND(cm_lower_bound_u64, uint64_t)
 CM_DEFINE_LOWER_BOUND(cm_lower_bound_u32, uint32_t)
+
+/* Sorts keys[0..n) ascending and moves vals[0..n) along with them (stable
+ * LSD radix sort, a byte a pass; passes where every key has the same byte
+ * are skipped, so small keys cost few passes). tk and tv are scratch of n
+ * each. */
+void cm_sort_u64_pairs(uint64_t *keys, uint64_t *vals, size_t n, uint64_t *tk, uint64_t *tv);
 
 #endif

@@ -35,6 +35,7 @@
 
 #include "common/ckpt.h"
 #include "common/log.h"
+#include "common/sorted.h"
 #include "common/msg.h"
 #include "common/slots.h"
 
@@ -186,7 +187,7 @@ static ps_table *s_table_for(ps_server *s, const cm_msg *m, int *rc)
     }
     ps_table *t = s->tables[h->table];
     int whole = (h->op == CM_OP_PULL && (h->flags & CM_PULL_FULL)) ||
-                (h->op == CM_OP_PUSH && (h->flags & CM_PUSH_DELTA));
+                (h->op == CM_OP_PUSH && (h->flags & (CM_PUSH_DELTA | CM_PUSH_SET)));
     uint32_t dim = (uint32_t)(whole ? ps_table_row_floats(t) : ps_table_dim(t));
     if (h->dim != dim && !(h->op == CM_OP_PULL && h->dim == 0)) {
         *rc = s_reject(s, m, CM_EINVAL, "table %" PRIu32 " has dim %" PRIu32 ", request says %" PRIu32,
@@ -245,12 +246,16 @@ static int s_on_push(ps_server *s, const cm_msg *m)
         return rc;
     size_t n = (size_t)m->hdr.n_keys;
     const int delta = (m->hdr.flags & CM_PUSH_DELTA) != 0;
-    const int dim = delta ? ps_table_row_floats(t) : ps_table_dim(t);
+    const int set = (m->hdr.flags & CM_PUSH_SET) != 0;
+    if (delta && set)
+        return s_reject(s, m, CM_EPROTO, "a push is either deltas or whole rows, not both");
+    const int dim = delta || set ? ps_table_row_floats(t) : ps_table_dim(t);
     /* msg.c checked this already; a push must never read past the frame. */
     if (m->n_vals != n * (size_t)dim || !m->vals)
         return s_reject(s, m, CM_EPROTO, "%zu values for %zu keys x dim %d", m->n_vals, n,
                         dim);
     rc = delta ? ps_table_push_delta(t, m->keys, n, m->vals)
+         : set ? ps_table_push_rows(t, m->keys, n, m->vals)
                : ps_table_push(t, m->keys, n, m->vals);
     if (rc < 0)
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
@@ -295,35 +300,36 @@ static int s_on_epoch(ps_server *s, const cm_msg *m)
 /* ---------------------------------------------------------------------------
  * Checkpoints */
 
-static int s_cmp_key(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Writes one table's rows, sorted by key, to path. */
+/* Writes one table's rows, sorted by key, to path, straight from the
+ * table's slab. */
 static int s_write_shard(ps_table *t, uint32_t table, const char *path, uint64_t *out,
                          cm_error *err)
 {
     size_t n = ps_table_rows(t), rf = (size_t)ps_table_row_floats(t);
-    uint64_t *keys = malloc((n + 1) * sizeof *keys);
-    float *rows = malloc((n * rf + 1) * sizeof *rows);
+    uint64_t *keys = malloc((n + 1) * sizeof *keys), *at = malloc((n + 1) * sizeof *at);
+    uint64_t *tk = malloc((n + 1) * sizeof *tk), *tv = malloc((n + 1) * sizeof *tv);
+    const float **rows = malloc((n + 1) * sizeof *rows);
     int rc = 0;
-    if (!keys || !rows) {
+    if (!keys || !at || !tk || !tv || !rows) {
         rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, n);
         goto out;
     }
     size_t pos = 0, i = 0;
-    while (i < n && ps_table_next(t, &pos, &keys[i], NULL))
-        i++;
-    qsort(keys, n, sizeof *keys, s_cmp_key);
+    const float *row;
+    while (i < n && ps_table_next(t, &pos, &keys[i], &row))
+        at[i++] = (uint64_t)(uintptr_t)row;
+    n = i;
+    cm_sort_u64_pairs(keys, at, n, tk, tv);
     for (i = 0; i < n; i++)
-        memcpy(rows + i * rf, ps_table_find(t, keys[i]), rf * sizeof(float));
+        rows[i] = (const float *)(uintptr_t)at[i];
     out[2] = n;
-    rc = cm_shard_write(path, table, ps_table_dim(t), (int)rf, keys, rows, n, &out[0], &out[1],
-                        err);
+    rc = cm_shard_write_rows(path, table, ps_table_dim(t), (int)rf, keys, rows, n, &out[0],
+                             &out[1], err);
 out:
     free(keys);
+    free(at);
+    free(tk);
+    free(tv);
     free(rows);
     return rc;
 }
@@ -337,9 +343,12 @@ static int s_on_checkpoint(ps_server *s, const cm_msg *m)
         char path[CM_HDR_PATH_MAX + 64];
         snprintf(path, sizeof path, "%s/t%zu-s%d.rows", m->hdr.path, i, s->index);
         cm_error e = {0};
+        double t0 = cm_now();
         int rc = s_write_shard(s->tables[i], (uint32_t)i, path, &info[3 * i], &e);
         if (rc != 0)
             return s_reject(s, m, rc, "checkpoint: %s", e.msg);
+        cm_log(CM_LOG_DEBUG, "%s: %llu rows written in %.3f s", path,
+               (unsigned long long)info[3 * i + 2], cm_now() - t0);
     }
     cm_hdr h = s_reply_hdr(m);
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, info,

@@ -48,6 +48,7 @@
 #include "common/config.h"
 #include "common/hash.h"
 #include "common/hashmap.h"
+#include "common/mem.h"
 #include "common/rng.h"
 
 #define S_ALIGN 64                       /* bytes: a row's alignment */
@@ -172,7 +173,7 @@ static int s_grow(ps_table *t)
     }
     size_t rows = s_chunk_rows(t, t->n_chunks);
     size_t bytes = rows * t->stride * sizeof(float);
-    float *c = aligned_alloc(S_ALIGN, bytes);   /* bytes is a multiple of 64 */
+    float *c = cm_alloc_big(bytes);   /* 64-byte aligned */
     if (!c)
         return CM_ENOMEM;
     if (t->evict) {
@@ -199,8 +200,10 @@ static void s_init_slot(ps_table *t, uint64_t key, float *row)
         memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
 }
 
-/* The row of key, made if missing. NULL on ENOMEM (table unchanged). */
-static inline float *s_get_or_make(ps_table *t, uint64_t key)
+/* The row of key, made if missing: a copy of fill (t->used floats) when
+ * fill is not NULL, else the initialisation. NULL on ENOMEM (table
+ * unchanged). */
+static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill)
 {
     uint32_t idx;
     /* Room for one more row before the upsert, so a failed chunk
@@ -218,7 +221,13 @@ static inline float *s_get_or_make(ps_table *t, uint64_t key)
     float *row = s_row(t, idx);
     if (inserted) {
         t->n_rows++;
-        s_init_slot(t, key, row);
+        if (!fill) {
+            s_init_slot(t, key, row);
+        } else {
+            memcpy(row, fill, t->used * sizeof(float));
+            if (t->stride > t->used)
+                memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
+        }
     }
     return row;
 }
@@ -529,7 +538,7 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
         const uint64_t *kb = keys + b;
         if (create) {
             for (size_t i = 0; i < m; i++) {
-                float *row = s_get_or_make(t, kb[i]);
+                float *row = s_get_or_make(t, kb[i], NULL);
                 if (!row) {
                     rc = CM_ENOMEM;
                     goto out;
@@ -575,7 +584,7 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
         for (size_t i = 0; i < m; i++) {
-            float *row = s_get_or_make(t, kb[i]);
+            float *row = s_get_or_make(t, kb[i], NULL);
             if (!row)
                 return CM_ENOMEM;   /* the rows before keep their update */
             s_prefetch(row, lines, 1);
@@ -708,11 +717,21 @@ int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
         if (rc < 0)
             return rc;
     } else {
-        dst = s_get_or_make(t, key);
+        dst = s_get_or_make(t, key, row);
     }
     if (!dst)
         return CM_ENOMEM;
     memcpy(dst, row, t->used * sizeof(float));
+    return 0;
+}
+
+int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float *rows)
+{
+    for (size_t i = 0; i < n; i++) {
+        int rc = ps_table_load_row(t, keys[i], rows + i * t->used);
+        if (rc != 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -734,7 +753,7 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
                 continue;
             }
         } else {
-            row = s_get_or_make(t, keys[i]);
+            row = s_get_or_make(t, keys[i], NULL);
             if (!row)
                 return CM_ENOMEM;
         }
@@ -755,7 +774,7 @@ int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float
             if (!found)
                 continue;   /* not admitted yet: dropped */
         } else {
-            found = s_get_or_make(t, keys[i]);
+            found = s_get_or_make(t, keys[i], NULL);
             if (!found)
                 return CM_ENOMEM;
         }

@@ -117,6 +117,13 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out);
  * deltas to one row add up. Admission counts and drops as for a push. */
 int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float *deltas);
 
+/* Sets whole rows (row_floats per key), made if missing, to the values
+ * given: what a worker sends back for rows that only it trains (the
+ * blocks schedule's user rows), so a row the server never held costs no
+ * initialisation. Admission does not apply, as for a loaded row. 0 or
+ * CM_ENOMEM. */
+int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float *rows);
+
 /* Sets key's whole row (weights and optimizer state, row_floats floats) as
  * a checkpoint stored it, creating the row if missing (admission does not
  * apply: a stored row was admitted). 0 or CM_ENOMEM. */

@@ -996,3 +996,28 @@ Test(dataset, real_ml_latest_small_csv)
     cr_assert_float_eq(sum / r.n, 3.5016, 1e-3);
     cm_ratings_free(&r);
 }
+
+Test(dataset, adopt_takes_the_columns_without_a_copy)
+{
+    uint64_t *u = malloc(3 * sizeof *u), *i = malloc(3 * sizeof *i);
+    float *r = malloc(3 * sizeof *r);
+    for (int j = 0; j < 3; j++) {
+        u[j] = (uint64_t)j + 1;
+        i[j] = (uint64_t)j + 10;
+        r[j] = (float)j + 0.5f;
+    }
+    cm_ratings d;
+    cm_error err = {0};
+    cr_assert_eq(cm_ratings_adopt(u, i, r, 3, &d, &err), 0, "%s", err.msg);
+    cr_expect_eq(d.n, 3);
+    cr_expect_eq(d.user, u, "the very arrays given");
+    cr_expect_eq(d.item, i);
+    cr_expect_eq(d.rating, r);
+    cr_expect_eq(d.item[2], 12);
+    cm_ratings_free(&d); /* frees them: ASan reports a leak otherwise */
+    /* a missing column is refused and the others freed */
+    uint64_t *u2 = malloc(sizeof *u2);
+    float *r2 = malloc(sizeof *r2);
+    cr_expect_eq(cm_ratings_adopt(u2, NULL, r2, 1, &d, &err), CM_EINVAL);
+    cr_expect_eq(d.n, 0);
+}

@@ -281,5 +281,18 @@ Test(kv, whole_rows_and_deltas)
     cr_assert_eq(wk_kv_pull(kv, &req2, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < 4 * DIM; i++)
         cr_expect_float_eq(again[i], full[i] + 2 * delta[i], 1e-6, "deltas add up (%d)", i);
+
+    /* whole rows replace the servers' rows, existing or not, on every
+     * server the keys live on */
+    uint64_t set_keys[4] = {50003, 50004, 60001, 60002};
+    float set[4 * DIM], back[4 * DIM];
+    for (int i = 0; i < 4 * DIM; i++)
+        set[i] = -0.5f * (float)(i + 3);
+    cr_assert_eq(wk_kv_push_rows(kv, 0, set_keys, 4, set, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    wk_pull req3 = {0, set_keys, 4, back, CM_PULL_FULL};
+    cr_assert_eq(wk_kv_pull(kv, &req3, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < 4 * DIM; i++)
+        cr_expect_eq(back[i], set[i], "row value %d is the one sent", i);
     wk_kv_destroy(&kv);
 }

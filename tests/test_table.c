@@ -1010,3 +1010,26 @@ Test(table, adam_and_ftrl_rows)
     cr_assert_null(ps_table_new(&p, &e));
     cr_assert_eq(e.code, CM_EINVAL);
 }
+
+Test(table, push_rows_sets_whole_rows)
+{
+    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 13);
+    ps_table *t = s_new(&p);
+    cr_assert_eq(ps_table_row_floats(t), 4);
+    /* a new row is the row sent, not the initialisation plus anything */
+    const uint64_t keys[3] = {7, 9, 11};
+    const float rows[12] = {1, 2, 3, 4, -1, -2, 0.5f, 0.25f, 8, 7, 6, 5};
+    cr_assert_eq(ps_table_push_rows(t, keys, 2, rows), 0);
+    cr_assert_eq(ps_table_rows(t), 2);
+    cr_assert_eq(memcmp(ps_table_find(t, 7), rows, 4 * sizeof(float)), 0);
+    cr_assert_eq(memcmp(ps_table_find(t, 9), rows + 4, 4 * sizeof(float)), 0);
+    /* an existing row is replaced; a missing one made beside it */
+    const float again[8] = {10, 20, 30, 40, 50, 60, 70, 80};
+    const uint64_t k2[2] = {9, 11};
+    cr_assert_eq(ps_table_push_rows(t, k2, 2, again), 0);
+    cr_assert_eq(ps_table_rows(t), 3);
+    cr_assert_eq(memcmp(ps_table_find(t, 7), rows, 4 * sizeof(float)), 0);
+    cr_assert_eq(memcmp(ps_table_find(t, 9), again, 4 * sizeof(float)), 0);
+    cr_assert_eq(memcmp(ps_table_find(t, 11), again + 4, 4 * sizeof(float)), 0);
+    ps_table_destroy(&t);
+}

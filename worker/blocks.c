@@ -2,11 +2,11 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "common/hash.h"
 #include "common/hashmap.h"
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/sorted.h"
@@ -172,25 +172,6 @@ size_t wk_blocks_stride(int row_floats)
     return ((size_t)row_floats + 15) / 16 * 16;
 }
 
-/* Arrays of rows and ratings run to gigabytes on large shapes: from 8 MiB
- * on they are asked to live on transparent huge pages, which cuts the page
- * faults of first touch (costly in VMs) and the TLB misses of the random
- * row accesses of training. Freed with free(). */
-#define S_HUGE (2u << 20)
-
-static void *s_alloc_rows(size_t bytes)
-{
-    if (bytes < 4 * (size_t)S_HUGE)
-        return aligned_alloc(64, (bytes + 63) / 64 * 64);
-    bytes = (bytes + S_HUGE - 1) / S_HUGE * S_HUGE;
-    void *p = aligned_alloc(S_HUGE, bytes);
-#ifdef MADV_HUGEPAGE
-    if (p)
-        (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
-#endif
-    return p;
-}
-
 /* Fisher-Yates over r[0..m). */
 static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
 {
@@ -278,7 +259,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         for (uint32_t g = 0; g < b->n_groups; g++)
             bl->group_at[g + 2] += bl->group_at[g + 1];
         bl->n_ratings = bl->group_at[b->n_groups + 1];
-        bl->ratings = s_alloc_rows((bl->n_ratings + 1) * sizeof *bl->ratings);
+        bl->ratings = cm_alloc_big((bl->n_ratings + 1) * sizeof *bl->ratings);
         if (!bl->ratings)
             goto oom;
     }
@@ -303,13 +284,13 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
             s_shuffle(&rng, bl->ratings + bl->group_at[g], bl->group_at[g + 1] - bl->group_at[g]);
     }
 
-    b->urows = s_alloc_rows((b->n_users + 1) * b->us * sizeof(float));
-    b->ubase = s_alloc_rows((b->n_users + 1) * b->us * sizeof(float));
-    b->irows = s_alloc_rows((b->icap + 1) * b->is * sizeof(float));
-    b->ibase = s_alloc_rows((b->icap + 1) * b->is * sizeof(float));
+    b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
+    b->ubase = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
+    b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
+    b->ibase = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
     b->dcap = (b->n_users > b->icap ? b->n_users : b->icap) + 1;
-    b->delta = malloc(b->dcap * (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item) *
-                      sizeof(float));
+    const size_t rf_max = (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item);
+    b->delta = cm_alloc_big(b->dcap * rf_max * sizeof(float));
     if (!b->urows || !b->ubase || !b->irows || !b->ibase || !b->delta)
         goto oom;
     if (user_init) {
@@ -377,10 +358,12 @@ static int s_pull_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
     return 0;
 }
 
-/* Pushes rows - base for every row that changed, then makes base = rows. */
+/* Pushes every row that changed since base, then makes base = rows: as
+ * whole rows that replace the servers' (`whole`: rows only this worker
+ * trains, which the servers may not hold yet), else as rows - base. */
 static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int rf,
                           size_t stride, float *rows, float *base, float *delta,
-                          uint64_t *changed, cm_error *err)
+                          uint64_t *changed, int whole, cm_error *err)
 {
     size_t m = 0;
     for (size_t j = 0; j < n; j++) {
@@ -389,6 +372,12 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
         if (memcmp(r, o, (size_t)rf * sizeof(float)) == 0)
             continue; /* base already equals the row */
         float *d = delta + m * (size_t)rf;
+        if (whole) {
+            memcpy(d, r, (size_t)rf * sizeof(float));
+            memcpy(o, r, (size_t)rf * sizeof(float));
+            changed[m++] = keys[j];
+            continue;
+        }
         /* keep what the server will hold, o + (r - o), which rounding can
          * make differ from r: then a run resumed from the server's rows
          * continues exactly like this one */
@@ -403,7 +392,10 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
     int rc = 0;
     for (size_t first = 0; first < m && rc == 0; first += S_ROWS_PER_MSG) {
         size_t c = m - first < S_ROWS_PER_MSG ? m - first : S_ROWS_PER_MSG;
-        rc = wk_kv_push_delta(kv, table, changed + first, c, delta + first * (size_t)rf, err);
+        rc = whole ? wk_kv_push_rows(kv, table, changed + first, c, delta + first * (size_t)rf,
+                                     err)
+                   : wk_kv_push_delta(kv, table, changed + first, c, delta + first * (size_t)rf,
+                                      err);
     }
     if (rc == 0)
         rc = wk_kv_flush(kv, err);
@@ -467,7 +459,7 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     free(order);
     const double t2 = cm_now();
     rc = s_push_changes(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
-                        b->delta, changed, err);
+                        b->delta, changed, 0, err);
     cm_log(CM_LOG_DEBUG, "block %u: pulled %zu rows in %.3f s, %zu ratings in %.3f s, pushed "
                          "in %.3f s", block, bl->n_items, t1 - t0, done, t2 - t1,
            cm_now() - t2);
@@ -497,7 +489,7 @@ int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)
     if (!changed)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     int rc = s_push_changes(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase,
-                            b->delta, changed, err);
+                            b->delta, changed, 1, err);
     free(changed);
     return rc;
 }

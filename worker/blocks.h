@@ -64,7 +64,8 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
                     const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint64_t seed,
                     wk_progress_fn progress, void *arg, double *sq, size_t *n, cm_error *err);
 
-/* Pushes the change of every user row since the last write-back. */
+/* Sends every user row changed since the last write-back, whole (the
+ * servers replace their copy; only this worker trains these rows). */
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err);
 
 /* The held row of `user` (weights, then optimizer state), or NULL when the

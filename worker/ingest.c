@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/slots.h"
 
 /* One row on the wire: user, item, rating (20 bytes, no padding). */
@@ -120,7 +121,7 @@ static int s_exchange(const wk_ingest *in, const char *path, const cm_load_opts 
             counts[owner[j - lo] = cm_worker_of(all.user[j], w)]++;
         for (uint32_t d = 1; d < w; d++)
             at[d] = at[d - 1] + counts[d - 1];
-        if (!(send = malloc((hi - lo) * S_REC + 1)))
+        if (!(send = cm_alloc_big((hi - lo) * S_REC + 1)))
             rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, hi - lo);
     }
     if (rc == 0)
@@ -145,23 +146,23 @@ static int s_exchange(const wk_ingest *in, const char *path, const cm_load_opts 
     cm_log(CM_LOG_INFO, "%s: read rows %zu..%zu of %zu, kept %llu after the exchange among "
                         "%u workers", path, lo, hi, all.n, (unsigned long long)n_recv, w);
     cm_ratings_free(&all);
-    uint64_t *u = malloc((n_recv + 1) * sizeof *u);
-    uint64_t *i = malloc((n_recv + 1) * sizeof *i);
-    float *r = malloc((n_recv + 1) * sizeof *r);
+    uint64_t *u = cm_alloc_big((n_recv + 1) * sizeof *u);
+    uint64_t *i = cm_alloc_big((n_recv + 1) * sizeof *i);
+    float *r = cm_alloc_big((n_recv + 1) * sizeof *r);
     if (u && i && r) {
         for (uint64_t k = 0; k < n_recv; k++) {
             memcpy(&u[k], recv + k * S_REC, 8);
             memcpy(&i[k], recv + k * S_REC + 8, 8);
             memcpy(&r[k], recv + k * S_REC + 16, 4);
         }
-        rc = cm_ratings_from_arrays(u, i, r, (size_t)n_recv, out, err);
+        rc = cm_ratings_adopt(u, i, r, (size_t)n_recv, out, err); /* owns them now */
     } else {
         rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %llu rows", path,
                           (unsigned long long)n_recv);
+        free(u);
+        free(i);
+        free(r);
     }
-    free(u);
-    free(i);
-    free(r);
 out:
     free(recv);
     free(send);

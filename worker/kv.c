@@ -281,7 +281,7 @@ static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim
     h.req_id = req_id;
     /* halves for gradients and weights; whole rows and row deltas (which
      * carry optimizer state) stay f32 */
-    if (!(flags & (CM_PULL_FULL | CM_PUSH_DELTA)))
+    if (!(flags & (CM_PULL_FULL | CM_PUSH_DELTA | CM_PUSH_SET)))
         h.dtype = kv->wire_dtype;
     int rc = cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
     if (rc != 0)
@@ -389,7 +389,8 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
     if (n == 0)
         return 0;
-    size_t dim = (size_t)((flags & CM_PUSH_DELTA) ? kv->row_floats[table] : kv->dims[table]);
+    size_t dim = (size_t)((flags & (CM_PUSH_DELTA | CM_PUSH_SET)) ? kv->row_floats[table]
+                                                                  : kv->dims[table]);
     if (kv->n_servers == 1) {
         /* one server: keys and values go as they are, no grouping copy */
         int rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, keys, n,
@@ -428,6 +429,12 @@ int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                      const float *deltas, cm_error *err)
 {
     return s_push(kv, table, keys, n, deltas, CM_PUSH_DELTA, err);
+}
+
+int wk_kv_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                    const float *rows, cm_error *err)
+{
+    return s_push(kv, table, keys, n, rows, CM_PUSH_SET, err);
 }
 
 int wk_kv_flush(wk_kv *kv, cm_error *err)

@@ -69,6 +69,12 @@ int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
 int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                      const float *deltas, cm_error *err);
 
+/* Sends whole rows (n*row_floats floats) that replace the servers' rows,
+ * made if missing, without waiting for the acks: for rows only this worker
+ * trains. */
+int wk_kv_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                    const float *rows, cm_error *err);
+
 /* Waits until every push sent so far was acknowledged. */
 int wk_kv_flush(wk_kv *kv, cm_error *err);
 

@@ -434,9 +434,12 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
 static int s_before_checkpoint(s_worker *w, uint32_t epoch, cm_error *err)
 {
     if (w->blocks) {
+        double t0 = cm_now();
         int rc = wk_blocks_writeback(w->blocks, w->kv, err);
         if (rc != 0)
             return rc;
+        cm_log(CM_LOG_DEBUG, "worker %u: user rows written back in %.3f s", w->p->index,
+               cm_now() - t0);
     }
     return s_tell(w, CM_OP_CHECKPOINT, epoch, NULL, 0, err);
 }
