@@ -177,8 +177,8 @@ static const s_key s_keys[] = {
     {.name = "worker_affinity", .type = S_ENUM, S_AT(worker_affinity), .names = s_affinity,
      .def = "auto",
      .help = "auto: each worker pins its training thread to a CPU of its own when its host "
-             "allows at least as many CPUs as it runs workers (a launcher's binding to fewer "
-             "is kept); off: the system places threads"},
+             "runs two or more workers and allows at least as many CPUs (a launcher's binding "
+             "to fewer is kept); off: the system places threads"},
     {.name = "wire_dtype", .type = S_ENUM, S_AT(wire_dtype), .names = s_wire_dtypes,
      .def = "f32",
      .help = "values on the wire between workers and servers: f32, or f16 (half the bytes "

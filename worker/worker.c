@@ -909,9 +909,10 @@ int wk_run(const wk_params *p, cm_error *err)
             w.user_table = tp;
     }
     if (p->job->worker_affinity == CM_AFFINITY_AUTO && p->boot) {
+        /* one worker on a host has no other worker to share a CPU with */
         int index, peers;
         cm_boot_host_place(p->boot, 1 + (int)p->n_servers, (int)p->n_workers, &index, &peers);
-        int cpu = cm_pin_thread(index, peers);
+        int cpu = peers > 1 ? cm_pin_thread(index, peers) : -1;
         if (cpu >= 0)
             cm_log(CM_LOG_DEBUG, "worker %u: pinned to CPU %d (%d of %d workers on this host)",
                    p->index, cpu, index + 1, peers);
