@@ -114,6 +114,7 @@ typedef struct {
     int schedule;              /* cm_schedule */
     int consistency;           /* cm_consistency */
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
+    int blocks_per_worker;     /* blocks schedule: 1 or 2 item blocks per worker; 0 auto */
     int wire_dtype;            /* 0: f32, 1: f16 values on the wire */
     int ingest;                /* cm_ingest */
     int worker_affinity;       /* cm_affinity */

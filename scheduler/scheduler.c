@@ -52,8 +52,11 @@ typedef struct {
     int task;             /* -1 ratings (mf), else the cm_task of a sparse model */
     uint64_t *auc_pos, *auc_neg; /* binary tasks: merged AUC histograms */
     double last_ckpt;     /* when the last checkpoint was written */
-    /* implicit feedback: the item universe, merged from the workers' lists */
+    /* implicit feedback: the item universe, merged from the workers' lists
+     * (blocks schedule: too, so that workers can balance the blocks) */
     int implicit;
+    int want_items;       /* the workers send their item lists (implicit, blocks) */
+    uint32_t bpw;         /* blocks schedule: item blocks per worker */
     size_t n_items;
     uint64_t *items;      /* sorted keys */
     double *counts;       /* training positives per item */
@@ -267,7 +270,7 @@ static int s_merge_items(s_sched *s, const cm_msg *m, int rank, cm_error *err)
 static int s_hellos(s_sched *s, cm_error *err)
 {
     const cm_job *job = s->p->job;
-    uint32_t got = 0, items = s->implicit ? 0 : s->p->n_workers;
+    uint32_t got = 0, items = s->want_items ? 0 : s->p->n_workers;
     while (got < s->p->n_workers || items < s->p->n_workers) {
         cm_msg m;
         int rc = s_recv_ctl(s, &m, err);
@@ -291,7 +294,7 @@ static int s_hellos(s_sched *s, cm_error *err)
             cm_msg_release(&m);
             return rc;
         }
-        if (s->implicit && m.hdr.op == CM_OP_HELLO && (m.hdr.flags & CM_HELLO_ITEMS)) {
+        if (s->want_items && m.hdr.op == CM_OP_HELLO && (m.hdr.flags & CM_HELLO_ITEMS)) {
             int w = s_find(s, &m);
             if (w < 0 || s->wk[w].items_in) {
                 cm_log(CM_LOG_WARN, "scheduler: unexpected item list from rank %d",
@@ -409,12 +412,25 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
     return 0;
 }
 
+/* Blocks schedule: item blocks per worker. Two let a worker pull its next
+ * block while it trains one; that pays where a block's rows take long to
+ * move (about dim + 2 floats a row with AdaGrad's state). */
+static uint32_t s_blocks_per_worker(const s_sched *s)
+{
+    const cm_job *job = s->p->job;
+    if (job->blocks_per_worker > 0)
+        return (uint32_t)job->blocks_per_worker;
+    double block_bytes = (double)s->n_items / s->p->n_workers * (job->dim + 2) * 4.0;
+    return block_bytes > 8.0 * 1024 * 1024 ? 2 : 1;
+}
+
 static int s_send_plan(s_sched *s, cm_error *err)
 {
     int rc = 0;
-    /* implicit: the item universe rides along, keys and their counts */
+    s->bpw = s_blocks_per_worker(s);
+    /* implicit, blocks: the item universe rides along, keys and their counts */
     float *counts = NULL;
-    if (s->implicit) {
+    if (s->want_items) {
         counts = malloc((s->n_items + 1) * sizeof *counts);
         if (!counts)
             return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
@@ -426,7 +442,8 @@ static int s_send_plan(s_sched *s, cm_error *err)
         h.stats[0] = s->mean;
         h.stats[1] = s->clip_lo;
         h.stats[2] = s->clip_hi;
-        h.n_stats = 3;
+        h.stats[3] = s->bpw;
+        h.n_stats = 4;
         h.slots = s->slot_map;
         h.n_slots = s->n_slots;
         if (!counts) {
@@ -716,8 +733,9 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 return rc;
         }
         double t0 = cm_now();
-        /* minibatch: one round; blocks: one round per block, each a barrier */
-        const uint32_t rounds = cm_job_uses_blocks(job) ? s->p->n_workers : 1;
+        /* minibatch: one round; blocks: one round per block (2 per worker),
+         * each a barrier */
+        const uint32_t rounds = cm_job_uses_blocks(job) ? s->bpw * s->p->n_workers : 1;
         double sq = 0, n = 0, max_lead = -1; /* -1: not tracked (asp, blocks) */
         int rc = 0;
         for (uint32_t r = 0; r < rounds && rc == 0; r++) {
@@ -917,6 +935,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
                  .implicit = strcmp(p->job->model, "implicit") == 0};
+    s.want_items = s.implicit || cm_job_uses_blocks(p->job);
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
     res->test_rmse = res->test_mae = res->noise_floor = -1;

@@ -109,6 +109,73 @@ Test(blocks, block_of_spreads_items)
         cr_expect(count[b] > 800 && count[b] < 1200, "block %d has %u of 4000", b, count[b]);
 }
 
+/* Skewed item counts (a few items with most ratings, as in real data):
+ * the balanced placement evens the blocks' ratings where the hash does
+ * not, places every item, and is the same every time. */
+Test(blocks, balance_evens_skewed_blocks)
+{
+    enum { N = 3000, B = 4 };
+    static uint64_t keys[N];
+    static float count[N];
+    static uint32_t block[N], again[N];
+    double total = 0;
+    for (int i = 0; i < N; i++) {
+        keys[i] = 1000 + 13 * (uint64_t)i;
+        count[i] = (float)(20000.0 / (i + 1)) + 1.f; /* Zipf-like */
+        total += count[i];
+    }
+    wk_block_map map = {keys, count, N};
+    double before, after;
+    cr_assert_eq(wk_blocks_balance(&map, B, block, &before, &after), 0);
+    double load[B] = {0}, hash[B] = {0};
+    for (int i = 0; i < N; i++) {
+        cr_assert_lt(block[i], B);
+        load[block[i]] += count[i];
+        hash[wk_block_of(keys[i], B)] += count[i];
+    }
+    double most = 0, hmost = 0;
+    for (int k = 0; k < B; k++) {
+        most = load[k] > most ? load[k] : most;
+        hmost = hash[k] > hmost ? hash[k] : hmost;
+    }
+    cr_expect_float_eq(after, most * B / total, 1e-9);
+    cr_expect_float_eq(before, hmost * B / total, 1e-9);
+    cr_expect_lt(after, 1.01, "balanced: %.4f", after);
+    cr_expect_gt(before, after, "the hash is less even: %.4f", before);
+    cr_assert_eq(wk_blocks_balance(&map, B, again, NULL, NULL), 0);
+    cr_expect_arr_eq(block, again, sizeof block, "deterministic");
+    cr_expect_eq(wk_blocks_balance(&map, 0, again, NULL, NULL), CM_EINVAL);
+}
+
+/* A map decides the blocks of the items it lists; others go by hash. */
+Test(blocks, map_places_items)
+{
+    const uint64_t user[] = {1, 2, 3, 4, 5, 6};
+    const uint64_t item[] = {10, 11, 12, 13, 10, 99};
+    const float rating[] = {1, 2, 3, 4, 5, 1};
+    cm_ratings r = {0};
+    cm_error err = {0};
+    cr_assert_eq(cm_ratings_from_arrays(user, item, rating, 6, &r, &err), 0, "%s", err.msg);
+    /* item 10 has 100 ratings elsewhere, the others one each: with two
+     * blocks 10 is alone in one and 11, 12, 13 share the other */
+    const uint64_t mk[] = {10, 11, 12, 13};
+    const float mc[] = {100, 1, 1, 1};
+    wk_block_map map = {mk, mc, 4};
+    const int rf[2] = {9, 9};
+    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, NULL, &map, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    double before, after;
+    wk_blocks_spread(b, &before, &after);
+    cr_expect_float_eq(after, 100.0 * 2 / 103, 1e-9);
+    wk_blocks_destroy(&b);
+    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    wk_blocks_spread(b, &before, &after);
+    cr_expect_eq(after, -1, "no map: by hash, no figures");
+    wk_blocks_destroy(&b);
+    cm_ratings_free(&r);
+}
+
 /* The rows a worker holds for its users: the deterministic initialisation
  * the servers would give them, found by key; other users are not held,
  * and a resumed worker (no user_init) holds none until it first trains. */
@@ -126,7 +193,7 @@ Test(blocks, user_rows_are_held_by_key)
     up.init_std = 0.1f;
     up.seed = 77;
     const int rf[2] = {18, 18};
-    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, &up, &err);
+    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, &up, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     cr_assert(wk_blocks_holds_users(b));
     float want[9];
@@ -141,7 +208,7 @@ Test(blocks, user_rows_are_held_by_key)
     cr_expect_null(wk_blocks_user_row(b, 8), "not a training user");
     cr_expect_null(wk_blocks_user_row(b, 5000));
     wk_blocks_destroy(&b);
-    b = wk_blocks_new(&r, 2, 8, rf, NULL, &err);
+    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     cr_expect(!wk_blocks_holds_users(b), "resuming: rows come with the first block");
     cr_expect_null(wk_blocks_user_row(b, 42));

@@ -278,23 +278,36 @@ Test(cluster_ckpt, keep_prunes_and_mismatch_is_refused)
     cr_expect(strstr(err.msg, "nothing-here") != NULL, "%s", err.msg);
 }
 
-Test(cluster_ckpt, blocks_schedule_resumes_exactly)
+static void s_blocks_resume(const char *ref_name, const char *part_name, int bpw)
 {
-    cm_job ref = s_job("bref", 2, 4);
+    cm_job ref = s_job(ref_name, 2, 4);
     ref.schedule = CM_SCHED_BLOCKS;
+    ref.blocks_per_worker = bpw;
     sch_result r_ref = s_run(&ref);
-    cm_job first = s_job("bpart", 2, 2);
+    cm_job first = s_job(part_name, 2, 2);
     first.schedule = CM_SCHED_BLOCKS;
+    first.blocks_per_worker = bpw;
     s_run(&first);
-    cm_job rest = s_job("bpart", 1, 4);
+    cm_job rest = s_job(part_name, 1, 4);
     rest.schedule = CM_SCHED_BLOCKS;
+    rest.blocks_per_worker = bpw;
     snprintf(rest.resume, sizeof rest.resume, "auto");
     sch_result r = s_run(&rest);
-    cr_expect(r.test_rmse == r_ref.test_rmse, "blocks resumed %.17g vs %.17g", r.test_rmse,
-              r_ref.test_rmse);
+    cr_expect(r.test_rmse == r_ref.test_rmse, "blocks (%d per worker) resumed %.17g vs %.17g",
+              bpw, r.test_rmse, r_ref.test_rmse);
     char a[1200], b[1200];
-    s_path(a, sizeof a, "bref", 4);
-    s_path(b, sizeof b, "bpart", 4);
+    s_path(a, sizeof a, ref_name, 4);
+    s_path(b, sizeof b, part_name, 4);
     s_expect_same_model(a, b);
     s_expect_same_export(a, b);
+}
+
+Test(cluster_ckpt, blocks_schedule_resumes_exactly)
+{
+    s_blocks_resume("bref", "bpart", 1);
+}
+
+Test(cluster_ckpt, blocks_with_prefetch_resume_exactly)
+{
+    s_blocks_resume("bref2", "bpart2", 2);
 }

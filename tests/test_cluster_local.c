@@ -174,12 +174,32 @@ Test(cluster_local, blocks_schedule_reaches_the_noise_floor)
                   s_rep.noise_floor);
 }
 
+/* Two blocks per worker: the next block's rows come in while one trains
+ * (worker/blocks.h); the same quality, and one worker repeats itself. */
+Test(cluster_local, blocks_with_prefetch_reach_the_noise_floor)
+{
+    cm_job job = s_job(2, 3);
+    job.schedule = CM_SCHED_BLOCKS;
+    job.blocks_per_worker = 2;
+    job.optimizer = CM_OPT_ROWWISE;
+    job.lr = 0.1;
+    sch_result res;
+    cm_error err = {0};
+    int rc = th_local(&job, &res, &err);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    cr_expect_eq(res.epochs, job.epochs);
+    cr_expect_leq(res.test_rmse, 1.10 * s_rep.noise_floor,
+                  "blocks, 2 per worker: test RMSE %.4f within 10%% of the noise floor %.4f",
+                  res.test_rmse, s_rep.noise_floor);
+}
+
 Test(cluster_local, blocks_single_worker_is_repeatable)
 {
-    double rmse[2];
-    for (int run = 0; run < 2; run++) {
+    double rmse[4];
+    for (int run = 0; run < 4; run++) {
         cm_job job = s_job(2, 1);
         job.schedule = CM_SCHED_BLOCKS;
+        job.blocks_per_worker = run < 2 ? 1 : 2;
         job.epochs = 3;
         sch_result res;
         cm_error err = {0};
@@ -188,6 +208,7 @@ Test(cluster_local, blocks_single_worker_is_repeatable)
         rmse[run] = res.test_rmse;
     }
     cr_expect(rmse[0] == rmse[1], "%.17g vs %.17g", rmse[0], rmse[1]);
+    cr_expect(rmse[2] == rmse[3], "2 blocks per worker: %.17g vs %.17g", rmse[2], rmse[3]);
 }
 
 Test(cluster_local, load_aware_slot_plan_is_at_least_as_even)

@@ -15,6 +15,8 @@ static int s_have_mpirun(void)
 
 TestSuite(cluster_mpi, .timeout = 600);
 
+/* Default settings; then the blocks schedule with two blocks per worker
+ * (each worker pulls its next block's rows while it trains one). */
 Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
 {
     if (!s_have_mpirun())
@@ -36,6 +38,19 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
     cr_expect_gt(rmse, 0, "metrics file has test_rmse:\n%s", out);
     cr_expect_leq(rmse, 0.93, "ml-100k u1 test RMSE %.4f with default settings", rmse);
     cr_expect(strstr(out, "final test RMSE") != NULL, "summary printed:\n%s", out);
+    unlink(metrics);
+
+    snprintf(cmd, sizeof cmd,
+             TH_MPIRUN "-np 5 %s train --train %s/ml-100k/u1.base "
+             "--test %s/ml-100k/u1.test --servers 2 --metrics %s --progress off "
+             "--schedule blocks --blocks_per_worker 2 --log_level info",
+             PSREC_BINARY, data, data, metrics);
+    rc = th_run(cmd, out, sizeof out);
+    cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);
+    rmse = th_last_metric(metrics, "test_rmse");
+    cr_expect_gt(rmse, 0, "metrics file has test_rmse:\n%s", out);
+    cr_expect_leq(rmse, 0.93, "ml-100k u1, 2 blocks per worker: test RMSE %.4f", rmse);
+    cr_expect(strstr(out, "blocks: 4 of") != NULL, "4 balanced blocks:\n%s", out);
     unlink(metrics);
     rmdir(dir);
 }

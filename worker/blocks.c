@@ -45,11 +45,80 @@ struct wk_blocks {
     size_t icap;                /* rows irows can hold */
     float *delta;               /* scratch for deltas */
     size_t dcap;
+    /* the next block's rows, pulled while this one trains */
+    float *pf;                  /* icap rows of rf_item floats, back to back */
+    wk_pull *pf_reqs;           /* one pull per S_ROWS_PER_MSG rows */
+    uint32_t pf_block;          /* the block in pf or in flight; UINT32_MAX: none */
+    int pf_flying;              /* the pull is in flight */
+    double spread_before, spread_after; /* wk_blocks_balance's figures; -1: by hash */
 };
 
 uint32_t wk_block_of(uint64_t item, uint32_t n_blocks)
 {
     return (uint32_t)(cm_hash_key(item, S_BLOCK_SEED) % n_blocks);
+}
+
+/* Items in placing order: more ratings first, then lower key. */
+typedef struct {
+    float count;
+    uint32_t at;
+    uint64_t key;
+} s_load;
+
+static int s_cmp_load(const void *a, const void *b)
+{
+    const s_load *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count < y->count ? 1 : -1;
+    return (x->key > y->key) - (x->key < y->key);
+}
+
+/* Largest block load over the mean. */
+static double s_spread(const double *load, uint32_t n)
+{
+    double sum = 0, most = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        sum += load[k];
+        most = load[k] > most ? load[k] : most;
+    }
+    return sum > 0 ? most * n / sum : 1.0;
+}
+
+int wk_blocks_balance(const wk_block_map *map, uint32_t n_blocks, uint32_t *block,
+                      double *before, double *after)
+{
+    if (n_blocks == 0 || map->n >= UINT32_MAX)
+        return CM_EINVAL;
+    s_load *order = malloc((map->n + 1) * sizeof *order);
+    double *load = calloc(n_blocks, sizeof *load);
+    if (!order || !load) {
+        free(order);
+        free(load);
+        return CM_ENOMEM;
+    }
+    for (size_t i = 0; i < map->n; i++) {
+        /* a count that is not a finite non-negative number weighs nothing */
+        float c = map->count[i] >= 0 && map->count[i] < 3e38f ? map->count[i] : 0.f;
+        order[i] = (s_load){c, (uint32_t)i, map->keys[i]};
+        load[wk_block_of(map->keys[i], n_blocks)] += c;
+    }
+    if (before)
+        *before = s_spread(load, n_blocks);
+    memset(load, 0, n_blocks * sizeof *load);
+    qsort(order, map->n, sizeof *order, s_cmp_load);
+    for (size_t i = 0; i < map->n; i++) {
+        uint32_t least = 0;
+        for (uint32_t k = 1; k < n_blocks; k++)
+            if (load[k] < load[least])
+                least = k;
+        block[order[i].at] = least;
+        load[least] += order[i].count;
+    }
+    if (after)
+        *after = s_spread(load, n_blocks);
+    free(order);
+    free(load);
+    return 0;
 }
 
 static int s_cmp_u64(const void *a, const void *b)
@@ -185,10 +254,10 @@ static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
 
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          const int *row_floats, const ps_table_params *user_init,
-                         cm_error *err)
+                         const wk_block_map *map, cm_error *err)
 {
     wk_blocks *b = calloc(1, sizeof *b);
-    uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL;
+    uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL, *placed = NULL;
     uint64_t *items = NULL;
     size_t n_items = 0;
     if (!b)
@@ -220,10 +289,30 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     ilocal = malloc((n_items + 1) * sizeof *ilocal);
     if (!iblk || !ilocal)
         goto oom;
+    b->spread_before = b->spread_after = -1;
+    if (map && map->n > 0) {
+        if (!(placed = malloc(map->n * sizeof *placed)))
+            goto oom;
+        int rc = wk_blocks_balance(map, n_blocks, placed, &b->spread_before, &b->spread_after);
+        if (rc == CM_ENOMEM)
+            goto oom;
+        if (rc != 0) {
+            free(placed);
+            placed = NULL;
+        }
+    }
+    /* both key lists ascend: one walk finds each item's place in the map */
+    size_t at = 0;
     for (size_t x = 0; x < n_items; x++) {
-        iblk[x] = wk_block_of(items[x], n_blocks);
+        while (placed && at < map->n && map->keys[at] < items[x])
+            at++;
+        iblk[x] = placed && at < map->n && map->keys[at] == items[x]
+                      ? placed[at]
+                      : wk_block_of(items[x], n_blocks);
         ilocal[x] = (uint32_t)b->blocks[iblk[x]].n_items++;
     }
+    free(placed);
+    placed = NULL;
     for (uint32_t k = 0; k < n_blocks; k++) {
         s_block *bl = &b->blocks[k];
         bl->items = malloc((bl->n_items + 1) * sizeof *bl->items);
@@ -291,7 +380,10 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     b->dcap = (b->n_users > b->icap ? b->n_users : b->icap) + 1;
     const size_t rf_max = (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item);
     b->delta = cm_alloc_big(b->dcap * rf_max * sizeof(float));
-    if (!b->urows || !b->ubase || !b->irows || !b->ibase || !b->delta)
+    b->pf = cm_alloc_big((b->icap + 1) * (size_t)b->rf_item * sizeof(float));
+    b->pf_reqs = malloc((b->icap / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
+    b->pf_block = UINT32_MAX;
+    if (!b->urows || !b->ubase || !b->irows || !b->ibase || !b->delta || !b->pf || !b->pf_reqs)
         goto oom;
     if (user_init) {
         /* exactly the row a server makes on first touch (ps/table.c) */
@@ -312,6 +404,7 @@ oom:
     free(iblk);
     free(ilocal);
     free(items);
+    free(placed);
     wk_blocks_destroy(&b);
     return NULL;
 }
@@ -333,6 +426,8 @@ void wk_blocks_destroy(wk_blocks **pb)
     free(b->irows);
     free(b->ibase);
     free(b->delta);
+    free(b->pf);
+    free(b->pf_reqs);
     free(b);
     *pb = NULL;
 }
@@ -402,18 +497,74 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
     return rc;
 }
 
+/* Starts the pull of block k's item rows into pf. */
+static int s_prefetch_start(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
+{
+    const s_block *bl = &b->blocks[k];
+    size_t n_reqs = 0;
+    for (size_t first = 0; first < bl->n_items; first += S_ROWS_PER_MSG) {
+        size_t m = bl->n_items - first < S_ROWS_PER_MSG ? bl->n_items - first : S_ROWS_PER_MSG;
+        b->pf_reqs[n_reqs++] = (wk_pull){1, bl->items + first, m,
+                                         b->pf + first * (size_t)b->rf_item, CM_PULL_FULL};
+    }
+    int rc = wk_kv_pull_start(kv, b->pf_reqs, n_reqs, err);
+    if (rc == 0) {
+        b->pf_block = k;
+        b->pf_flying = 1;
+    }
+    return rc;
+}
+
+/* Waits for the prefetch in flight, if any. */
+static int s_prefetch_wait(wk_blocks *b, wk_kv *kv, cm_error *err)
+{
+    if (!b->pf_flying)
+        return 0;
+    b->pf_flying = 0;
+    int rc = wk_kv_pull_wait(kv, err);
+    if (rc != 0)
+        b->pf_block = UINT32_MAX;
+    return rc;
+}
+
+/* Block k's item rows into irows and ibase: from the prefetch when it holds
+ * them, else pulled now. */
+static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
+{
+    const s_block *bl = &b->blocks[k];
+    int rc = s_prefetch_wait(b, kv, err);
+    if (rc != 0)
+        return rc;
+    if (b->pf_block != k) {
+        b->pf_block = UINT32_MAX;
+        return s_pull_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
+                           b->delta, err);
+    }
+    b->pf_block = UINT32_MAX;
+    const size_t rf = (size_t)b->rf_item;
+    for (size_t j = 0; j < bl->n_items; j++) {
+        memcpy(b->irows + j * b->is, b->pf + j * rf, rf * sizeof(float));
+        memcpy(b->ibase + j * b->is, b->pf + j * rf, rf * sizeof(float));
+    }
+    return 0;
+}
+
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint64_t seed,
-                    wk_progress_fn progress, void *arg, double *sq, size_t *n, cm_error *err)
+                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint32_t next,
+                    uint64_t seed, wk_progress_fn progress, void *arg, double *sq, size_t *n,
+                    cm_error *err)
 {
     int rc;
-    if (block >= b->n_blocks)
-        return cm_error_set(err, CM_EINVAL, "worker: no block %u of %u", block, b->n_blocks);
+    if (block >= b->n_blocks || (next != UINT32_MAX && (next >= b->n_blocks || next == block)))
+        return cm_error_set(err, CM_EINVAL, "worker: no block %u (next %d) of %u", block,
+                            next == UINT32_MAX ? -1 : (int)next, b->n_blocks);
     /* the changed keys of a push reuse the pull's scratch: both fit dcap */
     uint64_t *changed = malloc(b->dcap * sizeof *changed);
     if (!changed)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     if (!b->have_users) {
+        if ((rc = s_prefetch_wait(b, kv, err)) != 0)
+            goto out;
         rc = s_pull_rows(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase,
                          b->delta, err);
         if (rc != 0)
@@ -422,9 +573,11 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     }
     s_block *bl = &b->blocks[block];
     const double t0 = cm_now();
-    rc = s_pull_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
-                     b->delta, err);
-    if (rc != 0)
+    if ((rc = s_block_rows(b, kv, block, err)) != 0)
+        goto out;
+    /* the next block is nobody's this round: its rows come in while this
+     * one trains */
+    if (next != UINT32_MAX && (rc = s_prefetch_start(b, kv, next, err)) != 0)
         goto out;
 
     const double t1 = cm_now();
@@ -458,14 +611,23 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     *n += done;
     free(order);
     const double t2 = cm_now();
+    if ((rc = s_prefetch_wait(b, kv, err)) != 0)
+        goto out;
+    const double t3 = cm_now();
     rc = s_push_changes(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
                         b->delta, changed, 0, err);
-    cm_log(CM_LOG_DEBUG, "block %u: pulled %zu rows in %.3f s, %zu ratings in %.3f s, pushed "
-                         "in %.3f s", block, bl->n_items, t1 - t0, done, t2 - t1,
-           cm_now() - t2);
+    cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
+                         "%.3f s for the next block's, pushed in %.3f s", block, bl->n_items,
+           t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3);
 out:
     free(changed);
     return rc;
+}
+
+void wk_blocks_spread(const wk_blocks *b, double *before, double *after)
+{
+    *before = b->spread_before;
+    *after = b->spread_after;
 }
 
 int wk_blocks_holds_users(const wk_blocks *b)

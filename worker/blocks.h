@@ -1,14 +1,16 @@
 /* blocks: the worker's side of the blocks schedule (DSGD).
  *
- * Items are split into as many blocks as there are workers. In sub-epoch s
- * worker w trains block (w + s) mod B: it pulls the block's item rows whole
- * (weights and optimizer state), runs plain per-rating SGD over its own
- * ratings of that block with its own user rows, which it holds for the
- * whole run, then pushes back the change of each item row. No two workers
- * hold the same block at once, so the updates never conflict, and the
- * messages are per block, not per minibatch. At the end of an epoch the
- * user rows are written back too, so the servers hold the whole model for
- * evaluation and checkpoints. */
+ * Items are split into B = 2W blocks for W workers. In round s of an epoch
+ * (2W rounds) worker w trains block (2w + s) mod B: it takes the block's
+ * item rows whole (weights and optimizer state), runs plain per-rating SGD
+ * over its own ratings of that block with its own user rows, which it
+ * holds for the whole run, then pushes back the change of each item row.
+ * No two workers hold the same block at once, so the updates never
+ * conflict, and the messages are per block, not per minibatch. The blocks
+ * of round s all have the parity of s, so the block a worker trains next
+ * is nobody's during this round and was pushed back before it began: its
+ * rows are pulled while this block trains. User rows go back to the
+ * servers before checkpoints (wk_blocks_writeback). */
 #ifndef PSREC_WORKER_BLOCKS_H
 #define PSREC_WORKER_BLOCKS_H
 
@@ -24,18 +26,38 @@
 
 typedef struct wk_blocks wk_blocks;
 
-/* Block of an item among n_blocks (fixed hash, independent of slots). */
+/* Block of an item among n_blocks by a fixed hash (independent of slots):
+ * for items no balanced map places. */
 uint32_t wk_block_of(uint64_t item, uint32_t n_blocks);
+
+/* Every worker's training items (sorted keys) with their ratings summed
+ * over all workers, as the scheduler's PLAN carries them. */
+typedef struct {
+    const uint64_t *keys;
+    const float *count;
+    size_t n;
+} wk_block_map;
+
+/* Places the map's items in n_blocks blocks so that the blocks' ratings
+ * are even: largest count first, each into the block with the fewest
+ * ratings so far (ties: lower key, lower block). Writes block[i] for
+ * keys[i]. Deterministic, so every worker computes the same placement.
+ * *before and *after (may be NULL): the largest block's ratings over the
+ * mean, placed by hash and placed here. 0 or CM_ENOMEM. */
+int wk_blocks_balance(const wk_block_map *map, uint32_t n_blocks, uint32_t *block,
+                      double *before, double *after);
 
 /* Indexes the shard's ratings by block. row_floats[t]: floats per row of
  * table t (0 users, 1 items). The ratings are copied. With user_init (the
  * user table's parameters; NULL when resuming, where the servers hold the
  * rows), the user rows start from the deterministic initialisation the
  * servers would give them instead of being pulled: the first epoch then
- * moves each user row once (the write-back), not twice. */
+ * moves each user row once (the write-back), not twice. With map (may be
+ * NULL or empty) items are placed by wk_blocks_balance, those it lacks by
+ * wk_block_of. */
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          const int *row_floats, const ps_table_params *user_init,
-                         cm_error *err);
+                         const wk_block_map *map, cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);
 
 /* Dense local numbering of keys[0..n): writes the sorted distinct keys to
@@ -54,15 +76,20 @@ size_t wk_blocks_stride(int row_floats);
 /* Called now and then during training with examples done in the block. */
 typedef int (*wk_progress_fn)(void *arg, size_t done);
 
-/* Trains block `block` once: pulls its item rows (and, the first time, the
- * user rows), runs the model's local SGD over its groups of ratings in an
- * order drawn from `seed` (group order and each group's starting point;
- * within a group the order is fixed when the block is built),
- * pushes the item deltas and waits for the acks. Adds the squared errors
- * and the count of ratings to *sq and *n. */
+/* Trains block `block` once: takes its item rows (from the prefetch the
+ * previous call started when that was this block, else pulled now; the
+ * first time also the user rows), starts the pull of block `next` (none:
+ * UINT32_MAX; it must be a block nobody trains until this worker's next
+ * call), runs the model's local SGD over its groups of ratings in an order
+ * drawn from `seed` (group order and each group's starting point; within a
+ * group the order is fixed when the block is built), waits for the
+ * prefetch, pushes the item deltas and waits for the acks. Adds the
+ * squared errors and the count of ratings to *sq and *n. No pull is in
+ * flight when it returns. */
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint64_t seed,
-                    wk_progress_fn progress, void *arg, double *sq, size_t *n, cm_error *err);
+                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint32_t next,
+                    uint64_t seed, wk_progress_fn progress, void *arg, double *sq, size_t *n,
+                    cm_error *err);
 
 /* Sends every user row changed since the last write-back, whole (the
  * servers replace their copy; only this worker trains these rows). */
@@ -72,6 +99,10 @@ int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err);
  * worker holds no row for it: not one of its training users, or no user
  * rows held yet (before the first block of a resumed run). */
 const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user);
+
+/* The largest block's ratings over the mean, all workers together, placed
+ * by hash and as placed (wk_blocks_balance); both -1 without a map. */
+void wk_blocks_spread(const wk_blocks *b, double *before, double *after);
 
 /* 1 once the worker holds its user rows (pulled or initialised). */
 int wk_blocks_holds_users(const wk_blocks *b);

@@ -42,6 +42,9 @@ typedef struct {
     ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
+    uint32_t bpw;                   /* blocks: item blocks per worker (1 or 2) */
+    uint32_t *bperm;                /* blocks: this epoch's orders (s_block_of_round) */
+    uint32_t bperm_epoch;           /* the epoch bperm is for */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
     wk_implicit *implicit;          /* model = implicit: positives, sampler, ranking */
     size_t raw_train, raw_test;     /* implicit: shard rows before positive_threshold */
@@ -168,6 +171,7 @@ static void s_free(s_worker *w)
         free(k->rows);
         free(k->grads);
     }
+    free(w->bperm);
     wk_evalset_destroy(&w->evalset);
     for (int t = 0; t < 4; t++)
         free(w->erows[t / 2][t % 2]);
@@ -400,12 +404,45 @@ static int s_block_progress(void *arg, size_t done)
     return s_tell(w, CM_OP_PROGRESS, w->progress_epoch, st, 2, NULL);
 }
 
-/* Blocks schedule, sub-epoch `round` of `epoch`: train block
- * (index + round) mod B; after the last round write the user rows back. */
+/* Blocks schedule: the block this worker trains in round `round` of
+ * `epoch`. Worker w takes place p(w) and trains, in round r, block
+ * q((k p(w) + r) mod kW) for k blocks per worker, where p permutes the
+ * workers and q the blocks (with k = 2 even blocks among themselves, odd
+ * ones likewise), both drawn afresh each epoch from (seed, epoch): every
+ * worker computes the same, each round's blocks are distinct, with k = 2
+ * they share the round's parity (so the next round's blocks are idle
+ * during this one), and the order in which a worker meets the blocks
+ * changes from epoch to epoch. */
+static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
+{
+    const uint32_t nw = w->p->n_workers;
+    uint32_t *place = w->bperm, *even = w->bperm + nw, *odd = w->bperm + 2 * nw;
+    if (w->bperm_epoch != epoch) {
+        cm_rng rng;
+        cm_rng_seed(&rng, cm_mix64(w->p->job->seed ^ cm_mix64(0x626c6f636b73ULL + epoch)));
+        for (uint32_t k = 0; k < nw; k++)
+            place[k] = even[k] = odd[k] = k;
+        cm_rng_shuffle_u32(&rng, place, nw);
+        cm_rng_shuffle_u32(&rng, even, nw);
+        cm_rng_shuffle_u32(&rng, odd, nw);
+        w->bperm_epoch = epoch;
+    }
+    if (w->bpw == 1)
+        return even[(place[w->p->index] + round) % nw];
+    const uint32_t b = (2 * place[w->p->index] + round) % (2 * nw);
+    return 2 * (b % 2 ? odd : even)[b / 2] + b % 2;
+}
+
+/* Blocks schedule, round `round` of `epoch` (kW rounds): train this
+ * round's block and, with 2 blocks per worker, prefetch the next round's,
+ * except across the end of the epoch (evaluation and checkpoints come
+ * between). */
 static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *err)
 {
-    const uint32_t nb = w->p->n_workers;
-    const uint32_t block = (w->p->index + round) % nb;
+    const uint32_t nb = w->bpw * w->p->n_workers;
+    const uint32_t block = s_block_of_round(w, epoch, round);
+    const uint32_t next = w->bpw == 2 && round + 1 < nb ? s_block_of_round(w, epoch, round + 1)
+                                                       : UINT32_MAX;
     double t0 = cm_now();
     if (round == 0) {
         w->epoch_done = 0;
@@ -418,7 +455,7 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
                                       w->p->index));
     double sq = 0;
     size_t n = 0;
-    int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, block, seed,
+    int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, block, next, seed,
                              s_block_progress, w, &sq, &n, err);
     if (rc != 0)
         return rc;
@@ -796,7 +833,9 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     if (rc != 0)
         return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
                             cm_sock_errmsg(w->ctl));
-    if (!strcmp(w->p->job->model, "implicit") && (rc = s_send_items(w, err)) != 0)
+    /* implicit: for the sampler; blocks: to balance the blocks */
+    if ((!strcmp(w->p->job->model, "implicit") || cm_job_uses_blocks(w->p->job)) &&
+        (rc = s_send_items(w, err)) != 0)
         return rc;
     cm_msg m = {0};
     rc = cm_msg_recv(w->ctl, &m, (int)(w->p->job->timeout * 1000), err);
@@ -841,10 +880,31 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     if (!strcmp(w->p->job->model, "implicit") &&
         (rc = s_implicit_setup(w, &m, err)) != 0)
         goto out;
-    if (cm_job_uses_blocks(w->p->job) &&
-        !(w->blocks = wk_blocks_new(&w->train, w->p->n_workers, w->dims[0], w->row_floats,
-                                    w->p->job->resume[0] ? NULL : &w->user_table, err)))
-        rc = err ? err->code : CM_ENOMEM;
+    if (cm_job_uses_blocks(w->p->job)) {
+        w->bperm = malloc(3 * (size_t)w->p->n_workers * sizeof *w->bperm);
+        w->bperm_epoch = UINT32_MAX;
+        if (!w->bperm) {
+            rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+            goto out;
+        }
+    }
+    if (cm_job_uses_blocks(w->p->job)) {
+        /* the plan lists every worker's items with their training ratings */
+        const size_t n_items = m.keys && m.vals && m.n_vals == m.hdr.n_keys ? m.hdr.n_keys : 0;
+        wk_block_map map = {m.keys, m.vals, n_items};
+        w->bpw = m.hdr.n_stats >= 4 && m.hdr.stats[3] == 2 ? 2 : 1;
+        if (!(w->blocks = wk_blocks_new(&w->train, w->bpw * w->p->n_workers, w->dims[0],
+                                        w->row_floats, w->p->job->resume[0] ? NULL
+                                                                           : &w->user_table,
+                                        &map, err)))
+            rc = err ? err->code : CM_ENOMEM;
+        double before = -1, after = -1;
+        if (rc == 0)
+            wk_blocks_spread(w->blocks, &before, &after);
+        if (w->p->index == 0 && after >= 0)
+            cm_log(CM_LOG_INFO, "blocks: %u of %zu items, max/mean ratings per block %.3f "
+                   "by hash, %.3f balanced", w->bpw * w->p->n_workers, n_items, before, after);
+    }
 out:
     cm_msg_release(&m);
     return rc;
