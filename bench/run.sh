@@ -14,9 +14,11 @@
 # latency benchmark.
 #
 # The table: configuration, M updates/s (mean over epochs 2..E), seconds
-# per epoch, final test RMSE, the noise floor and how far above it, peak
-# RSS (one process; for mpirun the largest rank and the sum of all), and
-# the ratio of updates/s to the sgd_baseline row of the same shape.
+# per epoch, final test RMSE, the noise floor and how far above it, wall
+# seconds of the whole command (loading, every epoch with its evaluation,
+# exit), peak RSS (one process; for mpirun the largest rank and the sum of
+# all), and the ratio of updates/s to the sgd_baseline row of the same
+# shape.
 #
 #   bench/run.sh [--quick] [--only LIST] [--epochs E] [--dram-epochs E]
 #                [--minibatch] [--keep]
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --dram-epochs) depochs=$2; shift 2 ;;
     --minibatch) minibatch=1; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -79,17 +81,18 @@ peak_of_log() {
     else printf "-" }'
 }
 
-row() { # name rate sec rmse floor rss baseline_rate
-  awk -v n="$1" -v r="$2" -v s="$3" -v t="$4" -v f="$5" -v m="$6" -v b="$7" 'BEGIN {
+row() { # name rate sec rmse floor wall rss baseline_rate
+  awk -v n="$1" -v r="$2" -v s="$3" -v t="$4" -v f="$5" -v w="$6" -v m="$7" -v b="$8" 'BEGIN {
     above = f > 0 ? sprintf("%.1f%%", 100 * (t / f - 1)) : "-"
     ratio = b > 0 ? sprintf("%.2f", r / b) : "-"
-    printf "%-44s %9.2f %8.3f %9.4f %7.4f %7s %13s %6s\n", n, r / 1e6, s, t, f, above, m, ratio }' |
+    printf "%-44s %9.2f %8.3f %9.4f %7.4f %7s %7.1f %13s %6s\n", n, r / 1e6, s, t, f, above, w,
+      m, ratio }' |
     tee -a "$table"
 }
 
 header() {
-  printf "\n%-44s %9s %8s %9s %7s %7s %13s %6s\n" "configuration ($1)" "Mupd/s" "s/epoch" \
-    "test_rmse" "floor" "above" "peak_RSS_MiB" "ratio" | tee -a "$table"
+  printf "\n%-44s %9s %8s %9s %7s %7s %7s %13s %6s\n" "configuration ($1)" "Mupd/s" "s/epoch" \
+    "test_rmse" "floor" "above" "wall_s" "peak_RSS_MiB" "ratio" | tee -a "$table"
 }
 
 # gen SHAPE_NAME RATINGS USERS ITEMS -> sets $data
@@ -108,23 +111,29 @@ mf_shape() {
   gen "$@"
   free -g | awk '/Mem:/ { print "   memory: " $7 " GiB available" }' >&2
   echo "== $name: sgd_baseline, 2 threads" >&2
-  /usr/bin/time -o "$work/time.txt" -f "%M" "$build/sgd_baseline" "$data.train.psrd" \
+  /usr/bin/time -o "$work/time.txt" -f "%M %e" "$build/sgd_baseline" "$data.train.psrd" \
       "$data.test.psrd" --threads 2 --epochs "$ep" --dim 32 --l2 0.05 > "$work/base_$name.txt"
   local b r s t f
   read -r b s t f < <(awk '/^summary/ { print $3, $7, $9, $11 }' "$work/base_$name.txt")
   header "$name"
-  row "sgd_baseline, 1 process 2 threads" "$b" "$s" "$t" "$f" "$(( $(cat "$work/time.txt") / 1024 ))" "$b"
+  local kb wall
+  read -r kb wall < "$work/time.txt"
+  row "sgd_baseline, 1 process 2 threads" "$b" "$s" "$t" "$f" "$wall" "$(( kb / 1024 ))" "$b"
 
   run_psrec() { # label log-name command...
     local label=$1 tag=$2; shift 2
     local m=$work/metrics_${name}_$tag.jsonl log=$work/log_${name}_$tag.txt
     echo "== $name: $label" >&2
     rm -f "$m"
+    local t0 t1
+    t0=$(date +%s.%N)
     "$@" --train "$data.train.psrd" --test "$data.test.psrd" --dim 32 --epochs "$ep" \
         --l2 0.05 --metrics "$m" --progress off --log_level info > "$log" 2>&1 ||
       { echo "   failed; see $log" >&2; return 0; }
+    t1=$(date +%s.%N)
     read -r r s t f < <(summarise "$m")
-    row "$label" "$r" "$s" "$t" "$f" "$(peak_of_log "$log")" "$b"
+    row "$label" "$r" "$s" "$t" "$f" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+        "$(peak_of_log "$log")" "$b"
   }
   run_psrec "blocks, mpirun 1 sched + 1 server + 2 workers" mpi \
       mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1

@@ -83,6 +83,60 @@ const char *cm_op_name(int op)
     }
 }
 
+/* --------------------------------------------------------- key gaps -- */
+
+/* Writes strictly ascending keys[0..n) as varint gaps into out (room for
+ * 10 n bytes); returns the bytes written. */
+static size_t s_gaps_encode(const uint64_t *keys, size_t n, uint8_t *out)
+{
+    uint8_t *p = out;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = i ? keys[i] - keys[i - 1] - 1 : keys[0];
+        while (v >= 0x80) {
+            *p++ = (uint8_t)(v | 0x80);
+            v >>= 7;
+        }
+        *p++ = (uint8_t)v;
+    }
+    return (size_t)(p - out);
+}
+
+/* Reads n keys from len bytes of gaps into keys; 0, or -1 with *why set
+ * when the bytes are not exactly n well-formed gaps of keys below 2^64. */
+static int s_gaps_decode(const uint8_t *in, size_t len, uint64_t *keys, size_t n,
+                         const char **why)
+{
+    size_t at = 0;
+    uint64_t prev = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 0;
+        for (int shift = 0;; shift += 7) {
+            if (at == len) {
+                *why = "ends inside a key";
+                return -1;
+            }
+            uint8_t b = in[at++];
+            if (shift == 63 && b > 1) {
+                *why = "has a gap beyond 64 bits";
+                return -1;
+            }
+            v |= (uint64_t)(b & 0x7f) << shift;
+            if (!(b & 0x80))
+                break;
+        }
+        if (i > 0 && (prev == UINT64_MAX || v > UINT64_MAX - prev - 1)) {
+            *why = "has keys beyond 2^64";
+            return -1;
+        }
+        prev = keys[i] = i ? prev + v + 1 : v;
+    }
+    if (at != len) {
+        *why = "has bytes after the last key";
+        return -1;
+    }
+    return 0;
+}
+
 /* --------------------------------------------------------------- send -- */
 
 int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
@@ -137,10 +191,24 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
             return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
         cm_half_from_f32(vals, halves, n_vals);
     }
+    /* sorted keys as gaps where that is shorter (never longer on the wire) */
+    uint8_t *gaps = NULL;
+    size_t gaps_len = 0;
+    hdr->key_enc = CM_KEYS_RAW;
+    if (s_needs_keys(hdr->op) && n_keys <= SIZE_MAX / 10 && (gaps = malloc(10 * n_keys))) {
+        gaps_len = s_gaps_encode(keys, n_keys, gaps);
+        if (gaps_len < n_keys * sizeof *keys) {
+            hdr->key_enc = CM_KEYS_GAPS;
+        } else {
+            free(gaps);
+            gaps = NULL;
+        }
+    }
     uint8_t *packed = NULL;
     size_t packed_len = 0;
     if (cm_codec_hdr_pack(hdr, &packed, &packed_len) < 0) {
         free(halves);
+        free(gaps);
         return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
     }
     cm_iov iov[4];
@@ -148,7 +216,9 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     if (router)
         iov[n++] = (cm_iov){route, route_size};
     iov[n++] = (cm_iov){packed, packed_len};
-    if (n_keys || n_vals)
+    if (gaps)
+        iov[n++] = (cm_iov){gaps, gaps_len};
+    else if (n_keys || n_vals)
         iov[n++] = (cm_iov){keys, n_keys * sizeof *keys};   /* empty when keys are implied */
     if (n_vals && halves)
         iov[n++] = (cm_iov){halves, n_vals * sizeof *halves};
@@ -157,6 +227,7 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     int rc = cm_sock_send(s, iov, n);
     free(packed);
     free(halves);
+    free(gaps);
     return rc;
 }
 
@@ -191,7 +262,13 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
     /* An empty keys frame before a values frame means "keys implied" (the
      * rows of a PULL reply come back in the order they were asked for). */
     int implied = kbytes == 0 && n_vals > 0 && !s_needs_keys(h->op);
-    if (!implied && (n_keys > SIZE_MAX / sizeof(uint64_t) || kbytes != n_keys * sizeof(uint64_t)))
+    const int gaps = h->key_enc == CM_KEYS_GAPS;
+    if (gaps && (n_keys == 0 || kbytes < n_keys || kbytes > 10 * n_keys))
+        return cm_error_set(err, CM_EPROTO,
+                            "%s req %" PRIu64 ": keys frame of %zu bytes cannot hold %" PRIu64
+                            " keys as gaps", op, req, kbytes, n_keys);
+    if (!implied && !gaps &&
+        (n_keys > SIZE_MAX / sizeof(uint64_t) || kbytes != n_keys * sizeof(uint64_t)))
         return cm_error_set(err, CM_EPROTO,
                             "%s req %" PRIu64 ": keys frame of %zu bytes, expected %" PRIu64
                             " keys (8 bytes each)", op, req, kbytes, n_keys);
@@ -218,19 +295,28 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
      * are misaligned (ZeroMQ's tcp decoder hands out slices of its buffer). */
     const void *kp = kbytes ? cm_frames_data(f, first + 1) : NULL;
     const void *vp = vbytes ? cm_frames_data(f, first + 2) : NULL;
-    int copy_k = kp && (uintptr_t)kp % _Alignof(uint64_t) != 0;
+    int copy_k = kp && (gaps || (uintptr_t)kp % _Alignof(uint64_t) != 0);
+    const size_t kcopy = gaps ? (size_t)n_keys * sizeof(uint64_t) : kbytes;
     /* halves are widened into the copy, so the code reading m->vals always
      * sees floats */
     const int half = vp && h->dtype == CM_DTYPE_F16;
     int copy_v = half || (vp && (uintptr_t)vp % _Alignof(float) != 0);
     if (copy_k || copy_v) {
-        size_t koff = 0, voff = copy_k ? (kbytes + 63) / 64 * 64 : 0;
+        size_t koff = 0, voff = copy_k ? (kcopy + 63) / 64 * 64 : 0;
         size_t total = voff + (copy_v ? n_vals * sizeof(float) : 0);
         m->copy_ = aligned_alloc(64, (total + 63) / 64 * 64);
         if (!m->copy_)
             return cm_error_set(err, CM_ENOMEM, "%s req %" PRIu64 ": out of memory", op, req);
-        if (copy_k)
+        if (copy_k && gaps) {
+            const char *why = "";
+            uint64_t *kd = (uint64_t *)((char *)m->copy_ + koff);
+            if (s_gaps_decode(kp, kbytes, kd, (size_t)n_keys, &why) != 0)
+                return cm_error_set(err, CM_EPROTO, "%s req %" PRIu64 ": keys frame %s", op,
+                                    req, why);
+            kp = kd;
+        } else if (copy_k) {
             kp = memcpy((char *)m->copy_ + koff, kp, kbytes);
+        }
         if (half) {
             /* the frame may be misaligned for u16 too: widen from a copy */
             float *dst = (float *)((char *)m->copy_ + voff);

@@ -77,6 +77,13 @@ typedef enum {
 #define CM_HDR_ERROR_MAX 256
 #define CM_HDR_PATH_MAX 1024
 
+/* How the keys frame is written. Sorted keys (PULL, PUSH) go as gaps
+ * whenever that is shorter: the first key, then each key minus the one
+ * before minus one, each an unsigned LEB128 varint (dense ids take one
+ * byte instead of eight). Receivers always see plain u64 keys. */
+#define CM_KEYS_RAW 0u
+#define CM_KEYS_GAPS 1u
+
 /* The plain form of the protobuf header. */
 typedef struct {
     int op;                        /* cm_op */
@@ -96,6 +103,8 @@ typedef struct {
     size_t n_slots;
     uint32_t *slots;               /* PLAN: slot -> server; owned by whoever built the hdr */
     char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: checkpoint directory */
+    uint32_t key_enc;              /* keys frame: CM_KEYS_RAW or CM_KEYS_GAPS; set by
+                                    * cm_msg_send, undone by cm_msg_recv */
 } cm_hdr;
 
 /* A received message. keys/vals point into the received frames (or an

@@ -740,3 +740,73 @@ Test(msg, fuzzed_frames_never_crash)
     cr_assert_gt(rejected, 1000);
     s_pair_free(&p);
 }
+
+/* ------------------------------------------------------------ key gaps -- */
+
+/* Sorted keys travel as varint gaps when that is shorter: dense ids take a
+ * byte each; keys far apart stay raw u64. Receivers see the same keys. */
+Test(msg, sorted_keys_travel_as_gaps)
+{
+    pair p = s_pair("inproc://msg-gaps");
+    struct {
+        uint64_t keys[4];
+        size_t kbytes; /* the keys frame on the wire */
+    } cases[] = {
+        {{0, 1, 2, 3}, 4},                                     /* gaps 0: a byte each */
+        {{100, 228, 229, 100000}, 1 + 1 + 1 + 3},              /* 100 | 127 | 0 | 99770 */
+        {{1ull << 62, 1ull << 63, 3ull << 62, UINT64_MAX}, 32}, /* 9 bytes a gap: raw */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        float vals[4] = {1, 2, 3, 4};
+        cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+        cr_assert_eq(cm_msg_send(p.dealer, NULL, 0, &h, cases[c].keys, 4, vals, 4), 0, "%s",
+                     cm_sock_errmsg(p.dealer));
+        cm_frames *f = NULL;
+        cr_assert_eq(cm_sock_recv(p.router, &f, 2000), 0);
+        cr_assert_eq(cm_frames_count(f), 4, "route, header, keys, values");
+        cr_expect_eq(cm_frames_size(f, 2), cases[c].kbytes, "case %zu: keys frame of %zu bytes",
+                     c, cm_frames_size(f, 2));
+        cm_hdr got;
+        cm_error err = {0};
+        cr_assert_eq(cm_codec_hdr_unpack(cm_frames_data(f, 1), cm_frames_size(f, 1), &got, &err),
+                     0, "%s", err.msg);
+        cr_expect_eq(got.key_enc, cases[c].kbytes < 32 ? CM_KEYS_GAPS : CM_KEYS_RAW);
+        cm_frames_destroy(&f);
+        /* and through cm_msg_recv: the keys as sent */
+        h = cm_hdr_make(CM_OP_PUSH);
+        cr_assert_eq(cm_msg_send(p.dealer, NULL, 0, &h, cases[c].keys, 4, vals, 4), 0);
+        cm_msg m;
+        cr_assert_eq(cm_msg_recv(p.router, &m, 2000, &err), 0, "%s", err.msg);
+        cr_expect_eq(m.hdr.n_keys, 4);
+        cr_expect_arr_eq(m.keys, cases[c].keys, sizeof cases[c].keys, "case %zu", c);
+        cr_expect_eq((uintptr_t)m.keys % 8, 0);
+        cm_msg_release(&m);
+    }
+    s_pair_free(&p);
+}
+
+Test(msg, rejects_bad_key_gaps)
+{
+    pair p = s_pair("inproc://msg-badgaps");
+    cm_hdr h = cm_hdr_make(CM_OP_PULL);
+    h.key_enc = CM_KEYS_GAPS;
+    h.n_keys = 2;
+    const uint8_t open_end[2] = {5, 0x80};
+    s_expect_reject(&p, h, open_end, 2, NULL, 0, 2, "ends inside a key");
+    const uint8_t extra[3] = {5, 0, 7};
+    s_expect_reject(&p, h, extra, 3, NULL, 0, 2, "bytes after the last key");
+    /* UINT64_MAX, then any key after it */
+    const uint8_t past[11] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0};
+    s_expect_reject(&p, h, past, 11, NULL, 0, 2, "beyond 2^64");
+    const uint8_t wide[11] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, 0};
+    s_expect_reject(&p, h, wide, 11, NULL, 0, 2, "beyond 64 bits");
+    /* the frame's size bounds the count before anything is allocated */
+    h.n_keys = 1ull << 60;
+    s_expect_reject(&p, h, extra, 3, NULL, 0, 2, "cannot hold");
+    h.n_keys = 1;
+    s_expect_reject(&p, h, past, 11, NULL, 0, 2, "cannot hold");
+    h.key_enc = 7;
+    h.n_keys = 2;
+    s_expect_reject(&p, h, extra, 2, NULL, 0, 2, "key encoding 7");
+    s_pair_free(&p);
+}

@@ -458,7 +458,7 @@ static int s_pull_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
  * trains, which the servers may not hold yet), else as rows - base. */
 static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int rf,
                           size_t stride, float *rows, float *base, float *delta,
-                          uint64_t *changed, int whole, cm_error *err)
+                          uint64_t *changed, int whole, int async, cm_error *err)
 {
     size_t m = 0;
     for (size_t j = 0; j < n; j++) {
@@ -492,7 +492,7 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
                    : wk_kv_push_delta(kv, table, changed + first, c, delta + first * (size_t)rf,
                                       err);
     }
-    if (rc == 0)
+    if (rc == 0 && !async)
         rc = wk_kv_flush(kv, err);
     return rc;
 }
@@ -550,11 +550,13 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 }
 
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint32_t next,
-                    uint64_t seed, wk_progress_fn progress, void *arg, double *sq, size_t *n,
-                    cm_error *err)
+                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    double *sq, size_t *n, cm_error *err)
 {
     int rc;
+    const uint32_t block = pass->block, next = pass->next;
+    wk_progress_fn progress = pass->progress;
+    void *arg = pass->arg;
     if (block >= b->n_blocks || (next != UINT32_MAX && (next >= b->n_blocks || next == block)))
         return cm_error_set(err, CM_EINVAL, "worker: no block %u (next %d) of %u", block,
                             next == UINT32_MAX ? -1 : (int)next, b->n_blocks);
@@ -576,13 +578,19 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if ((rc = s_block_rows(b, kv, block, err)) != 0)
         goto out;
     /* the next block is nobody's this round: its rows come in while this
-     * one trains */
-    if (next != UINT32_MAX && (rc = s_prefetch_start(b, kv, next, err)) != 0)
+     * one trains, once the gate says its last pushes are home */
+    int pending = next != UINT32_MAX;
+    if (pending && (!pass->gate || (rc = pass->gate(arg, 0)) == 1)) {
+        if ((rc = s_prefetch_start(b, kv, next, err)) != 0)
+            goto out;
+        pending = 0;
+    } else if (pending && rc < 0) {
         goto out;
+    }
 
     const double t1 = cm_now();
     cm_rng rng;
-    cm_rng_seed(&rng, seed);
+    cm_rng_seed(&rng, pass->seed);
     uint32_t *order = malloc((b->n_groups + 1) * sizeof *order);
     if (!order) {
         rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
@@ -600,25 +608,39 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
         *sq += model->train_local(ctx, opt, r + at, m - at, b->dim, users, items);
         *sq += model->train_local(ctx, opt, r, at, b->dim, users, items);
         done += m;
-        if (progress && done - reported >= S_CHUNK) {
+        if (done - reported >= S_CHUNK) {
             reported = done;
-            if ((rc = progress(arg, done)) != 0) {
+            rc = progress ? progress(arg, done) : 0;
+            if (rc == 0 && pending && (rc = pass->gate(arg, 0)) == 1) {
+                rc = s_prefetch_start(b, kv, next, err);
+                pending = 0;
+            }
+            if (rc < 0) {
                 free(order);
                 goto out;
             }
+            rc = 0;
         }
     }
     *n += done;
     free(order);
     const double t2 = cm_now();
-    if ((rc = s_prefetch_wait(b, kv, err)) != 0)
+    if (pending) {
+        rc = pass->gate(arg, 1); /* waits until it opens */
+        if (rc == 1)
+            rc = s_prefetch_start(b, kv, next, err);
+        if (rc != 0)
+            goto out;
+    }
+    /* asynchronous: the pull stays in flight while the deltas go out */
+    if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
     rc = s_push_changes(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
-                        b->delta, changed, 0, err);
+                        b->delta, changed, 0, pass->async, err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
-                         "%.3f s for the next block's, pushed in %.3f s", block, bl->n_items,
-           t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3);
+                         "%.3f s for the next block's, pushed in %.3f s%s", block, bl->n_items,
+           t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3, pass->async ? " (sent)" : "");
 out:
     free(changed);
     return rc;
@@ -651,7 +673,7 @@ int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)
     if (!changed)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     int rc = s_push_changes(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase,
-                            b->delta, changed, 1, err);
+                            b->delta, changed, 1, 0, err);
     free(changed);
     return rc;
 }

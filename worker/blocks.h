@@ -76,20 +76,39 @@ size_t wk_blocks_stride(int row_floats);
 /* Called now and then during training with examples done in the block. */
 typedef int (*wk_progress_fn)(void *arg, size_t done);
 
-/* Trains block `block` once: takes its item rows (from the prefetch the
- * previous call started when that was this block, else pulled now; the
- * first time also the user rows), starts the pull of block `next` (none:
- * UINT32_MAX; it must be a block nobody trains until this worker's next
- * call), runs the model's local SGD over its groups of ratings in an order
- * drawn from `seed` (group order and each group's starting point; within a
- * group the order is fixed when the block is built), waits for the
- * prefetch, pushes the item deltas and waits for the acks. Adds the
- * squared errors and the count of ratings to *sq and *n. No pull is in
- * flight when it returns. */
+/* Whether the next block's rows may be pulled yet: 1 yes, 0 not yet, < 0
+ * an error. With wait set it returns only once the answer is 1 (or on an
+ * error). */
+typedef int (*wk_gate_fn)(void *arg, int wait);
+
+/* One pass over a block. */
+typedef struct {
+    uint32_t block;          /* the block to train */
+    uint32_t next;           /* the block to pull meanwhile; UINT32_MAX: none */
+    uint64_t seed;           /* this pass's order */
+    wk_progress_fn progress; /* NULL, or called every 256k ratings */
+    wk_gate_fn gate;         /* NULL: pull `next` at once; else when it opens
+                              * (asked at the same points, and with wait set
+                              * after the last rating if still closed) */
+    void *arg;               /* for progress and gate */
+    int async;               /* push without waiting for the acks, and leave
+                              * the pull of `next` in flight */
+} wk_block_pass;
+
+/* Trains pass->block once: takes its item rows (from the prefetch the
+ * previous pass started when that was this block, else pulled now; the
+ * first time also the user rows), starts the pull of pass->next (it must
+ * be a block nobody trains until this worker's next pass, and whose last
+ * pushes have been acknowledged when the gate opens), runs the model's
+ * local SGD over its groups of ratings in an order drawn from pass->seed
+ * (group order and each group's starting point; within a group the order
+ * is fixed when the block is built), and pushes the item deltas. Unless
+ * async it then waits for the prefetch and the acks, so that nothing is in
+ * flight when it returns. Adds the squared errors and the count of ratings
+ * to *sq and *n. */
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, uint32_t block, uint32_t next,
-                    uint64_t seed, wk_progress_fn progress, void *arg, double *sq, size_t *n,
-                    cm_error *err);
+                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    double *sq, size_t *n, cm_error *err);
 
 /* Sends every user row changed since the last write-back, whole (the
  * servers replace their copy; only this worker trains these rows). */

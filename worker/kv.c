@@ -168,16 +168,20 @@ static size_t s_pull_dim(const wk_kv *kv, const wk_pull *r)
 /* Receives one reply from any server and accounts for it: a push ack
  * lowers pushes_pending; a pull reply in [base, base + n_pending) is
  * scattered into its caller's output. */
-static int s_recv_one(wk_kv *kv, cm_error *err)
+/* Handles the replies that arrive within timeout_ms (0: those already
+ * here; none is then not an error). */
+static int s_recv_within(wk_kv *kv, int timeout_ms, cm_error *err)
 {
     const wk_pull *reqs = kv->f_reqs;
     const uint64_t base = kv->f_base;
     s_pending *pending = kv->pending;
     const size_t n_pending = reqs ? kv->f_pending : 0;
     uint64_t ready = 0;
-    int rc = cm_sock_poll(kv->socks, kv->n_servers, kv->timeout_ms, &ready);
+    int rc = cm_sock_poll(kv->socks, kv->n_servers, timeout_ms, &ready);
     if (rc != 0)
         return cm_error_set(err, rc, "kv: poll failed: %s", cm_strerror(rc));
+    if (!ready && timeout_ms == 0)
+        return 0;
     if (!ready)
         return cm_error_set(err, CM_ETIMEDOUT,
                             "kv: no reply from the servers within %d ms", kv->timeout_ms);
@@ -240,6 +244,11 @@ static int s_recv_one(wk_kv *kv, cm_error *err)
         cm_msg_release(&m);
     }
     return 0;
+}
+
+static int s_recv_one(wk_kv *kv, cm_error *err)
+{
+    return s_recv_within(kv, kv->timeout_ms, err);
 }
 
 /* Groups the keys of one request by server (counting sort, stable, so each
@@ -445,6 +454,19 @@ int wk_kv_flush(wk_kv *kv, cm_error *err)
             return rc;
     }
     return 0;
+}
+
+int wk_kv_poll(wk_kv *kv, cm_error *err)
+{
+    int rc = s_recv_within(kv, 0, err);
+    if (rc != 0)
+        kv->f_reqs = NULL; /* as for a failed wait: the caller stops */
+    return rc;
+}
+
+size_t wk_kv_pushes_pending(const wk_kv *kv)
+{
+    return kv->pushes_pending;
 }
 
 wk_kv_counters wk_kv_get_counters(const wk_kv *kv)

@@ -75,6 +75,13 @@ int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
 int wk_kv_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                     const float *rows, cm_error *err);
 
+/* Handles the replies that have arrived (acks, parts of the pull in
+ * flight) without waiting for more. */
+int wk_kv_poll(wk_kv *kv, cm_error *err);
+
+/* Pushes sent and not acknowledged yet. */
+size_t wk_kv_pushes_pending(const wk_kv *kv);
+
 /* Waits until every push sent so far was acknowledged. */
 int wk_kv_flush(wk_kv *kv, cm_error *err);
 

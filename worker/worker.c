@@ -43,6 +43,11 @@ typedef struct {
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     uint32_t bpw;                   /* blocks: item blocks per worker (1 or 2) */
+    uint32_t gate_epoch;            /* blocks, 2 per worker: the epoch running */
+    uint64_t gate_need;             /* rounds every worker must have pushed through */
+    uint64_t pushed;                /* rounds whose pushes this worker reported acked */
+    uint64_t pushed_target;         /* rounds whose pushes are sent */
+    cm_error *gate_err;             /* where the gate reports */
     uint32_t *bperm;                /* blocks: this epoch's orders (s_block_of_round) */
     uint32_t bperm_epoch;           /* the epoch bperm is for */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
@@ -433,16 +438,95 @@ static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
     return 2 * (b % 2 ? odd : even)[b / 2] + b % 2;
 }
 
-/* Blocks schedule, round `round` of `epoch` (kW rounds): train this
- * round's block and, with 2 blocks per worker, prefetch the next round's,
- * except across the end of the epoch (evaluation and checkpoints come
- * between). */
+/* Blocks, two per worker: tells the scheduler that this worker's pushes
+ * of its first `rounds` rounds are acknowledged. */
+static int s_tell_pushed(s_worker *w, uint64_t rounds, cm_error *err)
+{
+    cm_hdr h = cm_hdr_make(CM_OP_CLOCK);
+    h.sender = w->p->rank;
+    h.epoch = w->gate_epoch;
+    h.clock = rounds;
+    int rc = cm_msg_send(w->ctl, NULL, 0, &h, NULL, 0, NULL, 0);
+    if (rc != 0)
+        return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
+                            cm_sock_errmsg(w->ctl));
+    w->pushed = rounds;
+    return 0;
+}
+
+/* Blocks, two per worker: the gate before pulling the next round's block.
+ * That block was last trained the round before this one, so its rows may
+ * be pulled once every worker's pushes of that round are acknowledged:
+ * each worker reports its own (a CLOCK of rounds pushed through) as the
+ * acks come in, and the scheduler publishes the least of them. */
+static int s_block_gate(void *arg, int wait)
+{
+    s_worker *w = arg;
+    cm_error *err = w->gate_err;
+    const cm_job *job = w->p->job;
+    for (;;) {
+        int rc = wait ? wk_kv_flush(w->kv, err) : wk_kv_poll(w->kv, err);
+        if (rc != 0)
+            return rc;
+        if (w->pushed < w->pushed_target && wk_kv_pushes_pending(w->kv) == 0 &&
+            (rc = s_tell_pushed(w, w->pushed_target, err)) != 0)
+            return rc;
+        if (w->min_clock >= w->gate_need)
+            return 1;
+        cm_msg m = {0};
+        rc = cm_msg_recv(w->ctl, &m, wait ? (int)(job->timeout * 1000) : 0, err);
+        if (rc == CM_ETIMEDOUT && !wait) {
+            cm_msg_release(&m);
+            return 0;
+        }
+        if (rc == CM_ETIMEDOUT)
+            rc = cm_error_set(err, rc, "worker: waited %.0f s for the other workers' pushes",
+                              job->timeout);
+        int op = m.hdr.op;
+        uint32_t ep = m.hdr.epoch;
+        uint64_t clk = m.hdr.clock;
+        cm_msg_release(&m);
+        if (rc != 0)
+            return rc;
+        if (op == CM_OP_STOP)
+            return cm_error_set(err, CM_ECLOSED, "worker: stopped while training a block");
+        if (op != CM_OP_CLOCK)
+            return cm_error_set(err, CM_EPROTO, "worker: unexpected %s inside an epoch",
+                                cm_op_name(op));
+        if (ep == w->gate_epoch && clk > w->min_clock)
+            w->min_clock = clk;
+    }
+}
+
+/* One pass of the blocks schedule over block `block` of `epoch`. */
+static int s_block_pass(s_worker *w, uint32_t epoch, uint32_t block, uint32_t next, int async,
+                        double *sq, size_t *n, cm_error *err)
+{
+    wk_block_pass pass = {
+        .block = block,
+        .next = next,
+        .seed = cm_mix64(w->p->job->seed ^
+                         cm_mix64(((uint64_t)epoch << 40) ^ ((uint64_t)block << 20) ^
+                                  w->p->index)),
+        .progress = s_block_progress,
+        .gate = async ? s_block_gate : NULL,
+        .arg = w,
+        .async = async,
+    };
+    size_t before = *n;
+    int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, &pass, sq, n, err);
+    w->epoch_done += *n - before;
+    return rc;
+}
+
+/* Blocks schedule, the EPOCH message of round `round` of `epoch`. With one
+ * block per worker: train this round's block (the scheduler's barrier
+ * separates rounds). With two: run all 2W rounds of the epoch here, the
+ * next block's rows coming in while one trains and the deltas going out
+ * without waiting, rounds ordered by the gate alone (s_block_gate); every
+ * push is acknowledged before EPOCH_DONE. */
 static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *err)
 {
-    const uint32_t nb = w->bpw * w->p->n_workers;
-    const uint32_t block = s_block_of_round(w, epoch, round);
-    const uint32_t next = w->bpw == 2 && round + 1 < nb ? s_block_of_round(w, epoch, round + 1)
-                                                       : UINT32_MAX;
     double t0 = cm_now();
     if (round == 0) {
         w->epoch_done = 0;
@@ -450,17 +534,30 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     }
     w->progress_epoch = epoch;
     w->last_report = t0;
-    uint64_t seed = cm_mix64(w->p->job->seed ^
-                             cm_mix64(((uint64_t)epoch << 40) ^ ((uint64_t)block << 20) ^
-                                      w->p->index));
     double sq = 0;
     size_t n = 0;
-    int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, block, next, seed,
-                             s_block_progress, w, &sq, &n, err);
+    int rc = 0;
+    if (w->bpw == 1) {
+        rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, round), UINT32_MAX, 0, &sq, &n,
+                          err);
+    } else {
+        const uint32_t nb = 2 * w->p->n_workers;
+        w->gate_epoch = epoch;
+        w->gate_err = err;
+        w->min_clock = w->pushed = w->pushed_target = 0;
+        for (uint32_t r = 0; r < nb && rc == 0; r++) {
+            w->gate_need = r; /* pushes of round r - 1 everywhere */
+            w->pushed_target = r;
+            w->epoch_sq = sq;
+            uint32_t next = r + 1 < nb ? s_block_of_round(w, epoch, r + 1) : UINT32_MAX;
+            rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, r), next, 1, &sq, &n, err);
+        }
+        if (rc == 0)
+            rc = wk_kv_flush(w->kv, err);
+    }
     if (rc != 0)
         return rc;
-    w->epoch_done += n;
-    w->epoch_sq += sq;
+    w->epoch_sq += w->bpw == 1 ? sq : 0;
     double st[3] = {sq, (double)n, cm_now() - t0};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
