@@ -171,11 +171,11 @@ static const s_key s_keys[] = {
     {.name = "staleness", .type = S_INT, S_AT(staleness), .imin = 0, .imax = 1000000,
      .def = "4", .help = "ssp: minibatches a worker may lead the slowest worker by"},
     {.name = "blocks_per_worker", .type = S_INT, S_AT(blocks_per_worker), .imin = 0,
-     .imax = 2, .def = "0",
-     .help = "blocks schedule: item blocks per worker. 2: a worker pulls its next block's "
-             "rows while it trains this one (rounds are shorter, the pull is hidden; a little "
-             "less progress per epoch); 1: no prefetch; 0: 2 where one block's item rows "
-             "take more than 8 MiB, else 1"},
+     .imax = CM_MAX_BLOCKS_PER_WORKER, .def = "0",
+     .help = "blocks schedule: item blocks per worker. From 2 on, a worker pulls its next "
+             "block's rows while it trains one and rounds run without barriers (smaller blocks "
+             "stay nearer the cores; a little less progress per epoch); 1: one barrier per "
+             "round, no prefetch; 0: as many as keep one block's item rows within 8 MiB"},
     {.name = "ingest", .type = S_ENUM, S_AT(ingest), .names = s_ingest, .def = "auto",
      .help = "how workers load ratings: auto (under mpirun with a .psrd file each worker "
              "reads 1/W of it and an MPI all-to-all routes rows to their owners; otherwise "

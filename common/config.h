@@ -15,6 +15,7 @@
 #include "common/err.h"
 
 #define CM_PATH_MAX 1024
+#define CM_MAX_BLOCKS_PER_WORKER 16
 
 typedef enum {
     CM_OPT_SGD = 0,
@@ -114,7 +115,7 @@ typedef struct {
     int schedule;              /* cm_schedule */
     int consistency;           /* cm_consistency */
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
-    int blocks_per_worker;     /* blocks schedule: 1 or 2 item blocks per worker; 0 auto */
+    int blocks_per_worker;     /* blocks schedule: item blocks per worker; 0 auto */
     int wire_dtype;            /* 0: f32, 1: f16 values on the wire */
     int ingest;                /* cm_ingest */
     int worker_affinity;       /* cm_affinity */

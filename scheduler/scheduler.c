@@ -412,16 +412,18 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
     return 0;
 }
 
-/* Blocks schedule: item blocks per worker. Two let a worker pull its next
- * block while it trains one; that pays where a block's rows take long to
- * move (about dim + 2 floats a row with AdaGrad's state). */
+/* Blocks schedule: item blocks per worker. From two on a worker pulls its
+ * next block while it trains one, and smaller blocks keep their rows
+ * nearer the cores: enough blocks that one holds at most 8 MiB of item
+ * rows (about dim + 2 floats a row with AdaGrad's state). */
 static uint32_t s_blocks_per_worker(const s_sched *s)
 {
     const cm_job *job = s->p->job;
     if (job->blocks_per_worker > 0)
         return (uint32_t)job->blocks_per_worker;
-    double block_bytes = (double)s->n_items / s->p->n_workers * (job->dim + 2) * 4.0;
-    return block_bytes > 8.0 * 1024 * 1024 ? 2 : 1;
+    double bytes = (double)s->n_items / s->p->n_workers * (job->dim + 2) * 4.0;
+    double k = ceil(bytes / (8.0 * 1024 * 1024));
+    return k < 1 ? 1 : k > CM_MAX_BLOCKS_PER_WORKER ? CM_MAX_BLOCKS_PER_WORKER : (uint32_t)k;
 }
 
 static int s_send_plan(s_sched *s, cm_error *err)

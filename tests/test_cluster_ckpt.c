@@ -310,4 +310,5 @@ Test(cluster_ckpt, blocks_schedule_resumes_exactly)
 Test(cluster_ckpt, blocks_with_prefetch_resume_exactly)
 {
     s_blocks_resume("bref2", "bpart2", 2);
+    s_blocks_resume("bref3", "bpart3", 3);
 }

@@ -195,11 +195,11 @@ Test(cluster_local, blocks_with_prefetch_reach_the_noise_floor)
 
 Test(cluster_local, blocks_single_worker_is_repeatable)
 {
-    double rmse[4];
-    for (int run = 0; run < 4; run++) {
+    double rmse[6];
+    for (int run = 0; run < 6; run++) {
         cm_job job = s_job(2, 1);
         job.schedule = CM_SCHED_BLOCKS;
-        job.blocks_per_worker = run < 2 ? 1 : 2;
+        job.blocks_per_worker = 1 + run / 2;
         job.epochs = 3;
         sch_result res;
         cm_error err = {0};
@@ -209,6 +209,7 @@ Test(cluster_local, blocks_single_worker_is_repeatable)
     }
     cr_expect(rmse[0] == rmse[1], "%.17g vs %.17g", rmse[0], rmse[1]);
     cr_expect(rmse[2] == rmse[3], "2 blocks per worker: %.17g vs %.17g", rmse[2], rmse[3]);
+    cr_expect(rmse[4] == rmse[5], "3 blocks per worker: %.17g vs %.17g", rmse[4], rmse[5]);
 }
 
 Test(cluster_local, load_aware_slot_plan_is_at_least_as_even)

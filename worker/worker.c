@@ -42,7 +42,7 @@ typedef struct {
     ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
-    uint32_t bpw;                   /* blocks: item blocks per worker (1 or 2) */
+    uint32_t bpw;                   /* blocks: item blocks per worker */
     uint32_t gate_epoch;            /* blocks, 2 per worker: the epoch running */
     uint64_t gate_need;             /* rounds every worker must have pushed through */
     uint64_t pushed;                /* rounds whose pushes this worker reported acked */
@@ -420,22 +420,20 @@ static int s_block_progress(void *arg, size_t done)
  * changes from epoch to epoch. */
 static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
 {
-    const uint32_t nw = w->p->n_workers;
-    uint32_t *place = w->bperm, *even = w->bperm + nw, *odd = w->bperm + 2 * nw;
+    const uint32_t nw = w->p->n_workers, k = w->bpw;
+    uint32_t *place = w->bperm; /* then k permutations of W, one per class */
     if (w->bperm_epoch != epoch) {
         cm_rng rng;
         cm_rng_seed(&rng, cm_mix64(w->p->job->seed ^ cm_mix64(0x626c6f636b73ULL + epoch)));
-        for (uint32_t k = 0; k < nw; k++)
-            place[k] = even[k] = odd[k] = k;
-        cm_rng_shuffle_u32(&rng, place, nw);
-        cm_rng_shuffle_u32(&rng, even, nw);
-        cm_rng_shuffle_u32(&rng, odd, nw);
+        for (uint32_t c = 0; c <= k; c++) {
+            for (uint32_t j = 0; j < nw; j++)
+                w->bperm[c * nw + j] = j;
+            cm_rng_shuffle_u32(&rng, w->bperm + c * nw, nw);
+        }
         w->bperm_epoch = epoch;
     }
-    if (w->bpw == 1)
-        return even[(place[w->p->index] + round) % nw];
-    const uint32_t b = (2 * place[w->p->index] + round) % (2 * nw);
-    return 2 * (b % 2 ? odd : even)[b / 2] + b % 2;
+    const uint32_t b = (k * place[w->p->index] + round) % (k * nw);
+    return k * w->bperm[(1 + b % k) * nw + b / k] + b % k;
 }
 
 /* Blocks, two per worker: tells the scheduler that this worker's pushes
@@ -541,12 +539,14 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
         rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, round), UINT32_MAX, 0, &sq, &n,
                           err);
     } else {
-        const uint32_t nb = 2 * w->p->n_workers;
+        const uint32_t k = w->bpw, nb = k * w->p->n_workers;
         w->gate_epoch = epoch;
         w->gate_err = err;
         w->min_clock = w->pushed = w->pushed_target = 0;
         for (uint32_t r = 0; r < nb && rc == 0; r++) {
-            w->gate_need = r; /* pushes of round r - 1 everywhere */
+            /* the next block was last trained in round r + 1 - k: every
+             * worker's pushes through that round */
+            w->gate_need = r + 2 > k ? r + 2 - k : 0;
             w->pushed_target = r;
             w->epoch_sq = sq;
             uint32_t next = r + 1 < nb ? s_block_of_round(w, epoch, r + 1) : UINT32_MAX;
@@ -978,18 +978,18 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         (rc = s_implicit_setup(w, &m, err)) != 0)
         goto out;
     if (cm_job_uses_blocks(w->p->job)) {
-        w->bperm = malloc(3 * (size_t)w->p->n_workers * sizeof *w->bperm);
         w->bperm_epoch = UINT32_MAX;
+        /* the plan lists every worker's items with their training ratings */
+        const size_t n_items = m.keys && m.vals && m.n_vals == m.hdr.n_keys ? m.hdr.n_keys : 0;
+        wk_block_map map = {m.keys, m.vals, n_items};
+        const double k = m.hdr.n_stats >= 4 ? m.hdr.stats[3] : 1;
+        w->bpw = k >= 1 && k <= CM_MAX_BLOCKS_PER_WORKER ? (uint32_t)k : 1;
+        free(w->bperm);
+        w->bperm = malloc((1 + (size_t)w->bpw) * w->p->n_workers * sizeof *w->bperm);
         if (!w->bperm) {
             rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
             goto out;
         }
-    }
-    if (cm_job_uses_blocks(w->p->job)) {
-        /* the plan lists every worker's items with their training ratings */
-        const size_t n_items = m.keys && m.vals && m.n_vals == m.hdr.n_keys ? m.hdr.n_keys : 0;
-        wk_block_map map = {m.keys, m.vals, n_items};
-        w->bpw = m.hdr.n_stats >= 4 && m.hdr.stats[3] == 2 ? 2 : 1;
         if (!(w->blocks = wk_blocks_new(&w->train, w->bpw * w->p->n_workers, w->dims[0],
                                         w->row_floats, w->p->job->resume[0] ? NULL
                                                                            : &w->user_table,
