@@ -736,7 +736,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         }
         double t0 = cm_now();
         /* minibatch: one round; blocks, one block per worker: one round per
-         * block, each a barrier; two per worker: the workers run the rounds
+         * block, each a barrier; more per worker: the workers run the rounds
          * themselves, ordered by the pushed-through clocks they send */
         const uint32_t rounds = cm_job_uses_blocks(job) && s->bpw == 1 ? s->p->n_workers : 1;
         double sq = 0, n = 0, max_lead = -1; /* -1: not tracked (asp, blocks) */

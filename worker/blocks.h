@@ -1,16 +1,17 @@
 /* blocks: the worker's side of the blocks schedule (DSGD).
  *
- * Items are split into B = 2W blocks for W workers. In round s of an epoch
- * (2W rounds) worker w trains block (2w + s) mod B: it takes the block's
- * item rows whole (weights and optimizer state), runs plain per-rating SGD
- * over its own ratings of that block with its own user rows, which it
- * holds for the whole run, then pushes back the change of each item row.
- * No two workers hold the same block at once, so the updates never
- * conflict, and the messages are per block, not per minibatch. The blocks
- * of round s all have the parity of s, so the block a worker trains next
- * is nobody's during this round and was pushed back before it began: its
- * rows are pulled while this block trains. User rows go back to the
- * servers before checkpoints (wk_blocks_writeback). */
+ * Items are split into B = kW blocks for W workers (k per worker). In
+ * round s of an epoch (B rounds) each worker trains a different block (the
+ * worker's side, worker/worker.c, picks it): it takes the block's item
+ * rows whole (weights and optimizer state), runs plain per-rating SGD over
+ * its own ratings of that block with its own user rows, which it holds for
+ * the whole run, then pushes back the change of each item row. No two
+ * workers hold the same block at once, so the updates never conflict, and
+ * the messages are per block, not per minibatch. From k = 2 on the block a
+ * worker trains next is nobody's during this round, and its rows are
+ * pulled while this block trains, once its last pushes are acknowledged
+ * (the gate of wk_block_pass). User rows go back to the servers before
+ * checkpoints (wk_blocks_writeback). */
 #ifndef PSREC_WORKER_BLOCKS_H
 #define PSREC_WORKER_BLOCKS_H
 

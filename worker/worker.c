@@ -412,12 +412,11 @@ static int s_block_progress(void *arg, size_t done)
 /* Blocks schedule: the block this worker trains in round `round` of
  * `epoch`. Worker w takes place p(w) and trains, in round r, block
  * q((k p(w) + r) mod kW) for k blocks per worker, where p permutes the
- * workers and q the blocks (with k = 2 even blocks among themselves, odd
- * ones likewise), both drawn afresh each epoch from (seed, epoch): every
- * worker computes the same, each round's blocks are distinct, with k = 2
- * they share the round's parity (so the next round's blocks are idle
- * during this one), and the order in which a worker meets the blocks
- * changes from epoch to epoch. */
+ * workers and q the blocks within each residue class mod k, both drawn
+ * afresh each epoch from (seed, epoch): every worker computes the same,
+ * each round's blocks are distinct and all in class r mod k (so from k = 2
+ * on the next round's blocks are idle during this one), and the order in
+ * which a worker meets the blocks changes from epoch to epoch. */
 static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
 {
     const uint32_t nw = w->p->n_workers, k = w->bpw;
@@ -436,7 +435,7 @@ static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
     return k * w->bperm[(1 + b % k) * nw + b / k] + b % k;
 }
 
-/* Blocks, two per worker: tells the scheduler that this worker's pushes
+/* Blocks, k >= 2 per worker: tells the scheduler that this worker's pushes
  * of its first `rounds` rounds are acknowledged. */
 static int s_tell_pushed(s_worker *w, uint64_t rounds, cm_error *err)
 {
@@ -452,11 +451,12 @@ static int s_tell_pushed(s_worker *w, uint64_t rounds, cm_error *err)
     return 0;
 }
 
-/* Blocks, two per worker: the gate before pulling the next round's block.
- * That block was last trained the round before this one, so its rows may
- * be pulled once every worker's pushes of that round are acknowledged:
- * each worker reports its own (a CLOCK of rounds pushed through) as the
- * acks come in, and the scheduler publishes the least of them. */
+/* Blocks, k >= 2 per worker: the gate before pulling the next round's
+ * block. That block was last trained k - 1 rounds before this one, so its
+ * rows may be pulled once every worker's pushes of that round are
+ * acknowledged (w->gate_need rounds pushed through): each worker reports
+ * its own (a CLOCK of rounds pushed through) as the acks come in, and the
+ * scheduler publishes the least of them. */
 static int s_block_gate(void *arg, int wait)
 {
     s_worker *w = arg;
@@ -519,7 +519,7 @@ static int s_block_pass(s_worker *w, uint32_t epoch, uint32_t block, uint32_t ne
 
 /* Blocks schedule, the EPOCH message of round `round` of `epoch`. With one
  * block per worker: train this round's block (the scheduler's barrier
- * separates rounds). With two: run all 2W rounds of the epoch here, the
+ * separates rounds). With k >= 2: run all kW rounds of the epoch here, the
  * next block's rows coming in while one trains and the deltas going out
  * without waiting, rounds ordered by the gate alone (s_block_gate); every
  * push is acknowledged before EPOCH_DONE. */
