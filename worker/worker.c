@@ -277,6 +277,40 @@ static void s_swap_sets(s_worker *w)
  * Epochs
  * ------------------------------------------------------------------- */
 
+/* Inside an epoch: takes the scheduler's next message, which must be a
+ * CLOCK (the least clock of all workers; kept in w->min_clock when it is
+ * for `epoch`). wait: up to the job's timeout (CM_ETIMEDOUT then says
+ * `what` was awaited); else only a message already here (CM_ETIMEDOUT,
+ * err untouched, when there is none). */
+static int s_recv_clock(s_worker *w, uint32_t epoch, int wait, const char *what,
+                        cm_error *err)
+{
+    const cm_job *job = w->p->job;
+    cm_msg m = {0};
+    cm_error e = {0};
+    int rc = cm_msg_recv(w->ctl, &m, wait ? (int)(job->timeout * 1000) : 0, &e);
+    int op = m.hdr.op;
+    uint32_t ep = m.hdr.epoch;
+    uint64_t clk = m.hdr.clock;
+    cm_msg_release(&m);
+    if (rc == CM_ETIMEDOUT)
+        return wait ? cm_error_set(err, rc, "worker: waited %.0f s for %s", job->timeout, what)
+                    : rc;
+    if (rc != 0) {
+        if (err)
+            *err = e;
+        return rc;
+    }
+    if (op == CM_OP_STOP)
+        return cm_error_set(err, CM_ECLOSED, "worker: stopped while waiting for %s", what);
+    if (op != CM_OP_CLOCK)
+        return cm_error_set(err, CM_EPROTO, "worker: unexpected %s inside an epoch",
+                            cm_op_name(op));
+    if (ep == epoch && clk > w->min_clock)
+        w->min_clock = clk;
+    return 0;
+}
+
 /* SSP/BSP: before minibatch `c` (0-based) waits until the slowest worker
  * has done at least c - staleness minibatches of this epoch. */
 static int s_wait_clock(s_worker *w, uint32_t epoch, uint64_t c, cm_error *err)
@@ -284,24 +318,9 @@ static int s_wait_clock(s_worker *w, uint32_t epoch, uint64_t c, cm_error *err)
     const cm_job *job = w->p->job;
     const uint64_t s = job->consistency == CM_CONS_BSP ? 0 : (uint64_t)job->staleness;
     while (c > w->min_clock + s) {
-        cm_msg m = {0};
-        int rc = cm_msg_recv(w->ctl, &m, (int)(job->timeout * 1000), err);
-        if (rc == CM_ETIMEDOUT)
-            rc = cm_error_set(err, rc, "worker: waited %.0f s for the slowest worker's clock",
-                              job->timeout);
-        int op = m.hdr.op;
-        uint32_t ep = m.hdr.epoch;
-        uint64_t clk = m.hdr.clock;
-        cm_msg_release(&m);
+        int rc = s_recv_clock(w, epoch, 1, "the slowest worker's clock", err);
         if (rc != 0)
             return rc;
-        if (op == CM_OP_STOP)
-            return cm_error_set(err, CM_ECLOSED, "worker: stopped while waiting");
-        if (op != CM_OP_CLOCK)
-            return cm_error_set(err, CM_EPROTO, "worker: unexpected %s inside an epoch",
-                                cm_op_name(op));
-        if (ep == epoch && clk > w->min_clock)
-            w->min_clock = clk;
     }
     return 0;
 }
@@ -461,7 +480,6 @@ static int s_block_gate(void *arg, int wait)
 {
     s_worker *w = arg;
     cm_error *err = w->gate_err;
-    const cm_job *job = w->p->job;
     for (;;) {
         int rc = wait ? wk_kv_flush(w->kv, err) : wk_kv_poll(w->kv, err);
         if (rc != 0)
@@ -471,28 +489,11 @@ static int s_block_gate(void *arg, int wait)
             return rc;
         if (w->min_clock >= w->gate_need)
             return 1;
-        cm_msg m = {0};
-        rc = cm_msg_recv(w->ctl, &m, wait ? (int)(job->timeout * 1000) : 0, err);
-        if (rc == CM_ETIMEDOUT && !wait) {
-            cm_msg_release(&m);
+        rc = s_recv_clock(w, w->gate_epoch, wait, "the other workers' pushes", err);
+        if (rc == CM_ETIMEDOUT && !wait)
             return 0;
-        }
-        if (rc == CM_ETIMEDOUT)
-            rc = cm_error_set(err, rc, "worker: waited %.0f s for the other workers' pushes",
-                              job->timeout);
-        int op = m.hdr.op;
-        uint32_t ep = m.hdr.epoch;
-        uint64_t clk = m.hdr.clock;
-        cm_msg_release(&m);
         if (rc != 0)
             return rc;
-        if (op == CM_OP_STOP)
-            return cm_error_set(err, CM_ECLOSED, "worker: stopped while training a block");
-        if (op != CM_OP_CLOCK)
-            return cm_error_set(err, CM_EPROTO, "worker: unexpected %s inside an epoch",
-                                cm_op_name(op));
-        if (ep == w->gate_epoch && clk > w->min_clock)
-            w->min_clock = clk;
     }
 }
 
