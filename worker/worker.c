@@ -513,8 +513,10 @@ static int s_block_pass(s_worker *w, uint32_t epoch, uint32_t block, uint32_t ne
         .async = async,
     };
     size_t before = *n;
+    double sq_before = *sq;
     int rc = wk_blocks_train(w->blocks, w->kv, w->model, &w->ctx, &w->optim, &pass, sq, n, err);
-    w->epoch_done += *n - before;
+    w->epoch_done += *n - before; /* for the progress reports */
+    w->epoch_sq += *sq - sq_before;
     return rc;
 }
 
@@ -549,7 +551,6 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
              * worker's pushes through that round */
             w->gate_need = r + 2 > k ? r + 2 - k : 0;
             w->pushed_target = r;
-            w->epoch_sq = sq;
             uint32_t next = r + 1 < nb ? s_block_of_round(w, epoch, r + 1) : UINT32_MAX;
             rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, r), next, 1, &sq, &n, err);
         }
@@ -558,7 +559,6 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     }
     if (rc != 0)
         return rc;
-    w->epoch_sq += w->bpw == 1 ? sq : 0;
     double st[3] = {sq, (double)n, cm_now() - t0};
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
