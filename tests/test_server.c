@@ -385,6 +385,13 @@ Test(server, unknown_table_and_wrong_dim, .timeout = 30)
     cm_msg_release(&r);
     s_still_serving(&f);
 
+    /* A push that says both deltas and whole rows. */
+    h = s_hdr(CM_OP_PUSH, 0, 4, CM_PUSH_DELTA | CM_PUSH_SET);
+    s_call(&f, &h, keys, 2, g, 8, &r);
+    s_expect_error(&r, CM_EPROTO, "either deltas or whole rows");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+
     /* Ops a server does not serve. */
     h = s_hdr(CM_OP_HELLO, 0, 0, 0);
     s_call(&f, &h, NULL, 0, NULL, 0, &r);
