@@ -136,7 +136,7 @@ static int s_psrec_rates(int dim, int f16, double secs, double *pull, double *pu
     float *vals = calloc((size_t)KEYS * dim, sizeof *vals);
     for (size_t i = 0; i < KEYS; i++)
         keys[i] = 1000 + 3 * i;
-    wk_pull req = {0, keys, KEYS, vals, 0};
+    wk_pull req = {0, keys, KEYS, vals, 0, 0};
     wk_kv_pull(kv, &req, 1, &err); /* create the rows */
     const double bytes = KEYS * (8.0 + 4.0 * dim);
     double t0 = cm_now(), n = 0;

@@ -48,6 +48,7 @@ struct cm_boot {
     cm_van *van;                /* MPI: owned; local: the group's */
     cm_boot_group *group;       /* local: the group this rank belongs to */
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
+    int unix_sockets;           /* MPI: every rank on this host; bind ipc:// */
     int *host_of;               /* MPI: per rank, the lowest rank on its host; NULL locally
                                  * (one host) */
     MPI_Comm sub;               /* MPI: ranks sub_first.. of the last exchange */
@@ -136,7 +137,9 @@ static int s_host_ipv4(const char *hostname, char *out, size_t n)
 /* Collective: decides b->host, the address this rank advertises.
  * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host; else this
  * host's IPv4 address, else its name. Every rank takes part in the
- * hostname exchange whatever its environment says. */
+ * hostname exchange whatever its environment says. With every rank on
+ * this host and neither PSREC_HOST nor PSREC_TRANSPORT=tcp set, ranks bind
+ * unix sockets instead (b->unix_sockets). */
 static int s_mpi_pick_host(cm_boot *b, cm_error *err)
 {
     char mine[CM_ENDPOINT_MAX] = {0};
@@ -183,7 +186,10 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
         why = "PSREC_HOST";
     } else if (same) {
         snprintf(b->host, sizeof b->host, "127.0.0.1");
-        why = "every rank is on this host";
+        const char *tr = getenv("PSREC_TRANSPORT");
+        b->unix_sockets = !(tr && strcmp(tr, "tcp") == 0);
+        why = b->unix_sockets ? "every rank is on this host; unix sockets"
+                              : "every rank is on this host; PSREC_TRANSPORT=tcp";
     } else if (s_host_ipv4(mine, b->host, sizeof b->host) == 0) {
         why = "this host's IPv4 address";
     } else {
@@ -220,10 +226,23 @@ static int s_mpi_barrier(cm_boot *b, cm_error *err)
     return 0;
 }
 
+/* A unix socket's path must fit sockaddr_un.sun_path with its NUL. */
+#define S_UNIX_PATH_MAX 107
+
 static void s_mpi_bind_endpoint(const cm_boot *b, const char *purpose, char *out)
 {
-    (void)b;
-    (void)purpose;
+    /* one host: a unix socket moves a byte for about half the CPU time of
+     * tcp loopback (13 MB messages both ways: 1.3 vs 2.9 CPU s per 5.4 GB) */
+    if (b->unix_sockets) {
+        static atomic_uint s_binds;
+        const char *dir = getenv("TMPDIR");
+        if (!dir || !*dir)
+            dir = "/tmp";
+        int n = snprintf(out, CM_ENDPOINT_MAX, "ipc://%s/psrec-%ld-%u-%s", dir, (long)getpid(),
+                         atomic_fetch_add(&s_binds, 1), purpose);
+        if (n > 0 && n < CM_ENDPOINT_MAX && n - 6 <= S_UNIX_PATH_MAX)
+            return;
+    }
     snprintf(out, CM_ENDPOINT_MAX, "tcp://0.0.0.0:*");
 }
 

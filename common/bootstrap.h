@@ -40,8 +40,11 @@ int cm_boot_is_mpi(const cm_boot *b);
 cm_van *cm_boot_van(cm_boot *b);
 
 /* An endpoint this rank can bind for the given purpose ("data", "ctl"):
- * "inproc://psrec-<group>-<rank>-<purpose>" locally, "tcp://0.0.0.0:*" under MPI.
- * out has CM_ENDPOINT_MAX bytes. */
+ * "inproc://psrec-<group>-<rank>-<purpose>" locally; under MPI
+ * "tcp://0.0.0.0:*", or, when every rank runs on this host (and neither
+ * PSREC_HOST nor PSREC_TRANSPORT=tcp is set), a unix socket
+ * "ipc://$TMPDIR/psrec-<pid>-<n>-<purpose>" (TMPDIR default /tmp; tcp when
+ * the path would be too long). out has CM_ENDPOINT_MAX bytes. */
 void cm_boot_bind_endpoint(const cm_boot *b, const char *purpose, char *out);
 
 /* Turns the endpoint a bind resolved to into one other ranks can connect

@@ -44,6 +44,8 @@ struct cm_sock {
     cm_sock_type type;
     cm_sock *inner;                      /* the wrapped socket, or NULL */
     void *impl;                          /* the implementation's state */
+    char *bound_file;                    /* a unix socket this one bound: its
+                                            file, removed on close; or NULL */
     char errmsg[CM_ERROR_MSG_MAX];       /* last error text, "" if none */
 };
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define S_SEND_TIMEOUT_MS 30000
@@ -155,12 +156,21 @@ static void s_sock_close(cm_sock *s)
     zmq_setsockopt(s->impl, ZMQ_LINGER, &zero, sizeof zero);
     zmq_close(s->impl);
     atomic_fetch_sub(&z->n_socks, 1);
+    /* zmq leaves a named unix socket's file behind */
+    if (s->bound_file) {
+        (void)unlink(s->bound_file);
+        free(s->bound_file);
+        s->bound_file = NULL;
+    }
 }
 
 static int s_bind(cm_sock *s, const char *endpoint, char *actual)
 {
     if (zmq_bind(s->impl, endpoint) != 0)
         return s_fail(s, "bind", endpoint);
+    if (strncmp(endpoint, "ipc://", 6) == 0 && strcmp(endpoint + 6, "*") != 0 &&
+        !s->bound_file && !(s->bound_file = strdup(endpoint + 6)))
+        return cm_sock_seterr_(s, CM_ENOMEM, "bind %s: out of memory", endpoint);
     if (actual) {
         size_t len = CM_ENDPOINT_MAX;
         if (zmq_getsockopt(s->impl, ZMQ_LAST_ENDPOINT, actual, &len) != 0)

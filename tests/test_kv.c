@@ -92,7 +92,7 @@ Test(kv, pull_push_pull_across_two_servers)
 
     static float got[N * DIM], want[N * DIM], grads[N * DIM];
     cm_error err = {0};
-    wk_pull req = {0, keys, N, got, 0};
+    wk_pull req = {0, keys, N, got, 0, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < N; i++) {
         ps_table_init_row(&s_tp, keys[i], want + i * DIM);
@@ -132,7 +132,7 @@ Test(kv, half_wire)
     for (int i = 0; i < N; i++)
         keys[i] = 50000 + 3 * (uint64_t)i;
     static float got[N * DIM], init[N * DIM], grads[N * DIM];
-    wk_pull req = {0, keys, N, got, 0};
+    wk_pull req = {0, keys, N, got, 0, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < N; i++)
         ps_table_init_row(&s_tp, keys[i], init + i * DIM);
@@ -174,7 +174,7 @@ Test(kv, pull_in_flight_across_pushes)
     for (int i = 0; i < N * DIM; i++)
         g[i] = 1.0f;
     cm_error err = {0};
-    wk_pull qa = {0, a, N, ra, 0}, qb = {0, b, N, rb, 0};
+    wk_pull qa = {0, a, N, ra, 0, 0}, qb = {0, b, N, rb, 0, 0};
     cr_assert_eq(wk_kv_pull_start(kv, &qa, 1, &err), 0, "%s", err.msg);
     cr_assert_eq(wk_kv_pull_start(kv, &qb, 1, &err), CM_ESTATE, "one pull in flight");
     /* pushes to the same rows and to others, then a flush, while a's pull
@@ -199,7 +199,7 @@ Test(kv, no_create_pull_reads_zeros)
     uint64_t keys[3] = {1u << 30, (1u << 30) + 1, (1u << 30) + 2};
     float got[3 * DIM];
     memset(got, 0xff, sizeof got);
-    wk_pull req = {0, keys, 3, got, CM_PULL_NO_CREATE};
+    wk_pull req = {0, keys, 3, got, CM_PULL_NO_CREATE, 0};
     cm_error err = {0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < 3 * DIM; i++)
@@ -220,10 +220,10 @@ Test(kv, server_refusal_is_reported)
     cr_assert_not_null(kv);
     uint64_t keys[2] = {1, 2};
     float got[2 * DIM];
-    wk_pull req = {1, keys, 2, got, 0};
+    wk_pull req = {1, keys, 2, got, 0, 0};
     cr_expect_eq(wk_kv_pull(kv, &req, 1, &err), CM_EREMOTE);
     cr_expect(strstr(err.msg, "refused") != NULL, "%s", err.msg);
-    wk_pull bad = {7, keys, 2, got, 0};
+    wk_pull bad = {7, keys, 2, got, 0, 0};
     cr_expect_eq(wk_kv_pull(kv, &bad, 1, &err), CM_EINVAL, "unknown table caught locally");
     wk_kv_destroy(&kv);
 }
@@ -253,7 +253,7 @@ Test(kv, silent_server_times_out)
     cr_assert_not_null(kv, "%s", err.msg);
     uint64_t keys[1] = {1};
     float got[DIM];
-    wk_pull req = {0, keys, 1, got, 0};
+    wk_pull req = {0, keys, 1, got, 0, 0};
     cr_expect_eq(wk_kv_pull(kv, &req, 1, &err), CM_ETIMEDOUT, "%s", err.msg);
     wk_kv_destroy(&kv);
 }
@@ -271,13 +271,13 @@ Test(kv, whole_rows_and_deltas)
     cr_assert_not_null(kv, "%s", err.msg);
     uint64_t keys[4] = {50001, 50002, 50003, 50004};
     float full[4 * DIM], again[4 * DIM], delta[4 * DIM];
-    wk_pull req = {0, keys, 4, full, CM_PULL_FULL};
+    wk_pull req = {0, keys, 4, full, CM_PULL_FULL, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < 4 * DIM; i++)
         delta[i] = 0.25f * (float)(i + 1);
     cr_assert_eq(wk_kv_push_delta(kv, 0, keys, 4, delta, &err), 0, "%s", err.msg);
     cr_assert_eq(wk_kv_push_delta(kv, 0, keys, 4, delta, &err), 0, "%s", err.msg);
-    wk_pull req2 = {0, keys, 4, again, CM_PULL_FULL};
+    wk_pull req2 = {0, keys, 4, again, CM_PULL_FULL, 0};
     cr_assert_eq(wk_kv_pull(kv, &req2, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < 4 * DIM; i++)
         cr_expect_float_eq(again[i], full[i] + 2 * delta[i], 1e-6, "deltas add up (%d)", i);
@@ -290,7 +290,7 @@ Test(kv, whole_rows_and_deltas)
         set[i] = -0.5f * (float)(i + 3);
     cr_assert_eq(wk_kv_push_rows(kv, 0, set_keys, 4, set, &err), 0, "%s", err.msg);
     cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
-    wk_pull req3 = {0, set_keys, 4, back, CM_PULL_FULL};
+    wk_pull req3 = {0, set_keys, 4, back, CM_PULL_FULL, 0};
     cr_assert_eq(wk_kv_pull(kv, &req3, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < 4 * DIM; i++)
         cr_expect_eq(back[i], set[i], "row value %d is the one sent", i);

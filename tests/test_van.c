@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/van.h"
 
@@ -104,6 +105,16 @@ Test(van, inproc_round_trip)
 Test(van, tcp_round_trip)
 {
     s_round_trip("tcp://127.0.0.1:*");
+}
+
+/* A unix socket carries messages, and its file goes with the socket. */
+Test(van, ipc_round_trip_leaves_no_file)
+{
+    char path[64], endpoint[80];
+    snprintf(path, sizeof path, "/tmp/psrec-test-van-%ld", (long)getpid());
+    snprintf(endpoint, sizeof endpoint, "ipc://%s", path);
+    s_round_trip(endpoint);
+    cr_assert_eq(access(path, F_OK), -1, "%s is still there", path);
 }
 
 Test(van, destroy_is_null_safe)

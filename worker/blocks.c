@@ -41,12 +41,12 @@ struct wk_blocks {
     uint32_t n_groups;
     s_block *blocks;
     uint32_t n_blocks;
-    float *irows, *ibase;       /* rows of the block being trained */
+    float *irows;               /* rows of the block being trained */
     size_t icap;                /* rows irows can hold */
-    float *delta;               /* scratch for deltas */
-    size_t dcap;
+    float *scratch;             /* one message's rows, back to back */
+    uint64_t *changed;          /* and their keys */
     /* the next block's rows, pulled while this one trains */
-    float *pf;                  /* icap rows of rf_item floats, back to back */
+    float *pf;                  /* icap rows like irows: the two swap */
     wk_pull *pf_reqs;           /* one pull per S_ROWS_PER_MSG rows */
     uint32_t pf_block;          /* the block in pf or in flight; UINT32_MAX: none */
     int pf_flying;              /* the pull is in flight */
@@ -376,14 +376,15 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
     b->ubase = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
     b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
-    b->ibase = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
-    b->dcap = (b->n_users > b->icap ? b->n_users : b->icap) + 1;
+    b->pf = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
     const size_t rf_max = (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item);
-    b->delta = cm_alloc_big(b->dcap * rf_max * sizeof(float));
-    b->pf = cm_alloc_big((b->icap + 1) * (size_t)b->rf_item * sizeof(float));
-    b->pf_reqs = malloc((b->icap / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
+    b->scratch = cm_alloc_big(S_ROWS_PER_MSG * rf_max * sizeof(float));
+    b->changed = malloc(S_ROWS_PER_MSG * sizeof *b->changed);
+    const size_t most = b->n_users > b->icap ? b->n_users : b->icap;
+    b->pf_reqs = malloc((most / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
     b->pf_block = UINT32_MAX;
-    if (!b->urows || !b->ubase || !b->irows || !b->ibase || !b->delta || !b->pf || !b->pf_reqs)
+    if (!b->urows || !b->ubase || !b->irows || !b->pf || !b->scratch || !b->changed ||
+        !b->pf_reqs)
         goto oom;
     if (user_init) {
         /* exactly the row a server makes on first touch (ps/table.c) */
@@ -424,74 +425,68 @@ void wk_blocks_destroy(wk_blocks **pb)
     free(b->urows);
     free(b->ubase);
     free(b->irows);
-    free(b->ibase);
-    free(b->delta);
+    free(b->scratch);
+    free(b->changed);
     free(b->pf);
     free(b->pf_reqs);
     free(b);
     *pb = NULL;
 }
 
-/* Pulls whole rows of keys into rows (stride floats apart) and base. */
-static int s_pull_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int rf,
-                       size_t stride, float *rows, float *base, float *scratch,
-                       cm_error *err)
+/* The pulls of whole rows of keys[0..n) into rows, stride floats apart:
+ * one request per S_ROWS_PER_MSG rows, in reqs. Returns how many. */
+static size_t s_pull_reqs(uint32_t table, const uint64_t *keys, size_t n, size_t stride,
+                          float *rows, wk_pull *reqs)
 {
+    size_t n_reqs = 0;
     for (size_t first = 0; first < n; first += S_ROWS_PER_MSG) {
         size_t m = n - first < S_ROWS_PER_MSG ? n - first : S_ROWS_PER_MSG;
-        wk_pull req = {table, keys + first, m, scratch, CM_PULL_FULL};
-        int rc = wk_kv_pull(kv, &req, 1, err);
-        if (rc != 0)
-            return rc;
-        for (size_t j = 0; j < m; j++) {
-            memcpy(rows + (first + j) * stride, scratch + j * (size_t)rf,
-                   (size_t)rf * sizeof(float));
-            memcpy(base + (first + j) * stride, scratch + j * (size_t)rf,
-                   (size_t)rf * sizeof(float));
-        }
+        reqs[n_reqs++] =
+            (wk_pull){table, keys + first, m, rows + first * stride, CM_PULL_FULL, stride};
     }
-    return 0;
+    return n_reqs;
 }
 
-/* Pushes every row that changed since base, then makes base = rows: as
- * whole rows that replace the servers' (`whole`: rows only this worker
- * trains, which the servers may not hold yet), else as rows - base. */
-static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int rf,
-                          size_t stride, float *rows, float *base, float *delta,
-                          uint64_t *changed, int whole, int async, cm_error *err)
+/* Pulls whole rows of keys into rows, stride floats apart, every request
+ * in flight at once; base (when not NULL) gets a copy. */
+static int s_pull_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                       size_t stride, float *rows, float *base, cm_error *err)
 {
+    size_t n_reqs = s_pull_reqs(table, keys, n, stride, rows, b->pf_reqs);
+    int rc = wk_kv_pull(kv, b->pf_reqs, n_reqs, err);
+    if (rc == 0 && base)
+        memcpy(base, rows, n * stride * sizeof(float));
+    return rc;
+}
+
+/* Pushes rows whole, the servers replacing their copy (only this worker
+ * trains them until it pushes): every row when base is NULL, else each
+ * row that differs from base, which then takes its values. Unless async,
+ * waits for the acks. */
+static int s_push_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                       int rf, size_t stride, const float *rows, float *base, int async,
+                       cm_error *err)
+{
+    const size_t bytes = (size_t)rf * sizeof(float);
     size_t m = 0;
-    for (size_t j = 0; j < n; j++) {
-        float *r = rows + j * stride;
-        float *o = base + j * stride;
-        if (memcmp(r, o, (size_t)rf * sizeof(float)) == 0)
-            continue; /* base already equals the row */
-        float *d = delta + m * (size_t)rf;
-        if (whole) {
-            memcpy(d, r, (size_t)rf * sizeof(float));
-            memcpy(o, r, (size_t)rf * sizeof(float));
-            changed[m++] = keys[j];
-            continue;
-        }
-        /* keep what the server will hold, o + (r - o), which rounding can
-         * make differ from r: then a run resumed from the server's rows
-         * continues exactly like this one */
-#pragma omp simd
-        for (int k = 0; k < rf; k++) {
-            d[k] = r[k] - o[k];
-            r[k] = o[k] + d[k];
-            o[k] = r[k];
-        }
-        changed[m++] = keys[j];
-    }
     int rc = 0;
-    for (size_t first = 0; first < m && rc == 0; first += S_ROWS_PER_MSG) {
-        size_t c = m - first < S_ROWS_PER_MSG ? m - first : S_ROWS_PER_MSG;
-        rc = whole ? wk_kv_push_rows(kv, table, changed + first, c, delta + first * (size_t)rf,
-                                     err)
-                   : wk_kv_push_delta(kv, table, changed + first, c, delta + first * (size_t)rf,
-                                      err);
+    for (size_t j = 0; j < n && rc == 0; j++) {
+        const float *r = rows + j * stride;
+        if (base) {
+            float *o = base + j * stride;
+            if (memcmp(r, o, bytes) == 0)
+                continue; /* the servers hold this row already */
+            memcpy(o, r, bytes);
+        }
+        memcpy(b->scratch + m * (size_t)rf, r, bytes);
+        b->changed[m++] = keys[j];
+        if (m == S_ROWS_PER_MSG) {
+            rc = wk_kv_push_rows(kv, table, b->changed, m, b->scratch, err);
+            m = 0;
+        }
     }
+    if (rc == 0 && m > 0)
+        rc = wk_kv_push_rows(kv, table, b->changed, m, b->scratch, err);
     if (rc == 0 && !async)
         rc = wk_kv_flush(kv, err);
     return rc;
@@ -501,12 +496,7 @@ static int s_push_changes(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
 static int s_prefetch_start(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 {
     const s_block *bl = &b->blocks[k];
-    size_t n_reqs = 0;
-    for (size_t first = 0; first < bl->n_items; first += S_ROWS_PER_MSG) {
-        size_t m = bl->n_items - first < S_ROWS_PER_MSG ? bl->n_items - first : S_ROWS_PER_MSG;
-        b->pf_reqs[n_reqs++] = (wk_pull){1, bl->items + first, m,
-                                         b->pf + first * (size_t)b->rf_item, CM_PULL_FULL};
-    }
+    size_t n_reqs = s_pull_reqs(1, bl->items, bl->n_items, b->is, b->pf, b->pf_reqs);
     int rc = wk_kv_pull_start(kv, b->pf_reqs, n_reqs, err);
     if (rc == 0) {
         b->pf_block = k;
@@ -527,8 +517,8 @@ static int s_prefetch_wait(wk_blocks *b, wk_kv *kv, cm_error *err)
     return rc;
 }
 
-/* Block k's item rows into irows and ibase: from the prefetch when it holds
- * them, else pulled now. */
+/* Block k's item rows into irows: the prefetch's buffer when it holds
+ * them (the two buffers swap), else pulled now. */
 static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 {
     const s_block *bl = &b->blocks[k];
@@ -537,15 +527,12 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
         return rc;
     if (b->pf_block != k) {
         b->pf_block = UINT32_MAX;
-        return s_pull_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
-                           b->delta, err);
+        return s_pull_rows(b, kv, 1, bl->items, bl->n_items, b->is, b->irows, NULL, err);
     }
     b->pf_block = UINT32_MAX;
-    const size_t rf = (size_t)b->rf_item;
-    for (size_t j = 0; j < bl->n_items; j++) {
-        memcpy(b->irows + j * b->is, b->pf + j * rf, rf * sizeof(float));
-        memcpy(b->ibase + j * b->is, b->pf + j * rf, rf * sizeof(float));
-    }
+    float *t = b->irows;
+    b->irows = b->pf;
+    b->pf = t;
     return 0;
 }
 
@@ -560,15 +547,10 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (block >= b->n_blocks || (next != UINT32_MAX && (next >= b->n_blocks || next == block)))
         return cm_error_set(err, CM_EINVAL, "worker: no block %u (next %d) of %u", block,
                             next == UINT32_MAX ? -1 : (int)next, b->n_blocks);
-    /* the changed keys of a push reuse the pull's scratch: both fit dcap */
-    uint64_t *changed = malloc(b->dcap * sizeof *changed);
-    if (!changed)
-        return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     if (!b->have_users) {
         if ((rc = s_prefetch_wait(b, kv, err)) != 0)
             goto out;
-        rc = s_pull_rows(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase,
-                         b->delta, err);
+        rc = s_pull_rows(b, kv, 0, b->users, b->n_users, b->us, b->urows, b->ubase, err);
         if (rc != 0)
             goto out;
         b->have_users = 1;
@@ -611,7 +593,9 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
         if (done - reported >= S_CHUNK) {
             reported = done;
             rc = progress ? progress(arg, done) : 0;
-            if (rc == 0 && pending && (rc = pass->gate(arg, 0)) == 1) {
+            /* asked even once the prefetch is out: that is where the acks
+             * of earlier pushes come in and are told on */
+            if (rc == 0 && pass->gate && (rc = pass->gate(arg, 0)) == 1 && pending) {
                 rc = s_prefetch_start(b, kv, next, err);
                 pending = 0;
             }
@@ -632,17 +616,16 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
         if (rc != 0)
             goto out;
     }
-    /* asynchronous: the pull stays in flight while the deltas go out */
+    /* asynchronous: the pull stays in flight while the rows go out */
     if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
-    rc = s_push_changes(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, b->ibase,
-                        b->delta, changed, 0, pass->async, err);
+    rc = s_push_rows(b, kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, NULL,
+                     pass->async, err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
                          "%.3f s for the next block's, pushed in %.3f s%s", block, bl->n_items,
            t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3, pass->async ? " (sent)" : "");
 out:
-    free(changed);
     return rc;
 }
 
@@ -669,11 +652,6 @@ int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)
 {
     if (!b->have_users)
         return 0;
-    uint64_t *changed = malloc(b->dcap * sizeof *changed);
-    if (!changed)
-        return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
-    int rc = s_push_changes(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase,
-                            b->delta, changed, 1, 0, err);
-    free(changed);
-    return rc;
+    return s_push_rows(b, kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase, 0,
+                       err);
 }

@@ -89,8 +89,9 @@ typedef struct {
     uint64_t seed;           /* this pass's order */
     wk_progress_fn progress; /* NULL, or called every 256k ratings */
     wk_gate_fn gate;         /* NULL: pull `next` at once; else when it opens
-                              * (asked at the same points, and with wait set
-                              * after the last rating if still closed) */
+                              * (asked at the same points, also once the
+                              * pull is out, and with wait set after the
+                              * last rating if still closed) */
     void *arg;               /* for progress and gate */
     int async;               /* push without waiting for the acks, and leave
                               * the pull of `next` in flight */

@@ -567,7 +567,7 @@ int wk_implicit_train(wk_implicit *im, wk_kv *kv, uint32_t epoch, uint32_t who,
         size_t nu = 0, ni = 0;
         wk_dedupe(im->ukeys, m, im->uuniq, im->uidx, &nu, im->scratch);
         wk_dedupe(im->ikeys, m * per, im->iuniq, im->iidx, &ni, im->scratch);
-        wk_pull reqs[2] = {{0, im->uuniq, nu, im->urows, 0}, {1, im->iuniq, ni, im->irows, 0}};
+        wk_pull reqs[2] = {{0, im->uuniq, nu, im->urows, 0, 0}, {1, im->iuniq, ni, im->irows, 0, 0}};
         if ((rc = wk_kv_pull(kv, reqs, 2, err)) != 0)
             return rc;
         memset(im->ugrad, 0, nu * d * sizeof(float));
@@ -667,14 +667,14 @@ int wk_implicit_eval(wk_implicit *im, wk_kv *kv, double *st, cm_error *err)
     }
     for (size_t t = 0; t < nt; t++)
         ukeys[t] = im->users[im->tuser[t]]; /* ascending: tuser and users both are */
-    wk_pull ureq = {0, ukeys, nt, U, CM_PULL_NO_CREATE};
+    wk_pull ureq = {0, ukeys, nt, U, CM_PULL_NO_CREATE, 0};
     if ((rc = wk_kv_pull(kv, &ureq, 1, err)) != 0)
         goto out;
     for (size_t t = 0; t < nt; t++)
         U[t * d] = 1.f;
     for (size_t c0 = 0; c0 < im->n_items; c0 += ic) {
         size_t c = im->n_items - c0 < ic ? im->n_items - c0 : ic;
-        wk_pull ireq = {1, im->items + c0, c, Q, CM_PULL_NO_CREATE};
+        wk_pull ireq = {1, im->items + c0, c, Q, CM_PULL_NO_CREATE, 0};
         if ((rc = wk_kv_pull(kv, &ireq, 1, err)) != 0)
             goto out;
         for (size_t t0 = 0; t0 < nt; t0 += uc) {

@@ -223,12 +223,16 @@ static int s_recv_within(wk_kv *kv, int timeout_ms, cm_error *err)
                 cm_msg_release(&m);
                 return rc;
             }
-            if (pd->direct) {
+            const size_t stride = r->stride ? r->stride : dim;
+            if (pd->direct && stride == dim) {
                 memcpy(r->out, m.vals, pd->count * dim * sizeof(float));
+            } else if (pd->direct) {
+                for (size_t j = 0; j < pd->count; j++)
+                    memcpy(r->out + j * stride, m.vals + j * dim, dim * sizeof(float));
             } else {
                 const uint32_t *pos = kv->f_pos + pd->off;
                 for (size_t j = 0; j < pd->count; j++)
-                    memcpy(r->out + (size_t)pos[j] * dim, m.vals + j * dim,
+                    memcpy(r->out + (size_t)pos[j] * stride, m.vals + j * dim,
                            dim * sizeof(float));
             }
             pd->done = 1;
@@ -326,6 +330,9 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
     for (size_t r = 0; r < n; r++) {
         if (reqs[r].table >= kv->n_tables)
             return cm_error_set(err, CM_EINVAL, "kv: no table %u", reqs[r].table);
+        if (reqs[r].stride && reqs[r].stride < s_pull_dim(kv, &reqs[r]))
+            return cm_error_set(err, CM_EINVAL, "kv: rows %zu floats apart cannot hold %zu",
+                                reqs[r].stride, s_pull_dim(kv, &reqs[r]));
         total += reqs[r].n;
     }
     if (s_reserve_flight(kv, total) != 0)

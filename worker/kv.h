@@ -35,7 +35,8 @@ typedef struct {
 wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err);
 void wk_kv_destroy(wk_kv **pkv);
 
-/* One table's part of a pull: keys sorted and unique; out gets n*dim. */
+/* One table's part of a pull: keys sorted and unique; out gets n rows of
+ * dim floats. */
 typedef struct {
     uint32_t table;
     const uint64_t *keys;
@@ -43,6 +44,8 @@ typedef struct {
     float *out;
     uint32_t flags;                  /* CM_PULL_NO_CREATE, CM_PULL_FULL (out gets
                                         n*row_floats: whole rows) */
+    size_t stride;                   /* floats from one row of out to the next
+                                        (at least the row's); 0: back to back */
 } wk_pull;
 
 /* Sends every request of reqs[0..n) to the servers, then waits for all

@@ -614,8 +614,8 @@ static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *orde
     s->extra.n_fields = d->field ? s->n_fields : 0;
     /* the dense rows are made on first touch even while evaluating: they
      * start from the net's initialisation, not zeros */
-    wk_pull req[2] = {{0, s->uniq, *n_uniq, s->rows, flags},
-                      {1, s->dense_keys, s->n_dense, s->dense_rows, 0}};
+    wk_pull req[2] = {{0, s->uniq, *n_uniq, s->rows, flags, 0},
+                      {1, s->dense_keys, s->n_dense, s->dense_rows, 0, 0}};
     return wk_kv_pull(kv, req, s->dense_model ? 2 : 1, err);
 }
 

@@ -250,7 +250,7 @@ static int s_pull_start(s_worker *w, uint32_t flags, cm_error *err)
 {
     for (int t = 0; t < 2; t++)
         w->reqs[t] = (wk_pull){(uint32_t)t, w->tk[t].uniq, w->tk[t].n_uniq, w->tk[t].rows,
-                               flags};
+                               flags, 0};
     return wk_kv_pull_start(w->kv, w->reqs, 2, err);
 }
 
@@ -690,7 +690,7 @@ static int s_eval_pull_start(s_worker *w, size_t c, int local, cm_error *err)
     size_t n = 0;
     for (int t = local ? 1 : 0; t < 2; t++)
         w->reqs[n++] = (wk_pull){(uint32_t)t, ch->uniq[t], ch->n_uniq[t], w->erows[c % 2][t],
-                                 CM_PULL_NO_CREATE};
+                                 CM_PULL_NO_CREATE, 0};
     return wk_kv_pull_start(w->kv, w->reqs, n, err);
 }
 
