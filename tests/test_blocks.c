@@ -207,11 +207,27 @@ Test(blocks, user_rows_are_held_by_key)
     }
     cr_expect_null(wk_blocks_user_row(b, 8), "not a training user");
     cr_expect_null(wk_blocks_user_row(b, 5000));
+    /* places: by a walk (many users asked) and by searches (few) */
+    const uint64_t ask[] = {1, 7, 8, 42, 1000, 5000};
+    uint32_t at[6];
+    wk_blocks_user_places(b, ask, 6, at);
+    for (int k = 0; k < 6; k++) {
+        const float *row = wk_blocks_user_row(b, ask[k]);
+        cr_expect_eq(wk_blocks_user_row_at(b, at[k]), row, "user %llu by walk",
+                     (unsigned long long)ask[k]);
+        uint32_t one;
+        wk_blocks_user_places(b, ask + k, 1, &one);
+        cr_expect_eq(one, at[k], "user %llu by search", (unsigned long long)ask[k]);
+        cr_expect_eq(at[k] == UINT32_MAX, row == NULL);
+    }
     wk_blocks_destroy(&b);
     b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     cr_expect(!wk_blocks_holds_users(b), "resuming: rows come with the first block");
     cr_expect_null(wk_blocks_user_row(b, 42));
+    wk_blocks_user_places(b, ask, 6, at);
+    cr_expect_neq(at[3], UINT32_MAX, "a place for user 42 ...");
+    cr_expect_null(wk_blocks_user_row_at(b, at[3]), "... but no row yet");
     wk_blocks_destroy(&b);
     cm_ratings_free(&r);
 }

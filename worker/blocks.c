@@ -35,8 +35,9 @@ struct wk_blocks {
     size_t us, is;              /* row strides (floats): whole 64-byte lines */
     uint64_t *users;            /* n_users keys, ascending */
     size_t n_users;
-    float *urows, *ubase;       /* held user rows and their last written state */
+    float *urows;               /* held user rows */
     int have_users;             /* user rows held (pulled or initialised) */
+    int users_dirty;            /* trained since the last write-back */
     size_t group_users;         /* users per group */
     uint32_t n_groups;
     s_block *blocks;
@@ -374,7 +375,6 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     }
 
     b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
-    b->ubase = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
     b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
     b->pf = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
     const size_t rf_max = (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item);
@@ -383,7 +383,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     const size_t most = b->n_users > b->icap ? b->n_users : b->icap;
     b->pf_reqs = malloc((most / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
     b->pf_block = UINT32_MAX;
-    if (!b->urows || !b->ubase || !b->irows || !b->pf || !b->scratch || !b->changed ||
+    if (!b->urows || !b->irows || !b->pf || !b->scratch || !b->changed ||
         !b->pf_reqs)
         goto oom;
     if (user_init) {
@@ -393,8 +393,8 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
             ps_table_init_row(user_init, b->users[j], row);
             ps_optim_init_state(&user_init->optim, row, user_init->dim);
         }
-        memcpy(b->ubase, b->urows, b->n_users * b->us * sizeof(float));
         b->have_users = 1;
+        b->users_dirty = 1; /* the servers have not made these rows yet */
     }
     return b;
 oom:
@@ -423,7 +423,6 @@ void wk_blocks_destroy(wk_blocks **pb)
     free(b->blocks);
     free(b->users);
     free(b->urows);
-    free(b->ubase);
     free(b->irows);
     free(b->scratch);
     free(b->changed);
@@ -448,36 +447,24 @@ static size_t s_pull_reqs(uint32_t table, const uint64_t *keys, size_t n, size_t
 }
 
 /* Pulls whole rows of keys into rows, stride floats apart, every request
- * in flight at once; base (when not NULL) gets a copy. */
+ * in flight at once. */
 static int s_pull_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
-                       size_t stride, float *rows, float *base, cm_error *err)
+                       size_t stride, float *rows, cm_error *err)
 {
     size_t n_reqs = s_pull_reqs(table, keys, n, stride, rows, b->pf_reqs);
-    int rc = wk_kv_pull(kv, b->pf_reqs, n_reqs, err);
-    if (rc == 0 && base)
-        memcpy(base, rows, n * stride * sizeof(float));
-    return rc;
+    return wk_kv_pull(kv, b->pf_reqs, n_reqs, err);
 }
 
 /* Pushes rows whole, the servers replacing their copy (only this worker
- * trains them until it pushes): every row when base is NULL, else each
- * row that differs from base, which then takes its values. Unless async,
- * waits for the acks. */
+ * trains them until it pushes). Unless async, waits for the acks. */
 static int s_push_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
-                       int rf, size_t stride, const float *rows, float *base, int async,
-                       cm_error *err)
+                       int rf, size_t stride, const float *rows, int async, cm_error *err)
 {
     const size_t bytes = (size_t)rf * sizeof(float);
     size_t m = 0;
     int rc = 0;
     for (size_t j = 0; j < n && rc == 0; j++) {
         const float *r = rows + j * stride;
-        if (base) {
-            float *o = base + j * stride;
-            if (memcmp(r, o, bytes) == 0)
-                continue; /* the servers hold this row already */
-            memcpy(o, r, bytes);
-        }
         memcpy(b->scratch + m * (size_t)rf, r, bytes);
         b->changed[m++] = keys[j];
         if (m == S_ROWS_PER_MSG) {
@@ -527,7 +514,7 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
         return rc;
     if (b->pf_block != k) {
         b->pf_block = UINT32_MAX;
-        return s_pull_rows(b, kv, 1, bl->items, bl->n_items, b->is, b->irows, NULL, err);
+        return s_pull_rows(b, kv, 1, bl->items, bl->n_items, b->is, b->irows, err);
     }
     b->pf_block = UINT32_MAX;
     float *t = b->irows;
@@ -550,7 +537,7 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (!b->have_users) {
         if ((rc = s_prefetch_wait(b, kv, err)) != 0)
             goto out;
-        rc = s_pull_rows(b, kv, 0, b->users, b->n_users, b->us, b->urows, b->ubase, err);
+        rc = s_pull_rows(b, kv, 0, b->users, b->n_users, b->us, b->urows, err);
         if (rc != 0)
             goto out;
         b->have_users = 1;
@@ -571,6 +558,7 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     }
 
     const double t1 = cm_now();
+    b->users_dirty = 1;
     cm_rng rng;
     cm_rng_seed(&rng, pass->seed);
     uint32_t *order = malloc((b->n_groups + 1) * sizeof *order);
@@ -620,7 +608,7 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
-    rc = s_push_rows(b, kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, NULL,
+    rc = s_push_rows(b, kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows,
                      pass->async, err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
                          "%.3f s for the next block's, pushed in %.3f s%s", block, bl->n_items,
@@ -648,10 +636,38 @@ const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user)
     return j < b->n_users && b->users[j] == user ? b->urows + j * b->us : NULL;
 }
 
+void wk_blocks_user_places(const wk_blocks *b, const uint64_t *users, size_t n, uint32_t *at)
+{
+    /* a walk reads all held keys; searches read about log2 of them each */
+    size_t log2 = 1;
+    while (((size_t)1 << log2) < b->n_users)
+        log2++;
+    if (n * log2 >= b->n_users) {
+        size_t j = 0;
+        for (size_t k = 0; k < n; k++) {
+            while (j < b->n_users && b->users[j] < users[k])
+                j++;
+            at[k] = j < b->n_users && b->users[j] == users[k] ? (uint32_t)j : UINT32_MAX;
+        }
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        size_t j = cm_lower_bound_u64(b->users, b->n_users, users[k]);
+        at[k] = j < b->n_users && b->users[j] == users[k] ? (uint32_t)j : UINT32_MAX;
+    }
+}
+
+const float *wk_blocks_user_row_at(const wk_blocks *b, uint32_t at)
+{
+    return b->have_users && at < b->n_users ? b->urows + (size_t)at * b->us : NULL;
+}
+
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)
 {
-    if (!b->have_users)
+    if (!b->have_users || !b->users_dirty)
         return 0;
-    return s_push_rows(b, kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, b->ubase, 0,
-                       err);
+    int rc = s_push_rows(b, kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, 0, err);
+    if (rc == 0)
+        b->users_dirty = 0;
+    return rc;
 }

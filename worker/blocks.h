@@ -112,14 +112,25 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
                     const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
                     double *sq, size_t *n, cm_error *err);
 
-/* Sends every user row changed since the last write-back, whole (the
- * servers replace their copy; only this worker trains these rows). */
+/* Sends every held user row, whole (the servers replace their copy; only
+ * this worker trains these rows), unless none has been trained or made
+ * since the last write-back. */
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err);
 
 /* The held row of `user` (weights, then optimizer state), or NULL when the
  * worker holds no row for it: not one of its training users, or no user
  * rows held yet (before the first block of a resumed run). */
 const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user);
+
+/* Where each of users[0..n) (ascending) is among the users whose rows the
+ * worker holds or will hold: at[k] for wk_blocks_user_row_at, UINT32_MAX
+ * for one it has no row for. One walk along both lists when n is large,
+ * else a binary search per user. */
+void wk_blocks_user_places(const wk_blocks *b, const uint64_t *users, size_t n, uint32_t *at);
+
+/* The held row at a place wk_blocks_user_places gave, or NULL (no place,
+ * or no user rows held yet). */
+const float *wk_blocks_user_row_at(const wk_blocks *b, uint32_t at);
 
 /* The largest block's ratings over the mean, all workers together, placed
  * by hash and as placed (wk_blocks_balance); both -1 without a map. */

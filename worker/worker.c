@@ -83,6 +83,8 @@ typedef struct {
     float *erows[2][2];   /* [set][table] */
     float *epred;
     unsigned char *eknown[2]; /* per distinct key of a chunk: a row the servers know */
+    uint32_t **eplace;        /* blocks: per chunk, its users' places among the held
+                                 rows (wk_blocks_user_places), found once */
 } s_worker;
 
 /* ---------------------------------------------------------------------
@@ -177,6 +179,9 @@ static void s_free(s_worker *w)
         free(k->grads);
     }
     free(w->bperm);
+    for (size_t c = 0; w->eplace && c < wk_evalset_count(w->evalset); c++)
+        free(w->eplace[c]);
+    free(w->eplace);
     wk_evalset_destroy(&w->evalset);
     for (int t = 0; t < 4; t++)
         free(w->erows[t / 2][t % 2]);
@@ -645,19 +650,28 @@ static int s_row_known(const float *row, int dim)
     return 0;
 }
 
-/* Blocks schedule: the rows of users[0..n) from the rows this worker
+/* Blocks schedule: the rows of chunk c's users from the rows this worker
  * holds (users it does not hold read as zeros, as a pull without creating
  * would give), so evaluation needs no write-back. */
-static void s_local_user_rows(s_worker *w, const uint64_t *users, size_t n, float *out)
+static int s_local_user_rows(s_worker *w, size_t c, float *out, cm_error *err)
 {
-    const size_t dim = (size_t)w->dims[0];
+    const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
+    const size_t dim = (size_t)w->dims[0], n = ch->n_uniq[0];
+    if (!w->eplace && !(w->eplace = calloc(wk_evalset_count(w->evalset), sizeof *w->eplace)))
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation");
+    if (!w->eplace[c]) {
+        if (!(w->eplace[c] = malloc((n + 1) * sizeof *w->eplace[c])))
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation");
+        wk_blocks_user_places(w->blocks, ch->uniq[0], n, w->eplace[c]);
+    }
     for (size_t k = 0; k < n; k++) {
-        const float *row = wk_blocks_user_row(w->blocks, users[k]);
+        const float *row = wk_blocks_user_row_at(w->blocks, w->eplace[c][k]);
         if (row)
             memcpy(out + k * dim, row, dim * sizeof *out);
         else
             memset(out + k * dim, 0, dim * sizeof *out);
     }
+    return 0;
 }
 
 /* Test ratings per evaluation chunk: one pull of at most this many rows
@@ -707,13 +721,17 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     const size_t n_chunks = wk_evalset_count(w->evalset);
     if (n_chunks > 0 && (rc = s_eval_pull_start(w, 0, local, err)) != 0)
         return rc;
+    const double t0 = cm_now();
+    double waited = 0;
     for (size_t c = 0; c < n_chunks; c++) {
+        const double tw = cm_now();
         if ((rc = wk_kv_pull_wait(w->kv, err)) != 0)
             return rc;
+        waited += cm_now() - tw;
         const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
         const float *rows[2] = {w->erows[c % 2][0], w->erows[c % 2][1]};
-        if (local)
-            s_local_user_rows(w, ch->uniq[0], ch->n_uniq[0], w->erows[c % 2][0]);
+        if (local && (rc = s_local_user_rows(w, c, w->erows[c % 2][0], err)) != 0)
+            return rc;
         if (c + 1 < n_chunks && (rc = s_eval_pull_start(w, c + 1, local, err)) != 0)
             return rc;
         for (int t = 0; t < 2; t++)
@@ -735,6 +753,8 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
             unseen += !(w->eknown[0][b.uidx[j]] & w->eknown[1][b.iidx[j]]);
         }
     }
+    cm_log(CM_LOG_DEBUG, "worker %u: %zu test ratings scored in %.3f s (%.3f s waiting for rows)",
+           w->p->index, d->n, cm_now() - t0, waited);
     double st[4] = {sq, ab, (double)d->n, (double)unseen};
     return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 4, err);
 }
@@ -766,23 +786,19 @@ static int s_implicit_positives(s_worker *w, cm_error *err)
 static int s_send_items(s_worker *w, cm_error *err)
 {
     const cm_ratings *tr = &w->train;
-    uint64_t *keys = malloc((tr->n + 1) * sizeof *keys);
-    uint64_t *uniq = malloc((tr->n + 1) * sizeof *uniq);
-    uint64_t *scratch = malloc((2 * tr->n + 1) * sizeof *scratch);
-    uint32_t *idx = malloc((tr->n + 1) * sizeof *idx);
-    float *count = calloc(tr->n + 1, sizeof *count);
-    int rc = 0;
-    if (!keys || !uniq || !scratch || !idx || !count) {
-        rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu items", tr->n);
+    uint32_t *loc = malloc((tr->n + 1) * sizeof *loc);
+    uint64_t *uniq = NULL;
+    float *count = NULL;
+    size_t n = 0;
+    int rc = loc ? wk_blocks_index_keys(tr->item, tr->n, loc, &uniq, &n) : CM_ENOMEM;
+    if (rc == 0 && !(count = calloc(n + 1, sizeof *count)))
+        rc = CM_ENOMEM;
+    if (rc != 0) {
+        rc = cm_error_set(err, rc, "worker: out of memory for %zu items", tr->n);
         goto out;
     }
-    size_t n = 0;
-    if (tr->n) {
-        memcpy(keys, tr->item, tr->n * sizeof *keys);
-        wk_dedupe(keys, tr->n, uniq, idx, &n, scratch);
-        for (size_t j = 0; j < tr->n; j++)
-            count[idx[j]] += 1.f;
-    }
+    for (size_t j = 0; j < tr->n; j++)
+        count[loc[j]] += 1.f;
     cm_hdr h = cm_hdr_make(CM_OP_HELLO);
     h.sender = w->p->rank;
     h.flags = CM_HELLO_ITEMS;
@@ -791,10 +807,8 @@ static int s_send_items(s_worker *w, cm_error *err)
         cm_error_set(err, rc, "worker: cannot send its items to the scheduler: %s",
                      cm_sock_errmsg(w->ctl));
 out:
-    free(keys);
+    free(loc);
     free(uniq);
-    free(scratch);
-    free(idx);
     free(count);
     return rc;
 }
