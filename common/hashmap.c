@@ -163,6 +163,11 @@ int cm_hashmap_upsert(cm_hashmap *m, uint64_t key, uint32_t val_if_new,
     return 0;
 }
 
+void cm_hashmap_prefetch(const cm_hashmap *m, uint64_t key)
+{
+    __builtin_prefetch(&m->slots[s_home(m, key)], 0, 3);
+}
+
 int cm_hashmap_put(cm_hashmap *m, uint64_t key, uint32_t val)
 {
     size_t i = s_find(m, key);

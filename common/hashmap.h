@@ -26,6 +26,10 @@ int cm_hashmap_put(cm_hashmap *m, uint64_t key, uint32_t val);
 int cm_hashmap_upsert(cm_hashmap *m, uint64_t key, uint32_t val_if_new,
                       uint32_t *val, int *inserted);
 
+/* A hint that key is looked up soon: starts loading the slot its probe
+ * begins at, so a batch of lookups waits for memory once, not per key. */
+void cm_hashmap_prefetch(const cm_hashmap *m, uint64_t key);
+
 /* Removes key; returns 1 if it was present. */
 int cm_hashmap_remove(cm_hashmap *m, uint64_t key);
 

@@ -139,8 +139,11 @@ static int s_gaps_decode(const uint8_t *in, size_t len, uint64_t *keys, size_t n
 
 /* --------------------------------------------------------------- send -- */
 
-int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
-                const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals)
+/* cm_msg_send; *owned (NULL, or vals itself, malloc'd) passes to the van
+ * with the values frame when it can (*owned is then NULL). */
+static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                  const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals,
+                  float **owned)
 {
     if (!s)
         return CM_EINVAL;
@@ -224,10 +227,32 @@ int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
         iov[n++] = (cm_iov){halves, n_vals * sizeof *halves};
     else if (n_vals)
         iov[n++] = (cm_iov){vals, n_vals * sizeof *vals};
-    int rc = cm_sock_send(s, iov, n);
+    int rc;
+    if (*owned && n_vals && !halves) {
+        rc = cm_sock_send_owned(s, iov, n, *owned);
+        *owned = NULL;
+    } else {
+        rc = cm_sock_send(s, iov, n);
+    }
     free(packed);
     free(halves);
     free(gaps);
+    return rc;
+}
+
+int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals)
+{
+    float *none = NULL;
+    return s_send(s, route, route_size, hdr, keys, n_keys, vals, n_vals, &none);
+}
+
+int cm_msg_send_owned(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                      const uint64_t *keys, size_t n_keys, float *vals, size_t n_vals)
+{
+    float *owned = vals;
+    int rc = s_send(s, route, route_size, hdr, keys, n_keys, vals, n_vals, &owned);
+    free(owned);
     return rc;
 }
 

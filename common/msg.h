@@ -134,6 +134,12 @@ cm_hdr cm_hdr_make(int op);
 int cm_msg_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
                 const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals);
 
+/* The same, but vals (malloc'd, or NULL) passes to the transport, which
+ * sends large values without copying them and frees them once sent;
+ * freed here on any failure too. */
+int cm_msg_send_owned(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                      const uint64_t *keys, size_t n_keys, float *vals, size_t n_vals);
+
 /* Receives and validates one message (timeout_ms -1: forever). *m is
  * overwritten (release a previous message first).
  * 0: *m is filled and must be released. CM_ETIMEDOUT: nothing came.

@@ -142,6 +142,28 @@ int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n)
     return s->van->ops->send(s, frames, n);
 }
 
+int cm_sock_send_owned(cm_sock *s, const cm_iov *frames, size_t n, void *owned)
+{
+    if (!s || !frames || n == 0 || frames[n - 1].data != owned) {
+        free(owned);
+        if (!s)
+            return CM_EINVAL;
+        return cm_sock_seterr_(s, CM_EINVAL, "send: the owned buffer is not the last frame");
+    }
+    if (!s->van->ops->send_owned) {
+        int rc = cm_sock_send(s, frames, n);
+        free(owned);
+        return rc;
+    }
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!frames[i].data && frames[i].size) {
+            free(owned);
+            return cm_sock_seterr_(s, CM_EINVAL, "send: frame %zu has %zu bytes but no data",
+                                   i, frames[i].size);
+        }
+    return s->van->ops->send_owned(s, frames, n, owned);
+}
+
 int cm_sock_recv(cm_sock *s, cm_frames **out, int timeout_ms)
 {
     if (!out)

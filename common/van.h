@@ -74,6 +74,12 @@ int cm_sock_set_identity(cm_sock *s, const void *id, size_t size);
 /* Sends one multipart message of n frames (copies the bytes). */
 int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n);
 
+/* The same, but the last frame's bytes are `owned`, a malloc'd buffer
+ * (frames[n - 1].data == owned) that passes to the van: it is sent
+ * without a copy where the van can, and freed once sent, or on any
+ * failure before this returns. */
+int cm_sock_send_owned(cm_sock *s, const cm_iov *frames, size_t n, void *owned);
+
 /* Receives one multipart message, waiting up to timeout_ms (-1 forever).
  * CM_ETIMEDOUT when nothing came. *out is owned by the caller. */
 int cm_sock_recv(cm_sock *s, cm_frames **out, int timeout_ms);

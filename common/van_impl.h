@@ -29,6 +29,8 @@ typedef struct cm_van_ops {
     int (*connect)(cm_sock *s, const char *endpoint);
     int (*set_identity)(cm_sock *s, const void *id, size_t size);
     int (*send)(cm_sock *s, const cm_iov *frames, size_t n);
+    /* cm_sock_send_owned; NULL: send, then free the buffer. */
+    int (*send_owned)(cm_sock *s, const cm_iov *frames, size_t n, void *owned);
     int (*recv)(cm_sock *s, cm_frames **out, int timeout_ms);
     /* socks are base sockets (inner == NULL) of this implementation. */
     int (*poll)(cm_sock **socks, size_t n, int timeout_ms, uint64_t *ready);

@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #define S_SEND_TIMEOUT_MS 30000
+#define S_OWNED_MIN 65536 /* bytes from which an owned frame goes uncopied */
 
 #include "common/log.h"
 #include "common/van_impl.h"
@@ -196,21 +197,64 @@ static int s_set_identity(cm_sock *s, const void *id, size_t size)
 
 /* ---------------------------------------------------------------- send -- */
 
-static int s_send(cm_sock *s, const cm_iov *frames, size_t n)
+/* Sends frames[0..n), each copied into a zmq message; `more`: another
+ * frame follows them. */
+static int s_send_frames(cm_sock *s, const cm_iov *frames, size_t n, int more)
 {
     static const char empty = 0;
     for (size_t i = 0; i < n; i++) {
         const void *data = frames[i].size ? frames[i].data : &empty;
-        int flags = i + 1 < n ? ZMQ_SNDMORE : 0;
+        int flags = i + 1 < n || more ? ZMQ_SNDMORE : 0;
         /* Copies the frame into a zmq message; for a ROUTER an unknown
          * route fails on frame 0, before anything is queued. */
         while (zmq_send(s->impl, data, frames[i].size, flags) < 0) {
             if (zmq_errno() == EINTR)
                 continue;
             char where[64];
-            snprintf(where, sizeof where, "frame %zu of %zu", i, n);
+            snprintf(where, sizeof where, "frame %zu of %zu", i, n + (more != 0));
             return s_fail(s, "send", where);
         }
+    }
+    return 0;
+}
+
+static int s_send(cm_sock *s, const cm_iov *frames, size_t n)
+{
+    return s_send_frames(s, frames, n, 0);
+}
+
+static void s_free_owned(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* As s_send, but the last frame goes without a copy: zmq frees it (from
+ * its I/O thread) once it is written out. */
+static int s_send_owned(cm_sock *s, const cm_iov *frames, size_t n, void *owned)
+{
+    if (frames[n - 1].size < S_OWNED_MIN) {
+        /* small: a copy costs less than zmq's bookkeeping for a buffer */
+        int rc = s_send_frames(s, frames, n, 0);
+        free(owned);
+        return rc;
+    }
+    int rc = s_send_frames(s, frames, n - 1, 1);
+    if (rc != 0) {
+        free(owned);
+        return rc;
+    }
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, owned, frames[n - 1].size, s_free_owned, NULL) != 0) {
+        free(owned);
+        return s_fail(s, "send", "the last frame");
+    }
+    while (zmq_msg_send(&m, s->impl, 0) < 0) {
+        if (zmq_errno() == EINTR)
+            continue;
+        rc = s_fail(s, "send", "the last frame");
+        zmq_msg_close(&m); /* frees owned */
+        return rc;
     }
     return 0;
 }
@@ -367,6 +411,7 @@ static const cm_van_ops s_ops = {
     .connect = s_connect,
     .set_identity = s_set_identity,
     .send = s_send,
+    .send_owned = s_send_owned,
     .recv = s_recv,
     .poll = s_poll,
 };

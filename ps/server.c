@@ -41,6 +41,7 @@
 
 /* The STOP reply carries two stats per table in one header. */
 #define S_MAX_TABLES (CM_HDR_MAX_STATS / 2)
+#define S_OWN_REPLY 16384 /* values from which a pull reply has a buffer of its own */
 
 struct ps_server {
     cm_sock *sock;                        /* the bound ROUTER */
@@ -207,25 +208,35 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     size_t dim = (size_t)(full ? ps_table_row_floats(t) : ps_table_dim(t));
     size_t n = (size_t)m->hdr.n_keys;
     size_t need = n * dim;
-    if (need > s->buf_cap) {
+    /* a large f32 reply gets a buffer of its own that goes out uncopied */
+    float *own = NULL;
+    if (need >= S_OWN_REPLY && (full || m->hdr.dtype == CM_DTYPE_F32) &&
+        !(own = malloc(need * sizeof *own)))
+        return s_reject(s, m, CM_ENOMEM, "out of memory for %zu values", need);
+    float *out = own ? own : s->buf;
+    if (!own && need > s->buf_cap) {
         size_t cap = s->buf_cap ? s->buf_cap : 4096;
         while (cap < need)
             cap *= 2;
         float *nb = realloc(s->buf, cap * sizeof *nb);
         if (!nb)
             return s_reject(s, m, CM_ENOMEM, "out of memory for %zu values", need);
-        s->buf = nb;
+        s->buf = out = nb;
         s->buf_cap = cap;
     }
     int create = !(m->hdr.flags & CM_PULL_NO_CREATE);
     size_t missing = 0;
-    if (full && !create)
+    if (full && !create) {
+        free(own);
         return s_reject(s, m, CM_EINVAL, "a full-row pull always makes missing rows");
-    rc = full ? ps_table_pull_full(t, m->keys, n, s->buf)
-              : ps_table_pull(t, m->keys, n, s->buf, create, &missing);
-    if (rc < 0)
+    }
+    rc = full ? ps_table_pull_full(t, m->keys, n, out)
+              : ps_table_pull(t, m->keys, n, out, create, &missing);
+    if (rc < 0) {
+        free(own);
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
                         cm_strerror(rc));
+    }
     cm_hdr h = s_reply_hdr(m);
     h.dim = (uint32_t)dim;
     /* weights in the type asked for; whole rows (optimizer state, whose
@@ -235,6 +246,9 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
         h.n_stats = 1;
         h.stats[0] = (double)missing;
     }
+    if (own)
+        return s_sent(s, m, cm_msg_send_owned(s->sock, m->route, m->route_size, &h, NULL, 0, own,
+                                              need));
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, s->buf, need));
 }
 

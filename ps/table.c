@@ -536,6 +536,8 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
+        for (size_t i = 0; i < m; i++)
+            cm_hashmap_prefetch(t->index, kb[i]);
         if (create) {
             for (size_t i = 0; i < m; i++) {
                 float *row = s_get_or_make(t, kb[i], NULL);
@@ -583,6 +585,8 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
+        for (size_t i = 0; i < m; i++)
+            cm_hashmap_prefetch(t->index, kb[i]);
         for (size_t i = 0; i < m; i++) {
             float *row = s_get_or_make(t, kb[i], NULL);
             if (!row)
@@ -727,10 +731,30 @@ int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
 
 int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float *rows)
 {
-    for (size_t i = 0; i < n; i++) {
-        int rc = ps_table_load_row(t, keys[i], rows + i * t->used);
-        if (rc != 0)
-            return rc;
+    const size_t rf = t->used;
+    float *dst[S_BLOCK];
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        const uint64_t *kb = keys + b;
+        const float *rb = rows + b * rf;
+        if (t->slow) {
+            for (size_t i = 0; i < m; i++) {
+                int rc = ps_table_load_row(t, kb[i], rb + i * rf);
+                if (rc != 0)
+                    return rc;
+            }
+            continue;
+        }
+        /* as ps_table_push: every slot, then every row, then the copies */
+        for (size_t i = 0; i < m; i++)
+            cm_hashmap_prefetch(t->index, kb[i]);
+        for (size_t i = 0; i < m; i++) {
+            if (!(dst[i] = s_get_or_make(t, kb[i], rb + i * rf)))
+                return CM_ENOMEM;
+            s_prefetch(dst[i], t->push_lines, 1);
+        }
+        for (size_t i = 0; i < m; i++)
+            memcpy(dst[i], rb + i * rf, rf * sizeof(float));
     }
     return 0;
 }
@@ -738,6 +762,25 @@ int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float 
 int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
 {
     const size_t rf = t->used;
+    if (!t->slow) {
+        const float *src[S_BLOCK];
+        for (size_t b = 0; b < n; b += S_BLOCK) {
+            size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+            const uint64_t *kb = keys + b;
+            for (size_t i = 0; i < m; i++)
+                cm_hashmap_prefetch(t->index, kb[i]);
+            for (size_t i = 0; i < m; i++) {
+                float *row = s_get_or_make(t, kb[i], NULL);
+                if (!row)
+                    return CM_ENOMEM;
+                s_prefetch(row, t->push_lines, 0);
+                src[i] = row;
+            }
+            for (size_t i = 0; i < m; i++)
+                memcpy(out + (b + i) * rf, src[i], rf * sizeof(float));
+        }
+        return 0;
+    }
     for (size_t i = 0; i < n; i++) {
         float *row;
         if (t->slow) {

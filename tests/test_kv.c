@@ -296,3 +296,53 @@ Test(kv, whole_rows_and_deltas)
         cr_expect_eq(back[i], set[i], "row value %d is the one sent", i);
     wk_kv_destroy(&kv);
 }
+
+/* Whole rows handed over as a buffer of their own (large enough to go
+ * uncopied, split between the two servers), pulled back into rows farther
+ * apart than a row: the values arrive and the gaps are left alone. A bad
+ * table is refused and the buffer is still freed (the sanitizer build
+ * would report it otherwise). */
+Test(kv, owned_rows_and_strided_pull)
+{
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, NS, NULL);
+    int dims[1] = {DIM}, rfs[1] = {DIM};
+    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 1, .dims = dims, .row_floats = rfs,
+                      .timeout_ms = 5000};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(s_van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    enum { N = 20000, STRIDE = DIM + 2 };
+    uint64_t *keys = malloc(N * sizeof *keys);
+    float *rows = malloc((size_t)N * DIM * sizeof *rows);
+    float *back = malloc((size_t)N * STRIDE * sizeof *back);
+    cr_assert(keys && rows && back);
+    for (size_t i = 0; i < N; i++)
+        keys[i] = 70000 + 3 * i;
+    for (size_t i = 0; i < (size_t)N * DIM; i++)
+        rows[i] = 0.125f * (float)i - 7.f;
+    float *owned = malloc((size_t)N * DIM * sizeof *owned);
+    cr_assert_not_null(owned);
+    memcpy(owned, rows, (size_t)N * DIM * sizeof *owned);
+    cr_assert_eq(wk_kv_push_rows_owned(kv, 0, keys, N, owned, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < (size_t)N * STRIDE; i++)
+        back[i] = 99.f;
+    wk_pull req = {0, keys, N, back, CM_PULL_FULL, STRIDE};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < N; i++) {
+        for (int k = 0; k < DIM; k++)
+            cr_assert_eq(back[i * STRIDE + k], rows[i * DIM + k], "row %zu value %d", i, k);
+        cr_assert_eq(back[i * STRIDE + DIM], 99.f, "gap after row %zu left alone", i);
+    }
+    wk_pull narrow = {0, keys, N, back, CM_PULL_FULL, DIM - 1};
+    cr_expect_eq(wk_kv_pull(kv, &narrow, 1, &err), CM_EINVAL, "a stride shorter than a row");
+    owned = malloc((size_t)N * DIM * sizeof *owned);
+    cr_assert_not_null(owned);
+    cr_expect_eq(wk_kv_push_rows_owned(kv, 5, keys, N, owned, &err), CM_EINVAL);
+    free(keys);
+    free(rows);
+    free(back);
+    wk_kv_destroy(&kv);
+}

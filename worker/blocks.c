@@ -44,8 +44,6 @@ struct wk_blocks {
     uint32_t n_blocks;
     float *irows;               /* rows of the block being trained */
     size_t icap;                /* rows irows can hold */
-    float *scratch;             /* one message's rows, back to back */
-    uint64_t *changed;          /* and their keys */
     /* the next block's rows, pulled while this one trains */
     float *pf;                  /* icap rows like irows: the two swap */
     wk_pull *pf_reqs;           /* one pull per S_ROWS_PER_MSG rows */
@@ -377,14 +375,10 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
     b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
     b->pf = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
-    const size_t rf_max = (size_t)(b->rf_user > b->rf_item ? b->rf_user : b->rf_item);
-    b->scratch = cm_alloc_big(S_ROWS_PER_MSG * rf_max * sizeof(float));
-    b->changed = malloc(S_ROWS_PER_MSG * sizeof *b->changed);
     const size_t most = b->n_users > b->icap ? b->n_users : b->icap;
     b->pf_reqs = malloc((most / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
     b->pf_block = UINT32_MAX;
-    if (!b->urows || !b->irows || !b->pf || !b->scratch || !b->changed ||
-        !b->pf_reqs)
+    if (!b->urows || !b->irows || !b->pf || !b->pf_reqs)
         goto oom;
     if (user_init) {
         /* exactly the row a server makes on first touch (ps/table.c) */
@@ -424,8 +418,6 @@ void wk_blocks_destroy(wk_blocks **pb)
     free(b->users);
     free(b->urows);
     free(b->irows);
-    free(b->scratch);
-    free(b->changed);
     free(b->pf);
     free(b->pf_reqs);
     free(b);
@@ -456,24 +448,22 @@ static int s_pull_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *
 }
 
 /* Pushes rows whole, the servers replacing their copy (only this worker
- * trains them until it pushes). Unless async, waits for the acks. */
-static int s_push_rows(wk_blocks *b, wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
-                       int rf, size_t stride, const float *rows, int async, cm_error *err)
+ * trains them until it pushes), gathered into one buffer per message that
+ * the transport sends uncopied. Unless async, waits for the acks. */
+static int s_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int rf,
+                       size_t stride, const float *rows, int async, cm_error *err)
 {
     const size_t bytes = (size_t)rf * sizeof(float);
-    size_t m = 0;
     int rc = 0;
-    for (size_t j = 0; j < n && rc == 0; j++) {
-        const float *r = rows + j * stride;
-        memcpy(b->scratch + m * (size_t)rf, r, bytes);
-        b->changed[m++] = keys[j];
-        if (m == S_ROWS_PER_MSG) {
-            rc = wk_kv_push_rows(kv, table, b->changed, m, b->scratch, err);
-            m = 0;
-        }
+    for (size_t first = 0; first < n && rc == 0; first += S_ROWS_PER_MSG) {
+        size_t m = n - first < S_ROWS_PER_MSG ? n - first : S_ROWS_PER_MSG;
+        float *buf = malloc(m * bytes + 1);
+        if (!buf)
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu rows", m);
+        for (size_t j = 0; j < m; j++)
+            memcpy(buf + j * (size_t)rf, rows + (first + j) * stride, bytes);
+        rc = wk_kv_push_rows_owned(kv, table, keys + first, m, buf, err);
     }
-    if (rc == 0 && m > 0)
-        rc = wk_kv_push_rows(kv, table, b->changed, m, b->scratch, err);
     if (rc == 0 && !async)
         rc = wk_kv_flush(kv, err);
     return rc;
@@ -608,8 +598,8 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
-    rc = s_push_rows(b, kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows,
-                     pass->async, err);
+    rc = s_push_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, pass->async,
+                     err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
                          "%.3f s for the next block's, pushed in %.3f s%s", block, bl->n_items,
            t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3, pass->async ? " (sent)" : "");
@@ -666,7 +656,7 @@ int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)
 {
     if (!b->have_users || !b->users_dirty)
         return 0;
-    int rc = s_push_rows(b, kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, 0, err);
+    int rc = s_push_rows(kv, 0, b->users, b->n_users, b->rf_user, b->us, b->urows, 0, err);
     if (rc == 0)
         b->users_dirty = 0;
     return rc;

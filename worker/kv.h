@@ -78,6 +78,11 @@ int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
 int wk_kv_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                     const float *rows, cm_error *err);
 
+/* The same, but rows is a malloc'd buffer that passes to kv (freed in any
+ * case, also on an error): large pushes then go out without a copy. */
+int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
+                          float *rows, cm_error *err);
+
 /* Handles the replies that have arrived (acks, parts of the pull in
  * flight) without waiting for more. */
 int wk_kv_poll(wk_kv *kv, cm_error *err);
