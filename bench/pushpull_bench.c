@@ -16,6 +16,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/msg.h"
 #include "ps/server.h"
 #include "scheduler/plan.h"
@@ -165,6 +166,7 @@ int main(int argc, char **argv)
     if (secs <= 0)
         secs = 2.0;
     cm_log_set_level(CM_LOG_WARN);
+    cm_mem_keep_buffers(); /* as psrec itself runs */
     printf("pull/push of %d rows per request over tcp loopback, one request in flight\n",
            KEYS);
     printf("(f16 rows: wire_dtype = f16; MB/s counts the f32 rows moved, so the share\n"

@@ -1,7 +1,6 @@
 /* psrec: the one binary. `psrec train` runs a role (under mpirun) or a
  * whole cluster (--local); `gen` and `convert` make data. */
 #include <errno.h>
-#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 #include "common/config.h"
 #include "common/dataset.h"
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/opts.h"
 #include "common/synth.h"
 #include "serve/cli.h"
@@ -371,13 +371,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
 
 int main(int argc, char **argv)
 {
-    /* Messages of rows run to megabytes and come and go every round. By
-     * default malloc maps each such buffer afresh and unmaps it when freed,
-     * so every message pays a page fault per 4 KiB it touches (a server's
-     * pulls took 1.5x as long). Keep buffers below 64 MiB on the heap and
-     * keep up to 256 MiB of freed heap for the next message. */
-    mallopt(M_MMAP_THRESHOLD, 64 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    cm_mem_keep_buffers();
     if (argc < 2) {
         s_usage(stderr);
         return 2;

@@ -1,5 +1,6 @@
 #include "common/mem.h"
 
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,12 @@ void *cm_alloc_big(size_t bytes)
         (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
 #endif
     return p;
+}
+
+void cm_mem_keep_buffers(void)
+{
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 void *cm_calloc_big(size_t n, size_t size)
