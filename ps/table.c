@@ -244,6 +244,25 @@ static inline void s_prefetch(const float *row, int lines, int write)
     }
 }
 
+/* Pass 1 over a block of keys: every hash slot, then every row (made when
+ * missing: a copy of fill + i * used when fill is not NULL, else the
+ * initialisation), each prefetched for reading or writing. CM_ENOMEM when
+ * a row cannot be made (the rows before it stand). */
+static int s_resolve(ps_table *t, const uint64_t *kb, size_t m, const float *fill, int lines,
+                     int write, float **rows)
+{
+    for (size_t i = 0; i < m; i++)
+        cm_hashmap_prefetch(t->index, kb[i]);
+    for (size_t i = 0; i < m; i++) {
+        float *row = s_get_or_make(t, kb[i], fill ? fill + i * t->used : NULL);
+        if (!row)
+            return CM_ENOMEM;
+        s_prefetch(row, lines, write);
+        rows[i] = row;
+    }
+    return 0;
+}
+
 static int s_lines(size_t floats)
 {
     size_t l = (floats * sizeof(float) + S_ALIGN - 1) / S_ALIGN;
@@ -528,7 +547,7 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
     const size_t dim = (size_t)t->dim;
     const size_t row_bytes = dim * sizeof(float);
     const int lines = t->pull_lines;
-    const float *rows[S_BLOCK];
+    float *rows[S_BLOCK];
     size_t missing = 0;
     int rc = 0;
     if (t->slow)
@@ -536,19 +555,12 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
-        for (size_t i = 0; i < m; i++)
-            cm_hashmap_prefetch(t->index, kb[i]);
         if (create) {
-            for (size_t i = 0; i < m; i++) {
-                float *row = s_get_or_make(t, kb[i], NULL);
-                if (!row) {
-                    rc = CM_ENOMEM;
-                    goto out;
-                }
-                s_prefetch(row, lines, 0);
-                rows[i] = row;
-            }
+            if ((rc = s_resolve(t, kb, m, NULL, lines, 0, rows)) != 0)
+                goto out;
         } else {
+            for (size_t i = 0; i < m; i++)
+                cm_hashmap_prefetch(t->index, kb[i]);
             for (size_t i = 0; i < m; i++) {
                 uint32_t idx;
                 if (cm_hashmap_get(t->index, kb[i], &idx)) {
@@ -584,16 +596,8 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         return s_push_slow(t, keys, n, grads);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-        const uint64_t *kb = keys + b;
-        for (size_t i = 0; i < m; i++)
-            cm_hashmap_prefetch(t->index, kb[i]);
-        for (size_t i = 0; i < m; i++) {
-            float *row = s_get_or_make(t, kb[i], NULL);
-            if (!row)
-                return CM_ENOMEM;   /* the rows before keep their update */
-            s_prefetch(row, lines, 1);
-            rows[i] = row;
-        }
+        if (s_resolve(t, keys + b, m, NULL, lines, 1, rows) != 0)
+            return CM_ENOMEM;   /* the rows before keep their update */
         const float *gb = grads + b * dim;
         for (size_t i = 0; i < m; i++)
             ps_optim_update(o, rows[i], gb + i * dim, t->dim);
@@ -745,14 +749,8 @@ int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float 
             }
             continue;
         }
-        /* as ps_table_push: every slot, then every row, then the copies */
-        for (size_t i = 0; i < m; i++)
-            cm_hashmap_prefetch(t->index, kb[i]);
-        for (size_t i = 0; i < m; i++) {
-            if (!(dst[i] = s_get_or_make(t, kb[i], rb + i * rf)))
-                return CM_ENOMEM;
-            s_prefetch(dst[i], t->push_lines, 1);
-        }
+        if (s_resolve(t, kb, m, rb, t->push_lines, 1, dst) != 0)
+            return CM_ENOMEM;
         for (size_t i = 0; i < m; i++)
             memcpy(dst[i], rb + i * rf, rf * sizeof(float));
     }
@@ -763,19 +761,11 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
 {
     const size_t rf = t->used;
     if (!t->slow) {
-        const float *src[S_BLOCK];
+        float *src[S_BLOCK];
         for (size_t b = 0; b < n; b += S_BLOCK) {
             size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-            const uint64_t *kb = keys + b;
-            for (size_t i = 0; i < m; i++)
-                cm_hashmap_prefetch(t->index, kb[i]);
-            for (size_t i = 0; i < m; i++) {
-                float *row = s_get_or_make(t, kb[i], NULL);
-                if (!row)
-                    return CM_ENOMEM;
-                s_prefetch(row, t->push_lines, 0);
-                src[i] = row;
-            }
+            if (s_resolve(t, keys + b, m, NULL, t->push_lines, 0, src) != 0)
+                return CM_ENOMEM;
             for (size_t i = 0; i < m; i++)
                 memcpy(out + (b + i) * rf, src[i], rf * sizeof(float));
         }

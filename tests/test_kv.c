@@ -261,14 +261,8 @@ Test(kv, silent_server_times_out)
 Test(kv, whole_rows_and_deltas)
 {
     uint32_t map[SLOTS];
-    sch_plan_slots(map, SLOTS, NS, NULL);
-    int dims[1] = {DIM}, rfs[1] = {DIM}; /* SGD: no optimizer state */
-    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
-                      .slot_map = map, .n_tables = 1, .dims = dims, .row_floats = rfs,
-                      .timeout_ms = 5000};
+    wk_kv *kv = s_kv(map); /* SGD: whole rows are the weights alone */
     cm_error err = {0};
-    wk_kv *kv = wk_kv_new(s_van, &p, &err);
-    cr_assert_not_null(kv, "%s", err.msg);
     uint64_t keys[4] = {50001, 50002, 50003, 50004};
     float full[4 * DIM], again[4 * DIM], delta[4 * DIM];
     wk_pull req = {0, keys, 4, full, CM_PULL_FULL, 0};
@@ -305,14 +299,8 @@ Test(kv, whole_rows_and_deltas)
 Test(kv, owned_rows_and_strided_pull)
 {
     uint32_t map[SLOTS];
-    sch_plan_slots(map, SLOTS, NS, NULL);
-    int dims[1] = {DIM}, rfs[1] = {DIM};
-    wk_kv_params p = {.n_servers = NS, .server_eps = s_eps, .n_slots = SLOTS,
-                      .slot_map = map, .n_tables = 1, .dims = dims, .row_floats = rfs,
-                      .timeout_ms = 5000};
+    wk_kv *kv = s_kv(map);
     cm_error err = {0};
-    wk_kv *kv = wk_kv_new(s_van, &p, &err);
-    cr_assert_not_null(kv, "%s", err.msg);
     enum { N = 20000, STRIDE = DIM + 2 };
     uint64_t *keys = malloc(N * sizeof *keys);
     float *rows = malloc((size_t)N * DIM * sizeof *rows);
