@@ -17,35 +17,21 @@
 #include "common/ckpt.h"
 #include "common/codec.h"
 #include "common/log.h"
+#include "tmpdir.h"
 
 /* ------------------------------------------------------------------------
  * Helpers: a temp dir per test, files in it
  * ------------------------------------------------------------------------ */
 
-static char s_dir[256];
-
 static void setup(void)
 {
-    if (s_dir[0])
-        return; /* suite and test init both ran */
-    snprintf(s_dir, sizeof s_dir, "/tmp/psrec_test_ckpt.XXXXXX");
-    cr_assert_not_null(mkdtemp(s_dir));
+    th_tmpdir_make("ckpt");
     cm_log_set_level(CM_LOG_ERROR);
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static void teardown(void)
 {
-    if (s_dir[0])
-        nftw(s_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    s_dir[0] = '\0';
+    th_tmpdir_remove();
 }
 
 static void setup_capture(void)
@@ -59,11 +45,7 @@ TestSuite(ckpt, .init = setup, .fini = teardown);
 
 static const char *tpath(const char *name)
 {
-    static char buf[8][512];
-    static int k;
-    char *p = buf[k++ % 8];
-    snprintf(p, 512, "%s/%s", s_dir, name);
-    return p;
+    return th_path(name);
 }
 
 static uint64_t file_size(const char *p)
@@ -201,7 +183,7 @@ static void shard_round_trip(size_t n, int dim, int rf)
     cr_assert_eq(cm_shard_read(p, 0, 0, &s, &err), 0, "%s", err.msg);
     cr_assert_eq(s.n, n);
     cm_shard_free(&s);
-    cr_assert_eq(count_names(s_dir, ".tmp."), 0, "no temporary file left");
+    cr_assert_eq(count_names(th_dir, ".tmp."), 0, "no temporary file left");
     free_rows(&r);
 }
 
@@ -255,7 +237,7 @@ Test(ckpt, shard_write_refuses_unsorted_keys)
     r.keys[3] = r.keys[2]; /* a duplicate is not ascending either */
     cr_assert_eq(cm_shard_write(p, 0, 2, 2, r.keys, r.rows, 5, NULL, NULL, &err), CM_EINVAL);
     cr_assert(!exists(p));
-    cr_assert_eq(count_names(s_dir, ".tmp."), 0);
+    cr_assert_eq(count_names(th_dir, ".tmp."), 0);
     free_rows(&r);
 }
 
@@ -280,7 +262,7 @@ Test(ckpt, shard_missing_file)
     cm_error err = {0};
     cr_assert_eq(cm_shard_read(tpath("nope.rows"), 0, 0, &s, &err), CM_ENOTFOUND);
     cr_assert(strstr(err.msg, "nope.rows"), "%s", err.msg);
-    cr_assert_eq(cm_shard_read(s_dir, 0, 0, &s, &err), CM_EIO, "a directory is not a shard");
+    cr_assert_eq(cm_shard_read(th_dir, 0, 0, &s, &err), CM_EIO, "a directory is not a shard");
 }
 
 Test(ckpt, shard_size_mismatch_is_torn)
@@ -593,9 +575,9 @@ Test(ckpt, manifest_round_trip)
     cm_manifest m, g;
     fill_manifest(&m, 4);
     cm_error err = {0};
-    cr_assert_eq(cm_manifest_write(s_dir, &m, &err), 0, "%s", err.msg);
-    cr_assert_eq(count_names(s_dir, ".tmp."), 0);
-    cr_assert_eq(cm_manifest_read(s_dir, &g, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_manifest_write(th_dir, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(count_names(th_dir, ".tmp."), 0);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), 0, "%s", err.msg);
     cr_assert_str_eq(g.job, m.job);
     cr_assert_str_eq(g.model, "mf");
     cr_assert_eq(g.version, 1);
@@ -654,7 +636,7 @@ Test(ckpt, manifest_missing)
 {
     cm_manifest g;
     cm_error err = {0};
-    cr_assert_eq(cm_manifest_read(s_dir, &g, &err), CM_ENOTFOUND);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), CM_ENOTFOUND);
     cr_assert(strstr(err.msg, "MANIFEST"), "%s", err.msg);
     cm_manifest_free(&g); /* zeroed even on failure */
 }
@@ -664,26 +646,26 @@ Test(ckpt, manifest_corrupted)
     cm_manifest m, g;
     fill_manifest(&m, 2);
     cm_error err = {0};
-    cr_assert_eq(cm_manifest_write(s_dir, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_manifest_write(th_dir, &m, &err), 0, "%s", err.msg);
     cm_manifest_free(&m);
     const char *p = tpath("MANIFEST");
     size_t len;
     unsigned char *good = slurp(p, &len);
 
     flip_byte(p, len - 3);
-    cr_assert_eq(cm_manifest_read(s_dir, &g, &err), CM_ECHECKSUM);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), CM_ECHECKSUM);
     cr_assert(strstr(err.msg, "checksum mismatch"), "%s", err.msg);
     cr_assert(strstr(err.msg, p), "%s", err.msg);
     cr_assert_null(g.job);
 
     spit(p, good, len);
     flip_byte(p, 0);
-    cr_assert_eq(cm_manifest_read(s_dir, &g, &err), CM_EPARSE);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), CM_EPARSE);
     cr_assert(strstr(err.msg, "bad magic"), "%s", err.msg);
 
     for (size_t cut = 0; cut < len; cut += 7) {
         spit(p, good, cut);
-        cr_assert_eq(cm_manifest_read(s_dir, &g, &err), CM_EPARSE, "cut %zu", cut);
+        cr_assert_eq(cm_manifest_read(th_dir, &g, &err), CM_EPARSE, "cut %zu", cut);
         cr_assert(strstr(err.msg, "torn write?"), "%s", err.msg);
     }
 
@@ -697,7 +679,7 @@ Test(ckpt, manifest_corrupted)
     for (int i = 0; i < 8; i++)
         bad[12 + i] = (unsigned char)(sum >> (8 * i));
     spit(p, bad, sizeof bad);
-    cr_assert_eq(cm_manifest_read(s_dir, &g, &err), CM_EPARSE);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), CM_EPARSE);
     cr_assert(strstr(err.msg, "does not decode"), "%s", err.msg);
     free(good);
 }
@@ -721,7 +703,7 @@ static int read_raw_manifest(const cm_manifest *m, cm_error *err)
     free(buf);
     free(pb);
     cm_manifest g;
-    int rc = cm_manifest_read(s_dir, &g, err);
+    int rc = cm_manifest_read(th_dir, &g, err);
     cm_manifest_free(&g);
     return rc;
 }
@@ -758,7 +740,7 @@ Test(ckpt, manifest_sanity_checks)
         case 9: m.files[1].slots[2] = 8; break;
         }
         /* the writer refuses what the reader would */
-        cr_assert_eq(cm_manifest_write(s_dir, &m, &err), CM_EINVAL, "%s", cases[c].what);
+        cr_assert_eq(cm_manifest_write(th_dir, &m, &err), CM_EINVAL, "%s", cases[c].what);
         cr_assert(strstr(err.msg, cases[c].expect), "%s: %s", cases[c].what, err.msg);
         cr_assert_eq(read_raw_manifest(&m, &err), CM_EPARSE, "%s", cases[c].what);
         cr_assert(strstr(err.msg, cases[c].expect), "%s: %s", cases[c].what, err.msg);
@@ -841,7 +823,7 @@ Test(ckpt, dirname_and_mkdir)
 
 Test(ckpt, verify_intact_and_damaged)
 {
-    const char *dir = make_ckpt(s_dir, 1, 0, 0);
+    const char *dir = make_ckpt(th_dir, 1, 0, 0);
     cm_error err = {0};
     cr_assert_eq(cm_ckpt_verify(dir, &err), 0, "%s", err.msg);
     char p[1024];
@@ -875,67 +857,67 @@ Test(ckpt, verify_intact_and_damaged)
     cr_assert(strstr(err.msg, "t0-s1.rows"), "%s", err.msg);
 
     /* no manifest */
-    cr_assert_eq(cm_ckpt_verify(s_dir, &err), CM_ENOTFOUND);
+    cr_assert_eq(cm_ckpt_verify(th_dir, &err), CM_ENOTFOUND);
 }
 
 Test(ckpt, publish_points_latest_and_prunes)
 {
     char latest[300];
-    make_ckpt(s_dir, 1, 1, 2);
-    read_latest(s_dir, latest, sizeof latest);
+    make_ckpt(th_dir, 1, 1, 2);
+    read_latest(th_dir, latest, sizeof latest);
     cr_assert_str_eq(latest, "ckpt-000001\n");
-    make_ckpt(s_dir, 2, 1, 2);
-    make_ckpt(s_dir, 3, 1, 2);
-    read_latest(s_dir, latest, sizeof latest);
+    make_ckpt(th_dir, 2, 1, 2);
+    make_ckpt(th_dir, 3, 1, 2);
+    read_latest(th_dir, latest, sizeof latest);
     cr_assert_str_eq(latest, "ckpt-000003\n");
     cr_assert(!exists(tpath("ckpt-000001")), "oldest pruned");
     cr_assert(exists(tpath("ckpt-000002")));
     cr_assert(exists(tpath("ckpt-000003")));
-    make_ckpt(s_dir, 10, 1, 2);
+    make_ckpt(th_dir, 10, 1, 2);
     cr_assert(!exists(tpath("ckpt-000002")));
     cr_assert(exists(tpath("ckpt-000003")));
     cr_assert(exists(tpath("ckpt-000010")));
-    cr_assert_eq(count_names(s_dir, ".tmp."), 0);
-    cr_assert_eq(count_names(s_dir, "ckpt-"), 2);
+    cr_assert_eq(count_names(th_dir, ".tmp."), 0);
+    cr_assert_eq(count_names(th_dir, "ckpt-"), 2);
 }
 
 Test(ckpt, publish_keep_all_and_keep_one)
 {
     for (uint32_t e = 1; e <= 4; e++)
-        make_ckpt(s_dir, e, 1, 0);
-    cr_assert_eq(count_names(s_dir, "ckpt-"), 4, "keep 0 keeps all");
-    make_ckpt(s_dir, 5, 1, 1);
-    cr_assert_eq(count_names(s_dir, "ckpt-"), 1);
+        make_ckpt(th_dir, e, 1, 0);
+    cr_assert_eq(count_names(th_dir, "ckpt-"), 4, "keep 0 keeps all");
+    make_ckpt(th_dir, 5, 1, 1);
+    cr_assert_eq(count_names(th_dir, "ckpt-"), 1);
     cr_assert(exists(tpath("ckpt-000005/MANIFEST")));
 }
 
 Test(ckpt, publish_never_removes_the_published_one)
 {
-    make_ckpt(s_dir, 7, 1, 0);
-    make_ckpt(s_dir, 8, 1, 0);
+    make_ckpt(th_dir, 7, 1, 0);
+    make_ckpt(th_dir, 8, 1, 0);
     /* a rerun publishing an older epoch keeps it, even with keep 1 */
-    make_ckpt(s_dir, 2, 1, 1);
+    make_ckpt(th_dir, 2, 1, 1);
     char latest[300];
-    read_latest(s_dir, latest, sizeof latest);
+    read_latest(th_dir, latest, sizeof latest);
     cr_assert_str_eq(latest, "ckpt-000002\n");
     cr_assert(exists(tpath("ckpt-000002/MANIFEST")));
-    cr_assert_eq(count_names(s_dir, "ckpt-"), 1);
+    cr_assert_eq(count_names(th_dir, "ckpt-"), 1);
 }
 
 Test(ckpt, publish_cleans_debris)
 {
-    make_ckpt(s_dir, 1, 1, 2);
+    make_ckpt(th_dir, 1, 1, 2);
     /* a dead writer's temporary files, an unfinished older checkpoint, and
      * things that are not ours */
     cm_error err = {0};
     char path[512];
-    cr_assert_eq(cm_ckpt_mkdir(s_dir, "ckpt-000002", path, sizeof path, &err), 0);
+    cr_assert_eq(cm_ckpt_mkdir(th_dir, "ckpt-000002", path, sizeof path, &err), 0);
     spit(tpath("LATEST.tmp.123.4"), "ckpt-000009\n", 12);
     spit(tpath("ckpt-000002/t0-s0.rows.tmp.77.0"), "junk", 4);
     mkdir(tpath("ckpt-000001x"), 0755);
     spit(tpath("notes.tmp.txt"), "keep me", 7);
     mkdir(tpath("ckpt-000000"), 0755); /* unfinished, older */
-    make_ckpt(s_dir, 3, 1, 2);
+    make_ckpt(th_dir, 3, 1, 2);
     cr_assert(!exists(tpath("LATEST.tmp.123.4")));
     cr_assert(exists(tpath("notes.tmp.txt")), "not one of our temporary names");
     cr_assert(exists(tpath("ckpt-000001x")), "not a checkpoint name");
@@ -950,7 +932,7 @@ Test(ckpt, prune_does_not_follow_symlinks)
     /* an old checkpoint that is a link to a directory elsewhere */
     const char *other = tpath("elsewhere");
     char root[600];
-    snprintf(root, sizeof root, "%s/root", s_dir);
+    snprintf(root, sizeof root, "%s/root", th_dir);
     make_ckpt(other, 1, 1, 0);
     mkdir(root, 0755);
     char link[700], target[700];
@@ -972,12 +954,12 @@ Test(ckpt, publish_refuses_unfinished_and_bad_names)
 {
     cm_error err = {0};
     char path[512];
-    cr_assert_eq(cm_ckpt_mkdir(s_dir, "ckpt-000004", path, sizeof path, &err), 0);
-    cr_assert_eq(cm_ckpt_publish(s_dir, "ckpt-000004", 2, &err), CM_ESTATE);
+    cr_assert_eq(cm_ckpt_mkdir(th_dir, "ckpt-000004", path, sizeof path, &err), 0);
+    cr_assert_eq(cm_ckpt_publish(th_dir, "ckpt-000004", 2, &err), CM_ESTATE);
     cr_assert(strstr(err.msg, "no MANIFEST"), "%s", err.msg);
     cr_assert(!exists(tpath("LATEST")));
-    cr_assert_eq(cm_ckpt_publish(s_dir, "../ckpt-000004", 2, &err), CM_EINVAL);
-    cr_assert_eq(cm_ckpt_publish(s_dir, "", 2, &err), CM_EINVAL);
+    cr_assert_eq(cm_ckpt_publish(th_dir, "../ckpt-000004", 2, &err), CM_EINVAL);
+    cr_assert_eq(cm_ckpt_publish(th_dir, "", 2, &err), CM_EINVAL);
 }
 
 /* Everything logged so far. */
@@ -993,23 +975,23 @@ static char *captured(void)
 
 Test(ckpt, resolve_auto_takes_latest)
 {
-    make_ckpt(s_dir, 1, 1, 3);
-    const char *d2 = make_ckpt(s_dir, 2, 1, 3);
+    make_ckpt(th_dir, 1, 1, 3);
+    const char *d2 = make_ckpt(th_dir, 2, 1, 3);
     char out[512];
     cm_error err = {0};
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, d2);
 }
 
 Test(ckpt, resolve_auto_falls_back_when_latest_is_torn, .init = setup_capture)
 {
-    const char *d1 = make_ckpt(s_dir, 1, 1, 3);
-    const char *d2 = make_ckpt(s_dir, 2, 1, 3);
+    const char *d1 = make_ckpt(th_dir, 1, 1, 3);
+    const char *d2 = make_ckpt(th_dir, 2, 1, 3);
     char p[1024], out[512];
     snprintf(p, sizeof p, "%s/t1-s1.rows", d2);
     cr_assert_eq(truncate(p, (off_t)file_size(p) / 2), 0);
     cm_error err = {0};
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, d1);
     char *log = captured();
     char want[1200];
@@ -1020,22 +1002,22 @@ Test(ckpt, resolve_auto_falls_back_when_latest_is_torn, .init = setup_capture)
 
 Test(ckpt, resolve_auto_prefers_latest_over_newer_dirs)
 {
-    const char *d1 = make_ckpt(s_dir, 1, 1, 0);
-    make_ckpt(s_dir, 2, 0, 0); /* finished but never published */
+    const char *d1 = make_ckpt(th_dir, 1, 1, 0);
+    make_ckpt(th_dir, 2, 0, 0); /* finished but never published */
     char out[512];
     cm_error err = {0};
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, d1);
     /* without LATEST, the newest intact one */
     unlink(tpath("LATEST"));
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, tpath("ckpt-000002"));
     /* a LATEST that names nothing sensible is ignored */
     spit(tpath("LATEST"), "../../etc\n", 10);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, tpath("ckpt-000002"));
     spit(tpath("LATEST"), "ckpt-000099\n", 12);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, tpath("ckpt-000002"));
 }
 
@@ -1046,16 +1028,16 @@ Test(ckpt, resolve_auto_none_intact, .init = setup_capture)
     cr_assert_eq(cm_ckpt_resolve(tpath("nothing-here"), "auto", out, sizeof out, &err),
                  CM_ENOTFOUND);
     cr_assert(strstr(err.msg, "no checkpoint under"), "%s", err.msg);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), CM_ENOTFOUND);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), CM_ENOTFOUND);
     cr_assert(strstr(err.msg, "no checkpoint under"), "%s", err.msg);
 
-    const char *d1 = make_ckpt(s_dir, 1, 1, 3);
-    const char *d2 = make_ckpt(s_dir, 2, 1, 3);
+    const char *d1 = make_ckpt(th_dir, 1, 1, 3);
+    const char *d2 = make_ckpt(th_dir, 2, 1, 3);
     snprintf(p, sizeof p, "%s/MANIFEST", d1);
     flip_byte(p, 30);
     snprintf(p, sizeof p, "%s/t0-s0.rows", d2);
     unlink(p);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), CM_ENOTFOUND);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), CM_ENOTFOUND);
     cr_assert(strstr(err.msg, "none of the 2 checkpoints"), "%s", err.msg);
     char *log = captured();
     cr_assert(strstr(log, "ckpt-000001: skipped:"), "log: %s", log);
@@ -1065,40 +1047,40 @@ Test(ckpt, resolve_auto_none_intact, .init = setup_capture)
 
 Test(ckpt, resolve_explicit_dir)
 {
-    const char *d1 = make_ckpt(s_dir, 1, 1, 3);
-    const char *d2 = make_ckpt(s_dir, 2, 1, 3);
+    const char *d1 = make_ckpt(th_dir, 1, 1, 3);
+    const char *d2 = make_ckpt(th_dir, 2, 1, 3);
     char out[512], p[1024];
     cm_error err = {0};
-    cr_assert_eq(cm_ckpt_resolve(s_dir, d1, out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, d1, out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, d1);
     /* no root needed for an explicit directory */
     cr_assert_eq(cm_ckpt_resolve("", d1, out, sizeof out, &err), 0, "%s", err.msg);
     cr_assert_str_eq(out, d1);
     /* a bare name is looked up under the root */
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "ckpt-000002", out, sizeof out, &err), 0, "%s",
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "ckpt-000002", out, sizeof out, &err), 0, "%s",
                  err.msg);
     cr_assert_str_eq(out, d2);
     /* an explicit torn checkpoint is an error, not a fallback */
     snprintf(p, sizeof p, "%s/t0-s1.rows", d2);
     cr_assert_eq(truncate(p, 100), 0);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, d2, out, sizeof out, &err), CM_ECHECKSUM);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, d2, out, sizeof out, &err), CM_ECHECKSUM);
     cr_assert(strstr(err.msg, "not intact"), "%s", err.msg);
     cr_assert(strstr(err.msg, "t0-s1.rows"), "%s", err.msg);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, tpath("ckpt-000077"), out, sizeof out, &err),
+    cr_assert_eq(cm_ckpt_resolve(th_dir, tpath("ckpt-000077"), out, sizeof out, &err),
                  CM_ENOTFOUND);
     /* bad arguments */
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "", out, sizeof out, &err), CM_EINVAL);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "", out, sizeof out, &err), CM_EINVAL);
     cr_assert_eq(cm_ckpt_resolve("", "auto", out, sizeof out, &err), CM_EINVAL);
-    cr_assert_eq(cm_ckpt_resolve(s_dir, d1, out, 4, &err), CM_ERANGE);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, d1, out, 4, &err), CM_ERANGE);
 }
 
 /* The whole round: write, publish, resolve, read every shard back. */
 Test(ckpt, write_resolve_load)
 {
-    make_ckpt(s_dir, 4, 1, 2);
+    make_ckpt(th_dir, 4, 1, 2);
     char out[512];
     cm_error err = {0};
-    cr_assert_eq(cm_ckpt_resolve(s_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
     cm_manifest m;
     cr_assert_eq(cm_manifest_read(out, &m, &err), 0, "%s", err.msg);
     cr_assert_eq(m.epoch, 4);

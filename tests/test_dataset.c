@@ -18,33 +18,20 @@
 #include "common/dataset.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "tmpdir.h"
 
 /* ------------------------------------------------------------------------
  * Helpers: a temp dir per test, files in it
  * ------------------------------------------------------------------------ */
 
-static char s_dir[256];
-
 static void setup(void)
 {
-    if (s_dir[0])
-        return; /* suite and test init both ran */
-    snprintf(s_dir, sizeof s_dir, "/tmp/psrec_test_dataset.XXXXXX");
-    cr_assert_not_null(mkdtemp(s_dir));
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
+    th_tmpdir_make("dataset");
 }
 
 static void teardown(void)
 {
-    if (s_dir[0])
-        nftw(s_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_tmpdir_remove();
 }
 
 static void setup_quiet(void)
@@ -64,11 +51,7 @@ TestSuite(dataset, .init = setup_quiet, .fini = teardown);
 
 static const char *tpath(const char *name)
 {
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, 512, "%s/%s", s_dir, name);
-    return p;
+    return th_path(name);
 }
 
 static const char *write_file(const char *name, const void *data, size_t len)
@@ -413,7 +396,7 @@ Test(dataset, unreadable_file)
     cr_assert_eq(load(p, &r, &e), CM_EIO);
     cr_assert_not_null(strstr(e.msg, p));
     cr_assert_not_null(strstr(e.msg, strerror(ENOENT)), "%s", e.msg);
-    cr_assert_eq(load(s_dir, &r, &e), CM_EIO, "a directory");
+    cr_assert_eq(load(th_dir, &r, &e), CM_EIO, "a directory");
     cr_assert_eq(cm_dataset_is_binary(p), CM_EIO);
 }
 
@@ -781,7 +764,7 @@ static int dir_entries(void)
 {
     int n = 0;
     char cmd[400];
-    snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", s_dir);
+    snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", th_dir);
     FILE *f = popen(cmd, "r");
     cr_assert(fscanf(f, "%d", &n) == 1);
     pclose(f);

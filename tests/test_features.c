@@ -17,33 +17,20 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "tests/helpers.h"
+#include "tmpdir.h"
 
 /* ------------------------------------------------------------------------
  * Helpers: a temp dir per test, files in it
  * ------------------------------------------------------------------------ */
 
-static char s_dir[256];
-
 static void setup(void)
 {
-    if (s_dir[0])
-        return;
-    snprintf(s_dir, sizeof s_dir, "/tmp/psrec_test_features.XXXXXX");
-    cr_assert_not_null(mkdtemp(s_dir));
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
+    th_tmpdir_make("features");
 }
 
 static void teardown(void)
 {
-    if (s_dir[0])
-        nftw(s_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_tmpdir_remove();
 }
 
 static void setup_quiet(void)
@@ -63,11 +50,7 @@ TestSuite(features, .init = setup_quiet, .fini = teardown);
 
 static const char *tpath(const char *name)
 {
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, 512, "%s/%s", s_dir, name);
-    return p;
+    return th_path(name);
 }
 
 static const char *write_str(const char *name, const char *s)
@@ -333,7 +316,7 @@ Test(features, empty_missing_and_binary_files_fail)
     cr_assert_not_null(strstr(e.msg, "1 bad line; first:"), "%s", e.msg);
     cr_assert_eq(cm_examples_load_libsvm(tpath("nope.svm"), NULL, &ex, &e), CM_EIO);
     cr_assert_not_null(strstr(e.msg, "nope.svm"), "%s", e.msg);
-    cr_assert_eq(cm_examples_load_libsvm(s_dir, NULL, &ex, &e), CM_EIO);
+    cr_assert_eq(cm_examples_load_libsvm(th_dir, NULL, &ex, &e), CM_EIO);
     const char bin[] = "PSRECDS1\0\0\0\0";
     FILE *f = fopen(tpath("bin.svm"), "wb");
     fwrite(bin, 1, sizeof bin, f);

@@ -13,39 +13,24 @@
 #include "common/dataset.h"
 #include "common/log.h"
 #include "common/synth.h"
-
-static char s_dir[256];
+#include "tmpdir.h"
 
 static void setup(void)
 {
-    snprintf(s_dir, sizeof s_dir, "/tmp/psrec_test_synth.XXXXXX");
-    cr_assert_not_null(mkdtemp(s_dir));
+    th_tmpdir_make("synth");
     cm_log_set_level(CM_LOG_ERROR);
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
 }
 
 static void teardown(void)
 {
-    if (s_dir[0])
-        nftw(s_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    th_tmpdir_remove();
 }
 
 TestSuite(synth, .init = setup, .fini = teardown);
 
 static const char *prefix(const char *name)
 {
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, 512, "%s/%s", s_dir, name);
-    return p;
+    return th_path(name);
 }
 
 static void load_ok(const char *path, cm_ratings *r)
@@ -362,8 +347,8 @@ Test(synth, bad_params_are_rejected)
     cr_assert_not_null(strstr(e.msg, "/nonexistent-dir/x"), "%s", e.msg);
     /* nothing was written for any of these */
     char cmd[400];
-    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s)\"", s_dir);
-    cr_assert_eq(system(cmd), 0, "files left in %s", s_dir);
+    snprintf(cmd, sizeof cmd, "test -z \"$(ls -A %s)\"", th_dir);
+    cr_assert_eq(system(cmd), 0, "files left in %s", th_dir);
 }
 
 Test(synth, rank_zero_and_tiny_sets)
