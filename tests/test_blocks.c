@@ -1,11 +1,21 @@
-/* blocks: the indexing helpers of the blocks schedule (the schedule itself
- * runs in tests/test_cluster_local.c and test_cluster_ckpt.c). */
+/* blocks: the indexing helpers of the blocks schedule, and one pass of
+ * training against a real server (the whole schedule runs in
+ * tests/test_cluster_local.c and test_cluster_ckpt.c). */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
+#include "common/log.h"
+#include "common/msg.h"
 #include "common/rng.h"
+#include "ps/server.h"
+#include "scheduler/plan.h"
+#include "scheduler/scheduler.h"
 #include "worker/blocks.h"
+#include "worker/kv.h"
+#include "worker/models/model.h"
 
 /* Checks the contract of wk_blocks_index_keys on keys[0..n). */
 static void s_check_index(const uint64_t *keys, size_t n)
@@ -230,4 +240,113 @@ Test(blocks, user_rows_are_held_by_key)
     cr_expect_null(wk_blocks_user_row_at(b, at[3]), "... but no row yet");
     wk_blocks_destroy(&b);
     cm_ratings_free(&r);
+}
+
+/* ------------------------------------------------ one pass on a server -- */
+
+static void *s_serve(void *arg)
+{
+    ps_server_run(arg);
+    return NULL;
+}
+
+static int s_count_gate(void *arg, int wait)
+{
+    (void)wait;
+    ++*(int *)arg;
+    return 1;
+}
+
+/* One asynchronous pass over block 0 with block 1 next: the gate is asked
+ * at the start and again at every 256k ratings although the next block's
+ * pull is out by then (that is where a worker tells on the acks of its
+ * earlier pushes); block 0's item rows come back whole and trained, block
+ * 1's stay as the server made them. */
+Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    enum { DIM = 9, USERS = 100000, ITEMS = 500, N = 1200000, SLOTS = 16 };
+    ps_table_params tp[2];
+    memset(tp, 0, sizeof tp);
+    for (int t = 0; t < 2; t++) {
+        tp[t].dim = DIM;
+        tp[t].zero_prefix = 1;
+        tp[t].init_std = 0.1f;
+        tp[t].seed = 11 + (uint64_t)t;
+        tp[t].optim = ps_optim_default(CM_OPT_SGD, 0.05f);
+    }
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    cr_assert_not_null(van, "%s", err.msg);
+    ps_server *srv = ps_server_new(van, "inproc://blocks-pass", tp, 2, &err);
+    cr_assert_not_null(srv, "%s", err.msg);
+    pthread_t tid;
+    cr_assert_eq(pthread_create(&tid, NULL, s_serve, srv), 0);
+    const char *eps[1] = {ps_server_endpoint(srv)};
+    uint32_t map[SLOTS];
+    sch_plan_slots(map, SLOTS, 1, NULL);
+    int dims[2] = {DIM, DIM};
+    wk_kv_params kp = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS, .slot_map = map,
+                       .n_tables = 2, .dims = dims, .timeout_ms = 10000};
+    wk_kv *kv = wk_kv_new(van, &kp, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+
+    uint64_t *user = malloc(N * sizeof *user), *item = malloc(N * sizeof *item);
+    float *rating = malloc(N * sizeof *rating);
+    cr_assert(user && item && rating);
+    cm_rng rng;
+    cm_rng_seed(&rng, 3);
+    for (size_t j = 0; j < N; j++) {
+        user[j] = j % USERS;
+        item[j] = cm_rng_below(&rng, ITEMS);
+        rating[j] = 1.f + (float)cm_rng_below(&rng, 5);
+    }
+    cm_ratings r = {0};
+    cr_assert_eq(cm_ratings_from_arrays(user, item, rating, N, &r, &err), 0, "%s", err.msg);
+    wk_blocks *b = wk_blocks_new(&r, 2, DIM - 1, dims, &tp[0], NULL, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+
+    int calls = 0;
+    wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
+                          .arg = &calls, .async = 1};
+    wk_model_ctx ctx = {.mean = 3.f, .l2 = 0.01f, .clip_lo = 1.f, .clip_hi = 5.f};
+    ps_optim opt = tp[1].optim;
+    double sq = 0;
+    size_t n = 0;
+    cr_assert_eq(wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &sq, &n, &err), 0,
+                 "%s", err.msg);
+    size_t in_block = 0;
+    for (size_t j = 0; j < N; j++)
+        in_block += wk_block_of(item[j], 2) == 0;
+    cr_expect_eq(n, in_block, "every rating of block 0 trained once");
+    cr_expect_gt(sq, 0);
+    cr_expect_geq(calls, 1 + (int)(in_block / 262144), "gate asked %d times for %zu ratings",
+                  calls, in_block);
+
+    /* the prefetch of block 1 and the pushes of block 0 finish */
+    cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    uint64_t keys[ITEMS];
+    float got[ITEMS * DIM], init[DIM];
+    for (size_t x = 0; x < ITEMS; x++)
+        keys[x] = x;
+    wk_pull req = {1, keys, ITEMS, got, CM_PULL_NO_CREATE, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (size_t x = 0; x < ITEMS; x++) {
+        ps_table_init_row(&tp[1], x, init);
+        int same = memcmp(got + x * DIM, init, sizeof init) == 0;
+        cr_expect_eq(same, wk_block_of(x, 2) != 0, "item %zu of block %u: %s", x,
+                     wk_block_of(x, 2), same ? "as made" : "trained");
+    }
+    wk_blocks_destroy(&b);
+    cm_ratings_free(&r);
+    free(user);
+    free(item);
+    free(rating);
+    wk_kv_destroy(&kv);
+    uint64_t rows = 0, bytes = 0;
+    cr_expect_eq(sch_stop_servers(van, 1, eps, 5000, &rows, &bytes, &err), 0, "%s", err.msg);
+    pthread_join(tid, NULL);
+    ps_server_destroy(&srv);
+    cm_van_destroy(&van);
 }
