@@ -17,8 +17,9 @@
 # per epoch, final test RMSE, the noise floor and how far above it, wall
 # seconds of the whole command (loading, every epoch with its evaluation,
 # exit), peak RSS (one process; for mpirun the largest rank and the sum of
-# all), and the ratio of updates/s to the sgd_baseline row of the same
-# shape.
+# all), and the ratio of updates/s to the first sgd_baseline row of the
+# same shape. The baseline runs again after the psrec rows: its second row
+# shows how far the machine's speed moved meanwhile.
 #
 #   bench/run.sh [--quick] [--only LIST] [--epochs E] [--dram-epochs E]
 #                [--minibatch] [--keep]
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --dram-epochs) depochs=$2; shift 2 ;;
     --minibatch) minibatch=1; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -110,15 +111,17 @@ mf_shape() {
   local name=$1 ep=$5
   gen "$@"
   free -g | awk '/Mem:/ { print "   memory: " $7 " GiB available" }' >&2
-  echo "== $name: sgd_baseline, 2 threads" >&2
-  /usr/bin/time -o "$work/time.txt" -f "%M %e" "$build/sgd_baseline" "$data.train.psrd" \
-      "$data.test.psrd" --threads 2 --epochs "$ep" --dim 32 --l2 0.05 > "$work/base_$name.txt"
-  local b r s t f
-  read -r b s t f < <(awk '/^summary/ { print $3, $7, $9, $11 }' "$work/base_$name.txt")
-  header "$name"
-  local kb wall
-  read -r kb wall < "$work/time.txt"
-  row "sgd_baseline, 1 process 2 threads" "$b" "$s" "$t" "$f" "$wall" "$(( kb / 1024 ))" "$b"
+  local b="" r s t f kb wall
+  run_base() { # label: one sgd_baseline run; the first sets the ratios' base b
+    echo "== $name: $1" >&2
+    /usr/bin/time -o "$work/time.txt" -f "%M %e" "$build/sgd_baseline" "$data.train.psrd" \
+        "$data.test.psrd" --threads 2 --epochs "$ep" --dim 32 --l2 0.05 > "$work/base_$name.txt"
+    read -r r s t f < <(awk '/^summary/ { print $3, $7, $9, $11 }' "$work/base_$name.txt")
+    read -r kb wall < "$work/time.txt"
+    [ -n "$b" ] || { b=$r; header "$name"; }
+    row "$1" "$r" "$s" "$t" "$f" "$wall" "$(( kb / 1024 ))" "$b"
+  }
+  run_base "sgd_baseline, 1 process 2 threads"
 
   run_psrec() { # label log-name command...
     local label=$1 tag=$2; shift 2
@@ -146,6 +149,10 @@ mf_shape() {
         mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \
         --schedule minibatch
   fi
+  # the machine's speed drifts (the baseline alone swung 38-60M updates/s
+  # on the DRAM shape within an hour): a second baseline run after the
+  # psrec rows shows how far it moved while they ran
+  run_base "sgd_baseline again, after the rows above"
   [ "$keep" = 1 ] || rm -f "$data".*.psrd
 }
 
@@ -158,8 +165,9 @@ if has dram; then
   else mf_shape dram 50000000 5000000 500000 "$depochs"; fi
 fi
 if has ml20m || has dram; then
-  echo "(updates/s: mean over epochs after the first; ratio: to sgd_baseline of the same" \
-       "shape; machine: $(nproc) cores, $(uname -m))" | tee -a "$table"
+  echo "(updates/s: mean over epochs after the first; ratio: to the first sgd_baseline row" \
+       "of the same shape; its second row shows the machine's drift meanwhile; machine:" \
+       "$(nproc) cores, $(uname -m))" | tee -a "$table"
 fi
 
 if has scale; then
