@@ -85,12 +85,18 @@ const char *cm_op_name(int op)
 
 /* --------------------------------------------------------- key gaps -- */
 
-/* Writes strictly ascending keys[0..n) as varint gaps into out (room for
- * 10 n bytes); returns the bytes written. */
-static size_t s_gaps_encode(const uint64_t *keys, size_t n, uint8_t *out)
+/* Writes keys[0..n) as varint gaps into out (room for 10 n bytes) while
+ * they strictly ascend; returns the bytes written and sets *bad to the
+ * first key that does not ascend (n when all do). */
+static size_t s_gaps_encode(const uint64_t *keys, size_t n, uint8_t *out, size_t *bad)
 {
     uint8_t *p = out;
+    *bad = n;
     for (size_t i = 0; i < n; i++) {
+        if (i && keys[i] <= keys[i - 1]) {
+            *bad = i;
+            break;
+        }
         uint64_t v = i ? keys[i] - keys[i - 1] - 1 : keys[0];
         while (v >= 0x80) {
             *p++ = (uint8_t)(v | 0x80);
@@ -174,10 +180,6 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     if (s_needs_keys(hdr->op)) {
         if (n_keys == 0)
             return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: no keys", op);
-        size_t bad = s_first_unsorted(keys, n_keys);
-        if (bad < n_keys)
-            return cm_sock_seterr_(s, CM_EINVAL,
-                                   "msg send %s: keys not strictly ascending at %zu", op, bad);
         if (hdr->op == CM_OP_PULL && n_vals)
             return cm_sock_seterr_(s, CM_EINVAL, "msg send PULL: a pull carries no values");
         if (hdr->op == CM_OP_PUSH && !n_vals)
@@ -188,24 +190,37 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
         return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: unknown dtype %" PRIu32, op,
                                hdr->dtype);
 
-    uint16_t *halves = NULL;
-    if (n_vals && hdr->dtype == CM_DTYPE_F16) {
-        if (!(halves = malloc(n_vals * sizeof *halves)))
-            return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
-        cm_half_from_f32(vals, halves, n_vals);
-    }
-    /* sorted keys as gaps where that is shorter (never longer on the wire) */
+    /* sorted keys as gaps where that is shorter (never longer on the wire):
+     * one walk checks their order and writes the gaps */
     uint8_t *gaps = NULL;
     size_t gaps_len = 0;
     hdr->key_enc = CM_KEYS_RAW;
-    if (s_needs_keys(hdr->op) && n_keys <= SIZE_MAX / 10 && (gaps = malloc(10 * n_keys))) {
-        gaps_len = s_gaps_encode(keys, n_keys, gaps);
-        if (gaps_len < n_keys * sizeof *keys) {
+    if (s_needs_keys(hdr->op)) {
+        size_t bad;
+        if (n_keys <= SIZE_MAX / 10 && (gaps = malloc(10 * n_keys)))
+            gaps_len = s_gaps_encode(keys, n_keys, gaps, &bad);
+        else
+            bad = s_first_unsorted(keys, n_keys);
+        if (bad < n_keys) {
+            free(gaps);
+            return cm_sock_seterr_(s, CM_EINVAL,
+                                   "msg send %s: keys not strictly ascending at %zu", op, bad);
+        }
+        if (gaps && gaps_len < n_keys * sizeof *keys) {
             hdr->key_enc = CM_KEYS_GAPS;
         } else {
             free(gaps);
             gaps = NULL;
         }
+    }
+
+    uint16_t *halves = NULL;
+    if (n_vals && hdr->dtype == CM_DTYPE_F16) {
+        if (!(halves = malloc(n_vals * sizeof *halves))) {
+            free(gaps);
+            return cm_sock_seterr_(s, CM_ENOMEM, "msg send %s: out of memory", op);
+        }
+        cm_half_from_f32(vals, halves, n_vals);
     }
     uint8_t *packed = NULL;
     size_t packed_len = 0;

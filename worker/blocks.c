@@ -618,13 +618,6 @@ int wk_blocks_holds_users(const wk_blocks *b)
     return b->have_users;
 }
 
-const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user)
-{
-    if (!b->have_users)
-        return NULL;
-    size_t j = cm_lower_bound_u64(b->users, b->n_users, user);
-    return j < b->n_users && b->users[j] == user ? b->urows + j * b->us : NULL;
-}
 
 void wk_blocks_user_places(const wk_blocks *b, const uint64_t *users, size_t n, uint32_t *at)
 {
@@ -650,6 +643,13 @@ void wk_blocks_user_places(const wk_blocks *b, const uint64_t *users, size_t n, 
 const float *wk_blocks_user_row_at(const wk_blocks *b, uint32_t at)
 {
     return b->have_users && at < b->n_users ? b->urows + (size_t)at * b->us : NULL;
+}
+
+const float *wk_blocks_user_row(const wk_blocks *b, uint64_t user)
+{
+    uint32_t at;
+    wk_blocks_user_places(b, &user, 1, &at);
+    return wk_blocks_user_row_at(b, at);
 }
 
 int wk_blocks_writeback(wk_blocks *b, wk_kv *kv, cm_error *err)

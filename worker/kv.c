@@ -281,11 +281,12 @@ static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, s
     start[0] = 0;
 }
 
-/* Sends one PULL or PUSH to server `srv` and counts it. `owned`: vals is
- * a malloc'd buffer that passes to the transport (freed in any case). */
+/* Sends one PULL or PUSH to server `srv` and counts it. `own`: NULL, or
+ * vals itself, a malloc'd buffer that passes to the transport (freed in
+ * any case). */
 static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim,
                      uint32_t flags, uint64_t req_id, const uint64_t *keys, size_t n,
-                     const float *vals, size_t n_vals, int owned, cm_error *err)
+                     const float *vals, size_t n_vals, float *own, cm_error *err)
 {
     cm_hdr h = cm_hdr_make(op);
     h.table = table;
@@ -297,8 +298,8 @@ static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim
      * carry optimizer state) stay f32 */
     if (!(flags & (CM_PULL_FULL | CM_PUSH_DELTA | CM_PUSH_SET)))
         h.dtype = kv->wire_dtype;
-    int rc = owned ? cm_msg_send_owned(kv->socks[srv], NULL, 0, &h, keys, n, (float *)vals, n_vals)
-                   : cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
+    int rc = own ? cm_msg_send_owned(kv->socks[srv], NULL, 0, &h, keys, n, own, n_vals)
+                 : cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
     if (rc != 0)
         return cm_error_set(err, rc, "kv: send to server %u failed: %s", srv,
                             cm_sock_errmsg(kv->socks[srv]));
@@ -352,7 +353,7 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
         if (kv->n_servers == 1) {
             /* one server: the sorted keys go as they are, no grouping */
             int rc = s_request(kv, 0, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
-                               base + n_pending, q->keys, q->n, NULL, 0, 0, err);
+                               base + n_pending, q->keys, q->n, NULL, 0, NULL, err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
@@ -364,7 +365,7 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             if (e == b)
                 continue;
             int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
-                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, 0, err);
+                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, NULL, err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0, 0};
@@ -400,11 +401,11 @@ int wk_kv_pull(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
     return rc != 0 ? rc : wk_kv_pull_wait(kv, err);
 }
 
-/* `owned`: grads is a malloc'd buffer that passes to kv (freed in any
- * case); its values, or each server's share of them in a buffer of its
- * own, then go out without the transport copying them. */
+/* `own`: NULL, or grads itself, a malloc'd buffer that passes to kv
+ * (freed in any case); its values, or each server's share of them in a
+ * buffer of its own, then go out without the transport copying them. */
 static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
-                  const float *grads, uint32_t flags, int owned, cm_error *err)
+                  const float *grads, uint32_t flags, float *own, cm_error *err)
 {
     int rc = 0;
     if (table >= kv->n_tables) {
@@ -418,8 +419,8 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
     if (kv->n_servers == 1) {
         /* one server: keys and values go as they are, no grouping copy */
         rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, keys, n, grads,
-                       n * dim, owned, err);
-        owned = 0;
+                       n * dim, own, err);
+        own = NULL;
         if (rc == 0)
             kv->pushes_pending++;
         goto out;
@@ -428,7 +429,7 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         rc = cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
         goto out;
     }
-    if (!owned && s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals)) {
+    if (!own && s_grow((void **)&kv->vals, &kv->cap_vals, n * dim, sizeof *kv->vals)) {
         rc = cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu values", n * dim);
         goto out;
     }
@@ -437,7 +438,8 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
         if (e == b)
             continue;
-        float *vals = owned ? malloc((e - b) * dim * sizeof *vals) : kv->vals + b * dim;
+        float *part = own ? malloc((e - b) * dim * sizeof *part) : NULL;
+        float *vals = own ? part : kv->vals + b * dim;
         if (!vals) {
             rc = cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu values", n * dim);
             break;
@@ -445,38 +447,37 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         for (size_t i = b; i < e; i++)
             memcpy(vals + (i - b) * dim, grads + (size_t)kv->pos[i] * dim, dim * sizeof(float));
         rc = s_request(kv, s, CM_OP_PUSH, table, dim, flags, kv->next_req++, kv->keys + b,
-                       e - b, vals, (e - b) * dim, owned, err);
+                       e - b, vals, (e - b) * dim, part, err);
         if (rc == 0)
             kv->pushes_pending++;
     }
 out:
-    if (owned)
-        free((float *)grads);
+    free(own);
     return rc;
 }
 
 int wk_kv_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, const float *grads,
                cm_error *err)
 {
-    return s_push(kv, table, keys, n, grads, 0, 0, err);
+    return s_push(kv, table, keys, n, grads, 0, NULL, err);
 }
 
 int wk_kv_push_delta(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                      const float *deltas, cm_error *err)
 {
-    return s_push(kv, table, keys, n, deltas, CM_PUSH_DELTA, 0, err);
+    return s_push(kv, table, keys, n, deltas, CM_PUSH_DELTA, NULL, err);
 }
 
 int wk_kv_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                     const float *rows, cm_error *err)
 {
-    return s_push(kv, table, keys, n, rows, CM_PUSH_SET, 0, err);
+    return s_push(kv, table, keys, n, rows, CM_PUSH_SET, NULL, err);
 }
 
 int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                           float *rows, cm_error *err)
 {
-    return s_push(kv, table, keys, n, rows, CM_PUSH_SET, 1, err);
+    return s_push(kv, table, keys, n, rows, CM_PUSH_SET, rows, err);
 }
 
 int wk_kv_flush(wk_kv *kv, cm_error *err)

@@ -653,17 +653,9 @@ static int s_row_known(const float *row, int dim)
 /* Blocks schedule: the rows of chunk c's users from the rows this worker
  * holds (users it does not hold read as zeros, as a pull without creating
  * would give), so evaluation needs no write-back. */
-static int s_local_user_rows(s_worker *w, size_t c, float *out, cm_error *err)
+static void s_local_user_rows(s_worker *w, size_t c, float *out)
 {
-    const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
-    const size_t dim = (size_t)w->dims[0], n = ch->n_uniq[0];
-    if (!w->eplace && !(w->eplace = calloc(wk_evalset_count(w->evalset), sizeof *w->eplace)))
-        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation");
-    if (!w->eplace[c]) {
-        if (!(w->eplace[c] = malloc((n + 1) * sizeof *w->eplace[c])))
-            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation");
-        wk_blocks_user_places(w->blocks, ch->uniq[0], n, w->eplace[c]);
-    }
+    const size_t dim = (size_t)w->dims[0], n = wk_evalset_chunk(w->evalset, c)->n_uniq[0];
     for (size_t k = 0; k < n; k++) {
         const float *row = wk_blocks_user_row_at(w->blocks, w->eplace[c][k]);
         if (row)
@@ -671,7 +663,6 @@ static int s_local_user_rows(s_worker *w, size_t c, float *out, cm_error *err)
         else
             memset(out + k * dim, 0, dim * sizeof *out);
     }
-    return 0;
 }
 
 /* Test ratings per evaluation chunk: one pull of at most this many rows
@@ -693,6 +684,14 @@ static int s_eval_setup(s_worker *w, cm_error *err)
         if (t < 2)
             ok = ok && (w->eknown[t] = malloc(rows));
     }
+    /* blocks: where each chunk's users sit among the held rows, once */
+    const size_t n_chunks = wk_evalset_count(w->evalset);
+    if (ok && w->blocks && (ok = (w->eplace = calloc(n_chunks + 1, sizeof *w->eplace)) != NULL))
+        for (size_t c = 0; ok && c < n_chunks; c++) {
+            const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
+            if ((ok = (w->eplace[c] = malloc((ch->n_uniq[0] + 1) * sizeof **w->eplace)) != NULL))
+                wk_blocks_user_places(w->blocks, ch->uniq[0], ch->n_uniq[0], w->eplace[c]);
+        }
     return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
 }
 
@@ -730,8 +729,8 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
         waited += cm_now() - tw;
         const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
         const float *rows[2] = {w->erows[c % 2][0], w->erows[c % 2][1]};
-        if (local && (rc = s_local_user_rows(w, c, w->erows[c % 2][0], err)) != 0)
-            return rc;
+        if (local)
+            s_local_user_rows(w, c, w->erows[c % 2][0]);
         if (c + 1 < n_chunks && (rc = s_eval_pull_start(w, c + 1, local, err)) != 0)
             return rc;
         for (int t = 0; t < 2; t++)
