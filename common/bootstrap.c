@@ -138,7 +138,8 @@ static int s_host_ipv4(const char *hostname, char *out, size_t n)
  * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host; else this
  * host's IPv4 address, else its name. Every rank takes part in the
  * hostname exchange whatever its environment says. With every rank on
- * this host and neither PSREC_HOST nor PSREC_TRANSPORT=tcp set, ranks bind
+ * this host and neither PSREC_HOST nor PSREC_TRANSPORT=tcp set (auto, the
+ * default, or tcp; anything else is refused), ranks bind
  * unix sockets instead (b->unix_sockets). */
 static int s_mpi_pick_host(cm_boot *b, cm_error *err)
 {
@@ -176,6 +177,11 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
     }
     free(all);
 
+    const char *tr = getenv("PSREC_TRANSPORT");
+    if (tr && *tr && strcmp(tr, "tcp") != 0 && strcmp(tr, "auto") != 0)
+        return cm_error_set(err, CM_EINVAL, "PSREC_TRANSPORT: '%.64s' is neither auto nor tcp",
+                            tr);
+    const int want_tcp = tr && strcmp(tr, "tcp") == 0;
     const char *env = getenv("PSREC_HOST");
     const char *why;
     if (env && *env) {
@@ -186,8 +192,7 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
         why = "PSREC_HOST";
     } else if (same) {
         snprintf(b->host, sizeof b->host, "127.0.0.1");
-        const char *tr = getenv("PSREC_TRANSPORT");
-        b->unix_sockets = !(tr && strcmp(tr, "tcp") == 0);
+        b->unix_sockets = !want_tcp;
         why = b->unix_sockets ? "every rank is on this host; unix sockets"
                               : "every rank is on this host; PSREC_TRANSPORT=tcp";
     } else if (s_host_ipv4(mine, b->host, sizeof b->host) == 0) {

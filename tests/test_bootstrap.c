@@ -523,6 +523,15 @@ Test(bootstrap, mpi_psrec_host_overrides)
     free(out);
 }
 
+Test(bootstrap, mpi_unknown_transport_is_refused_by_name)
+{
+    int status;
+    char *out = s_run_mpi("basic", "-x PSREC_TRANSPORT=tpc", &status);
+    cr_assert(!WIFEXITED(status) || WEXITSTATUS(status) != 0, "mpirun succeeded:\n%s", out);
+    cr_assert(strstr(out, "PSREC_TRANSPORT: 'tpc' is neither auto nor tcp") != NULL, "%s", out);
+    free(out);
+}
+
 Test(bootstrap, mpi_transport_tcp_on_one_host)
 {
     int status;
