@@ -94,6 +94,9 @@ static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, s
         return cm_error_set(err, CM_ECONFIG, "unknown model '%s'", job->model);
     for (size_t t = 0; t < model->n_tables; t++) {
         model->table_params(job, t, &tp[t]);
+        /* the blocks schedule's item rows: co-located workers reach them in
+         * the server's memory (worker/blocks.c) */
+        tp[t].shared = t == 1 && cm_job_uses_blocks(job);
         if (!ct)
             continue;
         memset(&ct[t], 0, sizeof ct[t]);

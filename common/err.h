@@ -25,7 +25,8 @@
     X(ERANGE, "value out of range")                       \
     X(ESTATE, "operation not valid in this state")        \
     X(EREMOTE, "the peer reported an error")              \
-    X(EMPI, "MPI error")
+    X(EMPI, "MPI error")                                  \
+    X(ENOTSUP, "not supported here")
 
 enum cm_err_index_ {
     CM_ERRI_OK_ = 0,

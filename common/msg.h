@@ -54,6 +54,8 @@ typedef enum {
 /* Flags on a PULL. */
 #define CM_PULL_NO_CREATE 1u   /* missing rows read as zeros, not created */
 #define CM_PULL_FULL 2u        /* whole rows: weights then optimizer state */
+#define CM_PULL_PLACE 32u      /* where the rows sit in a shared table's file
+                                  (made if missing), not their values */
 /* Flags on a PUSH. */
 #define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
 #define CM_PUSH_SET 16u        /* values are whole rows that replace the servers'

@@ -7,6 +7,9 @@
  *            that were missing and read as zeros when NO_CREATE was set.
  *            dim must be the table's dim; 0 is accepted and means "the
  *            table's" (workers send the table's dim, see worker/kv.c).
+ *   PULL  with CM_PULL_PLACE (a shared table): -> REPLY whose keys frame
+ *         holds each row's index in the table's memory file (rows made
+ *         when missing) and whose stats say how to map that file.
  *   PUSH  table, dim, keys, n_keys * dim gradients
  *         -> REPLY ack (no frames); dim must be the table's.
  *   STOP  -> REPLY with stats {rows, bytes} per table; the loop returns 0.
@@ -32,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/ckpt.h"
 #include "common/log.h"
@@ -187,7 +191,7 @@ static ps_table *s_table_for(ps_server *s, const cm_msg *m, int *rc)
         return NULL;
     }
     ps_table *t = s->tables[h->table];
-    int whole = (h->op == CM_OP_PULL && (h->flags & CM_PULL_FULL)) ||
+    int whole = (h->op == CM_OP_PULL && (h->flags & (CM_PULL_FULL | CM_PULL_PLACE))) ||
                 (h->op == CM_OP_PUSH && (h->flags & (CM_PUSH_DELTA | CM_PUSH_SET)));
     uint32_t dim = (uint32_t)(whole ? ps_table_row_floats(t) : ps_table_dim(t));
     if (h->dim != dim && !(h->op == CM_OP_PULL && h->dim == 0)) {
@@ -198,12 +202,48 @@ static ps_table *s_table_for(ps_server *s, const cm_msg *m, int *rc)
     return t;
 }
 
+/* PULL with CM_PULL_PLACE: the rows' indexes in the table's memory file
+ * (made when missing), as the keys frame of the reply, and in stats what
+ * a process on this host needs to map it: {pid, fd, token, header bytes,
+ * stride floats, file bytes}. */
+static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
+{
+    ps_table_share_info sh;
+    if (m->hdr.flags != CM_PULL_PLACE)
+        return s_reject(s, m, CM_EINVAL, "PLACE takes no other pull flags (flags %" PRIu32 ")",
+                        m->hdr.flags);
+    if (ps_table_share(t, &sh) != 0)
+        return s_reject(s, m, CM_ENOTSUP, "table %" PRIu32 " does not share its rows",
+                        m->hdr.table);
+    size_t n = (size_t)m->hdr.n_keys;
+    uint64_t *idx = malloc((n + 1) * sizeof *idx);
+    if (!idx)
+        return s_reject(s, m, CM_ENOMEM, "out of memory for %zu places", n);
+    int rc = ps_table_place(t, m->keys, n, idx);
+    if (rc != 0) {
+        free(idx);
+        return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
+                        cm_strerror(rc));
+    }
+    ps_table_share(t, &sh); /* the file may have grown */
+    cm_hdr h = s_reply_hdr(m);
+    const double st[6] = {(double)getpid(), (double)sh.fd, (double)sh.token,
+                          (double)sh.header, (double)sh.stride, (double)sh.bytes};
+    h.n_stats = 6;
+    memcpy(h.stats, st, sizeof st);
+    rc = cm_msg_send(s->sock, m->route, m->route_size, &h, idx, n, NULL, 0);
+    free(idx);
+    return s_sent(s, m, rc);
+}
+
 static int s_on_pull(ps_server *s, const cm_msg *m)
 {
     int rc;
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
         return rc;
+    if (m->hdr.flags & CM_PULL_PLACE)
+        return s_on_place(s, m, t);
     const int full = (m->hdr.flags & CM_PULL_FULL) != 0;
     size_t dim = (size_t)(full ? ps_table_row_floats(t) : ps_table_dim(t));
     size_t n = (size_t)m->hdr.n_keys;

@@ -15,6 +15,13 @@
  * A slot is: dim weights, ps_optim_state_floats() floats of
  * optimizer state, zero padding up to the stride.
  *
+ * Shared tables (params.shared) take their chunks from one memory file
+ * (memfd) instead: a header page (magic, token), then the chunks one after
+ * another, each mapped MAP_SHARED at its offset as the file grows. Since
+ * every chunk's size is a whole number of pages and chunks follow in row
+ * order, row i sits at byte header + i * stride * 4 of the file, which is
+ * all a co-located process needs to reach it (ps_table_place).
+ *
  * Index: one cm_hashmap from key to row index, one lookup per key (upsert
  * when rows may be created).
  *
@@ -39,11 +46,16 @@
  *   and are reused before the slab grows. LRU is sampled (as Redis does):
  *   the victim is the oldest of S_SAMPLES live slots drawn at random, or
  *   the exact oldest when the table has at most S_EXACT slots. */
+#define _GNU_SOURCE /* memfd_create */
 #include "ps/table.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/config.h"
 #include "common/hash.h"
@@ -63,6 +75,7 @@
 #define S_SAMPLES 32                     /* slots sampled per LRU victim */
 #define S_EXACT 64                       /* up to this many slots: exact LRU */
 #define S_NONE SIZE_MAX                  /* end of the free list */
+#define S_SHARE_HEADER ((size_t)4096)    /* shared file: bytes before row 0 */
 
 /* Per slot, when eviction is on. */
 typedef struct {
@@ -97,6 +110,8 @@ struct ps_table {
     size_t n_rows;                  /* slots handed out; indexes [0, n_rows) */
     size_t cap;                     /* row slots in the allocated chunks */
     size_t slab_bytes;              /* bytes of the allocated chunks */
+    int fd;                         /* shared: the memory file; else -1 */
+    uint64_t token;                 /* shared: written after the magic */
     /* Admission and eviction; all zero/NULL when off. */
     int slow;                       /* admit || evict: pull/push via s_slow */
     int admit;                      /* min_count > 1 */
@@ -153,6 +168,40 @@ static size_t s_chunk_rows(const ps_table *t, size_t k)
     return (size_t)1 << t->fixed_log;
 }
 
+/* The next chunk of a shared table, `bytes` (whole pages) at the end of
+ * its file; NULL (file unchanged) when the file cannot grow. */
+static float *s_shared_chunk(ps_table *t, size_t bytes)
+{
+    off_t at = (off_t)(S_SHARE_HEADER + t->slab_bytes);
+    if (ftruncate(t->fd, at + (off_t)bytes) != 0)
+        return NULL;
+    void *c = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->fd, at);
+    if (c == MAP_FAILED) {
+        (void)ftruncate(t->fd, at);
+        return NULL;
+    }
+    return c;
+}
+
+/* Makes t's memory file and writes its header; on failure the table keeps
+ * private rows (the caller logs nothing: sharing is an optimisation). */
+static void s_share_open(ps_table *t)
+{
+    uint64_t tok = 0;
+    if (getrandom(&tok, sizeof tok, GRND_NONBLOCK) != (ssize_t)sizeof tok)
+        tok = cm_mix64((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)t);
+    t->token = (tok & ((1ULL << 52) - 1)) | 1; /* never 0 */
+    int fd = memfd_create("psrec-table", MFD_CLOEXEC);
+    if (fd < 0)
+        return;
+    uint64_t head[2] = {PS_SHARE_MAGIC, t->token};
+    if (ftruncate(fd, S_SHARE_HEADER) != 0 || pwrite(fd, head, sizeof head, 0) != sizeof head) {
+        close(fd);
+        return;
+    }
+    t->fd = fd;
+}
+
 /* Adds the next chunk. 0 or CM_ENOMEM (table unchanged). */
 static int s_grow(ps_table *t)
 {
@@ -173,13 +222,13 @@ static int s_grow(ps_table *t)
     }
     size_t rows = s_chunk_rows(t, t->n_chunks);
     size_t bytes = rows * t->stride * sizeof(float);
-    float *c = cm_alloc_big(bytes);   /* 64-byte aligned */
+    float *c = t->fd >= 0 ? s_shared_chunk(t, bytes) : cm_alloc_big(bytes); /* 64-byte aligned */
     if (!c)
         return CM_ENOMEM;
     if (t->evict) {
         s_meta *m = calloc(rows, sizeof *m);
         if (!m) {
-            free(c);
+            free(c); /* never shared: eviction keeps rows private */
             return CM_ENOMEM;
         }
         t->meta[t->n_chunks] = m;
@@ -203,15 +252,19 @@ static void s_init_slot(ps_table *t, uint64_t key, float *row)
 /* The row of key, made if missing: a copy of fill (t->used floats) when
  * fill is not NULL, else the initialisation. NULL on ENOMEM (table
  * unchanged). */
-static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill)
+static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill,
+                                   uint32_t *at)
 {
     uint32_t idx;
     /* Room for one more row before the upsert, so a failed chunk
      * allocation never leaves a key in the index without a row. Only at a
      * chunk boundary (rare) does this cost a second lookup. */
     if (t->n_rows == t->cap || t->n_rows >= S_MAX_ROWS) {
-        if (cm_hashmap_get(t->index, key, &idx))
+        if (cm_hashmap_get(t->index, key, &idx)) {
+            if (at)
+                *at = idx;
             return s_row(t, idx);
+        }
         if (t->n_rows >= S_MAX_ROWS || s_grow(t) != 0)
             return NULL;
     }
@@ -219,6 +272,8 @@ static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill)
     if (cm_hashmap_upsert(t->index, key, (uint32_t)t->n_rows, &idx, &inserted) != 0)
         return NULL;
     float *row = s_row(t, idx);
+    if (at)
+        *at = idx;
     if (inserted) {
         t->n_rows++;
         if (!fill) {
@@ -254,7 +309,7 @@ static int s_resolve(ps_table *t, const uint64_t *kb, size_t m, const float *fil
     for (size_t i = 0; i < m; i++)
         cm_hashmap_prefetch(t->index, kb[i]);
     for (size_t i = 0; i < m; i++) {
-        float *row = s_get_or_make(t, kb[i], fill ? fill + i * t->used : NULL);
+        float *row = s_get_or_make(t, kb[i], fill ? fill + i * t->used : NULL, NULL);
         if (!row)
             return CM_ENOMEM;
         s_prefetch(row, lines, write);
@@ -501,6 +556,7 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
     t->index = cm_hashmap_new(0);
     if (!t->index)
         goto nomem;
+    t->fd = -1;
 
     t->admit = p->min_count > 1;
     t->evict = p->ttl > 0 || p->max_rows > 0;
@@ -513,6 +569,8 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
         if (!t->pending)
             goto nomem;
     }
+    if (p->shared && !t->slow)
+        s_share_open(t);
     return t;
 nomem:
     ps_table_destroy(&t);
@@ -525,8 +583,14 @@ void ps_table_destroy(ps_table **pt)
     if (!pt || !*pt)
         return;
     ps_table *t = *pt;
-    for (size_t k = 0; k < t->n_chunks; k++)
-        free(t->chunks[k]);
+    for (size_t k = 0; k < t->n_chunks; k++) {
+        if (t->fd >= 0)
+            munmap(t->chunks[k], s_chunk_rows(t, k) * t->stride * sizeof(float));
+        else
+            free(t->chunks[k]);
+    }
+    if (t->fd >= 0)
+        close(t->fd);
     free(t->chunks);
     if (t->meta)
         for (size_t k = 0; k < t->n_chunks; k++)
@@ -725,7 +789,7 @@ int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
         if (rc < 0)
             return rc;
     } else {
-        dst = s_get_or_make(t, key, row);
+        dst = s_get_or_make(t, key, row, NULL);
     }
     if (!dst)
         return CM_ENOMEM;
@@ -786,7 +850,7 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
                 continue;
             }
         } else {
-            row = s_get_or_make(t, keys[i], NULL);
+            row = s_get_or_make(t, keys[i], NULL, NULL);
             if (!row)
                 return CM_ENOMEM;
         }
@@ -807,7 +871,7 @@ int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float
             if (!found)
                 continue;   /* not admitted yet: dropped */
         } else {
-            found = s_get_or_make(t, keys[i], NULL);
+            found = s_get_or_make(t, keys[i], NULL, NULL);
             if (!found)
                 return CM_ENOMEM;
         }
@@ -815,6 +879,41 @@ int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float
         const float *restrict d = deltas + i * rf;
         for (size_t j = 0; j < rf; j++)
             row[j] += d[j];
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Shared rows */
+
+int ps_table_share(const ps_table *t, ps_table_share_info *out)
+{
+    if (t->fd < 0)
+        return CM_ENOTSUP;
+    *out = (ps_table_share_info){
+        .fd = t->fd,
+        .token = t->token,
+        .header = S_SHARE_HEADER,
+        .stride = t->stride,
+        .bytes = S_SHARE_HEADER + t->slab_bytes,
+    };
+    return 0;
+}
+
+int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, uint64_t *idx)
+{
+    if (t->fd < 0)
+        return CM_ENOTSUP;
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        for (size_t i = 0; i < m; i++)
+            cm_hashmap_prefetch(t->index, keys[b + i]);
+        for (size_t i = 0; i < m; i++) {
+            uint32_t at;
+            if (!s_get_or_make(t, keys[b + i], NULL, &at))
+                return CM_ENOMEM;
+            idx[b + i] = at;
+        }
     }
     return 0;
 }

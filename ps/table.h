@@ -40,6 +40,12 @@ typedef struct {
      * init_arg must outlive the table. */
     void (*init)(const void *init_arg, uint64_t key, float *out, int dim);
     const void *init_arg;
+    /* Rows in a memory file (memfd) that other processes on this host may
+     * map (ps_table_share, ps_table_place): a co-located worker then reads
+     * and writes rows it alone trains without messages. Ignored (rows stay
+     * private) with admission or eviction on, or where the host has no
+     * memfd. */
+    int shared;
 } ps_table_params;
 
 /* What ps_table_stats reports. */
@@ -128,5 +134,26 @@ int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float 
  * a checkpoint stored it, creating the row if missing (admission does not
  * apply: a stored row was admitted). 0 or CM_ENOMEM. */
 int ps_table_load_row(ps_table *t, uint64_t key, const float *row);
+
+/* A shared table's memory file: row index i lives at byte
+ * header + i * stride * 4 of it; the file's first `header` bytes hold
+ * PS_SHARE_MAGIC then `token` (two little-endian u64), so a process that
+ * opens the file by (pid, fd) can tell it found the right one. */
+#define PS_SHARE_MAGIC 0x6d68732d63657270ULL /* "prec-shm" */
+typedef struct {
+    int fd;              /* the file, open in the table's process */
+    uint64_t token;      /* random, 52 bits (travels as a double) */
+    size_t header;       /* bytes before row 0 (one page) */
+    size_t stride;       /* floats from one row to the next */
+    size_t bytes;        /* the file's size now: header + every chunk */
+} ps_table_share_info;
+
+/* 0 and *out when the table's rows are shared, else CM_ENOTSUP. */
+int ps_table_share(const ps_table *t, ps_table_share_info *out);
+
+/* Row indexes of keys[0..n), rows made (initialised) when missing, for a
+ * shared table: the caller reaches them through the file. 0, CM_ENOTSUP
+ * (not shared) or CM_ENOMEM (the rows before the failing key stand). */
+int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, uint64_t *idx);
 
 #endif

@@ -27,6 +27,7 @@ typedef struct {
     wk_rating *ratings;   /* n_ratings, i indexes items, u the user rows */
     size_t n_ratings;
     size_t *group_at;     /* n_groups + 1 offsets into ratings */
+    float **place;        /* shared rows: each item's row in its server's memory */
 } s_block;
 
 struct wk_blocks {
@@ -50,6 +51,8 @@ struct wk_blocks {
     uint32_t pf_block;          /* the block in pf or in flight; UINT32_MAX: none */
     int pf_flying;              /* the pull is in flight */
     double spread_before, spread_after; /* wk_blocks_balance's figures; -1: by hash */
+    int shared;                 /* item rows reached in the servers' memory: 1 yes,
+                                   -1 no (moved by messages), 0 not tried yet */
 };
 
 uint32_t wk_block_of(uint64_t item, uint32_t n_blocks)
@@ -413,6 +416,7 @@ void wk_blocks_destroy(wk_blocks **pb)
         free(b->blocks[k].items);
         free(b->blocks[k].ratings);
         free(b->blocks[k].group_at);
+        free(b->blocks[k].place);
     }
     free(b->blocks);
     free(b->users);
@@ -469,10 +473,64 @@ static int s_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
     return rc;
 }
 
-/* Starts the pull of block k's item rows into pf. */
+/* Shared rows: block k's item rows copied out of the servers' memory into
+ * rows (stride b->is), or back into it. */
+static void s_gather(const wk_blocks *b, uint32_t k, float *rows)
+{
+    const s_block *bl = &b->blocks[k];
+    const size_t bytes = (size_t)b->rf_item * sizeof(float);
+    for (size_t i = 0; i < bl->n_items; i++)
+        memcpy(rows + i * b->is, bl->place[i], bytes);
+}
+
+static void s_scatter(const wk_blocks *b, uint32_t k, const float *rows)
+{
+    const s_block *bl = &b->blocks[k];
+    const size_t bytes = (size_t)b->rf_item * sizeof(float);
+    for (size_t i = 0; i < bl->n_items; i++)
+        memcpy(bl->place[i], rows + i * b->is, bytes);
+}
+
+/* First pass: asks the servers where every block's item rows sit, for
+ * workers on the servers' host; where they cannot say (another host, rows
+ * kept private), rows travel by messages from then on. */
+static int s_share_items(wk_blocks *b, wk_kv *kv, cm_error *err)
+{
+    cm_error why = {0};
+    int rc = 0;
+    for (uint32_t k = 0; k < b->n_blocks && rc == 0; k++) {
+        s_block *bl = &b->blocks[k];
+        if (!(bl->place = malloc((bl->n_items + 1) * sizeof *bl->place)))
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu row places",
+                                bl->n_items);
+        rc = wk_kv_place(kv, 1, bl->items, bl->n_items, bl->place, &why);
+    }
+    if (rc == 0) {
+        b->shared = 1;
+        cm_log(CM_LOG_INFO, "blocks: item rows shared with the servers on this host");
+        return 0;
+    }
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        free(b->blocks[k].place);
+        b->blocks[k].place = NULL;
+    }
+    if (rc != CM_ENOTSUP)
+        return cm_error_set(err, rc, "%s", why.msg);
+    b->shared = -1;
+    cm_log(CM_LOG_INFO, "blocks: item rows move by messages (%s)", why.msg);
+    return 0;
+}
+
+/* Starts the pull of block k's item rows into pf (shared rows: copies
+ * them now). */
 static int s_prefetch_start(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 {
     const s_block *bl = &b->blocks[k];
+    if (b->shared > 0) {
+        s_gather(b, k, b->pf);
+        b->pf_block = k;
+        return 0;
+    }
     size_t n_reqs = s_pull_reqs(1, bl->items, bl->n_items, b->is, b->pf, b->pf_reqs);
     int rc = wk_kv_pull_start(kv, b->pf_reqs, n_reqs, err);
     if (rc == 0) {
@@ -504,6 +562,10 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
         return rc;
     if (b->pf_block != k) {
         b->pf_block = UINT32_MAX;
+        if (b->shared > 0) {
+            s_gather(b, k, b->irows);
+            return 0;
+        }
         return s_pull_rows(b, kv, 1, bl->items, bl->n_items, b->is, b->irows, err);
     }
     b->pf_block = UINT32_MAX;
@@ -531,6 +593,10 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
         if (rc != 0)
             goto out;
         b->have_users = 1;
+    }
+    if (b->shared == 0) {
+        if ((rc = s_prefetch_wait(b, kv, err)) != 0 || (rc = s_share_items(b, kv, err)) != 0)
+            goto out;
     }
     s_block *bl = &b->blocks[block];
     const double t0 = cm_now();
@@ -598,8 +664,11 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
-    rc = s_push_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows, pass->async,
-                     err);
+    if (b->shared > 0)
+        s_scatter(b, block, b->irows);
+    else
+        rc = s_push_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows,
+                         pass->async, err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
                          "%.3f s for the next block's, pushed in %.3f s%s", block, bl->n_items,
            t1 - t0, done, t2 - t1, t3 - t2, cm_now() - t3, pass->async ? " (sent)" : "");

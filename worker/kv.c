@@ -1,7 +1,14 @@
 #include "worker/kv.h"
 
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ps/table.h"
 
 #include "common/log.h"
 #include "common/msg.h"
@@ -18,8 +25,20 @@ typedef struct {
                          was: rows land in out in order, no scatter */
 } s_pending;
 
+/* A server's table file as mapped here (wk_kv_place). A file that grew
+ * is mapped again; the older mappings stay until destroy, so pointers
+ * handed out into them stay valid. */
+typedef struct s_map {
+    char *base;
+    size_t bytes;
+    double pid, fd, token;  /* which file (the reply's stats) */
+    struct s_map *older;
+} s_map;
+
 struct wk_kv {
     cm_sock **socks;        /* one DEALER per server */
+    int *local;             /* per server: on this host (ipc:// or inproc://) */
+    s_map **maps;           /* per server x table: newest mapping, or NULL */
     uint32_t n_servers;
     uint32_t *slot_map;     /* slot -> server */
     uint32_t n_slots;
@@ -105,7 +124,10 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
     kv->dims = malloc(p->n_tables * sizeof *kv->dims);
     kv->row_floats = malloc(p->n_tables * sizeof *kv->row_floats);
     kv->seg_count = calloc(p->n_servers + 1, sizeof *kv->seg_count);
-    if (!kv->socks || !kv->slot_map || !kv->dims || !kv->row_floats || !kv->seg_count) {
+    kv->local = calloc(p->n_servers + 1, sizeof *kv->local);
+    kv->maps = calloc((size_t)p->n_servers * p->n_tables + 1, sizeof *kv->maps);
+    if (!kv->socks || !kv->slot_map || !kv->dims || !kv->row_floats || !kv->seg_count ||
+        !kv->local || !kv->maps) {
         cm_error_set(err, CM_ENOMEM, "kv: out of memory");
         goto fail;
     }
@@ -120,6 +142,8 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
             goto fail;
         }
     for (uint32_t i = 0; i < p->n_servers; i++) {
+        kv->local[i] = !strncmp(p->server_eps[i], "ipc://", 6) ||
+                       !strncmp(p->server_eps[i], "inproc://", 9);
         kv->socks[i] = cm_sock_new(van, CM_SOCK_DEALER, err);
         if (!kv->socks[i])
             goto fail;
@@ -144,6 +168,14 @@ void wk_kv_destroy(wk_kv **pkv)
         for (uint32_t i = 0; i < kv->n_servers; i++)
             cm_sock_destroy(&kv->socks[i]);
     free(kv->socks);
+    for (size_t i = 0; kv->maps && i < (size_t)kv->n_servers * kv->n_tables; i++)
+        for (s_map *m = kv->maps[i], *o; m; m = o) {
+            o = m->older;
+            munmap(m->base, m->bytes);
+            free(m);
+        }
+    free(kv->maps);
+    free(kv->local);
     free(kv->slot_map);
     free(kv->dims);
     free(kv->row_floats);
@@ -495,6 +527,137 @@ int wk_kv_poll(wk_kv *kv, cm_error *err)
     int rc = s_recv_within(kv, 0, err);
     if (rc != 0)
         kv->f_reqs = NULL; /* as for a failed wait: the caller stops */
+    return rc;
+}
+
+/* Server srv's file for `table` as its PLACE reply st (pid, fd, token,
+ * header, stride, bytes) describes, mapped (again if it grew) into *out. */
+static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st, s_map **out,
+                      cm_error *err)
+{
+    s_map **slot = &kv->maps[(size_t)srv * kv->n_tables + table];
+    s_map *m = *slot;
+    const size_t bytes = (size_t)st[5];
+    if (m && m->pid == st[0] && m->fd == st[1] && m->token == st[2] && m->bytes >= bytes) {
+        *out = m;
+        return 0;
+    }
+    char path[64];
+    if ((pid_t)st[0] == getpid())
+        snprintf(path, sizeof path, "/proc/self/fd/%.0f", st[1]);
+    else
+        snprintf(path, sizeof path, "/proc/%.0f/fd/%.0f", st[0], st[1]);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return cm_error_set(err, CM_ENOTSUP, "kv: cannot open server %u's table %u file %s",
+                            srv, table, path);
+    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (base == MAP_FAILED)
+        return cm_error_set(err, CM_ENOTSUP, "kv: cannot map %zu bytes of %s", bytes, path);
+    uint64_t head[2];
+    memcpy(head, base, sizeof head);
+    if (head[0] != PS_SHARE_MAGIC || (double)head[1] != st[2]) {
+        munmap(base, bytes);
+        return cm_error_set(err, CM_ENOTSUP,
+                            "kv: %s is not server %u's table %u (another host?)", path, srv,
+                            table);
+    }
+    s_map *nm = malloc(sizeof *nm);
+    if (!nm) {
+        munmap(base, bytes);
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory");
+    }
+    *nm = (s_map){base, bytes, st[0], st[1], st[2], m};
+    *out = *slot = nm;
+    return 0;
+}
+
+/* One server's PLACE: keys[0..n) (sorted), their rows into rows[pos[i]]
+ * (pos NULL: rows[i]). */
+static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *keys, size_t n,
+                       const uint32_t *pos, float **rows, cm_error *err)
+{
+    const size_t rf = (size_t)kv->row_floats[table];
+    int rc = s_request(kv, srv, CM_OP_PULL, table, rf, CM_PULL_PLACE, kv->next_req++, keys, n,
+                       NULL, 0, NULL, err);
+    if (rc != 0)
+        return rc;
+    cm_msg m = {0};
+    if ((rc = cm_msg_recv(kv->socks[srv], &m, kv->timeout_ms, err)) != 0) {
+        if (rc == CM_ETIMEDOUT)
+            cm_error_set(err, rc, "kv: no reply from server %u within %d ms", srv,
+                         kv->timeout_ms);
+        else
+            cm_error_prefix(err, "kv: bad reply from server %u", srv);
+        cm_msg_release(&m);
+        return rc;
+    }
+    if (m.hdr.op == CM_OP_ERROR) {
+        rc = cm_error_set(err, m.hdr.status == CM_ENOTSUP ? CM_ENOTSUP : CM_EREMOTE,
+                          "server %u refused to place rows: %s", srv, m.hdr.error);
+        cm_msg_release(&m);
+        return rc;
+    }
+    const double *st = m.hdr.stats;
+    if (m.hdr.op != CM_OP_REPLY || m.hdr.n_keys != n || m.n_vals != 0 || m.hdr.n_stats < 6 ||
+        st[0] < 1 || st[1] < 0 || st[3] < 16 || st[4] < (double)rf || st[5] < st[3] ||
+        st[5] > 1e15) {
+        rc = cm_error_set(err, CM_EPROTO, "kv: server %u answered a PLACE of %zu keys with "
+                                          "%s of %" PRIu64 " keys and %zu stats", srv, n,
+                          cm_op_name(m.hdr.op), m.hdr.n_keys, m.hdr.n_stats);
+        cm_msg_release(&m);
+        return rc;
+    }
+    s_map *map = NULL;
+    rc = s_map_file(kv, srv, table, st, &map, err);
+    const size_t header = (size_t)st[3], stride = (size_t)st[4] * sizeof(float);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        uint64_t at = m.keys[i];
+        if (at >= (map->bytes - header) / stride) {
+            rc = cm_error_set(err, CM_EPROTO, "kv: server %u placed key %" PRIu64 " at row %"
+                                              PRIu64 ", beyond its file of %zu bytes",
+                              srv, keys[i], at, map->bytes);
+            break;
+        }
+        rows[pos ? pos[i] : i] = (float *)(map->base + header + at * stride);
+    }
+    cm_msg_release(&m);
+    return rc;
+}
+
+int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float **rows,
+                cm_error *err)
+{
+    if (table >= kv->n_tables)
+        return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
+    if (kv->f_reqs)
+        return cm_error_set(err, CM_ESTATE, "kv: place while a pull is in flight");
+    const char *env = getenv("PSREC_SHARED_ROWS");
+    if (env && !strcmp(env, "off"))
+        return cm_error_set(err, CM_ENOTSUP, "kv: shared rows switched off "
+                                             "(PSREC_SHARED_ROWS=off)");
+    if (n == 0)
+        return 0;
+    int rc = wk_kv_flush(kv, err);
+    if (rc != 0)
+        return rc;
+    if (kv->n_servers == 1) {
+        if (!kv->local[0])
+            return cm_error_set(err, CM_ENOTSUP, "kv: server 0 runs on another host");
+        return s_place_one(kv, 0, table, keys, n, NULL, rows, err);
+    }
+    if (s_reserve_keys(kv, n) != 0)
+        return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
+    s_group(kv, table, keys, n, 0, kv->keys, kv->pos);
+    for (uint32_t s = 0; s < kv->n_servers; s++)
+        if (kv->seg_count[s + 1] > kv->seg_count[s] && !kv->local[s])
+            return cm_error_set(err, CM_ENOTSUP, "kv: server %u runs on another host", s);
+    for (uint32_t s = 0; s < kv->n_servers && rc == 0; s++) {
+        size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
+        if (e > b)
+            rc = s_place_one(kv, s, table, kv->keys + b, e - b, kv->pos + b, rows, err);
+    }
     return rc;
 }
 
