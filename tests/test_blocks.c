@@ -257,24 +257,25 @@ static int s_count_gate(void *arg, int wait)
     return 1;
 }
 
-/* One asynchronous pass over block 0 with block 1 next: the gate is asked
- * at the start and again at every 256k ratings although the next block's
- * pull is out by then (that is where a worker tells on the acks of its
- * earlier pushes); block 0's item rows come back whole and trained, block
- * 1's stay as the server made them. */
-Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
+enum { P_DIM = 9, P_USERS = 100000, P_ITEMS = 500, P_N = 1200000, P_SLOTS = 16 };
+
+/* One asynchronous pass over block 0 with block 1 next against a real
+ * server whose item table is shared or not; got receives every item row
+ * (weights) from the server afterwards. Returns the squared error. */
+static double s_one_pass(int shared, float *got, int *calls, size_t *trained,
+                         size_t *in_block, int *used_memory)
 {
     cm_log_set_level(CM_LOG_ERROR);
-    enum { DIM = 9, USERS = 100000, ITEMS = 500, N = 1200000, SLOTS = 16 };
     ps_table_params tp[2];
     memset(tp, 0, sizeof tp);
     for (int t = 0; t < 2; t++) {
-        tp[t].dim = DIM;
+        tp[t].dim = P_DIM;
         tp[t].zero_prefix = 1;
         tp[t].init_std = 0.1f;
         tp[t].seed = 11 + (uint64_t)t;
         tp[t].optim = ps_optim_default(CM_OPT_SGD, 0.05f);
     }
+    tp[1].shared = shared;
     cm_error err = {0};
     cm_van *van = cm_van_new(&err);
     cr_assert_not_null(van, "%s", err.msg);
@@ -283,61 +284,51 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
     pthread_t tid;
     cr_assert_eq(pthread_create(&tid, NULL, s_serve, srv), 0);
     const char *eps[1] = {ps_server_endpoint(srv)};
-    uint32_t map[SLOTS];
-    sch_plan_slots(map, SLOTS, 1, NULL);
-    int dims[2] = {DIM, DIM};
-    wk_kv_params kp = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS, .slot_map = map,
+    uint32_t map[P_SLOTS];
+    sch_plan_slots(map, P_SLOTS, 1, NULL);
+    int dims[2] = {P_DIM, P_DIM};
+    wk_kv_params kp = {.n_servers = 1, .server_eps = eps, .n_slots = P_SLOTS, .slot_map = map,
                        .n_tables = 2, .dims = dims, .timeout_ms = 10000};
     wk_kv *kv = wk_kv_new(van, &kp, &err);
     cr_assert_not_null(kv, "%s", err.msg);
 
-    uint64_t *user = malloc(N * sizeof *user), *item = malloc(N * sizeof *item);
-    float *rating = malloc(N * sizeof *rating);
+    uint64_t *user = malloc(P_N * sizeof *user), *item = malloc(P_N * sizeof *item);
+    float *rating = malloc(P_N * sizeof *rating);
     cr_assert(user && item && rating);
     cm_rng rng;
     cm_rng_seed(&rng, 3);
-    for (size_t j = 0; j < N; j++) {
-        user[j] = j % USERS;
-        item[j] = cm_rng_below(&rng, ITEMS);
+    for (size_t j = 0; j < P_N; j++) {
+        user[j] = j % P_USERS;
+        item[j] = cm_rng_below(&rng, P_ITEMS);
         rating[j] = 1.f + (float)cm_rng_below(&rng, 5);
     }
     cm_ratings r = {0};
-    cr_assert_eq(cm_ratings_from_arrays(user, item, rating, N, &r, &err), 0, "%s", err.msg);
-    wk_blocks *b = wk_blocks_new(&r, 2, DIM - 1, dims, &tp[0], NULL, &err);
+    cr_assert_eq(cm_ratings_from_arrays(user, item, rating, P_N, &r, &err), 0, "%s", err.msg);
+    wk_blocks *b = wk_blocks_new(&r, 2, P_DIM - 1, dims, &tp[0], NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
 
-    int calls = 0;
+    *calls = 0;
     wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
-                          .arg = &calls, .async = 1};
+                          .arg = calls, .async = 1};
     wk_model_ctx ctx = {.mean = 3.f, .l2 = 0.01f, .clip_lo = 1.f, .clip_hi = 5.f};
     ps_optim opt = tp[1].optim;
     double sq = 0;
-    size_t n = 0;
-    cr_assert_eq(wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &sq, &n, &err), 0,
-                 "%s", err.msg);
-    size_t in_block = 0;
-    for (size_t j = 0; j < N; j++)
-        in_block += wk_block_of(item[j], 2) == 0;
-    cr_expect_eq(n, in_block, "every rating of block 0 trained once");
-    cr_expect_gt(sq, 0);
-    cr_expect_geq(calls, 1 + (int)(in_block / 262144), "gate asked %d times for %zu ratings",
-                  calls, in_block);
+    *trained = 0;
+    cr_assert_eq(wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &sq, trained, &err),
+                 0, "%s", err.msg);
+    *used_memory = wk_blocks_items_shared(b);
+    *in_block = 0;
+    for (size_t j = 0; j < P_N; j++)
+        *in_block += wk_block_of(item[j], 2) == 0;
 
     /* the prefetch of block 1 and the pushes of block 0 finish */
     cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
     cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
-    uint64_t keys[ITEMS];
-    float got[ITEMS * DIM], init[DIM];
-    for (size_t x = 0; x < ITEMS; x++)
+    uint64_t keys[P_ITEMS];
+    for (size_t x = 0; x < P_ITEMS; x++)
         keys[x] = x;
-    wk_pull req = {1, keys, ITEMS, got, CM_PULL_NO_CREATE, 0};
+    wk_pull req = {1, keys, P_ITEMS, got, CM_PULL_NO_CREATE, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
-    for (size_t x = 0; x < ITEMS; x++) {
-        ps_table_init_row(&tp[1], x, init);
-        int same = memcmp(got + x * DIM, init, sizeof init) == 0;
-        cr_expect_eq(same, wk_block_of(x, 2) != 0, "item %zu of block %u: %s", x,
-                     wk_block_of(x, 2), same ? "as made" : "trained");
-    }
     wk_blocks_destroy(&b);
     cm_ratings_free(&r);
     free(user);
@@ -349,4 +340,52 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
     pthread_join(tid, NULL);
     ps_server_destroy(&srv);
     cm_van_destroy(&van);
+    return sq;
+}
+
+/* Messages: the gate is asked at the start and again at every 256k
+ * ratings although the next block's pull is out by then (that is where a
+ * worker tells on the acks of its earlier pushes); block 0's item rows
+ * come back whole and trained, block 1's stay as the server made them. */
+Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
+{
+    static float got[P_ITEMS * P_DIM];
+    int calls, mem;
+    size_t n, in_block;
+    double sq = s_one_pass(0, got, &calls, &n, &in_block, &mem);
+    cr_expect_eq(mem, 0, "a private table: rows by messages");
+    cr_expect_eq(n, in_block, "every rating of block 0 trained once");
+    cr_expect_gt(sq, 0);
+    cr_expect_geq(calls, 1 + (int)(in_block / 262144), "gate asked %d times for %zu ratings",
+                  calls, in_block);
+    ps_table_params tp = {0};
+    tp.dim = P_DIM;
+    tp.zero_prefix = 1;
+    tp.init_std = 0.1f;
+    tp.seed = 12;
+    float init[P_DIM];
+    for (size_t x = 0; x < P_ITEMS; x++) {
+        ps_table_init_row(&tp, x, init);
+        int same = memcmp(got + x * P_DIM, init, sizeof init) == 0;
+        cr_expect_eq(same, wk_block_of(x, 2) != 0, "item %zu of block %u: %s", x,
+                     wk_block_of(x, 2), same ? "as made" : "trained");
+    }
+}
+
+/* Shared item rows (the worker copies them out of and back into the
+ * server's memory) train exactly what messages train, with the gate asked
+ * as often. */
+Test(blocks, shared_item_rows_train_what_messages_train)
+{
+    static float by_msg[P_ITEMS * P_DIM], by_mem[P_ITEMS * P_DIM];
+    int calls_msg, calls_mem, mem_msg, mem_mem;
+    size_t n_msg, n_mem, in_block;
+    double sq_msg = s_one_pass(0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg);
+    double sq_mem = s_one_pass(1, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem);
+    cr_assert_eq(mem_mem, 1, "a shared table on this host: rows in its memory");
+    cr_assert_eq(mem_msg, 0);
+    cr_expect_eq(n_mem, n_msg);
+    cr_expect_eq(sq_mem, sq_msg, "squared error %.17g vs %.17g", sq_mem, sq_msg);
+    cr_expect_eq(calls_mem, calls_msg);
+    cr_expect_arr_eq(by_mem, by_msg, sizeof by_msg, "every item row the same");
 }

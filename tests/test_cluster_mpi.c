@@ -51,7 +51,29 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
     cr_expect_gt(rmse, 0, "metrics file has test_rmse:\n%s", out);
     cr_expect_leq(rmse, 0.93, "ml-100k u1, 2 blocks per worker: test RMSE %.4f", rmse);
     cr_expect(strstr(out, "blocks: 4 of") != NULL, "4 balanced blocks:\n%s", out);
+    cr_expect(strstr(out, "item rows shared with the servers on this host") != NULL,
+              "one host: item rows in the servers' memory:\n%s", out);
     unlink(metrics);
+
+    /* rows by messages instead (switched off, or over tcp): the same model */
+    const char *by_msg[2][2] = {{"PSREC_SHARED_ROWS=off", "shared rows switched off"},
+                                {"PSREC_TRANSPORT=tcp", "server 0 is reached over tcp"}};
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd,
+                 TH_MPIRUN "-x %s -np 5 %s train --train %s/ml-100k/u1.base "
+                 "--test %s/ml-100k/u1.test --servers 2 --metrics %s --progress off "
+                 "--schedule blocks --blocks_per_worker 2 --log_level info",
+                 by_msg[k][0], PSREC_BINARY, data, data, metrics);
+        rc = th_run(cmd, out, sizeof out);
+        cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);
+        cr_expect(strstr(out, "item rows move by messages") != NULL &&
+                      strstr(out, by_msg[k][1]) != NULL,
+                  "%s: rows by messages, and why:\n%s", by_msg[k][0], out);
+        double again = th_last_metric(metrics, "test_rmse");
+        cr_expect_eq(again, rmse, "%s: test RMSE %.9f, shared rows %.9f", by_msg[k][0], again,
+                     rmse);
+        unlink(metrics);
+    }
     rmdir(dir);
 }
 

@@ -1,6 +1,7 @@
 /* The worker's KV client against two real servers (threads, inproc). */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/config.h"
@@ -333,4 +334,143 @@ Test(kv, owned_rows_and_strided_pull)
     free(rows);
     free(back);
     wk_kv_destroy(&kv);
+}
+
+/* ----------------------------------------------------------- shared rows */
+
+/* Servers whose table 1 (dim 3, AdaGrad: whole rows of 6 floats) is
+ * shared and table 0 private, started on `eps` (inproc or tcp). */
+static void s_start_shared(cm_van *van, int n, const char *const *want, ps_server **srv,
+                           pthread_t *tid, const char **eps)
+{
+    ps_table_params tp[2];
+    memset(tp, 0, sizeof tp);
+    for (int t = 0; t < 2; t++) {
+        tp[t].dim = DIM;
+        tp[t].init_std = 0.1f;
+        tp[t].seed = 40 + (uint64_t)t;
+        tp[t].optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    }
+    tp[1].shared = 1;
+    cm_error err = {0};
+    for (int i = 0; i < n; i++) {
+        srv[i] = ps_server_new(van, want[i], tp, 2, &err);
+        cr_assert_not_null(srv[i], "%s", err.msg);
+        eps[i] = ps_server_endpoint(srv[i]);
+        cr_assert_eq(pthread_create(&tid[i], NULL, s_serve, srv[i]), 0);
+    }
+}
+
+static wk_kv *s_kv_shared(cm_van *van, int n, const char **eps, uint32_t *map)
+{
+    sch_plan_slots(map, SLOTS, (uint32_t)n, NULL);
+    int dims[2] = {DIM, DIM}, rf[2] = {2 * DIM, 2 * DIM};
+    wk_kv_params p = {.n_servers = (uint32_t)n, .server_eps = eps, .n_slots = SLOTS,
+                      .slot_map = map, .n_tables = 2, .dims = dims, .row_floats = rf,
+                      .rank = 3, .timeout_ms = 5000};
+    cm_error err = {0};
+    wk_kv *kv = wk_kv_new(van, &p, &err);
+    cr_assert_not_null(kv, "%s", err.msg);
+    return kv;
+}
+
+static void s_stop_shared(cm_van *van, int n, ps_server **srv, pthread_t *tid, const char **eps)
+{
+    cm_error err = {0};
+    uint64_t rows = 0, bytes = 0;
+    cr_expect_eq(sch_stop_servers(van, (uint32_t)n, eps, 5000, &rows, &bytes, &err), 0, "%s",
+                 err.msg);
+    for (int i = 0; i < n; i++) {
+        pthread_join(tid[i], NULL);
+        ps_server_destroy(&srv[i]);
+    }
+}
+
+/* Rows of a shared table across two servers on this host: each pointer is
+ * the key's whole row in its server's memory (what a whole-row pull
+ * reads), writes through it are the server's rows, placing again gives the
+ * same pointers. A private table, PSREC_SHARED_ROWS=off and a pull in
+ * flight are refused with reasons. */
+Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    cr_assert_not_null(van, "%s", err.msg);
+    ps_server *srv[NS];
+    pthread_t tid[NS];
+    const char *eps[NS];
+    const char *want[NS] = {"inproc://kv-shared-0", "inproc://kv-shared-1"};
+    s_start_shared(van, NS, want, srv, tid, eps);
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv_shared(van, NS, eps, map);
+    enum { N = 5000, RF = 2 * DIM };
+    uint64_t *keys = malloc(N * sizeof *keys);
+    float **rows = malloc(N * sizeof *rows), **again = malloc(N * sizeof *again);
+    float *full = malloc((size_t)N * RF * sizeof *full);
+    cr_assert(keys && rows && again && full);
+    for (size_t i = 0; i < N; i++)
+        keys[i] = 100 + 7 * i;
+    cr_assert_eq(wk_kv_place(kv, 1, keys, N, rows, &err), 0, "%s", err.msg);
+    size_t on[NS] = {0};
+    for (int s = 0; s < NS; s++)
+        on[s] = ps_table_rows(ps_server_table(srv[s], 1));
+    cr_expect_eq(on[0] + on[1], N, "every row made once");
+    cr_expect(on[0] > 0 && on[1] > 0, "both servers hold rows (%zu, %zu)", on[0], on[1]);
+    wk_pull req = {1, keys, N, full, CM_PULL_FULL, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_arr_eq(rows[i], full + i * RF, RF * sizeof(float), "key %zu's row", i);
+        rows[i][0] = -(float)i;
+        rows[i][RF - 1] = 2.5f; /* optimizer state too */
+    }
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_eq(full[i * RF], -(float)i, "key %zu: the write is the server's", i);
+        cr_assert_eq(full[i * RF + RF - 1], 2.5f);
+    }
+    cr_assert_eq(wk_kv_place(kv, 1, keys, N, again, &err), 0, "%s", err.msg);
+    cr_expect_arr_eq(again, rows, N * sizeof *rows, "the same places again");
+
+    cr_expect_eq(wk_kv_place(kv, 0, keys, 10, again, &err), CM_ENOTSUP);
+    cr_expect(strstr(err.msg, "does not share its rows"), "%s", err.msg);
+    setenv("PSREC_SHARED_ROWS", "off", 1);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ENOTSUP);
+    cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS=off"), "%s", err.msg);
+    unsetenv("PSREC_SHARED_ROWS");
+    cr_assert_eq(wk_kv_pull_start(kv, &req, 1, &err), 0, "%s", err.msg);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ESTATE);
+    cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
+    wk_kv_destroy(&kv);
+    s_stop_shared(van, NS, srv, tid, eps);
+    cm_van_destroy(&van);
+    free(keys);
+    free(rows);
+    free(again);
+    free(full);
+}
+
+/* A server reached over tcp may be on another host: nothing is asked and
+ * rows stay where they are. */
+Test(kvshared, a_tcp_server_is_not_shared, .timeout = 60)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    cr_assert_not_null(van, "%s", err.msg);
+    ps_server *srv[1];
+    pthread_t tid[1];
+    const char *eps[1];
+    const char *want[1] = {"tcp://127.0.0.1:*"};
+    s_start_shared(van, 1, want, srv, tid, eps);
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv_shared(van, 1, eps, map);
+    uint64_t keys[3] = {1, 2, 3};
+    float *rows[3];
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 3, rows, &err), CM_ENOTSUP);
+    cr_expect(strstr(err.msg, "server 0 is reached over tcp"), "%s", err.msg);
+    cr_expect_eq(ps_table_rows(ps_server_table(srv[0], 1)), 0, "no place was asked");
+    wk_kv_destroy(&kv);
+    s_stop_shared(van, 1, srv, tid, eps);
+    cm_van_destroy(&van);
 }

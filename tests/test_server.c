@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/codec.h"
 #include "common/config.h"
@@ -52,13 +53,15 @@ static ps_table_params s_params(int dim, int kind, float lr)
     return p;
 }
 
-/* Two tables: 0 is dim 4 SGD (lr 0.5), 1 is dim 2 AdaGrad (lr 0.1). */
-static void s_start(s_fix *f, const char *endpoint)
+/* Two tables: 0 is dim 4 SGD (lr 0.5), 1 is dim 2 AdaGrad (lr 0.1),
+ * its rows shared when `shared`. */
+static void s_start_with(s_fix *f, const char *endpoint, int shared)
 {
     memset(f, 0, sizeof *f);
     cm_log_set_level(CM_LOG_ERROR);   /* rejected requests warn; keep output short */
     f->params[0] = s_params(4, CM_OPT_SGD, 0.5f);
     f->params[1] = s_params(2, CM_OPT_ADAGRAD, 0.1f);
+    f->params[1].shared = shared;
     f->n_tables = 2;
     cm_error e = {0};
     f->van = cm_van_new(&e);
@@ -71,6 +74,11 @@ static void s_start(s_fix *f, const char *endpoint)
     cr_assert_not_null(f->cli, "dealer: %s", e.msg);
     cr_assert_eq(cm_sock_connect(f->cli, ps_server_endpoint(f->srv)), 0, "%s",
                  cm_sock_errmsg(f->cli));
+}
+
+static void s_start(s_fix *f, const char *endpoint)
+{
+    s_start_with(f, endpoint, 0);
 }
 
 static void s_join(s_fix *f)
@@ -610,5 +618,55 @@ Test(server, transport_shutdown_ends_run, .timeout = 30)
     cm_van_shutdown(f.van);
     s_join(&f);
     cr_assert_eq(f.rc, CM_ECLOSED);
+    s_finish(&f);
+}
+
+/* PLACE: a shared table answers with each key's row index (rows made when
+ * missing) and what a process needs to map its file; asked again, the same
+ * places and no new rows. A private table and a PLACE mixed with other
+ * pull flags are refused, and the server goes on serving. */
+Test(server, place_rows_of_a_shared_table, .timeout = 30)
+{
+    s_fix f;
+    s_start_with(&f, "inproc://ps-place", 1);
+    const uint64_t keys[3] = {5, 80, 9000};
+    uint64_t first[3];
+    cm_msg r;
+    for (int round = 0; round < 2; round++) {
+        cm_hdr h = s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE);
+        s_call(&f, &h, keys, 3, NULL, 0, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_REPLY, "place answered %s: %s", cm_op_name(r.hdr.op),
+                     r.hdr.error);
+        cr_assert_eq(r.hdr.n_keys, 3);
+        cr_assert_eq(r.n_vals, 0);
+        cr_assert_eq(r.hdr.n_stats, 6);
+        ps_table_share_info sh;
+        cr_assert_eq(ps_table_share(ps_server_table(f.srv, 1), &sh), 0);
+        cr_expect_eq(r.hdr.stats[0], (double)getpid(), "the server's pid");
+        cr_expect_eq(r.hdr.stats[1], (double)sh.fd);
+        cr_expect_eq(r.hdr.stats[2], (double)sh.token);
+        cr_expect_eq(r.hdr.stats[3], (double)sh.header);
+        cr_expect_eq(r.hdr.stats[4], (double)sh.stride);
+        cr_expect_eq(r.hdr.stats[5], (double)sh.bytes);
+        for (int i = 0; i < 3; i++) {
+            cr_expect_lt(r.keys[i], 3, "row index of key %d", i);
+            if (round == 0)
+                first[i] = r.keys[i];
+            else
+                cr_expect_eq(r.keys[i], first[i], "key %d keeps its place", i);
+        }
+        cm_msg_release(&r);
+        cr_expect_eq(ps_table_rows(ps_server_table(f.srv, 1)), 3);
+    }
+    cm_hdr h = s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE | CM_PULL_FULL);
+    s_call(&f, &h, keys, 3, NULL, 0, &r);
+    s_expect_error(&r, CM_EINVAL, "no other pull flags");
+    cm_msg_release(&r);
+    h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_PLACE);
+    s_call(&f, &h, keys, 3, NULL, 0, &r);
+    s_expect_error(&r, CM_ENOTSUP, "table 0 does not share its rows");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+    s_stop(&f);
     s_finish(&f);
 }

@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "common/config.h"
 #include "common/rng.h"
 #include "ps/table.h"
@@ -1031,5 +1036,92 @@ Test(table, push_rows_sets_whole_rows)
     cr_assert_eq(memcmp(ps_table_find(t, 7), rows, 4 * sizeof(float)), 0);
     cr_assert_eq(memcmp(ps_table_find(t, 9), again, 4 * sizeof(float)), 0);
     cr_assert_eq(memcmp(ps_table_find(t, 11), again + 4, 4 * sizeof(float)), 0);
+    ps_table_destroy(&t);
+}
+
+/* A shared table's rows are reachable through its file as another process
+ * on the host would open it (/proc/<pid>/fd/<fd>): the header carries the
+ * magic and token, row i sits at header + i * stride floats across every
+ * chunk, writes through the file are the table's rows, places are stable
+ * and placing again makes nothing. */
+Test(table, shared_rows_through_the_file)
+{
+    ps_table_params p = s_params(5, CM_OPT_ADAGRAD, 21);
+    p.shared = 1;
+    ps_table *t = s_new(&p);
+    enum { N = 3000 }; /* past several chunks: 64, 128, 256, ... rows */
+    uint64_t *keys = malloc(N * sizeof *keys), *idx = malloc(N * sizeof *idx);
+    uint64_t *again = malloc(N * sizeof *again);
+    cr_assert(keys && idx && again);
+    for (size_t i = 0; i < N; i++)
+        keys[i] = 1000003 * i + 17;
+    cr_assert_eq(ps_table_place(t, keys, N, idx), 0);
+    cr_assert_eq(ps_table_rows(t), N);
+    ps_table_share_info sh;
+    cr_assert_eq(ps_table_share(t, &sh), 0);
+    cr_expect_geq(sh.stride, (size_t)ps_table_row_floats(t));
+    cr_expect_eq(sh.header % 4096, 0);
+    cr_expect_neq(sh.token, 0);
+    cr_expect_lt(sh.token, 1ULL << 52, "the token travels exactly as a double");
+    cr_expect_geq(sh.bytes, sh.header + N * sh.stride * sizeof(float), "every row in the file");
+    cr_expect_eq(sh.bytes % 4096, 0, "whole pages");
+
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)getpid(), sh.fd);
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0, "open %s", path);
+    char *base = mmap(NULL, sh.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    cr_assert_neq(base, MAP_FAILED);
+    uint64_t head[2];
+    memcpy(head, base, sizeof head);
+    cr_expect_eq(head[0], PS_SHARE_MAGIC);
+    cr_expect_eq(head[1], sh.token);
+    const size_t rf = (size_t)ps_table_row_floats(t);
+    char *seen = calloc(N, 1);
+    cr_assert_not_null(seen);
+    for (size_t i = 0; i < N; i++) {
+        cr_assert_lt(idx[i], N);
+        cr_expect_eq(seen[idx[i]], 0, "row %llu placed once", (unsigned long long)idx[i]);
+        seen[idx[i]] = 1;
+        float *row = (float *)(base + sh.header + idx[i] * sh.stride * sizeof(float));
+        cr_assert_eq(memcmp(row, ps_table_find(t, keys[i]), rf * sizeof(float)), 0,
+                     "key %zu: the file holds the table's row", i);
+        row[0] = (float)i; /* written from "outside" */
+    }
+    float *full = malloc(N * rf * sizeof *full);
+    cr_assert_not_null(full);
+    cr_assert_eq(ps_table_pull_full(t, keys, N, full), 0);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(full[i * rf], (float)i, "key %zu: the write is the table's", i);
+    cr_assert_eq(ps_table_place(t, keys, N, again), 0);
+    cr_expect_arr_eq(again, idx, N * sizeof *idx, "places are stable");
+    cr_expect_eq(ps_table_rows(t), N, "placing again makes no rows");
+    munmap(base, sh.bytes);
+    free(full);
+    free(seen);
+    free(keys);
+    free(idx);
+    free(again);
+    ps_table_destroy(&t);
+}
+
+/* Tables keep private rows unless asked, and with eviction even when
+ * asked (a slot's row may change key under a reader). */
+Test(table, private_rows_cannot_be_placed)
+{
+    ps_table_params p = s_params(4, CM_OPT_SGD, 3);
+    ps_table *t = s_new(&p);
+    ps_table_share_info sh;
+    uint64_t key = 7, idx;
+    cr_expect_eq(ps_table_share(t, &sh), CM_ENOTSUP);
+    cr_expect_eq(ps_table_place(t, &key, 1, &idx), CM_ENOTSUP);
+    cr_expect_eq(ps_table_rows(t), 0, "a refused place makes no row");
+    ps_table_destroy(&t);
+    p.shared = 1;
+    p.max_rows = 100;
+    t = s_new(&p);
+    cr_expect_eq(ps_table_share(t, &sh), CM_ENOTSUP);
+    cr_expect_eq(ps_table_place(t, &key, 1, &idx), CM_ENOTSUP);
     ps_table_destroy(&t);
 }

@@ -682,6 +682,11 @@ void wk_blocks_spread(const wk_blocks *b, double *before, double *after)
     *after = b->spread_after;
 }
 
+int wk_blocks_items_shared(const wk_blocks *b)
+{
+    return b->shared > 0;
+}
+
 int wk_blocks_holds_users(const wk_blocks *b)
 {
     return b->have_users;

@@ -136,6 +136,11 @@ const float *wk_blocks_user_row_at(const wk_blocks *b, uint32_t at);
  * by hash and as placed (wk_blocks_balance); both -1 without a map. */
 void wk_blocks_spread(const wk_blocks *b, double *before, double *after);
 
+/* 1 once the item rows are reached in the servers' memory (workers on the
+ * servers' host, shared tables; see wk_kv_place), 0 while they move by
+ * messages or before the first pass. */
+int wk_blocks_items_shared(const wk_blocks *b);
+
 /* 1 once the worker holds its user rows (pulled or initialised). */
 int wk_blocks_holds_users(const wk_blocks *b);
 

@@ -644,7 +644,8 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float
         return rc;
     if (kv->n_servers == 1) {
         if (!kv->local[0])
-            return cm_error_set(err, CM_ENOTSUP, "kv: server 0 runs on another host");
+            return cm_error_set(err, CM_ENOTSUP, "kv: server 0 is reached over tcp (rows "
+                                                 "are shared over ipc:// and inproc:// only)");
         return s_place_one(kv, 0, table, keys, n, NULL, rows, err);
     }
     if (s_reserve_keys(kv, n) != 0)
@@ -652,7 +653,8 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float
     s_group(kv, table, keys, n, 0, kv->keys, kv->pos);
     for (uint32_t s = 0; s < kv->n_servers; s++)
         if (kv->seg_count[s + 1] > kv->seg_count[s] && !kv->local[s])
-            return cm_error_set(err, CM_ENOTSUP, "kv: server %u runs on another host", s);
+            return cm_error_set(err, CM_ENOTSUP, "kv: server %u is reached over tcp (rows "
+                                                 "are shared over ipc:// and inproc:// only)", s);
     for (uint32_t s = 0; s < kv->n_servers && rc == 0; s++) {
         size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
         if (e > b)
