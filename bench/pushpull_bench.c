@@ -114,7 +114,7 @@ static void *s_serve(void *arg)
 /* psrec's pull and push rates in bytes/s of f32 rows (keys + 4 bytes per
  * value); with f16 the wire carries half the value bytes, and the rate
  * still counts the f32 rows it stands for. */
-static int s_psrec_rates(int dim, int f16, double secs, double *pull, double *push)
+static int s_psrec_rates(int dim, int f16, int plain, double secs, double *pull, double *push)
 {
     cm_error err = {0};
     cm_van *van = cm_van_new(&err);
@@ -131,7 +131,8 @@ static int s_psrec_rates(int dim, int f16, double secs, double *pull, double *pu
     uint32_t map[SLOTS];
     sch_plan_slots(map, SLOTS, 1, NULL);
     wk_kv_params kp = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS, .slot_map = map,
-                       .n_tables = 1, .dims = &dim, .timeout_ms = 10000, .wire_f16 = f16};
+                       .n_tables = 1, .dims = &dim, .timeout_ms = 10000, .wire_f16 = f16,
+                       .plain_keys = plain};
     wk_kv *kv = wk_kv_new(van, &kp, &err);
     uint64_t *keys = malloc(KEYS * sizeof *keys);
     float *vals = calloc((size_t)KEYS * dim, sizeof *vals);
@@ -172,30 +173,36 @@ int main(int argc, char **argv)
     printf("(f16 rows: wire_dtype = f16; MB/s counts the f32 rows moved, so the share\n"
            " can pass 100%%: it is rows per second against raw f32 bytes; medians of %d\n"
            " slices taken in turn)\n", SLICES);
-    printf("%-6s %-9s %12s %12s %8s\n", "dim", "op", "psrec MB/s", "raw MB/s", "share");
+    printf("(a push names the pull of the same keys before it, and the server applies it\n"
+           " to the rows it kept; \"keys sent\": every push carries its keys, kept keys off)\n");
+    printf("%-6s %-16s %12s %12s %8s\n", "dim", "op", "psrec MB/s", "raw MB/s", "share");
     const int dims[2] = {32, 128};
     const double slice = secs / SLICES;
     for (int d = 0; d < 2; d++) {
         size_t keys = KEYS * 8, rows = (size_t)KEYS * 4 * dims[d];
-        /* [0] raw, [1] psrec f32, [2] psrec f16; pulls and pushes */
-        double pull[3][SLICES], push[3][SLICES];
+        /* [0] raw, [1] psrec f32, [2] psrec f16, [3] psrec f32 with every
+         * push sending its keys; pulls and pushes */
+        double pull[4][SLICES], push[4][SLICES];
         for (int k = 0; k < SLICES; k++) {
             pull[0][k] = s_raw_rate(keys, rows, slice);
             push[0][k] = s_raw_rate(keys + rows, 0, slice);
-            for (int f16 = 0; f16 < 2; f16++)
-                if (s_psrec_rates(dims[d], f16, slice, &pull[1 + f16][k], &push[1 + f16][k]) != 0)
+            for (int c = 1; c < 4; c++)
+                if (s_psrec_rates(dims[d], c == 2, c == 3, slice, &pull[c][k], &push[c][k]) != 0)
                     return 1;
         }
-        double mp[3], mq[3];
-        for (int c = 0; c < 3; c++) {
+        double mp[4], mq[4];
+        for (int c = 0; c < 4; c++) {
             mp[c] = s_median(pull[c], SLICES);
             mq[c] = s_median(push[c], SLICES);
         }
-        for (int f16 = 0; f16 < 2; f16++) {
-            printf("%-6d %-9s %12.0f %12.0f %7.0f%%\n", dims[d], f16 ? "pull f16" : "pull",
-                   mp[1 + f16] / 1e6, mp[0] / 1e6, 100 * mp[1 + f16] / mp[0]);
-            printf("%-6d %-9s %12.0f %12.0f %7.0f%%\n", dims[d], f16 ? "push f16" : "push",
-                   mq[1 + f16] / 1e6, mq[0] / 1e6, 100 * mq[1 + f16] / mq[0]);
+        const char *names[4][2] = {{"", ""}, {"pull", "push"}, {"pull f16", "push f16"},
+                                   {"", "push, keys sent"}};
+        for (int c = 1; c < 4; c++) {
+            if (c < 3)
+                printf("%-6d %-16s %12.0f %12.0f %7.0f%%\n", dims[d], names[c][0],
+                       mp[c] / 1e6, mp[0] / 1e6, 100 * mp[c] / mp[0]);
+            printf("%-6d %-16s %12.0f %12.0f %7.0f%%\n", dims[d], names[c][1], mq[c] / 1e6,
+                   mq[0] / 1e6, 100 * mq[c] / mq[0]);
         }
     }
     return 0;

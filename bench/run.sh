@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark set in one command. For each rating shape it trains biased
 # MF at dim 32 (AdaGrad, l2 0.05) with psrec's blocks schedule under mpirun
-# (1 scheduler + 1 server + 2 workers over tcp) and --local, and with the
-# single-process baselines on the same data:
+# (1 scheduler + 1 server + 2 workers on this host: unix sockets, the item
+# rows in the server's memory; then once more with PSREC_SHARED_ROWS=off,
+# the item rows moving by messages as between hosts) and --local, and with
+# the single-process baselines on the same data:
 #   psrec --local 1 worker     psrec's own one-worker run;
 #   sgd_baseline 2 threads     a plain LIBMF-style trainer (bench/
 #                              sgd_baseline.c): the same kernel on a grid
@@ -140,6 +142,9 @@ mf_shape() {
   }
   run_psrec "blocks, mpirun 1 sched + 1 server + 2 workers" mpi \
       mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1
+  run_psrec "  the same, item rows by messages" mpimsg \
+      mpirun --oversubscribe --bind-to none -x PSREC_SHARED_ROWS=off -np 4 "$psrec" train \
+      --servers 1
   run_psrec "blocks, --local 1 server + 2 workers" local2 \
       "$psrec" train --local --servers 1 --workers 2
   run_psrec "blocks, --local 1 worker (psrec baseline)" local1 \

@@ -30,6 +30,7 @@ int cm_codec_hdr_pack(const cm_hdr *h, uint8_t **out, size_t *len)
     pb.slots = h->slots;
     pb.path = (char *)h->path;
     pb.key_enc = h->key_enc;
+    pb.key_ref = h->key_ref;
     size_t n = psrec__pb__header__get_packed_size(&pb);
     uint8_t *buf = malloc(n ? n : 1);
     if (!buf)
@@ -83,6 +84,7 @@ int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err)
     else if (pb->dtype != PSREC__PB__DTYPE__DTYPE_F32)
         rc = cm_error_set(err, CM_EPROTO, "value dtype %d is not supported", (int)pb->dtype);
     h->key_enc = pb->key_enc;
+    h->key_ref = pb->key_ref;
     if (rc == 0 && h->key_enc != CM_KEYS_RAW && h->key_enc != CM_KEYS_GAPS)
         rc = cm_error_set(err, CM_EPROTO, "key encoding %u is not supported", h->key_enc);
 out:

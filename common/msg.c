@@ -177,8 +177,11 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
                                    op, n_vals, n_keys, hdr->dim);
         rows = n_vals / hdr->dim;
     }
+    if (hdr->op == CM_OP_PUSH && hdr->key_ref && n_keys)
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send PUSH: a push naming pull %" PRIu64
+                                             "'s keys carries none of its own", hdr->key_ref);
     if (s_needs_keys(hdr->op)) {
-        if (n_keys == 0)
+        if (n_keys == 0 && !(hdr->op == CM_OP_PUSH && hdr->key_ref))
             return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: no keys", op);
         if (hdr->op == CM_OP_PULL && n_vals)
             return cm_sock_seterr_(s, CM_EINVAL, "msg send PULL: a pull carries no values");
@@ -195,7 +198,7 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     uint8_t *gaps = NULL;
     size_t gaps_len = 0;
     hdr->key_enc = CM_KEYS_RAW;
-    if (s_needs_keys(hdr->op)) {
+    if (s_needs_keys(hdr->op) && n_keys) {
         size_t bad;
         if (n_keys <= SIZE_MAX / 10 && (gaps = malloc(10 * n_keys)))
             gaps_len = s_gaps_encode(keys, n_keys, gaps, &bad);
@@ -299,9 +302,15 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
                             "%s req %" PRIu64 ": values frame of %zu bytes is not a "
                             "multiple of %zu", op, req, vbytes, esize);
     size_t n_vals = vbytes / esize;
-    /* An empty keys frame before a values frame means "keys implied" (the
-     * rows of a PULL reply come back in the order they were asked for). */
-    int implied = kbytes == 0 && n_vals > 0 && !s_needs_keys(h->op);
+    /* An empty keys frame before a values frame means "keys implied": the
+     * rows of a PULL reply come back in the order they were asked for, and
+     * a PUSH naming an earlier pull's keys (key_ref) carries none. */
+    const int by_ref = h->op == CM_OP_PUSH && h->key_ref != 0;
+    if (by_ref && kbytes != 0)
+        return cm_error_set(err, CM_EPROTO,
+                            "PUSH req %" PRIu64 ": names pull %" PRIu64 "'s keys but carries "
+                            "a keys frame of %zu bytes", req, h->key_ref, kbytes);
+    int implied = kbytes == 0 && n_vals > 0 && (!s_needs_keys(h->op) || by_ref);
     const int gaps = h->key_enc == CM_KEYS_GAPS;
     if (gaps && (n_keys == 0 || kbytes < n_keys || kbytes > 10 * n_keys))
         return cm_error_set(err, CM_EPROTO,
@@ -375,7 +384,7 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
     m->vals = vp;
     m->n_vals = n_vals;
 
-    if (s_needs_keys(h->op)) {
+    if (s_needs_keys(h->op) && !implied) {
         size_t bad = s_first_unsorted(m->keys, (size_t)n_keys);
         if (bad < n_keys) {
             if (m->keys[bad] == m->keys[bad - 1])

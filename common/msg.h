@@ -56,6 +56,14 @@ typedef enum {
 #define CM_PULL_FULL 2u        /* whole rows: weights then optimizer state */
 #define CM_PULL_PLACE 32u      /* where the rows sit in a shared table's file
                                   (made if missing), not their values */
+#define CM_PULL_KEEP 64u       /* keep the keys' rows for a push that names
+                                  this pull (hdr.key_ref); echoed on the reply
+                                  when kept */
+/* A server keeps the rows of each peer's last CM_KEEP_PULLS pulls with
+ * CM_PULL_KEEP (a ring: every such pull takes the next place, kept or
+ * not), so a worker knows which of its pulls a push may still name. */
+#define CM_KEEP_PULLS 4
+#define CM_KEEP_MAX_KEYS (1u << 20) /* larger pulls are not kept */
 /* Flags on a PUSH. */
 #define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
 #define CM_PUSH_SET 16u        /* values are whole rows that replace the servers'
@@ -107,6 +115,9 @@ typedef struct {
     char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: checkpoint directory */
     uint32_t key_enc;              /* keys frame: CM_KEYS_RAW or CM_KEYS_GAPS; set by
                                     * cm_msg_send, undone by cm_msg_recv */
+    uint64_t key_ref;              /* PUSH: 0, or the req_id of an earlier PULL with
+                                    * CM_PULL_KEEP whose keys this push's rows are
+                                    * (no keys frame then) */
 } cm_hdr;
 
 /* A received message. keys/vals point into the received frames (or an

@@ -10,6 +10,11 @@
  *   PULL  with CM_PULL_PLACE (a shared table): -> REPLY whose keys frame
  *         holds each row's index in the table's memory file (rows made
  *         when missing) and whose stats say how to map that file.
+ *   PULL  with CM_PULL_KEEP: as a pull; the server keeps the rows of the
+ *         peer's last CM_KEEP_PULLS such pulls and says CM_PULL_KEEP on the
+ *         reply when it kept this one.
+ *   PUSH  with key_ref = a kept pull's req_id, no keys: gradients for that
+ *         pull's keys, applied to its rows without lookups.
  *   PUSH  table, dim, keys, n_keys * dim gradients
  *         -> REPLY ack (no frames); dim must be the table's.
  *   STOP  -> REPLY with stats {rows, bytes} per table; the loop returns 0.
@@ -47,8 +52,29 @@
 #define S_MAX_TABLES (CM_HDR_MAX_STATS / 2)
 #define S_OWN_REPLY 16384 /* values from which a pull reply has a buffer of its own */
 
+/* One kept pull of a peer (CM_PULL_KEEP): its rows, for a push that
+ * names it (hdr.key_ref). */
+typedef struct {
+    uint64_t req_id;                      /* 0: none */
+    uint32_t table;
+    int kept;                             /* rows holds the n rows */
+    size_t n;
+    float **rows;
+    size_t cap;                           /* entries allocated in rows */
+} s_kept;
+
+/* A peer (worker) that asked to keep pulls, by its route. */
+typedef struct {
+    uint8_t *route;
+    size_t route_size;
+    s_kept ring[CM_KEEP_PULLS];
+    uint64_t n_pulls;                     /* kept pulls asked for so far */
+} s_peer;
+
 struct ps_server {
     cm_sock *sock;                        /* the bound ROUTER */
+    s_peer *peers;                        /* n_peers, searched by route */
+    size_t n_peers, cap_peers;
     char endpoint[CM_ENDPOINT_MAX];       /* what the bind resolved to */
     ps_table **tables;                    /* n_tables tables, owned */
     size_t n_tables;
@@ -113,6 +139,12 @@ void ps_server_destroy(ps_server **ps)
     cm_sock_destroy(&s->sock);
     for (size_t i = 0; i < s->n_tables; i++)
         ps_table_destroy(&s->tables[i]);
+    for (size_t p = 0; p < s->n_peers; p++) {
+        free(s->peers[p].route);
+        for (int k = 0; k < CM_KEEP_PULLS; k++)
+            free(s->peers[p].ring[k].rows);
+    }
+    free(s->peers);
     free(s->tables);
     free(s->buf);
     free(s);
@@ -202,6 +234,60 @@ static ps_table *s_table_for(ps_server *s, const cm_msg *m, int *rc)
     return t;
 }
 
+/* The peer that sent m, made on its first kept pull when `make`; NULL
+ * when unknown (or out of memory). A linear search: a server has one
+ * peer per worker. */
+static s_peer *s_peer_of(ps_server *s, const cm_msg *m, int make)
+{
+    for (size_t p = 0; p < s->n_peers; p++)
+        if (s->peers[p].route_size == m->route_size &&
+            !memcmp(s->peers[p].route, m->route, m->route_size))
+            return &s->peers[p];
+    if (!make || !m->route_size)
+        return NULL;
+    if (s->n_peers == s->cap_peers) {
+        size_t cap = s->cap_peers ? 2 * s->cap_peers : 8;
+        s_peer *np = realloc(s->peers, cap * sizeof *np);
+        if (!np)
+            return NULL;
+        s->peers = np;
+        s->cap_peers = cap;
+    }
+    s_peer *p = &s->peers[s->n_peers];
+    memset(p, 0, sizeof *p);
+    if (!(p->route = malloc(m->route_size)))
+        return NULL;
+    memcpy(p->route, m->route, m->route_size);
+    p->route_size = m->route_size;
+    s->n_peers++;
+    return p;
+}
+
+/* The ring place for m, a pull with CM_PULL_KEEP: taken whether or not
+ * the rows can be kept (the worker counts places the same way), room made
+ * for n rows; NULL when they cannot be kept (no memory, too many). */
+static s_kept *s_keep_place(ps_server *s, const cm_msg *m, size_t n)
+{
+    s_peer *p = s_peer_of(s, m, 1);
+    if (!p)
+        return NULL;
+    s_kept *k = &p->ring[p->n_pulls++ % CM_KEEP_PULLS];
+    k->req_id = m->hdr.req_id;
+    k->table = m->hdr.table;
+    k->kept = 0;
+    k->n = n;
+    if (n > CM_KEEP_MAX_KEYS)
+        return NULL;
+    if (n > k->cap) {
+        float **r = realloc(k->rows, n * sizeof *r);
+        if (!r)
+            return NULL;
+        k->rows = r;
+        k->cap = n;
+    }
+    return k;
+}
+
 /* PULL with CM_PULL_PLACE: the rows' indexes in the table's memory file
  * (made when missing), as the keys frame of the reply, and in stats what
  * a process on this host needs to map it: {pid, fd, token, header bytes,
@@ -270,8 +356,22 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
         free(own);
         return s_reject(s, m, CM_EINVAL, "a full-row pull always makes missing rows");
     }
-    rc = full ? ps_table_pull_full(t, m->keys, n, out)
-              : ps_table_pull(t, m->keys, n, out, create, &missing);
+    /* a kept pull: its rows stay known for a push that names it */
+    s_kept *keep = NULL;
+    if (m->hdr.flags & CM_PULL_KEEP) {
+        if (m->hdr.flags != CM_PULL_KEEP) {
+            free(own);
+            return s_reject(s, m, CM_EINVAL, "KEEP takes no other pull flags (flags %" PRIu32
+                            ")", m->hdr.flags);
+        }
+        keep = s_keep_place(s, m, n);
+    }
+    rc = CM_ENOTSUP;
+    if (keep && (rc = ps_table_pull_keep(t, m->keys, n, out, keep->rows)) == 0)
+        keep->kept = 1;
+    if (rc != 0)
+        rc = full ? ps_table_pull_full(t, m->keys, n, out)
+                  : ps_table_pull(t, m->keys, n, out, create, &missing);
     if (rc < 0) {
         free(own);
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
@@ -279,6 +379,8 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     }
     cm_hdr h = s_reply_hdr(m);
     h.dim = (uint32_t)dim;
+    if (keep && keep->kept)
+        h.flags = CM_PULL_KEEP;
     /* weights in the type asked for; whole rows (optimizer state, whose
      * sums may pass the half range) always as f32 */
     h.dtype = full ? CM_DTYPE_F32 : m->hdr.dtype;
@@ -308,9 +410,26 @@ static int s_on_push(ps_server *s, const cm_msg *m)
     if (m->n_vals != n * (size_t)dim || !m->vals)
         return s_reject(s, m, CM_EPROTO, "%zu values for %zu keys x dim %d", m->n_vals, n,
                         dim);
-    rc = delta ? ps_table_push_delta(t, m->keys, n, m->vals)
-         : set ? ps_table_push_rows(t, m->keys, n, m->vals)
-               : ps_table_push(t, m->keys, n, m->vals);
+    if (m->hdr.key_ref) {
+        /* the keys of an earlier kept pull of this peer */
+        s_peer *p = s_peer_of(s, m, 0);
+        const s_kept *k = NULL;
+        for (int i = 0; p && i < CM_KEEP_PULLS && !k; i++)
+            if (p->ring[i].req_id == m->hdr.key_ref && p->ring[i].kept)
+                k = &p->ring[i];
+        if (delta || set)
+            return s_reject(s, m, CM_EPROTO, "a push naming pull %" PRIu64 "'s keys carries "
+                            "gradients, not deltas or rows", m->hdr.key_ref);
+        if (!k || k->table != m->hdr.table || k->n != n)
+            return s_reject(s, m, CM_ENOTFOUND, "no kept pull %" PRIu64 " of %zu keys of "
+                            "table %" PRIu32 " from this worker (it keeps its last %d)",
+                            m->hdr.key_ref, n, m->hdr.table, CM_KEEP_PULLS);
+        rc = ps_table_push_kept(t, k->rows, n, m->vals);
+    } else {
+        rc = delta ? ps_table_push_delta(t, m->keys, n, m->vals)
+             : set ? ps_table_push_rows(t, m->keys, n, m->vals)
+                   : ps_table_push(t, m->keys, n, m->vals);
+    }
     if (rc < 0)
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
                         cm_strerror(rc));

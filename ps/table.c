@@ -650,6 +650,38 @@ out:
     return rc;
 }
 
+int ps_table_pull_keep(ps_table *t, const uint64_t *keys, size_t n, float *out, float **kept)
+{
+    const size_t dim = (size_t)t->dim;
+    if (t->slow)
+        return CM_ENOTSUP;
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        if (s_resolve(t, keys + b, m, NULL, t->pull_lines, 0, kept + b) != 0)
+            return CM_ENOMEM;
+        for (size_t i = 0; i < m; i++)
+            memcpy(out + (b + i) * dim, kept[b + i], dim * sizeof(float));
+    }
+    return 0;
+}
+
+int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads)
+{
+    const size_t dim = (size_t)t->dim;
+    const ps_optim *o = &t->p.optim;
+    if (t->slow)
+        return CM_ENOTSUP;
+    for (size_t b = 0; b < n; b += S_BLOCK) {
+        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
+        for (size_t i = 0; i < m; i++)
+            s_prefetch(rows[b + i], t->push_lines, 1);
+        const float *gb = grads + b * dim;
+        for (size_t i = 0; i < m; i++)
+            ps_optim_update(o, rows[b + i], gb + i * dim, t->dim);
+    }
+    return 0;
+}
+
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads)
 {
     const size_t dim = (size_t)t->dim;

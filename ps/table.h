@@ -75,6 +75,15 @@ int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
  * dropped, the one that reaches it makes the row and is applied. */
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads);
 
+/* Kept keys (a push that names an earlier pull instead of sending keys):
+ * ps_table_pull_keep is a creating pull that also leaves each key's row in
+ * kept[i]; ps_table_push_kept applies gradients to such rows without any
+ * lookup. Rows never move and, without eviction, never change key, so the
+ * pointers stay valid for the table's life; tables with admission or
+ * eviction refuse both (CM_ENOTSUP) and take keys every time. */
+int ps_table_pull_keep(ps_table *t, const uint64_t *keys, size_t n, float *out, float **kept);
+int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads);
+
 /* Writes the deterministic initial weights of `key` to out[0..dim): the
  * init hook's, when p has one. */
 void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out);

@@ -149,7 +149,8 @@ Test(kv, half_wire)
     }
     cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
     wk_kv_counters c = wk_kv_get_counters(kv);
-    cr_expect_eq(c.bytes_out, 3 * N * 8 + N * DIM * 2, "keys of 3 calls + half gradients");
+    cr_expect_eq(c.pushes_by_ref, NS, "the push named the first pull on both servers");
+    cr_expect_eq(c.bytes_out, 2 * N * 8 + N * DIM * 2, "keys of the 2 pulls + half gradients");
     cr_expect_eq(c.bytes_in, 2 * N * DIM * 2, "two pulls of half weights");
     wk_kv_destroy(&kv);
 }
@@ -333,6 +334,43 @@ Test(kv, owned_rows_and_strided_pull)
     free(keys);
     free(rows);
     free(back);
+    wk_kv_destroy(&kv);
+}
+
+/* Kept keys: a push of the keys just pulled names the pull on each server
+ * (no keys sent) and lands on those rows; after CM_KEEP_PULLS later pulls
+ * of other keys the first pull is out of the servers' rings, and the same
+ * push sends its keys again. Either way the values are exact. */
+Test(kv, pushes_name_recent_pulls)
+{
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv(map);
+    cm_error err = {0};
+    enum { N = 64 };
+    uint64_t a[N], other[N];
+    float init[N * DIM], got[N * DIM], g[N * DIM];
+    for (int i = 0; i < N; i++)
+        a[i] = 90000 + 5 * (uint64_t)i;
+    for (int i = 0; i < N * DIM; i++)
+        g[i] = 0.01f * (float)(i % 11);
+    wk_pull req = {0, a, N, init, 0, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_push(kv, 0, a, N, g, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    cr_expect_eq(wk_kv_get_counters(kv).pushes_by_ref, NS, "named the pull on both servers");
+    for (int k = 0; k < CM_KEEP_PULLS; k++) {
+        for (int i = 0; i < N; i++)
+            other[i] = 200000 + 1000 * (uint64_t)k + (uint64_t)i;
+        wk_pull o = {0, other, N, got, 0, 0};
+        cr_assert_eq(wk_kv_pull(kv, &o, 1, &err), 0, "%s", err.msg);
+    }
+    cr_assert_eq(wk_kv_push(kv, 0, a, N, g, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "the servers took it: %s", err.msg);
+    cr_expect_eq(wk_kv_get_counters(kv).pushes_by_ref, NS, "the old pull is not named");
+    wk_pull back = {0, a, N, got, CM_PULL_NO_CREATE, 0};
+    cr_assert_eq(wk_kv_pull(kv, &back, 1, &err), 0, "%s", err.msg);
+    for (int i = 0; i < N * DIM; i++)
+        cr_expect_float_eq(got[i], init[i] - 2 * 0.5f * g[i], 1e-6, "value %d", i);
     wk_kv_destroy(&kv);
 }
 

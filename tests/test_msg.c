@@ -148,6 +148,7 @@ Test(msg, every_header_field_round_trips)
     h.stats[2] = 0.0;
     h.n_slots = 5;
     h.slots = slots;
+    h.key_ref = (1ull << 50) + 3;
     cr_assert_eq(cm_msg_send(p.dealer, NULL, 0, &h, NULL, 0, NULL, 0), 0, "%s",
                  cm_sock_errmsg(p.dealer));
 
@@ -172,6 +173,7 @@ Test(msg, every_header_field_round_trips)
     cr_assert_eq(m.hdr.n_slots, 5);
     cr_assert_neq(m.hdr.slots, slots, "received slots are the message's own copy");
     cr_assert_arr_eq(m.hdr.slots, slots, sizeof slots);
+    cr_assert_eq(m.hdr.key_ref, (1ull << 50) + 3);
     cr_assert_null(m.keys);
     cr_assert_null(m.vals);
     cr_assert_eq(m.n_vals, 0);
@@ -853,5 +855,52 @@ Test(msg, owned_values_round_trip_and_refusals)
     owned = malloc(2 * sizeof *owned);
     h = cm_hdr_make(CM_OP_PULL);
     cr_expect_eq(cm_msg_send_owned(p.dealer, NULL, 0, &h, bad + 1, 1, owned, 2), CM_EINVAL);
+    s_pair_free(&p);
+}
+
+/* A push that names an earlier pull's keys (key_ref) carries values and no
+ * keys: it round-trips with n_keys counting its rows; a sender will not
+ * add keys to it, and a receiver refuses one whose keys frame is not
+ * empty, or a push with neither keys nor key_ref. */
+Test(msg, push_naming_a_pulls_keys)
+{
+    pair p = s_pair("inproc://msg-keyref");
+    float vals[6] = {1, 2, 3, 4, 5, 6};
+    cm_hdr h = cm_hdr_make(CM_OP_PUSH);
+    h.req_id = 12;
+    h.dim = 3;
+    h.key_ref = 9;
+    cr_assert_eq(cm_msg_send(p.dealer, NULL, 0, &h, NULL, 0, vals, 6), 0, "%s",
+                 cm_sock_errmsg(p.dealer));
+    cm_msg m;
+    cm_error err = {0};
+    cr_assert_eq(cm_msg_recv(p.router, &m, 2000, &err), 0, "%s", err.msg);
+    cr_assert_eq(m.hdr.op, CM_OP_PUSH);
+    cr_assert_eq(m.hdr.key_ref, 9);
+    cr_assert_eq(m.hdr.n_keys, 2, "n_keys counts the rows");
+    cr_assert_null(m.keys);
+    cr_assert_arr_eq(m.vals, vals, sizeof vals);
+    cm_msg_release(&m);
+
+    uint64_t keys[2] = {4, 8};
+    h = cm_hdr_make(CM_OP_PUSH);
+    h.dim = 3;
+    h.key_ref = 9;
+    cr_expect_eq(cm_msg_send(p.dealer, NULL, 0, &h, keys, 2, vals, 6), CM_EINVAL);
+    cr_expect(strstr(cm_sock_errmsg(p.dealer), "carries none of its own"), "%s",
+              cm_sock_errmsg(p.dealer));
+    h.key_ref = 0;
+    cr_expect_eq(cm_msg_send(p.dealer, NULL, 0, &h, NULL, 0, vals, 6), CM_EINVAL,
+                 "a push without keys or key_ref");
+
+    cm_hdr bad = cm_hdr_make(CM_OP_PUSH);
+    bad.req_id = 13;
+    bad.dim = 3;
+    bad.n_keys = 2;
+    bad.key_ref = 9;
+    s_expect_reject(&p, bad, keys, sizeof keys, vals, sizeof vals, 3,
+                    "names pull 9's keys but carries a keys frame of 16 bytes");
+    bad.key_ref = 0;
+    s_expect_reject(&p, bad, NULL, 0, vals, sizeof vals, 3, "keys frame of 0 bytes");
     s_pair_free(&p);
 }

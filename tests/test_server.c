@@ -670,3 +670,120 @@ Test(server, place_rows_of_a_shared_table, .timeout = 30)
     s_stop(&f);
     s_finish(&f);
 }
+
+/* A pull with CM_PULL_KEEP (reply flagged kept), then a push naming it
+ * (no keys) updates exactly those rows; the server keeps each peer's last
+ * CM_KEEP_PULLS kept pulls, so an older name, a wrong row count, another
+ * peer's name, deltas by name and KEEP mixed with other flags are refused,
+ * and the server goes on serving. */
+Test(server, push_naming_a_kept_pull, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-keep");
+    const uint64_t keys[3] = {10, 20, 30};
+    float before[12], after[12];
+    cm_msg r;
+    cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP);
+    s_call(&f, &h, keys, 3, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    cr_expect_eq(r.hdr.flags, CM_PULL_KEEP, "the reply says kept");
+    memcpy(before, r.vals, sizeof before);
+    uint64_t kept = r.hdr.req_id;
+    cm_msg_release(&r);
+
+    float g[12];
+    for (int i = 0; i < 12; i++)
+        g[i] = 0.1f * (float)(i + 1);
+    h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+    h.key_ref = kept;
+    s_call(&f, &h, NULL, 0, g, 12, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "push by name answered %s: %s", cm_op_name(r.hdr.op),
+                 r.hdr.error);
+    cm_msg_release(&r);
+    s_pull(&f, 0, keys, 3, 0, after, NULL);
+    for (int i = 0; i < 12; i++)
+        cr_expect_float_eq(after[i], before[i] - 0.5f * g[i], 1e-6, "value %d", i);
+
+    /* wrong row count; deltas by name */
+    h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+    h.key_ref = kept;
+    s_call(&f, &h, NULL, 0, g, 8, &r);
+    s_expect_error(&r, CM_ENOTFOUND, "no kept pull");
+    cm_msg_release(&r);
+    h = s_hdr(CM_OP_PUSH, 0, 4, CM_PUSH_DELTA);
+    h.key_ref = kept;
+    s_call(&f, &h, NULL, 0, g, 12, &r);
+    s_expect_error(&r, CM_EPROTO, "carries gradients, not deltas or rows");
+    cm_msg_release(&r);
+
+    /* another peer may not name this one's pull */
+    cm_error e = {0};
+    cm_sock *other = cm_sock_new(f.van, CM_SOCK_DEALER, &e);
+    cr_assert_not_null(other, "%s", e.msg);
+    cr_assert_eq(cm_sock_connect(other, ps_server_endpoint(f.srv)), 0);
+    h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+    h.key_ref = kept;
+    h.req_id = 999;
+    cr_assert_eq(cm_msg_send(other, NULL, 0, &h, NULL, 0, g, 12), 0);
+    cr_assert_eq(cm_msg_recv(other, &r, WAIT_MS, &e), 0, "%s", e.msg);
+    s_expect_error(&r, CM_ENOTFOUND, "from this worker");
+    cm_msg_release(&r);
+    cm_sock_destroy(&other);
+
+    /* CM_KEEP_PULLS later kept pulls push the first out of the ring */
+    for (int k = 0; k < CM_KEEP_PULLS; k++) {
+        h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP);
+        s_call(&f, &h, keys, 3, NULL, 0, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_REPLY);
+        cm_msg_release(&r);
+    }
+    h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+    h.key_ref = kept;
+    s_call(&f, &h, NULL, 0, g, 12, &r);
+    s_expect_error(&r, CM_ENOTFOUND, "keeps its last 4");
+    cm_msg_release(&r);
+    h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP | CM_PULL_NO_CREATE);
+    s_call(&f, &h, keys, 3, NULL, 0, &r);
+    s_expect_error(&r, CM_EINVAL, "KEEP takes no other pull flags");
+    cm_msg_release(&r);
+    s_still_serving(&f);
+    s_stop(&f);
+    s_finish(&f);
+}
+
+/* A table with admission does not keep rows (a row may not exist yet):
+ * the pull is answered without the kept flag, and a push naming it is
+ * refused. */
+Test(server, tables_with_admission_keep_nothing, .timeout = 30)
+{
+    s_fix f;
+    memset(&f, 0, sizeof f);
+    cm_log_set_level(CM_LOG_ERROR);
+    f.params[0] = s_params(4, CM_OPT_SGD, 0.5f);
+    f.params[0].min_count = 3;
+    f.n_tables = 1;
+    cm_error e = {0};
+    f.van = cm_van_new(&e);
+    f.srv = ps_server_new(f.van, "inproc://ps-keep-admit", f.params, 1, &e);
+    cr_assert_not_null(f.srv, "%s", e.msg);
+    cr_assert_eq(pthread_create(&f.th, NULL, s_thread, &f), 0);
+    f.running = 1;
+    f.cli = cm_sock_new(f.van, CM_SOCK_DEALER, &e);
+    cr_assert_eq(cm_sock_connect(f.cli, ps_server_endpoint(f.srv)), 0);
+    const uint64_t keys[2] = {1, 2};
+    cm_msg r;
+    cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP);
+    s_call(&f, &h, keys, 2, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    cr_expect_eq(r.hdr.flags, 0, "not kept");
+    uint64_t id = r.hdr.req_id;
+    cm_msg_release(&r);
+    float g[8] = {0};
+    h = s_hdr(CM_OP_PUSH, 0, 4, 0);
+    h.key_ref = id;
+    s_call(&f, &h, NULL, 0, g, 8, &r);
+    s_expect_error(&r, CM_ENOTFOUND, "no kept pull");
+    cm_msg_release(&r);
+    s_stop(&f);
+    s_finish(&f);
+}

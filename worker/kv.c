@@ -35,8 +35,21 @@ typedef struct s_map {
     struct s_map *older;
 } s_map;
 
+/* A pull sent with CM_PULL_KEEP, as the server's ring holds it: the keys
+ * (a copy, to compare with a push's), and whether the reply said kept. */
+typedef struct {
+    uint64_t req_id;        /* 0: none */
+    uint32_t table;
+    int kept;
+    uint64_t *keys;
+    size_t n, cap;
+} s_keep;
+
 struct wk_kv {
     cm_sock **socks;        /* one DEALER per server */
+    int plain_keys;         /* never name a pull's keys in a push */
+    s_keep *keep;           /* per server, CM_KEEP_PULLS: the server's ring */
+    uint64_t *keep_pulls;   /* per server: kept pulls asked for so far */
     int *local;             /* per server: on this host (ipc:// or inproc://) */
     s_map **maps;           /* per server x table: newest mapping, or NULL */
     uint32_t n_servers;
@@ -125,9 +138,12 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
     kv->row_floats = malloc(p->n_tables * sizeof *kv->row_floats);
     kv->seg_count = calloc(p->n_servers + 1, sizeof *kv->seg_count);
     kv->local = calloc(p->n_servers + 1, sizeof *kv->local);
+    kv->plain_keys = p->plain_keys;
+    kv->keep = calloc((size_t)p->n_servers * CM_KEEP_PULLS + 1, sizeof *kv->keep);
+    kv->keep_pulls = calloc(p->n_servers + 1, sizeof *kv->keep_pulls);
     kv->maps = calloc((size_t)p->n_servers * p->n_tables + 1, sizeof *kv->maps);
     if (!kv->socks || !kv->slot_map || !kv->dims || !kv->row_floats || !kv->seg_count ||
-        !kv->local || !kv->maps) {
+        !kv->local || !kv->maps || !kv->keep || !kv->keep_pulls) {
         cm_error_set(err, CM_ENOMEM, "kv: out of memory");
         goto fail;
     }
@@ -176,6 +192,10 @@ void wk_kv_destroy(wk_kv **pkv)
         }
     free(kv->maps);
     free(kv->local);
+    for (size_t i = 0; kv->keep && i < (size_t)kv->n_servers * CM_KEEP_PULLS; i++)
+        free(kv->keep[i].keys);
+    free(kv->keep);
+    free(kv->keep_pulls);
     free(kv->slot_map);
     free(kv->dims);
     free(kv->row_floats);
@@ -189,6 +209,63 @@ void wk_kv_destroy(wk_kv **pkv)
     free(kv->seg_count);
     free(kv);
     *pkv = NULL;
+}
+
+/* Kept keys. A plain pull of at most CM_KEEP_MAX_KEYS keys goes with
+ * CM_PULL_KEEP: the server keeps its rows in the next place of its ring
+ * for this worker, and kv notes the keys in the same place of its copy of
+ * the ring. A gradient push of exactly those keys to that server while the
+ * place still holds them (fewer than CM_KEEP_PULLS later kept pulls) and
+ * once the reply said kept names the pull (key_ref) instead of sending
+ * keys; the server applies it without lookups. Keys are compared whole,
+ * not by a hash. The server checks the name against its ring, so a copy
+ * that went wrong gives an error, never another row. Returns the flags to
+ * send. */
+static uint32_t s_keep_note(wk_kv *kv, uint32_t srv, uint32_t table, uint32_t flags,
+                            uint64_t req_id, const uint64_t *keys, size_t n)
+{
+    if (flags != 0 || kv->plain_keys || n > CM_KEEP_MAX_KEYS)
+        return flags;
+    s_keep *k = &kv->keep[(size_t)srv * CM_KEEP_PULLS + kv->keep_pulls[srv] % CM_KEEP_PULLS];
+    if (n > k->cap) {
+        uint64_t *nk = realloc(k->keys, n * sizeof *nk);
+        if (!nk)
+            return flags; /* not kept: neither side takes a place */
+        k->keys = nk;
+        k->cap = n;
+    }
+    kv->keep_pulls[srv]++;
+    k->req_id = req_id;
+    k->table = table;
+    k->kept = 0;
+    k->n = n;
+    memcpy(k->keys, keys, n * sizeof *keys);
+    return flags | CM_PULL_KEEP;
+}
+
+/* The reply to pull req_id from server srv said its rows are kept. */
+static void s_keep_mark(wk_kv *kv, uint32_t srv, uint64_t req_id)
+{
+    for (int i = 0; i < CM_KEEP_PULLS; i++) {
+        s_keep *k = &kv->keep[(size_t)srv * CM_KEEP_PULLS + i];
+        if (k->req_id == req_id)
+            k->kept = 1;
+    }
+}
+
+/* A kept pull of exactly these keys that a push to srv may name, or 0. */
+static uint64_t s_keep_find(const wk_kv *kv, uint32_t srv, uint32_t table,
+                            const uint64_t *keys, size_t n)
+{
+    if (kv->plain_keys)
+        return 0;
+    for (int i = 0; i < CM_KEEP_PULLS; i++) {
+        const s_keep *k = &kv->keep[(size_t)srv * CM_KEEP_PULLS + i];
+        if (k->req_id && k->kept && k->table == table && k->n == n &&
+            !memcmp(k->keys, keys, n * sizeof *keys))
+            return k->req_id;
+    }
+    return 0;
 }
 
 /* Floats per row a pull returns. */
@@ -267,6 +344,8 @@ static int s_recv_within(wk_kv *kv, int timeout_ms, cm_error *err)
                     memcpy(r->out + (size_t)pos[j] * stride, m.vals + j * dim,
                            dim * sizeof(float));
             }
+            if (m.hdr.flags & CM_PULL_KEEP)
+                s_keep_mark(kv, s, id);
             pd->done = 1;
             kv->f_done++;
         } else if (kv->pushes_pending > 0 && m.n_vals == 0) {
@@ -318,10 +397,12 @@ static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, s
  * any case). */
 static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim,
                      uint32_t flags, uint64_t req_id, const uint64_t *keys, size_t n,
-                     const float *vals, size_t n_vals, float *own, cm_error *err)
+                     const float *vals, size_t n_vals, float *own, uint64_t key_ref,
+                     cm_error *err)
 {
     cm_hdr h = cm_hdr_make(op);
     h.table = table;
+    h.key_ref = key_ref;
     h.dim = (uint32_t)dim;
     h.flags = flags;
     h.sender = kv->rank;
@@ -336,6 +417,7 @@ static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim
         return cm_error_set(err, rc, "kv: send to server %u failed: %s", srv,
                             cm_sock_errmsg(kv->socks[srv]));
     kv->counters.requests++;
+    kv->counters.pushes_by_ref += key_ref != 0;
     kv->counters.bytes_out +=
         n * sizeof(uint64_t) + n_vals * (h.dtype == CM_DTYPE_F16 ? 2 : sizeof(float));
     return 0;
@@ -384,8 +466,10 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             continue;
         if (kv->n_servers == 1) {
             /* one server: the sorted keys go as they are, no grouping */
-            int rc = s_request(kv, 0, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
-                               base + n_pending, q->keys, q->n, NULL, 0, NULL, err);
+            uint32_t fl = s_keep_note(kv, 0, q->table, q->flags, base + n_pending, q->keys,
+                                      q->n);
+            int rc = s_request(kv, 0, CM_OP_PULL, q->table, s_pull_dim(kv, q), fl,
+                               base + n_pending, q->keys, q->n, NULL, 0, NULL, 0, err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
@@ -396,8 +480,11 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
             if (e == b)
                 continue;
-            int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), q->flags,
-                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, NULL, err);
+            uint32_t fl = s_keep_note(kv, s, q->table, q->flags, base + n_pending,
+                                      kv->f_keys + at + b, e - b);
+            int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), fl,
+                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, NULL, 0,
+                               err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, at + b, e - b, 0, 0};
@@ -450,8 +537,9 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
                                                                   : kv->dims[table]);
     if (kv->n_servers == 1) {
         /* one server: keys and values go as they are, no grouping copy */
-        rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, keys, n, grads,
-                       n * dim, own, err);
+        uint64_t ref = flags ? 0 : s_keep_find(kv, 0, table, keys, n);
+        rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, ref ? NULL : keys,
+                       ref ? 0 : n, grads, n * dim, own, ref, err);
         own = NULL;
         if (rc == 0)
             kv->pushes_pending++;
@@ -478,8 +566,10 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         }
         for (size_t i = b; i < e; i++)
             memcpy(vals + (i - b) * dim, grads + (size_t)kv->pos[i] * dim, dim * sizeof(float));
-        rc = s_request(kv, s, CM_OP_PUSH, table, dim, flags, kv->next_req++, kv->keys + b,
-                       e - b, vals, (e - b) * dim, part, err);
+        uint64_t ref = flags ? 0 : s_keep_find(kv, s, table, kv->keys + b, e - b);
+        rc = s_request(kv, s, CM_OP_PUSH, table, dim, flags, kv->next_req++,
+                       ref ? NULL : kv->keys + b, ref ? 0 : e - b, vals, (e - b) * dim, part,
+                       ref, err);
         if (rc == 0)
             kv->pushes_pending++;
     }
@@ -580,7 +670,7 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
 {
     const size_t rf = (size_t)kv->row_floats[table];
     int rc = s_request(kv, srv, CM_OP_PULL, table, rf, CM_PULL_PLACE, kv->next_req++, keys, n,
-                       NULL, 0, NULL, err);
+                       NULL, 0, NULL, 0, err);
     if (rc != 0)
         return rc;
     cm_msg m = {0};

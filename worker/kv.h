@@ -2,7 +2,10 @@
  *
  * Holds one DEALER per server and the slot map; routes each key to the
  * server that owns its slot, keeps several requests in flight, and
- * reassembles replies in key order. Pushes are asynchronous: their acks
+ * reassembles replies in key order. A gradient push of exactly the keys
+ * of one of the last few pulls names that pull instead of sending its
+ * keys, and the server applies it to the rows it kept (kept keys, see
+ * s_keep_note in kv.c). Pushes are asynchronous: their acks
  * are collected while later requests wait, and wk_kv_flush waits for the
  * rest. Because each server answers one connection in order, a push sent
  * before a pull is applied before that pull is read. One owning thread. */
@@ -30,6 +33,8 @@ typedef struct {
     int timeout_ms;                  /* how long to wait for a reply */
     int wire_f16;                    /* 1: gradients and pulled weights travel as
                                         halves (whole rows and deltas stay f32) */
+    int plain_keys;                  /* 1: every push sends its keys (kept keys
+                                        off; for comparisons) */
 } wk_kv_params;
 
 wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err);
@@ -110,9 +115,10 @@ size_t wk_kv_pushes_pending(const wk_kv *kv);
 /* Waits until every push sent so far was acknowledged. */
 int wk_kv_flush(wk_kv *kv, cm_error *err);
 
-/* Totals for reports: requests sent and bytes sent/received. */
+/* Totals for reports: requests sent, bytes sent/received, and pushes that
+ * named a kept pull's keys instead of sending them. */
 typedef struct {
-    uint64_t requests, bytes_out, bytes_in;
+    uint64_t requests, bytes_out, bytes_in, pushes_by_ref;
 } wk_kv_counters;
 wk_kv_counters wk_kv_get_counters(const wk_kv *kv);
 
