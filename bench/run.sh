@@ -23,18 +23,24 @@
 # same shape. The baseline runs again after the psrec rows: its second row
 # shows how far the machine's speed moved meanwhile.
 #
+# Then, per shape, N more runs of the baseline and of psrec under mpirun
+# taken in turn (--pairs N, default 3, 0 with --quick): the machine's
+# speed swings by up to 2x within minutes, so the median ratio of these
+# interleaved pairs is the figure that compares the two.
+#
 #   bench/run.sh [--quick] [--only LIST] [--epochs E] [--dram-epochs E]
-#                [--minibatch] [--keep]
+#                [--pairs N] [--minibatch] [--keep]
 #   --quick        small shapes (2M and 5M ratings), 3 epochs, no 10^8 run:
 #                  a check that everything runs, in a few minutes
 #   --only LIST    comma-separated subset of ml20m,dram,scale,pushpull,serve
+#   --pairs N      interleaved baseline/mpirun pairs per shape (default 3)
 #   --minibatch    also the minibatch schedule under mpirun on ml20m (slow)
 #   --keep         keep the generated data (in $PSREC_BENCH_DIR or build/bench)
 # PSREC_BUILD picks the build directory (default build/; it is configured
 # and built Release with -march=native first).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-quick=0 only=ml20m,dram,scale,pushpull,serve epochs=5 depochs=3 minibatch=0 keep=0
+quick=0 only=ml20m,dram,scale,pushpull,serve epochs=5 depochs=3 minibatch=0 keep=0 pairs=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -42,15 +48,18 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --dram-epochs) depochs=$2; shift 2 ;;
     --minibatch) minibatch=1; shift ;;
+    --pairs) pairs=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 if [ "$quick" = 1 ]; then
   epochs=3 depochs=3
+  [ -n "$pairs" ] || pairs=0
   [ "$only" = ml20m,dram,scale,pushpull,serve ] && only=ml20m,dram,pushpull,serve
 fi
+[ -n "$pairs" ] || pairs=3
 has() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 build=${PSREC_BUILD:-$top/build}
@@ -158,6 +167,29 @@ mf_shape() {
   # on the DRAM shape within an hour): a second baseline run after the
   # psrec rows shows how far it moved while they ran
   run_base "sgd_baseline again, after the rows above"
+  if [ "$pairs" -gt 0 ]; then
+    local i rates=""
+    for i in $(seq "$pairs"); do
+      echo "== $name: interleaved pair $i of $pairs" >&2
+      "$build/sgd_baseline" "$data.train.psrd" "$data.test.psrd" --threads 2 --epochs "$ep" \
+          --dim 32 --l2 0.05 > "$work/base_$name.txt"
+      rates="$rates $(awk '/^summary/ { print $3 }' "$work/base_$name.txt")"
+      rm -f "$work/pair_$name.jsonl"
+      mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \
+          --train "$data.train.psrd" --test "$data.test.psrd" --dim 32 --epochs "$ep" \
+          --l2 0.05 --metrics "$work/pair_$name.jsonl" --progress off > /dev/null 2>&1 ||
+        { echo "   failed" >&2; continue; }
+      read -r r s t f < <(summarise "$work/pair_$name.jsonl")
+      rates="$rates $r"
+    done
+    echo "$rates" | awk -v n="$pairs" '{
+      for (i = 1; i + 1 <= NF; i += 2) { k++; q[k] = $(i + 1) / $i; b = b " " sprintf("%.1f", $i / 1e6)
+                                        p = p " " sprintf("%.1f", $(i + 1) / 1e6) }
+      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (q[j] < q[i]) { t = q[i]; q[i] = q[j]; q[j] = t }
+      med = k % 2 ? q[(k + 1) / 2] : (q[k / 2] + q[k / 2 + 1]) / 2
+      printf "interleaved pairs (%d): baseline M upd/s%s; mpirun%s; ratio median %.2f (%.2f..%.2f)\n",
+        k, b, p, med, q[1], q[k] }' | tee -a "$table"
+  fi
   [ "$keep" = 1 ] || rm -f "$data".*.psrd
 }
 
