@@ -53,16 +53,13 @@ static ps_table_params s_params(int dim, int kind, float lr)
     return p;
 }
 
-/* Two tables: 0 is dim 4 SGD (lr 0.5), 1 is dim 2 AdaGrad (lr 0.1),
- * its rows shared when `shared`. */
-static void s_start_with(s_fix *f, const char *endpoint, int shared)
+/* A server with tables p[0..n) and a DEALER connected to it. */
+static void s_start_tables(s_fix *f, const char *endpoint, const ps_table_params *p, size_t n)
 {
     memset(f, 0, sizeof *f);
     cm_log_set_level(CM_LOG_ERROR);   /* rejected requests warn; keep output short */
-    f->params[0] = s_params(4, CM_OPT_SGD, 0.5f);
-    f->params[1] = s_params(2, CM_OPT_ADAGRAD, 0.1f);
-    f->params[1].shared = shared;
-    f->n_tables = 2;
+    memcpy(f->params, p, n * sizeof *p);
+    f->n_tables = n;
     cm_error e = {0};
     f->van = cm_van_new(&e);
     cr_assert_not_null(f->van, "van: %s", e.msg);
@@ -74,6 +71,15 @@ static void s_start_with(s_fix *f, const char *endpoint, int shared)
     cr_assert_not_null(f->cli, "dealer: %s", e.msg);
     cr_assert_eq(cm_sock_connect(f->cli, ps_server_endpoint(f->srv)), 0, "%s",
                  cm_sock_errmsg(f->cli));
+}
+
+/* Two tables: 0 is dim 4 SGD (lr 0.5), 1 is dim 2 AdaGrad (lr 0.1),
+ * its rows shared when `shared`. */
+static void s_start_with(s_fix *f, const char *endpoint, int shared)
+{
+    ps_table_params p[2] = {s_params(4, CM_OPT_SGD, 0.5f), s_params(2, CM_OPT_ADAGRAD, 0.1f)};
+    p[1].shared = shared;
+    s_start_tables(f, endpoint, p, 2);
 }
 
 static void s_start(s_fix *f, const char *endpoint)
@@ -191,6 +197,17 @@ static void s_expect_error(cm_msg *r, int status, const char *needle)
     cr_assert_eq(r->hdr.status, status, "status %d (%s), expected %d", r->hdr.status,
                  r->hdr.error, status);
     cr_assert(strstr(r->hdr.error, needle), "error '%s' lacks '%s'", r->hdr.error, needle);
+}
+
+/* One request that the server must refuse with status and a text
+ * containing needle. */
+static void s_refused(s_fix *f, cm_hdr h, const uint64_t *keys, size_t n, const float *vals,
+                      size_t nv, int status, const char *needle)
+{
+    cm_msg r;
+    s_call(f, &h, keys, n, vals, nv, &r);
+    s_expect_error(&r, status, needle);
+    cm_msg_release(&r);
 }
 
 /* A valid pull works: the server is still serving. */
@@ -658,14 +675,10 @@ Test(server, place_rows_of_a_shared_table, .timeout = 30)
         cm_msg_release(&r);
         cr_expect_eq(ps_table_rows(ps_server_table(f.srv, 1)), 3);
     }
-    cm_hdr h = s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE | CM_PULL_FULL);
-    s_call(&f, &h, keys, 3, NULL, 0, &r);
-    s_expect_error(&r, CM_EINVAL, "no other pull flags");
-    cm_msg_release(&r);
-    h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_PLACE);
-    s_call(&f, &h, keys, 3, NULL, 0, &r);
-    s_expect_error(&r, CM_ENOTSUP, "table 0 does not share its rows");
-    cm_msg_release(&r);
+    s_refused(&f, s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE | CM_PULL_FULL), keys, 3, NULL, 0,
+              CM_EINVAL, "no other pull flags");
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_PLACE), keys, 3, NULL, 0, CM_ENOTSUP,
+              "table 0 does not share its rows");
     s_still_serving(&f);
     s_stop(&f);
     s_finish(&f);
@@ -707,14 +720,10 @@ Test(server, push_naming_a_kept_pull, .timeout = 30)
     /* wrong row count; deltas by name */
     h = s_hdr(CM_OP_PUSH, 0, 4, 0);
     h.key_ref = kept;
-    s_call(&f, &h, NULL, 0, g, 8, &r);
-    s_expect_error(&r, CM_ENOTFOUND, "no kept pull");
-    cm_msg_release(&r);
+    s_refused(&f, h, NULL, 0, g, 8, CM_ENOTFOUND, "no kept pull");
     h = s_hdr(CM_OP_PUSH, 0, 4, CM_PUSH_DELTA);
     h.key_ref = kept;
-    s_call(&f, &h, NULL, 0, g, 12, &r);
-    s_expect_error(&r, CM_EPROTO, "carries gradients, not deltas or rows");
-    cm_msg_release(&r);
+    s_refused(&f, h, NULL, 0, g, 12, CM_EPROTO, "carries gradients, not deltas or rows");
 
     /* another peer may not name this one's pull */
     cm_error e = {0};
@@ -739,13 +748,9 @@ Test(server, push_naming_a_kept_pull, .timeout = 30)
     }
     h = s_hdr(CM_OP_PUSH, 0, 4, 0);
     h.key_ref = kept;
-    s_call(&f, &h, NULL, 0, g, 12, &r);
-    s_expect_error(&r, CM_ENOTFOUND, "keeps its last 4");
-    cm_msg_release(&r);
-    h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP | CM_PULL_NO_CREATE);
-    s_call(&f, &h, keys, 3, NULL, 0, &r);
-    s_expect_error(&r, CM_EINVAL, "KEEP takes no other pull flags");
-    cm_msg_release(&r);
+    s_refused(&f, h, NULL, 0, g, 12, CM_ENOTFOUND, "keeps its last 4");
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP | CM_PULL_NO_CREATE), keys, 3, NULL, 0,
+              CM_EINVAL, "KEEP takes no other pull flags");
     s_still_serving(&f);
     s_stop(&f);
     s_finish(&f);
@@ -757,19 +762,9 @@ Test(server, push_naming_a_kept_pull, .timeout = 30)
 Test(server, tables_with_admission_keep_nothing, .timeout = 30)
 {
     s_fix f;
-    memset(&f, 0, sizeof f);
-    cm_log_set_level(CM_LOG_ERROR);
-    f.params[0] = s_params(4, CM_OPT_SGD, 0.5f);
-    f.params[0].min_count = 3;
-    f.n_tables = 1;
-    cm_error e = {0};
-    f.van = cm_van_new(&e);
-    f.srv = ps_server_new(f.van, "inproc://ps-keep-admit", f.params, 1, &e);
-    cr_assert_not_null(f.srv, "%s", e.msg);
-    cr_assert_eq(pthread_create(&f.th, NULL, s_thread, &f), 0);
-    f.running = 1;
-    f.cli = cm_sock_new(f.van, CM_SOCK_DEALER, &e);
-    cr_assert_eq(cm_sock_connect(f.cli, ps_server_endpoint(f.srv)), 0);
+    ps_table_params p = s_params(4, CM_OPT_SGD, 0.5f);
+    p.min_count = 3;
+    s_start_tables(&f, "inproc://ps-keep-admit", &p, 1);
     const uint64_t keys[2] = {1, 2};
     cm_msg r;
     cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, CM_PULL_KEEP);
@@ -781,9 +776,7 @@ Test(server, tables_with_admission_keep_nothing, .timeout = 30)
     float g[8] = {0};
     h = s_hdr(CM_OP_PUSH, 0, 4, 0);
     h.key_ref = id;
-    s_call(&f, &h, NULL, 0, g, 8, &r);
-    s_expect_error(&r, CM_ENOTFOUND, "no kept pull");
-    cm_msg_release(&r);
+    s_refused(&f, h, NULL, 0, g, 8, CM_ENOTFOUND, "no kept pull");
     s_stop(&f);
     s_finish(&f);
 }
