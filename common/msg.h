@@ -63,7 +63,9 @@ typedef enum {
  * CM_PULL_KEEP (a ring: every such pull takes the next place, kept or
  * not), so a worker knows which of its pulls a push may still name. */
 #define CM_KEEP_PULLS 4
-#define CM_KEEP_MAX_KEYS (1u << 20) /* larger pulls are not kept */
+#define CM_KEEP_MAX_KEYS (1u << 16) /* larger pulls are not kept: at most
+                                       2 MiB of row pointers per worker on
+                                       a server */
 /* Flags on a PUSH. */
 #define CM_PUSH_DELTA 4u       /* values are deltas added to whole rows */
 #define CM_PUSH_SET 16u        /* values are whole rows that replace the servers'

@@ -374,6 +374,29 @@ Test(kv, pushes_name_recent_pulls)
     wk_kv_destroy(&kv);
 }
 
+/* A pull of more than CM_KEEP_MAX_KEYS keys is not kept (bounded memory
+ * on the servers): the push of those keys carries them. */
+Test(kv, large_pulls_are_not_kept)
+{
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv(map);
+    cm_error err = {0};
+    const size_t n = 3 * (size_t)CM_KEEP_MAX_KEYS; /* about 1.5x the cap on each server */
+    uint64_t *keys = malloc(n * sizeof *keys);
+    float *vals = calloc(n * DIM, sizeof *vals);
+    cr_assert(keys && vals);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = 1000000 + i;
+    wk_pull req = {0, keys, n, vals, 0, 0};
+    cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_push(kv, 0, keys, n, vals, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_flush(kv, &err), 0, "%s", err.msg);
+    cr_expect_eq(wk_kv_get_counters(kv).pushes_by_ref, 0, "every push carried its keys");
+    free(keys);
+    free(vals);
+    wk_kv_destroy(&kv);
+}
+
 /* ----------------------------------------------------------- shared rows */
 
 /* Servers whose table 1 (dim 3, AdaGrad: whole rows of 6 floats) is
