@@ -74,6 +74,14 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
                      rmse);
         unlink(metrics);
     }
+    /* a value that is neither auto nor off stops the job and says so */
+    snprintf(cmd, sizeof cmd,
+             TH_MPIRUN "-x PSREC_SHARED_ROWS=of -np 4 %s train --train %s/ml-100k/u1.base "
+             "--servers 1 --epochs 1 --progress off", PSREC_BINARY, data);
+    rc = th_run(cmd, out, sizeof out);
+    cr_expect_neq(rc, 0, "must fail:\n%s", out);
+    cr_expect(strstr(out, "PSREC_SHARED_ROWS: 'of' is neither auto nor off") != NULL,
+              "names the variable:\n%s", out);
     rmdir(dir);
 }
 

@@ -498,6 +498,12 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
     setenv("PSREC_SHARED_ROWS", "off", 1);
     cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS=off"), "%s", err.msg);
+    setenv("PSREC_SHARED_ROWS", "of", 1);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS: 'of' is neither auto nor off"), "%s",
+              err.msg);
+    setenv("PSREC_SHARED_ROWS", "auto", 1);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), 0, "%s", err.msg);
     unsetenv("PSREC_SHARED_ROWS");
     cr_assert_eq(wk_kv_pull_start(kv, &req, 1, &err), 0, "%s", err.msg);
     cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ESTATE);

@@ -724,6 +724,9 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float
     if (kv->f_reqs)
         return cm_error_set(err, CM_ESTATE, "kv: place while a pull is in flight");
     const char *env = getenv("PSREC_SHARED_ROWS");
+    if (env && *env && strcmp(env, "auto") && strcmp(env, "off"))
+        return cm_error_set(err, CM_ECONFIG, "PSREC_SHARED_ROWS: '%.64s' is neither auto nor off",
+                            env);
     if (env && !strcmp(env, "off"))
         return cm_error_set(err, CM_ENOTSUP, "kv: shared rows switched off "
                                              "(PSREC_SHARED_ROWS=off)");

@@ -101,7 +101,8 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
  * CM_ENOTSUP (message in err) when the rows cannot be shared: a server
  * elsewhere, a table kept private, a file that cannot be opened or does
  * not carry the server's token, or PSREC_SHARED_ROWS=off in the
- * environment; the caller then moves rows by messages. */
+ * environment; the caller then moves rows by messages. CM_ECONFIG when
+ * PSREC_SHARED_ROWS is set to anything but auto or off. */
 int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float **rows,
                 cm_error *err);
 
