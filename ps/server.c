@@ -366,12 +366,13 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
         }
         keep = s_keep_place(s, m, n);
     }
-    rc = CM_ENOTSUP;
-    if (keep && (rc = ps_table_pull_keep(t, m->keys, n, out, keep->rows)) == 0)
+    if (keep && ps_table_pull_keep(t, m->keys, n, out, keep->rows) == 0) {
         keep->kept = 1;
-    if (rc != 0)
+        rc = 0;
+    } else {
         rc = full ? ps_table_pull_full(t, m->keys, n, out)
                   : ps_table_pull(t, m->keys, n, out, create, &missing);
+    }
     if (rc < 0) {
         free(own);
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,

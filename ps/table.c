@@ -605,20 +605,21 @@ void ps_table_destroy(ps_table **pt)
 /* ---------------------------------------------------------------------------
  * Pull and push (the hot path) */
 
-int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
-                  size_t *n_missing)
+/* The fast path of a pull; kept (NULL: not wanted) receives each key's
+ * row, for a creating pull. */
+static int s_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
+                  size_t *n_missing, float **kept)
 {
     const size_t dim = (size_t)t->dim;
     const size_t row_bytes = dim * sizeof(float);
     const int lines = t->pull_lines;
-    float *rows[S_BLOCK];
+    float *local[S_BLOCK];
     size_t missing = 0;
     int rc = 0;
-    if (t->slow)
-        return s_pull_slow(t, keys, n, out, create, n_missing);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         const uint64_t *kb = keys + b;
+        float **rows = kept ? kept + b : local;
         if (create) {
             if ((rc = s_resolve(t, kb, m, NULL, lines, 0, rows)) != 0)
                 goto out;
@@ -650,53 +651,50 @@ out:
     return rc;
 }
 
+int ps_table_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int create,
+                  size_t *n_missing)
+{
+    if (t->slow)
+        return s_pull_slow(t, keys, n, out, create, n_missing);
+    return s_pull(t, keys, n, out, create, n_missing, NULL);
+}
+
 int ps_table_pull_keep(ps_table *t, const uint64_t *keys, size_t n, float *out, float **kept)
 {
+    return t->slow ? CM_ENOTSUP : s_pull(t, keys, n, out, 1, NULL, kept);
+}
+
+/* The optimizer step on m resolved rows. */
+static void s_apply(const ps_table *t, float *const *rows, size_t m, const float *grads)
+{
     const size_t dim = (size_t)t->dim;
-    if (t->slow)
-        return CM_ENOTSUP;
-    for (size_t b = 0; b < n; b += S_BLOCK) {
-        size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-        if (s_resolve(t, keys + b, m, NULL, t->pull_lines, 0, kept + b) != 0)
-            return CM_ENOMEM;
-        for (size_t i = 0; i < m; i++)
-            memcpy(out + (b + i) * dim, kept[b + i], dim * sizeof(float));
-    }
-    return 0;
+    for (size_t i = 0; i < m; i++)
+        ps_optim_update(&t->p.optim, rows[i], grads + i * dim, t->dim);
 }
 
 int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads)
 {
-    const size_t dim = (size_t)t->dim;
-    const ps_optim *o = &t->p.optim;
     if (t->slow)
         return CM_ENOTSUP;
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
         for (size_t i = 0; i < m; i++)
             s_prefetch(rows[b + i], t->push_lines, 1);
-        const float *gb = grads + b * dim;
-        for (size_t i = 0; i < m; i++)
-            ps_optim_update(o, rows[b + i], gb + i * dim, t->dim);
+        s_apply(t, rows + b, m, grads + b * (size_t)t->dim);
     }
     return 0;
 }
 
 int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grads)
 {
-    const size_t dim = (size_t)t->dim;
-    const int lines = t->push_lines;
-    const ps_optim *o = &t->p.optim;
     float *rows[S_BLOCK];
     if (t->slow)
         return s_push_slow(t, keys, n, grads);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-        if (s_resolve(t, keys + b, m, NULL, lines, 1, rows) != 0)
+        if (s_resolve(t, keys + b, m, NULL, t->push_lines, 1, rows) != 0)
             return CM_ENOMEM;   /* the rows before keep their update */
-        const float *gb = grads + b * dim;
-        for (size_t i = 0; i < m; i++)
-            ps_optim_update(o, rows[i], gb + i * dim, t->dim);
+        s_apply(t, rows, m, grads + b * (size_t)t->dim);
     }
     return 0;
 }
