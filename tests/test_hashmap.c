@@ -1,10 +1,12 @@
 /* Tests for common/hashmap: against a brute-force reference under random
- * inserts and removes, edge keys and values, growth and iteration. */
+ * inserts and removes, edge keys and values, growth and iteration; and
+ * common/hash's inline key hash against the xxhash library. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/hashmap.h"
 #include "common/rng.h"
 
@@ -243,4 +245,24 @@ Test(hashmap, iteration_visits_each_key_once)
     cr_assert_eq(sum, 1000 * 1001 / 2);
     cr_assert_eq(cm_hashmap_next(m, &pos, &key, &v), 0, "stays at the end");
     cm_hashmap_destroy(&m);
+}
+
+/* cm_hash_key is xxh64 of the key's 8 bytes written out inline: every
+ * slot, block and worker placement (and so every saved plan and
+ * checkpoint's layout) depends on it giving the library's value. */
+Test(hash, key_hash_is_the_library_xxh64)
+{
+    const uint64_t edge[] = {0, 1, 0xFF, 0x8000000000000000ULL, UINT64_MAX, 0x123456789ABCDEFULL};
+    const uint64_t seeds[] = {0, 1, 0x686c6cULL, UINT64_MAX};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        for (size_t s = 0; s < sizeof seeds / sizeof seeds[0]; s++)
+            cr_assert_eq(cm_hash_key(edge[i], seeds[s]), XXH64(&edge[i], 8, seeds[s]),
+                         "key %#llx seed %#llx", (unsigned long long)edge[i],
+                         (unsigned long long)seeds[s]);
+    cm_rng r;
+    cm_rng_seed(&r, 42);
+    for (int i = 0; i < 100000; i++) {
+        uint64_t k = cm_rng_next(&r), seed = cm_rng_next(&r);
+        cr_assert_eq(cm_hash_key(k, seed), XXH64(&k, 8, seed));
+    }
 }
