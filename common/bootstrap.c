@@ -375,7 +375,7 @@ static int s_mpi_exchange(cm_boot *b, int first, int count, size_t rec_size,
         so += send_counts[d];
         ro += rc64[d];
     }
-    if (!(in = malloc(ro * rec_size + 1))) {
+    if (!(in = malloc((ro + 1) * rec_size))) { /* room for a record even when none come */
         rc = cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %llu records",
                           (unsigned long long)ro);
         goto out;

@@ -74,9 +74,10 @@ int cm_boot_can_exchange(const cm_boot *b);
  * ranks, as they load their input; collective over those ranks only).
  * Member m sends send_counts[d] records of rec_size bytes to member d,
  * `send` holding them grouped by destination in member order; it receives
- * in *recv (malloc'ed; the caller frees) what every member sent it, in
- * member order, *n_recv records in all. Counts travel as u64; more than
- * 2^31 records to or from one rank is CM_ERANGE. Without MPI: CM_ESTATE. */
+ * in *recv (malloc'ed with room for at least one record; the caller
+ * frees) what every member sent it, in member order, *n_recv records in
+ * all. Counts travel as u64; more than 2^31 records to or from one rank is
+ * CM_ERANGE. Without MPI: CM_ESTATE. */
 int cm_boot_exchange(cm_boot *b, int first, int count, size_t rec_size, const void *send,
                      const uint64_t *send_counts, void **recv, uint64_t *n_recv,
                      cm_error *err);

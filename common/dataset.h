@@ -32,10 +32,14 @@ typedef struct {
     void *owner_;              /* private: the memory or mapping behind it */
 } cm_ratings;
 
+/* Columns of a binary file, for cm_load_opts.verify_checksum. */
+enum { CM_VERIFY_USER = 1, CM_VERIFY_ITEM = 2, CM_VERIFY_RATING = 4, CM_VERIFY_ALL = 7 };
+
 typedef struct {
     long max_bad_lines;        /* fail when more than this many; default 10;
                                   negative: no limit */
-    int verify_checksum;       /* binary: check column checksums; default 1 */
+    int verify_checksum;       /* binary: the columns whose checksums are checked,
+                                  CM_VERIFY_* bits; default CM_VERIFY_ALL, 0: none */
     int log_bad_lines;         /* how many bad lines to log; default 5 */
 } cm_load_opts;
 

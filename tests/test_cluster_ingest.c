@@ -76,26 +76,38 @@ Test(cluster_ingest, exchange_equals_scan)
     cr_expect(strstr(a, "\"test_rmse\": 0.") != NULL, "%s", a);
 }
 
+/* Each column's checksum is verified by one worker (column c by worker c
+ * of 3): a flipped byte in any column fails every worker, and the message
+ * names the column. */
 Test(cluster_ingest, a_corrupt_file_fails_every_worker)
 {
     static char out[65536];
     char src[256], bad[256], cmd[1024];
     snprintf(src, sizeof src, "%s/syn.train.psrd", s_dir);
     snprintf(bad, sizeof bad, "%s/bad.psrd", s_dir);
-    snprintf(cmd, sizeof cmd, "cp %s %s", src, bad);
-    cr_assert_eq(th_run(cmd, NULL, 0), 0);
-    struct stat st;
-    cr_assert_eq(stat(bad, &st), 0);
-    FILE *f = fopen(bad, "r+b");
-    cr_assert_not_null(f);
-    /* a byte in the middle of the last column (ratings) */
-    cr_assert_eq(fseek(f, st.st_size - 1000, SEEK_SET), 0);
-    int c = fgetc(f);
-    cr_assert_eq(fseek(f, st.st_size - 1000, SEEK_SET), 0);
-    fputc(c ^ 0x5a, f);
-    fclose(f);
-    int rc = s_train("auto", bad, out, sizeof out);
-    cr_expect_neq(rc, 0, "the job fails:\n%s", out);
-    cr_expect(strstr(out, "time limit") == NULL, "the job must not hang:\n%s", out);
-    cr_expect(strstr(out, "checksum") != NULL, "the reason is given:\n%s", out);
+    const char *names[3] = {"user", "item", "rating"};
+    for (int c = 0; c < 3; c++) {
+        snprintf(cmd, sizeof cmd, "cp %s %s", src, bad);
+        cr_assert_eq(th_run(cmd, NULL, 0), 0);
+        struct stat st;
+        cr_assert_eq(stat(bad, &st), 0);
+        /* the columns follow a 4096-byte header: users (8 bytes a row),
+         * items (8), ratings (4); a byte well inside column c */
+        const long data = (long)st.st_size - 4096;
+        const long at[3] = {4096 + data * 4 / 20, 4096 + data * 12 / 20,
+                            (long)st.st_size - 1000};
+        FILE *f = fopen(bad, "r+b");
+        cr_assert_not_null(f);
+        cr_assert_eq(fseek(f, at[c], SEEK_SET), 0);
+        int ch = fgetc(f);
+        cr_assert_eq(fseek(f, at[c], SEEK_SET), 0);
+        fputc(ch ^ 0x5a, f);
+        fclose(f);
+        int rc = s_train("auto", bad, out, sizeof out);
+        cr_expect_neq(rc, 0, "%s column: the job fails:\n%s", names[c], out);
+        cr_expect(strstr(out, "time limit") == NULL, "the job must not hang:\n%s", out);
+        char want[64];
+        snprintf(want, sizeof want, "%s column checksum mismatch", names[c]);
+        cr_expect(strstr(out, want) != NULL, "the reason is given (%s):\n%s", want, out);
+    }
 }

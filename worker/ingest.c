@@ -8,9 +8,6 @@
 #include "common/mem.h"
 #include "common/slots.h"
 
-/* One row on the wire: user, item, rating (20 bytes, no padding). */
-#define S_REC 20
-
 int wk_ingest_exchanges(const wk_ingest *in, const char *path)
 {
     return !in->force_scan && in->n_workers > 1 && cm_boot_can_exchange(in->boot) &&
@@ -99,17 +96,33 @@ static int s_agree(const wk_ingest *in, int rc, cm_error *err)
     return out;
 }
 
+/* The columns whose checksums worker `index` of w verifies: column c
+ * (user, item, rating) falls to worker c mod w, so no worker hashes the
+ * whole file while the others wait for it at the exchange. */
+static int s_verify_share(uint32_t index, uint32_t w)
+{
+    int mask = 0;
+    for (uint32_t c = 0; c < 3; c++)
+        if (c % w == index)
+            mask |= 1 << c;
+    return mask;
+}
+
 static int s_exchange(const wk_ingest *in, const char *path, const cm_load_opts *opts,
                       cm_ratings *out, double *noise_floor, size_t *bad_lines, cm_error *err)
 {
     const uint32_t w = in->n_workers;
     cm_load_opts o = *opts;
-    o.verify_checksum = opts->verify_checksum && in->index == 0;
+    o.verify_checksum = opts->verify_checksum & s_verify_share(in->index, w);
     cm_ratings all = {0};
     uint32_t *owner = NULL;
     uint64_t *counts = calloc(w, sizeof *counts), *at = calloc(w, sizeof *at);
-    unsigned char *send = NULL, *recv = NULL;
-    uint64_t n_recv = 0;
+    /* the rows to send, a column each, grouped by destination; each column
+     * travels in its own exchange and arrives as the column it becomes */
+    uint64_t *su = NULL, *si = NULL;
+    float *sr = NULL;
+    void *ru = NULL, *ri = NULL, *rr = NULL;
+    uint64_t n_recv = 0, n_i = 0, n_r = 0;
     int rc = counts && at ? 0 : cm_error_set(err, CM_ENOMEM, "ingest: out of memory");
     if (rc == 0)
         rc = cm_ratings_load(path, &o, &all, err);
@@ -121,51 +134,49 @@ static int s_exchange(const wk_ingest *in, const char *path, const cm_load_opts 
             counts[owner[j - lo] = cm_worker_of(all.user[j], w)]++;
         for (uint32_t d = 1; d < w; d++)
             at[d] = at[d - 1] + counts[d - 1];
-        if (!(send = cm_alloc_big((hi - lo) * S_REC + 1)))
+        su = cm_alloc_big((hi - lo + 1) * sizeof *su);
+        si = cm_alloc_big((hi - lo + 1) * sizeof *si);
+        sr = cm_alloc_big((hi - lo + 1) * sizeof *sr);
+        if (!su || !si || !sr)
             rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %zu rows", path, hi - lo);
     }
     if (rc == 0)
         for (size_t j = lo; j < hi; j++) {
-            unsigned char *p = send + at[owner[j - lo]]++ * S_REC;
-            memcpy(p, &all.user[j], 8);
-            memcpy(p + 8, &all.item[j], 8);
-            memcpy(p + 16, &all.rating[j], 4);
+            const uint64_t k = at[owner[j - lo]]++;
+            su[k] = all.user[j];
+            si[k] = all.item[j];
+            sr[k] = all.rating[j];
         }
     free(owner);
     /* from here on every worker takes part in the same collectives */
     if ((rc = s_agree(in, rc, err)) != 0)
         goto out;
-    rc = cm_boot_exchange(in->boot, in->first_rank, (int)w, S_REC, send, counts,
-                          (void **)&recv, &n_recv, err);
-    free(send);
-    send = NULL;
-    if (rc != 0)
+    if ((rc = cm_boot_exchange(in->boot, in->first_rank, (int)w, sizeof *su, su, counts, &ru,
+                               &n_recv, err)) != 0 ||
+        (rc = cm_boot_exchange(in->boot, in->first_rank, (int)w, sizeof *si, si, counts, &ri,
+                               &n_i, err)) != 0 ||
+        (rc = cm_boot_exchange(in->boot, in->first_rank, (int)w, sizeof *sr, sr, counts, &rr,
+                               &n_r, err)) != 0)
         goto out;
+    if (n_i != n_recv || n_r != n_recv) {
+        rc = cm_error_set(err, CM_EPROTO, "%s: the exchange delivered %llu users, %llu items "
+                          "and %llu ratings", path, (unsigned long long)n_recv,
+                          (unsigned long long)n_i, (unsigned long long)n_r);
+        goto out;
+    }
     *noise_floor = all.noise_floor;
     *bad_lines = all.bad_lines;
     cm_log(CM_LOG_INFO, "%s: read rows %zu..%zu of %zu, kept %llu after the exchange among "
                         "%u workers", path, lo, hi, all.n, (unsigned long long)n_recv, w);
-    cm_ratings_free(&all);
-    uint64_t *u = cm_alloc_big((n_recv + 1) * sizeof *u);
-    uint64_t *i = cm_alloc_big((n_recv + 1) * sizeof *i);
-    float *r = cm_alloc_big((n_recv + 1) * sizeof *r);
-    if (u && i && r) {
-        for (uint64_t k = 0; k < n_recv; k++) {
-            memcpy(&u[k], recv + k * S_REC, 8);
-            memcpy(&i[k], recv + k * S_REC + 8, 8);
-            memcpy(&r[k], recv + k * S_REC + 16, 4);
-        }
-        rc = cm_ratings_adopt(u, i, r, (size_t)n_recv, out, err); /* owns them now */
-    } else {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory for %llu rows", path,
-                          (unsigned long long)n_recv);
-        free(u);
-        free(i);
-        free(r);
-    }
+    rc = cm_ratings_adopt(ru, ri, rr, (size_t)n_recv, out, err); /* owns them now */
+    ru = ri = rr = NULL;
 out:
-    free(recv);
-    free(send);
+    free(ru);
+    free(ri);
+    free(rr);
+    free(su);
+    free(si);
+    free(sr);
     free(counts);
     free(at);
     cm_ratings_free(&all);
