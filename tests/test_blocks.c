@@ -172,13 +172,13 @@ Test(blocks, map_places_items)
     const float mc[] = {100, 1, 1, 1};
     wk_block_map map = {mk, mc, 4};
     const int rf[2] = {9, 9};
-    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, NULL, &map, &err);
+    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, NULL, &map, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     double before, after;
     wk_blocks_spread(b, &before, &after);
     cr_expect_float_eq(after, 100.0 * 2 / 103, 1e-9);
     wk_blocks_destroy(&b);
-    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, &err);
+    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     wk_blocks_spread(b, &before, &after);
     cr_expect_eq(after, -1, "no map: by hash, no figures");
@@ -203,7 +203,7 @@ Test(blocks, user_rows_are_held_by_key)
     up.init_std = 0.1f;
     up.seed = 77;
     const int rf[2] = {18, 18};
-    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, &up, NULL, &err);
+    wk_blocks *b = wk_blocks_new(&r, 2, 8, rf, &up, NULL, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     cr_assert(wk_blocks_holds_users(b));
     float want[9];
@@ -231,7 +231,7 @@ Test(blocks, user_rows_are_held_by_key)
         cr_expect_eq(at[k] == UINT32_MAX, row == NULL);
     }
     wk_blocks_destroy(&b);
-    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, &err);
+    b = wk_blocks_new(&r, 2, 8, rf, NULL, NULL, NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
     cr_expect(!wk_blocks_holds_users(b), "resuming: rows come with the first block");
     cr_expect_null(wk_blocks_user_row(b, 42));
@@ -261,8 +261,10 @@ enum { P_DIM = 9, P_USERS = 100000, P_ITEMS = 500, P_N = 1200000, P_SLOTS = 16 }
 
 /* One asynchronous pass over block 0 with block 1 next against a real
  * server whose item table is shared or not; got receives every item row
- * (weights) from the server afterwards. Returns the squared error. */
-static double s_one_pass(int shared, float *got, int *calls, size_t *trained,
+ * (weights) from the server afterwards. give_index: the item numbering is
+ * made beforehand and handed to wk_blocks_new, as the worker does. Returns
+ * the squared error. */
+static double s_one_pass(int shared, int give_index, float *got, int *calls, size_t *trained,
                          size_t *in_block, int *used_memory)
 {
     cm_log_set_level(CM_LOG_ERROR);
@@ -304,8 +306,19 @@ static double s_one_pass(int shared, float *got, int *calls, size_t *trained,
     }
     cm_ratings r = {0};
     cr_assert_eq(cm_ratings_from_arrays(user, item, rating, P_N, &r, &err), 0, "%s", err.msg);
-    wk_blocks *b = wk_blocks_new(&r, 2, P_DIM - 1, dims, &tp[0], NULL, &err);
+    uint32_t *iloc = malloc(P_N * sizeof *iloc);
+    wk_key_index given = {iloc, NULL, 0};
+    uint64_t *uniq = NULL;
+    cr_assert_not_null(iloc);
+    if (give_index) {
+        cr_assert_eq(wk_blocks_index_keys(item, P_N, iloc, &uniq, &given.n), 0);
+        given.uniq = uniq;
+    }
+    wk_blocks *b = wk_blocks_new(&r, 2, P_DIM - 1, dims, &tp[0], NULL,
+                                 give_index ? &given : NULL, &err);
     cr_assert_not_null(b, "%s", err.msg);
+    free(iloc);
+    free(uniq);
 
     *calls = 0;
     wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
@@ -352,7 +365,7 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
     static float got[P_ITEMS * P_DIM];
     int calls, mem;
     size_t n, in_block;
-    double sq = s_one_pass(0, got, &calls, &n, &in_block, &mem);
+    double sq = s_one_pass(0, 0, got, &calls, &n, &in_block, &mem);
     cr_expect_eq(mem, 0, "a private table: rows by messages");
     cr_expect_eq(n, in_block, "every rating of block 0 trained once");
     cr_expect_gt(sq, 0);
@@ -380,12 +393,28 @@ Test(blocks, shared_item_rows_train_what_messages_train)
     static float by_msg[P_ITEMS * P_DIM], by_mem[P_ITEMS * P_DIM];
     int calls_msg, calls_mem, mem_msg, mem_mem;
     size_t n_msg, n_mem, in_block;
-    double sq_msg = s_one_pass(0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg);
-    double sq_mem = s_one_pass(1, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem);
+    double sq_msg = s_one_pass(0, 0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg);
+    double sq_mem = s_one_pass(1, 0, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem);
     cr_assert_eq(mem_mem, 1, "a shared table on this host: rows in its memory");
     cr_assert_eq(mem_msg, 0);
     cr_expect_eq(n_mem, n_msg);
     cr_expect_eq(sq_mem, sq_msg, "squared error %.17g vs %.17g", sq_mem, sq_msg);
     cr_expect_eq(calls_mem, calls_msg);
     cr_expect_arr_eq(by_mem, by_msg, sizeof by_msg, "every item row the same");
+}
+
+/* The item numbering the worker makes once for the scheduler (and hands
+ * to wk_blocks_new, which then borrows it) gives the very blocks, rows and
+ * order that wk_blocks_new's own numbering gives. */
+Test(blocks, a_given_item_numbering_trains_what_its_own_trains)
+{
+    static float own[P_ITEMS * P_DIM], given[P_ITEMS * P_DIM];
+    int calls_own, calls_given, mem;
+    size_t n_own, n_given, in_block;
+    double sq_own = s_one_pass(0, 0, own, &calls_own, &n_own, &in_block, &mem);
+    double sq_given = s_one_pass(0, 1, given, &calls_given, &n_given, &in_block, &mem);
+    cr_expect_eq(n_given, n_own);
+    cr_expect_eq(n_given, in_block);
+    cr_expect_eq(sq_given, sq_own, "squared error %.17g vs %.17g", sq_given, sq_own);
+    cr_expect_arr_eq(given, own, sizeof own, "every item row the same");
 }

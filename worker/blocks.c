@@ -256,12 +256,16 @@ static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
 
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          const int *row_floats, const ps_table_params *user_init,
-                         const wk_block_map *map, cm_error *err)
+                         const wk_block_map *map, const wk_key_index *given,
+                         cm_error *err)
 {
     wk_blocks *b = calloc(1, sizeof *b);
     uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL, *placed = NULL;
     uint64_t *items = NULL;
     size_t n_items = 0;
+    /* the item numbering: given (borrowed) or made here (iloc, items) */
+    const uint32_t *il = given ? given->loc : NULL;
+    const uint64_t *ik = given ? given->uniq : NULL;
     if (!b)
         goto oom;
     if (n_blocks == 0 || train->n >= UINT32_MAX) {
@@ -278,14 +282,22 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     b->n_blocks = n_blocks;
     b->blocks = calloc(n_blocks, sizeof *b->blocks);
     uloc = malloc((train->n + 1) * sizeof *uloc);
-    iloc = malloc((train->n + 1) * sizeof *iloc);
-    if (!b->blocks || !uloc || !iloc)
+    if (!given)
+        iloc = malloc((train->n + 1) * sizeof *iloc);
+    if (!b->blocks || !uloc || (!given && !iloc))
         goto oom;
 
     /* users and items: sorted distinct keys and each rating's rank */
-    if (wk_blocks_index_keys(train->user, train->n, uloc, &b->users, &b->n_users) != 0 ||
-        wk_blocks_index_keys(train->item, train->n, iloc, &items, &n_items) != 0)
+    if (wk_blocks_index_keys(train->user, train->n, uloc, &b->users, &b->n_users) != 0)
         goto oom;
+    if (given) {
+        n_items = given->n;
+    } else {
+        if (wk_blocks_index_keys(train->item, train->n, iloc, &items, &n_items) != 0)
+            goto oom;
+        il = iloc;
+        ik = items;
+    }
     /* each item's block and its row there: one hash per distinct item */
     iblk = malloc((n_items + 1) * sizeof *iblk);
     ilocal = malloc((n_items + 1) * sizeof *ilocal);
@@ -306,11 +318,11 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     /* both key lists ascend: one walk finds each item's place in the map */
     size_t at = 0;
     for (size_t x = 0; x < n_items; x++) {
-        while (placed && at < map->n && map->keys[at] < items[x])
+        while (placed && at < map->n && map->keys[at] < ik[x])
             at++;
-        iblk[x] = placed && at < map->n && map->keys[at] == items[x]
+        iblk[x] = placed && at < map->n && map->keys[at] == ik[x]
                       ? placed[at]
-                      : wk_block_of(items[x], n_blocks);
+                      : wk_block_of(ik[x], n_blocks);
         ilocal[x] = (uint32_t)b->blocks[iblk[x]].n_items++;
     }
     free(placed);
@@ -326,10 +338,11 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     }
     for (size_t x = 0; x < n_items; x++) {
         s_block *bl = &b->blocks[iblk[x]];
-        bl->items[bl->n_items++] = items[x];
+        bl->items[bl->n_items++] = ik[x];
     }
     free(items);
     items = NULL;
+    ik = NULL;
 
     /* groups of users whose rows take about 256 KiB */
     b->group_users = (256 * 1024) / (b->us * sizeof(float)) + 1;
@@ -344,7 +357,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     /* counting sort by (block, group); 32-bit division: user rows fit */
     const uint32_t gu = (uint32_t)b->group_users;
     for (size_t j = 0; j < train->n; j++)
-        b->blocks[iblk[iloc[j]]].group_at[uloc[j] / gu + 2]++;
+        b->blocks[iblk[il[j]]].group_at[uloc[j] / gu + 2]++;
     for (uint32_t k = 0; k < n_blocks; k++) {
         s_block *bl = &b->blocks[k];
         for (uint32_t g = 0; g < b->n_groups; g++)
@@ -356,7 +369,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     }
     /* group_at[g + 1] is now the fill cursor of group g */
     for (size_t j = 0; j < train->n; j++) {
-        uint32_t x = iloc[j];
+        uint32_t x = il[j];
         s_block *bl = &b->blocks[iblk[x]];
         bl->ratings[bl->group_at[uloc[j] / gu + 1]++] =
             (wk_rating){uloc[j], ilocal[x], train->rating[j]};
@@ -366,6 +379,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     free(iblk);
     free(ilocal);
     uloc = iloc = iblk = ilocal = NULL;
+    il = NULL;
     /* each group's fixed order: a shuffle seeded by the block alone */
     for (uint32_t k = 0; k < n_blocks; k++) {
         s_block *bl = &b->blocks[k];

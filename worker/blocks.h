@@ -48,6 +48,14 @@ typedef struct {
 int wk_blocks_balance(const wk_block_map *map, uint32_t n_blocks, uint32_t *block,
                       double *before, double *after);
 
+/* A column's dense numbering as wk_blocks_index_keys makes it: loc[j] for
+ * each rating, the n sorted distinct keys in uniq. */
+typedef struct {
+    const uint32_t *loc;
+    const uint64_t *uniq;
+    size_t n;
+} wk_key_index;
+
 /* Indexes the shard's ratings by block. row_floats[t]: floats per row of
  * table t (0 users, 1 items). The ratings are copied. With user_init (the
  * user table's parameters; NULL when resuming, where the servers hold the
@@ -55,10 +63,12 @@ int wk_blocks_balance(const wk_block_map *map, uint32_t n_blocks, uint32_t *bloc
  * servers would give them instead of being pulled: the first epoch then
  * moves each user row once (the write-back), not twice. With map (may be
  * NULL or empty) items are placed by wk_blocks_balance, those it lacks by
- * wk_block_of. */
+ * wk_block_of. items (may be NULL): the item column's numbering when the
+ * caller has it already (borrowed); else it is made here. */
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          const int *row_floats, const ps_table_params *user_init,
-                         const wk_block_map *map, cm_error *err);
+                         const wk_block_map *map, const wk_key_index *items,
+                         cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);
 
 /* Dense local numbering of keys[0..n): writes the sorted distinct keys to

@@ -42,6 +42,9 @@ typedef struct {
     ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
+    uint32_t *iloc;                 /* blocks, until indexed: each rating's item as a */
+    uint64_t *iuniq;                /* place in iuniq, the shard's n_iuniq sorted */
+    size_t n_iuniq;                 /* items (s_send_items numbers them once) */
     uint32_t bpw;                   /* blocks: item blocks per worker */
     uint32_t gate_epoch;            /* blocks, 2 per worker: the epoch running */
     uint64_t gate_need;             /* rounds every worker must have pushed through */
@@ -191,6 +194,8 @@ static void s_free(s_worker *w)
     cm_ratings_free(&w->train);
     cm_ratings_free(&w->test);
     wk_blocks_destroy(&w->blocks);
+    free(w->iloc);
+    free(w->iuniq);
     wk_sparse_destroy(&w->sparse);
     wk_implicit_destroy(&w->implicit);
     wk_kv_destroy(&w->kv);
@@ -805,6 +810,13 @@ static int s_send_items(s_worker *w, cm_error *err)
     if ((rc = cm_msg_send(w->ctl, NULL, 0, &h, uniq, n, count, n)) != 0)
         cm_error_set(err, rc, "worker: cannot send its items to the scheduler: %s",
                      cm_sock_errmsg(w->ctl));
+    if (rc == 0 && cm_job_uses_blocks(w->p->job)) { /* wk_blocks_new numbers them alike */
+        w->iloc = loc;
+        w->iuniq = uniq;
+        w->n_iuniq = n;
+        loc = NULL;
+        uniq = NULL;
+    }
 out:
     free(loc);
     free(uniq);
@@ -1004,11 +1016,16 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
             rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
             goto out;
         }
+        const wk_key_index items = {w->iloc, w->iuniq, w->n_iuniq};
         if (!(w->blocks = wk_blocks_new(&w->train, w->bpw * w->p->n_workers, w->dims[0],
                                         w->row_floats, w->p->job->resume[0] ? NULL
                                                                            : &w->user_table,
-                                        &map, err)))
+                                        &map, w->iloc ? &items : NULL, err)))
             rc = err ? err->code : CM_ENOMEM;
+        free(w->iloc);
+        free(w->iuniq);
+        w->iloc = NULL;
+        w->iuniq = NULL;
         double before = -1, after = -1;
         if (rc == 0)
             wk_blocks_spread(w->blocks, &before, &after);
