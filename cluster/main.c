@@ -216,8 +216,9 @@ static int s_launcher_size(void)
 }
 
 /* 1 (after printing the table and why) when the job would not fit. Under
- * mpirun only rank 0 checks: its non-zero exit makes the launcher stop
- * the other ranks. A plan that cannot be made is left to the run. */
+ * mpirun only rank 0 checks, while MPI starts (cl_run_mpi), and a refusal
+ * stops every rank at the bootstrap. A plan that cannot be made is left
+ * to the run. */
 static int s_plan_refuses(const cm_job *job)
 {
     int size = job->local ? 0 : s_launcher_size();
@@ -349,7 +350,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);
-    if (lrank <= 0 && s_plan_refuses(&job))
+    if (job.local && s_plan_refuses(&job))
         return 2;
     if (job.local) {
         sch_result res;
@@ -366,7 +367,8 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
                 job.servers + 3, job.servers, job.servers == 1 ? "" : "s");
         return 2;
     }
-    return cl_run_mpi(&job, pargc, pargv);
+    /* under mpirun rank 0 checks the memory while MPI starts */
+    return cl_run_mpi(&job, pargc, pargv, lrank <= 0 ? s_plan_refuses : NULL);
 }
 
 int main(int argc, char **argv)

@@ -116,8 +116,10 @@ static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, s
 /* One rank's whole life, the same under MPI and locally. *loud is set when
  * this rank should print its error itself (the scheduler reports the
  * failures of workers that told it). */
-static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int *loud,
-                  cm_error *err)
+/* refused (rank 0): the memory check said no; the ranks stop at the
+ * bootstrap, before any input is read. */
+static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_result *res,
+                  int *loud, cm_error *err)
 {
     const int rank = cm_boot_rank(b), size = cm_boot_size(b);
     const int n_servers = job->servers, n_workers = size - 1 - n_servers;
@@ -129,7 +131,11 @@ static int s_role(cm_boot *b, const cm_job *job, FILE *out, sch_result *res, int
     cm_error setup = {0};
     int rc = 0;
 
-    if (rank == 0) {
+    if (rank == 0 && refused) {
+        cm_log_set_identity("sch", rank);
+        cm_error_set(&setup, CM_ECONFIG, "the job does not fit the memory it can see "
+                                         "(memory plan above)");
+    } else if (rank == 0) {
         cm_log_set_identity("sch", rank);
         char bound[CM_ENDPOINT_MAX];
         cm_boot_bind_endpoint(b, "ctl", bind_ep);
@@ -234,7 +240,7 @@ static void *s_thread_main(void *arg)
         return NULL;
     }
     int loud = 0;
-    t->rc = s_role(b, t->job, t->out, t->res, &loud, &t->err);
+    t->rc = s_role(b, t->job, 0, t->out, t->res, &loud, &t->err);
     cm_boot_destroy(&b);
     return NULL;
 }
@@ -294,10 +300,32 @@ out:
  * MPI: this process is one rank
  * ------------------------------------------------------------------- */
 
-int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
+typedef struct {
+    const cm_job *job;
+    cl_refuse_fn refuses;
+    int refused;
+} s_check;
+
+static void *s_check_main(void *arg)
+{
+    s_check *c = arg;
+    c->refused = c->refuses(c->job);
+    return NULL;
+}
+
+int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
 {
     cm_error err = {0};
+    /* the memory check reads the whole input: it runs while MPI starts
+     * (every other rank waits for rank 0 at the bootstrap either way) */
+    s_check chk = {job, refuses, 0};
+    pthread_t tid;
+    int threaded = refuses && pthread_create(&tid, NULL, s_check_main, &chk) == 0;
+    if (refuses && !threaded)
+        chk.refused = refuses(job);
     cm_boot *b = cm_boot_mpi_new(argc, argv, &err);
+    if (threaded)
+        pthread_join(tid, NULL);
     if (!b) {
         fprintf(stderr, "psrec: error: %s\n", err.msg);
         return 1;
@@ -313,7 +341,7 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
     int loud = rank == 0;
     if (rc == 0) {
         sch_result res;
-        rc = s_role(b, run, stdout, &res, &loud, &err);
+        rc = s_role(b, run, chk.refused, stdout, &res, &loud, &err);
     }
     free(run);
     if (rc != 0 && loud)
@@ -323,5 +351,5 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv)
     if (cm_boot_barrier(b, &be) != 0)
         fprintf(stderr, "psrec: %s\n", be.msg);
     cm_boot_destroy(&b);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? 0 : chk.refused ? 2 : 1;
 }

@@ -19,9 +19,14 @@
  * the scheduler's figures. */
 int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err);
 
+/* The memory check of `train` (1: the job does not fit; it has said why). */
+typedef int (*cl_refuse_fn)(const cm_job *job);
+
 /* Runs this process's rank of an mpirun job (MPI must not be initialised
- * yet). Returns the process exit status. */
-int cl_run_mpi(const cm_job *job, int *argc, char ***argv);
+ * yet). With refuses (rank 0), the memory check runs on a thread while MPI
+ * starts, and a job it refuses stops every rank before any input is read
+ * (exit status 2). Returns the process exit status. */
+int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses);
 
 /* Checks before any rank starts: roles add up, input files readable. */
 int cl_preflight(const cm_job *job, int n_ranks, cm_error *err);

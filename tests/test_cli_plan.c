@@ -213,3 +213,22 @@ Test(cli_plan, train_refuses_what_does_not_fit)
     cr_expect(strstr(out, "--servers") != NULL, "%s", out);
     cr_expect(strstr(out, "DOES NOT FIT") != NULL, "%s", out);
 }
+
+/* Under mpirun rank 0 checks the memory while MPI starts; a refusal stops
+ * every rank at the bootstrap, before any of them reads its input. */
+Test(cli_plan, train_under_mpirun_refuses_before_any_rank_reads)
+{
+    s_need_data();
+    char cmd[4096], out[16384];
+    snprintf(cmd, sizeof cmd,
+             TH_MPIRUN "--timeout 60 -np 4 %s train --train %s --epochs 1 "
+             "--memory_limit 100000 --progress off --log_level info",
+             PSREC_BINARY, s_base);
+    cr_assert_neq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "memory plan:") != NULL, "%s", out);
+    cr_expect(strstr(out, "DOES NOT FIT") != NULL, "%s", out);
+    cr_expect(strstr(out, "does not fit the memory it can see") != NULL, "%s", out);
+    cr_expect(strstr(out, "read rows") == NULL && strstr(out, "epoch") == NULL,
+              "no rank read its input or trained:\n%s", out);
+    cr_expect(strstr(out, "time limit") == NULL, "nothing waits:\n%s", out);
+}
