@@ -9,7 +9,8 @@
  *            table's" (workers send the table's dim, see worker/kv.c).
  *   PULL  with CM_PULL_PLACE (a shared table): -> REPLY whose keys frame
  *         holds each row's index in the table's memory file (rows made
- *         when missing) and whose stats say how to map that file.
+ *         when missing; with NO_CREATE too, UINT64_MAX for a missing key)
+ *         and whose stats say how to map that file.
  *   PULL  with CM_PULL_KEEP: as a pull; the server keeps the rows of the
  *         peer's last CM_KEEP_PULLS such pulls and says CM_PULL_KEEP on the
  *         reply when it kept this one.
@@ -289,15 +290,16 @@ static s_kept *s_keep_place(ps_server *s, const cm_msg *m, size_t n)
 }
 
 /* PULL with CM_PULL_PLACE: the rows' indexes in the table's memory file
- * (made when missing), as the keys frame of the reply, and in stats what
- * a process on this host needs to map it: {pid, fd, token, header bytes,
+ * (made when missing; with CM_PULL_NO_CREATE a missing key's index is
+ * UINT64_MAX), as the keys frame of the reply, and in stats what a
+ * process on this host needs to map it: {pid, fd, token, header bytes,
  * stride floats, file bytes}. */
 static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
 {
     ps_table_share_info sh;
-    if (m->hdr.flags != CM_PULL_PLACE)
-        return s_reject(s, m, CM_EINVAL, "PLACE takes no other pull flags (flags %" PRIu32 ")",
-                        m->hdr.flags);
+    if ((m->hdr.flags & ~CM_PULL_NO_CREATE) != CM_PULL_PLACE)
+        return s_reject(s, m, CM_EINVAL, "PLACE takes no other pull flag than NO_CREATE "
+                                         "(flags %" PRIu32 ")", m->hdr.flags);
     if (ps_table_share(t, &sh) != 0)
         return s_reject(s, m, CM_ENOTSUP, "table %" PRIu32 " does not share its rows",
                         m->hdr.table);
@@ -305,7 +307,7 @@ static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
     uint64_t *idx = malloc((n + 1) * sizeof *idx);
     if (!idx)
         return s_reject(s, m, CM_ENOMEM, "out of memory for %zu places", n);
-    int rc = ps_table_place(t, m->keys, n, idx);
+    int rc = ps_table_place(t, m->keys, n, !(m->hdr.flags & CM_PULL_NO_CREATE), idx);
     if (rc != 0) {
         free(idx);
         return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,

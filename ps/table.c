@@ -930,7 +930,7 @@ int ps_table_share(const ps_table *t, ps_table_share_info *out)
     return 0;
 }
 
-int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, uint64_t *idx)
+int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, int create, uint64_t *idx)
 {
     if (t->fd < 0)
         return CM_ENOTSUP;
@@ -940,6 +940,10 @@ int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, uint64_t *idx)
             cm_hashmap_prefetch(t->index, keys[b + i]);
         for (size_t i = 0; i < m; i++) {
             uint32_t at;
+            if (!create) {
+                idx[b + i] = cm_hashmap_get(t->index, keys[b + i], &at) ? at : UINT64_MAX;
+                continue;
+            }
             if (!s_get_or_make(t, keys[b + i], NULL, &at))
                 return CM_ENOMEM;
             idx[b + i] = at;

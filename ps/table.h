@@ -160,9 +160,11 @@ typedef struct {
 /* 0 and *out when the table's rows are shared, else CM_ENOTSUP. */
 int ps_table_share(const ps_table *t, ps_table_share_info *out);
 
-/* Row indexes of keys[0..n), rows made (initialised) when missing, for a
- * shared table: the caller reaches them through the file. 0, CM_ENOTSUP
- * (not shared) or CM_ENOMEM (the rows before the failing key stand). */
-int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, uint64_t *idx);
+/* Row indexes of keys[0..n) for a shared table: the caller reaches them
+ * through the file. create: rows are made (initialised) when missing;
+ * else a missing key's index is UINT64_MAX and nothing is made. 0,
+ * CM_ENOTSUP (not shared) or CM_ENOMEM (the rows before the failing key
+ * stand). */
+int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, int create, uint64_t *idx);
 
 #endif

@@ -472,7 +472,7 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
     cr_assert(keys && rows && again && full);
     for (size_t i = 0; i < N; i++)
         keys[i] = 100 + 7 * i;
-    cr_assert_eq(wk_kv_place(kv, 1, keys, N, rows, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_place(kv, 1, keys, N, 1, rows, &err), 0, "%s", err.msg);
     size_t on[NS] = {0};
     for (int s = 0; s < NS; s++)
         on[s] = ps_table_rows(ps_server_table(srv[s], 1));
@@ -490,23 +490,34 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
         cr_assert_eq(full[i * RF], -(float)i, "key %zu: the write is the server's", i);
         cr_assert_eq(full[i * RF + RF - 1], 2.5f);
     }
-    cr_assert_eq(wk_kv_place(kv, 1, keys, N, again, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_place(kv, 1, keys, N, 1, again, &err), 0, "%s", err.msg);
     cr_expect_arr_eq(again, rows, N * sizeof *rows, "the same places again");
+    /* without create, on both servers: the rows that exist where they
+     * are, NULL for keys without one, and nothing made */
+    for (size_t i = 0; i < N; i += 3)
+        keys[i] += 1; /* 100 + 7i + 1 is no key of the set */
+    cr_assert_eq(wk_kv_place(kv, 1, keys, N, 0, again, &err), 0, "%s", err.msg);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(again[i], i % 3 ? rows[i] : NULL, "key %zu", i);
+    cr_expect_eq(ps_table_rows(ps_server_table(srv[0], 1)) +
+                     ps_table_rows(ps_server_table(srv[1], 1)), N, "no row made");
+    for (size_t i = 0; i < N; i += 3)
+        keys[i] -= 1;
 
-    cr_expect_eq(wk_kv_place(kv, 0, keys, 10, again, &err), CM_ENOTSUP);
+    cr_expect_eq(wk_kv_place(kv, 0, keys, 10, 1, again, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "does not share its rows"), "%s", err.msg);
     setenv("PSREC_SHARED_ROWS", "off", 1);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ENOTSUP);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS=off"), "%s", err.msg);
     setenv("PSREC_SHARED_ROWS", "of", 1);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ECONFIG);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ECONFIG);
     cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS: 'of' is neither auto nor off"), "%s",
               err.msg);
     setenv("PSREC_SHARED_ROWS", "auto", 1);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), 0, "%s", err.msg);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), 0, "%s", err.msg);
     unsetenv("PSREC_SHARED_ROWS");
     cr_assert_eq(wk_kv_pull_start(kv, &req, 1, &err), 0, "%s", err.msg);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, again, &err), CM_ESTATE);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ESTATE);
     cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
     wk_kv_destroy(&kv);
     s_stop_shared(van, NS, srv, tid, eps);
@@ -534,7 +545,7 @@ Test(kvshared, a_tcp_server_is_not_shared, .timeout = 60)
     wk_kv *kv = s_kv_shared(van, 1, eps, map);
     uint64_t keys[3] = {1, 2, 3};
     float *rows[3];
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 3, rows, &err), CM_ENOTSUP);
+    cr_expect_eq(wk_kv_place(kv, 1, keys, 3, 1, rows, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "server 0 is reached over tcp"), "%s", err.msg);
     cr_expect_eq(ps_table_rows(ps_server_table(srv[0], 1)), 0, "no place was asked");
     wk_kv_destroy(&kv);

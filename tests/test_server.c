@@ -640,8 +640,9 @@ Test(server, transport_shutdown_ends_run, .timeout = 30)
 
 /* PLACE: a shared table answers with each key's row index (rows made when
  * missing) and what a process needs to map its file; asked again, the same
- * places and no new rows. A private table and a PLACE mixed with other
- * pull flags are refused, and the server goes on serving. */
+ * places and no new rows; with NO_CREATE, UINT64_MAX for a key without a
+ * row and nothing made. A private table and a PLACE mixed with other pull
+ * flags are refused, and the server goes on serving. */
 Test(server, place_rows_of_a_shared_table, .timeout = 30)
 {
     s_fix f;
@@ -675,8 +676,19 @@ Test(server, place_rows_of_a_shared_table, .timeout = 30)
         cm_msg_release(&r);
         cr_expect_eq(ps_table_rows(ps_server_table(f.srv, 1)), 3);
     }
+    const uint64_t some[3] = {5, 80, 81};
+    cm_hdr hn = s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE | CM_PULL_NO_CREATE);
+    s_call(&f, &hn, some, 3, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "place answered %s: %s", cm_op_name(r.hdr.op),
+                 r.hdr.error);
+    cr_assert_eq(r.hdr.n_keys, 3);
+    cr_expect_eq(r.keys[0], first[0], "key 5 where it was");
+    cr_expect_eq(r.keys[1], first[1], "key 80 where it was");
+    cr_expect_eq(r.keys[2], UINT64_MAX, "key 81 has no row");
+    cm_msg_release(&r);
+    cr_expect_eq(ps_table_rows(ps_server_table(f.srv, 1)), 3, "NO_CREATE made no row");
     s_refused(&f, s_hdr(CM_OP_PULL, 1, 4, CM_PULL_PLACE | CM_PULL_FULL), keys, 3, NULL, 0,
-              CM_EINVAL, "no other pull flags");
+              CM_EINVAL, "no other pull flag than NO_CREATE");
     s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_PLACE), keys, 3, NULL, 0, CM_ENOTSUP,
               "table 0 does not share its rows");
     s_still_serving(&f);

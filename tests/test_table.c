@@ -1055,7 +1055,7 @@ Test(table, shared_rows_through_the_file)
     cr_assert(keys && idx && again);
     for (size_t i = 0; i < N; i++)
         keys[i] = 1000003 * i + 17;
-    cr_assert_eq(ps_table_place(t, keys, N, idx), 0);
+    cr_assert_eq(ps_table_place(t, keys, N, 1, idx), 0);
     cr_assert_eq(ps_table_rows(t), N);
     ps_table_share_info sh;
     cr_assert_eq(ps_table_share(t, &sh), 0);
@@ -1094,9 +1094,17 @@ Test(table, shared_rows_through_the_file)
     cr_assert_eq(ps_table_pull_full(t, keys, N, full), 0);
     for (size_t i = 0; i < N; i++)
         cr_assert_eq(full[i * rf], (float)i, "key %zu: the write is the table's", i);
-    cr_assert_eq(ps_table_place(t, keys, N, again), 0);
+    cr_assert_eq(ps_table_place(t, keys, N, 1, again), 0);
     cr_expect_arr_eq(again, idx, N * sizeof *idx, "places are stable");
     cr_expect_eq(ps_table_rows(t), N, "placing again makes no rows");
+    /* without create: the same places for rows that exist, UINT64_MAX
+     * (and no row made) for keys that have none */
+    for (size_t i = 0; i < N; i += 2)
+        keys[i] += 1; /* every other key now has no row */
+    cr_assert_eq(ps_table_place(t, keys, N, 0, again), 0);
+    for (size_t i = 0; i < N; i++)
+        cr_assert_eq(again[i], i % 2 ? idx[i] : UINT64_MAX, "key %zu", i);
+    cr_expect_eq(ps_table_rows(t), N, "a place without create makes no rows");
     munmap(base, sh.bytes);
     free(full);
     free(seen);
@@ -1115,13 +1123,13 @@ Test(table, private_rows_cannot_be_placed)
     ps_table_share_info sh;
     uint64_t key = 7, idx;
     cr_expect_eq(ps_table_share(t, &sh), CM_ENOTSUP);
-    cr_expect_eq(ps_table_place(t, &key, 1, &idx), CM_ENOTSUP);
+    cr_expect_eq(ps_table_place(t, &key, 1, 1, &idx), CM_ENOTSUP);
     cr_expect_eq(ps_table_rows(t), 0, "a refused place makes no row");
     ps_table_destroy(&t);
     p.shared = 1;
     p.max_rows = 100;
     t = s_new(&p);
     cr_expect_eq(ps_table_share(t, &sh), CM_ENOTSUP);
-    cr_expect_eq(ps_table_place(t, &key, 1, &idx), CM_ENOTSUP);
+    cr_expect_eq(ps_table_place(t, &key, 1, 1, &idx), CM_ENOTSUP);
     ps_table_destroy(&t);
 }

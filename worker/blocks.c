@@ -517,7 +517,7 @@ static int s_share_items(wk_blocks *b, wk_kv *kv, cm_error *err)
         if (!(bl->place = malloc((bl->n_items + 1) * sizeof *bl->place)))
             return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu row places",
                                 bl->n_items);
-        rc = wk_kv_place(kv, 1, bl->items, bl->n_items, bl->place, &why);
+        rc = wk_kv_place(kv, 1, bl->items, bl->n_items, 1, bl->place, &why);
     }
     if (rc == 0) {
         b->shared = 1;

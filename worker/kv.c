@@ -666,11 +666,12 @@ static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st,
 /* One server's PLACE: keys[0..n) (sorted), their rows into rows[pos[i]]
  * (pos NULL: rows[i]). */
 static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *keys, size_t n,
-                       const uint32_t *pos, float **rows, cm_error *err)
+                       const uint32_t *pos, int create, float **rows, cm_error *err)
 {
     const size_t rf = (size_t)kv->row_floats[table];
-    int rc = s_request(kv, srv, CM_OP_PULL, table, rf, CM_PULL_PLACE, kv->next_req++, keys, n,
-                       NULL, 0, NULL, 0, err);
+    const uint32_t flags = CM_PULL_PLACE | (create ? 0 : CM_PULL_NO_CREATE);
+    int rc = s_request(kv, srv, CM_OP_PULL, table, rf, flags, kv->next_req++, keys, n, NULL, 0,
+                       NULL, 0, err);
     if (rc != 0)
         return rc;
     cm_msg m = {0};
@@ -704,6 +705,10 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
     const size_t header = (size_t)st[3], stride = (size_t)st[4] * sizeof(float);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         uint64_t at = m.keys[i];
+        if (!create && at == UINT64_MAX) {
+            rows[pos ? pos[i] : i] = NULL; /* no such row */
+            continue;
+        }
         if (at >= (map->bytes - header) / stride) {
             rc = cm_error_set(err, CM_EPROTO, "kv: server %u placed key %" PRIu64 " at row %"
                                               PRIu64 ", beyond its file of %zu bytes",
@@ -716,8 +721,8 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
     return rc;
 }
 
-int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float **rows,
-                cm_error *err)
+int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int create,
+                float **rows, cm_error *err)
 {
     if (table >= kv->n_tables)
         return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
@@ -739,7 +744,7 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float
         if (!kv->local[0])
             return cm_error_set(err, CM_ENOTSUP, "kv: server 0 is reached over tcp (rows "
                                                  "are shared over ipc:// and inproc:// only)");
-        return s_place_one(kv, 0, table, keys, n, NULL, rows, err);
+        return s_place_one(kv, 0, table, keys, n, NULL, create, rows, err);
     }
     if (s_reserve_keys(kv, n) != 0)
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory for %zu keys", n);
@@ -751,7 +756,7 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float
     for (uint32_t s = 0; s < kv->n_servers && rc == 0; s++) {
         size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
         if (e > b)
-            rc = s_place_one(kv, s, table, kv->keys + b, e - b, kv->pos + b, rows, err);
+            rc = s_place_one(kv, s, table, kv->keys + b, e - b, kv->pos + b, create, rows, err);
     }
     return rc;
 }

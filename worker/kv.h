@@ -91,9 +91,10 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
 /* Shared rows. Where every server holding keys[0..n) of `table` runs on
  * this host (its endpoint is ipc:// or inproc://) and keeps the table in a
  * memory file (ps_table_params.shared), asks each for the places of its
- * keys (rows made when missing), maps the files and sets rows[i] to key
- * i's whole row (weights then optimizer state, row_floats floats) inside
- * the server's own memory. The pointers stay valid until wk_kv_destroy.
+ * keys, maps the files and sets rows[i] to key i's whole row (weights then
+ * optimizer state, row_floats floats) inside the server's own memory.
+ * create: rows are made when missing; else a missing key's rows[i] is
+ * NULL. The pointers stay valid until wk_kv_destroy.
  * A caller may read and write those rows where nobody else touches them
  * meanwhile (the blocks schedule's item rows); the servers see every
  * write at once. Waits for the pushes in flight first; not while a pull
@@ -103,8 +104,8 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
  * not carry the server's token, or PSREC_SHARED_ROWS=off in the
  * environment; the caller then moves rows by messages. CM_ECONFIG when
  * PSREC_SHARED_ROWS is set to anything but auto or off. */
-int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, float **rows,
-                cm_error *err);
+int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int create,
+                float **rows, cm_error *err);
 
 /* Handles the replies that have arrived (acks, parts of the pull in
  * flight) without waiting for more. */

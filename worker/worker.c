@@ -88,7 +88,17 @@ typedef struct {
     unsigned char *eknown[2]; /* per distinct key of a chunk: a row the servers know */
     uint32_t **eplace;        /* blocks: per chunk, its users' places among the held
                                  rows (wk_blocks_user_places), found once */
+    float ***eitem;           /* blocks, shared item rows: per chunk, each item's row
+                                 in the servers' memory (NULL: none), found once */
 } s_worker;
+
+static void s_free_eitem(s_worker *w)
+{
+    for (size_t c = 0; w->eitem && c < wk_evalset_count(w->evalset); c++)
+        free(w->eitem[c]);
+    free(w->eitem);
+    w->eitem = NULL;
+}
 
 /* ---------------------------------------------------------------------
  * Deduplication
@@ -185,6 +195,7 @@ static void s_free(s_worker *w)
     for (size_t c = 0; w->eplace && c < wk_evalset_count(w->evalset); c++)
         free(w->eplace[c]);
     free(w->eplace);
+    s_free_eitem(w);
     wk_evalset_destroy(&w->evalset);
     for (int t = 0; t < 4; t++)
         free(w->erows[t / 2][t % 2]);
@@ -670,6 +681,52 @@ static void s_local_user_rows(s_worker *w, size_t c, float *out)
     }
 }
 
+/* Blocks schedule with shared item rows: chunk c's item rows read from
+ * the servers' memory (an item no server has reads as zeros, as a pull
+ * without creating would give). */
+static void s_placed_item_rows(s_worker *w, size_t c, float *out)
+{
+    const size_t dim = (size_t)w->dims[1], n = wk_evalset_chunk(w->evalset, c)->n_uniq[1];
+    for (size_t k = 0; k < n; k++) {
+        const float *row = w->eitem[c][k];
+        if (row)
+            memcpy(out + k * dim, row, dim * sizeof *out);
+        else
+            memset(out + k * dim, 0, dim * sizeof *out);
+    }
+}
+
+/* Where each chunk's item rows sit in the servers' memory, asked once
+ * (without making rows): evaluation follows training, by when every item
+ * with a training rating has its row, and rows never move. Where the rows
+ * cannot be reached so, evaluation pulls them by messages. */
+static int s_eval_places(s_worker *w, cm_error *err)
+{
+    const size_t n_chunks = wk_evalset_count(w->evalset);
+    if (!(w->eitem = calloc(n_chunks + 1, sizeof *w->eitem)))
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation places");
+    cm_error why = {0};
+    for (size_t c = 0; c < n_chunks; c++) {
+        const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
+        if (!(w->eitem[c] = malloc((ch->n_uniq[1] + 1) * sizeof **w->eitem))) {
+            s_free_eitem(w);
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation places");
+        }
+        int rc = wk_kv_place(w->kv, 1, ch->uniq[1], ch->n_uniq[1], 0, w->eitem[c], &why);
+        if (rc == CM_ENOTSUP) {
+            s_free_eitem(w);
+            cm_log(CM_LOG_DEBUG, "worker %u: evaluation pulls item rows (%s)", w->p->index,
+                   why.msg);
+            return 0;
+        }
+        if (rc != 0) {
+            s_free_eitem(w);
+            return cm_error_set(err, rc, "%s", why.msg);
+        }
+    }
+    return 0;
+}
+
 /* Test ratings per evaluation chunk: one pull of at most this many rows
  * per table. */
 #define S_EVAL_CHUNK 131072
@@ -697,7 +754,11 @@ static int s_eval_setup(s_worker *w, cm_error *err)
             if ((ok = (w->eplace[c] = malloc((ch->n_uniq[0] + 1) * sizeof **w->eplace)) != NULL))
                 wk_blocks_user_places(w->blocks, ch->uniq[0], ch->n_uniq[0], w->eplace[c]);
         }
-    return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
+    if (!ok)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
+    if (w->blocks && wk_blocks_items_shared(w->blocks) && wk_blocks_holds_users(w->blocks))
+        return s_eval_places(w, err);
+    return 0;
 }
 
 /* Starts the pull of chunk c's rows into set c % 2 (items only when the
@@ -720,23 +781,27 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     int rc;
     if (!w->evalset && (rc = s_eval_setup(w, err)) != 0)
         return rc;
-    /* blocks: the users' rows are here and may be newer than the servers' */
+    /* blocks: the users' rows are here and may be newer than the servers';
+     * with shared item rows (placed) nothing is pulled */
     const int local = w->blocks && wk_blocks_holds_users(w->blocks);
+    const int placed = local && w->eitem;
     const size_t n_chunks = wk_evalset_count(w->evalset);
-    if (n_chunks > 0 && (rc = s_eval_pull_start(w, 0, local, err)) != 0)
+    if (n_chunks > 0 && !placed && (rc = s_eval_pull_start(w, 0, local, err)) != 0)
         return rc;
     const double t0 = cm_now();
     double waited = 0;
     for (size_t c = 0; c < n_chunks; c++) {
         const double tw = cm_now();
-        if ((rc = wk_kv_pull_wait(w->kv, err)) != 0)
+        if (!placed && (rc = wk_kv_pull_wait(w->kv, err)) != 0)
             return rc;
         waited += cm_now() - tw;
         const wk_eval_chunk *ch = wk_evalset_chunk(w->evalset, c);
         const float *rows[2] = {w->erows[c % 2][0], w->erows[c % 2][1]};
         if (local)
             s_local_user_rows(w, c, w->erows[c % 2][0]);
-        if (c + 1 < n_chunks && (rc = s_eval_pull_start(w, c + 1, local, err)) != 0)
+        if (placed)
+            s_placed_item_rows(w, c, w->erows[c % 2][1]);
+        else if (c + 1 < n_chunks && (rc = s_eval_pull_start(w, c + 1, local, err)) != 0)
             return rc;
         for (int t = 0; t < 2; t++)
             for (size_t k = 0; k < ch->n_uniq[t]; k++)
