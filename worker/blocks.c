@@ -367,12 +367,21 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         if (!bl->ratings)
             goto oom;
     }
-    /* group_at[g + 1] is now the fill cursor of group g */
+    /* In two stable passes, so that each pass writes to few places at once
+     * (one pass over thousands of groups of every block misses the caches
+     * on every write): by block, in input order; then each block by group
+     * through a scratch block. group_at[g + 1] is the fill cursor of group
+     * g; filled, group_at[g] is where group g starts. */
+    size_t most_ratings = 0;
+    for (uint32_t k = 0; k < n_blocks; k++) {
+        most_ratings = b->blocks[k].n_ratings > most_ratings ? b->blocks[k].n_ratings
+                                                             : most_ratings;
+        b->blocks[k].n_ratings = 0; /* the cursor of the first pass */
+    }
     for (size_t j = 0; j < train->n; j++) {
         uint32_t x = il[j];
         s_block *bl = &b->blocks[iblk[x]];
-        bl->ratings[bl->group_at[uloc[j] / gu + 1]++] =
-            (wk_rating){uloc[j], ilocal[x], train->rating[j]};
+        bl->ratings[bl->n_ratings++] = (wk_rating){uloc[j], ilocal[x], train->rating[j]};
     }
     free(uloc);
     free(iloc);
@@ -380,6 +389,16 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     free(ilocal);
     uloc = iloc = iblk = ilocal = NULL;
     il = NULL;
+    wk_rating *scratch = cm_alloc_big((most_ratings + 1) * sizeof *scratch);
+    if (!scratch)
+        goto oom;
+    for (uint32_t k = 0; k < n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        for (size_t j = 0; j < bl->n_ratings; j++)
+            scratch[bl->group_at[bl->ratings[j].u / gu + 1]++] = bl->ratings[j];
+        memcpy(bl->ratings, scratch, bl->n_ratings * sizeof *scratch);
+    }
+    free(scratch);
     /* each group's fixed order: a shuffle seeded by the block alone */
     for (uint32_t k = 0; k < n_blocks; k++) {
         s_block *bl = &b->blocks[k];
