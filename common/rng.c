@@ -7,8 +7,10 @@
 
 #include <assert.h>
 #include <math.h>
+#include <string.h>
 
 #include "common/hash.h"
+#include "common/rng_zig.h"
 
 #define S_GOLDEN 0x9e3779b97f4a7c15ULL
 
@@ -81,6 +83,121 @@ double cm_rng_normal(cm_rng *r)
     r->spare = rad * sin(theta);
     r->has_spare = 1;
     return rad * cos(theta);
+}
+
+/* ---------------------------------------------------------------------------
+ * Normal deviates in bulk: a ziggurat (Marsaglia & Tsang) over the tables of
+ * rng_zig.h, whose generator describes the layers.
+ *
+ * One 64-bit draw gives the layer (bits 0-7), the sign (bit 8) and a 53-bit
+ * uniform u (bits 11-63); 98.5% of draws end with u * w[i]. The rest take the
+ * wedge test or the tail, where libm's exp and log are replaced by our own:
+ * glibc picks its FMA variants by processor, and their last bits could move
+ * a deviate. CMake builds this file with -ffp-contract=off, so no compiler
+ * fuses the multiply-adds below into differently rounded ones either. */
+
+#define S_LN2_HI 0x1.62e42fefa3000p-1   /* 41 bits: k * S_LN2_HI is exact */
+#define S_LN2_LO 0x1.3de6af278ece6p-42
+#define S_INV_LN2 0x1.71547652b82fep+0
+#define S_SQRT2 0x1.6a09e667f3bcdp+0
+
+static double s_pow2(int k)
+{
+    uint64_t bits = (uint64_t)(1023 + k) << 52;
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+/* exp(t) for t in [-8, 0], within a few ulp. */
+static double s_exp(double t)
+{
+    int k = (int)(t * S_INV_LN2 - 0.5);   /* rounds t / ln 2 to nearest */
+    double s = (t - k * S_LN2_HI) - k * S_LN2_LO;   /* |s| <= ln 2 / 2 */
+    double p = 1.0 / 6227020800.0;   /* 1/13!: the next term is < 1e-17 */
+    static const double fact[13] = {1.0, 1.0, 2.0, 6.0, 24.0, 120.0, 720.0, 5040.0,
+                                    40320.0, 362880.0, 3628800.0, 39916800.0,
+                                    479001600.0};
+    for (int j = 12; j >= 0; j--)
+        p = p * s + 1.0 / fact[j];
+    return p * s_pow2(k);
+}
+
+/* ln(u) for u in [2^-53, 1], within a few ulp: u = m 2^e with m in
+ * [sqrt(1/2), sqrt(2)), ln m = 2 atanh((m - 1) / (m + 1)). */
+static double s_log(double u)
+{
+    uint64_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    int e = (int)(bits >> 52) - 1023;
+    bits = (bits & ((1ULL << 52) - 1)) | (1023ULL << 52);
+    double m;
+    memcpy(&m, &bits, sizeof m);
+    if (m > S_SQRT2) {
+        m *= 0.5;
+        e++;
+    }
+    double t = (m - 1.0) / (m + 1.0), t2 = t * t;   /* t2 < 0.0295 */
+    double p = 1.0 / 25.0;   /* sum of t2^j / (2j + 1): the next term is < 1e-20 */
+    for (int j = 11; j >= 0; j--)
+        p = p * t2 + 1.0 / (2 * j + 1);
+    return e * S_LN2_HI + (e * S_LN2_LO + 2.0 * t * p);
+}
+
+/* A deviate beyond r (Marsaglia 1964): r + a, a exponential of rate r, kept
+ * with probability exp(-a^2 / 2). */
+static double s_zig_tail(cm_rng *r)
+{
+    for (;;) {
+        double a = -s_log(1.0 - cm_rng_uniform(r)) / S_ZIG_R;
+        double b = -s_log(1.0 - cm_rng_uniform(r));
+        if (b + b > a * a)
+            return S_ZIG_R + a;
+    }
+}
+
+/* The magnitude of a deviate whose first draw x missed its layer's fast
+ * region: the tail for the base layer, else the wedge test, and on a
+ * rejection a fresh draw (its sign bit unused: the caller's sign is
+ * independent of everything here). */
+static double s_zig_slow(cm_rng *r, uint64_t draw)
+{
+    for (;;) {
+        unsigned i = (unsigned)(draw & 0xff);
+        uint64_t u = draw >> 11;
+        double x = (double)(int64_t)u * s_zig_w[i];
+        if (u < s_zig_k[i])
+            return x;
+        if (i == 0)
+            return s_zig_tail(r);
+        double y = s_zig_y[i] + cm_rng_uniform(r) * (s_zig_y[i + 1] - s_zig_y[i]);
+        if (y < s_exp(-0.5 * x * x))
+            return x;
+        draw = cm_rng_next(r);
+    }
+}
+
+void cm_rng_normals_f32(cm_rng *r, float *out, int n, float scale)
+{
+    const double sc = scale;
+    cm_rng g = *r;   /* a local state stays in registers across the stores */
+    for (int j = 0; j < n; j++) {
+        uint64_t draw = cm_rng_next(&g);
+        unsigned i = (unsigned)(draw & 0xff);
+        uint64_t u = draw >> 11;
+        double x = (double)(int64_t)u * s_zig_w[i];
+        if (u >= s_zig_k[i])
+            x = s_zig_slow(&g, draw);
+        /* The sign goes on by flipping the float's sign bit (rounding is
+         * symmetric, so this is (float)(-sc * x) exactly): a branch on a
+         * random bit would miss half the time. */
+        float f = (float)(sc * x);
+        uint32_t bits;
+        memcpy(&bits, &f, sizeof bits);
+        bits ^= (uint32_t)(draw & 0x100) << 23;
+        memcpy(&out[j], &bits, sizeof bits);
+    }
+    *r = g;
 }
 
 void cm_rng_shuffle_u32(cm_rng *r, uint32_t *idx, uint64_t n)

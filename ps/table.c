@@ -720,9 +720,7 @@ void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out)
      * slot do not change a row's first value. */
     cm_rng r;
     cm_rng_seed(&r, cm_mix64(p->seed ^ cm_mix64(key)));
-    double sd = p->init_std;
-    for (int j = zp; j < dim; j++)
-        out[j] = (float)(sd * cm_rng_normal(&r));
+    cm_rng_normals_f32(&r, out + zp, dim - zp, p->init_std);
 }
 
 /* ---------------------------------------------------------------------------

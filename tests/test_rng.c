@@ -1,10 +1,14 @@
-/* Tests for common/rng: determinism, ranges and distribution moments. */
+/* Tests for common/rng: determinism, ranges and distribution moments; for
+ * the ziggurat of cm_rng_normals_f32 also its tables, pinned output bits,
+ * tail frequencies and goodness of fit to the normal CDF. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/hash.h"
 #include "common/rng.h"
+#include "common/rng_zig.h"
 
 #define N_SAMPLES 1000000
 
@@ -179,6 +183,280 @@ Test(rng, normal_spare_is_part_of_the_state)
     cm_rng_seed(&c, 10);
     cr_assert_eq(c.has_spare, 0);
     cr_assert_eq(cm_rng_normal(&c), z0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* cm_rng_normals_f32: a ziggurat
+ *
+ * Statistical bounds are 5 standard errors (a false failure about once in
+ * 1.7 million runs per bound) unless a test says otherwise; every test uses
+ * a fixed seed, so a pass or a failure repeats. */
+
+static float *s_normals(uint64_t seed, size_t n, float scale)
+{
+    float *z = malloc(n * sizeof *z);
+    cr_assert_not_null(z);
+    cm_rng r;
+    cm_rng_seed(&r, seed);
+    for (size_t at = 0; at < n; at += 1000)
+        cm_rng_normals_f32(&r, z + at, (int)(n - at < 1000 ? n - at : 1000), scale);
+    return z;
+}
+
+/* Phi(x), the standard normal CDF. */
+static double s_phi(double x)
+{
+    return 0.5 * erfc(-x / sqrt(2.0));
+}
+
+Test(rng, zig_tables_are_equal_area_layers_under_the_curve)
+{
+    /* Checks common/rng_zig.h against libm: the layers of a ziggurat must
+     * have one area v, their corners lie on f(x) = exp(-x^2/2), the base
+     * layer's virtual width covers the tail, and the fast-accept bounds
+     * match the widths. */
+    const int n = S_ZIG_LAYERS;
+    const double v = S_ZIG_V, r = S_ZIG_R;
+    double x[S_ZIG_LAYERS + 1];
+    for (int i = 0; i < n; i++)
+        x[i] = s_zig_w[i] * 0x1p53;
+    x[n] = 0.0;
+    cr_assert_eq(x[1], r);
+    cr_assert_eq(s_zig_y[0], 0.0);
+    cr_assert_eq(s_zig_y[n], 1.0);
+    double tail = sqrt(M_PI / 2) * erfc(r / sqrt(2.0));
+    cr_assert_lt(fabs(r * exp(-r * r / 2) + tail - v), 1e-14 * v, "base layer");
+    cr_assert_lt(fabs(x[0] * s_zig_y[1] - v), 1e-14 * v, "base layer's width");
+    for (int i = 1; i < n; i++) {
+        cr_assert_lt(x[i + 1], x[i], "layer %d", i);
+        double f = exp(-x[i] * x[i] / 2);
+        /* x[i] is rounded: up to x^2 ulp of slack in f(x[i]) */
+        cr_assert_lt(fabs(s_zig_y[i] - f), 4e-15 * f, "y[%d] %a, exp %a", i, s_zig_y[i], f);
+        double area = x[i] * (s_zig_y[i + 1] - s_zig_y[i]);
+        cr_assert_lt(fabs(area - v), 1e-12 * v, "layer %d: area %.17g, v %.17g", i, area, v);
+    }
+    for (int i = 0; i < n; i++) {
+        /* x[i] and x[i+1] are rounded: a few units of slack */
+        double k = ceil(0x1p53 * (x[i + 1] / x[i]));
+        cr_assert_leq(fabs((double)s_zig_k[i] - k), 4.0, "k[%d] %llu, %.17g", i,
+                      (unsigned long long)s_zig_k[i], k);
+        cr_assert_leq(s_zig_k[i], 1ULL << 53);
+    }
+    cr_assert_eq(s_zig_k[n - 1], 0, "the top layer is all wedge");
+}
+
+Test(rng, normals_f32_same_seed_same_sequence)
+{
+    float a[64], b[64], c[64];
+    cm_rng ra, rb, rc;
+    cm_rng_seed(&ra, 31);
+    cm_rng_seed(&rb, 31);
+    cm_rng_seed(&rc, 32);
+    cm_rng_normals_f32(&ra, a, 64, 1.0f);
+    cm_rng_normals_f32(&rb, b, 64, 1.0f);
+    cm_rng_normals_f32(&rc, c, 64, 1.0f);
+    cr_assert_arr_eq(a, b, sizeof a);
+    int same = 0;
+    for (int i = 0; i < 64; i++)
+        same += a[i] == c[i];
+    cr_assert_eq(same, 0, "another seed, another sequence");
+    /* Calls continue one stream: 10, 0 and then 54 deviates are the 64 of
+     * one call, and the state after them is the same. */
+    cm_rng_seed(&rb, 31);
+    memset(b, 0, sizeof b);
+    cm_rng_normals_f32(&rb, b, 10, 1.0f);
+    cm_rng_normals_f32(&rb, b + 10, 0, 1.0f);
+    cm_rng_normals_f32(&rb, b + 10, 54, 1.0f);
+    cr_assert_arr_eq(a, b, sizeof a);
+    cr_assert_eq(cm_rng_next(&ra), cm_rng_next(&rb));
+}
+
+Test(rng, normals_f32_leave_the_box_muller_spare)
+{
+    cm_rng a, b;
+    cm_rng_seed(&a, 10);
+    (void)cm_rng_normal(&a);
+    b = a;
+    float z[8];
+    cm_rng_normals_f32(&a, z, 8, 1.0f);
+    cr_assert_eq(a.has_spare, 1);
+    cr_assert_eq(cm_rng_normal(&a), cm_rng_normal(&b), "the pending spare is unchanged");
+}
+
+Test(rng, normals_f32_scale)
+{
+    /* The deviates are one stream times scale: doubling the scale doubles
+     * every value exactly, a negative scale mirrors it, 0 gives zeros, and
+     * any scale is the unit deviate times scale within float rounding. */
+    enum { N = 4096 };
+    float *one = s_normals(6, N, 1.0f), *two = s_normals(6, N, 2.0f);
+    float *tenth = s_normals(6, N, 0.1f), *neg = s_normals(6, N, -1.0f);
+    float *zero = s_normals(6, N, 0.0f);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(two[i], 2.0f * one[i], "%d", i);
+        cr_assert_eq(neg[i], -one[i], "%d", i);
+        cr_assert_eq(zero[i], 0.0f, "%d", i);
+        double want = 0.1 * one[i];
+        cr_assert_leq(fabs(tenth[i] - want), 0x1p-23 * fabs(want), "%d: %a %a", i, tenth[i], want);
+    }
+    free(one);
+    free(two);
+    free(tenth);
+    free(neg);
+    free(zero);
+}
+
+Test(rng, normals_f32_bits_are_pinned)
+{
+    /* The same bits on every build (-O0 or -O3, any -march, any processor):
+     * the fast path is exact integer and IEEE arithmetic, the wedge and tail
+     * use our own exp and log, and rng.c is built without fused
+     * multiply-adds. The hash covers 10^6 deviates, so about 15000 of them
+     * came through wedge tests and 260 through the tail. Changing
+     * these constants changes every table's initial rows: only on purpose. */
+    enum { N = 1000000 };
+    float *z = s_normals(2024, N, 1.0f);
+    cr_assert_eq(z[0], -0x1.f97296p-4f, "%a", z[0]);
+    cr_assert_eq(z[1], 0x1.5944eap+0f, "%a", z[1]);
+    uint64_t h = 0;
+    for (int i = 0; i < N; i++) {
+        uint32_t b;
+        memcpy(&b, &z[i], sizeof b);
+        h = cm_mix64(h ^ b);
+    }
+    cr_assert_eq(h, 0xf6f354cb019ca638ULL, "hash %#018llx", (unsigned long long)h);
+    free(z);
+}
+
+Test(rng, normals_f32_moments)
+{
+    /* Standard errors over n draws: mean 1/sqrt(n); E z^2 sqrt(2/n);
+     * E z^3 sqrt(15/n); E z^4 sqrt(96/n) (var z^4 = 105 - 9). */
+    enum { N = N_SAMPLES };
+    float *z = s_normals(2025, N, 1.0f);
+    double m1 = 0, m2 = 0, m3 = 0, m4 = 0;
+    for (int i = 0; i < N; i++) {
+        double x = z[i];
+        cr_assert(isfinite(x));
+        m1 += x;
+        m2 += x * x;
+        m3 += x * x * x;
+        m4 += x * x * x * x;
+    }
+    m1 /= N;
+    m2 /= N;
+    m3 /= N;
+    m4 /= N;
+    const double n = N;
+    cr_assert_lt(fabs(m1), 5 * sqrt(1 / n), "mean %f", m1);
+    cr_assert_lt(fabs(m2 - 1), 5 * sqrt(2 / n), "E z^2 %f", m2);
+    cr_assert_lt(fabs(m3), 5 * sqrt(15 / n), "E z^3 %f", m3);
+    cr_assert_lt(fabs(m4 - 3), 5 * sqrt(96 / n), "E z^4 %f", m4);
+    free(z);
+}
+
+Test(rng, normals_f32_tail_frequencies)
+{
+    /* P(|z| > t) against erfc(t / sqrt 2), binomial standard errors; t = r
+     * is where the ziggurat's tail algorithm takes over. 10^7 draws: about
+     * 2580 land beyond r. */
+    enum { N = 10000000 };
+    const double t[5] = {1.0, 2.0, 3.0, S_ZIG_R, 4.0};
+    long beyond[5] = {0}, pos = 0;
+    cm_rng r;
+    cm_rng_seed(&r, 2026);
+    float z[1000];
+    for (int at = 0; at < N; at += 1000) {
+        cm_rng_normals_f32(&r, z, 1000, 1.0f);
+        for (int i = 0; i < 1000; i++) {
+            for (int k = 0; k < 5; k++)
+                beyond[k] += fabsf(z[i]) > t[k];
+            pos += z[i] > 0;
+        }
+    }
+    for (int k = 0; k < 5; k++) {
+        double p = erfc(t[k] / sqrt(2.0)), se = sqrt(p * (1 - p) / N);
+        double got = (double)beyond[k] / N;
+        cr_assert_lt(fabs(got - p), 5 * se, "P(|z| > %g): %g, normal %g (se %g)", t[k], got,
+                     p, se);
+    }
+    cr_assert_lt(fabs((double)pos / N - 0.5), 5 * sqrt(0.25 / N), "positive share");
+}
+
+static int s_cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+Test(rng, normals_f32_fit_the_normal_cdf)
+{
+    /* Kolmogorov-Smirnov: sqrt(n) D_n exceeds 1.95 with probability 0.001
+     * under the null. Then a chi-square over 80 bins of width 0.1 on
+     * [-4, 4] plus the two tails (81 degrees of freedom; 126.1 is its 0.999
+     * quantile): the bins are narrower than most ziggurat layers, so a layer
+     * drawn wrongly shows. */
+    enum { N = N_SAMPLES, BINS = 82 };
+    float *z = s_normals(2027, N, 1.0f);
+    qsort(z, N, sizeof *z, s_cmp_float);
+    double d = 0;
+    for (int i = 0; i < N; i++) {
+        double f = s_phi(z[i]);
+        double lo = f - (double)i / N, hi = (double)(i + 1) / N - f;
+        d = lo > d ? lo : d;
+        d = hi > d ? hi : d;
+    }
+    cr_assert_lt(sqrt((double)N) * d, 1.95, "KS: D = %g", d);
+
+    long count[BINS] = {0};
+    for (int i = 0; i < N; i++) {
+        int b = BINS - 1;
+        if (z[i] < -4.0f)
+            b = 0;
+        else if (z[i] < 4.0f)
+            b = 1 + (int)floor((z[i] + 4.0) * 10);
+        count[b]++;
+    }
+    double chi2 = 0;
+    for (int b = 0; b < BINS; b++) {
+        double lo = b == 0 ? -INFINITY : -4.0 + (b - 1) * 0.1;
+        double hi = b == BINS - 1 ? INFINITY : -4.0 + b * 0.1;
+        double e = N * (s_phi(hi) - s_phi(lo));
+        chi2 += (count[b] - e) * (count[b] - e) / e;
+    }
+    cr_assert_lt(chi2, 126.1, "chi2 %f (81 dof)", chi2);
+    free(z);
+}
+
+Test(rng, normals_f32_tail_shape)
+{
+    /* Beyond r, where the deviates come from the tail algorithm, their
+     * distribution is the normal's conditioned on |z| > r: KS on the about
+     * 5000 magnitudes of 2 * 10^7 draws (critical 1.95 / sqrt(m), p = 0.001). */
+    enum { N = 20000000, CAP = 8000 };
+    static float big[CAP];
+    int m = 0;
+    cm_rng r;
+    cm_rng_seed(&r, 2028);
+    float z[1000];
+    for (int at = 0; at < N; at += 1000) {
+        cm_rng_normals_f32(&r, z, 1000, 1.0f);
+        for (int i = 0; i < 1000; i++)
+            if (fabsf(z[i]) > S_ZIG_R && m < CAP)
+                big[m++] = fabsf(z[i]);
+    }
+    cr_assert_gt(m, 4000);
+    cr_assert_lt(m, CAP);
+    qsort(big, (size_t)m, sizeof *big, s_cmp_float);
+    const double q = erfc(S_ZIG_R / sqrt(2.0));
+    double d = 0;
+    for (int i = 0; i < m; i++) {
+        double f = 1.0 - erfc(big[i] / sqrt(2.0)) / q;
+        double lo = f - (double)i / m, hi = (double)(i + 1) / m - f;
+        d = lo > d ? lo : d;
+        d = hi > d ? hi : d;
+    }
+    cr_assert_lt(sqrt((double)m) * d, 1.95, "KS beyond r: D = %g over %d", d, m);
 }
 
 Test(rng, shuffle_is_a_uniform_permutation)

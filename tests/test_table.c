@@ -164,10 +164,68 @@ Test(table, init_zero_prefix)
         cr_assert_eq(row[j], 0.0f);
 }
 
+Test(table, init_is_a_scaled_normal_stream_of_seed_and_key)
+{
+    /* A row is the start of one normal stream of (seed, key) times
+     * init_std, written after the zero prefix: the optimizer and the other
+     * parameters do not change it, the first values do not depend on dim,
+     * and doubling init_std doubles every value exactly. */
+    ps_table_params p = s_params(33, CM_OPT_SGD, 5);
+    p.zero_prefix = 1;
+    ps_table_params q = s_params(33, CM_OPT_ADAGRAD, 5);
+    q.zero_prefix = 1;
+    q.optim.lr = 0.7f;
+    q.min_count = 3;
+    q.max_rows = 10;
+    ps_table_params wide = s_params(64, CM_OPT_SGD, 5);
+    ps_table_params twice = p;
+    twice.init_std = 0.2f;
+    for (uint64_t key = 0; key < 200; key++) {
+        float a[33], b[33], w[64], t[33];
+        ps_table_init_row(&p, key, a);
+        ps_table_init_row(&q, key, b);
+        ps_table_init_row(&wide, key, w);
+        ps_table_init_row(&twice, key, t);
+        cr_assert_arr_eq(a, b, sizeof a, "key %" PRIu64, key);
+        cr_assert_eq(a[0], 0.0f);
+        cr_assert_arr_eq(a + 1, w, 32 * sizeof(float), "key %" PRIu64, key);
+        for (int j = 0; j < 33; j++)
+            cr_assert_eq(t[j], 2.0f * a[j], "key %" PRIu64 " weight %d", key, j);
+    }
+}
+
+Test(table, init_weights_are_normal_at_every_position)
+{
+    /* Over 20000 keys, each of the 32 positions of a dim-33 row with a zero
+     * prefix of 1 is N(0, 0.1^2): mean within 5 standard errors
+     * (0.1 / sqrt(n)), sd within 5 of its standard errors (about
+     * 0.1 / sqrt(2n)); neighbouring keys' rows are uncorrelated (5 / sqrt(n)). */
+    enum { KEYS = 20000, DIM = 33 };
+    ps_table_params p = s_params(DIM, CM_OPT_ADAGRAD, 77);
+    p.zero_prefix = 1;
+    static float rows[KEYS][DIM];
+    for (uint64_t key = 0; key < KEYS; key++)
+        ps_table_init_row(&p, 1000 + key, rows[key]);
+    const double n = KEYS, sd = 0.1;
+    for (int j = 1; j < DIM; j++) {
+        double sum = 0, sum2 = 0, cross = 0;
+        for (int k = 0; k < KEYS; k++) {
+            sum += rows[k][j];
+            sum2 += (double)rows[k][j] * rows[k][j];
+            cross += (double)rows[k][j] * rows[(k + 1) % KEYS][j];
+        }
+        double mean = sum / n, s = sqrt(sum2 / n - mean * mean);
+        cr_assert_lt(fabs(mean), 5 * sd / sqrt(n), "position %d: mean %g", j, mean);
+        cr_assert_lt(fabs(s - sd), 5 * sd / sqrt(2 * n), "position %d: sd %g", j, s);
+        cr_assert_lt(fabs(cross / n) / (sd * sd), 5 / sqrt(n), "position %d: correlation %g", j,
+                     cross / n / (sd * sd));
+    }
+}
+
 Test(table, init_distribution)
 {
-    /* 20000 keys x 8 weights ~ N(0, 0.05^2): mean and sd within a few
-     * standard errors. */
+    /* 20000 keys x 8 weights ~ N(0, 0.05^2): mean within 5 standard errors
+     * (0.05 / sqrt(n)), sd within 5 of its standard errors (0.05 / sqrt(2n)). */
     ps_table_params p = s_params(8, CM_OPT_SGD, 42);
     p.init_std = 0.05f;
     double sum = 0, sum2 = 0;
@@ -183,7 +241,7 @@ Test(table, init_distribution)
     }
     double mean = sum / n, sd = sqrt(sum2 / n - mean * mean);
     cr_assert_lt(fabs(mean), 0.05 * 5 / sqrt((double)n), "mean %g", mean);
-    cr_assert_lt(fabs(sd - 0.05), 0.05 * 0.02, "sd %g", sd);
+    cr_assert_lt(fabs(sd - 0.05), 0.05 * 5 / sqrt(2.0 * n), "sd %g", sd);
 }
 
 /* ------------------------------------------------------------------------ */
