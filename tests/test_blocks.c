@@ -265,7 +265,7 @@ enum { P_DIM = 9, P_USERS = 100000, P_ITEMS = 500, P_N = 1200000, P_SLOTS = 16 }
  * made beforehand and handed to wk_blocks_new, as the worker does. Returns
  * the squared error. */
 static double s_one_pass(int shared, int give_index, float *got, int *calls, size_t *trained,
-                         size_t *in_block, int *used_memory)
+                         size_t *in_block, int *used_memory, uint32_t *in_place)
 {
     cm_log_set_level(CM_LOG_ERROR);
     ps_table_params tp[2];
@@ -330,6 +330,7 @@ static double s_one_pass(int shared, int give_index, float *got, int *calls, siz
     cr_assert_eq(wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &sq, trained, &err),
                  0, "%s", err.msg);
     *used_memory = wk_blocks_items_shared(b);
+    *in_place = wk_blocks_in_place(b);
     *in_block = 0;
     for (size_t j = 0; j < P_N; j++)
         *in_block += wk_block_of(item[j], 2) == 0;
@@ -364,8 +365,10 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
 {
     static float got[P_ITEMS * P_DIM];
     int calls, mem;
+    uint32_t inpl;
     size_t n, in_block;
-    double sq = s_one_pass(0, 0, got, &calls, &n, &in_block, &mem);
+    double sq = s_one_pass(0, 0, got, &calls, &n, &in_block, &mem, &inpl);
+    cr_expect_eq(inpl, 0, "nothing in place without shared rows");
     cr_expect_eq(mem, 0, "a private table: rows by messages");
     cr_expect_eq(n, in_block, "every rating of block 0 trained once");
     cr_expect_gt(sq, 0);
@@ -385,16 +388,20 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
     }
 }
 
-/* Shared item rows (the worker copies them out of and back into the
- * server's memory) train exactly what messages train, with the gate asked
- * as often. */
+/* Shared item rows (with one server, trained where they sit in its
+ * memory) train exactly what messages train, with the gate asked as
+ * often. */
 Test(blocks, shared_item_rows_train_what_messages_train)
 {
     static float by_msg[P_ITEMS * P_DIM], by_mem[P_ITEMS * P_DIM];
     int calls_msg, calls_mem, mem_msg, mem_mem;
+    uint32_t inpl_msg, inpl_mem;
     size_t n_msg, n_mem, in_block;
-    double sq_msg = s_one_pass(0, 0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg);
-    double sq_mem = s_one_pass(1, 0, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem);
+    double sq_msg =
+        s_one_pass(0, 0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg, &inpl_msg);
+    double sq_mem =
+        s_one_pass(1, 0, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem, &inpl_mem);
+    cr_assert_eq(inpl_mem, 2, "one server: both blocks train in its memory, in place");
     cr_assert_eq(mem_mem, 1, "a shared table on this host: rows in its memory");
     cr_assert_eq(mem_msg, 0);
     cr_expect_eq(n_mem, n_msg);
@@ -410,9 +417,10 @@ Test(blocks, a_given_item_numbering_trains_what_its_own_trains)
 {
     static float own[P_ITEMS * P_DIM], given[P_ITEMS * P_DIM];
     int calls_own, calls_given, mem;
+    uint32_t inpl;
     size_t n_own, n_given, in_block;
-    double sq_own = s_one_pass(0, 0, own, &calls_own, &n_own, &in_block, &mem);
-    double sq_given = s_one_pass(0, 1, given, &calls_given, &n_given, &in_block, &mem);
+    double sq_own = s_one_pass(0, 0, own, &calls_own, &n_own, &in_block, &mem, &inpl);
+    double sq_given = s_one_pass(0, 1, given, &calls_given, &n_given, &in_block, &mem, &inpl);
     cr_expect_eq(n_given, n_own);
     cr_expect_eq(n_given, in_block);
     cr_expect_eq(sq_given, sq_own, "squared error %.17g vs %.17g", sq_given, sq_own);

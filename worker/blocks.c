@@ -28,6 +28,8 @@ typedef struct {
     size_t n_ratings;
     size_t *group_at;     /* n_groups + 1 offsets into ratings */
     float **place;        /* shared rows: each item's row in its server's memory */
+    float *base;          /* shared rows, in place: the rows sit at base + x * is and
+                             ratings' i are those x (s_train_in_place); else NULL */
 } s_block;
 
 struct wk_blocks {
@@ -506,6 +508,43 @@ static int s_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
     return rc;
 }
 
+/* Shared rows, when every row of block k sits in one mapping of one
+ * server's file (the servers' row stride is b->is too: both round a row
+ * up to whole 64-byte lines) and no further than 2^32 rows from the
+ * lowest: the block trains its rows where they are. Its ratings' i become
+ * the rows' places counted from the lowest, so the kernel reads and
+ * writes the servers' memory directly and nothing is copied per round. */
+static void s_train_in_place(wk_blocks *b, uint32_t k)
+{
+    s_block *bl = &b->blocks[k];
+    if (bl->n_items == 0)
+        return;
+    const size_t row = b->is * sizeof(float);
+    const char *lo = (const char *)bl->place[0], *hi = lo;
+    for (size_t x = 1; x < bl->n_items; x++) {
+        const char *p = (const char *)bl->place[x];
+        lo = p < lo ? p : lo;
+        hi = p > hi ? p : hi;
+    }
+    if ((size_t)(hi - lo) / row >= UINT32_MAX)
+        return;
+    uint32_t *at = malloc(bl->n_items * sizeof *at);
+    if (!at)
+        return; /* the copying path still works */
+    for (size_t x = 0; x < bl->n_items; x++) {
+        const size_t off = (size_t)((const char *)bl->place[x] - lo);
+        if (off % row != 0) { /* another mapping or another stride: copy */
+            free(at);
+            return;
+        }
+        at[x] = (uint32_t)(off / row);
+    }
+    for (size_t j = 0; j < bl->n_ratings; j++)
+        bl->ratings[j].i = at[bl->ratings[j].i];
+    free(at);
+    bl->base = (float *)(void *)lo;
+}
+
 /* Shared rows: block k's item rows copied out of the servers' memory into
  * rows (stride b->is), or back into it. */
 static void s_gather(const wk_blocks *b, uint32_t k, float *rows)
@@ -540,7 +579,11 @@ static int s_share_items(wk_blocks *b, wk_kv *kv, cm_error *err)
     }
     if (rc == 0) {
         b->shared = 1;
-        cm_log(CM_LOG_INFO, "blocks: item rows shared with the servers on this host");
+        for (uint32_t k = 0; k < b->n_blocks; k++)
+            s_train_in_place(b, k);
+        cm_log(CM_LOG_INFO, "blocks: item rows shared with the servers on this host "
+                            "(%u of %u blocks trained in place)", wk_blocks_in_place(b),
+               b->n_blocks);
         return 0;
     }
     for (uint32_t k = 0; k < b->n_blocks; k++) {
@@ -555,12 +598,13 @@ static int s_share_items(wk_blocks *b, wk_kv *kv, cm_error *err)
 }
 
 /* Starts the pull of block k's item rows into pf (shared rows: copies
- * them now). */
+ * them now; in place: nothing to move). */
 static int s_prefetch_start(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 {
     const s_block *bl = &b->blocks[k];
     if (b->shared > 0) {
-        s_gather(b, k, b->pf);
+        if (!bl->base)
+            s_gather(b, k, b->pf);
         b->pf_block = k;
         return 0;
     }
@@ -593,6 +637,10 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
     int rc = s_prefetch_wait(b, kv, err);
     if (rc != 0)
         return rc;
+    if (bl->base) { /* trained in place: nothing to move */
+        b->pf_block = UINT32_MAX;
+        return 0;
+    }
     if (b->pf_block != k) {
         b->pf_block = UINT32_MAX;
         if (b->shared > 0) {
@@ -658,7 +706,7 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     for (uint32_t g = 0; g < b->n_groups; g++)
         order[g] = g;
     cm_rng_shuffle_u32(&rng, order, b->n_groups);
-    wk_rows users = {b->urows, b->us}, items = {b->irows, b->is};
+    wk_rows users = {b->urows, b->us}, items = {bl->base ? bl->base : b->irows, b->is};
     size_t done = 0, reported = 0;
     for (uint32_t gi = 0; gi < b->n_groups; gi++) {
         const wk_rating *r = bl->ratings + bl->group_at[order[gi]];
@@ -697,9 +745,10 @@ int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
     if (!pass->async && (rc = s_prefetch_wait(b, kv, err)) != 0)
         goto out;
     const double t3 = cm_now();
-    if (b->shared > 0)
-        s_scatter(b, block, b->irows);
-    else
+    if (b->shared > 0) {
+        if (!bl->base)
+            s_scatter(b, block, b->irows);
+    } else
         rc = s_push_rows(kv, 1, bl->items, bl->n_items, b->rf_item, b->is, b->irows,
                          pass->async, err);
     cm_log(CM_LOG_DEBUG, "block %u: %zu rows ready in %.3f s, %zu ratings in %.3f s, waited "
@@ -718,6 +767,14 @@ void wk_blocks_spread(const wk_blocks *b, double *before, double *after)
 int wk_blocks_items_shared(const wk_blocks *b)
 {
     return b->shared > 0;
+}
+
+uint32_t wk_blocks_in_place(const wk_blocks *b)
+{
+    uint32_t n = 0;
+    for (uint32_t k = 0; k < b->n_blocks; k++)
+        n += b->blocks[k].base != NULL;
+    return n;
 }
 
 int wk_blocks_holds_users(const wk_blocks *b)

@@ -151,6 +151,11 @@ void wk_blocks_spread(const wk_blocks *b, double *before, double *after);
  * messages or before the first pass. */
 int wk_blocks_items_shared(const wk_blocks *b);
 
+/* Of the blocks whose item rows are shared, how many train them where they
+ * sit in the servers' memory (all of a block's rows in one server's file:
+ * nothing copied per round) rather than copying them out and back. */
+uint32_t wk_blocks_in_place(const wk_blocks *b);
+
 /* 1 once the worker holds its user rows (pulled or initialised). */
 int wk_blocks_holds_users(const wk_blocks *b);
 
