@@ -53,6 +53,8 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
     cr_expect(strstr(out, "blocks: 4 of") != NULL, "4 balanced blocks:\n%s", out);
     cr_expect(strstr(out, "item rows shared with the servers on this host") != NULL,
               "one host: item rows in the servers' memory:\n%s", out);
+    cr_expect(strstr(out, "(4 of 4 blocks trained in place)") != NULL,
+              "blocks spanning both servers' files train in place:\n%s", out);
     unlink(metrics);
 
     /* rows by messages instead (switched off, or over tcp): the same model */

@@ -401,13 +401,15 @@ Test(kv, large_pulls_are_not_kept)
 
 /* Servers whose table 1 (dim 3, AdaGrad: whole rows of 6 floats) is
  * shared and table 0 private, started on `eps` (inproc or tcp). */
-static void s_start_shared(cm_van *van, int n, const char *const *want, ps_server **srv,
-                           pthread_t *tid, const char **eps)
+/* Servers of two tables of `dim` weights (AdaGrad: rows of 2 dim floats),
+ * the item table shared. */
+static void s_start_shared_dim(cm_van *van, int n, const char *const *want, int dim,
+                               ps_server **srv, pthread_t *tid, const char **eps)
 {
     ps_table_params tp[2];
     memset(tp, 0, sizeof tp);
     for (int t = 0; t < 2; t++) {
-        tp[t].dim = DIM;
+        tp[t].dim = dim;
         tp[t].init_std = 0.1f;
         tp[t].seed = 40 + (uint64_t)t;
         tp[t].optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
@@ -422,10 +424,16 @@ static void s_start_shared(cm_van *van, int n, const char *const *want, ps_serve
     }
 }
 
-static wk_kv *s_kv_shared(cm_van *van, int n, const char **eps, uint32_t *map)
+static void s_start_shared(cm_van *van, int n, const char *const *want, ps_server **srv,
+                           pthread_t *tid, const char **eps)
+{
+    s_start_shared_dim(van, n, want, DIM, srv, tid, eps);
+}
+
+static wk_kv *s_kv_shared_dim(cm_van *van, int n, const char **eps, int dim, uint32_t *map)
 {
     sch_plan_slots(map, SLOTS, (uint32_t)n, NULL);
-    int dims[2] = {DIM, DIM}, rf[2] = {2 * DIM, 2 * DIM};
+    int dims[2] = {dim, dim}, rf[2] = {2 * dim, 2 * dim};
     wk_kv_params p = {.n_servers = (uint32_t)n, .server_eps = eps, .n_slots = SLOTS,
                       .slot_map = map, .n_tables = 2, .dims = dims, .row_floats = rf,
                       .rank = 3, .timeout_ms = 5000};
@@ -433,6 +441,11 @@ static wk_kv *s_kv_shared(cm_van *van, int n, const char **eps, uint32_t *map)
     wk_kv *kv = wk_kv_new(van, &p, &err);
     cr_assert_not_null(kv, "%s", err.msg);
     return kv;
+}
+
+static wk_kv *s_kv_shared(cm_van *van, int n, const char **eps, uint32_t *map)
+{
+    return s_kv_shared_dim(van, n, eps, DIM, map);
 }
 
 static void s_stop_shared(cm_van *van, int n, ps_server **srv, pthread_t *tid, const char **eps)
@@ -526,6 +539,52 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
     free(rows);
     free(again);
     free(full);
+}
+
+/* Rows of 80 floats (dim 33, AdaGrad: 66 used, 320 bytes a row, which no
+ * page size is a multiple of): the files of two servers, and the second
+ * mapping of a file that grew, are mapped so that every row lies a whole
+ * number of rows from every other. A block whose rows span both servers
+ * then trains in place (worker/blocks.c); plain page-aligned mappings
+ * would be 64 bytes apart mod 320 four times in five. */
+Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    cr_assert_not_null(van, "%s", err.msg);
+    ps_server *srv[NS];
+    pthread_t tid[NS];
+    const char *eps[NS];
+    const char *want[NS] = {"inproc://kv-rows-0", "inproc://kv-rows-1"};
+    enum { D = 33, N = 6000, ROW = 80 * sizeof(float) };
+    s_start_shared_dim(van, NS, want, D, srv, tid, eps);
+    uint32_t map[SLOTS];
+    wk_kv *kv = s_kv_shared_dim(van, NS, eps, D, map);
+    uint64_t *keys = malloc(N * sizeof *keys);
+    float **rows = malloc(N * sizeof *rows);
+    cr_assert(keys && rows);
+    for (size_t i = 0; i < N; i++)
+        keys[i] = 5 + 3 * i;
+    /* in two calls: the files grow between them and are mapped again */
+    cr_assert_eq(wk_kv_place(kv, 1, keys, 100, 1, rows, &err), 0, "%s", err.msg);
+    cr_assert_eq(wk_kv_place(kv, 1, keys + 100, N - 100, 1, rows + 100, &err), 0, "%s",
+                 err.msg);
+    for (int s = 0; s < NS; s++) {
+        ps_table_share_info sh;
+        cr_assert_eq(ps_table_share(ps_server_table(srv[s], 1), &sh), 0);
+        cr_assert_eq(sh.stride * sizeof(float), ROW, "server %d: a row is %zu floats", s,
+                     sh.stride);
+    }
+    for (size_t i = 1; i < N; i++) {
+        const ptrdiff_t d = (const char *)rows[i] - (const char *)rows[0];
+        cr_assert_eq(d % (ptrdiff_t)ROW, 0, "key %zu lies %td bytes from key 0", i, d);
+    }
+    wk_kv_destroy(&kv);
+    s_stop_shared(van, NS, srv, tid, eps);
+    cm_van_destroy(&van);
+    free(keys);
+    free(rows);
 }
 
 /* A server reached over tcp may be on another host: nothing is asked and

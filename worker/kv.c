@@ -622,6 +622,42 @@ int wk_kv_poll(wk_kv *kv, cm_error *err)
 
 /* Server srv's file for `table` as its PLACE reply st (pid, fd, token,
  * header, stride, bytes) describes, mapped (again if it grew) into *out. */
+/* Maps `bytes` of fd where every row lands on a multiple of `row` bytes:
+ * (address + header) % row == 0, so that rows of every server's file (and
+ * of every mapping of a grown one) lie a whole number of rows apart and a
+ * block whose rows span several files still trains in place (worker/
+ * blocks.c). A page-aligned address steps through all such residues
+ * within row / 64 pages (rows are whole 64-byte lines, the header whole
+ * pages): a reservation that much larger is taken and trimmed around the
+ * file. MAP_FAILED when nothing could be mapped. */
+static void *s_map_rows(int fd, size_t bytes, size_t header, size_t row)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t extra = (row / 64 + 1) * page;
+    char *res = row % 64 == 0 && header % page == 0
+                    ? mmap(NULL, bytes + extra, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+                    : MAP_FAILED;
+    if (res == MAP_FAILED)
+        return mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    size_t skip = 0;
+    while (skip < extra && ((uintptr_t)res + skip + header) % row != 0)
+        skip += page;
+    if (skip == extra) { /* no such page (cannot happen with the checks above) */
+        munmap(res, bytes + extra);
+        return mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    }
+    void *p = mmap(res + skip, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) {
+        munmap(res, bytes + extra);
+        return MAP_FAILED;
+    }
+    if (skip > 0)
+        munmap(res, skip);
+    munmap(res + skip + bytes, extra - skip);
+    return p;
+}
+
 static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st, s_map **out,
                       cm_error *err)
 {
@@ -641,7 +677,7 @@ static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st,
     if (fd < 0)
         return cm_error_set(err, CM_ENOTSUP, "kv: cannot open server %u's table %u file %s",
                             srv, table, path);
-    void *base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *base = s_map_rows(fd, bytes, (size_t)st[3], (size_t)st[4] * sizeof(float));
     close(fd);
     if (base == MAP_FAILED)
         return cm_error_set(err, CM_ENOTSUP, "kv: cannot map %zu bytes of %s", bytes, path);
