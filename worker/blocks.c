@@ -508,12 +508,13 @@ static int s_push_rows(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n
     return rc;
 }
 
-/* Shared rows, when every row of block k sits in one mapping of one
- * server's file (the servers' row stride is b->is too: both round a row
- * up to whole 64-byte lines) and no further than 2^32 rows from the
- * lowest: the block trains its rows where they are. Its ratings' i become
- * the rows' places counted from the lowest, so the kernel reads and
- * writes the servers' memory directly and nothing is copied per round. */
+/* Shared rows, when every row of block k lies a whole number of rows
+ * (b->is floats: the servers round a row up to whole 64-byte lines too)
+ * from the block's lowest and no further than 2^32 rows from it, as
+ * wk_kv_place's mappings make them on every server: the block trains its
+ * rows where they are. Its ratings' i become the rows' places counted
+ * from the lowest, so the kernel reads and writes the servers' memory
+ * directly and nothing is copied per round. */
 static void s_train_in_place(wk_blocks *b, uint32_t k)
 {
     s_block *bl = &b->blocks[k];
