@@ -94,10 +94,11 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
  * keys, maps the files and sets rows[i] to key i's whole row (weights then
  * optimizer state, row_floats floats) inside the server's own memory.
  * create: rows are made when missing; else a missing key's rows[i] is
- * NULL. The pointers stay valid until wk_kv_destroy.
- * A caller may read and write those rows where nobody else touches them
- * meanwhile (the blocks schedule's item rows); the servers see every
- * write at once. Waits for the pushes in flight first; not while a pull
+ * NULL. The pointers stay valid until wk_kv_destroy. The files are mapped
+ * so that any two rows, of one server or several, lie a whole number of
+ * rows (the tables' stride) apart. A caller may read and write those rows
+ * where nobody else touches them meanwhile (the blocks schedule's item
+ * rows); the servers see every write at once. Waits for the pushes in flight first; not while a pull
  * is in flight (CM_ESTATE).
  * CM_ENOTSUP (message in err) when the rows cannot be shared: a server
  * elsewhere, a table kept private, a file that cannot be opened or does
