@@ -259,14 +259,23 @@ static int s_count_gate(void *arg, int wait)
 
 enum { P_DIM = 9, P_USERS = 100000, P_ITEMS = 500, P_N = 1200000, P_SLOTS = 16 };
 
+/* What one pass reports. */
+typedef struct {
+    double sq;          /* squared error */
+    int calls;          /* gate calls */
+    size_t trained;     /* ratings trained */
+    size_t in_block;    /* ratings of block 0 in the data */
+    int used_memory;    /* wk_blocks_items_shared */
+    uint32_t in_place;  /* wk_blocks_in_place */
+} s_pass_out;
+
 /* One asynchronous pass over block 0 with block 1 next against a real
  * server whose item table is shared or not; got receives every item row
  * (weights) from the server afterwards. give_index: the item numbering is
- * made beforehand and handed to wk_blocks_new, as the worker does. Returns
- * the squared error. */
-static double s_one_pass(int shared, int give_index, float *got, int *calls, size_t *trained,
-                         size_t *in_block, int *used_memory, uint32_t *in_place)
+ * made beforehand and handed to wk_blocks_new, as the worker does. */
+static s_pass_out s_one_pass(int shared, int give_index, float *got)
 {
+    s_pass_out o = {0};
     cm_log_set_level(CM_LOG_ERROR);
     ps_table_params tp[2];
     memset(tp, 0, sizeof tp);
@@ -320,20 +329,17 @@ static double s_one_pass(int shared, int give_index, float *got, int *calls, siz
     free(iloc);
     free(uniq);
 
-    *calls = 0;
     wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
-                          .arg = calls, .async = 1};
+                          .arg = &o.calls, .async = 1};
     wk_model_ctx ctx = {.mean = 3.f, .l2 = 0.01f, .clip_lo = 1.f, .clip_hi = 5.f};
     ps_optim opt = tp[1].optim;
-    double sq = 0;
-    *trained = 0;
-    cr_assert_eq(wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &sq, trained, &err),
-                 0, "%s", err.msg);
-    *used_memory = wk_blocks_items_shared(b);
-    *in_place = wk_blocks_in_place(b);
-    *in_block = 0;
+    cr_assert_eq(
+        wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &o.sq, &o.trained, &err), 0,
+        "%s", err.msg);
+    o.used_memory = wk_blocks_items_shared(b);
+    o.in_place = wk_blocks_in_place(b);
     for (size_t j = 0; j < P_N; j++)
-        *in_block += wk_block_of(item[j], 2) == 0;
+        o.in_block += wk_block_of(item[j], 2) == 0;
 
     /* the prefetch of block 1 and the pushes of block 0 finish */
     cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
@@ -354,7 +360,7 @@ static double s_one_pass(int shared, int give_index, float *got, int *calls, siz
     pthread_join(tid, NULL);
     ps_server_destroy(&srv);
     cm_van_destroy(&van);
-    return sq;
+    return o;
 }
 
 /* Messages: the gate is asked at the start and again at every 256k
@@ -364,16 +370,13 @@ static double s_one_pass(int shared, int give_index, float *got, int *calls, siz
 Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
 {
     static float got[P_ITEMS * P_DIM];
-    int calls, mem;
-    uint32_t inpl;
-    size_t n, in_block;
-    double sq = s_one_pass(0, 0, got, &calls, &n, &in_block, &mem, &inpl);
-    cr_expect_eq(inpl, 0, "nothing in place without shared rows");
-    cr_expect_eq(mem, 0, "a private table: rows by messages");
-    cr_expect_eq(n, in_block, "every rating of block 0 trained once");
-    cr_expect_gt(sq, 0);
-    cr_expect_geq(calls, 1 + (int)(in_block / 262144), "gate asked %d times for %zu ratings",
-                  calls, in_block);
+    s_pass_out o = s_one_pass(0, 0, got);
+    cr_expect_eq(o.in_place, 0, "nothing in place without shared rows");
+    cr_expect_eq(o.used_memory, 0, "a private table: rows by messages");
+    cr_expect_eq(o.trained, o.in_block, "every rating of block 0 trained once");
+    cr_expect_gt(o.sq, 0);
+    cr_expect_geq(o.calls, 1 + (int)(o.in_block / 262144), "gate asked %d times for %zu ratings",
+                  o.calls, o.in_block);
     ps_table_params tp = {0};
     tp.dim = P_DIM;
     tp.zero_prefix = 1;
@@ -394,19 +397,13 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
 Test(blocks, shared_item_rows_train_what_messages_train)
 {
     static float by_msg[P_ITEMS * P_DIM], by_mem[P_ITEMS * P_DIM];
-    int calls_msg, calls_mem, mem_msg, mem_mem;
-    uint32_t inpl_msg, inpl_mem;
-    size_t n_msg, n_mem, in_block;
-    double sq_msg =
-        s_one_pass(0, 0, by_msg, &calls_msg, &n_msg, &in_block, &mem_msg, &inpl_msg);
-    double sq_mem =
-        s_one_pass(1, 0, by_mem, &calls_mem, &n_mem, &in_block, &mem_mem, &inpl_mem);
-    cr_assert_eq(inpl_mem, 2, "one server: both blocks train in its memory, in place");
-    cr_assert_eq(mem_mem, 1, "a shared table on this host: rows in its memory");
-    cr_assert_eq(mem_msg, 0);
-    cr_expect_eq(n_mem, n_msg);
-    cr_expect_eq(sq_mem, sq_msg, "squared error %.17g vs %.17g", sq_mem, sq_msg);
-    cr_expect_eq(calls_mem, calls_msg);
+    s_pass_out msg = s_one_pass(0, 0, by_msg), mem = s_one_pass(1, 0, by_mem);
+    cr_assert_eq(mem.in_place, 2, "one server: both blocks train in its memory, in place");
+    cr_assert_eq(mem.used_memory, 1, "a shared table on this host: rows in its memory");
+    cr_assert_eq(msg.used_memory, 0);
+    cr_expect_eq(mem.trained, msg.trained);
+    cr_expect_eq(mem.sq, msg.sq, "squared error %.17g vs %.17g", mem.sq, msg.sq);
+    cr_expect_eq(mem.calls, msg.calls);
     cr_expect_arr_eq(by_mem, by_msg, sizeof by_msg, "every item row the same");
 }
 
@@ -416,13 +413,9 @@ Test(blocks, shared_item_rows_train_what_messages_train)
 Test(blocks, a_given_item_numbering_trains_what_its_own_trains)
 {
     static float own[P_ITEMS * P_DIM], given[P_ITEMS * P_DIM];
-    int calls_own, calls_given, mem;
-    uint32_t inpl;
-    size_t n_own, n_given, in_block;
-    double sq_own = s_one_pass(0, 0, own, &calls_own, &n_own, &in_block, &mem, &inpl);
-    double sq_given = s_one_pass(0, 1, given, &calls_given, &n_given, &in_block, &mem, &inpl);
-    cr_expect_eq(n_given, n_own);
-    cr_expect_eq(n_given, in_block);
-    cr_expect_eq(sq_given, sq_own, "squared error %.17g vs %.17g", sq_given, sq_own);
+    s_pass_out a = s_one_pass(0, 0, own), b = s_one_pass(0, 1, given);
+    cr_expect_eq(b.trained, a.trained);
+    cr_expect_eq(b.trained, b.in_block);
+    cr_expect_eq(b.sq, a.sq, "squared error %.17g vs %.17g", b.sq, a.sq);
     cr_expect_arr_eq(given, own, sizeof own, "every item row the same");
 }

@@ -399,13 +399,26 @@ Test(kv, large_pulls_are_not_kept)
 
 /* ----------------------------------------------------------- shared rows */
 
-/* Servers whose table 1 (dim 3, AdaGrad: whole rows of 6 floats) is
- * shared and table 0 private, started on `eps` (inproc or tcp). */
-/* Servers of two tables of `dim` weights (AdaGrad: rows of 2 dim floats),
- * the item table shared. */
-static void s_start_shared_dim(cm_van *van, int n, const char *const *want, int dim,
-                               ps_server **srv, pthread_t *tid, const char **eps)
+/* n servers started on `want` (inproc or tcp), each with two tables of
+ * `dim` weights (AdaGrad: whole rows of 2 dim floats), table 1 shared and
+ * table 0 private, and a kv client of them. */
+typedef struct {
+    cm_van *van;
+    int n;
+    ps_server *srv[NS];
+    pthread_t tid[NS];
+    const char *eps[NS];
+    uint32_t map[SLOTS];
+    wk_kv *kv;
+} s_shared_fix;
+
+static void s_shared_up(s_shared_fix *f, int n, const char *const *want, int dim)
 {
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    f->van = cm_van_new(&err);
+    cr_assert_not_null(f->van, "%s", err.msg);
+    f->n = n;
     ps_table_params tp[2];
     memset(tp, 0, sizeof tp);
     for (int t = 0; t < 2; t++) {
@@ -415,49 +428,33 @@ static void s_start_shared_dim(cm_van *van, int n, const char *const *want, int 
         tp[t].optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
     }
     tp[1].shared = 1;
-    cm_error err = {0};
     for (int i = 0; i < n; i++) {
-        srv[i] = ps_server_new(van, want[i], tp, 2, &err);
-        cr_assert_not_null(srv[i], "%s", err.msg);
-        eps[i] = ps_server_endpoint(srv[i]);
-        cr_assert_eq(pthread_create(&tid[i], NULL, s_serve, srv[i]), 0);
+        f->srv[i] = ps_server_new(f->van, want[i], tp, 2, &err);
+        cr_assert_not_null(f->srv[i], "%s", err.msg);
+        f->eps[i] = ps_server_endpoint(f->srv[i]);
+        cr_assert_eq(pthread_create(&f->tid[i], NULL, s_serve, f->srv[i]), 0);
     }
-}
-
-static void s_start_shared(cm_van *van, int n, const char *const *want, ps_server **srv,
-                           pthread_t *tid, const char **eps)
-{
-    s_start_shared_dim(van, n, want, DIM, srv, tid, eps);
-}
-
-static wk_kv *s_kv_shared_dim(cm_van *van, int n, const char **eps, int dim, uint32_t *map)
-{
-    sch_plan_slots(map, SLOTS, (uint32_t)n, NULL);
+    sch_plan_slots(f->map, SLOTS, (uint32_t)n, NULL);
     int dims[2] = {dim, dim}, rf[2] = {2 * dim, 2 * dim};
-    wk_kv_params p = {.n_servers = (uint32_t)n, .server_eps = eps, .n_slots = SLOTS,
-                      .slot_map = map, .n_tables = 2, .dims = dims, .row_floats = rf,
+    wk_kv_params p = {.n_servers = (uint32_t)n, .server_eps = f->eps, .n_slots = SLOTS,
+                      .slot_map = f->map, .n_tables = 2, .dims = dims, .row_floats = rf,
                       .rank = 3, .timeout_ms = 5000};
-    cm_error err = {0};
-    wk_kv *kv = wk_kv_new(van, &p, &err);
-    cr_assert_not_null(kv, "%s", err.msg);
-    return kv;
+    f->kv = wk_kv_new(f->van, &p, &err);
+    cr_assert_not_null(f->kv, "%s", err.msg);
 }
 
-static wk_kv *s_kv_shared(cm_van *van, int n, const char **eps, uint32_t *map)
+static void s_shared_down(s_shared_fix *f)
 {
-    return s_kv_shared_dim(van, n, eps, DIM, map);
-}
-
-static void s_stop_shared(cm_van *van, int n, ps_server **srv, pthread_t *tid, const char **eps)
-{
+    wk_kv_destroy(&f->kv);
     cm_error err = {0};
     uint64_t rows = 0, bytes = 0;
-    cr_expect_eq(sch_stop_servers(van, (uint32_t)n, eps, 5000, &rows, &bytes, &err), 0, "%s",
-                 err.msg);
-    for (int i = 0; i < n; i++) {
-        pthread_join(tid[i], NULL);
-        ps_server_destroy(&srv[i]);
+    cr_expect_eq(sch_stop_servers(f->van, (uint32_t)f->n, f->eps, 5000, &rows, &bytes, &err),
+                 0, "%s", err.msg);
+    for (int i = 0; i < f->n; i++) {
+        pthread_join(f->tid[i], NULL);
+        ps_server_destroy(&f->srv[i]);
     }
+    cm_van_destroy(&f->van);
 }
 
 /* Rows of a shared table across two servers on this host: each pointer is
@@ -467,17 +464,12 @@ static void s_stop_shared(cm_van *van, int n, ps_server **srv, pthread_t *tid, c
  * flight are refused with reasons. */
 Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
 {
-    cm_log_set_level(CM_LOG_ERROR);
-    cm_error err = {0};
-    cm_van *van = cm_van_new(&err);
-    cr_assert_not_null(van, "%s", err.msg);
-    ps_server *srv[NS];
-    pthread_t tid[NS];
-    const char *eps[NS];
     const char *want[NS] = {"inproc://kv-shared-0", "inproc://kv-shared-1"};
-    s_start_shared(van, NS, want, srv, tid, eps);
-    uint32_t map[SLOTS];
-    wk_kv *kv = s_kv_shared(van, NS, eps, map);
+    s_shared_fix f;
+    s_shared_up(&f, NS, want, DIM);
+    wk_kv *kv = f.kv;
+    ps_server **srv = f.srv;
+    cm_error err = {0};
     enum { N = 5000, RF = 2 * DIM };
     uint64_t *keys = malloc(N * sizeof *keys);
     float **rows = malloc(N * sizeof *rows), **again = malloc(N * sizeof *again);
@@ -532,9 +524,7 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
     cr_assert_eq(wk_kv_pull_start(kv, &req, 1, &err), 0, "%s", err.msg);
     cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ESTATE);
     cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);
-    wk_kv_destroy(&kv);
-    s_stop_shared(van, NS, srv, tid, eps);
-    cm_van_destroy(&van);
+    s_shared_down(&f);
     free(keys);
     free(rows);
     free(again);
@@ -549,18 +539,12 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
  * would be 64 bytes apart mod 320 four times in five. */
 Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
 {
-    cm_log_set_level(CM_LOG_ERROR);
-    cm_error err = {0};
-    cm_van *van = cm_van_new(&err);
-    cr_assert_not_null(van, "%s", err.msg);
-    ps_server *srv[NS];
-    pthread_t tid[NS];
-    const char *eps[NS];
     const char *want[NS] = {"inproc://kv-rows-0", "inproc://kv-rows-1"};
     enum { D = 33, N = 6000, ROW = 80 * sizeof(float) };
-    s_start_shared_dim(van, NS, want, D, srv, tid, eps);
-    uint32_t map[SLOTS];
-    wk_kv *kv = s_kv_shared_dim(van, NS, eps, D, map);
+    s_shared_fix f;
+    s_shared_up(&f, NS, want, D);
+    wk_kv *kv = f.kv;
+    cm_error err = {0};
     uint64_t *keys = malloc(N * sizeof *keys);
     float **rows = malloc(N * sizeof *rows);
     cr_assert(keys && rows);
@@ -572,7 +556,7 @@ Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
                  err.msg);
     for (int s = 0; s < NS; s++) {
         ps_table_share_info sh;
-        cr_assert_eq(ps_table_share(ps_server_table(srv[s], 1), &sh), 0);
+        cr_assert_eq(ps_table_share(ps_server_table(f.srv[s], 1), &sh), 0);
         cr_assert_eq(sh.stride * sizeof(float), ROW, "server %d: a row is %zu floats", s,
                      sh.stride);
     }
@@ -580,9 +564,7 @@ Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
         const ptrdiff_t d = (const char *)rows[i] - (const char *)rows[0];
         cr_assert_eq(d % (ptrdiff_t)ROW, 0, "key %zu lies %td bytes from key 0", i, d);
     }
-    wk_kv_destroy(&kv);
-    s_stop_shared(van, NS, srv, tid, eps);
-    cm_van_destroy(&van);
+    s_shared_down(&f);
     free(keys);
     free(rows);
 }
@@ -591,23 +573,14 @@ Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
  * rows stay where they are. */
 Test(kvshared, a_tcp_server_is_not_shared, .timeout = 60)
 {
-    cm_log_set_level(CM_LOG_ERROR);
-    cm_error err = {0};
-    cm_van *van = cm_van_new(&err);
-    cr_assert_not_null(van, "%s", err.msg);
-    ps_server *srv[1];
-    pthread_t tid[1];
-    const char *eps[1];
     const char *want[1] = {"tcp://127.0.0.1:*"};
-    s_start_shared(van, 1, want, srv, tid, eps);
-    uint32_t map[SLOTS];
-    wk_kv *kv = s_kv_shared(van, 1, eps, map);
+    s_shared_fix f;
+    s_shared_up(&f, 1, want, DIM);
+    cm_error err = {0};
     uint64_t keys[3] = {1, 2, 3};
     float *rows[3];
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 3, 1, rows, &err), CM_ENOTSUP);
+    cr_expect_eq(wk_kv_place(f.kv, 1, keys, 3, 1, rows, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "server 0 is reached over tcp"), "%s", err.msg);
-    cr_expect_eq(ps_table_rows(ps_server_table(srv[0], 1)), 0, "no place was asked");
-    wk_kv_destroy(&kv);
-    s_stop_shared(van, 1, srv, tid, eps);
-    cm_van_destroy(&van);
+    cr_expect_eq(ps_table_rows(ps_server_table(f.srv[0], 1)), 0, "no place was asked");
+    s_shared_down(&f);
 }

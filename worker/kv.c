@@ -634,19 +634,15 @@ static void *s_map_rows(int fd, size_t bytes, size_t header, size_t row)
 {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const size_t extra = (row / 64 + 1) * page;
-    char *res = row % 64 == 0 && header % page == 0
+    char *res = row % 64 == 0 && page % 64 == 0 && header % page == 0
                     ? mmap(NULL, bytes + extra, PROT_NONE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
                     : MAP_FAILED;
-    if (res == MAP_FAILED)
+    if (res == MAP_FAILED) /* a row or header of another shape: rows copied instead */
         return mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    size_t skip = 0;
-    while (skip < extra && ((uintptr_t)res + skip + header) % row != 0)
+    size_t skip = 0; /* found within row / 64 pages, as said above */
+    while (((uintptr_t)res + skip + header) % row != 0)
         skip += page;
-    if (skip == extra) { /* no such page (cannot happen with the checks above) */
-        munmap(res, bytes + extra);
-        return mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    }
     void *p = mmap(res + skip, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
     if (p == MAP_FAILED) {
         munmap(res, bytes + extra);

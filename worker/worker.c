@@ -666,19 +666,23 @@ static int s_row_known(const float *row, int dim)
     return 0;
 }
 
+/* A row's dim weights into out, or zeros for a row nobody has (NULL). */
+static void s_put_row(float *out, const float *row, size_t dim)
+{
+    if (row)
+        memcpy(out, row, dim * sizeof *out);
+    else
+        memset(out, 0, dim * sizeof *out);
+}
+
 /* Blocks schedule: the rows of chunk c's users from the rows this worker
  * holds (users it does not hold read as zeros, as a pull without creating
  * would give), so evaluation needs no write-back. */
 static void s_local_user_rows(s_worker *w, size_t c, float *out)
 {
     const size_t dim = (size_t)w->dims[0], n = wk_evalset_chunk(w->evalset, c)->n_uniq[0];
-    for (size_t k = 0; k < n; k++) {
-        const float *row = wk_blocks_user_row_at(w->blocks, w->eplace[c][k]);
-        if (row)
-            memcpy(out + k * dim, row, dim * sizeof *out);
-        else
-            memset(out + k * dim, 0, dim * sizeof *out);
-    }
+    for (size_t k = 0; k < n; k++)
+        s_put_row(out + k * dim, wk_blocks_user_row_at(w->blocks, w->eplace[c][k]), dim);
 }
 
 /* Blocks schedule with shared item rows: chunk c's item rows read from
@@ -687,13 +691,8 @@ static void s_local_user_rows(s_worker *w, size_t c, float *out)
 static void s_placed_item_rows(s_worker *w, size_t c, float *out)
 {
     const size_t dim = (size_t)w->dims[1], n = wk_evalset_chunk(w->evalset, c)->n_uniq[1];
-    for (size_t k = 0; k < n; k++) {
-        const float *row = w->eitem[c][k];
-        if (row)
-            memcpy(out + k * dim, row, dim * sizeof *out);
-        else
-            memset(out + k * dim, 0, dim * sizeof *out);
-    }
+    for (size_t k = 0; k < n; k++)
+        s_put_row(out + k * dim, w->eitem[c][k], dim);
 }
 
 /* Where each chunk's item rows sit in the servers' memory, asked once
