@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/config.h"
 #include "common/half.h"
@@ -10,6 +11,7 @@
 #include "common/msg.h"
 #include "common/slots.h"
 #include "ps/server.h"
+#include "ps/table.h"
 #include "scheduler/plan.h"
 #include "scheduler/scheduler.h"
 #include "worker/kv.h"
@@ -567,6 +569,88 @@ Test(kvshared, rows_of_every_server_lie_whole_rows_apart, .timeout = 60)
     s_shared_down(&f);
     free(keys);
     free(rows);
+}
+
+/* A server that answers PLACE wrongly: with a place for a missing key
+ * (UINT64_MAX) although rows were to be made (mode 0), a place beyond its
+ * file (1), or too few stats to map the file (2). The file is a real shared
+ * table's, so only the answer is wrong. */
+typedef struct {
+    cm_sock *sock;
+    ps_table *t;
+    int mode;
+} s_liar;
+
+static void *s_liar_main(void *arg)
+{
+    s_liar *l = arg;
+    cm_msg m = {0};
+    cm_error e = {0};
+    if (cm_msg_recv(l->sock, &m, 5000, &e) != 0)
+        return NULL;
+    ps_table_share_info sh;
+    cr_assert_eq(ps_table_share(l->t, &sh), 0);
+    cm_hdr h = cm_hdr_make(CM_OP_REPLY);
+    h.req_id = m.hdr.req_id;
+    h.table = m.hdr.table;
+    const double st[6] = {(double)getpid(), (double)sh.fd,     (double)sh.token,
+                          (double)sh.header, (double)sh.stride, (double)sh.bytes};
+    h.n_stats = l->mode == 2 ? 3 : 6;
+    memcpy(h.stats, st, sizeof st);
+    const uint64_t idx[2] = {0, l->mode == 0 ? UINT64_MAX : (uint64_t)1 << 40};
+    cm_msg_send(l->sock, m.route, m.route_size, &h, idx, 2, NULL, 0);
+    cm_msg_release(&m);
+    return NULL;
+}
+
+/* A wrong PLACE answer is an error naming the server and what is wrong,
+ * never a pointer outside the server's file. */
+Test(kvshared, a_wrong_place_answer_is_refused, .timeout = 60)
+{
+    cm_log_set_level(CM_LOG_ERROR);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    cr_assert_not_null(van, "%s", err.msg);
+    ps_table_params tp = {0};
+    tp.dim = DIM;
+    tp.init_std = 0.1f;
+    tp.optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    tp.shared = 1;
+    ps_table *t = ps_table_new(&tp, &err);
+    cr_assert_not_null(t, "%s", err.msg);
+    const uint64_t keys[2] = {10, 20};
+    uint64_t made[2];
+    cr_assert_eq(ps_table_place(t, keys, 2, 1, made), 0, "the file holds two rows");
+    const char *want[3] = {"beyond its file", "beyond its file", "answered a PLACE of 2 keys"};
+    for (int mode = 0; mode < 3; mode++) {
+        char ep[64], bound[CM_ENDPOINT_MAX];
+        snprintf(ep, sizeof ep, "inproc://kv-liar-%d", mode);
+        s_liar l = {cm_sock_new(van, CM_SOCK_ROUTER, &err), t, mode};
+        cr_assert_not_null(l.sock, "%s", err.msg);
+        cr_assert_eq(cm_sock_bind(l.sock, ep, bound), 0);
+        pthread_t tid;
+        cr_assert_eq(pthread_create(&tid, NULL, s_liar_main, &l), 0);
+        const char *eps[1] = {bound};
+        uint32_t map[SLOTS];
+        sch_plan_slots(map, SLOTS, 1, NULL);
+        int dims[2] = {DIM, DIM}, rf[2] = {2 * DIM, 2 * DIM};
+        wk_kv_params p = {.n_servers = 1, .server_eps = eps, .n_slots = SLOTS,
+                          .slot_map = map, .n_tables = 2, .dims = dims, .row_floats = rf,
+                          .rank = 3, .timeout_ms = 5000};
+        wk_kv *kv = wk_kv_new(van, &p, &err);
+        cr_assert_not_null(kv, "%s", err.msg);
+        float *rows[2] = {NULL, NULL};
+        cm_error_clear(&err);
+        cr_expect_eq(wk_kv_place(kv, 1, keys, 2, 1, rows, &err), CM_EPROTO, "mode %d: %s", mode,
+                     err.msg);
+        cr_expect(strstr(err.msg, "server 0") && strstr(err.msg, want[mode]), "mode %d: %s",
+                  mode, err.msg);
+        pthread_join(tid, NULL);
+        wk_kv_destroy(&kv);
+        cm_sock_destroy(&l.sock);
+    }
+    ps_table_destroy(&t);
+    cm_van_destroy(&van);
 }
 
 /* A server reached over tcp may be on another host: nothing is asked and
