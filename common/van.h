@@ -71,6 +71,30 @@ int cm_sock_connect(cm_sock *s, const char *endpoint);
  * connect; without it ZeroMQ makes one up. */
 int cm_sock_set_identity(cm_sock *s, const void *id, size_t size);
 
+/* ---- a socket facing clients outside the job (psrec serve) ----
+ * Limits on what a peer can make this socket hold; call before bind. */
+typedef struct {
+    int64_t max_msg_bytes; /* a larger incoming message drops its connection
+                              before it is read; 0: no limit */
+    int rcv_hwm;           /* messages queued per peer, each way (0: no limit) */
+    int snd_hwm;
+    int snd_timeout_ms;    /* a send to a peer whose queue is full fails
+                              (CM_ETIMEDOUT) after this; 0: at once */
+} cm_sock_limits;
+
+int cm_sock_set_limits(cm_sock *s, const cm_sock_limits *l);
+
+/* Makes s a CURVE server (encrypted, clients must know its public key)
+ * with this 40-character Z85 secret key. Call before bind. CM_ENOTSUP
+ * when the transport has no CURVE. */
+int cm_sock_set_curve_server(cm_sock *s, const char *secret_z85);
+
+/* A new CURVE key pair, each 40 Z85 characters plus NUL; and the public
+ * key of a secret key. CM_EINVAL for a malformed secret, CM_ENOTSUP when
+ * the transport has no CURVE. */
+int cm_curve_keypair(char public_z85[41], char secret_z85[41]);
+int cm_curve_public(char public_z85[41], const char *secret_z85);
+
 /* Sends one multipart message of n frames (copies the bytes). */
 int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n);
 

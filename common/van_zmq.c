@@ -443,3 +443,63 @@ cm_van *cm_van_zmq_new_(cm_error *err)
     }
     return v;
 }
+
+/* ------------------------------------- sockets facing outside clients -- */
+
+/* The zmq socket under s (wrapping vans keep theirs in s->inner). */
+static void *s_zmq_of(cm_sock *s)
+{
+    while (s && s->van->ops != &s_ops)
+        s = s->inner;
+    return s ? s->impl : NULL;
+}
+
+int cm_sock_set_limits(cm_sock *s, const cm_sock_limits *l)
+{
+    void *zs = s ? s_zmq_of(s) : NULL;
+    if (!zs || !l)
+        return s ? cm_sock_seterr_(s, CM_EINVAL, "limits: not a zmq socket") : CM_EINVAL;
+    int64_t max = l->max_msg_bytes > 0 ? l->max_msg_bytes : -1;
+    if (zmq_setsockopt(zs, ZMQ_MAXMSGSIZE, &max, sizeof max) != 0)
+        return s_fail(s, "setsockopt", "ZMQ_MAXMSGSIZE");
+    int rc;
+    if ((rc = s_setint(s, zs, ZMQ_RCVHWM, l->rcv_hwm, "ZMQ_RCVHWM")) < 0 ||
+        (rc = s_setint(s, zs, ZMQ_SNDHWM, l->snd_hwm, "ZMQ_SNDHWM")) < 0 ||
+        (rc = s_setint(s, zs, ZMQ_SNDTIMEO, l->snd_timeout_ms, "ZMQ_SNDTIMEO")) < 0)
+        return rc;
+    return 0;
+}
+
+int cm_sock_set_curve_server(cm_sock *s, const char *secret_z85)
+{
+    void *zs = s ? s_zmq_of(s) : NULL;
+    if (!zs)
+        return s ? cm_sock_seterr_(s, CM_EINVAL, "curve: not a zmq socket") : CM_EINVAL;
+    if (!zmq_has("curve"))
+        return cm_sock_seterr_(s, CM_ENOTSUP, "curve: this libzmq was built without CURVE");
+    if (!secret_z85 || strlen(secret_z85) != 40)
+        return cm_sock_seterr_(s, CM_EINVAL, "curve: a secret key is 40 Z85 characters");
+    int rc = s_setint(s, zs, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER");
+    if (rc < 0)
+        return rc;
+    /* 41 bytes: zmq reads a NUL-terminated Z85 string */
+    if (zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, secret_z85, 41) != 0)
+        return s_fail(s, "setsockopt", "ZMQ_CURVE_SECRETKEY");
+    return 0;
+}
+
+int cm_curve_keypair(char public_z85[41], char secret_z85[41])
+{
+    if (!zmq_has("curve"))
+        return CM_ENOTSUP;
+    return zmq_curve_keypair(public_z85, secret_z85) == 0 ? 0 : CM_EIO;
+}
+
+int cm_curve_public(char public_z85[41], const char *secret_z85)
+{
+    if (!zmq_has("curve"))
+        return CM_ENOTSUP;
+    if (!secret_z85 || strlen(secret_z85) != 40)
+        return CM_EINVAL;
+    return zmq_curve_public(public_z85, secret_z85) == 0 ? 0 : CM_EINVAL;
+}

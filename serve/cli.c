@@ -2,12 +2,15 @@
 #include "serve/cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/dataset.h"
 #include "common/hash.h"
@@ -234,12 +237,77 @@ static void s_on_signal(int sig)
     atomic_store(&s_stop, 1);
 }
 
+/* Writes a new CURVE secret key to path (created, never overwritten,
+ * readable by its owner only) and prints the public key. */
+static int s_keygen(const char *path)
+{
+    char pub[41], sec[41];
+    int rc = cm_curve_keypair(pub, sec);
+    if (rc != 0) {
+        fprintf(stderr, "psrec serve: --keygen: %s\n",
+                rc == CM_ENOTSUP ? "this libzmq was built without CURVE" : cm_strerror(rc));
+        return 1;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "psrec serve: --keygen %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    char line[42];
+    snprintf(line, sizeof line, "%s\n", sec);
+    int ok = write(fd, line, 41) == 41;
+    ok = fsync(fd) == 0 && ok;
+    ok = close(fd) == 0 && ok;
+    if (!ok) {
+        fprintf(stderr, "psrec serve: --keygen %s: %s\n", path, strerror(errno));
+        unlink(path);
+        return 1;
+    }
+    printf("secret key written to %s\npublic key: %s\n", path, pub);
+    return 0;
+}
+
+/* Reads a secret key file: 40 Z85 characters, then optional whitespace.
+ * Refused when others may read it, as ssh does with its keys. */
+static int s_read_secret(const char *path, char sec[41], char pub[41])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "psrec serve: --curve-secret-file %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    if (st.st_mode & 077) {
+        fprintf(stderr, "psrec serve: --curve-secret-file %s: readable by others (mode %03o); "
+                "chmod 600 it\n", path, (unsigned)(st.st_mode & 0777));
+        close(fd);
+        return 1;
+    }
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    size_t len = n > 0 ? (size_t)n : 0;
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+        len--;
+    buf[len] = '\0';
+    if (len != 40 || cm_curve_public(pub, buf) != 0) {
+        fprintf(stderr, "psrec serve: --curve-secret-file %s: expected a 40-character Z85 "
+                "secret key (psrec serve --keygen FILE makes one)\n", path);
+        return 1;
+    }
+    memcpy(sec, buf, 41);
+    return 0;
+}
+
 int sv_serve_main(int argc, char **argv)
 {
     sv_server_params p = sv_server_params_default();
-    const char *level = "info";
-    uint64_t max_requests = 0;
-    int max_k = (int)p.max_k;
+    const char *level = "info", *secret_file = NULL, *keygen = NULL;
+    uint64_t max_requests = 0, max_msg = (uint64_t)p.max_msg_bytes;
+    int max_k = (int)p.max_k, max_exclude = (int)p.max_exclude, threads = (int)p.threads,
+        queue = (int)p.queue;
     p.bind = "tcp://127.0.0.1:5555";
     const cm_opt opts[] = {
         {"model", 'm', CM_OPT_STR, &p.model, "an export directory or its model.psm (required)"},
@@ -248,6 +316,18 @@ int sv_serve_main(int argc, char **argv)
         {"poll-ms", 0, CM_OPT_INT, &p.poll_ms, "check the model file for a new version this often "
                                           "(default 200)"},
         {"max-k", 0, CM_OPT_INT, &max_k, "largest k a request may ask for (default 1000)"},
+        {"max-exclude", 0, CM_OPT_INT, &max_exclude,
+         "most excluded ids in one request (default 100000)"},
+        {"max-msg-bytes", 0, CM_OPT_U64, &max_msg,
+         "larger request messages are dropped with their connection, unread "
+         "(default 1048576)"},
+        {"threads", 0, CM_OPT_INT, &threads, "workers answering requests (default 4, max 64)"},
+        {"queue", 0, CM_OPT_INT, &queue, "requests waiting for a worker before the server "
+                                         "stops reading (default 64)"},
+        {"curve-secret-file", 0, CM_OPT_STR, &secret_file,
+         "encrypt with CURVE: the server's secret key (mode 600; see --keygen)"},
+        {"keygen", 0, CM_OPT_STR, &keygen,
+         "write a new CURVE secret key to this file, print its public key, exit"},
         {"max-requests", 0, CM_OPT_U64, &max_requests, "exit after this many requests "
                                                   "(default 0: run until SIGINT/SIGTERM)"},
         {"log-level", 0, CM_OPT_STR, &level, "debug, info (default), warn, error"},
@@ -257,33 +337,53 @@ int sv_serve_main(int argc, char **argv)
     int n_pos = 0;
     int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
     if (rc < 0) {
-        printf("usage: psrec serve --model EXPORT [--bind ENDPOINT] [options]\n\n"
+        printf("usage: psrec serve --model EXPORT [--bind ENDPOINT] [options]\n"
+               "       psrec serve --keygen SECRET_FILE\n\n"
                "Answers top-K requests over ZeroMQ: a ROUTER socket takes a protobuf\n"
                "psrec.pb.RecRequest {user, k, exclude} from DEALER (or REQ) clients and\n"
                "replies with a RecReply {status, error, items, scores, fallback,\n"
                "model_version}. Unknown users get the popularity fallback, flagged.\n"
+               "A pool of --threads workers answers; each client's replies come in\n"
+               "order. k, the exclude list and the message size are limited; a\n"
+               "request over a limit gets an error reply (an oversized message loses\n"
+               "its connection). With --curve-secret-file traffic is encrypted and\n"
+               "clients need the public key printed at start (serve/examples/).\n"
                "When model.psm is replaced (rename) the new file is validated and\n"
                "swapped in; a broken file is logged and the old model keeps serving.\n"
-               "docs/serving.md has the protocol.\n\n");
+               "docs/serving.md has the protocol and the limits.\n\n");
         cm_opts_print(stdout, opts, n_opts);
         return 0;
     }
     if (rc != 0)
         return rc;
+    if (keygen)
+        return s_keygen(keygen);
     if (!p.model) {
         fprintf(stderr, "psrec serve: need --model (see --help)\n");
         return 2;
     }
-    if (max_k < 1) {
-        fprintf(stderr, "psrec serve: --max-k must be at least 1\n");
+    if (max_k < 1 || max_exclude < 0 || threads < 1 || threads > 64 || queue < 1 ||
+        max_msg < 64 || max_msg > ((uint64_t)1 << 40)) {
+        fprintf(stderr, "psrec serve: --max-k, --threads (1..64) and --queue must be at least "
+                "1, --max-msg-bytes 64..2^40\n");
         return 2;
     }
     p.max_k = (uint32_t)max_k;
+    p.max_exclude = (uint32_t)max_exclude;
+    p.max_msg_bytes = (int64_t)max_msg;
+    p.threads = (uint32_t)threads;
+    p.queue = (uint32_t)queue;
     p.max_requests = max_requests;
     int lv = cm_log_level_parse(level);
     if (lv < 0) {
         fprintf(stderr, "psrec serve: --log-level: bad value '%s'\n", level);
         return 2;
+    }
+    char sec[41] = "", pub[41] = "";
+    if (secret_file) {
+        if (s_read_secret(secret_file, sec, pub) != 0)
+            return 1;
+        p.curve_secret = sec;
     }
     cm_log_set_level(lv);
     cm_log_set_identity("serve", -1);
@@ -294,6 +394,7 @@ int sv_serve_main(int argc, char **argv)
         return 1;
     }
     sv_server *s = sv_server_new(van, &p, &err);
+    memset(sec, 0, sizeof sec);
     if (!s) {
         fprintf(stderr, "psrec serve: %s\n", err.msg);
         cm_van_destroy(&van);
@@ -305,7 +406,10 @@ int sv_serve_main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    printf("psrec serve: serving %s on %s\n", p.model, sv_server_endpoint(s));
+    if (secret_file)
+        printf("psrec serve: CURVE on; server public key %s\n", pub);
+    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_server_endpoint(s),
+           threads);
     fflush(stdout);
     rc = sv_server_run(s, &s_stop);
     printf("psrec serve: stopped after %llu requests (model version %llu)\n",

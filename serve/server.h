@@ -7,15 +7,33 @@
  * crash, and the server keeps serving. Unknown users get the popularity
  * fallback, flagged in the reply (score.h).
  *
+ * Bounded work: a message above max_msg_bytes is dropped with its
+ * connection before it is read (nothing is allocated for it); a request
+ * with k above max_k or more than max_exclude excluded ids gets a
+ * CM_ERANGE reply naming the limit (the ids are counted before the
+ * request is decoded). The thread that runs the server only moves frames:
+ * requests are answered by a pool of `threads` workers, so one slow
+ * request occupies one worker while the others keep answering. Requests
+ * of one client are answered one at a time, in order (a pipelining DEALER
+ * gets its replies in order). At most `queue` requests wait for a worker;
+ * beyond that the server stops reading and ZeroMQ's per-client queues
+ * (a few messages each) fill, then the clients' sends wait.
+ *
+ * With curve_secret set the socket is a CURVE server: traffic is
+ * encrypted and only clients that know the server's public key complete
+ * the handshake (docs/serving.md). Clients are not authenticated further.
+ *
  * Hot reload: every poll_ms the server stats the model file; when its
  * (device, inode, mtime, size) changed it reads the new file into memory
  * and validates it completely (checksum included) before swapping it in
- * and bumping model_version; the old model is freed after the swap. A
- * file that fails validation (torn, corrupt) is logged once and the old
+ * and bumping model_version. Requests already with a worker finish on the
+ * model they started with, which is freed when the last of them is done.
+ * A file that fails validation (torn, corrupt) is logged once and the old
  * model keeps serving; the file is tried again when it changes again.
  *
  * Threads: the server is owned by the thread that calls sv_server_run
- * (it may be created by another thread before that). */
+ * (it may be created by another thread before that); sv_server_new starts
+ * the workers and sv_server_destroy stops them. */
 #ifndef PSREC_SERVE_SERVER_H
 #define PSREC_SERVE_SERVER_H
 
@@ -33,12 +51,18 @@ typedef struct {
     int poll_ms;             /* reload check period; default 200 */
     uint64_t max_requests;   /* stop after this many requests; 0: never */
     uint32_t max_k;          /* largest k served; default 1000 */
+    uint32_t max_exclude;    /* most excluded ids in a request; default 100000 */
+    int64_t max_msg_bytes;   /* largest request message; default 1 MiB */
+    uint32_t threads;        /* workers answering requests; default 4, at most 64 */
+    uint32_t queue;          /* requests waiting for a worker; default 64 */
+    const char *curve_secret; /* Z85 CURVE secret key (40 chars) or NULL: plain */
 } sv_server_params;
 
 sv_server_params sv_server_params_default(void);
 
-/* Loads the model and binds a ROUTER socket on van. NULL on failure with
- * the reason (model file or endpoint) in err. */
+/* Loads the model, binds a ROUTER socket on van (with the limits and
+ * the CURVE key of p) and starts the workers. NULL on failure with the
+ * reason (model file, key, endpoint, limits) in err. */
 sv_server *sv_server_new(cm_van *van, const sv_server_params *p, cm_error *err);
 
 /* The bound endpoint (a "tcp://host:*" bind resolved to its port). */
@@ -55,7 +79,12 @@ uint64_t sv_server_model_version(const sv_server *s);
 /* Requests answered so far (including error replies). */
 uint64_t sv_server_requests(const sv_server *s);
 
-/* Closes the socket, frees the model, NULLs *ps; no-op on NULL. */
+/* Requests handed to a worker so far (tests wait on it: a request is
+ * being worked on once this counts it). */
+uint64_t sv_server_dispatched(const sv_server *s);
+
+/* Stops and joins the workers, closes the sockets, frees the model,
+ * NULLs *ps; no-op on NULL. */
 void sv_server_destroy(sv_server **ps);
 
 #endif
