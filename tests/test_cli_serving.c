@@ -291,3 +291,158 @@ Test(cli_serving, faiss_ranks_fvecs_like_recommend)
     cr_expect(strstr(s_out, "faiss_check: OK") != NULL, "%s", s_out);
     printf("%s", s_out);
 }
+
+/* Starts `psrec serve --model EXPORT --bind tcp://127.0.0.1:* EXTRA...`
+ * (extra: NULL-terminated), output to log; waits for its endpoint line
+ * and, when it prints one, its CURVE public key. Returns the pid. */
+static pid_t s_start_serve(const char *log, char *endpoint, char *pubkey, const char **extra)
+{
+    const char *argv[32] = {PSREC_BINARY, "serve", "--model", s_exp, "--bind",
+                            "tcp://127.0.0.1:*"};
+    size_t n = 6;
+    for (size_t i = 0; extra && extra[i] && n < 31; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0)
+            _exit(127);
+        execv(PSREC_BINARY, (char *const *)argv);
+        _exit(127);
+    }
+    endpoint[0] = '\0';
+    if (pubkey)
+        pubkey[0] = '\0';
+    for (int i = 0; i < 500 && !endpoint[0]; i++) {
+        usleep(20000);
+        FILE *f = fopen(log, "r");
+        if (!f)
+            continue;
+        char line[1024];
+        while (fgets(line, sizeof line, f)) {
+            const char *p = strstr(line, " on tcp://");
+            if (p)
+                sscanf(p + 4, "%255s", endpoint);
+            p = strstr(line, "public key ");
+            if (p && pubkey)
+                sscanf(p + 11, "%40s", pubkey);
+        }
+        fclose(f);
+    }
+    if (!endpoint[0]) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        cr_assert_fail("psrec serve did not start");
+    }
+    return pid;
+}
+
+static void s_stop_serve(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve exits cleanly on SIGTERM");
+}
+
+Test(cli_serving, curve_key_limits_and_the_example_client)
+{
+    s_export();
+    /* a key: written once, owner-only, its public half printed */
+    char key[1200], key2[1200], cmd[4096];
+    snprintf(key, sizeof key, "%s/serve.key", s_dir);
+    snprintf(key2, sizeof key2, "%s/other.key", s_dir);
+    cr_assert_eq(s_psrec("serve --keygen %s", key), 0, "%s", s_out);
+    char pub_printed[64] = "";
+    const char *p = strstr(s_out, "public key: ");
+    cr_assert_not_null(p, "%s", s_out);
+    sscanf(p + 12, "%63s", pub_printed);
+    cr_expect_eq(strlen(pub_printed), 40, "%s", pub_printed);
+    struct stat st;
+    cr_assert_eq(stat(key, &st), 0);
+    cr_expect_eq(st.st_mode & 0777, 0600);
+    cr_expect_eq(st.st_size, 41);
+    cr_expect_eq(s_psrec("serve --keygen %s", key), 1, "an existing key is never overwritten");
+    cr_expect(strstr(s_out, "exists") != NULL, "%s", s_out);
+    cr_assert_eq(s_psrec("serve --keygen %s", key2), 0, "%s", s_out);
+    char wrong_pub[64] = "";
+    p = strstr(s_out, "public key: ");
+    cr_assert_not_null(p);
+    sscanf(p + 12, "%63s", wrong_pub);
+
+    /* key files serve refuses: readable by others; not a key */
+    cr_assert_eq(chmod(key2, 0644), 0);
+    cr_expect_eq(s_psrec("serve --model %s --curve-secret-file %s", s_exp, key2), 1);
+    cr_expect(strstr(s_out, "readable by others") != NULL, "%s", s_out);
+    char junk[1200];
+    snprintf(junk, sizeof junk, "%s/junk.key", s_dir);
+    FILE *f = fopen(junk, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "not a key\n");
+    fclose(f);
+    cr_assert_eq(chmod(junk, 0600), 0);
+    cr_expect_eq(s_psrec("serve --model %s --curve-secret-file %s", s_exp, junk), 1);
+    cr_expect(strstr(s_out, "40-character") != NULL, "%s", s_out);
+    cr_expect_eq(s_psrec("serve --model %s --threads 65", s_exp), 2);
+
+    /* the example client builds from libzmq alone */
+    char exe[1200];
+    snprintf(exe, sizeof exe, "%s/serve_client", s_dir);
+    snprintf(cmd, sizeof cmd,
+             "cc -std=c11 -O1 -Wall -Wextra -Werror %s/serve/examples/serve_client.c -lzmq -o %s",
+             PSREC_SOURCE_DIR, exe);
+    cr_assert_eq(th_run(cmd, s_out, sizeof s_out), 0, "%s", s_out);
+
+    /* what recommend says, to compare with */
+    const uint64_t user = sh_id(0, 7);
+    cr_assert_eq(s_psrec("recommend --model %s --user %llu -k 10", s_exp,
+                         (unsigned long long)user),
+                 0, "%s", s_out);
+    uint64_t want[16], got[16];
+    double wscore[16], gscore[16];
+    cr_assert_eq(s_parse(s_out, want, wscore, 16), 10);
+
+    char log[1200], endpoint[CM_ENDPOINT_MAX], pub[64];
+    snprintf(log, sizeof log, "%s/serve-curve.log", s_dir);
+    const char *extra[] = {"--curve-secret-file", key, "--max-k", "50", "--max-exclude", "2",
+                           NULL};
+    pid_t pid = s_start_serve(log, endpoint, pub, extra);
+    cr_expect_str_eq(pub, pub_printed, "serve prints the public key of its secret key");
+
+    snprintf(cmd, sizeof cmd, "%s %s %llu 10 '%s'", exe, endpoint, (unsigned long long)user, pub);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 0, "%s", s_out);
+    cr_expect_eq(s_parse(s_out, got, gscore, 16), 10, "%s", s_out);
+    for (size_t j = 0; j < 10; j++) {
+        cr_expect_eq(got[j], want[j], "rank %zu", j + 1);
+        cr_expect(fabs(gscore[j] - wscore[j]) < 1e-5, "rank %zu: %f vs %f", j + 1, gscore[j],
+                  wscore[j]);
+    }
+    /* with two exclusions (at the limit) the first two are gone */
+    snprintf(cmd, sizeof cmd, "%s %s %llu 8 '%s' %llu %llu", exe, endpoint,
+             (unsigned long long)user, pub, (unsigned long long)want[0],
+             (unsigned long long)want[1]);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 0, "%s", s_out);
+    cr_expect_eq(s_parse(s_out, got, gscore, 16), 8);
+    cr_expect_eq(memcmp(got, want + 2, 8 * sizeof *got), 0, "%s", s_out);
+    /* the limits, each with its error */
+    snprintf(cmd, sizeof cmd, "%s %s %llu 8 '%s' 1 2 3", exe, endpoint, (unsigned long long)user,
+             pub);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 1);
+    cr_expect(strstr(s_out, "error -12") && strstr(s_out, "--max-exclude"), "%s", s_out);
+    snprintf(cmd, sizeof cmd, "%s %s %llu 51 '%s'", exe, endpoint, (unsigned long long)user, pub);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 1);
+    cr_expect(strstr(s_out, "--max-k") != NULL, "%s", s_out);
+    /* without the key, or with another server's: no reply at all */
+    snprintf(cmd, sizeof cmd, "%s %s %llu 10 -", exe, endpoint, (unsigned long long)user);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 1);
+    cr_expect(strstr(s_out, "no reply") != NULL, "%s", s_out);
+    snprintf(cmd, sizeof cmd, "%s %s %llu 10 '%s'", exe, endpoint, (unsigned long long)user,
+             wrong_pub);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 1);
+    cr_expect(strstr(s_out, "no reply") != NULL, "%s", s_out);
+    /* the right key still works after those */
+    snprintf(cmd, sizeof cmd, "%s %s %llu 3 '%s'", exe, endpoint, (unsigned long long)user, pub);
+    cr_expect_eq(th_run(cmd, s_out, sizeof s_out), 0, "%s", s_out);
+    s_stop_serve(pid);
+}

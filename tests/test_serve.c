@@ -591,3 +591,274 @@ Test(serve, new_server_errors)
     cr_expect_null(sv_server_new(van, &p, &err));
     cm_van_destroy(&van);
 }
+
+/* ------------------------------------------------------------ limits -- */
+
+/* A server on tcp loopback with the given limits (and threads), and a
+ * DEALER client; the port for raw connections goes to *port. */
+static void s_start_tcp(s_rig *r, const sv_server_params *lim, int *port)
+{
+    memset(r, 0, sizeof *r);
+    cm_error err = {0};
+    r->van = cm_van_new(&err);
+    cr_assert_not_null(r->van, "%s", err.msg);
+    sv_server_params p = *lim;
+    p.model = s_dir;
+    p.bind = "tcp://127.0.0.1:*";
+    p.poll_ms = 30;
+    r->srv = sv_server_new(r->van, &p, &err);
+    cr_assert_not_null(r->srv, "%s", err.msg);
+    snprintf(r->endpoint, sizeof r->endpoint, "%s", sv_server_endpoint(r->srv));
+    const char *colon = strrchr(r->endpoint, ':');
+    cr_assert_not_null(colon, "%s", r->endpoint);
+    if (port)
+        *port = atoi(colon + 1);
+    r->client = cm_sock_new(r->van, CM_SOCK_DEALER, &err);
+    cr_assert_not_null(r->client, "%s", err.msg);
+    cr_assert_eq(cm_sock_connect(r->client, r->endpoint), 0);
+    cr_assert_eq(pthread_create(&r->th, NULL, s_serve_thread, r), 0);
+}
+
+Test(serve, each_limit_has_its_error)
+{
+    s_spec sp = {.nu = 10, .ni = 300, .dim = 5, .seed = 31, .gm = 3.5};
+    s_write_mf(s_path, sp);
+    sv_server_params lim = sv_server_params_default();
+    lim.max_k = 20;
+    lim.max_exclude = 50;
+    lim.max_msg_bytes = 4096;
+    s_rig r;
+    int port = 0;
+    s_start_tcp(&r, &lim, &port);
+    cm_rec_reply rep;
+    uint64_t ex[64];
+    for (size_t i = 0; i < 64; i++)
+        ex[i] = sh_id(1, i);
+
+    /* k */
+    s_query(&r, sh_id(0, 1), 21, NULL, 0, &rep);
+    cr_expect_eq(rep.status, CM_ERANGE);
+    cr_expect(strstr(rep.error, "--max-k") && strstr(rep.error, "20"), "%s", rep.error);
+    s_reply_free(&rep);
+    s_query(&r, sh_id(0, 1), 20, NULL, 0, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    cr_expect_eq(rep.n, 20);
+    s_reply_free(&rep);
+
+    /* the exclude list: at the limit served, one more refused */
+    s_query(&r, sh_id(0, 1), 5, ex, 50, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    for (size_t j = 0; j < rep.n; j++)
+        cr_expect_gt(rep.items[j], ex[49], "an excluded item came back");
+    s_reply_free(&rep);
+    s_query(&r, sh_id(0, 1), 5, ex, 51, &rep);
+    cr_expect_eq(rep.status, CM_ERANGE);
+    cr_expect(strstr(rep.error, "--max-exclude") && strstr(rep.error, "51"), "%s", rep.error);
+    cr_expect_eq(rep.n, 0);
+    s_reply_free(&rep);
+    /* the same ids unpacked (one tag per id) are counted too */
+    uint8_t unpacked[3 + 51 * 3];
+    size_t len = 0;
+    unpacked[len++] = 0x10;   /* k = 5 */
+    unpacked[len++] = 5;
+    for (size_t i = 0; i < 51; i++) {
+        unpacked[len++] = 0x18;   /* field 3, varint */
+        unpacked[len++] = (uint8_t)(0x80 | (i & 0x7f));
+        unpacked[len++] = 1;
+    }
+    cm_iov iov = {unpacked, len};
+    s_raw(&r, &iov, 1, 1, &rep);
+    cr_expect_eq(rep.status, CM_ERANGE, "%s", rep.error);
+    cr_expect(strstr(rep.error, "51 ids") != NULL, "%s", rep.error);
+    s_reply_free(&rep);
+
+    /* the message size: a frame over max_msg_bytes loses its connection
+     * before it is read; one at the limit is read and answered */
+    long long sent = sh_zmtp_flood(port, 64ull << 20);
+    cr_assert_geq(sent, 0, "no tcp connection to port %d", port);
+    cr_expect_lt(sent, 64ll << 20, "the server read a 64 MiB frame over a 4 KiB limit");
+    uint8_t *big = calloc(1, 4096);
+    cm_iov at_limit = {big, 4096};
+    s_raw(&r, &at_limit, 1, 1, &rep);
+    cr_expect_eq(rep.status, CM_EPROTO, "4096 zero bytes are read, and are no RecRequest");
+    s_reply_free(&rep);
+    free(big);
+
+    /* and it still serves */
+    s_query(&r, sh_id(0, 2), 3, NULL, 0, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    cr_expect_eq(rep.n, 3);
+    s_reply_free(&rep);
+    s_stop(&r);
+}
+
+typedef struct {
+    int port;
+    long long sent;
+} s_flood;
+
+static void *s_flood_thread(void *arg)
+{
+    s_flood *f = arg;
+    f->sent = sh_zmtp_flood(f->port, 512ull << 20);
+    return NULL;
+}
+
+Test(serve, oversized_frames_leave_memory_bounded)
+{
+    s_spec sp = {.nu = 10, .ni = 300, .dim = 5, .seed = 33, .gm = 3.5};
+    s_write_mf(s_path, sp);
+    sv_server_params lim = sv_server_params_default();   /* 1 MiB */
+    s_rig r;
+    int port = 0;
+    s_start_tcp(&r, &lim, &port);
+    cm_rec_reply rep;
+    s_query(&r, sh_id(0, 1), 10, NULL, 0, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    s_reply_free(&rep);
+    const long long idle = sh_peak_rss(0);
+    cr_assert_gt(idle, 0, "/proc/self/status has no VmHWM");
+
+    /* four clients at once, each announcing a 512 MiB frame */
+    s_flood fl[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        fl[i] = (s_flood){port, 0};
+        cr_assert_eq(pthread_create(&th[i], NULL, s_flood_thread, &fl[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_geq(fl[i].sent, 0, "client %d could not connect", i);
+        cr_expect_lt(fl[i].sent, 512ll << 20, "client %d: the whole frame was read", i);
+    }
+    const long long peak = sh_peak_rss(0);
+    cr_expect_lt(peak - idle, 64ll << 20, "peak RSS grew by %lld MiB", (peak - idle) >> 20);
+
+    s_query(&r, sh_id(0, 1), 10, NULL, 0, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    s_reply_free(&rep);
+    s_stop(&r);
+}
+
+/* -------------------------------------------------- slow and small -- */
+
+/* Sends a request on sock without waiting for the reply. */
+static void s_send_req(cm_sock *sock, uint64_t user, uint32_t k, const uint64_t *ex, size_t n)
+{
+    cm_rec_request q = {.user = user, .k = k, .n_exclude = n, .exclude = (uint64_t *)ex};
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(cm_codec_rec_request_pack(&q, &buf, &len), 0);
+    cm_iov iov = {buf, len};
+    cr_assert_eq(cm_sock_send(sock, &iov, 1), 0, "%s", cm_sock_errmsg(sock));
+    free(buf);
+}
+
+static void s_recv_rep(cm_sock *sock, int timeout_ms, cm_rec_reply *rep)
+{
+    cm_frames *f = NULL;
+    cr_assert_eq(cm_sock_recv(sock, &f, timeout_ms), 0, "no reply within %d ms", timeout_ms);
+    cm_error err = {0};
+    cr_assert_eq(cm_codec_rec_reply_unpack(cm_frames_data(f, 0), cm_frames_size(f, 0), rep, &err),
+                 0, "%s", err.msg);
+    cm_frames_destroy(&f);
+}
+
+/* Sends a slow request (every item excluded twice over plus k = all
+ * items) from one client, waits until a worker has it, then a small one
+ * from another client. Returns 1 when the small reply came first. */
+static int s_small_first(uint32_t threads)
+{
+    const size_t ni = 100000, n_ex = 2000000;
+    sv_server_params lim = sv_server_params_default();
+    lim.threads = threads;
+    lim.max_k = (uint32_t)ni;
+    lim.max_exclude = (uint32_t)n_ex;
+    lim.max_msg_bytes = 64 << 20;
+    s_rig r;
+    s_start_tcp(&r, &lim, NULL);
+    cm_error err = {0};
+    cm_sock *small = cm_sock_new(r.van, CM_SOCK_DEALER, &err);
+    cr_assert_not_null(small);
+    cr_assert_eq(cm_sock_connect(small, r.endpoint), 0);
+    /* the small client is connected and answered before the race starts */
+    cm_rec_reply rep;
+    s_send_req(small, sh_id(0, 1), 5, NULL, 0);
+    s_recv_rep(small, 30000, &rep);
+    cr_assert_eq(rep.status, 0, "%s", rep.error);
+    s_reply_free(&rep);
+
+    /* ids the model has, from the far end (the last half of the items
+     * stays eligible until the list wraps) */
+    uint64_t *ex = malloc(n_ex * sizeof *ex);
+    for (size_t i = 0; i < n_ex; i++)
+        ex[i] = sh_id(1, (i * 7919) % ni);
+    const uint64_t before = sv_server_dispatched(r.srv);
+    s_send_req(r.client, sh_id(0, 2), (uint32_t)ni, ex, n_ex);
+    free(ex);
+    for (int i = 0; i < 30000 && sv_server_dispatched(r.srv) == before; i++)
+        usleep(1000);
+    cr_assert_gt(sv_server_dispatched(r.srv), before, "the slow request never reached a worker");
+    s_send_req(small, sh_id(0, 3), 5, NULL, 0);
+
+    /* whichever reply comes first */
+    cm_sock *socks[2] = {small, r.client};
+    uint64_t ready = 0;
+    for (int i = 0; i < 600 && !ready; i++)
+        cr_assert_eq(cm_sock_poll(socks, 2, 100, &ready), 0);
+    cr_assert_neq(ready, 0, "no reply within 60 s");
+    const int small_first = (ready & 1) && !(ready & 2);
+    s_recv_rep(small, 60000, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    cr_expect_eq(rep.n, 5);
+    s_reply_free(&rep);
+    s_recv_rep(r.client, 60000, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    cr_expect_eq(rep.n, 0, "every item was excluded");
+    s_reply_free(&rep);
+    cm_sock_destroy(&small);
+    s_stop(&r);
+    return small_first;
+}
+
+Test(serve, a_slow_request_does_not_hold_up_a_small_one, .timeout = 300)
+{
+    s_spec sp = {.nu = 10, .ni = 100000, .dim = 8, .seed = 35, .gm = 3.5};
+    s_write_mf(s_path, sp);
+    /* one worker: the small request must wait (shows the race is real) */
+    cr_expect_eq(s_small_first(1), 0, "with one worker the small request overtook");
+    cr_expect_eq(s_small_first(2), 1, "with two workers the small request waited for the slow one");
+}
+
+Test(serve, one_client_gets_its_replies_in_order)
+{
+    s_spec sp = {.nu = 10, .ni = 20000, .dim = 8, .seed = 37, .gm = 3.5};
+    s_write_mf(s_path, sp);
+    sv_server_params lim = sv_server_params_default();
+    lim.threads = 3;
+    lim.max_k = 20000;
+    lim.max_exclude = 500000;
+    lim.max_msg_bytes = 16 << 20;
+    s_rig r;
+    s_start_tcp(&r, &lim, NULL);
+    /* a slow request first, then quick ones, pipelined on one socket */
+    uint64_t *ex = malloc(500000 * sizeof *ex);
+    for (size_t i = 0; i < 500000; i++)
+        ex[i] = sh_id(1, (i * 131) % 10000);   /* half the items stay */
+    s_send_req(r.client, sh_id(0, 1), 20000, ex, 400000);
+    free(ex);
+    for (uint32_t k = 1; k <= 8; k++)
+        s_send_req(r.client, sh_id(0, 1), k, NULL, 0);
+    cm_rec_reply rep;
+    s_recv_rep(r.client, 60000, &rep);
+    cr_expect_eq(rep.status, 0, "%s", rep.error);
+    cr_expect_gt(rep.n, 8, "the slow request's reply comes first");
+    s_reply_free(&rep);
+    for (uint32_t k = 1; k <= 8; k++) {
+        s_recv_rep(r.client, 60000, &rep);
+        cr_expect_eq(rep.n, k, "reply %u out of order", k);
+        s_reply_free(&rep);
+    }
+    cr_expect_eq(sv_server_requests(r.srv), 9);
+    s_stop(&r);
+}
