@@ -236,6 +236,29 @@ static int s_epochs_done(const char *dir)
     return e;
 }
 
+/* The longest time between two consecutive epochs' ends in dir's metrics
+ * ("elapsed" values), in seconds. */
+static double s_longest_epoch_gap(const char *dir)
+{
+    char path[1024], line[4096];
+    s_fmt(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    double prev = -1, gap = 0;
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"elapsed\": ");
+        if (!p)
+            continue;
+        double t = strtod(p + 11, NULL);
+        if (prev >= 0 && t - prev > gap)
+            gap = t - prev;
+        prev = t;
+    }
+    fclose(f);
+    return gap;
+}
+
 /* A running job: its pid and the file its output goes to. */
 typedef struct {
     pid_t pid;
@@ -344,6 +367,11 @@ Test(cluster_hosts, short_link_cut, .fini = s_fini)
     cr_assert_eq(rc, 0, "a 4 s cut with --timeout 30: exit %d after %.1f s:\n%s", rc, secs, out);
     s_final_line(dir, after, sizeof after);
     cr_expect_str_eq(after, one, "after a short cut vs no cut:\n%s", out);
+    /* the cut was real: training stood still for most of it */
+    double gap = s_longest_epoch_gap(dir);
+    cr_log_info("short cut: longest pause between epochs %.1f s", gap);
+    cr_expect_geq(gap, 2.0, "a 4 s cut of the server's host stalls an epoch (longest pause "
+                            "%.2f s):\n%s", gap, out);
 }
 
 /* A checkpoint directory that is not one filesystem for every host (here
