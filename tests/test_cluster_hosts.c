@@ -88,8 +88,9 @@ static void s_mpirun(char *cmd, size_t n, const char *args)
     fclose(f);
     subnet[strcspn(subnet, "\n")] = '\0';
     s_fmt(cmd, n,
-             "timeout 300 %s exec %s h0 mpirun --allow-run-as-root --oversubscribe "
-             "--bind-to none --hostfile %s/hostfile --map-by node "
+             "timeout 300 %s exec %s h0 env ASAN_OPTIONS=detect_leaks=0 mpirun "
+             "--allow-run-as-root --oversubscribe --bind-to none -x ASAN_OPTIONS "
+             "--hostfile %s/hostfile --map-by node "
              "--mca plm_rsh_agent %s/agent --mca plm_rsh_no_tree_spawn 1 "
              "--mca oob_tcp_if_include %s --mca btl_tcp_if_include %s -np 5 %s %s",
              s_script, s_dir, s_dir, s_dir, subnet, subnet, PSREC_BINARY, args);

@@ -155,6 +155,9 @@ up)
     why=$(check) || { echo "hosts.sh: skipped: $why"; exit 77; }
     case "$dir" in /tmp/*|/dev/shm/*) die "DIR must not be under /tmp or /dev/shm (private per host)";; esac
     mkdir -p "$dir" || die "cannot make $dir"
+    if k=$(cat "$dir/keeper" 2>/dev/null) && kill -0 "$k" 2>/dev/null; then
+        die "$dir is in use (keeper $k); one directory per set of hosts"
+    fi
     rm -f "$dir/ready" "$dir/failed" "$dir/gone" "$dir/stop" "$dir/hosts.new"
     # the keeper outlives this script; it watches the caller (our parent)
     setsid "$self" keep "$dir" "${PSREC_HOSTS_OWNER:-$PPID}" "$same" </dev/null >"$dir/keeper.log" 2>&1 &
