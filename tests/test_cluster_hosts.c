@@ -76,6 +76,14 @@ static void s_fini(void)
     s_down();
 }
 
+/* Logs the job's error line ("psrec: error: ..."), if any, for the record. */
+static void s_log_error(const char *what, const char *out)
+{
+    const char *e = strstr(out, "psrec: error: ");
+    if (e)
+        cr_log_info("%s: %.*s", what, (int)strcspn(e, "\n"), e);
+}
+
 /* The mpirun command line that runs `args` across the hosts from h0. */
 static void s_mpirun(char *cmd, size_t n, const char *args)
 {
@@ -396,6 +404,7 @@ Test(cluster_hosts, checkpoint_dir_not_shared, .fini = s_fini)
     int rc = th_run(cmd, out, sizeof out);
     double secs = s_now() - t0;
     cr_log_info("checkpoint dir not shared: exit %d after %.1f s", rc, secs);
+    s_log_error("checkpoint dir not shared", out);
     cr_expect_neq(rc, 0, "a job whose checkpoints would be scattered must not run:\n%s", out);
     cr_expect_neq(rc, 124, "refused, not hung (%.1f s):\n%s", secs, out);
     cr_expect(strstr(out, "not one filesystem") != NULL, "says what is wrong:\n%s", out);
@@ -406,6 +415,78 @@ Test(cluster_hosts, checkpoint_dir_not_shared, .fini = s_fini)
               "names the scheduler's host %s and the server's %s:\n%s", h0, h1, out);
     cr_expect(strstr(out, "shared filesystem") != NULL, "says what to do:\n%s", out);
     cr_expect(s_epochs_done(dir) == 0, "no epoch trained:\n%s", out);
+}
+
+/* The checkpoint root vanishes under the server's host mid-job (another
+ * filesystem mounted over it there, as a stale or remounted network mount
+ * would): the server's files of the next checkpoint land where the
+ * scheduler cannot see them. That checkpoint is not published, the job
+ * stops naming the server's host, and LATEST still names an intact one. */
+Test(cluster_hosts, checkpoint_files_unseen_are_not_published, .fini = s_fini)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA)");
+    s_up(0);
+    const int epochs = 400;
+    char dir[512], root[600], extra[1000];
+    s_fmt(dir, sizeof dir, "%s/overmount", s_dir);
+    mkdir(dir, 0755);
+    s_fmt(root, sizeof root, "%s/ckpt", dir);
+    s_fmt(extra, sizeof extra, "--checkpoint_dir %s --checkpoint_every 1 --checkpoint_keep 2 "
+                               "--timeout 30", root);
+    char args[4096], cmd[7000], full[8000];
+    s_job(args, sizeof args, data, dir, epochs, extra);
+    s_mpirun(cmd, sizeof cmd, args);
+    s_bg j;
+    s_fmt(j.log, sizeof j.log, "%s/out.log", dir);
+    s_fmt(full, sizeof full, "%s >%s 2>&1", cmd, j.log);
+    double t0 = s_now();
+    s_start(&j, full, dir);
+    /* once a checkpoint is published (the start-up check passed), cover the
+     * root on h1 with an empty filesystem holding every checkpoint's
+     * directory, so the server's writes succeed, out of the scheduler's sight */
+    char latest[700];
+    s_fmt(latest, sizeof latest, "%s/LATEST", root);
+    while (access(latest, F_OK) != 0 && s_now() - t0 < 120 &&
+           waitpid(j.pid, NULL, WNOHANG) == 0)
+        usleep(20 * 1000);
+    int still = waitpid(j.pid, NULL, WNOHANG) == 0;
+    int done = s_epochs_done(dir);
+    cr_assert(still && done < epochs - 5,
+              "the job must still train when the root is covered (epoch %d of %d)", done,
+              epochs);
+    char mnt[2048], mout[1024];
+    s_fmt(mnt, sizeof mnt,
+          "%s exec %s h1 sh -c 'mkdir -p /tmp/cover && cd /tmp/cover && "
+          "mkdir $(seq -f ckpt-%%06g 1 %d) && mount --bind /tmp/cover %s'",
+          s_script, s_dir, epochs, root);
+    int mrc = th_run(mnt, mout, sizeof mout);
+    cr_assert_eq(mrc, 0, "mount over the root on h1: %s", mout);
+    int rc = s_wait(&j, 300);
+    double secs = s_now() - t0;
+    static char out[1 << 20];
+    s_read(j.log, out, sizeof out);
+    cr_log_info("checkpoint files unseen: exit %d after %.1f s", rc, secs);
+    s_log_error("checkpoint files unseen", out);
+    cr_expect(rc != 0 && rc != -1, "the job stops (exit %d):\n%s", rc, out);
+    cr_expect(strstr(out, "not published") != NULL, "says the checkpoint is not published:\n%s",
+              out);
+    char h1[64];
+    s_fmt(h1, sizeof h1, "psrec%ld-h1 wrote", (long)getpid());
+    cr_expect(strstr(out, h1) != NULL, "names the server's host (%s):\n%s", h1, out);
+    /* what LATEST names is whole, and older than the job's end */
+    char name[64] = "", ck[800], verify[1000], vout[4096];
+    FILE *f = fopen(latest, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(name, sizeof name, f));
+    fclose(f);
+    name[strcspn(name, "\n")] = '\0';
+    s_fmt(ck, sizeof ck, "%s/%s", root, name);
+    s_fmt(verify, sizeof verify, "%s export %s --out %s/export 2>&1", PSREC_BINARY,
+          ck, dir);
+    cr_expect_eq(th_run(verify, vout, sizeof vout), 0, "LATEST (%s) exports:\n%s", name, vout);
+    cr_expect_lt(atoi(name + 5), epochs, "LATEST is %s", name);
 }
 
 /* ---- cases that need the failure detection and restarts being added in
@@ -429,6 +510,7 @@ Test(cluster_hosts, long_link_cut, .fini = s_fini, .disabled = true)
     int rc = s_cut_job(data, dir, 100000, 3 * timeout, "--timeout 10", out, sizeof out, &secs,
                        &cut_at);
     cr_log_info("long cut: exit %d after %.1f s (cut at %.1f s)", rc, secs, cut_at);
+    s_log_error("long cut", out);
     cr_expect(rc != 0 && rc != -1, "a cut of 3 x timeout ends the job non-zero (%d):\n%s", rc,
               out);
     cr_expect_leq(secs - cut_at, 3 * timeout + timeout + 5 + 10,
