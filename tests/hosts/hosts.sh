@@ -42,9 +42,15 @@ check() {
         echo "cannot make network/UTS/mount namespaces here (unshare failed: no CAP_SYS_ADMIN?)"
         return 77
     fi
-    if ! unshare --net sh -c 'ip link add psrecchk0 type bridge && ip link del psrecchk0' \
+    if ! unshare --net sh -c 'ip link add psrecchk0 type bridge && ip link del psrecchk0 &&
+                              ip link add psrecchk1 type veth peer name psrecchk2' \
          >/dev/null 2>&1; then
-        echo "cannot make a bridge inside a network namespace (no bridge support?)"
+        echo "cannot make a bridge and a veth pair inside a network namespace"
+        return 77
+    fi
+    if ! unshare --mount --propagation private sh -c 'mount -t tmpfs tmpfs /tmp' \
+         >/dev/null 2>&1; then
+        echo "cannot mount a private /tmp inside a mount namespace"
         return 77
     fi
     return 0
