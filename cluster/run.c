@@ -129,7 +129,8 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
     char *all = NULL;
     char bind_ep[CM_ENDPOINT_MAX], mine[CM_ENDPOINT_MAX] = "";
     cm_error setup = {0};
-    int rc = 0;
+    int rc = 0, token = 0;
+    char (*server_hosts)[256] = NULL; /* the scheduler's: for its messages */
 
     if (rank == 0 && refused) {
         cm_log_set_identity("sch", rank);
@@ -154,6 +155,18 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL) {
             ps_server_set_index(srv, rank - 1);
             cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
+        }
+        /* its mark in the checkpoint root, which the scheduler must see
+         * (every mark is written before the allgather below ends) */
+        if (!setup.code && job->checkpoint_dir[0]) {
+            char host[256];
+            cm_boot_hostname(b, rank, host, sizeof host);
+            cm_error e = {0};
+            if (cm_ckpt_token_write(job->checkpoint_dir, rank - 1, mine, &e) != 0)
+                cm_error_set(&setup, e.code, "server %d on host %s: checkpoint_dir: %s",
+                             rank - 1, host, e.msg);
+            else
+                token = 1;
         }
     } else {
         cm_log_set_identity("wk", rank);
@@ -182,8 +195,15 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
     }
 
     const char *server_eps[1024];
-    for (int i = 0; i < n_servers; i++)
+    if (rank == 0)
+        server_hosts = calloc((size_t)n_servers + 1, sizeof *server_hosts);
+    const char *host_ptrs[1024];
+    for (int i = 0; i < n_servers; i++) {
         server_eps[i] = all + (size_t)(i + 1) * CM_ENDPOINT_MAX;
+        if (server_hosts)
+            cm_boot_hostname(b, i + 1, server_hosts[i], sizeof server_hosts[i]);
+        host_ptrs[i] = server_hosts ? server_hosts[i] : NULL;
+    }
 
     if (rank == 0) {
         ps_table_params tp[WK_MAX_TABLES];
@@ -195,6 +215,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             .job = job, .van = van, .ctl = ctl,
             .n_workers = (uint32_t)n_workers, .n_servers = (uint32_t)n_servers,
             .server_eps = server_eps, .out = out, .tables = ct, .n_tables = n_tables,
+            .server_hosts = server_hosts ? host_ptrs : NULL,
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {
@@ -211,8 +232,11 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         rc = wk_run(&wp, err);
     }
 out:
+    if (token) /* the scheduler removed it where it sees it; this host's copy */
+        cm_ckpt_token_remove(job->checkpoint_dir, rank - 1, mine);
     ps_server_destroy(&srv);
     cm_sock_destroy(&ctl);
+    free(server_hosts);
     free(all);
     return rc;
 }

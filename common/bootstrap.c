@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -49,8 +50,10 @@ struct cm_boot {
     cm_boot_group *group;       /* local: the group this rank belongs to */
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
     int unix_sockets;           /* MPI: every rank on this host; bind ipc:// */
-    int *host_of;               /* MPI: per rank, the lowest rank on its host; NULL locally
-                                 * (one host) */
+    int *host_of;               /* MPI: per rank, the lowest rank on its host (from the
+                                 * MPI runtime); NULL locally (one host) */
+    char *names;                /* MPI: size * CM_ENDPOINT_MAX hostnames, for messages;
+                                 * NULL locally */
     MPI_Comm sub;               /* MPI: ranks sub_first.. of the last exchange */
     int sub_first, sub_count;
 };
@@ -98,9 +101,28 @@ static int s_mpi_error(cm_error *err, int rc, const char *what)
     return cm_error_set(err, CM_EMPI, "%s: %s", what, text);
 }
 
+/* 1 when addr (IPv4 text) is assigned to an interface of this host. */
+static int s_is_own_ipv4(const char *addr)
+{
+    struct in_addr want;
+    if (inet_pton(AF_INET, addr, &want) != 1)
+        return 0;
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0)
+        return 0;
+    int own = 0;
+    for (struct ifaddrs *i = ifs; i && !own; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET &&
+            ((const struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr == want.s_addr)
+            own = 1;
+    freeifaddrs(ifs);
+    return own;
+}
+
 /* The first non-loopback IPv4 address of this host: what its hostname
- * resolves to, else (hostnames often resolve to 127.0.1.1) the first up
- * interface. 0, or -1 when there is none. */
+ * resolves to when that address is this host's own, else (hostnames often
+ * resolve to 127.0.1.1) the first up interface. 0, or -1 when there is
+ * none. */
 static int s_host_ipv4(const char *hostname, char *out, size_t n)
 {
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
@@ -110,7 +132,9 @@ static int s_host_ipv4(const char *hostname, char *out, size_t n)
             const struct sockaddr_in *sin = (const struct sockaddr_in *)ai->ai_addr;
             if ((ntohl(sin->sin_addr.s_addr) >> 24) == 127)
                 continue;
-            if (inet_ntop(AF_INET, &sin->sin_addr, out, (socklen_t)n)) {
+            /* hosts that share a name may resolve it to another host's
+             * address (one /etc/hosts baked into every container image) */
+            if (inet_ntop(AF_INET, &sin->sin_addr, out, (socklen_t)n) && s_is_own_ipv4(out)) {
                 freeaddrinfo(res);
                 return 0;
             }
@@ -134,48 +158,134 @@ static int s_host_ipv4(const char *hostname, char *out, size_t n)
     return rc;
 }
 
+/* What makes two processes one host for psrec: one kernel (shared memory,
+ * /proc/<pid>/fd), one network namespace (127.0.0.1) and one temporary
+ * directory (ipc:// sockets). Hosts that share a hostname differ here. */
+static void s_host_identity(char *out, size_t n)
+{
+    char boot[64] = "?";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(boot, sizeof boot, f))
+            snprintf(boot, sizeof boot, "?");
+        boot[strcspn(boot, "\n")] = '\0';
+        fclose(f);
+    }
+    const char *tmp = getenv("TMPDIR");
+    struct stat net = {0}, dir = {0};
+    stat("/proc/self/ns/net", &net);
+    stat(tmp && *tmp ? tmp : "/tmp", &dir);
+    snprintf(out, n, "%s/%llu:%llu/%llu:%llu", boot, (unsigned long long)net.st_dev,
+             (unsigned long long)net.st_ino, (unsigned long long)dir.st_dev,
+             (unsigned long long)dir.st_ino);
+}
+
+/* Collective: which ranks share this rank's host. The MPI runtime decides
+ * (one shared-memory domain: MPI_COMM_TYPE_SHARED), never the hostname,
+ * and psrec only narrows its answer: ranks the runtime puts together but
+ * whose kernel, network namespace or temporary directory differ
+ * (s_host_identity) are on different hosts. Where two such ranks also
+ * share a hostname the runtime is not asked at all: Open MPI 4.1 takes
+ * hosts of one name for one node, and collectives on the shared-memory
+ * communicator it then makes crash. b->host_of[r] becomes the lowest
+ * world rank on rank r's host; *all_here is 1 when every rank is on this
+ * host. b->names gets every rank's hostname, for messages only. */
+static int s_mpi_locality(cm_boot *b, const char *hostname, int *all_here, cm_error *err)
+{
+    char id[CM_ENDPOINT_MAX] = {0};
+    s_host_identity(id, sizeof id);
+    b->host_of = malloc((size_t)b->size * sizeof *b->host_of);
+    b->names = malloc((size_t)b->size * CM_ENDPOINT_MAX);
+    char *ids = malloc((size_t)b->size * CM_ENDPOINT_MAX);
+    if (!b->host_of || !b->names || !ids) {
+        free(ids);
+        return cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %d ranks", b->size);
+    }
+    int rc = MPI_Allgather(hostname, CM_ENDPOINT_MAX, MPI_CHAR, b->names, CM_ENDPOINT_MAX,
+                           MPI_CHAR, MPI_COMM_WORLD);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allgather(id, CM_ENDPOINT_MAX, MPI_CHAR, ids, CM_ENDPOINT_MAX, MPI_CHAR,
+                           MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS) {
+        free(ids);
+        return s_mpi_error(err, rc, "bootstrap: MPI_Allgather of hosts");
+    }
+#define S_NAME(r) (b->names + (size_t)(r) * CM_ENDPOINT_MAX)
+#define S_ID(r) (ids + (size_t)(r) * CM_ENDPOINT_MAX)
+    /* bytes from other processes: make sure every string ends */
+    for (int r = 0; r < b->size; r++)
+        S_NAME(r)[CM_ENDPOINT_MAX - 1] = S_ID(r)[CM_ENDPOINT_MAX - 1] = '\0';
+    int clash = -1, clash_r = -1;
+    for (int r = 1; r < b->size && clash < 0; r++)
+        for (int q = 0; q < r; q++)
+            if (strcmp(S_NAME(q), S_NAME(r)) == 0 && strcmp(S_ID(q), S_ID(r)) != 0) {
+                clash = q;
+                clash_r = r;
+                break;
+            }
+    if (clash >= 0 && b->rank == 0)
+        cm_log(CM_LOG_WARN, "bootstrap: ranks %d and %d run on different hosts of one name "
+                            "(%s); psrec tells the hosts apart itself (Open MPI takes them for "
+                            "one node: give each host its own name)",
+               clash, clash_r, S_NAME(clash_r));
+    int *leader = calloc((size_t)b->size, sizeof *leader);
+    if (!leader) {
+        free(ids);
+        return cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %d ranks", b->size);
+    }
+    if (clash < 0) {
+        MPI_Comm node = MPI_COMM_NULL;
+        int mine = b->rank;
+        rc = MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        if (rc == MPI_SUCCESS) {
+            rc = MPI_Allreduce(&b->rank, &mine, 1, MPI_INT, MPI_MIN, node);
+            MPI_Comm_free(&node);
+        }
+        if (rc == MPI_SUCCESS)
+            rc = MPI_Allgather(&mine, 1, MPI_INT, leader, 1, MPI_INT, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) {
+            free(ids);
+            free(leader);
+            return s_mpi_error(err, rc, "bootstrap: the ranks of each host "
+                                        "(MPI_Comm_split_type SHARED)");
+        }
+    }
+    int n_here = 0;
+    for (int r = 0; r < b->size; r++) {
+        b->host_of[r] = r;
+        for (int q = 0; q < r; q++)
+            if (leader[q] == leader[r] && strcmp(S_ID(q), S_ID(r)) == 0) {
+                b->host_of[r] = b->host_of[q];
+                break;
+            }
+    }
+    for (int r = 0; r < b->size; r++)
+        n_here += b->host_of[r] == b->host_of[b->rank];
+#undef S_NAME
+#undef S_ID
+    free(ids);
+    free(leader);
+    *all_here = n_here == b->size;
+    return 0;
+}
+
 /* Collective: decides b->host, the address this rank advertises.
- * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host; else this
- * host's IPv4 address, else its name. Every rank takes part in the
- * hostname exchange whatever its environment says. With every rank on
- * this host and neither PSREC_HOST nor PSREC_TRANSPORT=tcp set (auto, the
- * default, or tcp; anything else is refused), ranks bind
- * unix sockets instead (b->unix_sockets). */
+ * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host (as the
+ * MPI runtime sees it); else this host's own IPv4 address (what its name
+ * resolves to when that is an address of this host, else the first up
+ * interface's), else its name. With every rank on this host and neither
+ * PSREC_HOST nor PSREC_TRANSPORT=tcp set (auto, the default, or tcp;
+ * anything else is refused), ranks bind unix sockets instead
+ * (b->unix_sockets). */
 static int s_mpi_pick_host(cm_boot *b, cm_error *err)
 {
     char mine[CM_ENDPOINT_MAX] = {0};
     if (gethostname(mine, sizeof mine - 1) != 0)
         snprintf(mine, sizeof mine, "localhost");
-    char *all = malloc((size_t)b->size * CM_ENDPOINT_MAX);
-    if (!all)
-        return cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %d hostnames",
-                            b->size);
-    int rc = MPI_Allgather(mine, CM_ENDPOINT_MAX, MPI_CHAR, all, CM_ENDPOINT_MAX, MPI_CHAR,
-                           MPI_COMM_WORLD);
-    if (rc != MPI_SUCCESS) {
-        free(all);
-        return s_mpi_error(err, rc, "bootstrap: MPI_Allgather of hostnames");
-    }
-    int same = 1;
-    b->host_of = malloc((size_t)b->size * sizeof *b->host_of);
-    if (!b->host_of) {
-        free(all);
-        return cm_error_set(err, CM_ENOMEM, "bootstrap: out of memory for %d hostnames",
-                            b->size);
-    }
-    for (int r = 0; r < b->size; r++) {
-        const char *name = all + (size_t)r * CM_ENDPOINT_MAX;
-        all[(size_t)r * CM_ENDPOINT_MAX + CM_ENDPOINT_MAX - 1] = '\0';
-        if (strcmp(name, mine) != 0)
-            same = 0;
-        b->host_of[r] = r;
-        for (int q = 0; q < r; q++)
-            if (strcmp(all + (size_t)q * CM_ENDPOINT_MAX, name) == 0) {
-                b->host_of[r] = q;
-                break;
-            }
-    }
-    free(all);
+    int same = 0;
+    int rc = s_mpi_locality(b, mine, &same, err);
+    if (rc != 0)
+        return rc;
 
     const char *tr = getenv("PSREC_TRANSPORT");
     if (tr && *tr && strcmp(tr, "tcp") != 0 && strcmp(tr, "auto") != 0)
@@ -470,6 +580,7 @@ fail_counted:
     pthread_mutex_unlock(&s_mpi_lock);
 fail:
     free(b->host_of);
+    free(b->names);
     free(b);
     return NULL;
 }
@@ -667,6 +778,7 @@ void cm_boot_destroy(cm_boot **pb)
     cm_boot *b = *pb;
     b->ops->destroy(b);
     free(b->host_of);
+    free(b->names);
     free(b);
     *pb = NULL;
 }
@@ -682,6 +794,23 @@ void cm_boot_host_place(const cm_boot *b, int first, int count, int *index, int 
             *index = *peers;
         (*peers)++;
     }
+}
+
+int cm_boot_same_host(const cm_boot *b, int rank)
+{
+    if (!b || rank < 0 || rank >= b->size)
+        return 0;
+    return !b->host_of || b->host_of[rank] == b->host_of[b->rank];
+}
+
+void cm_boot_hostname(const cm_boot *b, int rank, char *out, size_t n)
+{
+    if (n == 0)
+        return;
+    if (b && b->names && rank >= 0 && rank < b->size)
+        snprintf(out, n, "%s", b->names + (size_t)rank * CM_ENDPOINT_MAX);
+    else if (gethostname(out, n) != 0 || !memchr(out, '\0', n))
+        snprintf(out, n, "localhost");
 }
 
 int cm_boot_rank(const cm_boot *b) { return b->rank; }

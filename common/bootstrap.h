@@ -41,7 +41,8 @@ cm_van *cm_boot_van(cm_boot *b);
 
 /* An endpoint this rank can bind for the given purpose ("data", "ctl"):
  * "inproc://psrec-<group>-<rank>-<purpose>" locally; under MPI
- * "tcp://0.0.0.0:*", or, when every rank runs on this host (and neither
+ * "tcp://0.0.0.0:*", or, when every rank runs on this host (as
+ * cm_boot_host_place decides; and neither
  * PSREC_HOST nor PSREC_TRANSPORT=tcp is set), a unix socket
  * "ipc://$TMPDIR/psrec-<pid>-<n>-<purpose>" (TMPDIR default /tmp; tcp when
  * the path would be too long). out has CM_ENDPOINT_MAX bytes. */
@@ -50,7 +51,10 @@ void cm_boot_bind_endpoint(const cm_boot *b, const char *purpose, char *out);
 /* Turns the endpoint a bind resolved to into one other ranks can connect
  * to: locally unchanged; under MPI "tcp://0.0.0.0:P" becomes
  * "tcp://<this host's address>:P" (PSREC_HOST in the environment overrides
- * the address; 127.0.0.1 when every rank runs on this host). */
+ * the address; 127.0.0.1 when every rank runs on this host). The address is
+ * one of this host's own: the hostname's when it resolves to one, else the
+ * first up interface's, since hosts that share a name may resolve it to
+ * another host's. */
 int cm_boot_advertise(const cm_boot *b, const char *bound, char *out, cm_error *err);
 
 /* Gathers one string (< CM_ENDPOINT_MAX bytes) from every rank:
@@ -60,9 +64,21 @@ int cm_boot_allgather(cm_boot *b, const char *mine, char *all, cm_error *err);
 
 /* This rank's place among the ranks first .. first+count-1 that run on
  * its host: *index, its position among them in rank order (-1 when it is
- * not one of them), and *peers, how many there are. Under MPI hosts are
- * told apart by hostname; a local group is one host. Not collective. */
+ * not one of them), and *peers, how many there are. Under MPI a host is
+ * what the MPI runtime calls one (a shared-memory domain,
+ * MPI_COMM_TYPE_SHARED), narrowed to the ranks that also share the kernel,
+ * network namespace and temporary directory; never a hostname. A local
+ * group is one host. Not collective. */
 void cm_boot_host_place(const cm_boot *b, int first, int count, int *index, int *peers);
+
+/* 1 when rank runs on this rank's host (as cm_boot_host_place decides:
+ * the MPI runtime's shared-memory domain; a local group is one host), else
+ * 0 (also for a rank out of range). Not collective. */
+int cm_boot_same_host(const cm_boot *b, int rank);
+
+/* The hostname of rank's host into out (n bytes), for messages only: two
+ * hosts may share a name. Locally (or rank out of range) this host's. */
+void cm_boot_hostname(const cm_boot *b, int rank, char *out, size_t n);
 
 /* Collective barrier. */
 int cm_boot_barrier(cm_boot *b, cm_error *err);

@@ -1091,3 +1091,100 @@ out:
     free(v);
     return rc;
 }
+
+/* ------------------------------------------------------------------------
+ * On a cluster: one filesystem for every writer, and files checked before
+ * they are published (docs/checkpoints.md, "On a cluster")
+ * ------------------------------------------------------------------------ */
+
+int cm_ckpt_check_files(const char *dir, const cm_ckpt_file *files, size_t n, cm_error *err)
+{
+    for (size_t f = 0; f < n; f++) {
+        if (!s_name_ok(files[f].name))
+            return cm_error_set(err, CM_EINVAL, "%s: bad file name '%.64s'", dir,
+                                files[f].name);
+        int rc = s_verify_file(dir, &files[f], err);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+#define S_TOKEN_PREFIX ".psrec-token-"
+#define S_TOKEN_MAX 512
+
+static int s_token_path(const char *root, int writer, char *out, size_t n, cm_error *err)
+{
+    int k = snprintf(out, n, "%s/" S_TOKEN_PREFIX "%d", root, writer);
+    if (k < 0 || (size_t)k >= n)
+        return cm_error_set(err, CM_ERANGE, "%s: path too long", root);
+    return 0;
+}
+
+int cm_ckpt_token_write(const char *root, int writer, const char *token, cm_error *err)
+{
+    char path[PATH_MAX];
+    size_t len = strlen(token);
+    if (len == 0 || len >= S_TOKEN_MAX || strchr(token, '\n'))
+        return cm_error_set(err, CM_EINVAL, "checkpoint token: %zu bytes or a newline", len);
+    int rc = s_mkdirs(root, err);
+    if (rc == 0)
+        rc = s_token_path(root, writer, path, sizeof path, err);
+    if (rc != 0)
+        return rc;
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return cm_error_set(err, CM_EIO, "%s: cannot write: %s", path, strerror(errno));
+    /* durable and whole before the scheduler looks (after the bootstrap's
+     * allgather, which every writer reaches only after this) */
+    if (s_write_all(fd, token, len, NULL) != 0 || s_write_all(fd, "\n", 1, NULL) != 0 ||
+        fsync(fd) != 0) {
+        rc = cm_error_set(err, CM_EIO, "%s: cannot write: %s", path, strerror(errno));
+        close(fd);
+        unlink(path);
+        return rc;
+    }
+    if (close(fd) != 0)
+        return cm_error_set(err, CM_EIO, "%s: cannot write: %s", path, strerror(errno));
+    s_fsync_dir(root);
+    return 0;
+}
+
+/* The token in writer's file: 0, or CM_ENOTFOUND / CM_EIO. */
+static int s_token_read(const char *root, int writer, char *got, size_t n, cm_error *err)
+{
+    char path[PATH_MAX];
+    int rc = s_token_path(root, writer, path, sizeof path, err);
+    if (rc != 0)
+        return rc;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return cm_error_set(err, s_errno_code(errno), "%s: %s", path, strerror(errno));
+    if (!fgets(got, (int)n, f))
+        got[0] = '\0';
+    fclose(f);
+    got[strcspn(got, "\n")] = '\0';
+    return 0;
+}
+
+int cm_ckpt_token_check(const char *root, int writer, const char *token, cm_error *err)
+{
+    char got[S_TOKEN_MAX + 2];
+    int rc = s_token_read(root, writer, got, sizeof got, err);
+    if (rc != 0)
+        return rc;
+    if (strcmp(got, token) != 0)
+        return cm_error_set(err, CM_ESTATE, "%s/" S_TOKEN_PREFIX "%d holds '%.80s', not "
+                                            "'%.80s' (another job writing there?)",
+                            root, writer, got, token);
+    return 0;
+}
+
+void cm_ckpt_token_remove(const char *root, int writer, const char *token)
+{
+    char got[S_TOKEN_MAX + 2], path[PATH_MAX];
+    if (s_token_read(root, writer, got, sizeof got, NULL) != 0 || strcmp(got, token) != 0 ||
+        s_token_path(root, writer, path, sizeof path, NULL) != 0)
+        return;
+    unlink(path);
+}

@@ -121,4 +121,27 @@ int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
  * Writes the chosen directory to out. CM_ENOTFOUND when none is intact. */
 int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_error *err);
 
+/* ---- on a cluster (docs/checkpoints.md, "On a cluster") ---------------- */
+
+/* Checks n files as the writers reported them (name, size, checksum)
+ * against what is in dir as seen from here, before a checkpoint is
+ * published: 0 when every one is there with the reported size and
+ * checksum, else the first that is not, named (CM_ENOTFOUND: missing;
+ * CM_ECHECKSUM: another size or checksum). */
+int cm_ckpt_check_files(const char *dir, const cm_ckpt_file *files, size_t n, cm_error *err);
+
+/* A writer's mark in the checkpoint root (made if missing): the file
+ * root/.psrec-token-<writer> holding token (one line, no newline, < 512
+ * bytes), fsynced. Written by every server at start-up, so the scheduler
+ * can tell whether it sees the same filesystem. */
+int cm_ckpt_token_write(const char *root, int writer, const char *token, cm_error *err);
+
+/* 0 when writer's mark under root holds token; CM_ENOTFOUND when there is
+ * none (root is another filesystem where the writer runs); CM_ESTATE when
+ * it holds another token (another job writing to root at the same time). */
+int cm_ckpt_token_check(const char *root, int writer, const char *token, cm_error *err);
+
+/* Removes writer's mark when it holds token (never another job's). */
+void cm_ckpt_token_remove(const char *root, int writer, const char *token);
+
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/ckpt.h"
 #include "common/features.h"
@@ -493,6 +494,59 @@ static int s_ask_servers(s_sched *s, cm_hdr *h, cm_msg *replies, cm_error *err)
     return 0;
 }
 
+/* Server i's hostname, for messages. */
+static const char *s_server_host(const s_sched *s, uint32_t i, char *buf, size_t n)
+{
+    if (s->p->server_hosts && s->p->server_hosts[i])
+        return s->p->server_hosts[i];
+    if (gethostname(buf, n) != 0 || !memchr(buf, '\0', n))
+        snprintf(buf, n, "localhost");
+    return buf;
+}
+
+/* Proves at start-up that checkpoint_dir is one filesystem for the
+ * scheduler and every server: each server wrote its endpoint into it
+ * (.psrec-token-<i>) before the bootstrap's allgather, so each mark is
+ * there by now wherever the servers' writes are visible from here.
+ * Refuses, naming the hosts, before any training (docs/checkpoints.md). */
+static int s_ckpt_same_fs(s_sched *s, cm_error *err)
+{
+    const sch_params *p = s->p;
+    const char *root = p->job->checkpoint_dir;
+    char here[256], host[256], list[1024] = "";
+    size_t used = 0;
+    uint32_t missing = 0;
+    if (gethostname(here, sizeof here) != 0 || !memchr(here, '\0', sizeof here))
+        snprintf(here, sizeof here, "localhost");
+    for (uint32_t i = 0; i < p->n_servers; i++) {
+        cm_error e = {0};
+        int rc = cm_ckpt_token_check(root, (int)i, p->server_eps[i], &e);
+        if (rc == 0) {
+            cm_ckpt_token_remove(root, (int)i, p->server_eps[i]);
+            continue;
+        }
+        if (rc == CM_ESTATE)
+            return cm_error_set(err, CM_ECONFIG, "checkpoint_dir: %s; two jobs must not share "
+                                                 "one checkpoint_dir", e.msg);
+        if (rc != CM_ENOTFOUND)
+            return cm_error_set(err, rc, "checkpoint_dir: %s", e.msg);
+        if (missing++ < 8 && used < sizeof list) {
+            int k = snprintf(list + used, sizeof list - used, "%sserver %u on host %s",
+                             used ? ", " : "", i, s_server_host(s, i, host, sizeof host));
+            used += k > 0 ? (size_t)k : 0;
+        }
+    }
+    if (missing)
+        return cm_error_set(err, CM_ECONFIG,
+                            "checkpoint_dir %s is not one filesystem for every server: the "
+                            "scheduler on host %s does not see what %s%s wrote there at "
+                            "start-up. Put checkpoint_dir on a shared filesystem that every "
+                            "host mounts at the same path (NFS, Lustre, ...), or leave it "
+                            "unset (docs/checkpoints.md)",
+                            root, here, list, missing > 8 ? " and others" : "");
+    return 0;
+}
+
 static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *err)
 {
     const sch_params *p = s->p;
@@ -551,6 +605,20 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
                     f->slots[f->n_slots++] = k;
             rows += f->rows;
             bytes += f->size;
+        }
+    }
+    /* published only when every file is here as its server reported it */
+    for (size_t f = 0; f < m.n_files; f++) {
+        cm_error e = {0};
+        if (cm_ckpt_check_files(dir, &m.files[f], 1, &e) != 0) {
+            char host[256];
+            uint32_t i = (uint32_t)m.files[f].writer - 1;
+            rc = cm_error_set(err, e.code == CM_ENOTFOUND ? CM_EIO : e.code,
+                              "checkpoint %s not published: server %u on host %s wrote %s "
+                              "(%llu bytes), which the scheduler does not find as reported: %s",
+                              dir, i, s_server_host(s, i, host, sizeof host), m.files[f].name,
+                              (unsigned long long)m.files[f].size, e.msg);
+            goto out;
         }
     }
     m.version = 1;
@@ -976,6 +1044,8 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         goto out;
     }
     if ((rc = s_hellos(&s, err)) != 0)
+        goto out;
+    if (p->job->checkpoint_dir[0] && (rc = s_ckpt_same_fs(&s, err)) != 0)
         goto out;
     if ((rc = s_plan(&s, res, err)) != 0)
         goto out;

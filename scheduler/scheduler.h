@@ -29,6 +29,8 @@ typedef struct {
     FILE *out;                       /* where epoch lines go (stdout) */
     const cm_ckpt_table *tables;     /* the model's tables, for checkpoints */
     size_t n_tables;
+    const char *const *server_hosts; /* n_servers hostnames, for messages; NULL: this
+                                        host's */
 } sch_params;
 
 /* What the run measured, for callers and tests. */

@@ -121,6 +121,30 @@ Test(bootstrap, local_group_of_four)
     cm_boot_group_destroy(&g); /* no-op on NULL */
 }
 
+/* A local group is one host; out-of-range ranks are on none. */
+Test(bootstrap, local_same_host_and_hostname)
+{
+    cm_error err = {0};
+    cm_boot_group *g = cm_boot_group_new(3, &err);
+    cr_assert_not_null(g, "%s", err.msg);
+    cm_boot *b = cm_boot_local_new(g, 1, &err);
+    cr_assert_not_null(b, "%s", err.msg);
+    for (int r = 0; r < 3; r++)
+        cr_expect_eq(cm_boot_same_host(b, r), 1, "rank %d", r);
+    cr_expect_eq(cm_boot_same_host(b, 3), 0);
+    cr_expect_eq(cm_boot_same_host(b, -1), 0);
+    cr_expect_eq(cm_boot_same_host(NULL, 0), 0);
+    char want[256] = "", got[256] = "";
+    cr_assert_eq(gethostname(want, sizeof want - 1), 0);
+    cm_boot_hostname(b, 2, got, sizeof got);
+    cr_expect_str_eq(got, want);
+    char small[4] = "xyz";
+    cm_boot_hostname(b, 2, small, sizeof small); /* cut, never unterminated */
+    cr_expect_lt(strlen(small), sizeof small);
+    cm_boot_destroy(&b);
+    cm_boot_group_destroy(&g);
+}
+
 Test(bootstrap, local_host_place)
 {
     cm_error err = {0};

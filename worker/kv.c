@@ -50,7 +50,8 @@ struct wk_kv {
     int plain_keys;         /* never name a pull's keys in a push */
     s_keep *keep;           /* per server, CM_KEEP_PULLS: the server's ring */
     uint64_t *keep_pulls;   /* per server: kept pulls asked for so far */
-    int *local;             /* per server: on this host (ipc:// or inproc://) */
+    int *local;             /* per server: on this host (wk_kv_params.server_here) */
+    int here_known;         /* 1: local[] came from the runtime's locality */
     s_map **maps;           /* per server x table: newest mapping, or NULL */
     uint32_t n_servers;
     uint32_t *slot_map;     /* slot -> server */
@@ -147,6 +148,7 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
         cm_error_set(err, CM_ENOMEM, "kv: out of memory");
         goto fail;
     }
+    kv->here_known = p->server_here != NULL;
     memcpy(kv->slot_map, p->slot_map, p->n_slots * sizeof *kv->slot_map);
     memcpy(kv->dims, p->dims, p->n_tables * sizeof *kv->dims);
     memcpy(kv->row_floats, p->row_floats ? p->row_floats : p->dims,
@@ -158,8 +160,9 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
             goto fail;
         }
     for (uint32_t i = 0; i < p->n_servers; i++) {
-        kv->local[i] = !strncmp(p->server_eps[i], "ipc://", 6) ||
-                       !strncmp(p->server_eps[i], "inproc://", 9);
+        kv->local[i] = p->server_here ? p->server_here[i] != 0
+                                      : !strncmp(p->server_eps[i], "ipc://", 6) ||
+                                            !strncmp(p->server_eps[i], "inproc://", 9);
         kv->socks[i] = cm_sock_new(van, CM_SOCK_DEALER, err);
         if (!kv->socks[i])
             goto fail;
@@ -753,6 +756,16 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
     return rc;
 }
 
+/* Why server srv's rows cannot be shared with this worker. */
+static int s_not_here(const wk_kv *kv, uint32_t srv, cm_error *err)
+{
+    if (kv->here_known)
+        return cm_error_set(err, CM_ENOTSUP, "kv: server %u runs on another host (rows are "
+                                             "shared with the servers of this host only)", srv);
+    return cm_error_set(err, CM_ENOTSUP, "kv: server %u is reached over tcp (rows are shared "
+                                         "over ipc:// and inproc:// only)", srv);
+}
+
 int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int create,
                 float **rows, cm_error *err)
 {
@@ -774,8 +787,7 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int c
         return rc;
     if (kv->n_servers == 1) {
         if (!kv->local[0])
-            return cm_error_set(err, CM_ENOTSUP, "kv: server 0 is reached over tcp (rows "
-                                                 "are shared over ipc:// and inproc:// only)");
+            return s_not_here(kv, 0, err);
         return s_place_one(kv, 0, table, keys, n, NULL, create, rows, err);
     }
     if (s_reserve_keys(kv, n) != 0)
@@ -783,8 +795,7 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int c
     s_group(kv, table, keys, n, 0, kv->keys, kv->pos);
     for (uint32_t s = 0; s < kv->n_servers; s++)
         if (kv->seg_count[s + 1] > kv->seg_count[s] && !kv->local[s])
-            return cm_error_set(err, CM_ENOTSUP, "kv: server %u is reached over tcp (rows "
-                                                 "are shared over ipc:// and inproc:// only)", s);
+            return s_not_here(kv, s, err);
     for (uint32_t s = 0; s < kv->n_servers && rc == 0; s++) {
         size_t b = kv->seg_count[s], e = kv->seg_count[s + 1];
         if (e > b)

@@ -35,6 +35,10 @@ typedef struct {
                                         halves (whole rows and deltas stay f32) */
     int plain_keys;                  /* 1: every push sends its keys (kept keys
                                         off; for comparisons) */
+    const unsigned char *server_here; /* per server: 1 when it runs on this host
+                                        (the MPI runtime's locality), so its rows
+                                        may be shared; NULL: the servers at ipc://
+                                        and inproc:// endpoints are */
 } wk_kv_params;
 
 wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err);

@@ -1059,7 +1059,19 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         .timeout_ms = (int)(w->p->job->timeout * 1000),
         .wire_f16 = w->p->job->wire_dtype == 1,
     };
+    /* under MPI the runtime says which servers share this host (their rows
+     * may be shared in place whatever the transport); PSREC_TRANSPORT=tcp
+     * keeps every row on the wire */
+    const char *transport = getenv("PSREC_TRANSPORT");
+    unsigned char *here = NULL;
+    if (w->p->boot && cm_boot_is_mpi(w->p->boot) && !(transport && strcmp(transport, "tcp") == 0) &&
+        (here = calloc(w->p->n_servers + 1, 1)) != NULL) {
+        for (uint32_t i = 0; i < w->p->n_servers; i++)
+            here[i] = (unsigned char)cm_boot_same_host(w->p->boot, 1 + (int)i);
+        kp.server_here = here;
+    }
     w->kv = wk_kv_new(w->p->van, &kp, err);
+    free(here);
     if (!w->kv) {
         rc = err ? err->code : CM_EIO;
         goto out;
