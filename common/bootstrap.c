@@ -826,15 +826,17 @@ int cm_boot_secure(cm_boot *b, const cm_boot_wire *w, cm_error *err)
         return 0;   /* inproc: one process, nothing on the wire */
     cm_error e = {0};
     int bad = 0;
-    if (w->interface && w->interface[0] && !b->host_from_env && !b->all_here) {
+    if (w->interface && w->interface[0]) {
+        /* checked on every job, so a typo shows on one host too; used when
+         * the ranks span hosts and PSREC_HOST does not say otherwise */
         char ip[64];
-        if (s_interface_ipv4(w->interface, ip, sizeof ip, &e) == 0) {
+        if (s_interface_ipv4(w->interface, ip, sizeof ip, &e) != 0) {
+            bad = 1;
+        } else if (!b->host_from_env && !b->all_here) {
             snprintf(b->host, sizeof b->host, "%s", ip);
             s_pick_bind(b);
             cm_log(CM_LOG_DEBUG, "bootstrap: rank %d listens on %s (interface = %s)", b->rank,
                    b->host, w->interface);
-        } else {
-            bad = 1;
         }
     }
     /* auto: a job on one host over unix sockets relies on the files being
