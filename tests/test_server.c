@@ -966,3 +966,56 @@ Test(server, spoofed_sender_on_an_authenticated_connection, .timeout = 60)
     for (int i = 0; i < 3; i++)
         cm_van_destroy(&vans[i]);
 }
+
+/* A flood of bad requests: each is answered, but at most 10 warnings a
+ * minute reach the log, and a peer's text appears only quoted. */
+Test(server, a_flood_of_bad_requests_does_not_flood_the_log, .timeout = 60)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-test-flood");
+    cm_log_set_level(CM_LOG_WARN);
+    fflush(stderr);
+    FILE *cap = tmpfile();
+    cr_assert_not_null(cap);
+    int saved = dup(2);
+    cr_assert_geq(saved, 0);
+    cr_assert_geq(dup2(fileno(cap), 2), 0);
+    cm_msg r;
+    for (int i = 0; i < 5; i++) {
+        cm_hdr h = s_hdr(CM_OP_CHECKPOINT, 0, 0, 0);
+        snprintf(h.path, sizeof h.path, "\x1b[2J../evil-%d", i);
+        s_call(&f, &h, NULL, 0, NULL, 0, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cm_msg_release(&r);
+    }
+    for (int i = 0; i < 40; i++) {
+        static const char junk[] = "\xff\xfe not a header";
+        cm_iov iov = {junk, sizeof junk};
+        s_send_raw(&f, &iov, 1);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR, "every bad message is still answered");
+        cm_msg_release(&r);
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    cm_log_set_level(CM_LOG_ERROR);
+    rewind(cap);
+    char line[4096];
+    int lines = 0, raw_escape = 0, quoted = 0;
+    while (fgets(line, sizeof line, cap)) {
+        if (strstr(line, " W ") && strstr(line, "ps: "))
+            lines++;
+        if (strchr(line, '\x1b'))
+            raw_escape = 1;
+        if (strstr(line, "\"\\x1b[2J../evil-0\""))
+            quoted = 1;
+    }
+    fclose(cap);
+    cr_assert_geq(lines, 5, "the first rejections are logged (%d lines)", lines);
+    cr_assert_leq(lines, 10, "45 bad requests gave %d warning lines", lines);
+    cr_assert(quoted, "the bad name appears quoted");
+    cr_assert_not(raw_escape, "a peer's raw bytes reached the log");
+    s_stop(&f);
+    s_finish(&f);
+}
