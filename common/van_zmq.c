@@ -138,11 +138,10 @@ static void s_destroy(cm_van *v)
         while (zmq_ctx_term(z->ctx) != 0 && zmq_errno() == EINTR)
             ;
     }
-    if (z->secure) {
-        /* secret keys do not outlive the van in freed memory */
-        memset(&z->keys, 0, sizeof z->keys);
+    /* secret keys do not outlive the van in freed memory */
+    memset(&z->keys, 0, sizeof z->keys);
+    if (z->secure)
         pthread_mutex_destroy(&z->lock);
-    }
     free(z->admit);
     free(z);
     free(v);
