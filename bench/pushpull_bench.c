@@ -5,6 +5,8 @@
  * Loopback rates swing by 2x from one second to the next on a shared
  * machine, so each case is measured in 5 slices taken in turn with the
  * others (raw, psrec f32, psrec f16, raw, ...) and the medians are shown.
+ * "curve" rows: psrec f32 with the van secured by CURVE keys as an mpirun
+ * job's is (docs/security.md), to show what encryption costs.
  *
  *   build/pushpull_bench [seconds per case, default 2] */
 #include <pthread.h>
@@ -114,10 +116,28 @@ static void *s_serve(void *arg)
 /* psrec's pull and push rates in bytes/s of f32 rows (keys + 4 bytes per
  * value); with f16 the wire carries half the value bytes, and the rate
  * still counts the f32 rows it stands for. */
-static int s_psrec_rates(int dim, int f16, int plain, double secs, double *pull, double *push)
+static int s_psrec_rates(int dim, int f16, int plain, int curve, double secs, double *pull,
+                         double *push)
 {
     cm_error err = {0};
     cm_van *van = cm_van_new(&err);
+    if (van && curve) {
+        /* one process, both ends: the server pair, and one client key the
+         * handler admits (as rank 0) */
+        cm_van_keys k;
+        memset(&k, 0, sizeof k);
+        if (cm_van_keypair(k.server_public, k.server_secret, &err) != 0 ||
+            cm_van_keypair(k.public_key, k.secret_key, &err) != 0) {
+            fprintf(stderr, "pushpull_bench: %s\n", err.msg);
+            return 1;
+        }
+        k.admit = k.public_key;
+        k.n_admit = 1;
+        if (cm_van_secure(van, &k, &err) != 0) {
+            fprintf(stderr, "pushpull_bench: %s\n", err.msg);
+            return 1;
+        }
+    }
     ps_table_params tp = {.dim = dim, .init_std = 0.1f, .seed = 1,
                           .optim = {.kind = CM_OPT_SGD, .lr = 0.01f}};
     ps_server *srv = van ? ps_server_new(van, "tcp://127.0.0.1:*", &tp, 1, &err) : NULL;
@@ -181,24 +201,26 @@ int main(int argc, char **argv)
     for (int d = 0; d < 2; d++) {
         size_t keys = KEYS * 8, rows = (size_t)KEYS * 4 * dims[d];
         /* [0] raw, [1] psrec f32, [2] psrec f16, [3] psrec f32 with every
-         * push sending its keys; pulls and pushes */
-        double pull[4][SLICES], push[4][SLICES];
+         * push sending its keys, [4] psrec f32 encrypted; pulls and pushes */
+        double pull[5][SLICES], push[5][SLICES];
+        const int n_cases = cm_van_can_secure() ? 5 : 4;
         for (int k = 0; k < SLICES; k++) {
             pull[0][k] = s_raw_rate(keys, rows, slice);
             push[0][k] = s_raw_rate(keys + rows, 0, slice);
-            for (int c = 1; c < 4; c++)
-                if (s_psrec_rates(dims[d], c == 2, c == 3, slice, &pull[c][k], &push[c][k]) != 0)
+            for (int c = 1; c < n_cases; c++)
+                if (s_psrec_rates(dims[d], c == 2, c == 3, c == 4, slice, &pull[c][k],
+                                  &push[c][k]) != 0)
                     return 1;
         }
-        double mp[4], mq[4];
-        for (int c = 0; c < 4; c++) {
+        double mp[5], mq[5];
+        for (int c = 0; c < n_cases; c++) {
             mp[c] = s_median(pull[c], SLICES);
             mq[c] = s_median(push[c], SLICES);
         }
-        const char *names[4][2] = {{"", ""}, {"pull", "push"}, {"pull f16", "push f16"},
-                                   {"", "push, keys sent"}};
-        for (int c = 1; c < 4; c++) {
-            if (c < 3)
+        const char *names[5][2] = {{"", ""}, {"pull", "push"}, {"pull f16", "push f16"},
+                                   {"", "push, keys sent"}, {"pull curve", "push curve"}};
+        for (int c = 1; c < n_cases; c++) {
+            if (c != 3)
                 printf("%-6d %-16s %12.0f %12.0f %7.0f%%\n", dims[d], names[c][0],
                        mp[c] / 1e6, mp[0] / 1e6, 100 * mp[c] / mp[0]);
             printf("%-6d %-16s %12.0f %12.0f %7.0f%%\n", dims[d], names[c][1], mq[c] / 1e6,

@@ -154,6 +154,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         if (s_tables(job, tp, NULL, &n_tables, &setup) == 0 &&
             (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL) {
             ps_server_set_index(srv, rank - 1);
+            ps_server_set_checkpoints(srv, job->checkpoint_dir, job->resume);
             cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
         }
         /* its mark in the checkpoint root, which the scheduler must see
@@ -352,6 +353,12 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         pthread_join(tid, NULL);
     if (!b) {
         fprintf(stderr, "psrec: error: %s\n", err.msg);
+        return 1;
+    }
+    cm_boot_wire wire = {.encrypt = (cm_encrypt)job->encrypt, .interface = job->interface};
+    if (cm_boot_secure(b, &wire, &err) != 0) {
+        fprintf(stderr, "psrec: error: %s\n", err.msg);
+        cm_boot_abort(b, 1);
         return 1;
     }
     const int rank = cm_boot_rank(b);

@@ -49,6 +49,10 @@ struct cm_boot {
     cm_van *van;                /* MPI: owned; local: the group's */
     cm_boot_group *group;       /* local: the group this rank belongs to */
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
+    char bind_ip[64];           /* MPI: the address tcp sockets bind ("0.0.0.0" only
+                                 * when host is none of this host's addresses) */
+    int host_from_env;          /* MPI: host came from PSREC_HOST */
+    int all_here;               /* MPI: every rank runs on this host */
     int unix_sockets;           /* MPI: every rank on this host; bind ipc:// */
     int *host_of;               /* MPI: per rank, the lowest rank on its host (from the
                                  * MPI runtime); NULL locally (one host) */
@@ -101,12 +105,15 @@ static int s_mpi_error(cm_error *err, int rc, const char *what)
     return cm_error_set(err, CM_EMPI, "%s: %s", what, text);
 }
 
-/* 1 when addr (IPv4 text) is assigned to an interface of this host. */
+/* 1 when addr (IPv4 text) is assigned to an interface of this host (any
+ * loopback address counts). */
 static int s_is_own_ipv4(const char *addr)
 {
     struct in_addr want;
     if (inet_pton(AF_INET, addr, &want) != 1)
         return 0;
+    if ((ntohl(want.s_addr) >> 24) == 127)
+        return 1;
     struct ifaddrs *ifs = NULL;
     if (getifaddrs(&ifs) != 0)
         return 0;
@@ -269,6 +276,85 @@ static int s_mpi_locality(cm_boot *b, const char *hostname, int *all_here, cm_er
     return 0;
 }
 
+/* Sets b->bind_ip from b->host: the advertised address itself when it is
+ * one of this host's (a name is resolved first), so nothing listens on
+ * the other interfaces; else 0.0.0.0 with a warning (an address behind
+ * NAT, say). */
+static void s_pick_bind(cm_boot *b)
+{
+    char ip[64] = "";
+    struct in_addr a;
+    if (inet_pton(AF_INET, b->host, &a) == 1) {
+        inet_ntop(AF_INET, &a, ip, sizeof ip);
+    } else {
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(b->host, NULL, &hints, &res) == 0) {
+            for (struct addrinfo *ai = res; ai && !ip[0]; ai = ai->ai_next) {
+                const struct sockaddr_in *sin = (const struct sockaddr_in *)ai->ai_addr;
+                char t[64];
+                if (inet_ntop(AF_INET, &sin->sin_addr, t, sizeof t) && s_is_own_ipv4(t))
+                    snprintf(ip, sizeof ip, "%s", t);
+            }
+            freeaddrinfo(res);
+        }
+    }
+    if (ip[0] && s_is_own_ipv4(ip)) {
+        snprintf(b->bind_ip, sizeof b->bind_ip, "%s", ip);
+        return;
+    }
+    snprintf(b->bind_ip, sizeof b->bind_ip, "0.0.0.0");
+    cm_log(CM_LOG_WARN, "bootstrap: rank %d advertises %s, which is not an address of this "
+           "host: listening on every interface (set `interface` or PSREC_HOST to one of "
+           "this host's addresses to narrow it)", b->rank, b->host);
+}
+
+/* The first IPv4 address of this host that matches spec: an interface
+ * name ("eth1") or a network in CIDR form ("10.1.0.0/16"). 0, or
+ * CM_ENOTFOUND / CM_ECONFIG with the reason. */
+static int s_interface_ipv4(const char *spec, char *out, size_t n, cm_error *err)
+{
+    uint32_t net = 0, mask = 0;
+    int cidr = strchr(spec, '/') != NULL;
+    if (cidr) {
+        char addr[64];
+        const char *slash = strchr(spec, '/');
+        size_t al = (size_t)(slash - spec);
+        char *end = NULL;
+        long bits = strtol(slash + 1, &end, 10);
+        struct in_addr a;
+        if (al >= sizeof addr || !*(slash + 1) || *end || bits < 0 || bits > 32)
+            return cm_error_set(err, CM_ECONFIG, "interface: '%.64s' is neither an interface "
+                                "name nor an IPv4 network like 10.1.0.0/16", spec);
+        memcpy(addr, spec, al);
+        addr[al] = '\0';
+        if (inet_pton(AF_INET, addr, &a) != 1)
+            return cm_error_set(err, CM_ECONFIG, "interface: '%.64s' is not an IPv4 network",
+                                spec);
+        mask = bits == 0 ? 0 : 0xffffffffu << (32 - bits);
+        net = ntohl(a.s_addr) & mask;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0)
+        return cm_error_set(err, CM_EIO, "interface: getifaddrs: %s", strerror(errno));
+    int rc = CM_ENOTFOUND;
+    for (struct ifaddrs *i = ifs; i && rc != 0; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP))
+            continue;
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)i->ifa_addr;
+        uint32_t ip = ntohl(sin->sin_addr.s_addr);
+        if (cidr ? (ip & mask) != net : strcmp(i->ifa_name, spec) != 0)
+            continue;
+        if (inet_ntop(AF_INET, &sin->sin_addr, out, (socklen_t)n))
+            rc = 0;
+    }
+    freeifaddrs(ifs);
+    if (rc != 0)
+        return cm_error_set(err, CM_ENOTFOUND, "interface: no up IPv4 address on this host "
+                            "matches '%.64s'", spec);
+    return 0;
+}
+
 /* Collective: decides b->host, the address this rank advertises.
  * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host (as the
  * MPI runtime sees it); else this host's own IPv4 address (what its name
@@ -311,8 +397,11 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
         snprintf(b->host, sizeof b->host, "%s", mine);
         why = "no IPv4 address found; using the hostname";
     }
-    cm_log(CM_LOG_DEBUG, "bootstrap: rank %d of %d on %s advertises %s (%s)", b->rank, b->size,
-           mine, b->host, why);
+    b->host_from_env = env && *env;
+    b->all_here = same;
+    s_pick_bind(b);
+    cm_log(CM_LOG_DEBUG, "bootstrap: rank %d of %d on %s advertises %s (%s), binds %s", b->rank,
+           b->size, mine, b->host, why, b->bind_ip);
     return 0;
 }
 
@@ -358,7 +447,7 @@ static void s_mpi_bind_endpoint(const cm_boot *b, const char *purpose, char *out
         if (n > 0 && n < CM_ENDPOINT_MAX && n - 6 <= S_UNIX_PATH_MAX)
             return;
     }
-    snprintf(out, CM_ENDPOINT_MAX, "tcp://0.0.0.0:*");
+    snprintf(out, CM_ENDPOINT_MAX, "tcp://%s:*", b->bind_ip[0] ? b->bind_ip : "0.0.0.0");
 }
 
 static int s_mpi_advertise(const cm_boot *b, const char *bound, char *out, cm_error *err)
@@ -765,6 +854,101 @@ cm_boot *cm_boot_local_new(cm_boot_group *g, int rank, cm_error *err)
     b->van = g->van;
     b->group = g;
     return b;
+}
+
+/* -------------------------------------------------------------------------
+ * Securing the wire (MPI)
+ * ------------------------------------------------------------------------- */
+
+/* The job's keys: rank 0's server pair broadcast, every rank's client
+ * public key gathered, then the van secured. Every step is collective
+ * whatever happened before on this rank, and one MPI_Allreduce makes every
+ * rank fail alike, so no rank waits for a peer that gave up. */
+static int s_mpi_keys(cm_boot *b, cm_error *err)
+{
+    cm_van_keys k;
+    memset(&k, 0, sizeof k);
+    uint8_t pair[2 * CM_KEY_BYTES] = {0};
+    uint8_t *all = malloc((size_t)b->size * CM_KEY_BYTES + 1);
+    cm_error mine = {0};
+    int bad = 0;
+    if (!all) {
+        cm_error_set(&mine, CM_ENOMEM, "bootstrap: out of memory for %d keys", b->size);
+        bad = 1;
+    }
+    if (!bad && cm_van_keypair(k.public_key, k.secret_key, &mine) != 0)
+        bad = 1;
+    if (b->rank == 0 && !bad && cm_van_keypair(pair, pair + CM_KEY_BYTES, &mine) != 0)
+        bad = 1;
+    int rc = MPI_Bcast(pair, (int)sizeof pair, MPI_BYTE, 0, MPI_COMM_WORLD);
+    uint8_t dummy[CM_KEY_BYTES] = {0};
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Allgather(k.public_key, CM_KEY_BYTES, MPI_BYTE, all ? all : dummy,
+                           all ? CM_KEY_BYTES : 0, MPI_BYTE, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS) {
+        s_mpi_error(&mine, rc, "bootstrap: exchanging keys");
+        bad = 1;
+    }
+    int any_bad = bad;
+    if (MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS)
+        any_bad = 1;
+    if (!any_bad) {
+        memcpy(k.server_public, pair, CM_KEY_BYTES);
+        memcpy(k.server_secret, pair + CM_KEY_BYTES, CM_KEY_BYTES);
+        k.admit = all;
+        k.n_admit = (size_t)b->size;
+        if (cm_van_secure(b->van, &k, &mine) != 0)
+            bad = 1;
+    }
+    /* secret halves live on only inside the van */
+    memset(&k, 0, sizeof k);
+    memset(pair, 0, sizeof pair);
+    free(all);
+    if (bad)
+        return cm_error_set(err, mine.code ? mine.code : CM_EIO, "%s", mine.msg);
+    if (any_bad)
+        return cm_error_set(err, CM_ESTATE, "bootstrap: another rank could not make its keys "
+                            "(its log says why)");
+    return 0;
+}
+
+int cm_boot_secure(cm_boot *b, const cm_boot_wire *w, cm_error *err)
+{
+    if (!b || !w)
+        return cm_error_set(err, CM_EINVAL, "bootstrap: secure needs a boot and settings");
+    if (!b->ops->is_mpi)
+        return 0;   /* inproc: one process, nothing on the wire */
+    cm_error e = {0};
+    int bad = 0;
+    if (w->interface && w->interface[0]) {
+        /* checked on every job, so a typo shows on one host too; used when
+         * the ranks span hosts and PSREC_HOST does not say otherwise */
+        char ip[64];
+        if (s_interface_ipv4(w->interface, ip, sizeof ip, &e) != 0) {
+            bad = 1;
+        } else if (!b->host_from_env && !b->all_here) {
+            snprintf(b->host, sizeof b->host, "%s", ip);
+            s_pick_bind(b);
+            cm_log(CM_LOG_DEBUG, "bootstrap: rank %d listens on %s (interface = %s)", b->rank,
+                   b->host, w->interface);
+        }
+    }
+    /* auto: a job on one host over unix sockets relies on the files being
+     * its user's (zmq makes them so, see van_zmq.c); anything over tcp is
+     * encrypted */
+    int on = w->encrypt == CM_ENCRYPT_ON || (w->encrypt == CM_ENCRYPT_AUTO && !b->unix_sockets);
+    int rc = 0;
+    if (on)
+        rc = s_mpi_keys(b, err);
+    else if (b->rank == 0)
+        cm_log(w->encrypt == CM_ENCRYPT_OFF ? CM_LOG_WARN : CM_LOG_DEBUG,
+               "bootstrap: the job's traffic is not encrypted (%s)",
+               w->encrypt == CM_ENCRYPT_OFF ? "encrypt = off: anyone who can reach its ports "
+                                              "is trusted"
+                                            : "one host, unix sockets of this user");
+    if (bad)
+        return cm_error_set(err, e.code, "%s", e.msg);
+    return rc;
 }
 
 /* -------------------------------------------------------------------------

@@ -21,6 +21,34 @@ typedef struct cm_boot_group cm_boot_group;
 /* MPI: calls MPI_Init (once per process) and makes a van. NULL on failure. */
 cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err);
 
+/* How the job's ZeroMQ traffic is secured and where it listens
+ * (docs/security.md). */
+typedef enum {
+    CM_ENCRYPT_AUTO = 0, /* on, except when every rank is on this host and
+                          * talks over unix sockets (owner-only files) */
+    CM_ENCRYPT_ON = 1,
+    CM_ENCRYPT_OFF = 2   /* a trusted network: identities are then the
+                          * messages' sender fields */
+} cm_encrypt;
+
+typedef struct {
+    cm_encrypt encrypt;
+    const char *interface; /* NULL or "": the address the hostname resolves
+                            * to; else an interface name ("eth1") or an
+                            * IPv4 network ("10.1.0.0/16") to listen and
+                            * advertise on when ranks span hosts */
+} cm_boot_wire;
+
+/* MPI: collective, once, after cm_boot_mpi_new and before any socket is
+ * made. Picks the listening address (w->interface; PSREC_HOST still
+ * wins), then, unless encryption is off, makes the job's CURVE keys and
+ * hands them out over MPI (never to disk): rank 0 makes the server pair
+ * every ROUTER uses, each rank its own client pair, whose public halves
+ * every rank learns; the van is secured with them, admitting rank r's key
+ * as rank r. Locally (inproc, one process) there is nothing to secure: 0.
+ * Every rank fails alike when any rank cannot make its keys. */
+int cm_boot_secure(cm_boot *b, const cm_boot_wire *w, cm_error *err);
+
 /* Local: a group of `size` ranks living in one process, sharing one van. */
 cm_boot_group *cm_boot_group_new(int size, cm_error *err);
 void cm_boot_group_destroy(cm_boot_group **pg);
@@ -41,7 +69,8 @@ cm_van *cm_boot_van(cm_boot *b);
 
 /* An endpoint this rank can bind for the given purpose ("data", "ctl"):
  * "inproc://psrec-<group>-<rank>-<purpose>" locally; under MPI
- * "tcp://0.0.0.0:*", or, when every rank runs on this host (as
+ * "tcp://<the advertised address>:*" (0.0.0.0 only when that address is
+ * not one of this host's, with a warning), or, when every rank runs on this host (as
  * cm_boot_host_place decides; and neither
  * PSREC_HOST nor PSREC_TRANSPORT=tcp is set), a unix socket
  * "ipc://$TMPDIR/psrec-<pid>-<n>-<purpose>" (TMPDIR default /tmp; tcp when

@@ -53,6 +53,7 @@ static const char *const s_losses[] = {"bpr", "logistic", NULL};
 static const char *const s_samplers[] = {"uniform", "popularity", NULL};
 static const char *const s_wire_dtypes[] = {"f32", "f16", NULL};
 static const char *const s_ingest[] = {"auto", "scan", NULL};
+static const char *const s_encrypt[] = {"auto", "on", "off", NULL};
 static const char *const s_affinity[] = {"auto", "off", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
@@ -222,6 +223,14 @@ static const s_key s_keys[] = {
              "plan`) exceeds it (0: MemAvailable of /proc/meminfo / ranks on this host)"},
     {.name = "timeout", .type = S_DBL, S_AT(timeout), .dmin = 0, .dmax = 1e6, .dmin_open = 1,
      .def = "60", .help = "seconds a role waits for a peer before giving up"},
+    {.name = "encrypt", .type = S_ENUM, S_AT(encrypt), .names = s_encrypt, .def = "auto",
+     .help = "per-job CURVE keys on the job's ZeroMQ traffic: auto (on over tcp; off on one "
+             "host over unix sockets, which only this user can open), on, or off (a trusted "
+             "network only: anyone who reaches the ports can then act as a rank)"},
+    {.name = "interface", .type = S_STR, S_AT(interface), .def = "",
+     .help = "interface name (eth1) or IPv4 network (10.1.0.0/16) the ranks listen and "
+             "advertise on when they span hosts; empty: the hostname's address (PSREC_HOST "
+             "wins)"},
 };
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])

@@ -26,7 +26,8 @@
     X(ESTATE, "operation not valid in this state")        \
     X(EREMOTE, "the peer reported an error")              \
     X(EMPI, "MPI error")                                  \
-    X(ENOTSUP, "not supported here")
+    X(ENOTSUP, "not supported here")                      \
+    X(EPERM, "not permitted for this peer")
 
 enum cm_err_index_ {
     CM_ERRI_OK_ = 0,

@@ -32,6 +32,7 @@ static int s_known_op(int op)
     case CM_OP_CHECKPOINT:
     case CM_OP_LOAD:
     case CM_OP_CLOCK:
+    case CM_OP_SLOTS:
         return 1;
     default:
         return 0;
@@ -79,6 +80,7 @@ const char *cm_op_name(int op)
     case CM_OP_CHECKPOINT: return "CHECKPOINT";
     case CM_OP_LOAD: return "LOAD";
     case CM_OP_CLOCK: return "CLOCK";
+    case CM_OP_SLOTS: return "SLOTS";
     default: return "?";
     }
 }
@@ -404,11 +406,13 @@ int cm_msg_recv(cm_sock *s, cm_msg *m, int timeout_ms, cm_error *err)
     if (!m)
         return cm_error_set(err, CM_EINVAL, "msg recv: no message");
     memset(m, 0, sizeof *m);
+    m->peer = CM_PEER_ANY;
     if (!s)
         return cm_error_set(err, CM_EINVAL, "msg recv: no socket");
     int rc = cm_sock_recv(s, &m->frames_, timeout_ms);
     if (rc < 0)
         return cm_error_set(err, rc, "%s", cm_sock_errmsg(s));
+    m->peer = cm_frames_peer(m->frames_);
 
     size_t n = cm_frames_count(m->frames_), first = 0;
     if (cm_sock_type_of(s) == CM_SOCK_ROUTER) {
@@ -436,6 +440,59 @@ void cm_msg_release(cm_msg *m)
     free(m->copy_);
     free(m->hdr.slots);
     memset(m, 0, sizeof *m);
+}
+
+int cm_msg_rank(const cm_msg *m, int *rank, cm_error *err)
+{
+    if (!m || !rank)
+        return cm_error_set(err, CM_EINVAL, "msg rank: no message");
+    *rank = m->hdr.sender;
+    if (m->peer == CM_PEER_ANY)
+        return 0;
+    *rank = m->peer;
+    if (m->hdr.sender != m->peer)
+        return cm_error_set(err, CM_EPERM,
+                            "%s says it is from rank %" PRId32 " on the connection of rank %d",
+                            cm_op_name(m->hdr.op), m->hdr.sender, m->peer);
+    return 0;
+}
+
+void cm_msg_quote(const char *text, size_t max, char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0, i = 0;
+    if (n < 8) {
+        if (n)
+            out[0] = '\0';
+        return;
+    }
+    if (!text)
+        text = "";
+    out[o++] = '"';
+    /* room kept for: closing quote, "...", NUL */
+    for (; text[i] && i < max; i++) {
+        unsigned char c = (unsigned char)text[i];
+        size_t need = (c == '"' || c == '\\') ? 2 : (c < 0x20 || c > 0x7e) ? 4 : 1;
+        if (o + need + 5 > n)
+            break;
+        if (need == 2) {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (need == 4) {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '"';
+    if (text[i]) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
 }
 
 int cm_msg_reply_error(cm_sock *s, const cm_msg *req, int status, const char *text)

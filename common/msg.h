@@ -48,7 +48,9 @@ typedef enum {
     CM_OP_STOP = 17,
     CM_OP_CHECKPOINT = 18,
     CM_OP_LOAD = 19,
-    CM_OP_CLOCK = 20
+    CM_OP_CLOCK = 20,
+    CM_OP_SLOTS = 40           /* scheduler -> server: the slot map (hdr.slots);
+                                  the server then takes only its slots' keys */
 } cm_op;
 
 /* Flags on a PULL. */
@@ -114,7 +116,9 @@ typedef struct {
     double stats[CM_HDR_MAX_STATS];
     size_t n_slots;
     uint32_t *slots;               /* PLAN: slot -> server; owned by whoever built the hdr */
-    char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: checkpoint directory */
+    char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: the checkpoint's name inside
+                                    * the job's checkpoint_dir (never a path; LOAD
+                                    * "": the job's resume setting) */
     uint32_t key_enc;              /* keys frame: CM_KEYS_RAW or CM_KEYS_GAPS; set by
                                     * cm_msg_send, undone by cm_msg_recv */
     uint64_t key_ref;              /* PUSH: 0, or the req_id of an earlier PULL with
@@ -131,6 +135,8 @@ typedef struct {
     size_t n_vals;
     const void *route;             /* ROUTER: identity of the sender */
     size_t route_size;
+    int peer;                      /* the rank the connection authenticated
+                                    * (common/van.h), or CM_PEER_ANY */
     cm_frames *frames_;            /* private */
     void *copy_;                   /* private */
 } cm_msg;
@@ -169,6 +175,19 @@ void cm_msg_release(cm_msg *m);
  * text (req_id, table and clock echoed; NULL text: cm_strerror(status)).
  * Works on a message that cm_msg_recv rejected with CM_EPROTO. */
 int cm_msg_reply_error(cm_sock *s, const cm_msg *req, int status, const char *text);
+
+/* The rank m speaks for. On an authenticated connection (m->peer a
+ * rank) that is the connection's rank, and hdr.sender must name it: a
+ * message claiming another rank is CM_EPERM with the reason in err. With
+ * no authenticated peer (inproc inside one process, or a job that runs
+ * unencrypted on a trusted network) it is hdr.sender. */
+int cm_msg_rank(const cm_msg *m, int *rank, cm_error *err);
+
+/* Writes text from a peer into out (n bytes, n >= 8) as quoted data:
+ * between double quotes, at most max bytes of it, quotes, backslashes and
+ * bytes outside printable ASCII escaped (\xNN), "..." after the quote when
+ * it was cut. For logs and error messages that repeat what a peer said. */
+void cm_msg_quote(const char *text, size_t max, char *out, size_t n);
 
 /* Name of an op ("PULL"); "?" if unknown. */
 const char *cm_op_name(int op);

@@ -27,6 +27,28 @@ cm_van *cm_van_new(cm_error *err)
     return cm_van_zmq_new_(err);
 }
 
+int cm_van_secure(cm_van *van, const cm_van_keys *k, cm_error *err)
+{
+    if (!van || !k)
+        return cm_error_set(err, CM_EINVAL, "van: secure needs a van and keys");
+    if (k->n_admit && !k->admit)
+        return cm_error_set(err, CM_EINVAL, "van: %zu admitted keys but no list", k->n_admit);
+    if (!van->ops->secure)
+        return cm_error_set(err, CM_ENOTSUP, "van: the %s transport cannot be secured",
+                            van->ops->name);
+    return van->ops->secure(van, k, err);
+}
+
+int cm_van_is_secure(const cm_van *van)
+{
+    return van && van->ops->is_secure && van->ops->is_secure(van);
+}
+
+uint64_t cm_van_refused(const cm_van *van)
+{
+    return van && van->ops->refused ? van->ops->refused(van) : 0;
+}
+
 void cm_van_destroy(cm_van **pv)
 {
     if (!pv || !*pv)
@@ -221,6 +243,11 @@ const void *cm_frames_data(const cm_frames *f, size_t i)
 size_t cm_frames_size(const cm_frames *f, size_t i)
 {
     return f && i < f->n ? f->iov[i].size : 0;
+}
+
+int cm_frames_peer(const cm_frames *f)
+{
+    return f ? f->peer : CM_PEER_ANY;
 }
 
 void cm_frames_destroy(cm_frames **pf)

@@ -44,6 +44,49 @@ typedef struct {
  * dropped, duplicated or delayed as the params say. For tests only. */
 cm_van *cm_van_fault_new(cm_van *inner, const cm_fault_params *p, cm_error *err);
 
+/* ------------------------------------------------------------ security --
+ * A van may be secured with CURVE keys (docs/security.md). Then every
+ * ROUTER it makes is a CURVE server and every DEALER a CURVE client, on
+ * every transport that has a handshake (tcp, ipc; inproc stays inside the
+ * process and has none). A handler answers ZeroMQ's authentication
+ * requests for the van: it admits only the listed client keys and names
+ * each admitted connection by the index of its key (the rank), which
+ * cm_frames_peer then gives for every message that came over it. A peer
+ * without the keys fails its handshake and never gets a byte back; such
+ * refusals are counted and logged at most once per peer and minute. */
+
+#define CM_KEY_BYTES 32     /* a CURVE public or secret key */
+#define CM_PEER_ANY (-1)    /* cm_frames_peer: no authenticated peer */
+
+typedef struct {
+    uint8_t server_public[CM_KEY_BYTES]; /* the job's server pair: every ROUTER */
+    uint8_t server_secret[CM_KEY_BYTES];
+    uint8_t public_key[CM_KEY_BYTES];    /* this process's client pair: every DEALER */
+    uint8_t secret_key[CM_KEY_BYTES];
+    const uint8_t *admit;                /* n_admit client public keys, CM_KEY_BYTES each;
+                                          * key i authenticates as peer i. NULL: any client
+                                          * that knows server_public (peer CM_PEER_ANY) */
+    size_t n_admit;
+} cm_van_keys;
+
+/* 1 when this build of the transport can secure a van. */
+int cm_van_can_secure(void);
+
+/* A fresh random CURVE key pair. */
+int cm_van_keypair(uint8_t public_key[CM_KEY_BYTES], uint8_t secret_key[CM_KEY_BYTES],
+                   cm_error *err);
+
+/* Secures the van with k (copied; admit too). Call once, before the van
+ * makes any socket; CM_ESTATE after, CM_ENOTSUP when the transport cannot.
+ * For a fault van this secures the inner one. */
+int cm_van_secure(cm_van *van, const cm_van_keys *k, cm_error *err);
+
+/* 1 when cm_van_secure succeeded on this van. */
+int cm_van_is_secure(const cm_van *van);
+
+/* Handshakes this van refused so far (unknown keys, no keys, garbage). */
+uint64_t cm_van_refused(const cm_van *van);
+
 /* Frees the van and NULLs *pv; all its sockets must be destroyed first. */
 void cm_van_destroy(cm_van **pv);
 
@@ -120,5 +163,10 @@ size_t cm_frames_count(const cm_frames *f);
 const void *cm_frames_data(const cm_frames *f, size_t i);
 size_t cm_frames_size(const cm_frames *f, size_t i);
 void cm_frames_destroy(cm_frames **pf);
+
+/* The authenticated peer the frames came from (the index of its key in the
+ * van's admit list, a rank), or CM_PEER_ANY when the connection carried no
+ * such identity (an unsecured van, inproc, a DEALER's replies). */
+int cm_frames_peer(const cm_frames *f);
 
 #endif

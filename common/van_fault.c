@@ -136,6 +136,27 @@ static int s_poll(cm_sock **socks, size_t n, int timeout_ms, uint64_t *ready)
     return CM_EINVAL;
 }
 
+/* ----------------------------------------------------------- security -- */
+
+/* Security is the inner van's: its sockets are the ones on the wire. */
+static int s_secure(cm_van *v, const cm_van_keys *k, cm_error *err)
+{
+    s_van *fv = v->impl;
+    return cm_van_secure(fv->inner, k, err);
+}
+
+static int s_is_secure(const cm_van *v)
+{
+    const s_van *fv = v->impl;
+    return cm_van_is_secure(fv->inner);
+}
+
+static uint64_t s_refused(const cm_van *v)
+{
+    const s_van *fv = v->impl;
+    return cm_van_refused(fv->inner);
+}
+
 /* ---------------------------------------------------------------- new -- */
 
 static const cm_van_ops s_ops = {
@@ -150,6 +171,9 @@ static const cm_van_ops s_ops = {
     .send = s_send,
     .recv = s_recv,
     .poll = s_poll,
+    .secure = s_secure,
+    .is_secure = s_is_secure,
+    .refused = s_refused,
 };
 
 cm_van *cm_van_fault_new(cm_van *inner, const cm_fault_params *p, cm_error *err)

@@ -34,6 +34,11 @@ typedef struct cm_van_ops {
     int (*recv)(cm_sock *s, cm_frames **out, int timeout_ms);
     /* socks are base sockets (inner == NULL) of this implementation. */
     int (*poll)(cm_sock **socks, size_t n, int timeout_ms, uint64_t *ready);
+    /* cm_van_secure / cm_van_is_secure / cm_van_refused; NULL secure:
+     * CM_ENOTSUP. */
+    int (*secure)(cm_van *v, const cm_van_keys *k, cm_error *err);
+    int (*is_secure)(const cm_van *v);
+    uint64_t (*refused)(const cm_van *v);
 } cm_van_ops;
 
 struct cm_van {
@@ -57,6 +62,7 @@ struct cm_frames {
     size_t n;
     cm_iov *iov;
     void (*release)(cm_frames *f);
+    int peer;                            /* cm_frames_peer */
 };
 
 /* Allocates a cm_van with the given ops and state; NULL when out of memory. */

@@ -84,7 +84,19 @@ struct ps_server {
     uint64_t n_requests;                  /* answered, errors included */
     uint64_t n_errors;                    /* answered with OP_ERROR */
     int index;                            /* 0..servers-1: names checkpoint files */
+    uint32_t *slot_map;                   /* from the scheduler's SLOTS: slot -> server;
+                                           * NULL until then (no slot check) */
+    uint32_t n_slots;
+    char ckpt_root[CM_HDR_PATH_MAX];      /* the job's checkpoint_dir; "": none */
+    char resume[CM_HDR_PATH_MAX];         /* the job's resume setting; "": none */
+    double log_window;                    /* start of the current minute of WARN lines */
+    unsigned log_lines;                   /* WARN lines about requests in that minute */
+    uint64_t log_quiet;                   /* rejections not logged since the last line */
 };
+
+/* Rejections logged per minute; the rest are counted and summed up in the
+ * next line, so a flood of bad messages cannot flood the log. */
+#define S_LOG_PER_MINUTE 10
 
 /* ---------------------------------------------------------------------------
  * Lifecycle */
@@ -146,6 +158,7 @@ void ps_server_destroy(ps_server **ps)
             free(s->peers[p].ring[k].rows);
     }
     free(s->peers);
+    free(s->slot_map);
     free(s->tables);
     free(s->buf);
     free(s);
@@ -155,6 +168,12 @@ void ps_server_destroy(ps_server **ps)
 void ps_server_set_index(ps_server *s, int index)
 {
     s->index = index;
+}
+
+void ps_server_set_checkpoints(ps_server *s, const char *root, const char *resume)
+{
+    snprintf(s->ckpt_root, sizeof s->ckpt_root, "%s", root ? root : "");
+    snprintf(s->resume, sizeof s->resume, "%s", resume ? resume : "");
 }
 
 const char *ps_server_endpoint(const ps_server *s)
@@ -193,7 +212,27 @@ static int s_sent(ps_server *s, const cm_msg *m, int rc)
     return 0;
 }
 
-/* Logs and answers a rejected request with OP_ERROR. */
+/* 1 when a WARN line about a request may go out now (at most
+ * S_LOG_PER_MINUTE a minute); *quiet then holds how many were held back
+ * since the last one. */
+static int s_may_log(ps_server *s, uint64_t *quiet)
+{
+    double now = cm_now();
+    if (now - s->log_window >= 60.0) {
+        s->log_window = now;
+        s->log_lines = 0;
+    }
+    if (s->log_lines >= S_LOG_PER_MINUTE) {
+        s->log_quiet++;
+        return 0;
+    }
+    s->log_lines++;
+    *quiet = s->log_quiet;
+    s->log_quiet = 0;
+    return 1;
+}
+
+/* Logs (rate-limited) and answers a rejected request with OP_ERROR. */
 static int s_reject(ps_server *s, const cm_msg *m, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -205,9 +244,33 @@ static int s_reject(ps_server *s, const cm_msg *m, int status, const char *fmt, 
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
     s->n_errors++;
-    cm_log(CM_LOG_WARN, "ps: rejected %s req %" PRIu64 ": %s", cm_op_name(m->hdr.op),
-           m->hdr.req_id, text);
+    uint64_t quiet = 0;
+    if (s_may_log(s, &quiet))
+        cm_log(CM_LOG_WARN, "ps: rejected %s req %" PRIu64 " from rank %d: %s%s%.0f%s",
+               cm_op_name(m->hdr.op), m->hdr.req_id,
+               m->peer != CM_PEER_ANY ? m->peer : (int)m->hdr.sender, text,
+               quiet ? " (and " : "", (double)quiet,
+               quiet ? " more not logged in the last minute)" : "");
     return s_sent(s, m, cm_msg_reply_error(s->sock, m, status, text));
+}
+
+/* Confinement: 0 when every key of m (a PULL or PUSH with keys) lies in
+ * this server's slots, else the rejection's result in *rc and 1. */
+static int s_foreign_keys(ps_server *s, const cm_msg *m, int *rc)
+{
+    *rc = 0;
+    if (!s->slot_map || !m->keys)
+        return 0;
+    for (uint64_t i = 0; i < m->hdr.n_keys; i++) {
+        uint32_t slot = cm_slot_of(m->keys[i], m->hdr.table, s->n_slots);
+        if ((int)s->slot_map[slot] != s->index) {
+            *rc = s_reject(s, m, CM_EPERM, "key %" PRIu64 " of table %" PRIu32 " is in slot %"
+                           PRIu32 " of server %" PRIu32 ", not of this server (%d)",
+                           m->keys[i], m->hdr.table, slot, s->slot_map[slot], s->index);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------
@@ -330,6 +393,8 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
         return rc;
+    if (s_foreign_keys(s, m, &rc))
+        return rc;
     if (m->hdr.flags & CM_PULL_PLACE)
         return s_on_place(s, m, t);
     const int full = (m->hdr.flags & CM_PULL_FULL) != 0;
@@ -402,6 +467,8 @@ static int s_on_push(ps_server *s, const cm_msg *m)
     int rc;
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
+        return rc;
+    if (s_foreign_keys(s, m, &rc))
         return rc;
     size_t n = (size_t)m->hdr.n_keys;
     const int delta = (m->hdr.flags & CM_PUSH_DELTA) != 0;
@@ -510,14 +577,63 @@ out:
     return rc;
 }
 
-/* CHECKPOINT: every table's rows into hdr.path; the reply's keys frame
- * carries (size, checksum, rows) per table, in table order. */
+/* The directory a CHECKPOINT or LOAD names: hdr.path is a checkpoint's
+ * name inside the job's checkpoint directory, never a path from the wire
+ * (LOAD "": the job's own resume setting). 0, or the rejection's result in
+ * *rc and 1. */
+static int s_ckpt_dir(ps_server *s, const cm_msg *m, char *dir, size_t n, int *rc)
+{
+    const char *name = m->hdr.path;
+    char q[96];
+    *rc = 0;
+    if (m->hdr.op == CM_OP_LOAD && !name[0]) {
+        if (!s->resume[0] || strcmp(s->resume, "auto") == 0) {
+            *rc = s_reject(s, m, CM_EPERM, "load: no checkpoint named, and the job names "
+                                           "none to resume from");
+            return 1;
+        }
+        /* the job's own setting, as cm_ckpt_resolve reads it */
+        int len;
+        if (strchr(s->resume, '/') || !s->ckpt_root[0] || access(s->resume, F_OK) == 0)
+            len = snprintf(dir, n, "%s", s->resume);
+        else
+            len = snprintf(dir, n, "%s/%s", s->ckpt_root, s->resume);
+        if (len < 0 || (size_t)len >= n) {
+            *rc = s_reject(s, m, CM_EINVAL, "load: the resume path is too long");
+            return 1;
+        }
+        return 0;
+    }
+    cm_msg_quote(name, 64, q, sizeof q);
+    if (!name[0] || strchr(name, '/') || strstr(name, "..") || name[0] == '.') {
+        *rc = s_reject(s, m, CM_EPERM, "%s: %s is not a checkpoint name (no '/', no '..')",
+                       cm_op_name(m->hdr.op), q);
+        return 1;
+    }
+    if (!s->ckpt_root[0]) {
+        *rc = s_reject(s, m, CM_EPERM, "%s %s: this job has no checkpoint_dir",
+                       cm_op_name(m->hdr.op), q);
+        return 1;
+    }
+    if ((size_t)snprintf(dir, n, "%s/%s", s->ckpt_root, name) >= n) {
+        *rc = s_reject(s, m, CM_EINVAL, "%s %s: path too long", cm_op_name(m->hdr.op), q);
+        return 1;
+    }
+    return 0;
+}
+
+/* CHECKPOINT: every table's rows into the named checkpoint; the reply's
+ * keys frame carries (size, checksum, rows) per table, in table order. */
 static int s_on_checkpoint(ps_server *s, const cm_msg *m)
 {
     uint64_t info[3 * 16];
+    char dir[CM_HDR_PATH_MAX];
+    int drc;
+    if (s_ckpt_dir(s, m, dir, sizeof dir, &drc))
+        return drc;
     for (size_t i = 0; i < s->n_tables; i++) {
         char path[CM_HDR_PATH_MAX + 64];
-        snprintf(path, sizeof path, "%s/t%zu-s%d.rows", m->hdr.path, i, s->index);
+        snprintf(path, sizeof path, "%s/t%zu-s%d.rows", dir, i, s->index);
         cm_error e = {0};
         double t0 = cm_now();
         int rc = s_write_shard(s->tables[i], (uint32_t)i, path, &info[3 * i], &e);
@@ -539,7 +655,11 @@ static int s_on_load(ps_server *s, const cm_msg *m)
     cm_manifest man;
     cm_error e = {0};
     uint64_t loaded = 0;
-    int rc = cm_manifest_read(m->hdr.path, &man, &e);
+    char dir[CM_HDR_PATH_MAX];
+    int rc;
+    if (s_ckpt_dir(s, m, dir, sizeof dir, &rc))
+        return rc;
+    rc = cm_manifest_read(dir, &man, &e);
     if (rc != 0)
         return s_reject(s, m, rc, "load: %s", e.msg);
     const uint32_t n_slots = (uint32_t)m->hdr.n_slots;
@@ -562,7 +682,7 @@ static int s_on_load(ps_server *s, const cm_msg *m)
         if (!mine)
             continue;
         char path[CM_HDR_PATH_MAX + CM_CKPT_NAME_MAX + 2];
-        snprintf(path, sizeof path, "%s/%s", m->hdr.path, cf->name);
+        snprintf(path, sizeof path, "%s/%s", dir, cf->name);
         cm_shard sh;
         rc = cm_shard_read(path, cf->size, cf->checksum, &sh, &e);
         if (rc != 0) {
@@ -591,7 +711,7 @@ static int s_on_load(ps_server *s, const cm_msg *m)
             goto out;
         }
     }
-    cm_log(CM_LOG_INFO, "ps: loaded %" PRIu64 " rows from %s", loaded, m->hdr.path);
+    cm_log(CM_LOG_INFO, "ps: loaded %" PRIu64 " rows from %s", loaded, dir);
     cm_hdr h = s_reply_hdr(m);
     h.n_stats = 1;
     h.stats[0] = (double)loaded;
@@ -599,6 +719,31 @@ static int s_on_load(ps_server *s, const cm_msg *m)
 out:
     cm_manifest_free(&man);
     return rc;
+}
+
+/* SLOTS (from the scheduler, before any worker has the plan): the slot
+ * map; from now on PULL and PUSH name only keys of this server's slots. */
+static int s_on_slots(ps_server *s, const cm_msg *m)
+{
+    uint32_t n = (uint32_t)m->hdr.n_slots;
+    if (n == 0 || !m->hdr.slots)
+        return s_reject(s, m, CM_EINVAL, "SLOTS without a slot map");
+    uint32_t *map = malloc(n * sizeof *map);
+    if (!map)
+        return s_reject(s, m, CM_ENOMEM, "out of memory for %" PRIu32 " slots", n);
+    memcpy(map, m->hdr.slots, n * sizeof *map);
+    free(s->slot_map);
+    s->slot_map = map;
+    s->n_slots = n;
+    cm_hdr h = s_reply_hdr(m);
+    return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
+}
+
+/* 1 for the operations only the scheduler may ask for. */
+static int s_is_control(int op)
+{
+    return op == CM_OP_STOP || op == CM_OP_EPOCH || op == CM_OP_CHECKPOINT ||
+           op == CM_OP_LOAD || op == CM_OP_SLOTS;
 }
 
 /* ---------------------------------------------------------------------------
@@ -620,7 +765,11 @@ int ps_server_run(ps_server *s)
             /* One bad message: say why, answer it if we know who sent it. */
             s->n_requests++;
             s->n_errors++;
-            cm_log(CM_LOG_WARN, "ps: bad message: %s", e.msg);
+            uint64_t quiet = 0;
+            if (s_may_log(s, &quiet))
+                cm_log(CM_LOG_WARN, "ps: bad message: %s%s%.0f%s", e.msg,
+                       quiet ? " (and " : "", (double)quiet,
+                       quiet ? " more not logged in the last minute)" : "");
             if (m.route && m.route_size)
                 rc = s_sent(s, &m, cm_msg_reply_error(s->sock, &m, rc, e.msg));
             else
@@ -637,7 +786,22 @@ int ps_server_run(ps_server *s)
             return rc;
         }
         s->n_requests++;
-        int stop = 0;
+        int stop = 0, from = 0;
+        if (cm_msg_rank(&m, &from, &e) != 0) {
+            rc = s_reject(s, &m, CM_EPERM, "%s", e.msg);
+            cm_msg_release(&m);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (s_is_control(m.hdr.op) && from != 0) {
+            rc = s_reject(s, &m, CM_EPERM, "%s is taken from the scheduler (rank 0) only",
+                          cm_op_name(m.hdr.op));
+            cm_msg_release(&m);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
         switch (m.hdr.op) {
         case CM_OP_PULL:
             rc = s_on_pull(s, &m);
@@ -653,6 +817,9 @@ int ps_server_run(ps_server *s)
             break;
         case CM_OP_LOAD:
             rc = s_on_load(s, &m);
+            break;
+        case CM_OP_SLOTS:
+            rc = s_on_slots(s, &m);
             break;
         case CM_OP_STOP:
             rc = s_on_stop(s, &m);

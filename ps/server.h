@@ -6,7 +6,11 @@
  * CHECKPOINT writes every table's rows to a checkpoint directory; LOAD
  * reads back the rows of this server's slots from one. Every
  * request is validated: a malformed one, an unknown table or a wrong dim
- * gets an OP_ERROR reply and a log line; the server keeps serving. */
+ * gets an OP_ERROR reply and a log line; the server keeps serving.
+ * Requests are confined (docs/security.md): a message must come from the
+ * rank its connection authenticated; STOP, EPOCH, CHECKPOINT, LOAD and
+ * SLOTS only from the scheduler (rank 0); once the scheduler sent the slot
+ * map (SLOTS), PULL and PUSH only for keys of this server's slots. */
 #ifndef PSREC_PS_SERVER_H
 #define PSREC_PS_SERVER_H
 
@@ -26,6 +30,13 @@ void ps_server_destroy(ps_server **ps);
 /* Which server of the job this is (0-based; default 0): names its
  * checkpoint files and selects its slots when loading one. */
 void ps_server_set_index(ps_server *s, int index);
+
+/* Where CHECKPOINT and LOAD may touch files: a request names a checkpoint
+ * (a plain name, no '/' and no "..") inside `root`, the job's
+ * checkpoint_dir; a LOAD with an empty name loads `resume`, the job's own
+ * resume setting (a directory, or a name under root). Copied; NULL or ""
+ * refuses those requests. Without this call both are refused. */
+void ps_server_set_checkpoints(ps_server *s, const char *root, const char *resume);
 
 /* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
 const char *ps_server_endpoint(const ps_server *s);

@@ -62,7 +62,63 @@ typedef struct {
     uint64_t *items;      /* sorted keys */
     double *counts;       /* training positives per item */
     int warned_cold;      /* the cold test users/items warning was given */
+    double warn_window;   /* start of the current minute of peer warnings */
+    unsigned warn_lines;  /* peer warnings logged in that minute */
+    uint64_t warn_quiet;  /* peer warnings held back since the last one */
 } s_sched;
+
+/* Warnings about what peers sent, at most this many a minute: a flood of
+ * bad messages must not flood the log. */
+#define S_WARN_PER_MINUTE 10
+/* A worker's error text, quoted, is cut to this many bytes. */
+#define S_PEER_TEXT_MAX 200
+
+/* 1 when a warning about a peer's message may be logged now; *quiet then
+ * holds how many were held back since the last one. */
+static int s_may_warn(s_sched *s, uint64_t *quiet)
+{
+    double now = cm_now();
+    if (now - s->warn_window >= 60.0) {
+        s->warn_window = now;
+        s->warn_lines = 0;
+    }
+    if (s->warn_lines >= S_WARN_PER_MINUTE) {
+        s->warn_quiet++;
+        return 0;
+    }
+    s->warn_lines++;
+    *quiet = s->warn_quiet;
+    s->warn_quiet = 0;
+    return 1;
+}
+
+#define S_WARN(s, fmt, ...)                                                                 \
+    do {                                                                                    \
+        uint64_t q_ = 0;                                                                    \
+        if (s_may_warn((s), &q_))                                                           \
+            cm_log(CM_LOG_WARN, fmt "%s%.0f%s", __VA_ARGS__, q_ ? " (and " : "", (double)q_, \
+                   q_ ? " more in the last minute not logged)" : "");                       \
+    } while (0)
+
+/* The rank a worker's control message speaks for: the rank of its
+ * authenticated connection (common/msg.h cm_msg_rank), which must be one of
+ * the job's worker ranks. -1 (and a warning) otherwise. */
+static int s_worker_rank(s_sched *s, const cm_msg *m)
+{
+    int rank = -1;
+    cm_error e = {0};
+    if (cm_msg_rank(m, &rank, &e) != 0) {
+        S_WARN(s, "scheduler: %s refused: %s", cm_op_name(m->hdr.op), e.msg);
+        return -1;
+    }
+    int first = 1 + (int)s->p->n_servers;
+    if (rank < first || rank >= first + (int)s->p->n_workers) {
+        S_WARN(s, "scheduler: %s from rank %d refused: not a worker rank of this job (%d..%d)",
+               cm_op_name(m->hdr.op), rank, first, first + (int)s->p->n_workers - 1);
+        return -1;
+    }
+    return rank;
+}
 
 static int s_send(s_sched *s, uint32_t w, cm_hdr *h, cm_error *err)
 {
@@ -143,7 +199,7 @@ static int s_recv_ctl(s_sched *s, cm_msg *m, cm_error *err)
             return rc;
         if (rc != CM_EPROTO)
             return cm_error_set(err, rc, "scheduler: control channel: %s", e.msg);
-        cm_log(CM_LOG_WARN, "scheduler: ignoring a malformed control message: %s", e.msg);
+        S_WARN(s, "scheduler: ignoring a malformed control message: %s", e.msg);
     }
 }
 
@@ -168,16 +224,19 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
         if (rc != 0)
             return rc;
         int w = s_find(s, &m);
-        if (w < 0) {
-            cm_log(CM_LOG_WARN, "scheduler: %s from an unknown peer (rank %d) ignored",
-                   cm_op_name(m.hdr.op), m.hdr.sender);
+        int from = w < 0 ? -1 : s_worker_rank(s, &m);
+        if (w < 0 || from != s->wk[w].rank) {
+            /* a route is taken as a worker's only on that worker's connection */
+            if (w < 0)
+                S_WARN(s, "scheduler: %s from an unknown peer ignored", cm_op_name(m.hdr.op));
             cm_msg_release(&m);
             continue;
         }
         s_wk *k = &s->wk[w];
         if (m.hdr.op == CM_OP_ERROR) {
-            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", k->rank,
-                              m.hdr.error);
+            char q[S_PEER_TEXT_MAX + 16];
+            cm_msg_quote(m.hdr.error, S_PEER_TEXT_MAX, q, sizeof q);
+            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", k->rank, q);
             cm_msg_release(&m);
             return rc;
         }
@@ -282,24 +341,36 @@ static int s_hellos(s_sched *s, cm_error *err)
                                 got < s->p->n_workers ? "" : " their items", job->timeout);
         if (rc != 0)
             return rc;
+        /* only the job's workers, each on its own connection, are heard */
+        int from = s_worker_rank(s, &m);
+        int known = s_find(s, &m);
+        if (from < 0 || (known >= 0 && s->wk[known].rank != from)) {
+            cm_msg_release(&m);
+            continue;
+        }
+        int present = -1;
+        for (uint32_t w = 0; w < got; w++)
+            if (s->wk[w].rank == from)
+                present = (int)w;
         if (m.hdr.op == CM_OP_ERROR) {
-            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", m.hdr.sender,
-                              m.hdr.error);
+            char q[S_PEER_TEXT_MAX + 16];
+            cm_msg_quote(m.hdr.error, S_PEER_TEXT_MAX, q, sizeof q);
+            rc = cm_error_set(err, CM_EREMOTE, "worker rank %d failed: %s", from, q);
             /* remember it so that it, too, gets the STOP */
-            if (got < s->p->n_workers && m.route_size <= S_ROUTE_MAX && s_find(s, &m) < 0) {
+            if (got < s->p->n_workers && m.route_size <= S_ROUTE_MAX && known < 0 &&
+                present < 0) {
                 s_wk *k = &s->wk[got++];
                 memcpy(k->route, m.route, m.route_size);
                 k->route_size = m.route_size;
-                k->rank = m.hdr.sender;
+                k->rank = from;
             }
             cm_msg_release(&m);
             return rc;
         }
         if (s->want_items && m.hdr.op == CM_OP_HELLO && (m.hdr.flags & CM_HELLO_ITEMS)) {
-            int w = s_find(s, &m);
+            int w = known;
             if (w < 0 || s->wk[w].items_in) {
-                cm_log(CM_LOG_WARN, "scheduler: unexpected item list from rank %d",
-                       m.hdr.sender);
+                S_WARN(s, "scheduler: unexpected item list from rank %d", from);
             } else {
                 s->wk[w].items_in = 1;
                 items++;
@@ -310,16 +381,20 @@ static int s_hellos(s_sched *s, cm_error *err)
                 return rc;
             continue;
         }
-        if (m.hdr.op != CM_OP_HELLO || m.route_size > S_ROUTE_MAX || s_find(s, &m) >= 0) {
-            cm_log(CM_LOG_WARN, "scheduler: unexpected %s from rank %d before start",
-                   cm_op_name(m.hdr.op), m.hdr.sender);
+        if (m.hdr.op != CM_OP_HELLO || m.route_size > S_ROUTE_MAX || known >= 0 ||
+            present >= 0) {
+            /* a second HELLO for a rank already present never takes its place */
+            S_WARN(s, "scheduler: %s from rank %d before start refused%s",
+                   cm_op_name(m.hdr.op), from,
+                   present >= 0 && m.hdr.op == CM_OP_HELLO ? ": that rank is already present"
+                                                          : "");
             cm_msg_release(&m);
             continue;
         }
         s_wk *k = &s->wk[got++];
         memcpy(k->route, m.route, m.route_size);
         k->route_size = m.route_size;
-        k->rank = m.hdr.sender;
+        k->rank = from;
         size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
         memcpy(k->stats, m.hdr.stats, n * sizeof(double));
         /* the expected request load per slot, summed over the workers */
@@ -427,9 +502,30 @@ static uint32_t s_blocks_per_worker(const s_sched *s)
     return k < 1 ? 1 : k > CM_MAX_BLOCKS_PER_WORKER ? CM_MAX_BLOCKS_PER_WORKER : (uint32_t)k;
 }
 
+static int s_ask_servers(s_sched *s, cm_hdr *h, cm_msg *replies, cm_error *err);
+
+/* The slot map to every server, before any worker has the plan: from then
+ * on a server takes only keys of its own slots. */
+static int s_send_slots(s_sched *s, cm_error *err)
+{
+    cm_msg *rep = calloc(s->p->n_servers + 1, sizeof *rep);
+    if (!rep)
+        return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+    cm_hdr h = cm_hdr_make(CM_OP_SLOTS);
+    h.slots = s->slot_map;
+    h.n_slots = s->n_slots;
+    int rc = s_ask_servers(s, &h, rep, err);
+    for (uint32_t i = 0; i < s->p->n_servers; i++)
+        cm_msg_release(&rep[i]);
+    free(rep);
+    return rc;
+}
+
 static int s_send_plan(s_sched *s, cm_error *err)
 {
-    int rc = 0;
+    int rc = s_send_slots(s, err);
+    if (rc != 0)
+        return rc;
     s->bpw = s_blocks_per_worker(s);
     /* implicit, blocks: the item universe rides along, keys and their counts */
     float *counts = NULL;
@@ -577,7 +673,8 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
         goto out;
     cm_hdr h = cm_hdr_make(CM_OP_CHECKPOINT);
     h.epoch = (uint32_t)epoch;
-    snprintf(h.path, sizeof h.path, "%s", dir);
+    /* a name: each server writes inside its own job's checkpoint_dir */
+    snprintf(h.path, sizeof h.path, "%s", name);
     if ((rc = s_ask_servers(s, &h, rep, err)) != 0)
         goto out;
     uint64_t rows = 0, bytes = 0;
@@ -706,7 +803,13 @@ static int s_resume(s_sched *s, cm_error *err)
         goto out;
     }
     cm_hdr h = cm_hdr_make(CM_OP_LOAD);
-    snprintf(h.path, sizeof h.path, "%s", dir);
+    /* servers load by name inside checkpoint_dir; "" when the job's resume
+     * names a directory elsewhere, which every server reads from its own
+     * copy of the job */
+    size_t rl = strlen(job->checkpoint_dir);
+    if (rl && strncmp(dir, job->checkpoint_dir, rl) == 0 && dir[rl] == '/' &&
+        !strchr(dir + rl + 1, '/'))
+        snprintf(h.path, sizeof h.path, "%s", dir + rl + 1);
     h.slots = s->slot_map;
     h.n_slots = s->n_slots;
     if ((rc = s_ask_servers(s, &h, rep, err)) != 0)

@@ -364,6 +364,21 @@ static void s_mpi_helper(const char *mode)
     }
     int rank = cm_boot_rank(b), size = cm_boot_size(b), bad = 0;
     char *all = calloc((size_t)size, EP);
+    const int wire = strcmp(mode, "wire") == 0;
+    if (wire) {
+        /* the job's keys and address, as cluster/run.c sets them up */
+        const char *enc = getenv("PSREC_TEST_ENCRYPT");
+        cm_boot_wire w = {.encrypt = enc && strcmp(enc, "on") == 0    ? CM_ENCRYPT_ON
+                                     : enc && strcmp(enc, "off") == 0 ? CM_ENCRYPT_OFF
+                                                                      : CM_ENCRYPT_AUTO,
+                          .interface = getenv("PSREC_TEST_INTERFACE")};
+        if (cm_boot_secure(b, &w, &err) != 0) {
+            printf("secure error[%d]: %s\n", rank, err.msg);
+            fflush(stdout);
+            _exit(1);
+        }
+        printf("secure[%d]=%d\n", rank, cm_van_is_secure(cm_boot_van(b)));
+    }
 
     char bind[EP], bound[EP], adv[EP];
     cm_boot_bind_endpoint(b, "data", bind);
@@ -412,7 +427,7 @@ static void s_mpi_helper(const char *mode)
     if (rc != (rank == 1 ? CM_EINVAL : 0) || all[EP] != '\0')
         printf("FAIL rank %d allgather of a long string: rc %d\n", rank, rc), bad = 1;
 
-    if (strcmp(mode, "basic") == 0) {
+    if (strcmp(mode, "basic") == 0 || wire) {
         /* real traffic: everyone says hello to rank 0 at its advertised address */
         cm_sock *s = cm_sock_new(cm_boot_van(b), rank == 0 ? CM_SOCK_ROUTER : CM_SOCK_DEALER,
                                  &err);
@@ -422,7 +437,9 @@ static void s_mpi_helper(const char *mode)
             printf("FAIL bind/advertise: %s %s\n", cm_sock_errmsg(s), err.msg), bad = 1;
         cm_boot_allgather(b, ep, all, &err);
         if (rank != 0) {
-            cm_iov iov = {"hello", 5};
+            char hello[16];
+            snprintf(hello, sizeof hello, "%d", rank);
+            cm_iov iov = {hello, strlen(hello)};
             if (cm_sock_connect(s, all) != 0 || cm_sock_send(s, &iov, 1) != 0)
                 printf("FAIL rank %d connect/send to %s: %s\n", rank, all, cm_sock_errmsg(s)),
                     bad = 1;
@@ -433,6 +450,15 @@ static void s_mpi_helper(const char *mode)
                 if (cm_sock_recv(s, &f, 10000) != 0)
                     break;
                 got++;
+                /* secured: the connection says which rank said hello */
+                char said[16] = "";
+                size_t sl = cm_frames_size(f, 1) < 15 ? cm_frames_size(f, 1) : 15;
+                memcpy(said, cm_frames_data(f, 1), sl);
+                if (wire && cm_van_is_secure(cm_boot_van(b)) && cm_frames_peer(f) != atoi(said))
+                    printf("FAIL hello from rank %s on the connection of %d\n", said,
+                           cm_frames_peer(f)), bad = 1;
+                else if (wire && cm_van_is_secure(cm_boot_van(b)))
+                    printf("peer %s ok\n", said);
                 cm_frames_destroy(&f);
             }
             printf("hellos=%d\n", got);
@@ -564,9 +590,67 @@ Test(bootstrap, mpi_transport_tcp_on_one_host)
     cr_assert(strstr(out, "FAIL") == NULL, "%s", out);
     for (int r = 0; r < 3; r++) {
         char want[64];
-        snprintf(want, sizeof want, "bind[%d]=tcp://0.0.0.0:*\n", r);
+        /* the advertised address, not every interface */
+        snprintf(want, sizeof want, "bind[%d]=tcp://127.0.0.1:*\n", r);
         cr_assert(strstr(out, want) != NULL, "%s", out);
     }
     cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    free(out);
+}
+
+/* The wire (cm_boot_secure): over tcp the job's keys secure the van and
+ * each connection carries its rank; on one host over unix sockets auto
+ * leaves it plain; a named interface that is not here stops every rank. */
+Test(bootstrap, mpi_wire_tcp_is_encrypted_and_knows_its_ranks)
+{
+    int status;
+    char *out = s_run_mpi("wire", "-x PSREC_TRANSPORT=tcp", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "FAIL") == NULL, "%s", out);
+    for (int r = 0; r < 3; r++) {
+        char want[64];
+        snprintf(want, sizeof want, "secure[%d]=1\n", r);
+        cr_assert(strstr(out, want) != NULL, "%s", out);
+    }
+    cr_assert(strstr(out, "peer 1 ok\n") && strstr(out, "peer 2 ok\n"), "%s", out);
+    cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    free(out);
+}
+
+Test(bootstrap, mpi_wire_one_host_auto_and_off)
+{
+    int status;
+    char *out = s_run_mpi("wire", "", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "secure[1]=0\n") != NULL, "unix sockets, auto: plain\n%s", out);
+    cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    free(out);
+    out = s_run_mpi("wire", "-x PSREC_TEST_ENCRYPT=on", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "secure[1]=1\n") != NULL, "unix sockets, on\n%s", out);
+    cr_assert(strstr(out, "peer 2 ok\n") != NULL, "%s", out);
+    free(out);
+    out = s_run_mpi("wire", "-x PSREC_TRANSPORT=tcp -x PSREC_TEST_ENCRYPT=off", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "mpirun failed:\n%s", out);
+    cr_assert(strstr(out, "secure[1]=0\n") != NULL, "tcp, off\n%s", out);
+    cr_assert(strstr(out, "hellos=2\n") != NULL, "%s", out);
+    free(out);
+}
+
+Test(bootstrap, mpi_wire_interface_not_here_is_an_error)
+{
+    int status;
+    char *out = s_run_mpi("wire", "-x PSREC_TRANSPORT=tcp -x PSREC_TEST_INTERFACE=10.255.77.0/24",
+                          &status);
+    cr_assert(!WIFEXITED(status) || WEXITSTATUS(status) != 0, "mpirun succeeded:\n%s", out);
+    cr_assert(strstr(out, "interface: no up IPv4 address on this host matches '10.255.77.0/24'"),
+              "%s", out);
+    free(out);
+    out = s_run_mpi("wire", "-x PSREC_TEST_INTERFACE=lo", &status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "an interface that is here:\n%s",
+              out);
+    free(out);
+    out = s_run_mpi("wire", "-x PSREC_TEST_INTERFACE=10.1.2.3/40", &status);
+    cr_assert(strstr(out, "is neither an interface name nor an IPv4 network"), "%s", out);
     free(out);
 }

@@ -904,3 +904,59 @@ Test(msg, push_naming_a_pulls_keys)
     s_expect_reject(&p, bad, NULL, 0, vals, sizeof vals, 3, "keys frame of 0 bytes");
     s_pair_free(&p);
 }
+
+/* ------------------------------------------------- identity and quoting -- */
+
+Test(msg, slots_op_is_known)
+{
+    cr_assert_str_eq(cm_op_name(CM_OP_SLOTS), "SLOTS");
+}
+
+Test(msg, rank_is_the_connection_when_it_has_one)
+{
+    cm_msg m;
+    memset(&m, 0, sizeof m);
+    m.hdr.op = CM_OP_PULL;
+    m.hdr.sender = 3;
+    m.peer = CM_PEER_ANY;
+    int rank = -7;
+    cm_error err = {0};
+    cr_assert_eq(cm_msg_rank(&m, &rank, &err), 0);
+    cr_assert_eq(rank, 3, "no authenticated peer: the field speaks");
+    m.peer = 3;
+    cr_assert_eq(cm_msg_rank(&m, &rank, &err), 0);
+    cr_assert_eq(rank, 3);
+    m.peer = 4;
+    cr_assert_eq(cm_msg_rank(&m, &rank, &err), CM_EPERM);
+    cr_assert_eq(rank, 4, "the connection's rank, whatever the field says");
+    cr_assert(strstr(err.msg, "PULL says it is from rank 3 on the connection of rank 4"), "%s",
+              err.msg);
+    cr_assert_eq(cm_msg_rank(NULL, &rank, &err), CM_EINVAL);
+}
+
+Test(msg, quote_escapes_and_cuts)
+{
+    char out[64];
+    cm_msg_quote("plain", 100, out, sizeof out);
+    cr_assert_str_eq(out, "\"plain\"");
+    cm_msg_quote("a\"b\\c\n\x1b[2J", 100, out, sizeof out);
+    cr_assert_str_eq(out, "\"a\\\"b\\\\c\\x0a\\x1b[2J\"");
+    cm_msg_quote("abcdefghij", 4, out, sizeof out);
+    cr_assert_str_eq(out, "\"abcd\"...");
+    cm_msg_quote(NULL, 4, out, sizeof out);
+    cr_assert_str_eq(out, "\"\"");
+    /* a small buffer cuts too and still ends */
+    char small[12];
+    cm_msg_quote("0123456789abcdef", 100, small, sizeof small);
+    cr_assert_eq(small[0], '"');
+    cr_assert(strlen(small) < sizeof small);
+    cr_assert(strstr(small, "\"...") != NULL, "%s", small);
+    /* nothing from the text survives unescaped outside printable ASCII */
+    char raw[300], big[1200];
+    for (int i = 0; i < 255; i++)
+        raw[i] = (char)(i + 1);
+    raw[255] = '\0';
+    cm_msg_quote(raw, 1000, big, sizeof big);
+    for (const char *p = big; *p; p++)
+        cr_assert(*p >= 0x20 && *p <= 0x7e, "byte %d left raw", (unsigned char)*p);
+}

@@ -5,6 +5,7 @@
  * OP_ERROR and the server keeps serving), pipelining, STOP and its stats,
  * and a transport shutdown ending the loop. */
 #include <criterion/criterion.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "common/slots.h"
 #include "common/van.h"
 #include "ps/server.h"
 
@@ -789,6 +791,231 @@ Test(server, tables_with_admission_keep_nothing, .timeout = 30)
     h = s_hdr(CM_OP_PUSH, 0, 4, 0);
     h.key_ref = id;
     s_refused(&f, h, NULL, 0, g, 8, CM_ENOTFOUND, "no kept pull");
+    s_stop(&f);
+    s_finish(&f);
+}
+
+/* ------------------------------------------------------------------------
+ * Confinement: identities, control operations, slots, checkpoint names */
+
+Test(server, control_ops_only_from_the_scheduler, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-test-control");
+    const int ops[] = {CM_OP_STOP, CM_OP_CHECKPOINT, CM_OP_LOAD, CM_OP_EPOCH, CM_OP_SLOTS};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        cm_hdr h = s_hdr(ops[i], 0, 0, 0);
+        h.sender = 3; /* a worker's rank: inproc carries no identity, the field speaks */
+        snprintf(h.path, sizeof h.path, "ckpt-1");
+        s_refused(&f, h, NULL, 0, NULL, 0, CM_EPERM, "from the scheduler (rank 0) only");
+    }
+    s_still_serving(&f);
+    s_stop(&f);
+    s_finish(&f);
+}
+
+Test(server, checkpoint_names_stay_inside_the_checkpoint_dir, .timeout = 30)
+{
+    char root[] = "/tmp/psrec-test-srv-ckpt-XXXXXX";
+    cr_assert_not_null(mkdtemp(root));
+    s_fix f;
+    s_start(&f, "inproc://ps-test-ckpt-names");
+    /* no checkpoint_dir: nothing is written anywhere */
+    cm_hdr h = s_hdr(CM_OP_CHECKPOINT, 0, 0, 0);
+    snprintf(h.path, sizeof h.path, "ckpt-1");
+    s_refused(&f, h, NULL, 0, NULL, 0, CM_EPERM, "no checkpoint_dir");
+    ps_server_set_checkpoints(f.srv, root, "");
+    const char *bad[] = {"../ckpt-1", "..", "/tmp", "a/b", "", ".hidden", "x..y"};
+    for (int op = 0; op < 2; op++)
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            h = s_hdr(op ? CM_OP_LOAD : CM_OP_CHECKPOINT, 0, 0, 0);
+            snprintf(h.path, sizeof h.path, "%s", bad[i]);
+            s_refused(&f, h, NULL, 0, NULL, 0, CM_EPERM,
+                      op && !bad[i][0] ? "none to resume from" : "not a checkpoint name");
+        }
+    /* a plain name lands inside root */
+    const uint64_t k = 7;
+    float out[4];
+    s_pull(&f, 0, &k, 1, 0, out, NULL);
+    char dir[512], file[600];
+    snprintf(dir, sizeof dir, "%s/ckpt-1", root);
+    cr_assert_eq(mkdir(dir, 0755), 0);
+    h = s_hdr(CM_OP_CHECKPOINT, 0, 0, 0);
+    snprintf(h.path, sizeof h.path, "ckpt-1");
+    cm_msg r;
+    s_call(&f, &h, NULL, 0, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    cm_msg_release(&r);
+    snprintf(file, sizeof file, "%s/t0-s0.rows", dir);
+    cr_assert_eq(access(file, F_OK), 0, "%s written", file);
+    s_stop(&f);
+    s_finish(&f);
+    for (int t = 0; t < 2; t++) {
+        snprintf(file, sizeof file, "%s/t%d-s0.rows", dir, t);
+        unlink(file);
+    }
+    rmdir(dir);
+    rmdir(root);
+}
+
+/* The first key from `from` up whose slot (of n) maps to server `want`. */
+static uint64_t s_key_of(const uint32_t *map, uint32_t n, uint32_t want, uint64_t from)
+{
+    for (uint64_t k = from;; k++)
+        if (map[cm_slot_of(k, 0, n)] == want)
+            return k;
+}
+
+Test(server, keys_outside_its_slots_are_refused, .timeout = 30)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-test-slots");
+    uint32_t map[8] = {0, 1, 0, 1, 0, 1, 0, 1};
+    cm_hdr h = s_hdr(CM_OP_SLOTS, 0, 0, 0);
+    h.slots = map;
+    h.n_slots = 8;
+    cm_msg r;
+    s_call(&f, &h, NULL, 0, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    cm_msg_release(&r);
+    /* this server is index 0 (the default): a key of server 1 is refused */
+    uint64_t mine = s_key_of(map, 8, 0, 100), theirs = s_key_of(map, 8, 1, 100);
+    float out[4], g[4] = {1, 1, 1, 1};
+    s_pull(&f, 0, &mine, 1, 0, out, NULL);
+    s_push(&f, 0, &mine, 1, g);
+    uint64_t two[2] = {mine < theirs ? mine : theirs, mine < theirs ? theirs : mine};
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, 0), two, 2, NULL, 0, CM_EPERM,
+              "not of this server");
+    s_refused(&f, s_hdr(CM_OP_PUSH, 0, 4, 0), &theirs, 1, g, 4, CM_EPERM,
+              "not of this server");
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_FULL), &theirs, 1, NULL, 0, CM_EPERM,
+              "not of this server");
+    cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), 1, "only the own key's row exists");
+    s_stop(&f);
+    s_finish(&f);
+}
+
+/* Over tcp with the job's keys: the connection says which rank speaks. */
+Test(server, spoofed_sender_on_an_authenticated_connection, .timeout = 60)
+{
+    if (!cm_van_can_secure())
+        cr_skip_test("this libzmq has no CURVE");
+    cm_log_set_level(CM_LOG_ERROR);
+    enum { RANKS = 5 };
+    uint8_t spub[CM_KEY_BYTES], ssec[CM_KEY_BYTES];
+    uint8_t pub[RANKS][CM_KEY_BYTES], sec[RANKS][CM_KEY_BYTES], admit[RANKS * CM_KEY_BYTES];
+    cm_error e = {0};
+    cr_assert_eq(cm_van_keypair(spub, ssec, &e), 0, "%s", e.msg);
+    for (int r = 0; r < RANKS; r++) {
+        cr_assert_eq(cm_van_keypair(pub[r], sec[r], &e), 0, "%s", e.msg);
+        memcpy(admit + r * CM_KEY_BYTES, pub[r], CM_KEY_BYTES);
+    }
+    cm_van *vans[3];
+    const int as[3] = {1, 4, 0}; /* the server, a worker, the scheduler */
+    for (int i = 0; i < 3; i++) {
+        cm_van_keys k;
+        memset(&k, 0, sizeof k);
+        memcpy(k.server_public, spub, CM_KEY_BYTES);
+        memcpy(k.server_secret, ssec, CM_KEY_BYTES);
+        memcpy(k.public_key, pub[as[i]], CM_KEY_BYTES);
+        memcpy(k.secret_key, sec[as[i]], CM_KEY_BYTES);
+        k.admit = admit;
+        k.n_admit = RANKS;
+        cr_assert_not_null(vans[i] = cm_van_new(&e), "%s", e.msg);
+        cr_assert_eq(cm_van_secure(vans[i], &k, &e), 0, "%s", e.msg);
+    }
+    s_fix f;
+    memset(&f, 0, sizeof f);
+    f.params[0] = s_params(4, CM_OPT_SGD, 0.5f);
+    f.n_tables = 1;
+    f.van = vans[0];
+    cr_assert_not_null(f.srv = ps_server_new(f.van, "tcp://127.0.0.1:*", f.params, 1, &e), "%s",
+                       e.msg);
+    cr_assert_eq(pthread_create(&f.th, NULL, s_thread, &f), 0);
+    f.running = 1;
+    cm_sock *worker = cm_sock_new(vans[1], CM_SOCK_DEALER, &e);
+    cm_sock *sched = cm_sock_new(vans[2], CM_SOCK_DEALER, &e);
+    cr_assert(worker && sched, "%s", e.msg);
+    cr_assert_eq(cm_sock_connect(worker, ps_server_endpoint(f.srv)), 0);
+    cr_assert_eq(cm_sock_connect(sched, ps_server_endpoint(f.srv)), 0);
+    f.cli = worker;
+    const uint64_t k = 11;
+    float out[4];
+    /* rank 4 as itself: served */
+    cm_hdr h = s_hdr(CM_OP_PULL, 0, 4, 0);
+    h.sender = 4;
+    cm_msg r;
+    s_call(&f, &h, &k, 1, NULL, 0, &r);
+    cr_assert_eq(r.hdr.op, CM_OP_REPLY, "%s", r.hdr.error);
+    memcpy(out, r.vals, sizeof out);
+    cm_msg_release(&r);
+    /* rank 4 claiming rank 3, or the scheduler's rank 0 for a STOP */
+    h = s_hdr(CM_OP_PULL, 0, 4, 0);
+    h.sender = 3;
+    s_refused(&f, h, &k, 1, NULL, 0, CM_EPERM, "from rank 3 on the connection of rank 4");
+    h = s_hdr(CM_OP_STOP, 0, 0, 0);
+    h.sender = 0;
+    s_refused(&f, h, NULL, 0, NULL, 0, CM_EPERM, "on the connection of rank 4");
+    /* the scheduler's own connection stops it */
+    f.cli = sched;
+    s_stop(&f);
+    f.cli = NULL;
+    cm_sock_destroy(&worker);
+    cm_sock_destroy(&sched);
+    ps_server_destroy(&f.srv);
+    for (int i = 0; i < 3; i++)
+        cm_van_destroy(&vans[i]);
+}
+
+/* A flood of bad requests: each is answered, but at most 10 warnings a
+ * minute reach the log, and a peer's text appears only quoted. */
+Test(server, a_flood_of_bad_requests_does_not_flood_the_log, .timeout = 60)
+{
+    s_fix f;
+    s_start(&f, "inproc://ps-test-flood");
+    cm_log_set_level(CM_LOG_WARN);
+    fflush(stderr);
+    FILE *cap = tmpfile();
+    cr_assert_not_null(cap);
+    int saved = dup(2);
+    cr_assert_geq(saved, 0);
+    cr_assert_geq(dup2(fileno(cap), 2), 0);
+    cm_msg r;
+    for (int i = 0; i < 5; i++) {
+        cm_hdr h = s_hdr(CM_OP_CHECKPOINT, 0, 0, 0);
+        snprintf(h.path, sizeof h.path, "\x1b[2J../evil-%d", i);
+        s_call(&f, &h, NULL, 0, NULL, 0, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR);
+        cm_msg_release(&r);
+    }
+    for (int i = 0; i < 40; i++) {
+        static const char junk[] = "\xff\xfe not a header";
+        cm_iov iov = {junk, sizeof junk};
+        s_send_raw(&f, &iov, 1);
+        s_recv(&f, &r);
+        cr_assert_eq(r.hdr.op, CM_OP_ERROR, "every bad message is still answered");
+        cm_msg_release(&r);
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    cm_log_set_level(CM_LOG_ERROR);
+    rewind(cap);
+    char line[4096];
+    int lines = 0, raw_escape = 0, quoted = 0;
+    while (fgets(line, sizeof line, cap)) {
+        if (strstr(line, " W ") && strstr(line, "ps: "))
+            lines++;
+        if (strchr(line, '\x1b'))
+            raw_escape = 1;
+        if (strstr(line, "\"\\x1b[2J../evil-0\""))
+            quoted = 1;
+    }
+    fclose(cap);
+    cr_assert_geq(lines, 5, "the first rejections are logged (%d lines)", lines);
+    cr_assert_leq(lines, 10, "45 bad requests gave %d warning lines", lines);
+    cr_assert(quoted, "the bad name appears quoted");
+    cr_assert_not(raw_escape, "a peer's raw bytes reached the log");
     s_stop(&f);
     s_finish(&f);
 }

@@ -720,3 +720,163 @@ Test(van, owned_frame_freed_when_the_send_fails)
     cm_sock_destroy(&r);
     cm_van_destroy(&v);
 }
+
+/* ----------------------------------------------------------- security -- */
+
+/* The keys of a two-rank job: server pair, and client pairs of ranks 0, 1. */
+typedef struct {
+    uint8_t spub[CM_KEY_BYTES], ssec[CM_KEY_BYTES];
+    uint8_t cpub[2][CM_KEY_BYTES], csec[2][CM_KEY_BYTES];
+    uint8_t admit[2 * CM_KEY_BYTES];
+} s_job_keys;
+
+static void s_make_keys(s_job_keys *j)
+{
+    cm_error err = {0};
+    cr_assert_eq(cm_van_keypair(j->spub, j->ssec, &err), 0, "%s", err.msg);
+    for (int r = 0; r < 2; r++) {
+        cr_assert_eq(cm_van_keypair(j->cpub[r], j->csec[r], &err), 0, "%s", err.msg);
+        memcpy(j->admit + r * CM_KEY_BYTES, j->cpub[r], CM_KEY_BYTES);
+    }
+}
+
+/* A van (its own context: another process, as far as ZeroMQ knows)
+ * secured as rank `rank` of the job, with client keys cpub/csec. */
+static cm_van *s_secured(const s_job_keys *j, const uint8_t *cpub, const uint8_t *csec)
+{
+    cm_van *v = s_van();
+    cm_van_keys k;
+    memset(&k, 0, sizeof k);
+    memcpy(k.server_public, j->spub, CM_KEY_BYTES);
+    memcpy(k.server_secret, j->ssec, CM_KEY_BYTES);
+    memcpy(k.public_key, cpub, CM_KEY_BYTES);
+    memcpy(k.secret_key, csec, CM_KEY_BYTES);
+    k.admit = j->admit;
+    k.n_admit = 2;
+    cm_error err = {0};
+    cr_assert_eq(cm_van_secure(v, &k, &err), 0, "%s", err.msg);
+    cr_assert(cm_van_is_secure(v));
+    return v;
+}
+
+Test(van_secure, keypairs_differ_and_secure_needs_a_fresh_van)
+{
+    if (!cm_van_can_secure())
+        cr_skip_test("this libzmq has no CURVE");
+    s_job_keys j;
+    s_make_keys(&j);
+    cr_assert(memcmp(j.cpub[0], j.cpub[1], CM_KEY_BYTES) != 0);
+    cr_assert(memcmp(j.spub, j.ssec, CM_KEY_BYTES) != 0);
+    cm_van *v = s_van();
+    cm_sock *s = s_sock(v, CM_SOCK_DEALER);
+    cm_van_keys k;
+    memset(&k, 0, sizeof k);
+    cm_error err = {0};
+    cr_assert_eq(cm_van_secure(v, &k, &err), CM_ESTATE, "a van with sockets cannot be secured");
+    cr_assert_not(cm_van_is_secure(v));
+    cm_sock_destroy(&s);
+    cm_van_destroy(&v);
+}
+
+Test(van_secure, a_van_without_a_server_key_makes_no_router)
+{
+    if (!cm_van_can_secure())
+        cr_skip_test("this libzmq has no CURVE");
+    s_job_keys j;
+    s_make_keys(&j);
+    memset(j.ssec, 0, sizeof j.ssec);
+    cm_van *v = s_secured(&j, j.cpub[1], j.csec[1]);
+    cm_error err = {0};
+    cr_assert_null(cm_sock_new(v, CM_SOCK_ROUTER, &err));
+    cr_assert_eq(err.code, CM_ESTATE, "%s", err.msg);
+    cm_van_destroy(&v);
+}
+
+/* The job's rank 1 talks and is known as rank 1; a stranger without keys
+ * and one with a key of its own (it knows the server key) get nothing at
+ * all, and never reach the ROUTER; both are counted as refused. */
+static void s_strangers(const char *bind_ep)
+{
+    if (!cm_van_can_secure())
+        cr_skip_test("this libzmq has no CURVE");
+    s_job_keys j;
+    s_make_keys(&j);
+    cm_van *srv = s_secured(&j, j.cpub[0], j.csec[0]);
+    cm_van *rank1 = s_secured(&j, j.cpub[1], j.csec[1]);
+    /* wrong keys: a fresh client pair the job never admitted */
+    s_job_keys other;
+    s_make_keys(&other);
+    cm_van *wrong = s_secured(&j, other.cpub[0], other.csec[0]);
+    cm_van *plain = s_van();
+
+    char actual[CM_ENDPOINT_MAX];
+    cm_sock *router = s_sock(srv, CM_SOCK_ROUTER);
+    cr_assert_eq(cm_sock_bind(router, bind_ep, actual), 0, "%s", cm_sock_errmsg(router));
+    cm_sock *strangers[2] = {s_sock(plain, CM_SOCK_DEALER), s_sock(wrong, CM_SOCK_DEALER)};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(cm_sock_connect(strangers[i], actual), 0);
+        s_send_str(strangers[i], "STOP", "garbage");
+    }
+    /* both handshakes fail; wait (bounded) until both were counted */
+    for (int i = 0; i < 400 && cm_van_refused(srv) < 2; i++)
+        usleep(50000);
+    cr_assert_geq(cm_van_refused(srv), 2, "refused %llu", (unsigned long long)cm_van_refused(srv));
+
+    cm_sock *d = s_sock(rank1, CM_SOCK_DEALER);
+    cr_assert_eq(cm_sock_connect(d, actual), 0);
+    s_send_str(d, "hello", NULL);
+    cm_frames *f = NULL;
+    /* the first message the ROUTER gets is rank 1's: nothing of the
+     * strangers got through */
+    cr_assert_eq(cm_sock_recv(router, &f, 20000), 0, "%s", cm_sock_errmsg(router));
+    cr_assert_eq(cm_frames_count(f), 2);
+    cr_assert(s_frame_is(f, 1, "hello"));
+    cr_assert_eq(cm_frames_peer(f), 1, "the connection carries rank 1, got %d",
+                 cm_frames_peer(f));
+    cm_iov rep[2] = {{cm_frames_data(f, 0), cm_frames_size(f, 0)}, {"hi", 2}};
+    cr_assert_eq(cm_sock_send(router, rep, 2), 0, "%s", cm_sock_errmsg(router));
+    cm_frames_destroy(&f);
+    cr_assert_eq(cm_sock_recv(d, &f, 20000), 0, "%s", cm_sock_errmsg(d));
+    cr_assert(s_frame_is(f, 0, "hi"));
+    cr_assert_eq(cm_frames_peer(f), CM_PEER_ANY, "a DEALER's replies carry no rank");
+    cm_frames_destroy(&f);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(cm_sock_recv(strangers[i], &f, 300), CM_ETIMEDOUT, "stranger %d got a reply",
+                     i);
+        cm_sock_destroy(&strangers[i]);
+    }
+    cr_assert_eq(cm_sock_recv(router, &f, 300), CM_ETIMEDOUT, "a stranger's message got through");
+    cm_sock_destroy(&d);
+    cm_sock_destroy(&router);
+    cm_van_destroy(&plain);
+    cm_van_destroy(&wrong);
+    cm_van_destroy(&rank1);
+    cm_van_destroy(&srv);
+}
+
+Test(van_secure, strangers_get_nothing_over_tcp, .timeout = 60)
+{
+    s_strangers("tcp://127.0.0.1:*");
+}
+
+Test(van_secure, strangers_get_nothing_over_ipc, .timeout = 60)
+{
+    char ep[128];
+    snprintf(ep, sizeof ep, "ipc:///tmp/psrec-test-van-secure-%ld", (long)getpid());
+    s_strangers(ep);
+}
+
+Test(van_secure, an_unsecured_connection_has_no_peer)
+{
+    cm_van *v = s_van();
+    cm_sock *r, *d;
+    s_pair(v, "tcp://127.0.0.1:*", &r, &d);
+    s_send_str(d, "x", NULL);
+    cm_frames *f = NULL;
+    cr_assert_eq(cm_sock_recv(r, &f, 20000), 0);
+    cr_assert_eq(cm_frames_peer(f), CM_PEER_ANY);
+    cm_frames_destroy(&f);
+    cm_sock_destroy(&d);
+    cm_sock_destroy(&r);
+    cm_van_destroy(&v);
+}
