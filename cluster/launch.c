@@ -63,8 +63,10 @@ static void s_usage(FILE *f)
             "newest intact checkpoint under checkpoint_dir (--resume auto: from scratch\n"
             "while there is none), waiting restart_backoff seconds before the first\n"
             "restart and twice as long before each further one (at most %.0f s).\n"
-            "A job refused before it ran (exit status 2) is not restarted; SIGTERM,\n"
-            "SIGINT and SIGHUP are passed to mpirun and end the loop.\n\n"
+            "A job refused before it ran (exit status 2) is not restarted. SIGTERM,\n"
+            "SIGINT or SIGHUP ends the loop: the first reaches every rank as SIGUSR1\n"
+            "(mpirun passes it on), so the job stops after the running epoch with a\n"
+            "last checkpoint; a second is passed to mpirun as it is.\n\n"
             "  psrec launch -np 8 --hostfile hosts -- job.ini --restarts 3\n\n"
             "PSREC_MPIRUN names another mpirun. docs/checkpoints.md, \"Restarts\".\n",
             CL_LAUNCH_MAX_DELAY);
@@ -73,13 +75,16 @@ static void s_usage(FILE *f)
 /* The running attempt's pid, for the signal thread. */
 static atomic_int s_child;
 
+/* The first signal becomes SIGUSR1 for mpirun, which passes it on to
+ * every rank: the job stops after the running epoch with a last
+ * checkpoint (mpirun itself would end the ranks at once on SIGTERM). A
+ * second signal is passed on as it is. */
 static void s_forward(int sig, int count, void *arg)
 {
-    (void)count;
     (void)arg;
     pid_t c = (pid_t)atomic_load(&s_child);
     if (c > 0)
-        kill(c, sig);
+        kill(c, count == 1 ? SIGUSR1 : sig);
 }
 
 /* Waits secs, or less when a stop is requested. */

@@ -6,7 +6,9 @@
  * fails (a rank killed, a host lost, a stall that the job detected) runs
  * it again, up to the job's `restarts` times, each time from the newest
  * intact checkpoint (`--resume auto`, which starts fresh while there is
- * none), after a back-off that doubles. docs/checkpoints.md describes it. */
+ * none), after a back-off that doubles. A stop signal to the launcher
+ * reaches the ranks as SIGUSR1 and ends the loop. docs/checkpoints.md
+ * describes it. */
 #ifndef PSREC_CLUSTER_LAUNCH_H
 #define PSREC_CLUSTER_LAUNCH_H
 

@@ -364,18 +364,21 @@ static int s_plan(int argc, char **argv)
     return 0;
 }
 
-/* SIGTERM (Slurm before preemption or at the time limit): the first asks
- * the scheduler to end the job after the running epoch, with a last
- * checkpoint when checkpoint_dir is set; a second ends this process now. */
+/* SIGTERM (Slurm before preemption or at the time limit) or SIGUSR1
+ * (what mpirun passes on to every rank, and psrec launch sends it): the
+ * first asks the scheduler to end the job after the running epoch, with a
+ * last checkpoint when checkpoint_dir is set; a second SIGTERM ends this
+ * process now. */
 static void s_train_signal(int sig, int count, void *arg)
 {
     /* in the signal handler: async-signal-safe calls only */
-    static const char msg[] = "psrec train: SIGTERM: the job stops after this epoch (with a "
-                              "checkpoint when checkpoint_dir is set); send it again to stop "
-                              "at once\n";
-    if (count > 1)
+    static const char msg[] = "psrec train: stop signal: the job stops after this epoch (with "
+                              "a checkpoint when checkpoint_dir is set); SIGTERM again stops "
+                              "it at once\n";
+    static volatile sig_atomic_t terms;
+    if (sig == SIGTERM && terms++ > 0)
         _exit(128 + sig);
-    if (*(const int *)arg) {
+    if (count == 1 && *(const int *)arg) {
         ssize_t w = write(2, msg, sizeof msg - 1);
         (void)w;
     }
@@ -466,8 +469,8 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     /* before any thread starts (MPI's too): they all inherit the mask */
     static int loud;
     loud = lrank <= 0;
-    const int sigs[] = {SIGTERM};
-    if (cm_stop_watch(sigs, 1, s_train_signal, &loud, &err) != 0)
+    const int sigs[] = {SIGTERM, SIGUSR1};
+    if (cm_stop_watch(sigs, 2, s_train_signal, &loud, &err) != 0)
         cm_log(CM_LOG_WARN, "%s; SIGTERM will end the job without a last checkpoint", err.msg);
     s_write_pid_file(job.local ? -1 : lrank);
     if (job.local)

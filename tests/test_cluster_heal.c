@@ -412,3 +412,34 @@ Test(cluster_heal, launch_restarts_after_kill9_of_a_server)
     /* the restarted ranks swept the killed server's socket files */
     cr_expect_eq(s_sockets_of(sock, victim), 0, "no socket file of the killed rank is left");
 }
+
+/* Slurm's `--signal=B:TERM@N` with `exec psrec launch` in the script:
+ * the launcher gets SIGTERM and every rank stops after the epoch. */
+Test(cluster_heal, sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint)
+{
+    if (!s_have_mpirun())
+        cr_skip_test("mpirun not found");
+    const char *ml = s_ml();
+    char cmd[4096], out[65536];
+    const char *ck = th_path("lterm"), *metrics = th_path("lterm.jsonl"),
+               *log = th_path("lt.log");
+    snprintf(cmd, sizeof cmd,
+             "ASAN_OPTIONS=detect_leaks=0 %s launch --allow-run-as-root --oversubscribe "
+             "--bind-to none -x ASAN_OPTIONS -np 4 -- %s --epochs 3000 --eval_every 1000 "
+             "--checkpoint_every 0 --checkpoint_dir %s --metrics %s --progress off "
+             "--restarts 3",
+             PSREC_BINARY, ml, ck, metrics);
+    pid_t pid = s_spawn(cmd, log);
+    for (int i = 0; i < 60000 && s_epochs_done(metrics) < 1 && s_running(pid); i++)
+        usleep(5000);
+    cr_assert_geq(s_epochs_done(metrics), 1, "training started");
+    cr_assert_eq(kill(pid, SIGTERM), 0);
+    int rc = s_reap(pid, 120);
+    s_read(log, out, sizeof out);
+    cr_expect(rc != 0 && rc != -1, "the launcher ends non-zero (%d):\n%s", rc, out);
+    cr_expect(strstr(out, "stopped by signal 10") != NULL, "the ranks got SIGUSR1:\n%s", out);
+    cr_expect(strstr(out, "not restarting") != NULL, "%s", out);
+    int e = s_epochs_done(metrics);
+    cr_expect(e >= 1 && e < 3000, "stopped early (epoch %d)", e);
+    cr_expect_eq(s_latest_epoch(ck), e, "the last checkpoint is the last epoch's:\n%s", out);
+}
