@@ -79,9 +79,10 @@ static atomic_int s_child;
  * every rank: the job stops after the running epoch with a last
  * checkpoint (mpirun itself would end the ranks at once on SIGTERM). A
  * second signal is passed on as it is. */
-static void s_forward(int sig, int count, void *arg)
+static void s_forward(int sig, int count, pid_t from, void *arg)
 {
     (void)arg;
+    (void)from;
     pid_t c = (pid_t)atomic_load(&s_child);
     if (c > 0)
         kill(c, count == 1 ? SIGUSR1 : sig);

@@ -134,9 +134,10 @@ typedef struct {
 } s_outputs;
 
 /* In the signal handler: async-signal-safe calls only. */
-static void s_convert_signal(int sig, int count, void *arg)
+static void s_convert_signal(int sig, int count, pid_t from, void *arg)
 {
     (void)count;
+    (void)from;
     const s_outputs *o = arg;
     for (int i = 0; i < o->n; i++)
         unlink(o->tmps[i]);
@@ -364,19 +365,24 @@ static int s_plan(int argc, char **argv)
     return 0;
 }
 
+/* 1 when this rank was started by Open MPI's mpirun or daemon. */
+static int s_under_ompi;
+
 /* SIGTERM (Slurm before preemption or at the time limit) or SIGUSR1
  * (what mpirun passes on to every rank, and psrec launch sends it): the
  * first asks the scheduler to end the job after the running epoch, with a
  * last checkpoint when checkpoint_dir is set; a second SIGTERM ends this
- * process now. */
-static void s_train_signal(int sig, int count, void *arg)
+ * process now. So does a SIGTERM from the Open MPI process that started
+ * this rank: that is the runtime ending the job after another rank died,
+ * which must not wait for the SIGKILL that follows. */
+static void s_train_signal(int sig, int count, pid_t from, void *arg)
 {
     /* in the signal handler: async-signal-safe calls only */
     static const char msg[] = "psrec train: stop signal: the job stops after this epoch (with "
                               "a checkpoint when checkpoint_dir is set); SIGTERM again stops "
                               "it at once\n";
     static volatile sig_atomic_t terms;
-    if (sig == SIGTERM && terms++ > 0)
+    if (sig == SIGTERM && (terms++ > 0 || (s_under_ompi && from > 0 && from == getppid())))
         _exit(128 + sig);
     if (count == 1 && *(const int *)arg) {
         ssize_t w = write(2, msg, sizeof msg - 1);
@@ -469,6 +475,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     /* before any thread starts (MPI's too): they all inherit the mask */
     static int loud;
     loud = lrank <= 0;
+    s_under_ompi = getenv("OMPI_COMM_WORLD_RANK") != NULL;
     const int sigs[] = {SIGTERM, SIGUSR1};
     if (cm_stop_watch(sigs, 2, s_train_signal, &loud, &err) != 0)
         cm_log(CM_LOG_WARN, "%s; SIGTERM will end the job without a last checkpoint", err.msg);

@@ -13,12 +13,13 @@ static atomic_int s_count;
 static cm_stop_fn s_fn;
 static void *s_arg;
 
-static void s_on_signal(int sig)
+static void s_on_signal(int sig, siginfo_t *si, void *uc)
 {
+    (void)uc;
     cm_stop_request(sig);
     int count = atomic_fetch_add(&s_count, 1) + 1;
     if (s_fn)
-        s_fn(sig, count, s_arg);
+        s_fn(sig, count, si ? si->si_pid : 0, s_arg);
 }
 
 int cm_stop_watch(const int *sigs, size_t n, cm_stop_fn fn, void *arg, cm_error *err)
@@ -27,8 +28,8 @@ int cm_stop_watch(const int *sigs, size_t n, cm_stop_fn fn, void *arg, cm_error 
     s_arg = arg;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sa.sa_flags = SA_RESTART;
+    sa.sa_sigaction = s_on_signal;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
     /* one handler at a time: a second signal waits for the first's fn */
     for (size_t i = 0; i < n; i++)

@@ -14,13 +14,15 @@
 #define PSREC_COMMON_STOP_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "common/err.h"
 
 /* Called inside the signal handler after the request is recorded; count
- * is how many watched signals have arrived (1 for the first). It must be
- * async-signal-safe: write(2), unlink(2), kill(2), _exit(2). */
-typedef void (*cm_stop_fn)(int sig, int count, void *arg);
+ * is how many watched signals have arrived (1 for the first), from the
+ * pid that sent this one (0 when the kernel did not say). It must be
+ * async-signal-safe: write(2), unlink(2), kill(2), getppid(2), _exit(2). */
+typedef void (*cm_stop_fn)(int sig, int count, pid_t from, void *arg);
 
 /* Installs the handler for the n signals: each arrival sets the request
  * (the first signal is kept) and calls fn (may be NULL) with arg. 0, or

@@ -236,11 +236,13 @@ Test(launch, sigterm_reaches_mpirun_as_sigusr1_and_ends_the_loop)
  * ------------------------------------------------------------------- */
 
 static int s_seen_sig, s_seen_count;
+static pid_t s_seen_from;
 
-static void s_note(int sig, int count, void *arg)
+static void s_note(int sig, int count, pid_t from, void *arg)
 {
     s_seen_sig = sig;
     s_seen_count = count;
+    s_seen_from = from;
     (*(int *)arg)++;
 }
 
@@ -256,6 +258,7 @@ Test(launch, stop_records_the_first_signal)
     cr_expect_eq(calls, 1);
     cr_expect_eq(s_seen_sig, SIGUSR1);
     cr_expect_eq(s_seen_count, 1);
+    cr_expect_eq(s_seen_from, getpid(), "the sender is known");
     cr_assert_eq(raise(SIGUSR2), 0);
     cr_expect_eq(cm_stop_requested(), SIGUSR1, "the first signal is the one kept");
     cr_expect_eq(s_seen_count, 2);
