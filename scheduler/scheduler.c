@@ -727,7 +727,7 @@ static int s_check_finite(const cm_job *job, int e, const char *what, double v, 
     return cm_error_set(err, CM_ERANGE,
                         "epoch %d: training diverged: the %s is %s; stopping without "
                         "checkpointing this epoch (lr = %g with optimizer %s is too large "
-                        "for this data: lower lr, or use adagrad or adam)",
+                        "for this data: lower lr, or see docs/optimizers.md)",
                         e, what, isnan(v) ? "nan" : "infinite", job->lr,
                         cm_optimizer_name(job->optimizer));
 }
