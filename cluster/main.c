@@ -405,8 +405,10 @@ static void s_write_pid_file(int lrank)
         snprintf(path, sizeof path, "%s/local.pid", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0 ||
-        rename(tmp, path) != 0) {
+    int ok = f != NULL && fprintf(f, "%ld\n", (long)getpid()) > 0;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
         fprintf(stderr, "psrec train: PSREC_PID_DIR: cannot write %s: %s\n", path,
                 strerror(errno));
         unlink(tmp);
@@ -472,7 +474,8 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     cm_log_set_identity("psrec", -1);
     if (job.local && s_plan_refuses(&job))
         return 2;
-    /* before any thread starts (MPI's too): they all inherit the mask */
+    /* from here on a stop signal is a request, in every thread
+     * (common/stop.h); installed before MPI starts */
     static int loud;
     loud = lrank <= 0;
     s_under_ompi = getenv("OMPI_COMM_WORLD_RANK") != NULL;
