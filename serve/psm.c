@@ -259,7 +259,7 @@ static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, 
                 const float v = tb->rows[i * tb->dim + j];
                 if (!isfinite(v)) {
                     s_err(err, en, "%s: table '%s' id %llu: weight %u is %s (a diverged "
-                                   "model); refusing to load it",
+                                   "model)",
                           name, tb->name, (unsigned long long)tb->ids[i], j,
                           isnan(v) ? "nan" : "infinite");
                     return -1;
