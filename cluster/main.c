@@ -1,10 +1,14 @@
 /* psrec: the one binary. `psrec train` runs a role (under mpirun) or a
  * whole cluster (--local); `gen` and `convert` make data. */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "cluster/launch.h"
 #include "cluster/plan.h"
 #include "cluster/run.h"
 #include "common/config.h"
@@ -12,6 +16,7 @@
 #include "common/log.h"
 #include "common/mem.h"
 #include "common/opts.h"
+#include "common/stop.h"
 #include "common/synth.h"
 #include "serve/cli.h"
 
@@ -28,6 +33,9 @@ static void s_usage(FILE *f)
             "  train [JOB.ini] [--key value ...]   train a model; run it under\n"
             "        mpirun -np N (rank 0 scheduler, 1..S servers, the rest workers)\n"
             "        or add --local to run every role as a thread of this process\n"
+            "  launch [MPIRUN OPTIONS] -- [JOB.ini] [--key value ...]\n"
+            "                                      mpirun psrec train, restarted from the\n"
+            "                                      newest checkpoint after a failure\n"
             "  plan [JOB.ini] [--ranks N]          per-server and per-worker memory of a job\n"
             "  gen [options]                       write synthetic ratings with a known\n"
             "                                      noise floor\n"
@@ -116,6 +124,29 @@ static void s_with_suffix(const char *path, const char *suffix, char *out, size_
         snprintf(out, n, "%s.%s.psrd", path, suffix);
 }
 
+/* The outputs of a running convert: a signal removes their temporary
+ * files (a full-size file is made before the rows are written), then ends
+ * the process as the signal would have. */
+typedef struct {
+    char paths[2][4096];
+    char tmps[2][4200]; /* the names cm_atomic writes to first (common/atomic.h) */
+    int n;
+} s_outputs;
+
+/* In the signal handler: async-signal-safe calls only. */
+static void s_convert_signal(int sig, int count, pid_t from, void *arg)
+{
+    (void)count;
+    (void)from;
+    const s_outputs *o = arg;
+    for (int i = 0; i < o->n; i++)
+        unlink(o->tmps[i]);
+    static const char msg[] = "psrec convert: stopped by a signal; temporary files removed\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(128 + sig);
+}
+
 static int s_convert(int argc, char **argv)
 {
     double test_fraction = 0;
@@ -152,6 +183,23 @@ static int s_convert(int argc, char **argv)
         fprintf(stderr, "psrec convert: --test-fraction must be in [0, 1)\n");
         return 2;
     }
+    static s_outputs outs;
+    if (test_fraction == 0) {
+        snprintf(outs.paths[0], sizeof outs.paths[0], "%s", pos[1]);
+        outs.n = 1;
+    } else {
+        s_with_suffix(pos[1], "train", outs.paths[0], sizeof outs.paths[0]);
+        s_with_suffix(pos[1], "test", outs.paths[1], sizeof outs.paths[1]);
+        outs.n = 2;
+    }
+    for (int i = 0; i < outs.n; i++)
+        snprintf(outs.tmps[i], sizeof outs.tmps[i], "%s.tmp.%ld", outs.paths[i],
+                 (long)getpid());
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    if (cm_stop_watch(sigs, sizeof sigs / sizeof sigs[0], s_convert_signal, &outs, &err) != 0) {
+        fprintf(stderr, "psrec convert: %s\n", err.msg);
+        return 1;
+    }
     cm_load_opts lo = cm_load_opts_default();
     lo.max_bad_lines = (long)max_bad;
     cm_ratings all = {0}, train = {0}, test = {0};
@@ -162,9 +210,7 @@ static int s_convert(int argc, char **argv)
             printf("wrote %s: %zu ratings (%zu malformed lines skipped)\n", pos[1], all.n,
                    all.bad_lines);
     } else if (rc == 0) {
-        char tp[4096], sp[4096];
-        s_with_suffix(pos[1], "train", tp, sizeof tp);
-        s_with_suffix(pos[1], "test", sp, sizeof sp);
+        const char *tp = outs.paths[0], *sp = outs.paths[1];
         rc = cm_ratings_split(&all, test_fraction, seed, &train, &test, &err);
         if (rc == 0)
             rc = cm_ratings_write_bin(tp, &train, pos[0], &err);
@@ -319,6 +365,82 @@ static int s_plan(int argc, char **argv)
     return 0;
 }
 
+/* 1 when this rank was started by Open MPI's mpirun or daemon. */
+static int s_under_ompi;
+
+/* SIGTERM (Slurm before preemption or at the time limit) or SIGUSR1
+ * (what mpirun passes on to every rank, and psrec launch sends it): the
+ * first asks the scheduler to end the job after the running epoch, with a
+ * last checkpoint when checkpoint_dir is set; a second SIGTERM ends this
+ * process now. So does a SIGTERM from the Open MPI process that started
+ * this rank: that is the runtime ending the job after another rank died,
+ * which must not wait for the SIGKILL that follows. */
+static void s_train_signal(int sig, int count, pid_t from, void *arg)
+{
+    /* in the signal handler: async-signal-safe calls only */
+    static const char msg[] = "psrec train: stop signal: the job stops after this epoch (with "
+                              "a checkpoint when checkpoint_dir is set); SIGTERM again stops "
+                              "it at once\n";
+    static volatile sig_atomic_t terms;
+    if (sig == SIGTERM && (terms++ > 0 || (s_under_ompi && from > 0 && from == getppid())))
+        _exit(128 + sig);
+    if (count == 1 && *(const int *)arg) {
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+    }
+}
+
+/* With PSREC_PID_DIR set (tests, operators), each process writes its pid
+ * to DIR/rank-R.pid (DIR/local.pid with --local), whole or not at all, so
+ * a fault can be aimed at one rank. */
+static void s_write_pid_file(int lrank)
+{
+    const char *dir = getenv("PSREC_PID_DIR");
+    if (!dir || !*dir)
+        return;
+    char path[4096], tmp[4200];
+    if (lrank >= 0)
+        snprintf(path, sizeof path, "%s/rank-%d.pid", dir, lrank);
+    else
+        snprintf(path, sizeof path, "%s/local.pid", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    int ok = f != NULL && fprintf(f, "%ld\n", (long)getpid()) > 0;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        fprintf(stderr, "psrec train: PSREC_PID_DIR: cannot write %s: %s\n", path,
+                strerror(errno));
+        unlink(tmp);
+    }
+}
+
+/* --local: the job in this process, run again after a failure up to
+ * `restarts` times, from the newest intact checkpoint. */
+static int s_train_local(cm_job *job)
+{
+    cm_error err = {0};
+    for (int attempt = 0;; attempt++) {
+        sch_result res;
+        if (cl_run_local(job, stdout, &res, &err) == 0)
+            return 0;
+        fprintf(stderr, "psrec train: error: %s\n", err.msg);
+        if (cm_stop_requested() || attempt >= job->restarts)
+            return 1;
+        const double d = cl_launch_delay(job->restart_backoff, attempt + 1);
+        fprintf(stderr, "psrec train: restart %d of %d in %.3g s, %s\n", attempt + 1,
+                job->restarts, d, job->checkpoint_dir[0]
+                                      ? "from the newest intact checkpoint"
+                                      : "from scratch (no checkpoint_dir)");
+        for (double t = 0; t < d && !cm_stop_requested(); t += 0.05)
+            nanosleep(&(struct timespec){0, 50000000L}, NULL);
+        if (cm_stop_requested())
+            return 1;
+        if (job->checkpoint_dir[0])
+            snprintf(job->resume, sizeof job->resume, "auto");
+    }
+}
+
 static int s_train(int argc, char **argv, int *pargc, char ***pargv)
 {
     cm_job job = cm_job_default();
@@ -352,14 +474,21 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     cm_log_set_identity("psrec", -1);
     if (job.local && s_plan_refuses(&job))
         return 2;
-    if (job.local) {
-        sch_result res;
-        if (cl_run_local(&job, stdout, &res, &err) != 0) {
-            fprintf(stderr, "psrec train: error: %s\n", err.msg);
-            return 1;
-        }
-        return 0;
-    }
+    /* from here on a stop signal is a request, in every thread
+     * (common/stop.h); installed before MPI starts */
+    static int loud;
+    loud = lrank <= 0;
+    s_under_ompi = getenv("OMPI_COMM_WORLD_RANK") != NULL;
+    const int sigs[] = {SIGTERM, SIGUSR1};
+    if (cm_stop_watch(sigs, 2, s_train_signal, &loud, &err) != 0)
+        cm_log(CM_LOG_WARN, "%s; SIGTERM will end the job without a last checkpoint", err.msg);
+    s_write_pid_file(job.local ? -1 : lrank);
+    if (job.local)
+        return s_train_local(&job);
+    if (job.restarts > 0 && lrank <= 0 && !getenv("PSREC_LAUNCHED"))
+        fprintf(stderr, "psrec train: restarts = %d needs `psrec launch` to start mpirun "
+                        "(a rank cannot restart the job); this run will not restart\n",
+                job.restarts);
     if (lrank < 0 && !getenv("PSREC_ALLOW_SINGLETON")) {
         fprintf(stderr,
                 "psrec train: not started by mpirun; run `mpirun -np %d psrec train ...` "
@@ -389,6 +518,8 @@ int main(int argc, char **argv)
                 return s_train(argc, argv, &argc, &argv);
             if (strcmp(cmd, "plan") == 0)
                 return s_plan(argc, argv);
+            if (strcmp(cmd, "launch") == 0)
+                return cl_launch_main(argc, argv);
             if (strcmp(cmd, "gen") == 0)
                 return s_gen(argc, argv);
             if (strcmp(cmd, "convert") == 0)
@@ -411,6 +542,8 @@ int main(int argc, char **argv)
         return s_train(argc - 1, argv + 1, &argc, &argv);
     if (strcmp(cmd, "plan") == 0)
         return s_plan(argc - 1, argv + 1);
+    if (strcmp(cmd, "launch") == 0)
+        return cl_launch_main(argc - 1, argv + 1);
     if (strcmp(cmd, "gen") == 0)
         return s_gen(argc - 1, argv + 1);
     if (strcmp(cmd, "convert") == 0)

@@ -132,4 +132,13 @@ int cm_boot_exchange(cm_boot *b, int first, int count, size_t rec_size, const vo
  * calls this. */
 int cm_boot_abort(cm_boot *b, int code);
 
+/* Removes the unix socket files "psrec-<pid>-<n>-<purpose>" in dir (NULL
+ * or "": $TMPDIR, else /tmp) that jobs killed before they could close
+ * them left behind: only sockets of this user whose process <pid> no
+ * longer exists and on which nobody accepts a connection (a pid of
+ * another pid namespace sharing the directory may look dead; its
+ * listener does not). Best effort; returns how many were removed. Under
+ * MPI each process sweeps once, before it binds its first one. */
+int cm_boot_sweep_sockets(const char *dir);
+
 #endif

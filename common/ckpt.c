@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,6 +195,22 @@ static int s_write_gathered(int fd, const float *const *rowp, size_t n, int row_
     return rc;
 }
 
+/* Index of the first row holding a non-finite float (its column in *col),
+ * or n when every float is finite. */
+static size_t s_first_nonfinite(const float *rows, const float *const *rowp, size_t n,
+                                int row_floats, int *col)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float *r = rowp ? rowp[i] : rows + i * (size_t)row_floats;
+        for (int j = 0; j < row_floats; j++)
+            if (!isfinite(r[j])) {
+                *col = j;
+                return i;
+            }
+    }
+    return n;
+}
+
 static int s_shard_write(const char *path, uint32_t table, int dim, int row_floats,
                          const uint64_t *keys, const float *rows, const float *const *rowp,
                          size_t n, uint64_t *size, uint64_t *checksum, cm_error *err)
@@ -215,6 +232,18 @@ static int s_shard_write(const char *path, uint32_t table, int dim, int row_floa
                                 "%s: keys must be strictly ascending; key %zu (%llu) follows "
                                 "%llu", path, i, (unsigned long long)keys[i],
                                 (unsigned long long)keys[i - 1]);
+    /* a diverged model is refused here, so no checkpoint of it is ever
+     * published (and a resume or export never meets it) */
+    int col = 0;
+    size_t bad = s_first_nonfinite(rows, rowp, n, row_floats, &col);
+    if (bad < n) {
+        const float *r = rowp ? rowp[bad] : rows + bad * (size_t)row_floats;
+        return cm_error_set(err, CM_ERANGE, "%s: table %u key %llu: %s %d is %s (the model "
+                            "diverged); not written", path, table,
+                            (unsigned long long)keys[bad],
+                            col < dim ? "weight" : "optimizer state float", col,
+                            isnan(r[col]) ? "nan" : "infinite");
+    }
 
     /* The header holds the offsets and the offsets follow the header: a
      * varint can only grow, so this settles in two or three rounds. */
@@ -1035,6 +1064,35 @@ static int s_resolve_dir(const char *root, const char *spec, char *out, size_t n
         return rc;
     }
     return s_copy_out(out, n, spec, err);
+}
+
+int cm_ckpt_any(const char *root, cm_error *err)
+{
+    if (!root || !root[0])
+        return 0;
+    char path[PATH_MAX];
+    struct stat st;
+    if (s_join(path, sizeof path, root, S_LATEST, err) != 0)
+        return err ? err->code : CM_ERANGE;
+    if (lstat(path, &st) == 0)
+        return 1;
+    s_entry *v = NULL;
+    size_t count = 0;
+    cm_error e = {0};
+    int rc = s_list(root, &v, &count, &e);
+    if (rc == CM_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return cm_error_set(err, rc, "%s", e.msg);
+    int any = 0;
+    for (size_t i = 0; i < count && !any; i++) {
+        char mf[PATH_MAX];
+        if (snprintf(mf, sizeof mf, "%s/%s/" S_MANIFEST, root, v[i].name) < (int)sizeof mf &&
+            lstat(mf, &st) == 0)
+            any = 1;
+    }
+    free(v);
+    return any;
 }
 
 int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_error *err)

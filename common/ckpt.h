@@ -115,6 +115,13 @@ int cm_ckpt_mkdir(const char *root, const char *name, char *path, size_t n, cm_e
  * the oldest complete checkpoints beyond `keep` (keep <= 0: keep all). */
 int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err);
 
+/* 1 when root holds a checkpoint that was published or got as far as its
+ * MANIFEST (intact or not), 0 when it holds none (or does not exist): a
+ * directory without a MANIFEST is a writer's unfinished work, not a
+ * checkpoint. Negative CM_E* when root cannot be read. resume = auto
+ * starts fresh on 0 and resolves (and refuses torn ones) on 1. */
+int cm_ckpt_any(const char *root, cm_error *err);
+
 /* Resolves what to resume from: `spec` is a checkpoint directory, or
  * "auto" for the newest intact checkpoint under root (LATEST first, then
  * older ones, newest first; each refused one is logged with its reason).

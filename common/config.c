@@ -217,7 +217,15 @@ static const s_key s_keys[] = {
      .imax = 1000000, .def = "3", .help = "keep the newest N checkpoints (0: keep all)"},
     {.name = "resume", .type = S_STR, S_AT(resume), .def = "",
      .help = "continue from a checkpoint directory, or 'auto' for the newest intact one "
-             "under checkpoint_dir"},
+             "under checkpoint_dir (none there yet: start fresh)"},
+    {.name = "restarts", .type = S_INT, S_AT(restarts), .imin = 0, .imax = 1000, .def = "0",
+     .help = "under `psrec launch` (or with --local): after a failure, run the job again "
+             "up to N times, from the newest intact checkpoint (resume = auto) when "
+             "checkpoint_dir is set"},
+    {.name = "restart_backoff", .type = S_DBL, S_AT(restart_backoff), .dmin = 0,
+     .dmax = 3600, .def = "2",
+     .help = "seconds before the first restart; each further one waits twice as long, at "
+             "most 300 s"},
     {.name = "memory_limit", .type = S_U64, S_AT(memory_limit), .def = "0",
      .help = "bytes one process may use; `train` refuses a job whose memory plan (`psrec "
              "plan`) exceeds it (0: MemAvailable of /proc/meminfo / ranks on this host)"},

@@ -134,6 +134,8 @@ typedef struct {
     double checkpoint_secs;    /* also after this many seconds; 0: off */
     int checkpoint_keep;       /* newest checkpoints kept; 0: all */
     char resume[CM_PATH_MAX];  /* "" | checkpoint directory | "auto" */
+    int restarts;              /* runs after a failure (psrec launch, --local) */
+    double restart_backoff;    /* seconds before the first restart, doubled after */
     uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
                                   on this host */
     uint64_t explicit_;        /* private: bit i set when key i was set by the user */

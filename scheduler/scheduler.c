@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/msg.h"
+#include "common/stop.h"
 #include "scheduler/plan.h"
 #include "scheduler/report.h"
 
@@ -763,6 +764,19 @@ static int s_resume(s_sched *s, cm_error *err)
     char dir[CM_HDR_PATH_MAX];
     cm_manifest m = {0};
     cm_msg *rep = NULL;
+    /* auto with nothing written yet (a crash before the first checkpoint,
+     * or a first run under a restart loop) is a fresh start */
+    if (strcmp(job->resume, "auto") == 0) {
+        int any = cm_ckpt_any(job->checkpoint_dir, err);
+        if (any < 0)
+            return any;
+        if (any == 0) {
+            fprintf(p->out, "resume = auto: no checkpoint under %s yet; starting from "
+                            "scratch\n", job->checkpoint_dir);
+            fflush(p->out);
+            return 0;
+        }
+    }
     int rc = cm_ckpt_resolve(job->checkpoint_dir, job->resume, dir, sizeof dir, err);
     if (rc != 0)
         return rc;
@@ -873,6 +887,38 @@ static int s_eval_ranking(s_sched *s, int e, double t0, sch_ranking *rk, double 
     return 0;
 }
 
+/* A non-finite loss means non-finite weights: the job stops here, before
+ * anything of this epoch is reported as a result or checkpointed (a
+ * diverged model must not be published, nor an earlier epoch's metric
+ * printed as the final one). */
+static int s_check_finite(const cm_job *job, int e, const char *what, double v, cm_error *err)
+{
+    if (isfinite(v))
+        return 0;
+    return cm_error_set(err, CM_ERANGE,
+                        "epoch %d: training diverged: the %s is %s; stopping without "
+                        "checkpointing this epoch (lr = %g with optimizer %s is too large "
+                        "for this data: lower lr, or see docs/optimizers.md)",
+                        e, what, isnan(v) ? "nan" : "infinite", job->lr,
+                        cm_optimizer_name(job->optimizer));
+}
+
+/* The job was asked to stop (SIGTERM: preemption, a time limit) after
+ * epoch e, whose checkpoint is written when checkpoints are on. */
+static int s_stopped(const cm_job *job, int sig, int e, cm_error *err)
+{
+    if (!job->checkpoint_dir[0])
+        return cm_error_set(err, CM_ESTATE, "stopped by signal %d (%s) after epoch %d of %d; "
+                            "no checkpoint_dir, so this run's progress is not saved", sig,
+                            strsignal(sig), e, job->epochs);
+    char name[64];
+    cm_ckpt_dirname((uint32_t)e, name, sizeof name);
+    return cm_error_set(err, CM_ESTATE, "stopped by signal %d (%s) after epoch %d of %d; "
+                        "checkpoint %s/%s is written: run the job again with --resume auto to "
+                        "go on from it", sig, strsignal(sig), e, job->epochs,
+                        job->checkpoint_dir, name);
+}
+
 static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
 {
     const cm_job *job = s->p->job;
@@ -930,6 +976,8 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         train_secs += secs;
         examples += (uint64_t)n;
         double train_mse = n > 0 ? sq / n : 0;
+        if ((rc = s_check_finite(job, e, "training loss", train_mse, err)) != 0)
+            return rc;
         double rmse = -1, mae = -1;
         uint64_t unseen = 0;
         double auc = -1, logloss = -1;
@@ -957,6 +1005,8 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 unseen += (uint64_t)s->wk[w].stats[3];
                 tll += s->wk[w].stats[4];
             }
+            if ((rc = s_check_finite(job, e, "test loss", tsq + tll, err)) != 0)
+                return rc;
             rmse = tn > 0 ? sqrt(tsq / tn) : -1;
             mae = tn > 0 ? tab / tn : -1;
             if (s->task == CM_TASK_BINARY && tn > 0) {
@@ -1058,13 +1108,16 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         }
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
+        const int stop = e < job->epochs ? cm_stop_requested() : 0;
         if (job->checkpoint_dir[0] &&
             ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
-             e == job->epochs ||
+             e == job->epochs || stop ||
              (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs))) {
             if ((rc = s_checkpoint(s, e, res, err)) != 0)
                 return rc;
         }
+        if (stop)
+            return s_stopped(job, stop, e, err);
     }
     return 0;
 }

@@ -174,9 +174,18 @@ static int s_load_table(const char *dir, const cm_manifest *man, uint32_t t, sv_
             goto out;
         }
         tb->ids[n] = key;
-        memcpy(tb->rows + n * (size_t)ct->dim,
-               h->sh->rows + h->pos * (size_t)h->sh->row_floats,
-               (size_t)ct->dim * sizeof(float));
+        const float *src = h->sh->rows + h->pos * (size_t)h->sh->row_floats;
+        /* a diverged model (a checkpoint of an older psrec, which wrote
+         * them) must not reach a serving tier, where it ranks nothing */
+        for (int j = 0; j < ct->dim; j++)
+            if (!isfinite(src[j])) {
+                rc = cm_error_set(err, CM_ERANGE, "%s/%s: table '%s' key %llu: weight %d is %s "
+                                  "(the model diverged); refusing to export it", dir,
+                                  man->files[h->file].name, ct->name,
+                                  (unsigned long long)key, j, isnan(src[j]) ? "nan" : "infinite");
+                goto out;
+            }
+        memcpy(tb->rows + n * (size_t)ct->dim, src, (size_t)ct->dim * sizeof(float));
         n++;
         last_file = h->file;
         if (++h->pos == h->sh->n)

@@ -250,6 +250,22 @@ static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, 
             return -1;
         }
     }
+    /* a diverged model scores every item nan and ranks none: refuse it
+     * here, whoever wrote the file */
+    for (uint32_t t = 0; t < f->n_tables; t++) {
+        const psm_table *tb = &f->tables[t];
+        for (uint64_t i = 0; i < tb->n_rows; i++)
+            for (uint32_t j = 0; j < tb->dim; j++) {
+                const float v = tb->rows[i * tb->dim + j];
+                if (!isfinite(v)) {
+                    s_err(err, en, "%s: table '%s' id %llu: weight %u is %s (a diverged "
+                                   "model)",
+                          name, tb->name, (unsigned long long)tb->ids[i], j,
+                          isnan(v) ? "nan" : "infinite");
+                    return -1;
+                }
+            }
+    }
     return 0;
 }
 

@@ -10,7 +10,7 @@
  * mean, clip range) and the formula as text. docs/psm.md describes it byte
  * by byte. psm_open validates the whole file before returning it: magic,
  * version, sizes, every offset in bounds and aligned, ids strictly
- * ascending, and the checksum; on any problem it returns NULL and writes a
+ * ascending, the checksum, and every weight finite; on any problem it returns NULL and writes a
  * message naming the file to the caller's buffer. Lookups are binary
  * searches over the id arrays, which stay in place (mmap or one heap
  * copy): no per-row allocation.

@@ -7,11 +7,15 @@
  * main, runs the MPI bootstrap (allgather, advertise, barrier, a real
  * ZeroMQ exchange between ranks), prints what it saw and exits. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -653,4 +657,78 @@ Test(bootstrap, mpi_wire_interface_not_here_is_an_error)
     out = s_run_mpi("wire", "-x PSREC_TEST_INTERFACE=10.1.2.3/40", &status);
     cr_assert(strstr(out, "is neither an interface name nor an IPv4 network"), "%s", out);
     free(out);
+}
+
+/* -------------------------------------------------------------------------
+ * Stale socket files
+ * ------------------------------------------------------------------------- */
+
+/* Binds a unix socket at dir/name; listening when listen_too, else closed
+ * at once (the file stays, as after kill -9). Returns the fd or -1. */
+static int s_sock_file(const char *dir, const char *name, int listen_too)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", dir, name);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0, "%s: %s", sa.sun_path,
+                 strerror(errno));
+    if (listen_too) {
+        cr_assert_eq(listen(fd, 4), 0);
+        return fd;
+    }
+    close(fd);
+    return -1;
+}
+
+static int s_exists(const char *dir, const char *name)
+{
+    char p[256];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return lstat(p, &st) == 0;
+}
+
+Test(bootstrap, stale_sockets_of_dead_processes_are_swept)
+{
+    char dir[] = "/tmp/psrec_test_sweep.XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    /* a pid that is surely gone: a child that exited and was reaped */
+    pid_t dead = fork();
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead);
+    char stale[64], stale2[64], live[64], plain[64], other[64], listened[64];
+    snprintf(stale, sizeof stale, "psrec-%ld-0-data", (long)dead);
+    snprintf(stale2, sizeof stale2, "psrec-%ld-1-ctl", (long)dead);
+    snprintf(live, sizeof live, "psrec-%ld-0-data", (long)getpid());
+    snprintf(plain, sizeof plain, "psrec-%ld-2-data", (long)dead);
+    snprintf(other, sizeof other, "psrecx-%ld-0-data", (long)dead);
+    snprintf(listened, sizeof listened, "psrec-%ld-3-data", (long)dead);
+    s_sock_file(dir, stale, 0);
+    s_sock_file(dir, stale2, 0);
+    int lfd = s_sock_file(dir, live, 1);
+    s_sock_file(dir, other, 0);
+    /* a dead pid whose socket someone still serves (another pid namespace) */
+    int l2 = s_sock_file(dir, listened, 1);
+    char p[256];
+    snprintf(p, sizeof p, "%s/%s", dir, plain);
+    FILE *f = fopen(p, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+
+    cr_expect_eq(cm_boot_sweep_sockets(dir), 2, "the two sockets of the dead process");
+    cr_expect(!s_exists(dir, stale) && !s_exists(dir, stale2), "stale sockets removed");
+    cr_expect(s_exists(dir, live), "a live process's socket is kept");
+    cr_expect(s_exists(dir, listened), "a socket somebody accepts on is kept");
+    cr_expect(s_exists(dir, plain), "a plain file with the name is kept");
+    cr_expect(s_exists(dir, other), "other names are kept");
+    cr_expect_eq(cm_boot_sweep_sockets(dir), 0, "nothing left to sweep");
+    cr_expect_eq(cm_boot_sweep_sockets("/nonexistent/psrec"), 0, "a missing dir is no error");
+    close(lfd);
+    close(l2);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
 }

@@ -6,6 +6,7 @@
 #include <criterion/redirect.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1123,4 +1124,60 @@ Test(ckpt, shard_written_from_row_pointers)
     free(at);
     free(scattered);
     free_rows(&r);
+}
+
+Test(ckpt, shard_write_refuses_non_finite_rows)
+{
+    rows_t r = make_rows(10, 2, 4);
+    const char *p = tpath("nan.rows");
+    cm_error err = {0};
+    r.rows[3 * 4 + 1] = NAN;
+    cr_expect_eq(cm_shard_write(p, 1, 2, 4, r.keys, r.rows, r.n, NULL, NULL, &err), CM_ERANGE);
+    char want[128];
+    snprintf(want, sizeof want, "table 1 key %llu: weight 1 is nan", (unsigned long long)r.keys[3]);
+    cr_expect(strstr(err.msg, want) != NULL, "'%s' lacks '%s'", err.msg, want);
+    cr_expect(strstr(err.msg, p) != NULL, "the file is named: %s", err.msg);
+    cr_expect(!exists(p), "nothing written");
+    cr_expect_eq(count_names(th_dir, ".tmp."), 0, "no temporary file left");
+    r.rows[3 * 4 + 1] = 1.0f;
+    r.rows[9 * 4 + 3] = INFINITY;
+    const float *rowp[10];
+    for (int i = 0; i < 10; i++)
+        rowp[i] = r.rows + i * 4;
+    cr_expect_eq(cm_shard_write_rows(p, 0, 2, 4, r.keys, rowp, r.n, NULL, NULL, &err), CM_ERANGE);
+    cr_expect(strstr(err.msg, "optimizer state float 3 is infinite") != NULL, "%s", err.msg);
+    cr_expect(!exists(p));
+    r.rows[9 * 4 + 3] = 2.0f;
+    uint64_t size = 0, sum = 0;
+    write_shard(p, 0, &r, &size, &sum);
+    cr_expect(exists(p), "finite rows are written");
+    free_rows(&r);
+}
+
+Test(ckpt, any_tells_a_fresh_root_from_one_with_checkpoints)
+{
+    cm_error err = {0};
+    const char *root = tpath("anyroot");
+    cr_expect_eq(cm_ckpt_any(root, &err), 0, "a missing root holds none");
+    cr_expect_eq(cm_ckpt_any("", &err), 0);
+    cr_assert_eq(mkdir(root, 0755), 0);
+    cr_expect_eq(cm_ckpt_any(root, &err), 0, "an empty root holds none");
+    char p[1024];
+    snprintf(p, sizeof p, "%s/ckpt-000001", root);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/ckpt-000001/t0-s0.rows", root);
+    spit(p, "x", 1);
+    cr_expect_eq(cm_ckpt_any(root, &err), 0, "an unfinished write (no MANIFEST) is none");
+    snprintf(p, sizeof p, "%s/notackpt", root);
+    cr_assert_eq(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s/notackpt/MANIFEST", root);
+    spit(p, "x", 1);
+    cr_expect_eq(cm_ckpt_any(root, &err), 0, "other names are not checkpoints");
+    snprintf(p, sizeof p, "%s/ckpt-000001/MANIFEST", root);
+    spit(p, "torn", 4);
+    cr_expect_eq(cm_ckpt_any(root, &err), 1, "a MANIFEST, even a torn one, counts");
+    unlink(p);
+    snprintf(p, sizeof p, "%s/LATEST", root);
+    spit(p, "ckpt-000009\n", 12);
+    cr_expect_eq(cm_ckpt_any(root, &err), 1, "a LATEST counts");
 }

@@ -20,6 +20,7 @@ static const char *const s_all_keys[] = {
     "optimizer", "lr", "l2", "init_std", "batch", "seed", "max_bad_lines",
     "slots", "progress", "log_level", "local", "workers", "timeout",
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
+    "restarts", "restart_backoff",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",

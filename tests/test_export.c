@@ -3,8 +3,10 @@
  * byte by byte here; and the errors a broken checkpoint gets. */
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "serve/export.h"
 #include "serve/psm.h"
@@ -275,4 +277,51 @@ Test(export, synthetic_models_and_edge_cases)
     cr_expect_eq(sv_export_write(&m, deep, SV_FMT_PSM, &err), 0, "%s", err.msg);
     cr_expect(s_exists(deep, "model.psm"));
     cr_expect_str_eq(sv_export_formula("wide_deep"), "");
+}
+
+/* A checkpoint of an older writer that holds a nan weight: the bytes are
+ * patched and the manifest's size and checksum made to match, so only
+ * the finite check can refuse it. */
+Test(export, non_finite_rows_are_refused_naming_table_and_key)
+{
+    cm_error err = {0};
+    cr_assert_eq(sh_make_ckpt(s_ckpt, NU, NI, DIM, RF, 2, SEED, 3.0, &err), 0, "%s", err.msg);
+    cm_manifest m;
+    cr_assert_eq(cm_manifest_read(s_ckpt, &m, &err), 0, "%s", err.msg);
+    uint64_t key = 0;
+    for (size_t f = 0; f < m.n_files; f++) {
+        if (strcmp(m.files[f].name, "t1-w1.rows") != 0)
+            continue;
+        char path[4096];
+        cr_assert_lt(snprintf(path, sizeof path, "%s/%s", s_ckpt, m.files[f].name),
+                     (int)sizeof path);
+        cm_shard sh;
+        cr_assert_eq(cm_shard_read(path, 0, 0, &sh, &err), 0, "%s", err.msg);
+        cr_assert_gt(sh.n, 0);
+        key = sh.keys[sh.n - 1];
+        cm_shard_free(&sh);
+        /* the file ends with the last row: its weight 0 becomes nan */
+        size_t n = 0;
+        unsigned char *b = s_slurp(s_ckpt, m.files[f].name, &n);
+        const float nan_f = NAN;
+        memcpy(b + n - (size_t)RF * sizeof(float), &nan_f, sizeof nan_f);
+        FILE *o = fopen(path, "wb");
+        cr_assert_not_null(o);
+        cr_assert_eq(fwrite(b, 1, n, o), n);
+        fclose(o);
+        m.files[f].size = n;
+        m.files[f].checksum = XXH64(b, n, 0);
+        free(b);
+    }
+    cr_assert_neq(key, 0, "the items' second shard was found");
+    cr_assert_eq(cm_manifest_write(s_ckpt, &m, &err), 0, "%s", err.msg);
+    cm_manifest_free(&m);
+    cr_assert_eq(cm_ckpt_verify(s_ckpt, &err), 0, "the checkpoint is intact: %s", err.msg);
+    cr_expect_eq(sv_export(s_ckpt, s_out, SV_FMT_ALL, &err), CM_ERANGE);
+    char want[128];
+    snprintf(want, sizeof want, "table 'item' key %llu: weight 0 is nan",
+             (unsigned long long)key);
+    cr_expect(strstr(err.msg, want) != NULL, "'%s' lacks '%s'", err.msg, want);
+    cr_expect(strstr(err.msg, "t1-w1.rows") != NULL, "the file is named: %s", err.msg);
+    cr_expect(!s_exists(s_out, "manifest.json"), "nothing exported");
 }

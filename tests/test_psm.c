@@ -2,6 +2,7 @@
  * the reader against damaged files (bad magic, truncation at every byte,
  * wrong sizes and offsets, flipped bits): a clear error, never a crash. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -492,4 +493,35 @@ Test(psm, random_damage_never_crashes)
     }
     free(b);
     free(orig);
+}
+
+Test(psm, non_finite_weights_are_refused)
+{
+    sv_psm_table t[3];
+    sv_psm_model m = s_model(t);
+    cm_error err = {0};
+    /* item id 2 (row 1), weight 1: a diverged model */
+    s_irows[1 * 3 + 1] = NAN;
+    cr_assert_eq(sv_psm_write(s_path, &m, &err), 0, "%s", err.msg);
+    size_t n;
+    unsigned char *b = s_slurp(s_path, &n);
+    s_expect_refused(b, n, 0, "table 'item' id 2: weight 1 is nan");
+    s_expect_refused(b, n, PSM_OPEN_NO_CHECKSUM, "diverged");
+    char msg[PSM_ERR_MAX] = "";
+    cr_expect_null(psm_open(s_path, 0, msg, sizeof msg));
+    cr_expect(strstr(msg, s_path) != NULL, "the file is named: %s", msg);
+    free(b);
+    m = s_model(t);
+    s_urows[4 * 3 + 2] = -INFINITY;
+    cr_assert_eq(sv_psm_write(s_path, &m, &err), 0, "%s", err.msg);
+    b = s_slurp(s_path, &n);
+    s_expect_refused(b, n, 0, "table 'user' id 9223372036854775808: weight 2 is infinite");
+    free(b);
+    /* finite again: accepted (the check is not refusing everything) */
+    s_write_model();
+    b = s_slurp(s_path, &n);
+    psm_file *f = psm_open_memory(b, n, PSM_OPEN_COPY, msg, sizeof msg);
+    cr_expect_not_null(f, "%s", msg);
+    psm_close(&f);
+    free(b);
 }
