@@ -222,6 +222,13 @@ static const s_key s_keys[] = {
              "plan`) exceeds it (0: MemAvailable of /proc/meminfo / ranks on this host)"},
     {.name = "timeout", .type = S_DBL, S_AT(timeout), .dmin = 0, .dmax = 1e6, .dmin_open = 1,
      .def = "60", .help = "seconds a role waits for a peer before giving up"},
+    {.name = "heartbeat", .type = S_DBL, S_AT(heartbeat), .dmin = 0, .dmax = 3600,
+     .dmin_open = 1, .def = "1",
+     .help = "seconds between the heartbeats every rank exchanges with the scheduler"},
+    {.name = "heartbeat_misses", .type = S_INT, S_AT(heartbeat_misses), .imin = 2,
+     .imax = 1000000, .def = "10",
+     .help = "heartbeats missed in a row (heartbeat x this many seconds of silence) before "
+             "a rank or the scheduler is taken for stalled and the job ends"},
 };
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])

@@ -127,6 +127,8 @@ typedef struct {
     int local;                 /* 1: run all roles as threads, no MPI */
     int workers;               /* --local only: worker threads */
     double timeout;            /* seconds a role waits for a peer before giving up */
+    double heartbeat;          /* seconds between heartbeats */
+    int heartbeat_misses;      /* silent heartbeats that make a stall */
     char checkpoint_dir[CM_PATH_MAX]; /* "" for no checkpoints */
     int checkpoint_every;      /* epochs between checkpoints; 0: last epoch only */
     double checkpoint_secs;    /* also after this many seconds; 0: off */

@@ -84,6 +84,8 @@ struct ps_server {
     uint64_t n_requests;                  /* answered, errors included */
     uint64_t n_errors;                    /* answered with OP_ERROR */
     int index;                            /* 0..servers-1: names checkpoint files */
+    cm_hb *hb;                            /* what it does; the job's failure; may be NULL */
+    uint32_t epoch;                       /* the last EPOCH announced (for hb) */
 };
 
 /* ---------------------------------------------------------------------------
@@ -155,6 +157,11 @@ void ps_server_destroy(ps_server **ps)
 void ps_server_set_index(ps_server *s, int index)
 {
     s->index = index;
+}
+
+void ps_server_set_heartbeat(ps_server *s, cm_hb *hb)
+{
+    s->hb = hb;
 }
 
 const char *ps_server_endpoint(const ps_server *s)
@@ -608,12 +615,22 @@ int ps_server_run(ps_server *s)
 {
     cm_log(CM_LOG_INFO, "ps: serving %zu table%s on %s", s->n_tables,
            s->n_tables == 1 ? "" : "s", s->endpoint);
+    cm_hb_doing(s->hb, "serving, before the first epoch");
+    /* Idle for long is normal (workers compute, evaluate): the heartbeat,
+     * not a timeout, says when the job is gone, so the wait is cut into
+     * slices that look at it. */
+    const int slice_ms = s->hb ? 500 : -1;
     for (;;) {
         cm_msg m;
         cm_error e = {0};
-        int rc = cm_msg_recv(s->sock, &m, -1, &e);
+        int rc = cm_msg_recv(s->sock, &m, slice_ms, &e);
         if (rc == CM_ETIMEDOUT) {
             cm_msg_release(&m);
+            char why[256];
+            if (cm_hb_failed(s->hb, why, sizeof why)) {
+                cm_log(CM_LOG_INFO, "ps: the job failed: %s", why);
+                return CM_ECLOSED;
+            }
             continue;
         }
         if (rc == CM_EPROTO || rc == CM_ENOMEM) {
@@ -646,13 +663,19 @@ int ps_server_run(ps_server *s)
             rc = s_on_push(s, &m);
             break;
         case CM_OP_CHECKPOINT:
+            cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m.hdr.epoch);
             rc = s_on_checkpoint(s, &m);
+            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
             break;
         case CM_OP_EPOCH:
+            s->epoch = m.hdr.epoch;
+            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
             rc = s_on_epoch(s, &m);
             break;
         case CM_OP_LOAD:
+            cm_hb_doing(s->hb, "loading a checkpoint");
             rc = s_on_load(s, &m);
+            cm_hb_doing(s->hb, "serving, before the first epoch");
             break;
         case CM_OP_STOP:
             rc = s_on_stop(s, &m);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "common/err.h"
+#include "common/heartbeat.h"
 #include "common/van.h"
 #include "ps/table.h"
 
@@ -26,6 +27,10 @@ void ps_server_destroy(ps_server **ps);
 /* Which server of the job this is (0-based; default 0): names its
  * checkpoint files and selects its slots when loading one. */
 void ps_server_set_index(ps_server *s, int index);
+
+/* Where the request loop records what it does and learns that the job
+ * failed (its waits end then); not owned, may be NULL (serve until STOP). */
+void ps_server_set_heartbeat(ps_server *s, cm_hb *hb);
 
 /* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
 const char *ps_server_endpoint(const ps_server *s);

@@ -17,6 +17,7 @@
 #include "common/ckpt.h"
 #include "common/config.h"
 #include "common/err.h"
+#include "common/heartbeat.h"
 #include "common/van.h"
 
 typedef struct {
@@ -29,6 +30,7 @@ typedef struct {
     FILE *out;                       /* where epoch lines go (stdout) */
     const cm_ckpt_table *tables;     /* the model's tables, for checkpoints */
     size_t n_tables;
+    cm_hb *hb;                       /* records what it does; may be NULL */
 } sch_params;
 
 /* What the run measured, for callers and tests. */

@@ -25,6 +25,7 @@ static const char *const s_all_keys[] = {
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
     "fm_term", "fields", "wire_dtype", "ingest", "worker_affinity", "blocks_per_worker",
+    "heartbeat", "heartbeat_misses",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 
