@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/bootstrap.h"
@@ -194,6 +195,18 @@ static int s_stall_hook(cm_boot *b, const cm_job *job, cm_hb *hb, cm_error *err)
     const char *v = getenv("PSREC_TEST_STALL");
     if (!v || !*v || cm_boot_is_mpi(b) || atoi(v) != cm_boot_rank(b))
         return 0;
+    /* stall once the heartbeats flow both ways, as a rank stopped in
+     * the middle of a job would (bounded by the job's timeout) */
+    const int rank = cm_boot_rank(b), size = cm_boot_size(b);
+    for (double until = cm_now() + job->timeout; cm_now() < until;) {
+        int heard = 1;
+        for (int r = rank == 0 ? 1 : 0; r < (rank == 0 ? size : 1); r++)
+            heard &= cm_hb_heard(hb, r, NULL, 0);
+        if (heard)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     cm_hb_pause(hb);
     cm_sock *idle = cm_sock_new(cm_boot_van(b), CM_SOCK_DEALER, err);
     if (!idle)

@@ -37,8 +37,10 @@ struct cm_hb {
     char host[CM_HB_HOST_MAX];     /* this host's name */
     pthread_t tid;
     int started;
-    s_peer *peers;                 /* rank 0: one per rank; the thread's only */
+    s_peer *peers;                 /* rank 0: one per rank; seen and doing under lock */
     pthread_mutex_t lock;          /* guards the fields below */
+    int sched_heard;               /* rank > 0: the scheduler answered */
+    char sched_doing[CM_HB_TEXT_MAX];
     pthread_cond_t cond;           /* signalled when taken, byes or failed change */
     char doing[CM_HB_TEXT_MAX];
     unsigned doing_seq;            /* bumped when doing changes */
@@ -147,12 +149,12 @@ static void s_monitor_on(cm_hb *hb, cm_frames *f)
     s_peer *k = &hb->peers[b.rank];
     k->last = cm_now();
     k->pid = b.pid;
-    k->seen = 1;
     snprintf(k->host, sizeof k->host, "%s", b.host);
     if (b.type == 'B') {
-        snprintf(k->doing, sizeof k->doing, "%s", b.text);
         char doing[CM_HB_TEXT_MAX];
         pthread_mutex_lock(&hb->lock);
+        k->seen = 1;
+        snprintf(k->doing, sizeof k->doing, "%s", b.text);
         memcpy(doing, hb->doing, sizeof doing);
         pthread_mutex_unlock(&hb->lock);
         s_send(hb, route, route_size, 'A', doing);
@@ -226,6 +228,10 @@ static void s_rank_on(cm_hb *hb, cm_frames *f, s_sched_view *v)
     snprintf(v->host, sizeof v->host, "%s", b.host);
     if (b.type == 'A') {
         snprintf(v->doing, sizeof v->doing, "%s", b.text);
+        pthread_mutex_lock(&hb->lock);
+        hb->sched_heard = 1;
+        memcpy(hb->sched_doing, v->doing, sizeof hb->sched_doing);
+        pthread_mutex_unlock(&hb->lock);
     } else if (b.type == 'K') {
         pthread_mutex_lock(&hb->lock);
         if (hb->finishing)
@@ -498,6 +504,18 @@ int cm_hb_finish(cm_hb *hb, int wait_ms)
     }
     pthread_mutex_unlock(&hb->lock);
     return rc;
+}
+
+int cm_hb_heard(cm_hb *hb, int rank, char *buf, size_t n)
+{
+    if (!hb || rank < 0 || rank >= hb->p.size || (hb->p.rank == 0) == (rank == 0))
+        return 0;
+    pthread_mutex_lock(&hb->lock);
+    int heard = rank == 0 ? hb->sched_heard : hb->peers[rank].seen;
+    if (heard && buf && n)
+        snprintf(buf, n, "%s", rank == 0 ? hb->sched_doing : hb->peers[rank].doing);
+    pthread_mutex_unlock(&hb->lock);
+    return heard;
 }
 
 void cm_hb_pause(cm_hb *hb)

@@ -73,6 +73,11 @@ int cm_hb_report(cm_hb *hb, const char *reason, int wait_ms);
  * a failure was found. */
 int cm_hb_finish(cm_hb *hb, int wait_ms);
 
+/* What this heartbeat last heard of `rank`: on rank 0 of any other rank,
+ * elsewhere of rank 0 (the scheduler). 1 when it was heard from, with what
+ * it said it does copied to buf (may be NULL); else 0. Any thread. */
+int cm_hb_heard(cm_hb *hb, int rank, char *buf, size_t n);
+
 /* Test hook: stop beating and answering (as a stopped process would),
  * while the thread goes on running. */
 void cm_hb_pause(cm_hb *hb);
