@@ -388,11 +388,14 @@ static void *s_thread_main(void *arg)
     int loud = 0;
     s_life life = {.on_fail = s_local_on_fail, .arg = t->fail};
     t->rc = s_role(b, t->job, 0, t->out, t->res, &loud, &life, &t->err);
-    /* a clean goodbye, so that roles ending at different moments are not
-     * taken for stalls; after a failure there is no one to wait for */
-    if (t->rc == 0 && cm_hb_finish(life.hb, (int)(t->job->heartbeat *
-                                                  t->job->heartbeat_misses * 1000) + 2000) != 0)
-        cm_log(CM_LOG_WARN, "heartbeat: not every rank said goodbye");
+    /* a goodbye, so that roles ending at different moments are not taken
+     * for stalls (a role that failed too: its error, not its silence, is
+     * what the job returns); rank 0 waits for them only after a success */
+    const int wait_ms = (int)(t->job->heartbeat * t->job->heartbeat_misses * 1000) + 2000;
+    if ((t->rank != 0 || t->rc == 0) && cm_hb_finish(life.hb, t->rc ? 1000 : wait_ms) != 0 &&
+        t->rc == 0)
+        cm_log(CM_LOG_WARN, "heartbeat: %s", t->rank ? "the scheduler did not take the goodbye"
+                                                     : "not every rank said goodbye");
     cm_hb_destroy(&life.hb);
     cm_boot_destroy(&b);
     return NULL;
