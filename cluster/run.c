@@ -390,10 +390,11 @@ static void *s_thread_main(void *arg)
     t->rc = s_role(b, t->job, 0, t->out, t->res, &loud, &life, &t->err);
     /* a goodbye, so that roles ending at different moments are not taken
      * for stalls (a role that failed too: its error, not its silence, is
-     * what the job returns); rank 0 waits for them only after a success */
+     * what the job returns). Rank 0 waits for them whether or not it
+     * failed: over inproc a rank whose monitor is gone would wait in each
+     * send (the van's send timeout) instead of ending. */
     const int wait_ms = (int)(t->job->heartbeat * t->job->heartbeat_misses * 1000) + 2000;
-    if ((t->rank != 0 || t->rc == 0) && cm_hb_finish(life.hb, t->rc ? 1000 : wait_ms) != 0 &&
-        t->rc == 0)
+    if (cm_hb_finish(life.hb, t->rank && t->rc ? 1000 : wait_ms) != 0 && t->rc == 0)
         cm_log(CM_LOG_WARN, "heartbeat: %s", t->rank ? "the scheduler did not take the goodbye"
                                                      : "not every rank said goodbye");
     cm_hb_destroy(&life.hb);
