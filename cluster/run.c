@@ -3,11 +3,15 @@
 #include <cblas.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/bootstrap.h"
+#include "common/heartbeat.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "ps/server.h"
@@ -113,13 +117,115 @@ static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, s
     return 0;
 }
 
+/* What a rank's life leaves to its caller, who ends it: the heartbeat
+ * (kept through the last barrier) and what a failure it finds does. */
+typedef struct {
+    cm_hb *hb;
+    cm_hb_fail_fn on_fail;
+    void *arg;
+    int agreed;        /* the error is known to every rank at once (setup failures
+                        * seen in an allgather), so the ranks can end together */
+} s_life;
+
+/* Test hook: PSREC_PID_DIR names a directory where each rank of an mpirun
+ * job writes rank-<r>.pid once its heartbeat runs, so that tests can stop
+ * one rank by its pid. */
+static void s_write_pid(int rank)
+{
+    const char *dir = getenv("PSREC_PID_DIR");
+    if (!dir || !*dir)
+        return;
+    char path[1024], tmp[1040];
+    snprintf(path, sizeof path, "%s/rank-%d.pid", dir, rank);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    fprintf(f, "%d\n", (int)getpid());
+    /* renamed whole: a reader never sees half a number */
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
+
+/* Starts this rank's heartbeat: rank 0 binds the monitor and every rank
+ * learns its endpoint from one allgather (collective). A monitor that
+ * cannot start is known to all, so they give up together. */
+static int s_heartbeat(cm_boot *b, const cm_job *job, s_life *life, cm_error *err)
+{
+    const int rank = cm_boot_rank(b), size = cm_boot_size(b);
+    cm_hb_params hp = {
+        .van = cm_boot_van(b), .rank = rank, .size = size, .n_servers = job->servers,
+        .interval = job->heartbeat, .limit = job->heartbeat * job->heartbeat_misses,
+        .on_fail = life->on_fail, .arg = life->arg,
+    };
+    char mine[CM_ENDPOINT_MAX] = "";
+    cm_error e = {0};
+    if (rank == 0) {
+        char ep[CM_ENDPOINT_MAX];
+        cm_boot_bind_endpoint(b, "hb", ep);
+        life->hb = cm_hb_new(&hp, ep, &e);
+        if (life->hb)
+            cm_boot_advertise(b, cm_hb_endpoint(life->hb), mine, &e);
+        if (e.code)
+            snprintf(mine, sizeof mine, S_FAILED "%.200s", e.msg);
+    }
+    char *all = malloc((size_t)size * CM_ENDPOINT_MAX);
+    if (!all) /* the others would wait in the allgather: only an abort ends that */
+        return cm_error_set(err, CM_ENOMEM, "out of memory");
+    int rc = cm_boot_allgather(b, mine, all, err);
+    if (rc == 0 && all[0] == S_FAILED[0]) {
+        life->agreed = 1;
+        rc = cm_error_set(err, CM_EIO, "the scheduler's heartbeat could not start: %s",
+                          all + 1);
+    } else if (rc == 0 && rank != 0 && !(life->hb = cm_hb_new(&hp, all, err))) {
+        rc = err ? err->code : CM_EIO;
+    }
+    free(all);
+    if (rc == 0 && cm_boot_is_mpi(b))
+        s_write_pid(rank);
+    return rc;
+}
+
+/* Test hook: PSREC_TEST_STALL=<rank> makes that rank of a --local job stall
+ * once its role is set up: its heartbeat goes silent and it waits without
+ * doing anything, as a stopped process would, until the job is shut down
+ * (or 20 timeouts pass). */
+static int s_stall_hook(cm_boot *b, const cm_job *job, cm_hb *hb, cm_error *err)
+{
+    const char *v = getenv("PSREC_TEST_STALL");
+    if (!v || !*v || cm_boot_is_mpi(b) || atoi(v) != cm_boot_rank(b))
+        return 0;
+    /* stall once the heartbeats flow both ways, as a rank stopped in
+     * the middle of a job would (bounded by the job's timeout) */
+    const int rank = cm_boot_rank(b), size = cm_boot_size(b);
+    for (double until = cm_now() + job->timeout; cm_now() < until;) {
+        int heard = 1;
+        for (int r = rank == 0 ? 1 : 0; r < (rank == 0 ? size : 1); r++)
+            heard &= cm_hb_heard(hb, r, NULL, 0);
+        if (heard)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cm_hb_pause(hb);
+    cm_sock *idle = cm_sock_new(cm_boot_van(b), CM_SOCK_DEALER, err);
+    if (!idle)
+        return err ? err->code : CM_EIO;
+    cm_frames *f = NULL;
+    int rc = cm_sock_recv(idle, &f, (int)(20 * job->timeout * 1000));
+    cm_frames_destroy(&f);
+    cm_sock_destroy(&idle);
+    return cm_error_set(err, rc == 0 ? CM_ESTATE : rc, "rank %d: stalled by PSREC_TEST_STALL",
+                        cm_boot_rank(b));
+}
+
 /* One rank's whole life, the same under MPI and locally. *loud is set when
  * this rank should print its error itself (the scheduler reports the
  * failures of workers that told it). */
 /* refused (rank 0): the memory check said no; the ranks stop at the
  * bootstrap, before any input is read. */
 static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_result *res,
-                  int *loud, cm_error *err)
+                  int *loud, s_life *life, cm_error *err)
 {
     const int rank = cm_boot_rank(b), size = cm_boot_size(b);
     const int n_servers = job->servers, n_workers = size - 1 - n_servers;
@@ -129,8 +235,13 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
     char *all = NULL;
     char bind_ep[CM_ENDPOINT_MAX], mine[CM_ENDPOINT_MAX] = "";
     cm_error setup = {0};
-    int rc = 0, token = 0;
+    int token = 0;
     char (*server_hosts)[256] = NULL; /* the scheduler's: for its messages */
+    int rc = s_heartbeat(b, job, life, err);
+    if (rc != 0)
+        return rc;
+    cm_hb *hb = life->hb;
+    cm_hb_doing(hb, "setting up");
 
     if (rank == 0 && refused) {
         cm_log_set_identity("sch", rank);
@@ -155,6 +266,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL) {
             ps_server_set_index(srv, rank - 1);
             ps_server_set_checkpoints(srv, job->checkpoint_dir, job->resume);
+            ps_server_set_heartbeat(srv, hb);
             cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
         }
         /* its mark in the checkpoint root, which the scheduler must see
@@ -188,6 +300,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         const char *ep = all + (size_t)r * CM_ENDPOINT_MAX;
         if (ep[0] != S_FAILED[0])
             continue;
+        life->agreed = 1;
         if (setup.code)
             rc = cm_error_set(err, setup.code, "%s", setup.msg);
         else
@@ -205,6 +318,8 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             cm_boot_hostname(b, i + 1, server_hosts[i], sizeof server_hosts[i]);
         host_ptrs[i] = server_hosts ? server_hosts[i] : NULL;
     }
+    if ((rc = s_stall_hook(b, job, hb, err)) != 0)
+        goto out;
 
     if (rank == 0) {
         ps_table_params tp[WK_MAX_TABLES];
@@ -217,18 +332,22 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             .n_workers = (uint32_t)n_workers, .n_servers = (uint32_t)n_servers,
             .server_eps = server_eps, .out = out, .tables = ct, .n_tables = n_tables,
             .server_hosts = server_hosts ? host_ptrs : NULL,
+            .hb = hb,
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {
         rc = ps_server_run(srv);
-        if (rc != 0)
+        char why[256];
+        if (rc != 0 && cm_hb_failed(hb, why, sizeof why))
+            cm_error_set(err, rc, "server: the job failed: %s", why);
+        else if (rc != 0)
             cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
     } else {
         wk_params wp = {
             .job = job, .van = van, .rank = rank,
             .index = (uint32_t)(rank - 1 - n_servers), .n_workers = (uint32_t)n_workers,
             .sched_ep = all, .n_servers = (uint32_t)n_servers, .server_eps = server_eps,
-            .boot = b,
+            .boot = b, .hb = hb,
         };
         rc = wk_run(&wp, err);
     }
@@ -246,12 +365,37 @@ out:
  * Local: every rank a thread
  * ------------------------------------------------------------------- */
 
+/* The first stall a heartbeat finds in a --local job: every thread's waits
+ * end when the shared van shuts down, and the job returns this reason. */
+typedef struct {
+    pthread_mutex_t lock;
+    cm_van *van;            /* the group's, set by the first thread */
+    int failed;
+    char reason[512];
+} s_local_fail;
+
+static void s_local_on_fail(void *arg, const char *reason)
+{
+    s_local_fail *lf = arg;
+    pthread_mutex_lock(&lf->lock);
+    int first = !lf->failed;
+    if (first) {
+        lf->failed = 1;
+        snprintf(lf->reason, sizeof lf->reason, "%s", reason);
+    }
+    cm_van *van = lf->van;
+    pthread_mutex_unlock(&lf->lock);
+    if (first && van)
+        cm_van_shutdown(van);
+}
+
 typedef struct {
     cm_boot_group *group;
     int rank;
     const cm_job *job;
     FILE *out;
     sch_result *res;
+    s_local_fail *fail;
     cm_error err;
     int rc;
 } s_thread;
@@ -264,8 +408,22 @@ static void *s_thread_main(void *arg)
         t->rc = t->err.code ? t->err.code : CM_ESTATE;
         return NULL;
     }
+    pthread_mutex_lock(&t->fail->lock);
+    t->fail->van = cm_boot_van(b);
+    pthread_mutex_unlock(&t->fail->lock);
     int loud = 0;
-    t->rc = s_role(b, t->job, 0, t->out, t->res, &loud, &t->err);
+    s_life life = {.on_fail = s_local_on_fail, .arg = t->fail};
+    t->rc = s_role(b, t->job, 0, t->out, t->res, &loud, &life, &t->err);
+    /* a goodbye, so that roles ending at different moments are not taken
+     * for stalls (a role that failed too: its error, not its silence, is
+     * what the job returns). Rank 0 waits for them whether or not it
+     * failed: over inproc a rank whose monitor is gone would wait in each
+     * send (the van's send timeout) instead of ending. */
+    const int wait_ms = (int)(t->job->heartbeat * t->job->heartbeat_misses * 1000) + 2000;
+    if (cm_hb_finish(life.hb, t->rank && t->rc ? 1000 : wait_ms) != 0 && t->rc == 0)
+        cm_log(CM_LOG_WARN, "heartbeat: %s", t->rank ? "the scheduler did not take the goodbye"
+                                                     : "not every rank said goodbye");
+    cm_hb_destroy(&life.hb);
     cm_boot_destroy(&b);
     return NULL;
 }
@@ -295,9 +453,12 @@ int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
         rc = cm_error_set(err, CM_ENOMEM, "out of memory");
         goto out;
     }
+    s_local_fail fail = {.failed = 0};
+    pthread_mutex_init(&fail.lock, NULL);
     int started = 0;
     for (int r = 0; r < size; r++) {
-        th[r] = (s_thread){.group = g, .rank = r, .job = job, .out = out, .res = res};
+        th[r] = (s_thread){.group = g, .rank = r, .job = job, .out = out, .res = res,
+                           .fail = &fail};
         if (pthread_create(&tid[r], NULL, s_thread_main, &th[r]) != 0) {
             /* the started threads would wait for the missing ones forever */
             rc = cm_error_set(err, CM_ENOMEM, "cannot start thread %d of %d", r, size);
@@ -309,10 +470,14 @@ int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
     for (int r = 0; r < started; r++)
         pthread_join(tid[r], NULL);
     s_log_peak_memory();
+    /* a stall is the root cause of whatever the other threads then saw */
+    if (fail.failed)
+        rc = cm_error_set(err, CM_ETIMEDOUT, "%s", fail.reason);
     /* the scheduler's verdict first: it names the worker that failed */
     for (int r = 0; r < size && rc == 0; r++)
         if (th[r].rc != 0)
             rc = cm_error_set(err, th[r].rc, "%s", th[r].err.msg);
+    pthread_mutex_destroy(&fail.lock);
 out:
     free(th);
     free(tid);
@@ -336,6 +501,38 @@ static void *s_check_main(void *arg)
     s_check *c = arg;
     c->refused = c->refuses(c->job);
     return NULL;
+}
+
+/* Ends the whole job through the MPI runtime. Called from the main thread
+ * or from the heartbeat thread: a stalled peer may leave the main thread
+ * blocked in a collective or busy in a long compute loop, so the thread
+ * that found the failure cannot hand the abort over. Open MPI's MPI_Abort
+ * asks the runtime (PMIx) to kill the job and exits, without touching
+ * the communication state the main thread may be using; if it ever
+ * returned, the process exits non-zero, which mpirun also takes for the
+ * end of the job. Only the first caller aborts; a second one waits for the
+ * process to end (bounded). */
+static atomic_int s_aborting;
+
+static void s_mpi_abort(cm_boot *b)
+{
+    fflush(stdout);
+    fflush(stderr);
+    if (atomic_exchange(&s_aborting, 1)) {
+        sleep(30);
+        _exit(1);
+    }
+    cm_boot_abort(b, 1);
+    _exit(1);
+}
+
+/* A heartbeat found a stall (on rank 0: a stalled rank, or another rank's
+ * own failure forwarded to it; elsewhere: a stalled scheduler). */
+static void s_mpi_on_fail(void *arg, const char *reason)
+{
+    cm_boot *b = arg;
+    fprintf(stderr, "psrec: error: %s (found by rank %d)\n", reason, cm_boot_rank(b));
+    s_mpi_abort(b);
 }
 
 int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
@@ -370,17 +567,44 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         rc = s_resolve(job, run, &err);
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
+    s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0};
     if (rc == 0) {
         sch_result res;
-        rc = s_role(b, run, chk.refused, stdout, &res, &loud, &err);
+        rc = s_role(b, run, chk.refused, stdout, &res, &loud, &life, &err);
     }
+    double limit = job->heartbeat * job->heartbeat_misses;
     free(run);
+    if (rc != 0 && !life.agreed) {
+        /* this rank's own failure: it says it, rank 0 says it with this
+         * rank's host and state (a stalled scheduler cannot: then the
+         * wait is short), and the runtime ends every rank; never a
+         * barrier here, which a stalled peer would hold forever */
+        fprintf(stderr, "psrec: error: rank %d (%s): %s\n", rank,
+                cm_hb_role(rank, job->servers), err.msg);
+        if (rank != 0)
+            cm_hb_report(life.hb, err.msg, limit < 2 ? (int)(limit * 1000) : 2000);
+        s_mpi_abort(b);
+    }
     if (rc != 0 && loud)
         fprintf(stderr, "psrec: error: %s\n", err.msg);
+    /* every rank reached the end: goodbyes first (rank 0 waits for them, and
+     * still finds a rank that stalls meanwhile), so that the barrier below
+     * waits only for ranks known to be there */
+    if (rc == 0) {
+        int hr = cm_hb_finish(life.hb, (int)(limit * 1000) + 2000);
+        if (hr != 0) {
+            fprintf(stderr, "psrec: error: rank %d (%s): %s\n", rank,
+                    cm_hb_role(rank, job->servers),
+                    rank == 0 ? "not every rank said goodbye at the end of the job"
+                              : "the scheduler did not answer the goodbye at the end of the job");
+            s_mpi_abort(b);
+        }
+    }
     s_log_peak_memory();
     cm_error be = {0};
     if (cm_boot_barrier(b, &be) != 0)
         fprintf(stderr, "psrec: %s\n", be.msg);
+    cm_hb_destroy(&life.hb);
     cm_boot_destroy(&b);
     return rc == 0 ? 0 : chk.refused ? 2 : 1;
 }

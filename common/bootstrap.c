@@ -487,6 +487,9 @@ static int s_mpi_abort(cm_boot *b, int code)
 {
     (void)b;
     int exit_code = code > 0 && code < 256 ? code : 1;
+    /* the one MPI call that may come from a thread other than the one that
+     * made the boot (MPI_THREAD_FUNNELED): in Open MPI it asks the runtime
+     * to kill the job and exits; see cm_boot_abort in the header */
     int rc = MPI_Abort(MPI_COMM_WORLD, exit_code);
     /* MPI_Abort does not return on any implementation we know */
     return rc == MPI_SUCCESS ? 0 : CM_EMPI;

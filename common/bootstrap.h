@@ -129,7 +129,9 @@ int cm_boot_exchange(cm_boot *b, int first, int count, size_t rec_size, const vo
 
 /* Aborts every rank of the job (MPI_Abort) after a fatal error so peers do
  * not wait forever; locally a no-op returning CM_ESTATE. Only cluster/
- * calls this. */
+ * calls this, from the main thread or from the heartbeat thread that found
+ * a stall (Open MPI's abort goes through the runtime, not through the
+ * communication state a blocked main thread holds). */
 int cm_boot_abort(cm_boot *b, int code);
 
 /* Removes the unix socket files "psrec-<pid>-<n>-<purpose>" in dir (NULL

@@ -239,6 +239,13 @@ static const s_key s_keys[] = {
      .help = "interface name (eth1) or IPv4 network (10.1.0.0/16) the ranks listen and "
              "advertise on when they span hosts; empty: the hostname's address (PSREC_HOST "
              "wins)"},
+    {.name = "heartbeat", .type = S_DBL, S_AT(heartbeat), .dmin = 0, .dmax = 3600,
+     .dmin_open = 1, .def = "1",
+     .help = "seconds between the heartbeats every rank exchanges with the scheduler"},
+    {.name = "heartbeat_misses", .type = S_INT, S_AT(heartbeat_misses), .imin = 2,
+     .imax = 1000000, .def = "10",
+     .help = "heartbeats missed in a row (heartbeat x this many seconds of silence) before "
+             "a rank or the scheduler is taken for stalled and the job ends"},
 };
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])

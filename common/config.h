@@ -129,6 +129,8 @@ typedef struct {
     double timeout;            /* seconds a role waits for a peer before giving up */
     int encrypt;               /* cm_encrypt (common/bootstrap.h): 0 auto, 1 on, 2 off */
     char interface[CM_PATH_MAX]; /* "" or an interface name or IPv4 CIDR to listen on */
+    double heartbeat;          /* seconds between heartbeats */
+    int heartbeat_misses;      /* silent heartbeats that make a stall */
     char checkpoint_dir[CM_PATH_MAX]; /* "" for no checkpoints */
     int checkpoint_every;      /* epochs between checkpoints; 0: last epoch only */
     double checkpoint_secs;    /* also after this many seconds; 0: off */

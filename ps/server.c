@@ -92,6 +92,8 @@ struct ps_server {
     double log_window;                    /* start of the current minute of WARN lines */
     unsigned log_lines;                   /* WARN lines about requests in that minute */
     uint64_t log_quiet;                   /* rejections not logged since the last line */
+    cm_hb *hb;                            /* what it does; the job's failure; may be NULL */
+    uint32_t epoch;                       /* the last EPOCH announced (for hb) */
 };
 
 /* Rejections logged per minute; the rest are counted and summed up in the
@@ -174,6 +176,11 @@ void ps_server_set_checkpoints(ps_server *s, const char *root, const char *resum
 {
     snprintf(s->ckpt_root, sizeof s->ckpt_root, "%s", root ? root : "");
     snprintf(s->resume, sizeof s->resume, "%s", resume ? resume : "");
+}
+
+void ps_server_set_heartbeat(ps_server *s, cm_hb *hb)
+{
+    s->hb = hb;
 }
 
 const char *ps_server_endpoint(const ps_server *s)
@@ -753,12 +760,22 @@ int ps_server_run(ps_server *s)
 {
     cm_log(CM_LOG_INFO, "ps: serving %zu table%s on %s", s->n_tables,
            s->n_tables == 1 ? "" : "s", s->endpoint);
+    cm_hb_doing(s->hb, "serving, before the first epoch");
+    /* Idle for long is normal (workers compute, evaluate): the heartbeat,
+     * not a timeout, says when the job is gone, so the wait is cut into
+     * slices that look at it. */
+    const int slice_ms = s->hb ? 500 : -1;
     for (;;) {
         cm_msg m;
         cm_error e = {0};
-        int rc = cm_msg_recv(s->sock, &m, -1, &e);
+        int rc = cm_msg_recv(s->sock, &m, slice_ms, &e);
         if (rc == CM_ETIMEDOUT) {
             cm_msg_release(&m);
+            char why[256];
+            if (cm_hb_failed(s->hb, why, sizeof why)) {
+                cm_log(CM_LOG_INFO, "ps: the job failed: %s", why);
+                return CM_ECLOSED;
+            }
             continue;
         }
         if (rc == CM_EPROTO || rc == CM_ENOMEM) {
@@ -810,13 +827,19 @@ int ps_server_run(ps_server *s)
             rc = s_on_push(s, &m);
             break;
         case CM_OP_CHECKPOINT:
+            cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m.hdr.epoch);
             rc = s_on_checkpoint(s, &m);
+            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
             break;
         case CM_OP_EPOCH:
+            s->epoch = m.hdr.epoch;
+            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
             rc = s_on_epoch(s, &m);
             break;
         case CM_OP_LOAD:
+            cm_hb_doing(s->hb, "loading a checkpoint");
             rc = s_on_load(s, &m);
+            cm_hb_doing(s->hb, "serving, before the first epoch");
             break;
         case CM_OP_SLOTS:
             rc = s_on_slots(s, &m);

@@ -17,6 +17,7 @@
 #include <stddef.h>
 
 #include "common/err.h"
+#include "common/heartbeat.h"
 #include "common/van.h"
 #include "ps/table.h"
 
@@ -37,6 +38,10 @@ void ps_server_set_index(ps_server *s, int index);
  * resume setting (a directory, or a name under root). Copied; NULL or ""
  * refuses those requests. Without this call both are refused. */
 void ps_server_set_checkpoints(ps_server *s, const char *root, const char *resume);
+
+/* Where the request loop records what it does and learns that the job
+ * failed (its waits end then); not owned, may be NULL (serve until STOP). */
+void ps_server_set_heartbeat(ps_server *s, cm_hb *hb);
 
 /* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
 const char *ps_server_endpoint(const ps_server *s);

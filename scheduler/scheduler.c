@@ -332,6 +332,7 @@ static int s_hellos(s_sched *s, cm_error *err)
 {
     const cm_job *job = s->p->job;
     uint32_t got = 0, items = s->want_items ? 0 : s->p->n_workers;
+    cm_hb_doing(s->p->hb, "waiting for the workers' HELLO");
     while (got < s->p->n_workers || items < s->p->n_workers) {
         cm_msg m;
         int rc = s_recv_ctl(s, &m, err);
@@ -952,6 +953,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 return rc;
         }
         double t0 = cm_now();
+        cm_hb_doing(s->p->hb, "waiting for the workers to train epoch %d", e);
         /* minibatch: one round; blocks, one block per worker: one round per
          * block, each a barrier; more per worker: the workers run the rounds
          * themselves, ordered by the pushed-through clocks they send */
@@ -990,6 +992,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             evaluate = 0;
         }
         if (evaluate) {
+            cm_hb_doing(s->p->hb, "waiting for the workers to evaluate epoch %d", e);
             if (s->auc_pos)
                 memset(s->auc_pos, 0, 2 * (size_t)CM_AUC_BINS * sizeof *s->auc_pos);
             rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
@@ -1113,6 +1116,7 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
              e == job->epochs || stop ||
              (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs))) {
+            cm_hb_doing(s->p->hb, "writing the checkpoint of epoch %d", e);
             if ((rc = s_checkpoint(s, e, res, err)) != 0)
                 return rc;
         }
@@ -1245,8 +1249,14 @@ out:
                 s_send(&s, w, &h, NULL);
             }
     cm_error se = {0};
-    int src = sch_stop_servers(p->van, p->n_servers, p->server_eps,
-                               (int)(p->job->timeout * 1000), &res->server_rows,
+    cm_hb_doing(p->hb, "stopping the servers");
+    /* after a failure the job ends by the runtime's abort: a stalled server
+     * must not hold that up by a whole timeout */
+    int stop_ms = (int)(p->job->timeout * 1000);
+    if (rc != 0 && stop_ms > 1000)
+        stop_ms = 1000;
+    int src = sch_stop_servers(p->van, p->n_servers, p->server_eps, stop_ms,
+                               &res->server_rows,
                                &res->server_bytes, &se);
     if (src != 0)
         cm_log(CM_LOG_WARN, "%s", se.msg);

@@ -17,6 +17,7 @@
 #include "common/ckpt.h"
 #include "common/config.h"
 #include "common/err.h"
+#include "common/heartbeat.h"
 #include "common/van.h"
 
 typedef struct {
@@ -31,6 +32,7 @@ typedef struct {
     size_t n_tables;
     const char *const *server_hosts; /* n_servers hostnames, for messages; NULL: this
                                         host's */
+    cm_hb *hb;                       /* records what it does; may be NULL */
 } sch_params;
 
 /* What the run measured, for callers and tests. */

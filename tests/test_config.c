@@ -27,6 +27,7 @@ static const char *const s_all_keys[] = {
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
     "fm_term", "fields", "wire_dtype", "ingest", "worker_affinity", "blocks_per_worker",
     "encrypt", "interface",
+    "heartbeat", "heartbeat_misses",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
 

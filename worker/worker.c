@@ -1011,6 +1011,7 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         st[9] = (double)w->raw_train;
         st[10] = (double)w->raw_test;
     }
+    cm_hb_doing(w->p->hb, "waiting for the plan");
     cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
     hh.sender = w->p->rank;
     hh.n_stats = 11;
@@ -1114,16 +1115,35 @@ out:
     return rc;
 }
 
+/* The next order from the scheduler. It may be waiting on slower workers
+ * for as long as they take, so the limit is not a timeout but the
+ * heartbeat: the wait is cut into slices that look at it (without one, as
+ * in tests that run a worker alone, it waits for the order). */
+static int s_next_order(s_worker *w, cm_msg *m, cm_error *err)
+{
+    cm_hb *hb = w->p->hb;
+    for (;;) {
+        memset(m, 0, sizeof *m);
+        int rc = cm_msg_recv(w->ctl, m, hb ? 500 : -1, err);
+        if (rc == 0)
+            return 0;
+        cm_msg_release(m);
+        char why[256];
+        if (rc == CM_ETIMEDOUT && cm_hb_failed(hb, why, sizeof why))
+            return cm_error_set(err, CM_ECLOSED, "worker: the job failed: %s", why);
+        if (rc != CM_ETIMEDOUT)
+            return cm_error_prefix(err, "worker: control channel");
+    }
+}
+
 static int s_serve(s_worker *w, cm_error *err)
 {
+    cm_hb *hb = w->p->hb;
     for (;;) {
         cm_msg m = {0};
-        /* the scheduler may be waiting on slower workers: wait for it */
-        int rc = cm_msg_recv(w->ctl, &m, -1, err);
-        if (rc != 0) {
-            cm_msg_release(&m);
-            return cm_error_prefix(err, "worker: control channel");
-        }
+        int rc = s_next_order(w, &m, err);
+        if (rc != 0)
+            return rc;
         int op = m.hdr.op;
         uint32_t epoch = m.hdr.epoch;
         uint32_t round = (uint32_t)m.hdr.clock;
@@ -1132,6 +1152,12 @@ static int s_serve(s_worker *w, cm_error *err)
             return 0;
         if (op == CM_OP_CLOCK)
             continue; /* a clock published after this worker's last wait */
+        if (op == CM_OP_EPOCH)
+            cm_hb_doing(hb, "training epoch %u%s", epoch, round ? " (a later round)" : "");
+        else if (op == CM_OP_EVAL)
+            cm_hb_doing(hb, "evaluating after epoch %u", epoch);
+        else if (op == CM_OP_CHECKPOINT)
+            cm_hb_doing(hb, "handing its rows back for the checkpoint of epoch %u", epoch);
         if (op == CM_OP_EPOCH && w->implicit)
             rc = s_train_implicit(w, epoch, err);
         else if (op == CM_OP_EVAL && w->implicit)
@@ -1153,6 +1179,7 @@ static int s_serve(s_worker *w, cm_error *err)
                               cm_op_name(op));
         if (rc != 0)
             return rc;
+        cm_hb_doing(hb, "waiting for the scheduler after epoch %u", epoch);
     }
 }
 
@@ -1201,6 +1228,7 @@ int wk_run(const wk_params *p, cm_error *err)
     }
     double nf = -1;
     size_t bad = 0;
+    cm_hb_doing(p->hb, "loading its data shard");
     if ((rc = s_load_shard(p, p->job->train, &w.train, &nf, &bad, err)) != 0)
         goto out;
     w.train.bad_lines = bad;

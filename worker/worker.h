@@ -14,6 +14,7 @@
 #include "common/bootstrap.h"
 #include "common/config.h"
 #include "common/err.h"
+#include "common/heartbeat.h"
 #include "common/van.h"
 
 typedef struct {
@@ -26,6 +27,7 @@ typedef struct {
     uint32_t n_servers;
     const char *const *server_eps;
     cm_boot *boot;                   /* for the MPI ingest exchange; may be NULL */
+    cm_hb *hb;                       /* records what it does; bounds its waits; may be NULL */
 } wk_params;
 
 /* Runs until the scheduler says STOP. 0, or a CM_E* code with *err set. */
