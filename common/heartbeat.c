@@ -144,6 +144,14 @@ static void s_monitor_on(cm_hb *hb, cm_frames *f)
         cm_log(CM_LOG_WARN, "heartbeat: ignoring a malformed message");
         return;
     }
+    /* on a secured van the connection says whose beat it is: a rank may
+     * speak only for itself (a field of the message proves nothing) */
+    const int peer = cm_frames_peer(f);
+    if (peer != CM_PEER_ANY && peer != b.rank) {
+        cm_log(CM_LOG_WARN, "heartbeat: ignoring a message for rank %d on rank %d's connection",
+               b.rank, peer);
+        return;
+    }
     const void *route = cm_frames_data(f, 0);
     size_t route_size = cm_frames_size(f, 0);
     s_peer *k = &hb->peers[b.rank];

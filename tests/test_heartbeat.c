@@ -267,3 +267,55 @@ Test(heartbeat, bad_parameters_refused)
     cr_expect_str_eq(cm_hb_role(2, 2), "server");
     cr_expect_str_eq(cm_hb_role(3, 2), "worker");
 }
+
+/* On secured vans a beat counts only on the connection of the rank it
+ * names: rank 2 speaking for rank 1 is ignored, its own beat is heard. */
+Test(heartbeat, a_beat_counts_only_on_its_own_connection)
+{
+    if (!cm_van_can_secure())
+        cr_skip_test("this ZeroMQ cannot secure a van");
+    enum { N = 3 };
+    uint8_t spub[CM_KEY_BYTES], ssec[CM_KEY_BYTES], admit[N * CM_KEY_BYTES],
+        csec[N][CM_KEY_BYTES];
+    cm_error err = {0};
+    cr_assert_eq(cm_van_keypair(spub, ssec, &err), 0, "%s", err.msg);
+    cm_van *v[N];
+    for (int r = 0; r < N; r++)
+        cr_assert_eq(cm_van_keypair(admit + r * CM_KEY_BYTES, csec[r], &err), 0, "%s", err.msg);
+    for (int r = 0; r < N; r++) {
+        cm_van_keys k;
+        memset(&k, 0, sizeof k);
+        memcpy(k.server_public, spub, CM_KEY_BYTES);
+        memcpy(k.server_secret, ssec, CM_KEY_BYTES);
+        memcpy(k.public_key, admit + r * CM_KEY_BYTES, CM_KEY_BYTES);
+        memcpy(k.secret_key, csec[r], CM_KEY_BYTES);
+        k.admit = admit;
+        k.n_admit = N;
+        v[r] = cm_van_new(&err);
+        cr_assert_not_null(v[r], "%s", err.msg);
+        cr_assert_eq(cm_van_secure(v[r], &k, &err), 0, "%s", err.msg);
+    }
+    cm_hb_params p = {.van = v[0], .rank = 0, .size = N, .n_servers = 1, .interval = 0.05,
+                      .limit = 60, .on_fail = s_on_fail, .arg = &s_c[0]};
+    cm_hb *mon = cm_hb_new(&p, "tcp://127.0.0.1:*", &err);
+    cr_assert_not_null(mon, "%s", err.msg);
+    cm_sock *d = cm_sock_new(v[2], CM_SOCK_DEALER, &err);
+    cr_assert_not_null(d, "%s", err.msg);
+    cr_assert_eq(cm_sock_connect(d, cm_hb_endpoint(mon)), 0, "%s", cm_sock_errmsg(d));
+    char spoof[64], own[64];
+    snprintf(spoof, sizeof spoof, "B 1 %d h spoofed", (int)getpid());
+    snprintf(own, sizeof own, "B 2 %d h its-own", (int)getpid());
+    cm_iov f1 = {spoof, strlen(spoof)}, f2 = {own, strlen(own)};
+    cr_assert_eq(cm_sock_send(d, &f1, 1), 0);
+    cr_assert_eq(cm_sock_send(d, &f2, 1), 0);
+    /* one connection delivers in order: once rank 2's own beat is in,
+     * the spoofed one before it has been handled */
+    cr_assert(s_wait_heard(mon, 2, "its-own", 60), "rank 2's own beat is heard");
+    char buf[CM_HB_TEXT_MAX] = "";
+    cr_expect(!cm_hb_heard(mon, 1, buf, sizeof buf) || strcmp(buf, "spoofed") != 0,
+              "a beat for rank 1 on rank 2's connection was taken");
+    cm_sock_destroy(&d);
+    cm_hb_destroy(&mon);
+    for (int r = 0; r < N; r++)
+        cm_van_destroy(&v[r]);
+}
