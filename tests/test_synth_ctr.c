@@ -84,7 +84,7 @@ static cm_feat_opts binary_opts(void)
 
 /* The CSV spec of a file with nnum numeric and ncat categorical columns. */
 typedef struct {
-    char names[64][8];
+    char names[64][16];
     const char *num[64], *cat[64];
     cm_csv_spec spec;
 } csv_cols;
