@@ -27,11 +27,15 @@
 #        [--xlearn PATH] [--keep]
 #   --quick    200000 lines, 2 epochs, 1 pair: a check that everything runs
 # PSREC_BUILD picks the build directory (default build/), PSREC_BENCH_DIR
-# the data and output directory (default build/bench).
+# the data and output directory (default build/bench), PSREC_TRAIN_ARGS
+# adds `psrec train` options (e.g. "--timeout 300" where loading a big
+# file on a busy machine outlasts the default wait). A failed run is
+# reported with the end of its output and the rest go on.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 sizes="1000000 5000000" epochs=5 models=fm,ffm,deep pairs=3 keep=0
 runs=mpirun,local,baseline,peers xlearn=${XLEARN:-} threads=2
+extra=${PSREC_TRAIN_ARGS:-} # more `psrec train` options, e.g. "--timeout 300" for big files
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) sizes=200000; epochs=2; pairs=1; shift ;;
@@ -106,12 +110,20 @@ psrec_run() { # name model data mode -> epoch lines in $work/last.ep
   [ "$dim" = 0 ] || args+=(--dim "$dim")
   rm -f "$m"
   local t0; t0=$(ms)
+  local rc=0
   if [ "$mode" = mpirun ]; then
-    mpirun --oversubscribe --bind-to none -np 4 "$psrec" "${args[@]}" > "$work/last.out" 2>&1
+    mpirun --oversubscribe --bind-to none -np 4 "$psrec" "${args[@]}" $extra \
+        > "$work/last.out" 2>&1 || rc=$?
   else
-    "$psrec" "${args[@]}" --local --workers 2 > "$work/last.out" 2>&1
+    "$psrec" "${args[@]}" $extra --local --workers 2 > "$work/last.out" 2>&1 || rc=$?
   fi
   wall=$(( ($(ms) - t0) / 1000000 ))
+  if [ "$rc" != 0 ]; then # keep going: one failed run should not lose the others
+    { echo "   $model $mode FAILED (exit $rc):"; tail -5 "$work/last.out" | sed 's/^/     /'; } \
+        | tee -a "$table" >&2
+    : > "$work/last.ep"
+    return 1
+  fi
   from_metrics "$m" > "$work/last.ep"
 }
 
@@ -164,11 +176,11 @@ for lines in $sizes; do
     else tr=$data.train.ffm te=$data.test.ffm; fi
     if has mpirun "$runs"; then
       echo "-- $model psrec mpirun 1+1+2" >&2
-      psrec_run x "$model" "$tr" "$te" mpirun; show "$(label "$model") psrec mpirun 1+1+2"
+      psrec_run x "$model" "$tr" "$te" mpirun && show "$(label "$model") psrec mpirun 1+1+2"
     fi
     if has local "$runs"; then
       echo "-- $model psrec --local 1 server 2 workers" >&2
-      psrec_run x "$model" "$tr" "$te" local; show "$(label "$model") psrec --local"
+      psrec_run x "$model" "$tr" "$te" local && show "$(label "$model") psrec --local"
     fi
     if has baseline "$runs" && [ "$model" != deep ]; then
       echo "-- $model fm_baseline $threads threads" >&2
@@ -183,20 +195,21 @@ for lines in $sizes; do
     rb=() rx=()
     for p in $(seq "$pairs"); do
       baseline_run "$model" "$tr" "$te"; b=$(mean_rate)
-      psrec_run x "$model" "$tr" "$te" mpirun; m=$(mean_rate)
+      psrec_run x "$model" "$tr" "$te" mpirun || continue; m=$(mean_rate)
       rb+=("$(awk -v a="$m" -v b="$b" 'BEGIN { print a / b }')")
       line="   pair $p: baseline $b, psrec mpirun $m ex/s"
       if [ -n "$xlearn" ] && has peers "$runs"; then
         xlearn_run "$model" "$tr" "$te" 0 "$ntrain"; x=$(mean_rate)
-        psrec_run x "$model" "$tr" "$te" mpirun; m2=$(mean_rate)
+        psrec_run x "$model" "$tr" "$te" mpirun || continue; m2=$(mean_rate)
         rx+=("$(awk -v a="$m2" -v b="$x" 'BEGIN { print a / b }')")
         line="$line; xLearn (training alone) $x, psrec mpirun $m2 ex/s"
       fi
       echo "$line" | tee -a "$table"
     done
-    echo "   $model: median psrec mpirun / fm_baseline over $pairs pairs: $(printf '%s\n' "${rb[@]}" | median)" | tee -a "$table"
+    [ "${#rb[@]}" -gt 0 ] &&
+      echo "   $model: median psrec mpirun / fm_baseline over ${#rb[@]} pairs: $(printf '%s\n' "${rb[@]}" | median)" | tee -a "$table"
     if [ "${#rx[@]}" -gt 0 ]; then
-      echo "   $model: median psrec mpirun / xLearn over $pairs pairs: $(printf '%s\n' "${rx[@]}" | median)" | tee -a "$table"
+      echo "   $model: median psrec mpirun / xLearn over ${#rx[@]} pairs: $(printf '%s\n' "${rx[@]}" | median)" | tee -a "$table"
     fi
   done
   [ "$keep" = 1 ] || rm -f "$data".*.libsvm "$data".*.ffm
