@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/gen_ctr.h"
 #include "cluster/launch.h"
 #include "cluster/plan.h"
 #include "cluster/run.h"
@@ -38,7 +39,7 @@ static void s_usage(FILE *f)
             "                                      newest checkpoint after a failure\n"
             "  plan [JOB.ini] [--ranks N]          per-server and per-worker memory of a job\n"
             "  gen [options]                       write synthetic ratings with a known\n"
-            "                                      noise floor\n"
+            "                                      noise floor (--ctr: click data)\n"
             "  convert INPUT OUTPUT [options]      text ratings -> binary .psrd dataset\n"
             "  export CHECKPOINT --out DIR         checkpoint -> npy, fvecs and .psm files\n"
             "  recommend --model EXPORT --user ID  top-K items for a user\n"
@@ -56,6 +57,8 @@ static void s_usage(FILE *f)
 
 static int s_gen(int argc, char **argv)
 {
+    if (cl_gen_is_ctr(argc, argv))
+        return cl_gen_ctr_main(argc, argv);
     cm_synth_params p = cm_synth_params_default();
     const char *out = "synthetic";
     static const char *const formats[] = {"bin", "text", NULL};
