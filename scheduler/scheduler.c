@@ -566,6 +566,16 @@ static int s_send_plan(s_sched *s, cm_error *err)
  * Checkpoints
  * ------------------------------------------------------------------- */
 
+/* Server i's hostname, for messages. */
+static const char *s_server_host(const s_sched *s, uint32_t i, char *buf, size_t n)
+{
+    if (s->p->server_hosts && s->p->server_hosts[i])
+        return s->p->server_hosts[i];
+    if (gethostname(buf, n) != 0 || !memchr(buf, '\0', n))
+        snprintf(buf, n, "localhost");
+    return buf;
+}
+
 /* Sends h to every server, then waits for all replies; reply i goes to
  * replies[i] (released by the caller). */
 static int s_ask_servers(s_sched *s, cm_hdr *h, cm_msg *replies, cm_error *err)
@@ -580,26 +590,20 @@ static int s_ask_servers(s_sched *s, cm_hdr *h, cm_msg *replies, cm_error *err)
     }
     for (uint32_t i = 0; i < n; i++) {
         cm_error e = {0};
+        char buf[256];
         int rc = cm_msg_recv(s->srv[i], &replies[i], timeout_ms, &e);
         if (rc == CM_ETIMEDOUT)
-            return cm_error_set(err, rc, "scheduler: server %u did not answer %s within %.0f s",
-                                i, cm_op_name(h->op), s->p->job->timeout);
+            return cm_error_set(err, rc, "scheduler: server %u on host %s did not answer %s "
+                                "within %.0f s", i, s_server_host(s, i, buf, sizeof buf),
+                                cm_op_name(h->op), s->p->job->timeout);
         if (rc != 0)
-            return cm_error_set(err, rc, "scheduler: server %u: %s", i, e.msg);
+            return cm_error_set(err, rc, "scheduler: server %u on host %s: %s", i,
+                                s_server_host(s, i, buf, sizeof buf), e.msg);
         if (replies[i].hdr.op == CM_OP_ERROR)
-            return cm_error_set(err, CM_EREMOTE, "server %u: %s", i, replies[i].hdr.error);
+            return cm_error_set(err, CM_EREMOTE, "server %u on host %s: %s", i,
+                                s_server_host(s, i, buf, sizeof buf), replies[i].hdr.error);
     }
     return 0;
-}
-
-/* Server i's hostname, for messages. */
-static const char *s_server_host(const s_sched *s, uint32_t i, char *buf, size_t n)
-{
-    if (s->p->server_hosts && s->p->server_hosts[i])
-        return s->p->server_hosts[i];
-    if (gethostname(buf, n) != 0 || !memchr(buf, '\0', n))
-        snprintf(buf, n, "localhost");
-    return buf;
 }
 
 /* Proves at start-up that checkpoint_dir is one filesystem for the

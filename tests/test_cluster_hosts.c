@@ -470,11 +470,20 @@ Test(cluster_hosts, checkpoint_files_unseen_are_not_published, .fini = s_fini)
     cr_log_info("checkpoint files unseen: exit %d after %.1f s", rc, secs);
     s_log_error("checkpoint files unseen", out);
     cr_expect(rc != 0 && rc != -1, "the job stops (exit %d):\n%s", rc, out);
-    cr_expect(strstr(out, "not published") != NULL, "says the checkpoint is not published:\n%s",
-              out);
-    char h1[64];
+    /* the cover usually lands between two checkpoints, and the scheduler
+     * finds files it cannot see; when it lands while the server writes one,
+     * the server's own rename fails first. Either way nothing is published
+     * and the server's host is named. */
+    char h1[64], h1_err[96];
     s_fmt(h1, sizeof h1, "psrec%ld-h1 wrote", (long)getpid());
-    cr_expect(strstr(out, h1) != NULL, "names the server's host (%s):\n%s", h1, out);
+    s_fmt(h1_err, sizeof h1_err, "server 0 on host psrec%ld-h1: checkpoint: ", (long)getpid());
+    const int unseen = strstr(out, "not published") != NULL && strstr(out, h1) != NULL;
+    const int failed = strstr(out, h1_err) != NULL;
+    cr_log_info("checkpoint files unseen: %s", unseen ? "the scheduler's check refused them"
+                                                      : "the server's write failed first");
+    cr_expect(unseen || failed,
+              "says the checkpoint is not published, naming %s, or names the server's failed "
+              "write on its host:\n%s", h1, out);
     /* what LATEST names is whole, and older than the job's end */
     char name[64] = "", ck[800], verify[1000], vout[4096];
     FILE *f = fopen(latest, "r");
