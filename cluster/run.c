@@ -125,7 +125,76 @@ typedef struct {
     void *arg;
     int agreed;        /* the error is known to every rank at once (setup failures
                         * seen in an allgather), so the ranks can end together */
+    struct s_watch *watch; /* MPI: told once the heartbeats run; NULL locally */
 } s_life;
+
+/* ---------------------------------------------------------------------
+ * Start-up watchdog (MPI)
+ *
+ * Until the heartbeats run, the ranks wait for each other in MPI's
+ * collectives (MPI_Init, the key exchange, the first allgather), which have
+ * no limit: a rank stopped there would hold every other rank forever. This
+ * thread gives start-up the job's `timeout`; past it the rank says so and
+ * exits without MPI_Finalize, which makes the runtime end every rank.
+ * ------------------------------------------------------------------- */
+
+typedef struct s_watch {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int up;          /* the heartbeats run: the watchdog has nothing left to do */
+    double limit;    /* seconds start-up may take */
+} s_watch;
+
+static void *s_watch_main(void *arg)
+{
+    s_watch *w = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)w->limit;
+    until.tv_nsec += (long)((w->limit - (double)(time_t)w->limit) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->lock);
+    int rc = 0;
+    while (!w->up && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&w->cond, &w->lock, &until);
+    const int up = w->up;
+    pthread_mutex_unlock(&w->lock);
+    if (up)
+        return NULL;
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    fprintf(stderr, "psrec: error: rank %s on %s, pid %d: the job's start-up (MPI, keys, "
+            "heartbeats) did not finish within %.0f s (timeout): a rank is stalled or cannot "
+            "be reached before heartbeats began; ending the job\n",
+            rank ? rank : "?", host, (int)getpid(), w->limit);
+    fflush(stderr);
+    _exit(1);
+}
+
+static void s_watch_up(s_watch *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->up = 1;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Test hook: PSREC_TEST_STALL_START=<rank> makes that mpirun rank stop
+ * before the heartbeats start, as a rank stopped during start-up would. */
+static void s_start_stall_hook(cm_boot *b)
+{
+    const char *v = getenv("PSREC_TEST_STALL_START");
+    if (!v || !*v || !cm_boot_is_mpi(b) || atoi(v) != cm_boot_rank(b))
+        return;
+    for (;;)
+        pause();
+}
 
 /* Test hook: PSREC_PID_DIR names a directory where each rank of an mpirun
  * job writes rank-<r>.pid once its heartbeat runs, so that tests can stop
@@ -160,6 +229,7 @@ static int s_heartbeat(cm_boot *b, const cm_job *job, s_life *life, cm_error *er
     };
     char mine[CM_ENDPOINT_MAX] = "";
     cm_error e = {0};
+    s_start_stall_hook(b);
     if (rank == 0) {
         char ep[CM_ENDPOINT_MAX];
         cm_boot_bind_endpoint(b, "hb", ep);
@@ -181,6 +251,8 @@ static int s_heartbeat(cm_boot *b, const cm_job *job, s_life *life, cm_error *er
         rc = err ? err->code : CM_EIO;
     }
     free(all);
+    if (rc == 0)
+        s_watch_up(life->watch);
     if (rc == 0 && cm_boot_is_mpi(b))
         s_write_pid(rank);
     return rc;
@@ -543,6 +615,11 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
     s_check chk = {job, refuses, 0};
     pthread_t tid;
     int threaded = refuses && pthread_create(&tid, NULL, s_check_main, &chk) == 0;
+    static s_watch watch = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
+    watch.limit = job->timeout;
+    pthread_t wtid;
+    if (pthread_create(&wtid, NULL, s_watch_main, &watch) == 0)
+        pthread_detach(wtid);
     if (refuses && !threaded)
         chk.refused = refuses(job);
     cm_boot *b = cm_boot_mpi_new(argc, argv, &err);
@@ -567,7 +644,7 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         rc = s_resolve(job, run, &err);
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
-    s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0};
+    s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0, .watch = &watch};
     if (rc == 0) {
         sch_result res;
         rc = s_role(b, run, chk.refused, stdout, &res, &loud, &life, &err);

@@ -209,6 +209,37 @@ Test(cluster_fault, sigstop_worker_ends_the_job)
     s_stop_one(3, "rank 3 (worker) on ");
 }
 
+/* A rank that stops during start-up, before the heartbeats run, while the
+ * others wait for it in MPI's collectives: their start-up watchdog ends
+ * the job within `timeout`, non-zero, saying what did not finish. */
+Test(cluster_fault, stall_before_heartbeats_ends_the_job)
+{
+    if (!s_have_mpirun())
+        cr_skip_test("mpirun not found");
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA): fault test skipped");
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "PSREC_TEST_STALL_START=2 " TH_MPIRUN "-x PSREC_PID_DIR -x PSREC_TEST_STALL_START "
+             "-np 4 %s train --train %s/ml-100k/u1.base --servers 1 --epochs 3 "
+             "--progress off --timeout 5",
+             PSREC_BINARY, data);
+    s_job j;
+    s_start(&j, cmd);
+    double t0 = cm_now();
+    int rc = s_wait_end(&j, S_BOUND + 30);
+    double secs = cm_now() - t0;
+    static char out[1 << 20];
+    s_slurp(j.log, out, sizeof out);
+    s_cleanup(&j, 4);
+    cr_log_info("a rank stopped in start-up: mpirun exited %d after %.1f s", rc, secs);
+    cr_assert_neq(rc, -1, "no end %.0f s after the start:\n%s", S_BOUND + 30, out);
+    cr_expect_neq(rc, 0, "mpirun exits non-zero:\n%s", out);
+    cr_expect(strstr(out, "start-up (MPI, keys, heartbeats) did not finish within 5 s") != NULL,
+              "says start-up did not finish:\n%s", out);
+}
+
 /* A worker that fails while loading (too many bad lines in its part of the
  * input) while the other waits for it in the ingest exchange: the job ends
  * with that worker's own reason, and no barrier holds anyone. */
