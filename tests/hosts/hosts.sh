@@ -15,6 +15,7 @@
 #   hosts.sh exec DIR HOST CMD...       run CMD on HOST (h0.., its address or name)
 #   hosts.sh agent DIR HOST CMD...      the rsh agent (DIR/agent calls this)
 #   hosts.sh link DIR HOST up|down      plug or unplug HOST's cable
+#   hosts.sh procs DIR HOST             pids of the processes on HOST (one a line)
 #   hosts.sh check                      0 when namespaces can be made here,
 #                                       else 77 and the reason on stdout
 #
@@ -25,6 +26,12 @@
 # crashed or killed test leaves nothing behind. After `up`, DIR holds
 # hostfile (the three addresses), agent (for --mca plm_rsh_agent), subnet
 # (for --mca *_if_include) and hosts ("name address pid hostname" lines).
+#
+# Each host gives up on a TCP peer that stops answering after about 13 s of
+# retransmissions (net.ipv4.tcp_retries2 = 5 in its network namespace;
+# PSREC_HOSTS_TCP_RETRIES2 overrides, 15 is Linux's default of about 15
+# minutes): that is how mpirun learns that an unplugged host's daemon is
+# gone after the job aborted, as docs/design.md asks of a cluster's hosts.
 set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -134,6 +141,13 @@ keep() { # DIR OWNER SAME
     ); then
         echo "network setup failed: $err" >"$dir/failed"; teardown; exit 1
     fi
+    for i in $(seq 0 $((N - 1))); do
+        # /proc/sys/net is the writer's network namespace's
+        if ! err=$(nsenter -t "${pids[$i]}" -n sh -c \
+                   "echo ${PSREC_HOSTS_TCP_RETRIES2:-5} >/proc/sys/net/ipv4/tcp_retries2" 2>&1); then
+            echo "tcp_retries2 on h$i: $err" >"$dir/failed"; teardown; exit 1
+        fi
+    done
     mv "$dir/hosts.new" "$dir/hosts"
     for i in $(seq 1 $N); do echo "$net.$i slots=4"; done >"$dir/hostfile"
     echo "$net.0/24" >"$dir/subnet"
@@ -202,6 +216,10 @@ agent)
     # Open MPI calls: agent HOST CMD (CMD one string for a shell)
     dir=${1:?}; host=${2:?}; shift 2
     in_host "$dir" "$host" sh -c "$*" ;;
+procs)
+    dir=${1:?}; host=${2:?}
+    pid=$(host_field "$dir" "$host" 3) || die "no host '$host' in $dir/hosts"
+    procs_in "$pid" ;;
 link)
     dir=${1:?}; host=${2:?}; state=${3:?}
     name=$(host_field "$dir" "$host" 1) || die "no host '$host'"
@@ -209,5 +227,5 @@ link)
     p0=$(host_field "$dir" h0 3)
     exec nsenter -t "$p0" -n ip link set "v${name#h}" "$state" ;;
 *)
-    die "usage: hosts.sh up|down|exec|agent|link|check ..." ;;
+    die "usage: hosts.sh up|down|exec|agent|link|procs|check ..." ;;
 esac
