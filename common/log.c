@@ -72,3 +72,20 @@ double cm_now(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+int cm_log_budget_take(cm_log_budget *b, uint64_t *quiet)
+{
+    double now = cm_now();
+    if (now - b->window >= 60.0) {
+        b->window = now;
+        b->lines = 0;
+    }
+    if (b->lines >= b->per_minute) {
+        b->quiet++;
+        return 0;
+    }
+    b->lines++;
+    *quiet = b->quiet;
+    b->quiet = 0;
+    return 1;
+}

@@ -6,6 +6,8 @@
 #ifndef PSREC_COMMON_LOG_H
 #define PSREC_COMMON_LOG_H
 
+#include <stdint.h>
+
 typedef enum {
     CM_LOG_DEBUG = 0,
     CM_LOG_INFO = 1,
@@ -27,6 +29,21 @@ void cm_log_set_identity(const char *role, int rank);
 
 /* Seconds on the monotonic clock: for timing phases (not wall time). */
 double cm_now(void);
+
+/* A budget of lines a minute, for warnings whose cause is outside psrec
+ * (what peers send): a flood of bad input must not flood the log. Zero it,
+ * set per_minute, and ask before each line. One owner thread. */
+typedef struct {
+    unsigned per_minute; /* lines allowed in one minute */
+    double window;       /* start of the current minute (cm_now) */
+    unsigned lines;      /* lines taken in that minute */
+    uint64_t quiet;      /* lines held back since the last one taken */
+} cm_log_budget;
+
+/* 1 when a line may go out now; *quiet then holds how many were held back
+ * since the last one (for "and N more"). 0 when the minute's lines are
+ * spent (the line is counted as held back). */
+int cm_log_budget_take(cm_log_budget *b, uint64_t *quiet);
 
 void cm_log_write(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -89,9 +89,7 @@ struct ps_server {
     uint32_t n_slots;
     char ckpt_root[CM_HDR_PATH_MAX];      /* the job's checkpoint_dir; "": none */
     char resume[CM_HDR_PATH_MAX];         /* the job's resume setting; "": none */
-    double log_window;                    /* start of the current minute of WARN lines */
-    unsigned log_lines;                   /* WARN lines about requests in that minute */
-    uint64_t log_quiet;                   /* rejections not logged since the last line */
+    cm_log_budget warn;                   /* WARN lines about requests: a few a minute */
     cm_hb *hb;                            /* what it does; the job's failure; may be NULL */
     uint32_t epoch;                       /* the last EPOCH announced (for hb) */
 };
@@ -120,6 +118,7 @@ ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_param
         cm_error_set(err, CM_ENOMEM, "server: out of memory");
         goto fail;
     }
+    s->warn.per_minute = S_LOG_PER_MINUTE;
     s->n_tables = n_tables;
     for (size_t i = 0; i < n_tables; i++) {
         s->tables[i] = ps_table_new(&tables[i], err);
@@ -219,26 +218,6 @@ static int s_sent(ps_server *s, const cm_msg *m, int rc)
     return 0;
 }
 
-/* 1 when a WARN line about a request may go out now (at most
- * S_LOG_PER_MINUTE a minute); *quiet then holds how many were held back
- * since the last one. */
-static int s_may_log(ps_server *s, uint64_t *quiet)
-{
-    double now = cm_now();
-    if (now - s->log_window >= 60.0) {
-        s->log_window = now;
-        s->log_lines = 0;
-    }
-    if (s->log_lines >= S_LOG_PER_MINUTE) {
-        s->log_quiet++;
-        return 0;
-    }
-    s->log_lines++;
-    *quiet = s->log_quiet;
-    s->log_quiet = 0;
-    return 1;
-}
-
 /* Logs (rate-limited) and answers a rejected request with OP_ERROR. */
 static int s_reject(ps_server *s, const cm_msg *m, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -252,7 +231,7 @@ static int s_reject(ps_server *s, const cm_msg *m, int status, const char *fmt, 
     va_end(ap);
     s->n_errors++;
     uint64_t quiet = 0;
-    if (s_may_log(s, &quiet))
+    if (cm_log_budget_take(&s->warn, &quiet))
         cm_log(CM_LOG_WARN, "ps: rejected %s req %" PRIu64 " from rank %d: %s%s%.0f%s",
                cm_op_name(m->hdr.op), m->hdr.req_id,
                m->peer != CM_PEER_ANY ? m->peer : (int)m->hdr.sender, text,
@@ -783,7 +762,7 @@ int ps_server_run(ps_server *s)
             s->n_requests++;
             s->n_errors++;
             uint64_t quiet = 0;
-            if (s_may_log(s, &quiet))
+            if (cm_log_budget_take(&s->warn, &quiet))
                 cm_log(CM_LOG_WARN, "ps: bad message: %s%s%.0f%s", e.msg,
                        quiet ? " (and " : "", (double)quiet,
                        quiet ? " more not logged in the last minute)" : "");

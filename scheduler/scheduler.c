@@ -63,9 +63,7 @@ typedef struct {
     uint64_t *items;      /* sorted keys */
     double *counts;       /* training positives per item */
     int warned_cold;      /* the cold test users/items warning was given */
-    double warn_window;   /* start of the current minute of peer warnings */
-    unsigned warn_lines;  /* peer warnings logged in that minute */
-    uint64_t warn_quiet;  /* peer warnings held back since the last one */
+    cm_log_budget warn;   /* warnings about peers' messages: a few a minute */
 } s_sched;
 
 /* Warnings about what peers sent, at most this many a minute: a flood of
@@ -74,29 +72,10 @@ typedef struct {
 /* A worker's error text, quoted, is cut to this many bytes. */
 #define S_PEER_TEXT_MAX 200
 
-/* 1 when a warning about a peer's message may be logged now; *quiet then
- * holds how many were held back since the last one. */
-static int s_may_warn(s_sched *s, uint64_t *quiet)
-{
-    double now = cm_now();
-    if (now - s->warn_window >= 60.0) {
-        s->warn_window = now;
-        s->warn_lines = 0;
-    }
-    if (s->warn_lines >= S_WARN_PER_MINUTE) {
-        s->warn_quiet++;
-        return 0;
-    }
-    s->warn_lines++;
-    *quiet = s->warn_quiet;
-    s->warn_quiet = 0;
-    return 1;
-}
-
 #define S_WARN(s, fmt, ...)                                                                 \
     do {                                                                                    \
         uint64_t q_ = 0;                                                                    \
-        if (s_may_warn((s), &q_))                                                           \
+        if (cm_log_budget_take(&(s)->warn, &q_))                                                           \
             cm_log(CM_LOG_WARN, fmt "%s%.0f%s", __VA_ARGS__, q_ ? " (and " : "", (double)q_, \
                    q_ ? " more in the last minute not logged)" : "");                       \
     } while (0)
@@ -1169,6 +1148,7 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
+                 .warn = {.per_minute = S_WARN_PER_MINUTE},
                  .implicit = strcmp(p->job->model, "implicit") == 0};
     s.want_items = s.implicit || cm_job_uses_blocks(p->job);
     s.last_ckpt = s.t_start;
