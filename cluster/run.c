@@ -642,6 +642,10 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         rc = cm_error_set(&err, CM_ENOMEM, "out of memory");
     if (rc == 0)
         rc = s_resolve(job, run, &err);
+    /* under mpirun the rank count decides the workers (the key is for
+     * --local); models that scale by it read it from the job */
+    if (rc == 0)
+        run->workers = cm_boot_size(b) - 1 - run->servers;
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
     s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0, .watch = &watch};
