@@ -167,15 +167,22 @@ Test(cluster_deep, deep_is_the_same_on_any_number_of_servers)
 
 /* The MLP alone (fm_term off) must learn: a net that did not train stays
  * at the label prior's AUC of 0.5. */
-Test(cluster_deep, mlp_alone_frappe)
+/* A pure MLP (NCF-style, no FM part) on frappe, 5 epochs. */
+static cm_job s_mlp_job(const char *data)
 {
-    const char *data = s_data("frappe MLP test");
     cm_job job = s_job("deep");
     s_frappe_job(&job, data);
     job.fm_term = 0;
     job.epochs = 5;
     job.dim = 16;
     job.lr = 0.1;
+    return job;
+}
+
+Test(cluster_deep, mlp_alone_frappe)
+{
+    const char *data = s_data("frappe MLP test");
+    cm_job job = s_mlp_job(data);
     sch_result res = s_run(&job);
     cr_log_info("frappe deep (MLP only), 5 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
@@ -199,14 +206,9 @@ Test(cluster_deep, mlp_alone_frappe)
 Test(cluster_deep, mlp_many_workers_frappe)
 {
     const char *data = s_data("frappe MLP many-workers test");
-    cm_job job = s_job("deep");
-    s_frappe_job(&job, data);
+    cm_job job = s_mlp_job(data);
     snprintf(job.metrics, sizeof job.metrics, "%s/metrics.jsonl", s_dir);
-    job.fm_term = 0;
     job.workers = 32;
-    job.epochs = 5;
-    job.dim = 16;
-    job.lr = 0.1;
     sch_result res = s_run(&job);
     cr_log_info("frappe MLP, 32 workers, 5 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
