@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/mcmc.h"
 #include "common/bootstrap.h"
 #include "common/heartbeat.h"
 #include "common/log.h"
@@ -502,6 +503,8 @@ static void *s_thread_main(void *arg)
 
 int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
+    if (job->method == CM_METHOD_MCMC)
+        return cl_run_mcmc(job, out, res, err);
     const int size = 1 + job->servers + job->workers;
     int rc = cl_preflight(job, size, err);
     if (rc != 0)

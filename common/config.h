@@ -38,6 +38,12 @@ typedef enum {
     CM_SCHED_BLOCKS = 1     /* DSGD: each worker trains an item block locally */
 } cm_schedule;
 
+/* How fm fits its parameters. */
+typedef enum {
+    CM_METHOD_SGD = 0,  /* the parameter servers and the optimizer (lr, l2) */
+    CM_METHOD_MCMC = 1  /* Bayesian FM by Gibbs sampling in one process */
+} cm_method;
+
 /* job->task: auto (binary when every training label is -1, 0 or 1), or
  * the cm_task values of common/features.h (0 regression, 1 binary). */
 #define CM_JOB_TASK_AUTO (-1)
@@ -113,6 +119,7 @@ typedef struct {
     double ftrl_beta;          /* FTRL: learning-rate smoothing beta */
     int batch;                 /* examples per minibatch per worker */
     int schedule;              /* cm_schedule */
+    int method;                /* cm_method (fm) */
     int consistency;           /* cm_consistency */
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
     int blocks_per_worker;     /* blocks schedule: item blocks per worker; 0 auto */

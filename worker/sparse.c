@@ -96,6 +96,12 @@ int wk_sparse_task(const wk_sparse *s)
     return s->task;
 }
 
+wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test)
+{
+    const s_set *d = test ? &s->test : &s->train;
+    return (wk_sparse_view){d->n, d->label, d->at, d->key, d->val, d->field};
+}
+
 /* The input format of path: the job's; else by extension; else ratings
  * for a .psrd file or a text file whose first data line has no ':'; else
  * libffm when that line's first feature is field:idx:val; else libsvm. */

@@ -57,6 +57,21 @@ void wk_sparse_destroy(wk_sparse **ps);
 /* cm_task of the run. */
 int wk_sparse_task(const wk_sparse *s);
 
+/* The examples s loaded (test: the test set; n = 0 when there is none),
+ * read-only and valid while s lives: CSR over feature keys, labels as
+ * trained on (binary: 0 or 1); field is NULL unless the job's model has
+ * fields. For trainers that do not go through the servers (mcmc). */
+typedef struct {
+    size_t n;
+    const float *label;
+    const uint64_t *at;      /* n + 1 offsets */
+    const uint64_t *key;
+    const float *val;
+    const uint32_t *field;
+} wk_sparse_view;
+
+wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test);
+
 /* HELLO statistics: n_train, label sum, label min, label max, n_test, bad
  * train lines, bad test lines (7 numbers); loads (n_slots floats) gets one
  * request per feature occurrence in the slot of its key. */
