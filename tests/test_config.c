@@ -21,6 +21,7 @@ static const char *const s_all_keys[] = {
     "slots", "progress", "log_level", "local", "workers", "timeout",
     "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
     "restarts", "restart_backoff",
+    "validation", "validation_fraction", "patience",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
@@ -863,4 +864,21 @@ Test(config, model_defaults_fill_only_unset_keys)
     cm_job_model_defaults(&r);
     cr_expect_float_eq(r.lr, 0.2, 1e-12, "an lr the user gave is kept");
     cr_expect_eq(r.dim, 64, "deep's dim");
+}
+
+Test(config, validation_keys)
+{
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    cr_expect_float_eq(j.validation_fraction, 0.05, 1e-12, "validation is on by default");
+    cr_expect_eq(j.patience, 3);
+    cr_expect_str_eq(j.validation, "");
+    cr_assert_eq(cm_job_set(&j, "validation_fraction", "0", "--validation_fraction", &err), 0);
+    cr_expect_float_eq(j.validation_fraction, 0, 1e-12, "0 turns it off");
+    cr_expect_neq(cm_job_set(&j, "validation_fraction", "0.9", "--validation_fraction", &err), 0,
+                  "most of the data cannot be held out");
+    cr_expect(strstr(err.msg, "validation_fraction") != NULL, "%s", err.msg);
+    cr_expect_neq(cm_job_set(&j, "patience", "-1", "--patience", &err), 0);
+    cr_assert_eq(cm_job_set(&j, "validation", "v.txt", "--validation", &err), 0);
+    cr_expect_str_eq(j.validation, "v.txt");
 }
