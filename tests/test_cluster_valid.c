@@ -156,6 +156,8 @@ Test(cluster_valid, local_mf_overfits_stops_early_and_keeps_the_chosen_epoch)
     job.epochs = 40;
     snprintf(job.metrics, sizeof job.metrics, "%s/m.jsonl", dir);
     snprintf(job.checkpoint_dir, sizeof job.checkpoint_dir, "%s/ck", dir);
+    /* pruning keeps the newest and the chosen epoch's */
+    job.checkpoint_keep = 1;
     sch_result res;
     cm_error err = {0};
     cr_assert_eq(th_local(&job, &res, &err), 0, "%s", err.msg);
@@ -200,6 +202,10 @@ Test(cluster_valid, local_mf_overfits_stops_early_and_keeps_the_chosen_epoch)
                        argmin, m.test[argmin]);
 
     char cmd[200];
+    snprintf(cmd, sizeof cmd, "ls -d %s/ck/ckpt-* | wc -l", dir);
+    char out[64];
+    cr_expect_eq(th_run(cmd, out, sizeof out), 0);
+    cr_expect_eq(atoi(out), 2, "checkpoint_keep = 1: the newest and BEST's, found %s", out);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     th_run(cmd, NULL, 0);
 }
