@@ -1369,6 +1369,13 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
                     100.0 * (res->test_rmse / res->noise_floor - 1.0));
         fputc('\n', p->out);
         fflush(p->out);
+    } else if (res->best_epoch > 0) {
+        /* no test file: the choice is the result */
+        fprintf(p->out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
+                "epochs, %.2f s training\n", s_valid_name(&s), res->valid_metric,
+                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
+                res->epochs, res->seconds);
+        fflush(p->out);
     }
 out:
     sch_progress_destroy(&s.progress);
