@@ -490,6 +490,9 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
                 "validation %s is kept; patience %d%s\n", (unsigned long long)s->n_valid, from,
                 s_valid_name(s), job->patience, job->patience ? "" : " (no early stop)");
     }
+    if (s->implicit && job->validation[0])
+        cm_log(CM_LOG_WARN, "validation = %s: not used by implicit (every positive is trained "
+               "on and the last epoch reported; docs/validation.md)", job->validation);
     res->n_valid = s->n_valid;
     fflush(s->p->out);
     return 0;
