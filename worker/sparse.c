@@ -258,8 +258,8 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
     }
 }
 
-/* Copies the rows i with i % n_workers == index (and their fields when
- * fields is set). */
+/* Copies the rows i with i % n_workers == index that S_TAKES (and their
+ * fields when fields is set). */
 static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, int fields,
                   const unsigned char *held, int want, s_set *d, cm_error *err)
 {
