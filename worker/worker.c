@@ -1317,6 +1317,7 @@ int wk_run(const wk_params *p, cm_error *err)
     if (!strcmp(p->job->model, "implicit")) {
         if ((rc = s_implicit_positives(&w, err)) != 0)
             goto out;
+        w.n_test = w.test.n; /* the positives kept; no validation rows */
         if ((rc = s_hello_and_plan(&w, err)) != 0)
             goto out;
         rc = s_serve(&w, err);
