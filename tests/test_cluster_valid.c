@@ -360,3 +360,34 @@ Test(cluster_valid, mpirun_early_stop_and_resume)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     th_run(cmd, NULL, 0);
 }
+
+/* implicit: validation is off (docs/validation.md): nothing is carved,
+ * no epoch is chosen, and the held-out count is the test positives. */
+Test(cluster_valid, implicit_does_not_validate)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA)");
+    cm_job job = s_job(data, "implicit");
+    job.epochs = 1;
+    job.positive_threshold = 4;
+    sch_result res;
+    cm_error err = {0};
+    cr_assert_eq(th_local(&job, &res, &err), 0, "%s", err.msg);
+    cm_ratings t;
+    cr_assert_eq(cm_ratings_load(job.test, NULL, &t, &err), 0, "%s", err.msg);
+    uint64_t pos = 0, all = 0;
+    for (size_t j = 0; j < t.n; j++)
+        pos += t.rating[j] >= 4;
+    cm_ratings_free(&t);
+    cr_assert_eq(cm_ratings_load(job.train, NULL, &t, &err), 0, "%s", err.msg);
+    for (size_t j = 0; j < t.n; j++)
+        all += t.rating[j] >= 4;
+    cm_ratings_free(&t);
+    cr_expect_eq(res.n_valid, 0);
+    cr_expect_eq(res.best_epoch, 0);
+    cr_expect_eq(res.n_test, pos, "%llu test positives, not %llu",
+                 (unsigned long long)pos, (unsigned long long)res.n_test);
+    cr_expect_eq(res.n_train, all, "every training positive is trained on");
+    cr_expect_gt(res.recall, 0);
+}
