@@ -391,3 +391,32 @@ Test(cluster_valid, implicit_does_not_validate)
     cr_expect_eq(res.n_train, all, "every training positive is trained on");
     cr_expect_gt(res.recall, 0);
 }
+
+/* Under mpirun -np 4 (3 workers) fm and mf on the minibatch schedule hold
+ * out the same rows as a --local run with 2 workers, and choose an epoch. */
+Test(cluster_valid, mpirun_carve_matches_local)
+{
+    if (!s_have_mpirun())
+        cr_skip_test("mpirun not found");
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA)");
+    cm_job job = s_job(data, "mf");
+    job.epochs = 1;
+    sch_result res;
+    cm_error err = {0};
+    cr_assert_eq(th_local(&job, &res, &err), 0, "%s", err.msg);
+    char want[128];
+    snprintf(want, sizeof want, "validation: %llu examples", (unsigned long long)res.n_valid);
+    const char *extra[] = {"--model fm", "--model mf --schedule minibatch"};
+    static char cmd[4096], out[1 << 17];
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd,
+                 TH_MPIRUN "-np 4 %s train --train %.900s/ml-100k/u1.base --test "
+                 "%.900s/ml-100k/u1.test --servers 1 --epochs 2 --progress off %s",
+                 PSREC_BINARY, data, data, extra[k]);
+        cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+        cr_expect(strstr(out, want) != NULL, "%s: wanted '%s':\n%s", extra[k], want, out);
+        cr_expect(strstr(out, "chosen on validation RMSE") != NULL, "%s:\n%s", extra[k], out);
+    }
+}
