@@ -81,6 +81,11 @@ static wk_sparse *s_load(const cm_job *job, cm_job *grouped, uint32_t *n_groups,
                          cm_error *err)
 {
     *grouped = *job;
+    /* the sampler chooses nothing (no epoch, no hyper-parameter), so it
+     * trains on every training row */
+    grouped->validation[0] = '\0';
+    grouped->validation_fraction = 0;
+    cm_job plain = *grouped;
     snprintf(grouped->model, sizeof grouped->model, "ffm");
     cm_error ferr = {0};
     int f = wk_sparse_fields(grouped, &ferr);
@@ -89,7 +94,7 @@ static wk_sparse *s_load(const cm_job *job, cm_job *grouped, uint32_t *n_groups,
         *n_groups = (uint32_t)f;
         return wk_sparse_new(grouped, 0, 1, job->dim, err);
     }
-    *grouped = *job;
+    *grouped = plain;
     *n_groups = 1;
     return wk_sparse_new(grouped, 0, 1, job->dim, err);
 }

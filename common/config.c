@@ -72,6 +72,18 @@ static const s_key s_keys[] = {
      .help = "training data: a text file (user item rating [timestamp]) or a .psrd dataset"},
     {.name = "test", .type = S_STR, S_AT(test), .def = "",
      .help = "held-out data for metrics after each epoch; empty for none"},
+    {.name = "validation", .type = S_STR, S_AT(validation), .def = "",
+     .help = "validation data (the train file's format) that picks the epoch whose model is "
+             "kept and stops training early; empty: carve validation_fraction of train"},
+    {.name = "validation_fraction", .type = S_DBL, S_AT(validation_fraction), .dmin = 0,
+     .dmax = 0.5, .def = "0.05",
+     .help = "without a validation file: this share of the training examples, picked by a "
+             "hash of each example and seed, is held out for validation, not trained on "
+             "(0: no validation; implicit: not used, see docs/validation.md)"},
+    {.name = "patience", .type = S_INT, S_AT(patience), .imin = 0, .imax = 100000,
+     .def = "3",
+     .help = "evaluations without a better validation metric before training stops early "
+             "(0: never stop early)"},
     {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
      .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
              "empty for none"},
@@ -544,7 +556,7 @@ static int s_set(cm_job *job, const s_key *k, const char *value, const char *whe
 {
     int rc = s_parse_into(job, k, value, where, err);
     if (rc == 0)
-        job->explicit_ |= 1ULL << (k - s_keys);
+        job->explicit_[(k - s_keys) / 64] |= 1ULL << ((k - s_keys) % 64);
     return rc;
 }
 
@@ -1069,7 +1081,7 @@ void cm_job_print(FILE *f, const cm_job *job)
     }
 }
 
-_Static_assert(S_NKEYS <= 64, "explicit_ has one bit per key");
+_Static_assert(S_NKEYS <= 128, "explicit_ has one bit per key");
 
 /* Defaults that differ by model, for keys the user left unset (tuned on
  * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
@@ -1109,7 +1121,7 @@ void cm_job_model_defaults(cm_job *job)
               (job->method == CM_METHOD_MCMC && strcmp(m, "mcmc") == 0)))
             continue;
         const s_key *k = s_find(s_model_defaults[i].key);
-        if (!k || (job->explicit_ & (1ULL << (k - s_keys))))
+        if (!k || (job->explicit_[(k - s_keys) / 64] & (1ULL << ((k - s_keys) % 64))))
             continue;
         if (k->type == S_INT)
             *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;

@@ -85,6 +85,9 @@ typedef enum {
 typedef struct {
     char train[CM_PATH_MAX];   /* training data (text or .psrd) */
     char test[CM_PATH_MAX];    /* held-out data; "" for none */
+    char validation[CM_PATH_MAX]; /* validation data; "" carves validation_fraction */
+    double validation_fraction;   /* share of train carved for validation; 0: none */
+    int patience;              /* evaluations without improvement before stopping; 0: never */
     char metrics[CM_PATH_MAX]; /* JSON-lines metrics file; "" for none */
     char model[32];            /* "mf", "fm", "ffm", "deep", "implicit" */
     int loss;                  /* implicit: cm_implicit_loss */
@@ -147,7 +150,7 @@ typedef struct {
     double restart_backoff;    /* seconds before the first restart, doubled after */
     uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
                                   on this host */
-    uint64_t explicit_;        /* private: bit i set when key i was set by the user */
+    uint64_t explicit_[2];     /* private: bit i set when key i was set by the user */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */

@@ -109,9 +109,10 @@ static void s_stop_one(int victim, const char *named)
     if (!data)
         cr_skip_test("../shared/data not found (set PSREC_DATA): fault test skipped");
     char cmd[8192];
+    /* patience 0: the job must still be training when it is stopped */
     snprintf(cmd, sizeof cmd,
              TH_MPIRUN "-x PSREC_PID_DIR -np 4 %s train --train %s/ml-100k/u1.base "
-             "--test %s/ml-100k/u1.test --servers 1 --epochs 100000 --progress off "
+             "--test %s/ml-100k/u1.test --servers 1 --epochs 100000 --patience 0 --progress off "
              "--timeout 5 --heartbeat 1 --heartbeat_misses 3",
              PSREC_BINARY, data, data);
     s_job j;

@@ -119,9 +119,10 @@ static void s_mpirun(char *cmd, size_t n, const char *args)
 static void s_job(char *args, size_t n, const char *data, const char *dir, int epochs,
                   const char *extra)
 {
+    /* patience 0: the jobs must run their epochs for the faults to land */
     s_fmt(args, n,
              "train --train %s/ml-100k/u1.base --test %s/ml-100k/u1.test --servers 1 "
-             "--schedule blocks --epochs %d --progress off --log_level info "
+             "--schedule blocks --epochs %d --patience 0 --progress off --log_level info "
              "--metrics %s/metrics.jsonl %s",
              data, data, epochs, dir, extra ? extra : "");
 }

@@ -280,7 +280,7 @@ Test(cluster_wire, strangers_get_nothing_and_change_nothing, .timeout = 600)
      * trains; the test checks below that they did */
     const char *job_fmt = TH_MPIRUN "-x PSREC_TRANSPORT=tcp -np 5 %s train --train "
                                     "%s/ml-100k/u1.base --test %s/ml-100k/u1.test --servers 2 "
-                                    "--epochs 600 --metrics %s --progress off";
+                                    "--epochs 600 --patience 0 --metrics %s --progress off";
     snprintf(cmd, sizeof cmd, job_fmt, PSREC_BINARY, data, data, metrics);
     int rc = th_run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "undisturbed run failed (%d):\n%s", rc, out);

@@ -22,6 +22,7 @@ static const char *const s_all_keys[] = {
     "schedule", "method", "checkpoint_dir", "checkpoint_every", "checkpoint_secs",
     "checkpoint_keep",
     "restarts", "restart_backoff",
+    "validation", "validation_fraction", "patience",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
@@ -890,4 +891,21 @@ Test(config, method_mcmc_defaults_and_models)
     cr_assert_eq(cm_job_set(&j, "model", "ffm", "--model", &err), 0);
     cr_expect_eq(cm_job_validate(&j, &err), CM_ECONFIG);
     cr_expect(strstr(err.msg, "models fm and mf") != NULL, "%s", err.msg);
+}
+
+Test(config, validation_keys)
+{
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    cr_expect_float_eq(j.validation_fraction, 0.05, 1e-12, "validation is on by default");
+    cr_expect_eq(j.patience, 3);
+    cr_expect_str_eq(j.validation, "");
+    cr_assert_eq(cm_job_set(&j, "validation_fraction", "0", "--validation_fraction", &err), 0);
+    cr_expect_float_eq(j.validation_fraction, 0, 1e-12, "0 turns it off");
+    cr_expect_neq(cm_job_set(&j, "validation_fraction", "0.9", "--validation_fraction", &err), 0,
+                  "most of the data cannot be held out");
+    cr_expect(strstr(err.msg, "validation_fraction") != NULL, "%s", err.msg);
+    cr_expect_neq(cm_job_set(&j, "patience", "-1", "--patience", &err), 0);
+    cr_assert_eq(cm_job_set(&j, "validation", "v.txt", "--validation", &err), 0);
+    cr_expect_str_eq(j.validation, "v.txt");
 }

@@ -92,4 +92,12 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
 int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
                    double *stats, uint64_t *pos, uint64_t *neg, cm_error *err);
 
+/* The same over the validation rows (the job's validation file, or the
+ * training rows carved for it: docs/validation.md); no AUC histograms. */
+int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
+                         const wk_model_ctx *ctx, double *stats, cm_error *err);
+
+/* This worker's validation rows. */
+size_t wk_sparse_n_valid(const wk_sparse *s);
+
 #endif
