@@ -16,6 +16,7 @@
 
 #define CM_PATH_MAX 1024
 #define CM_MAX_BLOCKS_PER_WORKER 16
+#define CM_JOB_MAX_KEYS 128 /* room in cm_job.explicit_ for the key table */
 
 typedef enum {
     CM_OPT_SGD = 0,
@@ -94,6 +95,10 @@ typedef struct {
     char label_column[128];    /* csv */
     char numeric_columns[CM_PATH_MAX];     /* csv: comma-separated names */
     char categorical_columns[CM_PATH_MAX]; /* csv: comma-separated names */
+    char user_column[128];     /* ratings with a header: column names; "" positional */
+    char item_column[128];
+    char rating_column[128];
+    char timestamp_column[128];
     char user_features[CM_PATH_MAX];       /* fm on ratings: u.user-style side file */
     char item_features[CM_PATH_MAX];       /* fm on ratings: u.item-style side file */
     int dim;                   /* latent factors per row */
@@ -140,7 +145,9 @@ typedef struct {
     double restart_backoff;    /* seconds before the first restart, doubled after */
     uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
                                   on this host */
-    uint64_t explicit_;        /* private: bit i set when key i was set by the user */
+    uint64_t explicit_[CM_JOB_MAX_KEYS / 64]; /* private: bit i set when key i of the
+                                                table was set by the user */
+    uint64_t flagged_[CM_JOB_MAX_KEYS / 64];  /* private: ... set on the command line */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */

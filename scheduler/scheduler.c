@@ -1060,7 +1060,14 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
              * rows_<table>, bytes_<table> */
             sch_field all[sizeof f / sizeof f[0] + 2 * S_MAX_TABLES];
             char names[2 * S_MAX_TABLES][80];
-            memcpy(all, f, nf * sizeof f[0]);
+            /* a binary task's squared error is not its metric: leave
+             * test_rmse and test_mae out rather than have scripts read them */
+            size_t kept = 0;
+            for (size_t k = 0; k < nf; k++)
+                if (s->task != CM_TASK_BINARY || (strcmp(f[k].name, "test_rmse") != 0 &&
+                                                  strcmp(f[k].name, "test_mae") != 0))
+                    all[kept++] = f[k];
+            nf = kept;
             for (size_t t = 0; t < s->p->n_tables && t < S_MAX_TABLES; t++) {
                 snprintf(names[2 * t], sizeof names[0], "rows_%s", s->p->tables[t].name);
                 snprintf(names[2 * t + 1], sizeof names[0], "bytes_%s", s->p->tables[t].name);
