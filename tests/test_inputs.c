@@ -133,10 +133,14 @@ Test(inputs, csv_without_label_never_loads)
     cr_assert_eq(wk_sparse_check_input(&job, &e), CM_ECONFIG);
     cr_expect(strstr(e.msg, "--format ratings") != NULL, "%s", e.msg);
     /* the test file is checked as well as the training file */
-    job = s_job("fm", r);
+    job = s_job("fm", s_write("tr.libsvm", "1 3:1 4:1\n0 2:1\n"));
     snprintf(job.test, sizeof job.test, "%s", p);
     cr_assert_eq(wk_sparse_check_input(&job, &e), CM_ECONFIG);
     cr_expect(strstr(e.msg, "wide.csv") != NULL, "%s", e.msg);
+    /* a ratings training file makes the test file ratings too */
+    job = s_job("fm", r);
+    snprintf(job.test, sizeof job.test, "%s", s_write("t.csv", "a,b,c\n1,2,3\n"));
+    cr_expect_eq(wk_sparse_check_input(&job, &e), 0, "%s", e.msg);
     /* with its label the same file loads */
     job = s_job("fm", p);
     snprintf(job.label_column, sizeof job.label_column, "Label");

@@ -289,6 +289,8 @@ int wk_sparse_check_input(const cm_job *job, cm_error *err)
         int fmt = wk_sparse_format(job, paths[i]);
         if (fmt == CM_FMT_CSV && !job->label_column[0])
             return s_csv_needs_label(paths[i], err);
+        if (i == 0 && fmt == CM_FMT_RATINGS)
+            break; /* the test file is read as ratings too (wk_sparse_new) */
     }
     return 0;
 }
