@@ -1,6 +1,6 @@
 /* config: the job description and its single table of keys.
  *
- * One table {name, type, min, max, default, help} drives parsing of job
+ * One table {name, type, min, max, default, models, help} drives parsing of job
  * files (INI, read with inih), `--key value` / `--key=value` command-line
  * overrides (the command line wins), validation, `psrec train --help` and
  * docs/config.md. Sections in a job file are allowed for readability and
@@ -169,7 +169,10 @@ int cm_job_set(cm_job *job, const char *key, const char *value, const char *wher
 int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help,
                       cm_error *err);
 
-/* Cross-key checks (e.g. train path set). */
+/* Cross-key checks (e.g. train path set), and keys that do not apply to
+ * job->model: one set with a command-line flag, or to a value other than
+ * its default in a job file or by cm_job_set, is CM_ECONFIG naming the key
+ * and the models it is for. Fields set directly in code are not checked. */
 int cm_job_validate(const cm_job *job, cm_error *err);
 
 /* Writes the key reference (name, type, range, default, help) to f;
