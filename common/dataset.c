@@ -451,7 +451,12 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
             continue;
         }
         if (!cols.named && (nf < 3 || nf > 4)) {
-            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]), got %d", nf))
+            /* a wider file is usually a csv export with more columns */
+            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]%s), got %d",
+                                nf > 4 ? "; name the columns of a wider file with user_column, "
+                                         "item_column, rating_column"
+                                       : "",
+                                nf))
                 goto toomany;
             continue;
         }

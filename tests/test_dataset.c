@@ -1036,8 +1036,10 @@ Test(dataset, named_columns_anywhere_in_a_wide_csv)
     expect_row(&r, 1, 8, 80, 2.0f);
     expect_row(&r, 2, cm_hash_bytes("alice", 5, 0), 90, 3.0f);
     cm_ratings_free(&r);
-    /* the same file by position reads nothing sensible: 6 fields per line */
+    /* the same file by position reads nothing sensible: 6 fields per line,
+     * and the error says how to read it */
     cr_assert_eq(load(p, &r, &e), CM_EPARSE, "%s", e.msg);
+    cr_expect(strstr(e.msg, "got 6") && strstr(e.msg, "user_column"), "%s", e.msg);
 }
 
 Test(dataset, unnamed_columns_keep_their_place)
