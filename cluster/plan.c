@@ -121,6 +121,7 @@ static int s_load_ratings(const cm_job *job, const char *path, cm_ratings *out, 
     lo.max_bad_lines = job->max_bad_lines;
     lo.log_bad_lines = 0;
     lo.verify_checksum = 0; /* train verifies; the plan only counts */
+    wk_ratings_columns(job, &lo);
     return cm_ratings_load(path, &lo, out, err);
 }
 

@@ -28,6 +28,8 @@
 int cl_preflight(const cm_job *job, int n_ranks, cm_error *err)
 {
     int rc = cm_job_validate(job, err);
+    if (rc == 0)
+        rc = wk_sparse_check_input(job, err);
     if (rc != 0)
         return rc;
     if (n_ranks < job->servers + 2)

@@ -225,6 +225,7 @@ static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
     opts.max_bad_lines = p->job->max_bad_lines;
     /* every worker reads the same file: only the first reports bad lines */
     opts.log_bad_lines = p->index == 0 ? opts.log_bad_lines : 0;
+    wk_ratings_columns(p->job, &opts);
     wk_ingest in = {.boot = p->boot, .first_rank = 1 + (int)p->n_servers,
                     .index = p->index, .n_workers = p->n_workers,
                     .force_scan = p->job->ingest == CM_INGEST_SCAN};
