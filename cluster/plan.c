@@ -18,7 +18,7 @@
 #include "common/hashmap.h"
 #include "common/hll.h"
 #include "common/slots.h"
-#include "ps/optim.h"
+#include "common/optim.h"
 #include "worker/blocks.h"
 #include "worker/models/deep.h"
 #include "worker/models/model.h"
@@ -368,7 +368,7 @@ static s_table_bytes s_server_table(const cm_job *job, uint64_t rows, int n_serv
     uint64_t n = s_ceil_div(rows, (uint64_t)n_servers);
     if (job->max_rows > 0 && (uint64_t)job->max_rows < n)
         n = (uint64_t)job->max_rows;
-    const uint64_t state = (uint64_t)ps_optim_state_floats(job->optimizer, dim_t);
+    const uint64_t state = (uint64_t)cm_optim_state_floats(job->optimizer, dim_t);
     const uint64_t stride = s_round_up((uint64_t)dim_t + state, S_SLOT_ALIGN_FLOATS);
     const uint64_t slab_rows = n ? s_slab_rows(n, stride) : 0;
     b.rows = n;
@@ -530,7 +530,7 @@ int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_
     out->dim = sh.dim_t - 1;
     out->optimizer = job->optimizer;
     const int dim_t = sh.dim_t;
-    out->row_floats = dim_t + ps_optim_state_floats(job->optimizer, dim_t);
+    out->row_floats = dim_t + cm_optim_state_floats(job->optimizer, dim_t);
     out->stride_floats = (int)s_round_up((uint64_t)out->row_floats, S_SLOT_ALIGN_FLOATS);
     rc = s_is_ratings_input(job, job->train)
                  ? s_count_ratings(job, n_workers, exact_rows, &out->data, err)

@@ -106,7 +106,7 @@ static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, s
         memset(&ct[t], 0, sizeof ct[t]);
         snprintf(ct[t].name, sizeof ct[t].name, "%s", model->table_names[t]);
         ct[t].dim = tp[t].dim;
-        ct[t].row_floats = tp[t].dim + ps_optim_state_floats(tp[t].optim.kind, tp[t].dim);
+        ct[t].row_floats = tp[t].dim + cm_optim_state_floats(tp[t].optim.kind, tp[t].dim);
         ct[t].optimizer = tp[t].optim.kind;
         ct[t].zero_prefix = tp[t].zero_prefix;
         ct[t].lr = tp[t].optim.lr;

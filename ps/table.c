@@ -12,7 +12,7 @@
  * so every row starts on a 64-byte boundary. ps_table_bytes() counts whole
  * chunks (what was asked for, not what the kernel backed).
  *
- * A slot is: dim weights, ps_optim_state_floats() floats of
+ * A slot is: dim weights, cm_optim_state_floats() floats of
  * optimizer state, zero padding up to the stride.
  *
  * Shared tables (params.shared) take their chunks from one memory file
@@ -244,7 +244,7 @@ static int s_grow(ps_table *t)
 static void s_init_slot(ps_table *t, uint64_t key, float *row)
 {
     ps_table_init_row(&t->p, key, row);
-    ps_optim_init_state(&t->p.optim, row, t->dim);
+    cm_optim_init_state(&t->p.optim, row, t->dim);
     if (t->stride > t->used)
         memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
 }
@@ -504,7 +504,7 @@ static int s_push_slow(ps_table *t, const uint64_t *keys, size_t n, const float 
         if (rc < 0)
             return rc;   /* the rows before keep their update */
         if (row)
-            ps_optim_update(&t->p.optim, row, grads + i * dim, t->dim);
+            cm_optim_update(&t->p.optim, row, grads + i * dim, t->dim);
     }
     return 0;
 }
@@ -523,7 +523,7 @@ static int s_check_params(const ps_table_params *p, cm_error *err)
     if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
         return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
                             (double)p->init_std);
-    return ps_optim_check(&p->optim, err);
+    return cm_optim_check(&p->optim, err);
 }
 
 ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
@@ -539,7 +539,7 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
         goto nomem;
     t->p = *p;
     t->dim = p->dim;
-    t->used = (size_t)p->dim + (size_t)ps_optim_state_floats(p->optim.kind, p->dim);
+    t->used = (size_t)p->dim + (size_t)cm_optim_state_floats(p->optim.kind, p->dim);
     t->stride = (t->used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
     t->pull_lines = s_lines((size_t)p->dim);
     t->push_lines = s_lines(t->used);
@@ -669,7 +669,7 @@ static void s_apply(const ps_table *t, float *const *rows, size_t m, const float
 {
     const size_t dim = (size_t)t->dim;
     for (size_t i = 0; i < m; i++)
-        ps_optim_update(&t->p.optim, rows[i], grads + i * dim, t->dim);
+        cm_optim_update(&t->p.optim, rows[i], grads + i * dim, t->dim);
 }
 
 int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads)
@@ -874,7 +874,7 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
                  * zeros would have, so a delta from it is well defined. */
                 float *o = out + i * rf;
                 memset(o, 0, rf * sizeof(float));
-                ps_optim_init_state(&t->p.optim, o, t->dim);
+                cm_optim_init_state(&t->p.optim, o, t->dim);
                 continue;
             }
         } else {

@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
-#include "ps/optim.h"
+#include "common/optim.h"
 
 typedef struct ps_table ps_table;
 
@@ -28,7 +28,7 @@ typedef struct {
     int zero_prefix;     /* leading weights initialised to 0 (e.g. a bias) */
     float init_std;      /* the others ~ N(0, init_std^2) from (seed, key) */
     uint64_t seed;       /* table seed */
-    ps_optim optim;
+    cm_optim optim;
     uint32_t min_count;  /* pushes before a key gets a row; 0 or 1: at once */
     uint32_t ttl;        /* evict rows untouched for this many epochs; 0: never */
     size_t max_rows;     /* rows kept, least recently used evicted; 0: unbounded */

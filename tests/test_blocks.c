@@ -284,7 +284,7 @@ static s_pass_out s_one_pass(int shared, int give_index, float *got)
         tp[t].zero_prefix = 1;
         tp[t].init_std = 0.1f;
         tp[t].seed = 11 + (uint64_t)t;
-        tp[t].optim = ps_optim_default(CM_OPT_SGD, 0.05f);
+        tp[t].optim = cm_optim_default(CM_OPT_SGD, 0.05f);
     }
     tp[1].shared = shared;
     cm_error err = {0};
@@ -332,7 +332,7 @@ static s_pass_out s_one_pass(int shared, int give_index, float *got)
     wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
                           .arg = &o.calls, .async = 1};
     wk_model_ctx ctx = {.mean = 3.f, .l2 = 0.01f, .clip_lo = 1.f, .clip_hi = 5.f};
-    ps_optim opt = tp[1].optim;
+    cm_optim opt = tp[1].optim;
     cr_assert_eq(
         wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &o.sq, &o.trained, &err), 0,
         "%s", err.msg);

@@ -427,7 +427,7 @@ static void s_shared_up(s_shared_fix *f, int n, const char *const *want, int dim
         tp[t].dim = dim;
         tp[t].init_std = 0.1f;
         tp[t].seed = 40 + (uint64_t)t;
-        tp[t].optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+        tp[t].optim = cm_optim_default(CM_OPT_ADAGRAD, 0.1f);
     }
     tp[1].shared = 1;
     for (int i = 0; i < n; i++) {
@@ -614,7 +614,7 @@ Test(kvshared, a_wrong_place_answer_is_refused, .timeout = 60)
     ps_table_params tp = {0};
     tp.dim = DIM;
     tp.init_std = 0.1f;
-    tp.optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    tp.optim = cm_optim_default(CM_OPT_ADAGRAD, 0.1f);
     tp.shared = 1;
     ps_table *t = ps_table_new(&tp, &err);
     cr_assert_not_null(t, "%s", err.msg);

@@ -870,7 +870,7 @@ Test(table, evict_lru_beyond_max_rows)
 Test(table, evict_reuses_slots)
 {
     ps_table_params p = s_params(4, CM_OPT_ADAM, 23);
-    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    p.optim = cm_optim_default(CM_OPT_ADAM, 0.01f);
     p.ttl = 1;
     ps_table *t = s_new(&p);
     uint64_t keys[200];
@@ -918,7 +918,7 @@ Test(table, evict_reuses_slots)
 Test(table, iteration_after_eviction)
 {
     ps_table_params p = s_params(3, CM_OPT_FTRL, 24);
-    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    p.optim = cm_optim_default(CM_OPT_FTRL, 0.1f);
     p.ttl = 1;
     ps_table *t = s_new(&p);
     ps_table_set_epoch(t, 1);
@@ -1028,7 +1028,7 @@ Test(table, adam_and_ftrl_rows)
 {
     /* Adam: each row counts its own steps (lazy). */
     ps_table_params p = s_params(2, CM_OPT_ADAM, 31);
-    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    p.optim = cm_optim_default(CM_OPT_ADAM, 0.01f);
     ps_table *t = s_new(&p);
     cr_assert_eq(ps_table_row_floats(t), 7);
     const uint64_t a = 1, b = 2;
@@ -1047,7 +1047,7 @@ Test(table, adam_and_ftrl_rows)
     /* FTRL: a fresh row reads its standard initial weights, and a zero
      * gradient leaves them exactly. */
     p = s_params(3, CM_OPT_FTRL, 32);
-    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    p.optim = cm_optim_default(CM_OPT_FTRL, 0.1f);
     p.optim.l1 = 0.01f;
     t = s_new(&p);
     cr_assert_eq(ps_table_row_floats(t), 9);

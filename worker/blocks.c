@@ -423,7 +423,7 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         for (size_t j = 0; j < b->n_users; j++) {
             float *row = b->urows + j * b->us;
             ps_table_init_row(user_init, b->users[j], row);
-            ps_optim_init_state(&user_init->optim, row, user_init->dim);
+            cm_optim_init_state(&user_init->optim, row, user_init->dim);
         }
         b->have_users = 1;
         b->users_dirty = 1; /* the servers have not made these rows yet */
@@ -658,7 +658,7 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 }
 
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    const wk_model_ctx *ctx, const cm_optim *opt, const wk_block_pass *pass,
                     double *sq, size_t *n, cm_error *err)
 {
     int rc;

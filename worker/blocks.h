@@ -20,7 +20,7 @@
 
 #include "common/dataset.h"
 #include "common/err.h"
-#include "ps/optim.h"
+#include "common/optim.h"
 #include "ps/table.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
@@ -119,7 +119,7 @@ typedef struct {
  * flight when it returns. Adds the squared errors and the count of ratings
  * to *sq and *n. */
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    const wk_model_ctx *ctx, const cm_optim *opt, const wk_block_pass *pass,
                     double *sq, size_t *n, cm_error *err);
 
 /* Sends every held user row, whole (the servers replace their copy; only

@@ -39,7 +39,7 @@ typedef struct {
     wk_model_ctx ctx;
     int dims[WK_MAX_TABLES];
     int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
-    ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
+    cm_optim optim;                 /* the tables' optimizer (blocks schedule) */
     ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     uint32_t *iloc;                 /* blocks, until indexed: each rating's item as a */
@@ -1194,7 +1194,7 @@ int wk_run(const wk_params *p, cm_error *err)
         ps_table_params tp;
         w.model->table_params(p->job, t, &tp);
         w.dims[t] = tp.dim;
-        w.row_floats[t] = tp.dim + ps_optim_state_floats(tp.optim.kind, tp.dim);
+        w.row_floats[t] = tp.dim + cm_optim_state_floats(tp.optim.kind, tp.dim);
         w.optim = tp.optim;
         if (t == 0)
             w.user_table = tp;

@@ -40,7 +40,7 @@ void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out)
 
 void wk_model_table_common(const cm_job *job, ps_table_params *out)
 {
-    out->optim = ps_optim_default(job->optimizer, (float)job->lr);
+    out->optim = cm_optim_default(job->optimizer, (float)job->lr);
     out->optim.beta1 = (float)job->adam_beta1;
     out->optim.beta2 = (float)job->adam_beta2;
     out->optim.l1 = (float)job->ftrl_l1;

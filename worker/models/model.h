@@ -91,7 +91,7 @@ typedef struct wk_model_ops {
      * the held user and item rows in place with the optimizer `o` (whose
      * state follows the dim weights of each row). Returns the sum of the
      * squared errors seen before each update. */
-    double (*train_local)(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+    double (*train_local)(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r,
                           size_t n, int dim, wk_rows users, wk_rows items);
     /* Sparse-feature models (NULL for the others): adds the gradients of
      * the batch loss to grads (one row per pulled key, zeroed by the
