@@ -160,7 +160,7 @@ int main(int argc, char **argv)
     printf("%zu ratings, %zu users x %zu items, dim %d, %s, row %zu floats (stride %zu)\n",
            tr.n, nu, ni, dim, cm_optimizer_name(kind), rf, stride);
 
-    /* What a blocks worker pays to make its user rows (ps_table_init_row and
+    /* What a blocks worker pays to make its user rows (cm_table_spec_init_row and
      * the optimizer state, as worker/blocks.c does), written to one spare
      * row so that only the arithmetic is timed and the rows trained below
      * stay as they are. */
@@ -169,10 +169,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "out of memory\n");
         return 1;
     }
-    ps_table_params up = {.dim = rdim, .zero_prefix = 1, .init_std = 0.05f, .seed = 42, .optim = o};
+    cm_table_spec up = {.dim = rdim, .zero_prefix = 1, .init_std = 0.05f, .seed = 42, .optim = o};
     double t_init = s_cpu();
     for (size_t u = 0; u < nu; u++) {
-        ps_table_init_row(&up, u, spare);
+        cm_table_spec_init_row(&up, u, spare);
         cm_optim_init_state(&o, spare, rdim);
     }
     t_init = s_cpu() - t_init;

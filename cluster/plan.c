@@ -327,7 +327,7 @@ static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
         goto out;
     }
     rj->fields = f;
-    ps_table_params tp;
+    cm_table_spec tp;
     m->table_params(rj, 0, &tp);
     sh->dim_t = tp.dim;
     if (m->dense_rows) {

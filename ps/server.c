@@ -101,7 +101,7 @@ struct ps_server {
 /* ---------------------------------------------------------------------------
  * Lifecycle */
 
-ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
+ps_server *ps_server_new(cm_van *van, const char *endpoint, const cm_table_spec *tables,
                          size_t n_tables, cm_error *err)
 {
     if (!van || !endpoint || (n_tables && !tables)) {

@@ -24,7 +24,7 @@
 typedef struct ps_server ps_server;
 
 /* Creates the tables and binds `endpoint` on `van`. */
-ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
+ps_server *ps_server_new(cm_van *van, const char *endpoint, const cm_table_spec *tables,
                          size_t n_tables, cm_error *err);
 void ps_server_destroy(ps_server **ps);
 

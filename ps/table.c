@@ -67,7 +67,6 @@
 #define S_ALIGN_FLOATS (S_ALIGN / (int)sizeof(float))
 #define S_CHUNK0_LOG 6                   /* chunk 0 holds 64 rows */
 #define S_CHUNK_MAX_BYTES ((size_t)16 << 20)
-#define S_MAX_DIM (1 << 20)              /* guards size arithmetic */
 #define S_MAX_ROWS ((size_t)UINT32_MAX)  /* row index is a u32 in the index */
 #define S_BLOCK 128                      /* keys resolved before rows are touched */
 #define S_PREFETCH_LINES 8               /* cache lines prefetched per row, at most */
@@ -75,7 +74,6 @@
 #define S_SAMPLES 32                     /* slots sampled per LRU victim */
 #define S_EXACT 64                       /* up to this many slots: exact LRU */
 #define S_NONE SIZE_MAX                  /* end of the free list */
-#define S_SHARE_HEADER ((size_t)4096)    /* shared file: bytes before row 0 */
 
 /* Per slot, when eviction is on. */
 typedef struct {
@@ -94,7 +92,7 @@ enum {
 };
 
 struct ps_table {
-    ps_table_params p;              /* as given, validated */
+    cm_table_spec p;              /* as given, validated */
     int dim;                        /* p.dim */
     size_t stride;                  /* floats per row slot, multiple of 16 */
     size_t used;                    /* floats of a slot that carry data */
@@ -172,7 +170,7 @@ static size_t s_chunk_rows(const ps_table *t, size_t k)
  * its file; NULL (file unchanged) when the file cannot grow. */
 static float *s_shared_chunk(ps_table *t, size_t bytes)
 {
-    off_t at = (off_t)(S_SHARE_HEADER + t->slab_bytes);
+    off_t at = (off_t)(CM_SHARE_HEADER + t->slab_bytes);
     if (ftruncate(t->fd, at + (off_t)bytes) != 0)
         return NULL;
     void *c = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->fd, at);
@@ -194,8 +192,8 @@ static void s_share_open(ps_table *t)
     int fd = memfd_create("psrec-table", MFD_CLOEXEC);
     if (fd < 0)
         return;
-    uint64_t head[2] = {PS_SHARE_MAGIC, t->token};
-    if (ftruncate(fd, S_SHARE_HEADER) != 0 || pwrite(fd, head, sizeof head, 0) != sizeof head) {
+    const cm_share_head head = {CM_SHARE_MAGIC, t->token};
+    if (ftruncate(fd, CM_SHARE_HEADER) != 0 || pwrite(fd, &head, sizeof head, 0) != sizeof head) {
         close(fd);
         return;
     }
@@ -243,8 +241,7 @@ static int s_grow(ps_table *t)
 /* Fills a fresh slot: initial weights, optimizer state, zero padding. */
 static void s_init_slot(ps_table *t, uint64_t key, float *row)
 {
-    ps_table_init_row(&t->p, key, row);
-    cm_optim_init_state(&t->p.optim, row, t->dim);
+    cm_table_spec_fresh_row(&t->p, key, row);
     if (t->stride > t->used)
         memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
 }
@@ -512,27 +509,13 @@ static int s_push_slow(ps_table *t, const uint64_t *keys, size_t n, const float 
 /* ---------------------------------------------------------------------------
  * Lifecycle */
 
-static int s_check_params(const ps_table_params *p, cm_error *err)
-{
-    if (p->dim < 1 || p->dim > S_MAX_DIM)
-        return cm_error_set(err, CM_EINVAL, "table: dim %d out of range [1, %d]", p->dim,
-                            S_MAX_DIM);
-    if (p->zero_prefix < 0 || p->zero_prefix > p->dim)
-        return cm_error_set(err, CM_EINVAL, "table: zero_prefix %d out of range [0, %d]",
-                            p->zero_prefix, p->dim);
-    if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
-        return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
-                            (double)p->init_std);
-    return cm_optim_check(&p->optim, err);
-}
-
-ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
+ps_table *ps_table_new(const cm_table_spec *p, cm_error *err)
 {
     if (!p) {
         cm_error_set(err, CM_EINVAL, "table: no parameters");
         return NULL;
     }
-    if (s_check_params(p, err) != 0)
+    if (cm_table_spec_check(p, err) != 0)
         return NULL;
     ps_table *t = calloc(1, sizeof *t);
     if (!t)
@@ -697,30 +680,6 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         s_apply(t, rows, m, grads + b * (size_t)t->dim);
     }
     return 0;
-}
-
-void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out)
-{
-    int dim = p->dim;
-    if (p->init) {
-        p->init(p->init_arg, key, out, dim);
-        return;
-    }
-    int zp = p->zero_prefix < 0 ? 0 : p->zero_prefix > dim ? dim : p->zero_prefix;
-    for (int j = 0; j < zp; j++)
-        out[j] = 0.0f;
-    if (zp == dim)
-        return;
-    if (p->init_std == 0.0f) {
-        for (int j = zp; j < dim; j++)
-            out[j] = 0.0f;
-        return;
-    }
-    /* The stream depends on (seed, key) only: arrival order, server and
-     * slot do not change a row's first value. */
-    cm_rng r;
-    cm_rng_seed(&r, cm_mix64(p->seed ^ cm_mix64(key)));
-    cm_rng_normals_f32(&r, out + zp, dim - zp, p->init_std);
 }
 
 /* ---------------------------------------------------------------------------
@@ -921,9 +880,9 @@ int ps_table_share(const ps_table *t, ps_table_share_info *out)
     *out = (ps_table_share_info){
         .fd = t->fd,
         .token = t->token,
-        .header = S_SHARE_HEADER,
+        .header = CM_SHARE_HEADER,
         .stride = t->stride,
-        .bytes = S_SHARE_HEADER + t->slab_bytes,
+        .bytes = CM_SHARE_HEADER + t->slab_bytes,
     };
     return 0;
 }

@@ -86,7 +86,7 @@ Test(mf, tables_follow_the_job)
     cm_job job = cm_job_default();
     job.dim = 16;
     job.init_std = 0.2;
-    ps_table_params tp[2];
+    cm_table_spec tp[2];
     cr_assert_eq(wk_model_mf.n_tables, 2);
     for (size_t t = 0; t < 2; t++) {
         wk_model_mf.table_params(&job, t, &tp[t]);

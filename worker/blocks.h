@@ -21,7 +21,7 @@
 #include "common/dataset.h"
 #include "common/err.h"
 #include "common/optim.h"
-#include "ps/table.h"
+#include "common/table_spec.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 
@@ -66,7 +66,7 @@ typedef struct {
  * wk_block_of. items (may be NULL): the item column's numbering when the
  * caller has it already (borrowed); else it is made here. */
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
-                         const int *row_floats, const ps_table_params *user_init,
+                         const int *row_floats, const cm_table_spec *user_init,
                          const wk_block_map *map, const wk_key_index *items,
                          cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);

@@ -40,8 +40,10 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/table_spec.h"
 
 #define WK_MLP_MAX_HIDDEN 4
+_Static_assert(WK_MLP_MAX_HIDDEN + 1 <= CM_DENSE_MAX_SEGS, "a dense init segment per layer");
 /* Every weight block starts at a multiple of this many floats (64 bytes). */
 #define WK_MLP_ALIGN 16
 
@@ -84,6 +86,10 @@ size_t wk_mlp_n_weights(const wk_mlp_params *p);
  * [r*row_floats, (r+1)*row_floats); the tail of the last row is unused
  * (kept 0, gradient 0). */
 size_t wk_mlp_n_rows(const wk_mlp_params *p, int row_floats);
+
+/* The declarative form of the initialisation below, for a dense table's
+ * spec (common/table_spec.h): one segment per weight matrix. */
+void wk_mlp_init_spec(const wk_mlp_params *p, cm_dense_init *out);
 
 /* Deterministic initialisation of the flat array w (n_weights floats):
  * hidden layers He normal (std sqrt(2/in)), the output layer Glorot normal
