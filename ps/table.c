@@ -158,12 +158,36 @@ static inline s_meta *s_meta_of(const ps_table *t, size_t i)
     return &t->meta[k][off];
 }
 
-/* Rows in chunk k. */
+/* Rows in chunk k of a table whose first geo chunks grow geometrically. */
+static size_t s_rows_in_chunk(int geo, int fixed_log, size_t k)
+{
+    if (k < (size_t)geo)
+        return (size_t)1 << (S_CHUNK0_LOG + k);
+    return (size_t)1 << fixed_log;
+}
+
 static size_t s_chunk_rows(const ps_table *t, size_t k)
 {
-    if (k < (size_t)t->geo)
-        return (size_t)1 << (S_CHUNK0_LOG + k);
-    return (size_t)1 << t->fixed_log;
+    return s_rows_in_chunk(t->geo, t->fixed_log, k);
+}
+
+/* G: geometric chunks until the next would pass S_CHUNK_MAX_BYTES. */
+static int s_geo(size_t stride)
+{
+    const size_t slot_bytes = stride * sizeof(float);
+    int g = 0;
+    while (g < 26 && ((size_t)1 << (S_CHUNK0_LOG + g + 1)) * slot_bytes <= S_CHUNK_MAX_BYTES)
+        g++;
+    return g;
+}
+
+/* Entries of the chunk list once it holds n chunks (s_grow's growth). */
+static size_t s_chunks_cap(size_t n)
+{
+    size_t cap = 0;
+    while (cap < n)
+        cap = cap ? 2 * cap : 16;
+    return cap;
 }
 
 /* The next chunk of a shared table, `bytes` (whole pages) at the end of
@@ -522,16 +546,12 @@ ps_table *ps_table_new(const cm_table_spec *p, cm_error *err)
         goto nomem;
     t->p = *p;
     t->dim = p->dim;
-    t->used = (size_t)p->dim + (size_t)cm_optim_state_floats(p->optim.kind, p->dim);
-    t->stride = (t->used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
+    t->used = (size_t)cm_table_spec_row_floats(p);
+    t->stride = ps_table_stride(p);
     t->pull_lines = s_lines((size_t)p->dim);
     t->push_lines = s_lines(t->used);
 
-    /* G: geometric chunks until the next would pass S_CHUNK_MAX_BYTES. */
-    size_t slot_bytes = t->stride * sizeof(float);
-    int g = 0;
-    while (g < 26 && ((size_t)1 << (S_CHUNK0_LOG + g + 1)) * slot_bytes <= S_CHUNK_MAX_BYTES)
-        g++;
+    const int g = s_geo(t->stride);
     t->geo = g;
     t->geo_rows = (((size_t)1 << g) - 1) << S_CHUNK0_LOG;
     t->fixed_log = S_CHUNK0_LOG + g;
@@ -545,7 +565,7 @@ ps_table *ps_table_new(const cm_table_spec *p, cm_error *err)
     t->evict = p->ttl > 0 || p->max_rows > 0;
     t->slow = t->admit || t->evict;
     t->free_head = S_NONE;
-    t->max_pending = p->max_pending ? p->max_pending : S_PENDING_MAX;
+    t->max_pending = ps_table_max_pending(p);
     cm_rng_seed(&t->rng, cm_mix64(p->seed ^ 0x6576696374ULL));
     if (t->admit) {
         t->pending = cm_hashmap_new(0);
@@ -704,6 +724,45 @@ size_t ps_table_bytes(const ps_table *t)
     if (t->pending)
         b += cm_hashmap_bytes(t->pending);
     return b;
+}
+
+size_t ps_table_stride(const cm_table_spec *s)
+{
+    const size_t used = (size_t)cm_table_spec_row_floats(s);
+    return (used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
+}
+
+size_t ps_table_max_pending(const cm_table_spec *s)
+{
+    return s->max_pending ? s->max_pending : S_PENDING_MAX;
+}
+
+/* Follows ps_table_new, s_grow and ps_table_bytes: a change there shows in
+ * tests/test_plan.c, which compares this with real tables. */
+void ps_table_footprint_of(const cm_table_spec *s, size_t rows, size_t pending,
+                           ps_table_footprint *out)
+{
+    memset(out, 0, sizeof *out);
+    const size_t stride = ps_table_stride(s);
+    const int geo = s_geo(stride);
+    const int fixed_log = S_CHUNK0_LOG + geo;
+    size_t n_chunks = 0, slots = 0;
+    while (slots < rows)
+        slots += s_rows_in_chunk(geo, fixed_log, n_chunks++);
+    const int evict = s->ttl > 0 || s->max_rows > 0;
+    const size_t state = (size_t)cm_optim_state_floats(s->optim.kind, s->dim);
+    out->weights = rows * (size_t)s->dim * sizeof(float);
+    out->state = rows * state * sizeof(float);
+    out->pad = slots * stride * sizeof(float) - out->weights - out->state;
+    out->index = cm_hashmap_bytes_for(rows);
+    if (evict)
+        out->meta = slots * sizeof(s_meta);
+    if (s->min_count > 1)
+        out->pending = cm_hashmap_bytes_for(pending);
+    const size_t cap = s_chunks_cap(n_chunks);
+    out->fixed = sizeof(ps_table) + cap * sizeof(float *) + (evict ? cap * sizeof(s_meta *) : 0);
+    out->total = out->weights + out->state + out->pad + out->index + out->meta + out->pending +
+                 out->fixed;
 }
 
 void ps_table_stats(const ps_table *t, ps_table_counters *out)

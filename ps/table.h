@@ -68,6 +68,31 @@ size_t ps_table_rows(const ps_table *t);
  * bookkeeping when on. */
 size_t ps_table_bytes(const ps_table *t);
 
+/* What a table of spec s allocates while it holds `rows` rows and
+ * `pending` admission counters, by part; total is what ps_table_bytes()
+ * then reports. The memory planner (cluster/) composes these. */
+typedef struct {
+    size_t weights;  /* rows x dim floats */
+    size_t state;    /* rows x optimizer state floats */
+    size_t pad;      /* slot padding and the unused slots of the last chunk */
+    size_t index;    /* key -> row hash map */
+    size_t meta;     /* eviction records (eviction on), a slot each */
+    size_t pending;  /* admission counters (admission on) */
+    size_t fixed;    /* the table's own struct and chunk lists */
+    size_t total;    /* the sum */
+} ps_table_footprint;
+
+void ps_table_footprint_of(const cm_table_spec *s, size_t rows, size_t pending,
+                           ps_table_footprint *out);
+
+/* The most admission counters a table of spec s keeps (max_pending, or its
+ * default). */
+size_t ps_table_max_pending(const cm_table_spec *s);
+
+/* Floats from one row's slot to the next for spec s: row_floats rounded up
+ * to a multiple of 16 (64 bytes). */
+size_t ps_table_stride(const cm_table_spec *s);
+
 /* Fills *out with the table's counters (see ps_table_counters). */
 void ps_table_stats(const ps_table *t, ps_table_counters *out);
 

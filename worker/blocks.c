@@ -240,6 +240,11 @@ out:
     return rc;
 }
 
+size_t wk_blocks_msg_rows(void)
+{
+    return S_ROWS_PER_MSG;
+}
+
 size_t wk_blocks_stride(int row_floats)
 {
     return ((size_t)row_floats + 15) / 16 * 16;

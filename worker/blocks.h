@@ -84,6 +84,10 @@ int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t
  * that every row starts on a line of the 64-byte aligned row arrays. */
 size_t wk_blocks_stride(int row_floats);
 
+/* Rows one pull or push of whole rows carries at most (messages stay
+ * bounded); for memory plans. */
+size_t wk_blocks_msg_rows(void);
+
 /* Called now and then during training with examples done in the block. */
 typedef int (*wk_progress_fn)(void *arg, size_t done);
 
