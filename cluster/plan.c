@@ -381,7 +381,9 @@ static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys,
         if (keys > held)
             keys = held;
         const uint64_t floats = blocks ? rf : (uint64_t)dim_t;
-        const uint64_t rb = ps_server_reply_bytes((size_t)(keys * floats));
+        /* whole rows, and f32 values, go out as floats from a buffer of their own */
+        const int own = blocks || job->wire_dtype == 0;
+        const uint64_t rb = ps_server_reply_bytes((size_t)(keys * floats), own);
         if (rb > reply)
             reply = rb;
         if (keys * (8 + floats * 4) > inbound)

@@ -206,9 +206,9 @@ static size_t s_buf_floats(size_t have, size_t need)
     return cap;
 }
 
-size_t ps_server_reply_bytes(size_t floats)
+size_t ps_server_reply_bytes(size_t floats, int own)
 {
-    if (floats >= S_OWN_REPLY)
+    if (own && floats >= S_OWN_REPLY)
         return floats * sizeof(float);
     return s_buf_floats(0, floats) * sizeof(float);
 }

@@ -54,8 +54,9 @@ int ps_server_run(ps_server *s);
 ps_table *ps_server_table(ps_server *s, size_t i);
 
 /* Bytes a server holds to answer a pull of `floats` values: its reused
- * reply buffer grown by doubling from 4096 floats, or, for a large reply,
- * a buffer of exactly that size of its own. For memory plans. */
-size_t ps_server_reply_bytes(size_t floats);
+ * reply buffer grown by doubling from 4096 floats, or, for a large reply
+ * that goes out as floats (f32 on the wire, or whole rows: own != 0), a
+ * buffer of exactly that size of its own. For memory plans. */
+size_t ps_server_reply_bytes(size_t floats, int own);
 
 #endif

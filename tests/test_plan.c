@@ -279,10 +279,12 @@ Test(plan, table_footprint_counts_admission_counters)
 Test(plan, server_reply_and_blocks_footprints)
 {
     /* the reused buffer doubles from 4096 floats; large replies own theirs */
-    cr_expect_eq(ps_server_reply_bytes(1), 4096 * 4);
-    cr_expect_eq(ps_server_reply_bytes(4097), 8192 * 4);
-    cr_expect_eq(ps_server_reply_bytes(100000), 100000 * 4);
-    cr_expect_geq(ps_server_reply_bytes(16383), 16383 * 4);
+    cr_expect_eq(ps_server_reply_bytes(1, 1), 4096 * 4);
+    cr_expect_eq(ps_server_reply_bytes(4097, 1), 8192 * 4);
+    cr_expect_eq(ps_server_reply_bytes(100000, 1), 100000 * 4);
+    cr_expect_geq(ps_server_reply_bytes(16383, 1), 16383 * 4);
+    /* f16 replies are converted into the reused buffer, which doubles */
+    cr_expect_eq(ps_server_reply_bytes(100000, 0), 131072 * 4);
     for (int rf = 1; rf < 70; rf++) {
         const size_t st = wk_blocks_stride(rf);
         cr_expect(st >= (size_t)rf && st % 16 == 0 && st < (size_t)rf + 16, "stride %zu", st);

@@ -39,7 +39,7 @@ typedef struct {
     int dims[WK_MAX_TABLES];
     int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
     cm_optim optim;                 /* the tables' optimizer (blocks schedule) */
-    cm_table_spec user_table;     /* table 0's parameters (blocks: local init) */
+    cm_table_spec user_table;       /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     uint32_t *iloc;                 /* blocks, until indexed: each rating's item as a */
     uint64_t *iuniq;                /* place in iuniq, the shard's n_iuniq sorted */
