@@ -4,7 +4,8 @@
  * cm_hashmap_bytes_for, the server's reply buffer from
  * ps_server_reply_bytes, the blocks schedule's row strides and message
  * size from worker/blocks.h, row sizes from the model's own table_params
- * (ffm's fields, deep's net rows and MLP scratch). What is still counted
+ * (ffm's fields, deep's net rows), deep's scratch from
+ * wk_deep_scratch_bytes. What is still counted
  * here: worker/worker.c's batch buffers (S_MIN_BATCH_CAP) and
  * worker/sparse.c's evaluation batch (S_EVAL_BATCH), and the worker-side
  * lines of docs/planner.md, which explains each line. */
@@ -266,14 +267,14 @@ out:
 
 /* What a sparse model's tables look like: the feature table's row dim
  * (fm and deep: dim + 1; ffm: 1 + fields x dim), and deep's dense table
- * (n_dense rows of dense_dim floats; 0 for the others) and the floats per
- * example of its worker scratch. fields = 0 is resolved from the data as
+ * (n_dense rows of dense_dim floats; 0 for the others) and its net, which
+ * sizes the worker's scratch. fields = 0 is resolved from the data as
  * the launcher does. */
 typedef struct {
     int dim_t;
     uint64_t n_dense;
     int dense_dim;
-    uint64_t scratch_per_example;
+    wk_mlp_params mlp;
 } s_sparse_shape;
 
 static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
@@ -303,15 +304,7 @@ static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
         m->table_params(rj, 1, &tp);
         sh->n_dense = m->dense_rows(rj);
         sh->dense_dim = tp.dim;
-        /* deep_model.c: emb, its gradient, lin, its gradient, target; deep.c:
-         * hidden activations, two error buffers of the widest layer, y */
-        const uint64_t fk = (uint64_t)mp.n_fields * (uint64_t)mp.k;
-        uint64_t widest = fk, hidden = 0;
-        for (int l = 0; l < mp.n_hidden; l++) {
-            hidden += (uint64_t)mp.hidden[l];
-            widest = (uint64_t)mp.hidden[l] > widest ? (uint64_t)mp.hidden[l] : widest;
-        }
-        sh->scratch_per_example = 2 * fk + 2 * (uint64_t)mp.n_fields + 1 + hidden + 2 * widest + 1;
+        sh->mlp = mp;
     }
 out:
     free(rj);
@@ -458,7 +451,7 @@ static void s_worker_fm(const cm_job *job, cl_plan *p, const s_sparse_shape *sh)
         const uint64_t maxb = (uint64_t)job->batch > S_EVAL_BATCH ? (uint64_t)job->batch
                                                                   : S_EVAL_BATCH;
         s_add(r, "dense rows, gradients, messages", 4 * dense + sh->n_dense * 8, 0);
-        s_add(r, "MLP scratch (activations)", maxb * sh->scratch_per_example * 4, 0);
+        s_add(r, "MLP scratch (activations)", wk_deep_scratch_bytes(&sh->mlp, (int)maxb), 0);
     }
     s_finish(r, shard);
 }

@@ -339,3 +339,53 @@ Test(plan, planner_server_tables_match_real_tables)
                  (unsigned long long)planned, real);
     cr_expect_gt(s_item(&p.server, "eviction records"), 0, "ttl: records planned");
 }
+
+/* ---------------------------------------------------------------------------
+ * deep's worker scratch: the footprint against what the allocator hands
+ * out when the model makes it (glibc's own accounting, mallinfo2).
+ * ------------------------------------------------------------------------- */
+
+#include <malloc.h>
+
+#include "worker/models/deep.h"
+
+static size_t s_heap_in_use(void)
+{
+    const struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks + mi.hblkhd;
+}
+
+Test(plan, deep_scratch_footprint_matches_the_allocations)
+{
+    /* an allocator that keeps no books (sanitizers) cannot answer */
+    const size_t probe0 = s_heap_in_use();
+    void *probe = malloc(1 << 20);
+    cr_assert_not_null(probe);
+    const size_t probe1 = s_heap_in_use();
+    free(probe);
+    if (probe1 - probe0 < (1 << 20))
+        cr_skip_test("the allocator does not report its use (mallinfo2)");
+
+    cm_job job = cm_job_default();
+    snprintf(job.model, sizeof job.model, "deep");
+    job.dim = 8;
+    job.fields = 10;
+    snprintf(job.hidden, sizeof job.hidden, "64,32");
+    wk_mlp_params p;
+    cr_assert_eq(wk_deep_params(&job, &p, NULL), 0);
+    const int batches[] = {512, 4096, 20000};
+    for (size_t k = 0; k < sizeof batches / sizeof batches[0]; k++) {
+        cm_error e = {0};
+        const size_t before = s_heap_in_use();
+        void *sc = wk_model_deep.scratch_new(&job, batches[k], &e);
+        cr_assert_not_null(sc, "%s", e.msg);
+        const size_t held = s_heap_in_use() - before;
+        wk_model_deep.scratch_destroy(&sc);
+        const size_t fp = wk_deep_scratch_bytes(&p, batches[k]);
+        /* the allocator adds a header per block and rounds large blocks to
+         * pages: a few KiB over 7 allocations, nothing like a buffer */
+        const double gap = (double)held - (double)fp;
+        cr_expect(gap >= 0 && gap <= 7 * 4096 + 64.0,
+                  "batch %d: allocated %zu B, footprint %zu B", batches[k], held, fp);
+    }
+}

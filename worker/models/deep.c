@@ -139,6 +139,41 @@ int wk_mlp_row_floats(const wk_mlp_params *p)
  * Object
  * ------------------------------------------------------------------------- */
 
+/* The activation block of a net of p for batches of nb: every buffer's
+ * offset (hidden activations, two error buffers of the widest layer, y,
+ * s) in off[] when not NULL, and the total floats. */
+static size_t s_block_layout(const wk_mlp_params *p, size_t nb, size_t *off)
+{
+    int widest = p->n_fields * p->k;
+    for (int l = 0; l < p->n_hidden; l++)
+        if (p->hidden[l] > widest)
+            widest = p->hidden[l];
+    size_t total = 0;
+    int nbuf = 0;
+    for (int l = 0; l < p->n_hidden; l++) {
+        if (off)
+            off[nbuf++] = total;
+        total += s_round(nb * p->hidden[l]);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (off)
+            off[nbuf++] = total;
+        total += s_round(nb * widest);
+    }
+    if (off)
+        off[nbuf++] = total;
+    total += s_round(nb);
+    if (off)
+        off[nbuf++] = total;
+    total += s_round((size_t)p->k);
+    return total;
+}
+
+size_t wk_mlp_bytes(const wk_mlp_params *p, int max_batch)
+{
+    return sizeof(wk_mlp) + s_block_layout(p, (size_t)max_batch, NULL) * sizeof(float);
+}
+
 wk_mlp *wk_mlp_new(const wk_mlp_params *p, int max_batch, cm_error *err)
 {
     if (wk_mlp_check(p, err) < 0)
@@ -156,29 +191,12 @@ wk_mlp *wk_mlp_new(const wk_mlp_params *p, int max_batch, cm_error *err)
     m->p = *p;
     m->max_batch = max_batch;
     m->n_layers = wk_mlp_n_layers(p);
-    int widest = p->n_fields * p->k;
-    for (int l = 0; l < m->n_layers; l++) {
+    for (int l = 0; l < m->n_layers; l++)
         m->layer[l] = wk_mlp_layer(p, l);
-        if (m->layer[l].out > widest)
-            widest = m->layer[l].out;
-    }
 
     /* One block; every buffer starts on a 64-byte boundary. */
-    const size_t nb = (size_t)max_batch;
-    size_t off[WK_MLP_MAX_HIDDEN + 4], total = 0;
-    int nbuf = 0;
-    for (int l = 0; l < p->n_hidden; l++) {
-        off[nbuf++] = total;
-        total += s_round(nb * p->hidden[l]);
-    }
-    for (int i = 0; i < 2; i++) {
-        off[nbuf++] = total;
-        total += s_round(nb * widest);
-    }
-    off[nbuf++] = total;
-    total += s_round(nb);
-    off[nbuf++] = total;
-    total += s_round((size_t)p->k);
+    size_t off[WK_MLP_MAX_HIDDEN + 4];
+    const size_t total = s_block_layout(p, (size_t)max_batch, off);
 
     m->block = aligned_alloc(S_ALIGN_BYTES, total * sizeof(float));
     if (!m->block) {

@@ -159,4 +159,13 @@ int wk_deep_params(const cm_job *job, wk_mlp_params *p, cm_error *err);
  * mixed with the table's name). */
 uint64_t wk_deep_seed(const cm_job *job);
 
+/* Bytes a net of p holds for batches of max_batch (wk_mlp_new: the object
+ * and its activation block). For memory plans. */
+size_t wk_mlp_bytes(const wk_mlp_params *p, int max_batch);
+
+/* Bytes the deep model's per-worker scratch (scratch_new) holds for a net
+ * of p and batches of max_batch: the net's, the pooled embeddings, first-
+ * order terms, their gradients and the targets. For memory plans. */
+size_t wk_deep_scratch_bytes(const wk_mlp_params *p, int max_batch);
+
 #endif

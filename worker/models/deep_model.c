@@ -157,6 +157,14 @@ static void s_scratch_destroy(void **ps)
     *ps = NULL;
 }
 
+size_t wk_deep_scratch_bytes(const wk_mlp_params *p, int max_batch)
+{
+    const size_t n = (size_t)max_batch, F = (size_t)p->n_fields, Fk = F * (size_t)p->k;
+    /* emb, gemb, lin, glin, target: as s_scratch_new makes them */
+    return sizeof(s_scratch) + wk_mlp_bytes(p, max_batch) +
+           n * (2 * Fk + 2 * F + 1) * sizeof(float);
+}
+
 static void *s_scratch_new(const cm_job *job, int max_batch, cm_error *err)
 {
     s_scratch *s = calloc(1, sizeof *s);
