@@ -41,7 +41,8 @@ static int s_scan(const char *dir, const char *role, int *files)
             continue;
         }
         size_t n = strlen(e->d_name);
-        if (n < 2 || e->d_name[n - 2] != '.' || (e->d_name[n - 1] != 'c' && e->d_name[n - 1] != 'h'))
+        const char last = n >= 2 && e->d_name[n - 2] == '.' ? e->d_name[n - 1] : '\0';
+        if (last != 'c' && last != 'h')
             continue;
         FILE *f = fopen(path, "r");
         cr_assert_not_null(f, "cannot read %s", path);
