@@ -25,7 +25,6 @@
 
 typedef struct ps_table ps_table;
 
-
 /* What ps_table_stats reports. */
 typedef struct {
     size_t rows;         /* rows held now (admitted - evicted) */
