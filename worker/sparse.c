@@ -874,7 +874,7 @@ static int s_dense_setup(wk_sparse *s, const wk_model_ops *m, cm_error *err)
         m->n_tables < 2)
         return cm_error_set(err, CM_EINVAL, "worker: model %s has an incomplete dense part",
                             m->name);
-    ps_table_params tp;
+    cm_table_spec tp;
     m->table_params(s->job, 1, &tp);
     const size_t max_batch = s->batch > S_EVAL_BATCH ? s->batch : S_EVAL_BATCH;
     void *scratch = m->scratch_new(s->job, (int)max_batch, err);
