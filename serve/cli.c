@@ -19,7 +19,7 @@
 #include "common/van.h"
 #include "serve/export.h"
 #include "serve/score.h"
-#include "serve/server.h"
+#include "serve/service.h"
 
 /* ---------------------------------------------------- option parsing -- */
 
@@ -303,7 +303,7 @@ static int s_read_secret(const char *path, char sec[41], char pub[41])
 
 int sv_serve_main(int argc, char **argv)
 {
-    sv_server_params p = sv_server_params_default();
+    sv_service_params p = sv_service_params_default();
     const char *level = "info", *secret_file = NULL, *keygen = NULL;
     uint64_t max_requests = 0, max_msg = (uint64_t)p.max_msg_bytes;
     int max_k = (int)p.max_k, max_exclude = (int)p.max_exclude, threads = (int)p.threads,
@@ -393,7 +393,7 @@ int sv_serve_main(int argc, char **argv)
         fprintf(stderr, "psrec serve: %s\n", err.msg);
         return 1;
     }
-    sv_server *s = sv_server_new(van, &p, &err);
+    sv_service *s = sv_service_new(van, &p, &err);
     memset(sec, 0, sizeof sec);
     if (!s) {
         fprintf(stderr, "psrec serve: %s\n", err.msg);
@@ -408,14 +408,14 @@ int sv_serve_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     if (secret_file)
         printf("psrec serve: CURVE on; server public key %s\n", pub);
-    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_server_endpoint(s),
+    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_service_endpoint(s),
            threads);
     fflush(stdout);
-    rc = sv_server_run(s, &s_stop);
+    rc = sv_service_run(s, &s_stop);
     printf("psrec serve: stopped after %llu requests (model version %llu)\n",
-           (unsigned long long)sv_server_requests(s),
-           (unsigned long long)sv_server_model_version(s));
-    sv_server_destroy(&s);
+           (unsigned long long)sv_service_requests(s),
+           (unsigned long long)sv_service_model_version(s));
+    sv_service_destroy(&s);
     cm_van_destroy(&van);
     return rc == 0 ? 0 : 1;
 }

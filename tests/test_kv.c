@@ -12,7 +12,7 @@
 #include "common/slots.h"
 #include "ps/server.h"
 #include "ps/table.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 #include "scheduler/scheduler.h"
 #include "worker/kv.h"
 

@@ -21,7 +21,7 @@
 #include "worker/kv.h"
 #include "worker/models/model.h"
 #include "worker/sparse.h"
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -777,7 +777,7 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 }
 
 /* ---------------------------------------------------------------------
- * Implicit feedback (worker/implicit.h does the work)
+ * Implicit feedback (worker/implicit_train.h does the work)
  * ------------------------------------------------------------------- */
 
 /* Keeps the positives of the loaded shards (train and test alike). */

@@ -1,4 +1,4 @@
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 
 #include <cblas.h>
 #include <math.h>
