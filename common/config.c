@@ -18,6 +18,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/opts.h"
+
 /* -------------------------------------------------------------------------
  * The key table
  * ------------------------------------------------------------------------- */
@@ -260,102 +262,29 @@ static const s_key s_keys[] = {
  * Helpers: key lookup and suggestions
  * ------------------------------------------------------------------------- */
 
-/* Key names compare with '-' equal to '_' so --max-bad-lines works. */
-static int s_name_eq(const char *a, const char *b)
-{
-    for (;; a++, b++) {
-        char ca = *a == '-' ? '_' : *a;
-        char cb = *b == '-' ? '_' : *b;
-        if (ca != cb)
-            return 0;
-        if (!ca)
-            return 1;
-    }
-}
-
+/* Key names follow the command lines' name rules (common/opts.h): '-'
+ * equals '_' so --max-bad-lines works, and a near miss is suggested. */
 static const s_key *s_find(const char *name)
 {
     for (size_t i = 0; i < S_NKEYS; i++)
-        if (s_name_eq(name, s_keys[i].name))
+        if (cm_opt_name_eq(name, strlen(name), s_keys[i].name))
             return &s_keys[i];
     return NULL;
 }
 
-/* Edit distance (insert, delete, substitute), case- and dash-insensitive;
- * names longer than S_NAME_MAX count as far from everything. */
-static size_t s_distance(const char *a, const char *b)
+static const char *s_key_name(const void *table, size_t i)
 {
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > S_NAME_MAX || lb > S_NAME_MAX)
-        return (size_t)-1;
-    size_t row[S_NAME_MAX + 1];
-    for (size_t j = 0; j <= lb; j++)
-        row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            int ca = tolower((unsigned char)(a[i - 1] == '-' ? '_' : a[i - 1]));
-            int cb = tolower((unsigned char)(b[j - 1] == '-' ? '_' : b[j - 1]));
-            size_t best = diag + (ca != cb);
-            if (row[j] + 1 < best)
-                best = row[j] + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            diag = row[j];
-            row[j] = best;
-        }
-    }
-    return row[lb];
-}
-
-/* The key a mistyped name most likely meant, or NULL: the closest within
- * two edits (and fewer edits than the name is long), else a key the name
- * is a prefix of ("max_bad" -> "max_bad_lines"). */
-static const char *s_suggest(const char *name)
-{
-    size_t len = strlen(name), best = (size_t)-1;
-    const char *pick = NULL;
-    for (size_t i = 0; i < S_NKEYS; i++) {
-        size_t d = s_distance(name, s_keys[i].name);
-        if (d <= 2 && d < len && d < best) {
-            best = d;
-            pick = s_keys[i].name;
-        }
-    }
-    if (pick || len < 3)
-        return pick;
-    for (size_t i = 0; i < S_NKEYS; i++) {
-        const char *k = s_keys[i].name;
-        size_t j = 0;
-        while (j < len && name[j] && k[j] &&
-               (name[j] == '-' ? '_' : name[j]) == k[j])
-            j++;
-        if (j == len)
-            return k;
-    }
-    return NULL;
-}
-
-/* A suggested key written the way the user writes names: with dashes if
- * they typed dashes. */
-static void s_suggest_as_typed(const char *typed, const char *key, char *out, size_t n)
-{
-    snprintf(out, n, "%s", key);
-    if (strchr(typed, '-'))
-        for (char *p = out; *p; p++)
-            if (*p == '_')
-                *p = '-';
+    return ((const s_key *)table)[i].name;
 }
 
 static int s_unknown(cm_error *err, const char *where, const char *name)
 {
-    const char *s = s_suggest(name);
+    const char *s = cm_opt_suggest(name, s_key_name, s_keys, S_NKEYS);
     char hint[S_NAME_MAX + 32] = "";
     int flag = where && where[0] == '-';
     if (s) {
         char typed[S_NAME_MAX + 1];
-        s_suggest_as_typed(name, s, typed, sizeof typed);
+        cm_opt_as_typed(name, s, typed, sizeof typed);
         snprintf(hint, sizeof hint, flag ? " (did you mean --%s?)" : " (did you mean '%s'?)",
                  typed);
     }

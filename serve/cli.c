@@ -21,22 +21,6 @@
 #include "serve/score.h"
 #include "serve/service.h"
 
-/* ---------------------------------------------------- option parsing -- */
-
-/* Parses with the shared option table parser; prints a usage error as
- * "psrec CMD: reason". Returns 0, 2 on bad usage, or -1 for --help. */
-static int s_parse(int argc, char **argv, const cm_opt *opts, size_t n, const char **pos,
-                   int max_pos, int *n_pos)
-{
-    cm_error err = {0};
-    int help = 0;
-    if (cm_opts_parse(argc, argv, opts, n, pos, max_pos, n_pos, &help, &err) != 0) {
-        fprintf(stderr, "psrec %s: %s\n", argv[0], err.msg);
-        return 2;
-    }
-    return help ? -1 : 0;
-}
-
 /* A user or item id as the data loader reads it: a plain decimal that
  * fits 64 bits is the key, anything else hashes (docs/formats.md). */
 static uint64_t s_parse_id(const char *s)
@@ -70,7 +54,7 @@ int sv_export_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = s_parse(argc, argv, opts, n_opts, pos, 1, &n_pos);
+    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 1, &n_pos);
     if (rc < 0) {
         printf("usage: psrec export CHECKPOINT --out DIR [--format npy,fvecs,psm]\n\n"
                "Turns a checkpoint (a ckpt-NNNNNN directory, or a checkpoint root: its\n"
@@ -142,7 +126,7 @@ int sv_recommend_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
+    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 0, &n_pos);
     if (rc < 0) {
         printf("usage: psrec recommend --model EXPORT --user ID [-k 10] [--exclude FILE]\n\n"
                "Prints the top-K items for a user, best first, as `rank item score`\n"
@@ -335,7 +319,7 @@ int sv_serve_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
+    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 0, &n_pos);
     if (rc < 0) {
         printf("usage: psrec serve --model EXPORT [--bind ENDPOINT] [options]\n"
                "       psrec serve --keygen SECRET_FILE\n\n"
