@@ -490,7 +490,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
         fprintf(stderr, "psrec train: restarts = %d needs `psrec launch` to start mpirun "
                         "(a rank cannot restart the job); this run will not restart\n",
                 job.restarts);
-    if (lrank < 0 && !getenv("PSREC_ALLOW_SINGLETON")) {
+    if (lrank < 0 && !job.allow_singleton) {
         fprintf(stderr,
                 "psrec train: not started by mpirun; run `mpirun -np %d psrec train ...` "
                 "(1 scheduler, %d server%s, workers) or add --local\n",

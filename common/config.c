@@ -57,6 +57,7 @@ static const char *const s_wire_dtypes[] = {"f32", "f16", NULL};
 static const char *const s_ingest[] = {"auto", "scan", NULL};
 static const char *const s_encrypt[] = {"auto", "on", "off", NULL};
 static const char *const s_affinity[] = {"auto", "off", NULL};
+static const char *const s_transports[] = {"auto", "tcp", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
@@ -239,8 +240,24 @@ static const s_key s_keys[] = {
              "network only: anyone who reaches the ports can then act as a rank)"},
     {.name = "interface", .type = S_STR, S_AT(interface), .def = "",
      .help = "interface name (eth1) or IPv4 network (10.1.0.0/16) the ranks listen and "
-             "advertise on when they span hosts; empty: the hostname's address (PSREC_HOST "
+             "advertise on when they span hosts; empty: the hostname's address (`host` "
              "wins)"},
+    {.name = "host", .type = S_STR, S_AT(host), .def = "",
+     .help = "address (IP or name) every rank advertises to the others, whatever "
+             "`interface` says; empty: picked (127.0.0.1 on one host). The environment "
+             "variable PSREC_HOST overrides it"},
+    {.name = "transport", .type = S_ENUM, S_AT(transport), .names = s_transports,
+     .def = "auto",
+     .help = "auto: ranks on one host talk over unix sockets and share rows in memory; "
+             "tcp: tcp loopback and every row on the wire (for comparisons). PSREC_TRANSPORT "
+             "overrides it"},
+    {.name = "shared_rows", .type = S_ENUM, S_AT(shared_rows), .names = s_affinity,
+     .def = "auto",
+     .help = "auto: a worker reads and writes the rows of servers on its host in place; "
+             "off: rows move by messages (for comparisons). PSREC_SHARED_ROWS overrides it"},
+    {.name = "allow_singleton", .type = S_BOOL, S_AT(allow_singleton), .def = "0",
+     .help = "let `psrec train` without mpirun or --local start as a one-rank MPI job (MPI "
+             "singleton; for debugging). PSREC_ALLOW_SINGLETON overrides it"},
     {.name = "heartbeat", .type = S_DBL, S_AT(heartbeat), .dmin = 0, .dmax = 3600,
      .dmin_open = 1, .def = "1",
      .help = "seconds between the heartbeats every rank exchanges with the scheduler"},
@@ -467,7 +484,7 @@ static int s_set(cm_job *job, const s_key *k, const char *value, const char *whe
 {
     int rc = s_parse_into(job, k, value, where, err);
     if (rc == 0)
-        job->explicit_ |= 1ULL << (k - s_keys);
+        job->explicit_[(k - s_keys) / 64] |= 1ULL << ((k - s_keys) % 64);
     return rc;
 }
 
@@ -892,9 +909,38 @@ int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help, cm_err
             return rc;
     }
     rc = s_walk_args(&tmp, argc, argv, 1, &file, err);
+    if (rc == 0)
+        rc = cm_job_apply_env(&tmp, err);
     if (rc)
         return rc;
     *job = tmp;
+    return 0;
+}
+
+/* The keys an environment variable overrides. They stay variables because
+ * scripts and tests set them for every rank at once (mpirun -x) without
+ * touching the job; docs/config.md lists them. */
+static const struct {
+    const char *env, *key;
+} s_env_keys[] = {
+    {"PSREC_HOST", "host"},
+    {"PSREC_TRANSPORT", "transport"},
+    {"PSREC_SHARED_ROWS", "shared_rows"},
+    {"PSREC_ALLOW_SINGLETON", "allow_singleton"},
+};
+
+int cm_job_apply_env(cm_job *job, cm_error *err)
+{
+    for (size_t i = 0; i < sizeof s_env_keys / sizeof s_env_keys[0]; i++) {
+        const char *v = getenv(s_env_keys[i].env);
+        const s_key *k = s_find(s_env_keys[i].key);
+        if (!v || !*v)
+            continue;
+        assert(k);
+        int rc = s_set(job, k, v, s_env_keys[i].env, err);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 
@@ -986,7 +1032,7 @@ void cm_job_print(FILE *f, const cm_job *job)
     }
 }
 
-_Static_assert(S_NKEYS <= 64, "explicit_ has one bit per key");
+_Static_assert(S_NKEYS <= 128, "explicit_ has one bit per key");
 
 /* Defaults that differ by model, for keys the user left unset (tuned on
  * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
@@ -1020,7 +1066,7 @@ void cm_job_model_defaults(cm_job *job)
               (regression && strcmp(m, "regression") == 0)))
             continue;
         const s_key *k = s_find(s_model_defaults[i].key);
-        if (!k || (job->explicit_ & (1ULL << (k - s_keys))))
+        if (!k || (job->explicit_[(k - s_keys) / 64] & (1ULL << ((k - s_keys) % 64))))
             continue;
         if (k->type == S_INT)
             *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;

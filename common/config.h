@@ -129,6 +129,10 @@ typedef struct {
     double timeout;            /* seconds a role waits for a peer before giving up */
     int encrypt;               /* cm_encrypt (common/bootstrap.h): 0 auto, 1 on, 2 off */
     char interface[CM_PATH_MAX]; /* "" or an interface name or IPv4 CIDR to listen on */
+    char host[200];            /* "" or the address this rank advertises (PSREC_HOST) */
+    int transport;             /* 0 auto, 1 tcp: no unix sockets, no shared rows (PSREC_TRANSPORT) */
+    int shared_rows;           /* 0 auto, 1 off: rows move by messages (PSREC_SHARED_ROWS) */
+    int allow_singleton;       /* 1: train may start without mpirun (PSREC_ALLOW_SINGLETON) */
     double heartbeat;          /* seconds between heartbeats */
     int heartbeat_misses;      /* silent heartbeats that make a stall */
     char checkpoint_dir[CM_PATH_MAX]; /* "" for no checkpoints */
@@ -140,7 +144,7 @@ typedef struct {
     double restart_backoff;    /* seconds before the first restart, doubled after */
     uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
                                   on this host */
-    uint64_t explicit_;        /* private: bit i set when key i was set by the user */
+    uint64_t explicit_[2];     /* private: bit i set when key i was set by the user */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */
@@ -161,6 +165,14 @@ int cm_job_set(cm_job *job, const char *key, const char *value, const char *wher
  * win over the file whatever their order. */
 int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help,
                       cm_error *err);
+
+/* Applies the environment variables that override keys of the job:
+ * PSREC_HOST (host), PSREC_TRANSPORT (transport), PSREC_SHARED_ROWS
+ * (shared_rows), PSREC_ALLOW_SINGLETON (allow_singleton). An unset or
+ * empty variable leaves its key alone; a bad value is CM_ECONFIG naming
+ * the variable. cm_job_parse_args calls it last, so these variables win
+ * over the command line (under mpirun, `-x VAR=...` reaches every rank). */
+int cm_job_apply_env(cm_job *job, cm_error *err);
 
 /* Cross-key checks (e.g. train path set). */
 int cm_job_validate(const cm_job *job, cm_error *err);

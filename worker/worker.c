@@ -1010,11 +1010,11 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         .wire_f16 = w->p->job->wire_dtype == 1,
     };
     /* under MPI the runtime says which servers share this host (their rows
-     * may be shared in place whatever the transport); PSREC_TRANSPORT=tcp
+     * may be shared in place whatever the transport); transport = tcp
      * keeps every row on the wire */
-    const char *transport = getenv("PSREC_TRANSPORT");
+    kp.no_shared_rows = w->p->job->shared_rows == 1;
     unsigned char *here = NULL;
-    if (w->p->boot && cm_boot_is_mpi(w->p->boot) && !(transport && strcmp(transport, "tcp") == 0) &&
+    if (w->p->boot && cm_boot_is_mpi(w->p->boot) && w->p->job->transport != 1 &&
         (here = calloc(w->p->n_servers + 1, 1)) != NULL) {
         for (uint32_t i = 0; i < w->p->n_servers; i++)
             here[i] = (unsigned char)cm_boot_same_host(w->p->boot, 1 + (int)i);
