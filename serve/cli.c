@@ -21,6 +21,16 @@
 #include "serve/score.h"
 #include "serve/service.h"
 
+/* ---------------------------------------------------- option parsing -- */
+
+/* The shared subcommand parser (common/opts.h), reporting to stderr:
+ * 0, 2 after a usage error, or -1 for --help. */
+static int s_parse(int argc, char **argv, const cm_opt *opts, size_t n, const char **pos,
+                   int max_pos, int *n_pos)
+{
+    return cm_opts_parse_cmd(stderr, argc, argv, opts, n, pos, max_pos, n_pos);
+}
+
 /* A user or item id as the data loader reads it: a plain decimal that
  * fits 64 bits is the key, anything else hashes (docs/formats.md). */
 static uint64_t s_parse_id(const char *s)
@@ -54,7 +64,7 @@ int sv_export_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 1, &n_pos);
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 1, &n_pos);
     if (rc < 0) {
         printf("usage: psrec export CHECKPOINT --out DIR [--format npy,fvecs,psm]\n\n"
                "Turns a checkpoint (a ckpt-NNNNNN directory, or a checkpoint root: its\n"
@@ -126,7 +136,7 @@ int sv_recommend_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 0, &n_pos);
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
     if (rc < 0) {
         printf("usage: psrec recommend --model EXPORT --user ID [-k 10] [--exclude FILE]\n\n"
                "Prints the top-K items for a user, best first, as `rank item score`\n"
@@ -319,7 +329,7 @@ int sv_serve_main(int argc, char **argv)
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
     int n_pos = 0;
-    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 0, &n_pos);
+    int rc = s_parse(argc, argv, opts, n_opts, pos, 0, &n_pos);
     if (rc < 0) {
         printf("usage: psrec serve --model EXPORT [--bind ENDPOINT] [options]\n"
                "       psrec serve --keygen SECRET_FILE\n\n"
