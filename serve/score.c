@@ -167,15 +167,23 @@ static int s_reserve(void **p, size_t *cap, size_t n, size_t sz)
  * order's tie rule (smaller key first) is the smaller item id. */
 static size_t s_select(const float *raw, size_t n, cm_scored *heap, size_t k)
 {
-    size_t hn = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (raw[i] != raw[i])
-            continue;
-        /* Most items lose to a full list's worst; skip the call for them.
-         * An equal score loses too: every kept row is smaller than i. */
-        if (hn == k && !(raw[i] > heap[0].score))
-            continue;
-        cm_topk_offer(heap, &hn, k, raw[i], (uint64_t)i);
+    size_t hn = 0, i = 0;
+    for (; i < n && hn < k; i++)
+        if (raw[i] == raw[i])
+            cm_topk_offer(heap, &hn, k, raw[i], (uint64_t)i);
+    if (hn == k && k > 0) {
+        /* Most items lose to the full list's worst: a tight scan (no call,
+         * the floor in a register) finds the next that does not. An equal
+         * score loses too, every kept row being smaller than i; so does a
+         * NaN. */
+        for (float floor = heap[0].score;; i++) {
+            while (i < n && !(raw[i] > floor))
+                i++;
+            if (i == n)
+                break;
+            cm_topk_offer(heap, &hn, k, raw[i], (uint64_t)i);
+            floor = heap[0].score;
+        }
     }
     cm_topk_sort(heap, hn);
     return hn;
