@@ -290,6 +290,22 @@ static int s_plan_refuses(const cm_job *job)
     return 1;
 }
 
+/* The first `--name` of argv that is a near miss of plan's own --ranks
+ * (which the job's key table cannot suggest), or NULL. */
+static const char *s_near_ranks(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        char name[CM_OPT_NAME_MAX + 1];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(argv[i] + 2, "="), argv[i] + 2);
+        size_t d = cm_opt_distance(name, "ranks");
+        if (d > 0 && d <= 2 && d < strlen(name))
+            return argv[i];
+    }
+    return NULL;
+}
+
 static int s_plan(int argc, char **argv)
 {
     /* --ranks N is plan's own; everything else is a job key */
@@ -323,7 +339,12 @@ static int s_plan(int argc, char **argv)
     int help = 0, rc = cm_job_parse_args(&job, n, rest, &help, &err);
     free(rest);
     if (rc != 0) {
-        fprintf(stderr, "psrec plan: %s\n", err.msg);
+        const char *near = s_near_ranks(argc, argv);
+        if (near)
+            fprintf(stderr, "psrec plan: %.*s: unknown option (did you mean --ranks?)\n",
+                    (int)strcspn(near, "="), near);
+        else
+            fprintf(stderr, "psrec plan: %s\n", err.msg);
         return 2;
     }
     if (help) {

@@ -136,6 +136,10 @@ Test(cli_opts, train_plan_launch_take_both_spellings_and_suggest)
                  0, "%s", s_out);
     cr_expect_neq(s_psrec("plan --train %s/ml-100k/u1.base --epcohs 3", d), 0);
     cr_expect(strstr(s_out, "(did you mean --epochs?)"), "%s", s_out);
+    /* plan's own option, which is no job key */
+    cr_expect_neq(s_psrec("plan --train %s/ml-100k/u1.base --rank=5", d), 0);
+    cr_expect(strstr(s_out, "--rank: unknown option (did you mean --ranks?)"), "%s", s_out);
+    cr_assert_eq(s_psrec("plan --train %s/ml-100k/u1.base --ranks=5", d), 0, "%s", s_out);
 
     /* launch checks the job before it starts mpirun */
     cr_expect_neq(s_psrec("launch -np 3 -- --train %s/ml-100k/u1.base --max-bad-lines 3 "
