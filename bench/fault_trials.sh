@@ -122,7 +122,7 @@ job_args() { # DIR EPOCHS EXTRA...
     local d=$1 e=$2
     shift 2
     echo "--train $data/ml-100k/u1.base --test $data/ml-100k/u1.test --servers 1" \
-         "--schedule blocks --epochs $e --progress off --log_level info" \
+         "--schedule blocks --epochs $e --patience 0 --progress off --log_level info" \
          "--metrics $d/metrics.jsonl $*"
 }
 

@@ -43,6 +43,7 @@ fi
 # mean examples/s and s/epoch over epochs after the first (warm-up), last RMSE
 summarise() {
   awk -F'[:,}]' '
+    /"final": 1/ { next }  # the result record, not an epoch
     { for (i = 1; i <= NF; i++) { gsub(/[ "{]/, "", $i) }
       for (i = 1; i < NF; i++) {
         if ($i == "epoch") e = $(i+1); if ($i == "examples_per_s") r = $(i+1);

@@ -76,6 +76,7 @@ table=$work/run_table.txt
 # and noise floor, from a metrics JSONL file
 summarise() {
   awk -F'[:,}]' '
+    /"final": 1/ { next }  # the result record, not an epoch
     { for (i = 1; i <= NF; i++) gsub(/[ "{]/, "", $i)
       for (i = 1; i < NF; i++) {
         if ($i == "epoch") e = $(i+1); if ($i == "examples_per_s") r = $(i+1)

@@ -81,6 +81,7 @@ row() {
 # psrec's metrics JSONL -> epoch lines
 from_metrics() {
   awk -F'[:,}]' '
+    /"final": 1/ { next }  # the result record, not an epoch
     { for (i = 1; i <= NF; i++) gsub(/[ "{]/, "", $i)
       for (i = 1; i < NF; i++) {
         if ($i == "epoch") e = $(i+1); if ($i == "examples_per_s") r = $(i+1)

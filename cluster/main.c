@@ -10,6 +10,7 @@
 
 #include "cluster/gen_ctr.h"
 #include "cluster/launch.h"
+#include "cluster/mcmc.h"
 #include "cluster/plan.h"
 #include "cluster/run.h"
 #include "common/config.h"
@@ -463,6 +464,26 @@ static int s_train_local(cm_job *job)
     }
 }
 
+/* method mcmc: one process samples, with --local or as the only rank. */
+static int s_train_mcmc(const cm_job *job, int lrank)
+{
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+    if (size && atoi(size) > 1) {
+        if (lrank <= 0)
+            fprintf(stderr, "psrec train: method mcmc samples in one process; run it with "
+                            "--local (or mpirun -np 1), or use method sgd to train on "
+                            "%s ranks\n", size);
+        return 2;
+    }
+    cm_error err = {0};
+    sch_result res;
+    if (cl_run_mcmc(job, stdout, &res, &err) != 0) {
+        fprintf(stderr, "psrec train: error: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 static int s_train(int argc, char **argv, int *pargc, char ***pargv)
 {
     cm_job job = cm_job_default();
@@ -494,6 +515,8 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);
+    if (job.method == CM_METHOD_MCMC && !job.local)
+        return s_train_mcmc(&job, lrank);
     if (job.local && s_plan_refuses(&job))
         return 2;
     /* from here on a stop signal is a request, in every thread

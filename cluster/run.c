@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/mcmc.h"
 #include "common/bootstrap.h"
 #include "common/heartbeat.h"
 #include "common/log.h"
@@ -502,6 +503,8 @@ static void *s_thread_main(void *arg)
 
 int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
+    if (job->method == CM_METHOD_MCMC)
+        return cl_run_mcmc(job, out, res, err);
     const int size = 1 + job->servers + job->workers;
     int rc = cl_preflight(job, size, err);
     if (rc != 0)
@@ -643,6 +646,10 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         rc = cm_error_set(&err, CM_ENOMEM, "out of memory");
     if (rc == 0)
         rc = s_resolve(job, run, &err);
+    /* under mpirun the rank count decides the workers (the key is for
+     * --local); models that scale by it read it from the job */
+    if (rc == 0)
+        run->workers = cm_boot_size(b) - 1 - run->servers;
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
     s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0, .watch = &watch};

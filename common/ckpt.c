@@ -40,6 +40,7 @@
 #define S_MANIFEST_MAX (256u << 20)   /* refuse absurd lengths before allocating */
 #define S_IO_CHUNK (1u << 20)
 #define S_LATEST "LATEST"
+#define S_BEST "BEST"
 #define S_MANIFEST "MANIFEST"
 #define S_DIR_PREFIX "ckpt-"
 
@@ -938,6 +939,9 @@ static int s_has_manifest(const char *root, const char *name)
  * among them) and removes unfinished ones older than the published one:
  * their writer is gone, since a checkpoint is published only after all of
  * its files are in place. */
+static int s_read_pointer(const char *root, const char *file, char *name, size_t n,
+                          cm_error *err);
+
 static int s_prune(const char *root, const char *name, int keep, cm_error *err)
 {
     s_entry *v = NULL;
@@ -953,13 +957,17 @@ static int s_prune(const char *root, const char *name, int keep, cm_error *err)
         free(v);
         return cm_error_set(err, CM_ENOMEM, "%s: out of memory", root);
     }
+    /* the chosen epoch's checkpoint (BEST) is kept beside the newest `keep` */
+    char best[CM_CKPT_NAME_MAX] = "";
+    if (s_read_pointer(root, S_BEST, best, sizeof best, NULL) != 0)
+        best[0] = '\0';
     for (size_t i = 0; i < n; i++) {
         done[i] = (unsigned char)s_has_manifest(root, v[i].name);
-        finished += done[i];
+        finished += done[i] && strcmp(v[i].name, best) != 0;
     }
     size_t excess = keep > 0 && finished > (size_t)keep ? finished - (size_t)keep : 0;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(v[i].name, name) == 0)
+        if (strcmp(v[i].name, name) == 0 || strcmp(v[i].name, best) == 0)
             continue;
         if (done[i] && excess > 0) {
             s_remove_ckpt(root, v[i].name);
@@ -972,7 +980,9 @@ static int s_prune(const char *root, const char *name, int keep, cm_error *err)
     return 0;
 }
 
-int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
+/* Points root/file at checkpoint `name` (temporary file, fsync, rename). */
+static int s_write_pointer(const char *root, const char *file, const char *name,
+                           cm_error *err)
 {
     if (!root || !root[0] || !name || !s_name_ok(name) || strlen(name) >= CM_CKPT_NAME_MAX)
         return cm_error_set(err, CM_EINVAL, "ckpt_publish: need a root and a plain directory "
@@ -981,7 +991,7 @@ int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
         return cm_error_set(err, CM_ESTATE, "%s/%s: no MANIFEST; write it before publishing",
                             root, name);
     char path[PATH_MAX];
-    int rc = s_join(path, sizeof path, root, S_LATEST, err);
+    int rc = s_join(path, sizeof path, root, file, err);
     if (rc != 0)
         return rc;
     cm_atomic t = CM_ATOMIC_INIT;
@@ -992,7 +1002,29 @@ int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
         cm_atomic_abort(&t);
         return rc;
     }
-    if ((rc = cm_atomic_commit(&t, err)) != 0)
+    return cm_atomic_commit(&t, err);
+}
+
+int cm_ckpt_publish_best(const char *root, const char *name, cm_error *err)
+{
+    return s_write_pointer(root, S_BEST, name, err);
+}
+
+int cm_ckpt_forget_best(const char *root, cm_error *err)
+{
+    char path[PATH_MAX];
+    int rc = s_join(path, sizeof path, root, S_BEST, err);
+    if (rc != 0)
+        return rc;
+    if (unlink(path) != 0 && errno != ENOENT)
+        return cm_error_set(err, CM_EIO, "%s: cannot remove: %s", path, strerror(errno));
+    return 0;
+}
+
+int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
+{
+    int rc = s_write_pointer(root, S_LATEST, name, err);
+    if (rc != 0)
         return rc;
     /* LATEST is durable; what follows is housekeeping and cannot undo it */
     s_remove_tmp(root);
@@ -1005,12 +1037,14 @@ int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err)
     return 0;
 }
 
-/* Reads root/LATEST into name. 0, CM_ENOTFOUND when absent, or another
- * error (with its reason in err) when it is unreadable or malformed. */
-static int s_read_latest(const char *root, char *name, size_t n, cm_error *err)
+/* Reads root/file (LATEST, BEST) into name. 0, CM_ENOTFOUND when absent,
+ * or another error (with its reason in err) when it is unreadable or
+ * malformed. */
+static int s_read_pointer(const char *root, const char *file, char *name, size_t n,
+                          cm_error *err)
 {
     char path[PATH_MAX];
-    int rc = s_join(path, sizeof path, root, S_LATEST, err);
+    int rc = s_join(path, sizeof path, root, file, err);
     if (rc != 0)
         return rc;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -1100,10 +1134,21 @@ int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_
     if (!spec || !spec[0] || !out || n == 0)
         return cm_error_set(err, CM_EINVAL, "ckpt_resolve: need a checkpoint directory or "
                             "'auto'");
-    if (strcmp(spec, "auto") != 0)
+    if (strcmp(spec, "auto") != 0 && strcmp(spec, "best") != 0)
         return s_resolve_dir(root, spec, out, n, err);
     if (!root || !root[0])
         return cm_error_set(err, CM_EINVAL, "resume = auto needs a checkpoint root");
+    if (strcmp(spec, "best") == 0) {
+        /* the chosen epoch's checkpoint when it is intact, else as auto */
+        char best[CM_CKPT_NAME_MAX], bdir[PATH_MAX];
+        cm_error be = {0};
+        int brc = s_read_pointer(root, S_BEST, best, sizeof best, &be);
+        if (brc == 0 && s_join(bdir, sizeof bdir, root, best, &be) == 0 &&
+            cm_ckpt_verify(bdir, &be) == 0)
+            return s_copy_out(out, n, bdir, err);
+        if (brc != CM_ENOTFOUND)
+            cm_log(CM_LOG_WARN, "%s/" S_BEST ": ignored: %s", root, be.msg);
+    }
 
     s_entry *v = NULL;
     size_t count = 0, refused = 0;
@@ -1118,7 +1163,7 @@ int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_
         return cm_error_set(err, rc, "resume = auto: %s", e.msg);
 
     /* LATEST first: it may name a directory outside the ckpt-N pattern */
-    int lrc = s_read_latest(root, latest, sizeof latest, &e);
+    int lrc = s_read_pointer(root, S_LATEST, latest, sizeof latest, &e);
     if (lrc == 0) {
         if (s_join(dir, sizeof dir, root, latest, &e) == 0 && cm_ckpt_verify(dir, &e) == 0) {
             rc = s_copy_out(out, n, dir, err);

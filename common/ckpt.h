@@ -89,6 +89,12 @@ typedef struct cm_manifest {
     double train_rmse, test_rmse, test_mae;
     uint64_t created_unix;
     uint32_t n_servers, n_workers;
+    /* validation (docs/validation.md); best_epoch 0: none */
+    double valid_metric;           /* this epoch's */
+    uint32_t best_epoch;           /* the chosen epoch so far */
+    double best_valid;             /* its validation metric */
+    uint32_t stale_evals;          /* evaluations since it without improvement */
+    double best_test_rmse, best_test_mae, best_test_auc, best_test_logloss;
 } cm_manifest;
 
 /* Writes dir/MANIFEST (temporary name, fsync, rename, fsync dir). */
@@ -115,6 +121,15 @@ int cm_ckpt_mkdir(const char *root, const char *name, char *path, size_t n, cm_e
  * the oldest complete checkpoints beyond `keep` (keep <= 0: keep all). */
 int cm_ckpt_publish(const char *root, const char *name, int keep, cm_error *err);
 
+/* Points root/BEST at name, the checkpoint of the epoch chosen on
+ * validation (docs/checkpoints.md); LATEST is left as it is. Pruning
+ * (cm_ckpt_publish's keep) never removes the checkpoint BEST names. */
+int cm_ckpt_publish_best(const char *root, const char *name, cm_error *err);
+
+/* Removes root/BEST if there is one (a fresh run must not leave an earlier
+ * run's choice in place). */
+int cm_ckpt_forget_best(const char *root, cm_error *err);
+
 /* 1 when root holds a checkpoint that was published or got as far as its
  * MANIFEST (intact or not), 0 when it holds none (or does not exist): a
  * directory without a MANIFEST is a writer's unfinished work, not a
@@ -124,7 +139,9 @@ int cm_ckpt_any(const char *root, cm_error *err);
 
 /* Resolves what to resume from: `spec` is a checkpoint directory, or
  * "auto" for the newest intact checkpoint under root (LATEST first, then
- * older ones, newest first; each refused one is logged with its reason).
+ * older ones, newest first; each refused one is logged with its reason),
+ * or "best" for the one BEST names when it is intact, else as "auto"
+ * (what export reads).
  * Writes the chosen directory to out. CM_ENOTFOUND when none is intact. */
 int cm_ckpt_resolve(const char *root, const char *spec, char *out, size_t n, cm_error *err);
 

@@ -255,6 +255,14 @@ int cm_codec_manifest_pack(const cm_manifest *m, uint8_t **out, size_t *len)
     pb.created_unix = m->created_unix;
     pb.n_servers = m->n_servers;
     pb.n_workers = m->n_workers;
+    pb.valid_metric = m->valid_metric;
+    pb.best_epoch = m->best_epoch;
+    pb.best_valid = m->best_valid;
+    pb.stale_evals = m->stale_evals;
+    pb.best_test_rmse = m->best_test_rmse;
+    pb.best_test_mae = m->best_test_mae;
+    pb.best_test_auc = m->best_test_auc;
+    pb.best_test_logloss = m->best_test_logloss;
     size_t n = psrec__pb__manifest__get_packed_size(&pb);
     uint8_t *buf = malloc(n ? n : 1);
     if (!buf) {
@@ -389,6 +397,14 @@ int cm_codec_manifest_unpack(const void *buf, size_t len, cm_manifest *m, cm_err
     m->created_unix = pb->created_unix;
     m->n_servers = pb->n_servers;
     m->n_workers = pb->n_workers;
+    m->valid_metric = pb->valid_metric;
+    m->best_epoch = pb->best_epoch;
+    m->best_valid = pb->best_valid;
+    m->stale_evals = pb->stale_evals;
+    m->best_test_rmse = pb->best_test_rmse;
+    m->best_test_mae = pb->best_test_mae;
+    m->best_test_auc = pb->best_test_auc;
+    m->best_test_logloss = pb->best_test_logloss;
 out:
     psrec__pb__manifest__free_unpacked(pb, NULL);
     if (rc != 0)

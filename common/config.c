@@ -65,6 +65,7 @@ static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
                                             "adam", "ftrl",    NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
 static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
+static const char *const s_methods[] = {"sgd", "mcmc", NULL};
 static const char *const s_consistency[] = {"asp", "ssp", "bsp", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "silent", NULL};
@@ -74,6 +75,18 @@ static const s_key s_keys[] = {
      .help = "training data: a text file (user item rating [timestamp]) or a .psrd dataset"},
     {.name = "test", .type = S_STR, S_AT(test), .def = "",
      .help = "held-out data for metrics after each epoch; empty for none"},
+    {.name = "validation", .type = S_STR, S_AT(validation), .def = "",
+     .help = "validation data (the train file's format) that picks the epoch whose model is "
+             "kept and stops training early; empty: carve validation_fraction of train"},
+    {.name = "validation_fraction", .type = S_DBL, S_AT(validation_fraction), .dmin = 0,
+     .dmax = 0.5, .def = "0.05",
+     .help = "without a validation file: this share of the training examples, picked by a "
+             "hash of each example and seed, is held out for validation, not trained on "
+             "(0: no validation; implicit: not used, see docs/validation.md)"},
+    {.name = "patience", .type = S_INT, S_AT(patience), .imin = 0, .imax = 100000,
+     .def = "3",
+     .help = "evaluations without a better validation metric before training stops early "
+             "(0: never stop early)"},
     {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
      .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
              "empty for none"},
@@ -167,6 +180,11 @@ static const s_key s_keys[] = {
      .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
              "apply; blocks: each worker trains one block of items at a time locally and "
              "pushes the changes (DSGD, far fewer messages)"},
+    {.name = "method", .type = S_ENUM, S_AT(method), .names = s_methods, .def = "sgd",
+     .help = "fm, mf: sgd (the parameter servers apply `optimizer` with lr and l2) or "
+             "mcmc (a Bayesian FM by Gibbs sampling in one process, as libFM's: no lr or l2 "
+             "to tune, priors per field learned from the data; epochs are sweeps, default "
+             "100, dim 8, init_std 0.1; docs/mcmc.md)"},
     {.name = "consistency", .type = S_ENUM, S_AT(consistency), .names = s_consistency,
      .def = "asp",
      .help = "minibatch schedule, inside an epoch: asp (never wait), ssp (wait when more "
@@ -968,6 +986,12 @@ int cm_job_validate(const cm_job *job, cm_error *err)
     if (strcmp(job->resume, "auto") == 0 && !job->checkpoint_dir[0])
         return cm_error_set(err, CM_ECONFIG,
                             "resume = auto needs checkpoint_dir: where should it look?");
+    if (job->method == CM_METHOD_MCMC && strcmp(job->model, "fm") != 0 &&
+        strcmp(job->model, "mf") != 0)
+        return cm_error_set(err, CM_ECONFIG,
+                            "method = mcmc is for models fm and mf (got %s); the other models "
+                            "train with method = sgd",
+                            job->model);
     return 0;
 }
 
@@ -1039,7 +1063,7 @@ _Static_assert(S_NKEYS <= 128, "explicit_ has one bit per key");
  * implicit; docs/config.md lists them). task "regression" means the user
  * set task = regression on a sparse model. */
 static const struct {
-    const char *model; /* "sparse": fm, ffm and deep */
+    const char *model; /* "sparse": fm, ffm and deep; "mcmc": method mcmc */
     const char *key;
     double value;
 } s_model_defaults[] = {
@@ -1054,6 +1078,11 @@ static const struct {
     {"implicit", "lr", 0.05},
     {"implicit", "epochs", 30},
     {"implicit", "init_std", 0.1},
+    /* method mcmc (fm, mf): sweeps, not epochs, and libFM's start; after the
+     * rows above, so that they win (docs/mcmc.md has the figures) */
+    {"mcmc", "dim", 8},
+    {"mcmc", "epochs", 100},
+    {"mcmc", "init_std", 0.1},
 };
 
 void cm_job_model_defaults(cm_job *job)
@@ -1063,7 +1092,8 @@ void cm_job_model_defaults(cm_job *job)
     for (size_t i = 0; i < sizeof s_model_defaults / sizeof s_model_defaults[0]; i++) {
         const char *m = s_model_defaults[i].model;
         if (!(strcmp(m, job->model) == 0 || (sparse && strcmp(m, "sparse") == 0) ||
-              (regression && strcmp(m, "regression") == 0)))
+              (regression && strcmp(m, "regression") == 0) ||
+              (job->method == CM_METHOD_MCMC && strcmp(m, "mcmc") == 0)))
             continue;
         const s_key *k = s_find(s_model_defaults[i].key);
         if (!k || (job->explicit_[(k - s_keys) / 64] & (1ULL << ((k - s_keys) % 64))))

@@ -38,6 +38,12 @@ typedef enum {
     CM_SCHED_BLOCKS = 1     /* DSGD: each worker trains an item block locally */
 } cm_schedule;
 
+/* How fm fits its parameters. */
+typedef enum {
+    CM_METHOD_SGD = 0,  /* the parameter servers and the optimizer (lr, l2) */
+    CM_METHOD_MCMC = 1  /* Bayesian FM by Gibbs sampling in one process */
+} cm_method;
+
 /* job->task: auto (binary when every training label is -1, 0 or 1), or
  * the cm_task values of common/features.h (0 regression, 1 binary). */
 #define CM_JOB_TASK_AUTO (-1)
@@ -79,6 +85,9 @@ typedef enum {
 typedef struct {
     char train[CM_PATH_MAX];   /* training data (text or .psrd) */
     char test[CM_PATH_MAX];    /* held-out data; "" for none */
+    char validation[CM_PATH_MAX]; /* validation data; "" carves validation_fraction */
+    double validation_fraction;   /* share of train carved for validation; 0: none */
+    int patience;              /* evaluations without improvement before stopping; 0: never */
     char metrics[CM_PATH_MAX]; /* JSON-lines metrics file; "" for none */
     char model[32];            /* "mf", "fm", "ffm", "deep", "implicit" */
     int loss;                  /* implicit: cm_implicit_loss */
@@ -113,6 +122,7 @@ typedef struct {
     double ftrl_beta;          /* FTRL: learning-rate smoothing beta */
     int batch;                 /* examples per minibatch per worker */
     int schedule;              /* cm_schedule */
+    int method;                /* cm_method (fm) */
     int consistency;           /* cm_consistency */
     int staleness;             /* SSP: minibatches a worker may lead the slowest */
     int blocks_per_worker;     /* blocks schedule: item blocks per worker; 0 auto */

@@ -596,6 +596,79 @@ int cm_ratings_split(const cm_ratings *all, double test_fraction, uint64_t seed,
 }
 
 /* ------------------------------------------------------------------------
+ * Validation carving
+ * ------------------------------------------------------------------------ */
+
+/* Distinct seeds for the two identities, so that a pair (0, k) and the
+ * position k never share a fate by construction. */
+#define S_CARVE_PAIR 0x7c3f5a1d29b6e48bULL
+#define S_CARVE_POS 0x1e8d6b4a93f07c25ULL
+
+/* The top 53 bits of h as a uniform number in [0, 1). */
+static int s_carve_pick(uint64_t h, double fraction)
+{
+    return (double)(h >> 11) * 0x1p-53 < fraction;
+}
+
+int cm_carve_pair(uint64_t user, uint64_t item, uint64_t seed, double fraction)
+{
+    if (!(fraction > 0))
+        return 0;
+    return s_carve_pick(cm_hash_key(item, cm_hash_key(user, seed ^ S_CARVE_PAIR)), fraction);
+}
+
+int cm_carve_position(uint64_t position, uint64_t seed, double fraction)
+{
+    if (!(fraction > 0))
+        return 0;
+    return s_carve_pick(cm_hash_key(position, seed ^ S_CARVE_POS), fraction);
+}
+
+int cm_ratings_carve(const cm_ratings *all, double fraction, uint64_t seed, cm_ratings *train,
+                     cm_ratings *valid, cm_error *err)
+{
+    memset(train, 0, sizeof *train);
+    memset(valid, 0, sizeof *valid);
+    if (!(fraction >= 0.0 && fraction < 1.0))
+        return cm_error_set(err, CM_EINVAL, "validation_fraction %g is not within [0, 1)",
+                            fraction);
+    size_t n_valid = 0;
+    for (size_t i = 0; i < all->n; i++)
+        n_valid += (size_t)cm_carve_pair(all->user[i], all->item[i], seed, fraction);
+    s_owner *otr = s_owner_heap(all->n - n_valid);
+    s_owner *ova = s_owner_heap(n_valid);
+    if (!otr || !ova) {
+        cm_ratings tmp;
+        if (otr) {
+            s_attach(&tmp, otr, 0);
+            cm_ratings_free(&tmp);
+        }
+        if (ova) {
+            s_attach(&tmp, ova, 0);
+            cm_ratings_free(&tmp);
+        }
+        return cm_error_set(err, CM_ENOMEM, "validation carve: cannot allocate %zu rows",
+                            all->n);
+    }
+    size_t a = 0, b = 0;
+    for (size_t i = 0; i < all->n; i++) {
+        int v = cm_carve_pair(all->user[i], all->item[i], seed, fraction);
+        s_owner *o = v ? ova : otr;
+        size_t *k = v ? &b : &a;
+        o->user[*k] = all->user[i];
+        o->item[*k] = all->item[i];
+        o->rating[*k] = all->rating[i];
+        (*k)++;
+    }
+    s_attach(train, otr, a);
+    s_attach(valid, ova, b);
+    train->noise_floor = all->noise_floor;
+    valid->noise_floor = -1;
+    train->bad_lines = all->bad_lines;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
  * Binary writing
  * ------------------------------------------------------------------------ */
 

@@ -71,6 +71,21 @@ void cm_ratings_free(cm_ratings *r);
 int cm_ratings_split(const cm_ratings *all, double test_fraction, uint64_t seed,
                      cm_ratings *train, cm_ratings *test, cm_error *err);
 
+/* Validation carving (docs/validation.md). An example is held out when a
+ * hash of what it is, with the job's seed, falls below `fraction`: the
+ * same examples whatever the number of workers or the order they are
+ * read in. cm_carve_pair hashes a rating's (user, item), so repeated
+ * ratings of one pair go the same way; cm_carve_position hashes an
+ * example's 0-based position among the file's data rows (feature files,
+ * whose examples have no identity of their own). 1: held out. */
+int cm_carve_pair(uint64_t user, uint64_t item, uint64_t seed, double fraction);
+int cm_carve_position(uint64_t position, uint64_t seed, double fraction);
+
+/* Splits all into train (kept) and valid (held out by cm_carve_pair);
+ * both own their memory; noise_floor and bad_lines stay with train. */
+int cm_ratings_carve(const cm_ratings *all, double fraction, uint64_t seed, cm_ratings *train,
+                     cm_ratings *valid, cm_error *err);
+
 /* Writes rows as a binary .psrd file (temporary name, fsync, rename). */
 int cm_ratings_write_bin(const char *path, const cm_ratings *r, const char *source,
                          cm_error *err);

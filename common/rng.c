@@ -85,6 +85,49 @@ double cm_rng_normal(cm_rng *r)
     return rad * cos(theta);
 }
 
+double cm_rng_gamma(cm_rng *r, double shape)
+{
+    if (shape < 1.0) {
+        /* u in (0, 1]: the power stays finite */
+        double u = 1.0 - cm_rng_uniform(r);
+        return cm_rng_gamma(r, shape + 1.0) * pow(u, 1.0 / shape);
+    }
+    const double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x, v;
+        do {
+            x = cm_rng_normal(r);
+            v = 1.0 + c * x;
+        } while (v <= 0.0);
+        v = v * v * v;
+        double u = cm_rng_uniform(r);
+        if (u < 1.0 - 0.0331 * (x * x) * (x * x))
+            return d * v;
+        if (u > 0.0 && log(u) < 0.5 * x * x + d * (1.0 - v + log(v)))
+            return d * v;
+    }
+}
+
+double cm_rng_normal_above(cm_rng *r, double a)
+{
+    if (a <= 0.45) {
+        /* P(z > a) >= 0.33 here: plain rejection */
+        for (;;) {
+            double z = cm_rng_normal(r);
+            if (z > a)
+                return z;
+        }
+    }
+    /* proposal a + Exp(rate), rate the optimal (a + sqrt(a^2 + 4)) / 2 */
+    const double rate = 0.5 * (a + sqrt(a * a + 4.0));
+    for (;;) {
+        double z = a - log(1.0 - cm_rng_uniform(r)) / rate;
+        double t = z - rate;
+        if (cm_rng_uniform(r) <= exp(-0.5 * t * t))
+            return z;
+    }
+}
+
 /* ---------------------------------------------------------------------------
  * Normal deviates in bulk: a ziggurat (Marsaglia & Tsang) over the tables of
  * rng_zig.h, whose generator describes the layers.

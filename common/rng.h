@@ -27,6 +27,16 @@ uint64_t cm_rng_below(cm_rng *r, uint64_t n);
 /* Standard normal deviate. */
 double cm_rng_normal(cm_rng *r);
 
+/* Gamma(shape, 1) deviate, shape > 0 (Marsaglia & Tsang's squeeze; below
+ * shape 1 through Gamma(shape + 1) times U^(1/shape)). For rate b divide
+ * by b. */
+double cm_rng_gamma(cm_rng *r, double shape);
+
+/* A standard normal deviate conditioned on being above a (any a):
+ * rejection from the normal when a <= 0.45, else from a translated
+ * exponential (Robert 1995), each accepting at least half the time. */
+double cm_rng_normal_above(cm_rng *r, double a);
+
 /* Fills out[0..n) with standard normal deviates times scale, rounded to
  * float: a ziggurat, about an eighth of cm_rng_normal's time a deviate. A
  * sequence of its own (the Box-Muller spare is left alone); consecutive calls

@@ -12,6 +12,7 @@
 #include "common/metrics.h"
 #include "common/msg.h"
 #include "common/stop.h"
+#include "scheduler/best.h"
 #include "scheduler/partition.h"
 #include "scheduler/report.h"
 
@@ -64,6 +65,11 @@ typedef struct {
     double *counts;       /* training positives per item */
     int warned_cold;      /* the cold test users/items warning was given */
     cm_log_budget warn;   /* warnings about peers' messages: a few a minute */
+    /* validation (docs/validation.md) */
+    uint64_t n_valid;     /* validation examples over all workers */
+    sch_best best;        /* the chosen epoch so far */
+    double valid_metric;  /* the last evaluation's; < 0 when none */
+    double chosen[4];     /* the chosen epoch's test RMSE, MAE, AUC, log loss */
 } s_sched;
 
 /* Warnings about what peers sent, at most this many a minute: a flood of
@@ -389,6 +395,13 @@ static int s_hellos(s_sched *s, cm_error *err)
     return 0;
 }
 
+/* The validation metric's name: log loss for binary tasks (a proper
+ * scoring rule, a plain sum over the workers), else RMSE. */
+static const char *s_valid_name(const s_sched *s)
+{
+    return s->task == CM_TASK_BINARY ? "log loss" : "RMSE";
+}
+
 static int s_plan(s_sched *s, sch_result *res, cm_error *err)
 {
     const cm_job *job = s->p->job;
@@ -403,6 +416,7 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
             hi = fmax(hi, st[3]);
         }
         s->n_test += (uint64_t)st[4];
+        s->n_valid += (uint64_t)st[11];
         raw_train += (uint64_t)st[9];
         bad_train = (uint64_t)st[5];
         bad_test = (uint64_t)st[6];
@@ -465,6 +479,21 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
                 job->model, (unsigned long long)s->n_train, s->p->n_workers,
                 s->p->n_workers == 1 ? "" : "s", s->p->n_servers,
                 s->p->n_servers == 1 ? "" : "s", (unsigned long long)s->n_test, s->mean);
+    if (s->n_valid > 0) {
+        char from[CM_PATH_MAX + 64];
+        if (job->validation[0])
+            snprintf(from, sizeof from, "%s", job->validation);
+        else
+            snprintf(from, sizeof from, "%g%% carved from %s, not trained on",
+                     100 * job->validation_fraction, job->train);
+        fprintf(s->p->out, "validation: %llu examples (%s); the epoch with the lowest "
+                "validation %s is kept; patience %d%s\n", (unsigned long long)s->n_valid, from,
+                s_valid_name(s), job->patience, job->patience ? "" : " (no early stop)");
+    }
+    if (s->implicit && job->validation[0])
+        cm_log(CM_LOG_WARN, "validation = %s: not used by implicit (every positive is trained "
+               "on and the last epoch reported; docs/validation.md)", job->validation);
+    res->n_valid = s->n_valid;
     fflush(s->p->out);
     return 0;
 }
@@ -718,6 +747,16 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
     m.test_rmse = res->test_rmse;
     m.test_mae = res->test_mae;
     m.created_unix = (uint64_t)time(NULL);
+    if (s->best.epoch > 0) {
+        m.valid_metric = s->valid_metric;
+        m.best_epoch = (uint32_t)s->best.epoch;
+        m.best_valid = s->best.metric;
+        m.stale_evals = (uint32_t)s->best.stale;
+        m.best_test_rmse = s->chosen[0];
+        m.best_test_mae = s->chosen[1];
+        m.best_test_auc = s->chosen[2];
+        m.best_test_logloss = s->chosen[3];
+    }
     m.n_servers = n_srv;
     m.n_workers = p->n_workers;
     if ((rc = cm_manifest_write(dir, &m, err)) != 0)
@@ -818,6 +857,21 @@ static int s_resume(s_sched *s, cm_error *err)
     s->first_epoch = (int)m.epoch + 1;
     fprintf(p->out, "resumed from %s: epoch %u done (%llu rows, written by %u server%s)\n",
             dir, m.epoch, (unsigned long long)rows, m.n_servers, m.n_servers == 1 ? "" : "s");
+    if (m.best_epoch > 0 && m.best_epoch <= m.epoch) {
+        /* the choice so far goes on: the same epoch stays chosen and the
+         * evaluations without improvement keep counting */
+        s->best.epoch = (int)m.best_epoch;
+        s->best.metric = m.best_valid;
+        s->best.stale = (int)m.stale_evals;
+        s->valid_metric = m.valid_metric;
+        s->chosen[0] = m.best_test_rmse;
+        s->chosen[1] = m.best_test_mae;
+        s->chosen[2] = m.best_test_auc;
+        s->chosen[3] = m.best_test_logloss;
+        fprintf(p->out, "resumed: epoch %d chosen so far (validation %s %.4f), %d evaluation%s "
+                "without improvement since\n", s->best.epoch, s_valid_name(s), s->best.metric,
+                s->best.stale, s->best.stale == 1 ? "" : "s");
+    }
     fflush(p->out);
 out:
     for (uint32_t i = 0; rep && i < p->n_servers; i++)
@@ -968,7 +1022,10 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         double auc = -1, logloss = -1;
         sch_ranking rk = {job->top_k, -1, -1, -1, -1, -1, -1};
         double eval_users = -1;
-        int evaluate = s->n_test > 0 && (e % job->eval_every == 0 || e == job->epochs);
+        int evaluate = (s->n_test > 0 || s->n_valid > 0) &&
+                       (e % job->eval_every == 0 || e == job->epochs);
+        double vmetric = -1;
+        int improved = 0;
         if (evaluate && s->implicit) {
             if ((rc = s_eval_ranking(s, e, t0, &rk, &eval_users, err)) != 0)
                 return rc;
@@ -983,16 +1040,22 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
             if (rc != 0)
                 return rc;
-            double tsq = 0, tab = 0, tn = 0, tll = 0;
+            double tsq = 0, tab = 0, tn = 0, tll = 0, vsq = 0, vn = 0, vll = 0;
             for (uint32_t w = 0; w < s->p->n_workers; w++) {
                 tsq += s->wk[w].stats[0];
                 tab += s->wk[w].stats[1];
                 tn += s->wk[w].stats[2];
                 unseen += (uint64_t)s->wk[w].stats[3];
                 tll += s->wk[w].stats[4];
+                vsq += s->wk[w].stats[5];
+                vn += s->wk[w].stats[7];
+                vll += s->wk[w].stats[8];
             }
-            if ((rc = s_check_finite(job, e, "test loss", tsq + tll, err)) != 0)
+            if ((rc = s_check_finite(job, e, "test loss", tsq + tll, err)) != 0 ||
+                (rc = s_check_finite(job, e, "validation loss", vsq + vll, err)) != 0)
                 return rc;
+            if (vn > 0)
+                vmetric = s->task == CM_TASK_BINARY ? vll / vn : sqrt(vsq / vn);
             rmse = tn > 0 ? sqrt(tsq / tn) : -1;
             mae = tn > 0 ? tab / tn : -1;
             if (s->task == CM_TASK_BINARY && tn > 0) {
@@ -1005,6 +1068,15 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                        "training; they are predicted from the global mean and whichever "
                        "bias is known",
                        job->test, (unsigned long long)unseen, (unsigned long long)s->n_test);
+            if (vmetric >= 0) {
+                s->valid_metric = vmetric;
+                if ((improved = sch_best_add(&s->best, e, vmetric)) != 0) {
+                    s->chosen[0] = rmse;
+                    s->chosen[1] = mae;
+                    s->chosen[2] = auc;
+                    s->chosen[3] = logloss;
+                }
+            }
         }
         double rate = secs > 0 ? n / secs : 0;
         if (s->implicit)
@@ -1022,6 +1094,9 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             fprintf(s->p->out, "  test_auc %.4f  test_logloss %.4f", auc, logloss);
         else if (rmse >= 0)
             fprintf(s->p->out, "  test_rmse %.4f  test_mae %.4f", rmse, mae);
+        if (vmetric >= 0)
+            fprintf(s->p->out, "  valid_%s %.4f%s", s->task == CM_TASK_BINARY ? "logloss" : "rmse",
+                    vmetric, improved ? " (best)" : "");
         fprintf(s->p->out, "  %.3gM ex/s  %.2f s\n", rate / 1e6, secs);
         fflush(s->p->out);
         if (s->metrics) {
@@ -1043,6 +1118,10 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 {"evicted", srv_evicted, 0},
                 {"dropped_gradients", srv_dropped, 0},
                 {"max_lead", max_lead, 1},
+                /* validation: the metric of this epoch, and the chosen epoch so far */
+                {"valid_rmse", s->task != CM_TASK_BINARY ? vmetric : -1, 1},
+                {"valid_logloss", s->task == CM_TASK_BINARY ? vmetric : -1, 1},
+                {"best_epoch", s->best.epoch > 0 ? s->best.epoch : -1, 1},
                 /* implicit feedback only (the count below leaves them out) */
                 {"top_k", job->top_k, 0},
                 {"recall_at_k", rk.recall, 1},
@@ -1095,16 +1174,33 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
         const int stop = e < job->epochs ? cm_stop_requested() : 0;
+        const int early = e < job->epochs && vmetric >= 0 && sch_best_exhausted(&s->best);
         if (job->checkpoint_dir[0] &&
             ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
-             e == job->epochs || stop ||
+             e == job->epochs || stop || improved || early ||
              (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs))) {
             cm_hb_doing(s->p->hb, "writing the checkpoint of epoch %d", e);
             if ((rc = s_checkpoint(s, e, res, err)) != 0)
                 return rc;
+            /* after LATEST: the chosen epoch's model is what export reads */
+            if (improved) {
+                char name[64];
+                cm_ckpt_dirname((uint32_t)e, name, sizeof name);
+                if ((rc = cm_ckpt_publish_best(job->checkpoint_dir, name, err)) != 0)
+                    return rc;
+            }
         }
         if (stop)
             return s_stopped(job, stop, e, err);
+        if (early) {
+            res->early_stopped = 1;
+            fprintf(s->p->out, "early stop after epoch %d of %d: validation %s has not improved "
+                    "on epoch %d's %.4f for %d evaluation%s (patience %d)\n", e, job->epochs,
+                    s_valid_name(s), s->best.epoch, s->best.metric, s->best.stale,
+                    s->best.stale == 1 ? "" : "s", job->patience);
+            fflush(s->p->out);
+            return 0;
+        }
     }
     return 0;
 }
@@ -1145,11 +1241,56 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
     return rc;
 }
 
+/* The run's result becomes the chosen epoch's: its test figures (the test
+ * data played no part in choosing it). */
+static void s_choose(s_sched *s, sch_result *res)
+{
+    res->best_epoch = s->best.epoch;
+    res->valid_metric = s->best.metric;
+    if (s->chosen[0] >= 0) {
+        res->test_rmse = s->chosen[0];
+        res->test_mae = s->chosen[1];
+        res->test_auc = s->chosen[2];
+        res->test_logloss = s->chosen[3];
+    }
+}
+
+/* " (epoch 7 of 12, chosen on validation RMSE 0.9123)" on the final line. */
+static void s_print_chosen(const s_sched *s, const sch_result *res)
+{
+    if (res->best_epoch > 0)
+        fprintf(s->p->out, " (epoch %d of %d, chosen on validation %s %.4f%s)", res->best_epoch,
+                res->epochs, s_valid_name(s), res->valid_metric,
+                res->early_stopped ? ", stopped early" : "");
+}
+
+/* The metrics file's last record: what the run reports as its result. */
+static int s_final_record(s_sched *s, const sch_result *res, cm_error *err)
+{
+    const int binary = s->task == CM_TASK_BINARY;
+    sch_field f[] = {
+        {"final", 1, 0},
+        {"epochs", res->epochs, 0},
+        {"chosen_epoch", res->best_epoch > 0 ? res->best_epoch : res->epochs, 0},
+        {"chosen_on_validation", res->best_epoch > 0, 0},
+        {"early_stop", res->early_stopped, 0},
+        {"valid_rmse", res->best_epoch > 0 && !binary ? res->valid_metric : -1, 1},
+        {"valid_logloss", res->best_epoch > 0 && binary ? res->valid_metric : -1, 1},
+        {"test_rmse", binary ? -1 : res->test_rmse, 1},
+        {"test_mae", binary ? -1 : res->test_mae, 1},
+        {"test_auc", res->test_auc, 1},
+        {"test_logloss", res->test_logloss, 1},
+    };
+    return sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
+}
+
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
                  .warn = {.per_minute = S_WARN_PER_MINUTE},
-                 .implicit = strcmp(p->job->model, "implicit") == 0};
+                 .implicit = strcmp(p->job->model, "implicit") == 0,
+                 .best = sch_best_start(p->job->patience), .valid_metric = -1,
+                 .chosen = {-1, -1, -1, -1}};
     s.want_items = s.implicit || cm_job_uses_blocks(p->job);
     s.last_ckpt = s.t_start;
     memset(res, 0, sizeof *res);
@@ -1191,6 +1332,10 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         goto out;
     if (p->job->checkpoint_dir[0] && (rc = s_ckpt_same_fs(&s, err)) != 0)
         goto out;
+    /* a fresh run must not leave an earlier run's chosen epoch for export */
+    if (p->job->checkpoint_dir[0] && !p->job->resume[0] &&
+        (rc = cm_ckpt_forget_best(p->job->checkpoint_dir, err)) != 0)
+        goto out;
     if ((rc = s_plan(&s, res, err)) != 0)
         goto out;
     if (p->job->resume[0] && (rc = s_resume(&s, err)) != 0)
@@ -1201,6 +1346,10 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         sch_progress_set_label(s.progress, "loss");
     if ((rc = s_epochs(&s, res, err)) != 0)
         goto out;
+    if (s.best.epoch > 0)
+        s_choose(&s, res);
+    if (s.metrics && (rc = s_final_record(&s, res, err)) != 0)
+        goto out;
     if (res->recall >= 0) {
         sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
                           res->pop_ndcg, res->pop_hr};
@@ -1210,16 +1359,25 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
                 (unsigned long long)res->eval_users, res->epochs, res->seconds);
         fflush(p->out);
     } else if (res->test_auc >= 0) {
-        fprintf(p->out, "final test AUC %.4f  log loss %.4f after %d epochs, %.2f s training\n",
-                res->test_auc, res->test_logloss, res->epochs, res->seconds);
+        fprintf(p->out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
+        s_print_chosen(&s, res);
+        fprintf(p->out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
         fflush(p->out);
     } else if (res->test_rmse >= 0) {
-        fprintf(p->out, "final test RMSE %.4f  MAE %.4f after %d epochs, %.2f s training",
-                res->test_rmse, res->test_mae, res->epochs, res->seconds);
+        fprintf(p->out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
+        s_print_chosen(&s, res);
+        fprintf(p->out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
         if (res->noise_floor >= 0)
             fprintf(p->out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
                     100.0 * (res->test_rmse / res->noise_floor - 1.0));
         fputc('\n', p->out);
+        fflush(p->out);
+    } else if (res->best_epoch > 0) {
+        /* no test file: the choice is the result */
+        fprintf(p->out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
+                "epochs, %.2f s training\n", s_valid_name(&s), res->valid_metric,
+                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
+                res->epochs, res->seconds);
         fflush(p->out);
     }
 out:

@@ -59,6 +59,12 @@ typedef struct {
     double pop_recall, pop_ndcg, pop_hr;
     uint64_t eval_users;
     uint64_t n_items;                /* the item universe (items with a positive) */
+    /* validation (docs/validation.md): the test figures above are then the
+     * chosen epoch's */
+    uint64_t n_valid;                /* validation examples; 0: none */
+    int best_epoch;                  /* the chosen epoch; 0 without validation */
+    double valid_metric;             /* its validation RMSE (log loss: binary) */
+    int early_stopped;               /* 1 when patience ended the run */
 } sch_result;
 
 /* Runs the job to the end. 0, or a CM_E* code with *err set; either way

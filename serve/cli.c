@@ -67,8 +67,8 @@ int sv_export_main(int argc, char **argv)
     int rc = s_parse(argc, argv, opts, n_opts, pos, 1, &n_pos);
     if (rc < 0) {
         printf("usage: psrec export CHECKPOINT --out DIR [--format npy,fvecs,psm]\n\n"
-               "Turns a checkpoint (a ckpt-NNNNNN directory, or a checkpoint root: its\n"
-               "newest intact checkpoint) into files serving systems read:\n"
+               "Turns a checkpoint (a ckpt-NNNNNN directory, or a checkpoint root: the\n"
+               "one BEST names, else its newest intact one) into files serving systems read:\n"
                "  npy    <table>.npy (float32 rows) and <table>.ids.npy (int64 ids)\n"
                "  fvecs  item.fvecs: item vectors [bias, factors] for ANN tools (Faiss);\n"
                "         query with [1, user factors] (see manifest.json)\n"

@@ -210,7 +210,8 @@ int sv_export_load(const char *ckpt, sv_export_model *out, cm_error *err)
     if (stat(probe, &st) == 0) {
         snprintf(dir, sizeof dir, "%s", ckpt);
     } else {
-        int rc = cm_ckpt_resolve(ckpt, "auto", dir, sizeof dir, err);
+        /* a checkpoint root: the epoch chosen on validation (BEST) first */
+        int rc = cm_ckpt_resolve(ckpt, "best", dir, sizeof dir, err);
         if (rc != 0)
             return rc;
     }

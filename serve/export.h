@@ -45,7 +45,8 @@ typedef struct {
 int sv_export_parse_formats(const char *s, unsigned *out, cm_error *err);
 
 /* Reads a checkpoint: `ckpt` is a checkpoint directory (holding MANIFEST)
- * or a checkpoint root (its newest intact checkpoint is used). Each
+ * or a checkpoint root (the checkpoint BEST names, the epoch chosen on
+ * validation, when intact; else its newest intact checkpoint). Each
  * table's shard files are merged into one ascending id list; a duplicate
  * id across shards is CM_EPARSE naming both files. *out is zeroed first;
  * free it with sv_export_model_free. */

@@ -47,6 +47,11 @@ static inline int th_run(const char *cmd, char *out, size_t cap)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+static inline int th_have_mpirun(void)
+{
+    return th_run("command -v mpirun", NULL, 0) == 0;
+}
+
 /* The last value of "key": in a JSON-lines file, or -1. */
 static inline double th_last_metric(const char *path, const char *key)
 {

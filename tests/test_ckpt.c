@@ -1181,3 +1181,65 @@ Test(ckpt, any_tells_a_fresh_root_from_one_with_checkpoints)
     spit(p, "ckpt-000009\n", 12);
     cr_expect_eq(cm_ckpt_any(root, &err), 1, "a LATEST counts");
 }
+
+/* BEST: the chosen epoch's checkpoint, read by "best", kept by pruning,
+ * passed over for LATEST by "auto", forgotten on request; a torn or absent
+ * one falls back to what "auto" picks. */
+Test(ckpt, best_pointer)
+{
+    char out[1024], latest[300];
+    cm_error err = {0};
+    make_ckpt(th_dir, 1, 1, 2);
+    make_ckpt(th_dir, 2, 1, 2);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "best", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_expect(strstr(out, "ckpt-000002") != NULL, "no BEST: as auto, %s", out);
+    cr_assert_eq(cm_ckpt_publish_best(th_dir, "ckpt-000002", &err), 0, "%s", err.msg);
+    cr_expect_neq(cm_ckpt_publish_best(th_dir, "ckpt-000009", &err), 0, "no such checkpoint");
+    cr_expect_neq(cm_ckpt_publish_best(th_dir, "../x", &err), 0);
+    for (uint32_t e = 3; e <= 5; e++)
+        make_ckpt(th_dir, e, 1, 2);
+    cr_expect(exists(tpath("ckpt-000002/MANIFEST")), "pruning kept BEST's checkpoint");
+    cr_expect(!exists(tpath("ckpt-000003")), "and pruned the others beyond keep");
+    cr_expect_eq(count_names(th_dir, "ckpt-"), 3, "the 2 newest and BEST's");
+    read_latest(th_dir, latest, sizeof latest);
+    cr_expect_str_eq(latest, "ckpt-000005\n", "LATEST is not moved by BEST");
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "best", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_expect(strstr(out, "ckpt-000002") != NULL, "%s", out);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "auto", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_expect(strstr(out, "ckpt-000005") != NULL, "resume goes by LATEST: %s", out);
+    /* a damaged chosen checkpoint is not exported: the newest intact one is */
+    flip_byte(tpath("ckpt-000002/t0-s0.rows"), 40);
+    cr_assert_eq(cm_ckpt_resolve(th_dir, "best", out, sizeof out, &err), 0, "%s", err.msg);
+    cr_expect(strstr(out, "ckpt-000005") != NULL, "%s", out);
+    cr_assert_eq(cm_ckpt_forget_best(th_dir, &err), 0, "%s", err.msg);
+    cr_expect(!exists(tpath("BEST")));
+    cr_expect_eq(cm_ckpt_forget_best(th_dir, &err), 0, "forgetting twice is fine");
+}
+
+/* The validation bookkeeping a resumed run takes up survives the MANIFEST. */
+Test(ckpt, manifest_keeps_the_choice)
+{
+    cm_manifest m, g;
+    fill_manifest(&m, 2);
+    m.valid_metric = 0.91;
+    m.best_epoch = 4;
+    m.best_valid = 0.9;
+    m.stale_evals = 2;
+    m.best_test_rmse = 0.93;
+    m.best_test_mae = 0.73;
+    m.best_test_auc = 0.95;
+    m.best_test_logloss = 0.21;
+    cm_error err = {0};
+    cr_assert_eq(cm_manifest_write(th_dir, &m, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_manifest_read(th_dir, &g, &err), 0, "%s", err.msg);
+    cr_expect_eq(g.valid_metric, 0.91);
+    cr_expect_eq(g.best_epoch, 4);
+    cr_expect_eq(g.best_valid, 0.9);
+    cr_expect_eq(g.stale_evals, 2);
+    cr_expect_eq(g.best_test_rmse, 0.93);
+    cr_expect_eq(g.best_test_mae, 0.73);
+    cr_expect_eq(g.best_test_auc, 0.95);
+    cr_expect_eq(g.best_test_logloss, 0.21);
+    cm_manifest_free(&m);
+    cm_manifest_free(&g);
+}

@@ -14,7 +14,7 @@
 #include <time.h>
 
 #include "common/log.h"
-#include "helpers.h"
+#include "bgjob.h"
 
 TestSuite(cluster_fault, .timeout = 600);
 
@@ -22,35 +22,19 @@ TestSuite(cluster_fault, .timeout = 600);
  * target is timeout + 5 s (10 s here); more than this is a hang. */
 #define S_BOUND 60.0
 
-static int s_have_mpirun(void)
-{
-    return th_run("command -v mpirun", NULL, 0) == 0;
-}
-
 static void s_nap(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-/* The whole of a small file ("" if absent), in out (cap bytes). */
-static void s_slurp(const char *path, char *out, size_t cap)
-{
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(out, 1, cap - 1, f);
-    out[n] = '\0';
-    fclose(f);
-}
-
-/* A job started in the background: mpirun's pid and the file holding its
- * stdout and stderr; ranks write their pids under dir. */
+/* A job started in the background: mpirun's pid (its process group's
+ * too) and the file holding its stdout and stderr; ranks write their pids
+ * under dir. */
 typedef struct {
     char dir[64];
     char log[128];
-    pid_t pid;
+    pid_t pid, group;
 } s_job;
 
 static void s_start(s_job *j, const char *cmd)
@@ -58,33 +42,13 @@ static void s_start(s_job *j, const char *cmd)
     snprintf(j->dir, sizeof j->dir, "/tmp/psrec-fault-XXXXXX");
     cr_assert_not_null(mkdtemp(j->dir));
     snprintf(j->log, sizeof j->log, "%s/out", j->dir);
-    char full[8200];
-    snprintf(full, sizeof full, "exec env %s", cmd);
-    j->pid = fork();
-    cr_assert_geq(j->pid, 0, "fork: %s", strerror(errno));
-    if (j->pid == 0) {
-        /* its own process group, so that leftovers can be ended at once */
-        setpgid(0, 0);
-        int fd = open(j->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd < 0)
-            _exit(126);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        setenv("PSREC_PID_DIR", j->dir, 1);
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
+    j->pid = j->group = th_spawn(cmd, j->log, j->dir, 1);
 }
 
 /* The pid rank r wrote, or -1. */
 static pid_t s_rank_pid(const s_job *j, int r)
 {
-    char path[160], text[32];
-    snprintf(path, sizeof path, "%s/rank-%d.pid", j->dir, r);
-    s_slurp(path, text, sizeof text);
-    long v = strtol(text, NULL, 10);
-    return v > 1 ? (pid_t)v : -1;
+    return th_rank_pid(j->dir, r);
 }
 
 /* Polls (up to secs) until the job's output holds `text`; 1 if it does,
@@ -94,7 +58,7 @@ static int s_wait_output(const s_job *j, const char *text, double secs)
     static char out[1 << 20];
     double until = cm_now() + secs;
     for (;;) {
-        s_slurp(j->log, out, sizeof out);
+        th_read_file(j->log, out, sizeof out);
         if (strstr(out, text))
             return 1;
         if (cm_now() >= until || kill(j->pid, 0) != 0 || waitpid(j->pid, NULL, WNOHANG) != 0)
@@ -104,21 +68,12 @@ static int s_wait_output(const s_job *j, const char *text, double secs)
 }
 
 /* Waits (up to secs) for mpirun to end: its exit status, or -1 when it
- * did not end (it is killed then). */
+ * did not end (it is killed then, the rest of its group by s_cleanup). */
 static int s_wait_end(s_job *j, double secs)
 {
-    double until = cm_now() + secs;
-    for (;;) {
-        int st;
-        pid_t got = waitpid(j->pid, &st, WNOHANG);
-        if (got == j->pid) {
-            j->pid = -1;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        if (cm_now() >= until)
-            return -1;
-        s_nap(20);
-    }
+    int rc = th_reap(j->pid, secs);
+    j->pid = -1;
+    return rc;
 }
 
 /* Nothing may outlive a test: ranks continued and killed, mpirun's group
@@ -132,8 +87,9 @@ static void s_cleanup(s_job *j, int ranks)
             kill(p, SIGKILL);
         }
     }
+    if (j->group > 0)
+        kill(-j->group, SIGKILL);
     if (j->pid > 0) {
-        kill(-j->pid, SIGKILL);
         kill(j->pid, SIGKILL);
         waitpid(j->pid, NULL, 0);
         j->pid = -1;
@@ -147,15 +103,16 @@ static void s_cleanup(s_job *j, int ranks)
  * the test lasts; rank `victim` is stopped once epoch 10 is done. */
 static void s_stop_one(int victim, const char *named)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)
         cr_skip_test("../shared/data not found (set PSREC_DATA): fault test skipped");
     char cmd[8192];
+    /* patience 0: the job must still be training when it is stopped */
     snprintf(cmd, sizeof cmd,
              TH_MPIRUN "-x PSREC_PID_DIR -np 4 %s train --train %s/ml-100k/u1.base "
-             "--test %s/ml-100k/u1.test --servers 1 --epochs 100000 --progress off "
+             "--test %s/ml-100k/u1.test --servers 1 --epochs 100000 --patience 0 --progress off "
              "--timeout 5 --heartbeat 1 --heartbeat_misses 3",
              PSREC_BINARY, data, data);
     s_job j;
@@ -164,7 +121,7 @@ static void s_stop_one(int victim, const char *named)
     pid_t pid = s_rank_pid(&j, victim);
     if (!up || pid < 0) {
         static char out[1 << 16];
-        s_slurp(j.log, out, sizeof out);
+        th_read_file(j.log, out, sizeof out);
         s_cleanup(&j, 4);
         cr_assert_fail("the job did not reach epoch 10 (pid of rank %d: %d):\n%s", victim,
                        (int)pid, out);
@@ -174,7 +131,7 @@ static void s_stop_one(int victim, const char *named)
     int rc = s_wait_end(&j, S_BOUND);
     double secs = cm_now() - t0;
     static char out[1 << 20];
-    s_slurp(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     s_cleanup(&j, 4);
     cr_log_info("SIGSTOP of rank %d: mpirun exited %d after %.1f s", victim, rc, secs);
     cr_assert_neq(rc, -1, "no end %.0f s after SIGSTOP of rank %d:\n%s", S_BOUND, victim, out);
@@ -214,7 +171,7 @@ Test(cluster_fault, sigstop_worker_ends_the_job)
  * the job within `timeout`, non-zero, saying what did not finish. */
 Test(cluster_fault, stall_before_heartbeats_ends_the_job)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)
@@ -231,7 +188,7 @@ Test(cluster_fault, stall_before_heartbeats_ends_the_job)
     int rc = s_wait_end(&j, S_BOUND + 30);
     double secs = cm_now() - t0;
     static char out[1 << 20];
-    s_slurp(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     s_cleanup(&j, 4);
     cr_log_info("a rank stopped in start-up: mpirun exited %d after %.1f s", rc, secs);
     cr_assert_neq(rc, -1, "no end %.0f s after the start:\n%s", S_BOUND + 30, out);
@@ -245,7 +202,7 @@ Test(cluster_fault, stall_before_heartbeats_ends_the_job)
  * with that worker's own reason, and no barrier holds anyone. */
 Test(cluster_fault, worker_failure_while_others_wait)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)
@@ -270,7 +227,7 @@ Test(cluster_fault, worker_failure_while_others_wait)
     int rc = s_wait_end(&j, 120);
     double secs = cm_now() - t0;
     static char out[1 << 20];
-    s_slurp(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     s_cleanup(&j, 4);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_expect_eq(system(cmd), 0);

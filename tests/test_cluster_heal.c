@@ -13,7 +13,7 @@
 #include <sys/types.h>
 
 #include "common/ckpt.h"
-#include "helpers.h"
+#include "bgjob.h"
 #include "tmpdir.h"
 
 static void s_init(void)
@@ -22,11 +22,6 @@ static void s_init(void)
 }
 
 TestSuite(cluster_heal, .init = s_init, .fini = th_tmpdir_remove, .timeout = 400);
-
-static int s_have_mpirun(void)
-{
-    return th_run("command -v mpirun", NULL, 0) == 0;
-}
 
 /* --train/--test of ml-100k u1 (skips the test without the data). */
 static const char *s_ml(void)
@@ -40,53 +35,11 @@ static const char *s_ml(void)
     return buf;
 }
 
-/* Starts cmd (VAR=value words first allowed) with its output in log;
- * returns its pid, which is the command's own. */
-static pid_t s_spawn(const char *cmd, const char *log)
-{
-    char full[8192];
-    snprintf(full, sizeof full, "exec env %s > %s 2>&1", cmd, log);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
-/* Waits for pid (at most limit_s: an upper bound on a hang); its exit
- * status, 128 + signal, or -1 when it did not end. */
-static int s_reap(pid_t pid, double limit_s)
-{
-    int st = 0;
-    for (double t = 0; t < limit_s; t += 0.01) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(10000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
-
-/* 1 while pid (a child) has not ended; it is left to s_reap. */
+/* 1 while pid (a child) has not ended; it is left to th_reap. */
 static int s_running(pid_t pid)
 {
     siginfo_t si = {0};
     return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
-}
-
-static void s_read(const char *path, char *out, size_t cap)
-{
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(out, 1, cap - 1, f);
-    out[n] = '\0';
-    fclose(f);
 }
 
 /* The epoch of the checkpoint LATEST names under root, or -1. */
@@ -94,7 +47,7 @@ static int s_latest_epoch(const char *root)
 {
     char p[600], buf[64];
     snprintf(p, sizeof p, "%s/LATEST", root);
-    s_read(p, buf, sizeof buf);
+    th_read_file(p, buf, sizeof buf);
     int e = -1;
     return sscanf(buf, "ckpt-%d", &e) == 1 ? e : -1;
 }
@@ -124,7 +77,7 @@ static pid_t s_pid(const char *dir, const char *name)
 {
     char p[600], buf[32];
     snprintf(p, sizeof p, "%s/%s", dir, name);
-    s_read(p, buf, sizeof buf);
+    th_read_file(p, buf, sizeof buf);
     long v = atol(buf);
     return v > 0 ? (pid_t)v : -1;
 }
@@ -206,7 +159,7 @@ Test(cluster_heal, divergence_stops_the_job_and_publishes_nothing)
 
 Test(cluster_heal, divergence_under_mpirun_exits_non_zero)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *ml = s_ml();
     char cmd[4096], out[65536];
@@ -277,13 +230,13 @@ Test(cluster_heal, sigterm_writes_a_last_checkpoint_local)
              "%s train --local %s --epochs 3000 --eval_every 1000 --checkpoint_every 0 "
              "--checkpoint_dir %s --metrics %s --progress off",
              PSREC_BINARY, ml, ck, metrics);
-    pid_t pid = s_spawn(cmd, log);
+    pid_t pid = th_spawn(cmd, log, NULL, 0);
     for (int i = 0; i < 60000 && s_epochs_done(metrics) < 1 && s_running(pid); i++)
         usleep(5000);
     cr_assert_geq(s_epochs_done(metrics), 1, "training started");
     cr_assert_eq(kill(pid, SIGTERM), 0);
-    int rc = s_reap(pid, 120);
-    s_read(log, out, sizeof out);
+    int rc = th_reap(pid, 120);
+    th_read_file(log, out, sizeof out);
     cr_expect_eq(rc, 1, "a stopped job exits 1 (%d):\n%s", rc, out);
     cr_expect(strstr(out, "stopped by signal 15") != NULL, "%s", out);
     int e = s_epochs_done(metrics);
@@ -305,7 +258,7 @@ Test(cluster_heal, sigterm_writes_a_last_checkpoint_local)
 
 Test(cluster_heal, sigterm_to_every_rank_under_mpirun)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *ml = s_ml();
     char cmd[4096], out[65536];
@@ -317,7 +270,7 @@ Test(cluster_heal, sigterm_to_every_rank_under_mpirun)
              "--eval_every 1000 --checkpoint_every 0 --checkpoint_dir %s --metrics %s "
              "--progress off",
              pids, PSREC_BINARY, ml, ck, metrics);
-    pid_t pid = s_spawn(cmd, log);
+    pid_t pid = th_spawn(cmd, log, NULL, 0);
     for (int i = 0; i < 60000 && s_epochs_done(metrics) < 1 && s_running(pid); i++)
         usleep(5000);
     cr_assert_geq(s_epochs_done(metrics), 1, "training started");
@@ -329,8 +282,8 @@ Test(cluster_heal, sigterm_to_every_rank_under_mpirun)
         cr_assert_gt(p, 0, "rank %d wrote its pid", r);
         cr_expect_eq(kill(p, SIGTERM), 0);
     }
-    int rc = s_reap(pid, 120);
-    s_read(log, out, sizeof out);
+    int rc = th_reap(pid, 120);
+    th_read_file(log, out, sizeof out);
     cr_expect(rc != 0 && rc != -1, "mpirun ends non-zero (%d):\n%s", rc, out);
     cr_expect(strstr(out, "stopped by signal 15") != NULL, "%s", out);
     int e = s_epochs_done(metrics);
@@ -359,7 +312,7 @@ static int s_sockets_of(const char *dir, pid_t pid)
 
 Test(cluster_heal, launch_restarts_after_kill9_of_a_server)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *ml = s_ml();
     char cmd[4096], out[65536], args[2048];
@@ -384,7 +337,7 @@ Test(cluster_heal, launch_restarts_after_kill9_of_a_server)
              "--allow-run-as-root --oversubscribe --bind-to none -x ASAN_OPTIONS -x TMPDIR "
              "-x PSREC_PID_DIR -np 4 -- %s --restarts 2 --restart_backoff 0.2",
              sock, pids, PSREC_BINARY, args);
-    pid_t pid = s_spawn(cmd, log);
+    pid_t pid = th_spawn(cmd, log, NULL, 0);
     /* after the first checkpoint: freeze server rank 1 (so the job cannot
      * end before the kill), then kill -9 it */
     pid_t victim = -1;
@@ -398,8 +351,8 @@ Test(cluster_heal, launch_restarts_after_kill9_of_a_server)
     cr_assert_eq(kill(victim, SIGSTOP), 0, "the server is still running");
     int at_kill = s_epochs_done(th_path("run.jsonl"));
     cr_assert_eq(kill(victim, SIGKILL), 0);
-    int rc = s_reap(pid, 300);
-    s_read(log, out, sizeof out);
+    int rc = th_reap(pid, 300);
+    th_read_file(log, out, sizeof out);
     cr_expect_eq(rc, 0, "the launcher finishes the job (%d):\n%s", rc, out);
     cr_expect_lt(at_kill, 15, "killed before the end (epoch %d)", at_kill);
     cr_expect(strstr(out, "attempt 1 of 3 failed") != NULL, "%s", out);
@@ -417,7 +370,7 @@ Test(cluster_heal, launch_restarts_after_kill9_of_a_server)
  * the launcher gets SIGTERM and every rank stops after the epoch. */
 Test(cluster_heal, sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *ml = s_ml();
     char cmd[4096], out[65536];
@@ -429,13 +382,13 @@ Test(cluster_heal, sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint)
              "--checkpoint_every 0 --checkpoint_dir %s --metrics %s --progress off "
              "--restarts 3",
              PSREC_BINARY, ml, ck, metrics);
-    pid_t pid = s_spawn(cmd, log);
+    pid_t pid = th_spawn(cmd, log, NULL, 0);
     for (int i = 0; i < 60000 && s_epochs_done(metrics) < 1 && s_running(pid); i++)
         usleep(5000);
     cr_assert_geq(s_epochs_done(metrics), 1, "training started");
     cr_assert_eq(kill(pid, SIGTERM), 0);
-    int rc = s_reap(pid, 120);
-    s_read(log, out, sizeof out);
+    int rc = th_reap(pid, 120);
+    th_read_file(log, out, sizeof out);
     cr_expect(rc != 0 && rc != -1, "the launcher ends non-zero (%d):\n%s", rc, out);
     cr_expect(strstr(out, "stopped by signal 10") != NULL, "the ranks got SIGUSR1:\n%s", out);
     cr_expect(strstr(out, "not restarting") != NULL, "%s", out);

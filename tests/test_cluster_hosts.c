@@ -16,7 +16,7 @@
 #include <stdarg.h>
 #include <time.h>
 
-#include "helpers.h"
+#include "bgjob.h"
 
 TestSuite(cluster_hosts, .timeout = 600);
 
@@ -35,13 +35,6 @@ __attribute__((format(printf, 3, 4))) static void s_fmt(char *out, size_t n, con
  * host has its own of) and the job's shared files. */
 static char s_dir[256];
 static char s_script[512];
-
-static double s_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void s_down(void)
 {
@@ -126,9 +119,10 @@ static void s_mpirun(char *cmd, size_t n, const char *args)
 static void s_job(char *args, size_t n, const char *data, const char *dir, int epochs,
                   const char *extra)
 {
+    /* patience 0: the jobs must run their epochs for the faults to land */
     s_fmt(args, n,
              "train --train %s/ml-100k/u1.base --test %s/ml-100k/u1.test --servers 1 "
-             "--schedule blocks --epochs %d --progress off --log_level info "
+             "--schedule blocks --epochs %d --patience 0 --progress off --log_level info "
              "--metrics %s/metrics.jsonl %s",
              data, data, epochs, dir, extra ? extra : "");
 }
@@ -194,9 +188,9 @@ Test(cluster_hosts, three_hosts_equal_one_host, .fini = s_fini)
     char args[4096], cmd[7000], out[65536];
     s_job(args, sizeof args, data, dir, 20, ck3);
     s_mpirun(cmd, sizeof cmd, args);
-    double t0 = s_now();
+    double t0 = th_clock();
     int rc = th_run(cmd, out, sizeof out);
-    double secs = s_now() - t0;
+    double secs = th_clock() - t0;
     cr_assert_eq(rc, 0, "three hosts: mpirun failed (%d) after %.1f s:\n%s", rc, secs, out);
     cr_log_info("three hosts: exit %d after %.1f s", rc, secs);
     s_final_line(dir, many, sizeof many);
@@ -230,9 +224,9 @@ Test(cluster_hosts, one_hostname_for_every_host, .fini = s_fini)
     char args[4096], cmd[7000], out[65536];
     s_job(args, sizeof args, data, dir, 20, "--timeout 60");
     s_mpirun(cmd, sizeof cmd, args);
-    double t0 = s_now();
+    double t0 = th_clock();
     int rc = th_run(cmd, out, sizeof out);
-    double secs = s_now() - t0;
+    double secs = th_clock() - t0;
     cr_assert_eq(rc, 0, "one hostname: mpirun failed (%d) after %.1f s:\n%s", rc, secs, out);
     cr_log_info("one hostname: exit %d after %.1f s", rc, secs);
     s_final_line(dir, many, sizeof many);
@@ -292,45 +286,6 @@ typedef struct {
     char log[600];
 } s_bg;
 
-static void s_start(s_bg *j, const char *cmd, const char *dir)
-{
-    s_fmt(j->log, sizeof j->log, "%s/out.log", dir);
-    j->pid = fork();
-    cr_assert_neq(j->pid, -1);
-    if (j->pid == 0) {
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-}
-
-/* Waits (at most limit s) for the job; its exit code, or -1 on a hang
- * (then it is killed). */
-static int s_wait(s_bg *j, double limit)
-{
-    double t0 = s_now();
-    int st = 0;
-    while (s_now() - t0 < limit) {
-        pid_t r = waitpid(j->pid, &st, WNOHANG);
-        if (r == j->pid)
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        usleep(50 * 1000);
-    }
-    kill(j->pid, SIGKILL);
-    waitpid(j->pid, &st, 0);
-    return -1;
-}
-
-static void s_read(const char *path, char *out, size_t n)
-{
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t got = fread(out, 1, n - 1, f);
-    out[got] = '\0';
-    fclose(f);
-}
-
 static void s_link(const char *host, const char *state)
 {
     char cmd[4096], out[1024];
@@ -344,20 +299,19 @@ static void s_link(const char *host, const char *state)
 static int s_cut_job(const char *data, const char *dir, int epochs, double cut,
                      const char *extra, char *out, size_t n, double *secs, double *cut_at)
 {
-    char args[4096], cmd[7000], full[8000];
+    char args[4096], cmd[7000];
     s_job(args, sizeof args, data, dir, epochs, extra);
     s_mpirun(cmd, sizeof cmd, args);
     s_bg j;
     s_fmt(j.log, sizeof j.log, "%s/out.log", dir);
-    s_fmt(full, sizeof full, "%s >%s 2>&1", cmd, j.log);
-    double t0 = s_now();
-    s_start(&j, full, dir);
+    double t0 = th_clock();
+    j.pid = th_spawn(cmd, j.log, NULL, 0);
     /* cut once training is under way (two epochs done); every wait bounded */
-    while (s_epochs_done(dir) < 2 && s_now() - t0 < 120 && waitpid(j.pid, NULL, WNOHANG) == 0)
+    while (s_epochs_done(dir) < 2 && th_clock() - t0 < 120 && waitpid(j.pid, NULL, WNOHANG) == 0)
         usleep(20 * 1000);
     int before = s_epochs_done(dir);
     s_link("h1", "down");
-    *cut_at = s_now() - t0;
+    *cut_at = th_clock() - t0;
     int still = waitpid(j.pid, NULL, WNOHANG) == 0;
     if (still)
         usleep((useconds_t)(cut * 1e6)); /* the fault's length, not a wait for a result */
@@ -368,9 +322,9 @@ static int s_cut_job(const char *data, const char *dir, int epochs, double cut,
               before, epochs);
     cr_log_info("cut at epoch %d after %.1f s; epoch %d when the link came back", before,
                 *cut_at, during);
-    int rc = s_wait(&j, 300);
-    *secs = s_now() - t0;
-    s_read(j.log, out, n);
+    int rc = th_reap(j.pid, 300);
+    *secs = th_clock() - t0;
+    th_read_file(j.log, out, n);
     return rc;
 }
 
@@ -418,9 +372,9 @@ Test(cluster_hosts, checkpoint_dir_not_shared, .fini = s_fini)
     char args[4096], cmd[7000], out[65536];
     s_job(args, sizeof args, data, dir, 20, extra);
     s_mpirun(cmd, sizeof cmd, args);
-    double t0 = s_now();
+    double t0 = th_clock();
     int rc = th_run(cmd, out, sizeof out);
-    double secs = s_now() - t0;
+    double secs = th_clock() - t0;
     cr_log_info("checkpoint dir not shared: exit %d after %.1f s", rc, secs);
     s_log_error("checkpoint dir not shared", out);
     cr_expect_neq(rc, 0, "a job whose checkpoints would be scattered must not run:\n%s", out);
@@ -453,20 +407,19 @@ Test(cluster_hosts, checkpoint_files_unseen_are_not_published, .fini = s_fini)
     s_fmt(root, sizeof root, "%s/ckpt", dir);
     s_fmt(extra, sizeof extra, "--checkpoint_dir %s --checkpoint_every 1 --checkpoint_keep 2 "
                                "--timeout 30", root);
-    char args[4096], cmd[7000], full[8000];
+    char args[4096], cmd[7000];
     s_job(args, sizeof args, data, dir, epochs, extra);
     s_mpirun(cmd, sizeof cmd, args);
     s_bg j;
     s_fmt(j.log, sizeof j.log, "%s/out.log", dir);
-    s_fmt(full, sizeof full, "%s >%s 2>&1", cmd, j.log);
-    double t0 = s_now();
-    s_start(&j, full, dir);
+    double t0 = th_clock();
+    j.pid = th_spawn(cmd, j.log, NULL, 0);
     /* once a checkpoint is published (the start-up check passed), cover the
      * root on h1 with an empty filesystem holding every checkpoint's
      * directory, so the server's writes succeed, out of the scheduler's sight */
     char latest[700];
     s_fmt(latest, sizeof latest, "%s/LATEST", root);
-    while (access(latest, F_OK) != 0 && s_now() - t0 < 120 &&
+    while (access(latest, F_OK) != 0 && th_clock() - t0 < 120 &&
            waitpid(j.pid, NULL, WNOHANG) == 0)
         usleep(20 * 1000);
     int still = waitpid(j.pid, NULL, WNOHANG) == 0;
@@ -481,10 +434,10 @@ Test(cluster_hosts, checkpoint_files_unseen_are_not_published, .fini = s_fini)
           s_script, s_dir, epochs, root);
     int mrc = th_run(mnt, mout, sizeof mout);
     cr_assert_eq(mrc, 0, "mount over the root on h1: %s", mout);
-    int rc = s_wait(&j, 300);
-    double secs = s_now() - t0;
+    int rc = th_reap(j.pid, 300);
+    double secs = th_clock() - t0;
     static char out[1 << 20];
-    s_read(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     cr_log_info("checkpoint files unseen: exit %d after %.1f s", rc, secs);
     s_log_error("checkpoint files unseen", out);
     cr_expect(rc != 0 && rc != -1, "the job stops (exit %d):\n%s", rc, out);
@@ -514,21 +467,6 @@ Test(cluster_hosts, checkpoint_files_unseen_are_not_published, .fini = s_fini)
           ck, dir);
     cr_expect_eq(th_run(verify, vout, sizeof vout), 0, "LATEST (%s) exports:\n%s", name, vout);
     cr_expect_lt(atoi(name + 5), epochs, "LATEST is %s", name);
-}
-
-/* The pid rank r of the job wrote under pid_dir (PSREC_PID_DIR), or 0. */
-static pid_t s_rank_pid(const char *pid_dir, int r)
-{
-    char path[1024];
-    s_fmt(path, sizeof path, "%s/rank-%d.pid", pid_dir, r);
-    FILE *f = fopen(path, "r");
-    long pid = 0;
-    if (f) {
-        if (fscanf(f, "%ld", &pid) != 1)
-            pid = 0;
-        fclose(f);
-    }
-    return (pid_t)pid;
 }
 
 /* How many processes run on host (other than the one holding it open). */
@@ -565,33 +503,32 @@ Test(cluster_hosts, long_link_cut, .fini = s_fini)
     mkdir(dir, 0755);
     s_fmt(pids, sizeof pids, "%s/pids", dir);
     mkdir(pids, 0755);
-    char args[4096], cmd[7000], full[8000];
+    char args[4096], cmd[7000];
     /* the heartbeat (10 s of silence) notices before the 20 s timeout of a
      * worker waiting for the server, so the silent host is what is named */
     s_job(args, sizeof args, data, dir, 100000, "--timeout 20");
     s_mpirun_pids(cmd, sizeof cmd, args, pids);
     s_bg j;
     s_fmt(j.log, sizeof j.log, "%s/out.log", dir);
-    s_fmt(full, sizeof full, "%s >%s 2>&1", cmd, j.log);
-    double t0 = s_now();
-    s_start(&j, full, dir);
-    while (s_epochs_done(dir) < 2 && s_now() - t0 < 120 && waitpid(j.pid, NULL, WNOHANG) == 0)
+    double t0 = th_clock();
+    j.pid = th_spawn(cmd, j.log, NULL, 0);
+    while (s_epochs_done(dir) < 2 && th_clock() - t0 < 120 && waitpid(j.pid, NULL, WNOHANG) == 0)
         usleep(20 * 1000);
     int before = s_epochs_done(dir);
     pid_t rank_pid[5];
     for (int r = 0; r < 5; r++)
-        rank_pid[r] = s_rank_pid(pids, r);
+        rank_pid[r] = th_rank_pid(pids, r);
     s_link("h1", "down");
-    double cut_at = s_now();
+    double cut_at = th_clock();
     /* the link stays down for as long as the job may take to end */
     const double limit = 150;
-    int rc = s_wait(&j, limit);
-    double secs = s_now() - cut_at;
+    int rc = th_reap(j.pid, limit);
+    double secs = th_clock() - cut_at;
     /* what runs on h1 once mpirun is gone (its daemon ends when TCP gives
      * up on mpirun, as mpirun did on it): polled, bounded */
     char left[4096] = "";
     int n_left = -1;
-    for (double t1 = s_now(); s_now() - t1 < 60;) {
+    for (double t1 = th_clock(); th_clock() - t1 < 60;) {
         if ((n_left = s_procs_on("h1", left, sizeof left)) == 0)
             break;
         usleep(200 * 1000);
@@ -601,7 +538,7 @@ Test(cluster_hosts, long_link_cut, .fini = s_fini)
         ranks_alive += rank_pid[r] > 0 && kill(rank_pid[r], 0) == 0;
     s_link("h1", "up");
     static char out[1 << 20];
-    s_read(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     cr_assert(before >= 2, "the job must train when the link goes (epoch %d):\n%s", before,
               out);
     for (int r = 0; r < 5; r++)
@@ -643,7 +580,7 @@ Test(cluster_hosts, kill_server_with_restarts, .fini = s_fini)
     s_fmt(extra, sizeof extra,
           "--checkpoint_dir %s/ckpt --checkpoint_every 10 --restarts 3 --restart_backoff 1 "
           "--timeout 15", dir);
-    char args[4096], opts[2048], cmd[9000], full[10000];
+    char args[4096], opts[2048], cmd[9000];
     s_job(args, sizeof args, data, dir, epochs, extra);
     cr_assert(strncmp(args, "train ", 6) == 0);
     s_mpi_opts(opts, sizeof opts);
@@ -654,23 +591,22 @@ Test(cluster_hosts, kill_server_with_restarts, .fini = s_fini)
           s_script, s_dir, pids, PSREC_BINARY, opts, args + 6);
     s_bg j;
     s_fmt(j.log, sizeof j.log, "%s/out.log", dir);
-    s_fmt(full, sizeof full, "%s >%s 2>&1", cmd, j.log);
-    double t0 = s_now();
-    s_start(&j, full, dir);
+    double t0 = th_clock();
+    j.pid = th_spawn(cmd, j.log, NULL, 0);
     /* a checkpoint or two first (epoch 25: the newest is epoch 20's) */
-    while (s_epochs_done(dir) < 25 && s_now() - t0 < 200 && waitpid(j.pid, NULL, WNOHANG) == 0)
+    while (s_epochs_done(dir) < 25 && th_clock() - t0 < 200 && waitpid(j.pid, NULL, WNOHANG) == 0)
         usleep(20 * 1000);
     int at = s_epochs_done(dir);
-    pid_t server = s_rank_pid(pids, 1);
+    pid_t server = th_rank_pid(pids, 1);
     cr_assert(at >= 25 && at < epochs && server > 0,
               "the job must train when the server is killed (epoch %d of %d, pid %d)", at,
               epochs, (int)server);
     cr_assert_eq(kill(server, SIGKILL), 0, "kill -9 %d: %s", (int)server, strerror(errno));
-    int rc = s_wait(&j, 500);
+    int rc = th_reap(j.pid, 500);
     static char out[1 << 20];
-    s_read(j.log, out, sizeof out);
+    th_read_file(j.log, out, sizeof out);
     cr_log_info("kill -9 of the server at epoch %d under psrec launch: exit %d after %.1f s", at,
-                rc, s_now() - t0);
+                rc, th_clock() - t0);
     cr_assert_eq(rc, 0, "restarted to the end (%d):\n%s", rc, out);
     cr_expect(strstr(out, "psrec launch: attempt 1 of 4 failed") != NULL &&
                   strstr(out, "psrec launch: the job finished after 1 restart") != NULL,

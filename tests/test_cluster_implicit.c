@@ -143,7 +143,7 @@ Test(cluster_implicit, one_epoch_is_between_random_and_trained)
 
 Test(cluster_implicit, bpr_mpirun_two_servers_two_workers)
 {
-    if (th_run("command -v mpirun", NULL, 0) != 0)
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)

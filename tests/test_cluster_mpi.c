@@ -8,18 +8,13 @@
 
 #include "helpers.h"
 
-static int s_have_mpirun(void)
-{
-    return th_run("command -v mpirun", NULL, 0) == 0;
-}
-
 TestSuite(cluster_mpi, .timeout = 600);
 
 /* Default settings; then the blocks schedule with two blocks per worker
  * (each worker pulls its next block's rows while it trains one). */
 Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)
@@ -92,7 +87,7 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
 
 Test(cluster_mpi, too_few_ranks_is_a_clear_error)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     char dir[] = "/tmp/psrec-mpi-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
@@ -113,7 +108,7 @@ Test(cluster_mpi, too_few_ranks_is_a_clear_error)
 
 Test(cluster_mpi, generated_data_one_server_two_workers)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     char dir[] = "/tmp/psrec-mpi-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
@@ -198,7 +193,7 @@ static int s_epochs_done(const char *metrics)
 
 Test(cluster_mpi, kill_a_worker_then_resume_auto)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     char dir[] = "/tmp/psrec-kill-XXXXXX";
     cr_assert_not_null(mkdtemp(dir));
@@ -272,7 +267,7 @@ Test(cluster_mpi, kill_a_worker_then_resume_auto)
 
 Test(cluster_mpi, fm_on_frappe_two_servers_two_workers)
 {
-    if (!s_have_mpirun())
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     const char *data = th_data_dir();
     if (!data)

@@ -31,7 +31,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/van.h"
-#include "helpers.h"
+#include "bgjob.h"
 
 static cm_job s_job(const char *data, const char *train, const char *test)
 {
@@ -261,20 +261,9 @@ static void s_raw_garbage(int port)
     close(fd);
 }
 
-static void s_read_file(const char *path, char *out, size_t cap)
-{
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(out, 1, cap - 1, f);
-    out[n] = '\0';
-    fclose(f);
-}
-
 Test(cluster_wire, strangers_get_nothing_and_change_nothing, .timeout = 600)
 {
-    if (th_run("command -v mpirun", NULL, 0) != 0)
+    if (!th_have_mpirun())
         cr_skip_test("mpirun not found");
     if (!cm_van_can_secure())
         cr_skip_test("this libzmq has no CURVE");
@@ -291,7 +280,7 @@ Test(cluster_wire, strangers_get_nothing_and_change_nothing, .timeout = 600)
      * trains; the test checks below that they did */
     const char *job_fmt = TH_MPIRUN "-x PSREC_TRANSPORT=tcp -np 5 %s train --train "
                                     "%s/ml-100k/u1.base --test %s/ml-100k/u1.test --servers 2 "
-                                    "--epochs 600 --metrics %s --progress off";
+                                    "--epochs 600 --patience 0 --metrics %s --progress off";
     snprintf(cmd, sizeof cmd, job_fmt, PSREC_BINARY, data, data, metrics);
     int rc = th_run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "undisturbed run failed (%d):\n%s", rc, out);
@@ -356,7 +345,7 @@ Test(cluster_wire, strangers_get_nothing_and_change_nothing, .timeout = 600)
         zmq_close(d[i]);
     }
     zmq_ctx_term(ctx);
-    s_read_file(log, out, sizeof out);
+    th_read_file(log, out, sizeof out);
     cr_assert_eq(rc, 0, "disturbed run failed (%d):\n%s", rc, out);
     cr_assert(strstr(out, "van: refused") != NULL,
               "the job saw the strangers and refused them:\n%s", out);

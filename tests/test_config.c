@@ -19,8 +19,10 @@ static const char *const s_all_keys[] = {
     "train", "test", "metrics", "model", "dim", "epochs", "servers",
     "optimizer", "lr", "l2", "init_std", "batch", "seed", "max_bad_lines",
     "slots", "progress", "log_level", "local", "workers", "timeout",
-    "schedule", "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep",
+    "schedule", "method", "checkpoint_dir", "checkpoint_every", "checkpoint_secs",
+    "checkpoint_keep",
     "restarts", "restart_backoff",
+    "validation", "validation_fraction", "patience",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "consistency", "staleness", "user_features", "item_features",
@@ -931,4 +933,47 @@ Test(config, model_defaults_fill_only_unset_keys)
     cm_job_model_defaults(&r);
     cr_expect_float_eq(r.lr, 0.2, 1e-12, "an lr the user gave is kept");
     cr_expect_eq(r.dim, 64, "deep's dim");
+}
+
+/* method mcmc: its own defaults (sweeps, dim, init) unless given, and only
+ * for fm and mf. */
+Test(config, method_mcmc_defaults_and_models)
+{
+    cm_error err = {0};
+    cm_job j = cm_job_default();
+    cr_assert_eq(cm_job_set(&j, "model", "fm", "--model", &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_job_set(&j, "method", "mcmc", "--method", &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_job_set(&j, "dim", "12", "--dim", &err), 0, "%s", err.msg);
+    cm_job_model_defaults(&j);
+    cr_expect_eq(j.method, CM_METHOD_MCMC);
+    cr_expect_eq(j.epochs, 100);
+    cr_expect_eq(j.dim, 12, "a dim the user gave is kept");
+    cr_expect_float_eq(j.init_std, 0.1, 1e-12);
+    snprintf(j.train, sizeof j.train, "x");
+    cr_expect_eq(cm_job_validate(&j, &err), 0, "%s", err.msg);
+    cm_job s = cm_job_default();
+    cr_assert_eq(cm_job_set(&s, "model", "fm", "--model", &err), 0);
+    cm_job_model_defaults(&s);
+    cr_expect_eq(s.method, CM_METHOD_SGD, "sgd unless asked");
+    cr_expect_eq(s.dim, 64);
+    cr_assert_eq(cm_job_set(&j, "model", "ffm", "--model", &err), 0);
+    cr_expect_eq(cm_job_validate(&j, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "models fm and mf") != NULL, "%s", err.msg);
+}
+
+Test(config, validation_keys)
+{
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    cr_expect_float_eq(j.validation_fraction, 0.05, 1e-12, "validation is on by default");
+    cr_expect_eq(j.patience, 3);
+    cr_expect_str_eq(j.validation, "");
+    cr_assert_eq(cm_job_set(&j, "validation_fraction", "0", "--validation_fraction", &err), 0);
+    cr_expect_float_eq(j.validation_fraction, 0, 1e-12, "0 turns it off");
+    cr_expect_neq(cm_job_set(&j, "validation_fraction", "0.9", "--validation_fraction", &err), 0,
+                  "most of the data cannot be held out");
+    cr_expect(strstr(err.msg, "validation_fraction") != NULL, "%s", err.msg);
+    cr_expect_neq(cm_job_set(&j, "patience", "-1", "--patience", &err), 0);
+    cr_assert_eq(cm_job_set(&j, "validation", "v.txt", "--validation", &err), 0);
+    cr_expect_str_eq(j.validation, "v.txt");
 }

@@ -751,7 +751,8 @@ static void s_check_model(int task, int fm_term, const float *label)
         dw[i] = keep - h;
         double lm = s_model_loss(&p, task, drows, dw, label, ctx.offset, ctx.l2, &k2, NULL);
         dw[i] = keep;
-        const double fd = i < nw ? (lp - lm) / (2 * h) : 0;
+        /* the net's gradient is of the batch's mean loss (the rows' of the sum) */
+        const double fd = i < nw ? (lp - lm) / (2 * h) / DN : 0;
         cr_expect(fabs(fd - dgrad[i]) <= 1e-4 + 1e-3 * fabs(fd),
                   "task %d fm %d dense %zu: analytic %.7g vs numeric %.7g", task, fm_term, i,
                   dgrad[i], fd);

@@ -506,3 +506,53 @@ Test(rng, shuffle_is_deterministic)
         moved += a[i] != i;
     cr_assert_gt(moved, 80);
 }
+
+/* Gamma(k, 1): mean k and variance k, at shapes below, at and above 1
+ * (within 5 standard errors of the mean; the variance within 5%). */
+Test(rng, gamma_moments)
+{
+    const double shapes[] = {0.3, 1.0, 3.7, 60.0};
+    const int n = 200000;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        cm_rng r;
+        cm_rng_seed(&r, 17 + s);
+        double sum = 0, sq = 0;
+        for (int i = 0; i < n; i++) {
+            double x = cm_rng_gamma(&r, shapes[s]);
+            cr_assert(x > 0 && isfinite(x), "shape %g: deviate %g", shapes[s], x);
+            sum += x;
+            sq += x * x;
+        }
+        double mean = sum / n, var = sq / n - mean * mean, k = shapes[s];
+        cr_expect(fabs(mean - k) < 5 * sqrt(k / n), "shape %g: mean %g", k, mean);
+        cr_expect(fabs(var - k) < 0.05 * k, "shape %g: variance %g", k, var);
+    }
+}
+
+/* N(0,1) conditioned on z > a: always above a, with the truncated mean
+ * phi(a) / (1 - Phi(a)), on both sides of the method's switch at 0.45 and
+ * far in the tail. */
+Test(rng, normal_above_is_the_truncated_normal)
+{
+    const double at[] = {-2.0, 0.0, 0.45, 0.5, 2.0, 6.0};
+    const int n = 100000;
+    for (size_t s = 0; s < sizeof at / sizeof at[0]; s++) {
+        cm_rng r;
+        cm_rng_seed(&r, 91 + s);
+        const double a = at[s];
+        double sum = 0, sq = 0;
+        for (int i = 0; i < n; i++) {
+            double z = cm_rng_normal_above(&r, a);
+            cr_assert(z > a, "a %g: deviate %g", a, z);
+            sum += z;
+            sq += z * z;
+        }
+        const double tail = 0.5 * erfc(a / sqrt(2.0));
+        const double want = exp(-0.5 * a * a) / sqrt(2.0 * M_PI) / tail;
+        const double var = 1 + a * want - want * want, mean = sum / n;
+        cr_expect(fabs(mean - want) < 5 * sqrt(var / n), "a %g: mean %g, want %g", a, mean,
+                  want);
+        cr_expect(fabs((sq / n - mean * mean) - var) < 0.05 * var + 1e-4,
+                  "a %g: variance %g, want %g", a, sq / n - mean * mean, var);
+    }
+}

@@ -38,6 +38,7 @@ struct wk_sparse {
     uint32_t n_fields;   /* fields per example (ffm, deep); 0 when unused */
     size_t batch;
     s_set train, test;
+    s_set valid;         /* validation rows (docs/validation.md) */
     /* batch scratch, grown as needed */
     uint64_t *keys, *uniq, *scratch, *at;
     uint32_t *idx, *field;
@@ -70,6 +71,7 @@ void wk_sparse_destroy(wk_sparse **ps)
     wk_sparse *s = *ps;
     s_set_free(&s->train);
     s_set_free(&s->test);
+    s_set_free(&s->valid);
     free(s->keys);
     free(s->uniq);
     free(s->scratch);
@@ -94,6 +96,12 @@ void wk_sparse_destroy(wk_sparse **ps)
 int wk_sparse_task(const wk_sparse *s)
 {
     return s->task;
+}
+
+wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test)
+{
+    const s_set *d = test ? &s->test : &s->train;
+    return (wk_sparse_view){d->n, d->label, d->at, d->key, d->val, d->field};
 }
 
 /* The input format of path: the job's; else by extension; else ratings
@@ -142,14 +150,21 @@ int wk_sparse_format(const cm_job *job, const char *path)
 
 enum { S_FIELD_USER, S_FIELD_ITEM, S_FIELD_USER_SIDE, S_FIELD_ITEM_SIDE };
 
+/* Row i of a file is this worker's when i is index modulo the worker
+ * count, and goes to the set being taken when held (NULL: none held) marks
+ * it as `want`: 0 training, 1 validation. */
+#define S_TAKES(held, i, want) ((held) ? (held)[i] == (want) : (want) == 0)
+
 static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_side *is,
-                          uint32_t index, uint32_t n_workers, int fields, s_set *d,
-                          cm_error *err)
+                          uint32_t index, uint32_t n_workers, int fields,
+                          const unsigned char *held, int want, s_set *d, cm_error *err)
 {
     size_t n = 0, nnz = 0;
     const uint64_t *k;
     size_t nk;
     for (size_t i = index; i < all->n; i += n_workers) {
+        if (!S_TAKES(held, i, want))
+            continue;
         n++;
         nnz += 2;
         if (us && cm_side_features(us, all->user[i], &k, &nk))
@@ -171,7 +186,9 @@ static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_sid
     d->n = n;
     d->at[0] = 0;
     size_t j = 0, a = 0;
-    for (size_t i = index; i < all->n; i += n_workers, j++) {
+    for (size_t i = index; i < all->n; i += n_workers) {
+        if (!S_TAKES(held, i, want))
+            continue;
         d->label[j] = all->rating[i];
         fld[a * fstep] = S_FIELD_USER;
         d->key[a] = cm_hash_key(all->user[i], S_USER_NS);
@@ -191,7 +208,7 @@ static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_sid
                 d->key[a] = k[x];
                 d->val[a] = 1.f;
             }
-        d->at[j + 1] = a;
+        d->at[++j] = a;
     }
     d->bad_lines = all->bad_lines;
     return 0;
@@ -247,13 +264,15 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
     }
 }
 
-/* Copies the rows i with i % n_workers == index (and their fields when
- * fields is set). */
+/* Copies the rows i with i % n_workers == index that S_TAKES (and their
+ * fields when fields is set). */
 static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, int fields,
-                  s_set *d, cm_error *err)
+                  const unsigned char *held, int want, s_set *d, cm_error *err)
 {
     size_t n = 0, nnz = 0;
     for (size_t i = index; i < all->n; i += n_workers) {
+        if (!S_TAKES(held, i, want))
+            continue;
         n++;
         nnz += all->row_at[i + 1] - all->row_at[i];
     }
@@ -269,7 +288,9 @@ static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, in
     d->n = n;
     d->at[0] = 0;
     size_t j = 0, k = 0;
-    for (size_t i = index; i < all->n; i += n_workers, j++) {
+    for (size_t i = index; i < all->n; i += n_workers) {
+        if (!S_TAKES(held, i, want))
+            continue;
         d->label[j] = all->label[i];
         for (uint64_t a = all->row_at[i]; a < all->row_at[i + 1]; a++, k++) {
             d->key[k] = all->key[a];
@@ -277,7 +298,7 @@ static int s_take(const cm_examples *all, uint32_t index, uint32_t n_workers, in
             if (fields)
                 d->field[k] = all->field[a];
         }
-        d->at[j + 1] = k;
+        d->at[++j] = k;
     }
     d->bad_lines = all->bad_lines;
     return 0;
@@ -389,6 +410,7 @@ static int s_load_ratings(wk_sparse *s, const cm_job *job, uint32_t index,
 {
     cm_side *us = NULL, *is = NULL;
     cm_ratings all = {0};
+    unsigned char *held = NULL;
     cm_load_opts lo = cm_load_opts_default();
     lo.max_bad_lines = job->max_bad_lines;
     lo.log_bad_lines = log_lines;
@@ -407,19 +429,36 @@ static int s_load_ratings(wk_sparse *s, const cm_job *job, uint32_t index,
             goto out;
     }
     s->task = job->task == CM_JOB_TASK_AUTO ? CM_TASK_REGRESSION : job->task;
-    const char *paths[2] = {job->train, job->test};
-    s_set *sets[2] = {&s->train, &s->test};
-    for (int f = 0; f < 2 && rc == 0; f++) {
+    const char *paths[3] = {job->train, job->test, job->validation};
+    s_set *sets[3] = {&s->train, &s->test, &s->valid};
+    for (int f = 0; f < 3 && rc == 0; f++) {
         if (!paths[f][0])
             continue;
         if ((rc = cm_ratings_load(paths[f], &lo, &all, err)) != 0)
             goto out;
-        rc = s_take_ratings(&all, us, is, index, n_workers, s->n_fields > 0, sets[f], err);
+        /* no validation file: the training file's carved pairs */
+        if (f == 0 && !job->validation[0] && job->validation_fraction > 0) {
+            if (!(held = malloc(all.n + 1))) {
+                rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+                goto out;
+            }
+            for (size_t i = 0; i < all.n; i++)
+                held[i] = (unsigned char)cm_carve_pair(all.user[i], all.item[i], job->seed,
+                                                       job->validation_fraction);
+            rc = s_take_ratings(&all, us, is, index, n_workers, s->n_fields > 0, held, 1,
+                                &s->valid, err);
+            if (rc == 0 && s->task == CM_TASK_BINARY)
+                rc = s_binarize(&s->valid, paths[f], err);
+        }
+        if (rc == 0)
+            rc = s_take_ratings(&all, us, is, index, n_workers, s->n_fields > 0,
+                                f == 0 ? held : NULL, 0, sets[f], err);
         cm_ratings_free(&all);
         if (rc == 0 && s->task == CM_TASK_BINARY)
             rc = s_binarize(sets[f], paths[f], err);
     }
 out:
+    free(held);
     cm_ratings_free(&all);
     cm_side_destroy(&us);
     cm_side_destroy(&is);
@@ -431,6 +470,7 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
 {
     wk_sparse *s = calloc(1, sizeof *s);
     cm_examples all = {0};
+    unsigned char *held = NULL; /* per training row: 1 carved for validation */
     if (!s) {
         cm_error_set(err, CM_ENOMEM, "worker: out of memory");
         return NULL;
@@ -483,11 +523,38 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     s->task = job->task == CM_JOB_TASK_AUTO
                   ? (s_is_binary(&all) ? CM_TASK_BINARY : CM_TASK_REGRESSION)
                   : job->task;
-    if (s_take(&all, index, n_workers, fields, &s->train, err) != 0)
+    if (!job->validation[0] && job->validation_fraction > 0) {
+        /* no validation file: carved by position in the training file */
+        if (!(held = malloc(all.n + 1))) {
+            cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < all.n; i++)
+            held[i] = (unsigned char)cm_carve_position(i, job->seed, job->validation_fraction);
+        if (s_take(&all, index, n_workers, fields, held, 1, &s->valid, err) != 0)
+            goto fail;
+        if (s->task == CM_TASK_BINARY && s_binarize(&s->valid, job->train, err) != 0)
+            goto fail;
+    }
+    if (s_take(&all, index, n_workers, fields, held, 0, &s->train, err) != 0)
         goto fail;
     cm_examples_free(&all);
     if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
         goto fail;
+    if (job->validation[0]) {
+        if (wk_sparse_load_features(job, job->validation, log_lines, &all, err) != 0)
+            goto fail;
+        if (fields && (!all.field || all.n_fields > s->n_fields)) {
+            cm_error_set(err, CM_ECONFIG, "%s: the validation data has %u fields, the model %u",
+                         job->validation, all.n_fields, s->n_fields);
+            goto fail;
+        }
+        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->valid, err) != 0)
+            goto fail;
+        cm_examples_free(&all);
+        if (s->task == CM_TASK_BINARY && s_binarize(&s->valid, job->validation, err) != 0)
+            goto fail;
+    }
     if (job->test[0]) {
         if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0)
             goto fail;
@@ -496,13 +563,15 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
                          job->test, all.n_fields, s->n_fields);
             goto fail;
         }
-        if (s_take(&all, index, n_workers, fields, &s->test, err) != 0)
+        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->test, err) != 0)
             goto fail;
         cm_examples_free(&all);
         if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
             goto fail;
     }
 loaded:
+    free(held);
+    held = NULL;
     s->order = malloc((s->train.n + 1) * sizeof *s->order);
     if (!s->order) {
         cm_error_set(err, CM_ENOMEM, "worker: out of memory");
@@ -510,6 +579,7 @@ loaded:
     }
     return s;
 fail:
+    free(held);
     cm_examples_free(&all);
     wk_sparse_destroy(&s);
     return NULL;
@@ -694,17 +764,19 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
     return wk_kv_flush(kv, err);
 }
 
-int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
-                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
+/* Scores set d; pos/neg may be NULL (no AUC histograms). */
+static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
+                      const wk_model_ctx *ctx, double *stats, uint64_t *pos, uint64_t *neg,
+                      cm_error *err)
 {
     double sq = 0, ab = 0, ll = 0;
     int rc0 = s_dense_setup(s, m, err);
     if (rc0 != 0)
         return rc0;
-    for (size_t first = 0; first < s->test.n; first += S_EVAL_BATCH) {
-        size_t cnt = s->test.n - first < S_EVAL_BATCH ? s->test.n - first : S_EVAL_BATCH, nu;
+    for (size_t first = 0; first < d->n; first += S_EVAL_BATCH) {
+        size_t cnt = d->n - first < S_EVAL_BATCH ? d->n - first : S_EVAL_BATCH, nu;
         wk_sparse_batch b;
-        int rc = s_batch(s, kv, &s->test, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
+        int rc = s_batch(s, kv, d, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
         if (rc != 0)
             return rc;
         if (m->predict_ext)
@@ -717,7 +789,8 @@ int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mode
                 y = y < ctx->clip_lo ? ctx->clip_lo : (y > ctx->clip_hi ? ctx->clip_hi : y);
             if (s->task == CM_TASK_BINARY) {
                 float p = (float)(1.0 / (1.0 + exp(-y)));
-                cm_auc_add(pos, neg, p, t > 0.5);
+                if (pos && neg)
+                    cm_auc_add(pos, neg, p, t > 0.5);
                 ll += cm_logloss(p, t > 0.5);
                 y = p;
             }
@@ -727,7 +800,24 @@ int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mode
     }
     stats[0] = sq;
     stats[1] = ab;
-    stats[2] = (double)s->test.n;
+    stats[2] = (double)d->n;
     stats[3] = ll;
     return 0;
+}
+
+int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
+                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
+{
+    return s_eval_set(s, &s->test, kv, m, ctx, stats, pos, neg, err);
+}
+
+int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
+                         const wk_model_ctx *ctx, double *stats, cm_error *err)
+{
+    return s_eval_set(s, &s->valid, kv, m, ctx, stats, NULL, NULL, err);
+}
+
+size_t wk_sparse_n_valid(const wk_sparse *s)
+{
+    return s->valid.n;
 }

@@ -57,6 +57,21 @@ void wk_sparse_destroy(wk_sparse **ps);
 /* cm_task of the run. */
 int wk_sparse_task(const wk_sparse *s);
 
+/* The examples s loaded (test: the test set; n = 0 when there is none),
+ * read-only and valid while s lives: CSR over feature keys, labels as
+ * trained on (binary: 0 or 1); field is NULL unless the job's model has
+ * fields. For trainers that do not go through the servers (mcmc). */
+typedef struct {
+    size_t n;
+    const float *label;
+    const uint64_t *at;      /* n + 1 offsets */
+    const uint64_t *key;
+    const float *val;
+    const uint32_t *field;
+} wk_sparse_view;
+
+wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test);
+
 /* HELLO statistics: n_train, label sum, label min, label max, n_test, bad
  * train lines, bad test lines (7 numbers); loads (n_slots floats) gets one
  * request per feature occurrence in the slot of its key. */
@@ -76,5 +91,13 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
  * by the caller) get the AUC histograms of the predicted probabilities. */
 int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
                    double *stats, uint64_t *pos, uint64_t *neg, cm_error *err);
+
+/* The same over the validation rows (the job's validation file, or the
+ * training rows carved for it: docs/validation.md); no AUC histograms. */
+int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
+                         const wk_model_ctx *ctx, double *stats, cm_error *err);
+
+/* This worker's validation rows. */
+size_t wk_sparse_n_valid(const wk_sparse *s);
 
 #endif

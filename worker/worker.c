@@ -61,8 +61,11 @@ typedef struct {
     double last_report;
     uint32_t progress_epoch;
     uint64_t min_clock;             /* SSP/BSP: the slowest worker's clock, as last heard */
-    /* this worker's shard, owned copies */
+    /* this worker's shard, owned copies; the validation rows ride at the
+     * end of test (one evaluation pass scores both): the first n_test are
+     * the test file's */
     cm_ratings train, test;
+    size_t n_test;
     /* control and data connections */
     cm_sock *ctl;
     wk_kv *kv;
@@ -175,6 +178,61 @@ static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
                     .index = p->index, .n_workers = p->n_workers,
                     .force_scan = p->job->ingest == CM_INGEST_SCAN};
     return wk_ingest_ratings(&in, path, &opts, out, noise_floor, bad_lines, err);
+}
+
+/* Validation rows (docs/validation.md): the job's validation file's share
+ * of this worker, or the rows of its training shard that cm_ratings_carve
+ * holds out (then not trained on). They are appended to w->test after the
+ * test file's n_test rows. */
+static int s_validation(s_worker *w, cm_error *err)
+{
+    const cm_job *job = w->p->job;
+    cm_ratings v = {0}, kept = {0};
+    int rc = 0;
+    if (job->validation[0]) {
+        double nf = -1;
+        size_t bad = 0;
+        if ((rc = s_load_shard(w->p, job->validation, &v, &nf, &bad, err)) != 0)
+            return rc;
+    } else if (job->validation_fraction > 0) {
+        if ((rc = cm_ratings_carve(&w->train, job->validation_fraction, job->seed, &kept, &v,
+                                   err)) != 0)
+            return rc;
+        cm_ratings_free(&w->train);
+        w->train = kept;
+    }
+    if (v.n == 0) {
+        cm_ratings_free(&v);
+        return 0;
+    }
+    const size_t n = w->test.n + v.n;
+    uint64_t *user = malloc(n * sizeof *user), *item = malloc(n * sizeof *item);
+    float *rating = malloc(n * sizeof *rating);
+    if (!user || !item || !rating) {
+        free(user);
+        free(item);
+        free(rating);
+        cm_ratings_free(&v);
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for %zu validation rows",
+                            v.n);
+    }
+    const cm_ratings *parts[2] = {&w->test, &v};
+    for (size_t k = 0, at = 0; k < 2; at += parts[k]->n, k++) {
+        if (parts[k]->n == 0)
+            continue;
+        memcpy(user + at, parts[k]->user, parts[k]->n * sizeof *user);
+        memcpy(item + at, parts[k]->item, parts[k]->n * sizeof *item);
+        memcpy(rating + at, parts[k]->rating, parts[k]->n * sizeof *rating);
+    }
+    cm_ratings_free(&v);
+    const double nf = w->test.noise_floor;
+    const size_t bad = w->test.bad_lines;
+    cm_ratings_free(&w->test);
+    if ((rc = cm_ratings_adopt(user, item, rating, n, &w->test, err)) != 0)
+        return rc;
+    w->test.noise_floor = nf;
+    w->test.bad_lines = bad;
+    return 0;
 }
 
 /* Sends a control message to the scheduler. */
@@ -587,15 +645,18 @@ static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
     uint64_t *hist = binary ? calloc(2 * (size_t)CM_AUC_BINS, sizeof *hist) : NULL;
     if (binary && !hist)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
-    double ev[4];
+    double ev[4], vv[4];
     int rc = wk_sparse_eval(w->sparse, w->kv, w->model, &w->ctx, ev, hist,
                             hist ? hist + CM_AUC_BINS : NULL, err);
+    if (rc == 0)
+        rc = wk_sparse_eval_valid(w->sparse, w->kv, w->model, &w->ctx, vv, err);
     if (rc == 0) {
         cm_hdr h = cm_hdr_make(CM_OP_EVAL_DONE);
         h.sender = w->p->rank;
         h.epoch = epoch;
-        double st[5] = {ev[0], ev[1], ev[2], 0, ev[3]};
-        h.n_stats = 5;
+        /* laid out as s_eval's */
+        double st[9] = {ev[0], ev[1], ev[2], 0, ev[3], vv[0], vv[1], vv[2], vv[3]};
+        h.n_stats = 9;
         memcpy(h.stats, st, sizeof st);
         rc = cm_msg_send(w->ctl, NULL, 0, &h, hist, hist ? 2 * (size_t)CM_AUC_BINS : 0, NULL, 0);
         if (rc != 0)
@@ -724,7 +785,7 @@ static int s_eval_pull_start(s_worker *w, size_t c, int local, cm_error *err)
 static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 {
     const cm_ratings *d = &w->test;
-    double sq = 0, ab = 0;
+    double sq = 0, ab = 0, vsq = 0, vab = 0;
     size_t unseen = 0;
     int rc;
     if (!w->evalset && (rc = s_eval_setup(w, err)) != 0)
@@ -765,6 +826,11 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
             if (pr > w->ctx.clip_hi)
                 pr = w->ctx.clip_hi;
             double e = (double)pr - label[j];
+            if (ch->first + j >= w->n_test) {
+                vsq += e * e;
+                vab += fabs(e);
+                continue;
+            }
             sq += e * e;
             ab += fabs(e);
             unseen += !(w->eknown[0][b.uidx[j]] & w->eknown[1][b.iidx[j]]);
@@ -772,8 +838,11 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     }
     cm_log(CM_LOG_DEBUG, "worker %u: %zu test ratings scored in %.3f s (%.3f s waiting for rows)",
            w->p->index, d->n, cm_now() - t0, waited);
-    double st[4] = {sq, ab, (double)d->n, (double)unseen};
-    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 4, err);
+    /* test: squared, absolute error, count, unseen, log loss (none here);
+     * then validation: squared, absolute error, count, log loss */
+    double st[9] = {sq, ab, (double)w->n_test, (double)unseen, 0,
+                    vsq, vab, (double)(d->n - w->n_test), 0};
+    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 9, err);
 }
 
 /* ---------------------------------------------------------------------
@@ -935,11 +1004,12 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     /* n_train, label sum, min, max, n_test, bad lines (train, test),
      * noise floor, task */
-    double st[11] = {0};
+    double st[12] = {0};
     if (w->sparse) {
         wk_sparse_hello(w->sparse, st, load, n_slots);
         st[7] = -1;
         st[8] = wk_sparse_task(w->sparse);
+        st[11] = (double)wk_sparse_n_valid(w->sparse);
     } else {
         double sum = 0, lo = INFINITY, hi = -INFINITY;
         for (size_t j = 0; j < tr->n; j++) {
@@ -951,7 +1021,7 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
             load[cm_slot_of(tr->user[j], 0, n_slots)] += 1.f;
             load[cm_slot_of(tr->item[j], 1, n_slots)] += 1.f;
         }
-        double r[9] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->test.n,
+        double r[9] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->n_test,
                        (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor,
                        -1};
         memcpy(st, r, sizeof r);
@@ -959,11 +1029,12 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
          * when it leaves none */
         st[9] = (double)w->raw_train;
         st[10] = (double)w->raw_test;
+        st[11] = (double)(w->test.n - w->n_test); /* validation rows */
     }
     cm_hb_doing(w->p->hb, "waiting for the plan");
     cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
     hh.sender = w->p->rank;
-    hh.n_stats = 11;
+    hh.n_stats = 12;
     memcpy(hh.stats, st, sizeof st);
     int rc = cm_msg_send(w->ctl, NULL, 0, &hh, NULL, 0, load, n_slots);
     free(load);
@@ -1189,9 +1260,13 @@ int wk_run(const wk_params *p, cm_error *err)
     } else {
         w.test.noise_floor = -1;
     }
+    w.n_test = w.test.n;
+    if (strcmp(p->job->model, "implicit") != 0 && (rc = s_validation(&w, err)) != 0)
+        goto out;
     if (!strcmp(p->job->model, "implicit")) {
         if ((rc = s_implicit_positives(&w, err)) != 0)
             goto out;
+        w.n_test = w.test.n; /* the positives kept; no validation rows */
         if ((rc = s_hello_and_plan(&w, err)) != 0)
             goto out;
         rc = s_serve(&w, err);

@@ -14,7 +14,8 @@
  * dL/dw_i = x_i dL/dlin_f (fm_term only), plus l2 on the row per
  * occurrence as in fm.c. The net's weights occur in every example, so
  * they get l2 per example: n l2 w per batch of n added to wk_mlp's
- * gradient (without it the MLP memorises a small training set within a
+ * gradient, and the sum is then divided by n (the batch's mean loss; the
+ * dense table's rate is lr / workers) (without it the MLP memorises a small training set within a
  * few epochs; docs/deep.md has the figures). The context's offset (the
  * training mean, for regression) is added to the output, so the output
  * bias starts near 0. The global bias row of the batch is not used: the
@@ -129,6 +130,13 @@ static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
     out->max_rows = 0;
     out->init = s_dense_init;
     out->init_arg = job;
+    /* every worker's every batch steps the whole net, each step from
+     * nearly the same weights: W workers would move it W times as far per
+     * round as one (a frappe MLP with 32 workers collapsed to a constant,
+     * AUC 0.5). Each push is 1/W of a step, as data-parallel training
+     * averages its workers' gradients (docs/deep.md, "Many workers"). */
+    if (job->workers > 1)
+        out->optim.lr /= (float)job->workers;
 }
 
 static size_t s_dense_rows(const cm_job *job)
@@ -250,6 +258,14 @@ static double s_train_ext(const wk_model_ctx *ctx, int task, const wk_sparse_bat
         const float dl2 = l2 * (float)n;
         for (size_t i = 0; i < s->n_weights; i++)
             d->dense_grads[i] += dl2 * d->dense[i];
+    }
+    /* the net's gradient is of the batch's mean loss: summed over 256
+     * examples it dwarfs AdaGrad's starting accumulator, and every first
+     * step is then +-lr on every weight whatever the gradient */
+    if (b->n > 0) {
+        const float inv = 1.f / (float)b->n;
+        for (size_t i = 0; i < s->n_weights; i++)
+            d->dense_grads[i] *= inv;
     }
     return loss;
 }
