@@ -21,7 +21,7 @@
 #include "common/mem.h"
 #include "common/msg.h"
 #include "ps/server.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 #include "scheduler/scheduler.h"
 #include "worker/kv.h"
 

@@ -32,7 +32,7 @@
 #include "common/van.h"
 #include "serve/psm_write.h"
 #include "serve/score.h"
-#include "serve/server.h"
+#include "serve/service.h"
 #include "tests/serve_helpers.h"
 
 static double s_now(void)
@@ -56,14 +56,14 @@ static void s_report(const char *what, double *lat, size_t n, double wall)
 }
 
 typedef struct {
-    sv_server *srv;
+    sv_service *srv;
     atomic_int stop;
 } s_thr;
 
 static void *s_serve(void *arg)
 {
     s_thr *t = arg;
-    sv_server_run(t->srv, &t->stop);
+    sv_service_run(t->srv, &t->stop);
     return NULL;
 }
 
@@ -72,16 +72,16 @@ static int s_bench_server(cm_van *van, const char *model, const char *bind, size
                           size_t queries, uint32_t k, const char *label)
 {
     cm_error err = {0};
-    sv_server_params p = sv_server_params_default();
+    sv_service_params p = sv_service_params_default();
     p.model = model;
     p.bind = bind;
-    s_thr t = {.srv = sv_server_new(van, &p, &err)};
+    s_thr t = {.srv = sv_service_new(van, &p, &err)};
     if (!t.srv) {
         fprintf(stderr, "serve_bench: %s\n", err.msg);
         return 1;
     }
     cm_sock *c = cm_sock_new(van, CM_SOCK_DEALER, &err);
-    if (!c || cm_sock_connect(c, sv_server_endpoint(t.srv)) != 0) {
+    if (!c || cm_sock_connect(c, sv_service_endpoint(t.srv)) != 0) {
         fprintf(stderr, "serve_bench: client: %s\n", c ? cm_sock_errmsg(c) : err.msg);
         return 1;
     }
@@ -129,7 +129,7 @@ static int s_bench_server(cm_van *van, const char *model, const char *bind, size
     atomic_store(&t.stop, 1);
     pthread_join(th, NULL);
     cm_sock_destroy(&c);
-    sv_server_destroy(&t.srv);
+    sv_service_destroy(&t.srv);
     free(lat);
     return rc != 0 || fallbacks != 0;
 }

@@ -53,17 +53,16 @@ int cl_gen_ctr_main(int argc, char **argv)
         if (i == 0 || strcmp(argv[i], "--ctr") != 0)
             args[n++] = argv[i];
     const char *pos[1];
-    int n_pos = 0, help = 0;
+    int n_pos = 0;
     cm_error err = {0};
     if (argc > S_MAX_ARGS) {
         fprintf(stderr, "psrec gen: too many arguments\n");
         return 2;
     }
-    if (cm_opts_parse(n, args, opts, n_opts, pos, 0, &n_pos, &help, &err) != 0) {
-        fprintf(stderr, "psrec gen: %s\n", err.msg);
-        return 2;
-    }
-    if (help) {
+    int rc = cm_opts_parse_cmd(stderr, n, args, opts, n_opts, pos, 0, &n_pos);
+    if (rc > 0)
+        return rc;
+    if (rc < 0) {
         printf("usage: psrec gen --ctr [options]\n\n"
                "Writes synthetic click data: one categorical feature per field (Zipf-like\n"
                "popularity), optionally numeric fields first, labels drawn from a planted\n"

@@ -83,13 +83,12 @@ static int s_gen(int argc, char **argv)
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[1];
-    int n_pos = 0, help = 0;
+    int n_pos = 0;
     cm_error err = {0};
-    if (cm_opts_parse(argc, argv, opts, n_opts, pos, 0, &n_pos, &help, &err) != 0) {
-        fprintf(stderr, "psrec gen: %s\n", err.msg);
-        return 2;
-    }
-    if (help) {
+    int rc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 0, &n_pos);
+    if (rc > 0)
+        return rc;
+    if (rc < 0) {
         printf("usage: psrec gen [options]\n\n"
                "Writes synthetic explicit ratings: global mean + user and item biases +\n"
                "a planted low-rank dot product + Gaussian noise, with Zipf-like item\n"
@@ -165,13 +164,12 @@ static int s_convert(int argc, char **argv)
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     const char *pos[2];
-    int n_pos = 0, help = 0;
+    int n_pos = 0;
     cm_error err = {0};
-    if (cm_opts_parse(argc, argv, opts, n_opts, pos, 2, &n_pos, &help, &err) != 0) {
-        fprintf(stderr, "psrec convert: %s\n", err.msg);
-        return 2;
-    }
-    if (help) {
+    int prc = cm_opts_parse_cmd(stderr, argc, argv, opts, n_opts, pos, 2, &n_pos);
+    if (prc > 0)
+        return prc;
+    if (prc < 0) {
         printf("usage: psrec convert INPUT OUTPUT [options]\n\n"
                "Reads ratings as text (`user item rating [timestamp]` separated by '::',\n"
                "tabs, commas or spaces; a CSV header line is skipped) and writes psrec's\n"
@@ -293,6 +291,22 @@ static int s_plan_refuses(const cm_job *job)
     return 1;
 }
 
+/* The first `--name` of argv that is a near miss of plan's own --ranks
+ * (which the job's key table cannot suggest), or NULL. */
+static const char *s_near_ranks(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        char name[CM_OPT_NAME_MAX + 1];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(argv[i] + 2, "="), argv[i] + 2);
+        size_t d = cm_opt_distance(name, "ranks");
+        if (d > 0 && d <= 2 && d < strlen(name))
+            return argv[i];
+    }
+    return NULL;
+}
+
 static int s_plan(int argc, char **argv)
 {
     /* --ranks N is plan's own; everything else is a job key */
@@ -326,7 +340,12 @@ static int s_plan(int argc, char **argv)
     int help = 0, rc = cm_job_parse_args(&job, n, rest, &help, &err);
     free(rest);
     if (rc != 0) {
-        fprintf(stderr, "psrec plan: %s\n", err.msg);
+        const char *near = s_near_ranks(argc, argv);
+        if (near)
+            fprintf(stderr, "psrec plan: %.*s: unknown option (did you mean --ranks?)\n",
+                    (int)strcspn(near, "="), near);
+        else
+            fprintf(stderr, "psrec plan: %s\n", err.msg);
         return 2;
     }
     if (help) {
@@ -515,7 +534,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
         fprintf(stderr, "psrec train: restarts = %d needs `psrec launch` to start mpirun "
                         "(a rank cannot restart the job); this run will not restart\n",
                 job.restarts);
-    if (lrank < 0 && !getenv("PSREC_ALLOW_SINGLETON")) {
+    if (lrank < 0 && !job.allow_singleton) {
         fprintf(stderr,
                 "psrec train: not started by mpirun; run `mpirun -np %d psrec train ...` "
                 "(1 scheduler, %d server%s, workers) or add --local\n",
@@ -524,6 +543,38 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     /* under mpirun rank 0 checks the memory while MPI starts */
     return cl_run_mpi(&job, pargc, pargv, lrank <= 0 ? s_plan_refuses : NULL);
+}
+
+/* The subcommands besides train, which also needs the process's own argv
+ * for MPI. Each takes argv[0] = its name. */
+static const struct {
+    const char *name;
+    int (*main)(int argc, char **argv);
+} s_cmds[] = {
+    {"plan", s_plan},
+    {"launch", cl_launch_main},
+    {"gen", s_gen},
+    {"convert", s_convert},
+    {"export", sv_export_main},
+    {"recommend", sv_recommend_main},
+    {"serve", sv_serve_main},
+};
+#define S_NCMDS (sizeof s_cmds / sizeof s_cmds[0])
+
+static const char *s_cmd_name(const void *table, size_t i)
+{
+    (void)table;
+    static const char *const extra[] = {"train", "help", "version"};
+    return i < S_NCMDS ? s_cmds[i].name : extra[i - S_NCMDS];
+}
+
+/* Runs the command argv[0] (not train); -1 when there is none. */
+static int s_dispatch(int argc, char **argv)
+{
+    for (size_t i = 0; i < S_NCMDS; i++)
+        if (strcmp(argv[0], s_cmds[i].name) == 0)
+            return s_cmds[i].main(argc, argv);
+    return -1;
 }
 
 int main(int argc, char **argv)
@@ -537,25 +588,14 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         if (argc > 2 && strcmp(cmd, "help") == 0) {
             char *sub[] = {argv[2], "--help", NULL};
-            argv = sub;
-            argc = 2;
-            cmd = argv[0];
-            if (strcmp(cmd, "train") == 0)
-                return s_train(argc, argv, &argc, &argv);
-            if (strcmp(cmd, "plan") == 0)
-                return s_plan(argc, argv);
-            if (strcmp(cmd, "launch") == 0)
-                return cl_launch_main(argc, argv);
-            if (strcmp(cmd, "gen") == 0)
-                return s_gen(argc, argv);
-            if (strcmp(cmd, "convert") == 0)
-                return s_convert(argc, argv);
-            if (strcmp(cmd, "export") == 0)
-                return sv_export_main(argc, argv);
-            if (strcmp(cmd, "recommend") == 0)
-                return sv_recommend_main(argc, argv);
-            if (strcmp(cmd, "serve") == 0)
-                return sv_serve_main(argc, argv);
+            if (strcmp(sub[0], "train") == 0) {
+                int n = 2;
+                char **v = sub;
+                return s_train(n, v, &n, &v);
+            }
+            int rc = s_dispatch(2, sub);
+            if (rc >= 0)
+                return rc;
         }
         s_usage(stdout);
         return 0;
@@ -566,21 +606,14 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "train") == 0)
         return s_train(argc - 1, argv + 1, &argc, &argv);
-    if (strcmp(cmd, "plan") == 0)
-        return s_plan(argc - 1, argv + 1);
-    if (strcmp(cmd, "launch") == 0)
-        return cl_launch_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "gen") == 0)
-        return s_gen(argc - 1, argv + 1);
-    if (strcmp(cmd, "convert") == 0)
-        return s_convert(argc - 1, argv + 1);
-    if (strcmp(cmd, "export") == 0)
-        return sv_export_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "recommend") == 0)
-        return sv_recommend_main(argc - 1, argv + 1);
-    if (strcmp(cmd, "serve") == 0)
-        return sv_serve_main(argc - 1, argv + 1);
-    fprintf(stderr, "psrec: unknown command '%s'\n\n", cmd);
+    int rc = s_dispatch(argc - 1, argv + 1);
+    if (rc >= 0)
+        return rc;
+    const char *near = cm_opt_suggest(cmd, s_cmd_name, NULL, S_NCMDS + 3);
+    if (near)
+        fprintf(stderr, "psrec: unknown command '%s' (did you mean '%s'?)\n\n", cmd, near);
+    else
+        fprintf(stderr, "psrec: unknown command '%s'\n\n", cmd);
     s_usage(stderr);
     return 2;
 }

@@ -627,7 +627,8 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
         pthread_detach(wtid);
     if (refuses && !threaded)
         chk.refused = refuses(job);
-    cm_boot *b = cm_boot_mpi_new(argc, argv, &err);
+    cm_boot_net net = {.host = job->host, .tcp = job->transport == 1};
+    cm_boot *b = cm_boot_mpi_new(argc, argv, &net, &err);
     if (threaded)
         pthread_join(tid, NULL);
     if (!b) {

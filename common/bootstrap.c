@@ -54,7 +54,7 @@ struct cm_boot {
     char host[CM_ENDPOINT_MAX]; /* MPI: the address peers reach this rank at */
     char bind_ip[64];           /* MPI: the address tcp sockets bind ("0.0.0.0" only
                                  * when host is none of this host's addresses) */
-    int host_from_env;          /* MPI: host came from PSREC_HOST */
+    int host_from_env;          /* MPI: host came from cm_boot_net (the `host` key) */
     int all_here;               /* MPI: every rank runs on this host */
     int unix_sockets;           /* MPI: every rank on this host; bind ipc:// */
     int *host_of;               /* MPI: per rank, the lowest rank on its host (from the
@@ -308,7 +308,7 @@ static void s_pick_bind(cm_boot *b)
     }
     snprintf(b->bind_ip, sizeof b->bind_ip, "0.0.0.0");
     cm_log(CM_LOG_WARN, "bootstrap: rank %d advertises %s, which is not an address of this "
-           "host: listening on every interface (set `interface` or PSREC_HOST to one of "
+           "host: listening on every interface (set `interface` or `host` to one of "
            "this host's addresses to narrow it)", b->rank, b->host);
 }
 
@@ -359,14 +359,13 @@ static int s_interface_ipv4(const char *spec, char *out, size_t n, cm_error *err
 }
 
 /* Collective: decides b->host, the address this rank advertises.
- * PSREC_HOST wins; 127.0.0.1 when every rank runs on this host (as the
+ * net->host wins; 127.0.0.1 when every rank runs on this host (as the
  * MPI runtime sees it); else this host's own IPv4 address (what its name
  * resolves to when that is an address of this host, else the first up
  * interface's), else its name. With every rank on this host and neither
- * PSREC_HOST nor PSREC_TRANSPORT=tcp set (auto, the default, or tcp;
- * anything else is refused), ranks bind unix sockets instead
+ * a host nor tcp asked for, ranks bind unix sockets instead
  * (b->unix_sockets). */
-static int s_mpi_pick_host(cm_boot *b, cm_error *err)
+static int s_mpi_pick_host(cm_boot *b, const cm_boot_net *net, cm_error *err)
 {
     char mine[CM_ENDPOINT_MAX] = {0};
     if (gethostname(mine, sizeof mine - 1) != 0)
@@ -376,31 +375,27 @@ static int s_mpi_pick_host(cm_boot *b, cm_error *err)
     if (rc != 0)
         return rc;
 
-    const char *tr = getenv("PSREC_TRANSPORT");
-    if (tr && *tr && strcmp(tr, "tcp") != 0 && strcmp(tr, "auto") != 0)
-        return cm_error_set(err, CM_EINVAL, "PSREC_TRANSPORT: '%.64s' is neither auto nor tcp",
-                            tr);
-    const int want_tcp = tr && strcmp(tr, "tcp") == 0;
-    const char *env = getenv("PSREC_HOST");
+    const int want_tcp = net && net->tcp;
+    const char *env = net && net->host && *net->host ? net->host : NULL;
     const char *why;
-    if (env && *env) {
+    if (env) {
         /* room for "tcp://[host]:65535" in an endpoint */
         if (strlen(env) > CM_ENDPOINT_MAX - 32)
-            return cm_error_set(err, CM_EINVAL, "PSREC_HOST: '%.64s...' is too long", env);
+            return cm_error_set(err, CM_EINVAL, "host: '%.64s...' is too long", env);
         snprintf(b->host, sizeof b->host, "%s", env);
-        why = "PSREC_HOST";
+        why = "host";
     } else if (same) {
         snprintf(b->host, sizeof b->host, "127.0.0.1");
         b->unix_sockets = !want_tcp;
         why = b->unix_sockets ? "every rank is on this host; unix sockets"
-                              : "every rank is on this host; PSREC_TRANSPORT=tcp";
+                              : "every rank is on this host; transport = tcp";
     } else if (s_host_ipv4(mine, b->host, sizeof b->host) == 0) {
         why = "this host's IPv4 address";
     } else {
         snprintf(b->host, sizeof b->host, "%s", mine);
         why = "no IPv4 address found; using the hostname";
     }
-    b->host_from_env = env && *env;
+    b->host_from_env = env != NULL;
     b->all_here = same;
     s_pick_bind(b);
     cm_log(CM_LOG_DEBUG, "bootstrap: rank %d of %d on %s advertises %s (%s), binds %s", b->rank,
@@ -473,7 +468,7 @@ static int s_mpi_advertise(const cm_boot *b, const char *bound, char *out, cm_er
     int wildcard = (hl == 7 && memcmp(host, "0.0.0.0", 7) == 0) || (hl == 1 && host[0] == '*');
     if (!wildcard)
         return s_copy_endpoint(bound, out, err);
-    /* an IPv6 literal (from PSREC_HOST) needs brackets in an endpoint */
+    /* an IPv6 literal (from the `host` key) needs brackets in an endpoint */
     int v6 = strchr(b->host, ':') != NULL && b->host[0] != '[';
     int n = snprintf(out, CM_ENDPOINT_MAX, "tcp://%s%s%s:%s", v6 ? "[" : "", b->host,
                      v6 ? "]" : "", colon + 1);
@@ -620,7 +615,7 @@ static const s_ops s_mpi_ops = {
     .destroy = s_mpi_destroy,
 };
 
-cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err)
+cm_boot *cm_boot_mpi_new(int *argc, char ***argv, const cm_boot_net *net, cm_error *err)
 {
     cm_boot *b = calloc(1, sizeof *b);
     if (!b) {
@@ -662,7 +657,7 @@ cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err)
     s_mpi_boots++;
     pthread_mutex_unlock(&s_mpi_lock);
 
-    if (s_mpi_pick_host(b, err) != 0)
+    if (s_mpi_pick_host(b, net, err) != 0)
         goto fail_counted;
     b->van = cm_van_new(err);
     if (!b->van)
@@ -931,7 +926,7 @@ int cm_boot_secure(cm_boot *b, const cm_boot_wire *w, cm_error *err)
     int bad = 0;
     if (w->interface && w->interface[0]) {
         /* checked on every job, so a typo shows on one host too; used when
-         * the ranks span hosts and PSREC_HOST does not say otherwise */
+         * the ranks span hosts and the `host` key does not say otherwise */
         char ip[64];
         if (s_interface_ipv4(w->interface, ip, sizeof ip, &e) != 0) {
             bad = 1;

@@ -18,8 +18,17 @@
 typedef struct cm_boot cm_boot;
 typedef struct cm_boot_group cm_boot_group;
 
-/* MPI: calls MPI_Init (once per process) and makes a van. NULL on failure. */
-cm_boot *cm_boot_mpi_new(int *argc, char ***argv, cm_error *err);
+/* Where an MPI job's ranks listen (the job's `host` and `transport` keys,
+ * which PSREC_HOST and PSREC_TRANSPORT override: cm_job_apply_env). */
+typedef struct {
+    const char *host; /* NULL or "": picked (see cm_boot_advertise); else the
+                       * address every rank advertises, whatever the rest */
+    int tcp;          /* 1: tcp even when every rank is on this host */
+} cm_boot_net;
+
+/* MPI: calls MPI_Init (once per process), decides where this rank listens
+ * (net may be NULL: picked) and makes a van. NULL on failure. */
+cm_boot *cm_boot_mpi_new(int *argc, char ***argv, const cm_boot_net *net, cm_error *err);
 
 /* How the job's ZeroMQ traffic is secured and where it listens
  * (docs/security.md). */
@@ -40,8 +49,8 @@ typedef struct {
 } cm_boot_wire;
 
 /* MPI: collective, once, after cm_boot_mpi_new and before any socket is
- * made. Picks the listening address (w->interface; PSREC_HOST still
- * wins), then, unless encryption is off, makes the job's CURVE keys and
+ * made. Picks the listening address (w->interface; cm_boot_net's host
+ * still wins), then, unless encryption is off, makes the job's CURVE keys and
  * hands them out over MPI (never to disk): rank 0 makes the server pair
  * every ROUTER uses, each rank its own client pair, whose public halves
  * every rank learns; the van is secured with them, admitting rank r's key
@@ -71,16 +80,16 @@ cm_van *cm_boot_van(cm_boot *b);
  * "inproc://psrec-<group>-<rank>-<purpose>" locally; under MPI
  * "tcp://<the advertised address>:*" (0.0.0.0 only when that address is
  * not one of this host's, with a warning), or, when every rank runs on this host (as
- * cm_boot_host_place decides; and neither
- * PSREC_HOST nor PSREC_TRANSPORT=tcp is set), a unix socket
+ * cm_boot_host_place decides; and cm_boot_net sets neither a host
+ * nor tcp), a unix socket
  * "ipc://$TMPDIR/psrec-<pid>-<n>-<purpose>" (TMPDIR default /tmp; tcp when
  * the path would be too long). out has CM_ENDPOINT_MAX bytes. */
 void cm_boot_bind_endpoint(const cm_boot *b, const char *purpose, char *out);
 
 /* Turns the endpoint a bind resolved to into one other ranks can connect
  * to: locally unchanged; under MPI "tcp://0.0.0.0:P" becomes
- * "tcp://<this host's address>:P" (PSREC_HOST in the environment overrides
- * the address; 127.0.0.1 when every rank runs on this host). The address is
+ * "tcp://<this host's address>:P" (cm_boot_net's host overrides the
+ * address; 127.0.0.1 when every rank runs on this host). The address is
  * one of this host's own: the hostname's when it resolves to one, else the
  * first up interface's, since hosts that share a name may resolve it to
  * another host's. */

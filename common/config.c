@@ -18,6 +18,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/opts.h"
+
 /* -------------------------------------------------------------------------
  * The key table
  * ------------------------------------------------------------------------- */
@@ -69,6 +71,7 @@ static const char *const s_wire_dtypes[] = {"f32", "f16", NULL};
 static const char *const s_ingest[] = {"auto", "scan", NULL};
 static const char *const s_encrypt[] = {"auto", "on", "off", NULL};
 static const char *const s_affinity[] = {"auto", "off", NULL};
+static const char *const s_transports[] = {"auto", "tcp", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
@@ -302,8 +305,24 @@ static const s_key s_keys[] = {
              "network only: anyone who reaches the ports can then act as a rank)"},
     {.name = "interface", .type = S_STR, S_AT(interface), .def = "",
      .help = "interface name (eth1) or IPv4 network (10.1.0.0/16) the ranks listen and "
-             "advertise on when they span hosts; empty: the hostname's address (PSREC_HOST "
+             "advertise on when they span hosts; empty: the hostname's address (`host` "
              "wins)"},
+    {.name = "host", .type = S_STR, S_AT(host), .def = "",
+     .help = "address (IP or name) every rank advertises to the others, whatever "
+             "`interface` says; empty: picked (127.0.0.1 on one host). The environment "
+             "variable PSREC_HOST overrides it"},
+    {.name = "transport", .type = S_ENUM, S_AT(transport), .names = s_transports,
+     .def = "auto",
+     .help = "auto: ranks on one host talk over unix sockets and share rows in memory; "
+             "tcp: tcp loopback and every row on the wire (for comparisons). PSREC_TRANSPORT "
+             "overrides it"},
+    {.name = "shared_rows", .type = S_ENUM, S_AT(shared_rows), .names = s_affinity,
+     .def = "auto",
+     .help = "auto: a worker reads and writes the rows of servers on its host in place; "
+             "off: rows move by messages (for comparisons). PSREC_SHARED_ROWS overrides it"},
+    {.name = "allow_singleton", .type = S_BOOL, S_AT(allow_singleton), .def = "0",
+     .help = "let `psrec train` without mpirun or --local start as a one-rank MPI job (MPI "
+             "singleton; for debugging). PSREC_ALLOW_SINGLETON overrides it"},
     {.name = "heartbeat", .type = S_DBL, S_AT(heartbeat), .dmin = 0, .dmax = 3600,
      .dmin_open = 1, .def = "1",
      .help = "seconds between the heartbeats every rank exchanges with the scheduler"},
@@ -325,102 +344,29 @@ static const s_key s_keys[] = {
  * Helpers: key lookup and suggestions
  * ------------------------------------------------------------------------- */
 
-/* Key names compare with '-' equal to '_' so --max-bad-lines works. */
-static int s_name_eq(const char *a, const char *b)
-{
-    for (;; a++, b++) {
-        char ca = *a == '-' ? '_' : *a;
-        char cb = *b == '-' ? '_' : *b;
-        if (ca != cb)
-            return 0;
-        if (!ca)
-            return 1;
-    }
-}
-
+/* Key names follow the command lines' name rules (common/opts.h): '-'
+ * equals '_' so --max-bad-lines works, and a near miss is suggested. */
 static const s_key *s_find(const char *name)
 {
     for (size_t i = 0; i < S_NKEYS; i++)
-        if (s_name_eq(name, s_keys[i].name))
+        if (cm_opt_name_eq(name, strlen(name), s_keys[i].name))
             return &s_keys[i];
     return NULL;
 }
 
-/* Edit distance (insert, delete, substitute), case- and dash-insensitive;
- * names longer than S_NAME_MAX count as far from everything. */
-static size_t s_distance(const char *a, const char *b)
+static const char *s_key_name(const void *table, size_t i)
 {
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > S_NAME_MAX || lb > S_NAME_MAX)
-        return (size_t)-1;
-    size_t row[S_NAME_MAX + 1];
-    for (size_t j = 0; j <= lb; j++)
-        row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            int ca = tolower((unsigned char)(a[i - 1] == '-' ? '_' : a[i - 1]));
-            int cb = tolower((unsigned char)(b[j - 1] == '-' ? '_' : b[j - 1]));
-            size_t best = diag + (ca != cb);
-            if (row[j] + 1 < best)
-                best = row[j] + 1;
-            if (row[j - 1] + 1 < best)
-                best = row[j - 1] + 1;
-            diag = row[j];
-            row[j] = best;
-        }
-    }
-    return row[lb];
-}
-
-/* The key a mistyped name most likely meant, or NULL: the closest within
- * two edits (and fewer edits than the name is long), else a key the name
- * is a prefix of ("max_bad" -> "max_bad_lines"). */
-static const char *s_suggest(const char *name)
-{
-    size_t len = strlen(name), best = (size_t)-1;
-    const char *pick = NULL;
-    for (size_t i = 0; i < S_NKEYS; i++) {
-        size_t d = s_distance(name, s_keys[i].name);
-        if (d <= 2 && d < len && d < best) {
-            best = d;
-            pick = s_keys[i].name;
-        }
-    }
-    if (pick || len < 3)
-        return pick;
-    for (size_t i = 0; i < S_NKEYS; i++) {
-        const char *k = s_keys[i].name;
-        size_t j = 0;
-        while (j < len && name[j] && k[j] &&
-               (name[j] == '-' ? '_' : name[j]) == k[j])
-            j++;
-        if (j == len)
-            return k;
-    }
-    return NULL;
-}
-
-/* A suggested key written the way the user writes names: with dashes if
- * they typed dashes. */
-static void s_suggest_as_typed(const char *typed, const char *key, char *out, size_t n)
-{
-    snprintf(out, n, "%s", key);
-    if (strchr(typed, '-'))
-        for (char *p = out; *p; p++)
-            if (*p == '_')
-                *p = '-';
+    return ((const s_key *)table)[i].name;
 }
 
 static int s_unknown(cm_error *err, const char *where, const char *name)
 {
-    const char *s = s_suggest(name);
+    const char *s = cm_opt_suggest(name, s_key_name, s_keys, S_NKEYS);
     char hint[S_NAME_MAX + 32] = "";
     int flag = where && where[0] == '-';
     if (s) {
         char typed[S_NAME_MAX + 1];
-        s_suggest_as_typed(name, s, typed, sizeof typed);
+        cm_opt_as_typed(name, s, typed, sizeof typed);
         snprintf(hint, sizeof hint, flag ? " (did you mean --%s?)" : " (did you mean '%s'?)",
                  typed);
     }
@@ -1050,9 +996,38 @@ int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help, cm_err
             return rc;
     }
     rc = s_walk_args(&tmp, argc, argv, 1, &file, err);
+    if (rc == 0)
+        rc = cm_job_apply_env(&tmp, err);
     if (rc)
         return rc;
     *job = tmp;
+    return 0;
+}
+
+/* The keys an environment variable overrides. They stay variables because
+ * scripts and tests set them for every rank at once (mpirun -x) without
+ * touching the job; docs/config.md lists them. */
+static const struct {
+    const char *env, *key;
+} s_env_keys[] = {
+    {"PSREC_HOST", "host"},
+    {"PSREC_TRANSPORT", "transport"},
+    {"PSREC_SHARED_ROWS", "shared_rows"},
+    {"PSREC_ALLOW_SINGLETON", "allow_singleton"},
+};
+
+int cm_job_apply_env(cm_job *job, cm_error *err)
+{
+    for (size_t i = 0; i < sizeof s_env_keys / sizeof s_env_keys[0]; i++) {
+        const char *v = getenv(s_env_keys[i].env);
+        const s_key *k = s_find(s_env_keys[i].key);
+        if (!v || !*v)
+            continue;
+        assert(k);
+        int rc = s_set(job, k, v, s_env_keys[i].env, err);
+        if (rc)
+            return rc;
+    }
     return 0;
 }
 

@@ -144,6 +144,10 @@ typedef struct {
     double timeout;            /* seconds a role waits for a peer before giving up */
     int encrypt;               /* cm_encrypt (common/bootstrap.h): 0 auto, 1 on, 2 off */
     char interface[CM_PATH_MAX]; /* "" or an interface name or IPv4 CIDR to listen on */
+    char host[200];            /* "" or the address this rank advertises (PSREC_HOST) */
+    int transport;             /* 0 auto, 1 tcp: no unix sockets, no shared rows (PSREC_TRANSPORT) */
+    int shared_rows;           /* 0 auto, 1 off: rows move by messages (PSREC_SHARED_ROWS) */
+    int allow_singleton;       /* 1: train may start without mpirun (PSREC_ALLOW_SINGLETON) */
     double heartbeat;          /* seconds between heartbeats */
     int heartbeat_misses;      /* silent heartbeats that make a stall */
     char checkpoint_dir[CM_PATH_MAX]; /* "" for no checkpoints */
@@ -178,6 +182,14 @@ int cm_job_set(cm_job *job, const char *key, const char *value, const char *wher
  * win over the file whatever their order. */
 int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help,
                       cm_error *err);
+
+/* Applies the environment variables that override keys of the job:
+ * PSREC_HOST (host), PSREC_TRANSPORT (transport), PSREC_SHARED_ROWS
+ * (shared_rows), PSREC_ALLOW_SINGLETON (allow_singleton). An unset or
+ * empty variable leaves its key alone; a bad value is CM_ECONFIG naming
+ * the variable. cm_job_parse_args calls it last, so these variables win
+ * over the command line (under mpirun, `-x VAR=...` reaches every rank). */
+int cm_job_apply_env(cm_job *job, cm_error *err);
 
 /* Cross-key checks (e.g. train path set), and keys that do not apply to
  * job->model: one set with a command-line flag, or to a value other than

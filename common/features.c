@@ -646,6 +646,122 @@ static long s_split_csv(s_row *r, char sep, const char *p, const char *e)
 #define S_ROLE_SKIP (-1)
 #define S_ROLE_LABEL (-2)
 
+/* Name of feature j of the spec: the numeric columns, then the categorical. */
+static const char *s_spec_col(const cm_csv_spec *spec, size_t j)
+{
+    return j < spec->n_numeric ? spec->numeric[j] : spec->categorical[j - spec->n_numeric];
+}
+
+/* The spec itself, before the file is opened: every feature named once,
+ * none of them the label. */
+static int s_csv_check_spec(const char *path, const cm_csv_spec *spec, const cm_feat_opts *opts,
+                            cm_error *err)
+{
+    if (opts->task != CM_TASK_REGRESSION && opts->task != CM_TASK_BINARY)
+        return cm_error_set(err, CM_EINVAL, "%s: unknown task %d", path, opts->task);
+    if (spec->sep != 0 && spec->sep != ',' && spec->sep != '\t')
+        return cm_error_set(err, CM_EINVAL, "%s: CSV separator must be ',' or tab", path);
+    size_t nfeat = spec->n_numeric + spec->n_categorical;
+    if (nfeat > UINT32_MAX)
+        return cm_error_set(err, CM_EINVAL, "%s: too many feature columns", path);
+    for (size_t j = 0; j < nfeat; j++) {
+        const char *a = s_spec_col(spec, j);
+        if (!a)
+            return cm_error_set(err, CM_EINVAL, "%s: CSV spec column %zu has no name", path, j);
+        if (spec->label_column && strcmp(a, spec->label_column) == 0)
+            return cm_error_set(err, CM_EINVAL, "%s: column '%s' is both the label and a feature",
+                                path, a);
+        for (size_t i = 0; i < j; i++)
+            if (strcmp(a, s_spec_col(spec, i)) == 0)
+                return cm_error_set(err, CM_EINVAL, "%s: column '%s' is named twice in the spec",
+                                    path, a);
+    }
+    return 0;
+}
+
+/* Gives each of the header's ncols cells (in row) its role: the label, a
+ * feature of the spec (its index; seed[j] gets the column's key seed), or
+ * skipped. CM_EPARSE naming the header line when a spec column is absent. */
+static int s_csv_roles(const char *path, size_t header_line, const cm_csv_spec *spec,
+                       const s_row *row, size_t ncols, int *role, uint64_t *seed, uint8_t *seen,
+                       cm_error *err)
+{
+    const size_t nfeat = spec->n_numeric + spec->n_categorical;
+    int label_col = -1;
+    for (size_t i = 0; i < ncols; i++) {
+        const s_cell *h = &row->cells[i];
+        role[i] = S_ROLE_SKIP;
+        if (spec->label_column && strlen(spec->label_column) == h->n &&
+            memcmp(spec->label_column, h->p, h->n) == 0) {
+            role[i] = S_ROLE_LABEL;
+            label_col = (int)i;
+            continue;
+        }
+        for (size_t j = 0; j < nfeat; j++) {
+            const char *name = s_spec_col(spec, j);
+            if (!seen[j] && strlen(name) == h->n && memcmp(name, h->p, h->n) == 0) {
+                role[i] = (int)j;
+                seen[j] = 1;
+                seed[j] = cm_hash_bytes(name, h->n, 0);
+                break;
+            }
+        }
+    }
+    if (spec->label_column && label_col < 0)
+        return cm_error_set(err, CM_EPARSE, "%s:%zu: no label column '%s' in the header", path,
+                            header_line, spec->label_column);
+    for (size_t j = 0; j < nfeat; j++)
+        if (!seen[j])
+            return cm_error_set(err, CM_EPARSE, "%s:%zu: no %s column '%s' in the header", path,
+                                header_line, j < spec->n_numeric ? "numeric" : "categorical",
+                                s_spec_col(spec, j));
+    return 0;
+}
+
+/* One data row's cells into the builder (the row is left open: the caller
+ * ends or drops it). 0; 1 for a malformed row, with why; CM_ENOMEM. */
+static int s_csv_row(s_build *b, const s_row *row, size_t ncols, const int *role,
+                     const uint64_t *seed, const cm_csv_spec *spec, const cm_feat_opts *opts,
+                     float *label, char *why, size_t why_n)
+{
+    for (size_t i = 0; i < ncols; i++) {
+        int r = role[i];
+        if (r == S_ROLE_SKIP)
+            continue;
+        const s_cell *v = &row->cells[i];
+        if (r == S_ROLE_LABEL) {
+            if (v->n == 0) {
+                snprintf(why, why_n, "empty label (column %s)", spec->label_column);
+                return 1;
+            }
+            if (s_label(opts->task, v->p, v->n, label, why, why_n) != 0)
+                return 1;
+            continue;
+        }
+        if (v->n == 0)
+            continue; /* empty: the feature is absent */
+        size_t j = (size_t)r;
+        uint64_t key;
+        float x = 1.0f;
+        if (j < spec->n_numeric) {
+            int pr = s_parse_f32(v->p, v->n, &x);
+            if (pr != 0) {
+                snprintf(why, why_n, "column %s: expected a %snumber, got '%.*s'",
+                         spec->numeric[j], pr == -2 ? "finite " : "", s_show(v->n), v->p);
+                return 1;
+            }
+            key = seed[j];
+        } else {
+            key = cm_hash_bytes(v->p, v->n, seed[j]);
+        }
+        if (opts->max_index)
+            key %= opts->max_index;
+        if (s_push(b, key, x, (uint32_t)j) != 0)
+            return CM_ENOMEM;
+    }
+    return 0;
+}
+
 int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_feat_opts *opts_in,
                          cm_examples *out, cm_error *err)
 {
@@ -653,32 +769,13 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     if (!spec)
         return cm_error_set(err, CM_EINVAL, "%s: no CSV column spec", path);
     cm_feat_opts opts = opts_in ? *opts_in : cm_feat_opts_default();
-    if (opts.task != CM_TASK_REGRESSION && opts.task != CM_TASK_BINARY)
-        return cm_error_set(err, CM_EINVAL, "%s: unknown task %d", path, opts.task);
-    if (spec->sep != 0 && spec->sep != ',' && spec->sep != '\t')
-        return cm_error_set(err, CM_EINVAL, "%s: CSV separator must be ',' or tab", path);
-    size_t nfeat = spec->n_numeric + spec->n_categorical;
-    if (nfeat > UINT32_MAX)
-        return cm_error_set(err, CM_EINVAL, "%s: too many feature columns", path);
-    for (size_t j = 0; j < nfeat; j++) {
-        const char *a = j < spec->n_numeric ? spec->numeric[j]
-                                            : spec->categorical[j - spec->n_numeric];
-        if (!a)
-            return cm_error_set(err, CM_EINVAL, "%s: CSV spec column %zu has no name", path, j);
-        if (spec->label_column && strcmp(a, spec->label_column) == 0)
-            return cm_error_set(err, CM_EINVAL, "%s: column '%s' is both the label and a feature",
-                                path, a);
-        for (size_t i = 0; i < j; i++) {
-            const char *b = i < spec->n_numeric ? spec->numeric[i]
-                                                : spec->categorical[i - spec->n_numeric];
-            if (strcmp(a, b) == 0)
-                return cm_error_set(err, CM_EINVAL, "%s: column '%s' is named twice in the spec",
-                                    path, a);
-        }
-    }
+    int rc = s_csv_check_spec(path, spec, &opts, err);
+    if (rc != 0)
+        return rc;
+    const size_t nfeat = spec->n_numeric + spec->n_categorical;
 
     cm_textfile f;
-    int rc = cm_textfile_open(&f, path, err);
+    rc = cm_textfile_open(&f, path, err);
     if (rc != 0)
         return rc;
     cm_lines it;
@@ -715,7 +812,6 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         goto out;
     }
     ncols = (size_t)nc;
-    size_t header_line = it.line;
     role = malloc(ncols * sizeof *role);
     seed = malloc((nfeat ? nfeat : 1) * sizeof *seed);
     seen = calloc(nfeat ? nfeat : 1, 1);
@@ -723,42 +819,8 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
         goto out;
     }
-    int label_col = -1;
-    for (size_t i = 0; i < ncols; i++) {
-        const s_cell *h = &row.cells[i];
-        role[i] = S_ROLE_SKIP;
-        if (spec->label_column && strlen(spec->label_column) == h->n &&
-            memcmp(spec->label_column, h->p, h->n) == 0) {
-            role[i] = S_ROLE_LABEL;
-            label_col = (int)i;
-            continue;
-        }
-        for (size_t j = 0; j < nfeat; j++) {
-            const char *name = j < spec->n_numeric ? spec->numeric[j]
-                                                   : spec->categorical[j - spec->n_numeric];
-            if (!seen[j] && strlen(name) == h->n && memcmp(name, h->p, h->n) == 0) {
-                role[i] = (int)j;
-                seen[j] = 1;
-                seed[j] = cm_hash_bytes(name, h->n, 0);
-                break;
-            }
-        }
-    }
-    if (spec->label_column && label_col < 0) {
-        rc = cm_error_set(err, CM_EPARSE, "%s:%zu: no label column '%s' in the header", path,
-                          header_line, spec->label_column);
+    if ((rc = s_csv_roles(path, it.line, spec, &row, ncols, role, seed, seen, err)) != 0)
         goto out;
-    }
-    for (size_t j = 0; j < nfeat; j++) {
-        if (!seen[j]) {
-            const char *name = j < spec->n_numeric ? spec->numeric[j]
-                                                   : spec->categorical[j - spec->n_numeric];
-            rc = cm_error_set(err, CM_EPARSE, "%s:%zu: no %s column '%s' in the header", path,
-                              header_line, j < spec->n_numeric ? "numeric" : "categorical",
-                              name);
-            goto out;
-        }
-    }
 
     size_t rows = cm_lines_count(&it);
     /* A feature takes at least a byte and a separator. */
@@ -773,57 +835,25 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         if (ls == le)
             continue;
         long k = s_split_csv(&row, sep, ls, le);
-        if (k < -1)
-            goto nomem;
-        if (k < 0) {
-            snprintf(why, sizeof why, "unterminated quote");
-            goto bad;
-        }
-        if ((size_t)k != ncols) {
-            snprintf(why, sizeof why, "expected %zu fields (as in the header), got %ld", ncols,
-                     k);
-            goto bad;
-        }
         float label = 0.0f;
-        for (size_t i = 0; i < ncols; i++) {
-            int r = role[i];
-            if (r == S_ROLE_SKIP)
-                continue;
-            const s_cell *v = &row.cells[i];
-            if (r == S_ROLE_LABEL) {
-                if (v->n == 0) {
-                    snprintf(why, sizeof why, "empty label (column %s)", spec->label_column);
-                    goto bad;
-                }
-                if (s_label(opts.task, v->p, v->n, &label, why, sizeof why) != 0)
-                    goto bad;
-                continue;
-            }
-            if (v->n == 0)
-                continue; /* empty: the feature is absent */
-            size_t j = (size_t)r;
-            uint64_t key;
-            float x = 1.0f;
-            if (j < spec->n_numeric) {
-                int pr = s_parse_f32(v->p, v->n, &x);
-                if (pr != 0) {
-                    snprintf(why, sizeof why, "column %s: expected a %snumber, got '%.*s'",
-                             spec->numeric[j], pr == -2 ? "finite " : "", s_show(v->n), v->p);
-                    goto bad;
-                }
-                key = seed[j];
-            } else {
-                key = cm_hash_bytes(v->p, v->n, seed[j]);
-            }
-            if (opts.max_index)
-                key %= opts.max_index;
-            if (s_push(&b, key, x, (uint32_t)j) != 0)
-                goto nomem;
+        int r = 0;
+        if (k < -1)
+            r = CM_ENOMEM;
+        else if (k < 0)
+            r = 1, snprintf(why, sizeof why, "unterminated quote");
+        else if ((size_t)k != ncols)
+            r = 1, snprintf(why, sizeof why, "expected %zu fields (as in the header), got %ld",
+                            ncols, k);
+        else
+            r = s_csv_row(&b, &row, ncols, role, seed, spec, &opts, &label, why, sizeof why);
+        if (r == 0 && s_end_row(&b, label) != 0)
+            r = CM_ENOMEM;
+        if (r < 0) {
+            rc = cm_error_set(err, CM_ENOMEM, "%s:%zu: out of memory", path, it.line);
+            goto out;
         }
-        if (s_end_row(&b, label) != 0)
-            goto nomem;
-        continue;
-    bad:
+        if (r == 0)
+            continue;
         s_drop_row(&b);
         if (cm_badlines_add(&c, it.line, "%s", why)) {
             rc = cm_badlines_toomany(&c, it.line, err);
@@ -831,10 +861,7 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
         }
     }
     rc = s_finish(&b, &c, it.line, (uint32_t)nfeat, out, err);
-    goto out;
 
-nomem:
-    rc = cm_error_set(err, CM_ENOMEM, "%s:%zu: out of memory", path, it.line);
 out:
     s_owner_free(b.o);
     free(row.cells);

@@ -1,10 +1,123 @@
 #include "common/opts.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* -------------------------------------------------------------------------
+ * Name rules (shared with the key table in config.c)
+ * ------------------------------------------------------------------------- */
+
+static int s_fold(char c)
+{
+    return c == '-' ? '_' : c;
+}
+
+int cm_opt_name_eq(const char *typed, size_t len, const char *name)
+{
+    size_t j = 0;
+    for (; j < len; j++)
+        if (!name[j] || s_fold(typed[j]) != s_fold(name[j]))
+            return 0;
+    return name[j] == '\0';
+}
+
+size_t cm_opt_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > CM_OPT_NAME_MAX || lb > CM_OPT_NAME_MAX)
+        return (size_t)-1;
+    size_t row[CM_OPT_NAME_MAX + 1];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            int ca = tolower((unsigned char)s_fold(a[i - 1]));
+            int cb = tolower((unsigned char)s_fold(b[j - 1]));
+            size_t best = diag + (ca != cb);
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            diag = row[j];
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+const char *cm_opt_suggest(const char *typed, cm_opt_name_fn name_at, const void *table,
+                           size_t n)
+{
+    size_t len = strlen(typed), best = (size_t)-1;
+    const char *pick = NULL;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = cm_opt_distance(typed, name_at(table, i));
+        if (d <= 2 && d < len && d < best) {
+            best = d;
+            pick = name_at(table, i);
+        }
+    }
+    /* a stem shorter than three letters is a prefix of too much to guess */
+    if (pick || len < 3)
+        return pick;
+    for (size_t i = 0; i < n; i++) {
+        const char *k = name_at(table, i);
+        size_t j = 0;
+        while (j < len && k[j] && s_fold(typed[j]) == s_fold(k[j]))
+            j++;
+        if (j == len)
+            return k;
+    }
+    return NULL;
+}
+
+void cm_opt_as_typed(const char *typed, const char *name, char *out, size_t n)
+{
+    snprintf(out, n, "%s", name);
+    char from = 0, to = 0;
+    if (strchr(typed, '-'))
+        from = '_', to = '-';
+    else if (strchr(typed, '_'))
+        from = '-', to = '_';
+    for (char *p = out; from && *p; p++)
+        if (*p == from)
+            *p = to;
+}
+
+/* -------------------------------------------------------------------------
+ * Parser
+ * ------------------------------------------------------------------------- */
+
+static const char *s_opt_name(const void *table, size_t i)
+{
+    return ((const cm_opt *)table)[i].name;
+}
+
+/* "--nmae: unknown option (did you mean --name?)" or "(see --help)". */
+static int s_unknown(const char *arg, const cm_opt *opts, size_t n, cm_error *err)
+{
+    char typed[CM_OPT_NAME_MAX + 1] = "";
+    if (strncmp(arg, "--", 2) == 0) {
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        if (len <= CM_OPT_NAME_MAX)
+            snprintf(typed, sizeof typed, "%.*s", (int)len, name);
+    }
+    const char *near = typed[0] ? cm_opt_suggest(typed, s_opt_name, opts, n) : NULL;
+    if (!near)
+        return cm_error_set(err, CM_EINVAL, "%.*s: unknown option (see --help)",
+                            CM_OPT_NAME_MAX + 2, arg);
+    char shown[CM_OPT_NAME_MAX + 1];
+    cm_opt_as_typed(typed, near, shown, sizeof shown);
+    return cm_error_set(err, CM_EINVAL, "--%s: unknown option (did you mean --%s?)", typed,
+                        shown);
+}
 
 static int s_value(const cm_opt *o, const char *v, cm_error *err)
 {
@@ -75,7 +188,7 @@ int cm_opts_parse(int argc, char **argv, const cm_opt *opts, size_t n, const cha
             const char *name = a + 2, *eq = strchr(name, '=');
             size_t len = eq ? (size_t)(eq - name) : strlen(name);
             for (size_t k = 0; k < n; k++)
-                if (strlen(opts[k].name) == len && strncmp(opts[k].name, name, len) == 0)
+                if (cm_opt_name_eq(name, len, opts[k].name))
                     o = &opts[k];
             if (eq)
                 v = eq + 1;
@@ -90,7 +203,7 @@ int cm_opts_parse(int argc, char **argv, const cm_opt *opts, size_t n, const cha
             continue;
         }
         if (!o)
-            return cm_error_set(err, CM_EINVAL, "%s: unknown option (see --help)", a);
+            return s_unknown(a, opts, n, err);
         if (!v && i + 1 < argc)
             v = argv[++i];
         if (!v)
@@ -100,6 +213,18 @@ int cm_opts_parse(int argc, char **argv, const cm_opt *opts, size_t n, const cha
             return rc;
     }
     return 0;
+}
+
+int cm_opts_parse_cmd(FILE *errf, int argc, char **argv, const cm_opt *opts, size_t n,
+                      const char **pos, int max_pos, int *n_pos)
+{
+    cm_error err = {0};
+    int help = 0;
+    if (cm_opts_parse(argc, argv, opts, n, pos, max_pos, n_pos, &help, &err) != 0) {
+        fprintf(errf, "psrec %s: %s\n", argv[0], err.msg);
+        return 2;
+    }
+    return help ? -1 : 0;
 }
 
 void cm_opts_print(FILE *f, const cm_opt *opts, size_t n)

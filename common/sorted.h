@@ -30,4 +30,11 @@ CM_DEFINE_LOWER_BOUND(cm_lower_bound_u32, uint32_t)
  * each. */
 void cm_sort_u64_pairs(uint64_t *keys, uint64_t *vals, size_t n, uint64_t *tk, uint64_t *tv);
 
+/* Sorts keys[0..n) (one per example, n < 2^32) into unique ascending
+ * uniq[0..*n_uniq) and sets idx[j] so that uniq[idx[j]] == keys[j]: the
+ * batch deduplication of every trainer. uniq and idx hold n each, scratch
+ * 2n; the same radix sort as cm_sort_u64_pairs. */
+void cm_dedupe_u64(const uint64_t *keys, size_t n, uint64_t *uniq, uint32_t *idx,
+                   size_t *n_uniq, uint64_t *scratch);
+
 #endif

@@ -13,7 +13,7 @@
 #include "common/msg.h"
 #include "common/stop.h"
 #include "scheduler/best.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 #include "scheduler/report.h"
 
 /* Tables whose rows and bytes the metrics report one by one. */
@@ -882,7 +882,7 @@ out:
 }
 
 /* Implicit feedback: EVAL to every worker, then the ranking metrics from
- * their sums (worker/implicit.h lists them), averaged over the test users
+ * their sums (worker/implicit_train.h lists them), averaged over the test users
  * that could be scored. */
 static int s_eval_ranking(s_sched *s, int e, double t0, sch_ranking *rk, double *users,
                           cm_error *err)

@@ -19,22 +19,16 @@
 #include "common/van.h"
 #include "serve/export.h"
 #include "serve/score.h"
-#include "serve/server.h"
+#include "serve/service.h"
 
 /* ---------------------------------------------------- option parsing -- */
 
-/* Parses with the shared option table parser; prints a usage error as
- * "psrec CMD: reason". Returns 0, 2 on bad usage, or -1 for --help. */
+/* The shared subcommand parser (common/opts.h), reporting to stderr:
+ * 0, 2 after a usage error, or -1 for --help. */
 static int s_parse(int argc, char **argv, const cm_opt *opts, size_t n, const char **pos,
                    int max_pos, int *n_pos)
 {
-    cm_error err = {0};
-    int help = 0;
-    if (cm_opts_parse(argc, argv, opts, n, pos, max_pos, n_pos, &help, &err) != 0) {
-        fprintf(stderr, "psrec %s: %s\n", argv[0], err.msg);
-        return 2;
-    }
-    return help ? -1 : 0;
+    return cm_opts_parse_cmd(stderr, argc, argv, opts, n, pos, max_pos, n_pos);
 }
 
 /* A user or item id as the data loader reads it: a plain decimal that
@@ -303,7 +297,7 @@ static int s_read_secret(const char *path, char sec[41], char pub[41])
 
 int sv_serve_main(int argc, char **argv)
 {
-    sv_server_params p = sv_server_params_default();
+    sv_service_params p = sv_service_params_default();
     const char *level = "info", *secret_file = NULL, *keygen = NULL;
     uint64_t max_requests = 0, max_msg = (uint64_t)p.max_msg_bytes;
     int max_k = (int)p.max_k, max_exclude = (int)p.max_exclude, threads = (int)p.threads,
@@ -393,7 +387,7 @@ int sv_serve_main(int argc, char **argv)
         fprintf(stderr, "psrec serve: %s\n", err.msg);
         return 1;
     }
-    sv_server *s = sv_server_new(van, &p, &err);
+    sv_service *s = sv_service_new(van, &p, &err);
     memset(sec, 0, sizeof sec);
     if (!s) {
         fprintf(stderr, "psrec serve: %s\n", err.msg);
@@ -408,14 +402,14 @@ int sv_serve_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     if (secret_file)
         printf("psrec serve: CURVE on; server public key %s\n", pub);
-    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_server_endpoint(s),
+    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_service_endpoint(s),
            threads);
     fflush(stdout);
-    rc = sv_server_run(s, &s_stop);
+    rc = sv_service_run(s, &s_stop);
     printf("psrec serve: stopped after %llu requests (model version %llu)\n",
-           (unsigned long long)sv_server_requests(s),
-           (unsigned long long)sv_server_model_version(s));
-    sv_server_destroy(&s);
+           (unsigned long long)sv_service_requests(s),
+           (unsigned long long)sv_service_model_version(s));
+    sv_service_destroy(&s);
     cm_van_destroy(&van);
     return rc == 0 ? 0 : 1;
 }

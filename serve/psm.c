@@ -101,9 +101,11 @@ static void s_free(psm_file *f)
 
 /* --------------------------------------------------------- validation -- */
 
-/* Checks the image in f->base/f->size and fills the parsed fields.
- * 0, or -1 with a message naming `name`. */
-static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, size_t en)
+/* The fixed header, the strings and the directory's place: fills
+ * f->n_tables, global_mean, clip range, model and formula, and *dir_end,
+ * where the directory ends (the table data lie after it). */
+static int s_validate_header(psm_file *f, const char *name, uint64_t *dir_end, char *err,
+                             size_t en)
 {
     const unsigned char *b = f->base;
     const size_t size = f->size;
@@ -166,10 +168,10 @@ static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, 
               name, strings_size, (unsigned long long)dir_offset, PSM_MAX_STRINGS);
         return -1;
     }
-    const uint64_t dir_end = dir_offset + (uint64_t)f->n_tables * PSM_DIR_ENTRY_SIZE;
-    if (dir_end > size) {
+    *dir_end = dir_offset + (uint64_t)f->n_tables * PSM_DIR_ENTRY_SIZE;
+    if (*dir_end > size) {
         s_err(err, en, "%s: truncated: the table directory ends at %llu, the file has %zu",
-              name, (unsigned long long)dir_end, size);
+              name, (unsigned long long)*dir_end, size);
         return -1;
     }
     const char *strs = (const char *)b + PSM_HEADER_SIZE;
@@ -181,64 +183,87 @@ static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, 
     }
     f->model = strs;
     f->formula = nul + 1;
+    return 0;
+}
 
+/* Directory entry t: its name, dim, and rows and ids inside the file
+ * (after dir_end, aligned, ids strictly ascending); fills f->tables[t]. */
+static int s_validate_table(psm_file *f, uint32_t t, uint64_t dir_end, const char *name,
+                            char *err, size_t en)
+{
+    const unsigned char *b = f->base;
+    const size_t size = f->size;
+    const uint64_t dir_offset = s_u64(b + 48); /* s_validate_header checked it */
+    const unsigned char *e = b + dir_offset + (uint64_t)t * PSM_DIR_ENTRY_SIZE;
+    psm_table *tb = &f->tables[t];
+    const char *tname = (const char *)e;
+    if (!memchr(tname, 0, PSM_NAME_MAX) || tname[0] == '\0') {
+        s_err(err, en, "%s: table %u: name is empty or not NUL-terminated", name, t);
+        return -1;
+    }
+    tb->name = tname;
+    tb->dim = s_u32(e + 64);
+    tb->n_rows = s_u64(e + 72);
+    const uint64_t ids_off = s_u64(e + 80), rows_off = s_u64(e + 88);
+    if (tb->dim == 0 || tb->dim > PSM_MAX_DIM) {
+        s_err(err, en, "%s: table '%s': dim %u out of range 1..%u", name, tname, tb->dim,
+              PSM_MAX_DIM);
+        return -1;
+    }
+    for (uint32_t u = 0; u < t; u++)
+        if (strcmp(f->tables[u].name, tname) == 0) {
+            s_err(err, en, "%s: table '%s' appears twice", name, tname);
+            return -1;
+        }
+    if (ids_off % PSM_ALIGN != 0 || rows_off % PSM_ALIGN != 0) {
+        s_err(err, en, "%s: table '%s': offsets %llu and %llu are not %u-byte aligned",
+              name, tname, (unsigned long long)ids_off, (unsigned long long)rows_off,
+              PSM_ALIGN);
+        return -1;
+    }
+    const uint64_t row_bytes = (uint64_t)tb->dim * sizeof(float);
+    if (tb->n_rows > size / 8 || tb->n_rows > size / row_bytes || ids_off < dir_end ||
+        ids_off > size || tb->n_rows * 8 > size - ids_off || rows_off < dir_end ||
+        rows_off > size || tb->n_rows * row_bytes > size - rows_off) {
+        s_err(err, en,
+              "%s: table '%s': %llu rows of %u floats at ids %llu / rows %llu do not "
+              "fit in the file (%zu bytes, data from %llu)",
+              name, tname, (unsigned long long)tb->n_rows, tb->dim,
+              (unsigned long long)ids_off, (unsigned long long)rows_off, size,
+              (unsigned long long)dir_end);
+        return -1;
+    }
+    tb->ids = (const uint64_t *)(const void *)(b + ids_off);
+    tb->rows = (const float *)(const void *)(b + rows_off);
+    for (uint64_t i = 1; i < tb->n_rows; i++)
+        if (tb->ids[i] <= tb->ids[i - 1]) {
+            s_err(err, en,
+                  "%s: table '%s': ids not strictly ascending at row %llu (%llu after "
+                  "%llu)",
+                  name, tname, (unsigned long long)i, (unsigned long long)tb->ids[i],
+                  (unsigned long long)tb->ids[i - 1]);
+            return -1;
+        }
+    return 0;
+}
+
+/* Checks the image in f->base/f->size and fills the parsed fields.
+ * 0, or -1 with a message naming `name`. */
+static int s_validate(psm_file *f, const char *name, unsigned flags, char *err, size_t en)
+{
+    const unsigned char *b = f->base;
+    const size_t size = f->size;
+    uint64_t dir_end = 0;
+    if (s_validate_header(f, name, &dir_end, err, en) != 0)
+        return -1;
     f->tables = calloc(f->n_tables ? f->n_tables : 1, sizeof *f->tables);
     if (!f->tables) {
         s_err(err, en, "%s: out of memory", name);
         return -1;
     }
-    for (uint32_t t = 0; t < f->n_tables; t++) {
-        const unsigned char *e = b + dir_offset + (uint64_t)t * PSM_DIR_ENTRY_SIZE;
-        psm_table *tb = &f->tables[t];
-        const char *tname = (const char *)e;
-        if (!memchr(tname, 0, PSM_NAME_MAX) || tname[0] == '\0') {
-            s_err(err, en, "%s: table %u: name is empty or not NUL-terminated", name, t);
+    for (uint32_t t = 0; t < f->n_tables; t++)
+        if (s_validate_table(f, t, dir_end, name, err, en) != 0)
             return -1;
-        }
-        tb->name = tname;
-        tb->dim = s_u32(e + 64);
-        tb->n_rows = s_u64(e + 72);
-        const uint64_t ids_off = s_u64(e + 80), rows_off = s_u64(e + 88);
-        if (tb->dim == 0 || tb->dim > PSM_MAX_DIM) {
-            s_err(err, en, "%s: table '%s': dim %u out of range 1..%u", name, tname, tb->dim,
-                  PSM_MAX_DIM);
-            return -1;
-        }
-        for (uint32_t u = 0; u < t; u++)
-            if (strcmp(f->tables[u].name, tname) == 0) {
-                s_err(err, en, "%s: table '%s' appears twice", name, tname);
-                return -1;
-            }
-        if (ids_off % PSM_ALIGN != 0 || rows_off % PSM_ALIGN != 0) {
-            s_err(err, en, "%s: table '%s': offsets %llu and %llu are not %u-byte aligned",
-                  name, tname, (unsigned long long)ids_off, (unsigned long long)rows_off,
-                  PSM_ALIGN);
-            return -1;
-        }
-        const uint64_t row_bytes = (uint64_t)tb->dim * sizeof(float);
-        if (tb->n_rows > size / 8 || tb->n_rows > size / row_bytes || ids_off < dir_end ||
-            ids_off > size || tb->n_rows * 8 > size - ids_off || rows_off < dir_end ||
-            rows_off > size || tb->n_rows * row_bytes > size - rows_off) {
-            s_err(err, en,
-                  "%s: table '%s': %llu rows of %u floats at ids %llu / rows %llu do not "
-                  "fit in the file (%zu bytes, data from %llu)",
-                  name, tname, (unsigned long long)tb->n_rows, tb->dim,
-                  (unsigned long long)ids_off, (unsigned long long)rows_off, size,
-                  (unsigned long long)dir_end);
-            return -1;
-        }
-        tb->ids = (const uint64_t *)(const void *)(b + ids_off);
-        tb->rows = (const float *)(const void *)(b + rows_off);
-        for (uint64_t i = 1; i < tb->n_rows; i++)
-            if (tb->ids[i] <= tb->ids[i - 1]) {
-                s_err(err, en,
-                      "%s: table '%s': ids not strictly ascending at row %llu (%llu after "
-                      "%llu)",
-                      name, tname, (unsigned long long)i, (unsigned long long)tb->ids[i],
-                      (unsigned long long)tb->ids[i - 1]);
-                return -1;
-            }
-    }
     if (!(flags & PSM_OPEN_NO_CHECKSUM)) {
         uint64_t h = psm_checksum_update(PSM_CHECKSUM_SEED, b, PSM_CHECKSUM_OFFSET);
         h = psm_checksum_update(h, b + PSM_HEADER_SIZE, size - PSM_HEADER_SIZE);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/metrics.h"
 #include "serve/psm.h"
 
 struct sv_model {
@@ -20,18 +21,12 @@ struct sv_model {
     double global_mean;
 };
 
-/* A candidate in the selection heap: raw score and item row. */
-typedef struct {
-    float s;
-    size_t i;
-} s_cand;
-
 struct sv_scorer {
     float *raw;          /* one raw score per item */
     size_t raw_cap;
     float *query;        /* [1, p_u] */
     size_t query_cap;
-    s_cand *heap;        /* the k best so far, worst at the root */
+    cm_scored *heap;     /* the k best so far (cm_topk_offer); key: item row */
     size_t heap_cap;
 };
 
@@ -166,70 +161,31 @@ static int s_reserve(void **p, size_t *cap, size_t n, size_t sz)
     return 0;
 }
 
-/* a ranks below b: lower score, or the same score and a larger item id
- * (rows are in ascending id order, so the larger row index). */
-static inline int s_worse(s_cand a, s_cand b) { return a.s < b.s || (a.s == b.s && a.i > b.i); }
-
-static void s_sift_down(s_cand *h, size_t n, size_t at)
-{
-    for (;;) {
-        size_t l = 2 * at + 1, r = l + 1, w = at;
-        if (l < n && s_worse(h[l], h[w]))
-            w = l;
-        if (r < n && s_worse(h[r], h[w]))
-            w = r;
-        if (w == at)
-            return;
-        s_cand t = h[at];
-        h[at] = h[w];
-        h[w] = t;
-        at = w;
-    }
-}
-
-static void s_sift_up(s_cand *h, size_t at)
-{
-    while (at > 0) {
-        size_t p = (at - 1) / 2;
-        if (!s_worse(h[at], h[p]))
-            return;
-        s_cand t = h[at];
-        h[at] = h[p];
-        h[p] = t;
-        at = p;
-    }
-}
-
-static int s_cmp_best_first(const void *pa, const void *pb)
-{
-    const s_cand *a = pa, *b = pb;
-    return s_worse(*a, *b) ? 1 : s_worse(*b, *a) ? -1 : 0;
-}
-
 /* Keeps the k best finite raw scores of raw[0..n) (NaN marks an excluded
- * item); returns how many were kept, sorted best first. */
-static size_t s_select(const float *raw, size_t n, s_cand *heap, size_t k)
+ * item); returns how many were kept, sorted best first. The key of a
+ * candidate is its row: rows are in ascending id order, so the shared
+ * order's tie rule (smaller key first) is the smaller item id. */
+static size_t s_select(const float *raw, size_t n, cm_scored *heap, size_t k)
 {
-    size_t hn = 0;
-    size_t i = 0;
-    for (; i < n && hn < k; i++) {
-        if (raw[i] != raw[i])
-            continue;
-        heap[hn] = (s_cand){raw[i], i};
-        s_sift_up(heap, hn++);
-    }
-    if (hn == k) {
-        float floor = heap[0].s;
-        for (; i < n; i++) {
-            /* equal scores lose: every kept row has a smaller index */
-            if (raw[i] > floor) {
-                heap[0] = (s_cand){raw[i], i};
-                s_sift_down(heap, hn, 0);
-                floor = heap[0].s;
-            }
+    size_t hn = 0, i = 0;
+    for (; i < n && hn < k; i++)
+        if (raw[i] == raw[i])
+            cm_topk_offer(heap, &hn, k, raw[i], (uint64_t)i);
+    if (hn == k && k > 0) {
+        /* Most items lose to the full list's worst: a tight scan (no call,
+         * the floor in a register) finds the next that does not. An equal
+         * score loses too, every kept row being smaller than i; so does a
+         * NaN. */
+        for (float floor = heap[0].score;; i++) {
+            while (i < n && !(raw[i] > floor))
+                i++;
+            if (i == n)
+                break;
+            cm_topk_offer(heap, &hn, k, raw[i], (uint64_t)i);
+            floor = heap[0].score;
         }
     }
-    qsort(heap, hn, sizeof *heap, s_cmp_best_first);
+    cm_topk_sort(heap, hn);
     return hn;
 }
 
@@ -253,7 +209,7 @@ int sv_recommend(sv_scorer *sc, const sv_model *m, uint64_t user, size_t k,
         return 0;
     if (s_reserve((void **)&sc->raw, &sc->raw_cap, n, sizeof(float)) != 0 ||
         s_reserve((void **)&sc->query, &sc->query_cap, dim, sizeof(float)) != 0 ||
-        s_reserve((void **)&sc->heap, &sc->heap_cap, k, sizeof(s_cand)) != 0)
+        s_reserve((void **)&sc->heap, &sc->heap_cap, k, sizeof(cm_scored)) != 0)
         return cm_error_set(err, CM_ENOMEM, "scoring %zu items: out of memory", n);
 
     const float *items = m->item.rows;
@@ -281,8 +237,8 @@ int sv_recommend(sv_scorer *sc, const sv_model *m, uint64_t user, size_t k,
     }
     size_t got = s_select(sc->raw, n, sc->heap, k);
     for (size_t j = 0; j < got; j++) {
-        out[j].item = m->item.ids[sc->heap[j].i];
-        out[j].score = (float)(base + (double)sc->heap[j].s);
+        out[j].item = m->item.ids[sc->heap[j].key];
+        out[j].score = (float)(base + (double)sc->heap[j].score);
     }
     *n_out = got;
     return 0;

@@ -11,7 +11,7 @@
 #include "common/msg.h"
 #include "common/rng.h"
 #include "ps/server.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 #include "scheduler/scheduler.h"
 #include "worker/blocks.h"
 #include "worker/kv.h"

@@ -52,23 +52,25 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
               "blocks spanning both servers' files train in place:\n%s", out);
     unlink(metrics);
 
-    /* rows by messages instead (switched off, or over tcp): the same model */
-    const char *by_msg[2][2] = {{"PSREC_SHARED_ROWS=off", "shared rows switched off"},
-                                {"PSREC_TRANSPORT=tcp", "server 0 is reached over tcp"}};
+    /* rows by messages instead (switched off by the key, or over tcp by the
+     * variable that overrides the key): the same model */
+    const char *by_msg[2][3] = {
+        {"", "--shared_rows off", "shared rows switched off"},
+        {"-x PSREC_TRANSPORT=tcp", "", "server 0 is reached over tcp"}};
     for (int k = 0; k < 2; k++) {
         snprintf(cmd, sizeof cmd,
-                 TH_MPIRUN "-x %s -np 5 %s train --train %s/ml-100k/u1.base "
+                 TH_MPIRUN "%s -np 5 %s train --train %s/ml-100k/u1.base "
                  "--test %s/ml-100k/u1.test --servers 2 --metrics %s --progress off "
-                 "--schedule blocks --blocks_per_worker 2 --log_level info",
-                 by_msg[k][0], PSREC_BINARY, data, data, metrics);
+                 "--schedule blocks --blocks_per_worker 2 --log_level info %s",
+                 by_msg[k][0], PSREC_BINARY, data, data, metrics, by_msg[k][1]);
         rc = th_run(cmd, out, sizeof out);
         cr_assert_eq(rc, 0, "mpirun failed (%d):\n%s", rc, out);
         cr_expect(strstr(out, "item rows move by messages") != NULL &&
-                      strstr(out, by_msg[k][1]) != NULL,
-                  "%s: rows by messages, and why:\n%s", by_msg[k][0], out);
+                      strstr(out, by_msg[k][2]) != NULL,
+                  "%s%s: rows by messages, and why:\n%s", by_msg[k][0], by_msg[k][1], out);
         double again = th_last_metric(metrics, "test_rmse");
-        cr_expect_eq(again, rmse, "%s: test RMSE %.9f, shared rows %.9f", by_msg[k][0], again,
-                     rmse);
+        cr_expect_eq(again, rmse, "%s%s: test RMSE %.9f, shared rows %.9f", by_msg[k][0],
+                     by_msg[k][1], again, rmse);
         unlink(metrics);
     }
     /* a value that is neither auto nor off stops the job and says so */
@@ -77,7 +79,8 @@ Test(cluster_mpi, ml100k_u1_two_servers_two_workers)
              "--servers 1 --epochs 1 --progress off", PSREC_BINARY, data);
     rc = th_run(cmd, out, sizeof out);
     cr_expect_neq(rc, 0, "must fail:\n%s", out);
-    cr_expect(strstr(out, "PSREC_SHARED_ROWS: 'of' is neither auto nor off") != NULL,
+    cr_expect(strstr(out, "PSREC_SHARED_ROWS: shared_rows: expected one of auto|off, got 'of'") !=
+                  NULL,
               "names the variable:\n%s", out);
     rmdir(dir);
 }

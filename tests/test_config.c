@@ -29,7 +29,7 @@ static const char *const s_all_keys[] = {
     "consistency", "staleness", "user_features", "item_features",
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
     "fm_term", "fields", "wire_dtype", "ingest", "worker_affinity", "blocks_per_worker",
-    "encrypt", "interface",
+    "encrypt", "interface", "host", "transport", "shared_rows", "allow_singleton",
     "heartbeat", "heartbeat_misses",
 };
 #define N_KEYS (sizeof s_all_keys / sizeof s_all_keys[0])
@@ -747,6 +747,74 @@ Test(config, help_lists_every_key)
         cr_assert_eq(lines, N_KEYS + 1 + (size_t)md);
         free(text);
     }
+}
+
+/* The knobs that were environment variables only are keys now (job file,
+ * command line, --help); the variables still override them. */
+Test(config, env_knobs_are_keys_that_the_variables_override)
+{
+    unsetenv("PSREC_HOST");
+    unsetenv("PSREC_TRANSPORT");
+    unsetenv("PSREC_SHARED_ROWS");
+    unsetenv("PSREC_ALLOW_SINGLETON");
+    cm_job j = cm_job_default();
+    cr_expect_str_eq(j.host, "");
+    cr_expect_eq(j.transport, 0, "auto");
+    cr_expect_eq(j.shared_rows, 0, "auto");
+    cr_expect_eq(j.allow_singleton, 0);
+    cm_error err = {0};
+    int help = 0;
+    char *args[] = {"train", "--transport", "tcp", "--shared-rows=off", "--host", "10.1.2.3",
+                    "--allow_singleton"};
+    cr_assert_eq(cm_job_parse_args(&j, 7, args, &help, &err), 0, "%s", err.msg);
+    cr_expect_eq(j.transport, 1);
+    cr_expect_eq(j.shared_rows, 1);
+    cr_expect_str_eq(j.host, "10.1.2.3");
+    cr_expect_eq(j.allow_singleton, 1);
+
+    /* each variable wins over the command line */
+    setenv("PSREC_TRANSPORT", "auto", 1);
+    setenv("PSREC_SHARED_ROWS", "auto", 1);
+    setenv("PSREC_HOST", "10.9.9.9", 1);
+    setenv("PSREC_ALLOW_SINGLETON", "0", 1);
+    cm_job k = cm_job_default();
+    cr_assert_eq(cm_job_parse_args(&k, 7, args, &help, &err), 0, "%s", err.msg);
+    cr_expect_eq(k.transport, 0);
+    cr_expect_eq(k.shared_rows, 0);
+    cr_expect_str_eq(k.host, "10.9.9.9");
+    cr_expect_eq(k.allow_singleton, 0);
+
+    /* an empty variable is no override */
+    setenv("PSREC_TRANSPORT", "", 1);
+    cm_job e = cm_job_default();
+    cr_assert_eq(cm_job_parse_args(&e, 7, args, &help, &err), 0, "%s", err.msg);
+    cr_expect_eq(e.transport, 1);
+
+    /* a bad value names the variable, and the job is left as it was */
+    setenv("PSREC_SHARED_ROWS", "of", 1);
+    cm_job b = cm_job_default();
+    cr_expect_eq(cm_job_parse_args(&b, 7, args, &help, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS") && strstr(err.msg, "'of'"), "%s", err.msg);
+    cr_expect_eq(b.transport, 0, "nothing applied");
+    cr_expect_eq(cm_job_apply_env(&b, &err), CM_ECONFIG);
+    unsetenv("PSREC_SHARED_ROWS");
+    unsetenv("PSREC_HOST");
+    unsetenv("PSREC_ALLOW_SINGLETON");
+    cr_expect_eq(cm_job_apply_env(&b, &err), 0, "%s", err.msg);
+
+    /* --help and the docs table list them */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cm_job_print_help(f, 0);
+    fclose(f);
+    const char *want[] = {"host", "transport", "shared_rows", "allow_singleton",
+                          "PSREC_SHARED_ROWS", "PSREC_TRANSPORT", "PSREC_HOST",
+                          "PSREC_ALLOW_SINGLETON"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(text, want[i]) != NULL, "--help lacks %s", want[i]);
+    free(text);
 }
 
 static void s_print_default(FILE *f, int unused)

@@ -1,5 +1,5 @@
 /* Implicit feedback: loss gradients, negative samplers, positives and the
- * popularity ranking (worker/implicit.h, worker/models/implicit.c). */
+ * popularity ranking (worker/implicit_train.h, worker/models/implicit.c). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 
 #include "common/metrics.h"
 #include "common/rng.h"
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 #include "worker/models/model.h"
 
 enum { D = 5 }; /* rows [bias, 4 factors] */

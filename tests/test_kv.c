@@ -12,7 +12,7 @@
 #include "common/slots.h"
 #include "ps/server.h"
 #include "ps/table.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 #include "scheduler/scheduler.h"
 #include "worker/kv.h"
 
@@ -462,7 +462,7 @@ static void s_shared_down(s_shared_fix *f)
 /* Rows of a shared table across two servers on this host: each pointer is
  * the key's whole row in its server's memory (what a whole-row pull
  * reads), writes through it are the server's rows, placing again gives the
- * same pointers. A private table, PSREC_SHARED_ROWS=off and a pull in
+ * same pointers. A private table, shared_rows = off and a pull in
  * flight are refused with reasons. */
 Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
 {
@@ -513,16 +513,17 @@ Test(kvshared, rows_in_the_servers_memory, .timeout = 60)
 
     cr_expect_eq(wk_kv_place(kv, 0, keys, 10, 1, again, &err), CM_ENOTSUP);
     cr_expect(strstr(err.msg, "does not share its rows"), "%s", err.msg);
-    setenv("PSREC_SHARED_ROWS", "off", 1);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ENOTSUP);
-    cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS=off"), "%s", err.msg);
-    setenv("PSREC_SHARED_ROWS", "of", 1);
-    cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ECONFIG);
-    cr_expect(strstr(err.msg, "PSREC_SHARED_ROWS: 'of' is neither auto nor off"), "%s",
-              err.msg);
-    setenv("PSREC_SHARED_ROWS", "auto", 1);
+    /* a client made with shared_rows = off is refused the same rows */
+    int dims[2] = {DIM, DIM}, rf[2] = {RF, RF};
+    wk_kv_params off = {.n_servers = NS, .server_eps = f.eps, .n_slots = SLOTS,
+                        .slot_map = f.map, .n_tables = 2, .dims = dims, .row_floats = rf,
+                        .rank = 4, .timeout_ms = 5000, .no_shared_rows = 1};
+    wk_kv *kv_off = wk_kv_new(f.van, &off, &err);
+    cr_assert_not_null(kv_off, "%s", err.msg);
+    cr_expect_eq(wk_kv_place(kv_off, 1, keys, 10, 1, again, &err), CM_ENOTSUP);
+    cr_expect(strstr(err.msg, "shared_rows = off"), "%s", err.msg);
+    wk_kv_destroy(&kv_off);
     cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), 0, "%s", err.msg);
-    unsetenv("PSREC_SHARED_ROWS");
     cr_assert_eq(wk_kv_pull_start(kv, &req, 1, &err), 0, "%s", err.msg);
     cr_expect_eq(wk_kv_place(kv, 1, keys, 10, 1, again, &err), CM_ESTATE);
     cr_assert_eq(wk_kv_pull_wait(kv, &err), 0, "%s", err.msg);

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 
 #include "common/slots.h"
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 
 Test(plan, unweighted_is_even)
 {

@@ -16,7 +16,7 @@
 #include "common/van.h"
 #include "serve/psm_write.h"
 #include "serve/score.h"
-#include "serve/server.h"
+#include "serve/service.h"
 #include "serve_helpers.h"
 
 static char s_dir[] = "/tmp/psrec-serve-XXXXXX";
@@ -273,7 +273,7 @@ Test(serve, model_open_errors)
 
 typedef struct {
     cm_van *van;
-    sv_server *srv;
+    sv_service *srv;
     cm_sock *client;
     atomic_int stop;
     int rc;
@@ -284,7 +284,7 @@ typedef struct {
 static void *s_serve_thread(void *arg)
 {
     s_rig *r = arg;
-    r->rc = sv_server_run(r->srv, &r->stop);
+    r->rc = sv_service_run(r->srv, &r->stop);
     return NULL;
 }
 
@@ -294,17 +294,17 @@ static void s_start(s_rig *r, const char *name, uint64_t max_requests)
     cm_error err = {0};
     r->van = cm_van_new(&err);
     cr_assert_not_null(r->van, "%s", err.msg);
-    sv_server_params p = sv_server_params_default();
+    sv_service_params p = sv_service_params_default();
     p.model = s_dir;
     snprintf(r->endpoint, sizeof r->endpoint, "inproc://%s", name);
     p.bind = r->endpoint;
     p.poll_ms = 30;
     p.max_k = 100;
     p.max_requests = max_requests;
-    r->srv = sv_server_new(r->van, &p, &err);
+    r->srv = sv_service_new(r->van, &p, &err);
     cr_assert_not_null(r->srv, "%s", err.msg);
-    cr_expect_str_eq(sv_server_endpoint(r->srv), r->endpoint);
-    cr_expect_eq(sv_server_model_version(r->srv), 1);
+    cr_expect_str_eq(sv_service_endpoint(r->srv), r->endpoint);
+    cr_expect_eq(sv_service_model_version(r->srv), 1);
     r->client = cm_sock_new(r->van, CM_SOCK_DEALER, &err);
     cr_assert_not_null(r->client, "%s", err.msg);
     cr_assert_eq(cm_sock_connect(r->client, r->endpoint), 0);
@@ -317,7 +317,7 @@ static void s_stop(s_rig *r)
     pthread_join(r->th, NULL);
     cr_expect_eq(r->rc, 0);
     cm_sock_destroy(&r->client);
-    sv_server_destroy(&r->srv);
+    sv_service_destroy(&r->srv);
     cr_expect_null(r->srv);
     cm_van_destroy(&r->van);
 }
@@ -447,7 +447,7 @@ Test(serve, server_answers_flags_fallback_and_survives_garbage)
     cr_expect_eq(rep.status, 0);
     cr_expect_eq(rep.items[0], top);
     s_reply_free(&rep);
-    cr_expect_eq(sv_server_requests(r.srv), 9);
+    cr_expect_eq(sv_service_requests(r.srv), 9);
     s_stop(&r);
 }
 
@@ -503,7 +503,7 @@ Test(serve, hot_reload_swaps_whole_models_only)
     uint64_t first_b = rep.items[0];
     float score_b = rep.scores[0];
     s_reply_free(&rep);
-    cr_expect_eq(sv_server_model_version(r.srv), 2);
+    cr_expect_eq(sv_service_model_version(r.srv), 2);
 
     /* make the next model's bytes, then tear it */
     char tmp[600], full[600];
@@ -556,9 +556,9 @@ Test(serve, stops_on_shutdown_and_after_max_requests)
     }
     pthread_join(r.th, NULL);
     cr_expect_eq(r.rc, 0);
-    cr_expect_eq(sv_server_requests(r.srv), 3);
+    cr_expect_eq(sv_service_requests(r.srv), 3);
     cm_sock_destroy(&r.client);
-    sv_server_destroy(&r.srv);
+    sv_service_destroy(&r.srv);
     cm_van_destroy(&r.van);
 
     s_start(&r, "serve-shutdown", 0);
@@ -568,7 +568,7 @@ Test(serve, stops_on_shutdown_and_after_max_requests)
     pthread_join(r.th, NULL);
     cr_expect_eq(r.rc, 0, "a shut-down van is a clean stop");
     cm_sock_destroy(&r.client);
-    sv_server_destroy(&r.srv);
+    sv_service_destroy(&r.srv);
     cm_van_destroy(&r.van);
 }
 
@@ -577,18 +577,18 @@ Test(serve, new_server_errors)
     cm_error err = {0};
     cm_van *van = cm_van_new(&err);
     cr_assert_not_null(van);
-    sv_server_params p = sv_server_params_default();
+    sv_service_params p = sv_service_params_default();
     p.model = s_dir;
     p.bind = "inproc://serve-err";
-    cr_expect_null(sv_server_new(van, &p, &err), "no model yet");
+    cr_expect_null(sv_service_new(van, &p, &err), "no model yet");
     cr_expect(strstr(err.msg, "model.psm") != NULL, "%s", err.msg);
     s_spec sp = {.nu = 4, .ni = 50, .dim = 3, .seed = 1, .gm = 3.0};
     s_write_mf(s_path, sp);
     p.bind = "bogus://nowhere";
-    cr_expect_null(sv_server_new(van, &p, &err));
+    cr_expect_null(sv_service_new(van, &p, &err));
     cr_expect(strstr(err.msg, "bogus://nowhere") != NULL, "%s", err.msg);
     p.bind = NULL;
-    cr_expect_null(sv_server_new(van, &p, &err));
+    cr_expect_null(sv_service_new(van, &p, &err));
     cm_van_destroy(&van);
 }
 
@@ -596,19 +596,19 @@ Test(serve, new_server_errors)
 
 /* A server on tcp loopback with the given limits (and threads), and a
  * DEALER client; the port for raw connections goes to *port. */
-static void s_start_tcp(s_rig *r, const sv_server_params *lim, int *port)
+static void s_start_tcp(s_rig *r, const sv_service_params *lim, int *port)
 {
     memset(r, 0, sizeof *r);
     cm_error err = {0};
     r->van = cm_van_new(&err);
     cr_assert_not_null(r->van, "%s", err.msg);
-    sv_server_params p = *lim;
+    sv_service_params p = *lim;
     p.model = s_dir;
     p.bind = "tcp://127.0.0.1:*";
     p.poll_ms = 30;
-    r->srv = sv_server_new(r->van, &p, &err);
+    r->srv = sv_service_new(r->van, &p, &err);
     cr_assert_not_null(r->srv, "%s", err.msg);
-    snprintf(r->endpoint, sizeof r->endpoint, "%s", sv_server_endpoint(r->srv));
+    snprintf(r->endpoint, sizeof r->endpoint, "%s", sv_service_endpoint(r->srv));
     const char *colon = strrchr(r->endpoint, ':');
     cr_assert_not_null(colon, "%s", r->endpoint);
     if (port)
@@ -623,7 +623,7 @@ Test(serve, each_limit_has_its_error)
 {
     s_spec sp = {.nu = 10, .ni = 300, .dim = 5, .seed = 31, .gm = 3.5};
     s_write_mf(s_path, sp);
-    sv_server_params lim = sv_server_params_default();
+    sv_service_params lim = sv_service_params_default();
     lim.max_k = 20;
     lim.max_exclude = 50;
     lim.max_msg_bytes = 4096;
@@ -708,7 +708,7 @@ Test(serve, oversized_frames_leave_memory_bounded)
 {
     s_spec sp = {.nu = 10, .ni = 300, .dim = 5, .seed = 33, .gm = 3.5};
     s_write_mf(s_path, sp);
-    sv_server_params lim = sv_server_params_default();   /* 1 MiB */
+    sv_service_params lim = sv_service_params_default();   /* 1 MiB */
     s_rig r;
     int port = 0;
     s_start_tcp(&r, &lim, &port);
@@ -770,7 +770,7 @@ static void s_recv_rep(cm_sock *sock, int timeout_ms, cm_rec_reply *rep)
 static int s_small_first(uint32_t threads)
 {
     const size_t ni = 100000, n_ex = 2000000;
-    sv_server_params lim = sv_server_params_default();
+    sv_service_params lim = sv_service_params_default();
     lim.threads = threads;
     lim.max_k = (uint32_t)ni;
     lim.max_exclude = (uint32_t)n_ex;
@@ -793,12 +793,12 @@ static int s_small_first(uint32_t threads)
     uint64_t *ex = malloc(n_ex * sizeof *ex);
     for (size_t i = 0; i < n_ex; i++)
         ex[i] = sh_id(1, (i * 7919) % ni);
-    const uint64_t before = sv_server_dispatched(r.srv);
+    const uint64_t before = sv_service_dispatched(r.srv);
     s_send_req(r.client, sh_id(0, 2), (uint32_t)ni, ex, n_ex);
     free(ex);
-    for (int i = 0; i < 30000 && sv_server_dispatched(r.srv) == before; i++)
+    for (int i = 0; i < 30000 && sv_service_dispatched(r.srv) == before; i++)
         usleep(1000);
-    cr_assert_gt(sv_server_dispatched(r.srv), before, "the slow request never reached a worker");
+    cr_assert_gt(sv_service_dispatched(r.srv), before, "the slow request never reached a worker");
     s_send_req(small, sh_id(0, 3), 5, NULL, 0);
 
     /* whichever reply comes first */
@@ -834,7 +834,7 @@ Test(serve, one_client_gets_its_replies_in_order)
 {
     s_spec sp = {.nu = 10, .ni = 20000, .dim = 8, .seed = 37, .gm = 3.5};
     s_write_mf(s_path, sp);
-    sv_server_params lim = sv_server_params_default();
+    sv_service_params lim = sv_service_params_default();
     lim.threads = 3;
     lim.queue = 2;   /* the rest wait in ZeroMQ's queues, none is lost */
     lim.max_k = 20000;
@@ -860,6 +860,6 @@ Test(serve, one_client_gets_its_replies_in_order)
         cr_expect_eq(rep.n, k, "reply %u out of order", k);
         s_reply_free(&rep);
     }
-    cr_expect_eq(sv_server_requests(r.srv), 9);
+    cr_expect_eq(sv_service_requests(r.srv), 9);
     s_stop(&r);
 }

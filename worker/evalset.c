@@ -2,7 +2,7 @@
 
 #include <stdlib.h>
 
-#include "worker/worker.h"
+#include "common/sorted.h"
 
 struct wk_evalset {
     wk_eval_chunk *chunks;
@@ -40,10 +40,10 @@ wk_evalset *wk_evalset_new(const cm_ratings *test, size_t chunk, cm_error *err)
         ch->first = c * chunk;
         ch->n = n - ch->first < chunk ? n - ch->first : chunk;
         for (int t = 0; t < 2; t++) {
-            /* uniq has room for the chunk: wk_dedupe borrows it as scratch */
+            /* uniq has room for the chunk: cm_dedupe_u64 borrows it as scratch */
             uint64_t *uniq = s->keys + used;
             uint32_t *idx = s->idx + (size_t)t * n + ch->first;
-            wk_dedupe(cols[t] + ch->first, ch->n, uniq, idx, &ch->n_uniq[t], scratch);
+            cm_dedupe_u64(cols[t] + ch->first, ch->n, uniq, idx, &ch->n_uniq[t], scratch);
             ch->uniq[t] = uniq;
             ch->idx[t] = idx;
             used += ch->n_uniq[t];

@@ -47,6 +47,7 @@ typedef struct {
 struct wk_kv {
     cm_sock **socks;        /* one DEALER per server */
     int plain_keys;         /* never name a pull's keys in a push */
+    int no_shared_rows;     /* wk_kv_place always refuses (shared_rows = off) */
     s_keep *keep;           /* per server, CM_KEEP_PULLS: the server's ring */
     uint64_t *keep_pulls;   /* per server: kept pulls asked for so far */
     int *local;             /* per server: on this host (wk_kv_params.server_here) */
@@ -139,6 +140,7 @@ wk_kv *wk_kv_new(cm_van *van, const wk_kv_params *p, cm_error *err)
     kv->seg_count = calloc(p->n_servers + 1, sizeof *kv->seg_count);
     kv->local = calloc(p->n_servers + 1, sizeof *kv->local);
     kv->plain_keys = p->plain_keys;
+    kv->no_shared_rows = p->no_shared_rows;
     kv->keep = calloc((size_t)p->n_servers * CM_KEEP_PULLS + 1, sizeof *kv->keep);
     kv->keep_pulls = calloc(p->n_servers + 1, sizeof *kv->keep_pulls);
     kv->maps = calloc((size_t)p->n_servers * p->n_tables + 1, sizeof *kv->maps);
@@ -772,13 +774,9 @@ int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int c
         return cm_error_set(err, CM_EINVAL, "kv: no table %u", table);
     if (kv->f_reqs)
         return cm_error_set(err, CM_ESTATE, "kv: place while a pull is in flight");
-    const char *env = getenv("PSREC_SHARED_ROWS");
-    if (env && *env && strcmp(env, "auto") && strcmp(env, "off"))
-        return cm_error_set(err, CM_ECONFIG, "PSREC_SHARED_ROWS: '%.64s' is neither auto nor off",
-                            env);
-    if (env && !strcmp(env, "off"))
+    if (kv->no_shared_rows)
         return cm_error_set(err, CM_ENOTSUP, "kv: shared rows switched off "
-                                             "(PSREC_SHARED_ROWS=off)");
+                                             "(shared_rows = off)");
     if (n == 0)
         return 0;
     int rc = wk_kv_flush(kv, err);

@@ -35,6 +35,8 @@ typedef struct {
                                         halves (whole rows and deltas stay f32) */
     int plain_keys;                  /* 1: every push sends its keys (kept keys
                                         off; for comparisons) */
+    int no_shared_rows;              /* 1: wk_kv_place refuses, rows move by
+                                        messages (shared_rows = off) */
     const unsigned char *server_here; /* per server: 1 when it runs on this host
                                         (the MPI runtime's locality), so its rows
                                         may be shared; NULL: the servers at ipc://
@@ -106,9 +108,8 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
  * is in flight (CM_ESTATE).
  * CM_ENOTSUP (message in err) when the rows cannot be shared: a server
  * elsewhere, a table kept private, a file that cannot be opened or does
- * not carry the server's token, or PSREC_SHARED_ROWS=off in the
- * environment; the caller then moves rows by messages. CM_ECONFIG when
- * PSREC_SHARED_ROWS is set to anything but auto or off. */
+ * not carry the server's token, or no_shared_rows in the params
+ * (shared_rows = off); the caller then moves rows by messages. */
 int wk_kv_place(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, int create,
                 float **rows, cm_error *err);
 

@@ -14,7 +14,7 @@
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/slots.h"
-#include "worker/worker.h"
+#include "common/sorted.h"
 
 #define S_EVAL_BATCH 4096
 #define S_MAX_FIELDS 1024  /* the fields key's range */
@@ -853,7 +853,7 @@ static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *orde
         s->label[j] = d->label[r];
     }
     s->keys[k] = WK_FM_BIAS_KEY;
-    wk_dedupe(s->keys, k + 1, s->uniq, s->idx, n_uniq, s->scratch);
+    cm_dedupe_u64(s->keys, k + 1, s->uniq, s->idx, n_uniq, s->scratch);
     *b = (wk_sparse_batch){n, s->at, s->idx, s->val, s->label, s->idx[k]};
     s->extra.field = d->field ? s->field : NULL;
     s->extra.n_fields = d->field ? s->n_fields : 0;

@@ -14,13 +14,14 @@
 #include "common/msg.h"
 #include "common/rng.h"
 #include "common/slots.h"
+#include "common/sorted.h"
 #include "worker/blocks.h"
 #include "worker/evalset.h"
 #include "worker/ingest.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 #include "worker/sparse.h"
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -100,57 +101,6 @@ static void s_free_eitem(s_worker *w)
         free(w->eitem[c]);
     free(w->eitem);
     w->eitem = NULL;
-}
-
-/* ---------------------------------------------------------------------
- * Deduplication
- * ------------------------------------------------------------------- */
-
-/* LSD radix sort of (key, example) pairs, one byte a pass; passes where
- * every key has the same byte are skipped, so small ids cost 2-3 passes. */
-void wk_dedupe(const uint64_t *keys, size_t n, uint64_t *uniq, uint32_t *idx, size_t *n_uniq,
-               uint64_t *scratch)
-{
-    uint64_t *a = scratch, *b = scratch + n; /* a: keys, b: keys (other buffer) */
-    uint32_t *pa = idx, *pb = (uint32_t *)uniq; /* example ids ride along */
-    /* idx and uniq double as the example-id buffers until the final pass */
-    for (size_t j = 0; j < n; j++) {
-        a[j] = keys[j];
-        pa[j] = (uint32_t)j;
-    }
-    uint64_t diff = 0;
-    for (size_t j = 1; j < n; j++)
-        diff |= a[j] ^ a[0];
-    for (int shift = 0; shift < 64 && (diff >> shift); shift += 8) {
-        if (((diff >> shift) & 0xff) == 0)
-            continue;
-        size_t count[257] = {0};
-        for (size_t j = 0; j < n; j++)
-            count[((a[j] >> shift) & 0xff) + 1]++;
-        for (int d = 0; d < 256; d++)
-            count[d + 1] += count[d];
-        for (size_t j = 0; j < n; j++) {
-            size_t at = count[(a[j] >> shift) & 0xff]++;
-            b[at] = a[j];
-            pb[at] = pa[j];
-        }
-        uint64_t *t = a;
-        a = b;
-        b = t;
-        uint32_t *tp = pa;
-        pa = pb;
-        pb = tp;
-    }
-    /* pa holds example ids in key order; move them out of idx/uniq first */
-    uint32_t *ex = (uint32_t *)b; /* b is free now and holds n u64 >= n u32 */
-    memcpy(ex, pa, n * sizeof *ex);
-    size_t u = 0;
-    for (size_t j = 0; j < n; j++) {
-        if (u == 0 || uniq[u - 1] != a[j])
-            uniq[u++] = a[j];
-        idx[ex[j]] = (uint32_t)(u - 1);
-    }
-    *n_uniq = u;
 }
 
 /* ---------------------------------------------------------------------
@@ -314,7 +264,7 @@ static void s_make_batch(s_worker *w, const cm_ratings *d, const uint32_t *order
             size_t row = order ? order[first + j] : first + j;
             w->ex_keys[j] = cols[t][row];
         }
-        wk_dedupe(w->ex_keys, m, w->tk[t].uniq, w->tk[t].idx, &w->tk[t].n_uniq, w->scratch);
+        cm_dedupe_u64(w->ex_keys, m, w->tk[t].uniq, w->tk[t].idx, &w->tk[t].n_uniq, w->scratch);
     }
     for (size_t j = 0; j < m; j++)
         w->label[j] = d->rating[order ? order[first + j] : first + j];
@@ -897,7 +847,7 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
 }
 
 /* ---------------------------------------------------------------------
- * Implicit feedback (worker/implicit.h does the work)
+ * Implicit feedback (worker/implicit_train.h does the work)
  * ------------------------------------------------------------------- */
 
 /* Keeps the positives of the loaded shards (train and test alike). */
@@ -1132,11 +1082,11 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         .wire_f16 = w->p->job->wire_dtype == 1,
     };
     /* under MPI the runtime says which servers share this host (their rows
-     * may be shared in place whatever the transport); PSREC_TRANSPORT=tcp
+     * may be shared in place whatever the transport); transport = tcp
      * keeps every row on the wire */
-    const char *transport = getenv("PSREC_TRANSPORT");
+    kp.no_shared_rows = w->p->job->shared_rows == 1;
     unsigned char *here = NULL;
-    if (w->p->boot && cm_boot_is_mpi(w->p->boot) && !(transport && strcmp(transport, "tcp") == 0) &&
+    if (w->p->boot && cm_boot_is_mpi(w->p->boot) && w->p->job->transport != 1 &&
         (here = calloc(w->p->n_servers + 1, 1)) != NULL) {
         for (uint32_t i = 0; i < w->p->n_servers; i++)
             here[i] = (unsigned char)cm_boot_same_host(w->p->boot, 1 + (int)i);

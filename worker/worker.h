@@ -33,10 +33,4 @@ typedef struct {
 /* Runs until the scheduler says STOP. 0, or a CM_E* code with *err set. */
 int wk_run(const wk_params *p, cm_error *err);
 
-/* Sorts keys[0..n) (one per example) into unique ascending uniq[0..*n_uniq)
- * and sets idx[j] so that uniq[idx[j]] == keys[j]. scratch holds 2n u64.
- * Exposed for tests. */
-void wk_dedupe(const uint64_t *keys, size_t n, uint64_t *uniq, uint32_t *idx,
-               size_t *n_uniq, uint64_t *scratch);
-
 #endif

@@ -2,13 +2,13 @@
  *
  * Tables: 0 users, 1 items, rows [bias, f_1 .. f_k] as mf's so that
  * checkpoints, exports and `psrec recommend` treat both alike; the user
- * bias stays 0. The worker trains it through worker/implicit.c (sampled
+ * bias stays 0. The worker trains it through worker/implicit_train.c (sampled
  * negatives need the item universe, which a model does not see); the ops
  * here are the logistic loss on labelled pairs (label 1 positive, 0
  * negative) and the ranking score, for callers that hold such pairs. */
 #include <string.h>
 
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 #include "worker/models/model.h"
 
 enum { IM_USER = 0, IM_ITEM = 1 };

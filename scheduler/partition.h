@@ -1,7 +1,7 @@
-/* plan: how the scheduler maps virtual slots to servers (the hashes that
+/* partition: how the scheduler maps virtual slots to servers (the hashes that
  * put keys in slots and users on workers are in common/slots.h). */
-#ifndef PSREC_SCHEDULER_PLAN_H
-#define PSREC_SCHEDULER_PLAN_H
+#ifndef PSREC_SCHEDULER_PARTITION_H
+#define PSREC_SCHEDULER_PARTITION_H
 
 #include <stddef.h>
 #include <stdint.h>

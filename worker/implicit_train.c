@@ -1,4 +1,4 @@
-#include "worker/implicit.h"
+#include "worker/implicit_train.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -11,7 +11,6 @@
 #include "common/msg.h"
 #include "common/sorted.h"
 #include "worker/models/model.h"
-#include "worker/worker.h"
 
 /* ---------------------------------------------------------------------
  * Positives
@@ -565,8 +564,8 @@ int wk_implicit_train(wk_implicit *im, wk_kv *kv, uint32_t epoch, uint32_t who,
             }
         }
         size_t nu = 0, ni = 0;
-        wk_dedupe(im->ukeys, m, im->uuniq, im->uidx, &nu, im->scratch);
-        wk_dedupe(im->ikeys, m * per, im->iuniq, im->iidx, &ni, im->scratch);
+        cm_dedupe_u64(im->ukeys, m, im->uuniq, im->uidx, &nu, im->scratch);
+        cm_dedupe_u64(im->ikeys, m * per, im->iuniq, im->iidx, &ni, im->scratch);
         wk_pull reqs[2] = {{0, im->uuniq, nu, im->urows, 0, 0}, {1, im->iuniq, ni, im->irows, 0, 0}};
         if ((rc = wk_kv_pull(kv, reqs, 2, err)) != 0)
             return rc;

@@ -1,4 +1,4 @@
-/* implicit: a worker's part of implicit-feedback MF (model = implicit).
+/* implicit_train: a worker's part of implicit-feedback MF (model = implicit).
  *
  * The input holds positives only (clicks, purchases, or ratings at or above
  * positive_threshold). Each minibatch takes positives of this worker's
@@ -22,8 +22,8 @@
  * stays 0: it cannot change a user's ranking, and BPR cancels it).
  *   score(u, i) = b_i + <p_u, q_i>
  * One owning thread. */
-#ifndef PSREC_WORKER_IMPLICIT_H
-#define PSREC_WORKER_IMPLICIT_H
+#ifndef PSREC_WORKER_IMPLICIT_TRAIN_H
+#define PSREC_WORKER_IMPLICIT_TRAIN_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-#include "scheduler/plan.h"
+#include "scheduler/partition.h"
 
 #include <stdlib.h>
 

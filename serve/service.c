@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "serve/server.h"
+#include "serve/service.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,7 +55,7 @@ typedef struct {
 typedef struct {
     pthread_t th;
     int started;
-    struct sv_server *srv;
+    struct sv_service *srv;
     uint8_t id[2];                 /* its route on the backend: 'w', index */
     int ready;                     /* said hello, not answering a request */
     s_held *held;                  /* model of the request it answers */
@@ -63,8 +63,8 @@ typedef struct {
     size_t route_len;
 } s_worker;
 
-struct sv_server {
-    sv_server_params p;            /* copy; strings below are owned */
+struct sv_service {
+    sv_service_params p;            /* copy; strings below are owned */
     char path[4096];               /* the model file polled */
     char endpoint[CM_ENDPOINT_MAX];
     char backend[64];              /* inproc endpoint the workers connect to */
@@ -87,9 +87,9 @@ struct sv_server {
     _Atomic uint64_t dispatched;
 };
 
-sv_server_params sv_server_params_default(void)
+sv_service_params sv_service_params_default(void)
 {
-    return (sv_server_params){.model = NULL, .bind = NULL, .poll_ms = 200,
+    return (sv_service_params){.model = NULL, .bind = NULL, .poll_ms = 200,
                               .max_requests = 0, .max_k = 1000, .max_exclude = 100000,
                               .max_msg_bytes = 1 << 20, .threads = 4, .queue = 64,
                               .curve_secret = NULL};
@@ -306,7 +306,7 @@ static void s_work(cm_sock *sock, s_scratch *w, cm_frames *f)
 static void *s_worker_main(void *arg)
 {
     s_worker *wk = arg;
-    sv_server *s = wk->srv;
+    sv_service *s = wk->srv;
     cm_error err = {0};
     s_scratch w = {0};
     cm_sock *sock = cm_sock_new(s->van, CM_SOCK_DEALER, &err);
@@ -352,7 +352,7 @@ out:
 /* --------------------------------------------------------- lifecycle -- */
 
 /* Applies the limits and the key to the client socket and binds it. */
-static int s_bind_front(sv_server *s, const sv_server_params *p, cm_error *err)
+static int s_bind_front(sv_service *s, const sv_service_params *p, cm_error *err)
 {
     const cm_sock_limits lim = {.max_msg_bytes = s->p.max_msg_bytes,
                                 .rcv_hwm = S_CLIENT_RCV_HWM,
@@ -372,7 +372,7 @@ static int s_bind_front(sv_server *s, const sv_server_params *p, cm_error *err)
     return 0;
 }
 
-sv_server *sv_server_new(cm_van *van, const sv_server_params *p, cm_error *err)
+sv_service *sv_service_new(cm_van *van, const sv_service_params *p, cm_error *err)
 {
     if (!p->model || !p->bind) {
         cm_error_set(err, CM_EINVAL, "serve: a model and an endpoint are needed");
@@ -388,7 +388,7 @@ sv_server *sv_server_new(cm_van *van, const sv_server_params *p, cm_error *err)
                      (long long)p->max_msg_bytes);
         return NULL;
     }
-    sv_server *s = calloc(1, sizeof *s);
+    sv_service *s = calloc(1, sizeof *s);
     if (!s) {
         cm_error_set(err, CM_ENOMEM, "serve: out of memory");
         return NULL;
@@ -443,15 +443,15 @@ sv_server *sv_server_new(cm_van *van, const sv_server_params *p, cm_error *err)
     s->last_check_ms = s_now_ms();
     return s;
 fail:
-    sv_server_destroy(&s);
+    sv_service_destroy(&s);
     return NULL;
 }
 
-void sv_server_destroy(sv_server **ps)
+void sv_service_destroy(sv_service **ps)
 {
     if (!ps || !*ps)
         return;
-    sv_server *s = *ps;
+    sv_service *s = *ps;
     /* Workers notice the flag within S_WORKER_WAKE_MS; a stop job wakes
      * the idle ones at once (the send fails harmlessly after a shutdown). */
     atomic_store(&s->stop_workers, 1);
@@ -477,14 +477,14 @@ void sv_server_destroy(sv_server **ps)
     *ps = NULL;
 }
 
-const char *sv_server_endpoint(const sv_server *s) { return s->endpoint; }
-uint64_t sv_server_model_version(const sv_server *s) { return atomic_load(&s->version); }
-uint64_t sv_server_requests(const sv_server *s) { return atomic_load(&s->requests); }
-uint64_t sv_server_dispatched(const sv_server *s) { return atomic_load(&s->dispatched); }
+const char *sv_service_endpoint(const sv_service *s) { return s->endpoint; }
+uint64_t sv_service_model_version(const sv_service *s) { return atomic_load(&s->version); }
+uint64_t sv_service_requests(const sv_service *s) { return atomic_load(&s->requests); }
+uint64_t sv_service_dispatched(const sv_service *s) { return atomic_load(&s->dispatched); }
 
 /* ------------------------------------------------------------ reload -- */
 
-static void s_maybe_reload(sv_server *s)
+static void s_maybe_reload(sv_service *s)
 {
     int64_t now = s_now_ms();
     if (now - s->last_check_ms < s->p.poll_ms)
@@ -525,7 +525,7 @@ static void s_maybe_reload(sv_server *s)
 
 /* ---------------------------------------------------------- dispatch -- */
 
-static int s_route_busy(const sv_server *s, const cm_frames *f)
+static int s_route_busy(const sv_service *s, const cm_frames *f)
 {
     const size_t len = cm_frames_size(f, 0);
     for (uint32_t i = 0; i < s->p.threads; i++) {
@@ -538,7 +538,7 @@ static int s_route_busy(const sv_server *s, const cm_frames *f)
 
 /* Hands f to worker wk: [wk][job][f's frames]. 0, or the send's error
  * (then f stays with the caller). */
-static int s_give(sv_server *s, s_worker *wk, cm_frames *f)
+static int s_give(sv_service *s, s_worker *wk, cm_frames *f)
 {
     const size_t nf = cm_frames_count(f);
     s_job job = {.held = s->cur, .max_k = s->p.max_k, .max_exclude = s->p.max_exclude};
@@ -567,7 +567,7 @@ static int s_give(sv_server *s, s_worker *wk, cm_frames *f)
 /* Gives waiting requests, oldest first, to idle workers; a request whose
  * client has one with a worker waits (so that client's replies stay in
  * order), and so do the ones behind it from the same client. */
-static int s_dispatch(sv_server *s)
+static int s_dispatch(sv_service *s)
 {
     size_t kept = 0;
     uint32_t next = 0;
@@ -600,7 +600,7 @@ static int s_dispatch(sv_server *s)
 
 /* A worker spoke: hello ([id][empty]) or a reply ([id][route]...[RecReply]),
  * which goes to the client. */
-static int s_from_worker(sv_server *s, cm_frames *f)
+static int s_from_worker(sv_service *s, cm_frames *f)
 {
     const size_t nf = cm_frames_count(f);
     const uint8_t *id = cm_frames_data(f, 0);
@@ -638,7 +638,7 @@ static int s_from_worker(sv_server *s, cm_frames *f)
 
 /* Receives what is waiting on sock, at most `most` messages; each goes to
  * the worker handler or the pending queue. */
-static int s_drain(sv_server *s, cm_sock *sock, size_t most)
+static int s_drain(sv_service *s, cm_sock *sock, size_t most)
 {
     for (size_t i = 0; i < most; i++) {
         cm_frames *f = NULL;
@@ -660,7 +660,7 @@ static int s_drain(sv_server *s, cm_sock *sock, size_t most)
     return 0;
 }
 
-static int s_busy(const sv_server *s)
+static int s_busy(const sv_service *s)
 {
     for (uint32_t i = 0; i < s->p.threads; i++)
         if (s->workers[i].held)
@@ -668,7 +668,7 @@ static int s_busy(const sv_server *s)
     return 0;
 }
 
-int sv_server_run(sv_server *s, atomic_int *stop)
+int sv_service_run(sv_service *s, atomic_int *stop)
 {
     const uint64_t max = s->p.max_requests;
     int rc = 0;

@@ -1,4 +1,4 @@
-/* server: psrec serve, a ZeroMQ request/reply server for top-K queries.
+/* service: psrec serve, a ZeroMQ request/reply server for top-K queries.
  *
  * A ROUTER socket receives [route][RecRequest] from DEALER clients (or
  * [route][empty][RecRequest] from REQ clients) and answers each with
@@ -31,11 +31,11 @@
  * A file that fails validation (torn, corrupt) is logged once and the old
  * model keeps serving; the file is tried again when it changes again.
  *
- * Threads: the server is owned by the thread that calls sv_server_run
- * (it may be created by another thread before that); sv_server_new starts
- * the workers and sv_server_destroy stops them. */
-#ifndef PSREC_SERVE_SERVER_H
-#define PSREC_SERVE_SERVER_H
+ * Threads: the server is owned by the thread that calls sv_service_run
+ * (it may be created by another thread before that); sv_service_new starts
+ * the workers and sv_service_destroy stops them. */
+#ifndef PSREC_SERVE_SERVICE_H
+#define PSREC_SERVE_SERVICE_H
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -43,7 +43,7 @@
 #include "common/err.h"
 #include "common/van.h"
 
-typedef struct sv_server sv_server;
+typedef struct sv_service sv_service;
 
 typedef struct {
     const char *model;       /* a .psm file or an export directory */
@@ -56,35 +56,35 @@ typedef struct {
     uint32_t threads;        /* workers answering requests; default 4, at most 64 */
     uint32_t queue;          /* requests waiting for a worker; default 64 */
     const char *curve_secret; /* Z85 CURVE secret key (40 chars) or NULL: plain */
-} sv_server_params;
+} sv_service_params;
 
-sv_server_params sv_server_params_default(void);
+sv_service_params sv_service_params_default(void);
 
 /* Loads the model, binds a ROUTER socket on van (with the limits and
  * the CURVE key of p) and starts the workers. NULL on failure with the
  * reason (model file, key, endpoint, limits) in err. */
-sv_server *sv_server_new(cm_van *van, const sv_server_params *p, cm_error *err);
+sv_service *sv_service_new(cm_van *van, const sv_service_params *p, cm_error *err);
 
 /* The bound endpoint (a "tcp://host:*" bind resolved to its port). */
-const char *sv_server_endpoint(const sv_server *s);
+const char *sv_service_endpoint(const sv_service *s);
 
 /* Serves until *stop becomes nonzero (stop may be NULL; it is checked at
  * least every poll_ms), the van is shut down (cm_van_shutdown), or
  * max_requests were answered. 0 on those; a CM_E* code on a socket error. */
-int sv_server_run(sv_server *s, atomic_int *stop);
+int sv_service_run(sv_service *s, atomic_int *stop);
 
 /* The version of the model being served: 1, plus one per reload. */
-uint64_t sv_server_model_version(const sv_server *s);
+uint64_t sv_service_model_version(const sv_service *s);
 
 /* Requests answered so far (including error replies). */
-uint64_t sv_server_requests(const sv_server *s);
+uint64_t sv_service_requests(const sv_service *s);
 
 /* Requests handed to a worker so far (tests wait on it: a request is
  * being worked on once this counts it). */
-uint64_t sv_server_dispatched(const sv_server *s);
+uint64_t sv_service_dispatched(const sv_service *s);
 
 /* Stops and joins the workers, closes the sockets, frees the model,
  * NULLs *ps; no-op on NULL. */
-void sv_server_destroy(sv_server **ps);
+void sv_service_destroy(sv_service **ps);
 
 #endif
