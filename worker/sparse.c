@@ -776,9 +776,13 @@ static int s_reg_batch(wk_sparse *s, const wk_model_ops *m, const wk_model_ctx *
     if (!grown)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory for learning l2");
     *srows = grown;
+    /* the global bias is not regularised (fm.c): it stays as it is */
+    const size_t bias = (size_t)b->bias_row * (size_t)s->dim;
     wk_reg_scale(s->rows, grown, n, 1.f + WK_REG_EPS);
+    grown[bias] = s->rows[bias];
     m->predict_sparse(ctx, b, s->dim, grown, up);
     wk_reg_scale(s->rows, grown, n, 1.f - WK_REG_EPS);
+    grown[bias] = s->rows[bias];
     m->predict_sparse(ctx, b, s->dim, grown, down);
     wk_reg_add(reg, s->task == CM_TASK_BINARY, s->score, up, down, b->label, b->n);
     return 0;
