@@ -47,8 +47,8 @@ double wk_reg_grad(const wk_reg_sums *s, double lr);
  * relative shrink of every weight, dot / (2 loss)) times WK_REG_GAIN, so it
  * does not depend on lr or on the optimizer's scaling of lr. Returns l2
  * unchanged when s holds no examples. */
-#define WK_REG_GAIN 5.0
-#define WK_REG_MAX_STEP 1.0
+#define WK_REG_GAIN 2.0
+#define WK_REG_MAX_STEP 0.5
 #define WK_REG_MIN 1e-6
 #define WK_REG_MAX 10.0
 double wk_reg_next(double l2, const wk_reg_sums *s);
