@@ -26,7 +26,7 @@
 #include "common/dataset.h"
 #include "common/hashmap.h"
 #include "common/rng.h"
-#include "ps/optim.h"
+#include "common/optim.h"
 #include "ps/table.h"
 #include "worker/models/model.h"
 
@@ -113,9 +113,9 @@ int main(int argc, char **argv)
     size_t nu = cm_hashmap_size(um), ni = cm_hashmap_size(im);
 
     /* rows as the worker holds them: weights (bias first) then state */
-    ps_optim o = ps_optim_default(kind, lr);
+    cm_optim o = cm_optim_default(kind, lr);
     const int rdim = dim + 1;
-    const size_t rf = (size_t)rdim + (size_t)ps_optim_state_floats(kind, rdim);
+    const size_t rf = (size_t)rdim + (size_t)cm_optim_state_floats(kind, rdim);
     const size_t stride = (rf + 15) / 16 * 16;
     const size_t hp = 2u << 20;
     size_t ub = ((nu + 1) * stride * sizeof(float) + hp - 1) / hp * hp;
@@ -135,7 +135,7 @@ int main(int argc, char **argv)
         memset(row, 0, stride * sizeof(float));
         for (int k = 1; k < rdim; k++)
             row[k] = (float)(0.05 * cm_rng_normal(&rng));
-        ps_optim_init_state(&o, row, rdim);
+        cm_optim_init_state(&o, row, rdim);
     }
 
     /* groups of users whose rows take about 256 KiB, as blocks.c does */
@@ -160,7 +160,7 @@ int main(int argc, char **argv)
     printf("%zu ratings, %zu users x %zu items, dim %d, %s, row %zu floats (stride %zu)\n",
            tr.n, nu, ni, dim, cm_optimizer_name(kind), rf, stride);
 
-    /* What a blocks worker pays to make its user rows (ps_table_init_row and
+    /* What a blocks worker pays to make its user rows (cm_table_spec_init_row and
      * the optimizer state, as worker/blocks.c does), written to one spare
      * row so that only the arithmetic is timed and the rows trained below
      * stay as they are. */
@@ -169,11 +169,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "out of memory\n");
         return 1;
     }
-    ps_table_params up = {.dim = rdim, .zero_prefix = 1, .init_std = 0.05f, .seed = 42, .optim = o};
+    cm_table_spec up = {.dim = rdim, .zero_prefix = 1, .init_std = 0.05f, .seed = 42, .optim = o};
     double t_init = s_cpu();
     for (size_t u = 0; u < nu; u++) {
-        ps_table_init_row(&up, u, spare);
-        ps_optim_init_state(&o, spare, rdim);
+        cm_table_spec_init_row(&up, u, spare);
+        cm_optim_init_state(&o, spare, rdim);
     }
     t_init = s_cpu() - t_init;
     printf("user row init: %.1f ns per row, %.2f ns per initial weight\n",

@@ -138,7 +138,7 @@ static int s_psrec_rates(int dim, int f16, int plain, int curve, double secs, do
             return 1;
         }
     }
-    ps_table_params tp = {.dim = dim, .init_std = 0.1f, .seed = 1,
+    cm_table_spec tp = {.dim = dim, .init_std = 0.1f, .seed = 1,
                           .optim = {.kind = CM_OPT_SGD, .lr = 0.01f}};
     ps_server *srv = van ? ps_server_new(van, "tcp://127.0.0.1:*", &tp, 1, &err) : NULL;
     if (!srv) {

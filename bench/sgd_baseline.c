@@ -32,7 +32,7 @@
 #include "common/dataset.h"
 #include "common/hash.h"
 #include "common/rng.h"
-#include "ps/optim.h"
+#include "common/optim.h"
 #include "worker/blocks.h"
 #include "worker/models/model.h"
 
@@ -60,7 +60,7 @@ static void *s_alloc_rows(size_t bytes)
 typedef struct {
     /* fixed after setup */
     int bins, dim, threads;
-    const ps_optim *opt;
+    const cm_optim *opt;
     wk_model_ctx ctx;
     wk_rows users, items;
     wk_rating *ratings;     /* grouped by block, shuffled within each */
@@ -203,9 +203,9 @@ int main(int argc, char **argv)
         mean += tr.rating[j];
     mean /= tr.n ? (double)tr.n : 1.0;
 
-    ps_optim o = ps_optim_default(kind, (float)lr);
+    cm_optim o = cm_optim_default(kind, (float)lr);
     const int rdim = dim + 1;
-    const size_t stride = wk_blocks_stride(rdim + ps_optim_state_floats(kind, rdim));
+    const size_t stride = wk_blocks_stride(rdim + cm_optim_state_floats(kind, rdim));
     U = s_alloc_rows((nu + 1) * stride * sizeof(float));
     I = s_alloc_rows((ni + 1) * stride * sizeof(float));
     rat = malloc((tr.n + 1) * sizeof *rat);
@@ -226,7 +226,7 @@ int main(int argc, char **argv)
                          (double)(x >> 32 & 0xFFFF) + (double)(x >> 48);
             row[k] = (float)(init_std * (sum / 65536.0 - 2.0) * 1.7320508075688772);
         }
-        ps_optim_init_state(&o, row, rdim);
+        cm_optim_init_state(&o, row, rdim);
     }
     /* LIBMF's layout: rows renumbered by a random permutation (so that any
      * order of ids gives even bins) and bins as ranges of the new numbers.

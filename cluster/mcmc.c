@@ -228,20 +228,23 @@ static int s_record(s_run *r, int e, double loss, double secs, double elapsed,
     if (!r->metrics)
         return 0;
     const int t = r->test.n > 0;
+    /* a binary task writes no RMSE or MAE (the last two fields), as the
+     * scheduler's lines */
     sch_field f[] = {
         {"epoch", e, 0},
         {"train_loss", r->binary ? loss : loss * loss, 0},
-        {"train_rmse", r->binary ? -1 : loss, 1},
-        {"test_rmse", t && !r->binary ? res->test_rmse : -1, 1},
-        {"test_mae", t && !r->binary ? res->test_mae : -1, 1},
         {"examples_per_s", secs > 0 ? r->train.n / secs : 0, 0},
         {"seconds", secs, 0},
         {"elapsed", elapsed, 0},
         {"test_auc", t && r->binary ? res->test_auc : -1, 1},
         {"test_logloss", t && r->binary ? res->test_logloss : -1, 1},
         {"noise_precision", r->binary ? -1 : wk_mcmc_alpha(r->m), 1},
+        {"train_rmse", r->binary ? -1 : loss, 1},
+        {"test_rmse", t ? res->test_rmse : -1, 1},
+        {"test_mae", t ? res->test_mae : -1, 1},
     };
-    return sch_metrics_write(r->metrics, f, sizeof f / sizeof f[0], err);
+    const size_t n = sizeof f / sizeof f[0] - (r->binary ? 3 : 0);
+    return sch_metrics_write(r->metrics, f, n, err);
 }
 
 int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)

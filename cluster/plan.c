@@ -1,12 +1,14 @@
-/* plan: memory estimate of a job. The layouts mirrored here are those of
- * ps/table.c (slots, chunks), common/hashmap.c (16-byte entries, load
- * <= 0.7, doubling from 16), ps/server.c (one reply buffer grown by
- * doubling from 4096 floats), worker/worker.c (shard copies, batch
- * buffers), worker/blocks.c (strides of 8 floats, rows + base) and
- * worker/sparse.c (CSR shard, batch buffers twice the largest batch) and
- * worker/models/ffm.c, deep_model.c (row sizes from the model's own
- * table_params; deep's net rows and MLP scratch). docs/planner.md
- * explains each line; keep them in step. */
+/* plan: memory estimate of a job, composed from what each module says of
+ * itself: a server table's bytes from ps_table_footprint_of (slots,
+ * chunks, index, eviction and admission records), hash maps from
+ * cm_hashmap_bytes_for, the server's reply buffer from
+ * ps_server_reply_bytes, the blocks schedule's row strides and message
+ * size from worker/blocks.h, row sizes from the model's own table_params
+ * (ffm's fields, deep's net rows), deep's scratch from
+ * wk_deep_scratch_bytes. What is still counted
+ * here: worker/worker.c's batch buffers (S_MIN_BATCH_CAP) and
+ * worker/sparse.c's evaluation batch (S_EVAL_BATCH), and the worker-side
+ * lines of docs/planner.md, which explains each line. */
 #include "cluster/plan.h"
 
 #include <math.h>
@@ -18,22 +20,18 @@
 #include "common/hashmap.h"
 #include "common/hll.h"
 #include "common/slots.h"
-#include "ps/optim.h"
+#include "common/optim.h"
+#include "ps/server.h"
+#include "ps/table.h"
 #include "worker/blocks.h"
 #include "worker/models/deep.h"
 #include "worker/models/model.h"
 #include "worker/sparse.h"
 
-#define S_SLOT_ALIGN_FLOATS 16            /* ps/table.c: 64-byte row slots */
-#define S_CHUNK0_LOG 6                    /* ps/table.c: chunk 0 holds 64 rows */
-#define S_CHUNK_MAX_BYTES ((uint64_t)16 << 20)
-#define S_HASH_ENTRY 16                   /* common/hashmap.c: {u64, u32, u32} */
-#define S_HASH_MIN_CAP 16
-#define S_META_BYTES 24                   /* ps/table.c: s_meta per slot (eviction) */
-#define S_PENDING_MAX ((uint64_t)1 << 20) /* ps/table.c: admission counters kept */
-#define S_RATING_BYTES 20                 /* cm_ratings: u64 user, u64 item, f32 */
-#define S_BLOCK_RATING 12                 /* wk_rating */
-#define S_BLOCK_MSG_ROWS 65536            /* worker/blocks.c: rows per pull or push */
+/* cm_ratings: a user key, an item key and a rating per row (its columns) */
+#define S_RATING_BYTES                                                                    \
+    (sizeof *((cm_ratings *)0)->user + sizeof *((cm_ratings *)0)->item +                \
+     sizeof *((cm_ratings *)0)->rating)
 #define S_MIN_BATCH_CAP 4096              /* worker/worker.c: batch buffers */
 #define S_EVAL_BATCH 4096                 /* worker/sparse.c: deep scratch rows, at least */
 
@@ -49,37 +47,6 @@ static uint64_t s_ceil_div(uint64_t a, uint64_t b)
 static uint64_t s_round_up(uint64_t a, uint64_t m)
 {
     return s_ceil_div(a, m) * m;
-}
-
-/* common/hashmap.c: capacity holding n keys at load <= 0.7. */
-static uint64_t s_hash_cap(uint64_t n)
-{
-    uint64_t cap = S_HASH_MIN_CAP;
-    while (cap / 10 * 7 + (cap % 10) * 7 / 10 < n)
-        cap <<= 1;
-    return cap;
-}
-
-/* ps/table.c: row slots the chunks allocated for n rows hold. */
-static uint64_t s_slab_rows(uint64_t n, uint64_t stride_floats)
-{
-    const uint64_t slot = stride_floats * sizeof(float);
-    int g = 0;
-    while (g < 26 && ((uint64_t)1 << (S_CHUNK0_LOG + g + 1)) * slot <= S_CHUNK_MAX_BYTES)
-        g++;
-    uint64_t have = 0;
-    for (int k = 0; have < n; k++)
-        have += (uint64_t)1 << (S_CHUNK0_LOG + (k < g ? k : g));
-    return have;
-}
-
-/* ps/server.c: the reply buffer after doubling from 4096 to hold need floats. */
-static uint64_t s_reply_floats(uint64_t need)
-{
-    uint64_t cap = 4096;
-    while (cap < need)
-        cap *= 2;
-    return cap;
 }
 
 static void s_add(cl_plan_role *r, const char *name, uint64_t bytes, int loading)
@@ -121,6 +88,7 @@ static int s_load_ratings(const cm_job *job, const char *path, cm_ratings *out, 
     lo.max_bad_lines = job->max_bad_lines;
     lo.log_bad_lines = 0;
     lo.verify_checksum = 0; /* train verifies; the plan only counts */
+    wk_ratings_columns(job, &lo);
     return cm_ratings_load(path, &lo, out, err);
 }
 
@@ -300,14 +268,14 @@ out:
 
 /* What a sparse model's tables look like: the feature table's row dim
  * (fm and deep: dim + 1; ffm: 1 + fields x dim), and deep's dense table
- * (n_dense rows of dense_dim floats; 0 for the others) and the floats per
- * example of its worker scratch. fields = 0 is resolved from the data as
+ * (n_dense rows of dense_dim floats; 0 for the others) and its net, which
+ * sizes the worker's scratch. fields = 0 is resolved from the data as
  * the launcher does. */
 typedef struct {
     int dim_t;
     uint64_t n_dense;
     int dense_dim;
-    uint64_t scratch_per_example;
+    wk_mlp_params mlp;
 } s_sparse_shape;
 
 static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
@@ -327,7 +295,7 @@ static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
         goto out;
     }
     rj->fields = f;
-    ps_table_params tp;
+    cm_table_spec tp;
     m->table_params(rj, 0, &tp);
     sh->dim_t = tp.dim;
     if (m->dense_rows) {
@@ -337,15 +305,7 @@ static int s_sparse_tables(const cm_job *job, s_sparse_shape *sh, cm_error *err)
         m->table_params(rj, 1, &tp);
         sh->n_dense = m->dense_rows(rj);
         sh->dense_dim = tp.dim;
-        /* deep_model.c: emb, its gradient, lin, its gradient, target; deep.c:
-         * hidden activations, two error buffers of the widest layer, y */
-        const uint64_t fk = (uint64_t)mp.n_fields * (uint64_t)mp.k;
-        uint64_t widest = fk, hidden = 0;
-        for (int l = 0; l < mp.n_hidden; l++) {
-            hidden += (uint64_t)mp.hidden[l];
-            widest = (uint64_t)mp.hidden[l] > widest ? (uint64_t)mp.hidden[l] : widest;
-        }
-        sh->scratch_per_example = 2 * fk + 2 * (uint64_t)mp.n_fields + 1 + hidden + 2 * widest + 1;
+        sh->mlp = mp;
     }
 out:
     free(rj);
@@ -356,30 +316,22 @@ out:
  * Roles
  * ------------------------------------------------------------------------ */
 
-/* A table of `rows` rows as one server holds it. */
-typedef struct {
-    uint64_t weights, state, pad, index, meta, pending, rows;
-} s_table_bytes;
-
-static s_table_bytes s_server_table(const cm_job *job, uint64_t rows, int n_servers,
-                                    int dim_t)
+/* A table of `rows` rows as one server holds it: the table's own
+ * footprint for the job's settings (admission counters at their bound). */
+static ps_table_footprint s_server_table(const cm_job *job, uint64_t rows, int n_servers,
+                                         int dim_t, uint64_t *held)
 {
-    s_table_bytes b = {0};
+    cm_table_spec sp;
+    memset(&sp, 0, sizeof sp);
+    sp.dim = dim_t;
+    wk_model_table_common(job, &sp);
     uint64_t n = s_ceil_div(rows, (uint64_t)n_servers);
     if (job->max_rows > 0 && (uint64_t)job->max_rows < n)
         n = (uint64_t)job->max_rows;
-    const uint64_t state = (uint64_t)ps_optim_state_floats(job->optimizer, dim_t);
-    const uint64_t stride = s_round_up((uint64_t)dim_t + state, S_SLOT_ALIGN_FLOATS);
-    const uint64_t slab_rows = n ? s_slab_rows(n, stride) : 0;
-    b.rows = n;
-    b.weights = n * (uint64_t)dim_t * 4;
-    b.state = n * state * 4;
-    b.pad = slab_rows * stride * 4 - b.weights - b.state;
-    b.index = s_hash_cap(n) * S_HASH_ENTRY;
-    if (job->ttl > 0 || job->max_rows > 0)
-        b.meta = slab_rows * S_META_BYTES;
-    if (job->min_count > 1)
-        b.pending = s_hash_cap(n < S_PENDING_MAX ? n : S_PENDING_MAX) * S_HASH_ENTRY;
+    const uint64_t most = ps_table_max_pending(&sp);
+    ps_table_footprint b;
+    ps_table_footprint_of(&sp, (size_t)n, (size_t)(n < most ? n : most), &b);
+    *held = n;
     return b;
 }
 
@@ -401,28 +353,33 @@ static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys,
         tables[n_tables++] = p->data.n_users;
         tables[n_tables++] = p->data.n_items;
     }
-    s_table_bytes sum = {0};
+    ps_table_footprint sum = {0};
     uint64_t largest = 0, reply = 0, inbound = 0;
     const int blocks = cm_job_uses_blocks(job);
     for (size_t t = 0; t < n_tables; t++) {
         const int dim_t = dims[t];
-        s_table_bytes b = s_server_table(job, tables[t], p->n_servers, dim_t);
+        uint64_t held;
+        ps_table_footprint b = s_server_table(job, tables[t], p->n_servers, dim_t, &held);
         sum.weights += b.weights;
         sum.state += b.state;
         sum.pad += b.pad;
         sum.index += b.index;
         sum.meta += b.meta;
         sum.pending += b.pending;
-        if (b.rows > largest)
-            largest = b.rows;
+        sum.fixed += b.fixed;
+        if (held > largest)
+            largest = held;
         /* one request's keys at one server: a batch's distinct keys, or a
          * blocks message of full rows (weights + state) */
-        uint64_t keys = blocks ? S_BLOCK_MSG_ROWS : batch_keys;
-        if (keys > b.rows)
-            keys = b.rows;
+        uint64_t keys = blocks ? wk_blocks_msg_rows() : batch_keys;
+        if (keys > held)
+            keys = held;
         const uint64_t floats = blocks ? rf : (uint64_t)dim_t;
-        if (s_reply_floats(keys * floats) * 4 > reply)
-            reply = s_reply_floats(keys * floats) * 4;
+        /* whole rows, and f32 values, go out as floats from a buffer of their own */
+        const int own = blocks || job->wire_dtype == 0;
+        const uint64_t rb = ps_server_reply_bytes((size_t)(keys * floats), own);
+        if (rb > reply)
+            reply = rb;
         if (keys * (8 + floats * 4) > inbound)
             inbound = keys * (8 + floats * 4);
     }
@@ -434,6 +391,7 @@ static void s_server(const cm_job *job, cl_plan *p, uint64_t batch_keys,
     s_add(r, "hash index", sum.index, 0);
     s_add(r, "eviction records", sum.meta, 0);
     s_add(r, "admission counters", sum.pending, 0);
+    s_add(r, "table headers + chunk lists", sum.fixed, 0);
     s_add(r, "reply buffer + one request", reply + inbound, 0);
     if (job->checkpoint_dir[0])
         s_add(r, "checkpoint copy of a table", largest * (8 + rf * 4), 0);
@@ -458,17 +416,17 @@ static void s_worker_mf(const cm_job *job, cl_plan *p)
     if (!cm_job_uses_blocks(job))
         s_add(r, "pull replies + push requests", 2 * cap * (8 + 2 * dim_t * 4), 0);
     if (cm_job_uses_blocks(job)) {
-        const uint64_t rf = (uint64_t)p->row_floats, st = s_round_up(rf, 8);
+        const uint64_t rf = (uint64_t)p->row_floats, st = wk_blocks_stride(p->row_floats);
         const uint64_t dcap = (d->w_users > d->block_items ? d->w_users : d->block_items) + 1;
         s_add(r, "blocks: user rows (rows + base)", 2 * (d->w_users + 1) * st * 4, 0);
         s_add(r, "blocks: item rows of a block (x2)", 2 * (d->block_items + 1) * st * 4, 0);
         s_add(r, "blocks: delta buffer + keys", dcap * (rf * 4 + 8), 0);
-        uint64_t msg = dcap < S_BLOCK_MSG_ROWS ? dcap : S_BLOCK_MSG_ROWS;
+        uint64_t msg = dcap < wk_blocks_msg_rows() ? dcap : wk_blocks_msg_rows();
         s_add(r, "blocks: row messages (pull + push)", 2 * msg * (8 + rf * 4), 0);
-        s_add(r, "blocks: ratings (canon + working)", 2 * d->w_train * S_BLOCK_RATING, 0);
+        s_add(r, "blocks: ratings (canon + working)", 2 * d->w_train * sizeof(wk_rating), 0);
         uint64_t item_keys = d->n_items < d->w_train ? d->n_items : d->w_train;
         s_add(r, "blocks: item keys + index build", item_keys * 8 + d->w_train * 16 +
-                  (s_hash_cap(d->w_users) + s_hash_cap(item_keys)) * S_HASH_ENTRY, 0);
+                  cm_hashmap_bytes_for(d->w_users) + cm_hashmap_bytes_for(item_keys), 0);
     }
     s_finish(r, shard);
 }
@@ -494,7 +452,7 @@ static void s_worker_fm(const cm_job *job, cl_plan *p, const s_sparse_shape *sh)
         const uint64_t maxb = (uint64_t)job->batch > S_EVAL_BATCH ? (uint64_t)job->batch
                                                                   : S_EVAL_BATCH;
         s_add(r, "dense rows, gradients, messages", 4 * dense + sh->n_dense * 8, 0);
-        s_add(r, "MLP scratch (activations)", maxb * sh->scratch_per_example * 4, 0);
+        s_add(r, "MLP scratch (activations)", wk_deep_scratch_bytes(&sh->mlp, (int)maxb), 0);
     }
     s_finish(r, shard);
 }
@@ -530,8 +488,12 @@ int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_
     out->dim = sh.dim_t - 1;
     out->optimizer = job->optimizer;
     const int dim_t = sh.dim_t;
-    out->row_floats = dim_t + ps_optim_state_floats(job->optimizer, dim_t);
-    out->stride_floats = (int)s_round_up((uint64_t)out->row_floats, S_SLOT_ALIGN_FLOATS);
+    out->row_floats = dim_t + cm_optim_state_floats(job->optimizer, dim_t);
+    cm_table_spec sp;
+    memset(&sp, 0, sizeof sp);
+    sp.dim = dim_t;
+    wk_model_table_common(job, &sp);
+    out->stride_floats = (int)ps_table_stride(&sp);
     rc = s_is_ratings_input(job, job->train)
                  ? s_count_ratings(job, n_workers, exact_rows, &out->data, err)
                  : s_count_examples(job, n_workers, &out->data, err);

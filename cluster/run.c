@@ -28,6 +28,8 @@
 int cl_preflight(const cm_job *job, int n_ranks, cm_error *err)
 {
     int rc = cm_job_validate(job, err);
+    if (rc == 0)
+        rc = wk_sparse_check_input(job, err);
     if (rc != 0)
         return rc;
     if (n_ranks < job->servers + 2)
@@ -91,7 +93,7 @@ static void s_log_peak_memory(void)
 
 /* Table parameters of the job's model, and (ct may be NULL) their
  * description for checkpoint manifests. */
-static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, size_t *n,
+static int s_tables(const cm_job *job, cm_table_spec *tp, cm_ckpt_table *ct, size_t *n,
                     cm_error *err)
 {
     const wk_model_ops *model = wk_model_find(job->model);
@@ -107,7 +109,7 @@ static int s_tables(const cm_job *job, ps_table_params *tp, cm_ckpt_table *ct, s
         memset(&ct[t], 0, sizeof ct[t]);
         snprintf(ct[t].name, sizeof ct[t].name, "%s", model->table_names[t]);
         ct[t].dim = tp[t].dim;
-        ct[t].row_floats = tp[t].dim + ps_optim_state_floats(tp[t].optim.kind, tp[t].dim);
+        ct[t].row_floats = tp[t].dim + cm_optim_state_floats(tp[t].optim.kind, tp[t].dim);
         ct[t].optimizer = tp[t].optim.kind;
         ct[t].zero_prefix = tp[t].zero_prefix;
         ct[t].lr = tp[t].optim.lr;
@@ -332,7 +334,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             cm_boot_advertise(b, bound, mine, &setup);
     } else if (rank <= n_servers) {
         cm_log_set_identity("ps", rank);
-        ps_table_params tp[WK_MAX_TABLES];
+        cm_table_spec tp[WK_MAX_TABLES];
         size_t n_tables = 0;
         cm_boot_bind_endpoint(b, "data", bind_ep);
         if (s_tables(job, tp, NULL, &n_tables, &setup) == 0 &&
@@ -395,7 +397,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         goto out;
 
     if (rank == 0) {
-        ps_table_params tp[WK_MAX_TABLES];
+        cm_table_spec tp[WK_MAX_TABLES];
         cm_ckpt_table ct[WK_MAX_TABLES];
         size_t n_tables = 0;
         if ((rc = s_tables(job, tp, ct, &n_tables, err)) != 0)

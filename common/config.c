@@ -44,7 +44,21 @@ typedef struct {
     const int *values;        /* S_ENUM: value of names[i]; NULL means i */
     const char *def;          /* default, as text a user could write */
     const char *help;         /* one line for --help and the docs */
+    unsigned models;          /* S_M_* bits of the models the key applies to; 0: all */
 } s_key;
+
+/* Models as bits of s_key.models, in the order of s_models. A key that
+ * does not apply to the job's model is an error when the user gives it a
+ * value other than its default (cm_job_validate), so a mistyped job fails
+ * instead of training something else than meant. */
+enum {
+    S_M_MF = 1u << 0,
+    S_M_FM = 1u << 1,
+    S_M_FFM = 1u << 2,
+    S_M_DEEP = 1u << 3,
+    S_M_IMPLICIT = 1u << 4,
+    S_M_SPARSE = S_M_FM | S_M_FFM | S_M_DEEP
+};
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
@@ -94,45 +108,74 @@ static const s_key s_keys[] = {
              "(NCF / DeepFM); implicit: MF from positives only, with sampled negatives)"},
     {.name = "loss", .type = S_ENUM, S_AT(loss), .names = s_losses, .def = "bpr",
      .help = "implicit: bpr (pairwise, positive above each sampled negative) or logistic "
-             "(positives 1, sampled negatives 0)"},
+             "(positives 1, sampled negatives 0)",
+     .models = S_M_IMPLICIT},
     {.name = "negatives", .type = S_INT, S_AT(negatives), .imin = 1, .imax = 1000,
-     .def = "4", .help = "implicit: negatives sampled per positive"},
+     .def = "4", .help = "implicit: negatives sampled per positive",
+     .models = S_M_IMPLICIT},
     {.name = "sampler", .type = S_ENUM, S_AT(sampler), .names = s_samplers, .def = "uniform",
      .help = "implicit: how negatives are drawn: uniform over items, or popularity "
-             "(proportional to an item's training positives)"},
+             "(proportional to an item's training positives)",
+     .models = S_M_IMPLICIT},
     {.name = "positive_threshold", .type = S_DBL, S_AT(positive_threshold), .dmin = -1e30,
      .dmax = 1e30, .def = "0",
      .help = "implicit: rows whose rating is at least this are positives, the rest are "
-             "dropped (0: every row is a positive)"},
+             "dropped (0: every row is a positive)",
+     .models = S_M_IMPLICIT},
     {.name = "top_k", .type = S_INT, S_AT(top_k), .imin = 1, .imax = 10000, .def = "20",
-     .help = "implicit: K of Recall@K, NDCG@K and HR@K"},
+     .help = "implicit: K of Recall@K, NDCG@K and HR@K",
+     .models = S_M_IMPLICIT},
     {.name = "fields", .type = S_INT, S_AT(fields), .imin = 0, .imax = 1024, .def = "0",
      .help = "ffm, deep: feature fields per example (0: from the data: the first libffm "
-             "line, the csv columns, or user/item (+ side features) for ratings)"},
+             "line, the csv columns, or user/item (+ side features) for ratings)",
+     .models = S_M_FFM | S_M_DEEP},
     {.name = "hidden", .type = S_STR, S_AT(hidden), .def = "64,32",
-     .help = "deep: widths of the hidden layers, comma-separated (at most 4; empty: none)"},
+     .help = "deep: widths of the hidden layers, comma-separated (at most 4; empty: none)",
+     .models = S_M_DEEP},
     {.name = "fm_term", .type = S_BOOL, S_AT(fm_term), .def = "1",
-     .help = "deep: add the FM first- and second-order terms to the MLP output (DeepFM)"},
+     .help = "deep: add the FM first- and second-order terms to the MLP output (DeepFM)",
+     .models = S_M_DEEP},
     {.name = "task", .type = S_ENUM, S_AT(task), .names = s_tasks, .values = s_task_values,
      .def = "auto",
      .help = "fm, ffm, deep: regression (squared loss) or binary (logistic loss); auto: "
-             "binary when every training label is -1, 0 or 1"},
+             "binary when every training label is -1, 0 or 1",
+     .models = S_M_SPARSE},
     {.name = "format", .type = S_ENUM, S_AT(format), .names = s_formats, .def = "auto",
      .help = "input format; auto: ratings for mf and implicit; for fm, ffm and deep libffm "
-             "(.ffm, or field:idx:val features), csv (.csv), ratings (.psrd, or text without "
-             "':') or libsvm/libFM"},
+             "(.ffm, or field:idx:val features), csv (.csv: named columns with label_column; "
+             "read as ratings when the header is user,item,rating[,timestamp] or the *_column "
+             "keys are set; otherwise an error naming the choice), ratings (.psrd, or text "
+             "without ':') or libsvm/libFM. mf and implicit take ratings or csv (ratings "
+             "picked by column name)"},
     {.name = "label_column", .type = S_STR, S_AT(label_column), .def = "",
-     .help = "csv: the label column's name"},
+     .help = "csv: the label column's name (fm, ffm, deep); for mf and implicit the same as "
+             "rating_column"},
     {.name = "numeric_columns", .type = S_STR, S_AT(numeric_columns), .def = "",
-     .help = "csv: comma-separated numeric columns (one feature each, value = the number)"},
+     .help = "csv: comma-separated numeric columns (one feature each, value = the number)",
+     .models = S_M_SPARSE},
     {.name = "categorical_columns", .type = S_STR, S_AT(categorical_columns), .def = "",
-     .help = "csv: comma-separated categorical columns (each value hashes to a feature)"},
+     .help = "csv: comma-separated categorical columns (each value hashes to a feature)",
+     .models = S_M_SPARSE},
+    {.name = "user_column", .type = S_STR, S_AT(user_column), .def = "",
+     .help = "ratings with a header line: the user id column's name (empty: the first "
+             "column; any of the *_column keys set: columns are found by name)"},
+    {.name = "item_column", .type = S_STR, S_AT(item_column), .def = "",
+     .help = "ratings with a header line: the item id column's name (empty: the second "
+             "column)"},
+    {.name = "rating_column", .type = S_STR, S_AT(rating_column), .def = "",
+     .help = "ratings with a header line: the rating column's name (empty: label_column, "
+             "else the third column)"},
+    {.name = "timestamp_column", .type = S_STR, S_AT(timestamp_column), .def = "",
+     .help = "ratings with a header line: the timestamp column's name; it must exist, and "
+             "training does not use its values"},
     {.name = "user_features", .type = S_STR, S_AT(user_features), .def = "",
      .help = "fm, ffm, deep on ratings: side features of users, joined by user id (MovieLens 100K "
-             "u.user layout: id|age|gender|occupation|zip)"},
+             "u.user layout: id|age|gender|occupation|zip)",
+     .models = S_M_SPARSE},
     {.name = "item_features", .type = S_STR, S_AT(item_features), .def = "",
      .help = "fm, ffm, deep on ratings: side features of items, joined by item id (MovieLens 100K "
-             "u.item layout: id|title|date|video date|url|19 genre flags)"},
+             "u.item layout: id|title|date|video date|url|19 genre flags)",
+     .models = S_M_SPARSE},
     {.name = "dim", .type = S_INT, S_AT(dim), .imin = 1, .imax = 1024, .def = "32",
      .help = "latent factors per row"},
     {.name = "epochs", .type = S_INT, S_AT(epochs), .imin = 1, .imax = 100000, .def = "20",
@@ -154,7 +197,8 @@ static const s_key s_keys[] = {
      .def = "fixed",
      .help = "mf, fm (sgd): fixed (l2 as given) or learned (l2 is only the start; each "
              "evaluation moves it by the validation loss's gradient through one lookahead "
-             "step; docs/validation.md)"},
+             "step; docs/validation.md)",
+     .models = S_M_MF | S_M_FM},
     {.name = "init_std", .type = S_DBL, S_AT(init_std), .dmin = 0, .dmax = 10, .def = "0.05",
      .help = "standard deviation of initial factor entries"},
     {.name = "min_count", .type = S_INT, S_AT(min_count), .imin = 0, .imax = 1000000,
@@ -182,12 +226,14 @@ static const s_key s_keys[] = {
      .def = "blocks",
      .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
              "apply; blocks: each worker trains one block of items at a time locally and "
-             "pushes the changes (DSGD, far fewer messages)"},
+             "pushes the changes (DSGD, far fewer messages)",
+     .models = S_M_MF},
     {.name = "method", .type = S_ENUM, S_AT(method), .names = s_methods, .def = "sgd",
-     .help = "fm, mf: sgd (the parameter servers apply `optimizer` with lr and l2) or "
-             "mcmc (a Bayesian FM by Gibbs sampling in one process, as libFM's: no lr or l2 "
-             "to tune, priors per field learned from the data; epochs are sweeps, default "
-             "100, dim 8, init_std 0.1; docs/mcmc.md)"},
+     .help = "sgd (the parameter servers apply `optimizer` with lr and l2) or mcmc (a "
+             "Bayesian FM by Gibbs sampling in one process, as libFM's: no lr or l2 to "
+             "tune, priors per field learned from the data; epochs are sweeps, default "
+             "100, dim 8, init_std 0.1; docs/mcmc.md)",
+     .models = S_M_FM | S_M_MF},
     {.name = "consistency", .type = S_ENUM, S_AT(consistency), .names = s_consistency,
      .def = "asp",
      .help = "minibatch schedule, inside an epoch: asp (never wait), ssp (wait when more "
@@ -200,11 +246,13 @@ static const s_key s_keys[] = {
      .help = "blocks schedule: item blocks per worker. From 2 on, a worker pulls its next "
              "block's rows while it trains one and rounds run without barriers (smaller blocks "
              "stay nearer the cores; a little less progress per epoch); 1: one barrier per "
-             "round, no prefetch; 0: as many as keep one block's item rows within 8 MiB"},
+             "round, no prefetch; 0: as many as keep one block's item rows within 8 MiB",
+     .models = S_M_MF},
     {.name = "ingest", .type = S_ENUM, S_AT(ingest), .names = s_ingest, .def = "auto",
      .help = "how workers load ratings: auto (under mpirun with a .psrd file each worker "
              "reads 1/W of it and an MPI all-to-all routes rows to their owners; otherwise "
-             "scan) or scan (every worker reads the whole file)"},
+             "scan) or scan (every worker reads the whole file)",
+     .models = S_M_MF | S_M_IMPLICIT},
     {.name = "worker_affinity", .type = S_ENUM, S_AT(worker_affinity), .names = s_affinity,
      .def = "auto",
      .help = "auto: each worker pins its training thread to a CPU of its own when its host "
@@ -555,6 +603,28 @@ static void s_where(char *out, size_t n, const char *where, const s_key *k)
 static int s_parse_into(cm_job *job, const s_key *k, const char *value, const char *where,
                         cm_error *err);
 
+/* Remembers that the user set k, and whether with a command-line flag
+ * (where is "--name"). */
+static void s_mark_explicit(cm_job *job, const s_key *k, const char *where)
+{
+    size_t i = (size_t)(k - s_keys);
+    job->explicit_[i / 64] |= 1ULL << (i % 64);
+    if (where && where[0] == '-')
+        job->flagged_[i / 64] |= 1ULL << (i % 64);
+}
+
+static int s_is_flagged(const cm_job *job, const s_key *k)
+{
+    size_t i = (size_t)(k - s_keys);
+    return (job->flagged_[i / 64] >> (i % 64)) & 1;
+}
+
+static int s_is_explicit(const cm_job *job, const s_key *k)
+{
+    size_t i = (size_t)(k - s_keys);
+    return (job->explicit_[i / 64] >> (i % 64)) & 1;
+}
+
 /* Parses text for key k into *job and remembers that the user set it;
  * 0 or CM_ECONFIG with "where: reason". */
 static int s_set(cm_job *job, const s_key *k, const char *value, const char *where,
@@ -562,7 +632,7 @@ static int s_set(cm_job *job, const s_key *k, const char *value, const char *whe
 {
     int rc = s_parse_into(job, k, value, where, err);
     if (rc == 0)
-        job->explicit_[(k - s_keys) / 64] |= 1ULL << ((k - s_keys) % 64);
+        s_mark_explicit(job, k, where);
     return rc;
 }
 
@@ -997,6 +1067,96 @@ int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help, cm_err
  * Public: validation and output
  * ------------------------------------------------------------------------- */
 
+/* The S_M_* bit of a model name; 0 for a name outside s_models. */
+static unsigned s_model_bit(const char *model)
+{
+    for (int i = 0; s_models[i]; i++)
+        if (strcmp(model, s_models[i]) == 0)
+            return 1u << i;
+    return 0;
+}
+
+/* "fm, ffm, deep" for a models mask, "all" for 0. */
+static void s_models_text(unsigned models, const char *sep, char *out, size_t n)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    if (!models) {
+        snprintf(out, n, "all");
+        return;
+    }
+    for (int i = 0; s_models[i] && used < n; i++) {
+        if (!(models & (1u << i)))
+            continue;
+        int w = snprintf(out + used, n - used, "%s%s", used ? sep : "", s_models[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+/* 1 when job holds key k's table default (def is cm_job_default()). */
+static int s_is_default(const cm_job *job, const cm_job *def, const s_key *k)
+{
+    const char *a = (const char *)job + k->off, *b = (const char *)def + k->off;
+    if (k->type == S_STR || k->type == S_WORD)
+        return strncmp(a, b, k->size) == 0;
+    return memcmp(a, b, k->size) == 0;
+}
+
+/* A key given for a model it does not apply to is an error: ignoring it
+ * would train another job than the one written. On the command line any
+ * value counts; from a job file (or cm_job_set) only a value other than the
+ * default, so a file that lists every key (as cm_job_print and the
+ * checkpoints' job text do) still loads for every model. */
+static int s_check_applies(const cm_job *job, cm_error *err)
+{
+    const unsigned bit = s_model_bit(job->model);
+    if (!bit)
+        return 0; /* s_check already refused the model */
+    const cm_job def = cm_job_default();
+    for (size_t i = 0; i < S_NKEYS; i++) {
+        const s_key *k = &s_keys[i];
+        if (!k->models || (k->models & bit) || !s_is_explicit(job, k) ||
+            (!s_is_flagged(job, k) && s_is_default(job, &def, k)))
+            continue;
+        char value[CM_PATH_MAX + 64], models[64];
+        s_value_text(job, k, value, sizeof value);
+        s_models_text(k->models, ", ", models, sizeof models);
+        if (s_is_flagged(job, k))
+            return cm_error_set(err, CM_ECONFIG,
+                                "--%s %.80s: applies to model %s, not %s (remove it, or "
+                                "train a model it applies to)",
+                                k->name, value, models, job->model);
+        return cm_error_set(err, CM_ECONFIG,
+                            "%s = %.80s: applies to model %s, not %s (remove it, or train a "
+                            "model it applies to)",
+                            k->name, value, models, job->model);
+    }
+    return 0;
+}
+
+/* How mf and implicit read their input: ratings, by position or by column
+ * name; label_column is rating_column's other name there. */
+static int s_check_ratings_input(const cm_job *job, cm_error *err)
+{
+    if (cm_job_is_sparse(job))
+        return 0;
+    if (job->format == CM_FMT_LIBSVM || job->format == CM_FMT_LIBFFM)
+        return cm_error_set(err, CM_ECONFIG,
+                            "format = %s: model %s reads ratings (format = ratings, or csv "
+                            "with user_column, item_column, rating_column); libsvm and libffm "
+                            "are for fm, ffm and deep",
+                            s_formats[job->format], job->model);
+    if (job->label_column[0] && job->rating_column[0] &&
+        strcmp(job->label_column, job->rating_column) != 0)
+        return cm_error_set(err, CM_ECONFIG,
+                            "label_column = %.64s and rating_column = %.64s: for model %s both "
+                            "name the rating column; give one",
+                            job->label_column, job->rating_column, job->model);
+    return 0;
+}
+
 int cm_job_validate(const cm_job *job, cm_error *err)
 {
     if (!job)
@@ -1037,18 +1197,22 @@ int cm_job_validate(const cm_job *job, cm_error *err)
                                 "regularization = learned needs validation data: set "
                                 "validation or validation_fraction > 0");
     }
-    return 0;
+    int rc = s_check_applies(job, err);
+    if (rc == 0)
+        rc = s_check_ratings_input(job, err);
+    return rc;
 }
 
 void cm_job_print_help(FILE *f, int markdown)
 {
-    char range[128], def[160];
+    char range[128], def[160], models[64];
     if (markdown) {
-        fprintf(f, "| key | type | range | default | description |\n");
-        fprintf(f, "|-----|------|-------|---------|-------------|\n");
+        fprintf(f, "| key | type | range | default | models | description |\n");
+        fprintf(f, "|-----|------|-------|---------|--------|-------------|\n");
         for (size_t i = 0; i < S_NKEYS; i++) {
             const s_key *k = &s_keys[i];
             s_range_text(k, range, sizeof range);
+            s_models_text(k->models, ", ", models, sizeof models);
             /* '|' would split the markdown cell */
             char cell[256];
             size_t o = 0;
@@ -1058,17 +1222,18 @@ void cm_job_print_help(FILE *f, int markdown)
                 cell[o++] = *p;
             }
             cell[o] = '\0';
-            fprintf(f, "| `%s` | %s | %s | %s%s%s | %s |\n", k->name, s_type_name(k->type), cell,
-                    k->def[0] ? "`" : "", k->def[0] ? k->def : "(empty)", k->def[0] ? "`" : "",
-                    k->help);
+            fprintf(f, "| `%s` | %s | %s | %s%s%s | %s | %s |\n", k->name,
+                    s_type_name(k->type), cell, k->def[0] ? "`" : "",
+                    k->def[0] ? k->def : "(empty)", k->def[0] ? "`" : "", models, k->help);
         }
         return;
     }
     size_t wname = strlen("key"), wtype = strlen("type"), wrange = strlen("range"),
-           wdef = strlen("default");
+           wdef = strlen("default"), wmodels = strlen("models");
     for (size_t i = 0; i < S_NKEYS; i++) {
         const s_key *k = &s_keys[i];
         s_range_text(k, range, sizeof range);
+        s_models_text(k->models, ",", models, sizeof models);
         size_t l = strlen(k->name) + 2; /* shown as --name */
         if (l > wname)
             wname = l;
@@ -1078,17 +1243,21 @@ void cm_job_print_help(FILE *f, int markdown)
             wrange = strlen(range);
         if (strlen(k->def[0] ? k->def : "\"\"") > wdef)
             wdef = strlen(k->def[0] ? k->def : "\"\"");
+        if (strlen(models) > wmodels)
+            wmodels = strlen(models);
     }
-    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, "key", (int)wtype, "type",
-            (int)wrange, "range", (int)wdef, "default", "description");
+    fprintf(f, "%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, "key", (int)wtype, "type",
+            (int)wrange, "range", (int)wdef, "default", (int)wmodels, "models", "description");
     for (size_t i = 0; i < S_NKEYS; i++) {
         const s_key *k = &s_keys[i];
         char flag[S_NAME_MAX + 3];
         snprintf(flag, sizeof flag, "--%s", k->name);
         s_range_text(k, range, sizeof range);
+        s_models_text(k->models, ",", models, sizeof models);
         snprintf(def, sizeof def, "%s", k->def[0] ? k->def : "\"\"");
-        fprintf(f, "%-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, flag, (int)wtype,
-                s_type_name(k->type), (int)wrange, range, (int)wdef, def, k->help);
+        fprintf(f, "%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)wname, flag, (int)wtype,
+                s_type_name(k->type), (int)wrange, range, (int)wdef, def, (int)wmodels, models,
+                k->help);
     }
 }
 
@@ -1101,7 +1270,7 @@ void cm_job_print(FILE *f, const cm_job *job)
     }
 }
 
-_Static_assert(S_NKEYS <= 128, "explicit_ has one bit per key");
+_Static_assert(S_NKEYS <= CM_JOB_MAX_KEYS, "explicit_ has one bit per key");
 
 /* Defaults that differ by model, for keys the user left unset (tuned on
  * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
@@ -1141,7 +1310,7 @@ void cm_job_model_defaults(cm_job *job)
               (job->method == CM_METHOD_MCMC && strcmp(m, "mcmc") == 0)))
             continue;
         const s_key *k = s_find(s_model_defaults[i].key);
-        if (!k || (job->explicit_[(k - s_keys) / 64] & (1ULL << ((k - s_keys) % 64))))
+        if (!k || s_is_explicit(job, k))
             continue;
         if (k->type == S_INT)
             *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;

@@ -1,6 +1,6 @@
 /* config: the job description and its single table of keys.
  *
- * One table {name, type, min, max, default, help} drives parsing of job
+ * One table {name, type, min, max, default, models, help} drives parsing of job
  * files (INI, read with inih), `--key value` / `--key=value` command-line
  * overrides (the command line wins), validation, `psrec train --help` and
  * docs/config.md. Sections in a job file are allowed for readability and
@@ -16,6 +16,7 @@
 
 #define CM_PATH_MAX 1024
 #define CM_MAX_BLOCKS_PER_WORKER 16
+#define CM_JOB_MAX_KEYS 128 /* room in cm_job.explicit_ for the key table */
 
 typedef enum {
     CM_OPT_SGD = 0,
@@ -103,6 +104,10 @@ typedef struct {
     char label_column[128];    /* csv */
     char numeric_columns[CM_PATH_MAX];     /* csv: comma-separated names */
     char categorical_columns[CM_PATH_MAX]; /* csv: comma-separated names */
+    char user_column[128];     /* ratings with a header: column names; "" positional */
+    char item_column[128];
+    char rating_column[128];
+    char timestamp_column[128];
     char user_features[CM_PATH_MAX];       /* fm on ratings: u.user-style side file */
     char item_features[CM_PATH_MAX];       /* fm on ratings: u.item-style side file */
     int dim;                   /* latent factors per row */
@@ -151,7 +156,9 @@ typedef struct {
     double restart_backoff;    /* seconds before the first restart, doubled after */
     uint64_t memory_limit;     /* bytes per process for the planner; 0: MemAvailable / ranks
                                   on this host */
-    uint64_t explicit_[2];     /* private: bit i set when key i was set by the user */
+    uint64_t explicit_[CM_JOB_MAX_KEYS / 64]; /* private: bit i set when key i of the
+                                                table was set by the user */
+    uint64_t flagged_[CM_JOB_MAX_KEYS / 64];  /* private: ... set on the command line */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */
@@ -173,7 +180,10 @@ int cm_job_set(cm_job *job, const char *key, const char *value, const char *wher
 int cm_job_parse_args(cm_job *job, int argc, char **argv, int *want_help,
                       cm_error *err);
 
-/* Cross-key checks (e.g. train path set). */
+/* Cross-key checks (e.g. train path set), and keys that do not apply to
+ * job->model: one set with a command-line flag, or to a value other than
+ * its default in a job file or by cm_job_set, is CM_ECONFIG naming the key
+ * and the models it is for. Fields set directly in code are not checked. */
 int cm_job_validate(const cm_job *job, cm_error *err);
 
 /* Writes the key reference (name, type, range, default, help) to f;

@@ -53,6 +53,7 @@ cm_load_opts cm_load_opts_default(void)
     o.max_bad_lines = 10;
     o.verify_checksum = CM_VERIFY_ALL;
     o.log_bad_lines = 5;
+    o.user_column = o.item_column = o.rating_column = o.timestamp_column = NULL;
     return o;
 }
 
@@ -207,9 +208,23 @@ static s_sep s_detect(const char *p, const char *e)
     return tab ? S_SEP_TAB : comma ? S_SEP_COMMA : S_SEP_SPACE;
 }
 
-/* Splits [p, e) into fields; stores up to S_MAX_FIELDS and returns the full
- * count. Fields are trimmed of surrounding blanks. */
-static int s_split(s_sep sep, const char *p, const char *e, s_field *f)
+/* Stores field i of [p, e) in f[i] (i < S_MAX_FIELDS), or with pick, field
+ * pick[j] in f[j]: named columns may sit anywhere in a wide line. */
+static inline void s_keep(const int *pick, int i, s_field v, s_field *f)
+{
+    if (!pick) {
+        if (i < S_MAX_FIELDS)
+            f[i] = v;
+        return;
+    }
+    for (int j = 0; j < S_MAX_FIELDS; j++)
+        if (pick[j] == i)
+            f[j] = v;
+}
+
+/* Splits [p, e) into fields, keeps them as s_keep says, and returns the
+ * full count. Fields are trimmed of surrounding blanks. */
+static int s_split(s_sep sep, const char *p, const char *e, const int *pick, s_field *f)
 {
     int nf = 0;
     if (sep == S_SEP_SPACE) {
@@ -221,8 +236,7 @@ static int s_split(s_sep sep, const char *p, const char *e, s_field *f)
             const char *s = p;
             while (p < e && !s_is_blank(*p))
                 p++;
-            if (nf < S_MAX_FIELDS)
-                f[nf] = (s_field){s, (size_t)(p - s)};
+            s_keep(pick, nf, (s_field){s, (size_t)(p - s)}, f);
             nf++;
         }
     }
@@ -242,8 +256,7 @@ static int s_split(s_sep sep, const char *p, const char *e, s_field *f)
             s++;
         while (fe > s && s_is_blank(fe[-1]))
             fe--;
-        if (nf < S_MAX_FIELDS)
-            f[nf] = (s_field){s, (size_t)(fe - s)};
+        s_keep(pick, nf, (s_field){s, (size_t)(fe - s)}, f);
         nf++;
         if (q == e)
             return nf;
@@ -306,6 +319,82 @@ static void s_comment(const char *p, const char *e, double *noise_floor)
         *noise_floor = v;
 }
 
+/* Columns picked by name (cm_load_opts.*_column) rather than position. */
+typedef struct {
+    int named;               /* 1 when any column is named */
+    int pick[S_MAX_FIELDS];  /* column of the user, item, rating, timestamp; -1: none */
+    int n_columns;           /* fields per row: the header's */
+} s_columns;
+
+#define S_MAX_COLUMNS 1024   /* header columns, at most, when picking by name */
+
+static int s_is_named(const char *c)
+{
+    return c && *c;
+}
+
+static void s_columns_init(const cm_load_opts *opts, s_columns *c)
+{
+    c->named = s_is_named(opts->user_column) || s_is_named(opts->item_column) ||
+               s_is_named(opts->rating_column) || s_is_named(opts->timestamp_column);
+    /* unnamed roles keep their place in the user item rating layout */
+    c->pick[0] = 0;
+    c->pick[1] = 1;
+    c->pick[2] = 2;
+    c->pick[3] = -1;
+    c->n_columns = 0;
+}
+
+/* Finds the named columns in the header line [p, e); unnamed ones keep
+ * their position. Errors name the file, the line, the key and the header. */
+static int s_columns_resolve(const char *path, size_t line, s_sep sep, const char *p,
+                             const char *e, const cm_load_opts *opts, s_columns *c,
+                             cm_error *err)
+{
+    static const char *const keys[S_MAX_FIELDS] = {"user_column", "item_column",
+                                                   "rating_column", "timestamp_column"};
+    static const char *const roles[3] = {"user id", "item id", "rating"};
+    const char *names[S_MAX_FIELDS] = {opts->user_column, opts->item_column,
+                                       opts->rating_column, opts->timestamp_column};
+    const int none[S_MAX_FIELDS] = {-1, -1, -1, -1};
+    s_field f[S_MAX_FIELDS];
+    const int shown = e - p > 160 ? 160 : (int)(e - p);
+    int n = s_split(sep, p, e, none, f);
+    if (n > S_MAX_COLUMNS)
+        return cm_error_set(err, CM_EPARSE, "%s:%zu: %d columns in the header; at most %d "
+                            "when columns are picked by name", path, line, n, S_MAX_COLUMNS);
+    c->n_columns = n;
+    for (int r = 0; r < S_MAX_FIELDS; r++) {
+        if (!s_is_named(names[r]))
+            continue;
+        c->pick[r] = -1;
+        for (int i = 0; i < n && c->pick[r] < 0; i++) {
+            const int one[S_MAX_FIELDS] = {i, -1, -1, -1};
+            s_split(sep, p, e, one, f);
+            if (f[0].n == strlen(names[r]) && memcmp(f[0].p, names[r], f[0].n) == 0)
+                c->pick[r] = i;
+        }
+        if (c->pick[r] < 0)
+            return cm_error_set(err, CM_EPARSE,
+                                "%s:%zu: %s = %.64s: no such column in the header '%.*s'", path,
+                                line, keys[r], names[r], shown, p);
+    }
+    for (int r = 0; r < 3; r++) {
+        if (c->pick[r] >= n)
+            return cm_error_set(err, CM_EPARSE,
+                                "%s:%zu: the header '%.*s' has %d columns, so no column %d for "
+                                "the %s; set %s",
+                                path, line, shown, p, n, c->pick[r] + 1, roles[r], keys[r]);
+        for (int q = r + 1; q < S_MAX_FIELDS; q++)
+            if (c->pick[q] == c->pick[r])
+                return cm_error_set(err, CM_EPARSE,
+                                    "%s:%zu: %s and %s are both column %d of '%.*s'; name "
+                                    "each column",
+                                    path, line, keys[r], keys[q], c->pick[r] + 1, shown, p);
+    }
+    return 0;
+}
+
 static int s_load_text(const char *path, const cm_load_opts *opts, const cm_textfile *f,
                        cm_ratings *out, cm_error *err)
 {
@@ -330,6 +419,8 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
     int rc = 0;
     s_field fl[S_MAX_FIELDS];
     const char *ls, *le;
+    s_columns cols;
+    s_columns_init(opts, &cols);
 
     /* Trailing blanks stay: s_detect sees them and s_split trims fields. */
     while (cm_lines_next(&it, &ls, &le)) {
@@ -345,10 +436,27 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
         int first = sep == S_SEP_NONE;
         if (first)
             sep = s_detect(ls, le);
+        if (first && cols.named) {
+            /* the header: named columns need one, wherever comments end */
+            if ((rc = s_columns_resolve(path, line, sep, ls, le, opts, &cols, err)) != 0)
+                goto fail;
+            continue;
+        }
 
-        int nf = s_split(sep, ls, le, fl);
-        if (nf < 3 || nf > 4) {
-            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]), got %d", nf))
+        int nf = s_split(sep, ls, le, cols.named ? cols.pick : NULL, fl);
+        if (cols.named && nf != cols.n_columns) {
+            if (cm_badlines_add(&c, line, "expected %d fields (as the header), got %d",
+                                cols.n_columns, nf))
+                goto toomany;
+            continue;
+        }
+        if (!cols.named && (nf < 3 || nf > 4)) {
+            /* a wider file is usually a csv export with more columns */
+            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]%s), got %d",
+                                nf > 4 ? "; name the columns of a wider file with user_column, "
+                                         "item_column, rating_column"
+                                       : "",
+                                nf))
                 goto toomany;
             continue;
         }
@@ -539,7 +647,16 @@ int cm_ratings_load(const char *path, const cm_load_opts *opts, cm_ratings *out,
     /* "PSRECDS" with another version byte, or a file too short for the
      * preamble, is still a binary file: it gets the binary error. */
     if (f.len >= 7 && memcmp(f.data, CM_DATASET_MAGIC, 7) == 0) {
-        rc = s_load_bin(path, opts, &f, out, err);
+        s_columns cols;
+        s_columns_init(opts, &cols);
+        if (cols.named)
+            rc = cm_error_set(err, CM_ECONFIG,
+                              "%s: a .psrd dataset has fixed columns (user, item, rating); "
+                              "user_column, item_column, rating_column and timestamp_column "
+                              "are for text with a header line",
+                              path);
+        else
+            rc = s_load_bin(path, opts, &f, out, err);
     } else {
         rc = s_load_text(path, opts, &f, out, err);
     }

@@ -41,6 +41,15 @@ typedef struct {
     int verify_checksum;       /* binary: the columns whose checksums are checked,
                                   CM_VERIFY_* bits; default CM_VERIFY_ALL, 0: none */
     int log_bad_lines;         /* how many bad lines to log; default 5 */
+    /* Text with a header line: the columns to read, by name (exact match).
+     * NULL or "" keeps the position (user 1st, item 2nd, rating 3rd); when
+     * any is named, the first data line is the header, every row has the
+     * header's field count, and each named column must exist. The
+     * timestamp column is only checked to exist. Default: all NULL. */
+    const char *user_column;
+    const char *item_column;
+    const char *rating_column;
+    const char *timestamp_column;
 } cm_load_opts;
 
 cm_load_opts cm_load_opts_default(void);

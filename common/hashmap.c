@@ -215,6 +215,13 @@ size_t cm_hashmap_bytes(const cm_hashmap *m)
     return sizeof *m + m->cap * sizeof(s_slot);
 }
 
+size_t cm_hashmap_bytes_for(size_t n)
+{
+    /* growth doubles from the least capacity, so it lands where s_cap_for
+     * starts from scratch */
+    return sizeof(cm_hashmap) + s_cap_for(n) * sizeof(s_slot);
+}
+
 int cm_hashmap_next(const cm_hashmap *m, size_t *pos, uint64_t *key, uint32_t *val)
 {
     for (size_t i = *pos; i < m->cap; i++) {

@@ -39,6 +39,11 @@ size_t cm_hashmap_size(const cm_hashmap *m);
 /* Bytes held by the map (for memory accounting). */
 size_t cm_hashmap_bytes(const cm_hashmap *m);
 
+/* What cm_hashmap_bytes() reports for a map made with cm_hashmap_new(0)
+ * once it holds n keys (its capacity then is the least power of two with
+ * room for n at the load limit): for memory plans. */
+size_t cm_hashmap_bytes_for(size_t n);
+
 /* Iteration: start with *pos = 0; returns 1 and fills key/val while entries
  * remain, 0 at the end. The map must not change during iteration. */
 int cm_hashmap_next(const cm_hashmap *m, size_t *pos, uint64_t *key, uint32_t *val);

@@ -52,6 +52,7 @@
 /* The STOP reply carries two stats per table in one header. */
 #define S_MAX_TABLES (CM_HDR_MAX_STATS / 2)
 #define S_OWN_REPLY 16384 /* values from which a pull reply has a buffer of its own */
+#define S_BUF0 4096       /* floats of the reused reply buffer at first */
 
 /* One kept pull of a peer (CM_PULL_KEEP): its rows, for a push that
  * names it (hdr.key_ref). */
@@ -101,7 +102,7 @@ struct ps_server {
 /* ---------------------------------------------------------------------------
  * Lifecycle */
 
-ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
+ps_server *ps_server_new(cm_van *van, const char *endpoint, const cm_table_spec *tables,
                          size_t n_tables, cm_error *err)
 {
     if (!van || !endpoint || (n_tables && !tables)) {
@@ -194,6 +195,23 @@ ps_table *ps_server_table(ps_server *s, size_t i)
 
 /* ---------------------------------------------------------------------------
  * Replies */
+
+/* The reused reply buffer's floats once it holds need, grown from have
+ * (0: none yet) by doubling from S_BUF0. */
+static size_t s_buf_floats(size_t have, size_t need)
+{
+    size_t cap = have ? have : S_BUF0;
+    while (cap < need)
+        cap *= 2;
+    return cap;
+}
+
+size_t ps_server_reply_bytes(size_t floats, int own)
+{
+    if (own && floats >= S_OWN_REPLY)
+        return floats * sizeof(float);
+    return s_buf_floats(0, floats) * sizeof(float);
+}
 
 /* A reply header echoing the request's id, table and clock. */
 static cm_hdr s_reply_hdr(const cm_msg *m)
@@ -394,9 +412,7 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
         return s_reject(s, m, CM_ENOMEM, "out of memory for %zu values", need);
     float *out = own ? own : s->buf;
     if (!own && need > s->buf_cap) {
-        size_t cap = s->buf_cap ? s->buf_cap : 4096;
-        while (cap < need)
-            cap *= 2;
+        size_t cap = s_buf_floats(s->buf_cap, need);
         float *nb = realloc(s->buf, cap * sizeof *nb);
         if (!nb)
             return s_reject(s, m, CM_ENOMEM, "out of memory for %zu values", need);

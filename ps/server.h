@@ -24,7 +24,7 @@
 typedef struct ps_server ps_server;
 
 /* Creates the tables and binds `endpoint` on `van`. */
-ps_server *ps_server_new(cm_van *van, const char *endpoint, const ps_table_params *tables,
+ps_server *ps_server_new(cm_van *van, const char *endpoint, const cm_table_spec *tables,
                          size_t n_tables, cm_error *err);
 void ps_server_destroy(ps_server **ps);
 
@@ -52,5 +52,11 @@ int ps_server_run(ps_server *s);
 
 /* Access for tests and the stats reply. */
 ps_table *ps_server_table(ps_server *s, size_t i);
+
+/* Bytes a server holds to answer a pull of `floats` values: its reused
+ * reply buffer grown by doubling from 4096 floats, or, for a large reply
+ * that goes out as floats (f32 on the wire, or whole rows: own != 0), a
+ * buffer of exactly that size of its own. For memory plans. */
+size_t ps_server_reply_bytes(size_t floats, int own);
 
 #endif

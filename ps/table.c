@@ -12,7 +12,7 @@
  * so every row starts on a 64-byte boundary. ps_table_bytes() counts whole
  * chunks (what was asked for, not what the kernel backed).
  *
- * A slot is: dim weights, ps_optim_state_floats() floats of
+ * A slot is: dim weights, cm_optim_state_floats() floats of
  * optimizer state, zero padding up to the stride.
  *
  * Shared tables (params.shared) take their chunks from one memory file
@@ -67,7 +67,6 @@
 #define S_ALIGN_FLOATS (S_ALIGN / (int)sizeof(float))
 #define S_CHUNK0_LOG 6                   /* chunk 0 holds 64 rows */
 #define S_CHUNK_MAX_BYTES ((size_t)16 << 20)
-#define S_MAX_DIM (1 << 20)              /* guards size arithmetic */
 #define S_MAX_ROWS ((size_t)UINT32_MAX)  /* row index is a u32 in the index */
 #define S_BLOCK 128                      /* keys resolved before rows are touched */
 #define S_PREFETCH_LINES 8               /* cache lines prefetched per row, at most */
@@ -75,7 +74,6 @@
 #define S_SAMPLES 32                     /* slots sampled per LRU victim */
 #define S_EXACT 64                       /* up to this many slots: exact LRU */
 #define S_NONE SIZE_MAX                  /* end of the free list */
-#define S_SHARE_HEADER ((size_t)4096)    /* shared file: bytes before row 0 */
 
 /* Per slot, when eviction is on. */
 typedef struct {
@@ -94,7 +92,7 @@ enum {
 };
 
 struct ps_table {
-    ps_table_params p;              /* as given, validated */
+    cm_table_spec p;              /* as given, validated */
     int dim;                        /* p.dim */
     size_t stride;                  /* floats per row slot, multiple of 16 */
     size_t used;                    /* floats of a slot that carry data */
@@ -160,19 +158,43 @@ static inline s_meta *s_meta_of(const ps_table *t, size_t i)
     return &t->meta[k][off];
 }
 
-/* Rows in chunk k. */
+/* Rows in chunk k of a table whose first geo chunks grow geometrically. */
+static size_t s_rows_in_chunk(int geo, int fixed_log, size_t k)
+{
+    if (k < (size_t)geo)
+        return (size_t)1 << (S_CHUNK0_LOG + k);
+    return (size_t)1 << fixed_log;
+}
+
 static size_t s_chunk_rows(const ps_table *t, size_t k)
 {
-    if (k < (size_t)t->geo)
-        return (size_t)1 << (S_CHUNK0_LOG + k);
-    return (size_t)1 << t->fixed_log;
+    return s_rows_in_chunk(t->geo, t->fixed_log, k);
+}
+
+/* G: geometric chunks until the next would pass S_CHUNK_MAX_BYTES. */
+static int s_geo(size_t stride)
+{
+    const size_t slot_bytes = stride * sizeof(float);
+    int g = 0;
+    while (g < 26 && ((size_t)1 << (S_CHUNK0_LOG + g + 1)) * slot_bytes <= S_CHUNK_MAX_BYTES)
+        g++;
+    return g;
+}
+
+/* Entries of the chunk list once it holds n chunks (s_grow's growth). */
+static size_t s_chunks_cap(size_t n)
+{
+    size_t cap = 0;
+    while (cap < n)
+        cap = cap ? 2 * cap : 16;
+    return cap;
 }
 
 /* The next chunk of a shared table, `bytes` (whole pages) at the end of
  * its file; NULL (file unchanged) when the file cannot grow. */
 static float *s_shared_chunk(ps_table *t, size_t bytes)
 {
-    off_t at = (off_t)(S_SHARE_HEADER + t->slab_bytes);
+    off_t at = (off_t)(CM_SHARE_HEADER + t->slab_bytes);
     if (ftruncate(t->fd, at + (off_t)bytes) != 0)
         return NULL;
     void *c = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, t->fd, at);
@@ -194,8 +216,8 @@ static void s_share_open(ps_table *t)
     int fd = memfd_create("psrec-table", MFD_CLOEXEC);
     if (fd < 0)
         return;
-    uint64_t head[2] = {PS_SHARE_MAGIC, t->token};
-    if (ftruncate(fd, S_SHARE_HEADER) != 0 || pwrite(fd, head, sizeof head, 0) != sizeof head) {
+    const cm_share_head head = {CM_SHARE_MAGIC, t->token};
+    if (ftruncate(fd, CM_SHARE_HEADER) != 0 || pwrite(fd, &head, sizeof head, 0) != sizeof head) {
         close(fd);
         return;
     }
@@ -243,8 +265,7 @@ static int s_grow(ps_table *t)
 /* Fills a fresh slot: initial weights, optimizer state, zero padding. */
 static void s_init_slot(ps_table *t, uint64_t key, float *row)
 {
-    ps_table_init_row(&t->p, key, row);
-    ps_optim_init_state(&t->p.optim, row, t->dim);
+    cm_table_spec_fresh_row(&t->p, key, row);
     if (t->stride > t->used)
         memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
 }
@@ -504,7 +525,7 @@ static int s_push_slow(ps_table *t, const uint64_t *keys, size_t n, const float 
         if (rc < 0)
             return rc;   /* the rows before keep their update */
         if (row)
-            ps_optim_update(&t->p.optim, row, grads + i * dim, t->dim);
+            cm_optim_update(&t->p.optim, row, grads + i * dim, t->dim);
     }
     return 0;
 }
@@ -512,43 +533,25 @@ static int s_push_slow(ps_table *t, const uint64_t *keys, size_t n, const float 
 /* ---------------------------------------------------------------------------
  * Lifecycle */
 
-static int s_check_params(const ps_table_params *p, cm_error *err)
-{
-    if (p->dim < 1 || p->dim > S_MAX_DIM)
-        return cm_error_set(err, CM_EINVAL, "table: dim %d out of range [1, %d]", p->dim,
-                            S_MAX_DIM);
-    if (p->zero_prefix < 0 || p->zero_prefix > p->dim)
-        return cm_error_set(err, CM_EINVAL, "table: zero_prefix %d out of range [0, %d]",
-                            p->zero_prefix, p->dim);
-    if (!(p->init_std >= 0.0f) || !isfinite(p->init_std))
-        return cm_error_set(err, CM_EINVAL, "table: init_std %g must be finite and >= 0",
-                            (double)p->init_std);
-    return ps_optim_check(&p->optim, err);
-}
-
-ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
+ps_table *ps_table_new(const cm_table_spec *p, cm_error *err)
 {
     if (!p) {
         cm_error_set(err, CM_EINVAL, "table: no parameters");
         return NULL;
     }
-    if (s_check_params(p, err) != 0)
+    if (cm_table_spec_check(p, err) != 0)
         return NULL;
     ps_table *t = calloc(1, sizeof *t);
     if (!t)
         goto nomem;
     t->p = *p;
     t->dim = p->dim;
-    t->used = (size_t)p->dim + (size_t)ps_optim_state_floats(p->optim.kind, p->dim);
-    t->stride = (t->used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
+    t->used = (size_t)cm_table_spec_row_floats(p);
+    t->stride = ps_table_stride(p);
     t->pull_lines = s_lines((size_t)p->dim);
     t->push_lines = s_lines(t->used);
 
-    /* G: geometric chunks until the next would pass S_CHUNK_MAX_BYTES. */
-    size_t slot_bytes = t->stride * sizeof(float);
-    int g = 0;
-    while (g < 26 && ((size_t)1 << (S_CHUNK0_LOG + g + 1)) * slot_bytes <= S_CHUNK_MAX_BYTES)
-        g++;
+    const int g = s_geo(t->stride);
     t->geo = g;
     t->geo_rows = (((size_t)1 << g) - 1) << S_CHUNK0_LOG;
     t->fixed_log = S_CHUNK0_LOG + g;
@@ -562,7 +565,7 @@ ps_table *ps_table_new(const ps_table_params *p, cm_error *err)
     t->evict = p->ttl > 0 || p->max_rows > 0;
     t->slow = t->admit || t->evict;
     t->free_head = S_NONE;
-    t->max_pending = p->max_pending ? p->max_pending : S_PENDING_MAX;
+    t->max_pending = ps_table_max_pending(p);
     cm_rng_seed(&t->rng, cm_mix64(p->seed ^ 0x6576696374ULL));
     if (t->admit) {
         t->pending = cm_hashmap_new(0);
@@ -669,7 +672,7 @@ static void s_apply(const ps_table *t, float *const *rows, size_t m, const float
 {
     const size_t dim = (size_t)t->dim;
     for (size_t i = 0; i < m; i++)
-        ps_optim_update(&t->p.optim, rows[i], grads + i * dim, t->dim);
+        cm_optim_update(&t->p.optim, rows[i], grads + i * dim, t->dim);
 }
 
 int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads)
@@ -699,30 +702,6 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
     return 0;
 }
 
-void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out)
-{
-    int dim = p->dim;
-    if (p->init) {
-        p->init(p->init_arg, key, out, dim);
-        return;
-    }
-    int zp = p->zero_prefix < 0 ? 0 : p->zero_prefix > dim ? dim : p->zero_prefix;
-    for (int j = 0; j < zp; j++)
-        out[j] = 0.0f;
-    if (zp == dim)
-        return;
-    if (p->init_std == 0.0f) {
-        for (int j = zp; j < dim; j++)
-            out[j] = 0.0f;
-        return;
-    }
-    /* The stream depends on (seed, key) only: arrival order, server and
-     * slot do not change a row's first value. */
-    cm_rng r;
-    cm_rng_seed(&r, cm_mix64(p->seed ^ cm_mix64(key)));
-    cm_rng_normals_f32(&r, out + zp, dim - zp, p->init_std);
-}
-
 /* ---------------------------------------------------------------------------
  * Accessors */
 
@@ -745,6 +724,45 @@ size_t ps_table_bytes(const ps_table *t)
     if (t->pending)
         b += cm_hashmap_bytes(t->pending);
     return b;
+}
+
+size_t ps_table_stride(const cm_table_spec *s)
+{
+    const size_t used = (size_t)cm_table_spec_row_floats(s);
+    return (used + S_ALIGN_FLOATS - 1) / S_ALIGN_FLOATS * S_ALIGN_FLOATS;
+}
+
+size_t ps_table_max_pending(const cm_table_spec *s)
+{
+    return s->max_pending ? s->max_pending : S_PENDING_MAX;
+}
+
+/* Follows ps_table_new, s_grow and ps_table_bytes: a change there shows in
+ * tests/test_plan.c, which compares this with real tables. */
+void ps_table_footprint_of(const cm_table_spec *s, size_t rows, size_t pending,
+                           ps_table_footprint *out)
+{
+    memset(out, 0, sizeof *out);
+    const size_t stride = ps_table_stride(s);
+    const int geo = s_geo(stride);
+    const int fixed_log = S_CHUNK0_LOG + geo;
+    size_t n_chunks = 0, slots = 0;
+    while (slots < rows)
+        slots += s_rows_in_chunk(geo, fixed_log, n_chunks++);
+    const int evict = s->ttl > 0 || s->max_rows > 0;
+    const size_t state = (size_t)cm_optim_state_floats(s->optim.kind, s->dim);
+    out->weights = rows * (size_t)s->dim * sizeof(float);
+    out->state = rows * state * sizeof(float);
+    out->pad = slots * stride * sizeof(float) - out->weights - out->state;
+    out->index = cm_hashmap_bytes_for(rows);
+    if (evict)
+        out->meta = slots * sizeof(s_meta);
+    if (s->min_count > 1)
+        out->pending = cm_hashmap_bytes_for(pending);
+    const size_t cap = s_chunks_cap(n_chunks);
+    out->fixed = sizeof(ps_table) + cap * sizeof(float *) + (evict ? cap * sizeof(s_meta *) : 0);
+    out->total = out->weights + out->state + out->pad + out->index + out->meta + out->pending +
+                 out->fixed;
 }
 
 void ps_table_stats(const ps_table *t, ps_table_counters *out)
@@ -874,7 +892,7 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
                  * zeros would have, so a delta from it is well defined. */
                 float *o = out + i * rf;
                 memset(o, 0, rf * sizeof(float));
-                ps_optim_init_state(&t->p.optim, o, t->dim);
+                cm_optim_init_state(&t->p.optim, o, t->dim);
                 continue;
             }
         } else {
@@ -921,9 +939,9 @@ int ps_table_share(const ps_table *t, ps_table_share_info *out)
     *out = (ps_table_share_info){
         .fd = t->fd,
         .token = t->token,
-        .header = S_SHARE_HEADER,
+        .header = CM_SHARE_HEADER,
         .stride = t->stride,
-        .bytes = S_SHARE_HEADER + t->slab_bytes,
+        .bytes = CM_SHARE_HEADER + t->slab_bytes,
     };
     return 0;
 }

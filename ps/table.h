@@ -3,7 +3,9 @@
  * Rows live in a slab of 64-byte-aligned slots: dim weights then optimizer
  * state. A row is created on first touch with a deterministic
  * initialisation seeded by (table seed, key), so values never depend on
- * the order in which keys arrive. One owning thread.
+ * the order in which keys arrive. What a table holds is described by a
+ * cm_table_spec (common/table_spec.h: dim, initialisation, optimizer,
+ * admission, eviction, sharing). One owning thread.
  *
  * Optional, off by default (then nothing here costs anything):
  * - admission (min_count > 1): a key gets a row only at its min_count-th
@@ -19,34 +21,9 @@
 #include <stdint.h>
 
 #include "common/err.h"
-#include "ps/optim.h"
+#include "common/table_spec.h"
 
 typedef struct ps_table ps_table;
-
-typedef struct {
-    int dim;             /* weights per row */
-    int zero_prefix;     /* leading weights initialised to 0 (e.g. a bias) */
-    float init_std;      /* the others ~ N(0, init_std^2) from (seed, key) */
-    uint64_t seed;       /* table seed */
-    ps_optim optim;
-    uint32_t min_count;  /* pushes before a key gets a row; 0 or 1: at once */
-    uint32_t ttl;        /* evict rows untouched for this many epochs; 0: never */
-    size_t max_rows;     /* rows kept, least recently used evicted; 0: unbounded */
-    size_t max_pending;  /* admission counters kept before all are cleared;
-                          * 0: 1 << 20 */
-    /* Optional (NULL: zero_prefix and init_std): writes the dim initial
-     * weights of key's row, for a dense table whose rows are slices of one
-     * array (an MLP's weights). Must depend on (init_arg, key) only;
-     * init_arg must outlive the table. */
-    void (*init)(const void *init_arg, uint64_t key, float *out, int dim);
-    const void *init_arg;
-    /* Rows in a memory file (memfd) that other processes on this host may
-     * map (ps_table_share, ps_table_place): a co-located worker then reads
-     * and writes rows it alone trains without messages. Ignored (rows stay
-     * private) with admission or eviction on, or where the host has no
-     * memfd. */
-    int shared;
-} ps_table_params;
 
 /* What ps_table_stats reports. */
 typedef struct {
@@ -59,7 +36,7 @@ typedef struct {
                           * not admitted yet */
 } ps_table_counters;
 
-ps_table *ps_table_new(const ps_table_params *p, cm_error *err);
+ps_table *ps_table_new(const cm_table_spec *p, cm_error *err);
 void ps_table_destroy(ps_table **pt);
 
 /* Copies the weights of each key's row to out[i*dim ..]. create=1 makes
@@ -84,15 +61,36 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
 int ps_table_pull_keep(ps_table *t, const uint64_t *keys, size_t n, float *out, float **kept);
 int ps_table_push_kept(ps_table *t, float *const *rows, size_t n, const float *grads);
 
-/* Writes the deterministic initial weights of `key` to out[0..dim): the
- * init hook's, when p has one. */
-void ps_table_init_row(const ps_table_params *p, uint64_t key, float *out);
-
 int ps_table_dim(const ps_table *t);
 size_t ps_table_rows(const ps_table *t);
 /* Bytes held: slab, state, index, and the admission and eviction
  * bookkeeping when on. */
 size_t ps_table_bytes(const ps_table *t);
+
+/* What a table of spec s allocates while it holds `rows` rows and
+ * `pending` admission counters, by part; total is what ps_table_bytes()
+ * then reports. The memory planner (cluster/) composes these. */
+typedef struct {
+    size_t weights;  /* rows x dim floats */
+    size_t state;    /* rows x optimizer state floats */
+    size_t pad;      /* slot padding and the unused slots of the last chunk */
+    size_t index;    /* key -> row hash map */
+    size_t meta;     /* eviction records (eviction on), a slot each */
+    size_t pending;  /* admission counters (admission on) */
+    size_t fixed;    /* the table's own struct and chunk lists */
+    size_t total;    /* the sum */
+} ps_table_footprint;
+
+void ps_table_footprint_of(const cm_table_spec *s, size_t rows, size_t pending,
+                           ps_table_footprint *out);
+
+/* The most admission counters a table of spec s keeps (max_pending, or its
+ * default). */
+size_t ps_table_max_pending(const cm_table_spec *s);
+
+/* Floats from one row's slot to the next for spec s: row_floats rounded up
+ * to a multiple of 16 (64 bytes). */
+size_t ps_table_stride(const cm_table_spec *s);
 
 /* Fills *out with the table's counters (see ps_table_counters). */
 void ps_table_stats(const ps_table *t, ps_table_counters *out);
@@ -144,11 +142,9 @@ int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float 
  * apply: a stored row was admitted). 0 or CM_ENOMEM. */
 int ps_table_load_row(ps_table *t, uint64_t key, const float *row);
 
-/* A shared table's memory file: row index i lives at byte
- * header + i * stride * 4 of it; the file's first `header` bytes hold
- * PS_SHARE_MAGIC then `token` (two little-endian u64), so a process that
- * opens the file by (pid, fd) can tell it found the right one. */
-#define PS_SHARE_MAGIC 0x6d68732d63657270ULL /* "prec-shm" */
+/* A shared table's memory file, laid out as common/table_spec.h says: row
+ * index i lives at byte header + i * stride * 4 of it; the file starts
+ * with a cm_share_head {CM_SHARE_MAGIC, token}. */
 typedef struct {
     int fd;              /* the file, open in the table's process */
     uint64_t token;      /* random, 52 bits (travels as a double) */

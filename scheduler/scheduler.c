@@ -1139,7 +1139,14 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
              * rows_<table>, bytes_<table> */
             sch_field all[sizeof f / sizeof f[0] + 2 * S_MAX_TABLES];
             char names[2 * S_MAX_TABLES][80];
-            memcpy(all, f, nf * sizeof f[0]);
+            /* a binary task's squared error is not its metric: leave
+             * test_rmse and test_mae out rather than have scripts read them */
+            size_t kept = 0;
+            for (size_t k = 0; k < nf; k++)
+                if (s->task != CM_TASK_BINARY || (strcmp(f[k].name, "test_rmse") != 0 &&
+                                                  strcmp(f[k].name, "test_mae") != 0))
+                    all[kept++] = f[k];
+            nf = kept;
             for (size_t t = 0; t < s->p->n_tables && t < S_MAX_TABLES; t++) {
                 snprintf(names[2 * t], sizeof names[0], "rows_%s", s->p->tables[t].name);
                 snprintf(names[2 * t + 1], sizeof names[0], "bytes_%s", s->p->tables[t].name);
@@ -1268,20 +1275,22 @@ static void s_print_chosen(const s_sched *s, const sch_result *res)
 static int s_final_record(s_sched *s, const sch_result *res, cm_error *err)
 {
     const int binary = s->task == CM_TASK_BINARY;
+    const double valid = res->best_epoch > 0 ? res->valid_metric : -1;
     sch_field f[] = {
         {"final", 1, 0},
         {"epochs", res->epochs, 0},
         {"chosen_epoch", res->best_epoch > 0 ? res->best_epoch : res->epochs, 0},
         {"chosen_on_validation", res->best_epoch > 0, 0},
         {"early_stop", res->early_stopped, 0},
-        {"valid_rmse", res->best_epoch > 0 && !binary ? res->valid_metric : -1, 1},
-        {"valid_logloss", res->best_epoch > 0 && binary ? res->valid_metric : -1, 1},
-        {"test_rmse", binary ? -1 : res->test_rmse, 1},
-        {"test_mae", binary ? -1 : res->test_mae, 1},
-        {"test_auc", res->test_auc, 1},
-        {"test_logloss", res->test_logloss, 1},
+        /* as on the epoch lines: a binary task has no RMSE or MAE at all, a
+         * regression's AUC and log loss are null */
+        {binary ? "valid_logloss" : "valid_rmse", valid, 1},
+        {binary ? "test_auc" : "test_rmse", binary ? res->test_auc : res->test_rmse, 1},
+        {binary ? "test_logloss" : "test_mae", binary ? res->test_logloss : res->test_mae, 1},
+        {"test_auc", -1, 1},
+        {"test_logloss", -1, 1},
     };
-    return sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0], err);
+    return sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0] - (binary ? 2 : 0), err);
 }
 
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)

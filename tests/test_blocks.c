@@ -197,7 +197,7 @@ Test(blocks, user_rows_are_held_by_key)
     cm_ratings r = {0};
     cm_error err = {0};
     cr_assert_eq(cm_ratings_from_arrays(user, item, rating, 5, &r, &err), 0, "%s", err.msg);
-    ps_table_params up = {0};
+    cm_table_spec up = {0};
     up.dim = 9;
     up.zero_prefix = 1;
     up.init_std = 0.1f;
@@ -211,7 +211,7 @@ Test(blocks, user_rows_are_held_by_key)
     for (int k = 0; k < 3; k++) {
         const float *row = wk_blocks_user_row(b, keys[k]);
         cr_assert_not_null(row, "user %llu held", (unsigned long long)keys[k]);
-        ps_table_init_row(&up, keys[k], want);
+        cm_table_spec_init_row(&up, keys[k], want);
         cr_expect_arr_eq(row, want, sizeof want, "user %llu starts from the servers' init",
                          (unsigned long long)keys[k]);
     }
@@ -277,14 +277,14 @@ static s_pass_out s_one_pass(int shared, int give_index, float *got)
 {
     s_pass_out o = {0};
     cm_log_set_level(CM_LOG_ERROR);
-    ps_table_params tp[2];
+    cm_table_spec tp[2];
     memset(tp, 0, sizeof tp);
     for (int t = 0; t < 2; t++) {
         tp[t].dim = P_DIM;
         tp[t].zero_prefix = 1;
         tp[t].init_std = 0.1f;
         tp[t].seed = 11 + (uint64_t)t;
-        tp[t].optim = ps_optim_default(CM_OPT_SGD, 0.05f);
+        tp[t].optim = cm_optim_default(CM_OPT_SGD, 0.05f);
     }
     tp[1].shared = shared;
     cm_error err = {0};
@@ -332,7 +332,7 @@ static s_pass_out s_one_pass(int shared, int give_index, float *got)
     wk_block_pass pass = {.block = 0, .next = 1, .seed = 5, .gate = s_count_gate,
                           .arg = &o.calls, .async = 1};
     wk_model_ctx ctx = {.mean = 3.f, .l2 = 0.01f, .clip_lo = 1.f, .clip_hi = 5.f};
-    ps_optim opt = tp[1].optim;
+    cm_optim opt = tp[1].optim;
     cr_assert_eq(
         wk_blocks_train(b, kv, &wk_model_mf, &ctx, &opt, &pass, &o.sq, &o.trained, &err), 0,
         "%s", err.msg);
@@ -377,14 +377,14 @@ Test(blocks, a_pass_asks_the_gate_throughout_and_pushes_its_rows_whole)
     cr_expect_gt(o.sq, 0);
     cr_expect_geq(o.calls, 1 + (int)(o.in_block / 262144), "gate asked %d times for %zu ratings",
                   o.calls, o.in_block);
-    ps_table_params tp = {0};
+    cm_table_spec tp = {0};
     tp.dim = P_DIM;
     tp.zero_prefix = 1;
     tp.init_std = 0.1f;
     tp.seed = 12;
     float init[P_DIM];
     for (size_t x = 0; x < P_ITEMS; x++) {
-        ps_table_init_row(&tp, x, init);
+        cm_table_spec_init_row(&tp, x, init);
         int same = memcmp(got + x * P_DIM, init, sizeof init) == 0;
         cr_expect_eq(same, wk_block_of(x, 2) != 0, "item %zu of block %u: %s", x,
                      wk_block_of(x, 2), same ? "as made" : "trained");

@@ -127,3 +127,129 @@ Test(cli, convert_movielens_formats)
                  s_out);
     cr_expect(strstr(s_out, "100836 ratings") != NULL, "%s", s_out);
 }
+
+/* Copies a text file with a header line into <dir>/train and <dir>/test,
+ * every tenth data line to test (the header to both). fields: when > 0,
+ * each data line is rewritten as "u,i,junk,r" from its first three
+ * comma- or tab-separated fields, under the header "user,item,junk,y". */
+static void s_split_tenth(const char *src, const char *train, const char *test, int rewrite)
+{
+    char tp[600], ep[600];
+    snprintf(tp, sizeof tp, "%s/%s", s_dir, train);
+    snprintf(ep, sizeof ep, "%s/%s", s_dir, test);
+    FILE *in = fopen(src, "r"), *tr = fopen(tp, "w"), *te = fopen(ep, "w");
+    cr_assert(in && tr && te, "%s", src);
+    char line[1024];
+    long n = 0;
+    if (rewrite) {
+        fputs("user,item,junk,y\n", tr);
+        fputs("user,item,junk,y\n", te);
+    }
+    while (fgets(line, sizeof line, in)) {
+        FILE *to = n == 0 && !rewrite ? NULL : (n % 10 == 0 ? te : tr);
+        if (!to) { /* the header */
+            fputs(line, tr);
+            fputs(line, te);
+        } else if (rewrite) {
+            char *save = NULL, *u = strtok_r(line, ",\t", &save), *i = strtok_r(NULL, ",\t", &save),
+                 *r = strtok_r(NULL, ",\t\r\n", &save);
+            cr_assert(u && i && r);
+            fprintf(to, "%s,%s,x%ld,%s\n", u, i, n, r);
+        } else {
+            fputs(line, to);
+        }
+        n++;
+    }
+    fclose(in);
+    fclose(tr);
+    fclose(te);
+}
+
+Test(cli, fm_on_a_ratings_csv_trains_a_regression)
+{
+    const char *data = th_data_dir();
+    char src[1100];
+    snprintf(src, sizeof src, "%s/ml-latest-small/ratings.csv", data ? data : ".");
+    if (!data || access(src, R_OK) != 0)
+        cr_skip_test("%s not found (set PSREC_DATA)", src);
+    s_split_tenth(src, "tr.csv", "te.csv", 0);
+    cr_assert_eq(s_psrec("train --local --model fm --train tr.csv --test te.csv --metrics "
+                         "m.jsonl --progress off"),
+                 0, "%s", s_out);
+    cr_expect(strstr(s_out, "global mean 3.5") != NULL, "the ratings' mean, not 0:\n%s",
+              s_out);
+    char m[600];
+    snprintf(m, sizeof m, "%s/m.jsonl", s_dir);
+    double rmse = th_last_metric(m, "test_rmse");
+    cr_log_info("ml-latest-small, every 10th line held out, fm at defaults: RMSE %.4f", rmse);
+    cr_expect(rmse > 0 && rmse < 1.1, "test RMSE %.4f:\n%s", rmse, s_out);
+    FILE *f = fopen(m, "r");
+    cr_assert_not_null(f);
+    char line[8192];
+    while (fgets(line, sizeof line, f))
+        cr_expect(strstr(line, "\"test_auc\": null") != NULL, "a regression has no AUC: %s",
+                  line);
+    fclose(f);
+    /* the same file read with --format csv and no label column stops, naming the fix */
+    cr_expect_neq(s_psrec("train --local --model fm --format csv --train tr.csv --progress off"),
+                  0);
+    cr_expect(strstr(s_out, "tr.csv") && strstr(s_out, "--format ratings"), "%s", s_out);
+}
+
+Test(cli, binary_metrics_have_no_rmse)
+{
+    const char *data = th_data_dir();
+    char src[1100];
+    snprintf(src, sizeof src, "%s/heart_scale/heart_scale", data ? data : ".");
+    if (!data || access(src, R_OK) != 0)
+        cr_skip_test("%s not found (set PSREC_DATA)", src);
+    cr_assert_eq(s_psrec("train --local --model fm --train %s --test %s --epochs 3 --metrics "
+                         "b.jsonl --progress off",
+                         src, src),
+                 0, "%s", s_out);
+    char m[600];
+    snprintf(m, sizeof m, "%s/b.jsonl", s_dir);
+    FILE *f = fopen(m, "r");
+    cr_assert_not_null(f);
+    char line[8192];
+    int lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        lines += strstr(line, "\"final\": ") == NULL; /* the epochs, then the result */
+        cr_expect(strstr(line, "\"test_auc\": 0.") != NULL, "%s", line);
+        cr_expect(strstr(line, "test_rmse") == NULL, "binary task wrote test_rmse: %s", line);
+        cr_expect(strstr(line, "test_mae") == NULL, "%s", line);
+    }
+    fclose(f);
+    cr_expect_eq(lines, 3);
+}
+
+Test(cli, mf_reads_csv_columns_by_name)
+{
+    const char *data = th_data_dir();
+    char src[1100];
+    snprintf(src, sizeof src, "%s/ml-100k/u.data", data ? data : ".");
+    if (!data || access(src, R_OK) != 0)
+        cr_skip_test("%s not found (set PSREC_DATA)", src);
+    s_split_tenth(src, "w.csv", "wt.csv", 1);
+    /* as the issue met it: label_column names the rating column for mf */
+    cr_assert_eq(s_psrec("train --local --model mf --format csv --label_column y --train w.csv "
+                         "--test wt.csv --epochs 5 --metrics c.jsonl --progress off"),
+                 0, "%s", s_out);
+    char m[600];
+    snprintf(m, sizeof m, "%s/c.jsonl", s_dir);
+    double rmse = th_last_metric(m, "test_rmse");
+    cr_expect(rmse > 0 && rmse < 1.0, "ml-100k by named columns: RMSE %.4f\n%s", rmse, s_out);
+    /* every column named, in another order of keys */
+    cr_assert_eq(s_psrec("train --local --model implicit --user_column user --item_column item "
+                         "--rating_column y --positive_threshold 4 --train w.csv --test wt.csv "
+                         "--epochs 1 --progress off"),
+                 0, "%s", s_out);
+    /* a column that is not there is named with the file */
+    cr_expect_neq(s_psrec("train --local --rating_column stars --train w.csv --progress off"), 0);
+    cr_expect(strstr(s_out, "w.csv:1") && strstr(s_out, "rating_column = stars"), "%s", s_out);
+    /* and a key for another model is refused before anything is read */
+    cr_expect_neq(s_psrec("train --local --model mf --hidden 64 --train w.csv"), 0);
+    cr_expect(strstr(s_out, "--hidden") && strstr(s_out, "deep"), "%s", s_out);
+    cr_expect_neq(s_psrec("train --local --model fm --negatives 4 --train w.csv"), 0);
+    cr_expect(strstr(s_out, "--negatives") && strstr(s_out, "implicit"), "%s", s_out);
+}

@@ -108,8 +108,9 @@ Test(cli_plan, server_matches_hand_computation)
     double slab = (960 + 1984) * 80 * 4.0;
     /* hash: 943 keys -> 2048 entries, 1650 -> 4096; 16 bytes each */
     double index = (2048 + 4096) * 16.0;
-    /* reply: 1650 item keys x 33 floats -> 65536 floats; request 1650 x (8 + 132) */
-    double bufs = 65536 * 4.0 + 1650 * (8 + 132);
+    /* reply: 1650 item keys x 33 floats, over 16384 floats: a buffer of its
+     * own, of its size; request 1650 x (8 + 132) */
+    double bufs = 1650 * 33 * 4.0 + 1650 * (8 + 132);
     s_near(s->total, slab + index + bufs, "server total");
     s_near(s_item(s, "hash index"), index, "hash index");
 

@@ -25,7 +25,8 @@ static const char *const s_all_keys[] = {
     "validation", "validation_fraction", "patience",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
-    "categorical_columns", "consistency", "staleness", "user_features", "item_features",
+    "categorical_columns", "user_column", "item_column", "rating_column", "timestamp_column",
+    "consistency", "staleness", "user_features", "item_features",
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
     "fm_term", "fields", "wire_dtype", "ingest", "worker_affinity", "blocks_per_worker",
     "encrypt", "interface",
@@ -908,4 +909,161 @@ Test(config, validation_keys)
     cr_expect_neq(cm_job_set(&j, "patience", "-1", "--patience", &err), 0);
     cr_assert_eq(cm_job_set(&j, "validation", "v.txt", "--validation", &err), 0);
     cr_expect_str_eq(j.validation, "v.txt");
+}
+
+/* -------------------------------------------------------------------------
+ * Keys that apply to some models only
+ * ------------------------------------------------------------------------- */
+
+/* Parses argv, then validates: 0 or the first error (message in err). */
+static int s_args_validate(const char **argv, cm_error *err)
+{
+    cm_job j = cm_job_default();
+    int help = 0;
+    int rc = s_args(&j, &help, err, argv);
+    if (rc == 0)
+        rc = cm_job_validate(&j, err);
+    return rc;
+}
+
+Test(config, key_for_another_model_on_the_command_line_is_an_error)
+{
+    cm_error err = {0};
+    const char *mf_hidden[] = {"train", "--train", "r.tsv", "--model", "mf", "--hidden", "64",
+                               NULL};
+    cr_assert_eq(s_args_validate(mf_hidden, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "--hidden 64") && strstr(err.msg, "deep") &&
+                  strstr(err.msg, "not mf"),
+              "names the key, the models it is for and the job's: %s", err.msg);
+    /* on the command line even the default value is a mistake worth stopping */
+    const char *fm_neg[] = {"train", "--train", "r.tsv", "--model", "fm", "--negatives", "4",
+                            NULL};
+    cr_assert_eq(s_args_validate(fm_neg, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "negatives") && strstr(err.msg, "implicit"), "%s", err.msg);
+    const char *fm_sched[] = {"train", "--train", "r.tsv", "--model", "fm", "--schedule",
+                              "minibatch", NULL};
+    cr_assert_eq(s_args_validate(fm_sched, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "schedule") && strstr(err.msg, "applies to model mf"), "%s",
+              err.msg);
+    const char *mf_task[] = {"train", "--train", "r.tsv", "--task", "binary", NULL};
+    cr_assert_eq(s_args_validate(mf_task, &err), CM_ECONFIG, "mf is the default model");
+    cr_expect(strstr(err.msg, "fm, ffm, deep") != NULL, "%s", err.msg);
+}
+
+Test(config, key_for_its_own_model_passes)
+{
+    cm_error err = {0};
+    const char *ok[][12] = {
+        {"train", "--train", "r.tsv", "--model", "implicit", "--negatives", "8", "--loss",
+         "logistic", NULL},
+        {"train", "--train", "r.tsv", "--model", "deep", "--hidden", "16", "--fields", "2",
+         "--task", "regression", NULL},
+        {"train", "--train", "r.tsv", "--model", "ffm", "--fields", "3", NULL},
+        {"train", "--train", "r.tsv", "--schedule", "minibatch", "--blocks_per_worker", "2",
+         NULL},
+        /* keys for every model */
+        {"train", "--train", "r.tsv", "--model", "fm", "--dim", "8", "--lr", "0.1",
+         "--consistency", "ssp", NULL},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        cr_expect_eq(s_args_validate(ok[i], &err), 0, "case %zu: %s", i, err.msg);
+}
+
+Test(config, job_file_keys_at_default_pass_for_any_model, .init = s_setup, .fini = s_cleanup)
+{
+    /* a file listing every key, as cm_job_print writes it (and as the
+     * checkpoints keep the job), loads and validates for every model */
+    static const char *const models[] = {"mf", "fm", "ffm", "deep", "implicit"};
+    char path[CM_PATH_MAX];
+    snprintf(path, sizeof path, "%s/all.ini", s_dir);
+    snprintf(s_files[s_nfiles++], CM_PATH_MAX, "%s", path);
+    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+        cm_job a = cm_job_default();
+        snprintf(a.train, sizeof a.train, "r.tsv");
+        snprintf(a.model, sizeof a.model, "%s", models[m]);
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        cm_job_print(f, &a);
+        fclose(f);
+        cm_job b = cm_job_default();
+        cm_error err = {0};
+        cr_assert_eq(cm_job_load_file(&b, path, &err), 0, "%s", err.msg);
+        cr_expect_eq(cm_job_validate(&b, &err), 0, "%s: %s", models[m], err.msg);
+    }
+    /* a value other than the default, in a file, is named */
+    const char *bad = s_write("bad.ini", "train = r.tsv\nmodel = mf\nhidden = 8\n");
+    cm_job c = cm_job_default();
+    cm_error err = {0};
+    cr_assert_eq(cm_job_load_file(&c, bad, &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_job_validate(&c, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "hidden = 8") && strstr(err.msg, "deep"), "%s", err.msg);
+    /* and a flag for another model over a file passes once the file's model
+     * is one it applies to */
+    const char *deep = s_write("deep.ini", "train = r.tsv\nmodel = deep\n");
+    const char *argv[] = {"train", deep, "--hidden", "8", NULL};
+    cr_expect_eq(s_args_validate(argv, &err), 0, "%s", err.msg);
+}
+
+Test(config, programmatic_jobs_are_not_second_guessed)
+{
+    /* a job built in code (tests, embedders) sets fields directly: only
+     * keys set through cm_job_set / the parser are checked */
+    cm_job j = cm_job_default();
+    snprintf(j.train, sizeof j.train, "r.tsv");
+    snprintf(j.hidden, sizeof j.hidden, "8");
+    cm_error err = {0};
+    cr_expect_eq(cm_job_validate(&j, &err), 0, "%s", err.msg);
+}
+
+Test(config, ratings_input_of_mf)
+{
+    cm_error err = {0};
+    const char *svm[] = {"train", "--train", "r.txt", "--format", "libsvm", NULL};
+    cr_assert_eq(s_args_validate(svm, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "format = libsvm") && strstr(err.msg, "rating_column"), "%s",
+              err.msg);
+    const char *csv[] = {"train", "--train", "r.csv", "--format", "csv", "--label_column", "y",
+                         "--user_column", "u", NULL};
+    cr_expect_eq(s_args_validate(csv, &err), 0, "%s", err.msg);
+    const char *both[] = {"train", "--train", "r.csv", "--label_column", "y",
+                          "--rating_column", "z", NULL};
+    cr_assert_eq(s_args_validate(both, &err), CM_ECONFIG);
+    cr_expect(strstr(err.msg, "label_column") && strstr(err.msg, "rating_column"), "%s",
+              err.msg);
+}
+
+/* 1 when the line of text that starts with `start` contains `word`. */
+__attribute__((noinline)) static int s_line_has(const char *text, const char *start, const char *word)
+{
+    const char *p = strstr(text, start);
+    if (!p)
+        return 0;
+    size_t n = strcspn(p, "\n");
+    const char *w = strstr(p, word);
+    return w && (size_t)(w - p) < n;
+}
+
+static void s_print_text_help(FILE *f, int unused)
+{
+    (void)unused;
+    cm_job_print_help(f, 0);
+}
+
+Test(config, help_shows_the_models_of_each_key)
+{
+    size_t len;
+    char *text = s_capture(s_print_text_help, 0, &len);
+    cr_assert(strstr(text, "models") != NULL, "%s", text);
+    cr_expect(s_line_has(text, "--hidden ", " deep "), "--hidden's line names deep");
+    cr_expect(s_line_has(text, "--lr ", " all "), "--lr applies to all models");
+    free(text);
+}
+
+Test(config, docs_table_shows_the_models_of_each_key)
+{
+    size_t len;
+    char *md = s_capture(cm_job_print_help, 1, &len);
+    cr_expect(strstr(md, "| models |") != NULL, "%s", md);
+    cr_expect(strstr(md, "| `negatives` |") && strstr(md, "| implicit |"), "%s", md);
+    free(md);
 }

@@ -1004,3 +1004,99 @@ Test(dataset, adopt_takes_the_columns_without_a_copy)
     cr_expect_eq(cm_ratings_adopt(u2, NULL, r2, 1, &d, &err), CM_EINVAL);
     cr_expect_eq(d.n, 0);
 }
+
+/* ------------------------------------------------------------------------
+ * Columns picked by name
+ * ------------------------------------------------------------------------ */
+
+static int load_cols(const char *p, const char *u, const char *i, const char *r,
+                     const char *ts, cm_ratings *out, cm_error *e)
+{
+    cm_load_opts o = cm_load_opts_default();
+    o.user_column = u;
+    o.item_column = i;
+    o.rating_column = r;
+    o.timestamp_column = ts;
+    return cm_ratings_load(p, &o, out, e);
+}
+
+Test(dataset, named_columns_anywhere_in_a_wide_csv)
+{
+    const char *p = write_str("wide.csv", "# exported\n"
+                                          "ts,y,country,user,item,extra\n"
+                                          "100,4.5,de,7,70,a\n"
+                                          "101,2,fr,8,80,b\n"
+                                          "102,3,fr,alice,90,c\n");
+    cm_ratings r;
+    cm_error e;
+    cr_assert_eq(load_cols(p, "user", "item", "y", "ts", &r, &e), 0, "%s", e.msg);
+    cr_assert_eq(r.n, 3);
+    cr_assert_eq(r.bad_lines, 0);
+    expect_row(&r, 0, 7, 70, 4.5f);
+    expect_row(&r, 1, 8, 80, 2.0f);
+    expect_row(&r, 2, cm_hash_bytes("alice", 5, 0), 90, 3.0f);
+    cm_ratings_free(&r);
+    /* the same file by position reads nothing sensible: 6 fields per line,
+     * and the error says how to read it */
+    cr_assert_eq(load(p, &r, &e), CM_EPARSE, "%s", e.msg);
+    cr_expect(strstr(e.msg, "got 6") && strstr(e.msg, "user_column"), "%s", e.msg);
+}
+
+Test(dataset, unnamed_columns_keep_their_place)
+{
+    /* only the rating named (mf's label_column): user and item are the
+     * first two columns */
+    const char *p = write_str("r.tsv", "u\ti\tjunk\ty\n1\t2\tx\t3.5\n4\t5\tz\t1\n");
+    cm_ratings r;
+    cm_error e;
+    cr_assert_eq(load_cols(p, NULL, "", "y", NULL, &r, &e), 0, "%s", e.msg);
+    cr_assert_eq(r.n, 2);
+    expect_row(&r, 0, 1, 2, 3.5f);
+    expect_row(&r, 1, 4, 5, 1.0f);
+    cm_ratings_free(&r);
+}
+
+Test(dataset, named_column_errors_say_which)
+{
+    const char *p = write_str("c.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n");
+    cm_ratings r;
+    cm_error e;
+    cr_assert_eq(load_cols(p, NULL, NULL, "stars", NULL, &r, &e), CM_EPARSE);
+    cr_expect(strstr(e.msg, "c.csv:1") && strstr(e.msg, "rating_column = stars") &&
+                  strstr(e.msg, "userId,movieId,rating,timestamp"),
+              "%s", e.msg);
+    cr_assert_eq(load_cols(p, NULL, NULL, NULL, "when", &r, &e), CM_EPARSE);
+    cr_expect(strstr(e.msg, "timestamp_column = when") != NULL, "%s", e.msg);
+    /* the item's place (2nd) is the rating named for the user... */
+    cr_assert_eq(load_cols(p, "movieId", NULL, NULL, NULL, &r, &e), CM_EPARSE);
+    cr_expect(strstr(e.msg, "user_column and item_column are both column 2") != NULL, "%s",
+              e.msg);
+    /* names are exact */
+    cr_assert_eq(load_cols(p, "userid", NULL, NULL, NULL, &r, &e), CM_EPARSE);
+    /* a binary file has no header to pick from */
+    cm_ratings two;
+    uint64_t u[2] = {1, 2}, it[2] = {3, 4};
+    float ra[2] = {1, 2};
+    cr_assert_eq(cm_ratings_from_arrays(u, it, ra, 2, &two, &e), 0);
+    const char *b = tpath("two.psrd");
+    cr_assert_eq(cm_ratings_write_bin(b, &two, "test", &e), 0, "%s", e.msg);
+    cm_ratings_free(&two);
+    cr_assert_eq(load_cols(b, "user", NULL, NULL, NULL, &r, &e), CM_ECONFIG);
+    cr_expect(strstr(e.msg, "two.psrd") && strstr(e.msg, "fixed columns"), "%s", e.msg);
+    cr_assert_eq(load_cols(b, NULL, NULL, NULL, NULL, &r, &e), 0, "%s", e.msg);
+    cm_ratings_free(&r);
+}
+
+Test(dataset, named_columns_rows_must_match_the_header)
+{
+    const char *p = write_str("short.csv", "a,u,i,y\n1,2,3,4\n1,2,3\n5,6,7,x\n1,2,3,4,5\n"
+                                           "9,8,7,2.5\n");
+    cm_ratings r;
+    cm_error e;
+    cr_assert_eq(load_cols(p, "u", "i", "y", NULL, &r, &e), 0, "%s", e.msg);
+    cr_assert_eq(r.n, 2);
+    cr_assert_eq(r.bad_lines, 3, "short, non-numeric and long rows are bad lines");
+    expect_row(&r, 0, 2, 3, 4.0f);
+    expect_row(&r, 1, 8, 7, 2.5f);
+    cm_ratings_free(&r);
+}

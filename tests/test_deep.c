@@ -603,7 +603,7 @@ Test(deep, params_from_the_job)
     cr_expect_null(wk_model_deep.scratch_new(&job, 8, &e), "no net without fields");
 }
 
-Test(deep, tables_and_the_dense_init_hook)
+Test(deep, tables_and_the_declarative_dense_init)
 {
     cm_job job = s_deep_job(1);
     job.min_count = 5;
@@ -611,7 +611,7 @@ Test(deep, tables_and_the_dense_init_hook)
     cr_assert_eq(wk_model_find("deep"), &wk_model_deep);
     cr_assert_eq(wk_model_deep.n_tables, 2);
     cr_expect_str_eq(wk_model_deep.table_names[1], "dense");
-    ps_table_params t0, t1;
+    cm_table_spec t0, t1;
     wk_model_deep.table_params(&job, 0, &t0);
     wk_model_deep.table_params(&job, 1, &t1);
     cr_expect_eq(t0.dim, K + 1);
@@ -620,7 +620,7 @@ Test(deep, tables_and_the_dense_init_hook)
     cr_expect_eq(t1.dim, 64);
     cr_expect(t1.min_count == 0 && t1.ttl == 0 && t1.max_rows == 0,
               "no admission or eviction for the net");
-    cr_assert_not_null(t1.init);
+    cr_assert_gt(t1.dense.n, 0, "the net's init travels in the spec, as data");
     wk_mlp_params p;
     cr_assert_eq(wk_deep_params(&job, &p, NULL), 0);
     const size_t rows = wk_model_deep.dense_rows(&job);
@@ -644,9 +644,9 @@ Test(deep, tables_and_the_dense_init_hook)
     /* another seed, another net */
     job.seed ^= 1;
     float other[64];
-    ps_table_params t2;
+    cm_table_spec t2;
     wk_model_deep.table_params(&job, 1, &t2);
-    ps_table_init_row(&t2, 0, other);
+    cm_table_spec_init_row(&t2, 0, other);
     cr_expect(memcmp(other, w, sizeof other) != 0);
     free(w);
     free(got);

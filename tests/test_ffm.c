@@ -160,13 +160,13 @@ Test(ffm, table_is_one_weight_then_a_vector_per_field)
     snprintf(job.model, sizeof job.model, "ffm");
     job.dim = 4;
     job.fields = 10;
-    ps_table_params tp;
+    cm_table_spec tp;
     cr_assert_eq(wk_model_ffm.n_tables, 1);
     cr_assert_eq(wk_model_find("ffm"), &wk_model_ffm);
     wk_model_ffm.table_params(&job, 0, &tp);
     cr_expect_eq(tp.dim, 41);
     cr_expect_eq(tp.zero_prefix, 1);
-    cr_expect_null(tp.init);
+    cr_expect_eq(tp.dense.n, 0, "sparse rows: no dense init");
 }
 
 /* ---------------------------------------------------------------------------

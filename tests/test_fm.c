@@ -110,7 +110,7 @@ Test(fm, one_table_with_a_zero_linear_weight)
 {
     cm_job job = cm_job_default();
     job.dim = 8;
-    ps_table_params tp;
+    cm_table_spec tp;
     cr_assert_eq(wk_model_fm.n_tables, 1);
     wk_model_fm.table_params(&job, 0, &tp);
     cr_expect_eq(tp.dim, 9);

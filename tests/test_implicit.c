@@ -156,7 +156,7 @@ Test(implicit, model_ops)
     cr_expect_str_eq(m->table_names[1], "item");
     cm_job job = cm_job_default();
     job.dim = 8;
-    ps_table_params tp[2];
+    cm_table_spec tp[2];
     for (int t = 0; t < 2; t++) {
         m->table_params(&job, (size_t)t, &tp[t]);
         cr_expect_eq(tp[t].dim, 9, "rows are [bias, 8 factors]");

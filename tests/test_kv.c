@@ -22,7 +22,7 @@ static cm_van *s_van;
 static ps_server *s_srv[NS];
 static pthread_t s_tid[NS];
 static const char *s_eps[NS];
-static ps_table_params s_tp;
+static cm_table_spec s_tp;
 
 static void *s_serve(void *arg)
 {
@@ -98,7 +98,7 @@ Test(kv, pull_push_pull_across_two_servers)
     wk_pull req = {0, keys, N, got, 0, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < N; i++) {
-        ps_table_init_row(&s_tp, keys[i], want + i * DIM);
+        cm_table_spec_init_row(&s_tp, keys[i], want + i * DIM);
         for (int k = 0; k < DIM; k++)
             cr_expect_float_eq(got[i * DIM + k], want[i * DIM + k], 0,
                                "key %d weight %d is the deterministic init", i, k);
@@ -138,7 +138,7 @@ Test(kv, half_wire)
     wk_pull req = {0, keys, N, got, 0, 0};
     cr_assert_eq(wk_kv_pull(kv, &req, 1, &err), 0, "%s", err.msg);
     for (int i = 0; i < N; i++)
-        ps_table_init_row(&s_tp, keys[i], init + i * DIM);
+        cm_table_spec_init_row(&s_tp, keys[i], init + i * DIM);
     for (int i = 0; i < N * DIM; i++)
         cr_assert_eq(got[i], cm_half_value(cm_half_of(init[i])), "weight %d", i);
     for (int i = 0; i < N * DIM; i++)
@@ -172,8 +172,8 @@ Test(kv, pull_in_flight_across_pushes)
     }
     static float ra[N * DIM], rb[N * DIM], init_a[N * DIM], init_b[N * DIM], g[N * DIM];
     for (int i = 0; i < N; i++) {
-        ps_table_init_row(&s_tp, a[i], init_a + i * DIM);
-        ps_table_init_row(&s_tp, b[i], init_b + i * DIM);
+        cm_table_spec_init_row(&s_tp, a[i], init_a + i * DIM);
+        cm_table_spec_init_row(&s_tp, b[i], init_b + i * DIM);
     }
     for (int i = 0; i < N * DIM; i++)
         g[i] = 1.0f;
@@ -421,13 +421,13 @@ static void s_shared_up(s_shared_fix *f, int n, const char *const *want, int dim
     f->van = cm_van_new(&err);
     cr_assert_not_null(f->van, "%s", err.msg);
     f->n = n;
-    ps_table_params tp[2];
+    cm_table_spec tp[2];
     memset(tp, 0, sizeof tp);
     for (int t = 0; t < 2; t++) {
         tp[t].dim = dim;
         tp[t].init_std = 0.1f;
         tp[t].seed = 40 + (uint64_t)t;
-        tp[t].optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+        tp[t].optim = cm_optim_default(CM_OPT_ADAGRAD, 0.1f);
     }
     tp[1].shared = 1;
     for (int i = 0; i < n; i++) {
@@ -611,10 +611,10 @@ Test(kvshared, a_wrong_place_answer_is_refused, .timeout = 60)
     cm_error err = {0};
     cm_van *van = cm_van_new(&err);
     cr_assert_not_null(van, "%s", err.msg);
-    ps_table_params tp = {0};
+    cm_table_spec tp = {0};
     tp.dim = DIM;
     tp.init_std = 0.1f;
-    tp.optim = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    tp.optim = cm_optim_default(CM_OPT_ADAGRAD, 0.1f);
     tp.shared = 1;
     ps_table *t = ps_table_new(&tp, &err);
     cr_assert_not_null(t, "%s", err.msg);

@@ -86,7 +86,7 @@ Test(mf, tables_follow_the_job)
     cm_job job = cm_job_default();
     job.dim = 16;
     job.init_std = 0.2;
-    ps_table_params tp[2];
+    cm_table_spec tp[2];
     cr_assert_eq(wk_model_mf.n_tables, 2);
     for (size_t t = 0; t < 2; t++) {
         wk_model_mf.table_params(&job, t, &tp[t]);
@@ -106,7 +106,7 @@ Test(mf, local_sgd_step_by_hand)
     enum { D = 3, STRIDE = 8 };
     float users[STRIDE] = {0.1f, 0.5f, -0.2f}, items[STRIDE] = {-0.3f, 0.4f, 0.6f};
     wk_model_ctx ctx = {.mean = 3.0f, .l2 = 0.1f};
-    ps_optim o = {.kind = CM_OPT_SGD, .lr = 0.05f};
+    cm_optim o = {.kind = CM_OPT_SGD, .lr = 0.05f};
     wk_rating r = {0, 0, 4.0f};
     double e = 3.0 + 0.1 - 0.3 + 0.5 * 0.4 + (-0.2) * 0.6 - 4.0;
     float want_p[D] = {(float)(0.1 - 0.05 * (e + 0.1 * 0.1)),
@@ -135,7 +135,7 @@ Test(mf, local_rowwise_matches_optimizer)
     memcpy(u2, u1, sizeof u1);
     memcpy(i2, i1, sizeof i1);
     wk_model_ctx ctx = {.mean = 3.5f, .l2 = 0.05f};
-    ps_optim o = {.kind = CM_OPT_ROWWISE, .lr = 0.1f, .eps = 1e-8f, .init_accum = 0.1f};
+    cm_optim o = {.kind = CM_OPT_ROWWISE, .lr = 0.1f, .eps = 1e-8f, .init_accum = 0.1f};
     wk_rating r = {0, 0, 2.0f};
     wk_model_mf.train_local(&ctx, &o, &r, 1, D, (wk_rows){u1, STRIDE}, (wk_rows){i1, STRIDE});
     /* reference: gradients from the minibatch path, then the optimizer */
@@ -145,8 +145,8 @@ Test(mf, local_rowwise_matches_optimizer)
     const float *rows[2] = {u2, i2};
     float *grads[2] = {gu, gi};
     wk_model_mf.train(&ctx, &b, D, rows, grads);
-    ps_optim_update(&o, u2, gu, D);
-    ps_optim_update(&o, i2, gi, D);
+    cm_optim_update(&o, u2, gu, D);
+    cm_optim_update(&o, i2, gi, D);
     for (int k = 0; k <= D; k++) {
         cr_expect_float_eq(u1[k], u2[k], 1e-6, "user float %d", k);
         cr_expect_float_eq(i1[k], i2[k], 1e-6, "item float %d", k);
@@ -158,7 +158,7 @@ Test(mf, local_rowwise_matches_optimizer)
 /* What train_local must do, one rating at a time: the error from the
  * weights before the step, the gradients of the stated loss, then the
  * server's own update rule for each row. */
-static double s_reference(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+static double s_reference(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r,
                           size_t n, int dim, wk_rows users, wk_rows items)
 {
     float gp[64], gq[64];
@@ -176,8 +176,8 @@ static double s_reference(const wk_model_ctx *ctx, const ps_optim *o, const wk_r
             gp[k] = e * q[k] + ctx->l2 * p[k];
             gq[k] = e * p[k] + ctx->l2 * q[k];
         }
-        ps_optim_update(o, p, gp, dim);
-        ps_optim_update(o, q, gq, dim);
+        cm_optim_update(o, p, gp, dim);
+        cm_optim_update(o, q, gq, dim);
         sq += (double)e * e;
     }
     return sq;
@@ -196,8 +196,8 @@ Test(mf, local_kernel_matches_reference)
     for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
             const int dim = dims[di];
-            ps_optim o = ps_optim_default(kinds[ki], 0.05f);
-            const int rf = dim + ps_optim_state_floats(o.kind, dim);
+            cm_optim o = cm_optim_default(kinds[ki], 0.05f);
+            const int rf = dim + cm_optim_state_floats(o.kind, dim);
             /* an odd stride too: the kernel must not rely on alignment */
             const size_t stride = di % 2 ? (size_t)rf + 3 : ((size_t)rf + 15) / 16 * 16;
             /* aligned_alloc wants a size that is a multiple of the alignment */
@@ -211,9 +211,9 @@ Test(mf, local_kernel_matches_reference)
             for (size_t x = 0; x < NI2 * stride; x++)
                 i1[x] = (float)(0.3 * cm_rng_normal(&rng));
             for (int x = 0; x < NU2; x++)
-                ps_optim_init_state(&o, u1 + x * stride, dim);
+                cm_optim_init_state(&o, u1 + x * stride, dim);
             for (int x = 0; x < NI2; x++)
-                ps_optim_init_state(&o, i1 + x * stride, dim);
+                cm_optim_init_state(&o, i1 + x * stride, dim);
             memcpy(u2, u1, NU2 * stride * sizeof(float));
             memcpy(i2, i1, NI2 * stride * sizeof(float));
             wk_rating r[NR];
@@ -261,7 +261,7 @@ Test(mf, local_kernel_touches_only_named_rows)
     float u0[3 * STRIDE], i0[3 * STRIDE];
     memcpy(u0, u, sizeof u);
     memcpy(i0, it, sizeof it);
-    ps_optim o = ps_optim_default(CM_OPT_ADAGRAD, 0.1f);
+    cm_optim o = cm_optim_default(CM_OPT_ADAGRAD, 0.1f);
     wk_model_ctx ctx = {.mean = 3.0f, .l2 = 0.05f};
     wk_rating r = {1, 2, 4.5f};
     cr_expect_eq(wk_model_mf.train_local(&ctx, &o, &r, 0, DIMK, (wk_rows){u, STRIDE},

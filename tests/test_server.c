@@ -31,7 +31,7 @@ typedef struct {
     int running;
     cm_sock *cli;        /* DEALER connected to the server */
     uint64_t next_id;
-    ps_table_params params[4];
+    cm_table_spec params[4];
     size_t n_tables;
 } s_fix;
 
@@ -43,9 +43,9 @@ static void *s_thread(void *arg)
     return NULL;
 }
 
-static ps_table_params s_params(int dim, int kind, float lr)
+static cm_table_spec s_params(int dim, int kind, float lr)
 {
-    ps_table_params p = {
+    cm_table_spec p = {
         .dim = dim,
         .zero_prefix = 0,
         .init_std = 0.1f,
@@ -56,7 +56,7 @@ static ps_table_params s_params(int dim, int kind, float lr)
 }
 
 /* A server with tables p[0..n) and a DEALER connected to it. */
-static void s_start_tables(s_fix *f, const char *endpoint, const ps_table_params *p, size_t n)
+static void s_start_tables(s_fix *f, const char *endpoint, const cm_table_spec *p, size_t n)
 {
     memset(f, 0, sizeof *f);
     cm_log_set_level(CM_LOG_ERROR);   /* rejected requests warn; keep output short */
@@ -79,7 +79,7 @@ static void s_start_tables(s_fix *f, const char *endpoint, const ps_table_params
  * its rows shared when `shared`. */
 static void s_start_with(s_fix *f, const char *endpoint, int shared)
 {
-    ps_table_params p[2] = {s_params(4, CM_OPT_SGD, 0.5f), s_params(2, CM_OPT_ADAGRAD, 0.1f)};
+    cm_table_spec p[2] = {s_params(4, CM_OPT_SGD, 0.5f), s_params(2, CM_OPT_ADAGRAD, 0.1f)};
     p[1].shared = shared;
     s_start_tables(f, endpoint, p, 2);
 }
@@ -241,7 +241,7 @@ Test(server, new_rejects_bad_arguments)
     cm_error e = {0};
     cm_van *van = cm_van_new(&e);
     cr_assert_not_null(van);
-    ps_table_params p[17];
+    cm_table_spec p[17];
     for (int i = 0; i < 17; i++)
         p[i] = s_params(4, CM_OPT_SGD, 0.1f);
 
@@ -282,7 +282,7 @@ Test(server, tcp_endpoint_resolves)
     cm_error e = {0};
     cm_van *van = cm_van_new(&e);
     cr_assert_not_null(van);
-    ps_table_params p = s_params(4, CM_OPT_SGD, 0.1f);
+    cm_table_spec p = s_params(4, CM_OPT_SGD, 0.1f);
     ps_server *s = ps_server_new(van, "tcp://127.0.0.1:*", &p, 1, &e);
     cr_assert_not_null(s, "%s", e.msg);
     const char *ep = ps_server_endpoint(s);
@@ -305,7 +305,7 @@ Test(server, pull_push_pull, .timeout = 30)
     float out[12], init[12];
     s_pull(&f, 0, keys, 3, 0, out, NULL);
     for (int i = 0; i < 3; i++)
-        ps_table_init_row(&f.params[0], keys[i], init + 4 * i);
+        cm_table_spec_init_row(&f.params[0], keys[i], init + 4 * i);
     cr_assert_eq(memcmp(out, init, sizeof out), 0);
 
     float g[12];
@@ -598,7 +598,7 @@ Test(server, large_pull_grows_buffer, .timeout = 60)
     s_pull(&f, 0, keys, n, 0, out, NULL);
     s_pull(&f, 0, keys, 100, 0, out, NULL);
     for (size_t i = 0; i < 100; i++) {
-        ps_table_init_row(&f.params[0], keys[i], want);
+        cm_table_spec_init_row(&f.params[0], keys[i], want);
         cr_assert_eq(memcmp(out + 4 * i, want, sizeof want), 0);
     }
     s_stop(&f);
@@ -776,7 +776,7 @@ Test(server, push_naming_a_kept_pull, .timeout = 30)
 Test(server, tables_with_admission_keep_nothing, .timeout = 30)
 {
     s_fix f;
-    ps_table_params p = s_params(4, CM_OPT_SGD, 0.5f);
+    cm_table_spec p = s_params(4, CM_OPT_SGD, 0.5f);
     p.min_count = 3;
     s_start_tables(&f, "inproc://ps-keep-admit", &p, 1);
     const uint64_t keys[2] = {1, 2};

@@ -19,9 +19,9 @@
 
 #define TOL 1e-6f
 
-static ps_table_params s_params(int dim, int kind, uint64_t seed)
+static cm_table_spec s_params(int dim, int kind, uint64_t seed)
 {
-    ps_table_params p = {
+    cm_table_spec p = {
         .dim = dim,
         .zero_prefix = 0,
         .init_std = 0.1f,
@@ -31,7 +31,7 @@ static ps_table_params s_params(int dim, int kind, uint64_t seed)
     return p;
 }
 
-static ps_table *s_new(const ps_table_params *p)
+static ps_table *s_new(const cm_table_spec *p)
 {
     cm_error e = {0};
     ps_table *t = ps_table_new(p, &e);
@@ -43,7 +43,7 @@ static ps_table *s_new(const ps_table_params *p)
 
 Test(table, new_and_destroy)
 {
-    ps_table_params p = s_params(8, CM_OPT_SGD, 1);
+    cm_table_spec p = s_params(8, CM_OPT_SGD, 1);
     ps_table *t = s_new(&p);
     cr_assert_eq(ps_table_dim(t), 8);
     cr_assert_eq(ps_table_rows(t), 0);
@@ -58,10 +58,10 @@ Test(table, new_rejects_bad_params)
 {
     struct {
         const char *what;
-        ps_table_params p;
+        cm_table_spec p;
     } bad[8];
     int n = 0;
-    ps_table_params base = s_params(4, CM_OPT_ADAGRAD, 1);
+    cm_table_spec base = s_params(4, CM_OPT_ADAGRAD, 1);
     bad[n].what = "dim 0";
     bad[n].p = base;
     bad[n++].p.dim = 0;
@@ -99,10 +99,10 @@ Test(table, new_rejects_bad_params)
 
 Test(table, init_is_deterministic_in_seed_and_key)
 {
-    ps_table_params p = s_params(16, CM_OPT_SGD, 1234);
+    cm_table_spec p = s_params(16, CM_OPT_SGD, 1234);
     ps_table *a = s_new(&p);
     ps_table *b = s_new(&p);
-    ps_table_params q = p;
+    cm_table_spec q = p;
     q.seed = 1235;
     ps_table *c = s_new(&q);
 
@@ -123,9 +123,9 @@ Test(table, init_is_deterministic_in_seed_and_key)
     for (int i = 0; i < 3; i++)
         cr_assert_neq(memcmp(ra + i * 16, rc + i * 16, 16 * sizeof(float)), 0);
 
-    /* ps_table_init_row is exactly what a pull of a fresh row returns. */
+    /* cm_table_spec_init_row is exactly what a pull of a fresh row returns. */
     float want[16];
-    ps_table_init_row(&p, 77, want);
+    cm_table_spec_init_row(&p, 77, want);
     cr_assert_eq(memcmp(want, ra + 16, sizeof want), 0);
 
     /* Pulling again returns the same, made-once row. */
@@ -141,11 +141,11 @@ Test(table, init_is_deterministic_in_seed_and_key)
 
 Test(table, init_zero_prefix)
 {
-    ps_table_params p = s_params(10, CM_OPT_ADAGRAD, 9);
+    cm_table_spec p = s_params(10, CM_OPT_ADAGRAD, 9);
     p.zero_prefix = 2;
     float row[10];
     for (uint64_t key = 0; key < 50; key++) {
-        ps_table_init_row(&p, key, row);
+        cm_table_spec_init_row(&p, key, row);
         cr_assert_eq(row[0], 0.0f);
         cr_assert_eq(row[1], 0.0f);
         int nonzero = 0;
@@ -154,12 +154,12 @@ Test(table, init_zero_prefix)
         cr_assert_eq(nonzero, 8, "key %llu", (unsigned long long)key);
     }
     p.zero_prefix = 10;
-    ps_table_init_row(&p, 3, row);
+    cm_table_spec_init_row(&p, 3, row);
     for (int j = 0; j < 10; j++)
         cr_assert_eq(row[j], 0.0f);
     p.zero_prefix = 0;
     p.init_std = 0.0f;
-    ps_table_init_row(&p, 3, row);
+    cm_table_spec_init_row(&p, 3, row);
     for (int j = 0; j < 10; j++)
         cr_assert_eq(row[j], 0.0f);
 }
@@ -170,22 +170,22 @@ Test(table, init_is_a_scaled_normal_stream_of_seed_and_key)
      * init_std, written after the zero prefix: the optimizer and the other
      * parameters do not change it, the first values do not depend on dim,
      * and doubling init_std doubles every value exactly. */
-    ps_table_params p = s_params(33, CM_OPT_SGD, 5);
+    cm_table_spec p = s_params(33, CM_OPT_SGD, 5);
     p.zero_prefix = 1;
-    ps_table_params q = s_params(33, CM_OPT_ADAGRAD, 5);
+    cm_table_spec q = s_params(33, CM_OPT_ADAGRAD, 5);
     q.zero_prefix = 1;
     q.optim.lr = 0.7f;
     q.min_count = 3;
     q.max_rows = 10;
-    ps_table_params wide = s_params(64, CM_OPT_SGD, 5);
-    ps_table_params twice = p;
+    cm_table_spec wide = s_params(64, CM_OPT_SGD, 5);
+    cm_table_spec twice = p;
     twice.init_std = 0.2f;
     for (uint64_t key = 0; key < 200; key++) {
         float a[33], b[33], w[64], t[33];
-        ps_table_init_row(&p, key, a);
-        ps_table_init_row(&q, key, b);
-        ps_table_init_row(&wide, key, w);
-        ps_table_init_row(&twice, key, t);
+        cm_table_spec_init_row(&p, key, a);
+        cm_table_spec_init_row(&q, key, b);
+        cm_table_spec_init_row(&wide, key, w);
+        cm_table_spec_init_row(&twice, key, t);
         cr_assert_arr_eq(a, b, sizeof a, "key %" PRIu64, key);
         cr_assert_eq(a[0], 0.0f);
         cr_assert_arr_eq(a + 1, w, 32 * sizeof(float), "key %" PRIu64, key);
@@ -201,11 +201,11 @@ Test(table, init_weights_are_normal_at_every_position)
      * (0.1 / sqrt(n)), sd within 5 of its standard errors (about
      * 0.1 / sqrt(2n)); neighbouring keys' rows are uncorrelated (5 / sqrt(n)). */
     enum { KEYS = 20000, DIM = 33 };
-    ps_table_params p = s_params(DIM, CM_OPT_ADAGRAD, 77);
+    cm_table_spec p = s_params(DIM, CM_OPT_ADAGRAD, 77);
     p.zero_prefix = 1;
     static float rows[KEYS][DIM];
     for (uint64_t key = 0; key < KEYS; key++)
-        ps_table_init_row(&p, 1000 + key, rows[key]);
+        cm_table_spec_init_row(&p, 1000 + key, rows[key]);
     const double n = KEYS, sd = 0.1;
     for (int j = 1; j < DIM; j++) {
         double sum = 0, sum2 = 0, cross = 0;
@@ -226,13 +226,13 @@ Test(table, init_distribution)
 {
     /* 20000 keys x 8 weights ~ N(0, 0.05^2): mean within 5 standard errors
      * (0.05 / sqrt(n)), sd within 5 of its standard errors (0.05 / sqrt(2n)). */
-    ps_table_params p = s_params(8, CM_OPT_SGD, 42);
+    cm_table_spec p = s_params(8, CM_OPT_SGD, 42);
     p.init_std = 0.05f;
     double sum = 0, sum2 = 0;
     size_t n = 0;
     float row[8];
     for (uint64_t key = 0; key < 20000; key++) {
-        ps_table_init_row(&p, key * 0x9e3779b97f4a7c15ULL, row);
+        cm_table_spec_init_row(&p, key * 0x9e3779b97f4a7c15ULL, row);
         for (int j = 0; j < 8; j++) {
             sum += row[j];
             sum2 += (double)row[j] * row[j];
@@ -249,7 +249,7 @@ Test(table, init_distribution)
 
 Test(table, pull_create_vs_no_create)
 {
-    ps_table_params p = s_params(4, CM_OPT_ADAGRAD, 7);
+    cm_table_spec p = s_params(4, CM_OPT_ADAGRAD, 7);
     ps_table *t = s_new(&p);
     const uint64_t keys[3] = {10, 20, 30};
     float out[12];
@@ -269,7 +269,7 @@ Test(table, pull_create_vs_no_create)
     cr_assert_eq(missing, 0);
     cr_assert_eq(ps_table_rows(t), 1);
     float want[4];
-    ps_table_init_row(&p, 20, want);
+    cm_table_spec_init_row(&p, 20, want);
     cr_assert_eq(memcmp(out, want, sizeof want), 0);
 
     /* No-create again: one found (its values), two missing (zeros). */
@@ -304,7 +304,7 @@ Test(table, pull_create_vs_no_create)
 
 Test(table, push_sgd)
 {
-    ps_table_params p = s_params(3, CM_OPT_SGD, 1);
+    cm_table_spec p = s_params(3, CM_OPT_SGD, 1);
     p.optim.lr = 0.5f;
     ps_table *t = s_new(&p);
 
@@ -318,7 +318,7 @@ Test(table, push_sgd)
     cr_assert_eq(ps_table_rows(t), 2);
 
     float w9[3];
-    ps_table_init_row(&p, 9, w9);
+    cm_table_spec_init_row(&p, 9, w9);
     float out[6];
     cr_assert_eq(ps_table_pull(t, keys, 2, out, 0, NULL), 0);
     for (int j = 0; j < 3; j++) {
@@ -338,7 +338,7 @@ Test(table, push_sgd)
 Test(table, push_sgd_exact_values)
 {
     /* init_std 0: rows start at zero, so the values are fully by hand. */
-    ps_table_params p = s_params(2, CM_OPT_SGD, 1);
+    cm_table_spec p = s_params(2, CM_OPT_SGD, 1);
     p.init_std = 0.0f;
     p.optim.lr = 0.1f;
     ps_table *t = s_new(&p);
@@ -358,7 +358,7 @@ Test(table, push_adagrad)
     /* Weights start at (0, 0) (zero_prefix = dim); the accumulator at
      * 0.1. Same hand-computed trajectory as in test_optim, but w0 starts
      * at 0, so subtract 1 from the optim test's w0 values. */
-    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 5);
+    cm_table_spec p = s_params(2, CM_OPT_ADAGRAD, 5);
     p.zero_prefix = 2;
     ps_table *t = s_new(&p);
     const uint64_t keys[2] = {1, 2};
@@ -395,7 +395,7 @@ Test(table, many_keys_growth_alignment_accounting)
 {
     const int dim = 33;
     const size_t n = 100000;
-    ps_table_params p = s_params(dim, CM_OPT_ADAGRAD, 2024);
+    cm_table_spec p = s_params(dim, CM_OPT_ADAGRAD, 2024);
     ps_table *t = s_new(&p);
     uint64_t *keys = malloc(n * sizeof *keys);
     float *out = malloc(n * dim * sizeof *out);
@@ -422,7 +422,7 @@ Test(table, many_keys_growth_alignment_accounting)
 
     float want[33];
     for (size_t i = 0; i < n; i += 97) {
-        ps_table_init_row(&p, keys[i], want);
+        cm_table_spec_init_row(&p, keys[i], want);
         cr_assert_eq(memcmp(out + i * dim, want, sizeof want), 0, "row %zu", i);
     }
     for (size_t i = 0; i < n; i++) {
@@ -474,7 +474,7 @@ Test(table, rows_aligned_for_every_dim)
     /* Slot = round_up(dim * (1 + state), 16) floats for SGD and AdaGrad. */
     for (int kind = CM_OPT_SGD; kind <= CM_OPT_ADAGRAD; kind++) {
         for (int dim = 1; dim <= 40; dim++) {
-            ps_table_params p = s_params(dim, kind, 3);
+            cm_table_spec p = s_params(dim, kind, 3);
             ps_table *t = s_new(&p);
             for (uint64_t k = 0; k < 200; k++) {
                 float buf[40];
@@ -491,7 +491,7 @@ Test(table, rows_aligned_for_every_dim)
 Test(table, special_keys)
 {
     /* 0 and UINT64_MAX are keys like any other. */
-    ps_table_params p = s_params(2, CM_OPT_SGD, 11);
+    cm_table_spec p = s_params(2, CM_OPT_SGD, 11);
     ps_table *t = s_new(&p);
     const uint64_t keys[2] = {0, UINT64_MAX};
     const float g[4] = {1, 1, 1, 1};
@@ -510,7 +510,7 @@ Test(table, wide_rows_bounded_slack)
      * and the slack stays within one 16 MiB chunk. */
     const int dim = 4096;
     const size_t n = 3000;
-    ps_table_params p = s_params(dim, CM_OPT_SGD, 77);
+    cm_table_spec p = s_params(dim, CM_OPT_SGD, 77);
     ps_table *t = s_new(&p);
     float *buf = malloc(dim * sizeof *buf), *want = malloc(dim * sizeof *want);
     cr_assert(buf && want);
@@ -519,7 +519,7 @@ Test(table, wide_rows_bounded_slack)
         cr_assert_eq((uintptr_t)ps_table_find(t, k) % 64, 0);
     }
     for (uint64_t k = 0; k < n; k++) {
-        ps_table_init_row(&p, k, want);
+        cm_table_spec_init_row(&p, k, want);
         cr_assert_eq(memcmp(ps_table_find(t, k), want, dim * sizeof *want), 0,
                      "key %llu", (unsigned long long)k);
     }
@@ -547,7 +547,7 @@ Test(table, defaults_keep_counters_quiet)
     /* min_count 0 and 1 both admit at once; no eviction: evict is a no-op
      * and the table holds exactly what a default table holds. */
     for (uint32_t mc = 0; mc <= 1; mc++) {
-        ps_table_params p = s_params(5, CM_OPT_ADAGRAD, 3), q = p;
+        cm_table_spec p = s_params(5, CM_OPT_ADAGRAD, 3), q = p;
         q.min_count = mc;
         ps_table *a = s_new(&p), *b = s_new(&q);
         uint64_t keys[300];
@@ -581,7 +581,7 @@ Test(table, defaults_keep_counters_quiet)
 
 Test(table, admission_after_min_count_pushes)
 {
-    ps_table_params p = s_params(3, CM_OPT_SGD, 11);
+    cm_table_spec p = s_params(3, CM_OPT_SGD, 11);
     p.optim.lr = 0.5f;
     p.min_count = 3;
     ps_table *t = s_new(&p);
@@ -622,7 +622,7 @@ Test(table, admission_after_min_count_pushes)
      * gradient is applied. */
     cr_assert_eq(ps_table_push(t, &k, 1, g), 0);
     float init[3];
-    ps_table_init_row(&p, k, init);
+    cm_table_spec_init_row(&p, k, init);
     const float *row = ps_table_find(t, k);
     cr_assert_not_null(row);
     for (int j = 0; j < 3; j++)
@@ -646,7 +646,7 @@ Test(table, admission_after_min_count_pushes)
 Test(table, admission_counts_each_key_of_a_push)
 {
     /* min_count 2: in a push of several keys, each key counts for itself. */
-    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 12);
+    cm_table_spec p = s_params(2, CM_OPT_ADAGRAD, 12);
     p.min_count = 2;
     ps_table *t = s_new(&p);
     const uint64_t a[3] = {1, 2, 3}, b[2] = {2, 3}, c[1] = {1};
@@ -672,7 +672,7 @@ Test(table, admission_counts_each_key_of_a_push)
 
 Test(table, admission_full_rows_and_loads)
 {
-    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 13);
+    cm_table_spec p = s_params(2, CM_OPT_ADAGRAD, 13);
     p.min_count = 2;
     ps_table *t = s_new(&p);
     const int rf = ps_table_row_floats(t);
@@ -696,7 +696,7 @@ Test(table, admission_full_rows_and_loads)
     cr_assert_eq(s_stats(t).dropped, 1);
     cr_assert_eq(ps_table_push_delta(t, &k, 1, d), 0);
     float init[2];
-    ps_table_init_row(&p, k, init);
+    cm_table_spec_init_row(&p, k, init);
     const float *row = ps_table_find(t, k);
     cr_assert_not_null(row);
     cr_assert_eq(row[0], init[0] + 0.5f);
@@ -721,7 +721,7 @@ Test(table, admission_full_rows_and_loads)
 Test(table, admission_counters_are_bounded)
 {
     /* max_pending 4: the fifth new key clears the counters first. */
-    ps_table_params p = s_params(1, CM_OPT_SGD, 14);
+    cm_table_spec p = s_params(1, CM_OPT_SGD, 14);
     p.min_count = 3;
     p.max_pending = 4;
     ps_table *t = s_new(&p);
@@ -762,7 +762,7 @@ static void s_touch_keys(ps_table *t, const uint64_t *keys, size_t n)
 
 Test(table, evict_by_ttl)
 {
-    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 21);
+    cm_table_spec p = s_params(2, CM_OPT_ADAGRAD, 21);
     p.ttl = 2;
     ps_table *t = s_new(&p);
     const uint64_t a = 1, b = 2, c = 3, all[3] = {1, 2, 3};
@@ -798,7 +798,7 @@ Test(table, evict_by_ttl)
     /* An evicted key comes back as a fresh row with the standard init. */
     float w[2], init[2];
     cr_assert_eq(ps_table_pull(t, &c, 1, w, 1, NULL), 0);
-    ps_table_init_row(&p, c, init);
+    cm_table_spec_init_row(&p, c, init);
     cr_assert_eq(memcmp(w, init, sizeof w), 0);
     cr_assert_eq(ps_table_find(t, c)[2], 0.1f);   /* fresh AdaGrad state too */
     cr_assert_eq(s_stats(t).admitted, 4);
@@ -811,7 +811,7 @@ Test(table, evict_by_ttl)
 
 Test(table, evict_lru_beyond_max_rows)
 {
-    ps_table_params p = s_params(2, CM_OPT_SGD, 22);
+    cm_table_spec p = s_params(2, CM_OPT_SGD, 22);
     p.max_rows = 3;
     ps_table *t = s_new(&p);
     const float g[2] = {1.0f, 1.0f};
@@ -839,7 +839,7 @@ Test(table, evict_lru_beyond_max_rows)
 
     /* The survivors kept their values: 3 had two steps. */
     float init[2];
-    ps_table_init_row(&p, 3, init);
+    cm_table_spec_init_row(&p, 3, init);
     cr_assert_float_eq(ps_table_find(t, 3)[0], init[0] - 0.2f, TOL);
 
     ps_table_counters s = s_stats(t);
@@ -861,7 +861,7 @@ Test(table, evict_lru_beyond_max_rows)
     for (int i = 7; i < 10; i++) {
         const float *r = ps_table_find(t, many[i]);
         cr_assert_not_null(r);
-        ps_table_init_row(&p, many[i], init);
+        cm_table_spec_init_row(&p, many[i], init);
         cr_assert_float_eq(r[0], init[0] - 0.1f * (float)i, TOL);
     }
     ps_table_destroy(&t);
@@ -869,8 +869,8 @@ Test(table, evict_lru_beyond_max_rows)
 
 Test(table, evict_reuses_slots)
 {
-    ps_table_params p = s_params(4, CM_OPT_ADAM, 23);
-    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    cm_table_spec p = s_params(4, CM_OPT_ADAM, 23);
+    p.optim = cm_optim_default(CM_OPT_ADAM, 0.01f);
     p.ttl = 1;
     ps_table *t = s_new(&p);
     uint64_t keys[200];
@@ -907,7 +907,7 @@ Test(table, evict_reuses_slots)
         cr_assert(found, "row %d not in a reused slot", i);
         /* a reused slot is a fresh row: initial weights, Adam state 0 */
         float init[4];
-        ps_table_init_row(&p, keys[i] + 1, init);
+        cm_table_spec_init_row(&p, keys[i] + 1, init);
         cr_assert_eq(memcmp(r, init, sizeof init), 0);
         for (int j = 4; j < ps_table_row_floats(t); j++)
             cr_assert_eq(r[j], 0.0f);
@@ -917,8 +917,8 @@ Test(table, evict_reuses_slots)
 
 Test(table, iteration_after_eviction)
 {
-    ps_table_params p = s_params(3, CM_OPT_FTRL, 24);
-    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    cm_table_spec p = s_params(3, CM_OPT_FTRL, 24);
+    p.optim = cm_optim_default(CM_OPT_FTRL, 0.1f);
     p.ttl = 1;
     ps_table *t = s_new(&p);
     ps_table_set_epoch(t, 1);
@@ -956,7 +956,7 @@ Test(table, sampled_lru_keeps_the_hot_rows)
 {
     /* Well above the exact-scan size: 100 hot keys touched every round
      * with a stream of cold keys never seen again. */
-    ps_table_params p = s_params(2, CM_OPT_SGD, 25);
+    cm_table_spec p = s_params(2, CM_OPT_SGD, 25);
     p.max_rows = 1000;
     ps_table *t = s_new(&p);
     uint64_t hot[100];
@@ -979,7 +979,7 @@ Test(table, sampled_lru_keeps_the_hot_rows)
     cr_assert_eq(s.evicted, 100 + 200 * 50 - 1000);
     cr_assert_eq(s.admitted, s.rows + s.evicted);
     /* Slab: at most one chunk beyond what 1000 rows need. */
-    ps_table_params q = p;
+    cm_table_spec q = p;
     q.max_rows = 0;
     ps_table *u = s_new(&q);
     for (uint64_t k = 0; k < 1000; k++)
@@ -992,7 +992,7 @@ Test(table, sampled_lru_keeps_the_hot_rows)
 Test(table, admission_and_eviction_together)
 {
     /* An evicted key starts over: min_count pushes again. */
-    ps_table_params p = s_params(1, CM_OPT_SGD, 26);
+    cm_table_spec p = s_params(1, CM_OPT_SGD, 26);
     p.min_count = 2;
     p.ttl = 1;
     ps_table *t = s_new(&p);
@@ -1013,7 +1013,7 @@ Test(table, admission_and_eviction_together)
     cr_assert_eq(s.evicted, 1);
     cr_assert_eq(s.dropped, 2);
     /* The bookkeeping is counted in the bytes. */
-    ps_table_params q = s_params(1, CM_OPT_SGD, 26);
+    cm_table_spec q = s_params(1, CM_OPT_SGD, 26);
     ps_table *u = s_new(&q);
     cr_assert_eq(ps_table_push(u, &k, 1, g), 0);
     cr_assert_gt(ps_table_bytes(t), ps_table_bytes(u));
@@ -1027,8 +1027,8 @@ Test(table, admission_and_eviction_together)
 Test(table, adam_and_ftrl_rows)
 {
     /* Adam: each row counts its own steps (lazy). */
-    ps_table_params p = s_params(2, CM_OPT_ADAM, 31);
-    p.optim = ps_optim_default(CM_OPT_ADAM, 0.01f);
+    cm_table_spec p = s_params(2, CM_OPT_ADAM, 31);
+    p.optim = cm_optim_default(CM_OPT_ADAM, 0.01f);
     ps_table *t = s_new(&p);
     cr_assert_eq(ps_table_row_floats(t), 7);
     const uint64_t a = 1, b = 2;
@@ -1039,7 +1039,7 @@ Test(table, adam_and_ftrl_rows)
     cr_assert_eq(ps_table_find(t, a)[6], 3.0f);
     cr_assert_eq(ps_table_find(t, b)[6], 1.0f);
     float init[2];
-    ps_table_init_row(&p, b, init);
+    cm_table_spec_init_row(&p, b, init);
     cr_assert_float_eq(ps_table_find(t, b)[0], init[0] - 0.01f, 1e-7);
     cr_assert_float_eq(ps_table_find(t, b)[1], init[1] + 0.01f, 1e-7);
     ps_table_destroy(&t);
@@ -1047,14 +1047,14 @@ Test(table, adam_and_ftrl_rows)
     /* FTRL: a fresh row reads its standard initial weights, and a zero
      * gradient leaves them exactly. */
     p = s_params(3, CM_OPT_FTRL, 32);
-    p.optim = ps_optim_default(CM_OPT_FTRL, 0.1f);
+    p.optim = cm_optim_default(CM_OPT_FTRL, 0.1f);
     p.optim.l1 = 0.01f;
     t = s_new(&p);
     cr_assert_eq(ps_table_row_floats(t), 9);
     float w[3], want[3];
     const uint64_t k = 42;
     cr_assert_eq(ps_table_pull(t, &k, 1, w, 1, NULL), 0);
-    ps_table_init_row(&p, k, want);
+    cm_table_spec_init_row(&p, k, want);
     cr_assert_eq(memcmp(w, want, sizeof w), 0);
     const float zero[3] = {0};
     cr_assert_eq(ps_table_push(t, &k, 1, zero), 0);
@@ -1076,7 +1076,7 @@ Test(table, adam_and_ftrl_rows)
 
 Test(table, push_rows_sets_whole_rows)
 {
-    ps_table_params p = s_params(2, CM_OPT_ADAGRAD, 13);
+    cm_table_spec p = s_params(2, CM_OPT_ADAGRAD, 13);
     ps_table *t = s_new(&p);
     cr_assert_eq(ps_table_row_floats(t), 4);
     /* a new row is the row sent, not the initialisation plus anything */
@@ -1104,7 +1104,7 @@ Test(table, push_rows_sets_whole_rows)
  * and placing again makes nothing. */
 Test(table, shared_rows_through_the_file)
 {
-    ps_table_params p = s_params(5, CM_OPT_ADAGRAD, 21);
+    cm_table_spec p = s_params(5, CM_OPT_ADAGRAD, 21);
     p.shared = 1;
     ps_table *t = s_new(&p);
     enum { N = 3000 }; /* past several chunks: 64, 128, 256, ... rows */
@@ -1133,7 +1133,7 @@ Test(table, shared_rows_through_the_file)
     cr_assert_neq(base, MAP_FAILED);
     uint64_t head[2];
     memcpy(head, base, sizeof head);
-    cr_expect_eq(head[0], PS_SHARE_MAGIC);
+    cr_expect_eq(head[0], CM_SHARE_MAGIC);
     cr_expect_eq(head[1], sh.token);
     const size_t rf = (size_t)ps_table_row_floats(t);
     char *seen = calloc(N, 1);
@@ -1176,7 +1176,7 @@ Test(table, shared_rows_through_the_file)
  * asked (a slot's row may change key under a reader). */
 Test(table, private_rows_cannot_be_placed)
 {
-    ps_table_params p = s_params(4, CM_OPT_SGD, 3);
+    cm_table_spec p = s_params(4, CM_OPT_SGD, 3);
     ps_table *t = s_new(&p);
     ps_table_share_info sh;
     uint64_t key = 7, idx;

@@ -240,6 +240,11 @@ out:
     return rc;
 }
 
+size_t wk_blocks_msg_rows(void)
+{
+    return S_ROWS_PER_MSG;
+}
+
 size_t wk_blocks_stride(int row_floats)
 {
     return ((size_t)row_floats + 15) / 16 * 16;
@@ -257,7 +262,7 @@ static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
 }
 
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
-                         const int *row_floats, const ps_table_params *user_init,
+                         const int *row_floats, const cm_table_spec *user_init,
                          const wk_block_map *map, const wk_key_index *given,
                          cm_error *err)
 {
@@ -419,12 +424,10 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
     if (!b->urows || !b->irows || !b->pf || !b->pf_reqs)
         goto oom;
     if (user_init) {
-        /* exactly the row a server makes on first touch (ps/table.c) */
-        for (size_t j = 0; j < b->n_users; j++) {
-            float *row = b->urows + j * b->us;
-            ps_table_init_row(user_init, b->users[j], row);
-            ps_optim_init_state(&user_init->optim, row, user_init->dim);
-        }
+        /* exactly the row a server makes on first touch: both call the
+         * spec's fresh_row */
+        for (size_t j = 0; j < b->n_users; j++)
+            cm_table_spec_fresh_row(user_init, b->users[j], b->urows + j * b->us);
         b->have_users = 1;
         b->users_dirty = 1; /* the servers have not made these rows yet */
     }
@@ -658,7 +661,7 @@ static int s_block_rows(wk_blocks *b, wk_kv *kv, uint32_t k, cm_error *err)
 }
 
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    const wk_model_ctx *ctx, const cm_optim *opt, const wk_block_pass *pass,
                     double *sq, size_t *n, cm_error *err)
 {
     int rc;

@@ -20,8 +20,8 @@
 
 #include "common/dataset.h"
 #include "common/err.h"
-#include "ps/optim.h"
-#include "ps/table.h"
+#include "common/optim.h"
+#include "common/table_spec.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
 
@@ -66,7 +66,7 @@ typedef struct {
  * wk_block_of. items (may be NULL): the item column's numbering when the
  * caller has it already (borrowed); else it is made here. */
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
-                         const int *row_floats, const ps_table_params *user_init,
+                         const int *row_floats, const cm_table_spec *user_init,
                          const wk_block_map *map, const wk_key_index *items,
                          cm_error *err);
 void wk_blocks_destroy(wk_blocks **pb);
@@ -83,6 +83,10 @@ int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t
 /* Floats between held rows of row_floats floats: whole 64-byte lines, so
  * that every row starts on a line of the 64-byte aligned row arrays. */
 size_t wk_blocks_stride(int row_floats);
+
+/* Rows one pull or push of whole rows carries at most (messages stay
+ * bounded); for memory plans. */
+size_t wk_blocks_msg_rows(void);
 
 /* Called now and then during training with examples done in the block. */
 typedef int (*wk_progress_fn)(void *arg, size_t done);
@@ -119,7 +123,7 @@ typedef struct {
  * flight when it returns. Adds the squared errors and the count of ratings
  * to *sq and *n. */
 int wk_blocks_train(wk_blocks *b, wk_kv *kv, const wk_model_ops *model,
-                    const wk_model_ctx *ctx, const ps_optim *opt, const wk_block_pass *pass,
+                    const wk_model_ctx *ctx, const cm_optim *opt, const wk_block_pass *pass,
                     double *sq, size_t *n, cm_error *err);
 
 /* Sends every held user row, whole (the servers replace their copy; only

@@ -8,11 +8,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "ps/table.h"
-
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/slots.h"
+#include "common/table_spec.h"
 
 /* One request in flight: which caller request it serves and where its
  * rows go. Pull requests of one wk_kv_pull call get consecutive ids. */
@@ -680,9 +679,9 @@ static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st,
     close(fd);
     if (base == MAP_FAILED)
         return cm_error_set(err, CM_ENOTSUP, "kv: cannot map %zu bytes of %s", bytes, path);
-    uint64_t head[2];
-    memcpy(head, base, sizeof head);
-    if (head[0] != PS_SHARE_MAGIC || (double)head[1] != st[2]) {
+    cm_share_head head;
+    memcpy(&head, base, sizeof head);
+    if (head.magic != CM_SHARE_MAGIC || (double)head.token != st[2]) {
         munmap(base, bytes);
         return cm_error_set(err, CM_ENOTSUP,
                             "kv: %s is not server %u's table %u (another host?)", path, srv,

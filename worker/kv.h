@@ -94,7 +94,7 @@ int wk_kv_push_rows_owned(wk_kv *kv, uint32_t table, const uint64_t *keys, size_
 
 /* Shared rows. Where every server holding keys[0..n) of `table` runs on
  * this host (its endpoint is ipc:// or inproc://) and keeps the table in a
- * memory file (ps_table_params.shared), asks each for the places of its
+ * memory file (cm_table_spec.shared), asks each for the places of its
  * keys, maps the files and sets rows[i] to key i's whole row (weights then
  * optimizer state, row_floats floats) inside the server's own memory.
  * create: rows are made when missing; else a missing key's rows[i] is

@@ -104,9 +104,128 @@ wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test)
     return (wk_sparse_view){d->n, d->label, d->at, d->key, d->val, d->field};
 }
 
+/* 1 when the job names ratings columns (user_column ... timestamp_column). */
+static int s_names_ratings_columns(const cm_job *job)
+{
+    return job->user_column[0] || job->item_column[0] || job->rating_column[0] ||
+           job->timestamp_column[0];
+}
+
+/* 1 when the job names csv feature columns (label, numeric, categorical). */
+static int s_names_csv_columns(const cm_job *job)
+{
+    return job->label_column[0] || job->numeric_columns[0] || job->categorical_columns[0];
+}
+
+/* 1 when [p, p + n) contains one of the words (ASCII, any case). */
+static int s_has_word(const char *p, size_t n, const char *const *words)
+{
+    for (; *words; words++) {
+        size_t w = strlen(*words);
+        for (size_t i = 0; i + w <= n; i++)
+            if (strncasecmp(p + i, *words, w) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/* 1 when [p, p + n) is a whole decimal number. */
+static int s_is_number(const char *p, size_t n)
+{
+    char buf[64];
+    if (n == 0 || n >= sizeof buf)
+        return 0;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    char *end;
+    double v = strtod(buf, &end);
+    return end != buf && *end == '\0' && isfinite(v);
+}
+
+/* Splits a csv line at sep into up to max fields (trimmed of blanks and a
+ * line end); returns the full count. */
+static int s_csv_fields(const char *line, char sep, const char **f, size_t *len, int max)
+{
+    int n = 0;
+    const char *p = line;
+    for (;;) {
+        const char *e = p;
+        while (*e && *e != sep && *e != '\n' && *e != '\r')
+            e++;
+        const char *s = p, *t = e;
+        while (s < t && (*s == ' ' || *s == '\t'))
+            s++;
+        while (t > s && (t[-1] == ' ' || t[-1] == '\t'))
+            t--;
+        if (n < max) {
+            f[n] = s;
+            len[n] = (size_t)(t - s);
+        }
+        n++;
+        if (*e != sep)
+            return n;
+        p = e + 1;
+    }
+}
+
+wk_csv_shape wk_csv_shape_of(const char *path, char *header, size_t header_size)
+{
+    static const char *const users[] = {"user", "uid", NULL};
+    static const char *const items[] = {"item", "movie", "product", "iid", NULL};
+    static const char *const ratings[] = {"rating", "score", "stars", NULL};
+    if (header && header_size)
+        header[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return WK_CSV_UNKNOWN; /* the loader names the error */
+    char *line = NULL;
+    size_t cap = 0;
+    const char *fl[4];
+    size_t fn[4];
+    int lines = 0, shape = WK_CSV_UNKNOWN, header_fields = 0;
+    while (lines < 2 && getline(&line, &cap, f) > 0) {
+        const char *p = line;
+        if (lines == 0 && (unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB &&
+            (unsigned char)p[2] == 0xBF)
+            p += 3; /* a UTF-8 byte order mark */
+        p += strspn(p, " \t");
+        if (*p == '\0' || *p == '\n' || *p == '\r' || *p == '#')
+            continue;
+        const char sep = strchr(p, '\t') ? '\t' : ',';
+        int n = s_csv_fields(p, sep, fl, fn, 4);
+        int numeric = n >= 3 && s_is_number(fl[2], fn[2]);
+        if (lines++ == 0) {
+            if (header && header_size)
+                snprintf(header, header_size, "%.*s", (int)strcspn(p, "\r\n"), p);
+            header_fields = n;
+            if (n < 3 || n > 4) {
+                shape = WK_CSV_COLUMNS;
+                break;
+            }
+            if (numeric) { /* no header: user, item, rating rows as they are */
+                shape = WK_CSV_RATINGS;
+                break;
+            }
+            shape = s_has_word(fl[0], fn[0], users) && s_has_word(fl[1], fn[1], items) &&
+                            s_has_word(fl[2], fn[2], ratings)
+                        ? WK_CSV_RATINGS
+                        : WK_CSV_AMBIGUOUS;
+        } else if (n != header_fields || !numeric) {
+            /* rows that do not read as ratings under the header */
+            shape = WK_CSV_COLUMNS;
+        }
+    }
+    free(line);
+    fclose(f);
+    return (wk_csv_shape)shape;
+}
+
 /* The input format of path: the job's; else by extension; else ratings
  * for a .psrd file or a text file whose first data line has no ':'; else
- * libffm when that line's first feature is field:idx:val; else libsvm. */
+ * libffm when that line's first feature is field:idx:val; else libsvm. A
+ * .csv file is csv when the job names csv columns, ratings when it names
+ * ratings columns or its shape is ratings (wk_csv_shape_of), else csv
+ * (wk_sparse_check_input then says how to read it). */
 int wk_sparse_format(const cm_job *job, const char *path)
 {
     if (job->format != CM_FMT_AUTO)
@@ -114,8 +233,13 @@ int wk_sparse_format(const cm_job *job, const char *path)
     const char *dot = strrchr(path, '.');
     if (dot && (!strcasecmp(dot, ".ffm") || !strcasecmp(dot, ".libffm")))
         return CM_FMT_LIBFFM;
-    if (dot && !strcasecmp(dot, ".csv"))
+    if (dot && !strcasecmp(dot, ".csv")) {
+        if (s_names_csv_columns(job))
+            return CM_FMT_CSV;
+        if (s_names_ratings_columns(job) || wk_csv_shape_of(path, NULL, 0) == WK_CSV_RATINGS)
+            return CM_FMT_RATINGS;
         return CM_FMT_CSV;
+    }
     if (cm_dataset_is_binary(path) == 1)
         return CM_FMT_RATINGS;
     FILE *f = fopen(path, "r");
@@ -139,6 +263,54 @@ int wk_sparse_format(const cm_job *job, const char *path)
     if (f)
         fclose(f);
     return fmt;
+}
+
+/* A csv file read with no label column would train on labels that are all
+ * 0: say why and how to read the file instead. */
+static int s_csv_needs_label(const char *path, cm_error *err)
+{
+    char header[200];
+    wk_csv_shape shape = wk_csv_shape_of(path, header, sizeof header);
+    if (shape == WK_CSV_AMBIGUOUS || shape == WK_CSV_RATINGS)
+        return cm_error_set(err, CM_ECONFIG,
+                            "%s: no label_column, and the header '%s' could be ratings or "
+                            "named columns: set --format ratings (user item rating "
+                            "[timestamp], or name them with --user_column, --item_column, "
+                            "--rating_column), or --format csv --label_column NAME",
+                            path, header);
+    return cm_error_set(err, CM_ECONFIG,
+                        "%s: csv with no label_column: every label would be 0. Set "
+                        "--label_column NAME (with --numeric_columns and/or "
+                        "--categorical_columns), or for ratings --format ratings with "
+                        "--user_column, --item_column, --rating_column (header '%s')",
+                        path, header);
+}
+
+int wk_sparse_check_input(const cm_job *job, cm_error *err)
+{
+    if (!cm_job_is_sparse(job))
+        return 0;
+    const char *paths[2] = {job->train, job->test};
+    for (int i = 0; i < 2; i++) {
+        if (!paths[i][0])
+            continue;
+        int fmt = wk_sparse_format(job, paths[i]);
+        if (fmt == CM_FMT_CSV && !job->label_column[0])
+            return s_csv_needs_label(paths[i], err);
+        if (i == 0 && fmt == CM_FMT_RATINGS)
+            break; /* the test file is read as ratings too (wk_sparse_new) */
+    }
+    return 0;
+}
+
+void wk_ratings_columns(const cm_job *job, cm_load_opts *o)
+{
+    o->user_column = job->user_column;
+    o->item_column = job->item_column;
+    /* label_column is the rating column's other name wherever ratings are
+     * read (a csv job's label_column makes the file csv instead) */
+    o->rating_column = job->rating_column[0] ? job->rating_column : job->label_column;
+    o->timestamp_column = job->timestamp_column;
 }
 
 /* Ratings as FM examples: the user and the item as one-hot features, each
@@ -250,6 +422,8 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
     case CM_FMT_LIBFFM:
         return cm_examples_load_libffm(path, &fo, out, err);
     case CM_FMT_CSV: {
+        if (!job->label_column[0])
+            return s_csv_needs_label(path, err);
         char num[CM_PATH_MAX], cat[CM_PATH_MAX];
         const char *nn[256], *cn[256];
         snprintf(num, sizeof num, "%s", job->numeric_columns);
@@ -414,6 +588,7 @@ static int s_load_ratings(wk_sparse *s, const cm_job *job, uint32_t index,
     cm_load_opts lo = cm_load_opts_default();
     lo.max_bad_lines = job->max_bad_lines;
     lo.log_bad_lines = log_lines;
+    wk_ratings_columns(job, &lo);
     cm_feat_opts fo = cm_feat_opts_default();
     fo.max_bad_lines = job->max_bad_lines;
     fo.log_bad_lines = log_lines;
@@ -699,7 +874,7 @@ static int s_dense_setup(wk_sparse *s, const wk_model_ops *m, cm_error *err)
         m->n_tables < 2)
         return cm_error_set(err, CM_EINVAL, "worker: model %s has an incomplete dense part",
                             m->name);
-    ps_table_params tp;
+    cm_table_spec tp;
     m->table_params(s->job, 1, &tp);
     const size_t max_batch = s->batch > S_EVAL_BATCH ? s->batch : S_EVAL_BATCH;
     void *scratch = m->scratch_new(s->job, (int)max_batch, err);

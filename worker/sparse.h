@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/dataset.h"
 #include "common/err.h"
 #include "common/features.h"
 #include "worker/kv.h"
@@ -29,8 +30,38 @@ typedef struct wk_sparse wk_sparse;
 /* The input format (cm_format) of path for a sparse model: the job's;
  * else by extension (.ffm, .libffm, .csv); else ratings for a .psrd file or
  * a text file whose first data line has no ':'; else libffm when that
- * line's first feature has two colons (field:idx:val); else libsvm/libFM. */
+ * line's first feature has two colons (field:idx:val); else libsvm/libFM.
+ * A .csv file reads as csv when the job names a label, numeric or
+ * categorical column; as ratings when it names a ratings column or its
+ * shape is WK_CSV_RATINGS; else as csv, which wk_sparse_check_input
+ * refuses without a label column. */
 int wk_sparse_format(const cm_job *job, const char *path);
+
+/* What a csv file looks like from its first two data lines. */
+typedef enum {
+    WK_CSV_UNKNOWN = 0,   /* unreadable or empty */
+    WK_CSV_RATINGS = 1,   /* 3 or 4 columns, rows user,item,rating[,ts] with a
+                             numeric rating, and either no header or one
+                             whose names say so (user.., item/movie/product..,
+                             rating/score/stars..: any case, within the name) */
+    WK_CSV_AMBIGUOUS = 2, /* ratings-shaped rows under a header that does not
+                             say user, item, rating */
+    WK_CSV_COLUMNS = 3    /* anything else: named feature columns */
+} wk_csv_shape;
+
+/* The shape of the csv file at path; header (may be NULL) receives its
+ * first data line, cut to header_size. */
+wk_csv_shape wk_csv_shape_of(const char *path, char *header, size_t header_size);
+
+/* For fm, ffm and deep: 0 when the train and test files read as meant;
+ * CM_ECONFIG naming the file and the options to use when one would read as
+ * csv without a label column (every label 0). Other models: 0. */
+int wk_sparse_check_input(const cm_job *job, cm_error *err);
+
+/* Sets o's column names from the job (user_column, item_column,
+ * rating_column, or label_column for the rating, timestamp_column); the
+ * strings stay the job's. */
+void wk_ratings_columns(const cm_job *job, cm_load_opts *o);
 
 /* The field count of the job's data for a model that needs fields (ffm,
  * deep): job->fields when set, else 2 for ratings (4 with side features),

@@ -22,7 +22,6 @@
 #include "worker/sparse.h"
 #include "worker/reglearn.h"
 #include "worker/implicit.h"
-#include "scheduler/scheduler.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -40,8 +39,8 @@ typedef struct {
     wk_model_ctx ctx;
     int dims[WK_MAX_TABLES];
     int row_floats[WK_MAX_TABLES];  /* weights + optimizer state */
-    ps_optim optim;                 /* the tables' optimizer (blocks schedule) */
-    ps_table_params user_table;     /* table 0's parameters (blocks: local init) */
+    cm_optim optim;                 /* the tables' optimizer (blocks schedule) */
+    cm_table_spec user_table;       /* table 0's parameters (blocks: local init) */
     wk_blocks *blocks;              /* blocks schedule: this shard by item block */
     uint32_t *iloc;                 /* blocks, until indexed: each rating's item as a */
     uint64_t *iuniq;                /* place in iuniq, the shard's n_iuniq sorted */
@@ -226,6 +225,7 @@ static int s_load_shard(const wk_params *p, const char *path, cm_ratings *out,
     opts.max_bad_lines = p->job->max_bad_lines;
     /* every worker reads the same file: only the first reports bad lines */
     opts.log_bad_lines = p->index == 0 ? opts.log_bad_lines : 0;
+    wk_ratings_columns(p->job, &opts);
     wk_ingest in = {.boot = p->boot, .first_rank = 1 + (int)p->n_servers,
                     .index = p->index, .n_workers = p->n_workers,
                     .force_scan = p->job->ingest == CM_INGEST_SCAN};
@@ -1309,10 +1309,10 @@ int wk_run(const wk_params *p, cm_error *err)
     if (!w.model)
         return cm_error_set(err, CM_ECONFIG, "worker: unknown model '%s'", p->job->model);
     for (size_t t = 0; t < w.model->n_tables; t++) {
-        ps_table_params tp;
+        cm_table_spec tp;
         w.model->table_params(p->job, t, &tp);
         w.dims[t] = tp.dim;
-        w.row_floats[t] = tp.dim + ps_optim_state_floats(tp.optim.kind, tp.dim);
+        w.row_floats[t] = tp.dim + cm_optim_state_floats(tp.optim.kind, tp.dim);
         w.optim = tp.optim;
         if (t == 0)
             w.user_table = tp;

@@ -16,7 +16,6 @@
 #include <string.h>
 
 #include "common/features.h"
-#include "common/rng.h"
 #include "worker/models/deep.h"
 #include "worker/models/model.h"
 
@@ -104,59 +103,30 @@ size_t wk_mlp_n_rows(const wk_mlp_params *p, int row_floats)
     return (wk_mlp_n_weights(p) + (size_t)row_floats - 1) / (size_t)row_floats;
 }
 
-void wk_mlp_init_weights(const wk_mlp_params *p, uint64_t seed, float *w)
+void wk_mlp_init_spec(const wk_mlp_params *p, cm_dense_init *out)
 {
-    cm_rng r;
-    cm_rng_seed(&r, seed);
-    memset(w, 0, wk_mlp_n_weights(p) * sizeof *w);
+    memset(out, 0, sizeof *out);
     for (int l = 0; l <= p->n_hidden; l++) {
         const wk_mlp_layer_info li = wk_mlp_layer(p, l);
         const double std = l < p->n_hidden ? sqrt(2.0 / li.in) : sqrt(2.0 / (li.in + li.out));
-        for (size_t i = 0; i < (size_t)li.out * li.in; i++)
-            w[li.w_off + i] = (float)(std * cm_rng_normal(&r));
+        out->seg[out->n++] = (cm_dense_seg){li.w_off, (uint64_t)li.out * li.in, std};
     }
 }
 
-/* Advances r past m normal deviates of cm_rng_normal: Box-Muller takes
- * two uniforms per pair of deviates and hands out the second of a pair
- * from the spare (tests/test_deep.c pins this against the real draws). */
-static void s_skip_normals(cm_rng *r, size_t m)
+void wk_mlp_init_weights(const wk_mlp_params *p, uint64_t seed, float *w)
 {
-    if (r->has_spare && m > 0) {
-        r->has_spare = 0;
-        m--;
-    }
-    for (size_t i = 0; i < m / 2 * 2; i++)
-        (void)cm_rng_next(r);
-    if (m % 2)
-        (void)cm_rng_normal(r);
+    cm_dense_init d;
+    wk_mlp_init_spec(p, &d);
+    cm_dense_init_fill(&d, seed, 0, wk_mlp_n_weights(p), w);
 }
 
 void wk_mlp_init_row(const wk_mlp_params *p, uint64_t seed, int row_floats, size_t r,
                      float *out)
 {
     assert(row_floats > 0);
-    const size_t lo = r * (size_t)row_floats, hi = lo + (size_t)row_floats;
-    memset(out, 0, (size_t)row_floats * sizeof *out);
-    size_t before = 0;
-    for (int l = 0; l <= p->n_hidden; l++) {
-        const wk_mlp_layer_info li = wk_mlp_layer(p, l);
-        const size_t n = (size_t)li.out * li.in;
-        if (li.w_off + n <= lo)
-            before += n;
-        else if (li.w_off < lo)
-            before += lo - li.w_off;
-    }
-    cm_rng g;
-    cm_rng_seed(&g, seed);
-    s_skip_normals(&g, before);
-    for (int l = 0; l <= p->n_hidden; l++) {
-        const wk_mlp_layer_info li = wk_mlp_layer(p, l);
-        const double std = l < p->n_hidden ? sqrt(2.0 / li.in) : sqrt(2.0 / (li.in + li.out));
-        const size_t end = li.w_off + (size_t)li.out * li.in;
-        for (size_t i = li.w_off > lo ? li.w_off : lo; i < end && i < hi; i++)
-            out[i - lo] = (float)(std * cm_rng_normal(&g));
-    }
+    cm_dense_init d;
+    wk_mlp_init_spec(p, &d);
+    cm_dense_init_fill(&d, seed, r * (uint64_t)row_floats, (size_t)row_floats, out);
 }
 
 int wk_mlp_row_floats(const wk_mlp_params *p)
@@ -168,6 +138,41 @@ int wk_mlp_row_floats(const wk_mlp_params *p)
 /* ---------------------------------------------------------------------------
  * Object
  * ------------------------------------------------------------------------- */
+
+/* The activation block of a net of p for batches of nb: every buffer's
+ * offset (hidden activations, two error buffers of the widest layer, y,
+ * s) in off[] when not NULL, and the total floats. */
+static size_t s_block_layout(const wk_mlp_params *p, size_t nb, size_t *off)
+{
+    int widest = p->n_fields * p->k;
+    for (int l = 0; l < p->n_hidden; l++)
+        if (p->hidden[l] > widest)
+            widest = p->hidden[l];
+    size_t total = 0;
+    int nbuf = 0;
+    for (int l = 0; l < p->n_hidden; l++) {
+        if (off)
+            off[nbuf++] = total;
+        total += s_round(nb * p->hidden[l]);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (off)
+            off[nbuf++] = total;
+        total += s_round(nb * widest);
+    }
+    if (off)
+        off[nbuf++] = total;
+    total += s_round(nb);
+    if (off)
+        off[nbuf++] = total;
+    total += s_round((size_t)p->k);
+    return total;
+}
+
+size_t wk_mlp_bytes(const wk_mlp_params *p, int max_batch)
+{
+    return sizeof(wk_mlp) + s_block_layout(p, (size_t)max_batch, NULL) * sizeof(float);
+}
 
 wk_mlp *wk_mlp_new(const wk_mlp_params *p, int max_batch, cm_error *err)
 {
@@ -186,29 +191,12 @@ wk_mlp *wk_mlp_new(const wk_mlp_params *p, int max_batch, cm_error *err)
     m->p = *p;
     m->max_batch = max_batch;
     m->n_layers = wk_mlp_n_layers(p);
-    int widest = p->n_fields * p->k;
-    for (int l = 0; l < m->n_layers; l++) {
+    for (int l = 0; l < m->n_layers; l++)
         m->layer[l] = wk_mlp_layer(p, l);
-        if (m->layer[l].out > widest)
-            widest = m->layer[l].out;
-    }
 
     /* One block; every buffer starts on a 64-byte boundary. */
-    const size_t nb = (size_t)max_batch;
-    size_t off[WK_MLP_MAX_HIDDEN + 4], total = 0;
-    int nbuf = 0;
-    for (int l = 0; l < p->n_hidden; l++) {
-        off[nbuf++] = total;
-        total += s_round(nb * p->hidden[l]);
-    }
-    for (int i = 0; i < 2; i++) {
-        off[nbuf++] = total;
-        total += s_round(nb * widest);
-    }
-    off[nbuf++] = total;
-    total += s_round(nb);
-    off[nbuf++] = total;
-    total += s_round((size_t)p->k);
+    size_t off[WK_MLP_MAX_HIDDEN + 4];
+    const size_t total = s_block_layout(p, (size_t)max_batch, off);
 
     m->block = aligned_alloc(S_ALIGN_BYTES, total * sizeof(float));
     if (!m->block) {

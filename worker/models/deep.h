@@ -40,8 +40,10 @@
 
 #include "common/config.h"
 #include "common/err.h"
+#include "common/table_spec.h"
 
 #define WK_MLP_MAX_HIDDEN 4
+_Static_assert(WK_MLP_MAX_HIDDEN + 1 <= CM_DENSE_MAX_SEGS, "a dense init segment per layer");
 /* Every weight block starts at a multiple of this many floats (64 bytes). */
 #define WK_MLP_ALIGN 16
 
@@ -84,6 +86,10 @@ size_t wk_mlp_n_weights(const wk_mlp_params *p);
  * [r*row_floats, (r+1)*row_floats); the tail of the last row is unused
  * (kept 0, gradient 0). */
 size_t wk_mlp_n_rows(const wk_mlp_params *p, int row_floats);
+
+/* The declarative form of the initialisation below, for a dense table's
+ * spec (common/table_spec.h): one segment per weight matrix. */
+void wk_mlp_init_spec(const wk_mlp_params *p, cm_dense_init *out);
 
 /* Deterministic initialisation of the flat array w (n_weights floats):
  * hidden layers He normal (std sqrt(2/in)), the output layer Glorot normal
@@ -152,5 +158,14 @@ int wk_deep_params(const cm_job *job, wk_mlp_params *p, cm_error *err);
 /* The seed the dense table's initial weights come from (the job's seed
  * mixed with the table's name). */
 uint64_t wk_deep_seed(const cm_job *job);
+
+/* Bytes a net of p holds for batches of max_batch (wk_mlp_new: the object
+ * and its activation block). For memory plans. */
+size_t wk_mlp_bytes(const wk_mlp_params *p, int max_batch);
+
+/* Bytes the deep model's per-worker scratch (scratch_new) holds for a net
+ * of p and batches of max_batch: the net's, the pooled embeddings, first-
+ * order terms, their gradients and the targets. For memory plans. */
+size_t wk_deep_scratch_bytes(const wk_mlp_params *p, int max_batch);
 
 #endif

@@ -3,10 +3,10 @@
  * Two tables (docs/deep.md, "On the servers"):
  *   0 "feature"  a row per feature, [w, v_1 .. v_k] as in fm.c;
  *   1 "dense"    the MLP's flat weight array (deep.h layout) in rows of R
- *                floats keyed 0..n_rows-1, created by the servers from
- *                wk_mlp_init_row (the table's init hook), so the net starts
- *                from wk_mlp_init_weights(params, wk_deep_seed(job)) on any
- *                number of servers.
+ *                floats keyed 0..n_rows-1, created by the servers from the
+ *                table spec's declarative dense init (wk_mlp_init_spec), so
+ *                the net starts from wk_mlp_init_weights(params,
+ *                wk_deep_seed(job)) on any number of servers.
  * Per example the embedding of field f is the value-weighted sum of its
  * features' v (e_f = sum_{i in f} x_i v_i) and its first-order weight
  * lin_f = sum_{i in f} x_i w_i; wk_mlp does the rest on the whole batch.
@@ -100,15 +100,7 @@ static wk_mlp_params s_params(const cm_job *job)
     return p;
 }
 
-/* The dense table's init hook: arg is the job. */
-static void s_dense_init(const void *arg, uint64_t key, float *out, int dim)
-{
-    const cm_job *job = arg;
-    const wk_mlp_params p = s_params(job);
-    wk_mlp_init_row(&p, wk_deep_seed(job), dim, (size_t)key, out);
-}
-
-static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
+static void s_table_params(const cm_job *job, size_t t, cm_table_spec *out)
 {
     memset(out, 0, sizeof *out);
     if (t == 0) {
@@ -128,8 +120,9 @@ static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
     out->min_count = 0;
     out->ttl = 0;
     out->max_rows = 0;
-    out->init = s_dense_init;
-    out->init_arg = job;
+    /* the net's initialisation as data: the servers make each row from
+     * it without the model's code */
+    wk_mlp_init_spec(&p, &out->dense);
     /* every worker's every batch steps the whole net, each step from
      * nearly the same weights: W workers would move it W times as far per
      * round as one (a frappe MLP with 32 workers collapsed to a constant,
@@ -170,6 +163,14 @@ static void s_scratch_destroy(void **ps)
     free(s->target);
     free(s);
     *ps = NULL;
+}
+
+size_t wk_deep_scratch_bytes(const wk_mlp_params *p, int max_batch)
+{
+    const size_t n = (size_t)max_batch, F = (size_t)p->n_fields, Fk = F * (size_t)p->k;
+    /* emb, gemb, lin, glin, target: as s_scratch_new makes them */
+    return sizeof(s_scratch) + wk_mlp_bytes(p, max_batch) +
+           n * (2 * Fk + 2 * F + 1) * sizeof(float);
 }
 
 static void *s_scratch_new(const cm_job *job, int max_batch, cm_error *err)

@@ -23,7 +23,7 @@
 #include "common/features.h"
 #include "worker/models/model.h"
 
-static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
+static void s_table_params(const cm_job *job, size_t t, cm_table_spec *out)
 {
     (void)t;
     memset(out, 0, sizeof *out);

@@ -19,7 +19,7 @@
 
 #define S_MAX_DIM 1100
 
-static void s_table_params(const cm_job *job, size_t t, ps_table_params *out)
+static void s_table_params(const cm_job *job, size_t t, cm_table_spec *out)
 {
     (void)t;
     memset(out, 0, sizeof *out);

@@ -9,10 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
+#include "common/optim.h"
 #include "worker/models/model.h"
 
 enum { MF_USER = 0, MF_ITEM = 1 };
@@ -50,12 +47,13 @@ static void s_predict(const wk_model_ctx *ctx, const wk_batch *b, int dim,
 }
 
 /* Applies a row's gradient g with the optimizers whose state is small
- * (SGD, row-wise AdaGrad) inline; the others go through the optimizer. */
-static inline void s_apply(const ps_optim *o, float *restrict w, const float *restrict g,
+ * (SGD, row-wise AdaGrad) inline, with the rules of common/optim.h; the
+ * others go through cm_optim_update. */
+static inline void s_apply(const cm_optim *o, float *restrict w, const float *restrict g,
                            int dim)
 {
     if (o->kind != CM_OPT_SGD && o->kind != CM_OPT_ROWWISE) {
-        ps_optim_update(o, w, g, dim);
+        cm_optim_update(o, w, g, dim);
         return;
     }
     float step = o->lr;
@@ -64,8 +62,7 @@ static inline void s_apply(const ps_optim *o, float *restrict w, const float *re
 #pragma omp simd reduction(+ : n2)
         for (int k = 0; k < dim; k++)
             n2 += g[k] * g[k];
-        w[dim] += n2 / (float)dim;
-        step = o->lr / sqrtf(w[dim] + o->eps);
+        step = cm_optim_rowwise_step(&w[dim], n2, dim, o->lr, o->eps);
     }
     for (int k = 0; k < dim; k++)
         w[k] -= step * g[k];
@@ -87,14 +84,14 @@ static inline void s_prefetch_row(const float *row, size_t bytes)
 }
 
 /* The plain loop: gradients of the rating's loss, then the optimizer's rule
- * (ps_optim_update for the per-weight ones). The path for Adam and FTRL,
+ * (cm_optim_update for the per-weight ones). The path for Adam and FTRL,
  * and for every optimizer in builds without AVX-512. */
-static double s_local_plain(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+static double s_local_plain(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r,
                             size_t n, int dim, wk_rows users, wk_rows items)
 {
     float gp[1100], gq[1100]; /* dim <= 1025 (config) */
     const float l2 = ctx->l2;
-    const size_t bytes = (size_t)(dim + ps_optim_state_floats(o->kind, dim)) * sizeof(float);
+    const size_t bytes = (size_t)(dim + cm_optim_state_floats(o->kind, dim)) * sizeof(float);
     double sq = 0;
     for (size_t j = 0; j < n; j++) {
         if (j + S_AHEAD < n) {
@@ -121,27 +118,17 @@ static double s_local_plain(const wk_model_ctx *ctx, const ps_optim *o, const wk
 /* AVX-512: a row is walked in chunks of 16 weights (the last one masked).
  * Weight 0 is the bias: it is left out of the dot product, and its
  * gradient takes 1 where the factors take the other row's weight, so the
- * same fused step serves both. AdaGrad's 1/sqrt(a + eps) is vrsqrt14 with
- * one Newton step, which is within a few float ulps of the division the
- * server's rule does (1e-5 relative tested in tests/test_mf.c) at a
- * fraction of its cost; vrsqrt14's result is defined bit for bit, so runs
- * stay reproducible across processors. The bias-lane and tail masks make
+ * same fused step serves both. The steps are common/optim.h's vector forms
+ * (AdaGrad's 1/sqrt through vrsqrt14 and a Newton step, within a few ulps
+ * of the server's division). The bias-lane and tail masks make
  * one code path for every dim; inlined with a constant dim (the common
  * dim 32 + bias = 33) the chunk loops unroll. A last chunk of a single
  * weight (dims 17, 33, 49...) is done in scalar code, exactly as the
  * server's rule, which is about a third faster at dim 33 than a vector
  * step for one float (except row-wise AdaGrad, which needs the whole
  * gradient's norm first). */
-static inline __m512 s_rsqrt(__m512 x)
-{
-    const __m512 y = _mm512_rsqrt14_ps(x);
-    const __m512 hx = _mm512_mul_ps(x, _mm512_set1_ps(0.5f));
-    const __m512 t = _mm512_fnmadd_ps(_mm512_mul_ps(hx, y), y, _mm512_set1_ps(1.5f));
-    return _mm512_mul_ps(y, t);
-}
-
 static inline __attribute__((always_inline)) double
-s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, size_t n,
+s_local_avx512(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r, size_t n,
                const int dim, wk_rows users, wk_rows items)
 {
     const int kind = o->kind;
@@ -153,7 +140,7 @@ s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, s
     const int nv = one_tail ? nc - 1 : nc;
     const __m512 ve2 = _mm512_set1_ps(ctx->l2), vlr = _mm512_set1_ps(o->lr);
     const __m512 veps = _mm512_set1_ps(o->eps), one = _mm512_set1_ps(1.0f);
-    const size_t bytes = (size_t)(dim + ps_optim_state_floats(kind, dim)) * sizeof(float);
+    const size_t bytes = (size_t)(dim + cm_optim_state_floats(kind, dim)) * sizeof(float);
     float gp[1104] __attribute__((aligned(64)));
     float gq[1104] __attribute__((aligned(64)));
     double sq = 0;
@@ -184,10 +171,8 @@ s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, s
             const float pk = p[k], qk = q[k];
             const float tp = e * qk + ctx->l2 * pk, tq = e * pk + ctx->l2 * qk;
             if (kind == CM_OPT_ADAGRAD) {
-                p[dim + k] += tp * tp;
-                q[dim + k] += tq * tq;
-                p[k] = pk - o->lr * tp / sqrtf(p[dim + k] + o->eps);
-                q[k] = qk - o->lr * tq / sqrtf(q[dim + k] + o->eps);
+                cm_optim_adagrad1(&p[k], &p[dim + k], tp, o->lr, o->eps);
+                cm_optim_adagrad1(&q[k], &q[dim + k], tq, o->lr, o->eps);
             } else if (kind == CM_OPT_SGD) {
                 p[k] = pk - o->lr * tp;
                 q[k] = qk - o->lr * tq;
@@ -204,17 +189,15 @@ s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, s
             if (kind == CM_OPT_ADAGRAD) {
                 __m512 a1 = _mm512_maskz_loadu_ps(m, p + dim + 16 * c);
                 __m512 a2 = _mm512_maskz_loadu_ps(m, q + dim + 16 * c);
-                a1 = _mm512_fmadd_ps(g1, g1, a1);
-                a2 = _mm512_fmadd_ps(g2, g2, a2);
+                const __m512 w1 = cm_optim_adagrad16(pv, g1, &a1, vlr, veps);
+                const __m512 w2 = cm_optim_adagrad16(qv, g2, &a2, vlr, veps);
                 _mm512_mask_storeu_ps(p + dim + 16 * c, m, a1);
                 _mm512_mask_storeu_ps(q + dim + 16 * c, m, a2);
-                __m512 s1 = _mm512_mul_ps(_mm512_mul_ps(vlr, g1), s_rsqrt(_mm512_add_ps(a1, veps)));
-                __m512 s2 = _mm512_mul_ps(_mm512_mul_ps(vlr, g2), s_rsqrt(_mm512_add_ps(a2, veps)));
-                _mm512_mask_storeu_ps(p + 16 * c, m, _mm512_sub_ps(pv, s1));
-                _mm512_mask_storeu_ps(q + 16 * c, m, _mm512_sub_ps(qv, s2));
+                _mm512_mask_storeu_ps(p + 16 * c, m, w1);
+                _mm512_mask_storeu_ps(q + 16 * c, m, w2);
             } else if (kind == CM_OPT_SGD) {
-                _mm512_mask_storeu_ps(p + 16 * c, m, _mm512_fnmadd_ps(vlr, g1, pv));
-                _mm512_mask_storeu_ps(q + 16 * c, m, _mm512_fnmadd_ps(vlr, g2, qv));
+                _mm512_mask_storeu_ps(p + 16 * c, m, cm_optim_sgd16(pv, g1, vlr));
+                _mm512_mask_storeu_ps(q + 16 * c, m, cm_optim_sgd16(qv, g2, vlr));
             } else { /* row-wise: the step needs the whole gradient first */
                 np = _mm512_fmadd_ps(g1, g1, np);
                 nq = _mm512_fmadd_ps(g2, g2, nq);
@@ -223,18 +206,18 @@ s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, s
             }
         }
         if (kind == CM_OPT_ROWWISE) {
-            p[dim] += _mm512_reduce_add_ps(np) / (float)dim;
-            q[dim] += _mm512_reduce_add_ps(nq) / (float)dim;
-            const __m512 sp = _mm512_set1_ps(o->lr / sqrtf(p[dim] + o->eps));
-            const __m512 sq_ = _mm512_set1_ps(o->lr / sqrtf(q[dim] + o->eps));
+            const __m512 sp = _mm512_set1_ps(
+                cm_optim_rowwise_step(&p[dim], _mm512_reduce_add_ps(np), dim, o->lr, o->eps));
+            const __m512 sq_ = _mm512_set1_ps(
+                cm_optim_rowwise_step(&q[dim], _mm512_reduce_add_ps(nq), dim, o->lr, o->eps));
             for (int c = 0; c < nc; c++) {
                 __mmask16 m = c == nc - 1 ? last : 0xFFFF;
                 __m512 pv = _mm512_maskz_loadu_ps(m, p + 16 * c);
                 __m512 qv = _mm512_maskz_loadu_ps(m, q + 16 * c);
                 _mm512_mask_storeu_ps(p + 16 * c, m,
-                                      _mm512_fnmadd_ps(sp, _mm512_load_ps(gp + 16 * c), pv));
+                                      cm_optim_sgd16(pv, _mm512_load_ps(gp + 16 * c), sp));
                 _mm512_mask_storeu_ps(q + 16 * c, m,
-                                      _mm512_fnmadd_ps(sq_, _mm512_load_ps(gq + 16 * c), qv));
+                                      cm_optim_sgd16(qv, _mm512_load_ps(gq + 16 * c), sq_));
             }
         }
         sq += (double)e * e;
@@ -243,7 +226,7 @@ s_local_avx512(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r, s
 }
 #endif
 
-static double s_train_local(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+static double s_train_local(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r,
                             size_t n, int dim, wk_rows users, wk_rows items)
 {
 #if defined(__AVX512F__)

@@ -28,7 +28,7 @@ double wk_model_loss(int task, float y, float t, float *g)
     return 0.5 * (double)(y - t) * (y - t);
 }
 
-void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out)
+void wk_model_table_user_item(const cm_job *job, size_t t, cm_table_spec *out)
 {
     memset(out, 0, sizeof *out);
     out->dim = job->dim + 1;
@@ -38,9 +38,9 @@ void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out)
     wk_model_table_common(job, out);
 }
 
-void wk_model_table_common(const cm_job *job, ps_table_params *out)
+void wk_model_table_common(const cm_job *job, cm_table_spec *out)
 {
-    out->optim = ps_optim_default(job->optimizer, (float)job->lr);
+    out->optim = cm_optim_default(job->optimizer, (float)job->lr);
     out->optim.beta1 = (float)job->adam_beta1;
     out->optim.beta2 = (float)job->adam_beta2;
     out->optim.l1 = (float)job->ftrl_l1;

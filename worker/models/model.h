@@ -13,7 +13,7 @@
 
 #include "common/config.h"
 #include "common/err.h"
-#include "ps/table.h"
+#include "common/table_spec.h"
 
 #define WK_MAX_TABLES 8
 
@@ -78,7 +78,7 @@ typedef struct wk_model_ops {
     size_t n_tables;
     const char *const *table_names;  /* n_tables names ("user", "item") */
     /* Table t's parameters for this job (dim, init, optimizer). */
-    void (*table_params)(const cm_job *job, size_t t, ps_table_params *out);
+    void (*table_params)(const cm_job *job, size_t t, cm_table_spec *out);
     /* Adds the gradients of the batch loss to grads[t] (dense, one row per
      * pulled key, zeroed by the caller) and returns the sum over examples
      * of the squared error (the data term, before regularisation). */
@@ -91,7 +91,7 @@ typedef struct wk_model_ops {
      * the held user and item rows in place with the optimizer `o` (whose
      * state follows the dim weights of each row). Returns the sum of the
      * squared errors seen before each update. */
-    double (*train_local)(const wk_model_ctx *ctx, const ps_optim *o, const wk_rating *r,
+    double (*train_local)(const wk_model_ctx *ctx, const cm_optim *o, const wk_rating *r,
                           size_t n, int dim, wk_rows users, wk_rows items);
     /* Sparse-feature models (NULL for the others): adds the gradients of
      * the batch loss to grads (one row per pulled key, zeroed by the
@@ -124,7 +124,7 @@ typedef struct wk_model_ops {
 /* The table settings every model takes from the job: optimizer (with its
  * hyper-parameters), admission and eviction. Models set dim, zero_prefix,
  * init and seed. */
-void wk_model_table_common(const cm_job *job, ps_table_params *out);
+void wk_model_table_common(const cm_job *job, cm_table_spec *out);
 
 /* Dot product of a[0..n) and b[0..n) (vectorised). */
 static inline float wk_dot(const float *restrict a, const float *restrict b, int n)
@@ -145,7 +145,7 @@ double wk_model_loss(int task, float y, float t, float *g);
 /* Table t (0 user, 1 item) of a model with [bias, dim factors] rows, as
  * mf and implicit have: bias initialised to 0, factors from init_std, a
  * seed per table, and the common settings. */
-void wk_model_table_user_item(const cm_job *job, size_t t, ps_table_params *out);
+void wk_model_table_user_item(const cm_job *job, size_t t, cm_table_spec *out);
 
 /* The model of that name ("mf"), or NULL. */
 const wk_model_ops *wk_model_find(const char *name);

@@ -1,15 +1,15 @@
 /* optim: the update rules. SGD and the two AdaGrads are unchanged since
  * they were written (other code and tests depend on their exact floats);
  * Adam and FTRL-proximal follow docs/optimizers.md. */
-#include "ps/optim.h"
+#include "common/optim.h"
 
 #include <math.h>
 
 #include "common/config.h"
 
-ps_optim ps_optim_default(int kind, float lr)
+cm_optim cm_optim_default(int kind, float lr)
 {
-    ps_optim o = {
+    cm_optim o = {
         .kind = kind,
         .lr = lr,
         .eps = 1e-8f,
@@ -28,7 +28,7 @@ static int s_finite_nonneg(float x)
     return x >= 0.0f && isfinite(x);
 }
 
-int ps_optim_check(const ps_optim *o, cm_error *err)
+int cm_optim_check(const cm_optim *o, cm_error *err)
 {
     if (!o)
         return cm_error_set(err, CM_EINVAL, "optim: no parameters");
@@ -81,7 +81,7 @@ int ps_optim_check(const ps_optim *o, cm_error *err)
     return 0;
 }
 
-int ps_optim_state_floats(int kind, int dim)
+int cm_optim_state_floats(int kind, int dim)
 {
     switch (kind) {
     case CM_OPT_ADAGRAD:
@@ -97,14 +97,14 @@ int ps_optim_state_floats(int kind, int dim)
     }
 }
 
-float ps_optim_ftrl_weight(const ps_optim *o, float z, float n)
+float cm_optim_ftrl_weight(const cm_optim *o, float z, float n)
 {
     if (fabsf(z) <= o->l1)
         return 0.0f;
     return -(z - copysignf(o->l1, z)) / ((o->beta + sqrtf(n)) / o->lr + o->l2);
 }
 
-void ps_optim_init_state(const ps_optim *o, float *row, int dim)
+void cm_optim_init_state(const cm_optim *o, float *row, int dim)
 {
     if (o->kind == CM_OPT_ADAM) {
         for (int j = 0; j < 2 * dim + 1; j++)
@@ -125,13 +125,13 @@ void ps_optim_init_state(const ps_optim *o, float *row, int dim)
         }
         return;
     }
-    int n = ps_optim_state_floats(o->kind, dim);
+    int n = cm_optim_state_floats(o->kind, dim);
     for (int j = 0; j < n; j++)
         row[dim + j] = o->init_accum;
 }
 
 /* Lazy Adam on one row: the row's own step count t sits after v. */
-static void s_adam(const ps_optim *o, float *restrict row, const float *restrict grad, int dim)
+static void s_adam(const cm_optim *o, float *restrict row, const float *restrict grad, int dim)
 {
     float *restrict m = row + dim;
     float *restrict v = row + 2 * dim;
@@ -153,7 +153,7 @@ static void s_adam(const ps_optim *o, float *restrict row, const float *restrict
 }
 
 /* FTRL-proximal per coordinate (McMahan et al. 2013, algorithm 1). */
-static void s_ftrl(const ps_optim *o, float *restrict row, const float *restrict grad, int dim)
+static void s_ftrl(const cm_optim *o, float *restrict row, const float *restrict grad, int dim)
 {
     float *restrict z = row + dim;
     float *restrict n = row + 2 * dim;
@@ -179,25 +179,21 @@ static void s_ftrl(const ps_optim *o, float *restrict row, const float *restrict
     }
 }
 
-void ps_optim_update(const ps_optim *o, float *restrict row, const float *restrict grad,
+void cm_optim_update(const cm_optim *o, float *restrict row, const float *restrict grad,
                      int dim)
 {
     const float lr = o->lr;
     if (o->kind == CM_OPT_ADAGRAD) {
         float *restrict acc = row + dim;
-        for (int j = 0; j < dim; j++) {
-            float g = grad[j];
-            acc[j] += g * g;
-            row[j] -= lr * g / sqrtf(acc[j] + o->eps);
-        }
+        for (int j = 0; j < dim; j++)
+            cm_optim_adagrad1(&row[j], &acc[j], grad[j], lr, o->eps);
         return;
     }
     if (o->kind == CM_OPT_ROWWISE) {
         float sq = 0.f;
         for (int j = 0; j < dim; j++)
             sq += grad[j] * grad[j];
-        row[dim] += sq / (float)dim;
-        const float step = lr / sqrtf(row[dim] + o->eps);
+        const float step = cm_optim_rowwise_step(&row[dim], sq, dim, lr, o->eps);
         for (int j = 0; j < dim; j++)
             row[j] -= step * grad[j];
         return;
