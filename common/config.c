@@ -80,6 +80,7 @@ static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
 static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
 static const char *const s_methods[] = {"sgd", "mcmc", NULL};
+static const char *const s_regularization[] = {"fixed", "learned", NULL};
 static const char *const s_consistency[] = {"asp", "ssp", "bsp", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
 static const char *const s_log_levels[] = {"debug", "info", "warn", "error", "silent", NULL};
@@ -195,6 +196,12 @@ static const s_key s_keys[] = {
      .def = "0.07", .help = "learning rate"},
     {.name = "l2", .type = S_DBL, S_AT(l2), .dmin = 0, .dmax = 100, .def = "0.12",
      .help = "L2 regularisation, applied per occurrence of a row in a batch"},
+    {.name = "regularization", .type = S_ENUM, S_AT(regularization), .names = s_regularization,
+     .def = "fixed",
+     .help = "mf, fm (sgd): fixed (l2 as given) or learned (l2 is only the start; each "
+             "evaluation moves it by the validation loss's gradient through one lookahead "
+             "step; docs/validation.md)",
+     .models = S_M_MF | S_M_FM},
     {.name = "init_std", .type = S_DBL, S_AT(init_std), .dmin = 0, .dmax = 10, .def = "0.05",
      .help = "standard deviation of initial factor entries"},
     {.name = "min_count", .type = S_INT, S_AT(min_count), .imin = 0, .imax = 1000000,
@@ -1151,6 +1158,20 @@ int cm_job_validate(const cm_job *job, cm_error *err)
                             "method = mcmc is for models fm and mf (got %s); the other models "
                             "train with method = sgd",
                             job->model);
+    /* learned regularization needs predictions that are quadratic in the
+     * weights (reglearn.h) and validation rows to learn from */
+    if (job->regularization == 1) {
+        if (job->method != CM_METHOD_SGD ||
+            (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0))
+            return cm_error_set(err, CM_ECONFIG,
+                                "regularization = learned is for models fm and mf with method "
+                                "= sgd (got %s)",
+                                job->model);
+        if (!job->validation[0] && !(job->validation_fraction > 0))
+            return cm_error_set(err, CM_ECONFIG,
+                                "regularization = learned needs validation data: set "
+                                "validation or validation_fraction > 0");
+    }
     int rc = s_check_applies(job, err);
     if (rc == 0)
         rc = s_check_ratings_input(job, err);

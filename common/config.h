@@ -117,6 +117,7 @@ typedef struct {
     int optimizer;             /* cm_optimizer */
     double lr;                 /* learning rate */
     double l2;                 /* L2 regularisation per occurrence */
+    int regularization;        /* 0 fixed (l2 as given), 1 learned from validation */
     double init_std;           /* sd of initial factor entries */
     int min_count;             /* pushes of a key before it gets a row; 0/1: at once */
     int ttl;                   /* evict rows untouched this many epochs; 0: never */

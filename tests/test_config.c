@@ -17,7 +17,7 @@
 /* Every key of the table, as docs and users know them. */
 static const char *const s_all_keys[] = {
     "train", "test", "metrics", "model", "dim", "epochs", "servers",
-    "optimizer", "lr", "l2", "init_std", "batch", "seed", "max_bad_lines",
+    "optimizer", "lr", "l2", "regularization", "init_std", "batch", "seed", "max_bad_lines",
     "slots", "progress", "log_level", "local", "workers", "timeout",
     "schedule", "method", "checkpoint_dir", "checkpoint_every", "checkpoint_secs",
     "checkpoint_keep",

@@ -940,24 +940,76 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
 }
 
 /* Scores set d; pos/neg may be NULL (no AUC histograms). */
+/* One evaluation batch's share of the learned-l2 sums: the batch's nu
+ * rows scaled by 1 +- eps into *srows (grown to fit), scored again. */
+static int s_reg_batch(wk_sparse *s, const wk_model_ops *m, const wk_model_ctx *ctx,
+                       const wk_sparse_batch *b, size_t nu, float **srows, float *up,
+                       float *down, wk_reg_sums *reg, cm_error *err)
+{
+    const size_t n = nu * (size_t)s->dim;
+    float *grown = realloc(*srows, (n ? n : 1) * sizeof *grown);
+    if (!grown)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for learning l2");
+    *srows = grown;
+    /* the global bias is not regularised (fm.c): it stays as it is */
+    const size_t bias = (size_t)b->bias_row * (size_t)s->dim;
+    wk_reg_scale(s->rows, grown, n, 1.f + WK_REG_EPS);
+    grown[bias] = s->rows[bias];
+    m->predict_sparse(ctx, b, s->dim, grown, up);
+    wk_reg_scale(s->rows, grown, n, 1.f - WK_REG_EPS);
+    grown[bias] = s->rows[bias];
+    m->predict_sparse(ctx, b, s->dim, grown, down);
+    wk_reg_add(reg, s->task == CM_TASK_BINARY, s->score, up, down, b->label, b->n);
+    return 0;
+}
+
 static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
                       const wk_model_ctx *ctx, double *stats, uint64_t *pos, uint64_t *neg,
-                      cm_error *err)
+                      wk_reg_sums *reg, cm_error *err)
 {
     double sq = 0, ab = 0, ll = 0;
     int rc0 = s_dense_setup(s, m, err);
     if (rc0 != 0)
         return rc0;
+    /* learned l2: predictions again with the rows scaled (reglearn.h);
+     * plain fm only, whose scores are quadratic in its one table */
+    float *srows = NULL, *sup = NULL, *sdown = NULL;
+    if (reg && m->predict_ext)
+        reg = NULL;
+    if (reg) {
+        srows = malloc(sizeof *srows);
+        sup = malloc(S_EVAL_BATCH * sizeof *sup);
+        sdown = malloc(S_EVAL_BATCH * sizeof *sdown);
+        if (!srows || !sup || !sdown) {
+            free(srows);
+            free(sup);
+            free(sdown);
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory for learning l2");
+        }
+    }
     for (size_t first = 0; first < d->n; first += S_EVAL_BATCH) {
         size_t cnt = d->n - first < S_EVAL_BATCH ? d->n - first : S_EVAL_BATCH, nu;
         wk_sparse_batch b;
         int rc = s_batch(s, kv, d, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
-        if (rc != 0)
+        if (rc != 0) {
+            free(srows);
+            free(sup);
+            free(sdown);
             return rc;
+        }
         if (m->predict_ext)
             m->predict_ext(ctx, &b, &s->extra, s->dim, s->rows, s->score);
         else
             m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
+        if (reg) {
+            rc = s_reg_batch(s, m, ctx, &b, nu, &srows, sup, sdown, reg, err);
+            if (rc != 0) {
+                free(srows);
+                free(sup);
+                free(sdown);
+                return rc;
+            }
+        }
         for (size_t j = 0; j < cnt; j++) {
             double y = s->score[j], t = b.label[j];
             if (s->task != CM_TASK_BINARY)
@@ -973,6 +1025,9 @@ static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
             ab += fabs(y - t);
         }
     }
+    free(srows);
+    free(sup);
+    free(sdown);
     stats[0] = sq;
     stats[1] = ab;
     stats[2] = (double)d->n;
@@ -983,13 +1038,14 @@ static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
 int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
                    double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
 {
-    return s_eval_set(s, &s->test, kv, m, ctx, stats, pos, neg, err);
+    return s_eval_set(s, &s->test, kv, m, ctx, stats, pos, neg, NULL, err);
 }
 
 int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
-                         const wk_model_ctx *ctx, double *stats, cm_error *err)
+                         const wk_model_ctx *ctx, double *stats, wk_reg_sums *reg,
+                         cm_error *err)
 {
-    return s_eval_set(s, &s->valid, kv, m, ctx, stats, NULL, NULL, err);
+    return s_eval_set(s, &s->valid, kv, m, ctx, stats, NULL, NULL, reg, err);
 }
 
 size_t wk_sparse_n_valid(const wk_sparse *s)

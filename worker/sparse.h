@@ -23,6 +23,7 @@
 #include "common/features.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
+#include "worker/reglearn.h"
 
 typedef struct wk_sparse wk_sparse;
 
@@ -124,9 +125,11 @@ int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mode
                    double *stats, uint64_t *pos, uint64_t *neg, cm_error *err);
 
 /* The same over the validation rows (the job's validation file, or the
- * training rows carved for it: docs/validation.md); no AUC histograms. */
+ * training rows carved for it: docs/validation.md); no AUC histograms.
+ * reg (NULL: not wanted) gets the sums that learn l2 (reglearn.h). */
 int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
-                         const wk_model_ctx *ctx, double *stats, cm_error *err);
+                         const wk_model_ctx *ctx, double *stats, wk_reg_sums *reg,
+                         cm_error *err);
 
 /* This worker's validation rows. */
 size_t wk_sparse_n_valid(const wk_sparse *s);

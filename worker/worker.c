@@ -17,11 +17,12 @@
 #include "common/sorted.h"
 #include "worker/blocks.h"
 #include "worker/evalset.h"
+#include "worker/implicit_train.h"
 #include "worker/ingest.h"
 #include "worker/kv.h"
 #include "worker/models/model.h"
+#include "worker/reglearn.h"
 #include "worker/sparse.h"
-#include "worker/implicit_train.h"
 
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
@@ -638,6 +639,41 @@ static int s_train_sparse(s_worker *w, uint32_t epoch, cm_error *err)
     return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
 }
 
+/* Learned l2 (reglearn.h): the chunk's validation ratings scored again
+ * with every pulled row scaled by 1 +- eps. */
+static int s_reg_chunk(s_worker *w, const wk_eval_chunk *ch, const float *const *rows,
+                       const wk_batch *b, wk_reg_sums *reg, cm_error *err)
+{
+    const size_t n0 = ch->n_uniq[0] * (size_t)w->dims[0];
+    const size_t n1 = ch->n_uniq[1] * (size_t)w->dims[1];
+    float *buf = malloc((n0 + n1 + 2 * ch->n + 1) * sizeof *buf);
+    if (!buf)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for learning l2");
+    float *up = buf + n0 + n1, *down = up + ch->n;
+    const float *scaled[2] = {buf, buf + n0};
+    for (int k = 0; k < 2; k++) {
+        const float t = k == 0 ? 1.f + WK_REG_EPS : 1.f - WK_REG_EPS;
+        wk_reg_scale(rows[0], buf, n0, t);
+        wk_reg_scale(rows[1], buf + n0, n1, t);
+        w->model->predict(&w->ctx, b, w->dims[0], scaled, k == 0 ? up : down);
+    }
+    /* the validation ratings are the shard's last ones (from n_test on) */
+    const size_t from = ch->first >= w->n_test ? 0 : w->n_test - ch->first;
+    wk_reg_add(reg, 0, w->epred + from, up + from, down + from, b->label + from, ch->n - from);
+    free(buf);
+    return 0;
+}
+
+/* Moves this worker's l2 after an evaluation (each worker learns its own
+ * from its validation rows; docs/validation.md). */
+static void s_reg_update(s_worker *w, uint32_t epoch, const wk_reg_sums *reg)
+{
+    const double before = w->ctx.l2;
+    w->ctx.l2 = (float)wk_reg_next(before, reg);
+    cm_log(CM_LOG_INFO, "worker %u: epoch %u: learned l2 %.4g -> %.4g (dL_valid/dl2 %.3g)",
+           w->p->index, epoch, before, (double)w->ctx.l2, wk_reg_grad(reg, w->p->job->lr));
+}
+
 /* Sparse-feature models: error sums, and AUC histograms in the keys frame
  * (positives then negatives) for binary tasks. */
 static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
@@ -647,10 +683,14 @@ static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
     if (binary && !hist)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     double ev[4], vv[4];
+    wk_reg_sums reg = {0};
     int rc = wk_sparse_eval(w->sparse, w->kv, w->model, &w->ctx, ev, hist,
                             hist ? hist + CM_AUC_BINS : NULL, err);
     if (rc == 0)
-        rc = wk_sparse_eval_valid(w->sparse, w->kv, w->model, &w->ctx, vv, err);
+        rc = wk_sparse_eval_valid(w->sparse, w->kv, w->model, &w->ctx, vv,
+                                  w->p->job->regularization == 1 ? &reg : NULL, err);
+    if (rc == 0 && w->p->job->regularization == 1)
+        s_reg_update(w, epoch, &reg);
     if (rc == 0) {
         cm_hdr h = cm_hdr_make(CM_OP_EVAL_DONE);
         h.sender = w->p->rank;
@@ -789,6 +829,8 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     double sq = 0, ab = 0, vsq = 0, vab = 0;
     size_t unseen = 0;
     int rc;
+    const int learn = w->p->job->regularization == 1;
+    wk_reg_sums reg = {0};
     if (!w->evalset && (rc = s_eval_setup(w, err)) != 0)
         return rc;
     /* blocks: the users' rows are here and may be newer than the servers';
@@ -820,6 +862,9 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
         const float *label = d->rating + ch->first;
         wk_batch b = {ch->n, ch->idx[0], ch->idx[1], label};
         w->model->predict(&w->ctx, &b, w->dims[0], rows, w->epred);
+        if (learn && ch->first + ch->n > w->n_test &&
+            (rc = s_reg_chunk(w, ch, rows, &b, &reg, err)) != 0)
+            return rc;
         for (size_t j = 0; j < ch->n; j++) {
             float pr = w->epred[j];
             if (pr < w->ctx.clip_lo)
@@ -843,6 +888,8 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
      * then validation: squared, absolute error, count, log loss */
     double st[9] = {sq, ab, (double)w->n_test, (double)unseen, 0,
                     vsq, vab, (double)(d->n - w->n_test), 0};
+    if (learn)
+        s_reg_update(w, epoch, &reg);
     return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 9, err);
 }
 
