@@ -464,6 +464,17 @@ static int s_train_local(cm_job *job)
     }
 }
 
+/* The exit status of a rank that refuses the job before MPI starts, for
+ * a reason every rank finds alike (its arguments, keys, environment):
+ * rank 0 says why and fails the job; the others leave quietly with 0,
+ * since the first rank to fail would otherwise make mpirun end the rest,
+ * rank 0 too, before it had printed the reason (seen under the
+ * sanitizers, whose start is slow). */
+static int s_refused(int lrank)
+{
+    return lrank > 0 ? 0 : 2;
+}
+
 /* method mcmc: one process samples, with --local or as the only rank. */
 static int s_train_mcmc(const cm_job *job, int lrank)
 {
@@ -473,7 +484,7 @@ static int s_train_mcmc(const cm_job *job, int lrank)
             fprintf(stderr, "psrec train: method mcmc samples in one process; run it with "
                             "--local (or mpirun -np 1), or use method sgd to train on "
                             "%s ranks\n", size);
-        return 2;
+        return s_refused(lrank);
     }
     cm_error err = {0};
     sch_result res;
@@ -493,7 +504,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     if (cm_job_parse_args(&job, argc, argv, &help, &err) != 0) {
         if (lrank <= 0)
             fprintf(stderr, "psrec train: %s\n", err.msg);
-        return 2;
+        return s_refused(lrank);
     }
     if (help) {
         if (lrank <= 0) {
@@ -511,7 +522,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     if (cm_job_validate(&job, &err) != 0) {
         if (lrank <= 0)
             fprintf(stderr, "psrec train: %s\n", err.msg);
-        return 2;
+        return s_refused(lrank);
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);

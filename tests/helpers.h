@@ -83,6 +83,15 @@ static inline int th_local(const cm_job *job, sch_result *res, cm_error *err)
     return rc;
 }
 
+/* 1 in the sanitizer build: its jobs run about ten times slower, so the
+ * longest integration jobs take a smaller shape there (the release suite
+ * runs the full one). */
+#ifdef PSREC_SANITIZED
+#define TH_SANITIZED 1
+#else
+#define TH_SANITIZED 0
+#endif
+
 #define TH_MPIRUN                                                                   \
     "ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "       \
     "--bind-to none -x ASAN_OPTIONS "
