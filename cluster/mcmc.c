@@ -249,12 +249,7 @@ static int s_record(s_run *r, int e, double loss, double secs, double elapsed,
 
 int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
-    memset(res, 0, sizeof *res);
-    res->test_rmse = res->test_mae = res->noise_floor = -1;
-    res->test_auc = res->test_logloss = -1;
-    res->max_lead = -1;
-    res->recall = res->ndcg = res->hr = -1;
-    res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
+    sch_result_init(res);
     if (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0)
         return cm_error_set(err, CM_ECONFIG, "method mcmc is for models fm and mf (got %s)",
                             job->model);

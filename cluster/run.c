@@ -408,6 +408,8 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
             .server_eps = server_eps, .out = out, .tables = ct, .n_tables = n_tables,
             .server_hosts = server_hosts ? host_ptrs : NULL,
             .hb = hb,
+            /* under mpirun the reason goes out before the stop does */
+            .say_errors_as = life->watch ? "psrec: error: rank 0 (scheduler): " : NULL,
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {
@@ -655,10 +657,10 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
     /* a preflight error is the same on every rank: rank 0 says it */
     int loud = rank == 0;
     s_life life = {.on_fail = s_mpi_on_fail, .arg = b, .agreed = rc != 0, .watch = &watch};
-    if (rc == 0) {
-        sch_result res;
+    sch_result res;
+    sch_result_init(&res);
+    if (rc == 0)
         rc = s_role(b, run, chk.refused, stdout, &res, &loud, &life, &err);
-    }
     double limit = job->heartbeat * job->heartbeat_misses;
     free(run);
     if (rc != 0 && !life.agreed) {
@@ -666,13 +668,14 @@ int cl_run_mpi(const cm_job *job, int *argc, char ***argv, cl_refuse_fn refuses)
          * rank's host and state (a stalled scheduler cannot: then the
          * wait is short), and the runtime ends every rank; never a
          * barrier here, which a stalled peer would hold forever */
-        fprintf(stderr, "psrec: error: rank %d (%s): %s\n", rank,
-                cm_hb_role(rank, job->servers), err.msg);
+        if (!res.error_said)
+            fprintf(stderr, "psrec: error: rank %d (%s): %s\n", rank,
+                    cm_hb_role(rank, job->servers), err.msg);
         if (rank != 0)
             cm_hb_report(life.hb, err.msg, limit < 2 ? (int)(limit * 1000) : 2000);
         s_mpi_abort(b);
     }
-    if (rc != 0 && loud)
+    if (rc != 0 && loud && !res.error_said)
         fprintf(stderr, "psrec: error: %s\n", err.msg);
     /* every rank reached the end: goodbyes first (rank 0 waits for them, and
      * still finds a rank that stalls meanwhile), so that the barrier below

@@ -1293,6 +1293,16 @@ static int s_final_record(s_sched *s, const sch_result *res, cm_error *err)
     return sch_metrics_write(s->metrics, f, sizeof f / sizeof f[0] - (binary ? 2 : 0), err);
 }
 
+void sch_result_init(sch_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->test_rmse = res->test_mae = res->noise_floor = -1;
+    res->test_auc = res->test_logloss = -1;
+    res->max_lead = -1;
+    res->recall = res->ndcg = res->hr = -1;
+    res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
+}
+
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
@@ -1302,12 +1312,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
                  .chosen = {-1, -1, -1, -1}};
     s.want_items = s.implicit || cm_job_uses_blocks(p->job);
     s.last_ckpt = s.t_start;
-    memset(res, 0, sizeof *res);
-    res->test_rmse = res->test_mae = res->noise_floor = -1;
-    res->test_auc = res->test_logloss = -1;
-    res->max_lead = -1;
-    res->recall = res->ndcg = res->hr = -1;
-    res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
+    sch_result_init(res);
     int rc = 0;
     s.wk = calloc(p->n_workers, sizeof *s.wk);
     s.progress = sch_progress_new(p->job->progress);
@@ -1392,6 +1397,11 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 out:
     sch_progress_destroy(&s.progress);
     sch_metrics_close(&s.metrics);
+    if (rc != 0 && p->say_errors_as && err) {
+        fprintf(stderr, "%s%s\n", p->say_errors_as, err->msg);
+        fflush(stderr);
+        res->error_said = 1;
+    }
     /* stop everyone, success or not, so no role waits forever */
     if (s.wk)
         for (uint32_t w = 0; w < p->n_workers; w++)

@@ -28,6 +28,10 @@ typedef struct {
     uint32_t n_servers;
     const char *const *server_eps;
     FILE *out;                       /* where epoch lines go (stdout) */
+    const char *say_errors_as;       /* non-NULL: a failure goes to stderr with this
+                                        prefix before the workers are stopped (under
+                                        mpirun a stopped worker may end the job
+                                        before the caller could say why) */
     const cm_ckpt_table *tables;     /* the model's tables, for checkpoints */
     size_t n_tables;
     const char *const *server_hosts; /* n_servers hostnames, for messages; NULL: this
@@ -62,10 +66,14 @@ typedef struct {
     /* validation (docs/validation.md): the test figures above are then the
      * chosen epoch's */
     uint64_t n_valid;                /* validation examples; 0: none */
+    int error_said;                  /* 1: sch_run printed its failure (say_errors_as) */
     int best_epoch;                  /* the chosen epoch; 0 without validation */
     double valid_metric;             /* its validation RMSE (log loss: binary) */
     int early_stopped;               /* 1 when patience ended the run */
 } sch_result;
+
+/* A result before anything is measured: counts 0, metrics -1 (none). */
+void sch_result_init(sch_result *res);
 
 /* Runs the job to the end. 0, or a CM_E* code with *err set; either way
  * every worker and server was told to stop. */

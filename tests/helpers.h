@@ -92,6 +92,17 @@ static inline int th_local(const cm_job *job, sch_result *res, cm_error *err)
 #define TH_SANITIZED 0
 #endif
 
+/* th_local that must succeed: the test fails with the job's error
+ * otherwise. Needs criterion.h included first. */
+#define th_local_ok(job)                                                            \
+    ({                                                                              \
+        sch_result th_res_;                                                         \
+        cm_error th_err_ = {0};                                                     \
+        int th_rc_ = th_local((job), &th_res_, &th_err_);                           \
+        cr_assert_eq(th_rc_, 0, "%s", th_err_.msg);                                 \
+        th_res_;                                                                    \
+    })
+
 #define TH_MPIRUN                                                                   \
     "ASAN_OPTIONS=detect_leaks=0 mpirun --allow-run-as-root --oversubscribe "       \
     "--bind-to none -x ASAN_OPTIONS "

@@ -61,15 +61,6 @@ static cm_job s_job(const char *ckdir, int servers, int epochs)
     return job;
 }
 
-static sch_result s_run(const cm_job *job)
-{
-    sch_result res;
-    cm_error err = {0};
-    int rc = th_local(job, &res, &err);
-    cr_assert_eq(rc, 0, "%s", err.msg);
-    return res;
-}
-
 /* All rows of table t of a checkpoint, merged over its shards and sorted
  * by key, as one flat array of (key as 2 floats' bits, row) blobs. */
 typedef struct {
@@ -194,7 +185,7 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
     /* reference: 6 epochs on 2 servers, no interruption */
     cm_job ref = s_job("ref", 2, 6);
     ref.schedule = CM_SCHED_MINIBATCH;
-    sch_result r_ref = s_run(&ref);
+    sch_result r_ref = th_local_ok(&ref);
 
     /* interrupted after 3 epochs, then resumed on 2, 3 and 1 servers */
     const int resume_servers[3] = {2, 3, 1};
@@ -203,11 +194,11 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
         snprintf(ck, sizeof ck, "part%d", k);
         cm_job first = s_job(ck, 2, 3);
         first.schedule = CM_SCHED_MINIBATCH;
-        s_run(&first);
+        th_local_ok(&first);
         cm_job rest = s_job(ck, resume_servers[k], 6);
         rest.schedule = CM_SCHED_MINIBATCH;
         snprintf(rest.resume, sizeof rest.resume, "auto");
-        sch_result r = s_run(&rest);
+        sch_result r = th_local_ok(&rest);
         cr_expect_eq(r.epochs, 6);
         cr_expect(r.test_rmse == r_ref.test_rmse,
                   "resumed on %d servers: test RMSE %.17g, uninterrupted %.17g",
@@ -222,7 +213,7 @@ Test(cluster_ckpt, resume_equals_uninterrupted_and_reshards)
 Test(cluster_ckpt, torn_checkpoint_falls_back_to_the_previous_one)
 {
     cm_job job = s_job("torn", 1, 3);
-    s_run(&job);
+    th_local_ok(&job);
     char dir[1200], latest[1200];
     s_path(dir, sizeof dir, "torn", 3);
     /* tear the newest checkpoint: truncate one of its row files */
@@ -240,9 +231,9 @@ Test(cluster_ckpt, torn_checkpoint_falls_back_to_the_previous_one)
     /* and a resumed run goes on from there to the same end */
     cm_job rest = s_job("torn", 1, 4);
     snprintf(rest.resume, sizeof rest.resume, "auto");
-    sch_result r = s_run(&rest);
+    sch_result r = th_local_ok(&rest);
     cm_job ref = s_job("torn-ref", 1, 4);
-    sch_result r_ref = s_run(&ref);
+    sch_result r_ref = th_local_ok(&ref);
     cr_expect(r.test_rmse == r_ref.test_rmse, "%.17g vs %.17g", r.test_rmse, r_ref.test_rmse);
 }
 
@@ -253,7 +244,7 @@ Test(cluster_ckpt, keep_prunes_and_mismatch_is_refused)
     /* without validation: no chosen epoch's checkpoint kept beside them
      * (test_cluster_valid checks that one survives pruning) */
     job.validation_fraction = 0;
-    s_run(&job);
+    th_local_ok(&job);
     char root[1100];
     snprintf(root, sizeof root, "%s/keep", s_dir);
     DIR *d = opendir(root);
@@ -290,16 +281,16 @@ static void s_blocks_resume(const char *ref_name, const char *part_name, int bpw
     cm_job ref = s_job(ref_name, 2, 4);
     ref.schedule = CM_SCHED_BLOCKS;
     ref.blocks_per_worker = bpw;
-    sch_result r_ref = s_run(&ref);
+    sch_result r_ref = th_local_ok(&ref);
     cm_job first = s_job(part_name, 2, 2);
     first.schedule = CM_SCHED_BLOCKS;
     first.blocks_per_worker = bpw;
-    s_run(&first);
+    th_local_ok(&first);
     cm_job rest = s_job(part_name, 1, 4);
     rest.schedule = CM_SCHED_BLOCKS;
     rest.blocks_per_worker = bpw;
     snprintf(rest.resume, sizeof rest.resume, "auto");
-    sch_result r = s_run(&rest);
+    sch_result r = th_local_ok(&rest);
     cr_expect(r.test_rmse == r_ref.test_rmse, "blocks (%d per worker) resumed %.17g vs %.17g",
               bpw, r.test_rmse, r_ref.test_rmse);
     char a[1200], b[1200];

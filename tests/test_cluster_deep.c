@@ -47,15 +47,6 @@ static cm_job s_job(const char *model)
     return job;
 }
 
-static sch_result s_run(const cm_job *job)
-{
-    sch_result res;
-    cm_error err = {0};
-    int rc = th_local(job, &res, &err);
-    cr_assert_eq(rc, 0, "%s", err.msg);
-    return res;
-}
-
 /* frappe's libFM file `name` as libffm in s_dir: token i is field i. */
 static void s_frappe_ffm(const char *data, const char *name, char *out, size_t cap)
 {
@@ -112,7 +103,7 @@ Test(cluster_deep, ffm_frappe_beats_fm)
     cm_job job = s_job("ffm");
     s_frappe_job(&job, data);
     job.epochs = 5;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_expect_eq(res.epochs, 5);
     cr_log_info("frappe ffm, 5 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
@@ -131,7 +122,7 @@ Test(cluster_deep, deepfm_frappe)
     s_frappe_job(&job, data);
     job.epochs = 10;
     job.dim = 32; /* the default is 64; 32 keeps the test quick */
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("frappe deep (DeepFM), 10 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
     cr_expect_geq(res.test_auc, 0.945, "frappe deep AUC %.4f", res.test_auc);
@@ -151,11 +142,11 @@ Test(cluster_deep, deep_is_the_same_on_any_number_of_servers)
     job.workers = 1;
     job.dim = 8;
     job.servers = 1;
-    sch_result one = s_run(&job);
+    sch_result one = th_local_ok(&job);
     job.servers = 3;
-    sch_result three = s_run(&job);
+    sch_result three = th_local_ok(&job);
     job.seed += 1;
-    sch_result other = s_run(&job);
+    sch_result other = th_local_ok(&job);
     cr_log_info("frappe deep, 1 epoch: log loss %.6f (1 server), %.6f (3), %.6f (seed + 1)",
                 one.test_logloss, three.test_logloss, other.test_logloss);
     cr_expect_eq(one.test_logloss, three.test_logloss, "%.9f vs %.9f", one.test_logloss,
@@ -183,7 +174,7 @@ Test(cluster_deep, mlp_alone_frappe)
 {
     const char *data = s_data("frappe MLP test");
     cm_job job = s_mlp_job(data);
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("frappe deep (MLP only), 5 epochs: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
     /* an AUC of exactly 0.5 means one score for every example (a net that
@@ -210,7 +201,7 @@ Test(cluster_deep, mlp_many_workers_frappe)
     snprintf(job.metrics, sizeof job.metrics, "%s/metrics.jsonl", s_dir);
     job.workers = TH_SANITIZED ? 16 : 32; /* 16 collapsed too, more slowly */
     job.patience = 0; /* every epoch's loss is checked */
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("frappe MLP, %d workers, 5 epochs: AUC %.4f log loss %.4f", job.workers,
                 res.test_auc, res.test_logloss);
     FILE *f = fopen(job.metrics, "r");
@@ -266,7 +257,7 @@ Test(cluster_deep, deep_ml100k_user_item_fields)
     job.dim = 8;
     job.l2 = 0.1;
     job.epochs = 10;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("ml-100k u1 deep (DeepFM on user, item): RMSE %.4f", res.test_rmse);
     /* the global mean scores 1.154 on u1, biased MF about 0.93 */
     cr_expect(res.test_rmse > 0 && res.test_rmse < 0.95, "ml-100k u1 deep RMSE %.4f",
@@ -281,7 +272,7 @@ Test(cluster_deep, ffm_ml100k_side_features)
     job.dim = 4;
     job.l2 = 0.1;
     job.epochs = 10;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("ml-100k u1 ffm with side features: RMSE %.4f", res.test_rmse);
     cr_expect(res.test_rmse > 0 && res.test_rmse < 0.95, "ml-100k u1 ffm RMSE %.4f",
               res.test_rmse);

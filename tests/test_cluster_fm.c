@@ -26,15 +26,6 @@ static cm_job s_job(void)
     return job;
 }
 
-static sch_result s_run(const cm_job *job)
-{
-    sch_result res;
-    cm_error err = {0};
-    int rc = th_local(job, &res, &err);
-    cr_assert_eq(rc, 0, "%s", err.msg);
-    return res;
-}
-
 TestSuite(cluster_fm, .timeout = 300);
 
 Test(cluster_fm, frappe_binary_auc)
@@ -45,7 +36,7 @@ Test(cluster_fm, frappe_binary_auc)
     cm_job job = s_job();
     snprintf(job.train, sizeof job.train, "%.900s/frappe/frappe.validation.libfm", data);
     snprintf(job.test, sizeof job.test, "%.900s/frappe/frappe.test.libfm", data);
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     /* validation is on by default: patience may end the run early */
     cr_expect(res.epochs == job.epochs || (res.early_stopped && res.best_epoch > 0),
               "%d of %d epochs without an early stop", res.epochs, job.epochs);
@@ -71,7 +62,7 @@ Test(cluster_fm, criteo_csv_reads_as_it_is)
              "C22,C23,C24,C25,C26");
     job.epochs = 5;
     job.workers = 1;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_expect_eq(res.n_train + res.n_valid, 1999, "trained on or held out for validation");
     /* fitting its own training rows: above chance (the integer columns are
      * raw counts, unscaled, which FMs fit poorly) */
@@ -111,7 +102,7 @@ Test(cluster_fm, regression_recovers_a_planted_fm)
     snprintf(job.test, sizeof job.test, "%s", test);
     job.dim = 8;
     job.l2 = 0.001;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_expect_lt(res.test_auc, 0, "a regression has no AUC");
     cr_expect_lt(res.test_rmse, 0.2, "test RMSE %.4f (noise 0.1)", res.test_rmse);
     char cmd[400];
@@ -165,14 +156,14 @@ Test(cluster_fm, ml100k_side_features_and_cold_start)
     mf.local = 1;
     mf.progress = 0;
     mf.log_level = CM_LOG_ERROR;
-    sch_result r_mf = s_run(&mf);
+    sch_result r_mf = th_local_ok(&mf);
     cm_job fm = s_job();
     snprintf(fm.train, sizeof fm.train, "%s", u1b);
     snprintf(fm.test, sizeof fm.test, "%s", u1t);
     snprintf(fm.user_features, sizeof fm.user_features, "%s", uu);
     snprintf(fm.item_features, sizeof fm.item_features, "%s", ui);
     fm.l2 = 0.1;
-    sch_result r_fm = s_run(&fm);
+    sch_result r_fm = th_local_ok(&fm);
     cr_log_info("ml-100k u1: MF RMSE %.4f, FM with side features %.4f", r_mf.test_rmse,
                 r_fm.test_rmse);
     cr_expect_lt(r_fm.test_rmse, r_mf.test_rmse, "FM %.4f vs MF %.4f", r_fm.test_rmse,
@@ -210,11 +201,11 @@ Test(cluster_fm, ml100k_side_features_and_cold_start)
     cm_job cold = fm;
     snprintf(cold.train, sizeof cold.train, "%s", tr);
     snprintf(cold.test, sizeof cold.test, "%s", te);
-    sch_result r_cold = s_run(&cold);
+    sch_result r_cold = th_local_ok(&cold);
     cm_job cold_mf = mf;
     snprintf(cold_mf.train, sizeof cold_mf.train, "%s", tr);
     snprintf(cold_mf.test, sizeof cold_mf.test, "%s", te);
-    sch_result r_cold_mf = s_run(&cold_mf);
+    sch_result r_cold_mf = th_local_ok(&cold_mf);
     cr_log_info("cold users (%.0f ratings): global mean RMSE %.4f, MF %.4f, FM with side "
                 "features %.4f",
                 m, mean_rmse, r_cold_mf.test_rmse, r_cold.test_rmse);
@@ -239,7 +230,7 @@ Test(cluster_fm, export_without_item_table)
     snprintf(job.train, sizeof job.train, "%.900s/frappe/frappe.validation.libfm", data);
     job.epochs = 2;
     snprintf(job.checkpoint_dir, sizeof job.checkpoint_dir, "%s/ck", dir);
-    s_run(&job);
+    th_local_ok(&job);
     static char cmd[2048], out[16384];
     snprintf(cmd, sizeof cmd, "%s export %s/ck --out %s/ex", PSREC_BINARY, dir, dir);
     cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);

@@ -47,15 +47,6 @@ static cm_job s_job(const char *model, const char *data, int side)
     return job;
 }
 
-static sch_result s_run(const cm_job *job)
-{
-    sch_result res;
-    cm_error err = {0};
-    int rc = th_local(job, &res, &err);
-    cr_assert_eq(rc, 0, "%s", err.msg);
-    return res;
-}
-
 /* The defaults of method mcmc need no lr or l2: on u1 with u.user/u.item
  * they end near 0.902 (sgd fm at its defaults ends above 1.0, and 0.913 at
  * its best l2); every sweep is a metrics line, the last is the result. */
@@ -67,7 +58,7 @@ Test(cluster_mcmc, fm_side_features_ml100k_u1)
     cr_expect_eq(job.dim, 8);
     job.epochs = 60;
     snprintf(job.metrics, sizeof job.metrics, "%s/fm.jsonl", th_dir);
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("mcmc fm with side features, 60 sweeps: RMSE %.4f", res.test_rmse);
     cr_expect_eq(res.epochs, 60);
     cr_expect_eq(res.n_test, 20000);
@@ -99,7 +90,7 @@ Test(cluster_mcmc, mf_ml100k_u1)
 {
     const char *data = s_data();
     cm_job job = s_job("mf", data, 0);
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("mcmc mf, %d sweeps: RMSE %.4f", res.epochs, res.test_rmse);
     /* seeds 1-4: 0.909-0.912; sgd mf at its defaults 0.9235, LIBMF tuned on
      * this very test split 0.918 */
@@ -114,7 +105,7 @@ Test(cluster_mcmc, fm_binary_frappe)
     snprintf(job.train, sizeof job.train, "%.900s/frappe/frappe.validation.libfm", data);
     snprintf(job.test, sizeof job.test, "%.900s/frappe/frappe.test.libfm", data);
     job.epochs = 20;
-    sch_result res = s_run(&job);
+    sch_result res = th_local_ok(&job);
     cr_log_info("mcmc fm on frappe, 20 sweeps: AUC %.4f log loss %.4f", res.test_auc,
                 res.test_logloss);
     cr_expect_gt(res.test_auc, 0.90, "AUC %.4f", res.test_auc);
