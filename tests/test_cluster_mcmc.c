@@ -57,14 +57,18 @@ Test(cluster_mcmc, fm_side_features_ml100k_u1)
     cm_job job = s_job("fm", data, 1);
     cr_expect_eq(job.epochs, 100);
     cr_expect_eq(job.dim, 8);
-    job.epochs = 60;
+    /* the sanitizer build's sweeps are several times slower: 25 sweeps
+     * (measured 0.9240) instead of 60 */
+    const int sweeps = TH_SANITIZED ? 25 : 60;
+    const double bound = TH_SANITIZED ? 0.935 : 0.915;
+    job.epochs = sweeps;
     snprintf(job.metrics, sizeof job.metrics, "%s/fm.jsonl", th_dir);
     sch_result res = th_local_ok(&job);
-    cr_log_info("mcmc fm with side features, 60 sweeps: RMSE %.4f", res.test_rmse);
-    cr_expect_eq(res.epochs, 60);
+    cr_log_info("mcmc fm with side features, %d sweeps: RMSE %.4f", sweeps, res.test_rmse);
+    cr_expect_eq(res.epochs, sweeps);
     cr_expect_eq(res.n_test, 20000);
     /* the global mean scores 1.154 on u1 */
-    cr_expect(res.test_rmse > 0.85 && res.test_rmse < 0.915, "RMSE %.4f", res.test_rmse);
+    cr_expect(res.test_rmse > 0.85 && res.test_rmse < bound, "RMSE %.4f", res.test_rmse);
     FILE *f = fopen(job.metrics, "r");
     cr_assert_not_null(f);
     char line[4096];
@@ -78,7 +82,7 @@ Test(cluster_mcmc, fm_side_features_ml100k_u1)
             first = atof(p + 13);
     }
     fclose(f);
-    cr_expect_eq(lines, 60);
+    cr_expect_eq(lines, sweeps);
     cr_expect(fabs(th_last_metric(job.metrics, "test_rmse") - res.test_rmse) < 1e-6,
               "last line %.9g, result %.9g", th_last_metric(job.metrics, "test_rmse"),
               res.test_rmse);
@@ -91,11 +95,14 @@ Test(cluster_mcmc, mf_ml100k_u1)
 {
     const char *data = s_data();
     cm_job job = s_job("mf", data, 0);
+    if (TH_SANITIZED)
+        job.epochs = 40; /* measured 0.9375; the chain needs its 100 for the rest */
     sch_result res = th_local_ok(&job);
     cr_log_info("mcmc mf, %d sweeps: RMSE %.4f", res.epochs, res.test_rmse);
     /* seeds 1-4: 0.909-0.912; sgd mf at its defaults 0.9235, LIBMF tuned on
      * this very test split 0.918 */
-    cr_expect(res.test_rmse > 0.85 && res.test_rmse < 0.918, "RMSE %.4f", res.test_rmse);
+    cr_expect(res.test_rmse > 0.85 && res.test_rmse < (TH_SANITIZED ? 0.95 : 0.918),
+              "RMSE %.4f", res.test_rmse);
 }
 
 /* A binary task (frappe, ±1 labels) samples the probit model. */
@@ -105,10 +112,10 @@ Test(cluster_mcmc, fm_binary_frappe)
     cm_job job = s_job("fm", data, 0);
     snprintf(job.train, sizeof job.train, "%.900s/frappe/frappe.validation.libfm", data);
     snprintf(job.test, sizeof job.test, "%.900s/frappe/frappe.test.libfm", data);
-    job.epochs = 20;
+    job.epochs = TH_SANITIZED ? 10 : 20; /* 10: AUC 0.925, log loss 0.343 */
     sch_result res = th_local_ok(&job);
-    cr_log_info("mcmc fm on frappe, 20 sweeps: AUC %.4f log loss %.4f", res.test_auc,
-                res.test_logloss);
+    cr_log_info("mcmc fm on frappe, %d sweeps: AUC %.4f log loss %.4f", job.epochs,
+                res.test_auc, res.test_logloss);
     cr_expect_gt(res.test_auc, 0.90, "AUC %.4f", res.test_auc);
     cr_expect(res.test_logloss > 0 && res.test_logloss < 0.4, "log loss %.4f",
               res.test_logloss);
