@@ -318,9 +318,11 @@ static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t
         uint32_t groups = 1;
         cm_error err = {0};
         wk_sparse *data = grouped ? s_load(job, grouped, &groups, &err) : NULL;
-        const int binary = data && wk_sparse_task(data) == CM_TASK_BINARY;
+        const int read = data != NULL, binary = read && wk_sparse_task(data) == CM_TASK_BINARY;
         wk_sparse_destroy(&data);
         free(grouped);
+        if (!read)
+            return "the training data did not load as fm examples";
         if (binary)
             return "binary labels (every one -1, 0 or 1): sgd's AUC is the better on click "
                    "data";

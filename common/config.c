@@ -73,6 +73,7 @@ static const char *const s_encrypt[] = {"auto", "on", "off", NULL};
 static const char *const s_affinity[] = {"auto", "off", NULL};
 static const char *const s_transports[] = {"auto", "tcp", NULL};
 static const char *const s_tasks[] = {"auto", "regression", "binary", NULL};
+static const char *const s_numeric_transforms[] = {"none", "log", NULL};
 static const int s_task_values[] = {CM_JOB_TASK_AUTO, 0, 1};
 static const char *const s_formats[] = {"auto", "ratings", "libsvm", "libffm", "csv", NULL};
 static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
@@ -154,7 +155,13 @@ static const s_key s_keys[] = {
      .help = "csv: the label column's name (fm, ffm, deep); for mf and implicit the same as "
              "rating_column"},
     {.name = "numeric_columns", .type = S_STR, S_AT(numeric_columns), .def = "",
-     .help = "csv: comma-separated numeric columns (one feature each, value = the number)",
+     .help = "csv: comma-separated numeric columns (one feature each, value = the number "
+             "after numeric_transform)",
+     .models = S_M_SPARSE},
+    {.name = "numeric_transform", .type = S_ENUM, S_AT(numeric_transform),
+     .names = s_numeric_transforms, .def = "log",
+     .help = "csv numeric columns: log (value sign(x) ln(1 + |x|), so that raw counts in the "
+             "thousands do not swamp the model) or none (the number as read)",
      .models = S_M_SPARSE},
     {.name = "categorical_columns", .type = S_STR, S_AT(categorical_columns), .def = "",
      .help = "csv: comma-separated categorical columns (each value hashes to a feature)",

@@ -106,6 +106,7 @@ typedef struct {
     int format;                /* cm_format */
     char label_column[128];    /* csv */
     char numeric_columns[CM_PATH_MAX];     /* csv: comma-separated names */
+    int numeric_transform;                 /* csv numeric columns: 0 none, 1 log */
     char categorical_columns[CM_PATH_MAX]; /* csv: comma-separated names */
     char user_column[128];     /* ratings with a header: column names; "" positional */
     char item_column[128];

@@ -750,6 +750,8 @@ static int s_csv_row(s_build *b, const s_row *row, size_t ncols, const int *role
                          spec->numeric[j], pr == -2 ? "finite " : "", s_show(v->n), v->p);
                 return 1;
             }
+            if (spec->numeric_log)
+                x = copysignf(log1pf(fabsf(x)), x);
             key = seed[j];
         } else {
             key = cm_hash_bytes(v->p, v->n, seed[j]);

@@ -83,10 +83,13 @@ typedef struct {
     size_t n_categorical;
     char sep;                          /* 0: auto (tab if the header has one,
                                           else ','); ',' or '\t' */
+    int numeric_log;                   /* numeric values become
+                                          sign(x) ln(1 + |x|); 0: as read */
 } cm_csv_spec;
 
 /* Loads a CSV file with a header line. Numeric column j (spec order) gives
- * key cm_feat_key_numeric(name), value the number, field j; categorical
+ * key cm_feat_key_numeric(name), value the number (or its log, with
+ * spec->numeric_log), field j; categorical
  * column j gives key cm_feat_key_categorical(name, s), value 1, field
  * n_numeric + j. Empty fields are absent. CM_EPARSE if a spec column is
  * missing from the header. */

@@ -508,6 +508,34 @@ Test(features, csv_named_columns)
     cm_examples_free(&ex);
 }
 
+/* numeric_log: raw counts become sign(x) ln(1 + |x|); categoricals keep 1. */
+Test(features, csv_numeric_log)
+{
+    const char *p = write_str("l.csv", "y,age,score,city,device\n"
+                                       "1,0,-3,paris,ios\n"
+                                       "0,1000,2.5,rome,ios\n");
+    cm_feat_opts o = cm_feat_opts_default();
+    o.task = CM_TASK_BINARY;
+    cm_csv_spec s = spec2();
+    s.numeric_log = 1;
+    cm_examples ex;
+    cm_error e;
+    cr_assert_eq(cm_examples_load_csv(p, &s, &o, &ex, &e), 0, "%s", e.msg);
+    cr_assert_eq(ex.n, 2);
+    cr_assert_eq(ex.nnz, 8);
+    const float want[2][2] = {{0.0f, -logf(4.0f)}, {logf(1001.0f), logf(3.5f)}};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = ex.row_at[i]; j < ex.row_at[i + 1]; j++) {
+            if (ex.field[j] >= 2) {
+                cr_expect_eq(ex.val[j], 1.0f, "categorical value");
+                continue;
+            }
+            cr_expect_float_eq(ex.val[j], want[i][ex.field[j]], 1e-5f,
+                               "row %zu field %u: %g", i, ex.field[j], ex.val[j]);
+        }
+    cm_examples_free(&ex);
+}
+
 Test(features, csv_tabs_and_max_index_folding)
 {
     const char *p = write_str("a.tsv", "y\tage\tscore\tcity\tdevice\n"

@@ -430,7 +430,8 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
         snprintf(cat, sizeof cat, "%s", job->categorical_columns);
         cm_csv_spec spec = {.label_column = job->label_column[0] ? job->label_column : NULL,
                             .numeric = nn, .n_numeric = s_split(num, nn, 256),
-                            .categorical = cn, .n_categorical = s_split(cat, cn, 256)};
+                            .categorical = cn, .n_categorical = s_split(cat, cn, 256),
+                            .numeric_log = job->numeric_transform == 1};
         return cm_examples_load_csv(path, &spec, &fo, out, err);
     }
     default:
