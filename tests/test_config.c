@@ -24,7 +24,7 @@ static const char *const s_all_keys[] = {
     "restarts", "restart_backoff",
     "validation", "validation_fraction", "patience",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
-    "ftrl_l1", "ftrl_beta", "task", "format", "label_column", "numeric_columns",
+    "ftrl_l1", "ftrl_beta", "adagrad_init", "task", "format", "label_column", "numeric_columns",
     "categorical_columns", "user_column", "item_column", "rating_column", "timestamp_column",
     "consistency", "staleness", "user_features", "item_features",
     "memory_limit", "loss", "negatives", "sampler", "positive_threshold", "top_k", "hidden",
