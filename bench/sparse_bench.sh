@@ -21,10 +21,14 @@
 # (and xLearn, trained without a validation file so that its epoch time is
 # training alone) against psrec under mpirun, taken in turn; the machine's
 # speed swings, so the median of the pair ratios is the figure to compare.
+# With --before PATH (another build's psrec, e.g. one made from main), the
+# pairs are that psrec against this one, both under mpirun (deep included),
+# each run's per-epoch test AUC and log loss printed beside its rate: the
+# before/after figure of a change.
 #
 #   bench/sparse_bench.sh [--quick] [--lines "1000000 5000000"] [--epochs E]
 #        [--models fm,ffm,deep] [--pairs N] [--runs mpirun,local,baseline,peers]
-#        [--xlearn PATH] [--keep]
+#        [--xlearn PATH] [--before PATH] [--keep]
 #   --quick    200000 lines, 2 epochs, 1 pair: a check that everything runs
 # PSREC_BUILD picks the build directory (default build/), PSREC_BENCH_DIR
 # the data and output directory (default build/bench), PSREC_TRAIN_ARGS
@@ -34,7 +38,7 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 sizes="1000000 5000000" epochs=5 models=fm,ffm,deep pairs=3 keep=0
-runs=mpirun,local,baseline,peers xlearn=${XLEARN:-} threads=2
+runs=mpirun,local,baseline,peers xlearn=${XLEARN:-} threads=2 before=
 extra=${PSREC_TRAIN_ARGS:-} # more `psrec train` options, e.g. "--timeout 300" for big files
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,8 +49,9 @@ while [ $# -gt 0 ]; do
     --pairs) pairs=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --xlearn) xlearn=$2; shift 2 ;;
+    --before) before=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -103,8 +108,8 @@ from_xlearn() {
                      print $1, n / t, t, auc, ll }'
 }
 
-psrec_run() { # name model data mode -> epoch lines in $work/last.ep
-  local name=$1 model=$2 tr=$3 te=$4 mode=$5 m=$work/metrics.jsonl
+psrec_run() { # binary model data mode -> epoch lines in $work/last.ep
+  local bin=$1 model=$2 tr=$3 te=$4 mode=$5 m=$work/metrics.jsonl
   local dim; dim=$(dim_of "$model")
   local args=(train --servers 1 --model "$model" --train "$tr" --test "$te" --epochs "$epochs"
               --metrics "$m" --progress off --log_level warn)
@@ -113,10 +118,10 @@ psrec_run() { # name model data mode -> epoch lines in $work/last.ep
   local t0; t0=$(ms)
   local rc=0
   if [ "$mode" = mpirun ]; then
-    mpirun --oversubscribe --bind-to none -np 4 "$psrec" "${args[@]}" $extra \
+    mpirun --oversubscribe --bind-to none -np 4 "$bin" "${args[@]}" $extra \
         > "$work/last.out" 2>&1 || rc=$?
   else
-    "$psrec" "${args[@]}" $extra --local --workers 2 > "$work/last.out" 2>&1 || rc=$?
+    "$bin" "${args[@]}" $extra --local --workers 2 > "$work/last.out" 2>&1 || rc=$?
   fi
   wall=$(( ($(ms) - t0) / 1000000 ))
   if [ "$rc" != 0 ]; then # keep going: one failed run should not lose the others
@@ -156,6 +161,8 @@ show() { # name
 
 mean_rate() { awk '{ if ($1 > 1 || n == 0) { if ($1 > 1 && !w) { s = 0; n = 0; w = 1 } s += $2; n++ } } END { printf "%.0f", s / n }' "$work/last.ep"; }
 
+quality() { awk '{ a = a sprintf(" %.4f", $4); l = l sprintf(" %.3f", $5) } END { printf "auc%s, logloss%s", a, l }' "$work/last.ep"; }
+
 median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 for lines in $sizes; do
@@ -177,11 +184,11 @@ for lines in $sizes; do
     else tr=$data.train.ffm te=$data.test.ffm; fi
     if has mpirun "$runs"; then
       echo "-- $model psrec mpirun 1+1+2" >&2
-      psrec_run x "$model" "$tr" "$te" mpirun && show "$(label "$model") psrec mpirun 1+1+2"
+      psrec_run "$psrec" "$model" "$tr" "$te" mpirun && show "$(label "$model") psrec mpirun 1+1+2"
     fi
     if has local "$runs"; then
       echo "-- $model psrec --local 1 server 2 workers" >&2
-      psrec_run x "$model" "$tr" "$te" local && show "$(label "$model") psrec --local"
+      psrec_run "$psrec" "$model" "$tr" "$te" local && show "$(label "$model") psrec --local"
     fi
     if has baseline "$runs" && [ "$model" != deep ]; then
       echo "-- $model fm_baseline $threads threads" >&2
@@ -191,17 +198,30 @@ for lines in $sizes; do
       echo "-- $model xLearn $threads threads" >&2
       xlearn_run "$model" "$tr" "$te" 1 "$ntrain"; show "$(label "$model") xLearn ${threads}t (+eval)"
     fi
-    [ "$model" = deep ] && continue
     [ "$pairs" -gt 0 ] || continue
+    if [ -n "$before" ]; then
+      rp=()
+      for p in $(seq "$pairs"); do
+        psrec_run "$before" "$model" "$tr" "$te" mpirun || continue; b=$(mean_rate); qb=$(quality)
+        psrec_run "$psrec" "$model" "$tr" "$te" mpirun || continue; m=$(mean_rate); qm=$(quality)
+        rp+=("$(awk -v a="$m" -v b="$b" 'BEGIN { print a / b }')")
+        printf '   pair %s (load %s): before %s ex/s (%s); after %s ex/s (%s)\n' "$p" \
+            "$(cut -d' ' -f1 /proc/loadavg)" "$b" "$qb" "$m" "$qm" | tee -a "$table"
+      done
+      [ "${#rp[@]}" -gt 0 ] &&
+        echo "   $model: median after / before over ${#rp[@]} pairs: $(printf '%s\n' "${rp[@]}" | median)" | tee -a "$table"
+      continue
+    fi
+    [ "$model" = deep ] && continue
     rb=() rx=()
     for p in $(seq "$pairs"); do
       baseline_run "$model" "$tr" "$te"; b=$(mean_rate)
-      psrec_run x "$model" "$tr" "$te" mpirun || continue; m=$(mean_rate)
+      psrec_run "$psrec" "$model" "$tr" "$te" mpirun || continue; m=$(mean_rate)
       rb+=("$(awk -v a="$m" -v b="$b" 'BEGIN { print a / b }')")
       line="   pair $p: baseline $b, psrec mpirun $m ex/s"
       if [ -n "$xlearn" ] && has peers "$runs"; then
         xlearn_run "$model" "$tr" "$te" 0 "$ntrain"; x=$(mean_rate)
-        psrec_run x "$model" "$tr" "$te" mpirun || continue; m2=$(mean_rate)
+        psrec_run "$psrec" "$model" "$tr" "$te" mpirun || continue; m2=$(mean_rate)
         rx+=("$(awk -v a="$m2" -v b="$x" 'BEGIN { print a / b }')")
         line="$line; xLearn (training alone) $x, psrec mpirun $m2 ex/s"
       fi

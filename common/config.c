@@ -230,6 +230,10 @@ static const s_key s_keys[] = {
     {.name = "ftrl_beta", .type = S_DBL, S_AT(ftrl_beta), .dmin = 0, .dmax = 1e6,
      .dmin_open = 1, .def = "1",
      .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))"},
+    {.name = "adagrad_init", .type = S_DBL, S_AT(adagrad_init), .dmin = 0, .dmax = 1e6,
+     .def = "0.1",
+     .help = "adagrad, rowwise_adagrad: the accumulators' starting value; a larger one "
+             "damps the first steps of rarely seen rows (docs/optimizers.md)"},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker"},
     {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,

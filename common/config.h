@@ -130,6 +130,7 @@ typedef struct {
     double adam_beta2;         /* Adam: second-moment decay */
     double ftrl_l1;            /* FTRL: L1 strength (exact zeros below it) */
     double ftrl_beta;          /* FTRL: learning-rate smoothing beta */
+    double adagrad_init;       /* AdaGrad, row-wise AdaGrad: accumulators' start */
     int batch;                 /* examples per minibatch per worker */
     int schedule;              /* cm_schedule */
     int method;                /* cm_method (fm) */

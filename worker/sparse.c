@@ -20,6 +20,20 @@
 #define S_MAX_FIELDS 1024  /* the fields key's range */
 #define S_FIELDS_LINES 1000 /* lines read for a libffm field count, at most */
 
+/* A set's fixed minibatches: batch b is rows [b * batch, (b + 1) * batch)
+ * of the set. Its sorted unique keys (the bias key among them) and each
+ * occurrence's row among them are worked out once, when the set is first
+ * trained or scored, instead of in every epoch. */
+typedef struct {
+    size_t batch;        /* examples per batch (the last may have fewer); 0: not made */
+    size_t n_batches;
+    uint32_t *idx;       /* per occurrence of the set: its key's row in its batch */
+    uint64_t *uniq;      /* the batches' unique keys, back to back */
+    size_t *uat;         /* n_batches + 1: batch b's keys are uniq[uat[b] .. uat[b + 1]) */
+    uint32_t *bias_row;  /* per batch: the bias key's row */
+    size_t max_uniq;     /* the most keys of one batch */
+} s_layout;
+
 /* This worker's rows of one file, in CSR form (owned copies). */
 typedef struct {
     size_t n;
@@ -29,6 +43,7 @@ typedef struct {
     float *val;
     uint32_t *field;  /* field of each occurrence (ffm, deep); NULL otherwise */
     size_t bad_lines;
+    s_layout lay;     /* its minibatches */
 } s_set;
 
 struct wk_sparse {
@@ -40,11 +55,9 @@ struct wk_sparse {
     s_set train, test;
     s_set valid;         /* validation rows (docs/validation.md) */
     /* batch scratch, grown as needed */
-    uint64_t *keys, *uniq, *scratch, *at;
-    uint32_t *idx, *field;
-    float *val, *label, *rows, *grads, *score;
-    size_t cap_nnz, cap_ex;
-    uint32_t *order;
+    float *rows, *grads, *score;
+    size_t cap_rows, cap_ex;
+    uint32_t *order;     /* an epoch's order of the training batches */
     /* models with a dense table (deep), set up at the first batch */
     const wk_model_ops *dense_model;
     wk_sparse_extra extra;  /* fields, dense rows and scratch, for ext models */
@@ -61,6 +74,10 @@ static void s_set_free(s_set *d)
     free(d->key);
     free(d->val);
     free(d->field);
+    free(d->lay.idx);
+    free(d->lay.uniq);
+    free(d->lay.uat);
+    free(d->lay.bias_row);
     memset(d, 0, sizeof *d);
 }
 
@@ -72,18 +89,10 @@ void wk_sparse_destroy(wk_sparse **ps)
     s_set_free(&s->train);
     s_set_free(&s->test);
     s_set_free(&s->valid);
-    free(s->keys);
-    free(s->uniq);
-    free(s->scratch);
-    free(s->at);
-    free(s->idx);
-    free(s->val);
-    free(s->label);
     free(s->rows);
     free(s->grads);
     free(s->score);
     free(s->order);
-    free(s->field);
     if (s->dense_model)
         s->dense_model->scratch_destroy(&s->extra.scratch);
     free(s->dense_rows);
@@ -747,12 +756,6 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     }
 loaded:
     free(held);
-    held = NULL;
-    s->order = malloc((s->train.n + 1) * sizeof *s->order);
-    if (!s->order) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
-        goto fail;
-    }
     return s;
 fail:
     free(held);
@@ -781,44 +784,130 @@ void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n
         loads[cm_slot_of(s->train.key[k], 0, n_slots)] += 1.f;
 }
 
-/* Makes room for a batch of n examples with nnz features (+ the bias). */
-static int s_reserve(wk_sparse *s, size_t n, size_t nnz, cm_error *err)
+/* Puts the examples of d in a random order (seeded), so that the fixed
+ * minibatches (s_layout) are consecutive rows and differ from the file's
+ * order. */
+static int s_set_shuffle(s_set *d, uint64_t seed, cm_error *err)
 {
-    if (nnz + 1 > s->cap_nnz) {
-        size_t c = (nnz + 1) * 2;
-        free(s->keys);
-        free(s->uniq);
-        free(s->scratch);
-        free(s->idx);
-        free(s->field);
-        free(s->val);
+    const size_t n = d->n, nnz = n ? d->at[n] : 0;
+    uint32_t *perm = malloc((n + 1) * sizeof *perm);
+    float *label = malloc((n + 1) * sizeof *label), *val = malloc((nnz + 1) * sizeof *val);
+    uint64_t *at = malloc((n + 1) * sizeof *at), *key = malloc((nnz + 1) * sizeof *key);
+    uint32_t *field = d->field ? malloc((nnz + 1) * sizeof *field) : NULL;
+    if (!perm || !label || !val || !at || !key || (d->field && !field)) {
+        free(perm);
+        free(label);
+        free(val);
+        free(at);
+        free(key);
+        free(field);
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory shuffling %zu examples", n);
+    }
+    cm_rng rng;
+    cm_rng_seed(&rng, seed);
+    for (size_t j = 0; j < n; j++)
+        perm[j] = (uint32_t)j;
+    cm_rng_shuffle_u32(&rng, perm, n);
+    at[0] = 0;
+    for (size_t j = 0, k = 0; j < n; j++) {
+        const size_t r = perm[j], len = d->at[r + 1] - d->at[r];
+        label[j] = d->label[r];
+        memcpy(key + k, d->key + d->at[r], len * sizeof *key);
+        memcpy(val + k, d->val + d->at[r], len * sizeof *val);
+        if (field)
+            memcpy(field + k, d->field + d->at[r], len * sizeof *field);
+        k += len;
+        at[j + 1] = k;
+    }
+    free(perm);
+    free(d->label);
+    free(d->at);
+    free(d->key);
+    free(d->val);
+    free(d->field);
+    d->label = label;
+    d->at = at;
+    d->key = key;
+    d->val = val;
+    d->field = field;
+    return 0;
+}
+
+/* Makes d's layout of batches of `batch` examples (a no-op once made). */
+static int s_layout_make(s_set *d, size_t batch, cm_error *err)
+{
+    s_layout *l = &d->lay;
+    if (l->batch)
+        return 0;
+    const size_t nb = (d->n + batch - 1) / batch, nnz = d->n ? d->at[d->n] : 0;
+    size_t most = 0; /* occurrences of the largest batch */
+    for (size_t b = 0; b < nb; b++) {
+        const size_t first = b * batch, last = first + batch < d->n ? first + batch : d->n;
+        if (d->at[last] - d->at[first] > most)
+            most = d->at[last] - d->at[first];
+    }
+    /* a batch has at most its occurrences + the bias as keys */
+    l->idx = malloc((nnz + 1) * sizeof *l->idx);
+    l->uniq = malloc((nnz + nb + 1) * sizeof *l->uniq);
+    l->uat = malloc((nb + 1) * sizeof *l->uat);
+    l->bias_row = malloc((nb + 1) * sizeof *l->bias_row);
+    uint64_t *keys = malloc((most + 1) * sizeof *keys);
+    uint64_t *scratch = malloc(2 * (most + 1) * sizeof *scratch);
+    uint32_t *idx = malloc((most + 1) * sizeof *idx);
+    int rc = 0;
+    if (!l->idx || !l->uniq || !l->uat || !l->bias_row || !keys || !scratch || !idx) {
+        rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory for the batches of %zu "
+                          "examples", d->n);
+        goto out;
+    }
+    l->uat[0] = 0;
+    l->max_uniq = 0;
+    for (size_t b = 0; b < nb; b++) {
+        const size_t first = b * batch, last = first + batch < d->n ? first + batch : d->n;
+        const size_t from = d->at[first], m = d->at[last] - from;
+        size_t nu;
+        memcpy(keys, d->key + from, m * sizeof *keys);
+        keys[m] = WK_FM_BIAS_KEY;
+        cm_dedupe_u64(keys, m + 1, l->uniq + l->uat[b], idx, &nu, scratch);
+        memcpy(l->idx + from, idx, m * sizeof *idx);
+        l->bias_row[b] = idx[m];
+        l->uat[b + 1] = l->uat[b] + nu;
+        if (nu > l->max_uniq)
+            l->max_uniq = nu;
+    }
+    uint64_t *fit = realloc(l->uniq, (l->uat[nb] + 1) * sizeof *fit);
+    if (fit)
+        l->uniq = fit;
+    l->n_batches = nb;
+    l->batch = batch;
+out:
+    free(keys);
+    free(scratch);
+    free(idx);
+    return rc;
+}
+
+/* Makes room for a batch of n examples with nu unique keys. */
+static int s_reserve(wk_sparse *s, size_t n, size_t nu, cm_error *err)
+{
+    if (nu > s->cap_rows) {
+        const size_t c = nu * 2;
         free(s->rows);
         free(s->grads);
-        s->keys = malloc(c * sizeof *s->keys);
-        s->field = malloc(c * sizeof *s->field);
-        s->uniq = malloc(c * sizeof *s->uniq);
-        s->scratch = malloc(2 * c * sizeof *s->scratch);
-        s->idx = malloc(c * sizeof *s->idx);
-        s->val = malloc(c * sizeof *s->val);
         s->rows = malloc(c * (size_t)s->dim * sizeof *s->rows);
         s->grads = malloc(c * (size_t)s->dim * sizeof *s->grads);
-        s->cap_nnz = c;
-        if (!s->keys || !s->uniq || !s->scratch || !s->idx || !s->field || !s->val ||
-            !s->rows || !s->grads) {
-            s->cap_nnz = 0;
+        s->cap_rows = c;
+        if (!s->rows || !s->grads) {
+            s->cap_rows = 0;
             return cm_error_set(err, CM_ENOMEM, "worker: out of memory for a batch");
         }
     }
     if (n + 1 > s->cap_ex) {
-        size_t c = (n + 1) * 2;
-        free(s->at);
-        free(s->label);
+        const size_t c = (n + 1) * 2;
         free(s->score);
-        s->at = malloc(c * sizeof *s->at);
-        s->label = malloc(c * sizeof *s->label);
         s->score = malloc(c * sizeof *s->score);
         s->cap_ex = c;
-        if (!s->at || !s->label || !s->score) {
+        if (!s->score) {
             s->cap_ex = 0;
             return cm_error_set(err, CM_ENOMEM, "worker: out of memory for a batch");
         }
@@ -826,41 +915,27 @@ static int s_reserve(wk_sparse *s, size_t n, size_t nnz, cm_error *err)
     return 0;
 }
 
-/* Gathers examples rows[0..n) of d (through order, if given) into a
- * deduplicated batch and pulls its rows. */
-static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, const uint32_t *order,
-                   size_t first, size_t n, uint32_t flags, wk_sparse_batch *b, size_t *n_uniq,
-                   cm_error *err)
+/* Batch bi of d (its layout made) as the model sees it, reading the set's
+ * arrays in place, and pulls its rows. */
+static int s_batch(wk_sparse *s, wk_kv *kv, const s_set *d, size_t bi, uint32_t flags,
+                   wk_sparse_batch *b, size_t *n_uniq, cm_error *err)
 {
-    size_t nnz = 0;
-    for (size_t j = 0; j < n; j++) {
-        size_t r = order ? order[first + j] : first + j;
-        nnz += d->at[r + 1] - d->at[r];
-    }
-    int rc = s_reserve(s, n, nnz, err);
+    const s_layout *l = &d->lay;
+    const size_t first = bi * l->batch;
+    const size_t n = d->n - first < l->batch ? d->n - first : l->batch;
+    const size_t nu = l->uat[bi + 1] - l->uat[bi];
+    int rc = s_reserve(s, n, nu, err);
     if (rc != 0)
         return rc;
-    size_t k = 0;
-    s->at[0] = 0;
-    for (size_t j = 0; j < n; j++) {
-        size_t r = order ? order[first + j] : first + j;
-        for (uint64_t a = d->at[r]; a < d->at[r + 1]; a++, k++) {
-            s->keys[k] = d->key[a];
-            s->val[k] = d->val[a];
-            if (d->field)
-                s->field[k] = d->field[a];
-        }
-        s->at[j + 1] = k;
-        s->label[j] = d->label[r];
-    }
-    s->keys[k] = WK_FM_BIAS_KEY;
-    cm_dedupe_u64(s->keys, k + 1, s->uniq, s->idx, n_uniq, s->scratch);
-    *b = (wk_sparse_batch){n, s->at, s->idx, s->val, s->label, s->idx[k]};
-    s->extra.field = d->field ? s->field : NULL;
+    /* at holds offsets into the whole set's arrays: idx and val are the
+     * set's, not copies */
+    *b = (wk_sparse_batch){n, d->at + first, l->idx, d->val, d->label + first, l->bias_row[bi]};
+    *n_uniq = nu;
+    s->extra.field = d->field;
     s->extra.n_fields = d->field ? s->n_fields : 0;
     /* the dense rows are made on first touch even while evaluating: they
      * start from the net's initialisation, not zeros */
-    wk_pull req[2] = {{0, s->uniq, *n_uniq, s->rows, flags, 0},
+    wk_pull req[2] = {{0, l->uniq + l->uat[bi], nu, s->rows, flags, 0},
                       {1, s->dense_keys, s->n_dense, s->dense_rows, 0, 0}};
     return wk_kv_pull(kv, req, s->dense_model ? 2 : 1, err);
 }
@@ -905,19 +980,30 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
                     size_t *n, cm_error *err)
 {
     const size_t total = s->train.n;
-    cm_rng rng;
-    cm_rng_seed(&rng, seed);
-    for (size_t j = 0; j < total; j++)
-        s->order[j] = (uint32_t)j;
-    cm_rng_shuffle_u32(&rng, s->order, total);
-    double sum = 0;
     int rc = s_dense_setup(s, m, err);
     if (rc != 0)
         return rc;
-    for (size_t first = 0; first < total; first += s->batch) {
-        size_t cnt = total - first < s->batch ? total - first : s->batch, nu = 0;
+    if (!s->train.lay.batch) {
+        /* batch membership is drawn once; each epoch shuffles their order */
+        if ((rc = s_set_shuffle(&s->train, s->job->seed, err)) != 0 ||
+            (rc = s_layout_make(&s->train, s->batch, err)) != 0)
+            return rc;
+        s->order = malloc((s->train.lay.n_batches + 1) * sizeof *s->order);
+        if (!s->order)
+            return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    }
+    const size_t nb = s->train.lay.n_batches;
+    cm_rng rng;
+    cm_rng_seed(&rng, seed);
+    for (size_t j = 0; j < nb; j++)
+        s->order[j] = (uint32_t)j;
+    cm_rng_shuffle_u32(&rng, s->order, nb);
+    double sum = 0;
+    size_t done = 0;
+    for (size_t i = 0; i < nb; i++) {
+        size_t nu = 0;
         wk_sparse_batch b;
-        if ((rc = s_batch(s, kv, &s->train, s->order, first, cnt, 0, &b, &nu, err)) != 0)
+        if ((rc = s_batch(s, kv, &s->train, s->order[i], 0, &b, &nu, err)) != 0)
             return rc;
         memset(s->grads, 0, nu * (size_t)s->dim * sizeof(float));
         if (s->dense_model)
@@ -927,12 +1013,14 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
         } else {
             sum += m->train_sparse(ctx, s->task, &b, s->dim, s->rows, s->grads);
         }
-        if ((rc = wk_kv_push(kv, 0, s->uniq, nu, s->grads, err)) != 0)
+        const s_layout *l = &s->train.lay;
+        if ((rc = wk_kv_push(kv, 0, l->uniq + l->uat[s->order[i]], nu, s->grads, err)) != 0)
             return rc;
         if (s->dense_model &&
             (rc = wk_kv_push(kv, 1, s->dense_keys, s->n_dense, s->dense_grads, err)) != 0)
             return rc;
-        if (progress && (rc = progress(arg, first + cnt, sum)) != 0)
+        done += b.n;
+        if (progress && (rc = progress(arg, done, sum)) != 0)
             return rc;
     }
     *loss += sum;
@@ -940,7 +1028,6 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
     return wk_kv_flush(kv, err);
 }
 
-/* Scores set d; pos/neg may be NULL (no AUC histograms). */
 /* One evaluation batch's share of the learned-l2 sums: the batch's nu
  * rows scaled by 1 +- eps into *srows (grown to fit), scored again. */
 static int s_reg_batch(wk_sparse *s, const wk_model_ops *m, const wk_model_ctx *ctx,
@@ -964,6 +1051,7 @@ static int s_reg_batch(wk_sparse *s, const wk_model_ops *m, const wk_model_ctx *
     return 0;
 }
 
+/* Scores set d; pos/neg may be NULL (no AUC histograms). */
 static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
                       const wk_model_ctx *ctx, double *stats, uint64_t *pos, uint64_t *neg,
                       wk_reg_sums *reg, cm_error *err)
@@ -988,30 +1076,19 @@ static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
             return cm_error_set(err, CM_ENOMEM, "worker: out of memory for learning l2");
         }
     }
-    for (size_t first = 0; first < d->n; first += S_EVAL_BATCH) {
-        size_t cnt = d->n - first < S_EVAL_BATCH ? d->n - first : S_EVAL_BATCH, nu;
+    int rc = s_layout_make(d, S_EVAL_BATCH, err);
+    for (size_t bi = 0; rc == 0 && bi < d->lay.n_batches; bi++) {
+        size_t nu;
         wk_sparse_batch b;
-        int rc = s_batch(s, kv, d, NULL, first, cnt, CM_PULL_NO_CREATE, &b, &nu, err);
-        if (rc != 0) {
-            free(srows);
-            free(sup);
-            free(sdown);
-            return rc;
-        }
+        if ((rc = s_batch(s, kv, d, bi, CM_PULL_NO_CREATE, &b, &nu, err)) != 0)
+            break;
         if (m->predict_ext)
             m->predict_ext(ctx, &b, &s->extra, s->dim, s->rows, s->score);
         else
             m->predict_sparse(ctx, &b, s->dim, s->rows, s->score);
-        if (reg) {
-            rc = s_reg_batch(s, m, ctx, &b, nu, &srows, sup, sdown, reg, err);
-            if (rc != 0) {
-                free(srows);
-                free(sup);
-                free(sdown);
-                return rc;
-            }
-        }
-        for (size_t j = 0; j < cnt; j++) {
+        if (reg && (rc = s_reg_batch(s, m, ctx, &b, nu, &srows, sup, sdown, reg, err)) != 0)
+            break;
+        for (size_t j = 0; j < b.n; j++) {
             double y = s->score[j], t = b.label[j];
             if (s->task != CM_TASK_BINARY)
                 y = y < ctx->clip_lo ? ctx->clip_lo : (y > ctx->clip_hi ? ctx->clip_hi : y);
@@ -1029,6 +1106,8 @@ static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
     free(srows);
     free(sup);
     free(sdown);
+    if (rc != 0)
+        return rc;
     stats[0] = sq;
     stats[1] = ab;
     stats[2] = (double)d->n;

@@ -3,9 +3,11 @@
  *
  * Examples are libsvm/libFM, libffm or CSV rows of (key, value) features
  * (common/features.h). Worker w keeps the rows whose index is w modulo the
- * worker count. Training is the minibatch schedule: each batch gathers its
- * features' keys plus the global bias key, deduplicates them, pulls the
- * rows, lets the model add its gradients, and pushes them; a model with a
+ * worker count. Training is the minibatch schedule: the training rows are
+ * shuffled once into fixed batches, whose keys plus the global bias key are
+ * deduplicated once (each epoch shuffles the order of the batches, not
+ * their members); each batch pulls its rows, lets the model add its
+ * gradients, and pushes them; a model with a
  * dense table (deep) also pulls and pushes all of that table's rows with
  * every batch. ffm and deep see each occurrence's field: libffm's, the csv
  * column's, or for ratings 0 user, 1 item, 2 user side features, 3 item
@@ -112,8 +114,8 @@ void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n
 /* Called now and then with examples done and the loss so far. */
 typedef int (*wk_sparse_progress_fn)(void *arg, size_t done, double loss);
 
-/* One epoch of minibatches (shuffled with seed). Adds the summed loss and
- * the example count. */
+/* One epoch of minibatches (their order shuffled with seed). Adds the
+ * summed loss and the example count. */
 int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
                     uint64_t seed, wk_sparse_progress_fn progress, void *arg, double *loss,
                     size_t *n, cm_error *err);

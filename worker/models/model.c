@@ -45,6 +45,7 @@ void wk_model_table_common(const cm_job *job, cm_table_spec *out)
     out->optim.beta2 = (float)job->adam_beta2;
     out->optim.l1 = (float)job->ftrl_l1;
     out->optim.beta = (float)job->ftrl_beta;
+    out->optim.init_accum = (float)job->adagrad_init;
     out->min_count = (uint32_t)job->min_count;
     out->ttl = (uint32_t)job->ttl;
     out->max_rows = (size_t)job->max_rows;

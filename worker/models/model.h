@@ -28,7 +28,8 @@ typedef struct {
 
 /* A minibatch of sparse examples after deduplication (FM-style models):
  * example j has the features at[j] .. at[j+1]-1; feature k reads row
- * idx[k] of the pulled rows with value val[k]. */
+ * idx[k] of the pulled rows with value val[k]. at[0] need not be 0: a
+ * batch may index arrays that hold more than its own features. */
 typedef struct {
     size_t n;
     const uint64_t *at;      /* n + 1 offsets */
