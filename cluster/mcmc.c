@@ -250,7 +250,7 @@ static int s_record(s_run *r, int e, double loss, double secs, double elapsed,
 int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
     sch_result_init(res);
-    if (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0)
+    if (!cm_job_model(job)->quadratic)
         return cm_error_set(err, CM_ECONFIG, "method mcmc is for models fm and mf (got %s)",
                             job->model);
     if (job->checkpoint_dir[0] || job->resume[0])

@@ -1343,7 +1343,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
                  .warn = {.per_minute = S_WARN_PER_MINUTE},
-                 .implicit = strcmp(p->job->model, "implicit") == 0,
+                 .implicit = cm_job_model(p->job)->family == CM_FAMILY_IMPLICIT,
                  .best = sch_best_start(p->job->patience), .valid_metric = -1,
                  .chosen = {-1, -1, -1, -1}};
     s.want_items = s.implicit || cm_job_uses_blocks(p->job);

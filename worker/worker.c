@@ -52,8 +52,8 @@ typedef struct {
     uint64_t pushed;                /* rounds whose pushes this worker reported acked */
     uint64_t pushed_target;         /* rounds whose pushes are sent */
     cm_error *gate_err;             /* where the gate reports */
-    uint32_t *bperm;                /* blocks: this epoch's orders (s_block_of_round) */
-    uint32_t bperm_epoch;           /* the epoch bperm is for */
+    wk_dsgd *dsgd;                  /* blocks: which block in which round */
+    int family;                     /* the model's cm_family */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
     wk_implicit *implicit;          /* model = implicit: positives, sampler, ranking */
     size_t raw_train, raw_test;     /* implicit: shard rows before positive_threshold */
@@ -144,7 +144,7 @@ static void s_free(s_worker *w)
         free(k->rows);
         free(k->grads);
     }
-    free(w->bperm);
+    wk_dsgd_destroy(&w->dsgd);
     for (size_t c = 0; w->eplace && c < wk_evalset_count(w->evalset); c++)
         free(w->eplace[c]);
     free(w->eplace);
@@ -478,32 +478,6 @@ static int s_block_progress(void *arg, size_t done)
     return s_progress(w, w->progress_epoch, w->epoch_done + done, w->epoch_sq, NULL);
 }
 
-/* Blocks schedule: the block this worker trains in round `round` of
- * `epoch`. Worker w takes place p(w) and trains, in round r, block
- * q((k p(w) + r) mod kW) for k blocks per worker, where p permutes the
- * workers and q the blocks within each residue class mod k, both drawn
- * afresh each epoch from (seed, epoch): every worker computes the same,
- * each round's blocks are distinct and all in class r mod k (so from k = 2
- * on the next round's blocks are idle during this one), and the order in
- * which a worker meets the blocks changes from epoch to epoch. */
-static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
-{
-    const uint32_t nw = w->p->n_workers, k = w->bpw;
-    uint32_t *place = w->bperm; /* then k permutations of W, one per class */
-    if (w->bperm_epoch != epoch) {
-        cm_rng rng;
-        cm_rng_seed(&rng, cm_mix64(w->p->job->seed ^ cm_mix64(0x626c6f636b73ULL + epoch)));
-        for (uint32_t c = 0; c <= k; c++) {
-            for (uint32_t j = 0; j < nw; j++)
-                w->bperm[c * nw + j] = j;
-            cm_rng_shuffle_u32(&rng, w->bperm + c * nw, nw);
-        }
-        w->bperm_epoch = epoch;
-    }
-    const uint32_t b = (k * place[w->p->index] + round) % (k * nw);
-    return k * w->bperm[(1 + b % k) * nw + b / k] + b % k;
-}
-
 /* Blocks, k >= 2 per worker: tells the scheduler that this worker's pushes
  * of its first `rounds` rounds are acknowledged. */
 static int s_tell_pushed(s_worker *w, uint64_t rounds, cm_error *err)
@@ -589,8 +563,8 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     size_t n = 0;
     int rc = 0;
     if (w->bpw == 1) {
-        rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, round), UINT32_MAX, 0, &sq, &n,
-                          err);
+        const uint32_t block = wk_dsgd_block(w->dsgd, w->p->index, epoch, round);
+        rc = s_block_pass(w, epoch, block, UINT32_MAX, 0, &sq, &n, err);
     } else {
         const uint32_t k = w->bpw, nb = k * w->p->n_workers;
         w->gate_epoch = epoch;
@@ -601,8 +575,10 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
              * worker's pushes through that round */
             w->gate_need = r + 2 > k ? r + 2 - k : 0;
             w->pushed_target = r;
-            uint32_t next = r + 1 < nb ? s_block_of_round(w, epoch, r + 1) : UINT32_MAX;
-            rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, r), next, 1, &sq, &n, err);
+            const uint32_t me = w->p->index;
+            uint32_t next = r + 1 < nb ? wk_dsgd_block(w->dsgd, me, epoch, r + 1) : UINT32_MAX;
+            rc = s_block_pass(w, epoch, wk_dsgd_block(w->dsgd, me, epoch, r), next, 1, &sq, &n,
+                              err);
         }
         if (rc == 0)
             rc = wk_kv_flush(w->kv, err);
@@ -1107,7 +1083,7 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     if (rc != 0)
         return rc;
     /* implicit: for the sampler; blocks: to balance the blocks */
-    if ((!strcmp(w->p->job->model, "implicit") || cm_job_uses_blocks(w->p->job)) &&
+    if ((w->family == CM_FAMILY_IMPLICIT || cm_job_uses_blocks(w->p->job)) &&
         (rc = s_send_items(w, err)) != 0)
         return rc;
     cm_msg m = {0};
@@ -1162,19 +1138,16 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         rc = err ? err->code : CM_EIO;
         goto out;
     }
-    if (!strcmp(w->p->job->model, "implicit") &&
-        (rc = s_implicit_setup(w, &m, err)) != 0)
+    if (w->family == CM_FAMILY_IMPLICIT && (rc = s_implicit_setup(w, &m, err)) != 0)
         goto out;
     if (cm_job_uses_blocks(w->p->job)) {
-        w->bperm_epoch = UINT32_MAX;
         /* the plan lists every worker's items with their training ratings */
         const size_t n_items = m.keys && m.vals && m.n_vals == m.hdr.n_keys ? m.hdr.n_keys : 0;
         wk_block_map map = {m.keys, m.vals, n_items};
         const uint32_t k = m.hdr.plan.blocks_per_worker;
         w->bpw = k >= 1 && k <= CM_MAX_BLOCKS_PER_WORKER ? k : 1;
-        free(w->bperm);
-        w->bperm = malloc((1 + (size_t)w->bpw) * w->p->n_workers * sizeof *w->bperm);
-        if (!w->bperm) {
+        wk_dsgd_destroy(&w->dsgd);
+        if (!(w->dsgd = wk_dsgd_new(w->p->n_workers, w->bpw, w->p->job->seed))) {
             rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
             goto out;
         }
@@ -1270,7 +1243,7 @@ static int s_serve(s_worker *w, cm_error *err)
 
 int wk_run(const wk_params *p, cm_error *err)
 {
-    s_worker w = {.p = p};
+    s_worker w = {.p = p, .family = cm_job_model(p->job)->family};
     int rc = 0;
     w.model = wk_model_find(p->job->model);
     if (!w.model)
@@ -1326,9 +1299,9 @@ int wk_run(const wk_params *p, cm_error *err)
         w.test.noise_floor = -1;
     }
     w.n_test = w.test.n;
-    if (strcmp(p->job->model, "implicit") != 0 && (rc = s_validation(&w, err)) != 0)
+    if (w.family != CM_FAMILY_IMPLICIT && (rc = s_validation(&w, err)) != 0)
         goto out;
-    if (!strcmp(p->job->model, "implicit")) {
+    if (w.family == CM_FAMILY_IMPLICIT) {
         if ((rc = s_implicit_positives(&w, err)) != 0)
             goto out;
         w.n_test = w.test.n; /* the positives kept; no validation rows */
