@@ -526,6 +526,14 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);
+    if (job.method == CM_METHOD_AUTO) {
+        char why[256];
+        cl_method_settle(&job, job.local, why, sizeof why);
+        cm_job_model_defaults(&job); /* mcmc's own where it is mcmc */
+        if (lrank <= 0 && (!strcmp(job.model, "mf") || !strcmp(job.model, "fm")))
+            printf("method %s (auto: %s)\n", job.method == CM_METHOD_MCMC ? "mcmc" : "sgd",
+                   why);
+    }
     if (job.method == CM_METHOD_MCMC && !job.local)
         return s_train_mcmc(&job, lrank);
     if (job.local && s_plan_refuses(&job))

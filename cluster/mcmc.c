@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/dataset.h"
 #include "common/features.h"
 #include "common/hashmap.h"
 #include "common/log.h"
@@ -160,9 +161,11 @@ static int s_setup(s_run *r, cm_job *grouped, cm_error *err)
             r->dict.group[j] = n_groups - 1; /* a field beyond the count: the last group */
     r->lo = INFINITY;
     r->hi = -INFINITY;
+    double sum = 0;
     for (size_t i = 0; i < r->train.n; i++) {
         r->lo = fmin(r->lo, r->train.label[i]);
         r->hi = fmax(r->hi, r->train.label[i]);
+        sum += r->train.label[i];
     }
     wk_mcmc_params p = {.dim = job->dim, .binary = r->binary, .seed = job->seed,
                         .init_std = job->init_std, .n_groups = n_groups,
@@ -173,9 +176,10 @@ static int s_setup(s_run *r, cm_job *grouped, cm_error *err)
     if (job->metrics[0] && !(r->metrics = sch_metrics_open(job->metrics, 0, err)))
         return err && err->code ? err->code : CM_EIO;
     cm_log(CM_LOG_INFO,
-           "mcmc: %zu training examples, %zu features in %u group%s, dim %d, %s",
+           "mcmc: %zu training examples, %zu features in %u group%s, dim %d, %s, global "
+           "mean %.4f",
            r->train.n, r->dict.n, (unsigned)n_groups, n_groups == 1 ? "" : "s", job->dim,
-           r->binary ? "binary (probit)" : "regression");
+           r->binary ? "binary (probit)" : "regression", sum / (double)r->train.n);
     return 0;
 }
 
@@ -247,12 +251,113 @@ static int s_record(s_run *r, int e, double loss, double secs, double elapsed,
     return sch_metrics_write(r->metrics, f, n, err);
 }
 
+/* Keys only sgd reads: one set by the user asks for sgd. */
+static const char *const s_sgd_keys[] = {
+    "validation", "validation_fraction", "patience", "optimizer", "lr", "l2",
+    "regularization", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
+    "ftrl_l1", "ftrl_beta", "batch", "schedule", "consistency", "staleness",
+    "blocks_per_worker", "wire_dtype", "servers", "workers", "slots", "shared_rows",
+    "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep", "resume",
+    "restarts", NULL};
+
+/* mf's keys for CSV columns by name, which the sparse loader (fm's) does
+ * not read. */
+static const char *const s_column_keys[] = {"label_column",  "user_column",
+                                            "item_column",   "rating_column",
+                                            "timestamp_column", NULL};
+
+/* Lines in path, counting no further than limit + 1; -1 if unreadable. */
+static long s_count_lines(const char *path, long limit)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    static char buf[1 << 16];
+    long lines = 0;
+    size_t got;
+    int last = '\n';
+    while (lines <= limit && (got = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (const char *p = buf; (p = memchr(p, '\n', (size_t)(buf + got - p))); p++)
+            lines++;
+        last = buf[got - 1];
+    }
+    fclose(f);
+    return lines + (last != '\n');
+}
+
+/* The reason for sgd, or NULL where the job suits mcmc. */
+static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t n)
+{
+    if (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0)
+        return "mcmc is for mf and fm";
+    if (job->task == CM_TASK_BINARY)
+        return "binary task: sgd's AUC is the better on click data";
+    for (const char *const *k = s_sgd_keys; *k; k++)
+        if (cm_job_is_explicit(job, *k)) {
+            snprintf(buf, n, "%s is set, which only sgd reads", *k);
+            return buf;
+        }
+    if (strcmp(job->model, "mf") == 0)
+        for (const char *const *k = s_column_keys; *k; k++)
+            if (cm_job_is_explicit(job, *k)) {
+                snprintf(buf, n, "%s is set: mf's named CSV columns are read by sgd's loader",
+                         *k);
+                return buf;
+            }
+    if (cm_dataset_is_binary(job->train) == 1)
+        return "binary .psrd training data, made for large sets";
+    *lines = s_count_lines(job->train, CL_AUTO_MCMC_MAX_LINES);
+    if (*lines < 0)
+        return "the training file could not be read";
+    if (*lines > CL_AUTO_MCMC_MAX_LINES) {
+        snprintf(buf, n, "more than %d training lines", CL_AUTO_MCMC_MAX_LINES);
+        return buf;
+    }
+    if (strcmp(job->model, "fm") == 0 && job->task == CM_JOB_TASK_AUTO) {
+        cm_job *grouped = malloc(sizeof *grouped);
+        uint32_t groups = 1;
+        cm_error err = {0};
+        wk_sparse *data = grouped ? s_load(job, grouped, &groups, &err) : NULL;
+        const int binary = data && wk_sparse_task(data) == CM_TASK_BINARY;
+        wk_sparse_destroy(&data);
+        free(grouped);
+        if (binary)
+            return "binary labels (every one -1, 0 or 1): sgd's AUC is the better on click "
+                   "data";
+    }
+    return NULL;
+}
+
+void cl_method_settle(cm_job *job, int local, char *why, size_t n)
+{
+    if (job->method != CM_METHOD_AUTO)
+        return;
+    char buf[160];
+    long lines = -1;
+    const char *sgd = local ? s_needs_sgd(job, &lines, buf, sizeof buf)
+                            : "a cluster job (mcmc samples in one process: --local)";
+    job->method = sgd ? CM_METHOD_SGD : CM_METHOD_MCMC;
+    if (sgd)
+        snprintf(why, n, "%s", sgd);
+    else
+        snprintf(why, n, "regression on %ld training lines in one process, no sgd key set",
+                 lines);
+}
+
 int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
     sch_result_init(res);
     if (!cm_job_model(job)->quadratic)
         return cm_error_set(err, CM_ECONFIG, "method mcmc is for models fm and mf (got %s)",
                             job->model);
+    if (strcmp(job->model, "mf") == 0)
+        for (const char *const *k = s_column_keys; *k; k++)
+            if (cm_job_is_explicit(job, *k))
+                return cm_error_set(err, CM_ECONFIG,
+                                    "method mcmc reads mf's ratings as user item rating "
+                                    "lines; %s (CSV columns by name) is read by method sgd "
+                                    "only, or use model fm with the columns as features",
+                                    *k);
     if (job->checkpoint_dir[0] || job->resume[0])
         return cm_error_set(err, CM_ECONFIG,
                             "method mcmc keeps no checkpoints (its model is the average of "

@@ -88,7 +88,7 @@ static const char *const s_optimizers[] = {"sgd",  "adagrad", "rowwise_adagrad",
                                             "adam", "ftrl",    NULL};
 static const char *const s_progress[] = {"auto", "on", "off", NULL};
 static const char *const s_schedules[] = {"minibatch", "blocks", NULL};
-static const char *const s_methods[] = {"sgd", "mcmc", NULL};
+static const char *const s_methods[] = {"sgd", "mcmc", "auto", NULL};
 static const char *const s_regularization[] = {"fixed", "learned", NULL};
 static const char *const s_consistency[] = {"asp", "ssp", "bsp", NULL};
 static const int s_progress_values[] = {-1, 1, 0};
@@ -240,11 +240,14 @@ static const s_key s_keys[] = {
              "apply; blocks: each worker trains one block of items at a time locally and "
              "pushes the changes (DSGD, far fewer messages)",
      .models = S_M_MF},
-    {.name = "method", .type = S_ENUM, S_AT(method), .names = s_methods, .def = "sgd",
-     .help = "sgd (the parameter servers apply `optimizer` with lr and l2) or mcmc (a "
+    {.name = "method", .type = S_ENUM, S_AT(method), .names = s_methods, .def = "auto",
+     .help = "sgd (the parameter servers apply `optimizer` with lr and l2), mcmc (a "
              "Bayesian FM by Gibbs sampling in one process, as libFM's: no lr or l2 to "
              "tune, priors per field learned from the data; epochs are sweeps, default "
-             "100, dim 8, init_std 0.1; docs/mcmc.md)",
+             "100, dim 8, init_std 0.1) or auto: mcmc for a regression job of at most "
+             "1,000,000 training lines run with --local that sets no SGD key (lr, l2, "
+             "optimizer, ...) and no checkpoint_dir, sgd otherwise; the choice and its "
+             "reason are printed (docs/mcmc.md)",
      .models = S_M_FM | S_M_MF},
     {.name = "consistency", .type = S_ENUM, S_AT(consistency), .names = s_consistency,
      .def = "asp",
@@ -1181,7 +1184,7 @@ int cm_job_validate(const cm_job *job, cm_error *err)
     /* learned regularization needs predictions that are quadratic in the
      * weights (reglearn.h) and validation rows to learn from */
     if (job->regularization == 1) {
-        if (job->method != CM_METHOD_SGD || !cm_job_model(job)->quadratic)
+        if (job->method == CM_METHOD_MCMC || !cm_job_model(job)->quadratic)
             return cm_error_set(err, CM_ECONFIG,
                                 "regularization = learned is for models fm and mf with method "
                                 "= sgd (got %s)",
@@ -1311,6 +1314,12 @@ void cm_job_model_defaults(cm_job *job)
         else if (k->type == S_DBL)
             *(double *)((char *)job + k->off) = s_model_defaults[i].value;
     }
+}
+
+int cm_job_is_explicit(const cm_job *job, const char *key)
+{
+    const s_key *k = s_find(key);
+    return k && s_is_explicit(job, k);
 }
 
 int cm_job_uses_blocks(const cm_job *job)

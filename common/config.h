@@ -39,10 +39,13 @@ typedef enum {
     CM_SCHED_BLOCKS = 1     /* DSGD: each worker trains an item block locally */
 } cm_schedule;
 
-/* How fm fits its parameters. */
+/* How mf and fm fit their parameters. auto is settled before training
+ * (cluster/mcmc.h cl_method_settle): mcmc for a small regression job in
+ * one process, sgd otherwise. */
 typedef enum {
     CM_METHOD_SGD = 0,  /* the parameter servers and the optimizer (lr, l2) */
-    CM_METHOD_MCMC = 1  /* Bayesian FM by Gibbs sampling in one process */
+    CM_METHOD_MCMC = 1, /* Bayesian FM by Gibbs sampling in one process */
+    CM_METHOD_AUTO = 2
 } cm_method;
 
 /* job->task: auto (binary when every training label is -1, 0 or 1), or
@@ -244,6 +247,10 @@ int cm_job_uses_blocks(const cm_job *job);
 /* 1 when the model reads sparse features (fm, ffm, deep) rather than
  * ratings. */
 int cm_job_is_sparse(const cm_job *job);
+
+/* 1 if the user set `key` (file, command line or environment), 0 if it
+ * holds its default or the key is unknown. */
+int cm_job_is_explicit(const cm_job *job, const char *key);
 
 /* Name of an optimizer value ("sgd", "adagrad"). */
 const char *cm_optimizer_name(int opt);

@@ -47,6 +47,24 @@ static inline int th_run(const char *cmd, char *out, size_t cap)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+#ifdef PSREC_BINARY
+#include <stdarg.h>
+/* Runs `psrec ARGS` (ARGS a printf format) in dir; returns its exit
+ * status, its output (stdout and stderr) in out. */
+static inline int th_psrec(const char *dir, char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static inline int th_psrec(const char *dir, char *out, size_t cap, const char *fmt, ...)
+{
+    char args[4096], cmd[5000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "cd %s && %s %s", dir, PSREC_BINARY, args);
+    return th_run(cmd, out, cap);
+}
+#endif
+
 static inline int th_have_mpirun(void)
 {
     return th_run("command -v mpirun", NULL, 0) == 0;

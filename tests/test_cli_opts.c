@@ -12,19 +12,9 @@
 
 static char s_out[1 << 16];
 
-/* Runs `psrec ARGS` (a printf format) in the test's directory; returns its
- * exit status, its output in s_out. */
-static int s_psrec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int s_psrec(const char *fmt, ...)
-{
-    char args[4096], cmd[5000];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd %s && %s %s", th_dir, PSREC_BINARY, args);
-    return th_run(cmd, s_out, sizeof s_out);
-}
+/* Runs `psrec ARGS` in the test's directory; its exit status, its output
+ * in s_out. */
+#define s_psrec(...) th_psrec(th_dir, s_out, sizeof s_out, __VA_ARGS__)
 
 /* The run failed for the reason in want, and not because an option was
  * unknown (what an unaccepted spelling would give). */

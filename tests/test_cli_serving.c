@@ -42,17 +42,9 @@ static void s_teardown(void)
 
 TestSuite(cli_serving, .init = s_setup, .fini = s_teardown, .timeout = 300);
 
-static int s_psrec(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int s_psrec(const char *fmt, ...)
-{
-    char args[4096], cmd[5000];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "cd %s && %s %s", s_dir, PSREC_BINARY, args);
-    return th_run(cmd, s_out, sizeof s_out);
-}
+/* Runs `psrec ARGS` in the test's directory; its exit status, its output
+ * in s_out. */
+#define s_psrec(...) th_psrec(s_dir, s_out, sizeof s_out, __VA_ARGS__)
 
 static void s_export(void)
 {

@@ -43,6 +43,10 @@ static cm_job s_job(const char *data)
     job.progress = 0;
     job.log_level = CM_LOG_WARN;
     job.timeout = 30;
+    /* the sanitizer build's epochs are several times slower: 15 epochs
+     * already pass every bound below (recall@20 0.42 measured) */
+    if (TH_SANITIZED)
+        job.epochs = 15;
     return job;
 }
 

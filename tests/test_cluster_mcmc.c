@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cluster/mcmc.h"
 #include "cluster/run.h"
 #include "common/log.h"
 #include "helpers.h"
@@ -136,4 +137,111 @@ Test(cluster_mcmc, refusals)
              PSREC_BINARY, data, th_dir);
     cr_expect_eq(th_run(cmd, out, sizeof out), 1, "%s", out);
     cr_expect(strstr(out, "keeps no checkpoints") != NULL, "%s", out);
+}
+
+/* mf's CSV columns by name are sgd's loader's: mcmc says so. */
+Test(cluster_mcmc, mf_named_columns_are_refused)
+{
+    const char *data = s_data();
+    char cmd[4096], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s train --model mf --method mcmc --local --format csv --label_column r "
+             "--train %s/ml-100k/u1.base",
+             PSREC_BINARY, data);
+    cr_expect_eq(th_run(cmd, out, sizeof out), 1, "%s", out);
+    cr_expect(strstr(out, "label_column") != NULL && strstr(out, "method sgd") != NULL, "%s",
+              out);
+}
+
+/* A job as the train command has it: model, train file and the keys set
+ * through cm_job_set (so that they count as the user's), then settled. */
+static cm_job s_auto(const char *model, const char *train, const char *key, const char *value,
+                     int local, char *why, size_t n)
+{
+    cm_job job = cm_job_default();
+    cm_error err = {0};
+    cr_assert_eq(cm_job_set(&job, "model", model, "test", &err), 0, "%s", err.msg);
+    cr_assert_eq(cm_job_set(&job, "train", train, "test", &err), 0, "%s", err.msg);
+    if (key)
+        cr_assert_eq(cm_job_set(&job, key, value, "test", &err), 0, "%s", err.msg);
+    cm_job_model_defaults(&job);
+    cr_assert_eq(job.method, CM_METHOD_AUTO);
+    cl_method_settle(&job, local, why, n);
+    return job;
+}
+
+/* method = auto: mcmc for a small regression job in one process that sets
+ * no sgd key, sgd for everything else, each with its reason. */
+Test(cluster_mcmc, auto_settles_by_model_task_size_and_keys)
+{
+    const char *data = s_data();
+    char u1[1024], frappe[1024], why[256];
+    snprintf(u1, sizeof u1, "%.900s/ml-100k/u1.base", data);
+    snprintf(frappe, sizeof frappe, "%.900s/frappe/frappe.validation.libfm", data);
+    cm_job j = s_auto("mf", u1, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_MCMC, "%s", why);
+    cr_expect(strstr(why, "80000 training lines") != NULL, "%s", why);
+    j = s_auto("fm", u1, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_MCMC, "%s", why);
+    j = s_auto("mf", u1, NULL, NULL, 0, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD, "under mpirun: %s", why);
+    cr_expect(strstr(why, "cluster") != NULL, "%s", why);
+    j = s_auto("mf", u1, "lr", "0.05", 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    cr_expect(strstr(why, "lr is set") != NULL, "%s", why);
+    j = s_auto("fm", u1, "checkpoint_dir", th_dir, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    cr_expect(strstr(why, "checkpoint_dir") != NULL, "%s", why);
+    j = s_auto("fm", u1, "task", "binary", 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    cr_expect(strstr(why, "binary") != NULL, "%s", why);
+    j = s_auto("mf", u1, "rating_column", "2", 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    cr_expect(strstr(why, "rating_column") != NULL, "%s", why);
+    j = s_auto("ffm", u1, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    j = s_auto("fm", frappe, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD, "frappe's labels are binary: %s", why);
+    cr_expect(strstr(why, "binary labels") != NULL, "%s", why);
+    /* one line past the bound: sgd; the bound itself: mcmc */
+    char big[600];
+    snprintf(big, sizeof big, "%s/big.txt", th_dir);
+    FILE *f = fopen(big, "w");
+    cr_assert_not_null(f);
+    for (long i = 0; i < CL_AUTO_MCMC_MAX_LINES; i++)
+        fprintf(f, "%ld %ld 3\n", i % 1000, i % 777);
+    cr_assert_eq(fclose(f), 0);
+    j = s_auto("mf", big, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_MCMC, "%s", why);
+    f = fopen(big, "a");
+    cr_assert_not_null(f);
+    fprintf(f, "1 1 3"); /* no newline: still a line */
+    cr_assert_eq(fclose(f), 0);
+    j = s_auto("mf", big, NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+    cr_expect(strstr(why, "more than 1000000") != NULL, "%s", why);
+    /* an unreadable file: sgd, whose start names it */
+    j = s_auto("mf", "/nonexistent/ratings", NULL, NULL, 1, why, sizeof why);
+    cr_expect_eq(j.method, CM_METHOD_SGD);
+}
+
+/* The train command says what auto chose and why, and trains with it. */
+Test(cluster_mcmc, train_command_prints_the_choice)
+{
+    const char *data = s_data();
+    char cmd[4096], out[16384];
+    snprintf(cmd, sizeof cmd,
+             "%s train --model mf --local --progress off --epochs 3 --train "
+             "%s/ml-100k/u1.base --test %s/ml-100k/u1.test",
+             PSREC_BINARY, data, data);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "method mcmc (auto: regression on 80000 training lines") != NULL,
+              "%s", out);
+    cr_expect(strstr(out, "after 3 epochs") != NULL, "%s", out);
+    snprintf(cmd, sizeof cmd,
+             "%s train --model mf --local --progress off --epochs 3 --lr 0.02 --train "
+             "%s/ml-100k/u1.base --test %s/ml-100k/u1.test",
+             PSREC_BINARY, data, data);
+    cr_assert_eq(th_run(cmd, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "method sgd (auto: lr is set") != NULL, "%s", out);
 }

@@ -986,8 +986,11 @@ Test(config, method_mcmc_defaults_and_models)
     cm_job s = cm_job_default();
     cr_assert_eq(cm_job_set(&s, "model", "fm", "--model", &err), 0);
     cm_job_model_defaults(&s);
-    cr_expect_eq(s.method, CM_METHOD_SGD, "sgd unless asked");
-    cr_expect_eq(s.dim, 64);
+    cr_expect_eq(s.method, CM_METHOD_AUTO, "auto unless asked (the train command settles it)");
+    cr_expect_eq(s.dim, 64, "sgd's defaults until auto is settled");
+    cr_expect(cm_job_is_explicit(&j, "dim"));
+    cr_expect_eq(cm_job_is_explicit(&s, "dim"), 0);
+    cr_expect_eq(cm_job_is_explicit(&j, "no_such_key"), 0);
     cr_assert_eq(cm_job_set(&j, "model", "ffm", "--model", &err), 0);
     cr_expect_eq(cm_job_validate(&j, &err), CM_ECONFIG);
     cr_expect(strstr(err.msg, "models fm and mf") != NULL, "%s", err.msg);
