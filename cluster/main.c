@@ -530,7 +530,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
         char why[256];
         cl_method_settle(&job, job.local, why, sizeof why);
         cm_job_model_defaults(&job); /* mcmc's own where it is mcmc */
-        if (lrank <= 0 && (!strcmp(job.model, "mf") || !strcmp(job.model, "fm")))
+        if (lrank <= 0 && cm_job_model(&job)->quadratic)
             printf("method %s (auto: %s)\n", job.method == CM_METHOD_MCMC ? "mcmc" : "sgd",
                    why);
     }

@@ -288,7 +288,8 @@ static long s_count_lines(const char *path, long limit)
 /* The reason for sgd, or NULL where the job suits mcmc. */
 static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t n)
 {
-    if (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0)
+    const cm_model *model = cm_job_model(job);
+    if (!model->quadratic)
         return "mcmc is for mf and fm";
     if (job->task == CM_TASK_BINARY)
         return "binary task: sgd's AUC is the better on click data";
@@ -297,7 +298,7 @@ static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t
             snprintf(buf, n, "%s is set, which only sgd reads", *k);
             return buf;
         }
-    if (strcmp(job->model, "mf") == 0)
+    if (model->family == CM_FAMILY_RATINGS)
         for (const char *const *k = s_column_keys; *k; k++)
             if (cm_job_is_explicit(job, *k)) {
                 snprintf(buf, n, "%s is set: mf's named CSV columns are read by sgd's loader",
@@ -313,7 +314,7 @@ static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t
         snprintf(buf, n, "more than %d training lines", CL_AUTO_MCMC_MAX_LINES);
         return buf;
     }
-    if (strcmp(job->model, "fm") == 0 && job->task == CM_JOB_TASK_AUTO) {
+    if (model->family == CM_FAMILY_SPARSE && job->task == CM_JOB_TASK_AUTO) {
         cm_job *grouped = malloc(sizeof *grouped);
         uint32_t groups = 1;
         cm_error err = {0};
@@ -349,10 +350,10 @@ void cl_method_settle(cm_job *job, int local, char *why, size_t n)
 int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
 {
     sch_result_init(res);
-    if (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0)
+    if (!cm_job_model(job)->quadratic)
         return cm_error_set(err, CM_ECONFIG, "method mcmc is for models fm and mf (got %s)",
                             job->model);
-    if (strcmp(job->model, "mf") == 0)
+    if (cm_job_model(job)->family == CM_FAMILY_RATINGS)
         for (const char *const *k = s_column_keys; *k; k++)
             if (cm_job_is_explicit(job, *k))
                 return cm_error_set(err, CM_ECONFIG,

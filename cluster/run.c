@@ -53,7 +53,7 @@ static int s_resolve(const cm_job *job, cm_job *out, cm_error *err)
     if (f < 0)
         return f;
     out->fields = f;
-    if (strcmp(job->model, "deep") == 0) {
+    if (cm_job_model(job)->mlp) {
         wk_mlp_params p;
         int rc = wk_deep_params(out, &p, err);
         /* the roles already fill the cores (threads here, ranks under

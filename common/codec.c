@@ -8,9 +8,369 @@
 #include "common/ckpt.h"
 #include "psrec.pb-c.h"
 
+/* ---- control bodies (common/ctl.h) -------------------------------------- */
+
+/* The protobuf form of one body, alive while its header packs. */
+typedef struct {
+    union {
+        Psrec__Pb__Hello hello;
+        Psrec__Pb__Plan plan;
+        Psrec__Pb__Progress progress;
+        Psrec__Pb__EpochDone epoch_done;
+        Psrec__Pb__EvalDone eval_done;
+        Psrec__Pb__RankingDone ranking;
+        Psrec__Pb__PlaceReply place;
+        Psrec__Pb__PullReply pulled;
+        Psrec__Pb__CkptReply ckpt;
+        Psrec__Pb__LoadReply loaded;
+        Psrec__Pb__TableStats tables;
+    } m;
+    Psrec__Pb__CkptShard shard[CM_CTL_MAX_TABLES], *shard_p[CM_CTL_MAX_TABLES];
+    Psrec__Pb__TableStat stat[CM_CTL_MAX_TABLES], *stat_p[CM_CTL_MAX_TABLES];
+} s_pb_body;
+
+static void s_pack_hello(const cm_hello *x, Psrec__Pb__Hello *o)
+{
+    psrec__pb__hello__init(o);
+    o->n_train = x->n_train;
+    o->label_sum = x->label_sum;
+    o->label_min = x->label_min;
+    o->label_max = x->label_max;
+    o->n_test = x->n_test;
+    o->bad_train = x->bad_train;
+    o->bad_test = x->bad_test;
+    o->noise_floor = x->noise_floor;
+    o->task = x->task;
+    o->raw_train = x->raw_train;
+    o->raw_test = x->raw_test;
+    o->n_valid = x->n_valid;
+    o->n_slot_load = x->slot_load ? x->n_slot_load : 0;
+    o->slot_load = x->slot_load;
+}
+
+static void s_pack_eval(const cm_eval_done *x, Psrec__Pb__EvalDone *o)
+{
+    psrec__pb__eval_done__init(o);
+    o->test_sq = x->test_sq;
+    o->test_abs = x->test_abs;
+    o->test_n = x->test_n;
+    o->unseen = x->unseen;
+    o->test_logloss = x->test_logloss;
+    o->valid_sq = x->valid_sq;
+    o->valid_abs = x->valid_abs;
+    o->valid_n = x->valid_n;
+    o->valid_logloss = x->valid_logloss;
+    if (x->n_auc && x->auc_pos && x->auc_neg) {
+        o->n_auc_pos = o->n_auc_neg = x->n_auc;
+        o->auc_pos = x->auc_pos;
+        o->auc_neg = x->auc_neg;
+    }
+}
+
+static void s_pack_ranking(const cm_ranking_done *x, Psrec__Pb__RankingDone *o)
+{
+    psrec__pb__ranking_done__init(o);
+    o->recall = x->recall;
+    o->ndcg = x->ndcg;
+    o->hit = x->hit;
+    o->users = x->users;
+    o->pop_recall = x->pop_recall;
+    o->pop_ndcg = x->pop_ndcg;
+    o->pop_hit = x->pop_hit;
+    o->cold_users = x->cold_users;
+    o->cold_items = x->cold_items;
+    o->positives = x->positives;
+    o->repeats = x->repeats;
+}
+
+static void s_pack_place(const cm_place_reply *x, Psrec__Pb__PlaceReply *o)
+{
+    psrec__pb__place_reply__init(o);
+    o->pid = x->pid;
+    o->fd = x->fd;
+    o->token = x->token;
+    o->header = x->header;
+    o->stride = x->stride;
+    o->bytes = x->bytes;
+}
+
+static void s_pack_ckpt(const cm_ckpt_reply *x, s_pb_body *b)
+{
+    psrec__pb__ckpt_reply__init(&b->m.ckpt);
+    for (size_t i = 0; i < x->n; i++) {
+        psrec__pb__ckpt_shard__init(&b->shard[i]);
+        b->shard[i].size = x->shard[i].size;
+        b->shard[i].checksum = x->shard[i].checksum;
+        b->shard[i].rows = x->shard[i].rows;
+        b->shard_p[i] = &b->shard[i];
+    }
+    b->m.ckpt.n_shards = x->n;
+    b->m.ckpt.shards = b->shard_p;
+}
+
+static void s_pack_tables(const cm_table_stats *x, s_pb_body *b)
+{
+    psrec__pb__table_stats__init(&b->m.tables);
+    for (size_t i = 0; i < x->n; i++) {
+        const cm_table_stat *s = &x->table[i];
+        Psrec__Pb__TableStat *t = &b->stat[i];
+        psrec__pb__table_stat__init(t);
+        t->rows = s->rows;
+        t->bytes = s->bytes;
+        t->evicted = s->evicted;
+        t->admitted = s->admitted;
+        t->pending = s->pending;
+        t->dropped = s->dropped;
+        b->stat_p[i] = t;
+    }
+    b->m.tables.n_tables = x->n;
+    b->m.tables.tables = b->stat_p;
+}
+
+/* Points pb's oneof at h's body, converted into *b. CM_EINVAL when the
+ * body is not one of cm_body_kind or holds too many tables. */
+static int s_body_pack(const cm_hdr *h, Psrec__Pb__Header *pb, s_pb_body *b)
+{
+    switch (h->body) {
+    case CM_BODY_NONE:
+        return 0;
+    case CM_BODY_HELLO:
+        s_pack_hello(&h->hello, &b->m.hello);
+        pb->hello = &b->m.hello;
+        pb->body_case = PSREC__PB__HEADER__BODY_HELLO;
+        return 0;
+    case CM_BODY_PLAN:
+        psrec__pb__plan__init(&b->m.plan);
+        b->m.plan.mean = h->plan.mean;
+        b->m.plan.clip_lo = h->plan.clip_lo;
+        b->m.plan.clip_hi = h->plan.clip_hi;
+        b->m.plan.blocks_per_worker = h->plan.blocks_per_worker;
+        pb->plan = &b->m.plan;
+        pb->body_case = PSREC__PB__HEADER__BODY_PLAN;
+        return 0;
+    case CM_BODY_PROGRESS:
+        psrec__pb__progress__init(&b->m.progress);
+        b->m.progress.done = h->progress.done;
+        b->m.progress.loss = h->progress.loss;
+        pb->progress = &b->m.progress;
+        pb->body_case = PSREC__PB__HEADER__BODY_PROGRESS;
+        return 0;
+    case CM_BODY_EPOCH:
+        psrec__pb__epoch_done__init(&b->m.epoch_done);
+        b->m.epoch_done.loss = h->epoch_done.loss;
+        b->m.epoch_done.n = h->epoch_done.n;
+        b->m.epoch_done.seconds = h->epoch_done.seconds;
+        b->m.epoch_done.max_lead = h->epoch_done.max_lead;
+        pb->epoch_done = &b->m.epoch_done;
+        pb->body_case = PSREC__PB__HEADER__BODY_EPOCH_DONE;
+        return 0;
+    case CM_BODY_EVAL:
+        s_pack_eval(&h->eval_done, &b->m.eval_done);
+        pb->eval_done = &b->m.eval_done;
+        pb->body_case = PSREC__PB__HEADER__BODY_EVAL_DONE;
+        return 0;
+    case CM_BODY_RANKING:
+        s_pack_ranking(&h->ranking, &b->m.ranking);
+        pb->ranking_done = &b->m.ranking;
+        pb->body_case = PSREC__PB__HEADER__BODY_RANKING_DONE;
+        return 0;
+    case CM_BODY_PLACE:
+        s_pack_place(&h->place, &b->m.place);
+        pb->place = &b->m.place;
+        pb->body_case = PSREC__PB__HEADER__BODY_PLACE;
+        return 0;
+    case CM_BODY_PULLED:
+        psrec__pb__pull_reply__init(&b->m.pulled);
+        b->m.pulled.missing = h->pulled.missing;
+        pb->pulled = &b->m.pulled;
+        pb->body_case = PSREC__PB__HEADER__BODY_PULLED;
+        return 0;
+    case CM_BODY_CKPT:
+        if (h->ckpt.n > CM_CTL_MAX_TABLES)
+            return CM_EINVAL;
+        s_pack_ckpt(&h->ckpt, b);
+        pb->ckpt = &b->m.ckpt;
+        pb->body_case = PSREC__PB__HEADER__BODY_CKPT;
+        return 0;
+    case CM_BODY_LOADED:
+        psrec__pb__load_reply__init(&b->m.loaded);
+        b->m.loaded.rows = h->loaded.rows;
+        pb->loaded = &b->m.loaded;
+        pb->body_case = PSREC__PB__HEADER__BODY_LOADED;
+        return 0;
+    case CM_BODY_TABLES:
+        if (h->tables.n > CM_CTL_MAX_TABLES)
+            return CM_EINVAL;
+        s_pack_tables(&h->tables, b);
+        pb->tables = &b->m.tables;
+        pb->body_case = PSREC__PB__HEADER__BODY_TABLES;
+        return 0;
+    }
+    return CM_EINVAL;
+}
+
+/* A malloc'ed copy of n elements of `size` bytes (NULL for none): *out. */
+static int s_dup(const void *src, size_t n, size_t size, void **out)
+{
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    if (!(*out = malloc(n * size)))
+        return CM_ENOMEM;
+    memcpy(*out, src, n * size);
+    return 0;
+}
+
+static int s_unpack_hello(const Psrec__Pb__Hello *o, cm_hello *x)
+{
+    x->n_train = o->n_train;
+    x->label_sum = o->label_sum;
+    x->label_min = o->label_min;
+    x->label_max = o->label_max;
+    x->n_test = o->n_test;
+    x->bad_train = o->bad_train;
+    x->bad_test = o->bad_test;
+    x->noise_floor = o->noise_floor;
+    x->task = o->task;
+    x->raw_train = o->raw_train;
+    x->raw_test = o->raw_test;
+    x->n_valid = o->n_valid;
+    if (s_dup(o->slot_load, o->n_slot_load, sizeof(float), (void **)&x->slot_load) != 0)
+        return CM_ENOMEM;
+    x->n_slot_load = o->n_slot_load;
+    return 0;
+}
+
+static int s_unpack_eval(const Psrec__Pb__EvalDone *o, cm_eval_done *x)
+{
+    x->test_sq = o->test_sq;
+    x->test_abs = o->test_abs;
+    x->test_n = o->test_n;
+    x->unseen = o->unseen;
+    x->test_logloss = o->test_logloss;
+    x->valid_sq = o->valid_sq;
+    x->valid_abs = o->valid_abs;
+    x->valid_n = o->valid_n;
+    x->valid_logloss = o->valid_logloss;
+    if (s_dup(o->auc_pos, o->n_auc_pos, sizeof(uint64_t), (void **)&x->auc_pos) != 0 ||
+        s_dup(o->auc_neg, o->n_auc_neg, sizeof(uint64_t), (void **)&x->auc_neg) != 0)
+        return CM_ENOMEM;
+    x->n_auc = o->n_auc_pos;
+    return 0;
+}
+
+static void s_unpack_tables(const Psrec__Pb__TableStats *o, cm_table_stats *x)
+{
+    x->n = o->n_tables;
+    for (size_t i = 0; i < o->n_tables; i++) {
+        const Psrec__Pb__TableStat *t = o->tables[i];
+        x->table[i] = (cm_table_stat){t->rows, t->bytes, t->evicted, t->admitted, t->pending,
+                                      t->dropped};
+    }
+}
+
+/* Fills h's body from pb's oneof. CM_EPROTO when it cannot be one,
+ * CM_ENOMEM (without a message) when its arrays cannot be copied; the
+ * caller frees what was copied either way. */
+static int s_body_unpack(const Psrec__Pb__Header *pb, cm_hdr *h, cm_error *err)
+{
+    switch (pb->body_case) {
+    case PSREC__PB__HEADER__BODY_HELLO:
+        h->body = CM_BODY_HELLO;
+        return s_unpack_hello(pb->hello, &h->hello);
+    case PSREC__PB__HEADER__BODY_PLAN:
+        h->body = CM_BODY_PLAN;
+        h->plan = (cm_plan){pb->plan->mean, pb->plan->clip_lo, pb->plan->clip_hi,
+                            pb->plan->blocks_per_worker};
+        return 0;
+    case PSREC__PB__HEADER__BODY_PROGRESS:
+        h->body = CM_BODY_PROGRESS;
+        h->progress = (cm_progress){pb->progress->done, pb->progress->loss};
+        return 0;
+    case PSREC__PB__HEADER__BODY_EPOCH_DONE: {
+        const Psrec__Pb__EpochDone *o = pb->epoch_done;
+        h->body = CM_BODY_EPOCH;
+        h->epoch_done = (cm_epoch_done){o->loss, o->n, o->seconds, o->max_lead};
+        return 0;
+    }
+    case PSREC__PB__HEADER__BODY_EVAL_DONE:
+        if (pb->eval_done->n_auc_pos != pb->eval_done->n_auc_neg)
+            return cm_error_set(err, CM_EPROTO, "evaluation with AUC histograms of %zu and "
+                                "%zu bins", pb->eval_done->n_auc_pos, pb->eval_done->n_auc_neg);
+        h->body = CM_BODY_EVAL;
+        return s_unpack_eval(pb->eval_done, &h->eval_done);
+    case PSREC__PB__HEADER__BODY_RANKING_DONE: {
+        const Psrec__Pb__RankingDone *o = pb->ranking_done;
+        h->body = CM_BODY_RANKING;
+        h->ranking = (cm_ranking_done){o->recall, o->ndcg, o->hit, o->users, o->pop_recall,
+                                       o->pop_ndcg, o->pop_hit, o->cold_users, o->cold_items,
+                                       o->positives, o->repeats};
+        return 0;
+    }
+    case PSREC__PB__HEADER__BODY_PLACE: {
+        const Psrec__Pb__PlaceReply *o = pb->place;
+        h->body = CM_BODY_PLACE;
+        h->place = (cm_place_reply){o->pid, o->fd, o->token, o->header, o->stride, o->bytes};
+        return 0;
+    }
+    case PSREC__PB__HEADER__BODY_PULLED:
+        h->body = CM_BODY_PULLED;
+        h->pulled.missing = pb->pulled->missing;
+        return 0;
+    case PSREC__PB__HEADER__BODY_CKPT:
+        if (pb->ckpt->n_shards > CM_CTL_MAX_TABLES)
+            return cm_error_set(err, CM_EPROTO, "checkpoint reply of %zu tables, at most %d",
+                                pb->ckpt->n_shards, CM_CTL_MAX_TABLES);
+        h->body = CM_BODY_CKPT;
+        h->ckpt.n = pb->ckpt->n_shards;
+        for (size_t i = 0; i < pb->ckpt->n_shards; i++) {
+            const Psrec__Pb__CkptShard *o = pb->ckpt->shards[i];
+            h->ckpt.shard[i].size = o->size;
+            h->ckpt.shard[i].checksum = o->checksum;
+            h->ckpt.shard[i].rows = o->rows;
+        }
+        return 0;
+    case PSREC__PB__HEADER__BODY_LOADED:
+        h->body = CM_BODY_LOADED;
+        h->loaded.rows = pb->loaded->rows;
+        return 0;
+    case PSREC__PB__HEADER__BODY_TABLES:
+        if (pb->tables->n_tables > CM_CTL_MAX_TABLES)
+            return cm_error_set(err, CM_EPROTO, "table stats of %zu tables, at most %d",
+                                pb->tables->n_tables, CM_CTL_MAX_TABLES);
+        h->body = CM_BODY_TABLES;
+        s_unpack_tables(pb->tables, &h->tables);
+        return 0;
+    default:
+        return 0; /* none, or a kind this build does not know: no body */
+    }
+}
+
+void cm_codec_hdr_free(cm_hdr *h)
+{
+    if (!h)
+        return;
+    free(h->slots);
+    h->slots = NULL;
+    h->n_slots = 0;
+    if (h->body == CM_BODY_HELLO) {
+        free(h->hello.slot_load);
+        h->hello.slot_load = NULL;
+        h->hello.n_slot_load = 0;
+    } else if (h->body == CM_BODY_EVAL) {
+        free(h->eval_done.auc_pos);
+        free(h->eval_done.auc_neg);
+        h->eval_done.auc_pos = h->eval_done.auc_neg = NULL;
+        h->eval_done.n_auc = 0;
+    }
+}
+
 int cm_codec_hdr_pack(const cm_hdr *h, uint8_t **out, size_t *len)
 {
     Psrec__Pb__Header pb = PSREC__PB__HEADER__INIT;
+    s_pb_body body;
+    if (s_body_pack(h, &pb, &body) != 0)
+        return CM_EINVAL;
     pb.op = (Psrec__Pb__Op)h->op;
     pb.table = h->table;
     pb.req_id = h->req_id;
@@ -24,8 +384,6 @@ int cm_codec_hdr_pack(const cm_hdr *h, uint8_t **out, size_t *len)
                                         : PSREC__PB__DTYPE__DTYPE_F32;
     pb.epoch = h->epoch;
     pb.sender = h->sender;
-    pb.n_stats = h->n_stats;
-    pb.stats = (double *)h->stats;
     pb.n_slots = h->n_slots;
     pb.slots = h->slots;
     pb.path = (char *)h->path;
@@ -48,11 +406,6 @@ int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err)
     if (!pb)
         return cm_error_set(err, CM_EPROTO, "header frame of %zu bytes does not decode", len);
     int rc = 0;
-    if (pb->n_stats > CM_HDR_MAX_STATS) {
-        rc = cm_error_set(err, CM_EPROTO, "header carries %zu stats, at most %d allowed",
-                          pb->n_stats, CM_HDR_MAX_STATS);
-        goto out;
-    }
     h->op = (int)pb->op;
     h->table = pb->table;
     h->req_id = pb->req_id;
@@ -67,9 +420,6 @@ int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err)
     h->flags = pb->flags;
     h->epoch = pb->epoch;
     h->sender = pb->sender;
-    h->n_stats = pb->n_stats;
-    if (pb->n_stats)
-        memcpy(h->stats, pb->stats, pb->n_stats * sizeof(double));
     if (pb->n_slots) {
         h->slots = malloc(pb->n_slots * sizeof(uint32_t));
         if (!h->slots) {
@@ -87,8 +437,12 @@ int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err)
     h->key_ref = pb->key_ref;
     if (rc == 0 && h->key_enc != CM_KEYS_RAW && h->key_enc != CM_KEYS_GAPS)
         rc = cm_error_set(err, CM_EPROTO, "key encoding %u is not supported", h->key_enc);
+    if (rc == 0 && (rc = s_body_unpack(pb, h, err)) == CM_ENOMEM)
+        cm_error_set(err, rc, "out of memory for a %s body", cm_op_name(h->op));
 out:
     psrec__pb__header__free_unpacked(pb, NULL);
+    if (rc != 0)
+        cm_codec_hdr_free(h);
     return rc;
 }
 

@@ -10,12 +10,22 @@
 #include "common/err.h"
 #include "common/msg.h"
 
-/* Packs *h into a malloc'ed buffer (*out, *len). 0 or CM_ENOMEM. */
+/* Packs *h, with its typed body (common/ctl.h), into a malloc'ed buffer
+ * (*out, *len). 0, CM_ENOMEM, or CM_EINVAL for a body kind that is not one
+ * of cm_body_kind or a body of more than CM_CTL_MAX_TABLES tables. */
 int cm_codec_hdr_pack(const cm_hdr *h, uint8_t **out, size_t *len);
 
-/* Unpacks into *h. On success h->slots (if any) is malloc'ed and owned by
- * the caller. CM_EPROTO with a message on malformed bytes. */
+/* Unpacks into *h, its body included. On success h->slots and the body's
+ * arrays (a HELLO's slot loads, an evaluation's AUC histograms) are
+ * malloc'ed and owned by the caller, who frees them with
+ * cm_codec_hdr_free. CM_EPROTO with a message on malformed bytes (nothing
+ * left allocated then). A body of a kind this build does not know reads
+ * as none. */
 int cm_codec_hdr_unpack(const void *buf, size_t len, cm_hdr *h, cm_error *err);
+
+/* Frees what cm_codec_hdr_unpack allocated in *h and clears those fields.
+ * NULL-safe; only for headers that unpack filled. */
+void cm_codec_hdr_free(cm_hdr *h);
 
 /* Plain form of psrec.pb.DatasetHeader. */
 typedef struct {

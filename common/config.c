@@ -64,6 +64,15 @@ enum {
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
+/* Every model, in the order of the S_M_* bits; s_models names them for
+ * the key's choices (tests/test_config.c checks the two agree). */
+static const cm_model s_model_table[] = {
+    {.name = "mf", .family = CM_FAMILY_RATINGS, .quadratic = 1},
+    {.name = "fm", .family = CM_FAMILY_SPARSE, .quadratic = 1},
+    {.name = "ffm", .family = CM_FAMILY_SPARSE, .fields = 1},
+    {.name = "deep", .family = CM_FAMILY_SPARSE, .fields = 1, .mlp = 1},
+    {.name = "implicit", .family = CM_FAMILY_IMPLICIT},
+};
 static const char *const s_models[] = {"mf", "fm", "ffm", "deep", "implicit", NULL};
 static const char *const s_losses[] = {"bpr", "logistic", NULL};
 static const char *const s_samplers[] = {"uniform", "popularity", NULL};
@@ -1056,13 +1065,25 @@ int cm_job_apply_env(cm_job *job, cm_error *err)
  * Public: validation and output
  * ------------------------------------------------------------------------- */
 
-/* The S_M_* bit of a model name; 0 for a name outside s_models. */
+const cm_model *cm_model_of(const char *name)
+{
+    for (size_t i = 0; i < sizeof s_model_table / sizeof s_model_table[0]; i++)
+        if (strcmp(name, s_model_table[i].name) == 0)
+            return &s_model_table[i];
+    return NULL;
+}
+
+const cm_model *cm_job_model(const cm_job *job)
+{
+    const cm_model *m = cm_model_of(job->model);
+    return m ? m : &s_model_table[0];
+}
+
+/* The S_M_* bit of a model name; 0 for a name outside the model table. */
 static unsigned s_model_bit(const char *model)
 {
-    for (int i = 0; s_models[i]; i++)
-        if (strcmp(model, s_models[i]) == 0)
-            return 1u << i;
-    return 0;
+    const cm_model *m = cm_model_of(model);
+    return m ? 1u << (m - s_model_table) : 0;
 }
 
 /* "fm, ffm, deep" for a models mask, "all" for 0. */
@@ -1166,8 +1187,7 @@ int cm_job_validate(const cm_job *job, cm_error *err)
     if (strcmp(job->resume, "auto") == 0 && !job->checkpoint_dir[0])
         return cm_error_set(err, CM_ECONFIG,
                             "resume = auto needs checkpoint_dir: where should it look?");
-    if (job->method == CM_METHOD_MCMC && strcmp(job->model, "fm") != 0 &&
-        strcmp(job->model, "mf") != 0)
+    if (job->method == CM_METHOD_MCMC && !cm_job_model(job)->quadratic)
         return cm_error_set(err, CM_ECONFIG,
                             "method = mcmc is for models fm and mf (got %s); the other models "
                             "train with method = sgd",
@@ -1175,8 +1195,7 @@ int cm_job_validate(const cm_job *job, cm_error *err)
     /* learned regularization needs predictions that are quadratic in the
      * weights (reglearn.h) and validation rows to learn from */
     if (job->regularization == 1) {
-        if (job->method == CM_METHOD_MCMC ||
-            (strcmp(job->model, "fm") != 0 && strcmp(job->model, "mf") != 0))
+        if (job->method == CM_METHOD_MCMC || !cm_job_model(job)->quadratic)
             return cm_error_set(err, CM_ECONFIG,
                                 "regularization = learned is for models fm and mf with method "
                                 "= sgd (got %s)",
@@ -1316,13 +1335,12 @@ int cm_job_is_explicit(const cm_job *job, const char *key)
 
 int cm_job_uses_blocks(const cm_job *job)
 {
-    return job->schedule == CM_SCHED_BLOCKS && strcmp(job->model, "mf") == 0;
+    return job->schedule == CM_SCHED_BLOCKS && cm_job_model(job)->family == CM_FAMILY_RATINGS;
 }
 
 int cm_job_is_sparse(const cm_job *job)
 {
-    return strcmp(job->model, "fm") == 0 || strcmp(job->model, "ffm") == 0 ||
-           strcmp(job->model, "deep") == 0;
+    return cm_job_model(job)->family == CM_FAMILY_SPARSE;
 }
 
 const char *cm_optimizer_name(int opt)

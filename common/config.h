@@ -216,6 +216,33 @@ void cm_job_print(FILE *f, const cm_job *job);
  * implicit: dim 64, l2 0.03, lr 0.05, 30 epochs, init_std 0.1). */
 void cm_job_model_defaults(cm_job *job);
 
+/* How a model trains and what it reads: which trainer a worker runs for
+ * it (worker/), how the scheduler evaluates it, which inputs it takes. */
+typedef enum {
+    CM_FAMILY_RATINGS = 0, /* mf: (user, item, rating) rows; blocks or minibatch */
+    CM_FAMILY_SPARSE,      /* fm, ffm, deep: rows of sparse features */
+    CM_FAMILY_IMPLICIT     /* implicit: positives ranked against sampled negatives */
+} cm_family;
+
+/* A model as psrec knows it, declared once in common/config.c's model
+ * table beside the key table; the rest of psrec asks this instead of
+ * comparing model names. */
+typedef struct {
+    const char *name;
+    int family;     /* cm_family */
+    int quadratic;  /* predictions quadratic in the weights: method = mcmc and
+                     * regularization = learned apply (mf, fm) */
+    int fields;     /* reads a field per feature occurrence (ffm, deep) */
+    int mlp;        /* has hidden layers (deep) */
+} cm_model;
+
+/* The model of that name; NULL for a name psrec does not know. */
+const cm_model *cm_model_of(const char *name);
+
+/* The job's model: cm_model_of(job->model), or mf's for a name psrec does
+ * not know (cm_job_validate refuses those). */
+const cm_model *cm_job_model(const cm_job *job);
+
 /* 1 when the job trains with the blocks schedule (only mf can). */
 int cm_job_uses_blocks(const cm_job *job);
 

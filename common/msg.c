@@ -438,7 +438,7 @@ void cm_msg_release(cm_msg *m)
         return;
     cm_frames_destroy(&m->frames_);
     free(m->copy_);
-    free(m->hdr.slots);
+    cm_codec_hdr_free(&m->hdr);
     memset(m, 0, sizeof *m);
 }
 

@@ -12,7 +12,7 @@
  *           (sorted, unique) for PULL and PUSH. Sent when there are keys,
  *           and sent EMPTY when there are values but no keys ("keys
  *           implied": the rows of a PULL reply come in the order asked for,
- *           or one dense row such as a stats vector).
+ *           or one dense row).
  *   values  raw f32 (or f16 when hdr.dtype says so), hdr.n_keys * hdr.dim
  *           of them; sent only when there are values.
  *
@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/ctl.h"
 #include "common/err.h"
 #include "common/van.h"
 
@@ -87,7 +88,6 @@ typedef enum {
 #define CM_DTYPE_F32 0u
 #define CM_DTYPE_F16 1u
 
-#define CM_HDR_MAX_STATS 32
 #define CM_HDR_ERROR_MAX 256
 #define CM_HDR_PATH_MAX 1024
 
@@ -112,8 +112,6 @@ typedef struct {
     uint32_t dtype;                /* CM_DTYPE_F32 or CM_DTYPE_F16 (values frame) */
     uint32_t epoch;
     int32_t sender;                /* rank of the sender */
-    size_t n_stats;
-    double stats[CM_HDR_MAX_STATS];
     size_t n_slots;
     uint32_t *slots;               /* PLAN: slot -> server; owned by whoever built the hdr */
     char path[CM_HDR_PATH_MAX];    /* CHECKPOINT/LOAD: the checkpoint's name inside
@@ -124,6 +122,21 @@ typedef struct {
     uint64_t key_ref;              /* PUSH: 0, or the req_id of an earlier PULL with
                                     * CM_PULL_KEEP whose keys this push's rows are
                                     * (no keys frame then) */
+    int body;                      /* cm_body_kind: which member below is set
+                                    * (common/ctl.h says which op carries which) */
+    union {
+        cm_hello hello;
+        cm_plan plan;
+        cm_progress progress;
+        cm_epoch_done epoch_done;
+        cm_eval_done eval_done;
+        cm_ranking_done ranking;
+        cm_place_reply place;
+        cm_pull_reply pulled;
+        cm_ckpt_reply ckpt;
+        cm_load_reply loaded;
+        cm_table_stats tables;
+    };
 } cm_hdr;
 
 /* A received message. keys/vals point into the received frames (or an

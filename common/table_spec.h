@@ -100,9 +100,9 @@ void cm_dense_init_fill(const cm_dense_init *d, uint64_t seed, uint64_t lo, size
 #define CM_SHARE_HEADER ((size_t)4096)       /* bytes before row 0: one page */
 
 /* The file's first bytes (host byte order: only processes on the host
- * that made the file read it). token is random, 52 bits, so it survives
- * travel as a double; a process that opens the file by (pid, fd) checks
- * both to know it found the right one. */
+ * that made the file read it). token is random and never 0; a process
+ * that opens the file by (pid, fd, the PLACE reply's token) checks both to
+ * know it found the right one. */
 typedef struct {
     uint64_t magic;  /* CM_SHARE_MAGIC */
     uint64_t token;

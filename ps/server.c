@@ -3,14 +3,15 @@
  * Requests and replies (frames as common/msg.h lays them out):
  *   PULL  table, dim, keys [, flags CM_PULL_NO_CREATE]
  *         -> REPLY table, dim, values of the n_keys rows in the order asked
- *            (the keys frame is left empty: keys implied), stats[0] = rows
- *            that were missing and read as zeros when NO_CREATE was set.
+ *            (the keys frame is left empty: keys implied); with NO_CREATE
+ *            its body (cm_pull_reply) counts the rows that were missing and
+ *            read as zeros.
  *            dim must be the table's dim; 0 is accepted and means "the
  *            table's" (workers send the table's dim, see worker/kv.c).
  *   PULL  with CM_PULL_PLACE (a shared table): -> REPLY whose keys frame
  *         holds each row's index in the table's memory file (rows made
  *         when missing; with NO_CREATE too, UINT64_MAX for a missing key)
- *         and whose stats say how to map that file.
+ *         and whose body (cm_place_reply) says how to map that file.
  *   PULL  with CM_PULL_KEEP: as a pull; the server keeps the rows of the
  *         peer's last CM_KEEP_PULLS such pulls and says CM_PULL_KEEP on the
  *         reply when it kept this one.
@@ -18,7 +19,8 @@
  *         pull's keys, applied to its rows without lookups.
  *   PUSH  table, dim, keys, n_keys * dim gradients
  *         -> REPLY ack (no frames); dim must be the table's.
- *   STOP  -> REPLY with stats {rows, bytes} per table; the loop returns 0.
+ *   STOP  -> REPLY whose body (cm_table_stats) has rows and bytes per table;
+ *         the loop returns 0.
  * req_id, table and clock are echoed on every reply. Anything else (an
  * unknown table, a wrong dim, an unexpected op, a malformed message) gets
  * an OP_ERROR reply naming the problem and a warning in the log, and the
@@ -49,8 +51,8 @@
 #include "common/msg.h"
 #include "common/slots.h"
 
-/* The STOP reply carries two stats per table in one header. */
-#define S_MAX_TABLES (CM_HDR_MAX_STATS / 2)
+/* The STOP and EPOCH replies report on at most this many tables. */
+#define S_MAX_TABLES CM_CTL_MAX_TABLES
 #define S_OWN_REPLY 16384 /* values from which a pull reply has a buffer of its own */
 #define S_BUF0 4096       /* floats of the reused reply buffer at first */
 
@@ -358,9 +360,8 @@ static s_kept *s_keep_place(ps_server *s, const cm_msg *m, size_t n)
 
 /* PULL with CM_PULL_PLACE: the rows' indexes in the table's memory file
  * (made when missing; with CM_PULL_NO_CREATE a missing key's index is
- * UINT64_MAX), as the keys frame of the reply, and in stats what a
- * process on this host needs to map it: {pid, fd, token, header bytes,
- * stride floats, file bytes}. */
+ * UINT64_MAX), as the keys frame of the reply, and in its body what a
+ * process on this host needs to map it (cm_place_reply). */
 static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
 {
     ps_table_share_info sh;
@@ -382,10 +383,8 @@ static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
     }
     ps_table_share(t, &sh); /* the file may have grown */
     cm_hdr h = s_reply_hdr(m);
-    const double st[6] = {(double)getpid(), (double)sh.fd, (double)sh.token,
-                          (double)sh.header, (double)sh.stride, (double)sh.bytes};
-    h.n_stats = 6;
-    memcpy(h.stats, st, sizeof st);
+    h.body = CM_BODY_PLACE;
+    h.place = (cm_place_reply){getpid(), sh.fd, sh.token, sh.header, sh.stride, sh.bytes};
     rc = cm_msg_send(s->sock, m->route, m->route_size, &h, idx, n, NULL, 0);
     free(idx);
     return s_sent(s, m, rc);
@@ -455,8 +454,8 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
      * sums may pass the half range) always as f32 */
     h.dtype = full ? CM_DTYPE_F32 : m->hdr.dtype;
     if (!create) {
-        h.n_stats = 1;
-        h.stats[0] = (double)missing;
+        h.body = CM_BODY_PULLED;
+        h.pulled.missing = missing;
     }
     if (own)
         return s_sent(s, m, cm_msg_send_owned(s->sock, m->route, m->route_size, &h, NULL, 0, own,
@@ -513,31 +512,30 @@ static int s_on_push(ps_server *s, const cm_msg *m)
 static int s_on_stop(ps_server *s, const cm_msg *m)
 {
     cm_hdr h = s_reply_hdr(m);
-    h.n_stats = 2 * s->n_tables;
+    h.body = CM_BODY_TABLES;
+    h.tables.n = s->n_tables;
     for (size_t i = 0; i < s->n_tables; i++) {
-        h.stats[2 * i] = (double)ps_table_rows(s->tables[i]);
-        h.stats[2 * i + 1] = (double)ps_table_bytes(s->tables[i]);
+        h.tables.table[i].rows = ps_table_rows(s->tables[i]);
+        h.tables.table[i].bytes = ps_table_bytes(s->tables[i]);
     }
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
 
 /* EPOCH (from the scheduler, as an epoch starts): tables learn the epoch
- * (time-to-live eviction) and evict; the reply's stats carry, per table,
- * rows, bytes, evicted, admitted, pending and dropped. */
+ * (time-to-live eviction) and evict; the reply's body carries their
+ * counters (cm_table_stats). */
 static int s_on_epoch(ps_server *s, const cm_msg *m)
 {
     cm_hdr h = s_reply_hdr(m);
+    h.body = CM_BODY_TABLES;
+    h.tables.n = s->n_tables;
     for (size_t i = 0; i < s->n_tables; i++) {
         ps_table_set_epoch(s->tables[i], m->hdr.epoch);
         ps_table_evict(s->tables[i]);
         ps_table_counters c;
         ps_table_stats(s->tables[i], &c);
-        if (h.n_stats + 6 > CM_HDR_MAX_STATS)
-            break;
-        double v[6] = {(double)c.rows, (double)c.bytes, (double)c.evicted,
-                       (double)c.admitted, (double)c.pending, (double)c.dropped};
-        memcpy(h.stats + h.n_stats, v, sizeof v);
-        h.n_stats += 6;
+        h.tables.table[i] = (cm_table_stat){c.rows, c.bytes, c.evicted, c.admitted, c.pending,
+                                            c.dropped};
     }
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
@@ -625,10 +623,12 @@ static int s_ckpt_dir(ps_server *s, const cm_msg *m, char *dir, size_t n, int *r
 }
 
 /* CHECKPOINT: every table's rows into the named checkpoint; the reply's
- * keys frame carries (size, checksum, rows) per table, in table order. */
+ * body says each shard file's size, checksum and rows, in table order. */
 static int s_on_checkpoint(ps_server *s, const cm_msg *m)
 {
-    uint64_t info[3 * 16];
+    cm_hdr h = s_reply_hdr(m);
+    h.body = CM_BODY_CKPT;
+    h.ckpt.n = s->n_tables;
     char dir[CM_HDR_PATH_MAX];
     int drc;
     if (s_ckpt_dir(s, m, dir, sizeof dir, &drc))
@@ -638,15 +638,17 @@ static int s_on_checkpoint(ps_server *s, const cm_msg *m)
         snprintf(path, sizeof path, "%s/t%zu-s%d.rows", dir, i, s->index);
         cm_error e = {0};
         double t0 = cm_now();
-        int rc = s_write_shard(s->tables[i], (uint32_t)i, path, &info[3 * i], &e);
+        uint64_t info[3]; /* size, checksum, rows */
+        int rc = s_write_shard(s->tables[i], (uint32_t)i, path, info, &e);
         if (rc != 0)
             return s_reject(s, m, rc, "checkpoint: %s", e.msg);
+        h.ckpt.shard[i].size = info[0];
+        h.ckpt.shard[i].checksum = info[1];
+        h.ckpt.shard[i].rows = info[2];
         cm_log(CM_LOG_DEBUG, "%s: %llu rows written in %.3f s", path,
-               (unsigned long long)info[3 * i + 2], cm_now() - t0);
+               (unsigned long long)info[2], cm_now() - t0);
     }
-    cm_hdr h = s_reply_hdr(m);
-    return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, info,
-                                    3 * s->n_tables, NULL, 0));
+    return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
 
 /* LOAD: from the checkpoint in hdr.path, every row whose slot the slot map
@@ -715,8 +717,8 @@ static int s_on_load(ps_server *s, const cm_msg *m)
     }
     cm_log(CM_LOG_INFO, "ps: loaded %" PRIu64 " rows from %s", loaded, dir);
     cm_hdr h = s_reply_hdr(m);
-    h.n_stats = 1;
-    h.stats[0] = (double)loaded;
+    h.body = CM_BODY_LOADED;
+    h.loaded.rows = loaded;
     rc = s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 out:
     cm_manifest_free(&man);

@@ -1,7 +1,7 @@
 /* server: a parameter server's request loop.
  *
  * Binds a ROUTER, then answers PULL (values of the requested rows), PUSH
- * (apply gradients, ack) and STOP (reply with per-table stats, then return)
+ * (apply gradients, ack) and STOP (reply with per-table counts, then return)
  * in arrival order, which keeps a single worker's run deterministic.
  * CHECKPOINT writes every table's rows to a checkpoint directory; LOAD
  * reads back the rows of this server's slots from one. Every
@@ -46,11 +46,12 @@ void ps_server_set_heartbeat(ps_server *s, cm_hb *hb);
 /* The endpoint the ROUTER resolved to (for "tcp://0.0.0.0:*", the real port). */
 const char *ps_server_endpoint(const ps_server *s);
 
-/* Serves until STOP. The STOP reply carries stats: for each table, rows
- * then bytes. 0, or a CM_E* code if the transport itself failed. */
+/* Serves until STOP. The STOP reply's body (cm_table_stats) has each
+ * table's rows and bytes. 0, or a CM_E* code if the transport itself
+ * failed. */
 int ps_server_run(ps_server *s);
 
-/* Access for tests and the stats reply. */
+/* Access for tests and the STOP reply. */
 ps_table *ps_server_table(ps_server *s, size_t i);
 
 /* Bytes a server holds to answer a pull of `floats` values: its reused

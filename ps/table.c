@@ -212,7 +212,7 @@ static void s_share_open(ps_table *t)
     uint64_t tok = 0;
     if (getrandom(&tok, sizeof tok, GRND_NONBLOCK) != (ssize_t)sizeof tok)
         tok = cm_mix64((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)t);
-    t->token = (tok & ((1ULL << 52) - 1)) | 1; /* never 0 */
+    t->token = tok | 1; /* never 0 */
     int fd = memfd_create("psrec-table", MFD_CLOEXEC);
     if (fd < 0)
         return;

@@ -147,7 +147,7 @@ int ps_table_load_row(ps_table *t, uint64_t key, const float *row);
  * with a cm_share_head {CM_SHARE_MAGIC, token}. */
 typedef struct {
     int fd;              /* the file, open in the table's process */
-    uint64_t token;      /* random, 52 bits (travels as a double) */
+    uint64_t token;      /* random, never 0 */
     size_t header;       /* bytes before row 0 (one page) */
     size_t stride;       /* floats from one row to the next */
     size_t bytes;        /* the file's size now: header + every chunk */

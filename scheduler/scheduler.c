@@ -20,14 +20,16 @@
 #define S_MAX_TABLES 8
 
 #define S_ROUTE_MAX 256
-#define S_STATS 12
 
 /* What the scheduler knows of one worker. */
 typedef struct {
     unsigned char route[S_ROUTE_MAX];   /* ROUTER identity of its DEALER */
     size_t route_size;
     int rank;
-    double stats[S_STATS];              /* its HELLO, then its last answer */
+    cm_hello hello;                     /* its HELLO (slot loads not kept) */
+    cm_epoch_done epoch_done;           /* its last EPOCH_DONE */
+    cm_eval_done eval;                  /* its last EVAL_DONE (histograms not kept) */
+    cm_ranking_done ranking;            /* implicit: its last EVAL_DONE */
     uint64_t done;                      /* examples done this epoch */
     double sq;                          /* running squared error this epoch */
     int finished;                       /* answered the current phase */
@@ -189,6 +191,16 @@ static int s_recv_ctl(s_sched *s, cm_msg *m, cm_error *err)
     }
 }
 
+/* The body a worker's answer `op` carries (common/ctl.h). */
+static int s_body_of(const s_sched *s, int op)
+{
+    if (op == CM_OP_EPOCH_DONE)
+        return CM_BODY_EPOCH;
+    if (op == CM_OP_EVAL_DONE)
+        return s->implicit ? CM_BODY_RANKING : CM_BODY_EVAL;
+    return CM_BODY_NONE;
+}
+
 /* Receives control messages until every worker answered `want` for
  * `epoch`. PROGRESS messages move the bar. Silence longer than the job's
  * timeout, or an OP_ERROR from a worker, fails the job. */
@@ -230,9 +242,10 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
             if (m.hdr.clock > k->clock)
                 k->clock = m.hdr.clock;
             s_publish_clock(s, epoch);
-        } else if (m.hdr.op == CM_OP_PROGRESS && m.hdr.n_stats >= 2 && m.hdr.epoch == epoch) {
-            k->done = (uint64_t)m.hdr.stats[0];
-            k->sq = m.hdr.stats[1];
+        } else if (m.hdr.op == CM_OP_PROGRESS && m.hdr.body == CM_BODY_PROGRESS &&
+                   m.hdr.epoch == epoch) {
+            k->done = m.hdr.progress.done;
+            k->sq = m.hdr.progress.loss;
             uint64_t done = 0;
             double sq = 0;
             for (uint32_t i = 0; i < s->p->n_workers; i++) {
@@ -242,17 +255,24 @@ static int s_gather(s_sched *s, int want, uint32_t epoch, double t0, cm_error *e
             double shown = done ? (s->implicit ? sq / (double)done : sqrt(sq / (double)done)) : 0;
             sch_progress_update(s->progress, (int)epoch, job->epochs, done, s->n_train, shown,
                                 cm_now() - t0);
-        } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished) {
-            size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
-            memset(k->stats, 0, sizeof k->stats);
-            memcpy(k->stats, m.hdr.stats, n * sizeof(double));
-            /* binary tasks: the AUC histograms, positives then negatives */
-            if (want == CM_OP_EVAL_DONE && s->auc_pos && m.keys &&
-                m.hdr.n_keys == 2 * (uint64_t)CM_AUC_BINS)
-                for (size_t b = 0; b < CM_AUC_BINS; b++) {
-                    s->auc_pos[b] += m.keys[b];
-                    s->auc_neg[b] += m.keys[CM_AUC_BINS + b];
-                }
+        } else if (m.hdr.op == want && m.hdr.epoch == epoch && !k->finished &&
+                   m.hdr.body == s_body_of(s, want)) {
+            if (m.hdr.body == CM_BODY_EPOCH)
+                k->epoch_done = m.hdr.epoch_done;
+            else if (m.hdr.body == CM_BODY_RANKING)
+                k->ranking = m.hdr.ranking;
+            else if (m.hdr.body == CM_BODY_EVAL) {
+                const cm_eval_done *ev = &m.hdr.eval_done;
+                /* binary tasks: the AUC histograms */
+                if (s->auc_pos && ev->n_auc == CM_AUC_BINS)
+                    for (size_t b = 0; b < CM_AUC_BINS; b++) {
+                        s->auc_pos[b] += ev->auc_pos[b];
+                        s->auc_neg[b] += ev->auc_neg[b];
+                    }
+                k->eval = *ev;
+                k->eval.n_auc = 0;
+                k->eval.auc_pos = k->eval.auc_neg = NULL;
+            }
             k->finished = 1;
             left--;
             if (want == CM_OP_EPOCH_DONE)
@@ -382,14 +402,16 @@ static int s_hellos(s_sched *s, cm_error *err)
         memcpy(k->route, m.route, m.route_size);
         k->route_size = m.route_size;
         k->rank = from;
-        size_t n = m.hdr.n_stats < S_STATS ? m.hdr.n_stats : S_STATS;
-        memcpy(k->stats, m.hdr.stats, n * sizeof(double));
+        const cm_hello *he = &m.hdr.hello;
         /* the expected request load per slot, summed over the workers */
-        if (m.vals && m.n_vals == (size_t)job->slots && s->load)
-            for (size_t j = 0; j < m.n_vals; j++)
-                s->load[j] += m.vals[j];
+        if (he->n_slot_load == (size_t)job->slots && s->load)
+            for (size_t j = 0; j < he->n_slot_load; j++)
+                s->load[j] += he->slot_load[j];
         else if (s->load)
             s->load_ok = 0;
+        k->hello = *he;
+        k->hello.n_slot_load = 0;
+        k->hello.slot_load = NULL;
         cm_msg_release(&m);
     }
     return 0;
@@ -408,20 +430,20 @@ static int s_plan(s_sched *s, sch_result *res, cm_error *err)
     double sum = 0, lo = INFINITY, hi = -INFINITY, nf = -1;
     uint64_t bad_train = 0, bad_test = 0, raw_train = 0;
     for (uint32_t w = 0; w < s->p->n_workers; w++) {
-        const double *st = s->wk[w].stats;
-        s->n_train += (uint64_t)st[0];
-        sum += st[1];
-        if (st[0] > 0) {
-            lo = fmin(lo, st[2]);
-            hi = fmax(hi, st[3]);
+        const cm_hello *he = &s->wk[w].hello;
+        s->n_train += he->n_train;
+        sum += he->label_sum;
+        if (he->n_train > 0) {
+            lo = fmin(lo, he->label_min);
+            hi = fmax(hi, he->label_max);
         }
-        s->n_test += (uint64_t)st[4];
-        s->n_valid += (uint64_t)st[11];
-        raw_train += (uint64_t)st[9];
-        bad_train = (uint64_t)st[5];
-        bad_test = (uint64_t)st[6];
-        nf = st[7];
-        s->task = cm_job_is_sparse(job) ? (int)st[8] : -1;
+        s->n_test += he->n_test;
+        s->n_valid += he->n_valid;
+        raw_train += he->raw_train;
+        bad_train = he->bad_train;
+        bad_test = he->bad_test;
+        nf = he->noise_floor;
+        s->task = cm_job_is_sparse(job) ? he->task : -1;
     }
     if (s->task == CM_TASK_BINARY) {
         s->auc_pos = calloc(2 * (size_t)CM_AUC_BINS, sizeof *s->auc_pos);
@@ -548,11 +570,8 @@ static int s_send_plan(s_sched *s, cm_error *err)
     }
     for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
         cm_hdr h = cm_hdr_make(CM_OP_PLAN);
-        h.stats[0] = s->mean;
-        h.stats[1] = s->clip_lo;
-        h.stats[2] = s->clip_hi;
-        h.stats[3] = s->bpw;
-        h.n_stats = 4;
+        h.body = CM_BODY_PLAN;
+        h.plan = (cm_plan){s->mean, s->clip_lo, s->clip_hi, s->bpw};
         h.slots = s->slot_map;
         h.n_slots = s->n_slots;
         if (!counts) {
@@ -693,18 +712,20 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
         goto out;
     uint64_t rows = 0, bytes = 0;
     for (uint32_t i = 0; i < n_srv; i++) {
-        if (rep[i].hdr.n_keys != 3 * (uint64_t)n_tab) {
-            rc = cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %llu numbers, "
-                              "expected %u", i, (unsigned long long)rep[i].hdr.n_keys, 3 * n_tab);
+        const cm_ckpt_reply *cr = &rep[i].hdr.ckpt;
+        if (rep[i].hdr.body != CM_BODY_CKPT || cr->n != n_tab) {
+            rc = cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %zu tables, "
+                              "expected %u", i, rep[i].hdr.body == CM_BODY_CKPT ? cr->n : 0,
+                              n_tab);
             goto out;
         }
         for (uint32_t t = 0; t < n_tab; t++) {
             cm_ckpt_file *f = &m.files[m.n_files++];
             snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
             f->table = t;
-            f->size = rep[i].keys[3 * t];
-            f->checksum = rep[i].keys[3 * t + 1];
-            f->rows = rep[i].keys[3 * t + 2];
+            f->size = cr->shard[t].size;
+            f->checksum = cr->shard[t].checksum;
+            f->rows = cr->shard[t].rows;
             f->writer = (int)i + 1;
             f->slots = malloc(s->n_slots * sizeof *f->slots);
             if (!f->slots) {
@@ -853,7 +874,7 @@ static int s_resume(s_sched *s, cm_error *err)
         goto out;
     uint64_t rows = 0;
     for (uint32_t i = 0; i < p->n_servers; i++)
-        rows += rep[i].hdr.n_stats ? (uint64_t)rep[i].hdr.stats[0] : 0;
+        rows += rep[i].hdr.body == CM_BODY_LOADED ? rep[i].hdr.loaded.rows : 0;
     s->first_epoch = (int)m.epoch + 1;
     fprintf(p->out, "resumed from %s: epoch %u done (%llu rows, written by %u server%s)\n",
             dir, m.epoch, (unsigned long long)rows, m.n_servers, m.n_servers == 1 ? "" : "s");
@@ -893,32 +914,43 @@ static int s_eval_ranking(s_sched *s, int e, double t0, sch_ranking *rk, double 
         rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
     if (rc != 0)
         return rc;
-    double sum[11] = {0};
-    for (uint32_t w = 0; w < s->p->n_workers; w++)
-        for (int k = 0; k < 11; k++)
-            sum[k] += s->wk[w].stats[k];
-    /* 0-2 recall, ndcg, hit; 3 users; 4-6 the popularity ones; 7 cold
-     * users; 8 cold items; 9 positives scored; 10 repeats */
-    double n = sum[3];
+    cm_ranking_done sum = {0}; /* counts summed as doubles, as the report prints them */
+    double cold_users = 0, cold_items = 0, positives = 0, repeats = 0, n = 0;
+    for (uint32_t w = 0; w < s->p->n_workers; w++) {
+        const cm_ranking_done *r = &s->wk[w].ranking;
+        sum.recall += r->recall;
+        sum.ndcg += r->ndcg;
+        sum.hit += r->hit;
+        n += (double)r->users;
+        sum.pop_recall += r->pop_recall;
+        sum.pop_ndcg += r->pop_ndcg;
+        sum.pop_hit += r->pop_hit;
+        cold_users += (double)r->cold_users;
+        cold_items += (double)r->cold_items;
+        positives += (double)r->positives;
+        repeats += (double)r->repeats;
+    }
     *users = n;
     rk->k = job->top_k;
     if (n > 0) {
-        rk->recall = sum[0] / n;
-        rk->ndcg = sum[1] / n;
-        rk->hr = sum[2] / n;
-        rk->pop_recall = sum[4] / n;
-        rk->pop_ndcg = sum[5] / n;
-        rk->pop_hr = sum[6] / n;
+        rk->recall = sum.recall / n;
+        rk->ndcg = sum.ndcg / n;
+        rk->hr = sum.hit / n;
+        rk->pop_recall = sum.pop_recall / n;
+        rk->pop_ndcg = sum.pop_ndcg / n;
+        rk->pop_hr = sum.pop_hit / n;
     } else {
         rk->recall = rk->ndcg = rk->hr = 0;
         rk->pop_recall = rk->pop_ndcg = rk->pop_hr = 0;
     }
-    if (!s->warned_cold && (sum[7] > 0 || sum[8] > 0 || sum[10] > 0) && (s->warned_cold = 1))
+    if (!s->warned_cold && (cold_users > 0 || cold_items > 0 || repeats > 0) &&
+        (s->warned_cold = 1))
         cm_log(CM_LOG_WARN,
                "%s: of %llu test positives, %.0f users have no training positive and %.0f "
                "positives name an item without one (not scored), %.0f repeat a training "
                "positive of their user (left out); %.0f positives of %.0f users are scored",
-               job->test, (unsigned long long)s->n_test, sum[7], sum[8], sum[10], sum[9], n);
+               job->test, (unsigned long long)s->n_test, cold_users, cold_items, repeats,
+               positives, n);
     if (n == 0 && !s->warned_cold && (s->warned_cold = 1))
         cm_log(CM_LOG_WARN, "%s: no test user can be scored (no test positive of a user "
                "with training positives)", job->test);
@@ -973,15 +1005,18 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             int rc = rep ? s_ask_servers(s, &h, rep, err)
                          : cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
             for (uint32_t i = 0; rep && i < s->p->n_servers; i++) {
-                for (size_t k = 0; rc == 0 && k + 6 <= rep[i].hdr.n_stats; k += 6) {
-                    if (k / 6 < S_MAX_TABLES) {
-                        tab_rows[k / 6] += rep[i].hdr.stats[k];
-                        tab_bytes[k / 6] += rep[i].hdr.stats[k + 1];
+                const cm_table_stats *ts = &rep[i].hdr.tables;
+                for (size_t k = 0; rc == 0 && rep[i].hdr.body == CM_BODY_TABLES && k < ts->n;
+                     k++) {
+                    const cm_table_stat *t = &ts->table[k];
+                    if (k < S_MAX_TABLES) {
+                        tab_rows[k] += (double)t->rows;
+                        tab_bytes[k] += (double)t->bytes;
                     }
-                    srv_rows += rep[i].hdr.stats[k];
-                    srv_bytes += rep[i].hdr.stats[k + 1];
-                    srv_evicted += rep[i].hdr.stats[k + 2];
-                    srv_dropped += rep[i].hdr.stats[k + 5];
+                    srv_rows += (double)t->rows;
+                    srv_bytes += (double)t->bytes;
+                    srv_evicted += (double)t->evicted;
+                    srv_dropped += (double)t->dropped;
                 }
                 cm_msg_release(&rep[i]);
             }
@@ -1002,10 +1037,10 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
             if (rc == 0)
                 rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)e, t0, err);
             for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
-                sq += s->wk[w].stats[0];
-                n += s->wk[w].stats[1];
-                if (!cm_job_uses_blocks(job))
-                    max_lead = fmax(max_lead, s->wk[w].stats[3]);
+                const cm_epoch_done *d = &s->wk[w].epoch_done;
+                sq += d->loss;
+                n += (double)d->n;
+                max_lead = fmax(max_lead, (double)d->max_lead);
             }
         }
         if (rc != 0)
@@ -1042,14 +1077,15 @@ static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
                 return rc;
             double tsq = 0, tab = 0, tn = 0, tll = 0, vsq = 0, vn = 0, vll = 0;
             for (uint32_t w = 0; w < s->p->n_workers; w++) {
-                tsq += s->wk[w].stats[0];
-                tab += s->wk[w].stats[1];
-                tn += s->wk[w].stats[2];
-                unseen += (uint64_t)s->wk[w].stats[3];
-                tll += s->wk[w].stats[4];
-                vsq += s->wk[w].stats[5];
-                vn += s->wk[w].stats[7];
-                vll += s->wk[w].stats[8];
+                const cm_eval_done *ev = &s->wk[w].eval;
+                tsq += ev->test_sq;
+                tab += ev->test_abs;
+                tn += (double)ev->test_n;
+                unseen += ev->unseen;
+                tll += ev->test_logloss;
+                vsq += ev->valid_sq;
+                vn += (double)ev->valid_n;
+                vll += ev->valid_logloss;
             }
             if ((rc = s_check_finite(job, e, "test loss", tsq + tll, err)) != 0 ||
                 (rc = s_check_finite(job, e, "validation loss", vsq + vll, err)) != 0)
@@ -1232,11 +1268,11 @@ int sch_stop_servers(cm_van *van, uint32_t n_servers, const char *const *server_
         if (r == 0)
             r = cm_msg_recv(d, &m, timeout_ms, err);
         if (r == 0 && m.hdr.op == CM_OP_REPLY) {
-            for (size_t k = 0; k + 1 < m.hdr.n_stats; k += 2) {
+            for (size_t k = 0; m.hdr.body == CM_BODY_TABLES && k < m.hdr.tables.n; k++) {
                 if (rows)
-                    *rows += (uint64_t)m.hdr.stats[k];
+                    *rows += m.hdr.tables.table[k].rows;
                 if (bytes)
-                    *bytes += (uint64_t)m.hdr.stats[k + 1];
+                    *bytes += m.hdr.tables.table[k].bytes;
             }
         } else if (rc == 0) {
             rc = cm_error_set(err, r ? r : CM_EPROTO, "scheduler: server %u (%s) did not stop "
@@ -1307,7 +1343,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
                  .warn = {.per_minute = S_WARN_PER_MINUTE},
-                 .implicit = strcmp(p->job->model, "implicit") == 0,
+                 .implicit = cm_job_model(p->job)->family == CM_FAMILY_IMPLICIT,
                  .best = sch_best_start(p->job->patience), .valid_metric = -1,
                  .chosen = {-1, -1, -1, -1}};
     s.want_items = s.implicit || cm_job_uses_blocks(p->job);

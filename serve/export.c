@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/ckpt.h"
+#include "common/config.h"
 #include "common/log.h"
 #include "common/wfile.h"
 #include "serve/psm_write.h"
@@ -25,9 +26,10 @@ static const char s_implicit_formula[] =
 
 const char *sv_export_formula(const char *model)
 {
-    if (strcmp(model, "mf") == 0)
+    const cm_model *m = cm_model_of(model);
+    if (m && m->family == CM_FAMILY_RATINGS)
         return s_mf_formula;
-    return strcmp(model, "implicit") == 0 ? s_implicit_formula : "";
+    return m && m->family == CM_FAMILY_IMPLICIT ? s_implicit_formula : "";
 }
 
 int sv_export_parse_formats(const char *s, unsigned *out, cm_error *err)
@@ -351,8 +353,9 @@ static int s_write_manifest(const char *path, const sv_export_model *m, unsigned
                             const sv_table *item, cm_error *err)
 {
     /* both keep [bias, factors] rows of users and items */
-    const int implicit = strcmp(m->model, "implicit") == 0;
-    const int mf = strcmp(m->model, "mf") == 0 || implicit;
+    const cm_model *of = cm_model_of(m->model);
+    const int implicit = of && of->family == CM_FAMILY_IMPLICIT;
+    const int mf = (of && of->family == CM_FAMILY_RATINGS) || implicit;
     cm_wfile *w = cm_wfile_open(path, err);
     if (!w)
         return err ? err->code : CM_EIO;

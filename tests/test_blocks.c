@@ -1,6 +1,6 @@
-/* blocks: the indexing helpers of the blocks schedule, and one pass of
- * training against a real server (the whole schedule runs in
- * tests/test_cluster_local.c and test_cluster_ckpt.c). */
+/* blocks: the DSGD rule and the indexing helpers of the blocks schedule,
+ * and one pass of training against a real server (the whole schedule runs
+ * in tests/test_cluster_local.c and test_cluster_ckpt.c). */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -122,6 +122,57 @@ Test(blocks, block_of_spreads_items)
 /* Skewed item counts (a few items with most ratings, as in real data):
  * the balanced placement evens the blocks' ratings where the hash does
  * not, places every item, and is the same every time. */
+/* The DSGD rule: in every round the workers' blocks are distinct and of
+ * the round's class mod k; over an epoch each worker meets every block
+ * once; two objects with the same seed agree (every worker computes the
+ * same), and the order changes between epochs. */
+Test(blocks, dsgd_rounds_never_share_a_block)
+{
+    const uint32_t workers[] = {1, 2, 3, 5}, ks[] = {1, 2, 3};
+    for (size_t a = 0; a < sizeof workers / sizeof *workers; a++) {
+        for (size_t c = 0; c < sizeof ks / sizeof *ks; c++) {
+            const uint32_t nw = workers[a], k = ks[c], nb = k * nw;
+            wk_dsgd *d = wk_dsgd_new(nw, k, 42), *twin = wk_dsgd_new(nw, k, 42);
+            cr_assert(d && twin);
+            uint32_t *met = calloc((size_t)nw * nb, sizeof *met);
+            uint32_t first[64];
+            int changed = 0;
+            for (uint32_t e = 1; e <= 3; e++) {
+                memset(met, 0, (size_t)nw * nb * sizeof *met);
+                for (uint32_t r = 0; r < nb; r++) {
+                    uint32_t taken[64] = {0};
+                    for (uint32_t w = 0; w < nw; w++) {
+                        uint32_t b = wk_dsgd_block(d, w, e, r);
+                        cr_assert_lt(b, nb);
+                        cr_assert_eq(b % k, r % k, "W %u k %u: round %u's blocks are of its "
+                                     "class", nw, k, r);
+                        cr_assert_eq(taken[b]++, 0, "W %u k %u epoch %u round %u: block %u "
+                                     "twice", nw, k, e, r, b);
+                        cr_assert_eq(wk_dsgd_block(twin, w, e, r), b);
+                        met[w * nb + b]++;
+                        if (w == 0 && e == 1)
+                            first[r] = b;
+                        else if (w == 0 && first[r] != b)
+                            changed = 1;
+                    }
+                }
+                for (uint32_t x = 0; x < nw * nb; x++)
+                    cr_assert_eq(met[x], 1, "W %u k %u: each worker meets each block once",
+                                 nw, k);
+            }
+            if (nw > 1 && nb > 2) /* one worker: each class holds one block */
+                cr_expect(changed, "W %u k %u: the order changes between epochs", nw, k);
+            free(met);
+            wk_dsgd_destroy(&d);
+            wk_dsgd_destroy(&twin);
+            cr_assert_null(d);
+            wk_dsgd_destroy(&d); /* NULL-safe */
+        }
+    }
+    cr_assert_null(wk_dsgd_new(0, 1, 1));
+    cr_assert_null(wk_dsgd_new(1, 0, 1));
+}
+
 Test(blocks, balance_evens_skewed_blocks)
 {
     enum { N = 3000, B = 4 };

@@ -299,8 +299,8 @@ static void s_bad_items(const uint64_t *keys, size_t n, const float *vals, size_
     cr_assert_eq(cm_sock_connect(wk, "inproc://implicit-bad-items"), 0);
     cm_hdr h = cm_hdr_make(CM_OP_HELLO);
     h.sender = 1;
-    h.n_stats = 11;
-    h.stats[0] = 3; /* positives */
+    h.body = CM_BODY_HELLO;
+    h.hello.n_train = 3; /* positives */
     cr_assert_eq(cm_msg_send(wk, NULL, 0, &h, NULL, 0, NULL, 0), 0);
     cm_hdr hi = cm_hdr_make(CM_OP_HELLO);
     hi.sender = 1;

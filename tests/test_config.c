@@ -904,6 +904,37 @@ __attribute__((constructor)) static void s_print_docs_table(void)
     _exit(0);
 }
 
+/* Every model the key accepts is in the model table, with its family;
+ * the rest of psrec asks the table, never the name. */
+Test(config, every_model_is_declared_once_with_its_family)
+{
+    const struct {
+        const char *name;
+        int family, quadratic, fields, mlp;
+    } want[] = {{"mf", CM_FAMILY_RATINGS, 1, 0, 0},
+                {"fm", CM_FAMILY_SPARSE, 1, 0, 0},
+                {"ffm", CM_FAMILY_SPARSE, 0, 1, 0},
+                {"deep", CM_FAMILY_SPARSE, 0, 1, 1},
+                {"implicit", CM_FAMILY_IMPLICIT, 0, 0, 0}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        cm_job j = cm_job_default();
+        cm_error err = {0};
+        cr_assert_eq(cm_job_set(&j, "model", want[i].name, "test", &err), 0, "%s", err.msg);
+        const cm_model *m = cm_model_of(want[i].name);
+        cr_assert_not_null(m, "%s", want[i].name);
+        cr_assert_eq(cm_job_model(&j), m);
+        cr_assert_str_eq(m->name, want[i].name);
+        cr_assert_eq(m->family, want[i].family, "%s", want[i].name);
+        cr_assert(m->quadratic == want[i].quadratic && m->fields == want[i].fields &&
+                  m->mlp == want[i].mlp, "%s", want[i].name);
+        cr_assert_eq(cm_job_is_sparse(&j), want[i].family == CM_FAMILY_SPARSE);
+    }
+    cr_assert_null(cm_model_of("gbdt"));
+    cm_job j = cm_job_default();
+    strcpy(j.model, "gbdt");
+    cr_assert_str_eq(cm_job_model(&j)->name, "mf", "an unknown name reads as mf's");
+}
+
 Test(config, model_defaults_fill_only_unset_keys)
 {
     cm_job j = cm_job_default();

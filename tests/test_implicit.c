@@ -334,19 +334,18 @@ Test(implicit, popularity_ranking_by_hand)
     cm_error err = {0};
     wk_implicit *im = wk_implicit_new(&job, &train, &test, items, counts, 5, dims, &err);
     cr_assert_not_null(im, "%s", err.msg);
-    double st[WK_IEV_N];
-    for (int k = 0; k < WK_IEV_N; k++)
-        st[k] = -7;
-    wk_implicit_eval_popularity(im, st);
+    cm_ranking_done st;
+    memset(&st, 0x5a, sizeof st); /* every field it reports is set */
+    wk_implicit_eval_popularity(im, &st);
     double nd1 = (1 / log2(3.0)) / (1 + 1 / log2(3.0));
-    cr_expect(fabs(st[WK_IEV_POP_RECALL] - 1.5) < 1e-9, "recall sum %g", st[WK_IEV_POP_RECALL]);
-    cr_expect(fabs(st[WK_IEV_POP_NDCG] - (1 + nd1)) < 1e-9, "ndcg sum %g", st[WK_IEV_POP_NDCG]);
-    cr_expect_eq(st[WK_IEV_POP_HIT], 2);
-    cr_expect_eq(st[WK_IEV_USERS], 2);
-    cr_expect_eq(st[WK_IEV_COLD_USERS], 1);
-    cr_expect_eq(st[WK_IEV_COLD_ITEMS], 1);
-    cr_expect_eq(st[WK_IEV_REPEATS], 1);
-    cr_expect_eq(st[WK_IEV_POSITIVES], 3, "30 and 40 of user 1, 10 of user 2");
+    cr_expect(fabs(st.pop_recall - 1.5) < 1e-9, "recall sum %g", st.pop_recall);
+    cr_expect(fabs(st.pop_ndcg - (1 + nd1)) < 1e-9, "ndcg sum %g", st.pop_ndcg);
+    cr_expect_eq(st.pop_hit, 2);
+    cr_expect_eq(st.users, 2);
+    cr_expect_eq(st.cold_users, 1);
+    cr_expect_eq(st.cold_items, 1);
+    cr_expect_eq(st.repeats, 1);
+    cr_expect_eq(st.positives, 3, "30 and 40 of user 1, 10 of user 2");
     wk_implicit_destroy(&im);
     cr_expect_null(im);
     wk_implicit_destroy(&im);
@@ -382,10 +381,10 @@ Test(implicit, no_test_set_scores_nothing)
     cm_error err = {0};
     wk_implicit *im = wk_implicit_new(&job, &train, NULL, items, counts, 2, dims, &err);
     cr_assert_not_null(im, "%s", err.msg);
-    double st[WK_IEV_N];
-    wk_implicit_eval_popularity(im, st);
-    cr_expect_eq(st[WK_IEV_USERS], 0);
-    cr_expect_eq(st[WK_IEV_POP_RECALL], 0);
+    cm_ranking_done st;
+    wk_implicit_eval_popularity(im, &st);
+    cr_expect_eq(st.users, 0);
+    cr_expect_eq(st.pop_recall, 0);
     wk_implicit_destroy(&im);
     /* mismatched row widths are refused */
     const int bad[2] = {3, 4};

@@ -102,7 +102,7 @@ Test(msg, hdr_make_is_zeroed)
     cr_assert_eq(h.req_id, 0);
     cr_assert_eq(h.n_keys, 0);
     cr_assert_eq(h.dim, 0);
-    cr_assert_eq(h.n_stats, 0);
+    cr_assert_eq(h.body, CM_BODY_NONE);
     cr_assert_null(h.slots);
     cr_assert_str_eq(h.error, "");
 }
@@ -142,10 +142,8 @@ Test(msg, every_header_field_round_trips)
     h.flags = CM_PULL_NO_CREATE | 0x80u;
     h.epoch = 41;
     h.sender = -1;
-    h.n_stats = 3;
-    h.stats[0] = 1.5;
-    h.stats[1] = -2.25e300;
-    h.stats[2] = 0.0;
+    h.body = CM_BODY_PLAN;
+    h.plan = (cm_plan){-2.25e300, 1.5f, 0.0f, 3};
     h.n_slots = 5;
     h.slots = slots;
     h.key_ref = (1ull << 50) + 3;
@@ -166,10 +164,11 @@ Test(msg, every_header_field_round_trips)
     cr_assert_eq(m.hdr.flags, CM_PULL_NO_CREATE | 0x80u);
     cr_assert_eq(m.hdr.epoch, 41);
     cr_assert_eq(m.hdr.sender, -1);
-    cr_assert_eq(m.hdr.n_stats, 3);
-    cr_assert_eq(m.hdr.stats[0], 1.5);
-    cr_assert_eq(m.hdr.stats[1], -2.25e300);
-    cr_assert_eq(m.hdr.stats[2], 0.0);
+    cr_assert_eq(m.hdr.body, CM_BODY_PLAN);
+    cr_assert_eq(m.hdr.plan.mean, -2.25e300);
+    cr_assert_eq(m.hdr.plan.clip_lo, 1.5f);
+    cr_assert_eq(m.hdr.plan.clip_hi, 0.0f);
+    cr_assert_eq(m.hdr.plan.blocks_per_worker, 3);
     cr_assert_eq(m.hdr.n_slots, 5);
     cr_assert_neq(m.hdr.slots, slots, "received slots are the message's own copy");
     cr_assert_arr_eq(m.hdr.slots, slots, sizeof slots);
@@ -183,9 +182,8 @@ Test(msg, every_header_field_round_trips)
     /* The router answers on the route; the dealer sees no route. */
     cm_hdr r = cm_hdr_make(CM_OP_REPLY);
     r.req_id = m.hdr.req_id;
-    r.n_stats = 2;
-    r.stats[0] = 10;
-    r.stats[1] = 20;
+    r.body = CM_BODY_LOADED;
+    r.loaded.rows = 20;
     cr_assert_eq(cm_msg_send(p.router, m.route, m.route_size, &r, NULL, 0, NULL, 0), 0, "%s",
                  cm_sock_errmsg(p.router));
     cm_msg_release(&m);
@@ -195,8 +193,8 @@ Test(msg, every_header_field_round_trips)
     cr_assert_eq(cm_msg_recv(p.dealer, &back, 2000, &err), 0, "%s", err.msg);
     cr_assert_eq(back.hdr.op, CM_OP_REPLY);
     cr_assert_eq(back.hdr.req_id, UINT64_MAX - 3);
-    cr_assert_eq(back.hdr.n_stats, 2);
-    cr_assert_eq(back.hdr.stats[1], 20);
+    cr_assert_eq(back.hdr.body, CM_BODY_LOADED);
+    cr_assert_eq(back.hdr.loaded.rows, 20);
     cr_assert_null(back.route);
     cr_assert_eq(back.route_size, 0);
     cm_msg_release(&back);

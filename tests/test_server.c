@@ -156,8 +156,8 @@ static void s_pull(s_fix *f, uint32_t table, const uint64_t *keys, size_t n, uin
     cr_assert_not_null(r.vals);
     memcpy(out, r.vals, n * dim * sizeof *out);
     if (missing) {
-        cr_assert_eq(r.hdr.n_stats, 1);
-        *missing = r.hdr.stats[0];
+        cr_assert_eq(r.hdr.body, CM_BODY_PULLED);
+        *missing = (double)r.hdr.pulled.missing;
     }
     cm_msg_release(&r);
 }
@@ -181,13 +181,14 @@ static void s_stop(s_fix *f)
     cm_msg r;
     s_call(f, &h, NULL, 0, NULL, 0, &r);
     cr_assert_eq(r.hdr.op, CM_OP_REPLY);
-    cr_assert_eq(r.hdr.n_stats, 2 * f->n_tables);
+    cr_assert_eq(r.hdr.body, CM_BODY_TABLES);
+    cr_assert_eq(r.hdr.tables.n, f->n_tables);
     s_join(f);
     cr_assert_eq(f->rc, 0);
     for (size_t i = 0; i < f->n_tables; i++) {
         ps_table *t = ps_server_table(f->srv, i);
-        cr_assert_eq(r.hdr.stats[2 * i], (double)ps_table_rows(t));
-        cr_assert_eq(r.hdr.stats[2 * i + 1], (double)ps_table_bytes(t));
+        cr_assert_eq(r.hdr.tables.table[i].rows, ps_table_rows(t));
+        cr_assert_eq(r.hdr.tables.table[i].bytes, ps_table_bytes(t));
     }
     cm_msg_release(&r);
 }
@@ -659,15 +660,15 @@ Test(server, place_rows_of_a_shared_table, .timeout = 30)
                      r.hdr.error);
         cr_assert_eq(r.hdr.n_keys, 3);
         cr_assert_eq(r.n_vals, 0);
-        cr_assert_eq(r.hdr.n_stats, 6);
+        cr_assert_eq(r.hdr.body, CM_BODY_PLACE);
         ps_table_share_info sh;
         cr_assert_eq(ps_table_share(ps_server_table(f.srv, 1), &sh), 0);
-        cr_expect_eq(r.hdr.stats[0], (double)getpid(), "the server's pid");
-        cr_expect_eq(r.hdr.stats[1], (double)sh.fd);
-        cr_expect_eq(r.hdr.stats[2], (double)sh.token);
-        cr_expect_eq(r.hdr.stats[3], (double)sh.header);
-        cr_expect_eq(r.hdr.stats[4], (double)sh.stride);
-        cr_expect_eq(r.hdr.stats[5], (double)sh.bytes);
+        cr_expect_eq(r.hdr.place.pid, (int64_t)getpid(), "the server's pid");
+        cr_expect_eq(r.hdr.place.fd, sh.fd);
+        cr_expect_eq(r.hdr.place.token, sh.token, "the whole 64-bit token");
+        cr_expect_eq(r.hdr.place.header, sh.header);
+        cr_expect_eq(r.hdr.place.stride, sh.stride);
+        cr_expect_eq(r.hdr.place.bytes, sh.bytes);
         for (int i = 0; i < 3; i++) {
             cr_expect_lt(r.keys[i], 3, "row index of key %d", i);
             if (round == 0)

@@ -250,6 +250,60 @@ size_t wk_blocks_stride(int row_floats)
     return ((size_t)row_floats + 15) / 16 * 16;
 }
 
+
+/* ---------------------------------------------------------------------
+ * The DSGD rule
+ * ------------------------------------------------------------------- */
+
+struct wk_dsgd {
+    uint32_t n_workers, per_worker; /* W and k */
+    uint64_t seed;                  /* the job's */
+    uint32_t epoch;                 /* the epoch perm is drawn for; UINT32_MAX none */
+    uint32_t *perm;                 /* the workers' places, then k permutations of W,
+                                     * one per residue class */
+};
+
+wk_dsgd *wk_dsgd_new(uint32_t n_workers, uint32_t per_worker, uint64_t seed)
+{
+    wk_dsgd *d = calloc(1, sizeof *d);
+    if (!d || n_workers == 0 || per_worker == 0 ||
+        !(d->perm = malloc((1 + (size_t)per_worker) * n_workers * sizeof *d->perm))) {
+        free(d);
+        return NULL;
+    }
+    d->n_workers = n_workers;
+    d->per_worker = per_worker;
+    d->seed = seed;
+    d->epoch = UINT32_MAX;
+    return d;
+}
+
+void wk_dsgd_destroy(wk_dsgd **pd)
+{
+    if (!pd || !*pd)
+        return;
+    free((*pd)->perm);
+    free(*pd);
+    *pd = NULL;
+}
+
+uint32_t wk_dsgd_block(wk_dsgd *d, uint32_t worker, uint32_t epoch, uint32_t round)
+{
+    const uint32_t nw = d->n_workers, k = d->per_worker;
+    if (d->epoch != epoch) {
+        cm_rng rng;
+        cm_rng_seed(&rng, cm_mix64(d->seed ^ cm_mix64(0x626c6f636b73ULL + epoch)));
+        for (uint32_t c = 0; c <= k; c++) {
+            for (uint32_t j = 0; j < nw; j++)
+                d->perm[c * nw + j] = j;
+            cm_rng_shuffle_u32(&rng, d->perm + c * nw, nw);
+        }
+        d->epoch = epoch;
+    }
+    const uint32_t b = (k * d->perm[worker] + round) % (k * nw);
+    return k * d->perm[(1 + b % k) * nw + b / k] + b % k;
+}
+
 /* Fisher-Yates over r[0..m). */
 static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
 {

@@ -2,7 +2,7 @@
  *
  * Items are split into B = kW blocks for W workers (k per worker). In
  * round s of an epoch (B rounds) each worker trains a different block (the
- * worker's side, worker/worker.c, picks it): it takes the block's item
+ * DSGD rule, wk_dsgd_block, picks it): it takes the block's item
  * rows whole (weights and optimizer state), runs plain per-rating SGD over
  * its own ratings of that block with its own user rows, which it holds for
  * the whole run, then pushes back the change of each item row. No two
@@ -26,6 +26,26 @@
 #include "worker/models/model.h"
 
 typedef struct wk_blocks wk_blocks;
+
+/* ---- the DSGD rule: which block a worker trains in which round ---------
+ *
+ * Worker w takes place p(w) and trains, in round r, block
+ * q((k p(w) + r) mod kW) for k blocks per worker, where p permutes the
+ * workers and q the blocks within each residue class mod k, both drawn
+ * afresh each epoch from (seed, epoch): every worker computes the same,
+ * each round's blocks are distinct and all in class r mod k (so from k = 2
+ * on the next round's blocks are idle during this one), and the order in
+ * which a worker meets the blocks changes from epoch to epoch. */
+typedef struct wk_dsgd wk_dsgd;
+
+/* For n_workers workers with per_worker blocks each (both >= 1) and the
+ * job's seed. NULL when out of memory. */
+wk_dsgd *wk_dsgd_new(uint32_t n_workers, uint32_t per_worker, uint64_t seed);
+void wk_dsgd_destroy(wk_dsgd **pd);
+
+/* The block worker (0..n_workers) trains in round (0..k n_workers) of
+ * epoch. Draws the epoch's permutations when the epoch changes. */
+uint32_t wk_dsgd_block(wk_dsgd *d, uint32_t worker, uint32_t epoch, uint32_t round);
 
 /* Block of an item among n_blocks by a fixed hash (independent of slots):
  * for items no balanced map places. */

@@ -609,18 +609,18 @@ int wk_implicit_train(wk_implicit *im, wk_kv *kv, uint32_t epoch, uint32_t who,
  * Evaluation
  * ------------------------------------------------------------------- */
 
-void wk_implicit_eval_popularity(const wk_implicit *im, double *st)
+void wk_implicit_eval_popularity(const wk_implicit *im, cm_ranking_done *st)
 {
     const size_t k = im->top_k;
     uint64_t *top = malloc((k + 1) * sizeof *top);
-    st[WK_IEV_POP_RECALL] = st[WK_IEV_POP_NDCG] = st[WK_IEV_POP_HIT] = 0;
-    st[WK_IEV_COLD_USERS] = im->cold_users;
-    st[WK_IEV_COLD_ITEMS] = im->cold_items;
-    st[WK_IEV_REPEATS] = im->repeats;
-    st[WK_IEV_POSITIVES] = (double)im->toff[im->n_tusers];
-    st[WK_IEV_USERS] = (double)im->n_tusers;
+    st->pop_recall = st->pop_ndcg = st->pop_hit = 0;
+    st->cold_users = im->cold_users;
+    st->cold_items = im->cold_items;
+    st->repeats = im->repeats;
+    st->positives = im->toff[im->n_tusers];
+    st->users = im->n_tusers;
     if (!top) {
-        st[WK_IEV_POP_RECALL] = NAN; /* reported as null rather than as a wrong 0 */
+        st->pop_recall = NAN; /* reported as null rather than as a wrong 0 */
         return;
     }
     for (size_t t = 0; t < im->n_tusers; t++) {
@@ -632,20 +632,19 @@ void wk_implicit_eval_popularity(const wk_implicit *im, double *st)
                 top[n++] = im->pop_order[r];
         cm_rank_metrics m = cm_rank_metrics_of(top, n, im->titems + im->toff[t],
                                                im->toff[t + 1] - im->toff[t], k);
-        st[WK_IEV_POP_RECALL] += m.recall;
-        st[WK_IEV_POP_NDCG] += m.ndcg;
-        st[WK_IEV_POP_HIT] += m.hit;
+        st->pop_recall += m.recall;
+        st->pop_ndcg += m.ndcg;
+        st->pop_hit += m.hit;
     }
     free(top);
 }
 
-int wk_implicit_eval(wk_implicit *im, wk_kv *kv, double *st, cm_error *err)
+int wk_implicit_eval(wk_implicit *im, wk_kv *kv, cm_ranking_done *st, cm_error *err)
 {
     const size_t d = (size_t)im->dim, k = im->top_k, nt = im->n_tusers;
-    for (int s = 0; s < WK_IEV_N; s++)
-        st[s] = 0;
+    *st = (cm_ranking_done){0};
     wk_implicit_eval_popularity(im, st);
-    st[WK_IEV_USERS] = (double)nt;
+    st->users = nt;
     if (nt == 0 || im->n_items == 0)
         return 0;
     int rc = 0;
@@ -703,9 +702,9 @@ int wk_implicit_eval(wk_implicit *im, wk_kv *kv, double *st, cm_error *err)
             ranked[r] = h[r].key;
         cm_rank_metrics m = cm_rank_metrics_of(ranked, hn[t], im->titems + im->toff[t],
                                                im->toff[t + 1] - im->toff[t], k);
-        st[WK_IEV_RECALL] += m.recall;
-        st[WK_IEV_NDCG] += m.ndcg;
-        st[WK_IEV_HIT] += m.hit;
+        st->recall += m.recall;
+        st->ndcg += m.ndcg;
+        st->hit += m.hit;
     }
 out:
     free(ukeys);

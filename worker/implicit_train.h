@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/ctl.h"
 #include "common/dataset.h"
 #include "common/err.h"
 #include "common/rng.h"
@@ -124,28 +125,13 @@ int wk_implicit_train(wk_implicit *im, wk_kv *kv, uint32_t epoch, uint32_t who,
                       const wk_implicit_hooks *hooks, double *loss, size_t *n,
                       cm_error *err);
 
-/* The sums an evaluation reports, in this order (EVAL_DONE stats). */
-enum {
-    WK_IEV_RECALL = 0,    /* sum over evaluated users of Recall@K */
-    WK_IEV_NDCG = 1,
-    WK_IEV_HIT = 2,
-    WK_IEV_USERS = 3,     /* users evaluated */
-    WK_IEV_POP_RECALL = 4, /* the same sums for the popularity ranking */
-    WK_IEV_POP_NDCG = 5,
-    WK_IEV_POP_HIT = 6,
-    WK_IEV_COLD_USERS = 7, /* test users without a training positive (skipped) */
-    WK_IEV_COLD_ITEMS = 8, /* test positives of an item outside the universe (dropped) */
-    WK_IEV_POSITIVES = 9,  /* test positives scored */
-    WK_IEV_REPEATS = 10,   /* test positives that are training positives of the user */
-    WK_IEV_N = 11
-};
+/* Ranks the universe for every test user (top_k of the job) and fills *st
+ * with the sums an evaluation reports (common/ctl.h). Pulls rows without
+ * creating them. */
+int wk_implicit_eval(wk_implicit *im, wk_kv *kv, cm_ranking_done *st, cm_error *err);
 
-/* Ranks the universe for every test user (top_k of the job) and fills
- * st[0..WK_IEV_N). Pulls rows without creating them. */
-int wk_implicit_eval(wk_implicit *im, wk_kv *kv, double *st, cm_error *err);
-
-/* Only the popularity part of st (and the counts and users), without
+/* Only the popularity part of *st (and the counts and users), without
  * pulls. */
-void wk_implicit_eval_popularity(const wk_implicit *im, double *st);
+void wk_implicit_eval_popularity(const wk_implicit *im, cm_ranking_done *st);
 
 #endif

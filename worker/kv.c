@@ -30,7 +30,7 @@ typedef struct {
 typedef struct s_map {
     char *base;
     size_t bytes;
-    double pid, fd, token;  /* which file (the reply's stats) */
+    cm_place_reply at;      /* which file (the PLACE reply's body) */
     struct s_map *older;
 } s_map;
 
@@ -624,8 +624,8 @@ int wk_kv_poll(wk_kv *kv, cm_error *err)
     return rc;
 }
 
-/* Server srv's file for `table` as its PLACE reply st (pid, fd, token,
- * header, stride, bytes) describes, mapped (again if it grew) into *out. */
+/* Server srv's file for `table` as its PLACE reply st describes, mapped
+ * (again if it grew) into *out. */
 /* Maps `bytes` of fd where every row lands on a multiple of `row` bytes:
  * (address + header) % row == 0, so that rows of every server's file (and
  * of every mapping of a grown one) lie a whole number of rows apart and a
@@ -658,32 +658,33 @@ static void *s_map_rows(int fd, size_t bytes, size_t header, size_t row)
     return p;
 }
 
-static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st, s_map **out,
-                      cm_error *err)
+static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const cm_place_reply *st,
+                      s_map **out, cm_error *err)
 {
     s_map **slot = &kv->maps[(size_t)srv * kv->n_tables + table];
     s_map *m = *slot;
-    const size_t bytes = (size_t)st[5];
-    if (m && m->pid == st[0] && m->fd == st[1] && m->token == st[2] && m->bytes >= bytes) {
+    const size_t bytes = (size_t)st->bytes;
+    if (m && m->at.pid == st->pid && m->at.fd == st->fd && m->at.token == st->token &&
+        m->bytes >= bytes) {
         *out = m;
         return 0;
     }
     char path[64];
-    if ((pid_t)st[0] == getpid())
-        snprintf(path, sizeof path, "/proc/self/fd/%.0f", st[1]);
+    if (st->pid == (int64_t)getpid())
+        snprintf(path, sizeof path, "/proc/self/fd/%" PRId32, st->fd);
     else
-        snprintf(path, sizeof path, "/proc/%.0f/fd/%.0f", st[0], st[1]);
+        snprintf(path, sizeof path, "/proc/%" PRId64 "/fd/%" PRId32, st->pid, st->fd);
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return cm_error_set(err, CM_ENOTSUP, "kv: cannot open server %u's table %u file %s",
                             srv, table, path);
-    void *base = s_map_rows(fd, bytes, (size_t)st[3], (size_t)st[4] * sizeof(float));
+    void *base = s_map_rows(fd, bytes, (size_t)st->header, (size_t)st->stride * sizeof(float));
     close(fd);
     if (base == MAP_FAILED)
         return cm_error_set(err, CM_ENOTSUP, "kv: cannot map %zu bytes of %s", bytes, path);
     cm_share_head head;
     memcpy(&head, base, sizeof head);
-    if (head.magic != CM_SHARE_MAGIC || (double)head.token != st[2]) {
+    if (head.magic != CM_SHARE_MAGIC || head.token != st->token) {
         munmap(base, bytes);
         return cm_error_set(err, CM_ENOTSUP,
                             "kv: %s is not server %u's table %u (another host?)", path, srv,
@@ -694,7 +695,7 @@ static int s_map_file(wk_kv *kv, uint32_t srv, uint32_t table, const double *st,
         munmap(base, bytes);
         return cm_error_set(err, CM_ENOMEM, "kv: out of memory");
     }
-    *nm = (s_map){base, bytes, st[0], st[1], st[2], m};
+    *nm = (s_map){base, bytes, *st, m};
     *out = *slot = nm;
     return 0;
 }
@@ -726,19 +727,21 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
         cm_msg_release(&m);
         return rc;
     }
-    const double *st = m.hdr.stats;
-    if (m.hdr.op != CM_OP_REPLY || m.hdr.n_keys != n || m.n_vals != 0 || m.hdr.n_stats < 6 ||
-        st[0] < 1 || st[1] < 0 || st[3] < 16 || st[4] < (double)rf || st[5] < st[3] ||
-        st[5] > 1e15) {
+    const cm_place_reply *st = &m.hdr.place;
+    const int placed = m.hdr.body == CM_BODY_PLACE;
+    if (m.hdr.op != CM_OP_REPLY || m.hdr.n_keys != n || m.n_vals != 0 || !placed ||
+        st->pid < 1 || st->fd < 0 || st->header < 16 || st->stride < rf ||
+        st->bytes < st->header || st->bytes > (uint64_t)1e15) {
         rc = cm_error_set(err, CM_EPROTO, "kv: server %u answered a PLACE of %zu keys with "
-                                          "%s of %" PRIu64 " keys and %zu stats", srv, n,
-                          cm_op_name(m.hdr.op), m.hdr.n_keys, m.hdr.n_stats);
+                                          "%s of %" PRIu64 " keys and %s", srv, n,
+                          cm_op_name(m.hdr.op), m.hdr.n_keys,
+                          placed ? "a file it cannot be" : "no file to map");
         cm_msg_release(&m);
         return rc;
     }
     s_map *map = NULL;
     rc = s_map_file(kv, srv, table, st, &map, err);
-    const size_t header = (size_t)st[3], stride = (size_t)st[4] * sizeof(float);
+    const size_t header = (size_t)st->header, stride = (size_t)st->stride * sizeof(float);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         uint64_t at = m.keys[i];
         if (!create && at == UINT64_MAX) {

@@ -52,8 +52,8 @@ typedef struct {
     uint64_t pushed;                /* rounds whose pushes this worker reported acked */
     uint64_t pushed_target;         /* rounds whose pushes are sent */
     cm_error *gate_err;             /* where the gate reports */
-    uint32_t *bperm;                /* blocks: this epoch's orders (s_block_of_round) */
-    uint32_t bperm_epoch;           /* the epoch bperm is for */
+    wk_dsgd *dsgd;                  /* blocks: which block in which round */
+    int family;                     /* the model's cm_family */
     wk_sparse *sparse;              /* sparse-feature models: examples instead of ratings */
     wk_implicit *implicit;          /* model = implicit: positives, sampler, ranking */
     size_t raw_train, raw_test;     /* implicit: shard rows before positive_threshold */
@@ -144,7 +144,7 @@ static void s_free(s_worker *w)
         free(k->rows);
         free(k->grads);
     }
-    free(w->bperm);
+    wk_dsgd_destroy(&w->dsgd);
     for (size_t c = 0; w->eplace && c < wk_evalset_count(w->evalset); c++)
         free(w->eplace[c]);
     free(w->eplace);
@@ -237,21 +237,44 @@ static int s_validation(s_worker *w, cm_error *err)
     return 0;
 }
 
-/* Sends a control message to the scheduler. */
-static int s_tell(s_worker *w, int op, uint32_t epoch, const double *stats, size_t n_stats,
-                  cm_error *err)
+/* Sends a control message (op, epoch and body as the caller set them) to
+ * the scheduler. */
+static int s_tell(s_worker *w, cm_hdr *h, cm_error *err)
 {
-    cm_hdr h = cm_hdr_make(op);
-    h.sender = w->p->rank;
-    h.epoch = epoch;
-    h.n_stats = n_stats;
-    if (n_stats)
-        memcpy(h.stats, stats, n_stats * sizeof(double));
-    int rc = cm_msg_send(w->ctl, NULL, 0, &h, NULL, 0, NULL, 0);
+    h->sender = w->p->rank;
+    int rc = cm_msg_send(w->ctl, NULL, 0, h, NULL, 0, NULL, 0);
     if (rc != 0)
         return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
                             cm_sock_errmsg(w->ctl));
     return 0;
+}
+
+/* A control message of op for epoch, with no body yet. */
+static cm_hdr s_ctl(int op, uint32_t epoch)
+{
+    cm_hdr h = cm_hdr_make(op);
+    h.epoch = epoch;
+    return h;
+}
+
+/* PROGRESS: examples done this epoch and their loss so far. */
+static int s_progress(s_worker *w, uint32_t epoch, uint64_t done, double loss, cm_error *err)
+{
+    cm_hdr h = s_ctl(CM_OP_PROGRESS, epoch);
+    h.body = CM_BODY_PROGRESS;
+    h.progress = (cm_progress){done, loss};
+    return s_tell(w, &h, err);
+}
+
+/* EPOCH_DONE: the epoch's loss over n examples, from t0 on; max_lead -1
+ * when this schedule does not track clocks. */
+static int s_epoch_done(s_worker *w, uint32_t epoch, double loss, uint64_t n, double t0,
+                        int64_t max_lead, cm_error *err)
+{
+    cm_hdr h = s_ctl(CM_OP_EPOCH_DONE, epoch);
+    h.body = CM_BODY_EPOCH;
+    h.epoch_done = (cm_epoch_done){loss, n, cm_now() - t0, max_lead};
+    return s_tell(w, &h, err);
 }
 
 /* Fills the batch's deduplicated keys for rows[first..first+m) in `order`
@@ -433,8 +456,7 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
         }
         double now = cm_now();
         if (now - last_report > 0.25) {
-            double st[2] = {(double)(first + m), sq};
-            if ((rc = s_tell(w, CM_OP_PROGRESS, epoch, st, 2, err)) != 0)
+            if ((rc = s_progress(w, epoch, first + m, sq, err)) != 0)
                 return rc;
             last_report = now;
         }
@@ -442,9 +464,8 @@ static int s_train_epoch(s_worker *w, uint32_t epoch, cm_error *err)
     int rc = wk_kv_flush(w->kv, err);
     if (rc != 0)
         return rc;
-    /* the fourth number: the most minibatches this worker led the slowest by */
-    double st[4] = {sq, (double)n, cm_now() - t0, synced ? (double)max_lead : -1};
-    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
+    /* the most minibatches this worker led the slowest by */
+    return s_epoch_done(w, epoch, sq, n, t0, synced ? (int64_t)max_lead : -1, err);
 }
 
 static int s_block_progress(void *arg, size_t done)
@@ -454,34 +475,7 @@ static int s_block_progress(void *arg, size_t done)
     if (now - w->last_report < 0.25)
         return 0;
     w->last_report = now;
-    double st[2] = {(double)(w->epoch_done + done), w->epoch_sq};
-    return s_tell(w, CM_OP_PROGRESS, w->progress_epoch, st, 2, NULL);
-}
-
-/* Blocks schedule: the block this worker trains in round `round` of
- * `epoch`. Worker w takes place p(w) and trains, in round r, block
- * q((k p(w) + r) mod kW) for k blocks per worker, where p permutes the
- * workers and q the blocks within each residue class mod k, both drawn
- * afresh each epoch from (seed, epoch): every worker computes the same,
- * each round's blocks are distinct and all in class r mod k (so from k = 2
- * on the next round's blocks are idle during this one), and the order in
- * which a worker meets the blocks changes from epoch to epoch. */
-static uint32_t s_block_of_round(s_worker *w, uint32_t epoch, uint32_t round)
-{
-    const uint32_t nw = w->p->n_workers, k = w->bpw;
-    uint32_t *place = w->bperm; /* then k permutations of W, one per class */
-    if (w->bperm_epoch != epoch) {
-        cm_rng rng;
-        cm_rng_seed(&rng, cm_mix64(w->p->job->seed ^ cm_mix64(0x626c6f636b73ULL + epoch)));
-        for (uint32_t c = 0; c <= k; c++) {
-            for (uint32_t j = 0; j < nw; j++)
-                w->bperm[c * nw + j] = j;
-            cm_rng_shuffle_u32(&rng, w->bperm + c * nw, nw);
-        }
-        w->bperm_epoch = epoch;
-    }
-    const uint32_t b = (k * place[w->p->index] + round) % (k * nw);
-    return k * w->bperm[(1 + b % k) * nw + b / k] + b % k;
+    return s_progress(w, w->progress_epoch, w->epoch_done + done, w->epoch_sq, NULL);
 }
 
 /* Blocks, k >= 2 per worker: tells the scheduler that this worker's pushes
@@ -569,8 +563,8 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
     size_t n = 0;
     int rc = 0;
     if (w->bpw == 1) {
-        rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, round), UINT32_MAX, 0, &sq, &n,
-                          err);
+        const uint32_t block = wk_dsgd_block(w->dsgd, w->p->index, epoch, round);
+        rc = s_block_pass(w, epoch, block, UINT32_MAX, 0, &sq, &n, err);
     } else {
         const uint32_t k = w->bpw, nb = k * w->p->n_workers;
         w->gate_epoch = epoch;
@@ -581,16 +575,17 @@ static int s_train_block(s_worker *w, uint32_t epoch, uint32_t round, cm_error *
              * worker's pushes through that round */
             w->gate_need = r + 2 > k ? r + 2 - k : 0;
             w->pushed_target = r;
-            uint32_t next = r + 1 < nb ? s_block_of_round(w, epoch, r + 1) : UINT32_MAX;
-            rc = s_block_pass(w, epoch, s_block_of_round(w, epoch, r), next, 1, &sq, &n, err);
+            const uint32_t me = w->p->index;
+            uint32_t next = r + 1 < nb ? wk_dsgd_block(w->dsgd, me, epoch, r + 1) : UINT32_MAX;
+            rc = s_block_pass(w, epoch, wk_dsgd_block(w->dsgd, me, epoch, r), next, 1, &sq, &n,
+                              err);
         }
         if (rc == 0)
             rc = wk_kv_flush(w->kv, err);
     }
     if (rc != 0)
         return rc;
-    double st[3] = {sq, (double)n, cm_now() - t0};
-    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+    return s_epoch_done(w, epoch, sq, n, t0, -1, err);
 }
 
 /* Before a checkpoint: the blocks schedule's user rows live on the worker
@@ -606,7 +601,8 @@ static int s_before_checkpoint(s_worker *w, uint32_t epoch, cm_error *err)
         cm_log(CM_LOG_DEBUG, "worker %u: user rows written back in %.3f s", w->p->index,
                cm_now() - t0);
     }
-    return s_tell(w, CM_OP_CHECKPOINT, epoch, NULL, 0, err);
+    cm_hdr h = s_ctl(CM_OP_CHECKPOINT, epoch);
+    return s_tell(w, &h, err);
 }
 
 static int s_sparse_progress(void *arg, size_t done, double loss)
@@ -616,8 +612,7 @@ static int s_sparse_progress(void *arg, size_t done, double loss)
     if (now - w->last_report < 0.25)
         return 0;
     w->last_report = now;
-    double st[2] = {(double)done, loss};
-    return s_tell(w, CM_OP_PROGRESS, w->progress_epoch, st, 2, NULL);
+    return s_progress(w, w->progress_epoch, done, loss, NULL);
 }
 
 /* Sparse-feature models: one epoch of minibatches. The loss reported is
@@ -635,8 +630,8 @@ static int s_train_sparse(s_worker *w, uint32_t epoch, cm_error *err)
         return rc;
     if (wk_sparse_task(w->sparse) != CM_TASK_BINARY)
         loss *= 2; /* the model sums (y - t)^2 / 2 */
-    double st[3] = {loss, (double)n, cm_now() - t0};
-    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 3, err);
+    /* sparse jobs have always reported a lead of 0 */
+    return s_epoch_done(w, epoch, loss, n, t0, 0, err);
 }
 
 /* Learned l2 (reglearn.h): the chunk's validation ratings scored again
@@ -674,8 +669,7 @@ static void s_reg_update(s_worker *w, uint32_t epoch, const wk_reg_sums *reg)
            w->p->index, epoch, before, (double)w->ctx.l2, wk_reg_grad(reg, w->p->job->lr));
 }
 
-/* Sparse-feature models: error sums, and AUC histograms in the keys frame
- * (positives then negatives) for binary tasks. */
+/* Sparse-feature models: error sums, and AUC histograms for binary tasks. */
 static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
 {
     const int binary = wk_sparse_task(w->sparse) == CM_TASK_BINARY;
@@ -692,17 +686,16 @@ static int s_eval_sparse(s_worker *w, uint32_t epoch, cm_error *err)
     if (rc == 0 && w->p->job->regularization == 1)
         s_reg_update(w, epoch, &reg);
     if (rc == 0) {
-        cm_hdr h = cm_hdr_make(CM_OP_EVAL_DONE);
-        h.sender = w->p->rank;
-        h.epoch = epoch;
-        /* laid out as s_eval's */
-        double st[9] = {ev[0], ev[1], ev[2], 0, ev[3], vv[0], vv[1], vv[2], vv[3]};
-        h.n_stats = 9;
-        memcpy(h.stats, st, sizeof st);
-        rc = cm_msg_send(w->ctl, NULL, 0, &h, hist, hist ? 2 * (size_t)CM_AUC_BINS : 0, NULL, 0);
-        if (rc != 0)
-            cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
-                         cm_sock_errmsg(w->ctl));
+        cm_hdr h = s_ctl(CM_OP_EVAL_DONE, epoch);
+        h.body = CM_BODY_EVAL;
+        /* ev and vv: squared error, absolute error, count, log loss */
+        h.eval_done = (cm_eval_done){
+            .test_sq = ev[0], .test_abs = ev[1], .test_n = (uint64_t)ev[2],
+            .test_logloss = ev[3], .valid_sq = vv[0], .valid_abs = vv[1],
+            .valid_n = (uint64_t)vv[2], .valid_logloss = vv[3],
+            .n_auc = hist ? CM_AUC_BINS : 0, .auc_pos = hist,
+            .auc_neg = hist ? hist + CM_AUC_BINS : NULL};
+        rc = s_tell(w, &h, err);
     }
     free(hist);
     return rc;
@@ -884,13 +877,14 @@ static int s_eval(s_worker *w, uint32_t epoch, cm_error *err)
     }
     cm_log(CM_LOG_DEBUG, "worker %u: %zu test ratings scored in %.3f s (%.3f s waiting for rows)",
            w->p->index, d->n, cm_now() - t0, waited);
-    /* test: squared, absolute error, count, unseen, log loss (none here);
-     * then validation: squared, absolute error, count, log loss */
-    double st[9] = {sq, ab, (double)w->n_test, (double)unseen, 0,
-                    vsq, vab, (double)(d->n - w->n_test), 0};
     if (learn)
         s_reg_update(w, epoch, &reg);
-    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, 9, err);
+    cm_hdr h = s_ctl(CM_OP_EVAL_DONE, epoch);
+    h.body = CM_BODY_EVAL;
+    h.eval_done = (cm_eval_done){.test_sq = sq, .test_abs = ab, .test_n = w->n_test,
+                                 .unseen = unseen, .valid_sq = vsq, .valid_abs = vab,
+                                 .valid_n = d->n - w->n_test};
+    return s_tell(w, &h, err);
 }
 
 /* ---------------------------------------------------------------------
@@ -1004,8 +998,7 @@ static int s_ihook_after(void *arg, uint64_t clock, size_t done, double loss, cm
     }
     double now = cm_now();
     if (now - h->last_report > 0.25) {
-        double st[2] = {(double)done, loss};
-        if ((rc = s_tell(w, CM_OP_PROGRESS, h->epoch, st, 2, err)) != 0)
+        if ((rc = s_progress(w, h->epoch, done, loss, err)) != 0)
             return rc;
         h->last_report = now;
     }
@@ -1023,17 +1016,17 @@ static int s_train_implicit(s_worker *w, uint32_t epoch, cm_error *err)
     int rc = wk_implicit_train(w->implicit, w->kv, epoch, w->p->index, &hooks, &loss, &n, err);
     if (rc != 0)
         return rc;
-    double st[4] = {loss, (double)n, cm_now() - t0, h.synced ? (double)h.max_lead : -1};
-    return s_tell(w, CM_OP_EPOCH_DONE, epoch, st, 4, err);
+    return s_epoch_done(w, epoch, loss, n, t0, h.synced ? (int64_t)h.max_lead : -1, err);
 }
 
 static int s_eval_implicit(s_worker *w, uint32_t epoch, cm_error *err)
 {
-    double st[WK_IEV_N];
-    int rc = wk_implicit_eval(w->implicit, w->kv, st, err);
+    cm_hdr h = s_ctl(CM_OP_EVAL_DONE, epoch);
+    h.body = CM_BODY_RANKING;
+    int rc = wk_implicit_eval(w->implicit, w->kv, &h.ranking, err);
     if (rc != 0)
         return rc;
-    return s_tell(w, CM_OP_EVAL_DONE, epoch, st, WK_IEV_N, err);
+    return s_tell(w, &h, err);
 }
 
 /* ---------------------------------------------------------------------
@@ -1050,14 +1043,18 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
     float *load = calloc(n_slots, sizeof *load);
     if (!load)
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
-    /* n_train, label sum, min, max, n_test, bad lines (train, test),
-     * noise floor, task */
-    double st[12] = {0};
+    cm_hdr hh = s_ctl(CM_OP_HELLO, 0);
+    hh.body = CM_BODY_HELLO;
+    cm_hello *he = &hh.hello;
     if (w->sparse) {
+        /* n_train, label sum, min, max, n_test, bad lines (train, test) */
+        double st[7] = {0};
         wk_sparse_hello(w->sparse, st, load, n_slots);
-        st[7] = -1;
-        st[8] = wk_sparse_task(w->sparse);
-        st[11] = (double)wk_sparse_n_valid(w->sparse);
+        *he = (cm_hello){.n_train = (uint64_t)st[0], .label_sum = st[1], .label_min = st[2],
+                         .label_max = st[3], .n_test = (uint64_t)st[4],
+                         .bad_train = (uint64_t)st[5], .bad_test = (uint64_t)st[6],
+                         .noise_floor = -1, .task = wk_sparse_task(w->sparse),
+                         .n_valid = wk_sparse_n_valid(w->sparse)};
     } else {
         double sum = 0, lo = INFINITY, hi = -INFINITY;
         for (size_t j = 0; j < tr->n; j++) {
@@ -1069,28 +1066,24 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
             load[cm_slot_of(tr->user[j], 0, n_slots)] += 1.f;
             load[cm_slot_of(tr->item[j], 1, n_slots)] += 1.f;
         }
-        double r[9] = {(double)tr->n, sum, tr->n ? lo : 0, tr->n ? hi : 0, (double)w->n_test,
-                       (double)tr->bad_lines, (double)w->test.bad_lines, w->test.noise_floor,
-                       -1};
-        memcpy(st, r, sizeof r);
-        /* implicit: the rows before positive_threshold, for a clear error
-         * when it leaves none */
-        st[9] = (double)w->raw_train;
-        st[10] = (double)w->raw_test;
-        st[11] = (double)(w->test.n - w->n_test); /* validation rows */
+        /* implicit: raw_* are the rows before positive_threshold, for a
+         * clear error when it leaves none */
+        *he = (cm_hello){.n_train = tr->n, .label_sum = sum, .label_min = tr->n ? lo : 0,
+                         .label_max = tr->n ? hi : 0, .n_test = w->n_test,
+                         .bad_train = tr->bad_lines, .bad_test = w->test.bad_lines,
+                         .noise_floor = w->test.noise_floor, .task = -1,
+                         .raw_train = w->raw_train, .raw_test = w->raw_test,
+                         .n_valid = w->test.n - w->n_test};
     }
+    he->n_slot_load = n_slots;
+    he->slot_load = load;
     cm_hb_doing(w->p->hb, "waiting for the plan");
-    cm_hdr hh = cm_hdr_make(CM_OP_HELLO);
-    hh.sender = w->p->rank;
-    hh.n_stats = 12;
-    memcpy(hh.stats, st, sizeof st);
-    int rc = cm_msg_send(w->ctl, NULL, 0, &hh, NULL, 0, load, n_slots);
+    int rc = s_tell(w, &hh, err);
     free(load);
     if (rc != 0)
-        return cm_error_set(err, rc, "worker: cannot reach the scheduler: %s",
-                            cm_sock_errmsg(w->ctl));
+        return rc;
     /* implicit: for the sampler; blocks: to balance the blocks */
-    if ((!strcmp(w->p->job->model, "implicit") || cm_job_uses_blocks(w->p->job)) &&
+    if ((w->family == CM_FAMILY_IMPLICIT || cm_job_uses_blocks(w->p->job)) &&
         (rc = s_send_items(w, err)) != 0)
         return rc;
     cm_msg m = {0};
@@ -1105,14 +1098,14 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         cm_error_set(err, rc, "worker: the scheduler stopped the job before training");
         goto out;
     }
-    if (m.hdr.op != CM_OP_PLAN || m.hdr.n_stats < 3 || m.hdr.n_slots == 0) {
+    if (m.hdr.op != CM_OP_PLAN || m.hdr.body != CM_BODY_PLAN || m.hdr.n_slots == 0) {
         rc = cm_error_set(err, CM_EPROTO, "worker: expected a PLAN, got %s",
                           cm_op_name(m.hdr.op));
         goto out;
     }
-    w->ctx.mean = (float)m.hdr.stats[0];
-    w->ctx.clip_lo = (float)m.hdr.stats[1];
-    w->ctx.clip_hi = (float)m.hdr.stats[2];
+    w->ctx.mean = (float)m.hdr.plan.mean;
+    w->ctx.clip_lo = m.hdr.plan.clip_lo;
+    w->ctx.clip_hi = m.hdr.plan.clip_hi;
     w->ctx.l2 = (float)w->p->job->l2;
     /* sparse regression scores start from the mean; binary ones from 0 */
     w->ctx.offset = w->sparse && wk_sparse_task(w->sparse) != CM_TASK_BINARY ? w->ctx.mean : 0.f;
@@ -1145,19 +1138,16 @@ static int s_hello_and_plan(s_worker *w, cm_error *err)
         rc = err ? err->code : CM_EIO;
         goto out;
     }
-    if (!strcmp(w->p->job->model, "implicit") &&
-        (rc = s_implicit_setup(w, &m, err)) != 0)
+    if (w->family == CM_FAMILY_IMPLICIT && (rc = s_implicit_setup(w, &m, err)) != 0)
         goto out;
     if (cm_job_uses_blocks(w->p->job)) {
-        w->bperm_epoch = UINT32_MAX;
         /* the plan lists every worker's items with their training ratings */
         const size_t n_items = m.keys && m.vals && m.n_vals == m.hdr.n_keys ? m.hdr.n_keys : 0;
         wk_block_map map = {m.keys, m.vals, n_items};
-        const double k = m.hdr.n_stats >= 4 ? m.hdr.stats[3] : 1;
-        w->bpw = k >= 1 && k <= CM_MAX_BLOCKS_PER_WORKER ? (uint32_t)k : 1;
-        free(w->bperm);
-        w->bperm = malloc((1 + (size_t)w->bpw) * w->p->n_workers * sizeof *w->bperm);
-        if (!w->bperm) {
+        const uint32_t k = m.hdr.plan.blocks_per_worker;
+        w->bpw = k >= 1 && k <= CM_MAX_BLOCKS_PER_WORKER ? k : 1;
+        wk_dsgd_destroy(&w->dsgd);
+        if (!(w->dsgd = wk_dsgd_new(w->p->n_workers, w->bpw, w->p->job->seed))) {
             rc = cm_error_set(err, CM_ENOMEM, "worker: out of memory");
             goto out;
         }
@@ -1253,7 +1243,7 @@ static int s_serve(s_worker *w, cm_error *err)
 
 int wk_run(const wk_params *p, cm_error *err)
 {
-    s_worker w = {.p = p};
+    s_worker w = {.p = p, .family = cm_job_model(p->job)->family};
     int rc = 0;
     w.model = wk_model_find(p->job->model);
     if (!w.model)
@@ -1309,9 +1299,9 @@ int wk_run(const wk_params *p, cm_error *err)
         w.test.noise_floor = -1;
     }
     w.n_test = w.test.n;
-    if (strcmp(p->job->model, "implicit") != 0 && (rc = s_validation(&w, err)) != 0)
+    if (w.family != CM_FAMILY_IMPLICIT && (rc = s_validation(&w, err)) != 0)
         goto out;
-    if (!strcmp(p->job->model, "implicit")) {
+    if (w.family == CM_FAMILY_IMPLICIT) {
         if ((rc = s_implicit_positives(&w, err)) != 0)
             goto out;
         w.n_test = w.test.n; /* the positives kept; no validation rows */
