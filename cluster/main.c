@@ -194,9 +194,13 @@ static int s_convert(int argc, char **argv)
         s_with_suffix(pos[1], "test", outs.paths[1], sizeof outs.paths[1]);
         outs.n = 2;
     }
-    for (int i = 0; i < outs.n; i++)
-        snprintf(outs.tmps[i], sizeof outs.tmps[i], "%s.tmp.%ld", outs.paths[i],
-                 (long)getpid());
+    for (int i = 0; i < outs.n; i++) {
+        /* through a local buffer: the compiler cannot tell the two arrays
+         * of outs apart when it looks for overlap */
+        char tmp[sizeof outs.tmps[i]];
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", outs.paths[i], (long)getpid());
+        memcpy(outs.tmps[i], tmp, sizeof tmp);
+    }
     const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
     if (cm_stop_watch(sigs, sizeof sigs / sizeof sigs[0], s_convert_signal, &outs, &err) != 0) {
         fprintf(stderr, "psrec convert: %s\n", err.msg);

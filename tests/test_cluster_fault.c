@@ -217,9 +217,13 @@ Test(cluster_fault, worker_failure_while_others_wait)
              data, path, path, data, path);
     cr_assert_eq(system(cmd), 0);
     s_job j;
+    /* timeout 30, not 5: the other worker waits for this one's rows with
+     * that limit, and under load (the sanitizers, busy cores) reading
+     * 42,000 lines to the bad run can take longer than 5 s; the other
+     * worker's timeout, not the bad lines, would then end the job */
     snprintf(cmd, sizeof cmd,
              TH_MPIRUN "-x PSREC_PID_DIR -np 4 %s train --train %s --servers 1 --epochs 3 "
-             "--progress off --max_bad_lines 10 --timeout 5 --heartbeat 1 "
+             "--progress off --max_bad_lines 10 --timeout 30 --heartbeat 1 "
              "--heartbeat_misses 3",
              PSREC_BINARY, path);
     s_start(&j, cmd);
@@ -263,7 +267,7 @@ Test(cluster_fault, local_stalled_role_ends_the_job)
         job.timeout = 10;
         job.heartbeat = 0.2;
         job.heartbeat_misses = 5;
-        char v[8];
+        char v[16];
         snprintf(v, sizeof v, "%d", r);
         setenv("PSREC_TEST_STALL", v, 1);
         sch_result res;
