@@ -156,8 +156,8 @@ Test(worker, shard_hello_counts_the_shard)
     s.n_test = 1;
     enum { SLOTS = 8 };
     float load[SLOTS] = {0};
-    cm_hello he = {0};
-    wk_shard_hello(&s, &he, load, SLOTS);
+    cm_hello he = {.n_slot_load = SLOTS, .slot_load = load};
+    wk_shard_hello(&s, &he);
     cr_expect_eq(he.n_train, 3);
     cr_expect_eq(he.label_sum, 11.0);
     cr_expect_eq(he.label_min, 2.0);

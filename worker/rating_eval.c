@@ -81,38 +81,40 @@ wk_rating_eval *wk_rating_eval_new(const wk_params *p, const wk_shard *shard,
     }
     *e = (wk_rating_eval){.shard = shard, .model = model, .dims = dims, .kv = kv,
                           .blocks = blocks, .p = p};
-    const cm_ratings *test = &shard->test;
-    if (!(e->evalset = wk_evalset_new(test, S_EVAL_CHUNK, err))) {
-        free(e);
-        return NULL;
-    }
+    return e;
+}
+
+/* At the first run: the chunks, the row buffers, and where the rows are
+ * read from when they are not pulled. */
+static int s_setup(wk_rating_eval *e, cm_error *err)
+{
+    const cm_ratings *test = &e->shard->test;
+    if (!(e->evalset = wk_evalset_new(test, S_EVAL_CHUNK, err)))
+        return err ? err->code : CM_ENOMEM;
     size_t most = test->n < S_EVAL_CHUNK ? test->n : S_EVAL_CHUNK;
     e->epred = malloc((most + 1) * sizeof *e->epred);
     int ok = e->epred != NULL;
     for (int t = 0; t < 4; t++) {
         size_t rows = wk_evalset_max_uniq(e->evalset, t % 2) + 1;
-        e->erows[t / 2][t % 2] = malloc(rows * (size_t)dims[t % 2] * sizeof(float));
+        e->erows[t / 2][t % 2] = malloc(rows * (size_t)e->dims[t % 2] * sizeof(float));
         ok = ok && e->erows[t / 2][t % 2];
         if (t < 2)
             ok = ok && (e->eknown[t] = malloc(rows));
     }
     /* blocks: where each chunk's users sit among the held rows, once */
     const size_t n_chunks = wk_evalset_count(e->evalset);
+    wk_blocks *blocks = e->blocks;
     if (ok && blocks && (ok = (e->eplace = calloc(n_chunks + 1, sizeof *e->eplace)) != NULL))
         for (size_t c = 0; ok && c < n_chunks; c++) {
             const wk_eval_chunk *ch = wk_evalset_chunk(e->evalset, c);
             if ((ok = (e->eplace[c] = malloc((ch->n_uniq[0] + 1) * sizeof **e->eplace)) != NULL))
                 wk_blocks_user_places(blocks, ch->uniq[0], ch->n_uniq[0], e->eplace[c]);
         }
-    if (!ok) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
-        wk_rating_eval_destroy(&e);
-        return NULL;
-    }
-    if (blocks && wk_blocks_items_shared(blocks) && wk_blocks_holds_users(blocks) &&
-        s_places(e, err) != 0)
-        wk_rating_eval_destroy(&e);
-    return e;
+    if (!ok)
+        return cm_error_set(err, CM_ENOMEM, "worker: out of memory for evaluation rows");
+    if (blocks && wk_blocks_items_shared(blocks) && wk_blocks_holds_users(blocks))
+        return s_places(e, err);
+    return 0;
 }
 
 void wk_rating_eval_destroy(wk_rating_eval **pe)
@@ -214,13 +216,15 @@ static int s_reg_chunk(wk_rating_eval *e, const wk_model_ctx *ctx, const wk_eval
 int wk_rating_eval_run(wk_rating_eval *e, uint32_t epoch, wk_model_ctx *ctx,
                        cm_eval_done *out, cm_error *err)
 {
+    int rc;
     const int learn = e->p->job->regularization == 1;
     wk_reg_sums sums = {0}, *reg = learn ? &sums : NULL;
+    if (!e->evalset && (rc = s_setup(e, err)) != 0)
+        return rc;
     const cm_ratings *d = &e->shard->test;
     const size_t n_test = e->shard->n_test;
     double sq = 0, ab = 0, vsq = 0, vab = 0;
     size_t unseen = 0;
-    int rc;
     /* blocks: the users' rows are here and may be newer than the servers';
      * with shared item rows (placed) nothing is pulled */
     const int local = e->blocks && wk_blocks_holds_users(e->blocks);

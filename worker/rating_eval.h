@@ -23,10 +23,11 @@
 
 typedef struct wk_rating_eval wk_rating_eval;
 
-/* Prepares the evaluation of shard's test rows. Made after training has
- * started: with shared item rows, where each item's row sits is asked
- * once, here. p, shard, model, dims, kv and blocks (NULL: minibatch) are
- * borrowed and must outlive the result. */
+/* The evaluation of shard's test rows; the chunks are cut at the first
+ * run (with shared item rows, where each item's row sits is asked then,
+ * once: after training, every item with a training rating has its row).
+ * p, shard, model, dims, kv and blocks (NULL: minibatch) are borrowed and
+ * must outlive the result. */
 wk_rating_eval *wk_rating_eval_new(const wk_params *p, const wk_shard *shard,
                                    const wk_model_ops *model, const int *dims, wk_kv *kv,
                                    wk_blocks *blocks, cm_error *err);

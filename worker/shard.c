@@ -96,9 +96,11 @@ int wk_shard_validation(const wk_params *p, wk_shard *s, cm_error *err)
     return 0;
 }
 
-void wk_shard_hello(const wk_shard *s, cm_hello *he, float *load, uint32_t n_slots)
+void wk_shard_hello(const wk_shard *s, cm_hello *he)
 {
     const cm_ratings *tr = &s->train;
+    float *load = he->slot_load;
+    const uint32_t n_slots = (uint32_t)he->n_slot_load;
     double sum = 0, lo = INFINITY, hi = -INFINITY;
     for (size_t j = 0; j < tr->n; j++) {
         sum += tr->rating[j];

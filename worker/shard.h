@@ -35,8 +35,9 @@ int wk_shard_load(const wk_params *p, wk_shard *s, cm_error *err);
 int wk_shard_validation(const wk_params *p, wk_shard *s, cm_error *err);
 
 /* HELLO's statistics of the shard; adds one request per rating to its
- * user's slot and its item's slot in load (n_slots floats). */
-void wk_shard_hello(const wk_shard *s, cm_hello *he, float *load, uint32_t n_slots);
+ * user's slot and its item's slot in he->slot_load (he->n_slot_load
+ * floats). */
+void wk_shard_hello(const wk_shard *s, cm_hello *he);
 
 /* The training rows' items for a second HELLO: *items the n sorted
  * distinct items, *count each one's training rows, *loc (n_train) each

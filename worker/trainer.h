@@ -89,10 +89,18 @@ typedef struct {
     void (*destroy)(wk_trainer *t);
 } wk_trainer_ops;
 
-/* The first member of every family's state: how the worker calls it. */
+/* The first member of every family's state: how the worker calls it and
+ * what it was given. */
 struct wk_trainer {
     const wk_trainer_ops *ops;
+    wk_trainer_env env;
 };
+
+/* For the families' constructors: a zeroed state of `size` bytes (the
+ * family's struct, whose first member is a wk_trainer) with ops and env
+ * set; NULL with *err set when out of memory. */
+wk_trainer *wk_trainer_alloc(size_t size, const wk_trainer_ops *ops, const wk_trainer_env *env,
+                             cm_error *err);
 
 /* The families' constructors: load this worker's shard. NULL with *err
  * set on failure. */

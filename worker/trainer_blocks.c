@@ -18,7 +18,6 @@
 
 typedef struct {
     wk_trainer base;
-    wk_trainer_env env;
     wk_shard shard;
     wk_kv *kv;
     wk_model_ctx ctx;
@@ -38,7 +37,7 @@ typedef struct {
     uint32_t progress_epoch;
     size_t epoch_done;           /* examples trained so far this epoch */
     double epoch_sq;
-    wk_rating_eval *eval;        /* made at the first evaluation */
+    wk_rating_eval *eval;        /* from the plan on */
 } s_blocks;
 
 static void s_free_items(s_blocks *t)
@@ -67,8 +66,7 @@ static void s_destroy(wk_trainer *base)
 static int s_hello(wk_trainer *base, wk_hello *out, cm_error *err)
 {
     s_blocks *t = (s_blocks *)base;
-    wk_shard_hello(&t->shard, &out->hello, out->hello.slot_load,
-                   (uint32_t)out->hello.n_slot_load);
+    wk_shard_hello(&t->shard, &out->hello);
     int rc = wk_shard_items(&t->shard, &t->iloc, &t->iuniq, &t->icount, &t->n_iuniq, err);
     if (rc != 0)
         return rc;
@@ -85,7 +83,7 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
                   cm_error *err)
 {
     s_blocks *t = (s_blocks *)base;
-    const wk_params *p = t->env.p;
+    const wk_params *p = t->base.env.p;
     int rc = 0;
     t->kv = kv;
     t->ctx = *ctx;
@@ -98,9 +96,9 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
         return cm_error_set(err, CM_ENOMEM, "worker: out of memory");
     }
     const wk_key_index items = {t->iloc, t->iuniq, t->n_iuniq};
-    const cm_table_spec *user_init = p->job->resume[0] ? NULL : &t->env.tables[0];
-    if (!(t->blocks = wk_blocks_new(&t->shard.train, t->bpw * p->n_workers, t->env.dims[0],
-                                    t->env.row_floats, user_init, &map,
+    const cm_table_spec *user_init = p->job->resume[0] ? NULL : &t->base.env.tables[0];
+    if (!(t->blocks = wk_blocks_new(&t->shard.train, t->bpw * p->n_workers, t->base.env.dims[0],
+                                    t->base.env.row_floats, user_init, &map,
                                     t->iloc ? &items : NULL, err)))
         rc = err ? err->code : CM_ENOMEM;
     s_free_items(t);
@@ -110,13 +108,16 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
     if (p->index == 0 && after >= 0)
         cm_log(CM_LOG_INFO, "blocks: %u of %zu items, max/mean ratings per block %.3f "
                "by hash, %.3f balanced", t->bpw * p->n_workers, n_items, before, after);
+    if (rc == 0 && !(t->eval = wk_rating_eval_new(p, &t->shard, t->base.env.model,
+                                                  t->base.env.dims, kv, t->blocks, err)))
+        rc = CM_ENOMEM;
     return rc;
 }
 
 static int s_progress(void *arg, size_t done)
 {
     s_blocks *t = arg;
-    return wk_link_progress(t->env.link, t->progress_epoch, t->epoch_done + done, t->epoch_sq,
+    return wk_link_progress(t->base.env.link, t->progress_epoch, t->epoch_done + done, t->epoch_sq,
                             NULL);
 }
 
@@ -130,7 +131,7 @@ static int s_gate(void *arg, int wait)
 {
     s_blocks *t = arg;
     cm_error *err = t->gate_err;
-    wk_link *link = t->env.link;
+    wk_link *link = t->base.env.link;
     for (;;) {
         int rc = wait ? wk_kv_flush(t->kv, err) : wk_kv_poll(t->kv, err);
         if (rc != 0)
@@ -154,7 +155,7 @@ static int s_gate(void *arg, int wait)
 static int s_pass(s_blocks *t, uint32_t epoch, uint32_t block, uint32_t next, int async,
                   double *sq, size_t *n, cm_error *err)
 {
-    const wk_params *p = t->env.p;
+    const wk_params *p = t->base.env.p;
     wk_block_pass pass = {
         .block = block,
         .next = next,
@@ -167,7 +168,7 @@ static int s_pass(s_blocks *t, uint32_t epoch, uint32_t block, uint32_t next, in
     };
     size_t before = *n;
     double sq_before = *sq;
-    int rc = wk_blocks_train(t->blocks, t->kv, t->env.model, &t->ctx, &t->optim, &pass, sq, n,
+    int rc = wk_blocks_train(t->blocks, t->kv, t->base.env.model, &t->ctx, &t->optim, &pass, sq, n,
                              err);
     t->epoch_done += *n - before; /* for the progress reports */
     t->epoch_sq += *sq - sq_before;
@@ -181,7 +182,7 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
                          cm_error *err)
 {
     s_blocks *t = (s_blocks *)base;
-    const uint32_t me = t->env.p->index;
+    const uint32_t me = t->base.env.p->index;
     if (round == 0) {
         t->epoch_done = 0;
         t->epoch_sq = 0;
@@ -194,7 +195,7 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
         rc = s_pass(t, epoch, wk_dsgd_block(t->dsgd, me, epoch, round), UINT32_MAX, 0, &sq, &n,
                     err);
     } else {
-        const uint32_t k = t->bpw, nb = k * t->env.p->n_workers;
+        const uint32_t k = t->bpw, nb = k * t->base.env.p->n_workers;
         t->gate_epoch = epoch;
         t->gate_err = err;
         t->pushed = t->pushed_target = 0;
@@ -218,9 +219,6 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
 static int s_evaluate(wk_trainer *base, uint32_t epoch, wk_eval *out, cm_error *err)
 {
     s_blocks *t = (s_blocks *)base;
-    if (!t->eval && !(t->eval = wk_rating_eval_new(t->env.p, &t->shard, t->env.model,
-                                                   t->env.dims, t->kv, t->blocks, err)))
-        return err ? err->code : CM_ENOMEM;
     out->body = CM_BODY_EVAL;
     return wk_rating_eval_run(t->eval, epoch, &t->ctx, &out->eval, err);
 }
@@ -233,7 +231,7 @@ static int s_before_checkpoint(wk_trainer *base, cm_error *err)
     double t0 = cm_now();
     int rc = wk_blocks_writeback(t->blocks, t->kv, err);
     if (rc == 0)
-        cm_log(CM_LOG_DEBUG, "worker %u: user rows written back in %.3f s", t->env.p->index,
+        cm_log(CM_LOG_DEBUG, "worker %u: user rows written back in %.3f s", t->base.env.p->index,
                cm_now() - t0);
     return rc;
 }
@@ -250,13 +248,9 @@ static const wk_trainer_ops s_ops = {
 
 wk_trainer *wk_trainer_blocks_new(const wk_trainer_env *env, cm_error *err)
 {
-    s_blocks *t = calloc(1, sizeof *t);
-    if (!t) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    s_blocks *t = (s_blocks *)wk_trainer_alloc(sizeof *t, &s_ops, env, err);
+    if (!t)
         return NULL;
-    }
-    t->base.ops = &s_ops;
-    t->env = *env;
     /* the tables share one optimizer; the last table's, as ever */
     t->optim = env->tables[env->model->n_tables - 1].optim;
     if (wk_shard_load(env->p, &t->shard, err) != 0 ||

@@ -12,7 +12,6 @@
 
 typedef struct {
     wk_trainer base;
-    wk_trainer_env env;
     wk_shard shard;          /* positives only; no validation rows */
     wk_kv *kv;
     wk_implicit *implicit;   /* from the plan on */
@@ -37,7 +36,7 @@ static void s_destroy(wk_trainer *base)
 /* Keeps the positives of the loaded shards (train and test alike). */
 static int s_positives(s_implicit *t, cm_error *err)
 {
-    const double thr = t->env.p->job->positive_threshold;
+    const double thr = t->base.env.p->job->positive_threshold;
     cm_ratings *sets[2] = {&t->shard.train, &t->shard.test};
     size_t *raw[2] = {&t->shard.raw_train, &t->shard.raw_test};
     for (int k = 0; k < 2; k++) {
@@ -58,8 +57,7 @@ static int s_positives(s_implicit *t, cm_error *err)
 static int s_hello(wk_trainer *base, wk_hello *out, cm_error *err)
 {
     s_implicit *t = (s_implicit *)base;
-    wk_shard_hello(&t->shard, &out->hello, out->hello.slot_load,
-                   (uint32_t)out->hello.n_slot_load);
+    wk_shard_hello(&t->shard, &out->hello);
     uint32_t *loc = NULL;
     size_t n = 0;
     int rc = wk_shard_items(&t->shard, &loc, &t->items, &t->count, &n, err);
@@ -88,8 +86,8 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
     if (n == 0 || !m->keys || !m->vals || m->n_vals != n)
         return cm_error_set(err, CM_EPROTO, "worker: the PLAN of an implicit job has no item "
                             "list (%zu keys, %zu counts)", n, m->n_vals);
-    t->implicit = wk_implicit_new(t->env.p->job, &t->shard.train, &t->shard.test, m->keys,
-                                  m->vals, n, t->env.dims, err);
+    t->implicit = wk_implicit_new(t->base.env.p->job, &t->shard.train, &t->shard.test, m->keys,
+                                  m->vals, n, t->base.env.dims, err);
     return t->implicit ? 0 : (err ? err->code : CM_ENOMEM);
 }
 
@@ -98,10 +96,10 @@ static int s_before(void *arg, uint64_t clock, cm_error *err)
     s_implicit *t = arg;
     if (!t->synced)
         return 0;
-    const cm_job *job = t->env.p->job;
+    const cm_job *job = t->base.env.p->job;
     const uint64_t stale = job->consistency == CM_CONS_BSP ? 0 : (uint64_t)job->staleness;
-    int rc = wk_link_wait_clock(t->env.link, t->epoch, clock, stale, err);
-    const uint64_t least = wk_link_min_clock(t->env.link);
+    int rc = wk_link_wait_clock(t->base.env.link, t->epoch, clock, stale, err);
+    const uint64_t least = wk_link_min_clock(t->base.env.link);
     if (rc == 0 && clock > least && clock - least > t->max_lead)
         t->max_lead = clock - least;
     return rc;
@@ -111,9 +109,9 @@ static int s_after(void *arg, uint64_t clock, size_t done, double loss, cm_error
 {
     s_implicit *t = arg;
     int rc;
-    if (t->synced && (rc = wk_link_clock(t->env.link, t->epoch, clock + 1, err)) != 0)
+    if (t->synced && (rc = wk_link_clock(t->base.env.link, t->epoch, clock + 1, err)) != 0)
         return rc;
-    return wk_link_progress(t->env.link, t->epoch, done, loss, err);
+    return wk_link_progress(t->base.env.link, t->epoch, done, loss, err);
 }
 
 static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_epoch_done *out,
@@ -123,10 +121,10 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
     double loss = 0;
     size_t n = 0;
     t->epoch = epoch;
-    t->synced = t->env.p->job->consistency != CM_CONS_ASP;
+    t->synced = t->base.env.p->job->consistency != CM_CONS_ASP;
     t->max_lead = 0;
     wk_implicit_hooks hooks = {s_before, s_after, t};
-    int rc = wk_implicit_train(t->implicit, t->kv, epoch, t->env.p->index, &hooks, &loss, &n,
+    int rc = wk_implicit_train(t->implicit, t->kv, epoch, t->base.env.p->index, &hooks, &loss, &n,
                                err);
     if (rc != 0)
         return rc;
@@ -153,13 +151,9 @@ static const wk_trainer_ops s_ops = {
 
 wk_trainer *wk_trainer_implicit_new(const wk_trainer_env *env, cm_error *err)
 {
-    s_implicit *t = calloc(1, sizeof *t);
-    if (!t) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    s_implicit *t = (s_implicit *)wk_trainer_alloc(sizeof *t, &s_ops, env, err);
+    if (!t)
         return NULL;
-    }
-    t->base.ops = &s_ops;
-    t->env = *env;
     if (wk_shard_load(env->p, &t->shard, err) != 0 || s_positives(t, err) != 0) {
         s_destroy(&t->base);
         return NULL;

@@ -26,11 +26,10 @@ typedef struct {
 
 typedef struct {
     wk_trainer base;
-    wk_trainer_env env;
     wk_shard shard;
     wk_kv *kv;
     wk_model_ctx ctx;
-    wk_rating_eval *eval;   /* made at the first evaluation */
+    wk_rating_eval *eval;   /* from the plan on */
     size_t cap;             /* examples the batch buffers hold */
     uint64_t *ex_keys;      /* per-example keys of one table */
     uint64_t *scratch;      /* 2*cap for dedupe */
@@ -55,7 +54,7 @@ static int s_alloc(s_minibatch *t, size_t cap, cm_error *err)
     int ok = t->ex_keys && t->scratch && t->label && t->label_alt && t->order;
     for (int k = 0; k < 4; k++) {
         s_tkeys *tk = k < 2 ? &t->tk[k] : &t->tk_alt[k - 2];
-        size_t dim = (size_t)t->env.dims[k % 2];
+        size_t dim = (size_t)t->base.env.dims[k % 2];
         tk->uniq = malloc(cap * sizeof(uint64_t));
         tk->idx = malloc(cap * sizeof(uint32_t));
         tk->rows = aligned_alloc(64, ((cap * dim * sizeof(float)) + 63) / 64 * 64);
@@ -88,8 +87,7 @@ static void s_destroy(wk_trainer *base)
 static int s_hello(wk_trainer *base, wk_hello *out, cm_error *err)
 {
     s_minibatch *t = (s_minibatch *)base;
-    wk_shard_hello(&t->shard, &out->hello, out->hello.slot_load,
-                   (uint32_t)out->hello.n_slot_load);
+    wk_shard_hello(&t->shard, &out->hello);
     return 0;
 }
 
@@ -97,9 +95,11 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
                   cm_error *err)
 {
     s_minibatch *t = (s_minibatch *)base;
+    const wk_trainer_env *env = &t->base.env;
     t->kv = kv;
     t->ctx = *ctx;
-    return 0;
+    t->eval = wk_rating_eval_new(env->p, &t->shard, env->model, env->dims, kv, NULL, err);
+    return t->eval ? 0 : CM_ENOMEM;
 }
 
 /* Fills the batch's deduplicated keys for rows[first..first+m) in order. */
@@ -149,8 +149,8 @@ static int s_step(s_minibatch *t, const s_tkeys *cur, const wk_batch *b, double 
     const float *rows[2] = {cur[0].rows, cur[1].rows};
     float *grads[2] = {cur[0].grads, cur[1].grads};
     for (int k = 0; k < 2; k++)
-        memset(grads[k], 0, cur[k].n_uniq * (size_t)t->env.dims[k] * sizeof(float));
-    *sq += t->env.model->train(&t->ctx, b, t->env.dims[0], rows, grads);
+        memset(grads[k], 0, cur[k].n_uniq * (size_t)t->base.env.dims[k] * sizeof(float));
+    *sq += t->base.env.model->train(&t->ctx, b, t->base.env.dims[0], rows, grads);
     for (int k = 0; k < 2; k++) {
         int rc = wk_kv_push(t->kv, (uint32_t)k, cur[k].uniq, cur[k].n_uniq, grads[k], err);
         if (rc != 0)
@@ -163,9 +163,9 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
                          cm_error *err)
 {
     s_minibatch *t = (s_minibatch *)base;
-    const wk_params *p = t->env.p;
+    const wk_params *p = t->base.env.p;
     const cm_job *job = p->job;
-    wk_link *link = t->env.link;
+    wk_link *link = t->base.env.link;
     const size_t n = t->shard.train.n;
     cm_rng rng;
     cm_rng_seed(&rng, cm_mix64(job->seed ^ cm_mix64(((uint64_t)p->index << 32) | epoch)));
@@ -236,9 +236,6 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
 static int s_evaluate(wk_trainer *base, uint32_t epoch, wk_eval *out, cm_error *err)
 {
     s_minibatch *t = (s_minibatch *)base;
-    if (!t->eval && !(t->eval = wk_rating_eval_new(t->env.p, &t->shard, t->env.model,
-                                                   t->env.dims, t->kv, NULL, err)))
-        return err ? err->code : CM_ENOMEM;
     out->body = CM_BODY_EVAL;
     return wk_rating_eval_run(t->eval, epoch, &t->ctx, &out->eval, err);
 }
@@ -254,13 +251,9 @@ static const wk_trainer_ops s_ops = {
 
 wk_trainer *wk_trainer_minibatch_new(const wk_trainer_env *env, cm_error *err)
 {
-    s_minibatch *t = calloc(1, sizeof *t);
-    if (!t) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    s_minibatch *t = (s_minibatch *)wk_trainer_alloc(sizeof *t, &s_ops, env, err);
+    if (!t)
         return NULL;
-    }
-    t->base.ops = &s_ops;
-    t->env = *env;
     size_t cap = (size_t)env->p->job->batch;
     if (cap < 4096)
         cap = 4096;

@@ -12,7 +12,6 @@
 
 typedef struct {
     wk_trainer base;
-    wk_trainer_env env;
     wk_sparse *sparse;
     wk_kv *kv;
     wk_model_ctx ctx;
@@ -50,7 +49,7 @@ static int s_plan(wk_trainer *base, const cm_msg *m, wk_kv *kv, const wk_model_c
 static int s_progress(void *arg, size_t done, double loss)
 {
     s_sparse *t = arg;
-    return wk_link_progress(t->env.link, t->progress_epoch, done, loss, NULL);
+    return wk_link_progress(t->base.env.link, t->progress_epoch, done, loss, NULL);
 }
 
 /* One epoch of minibatches. The loss reported is the squared error
@@ -59,12 +58,12 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
                          cm_error *err)
 {
     s_sparse *t = (s_sparse *)base;
-    const wk_params *p = t->env.p;
+    const wk_params *p = t->base.env.p;
     double loss = 0;
     size_t n = 0;
     t->progress_epoch = epoch;
     uint64_t seed = cm_mix64(p->job->seed ^ cm_mix64(((uint64_t)p->index << 32) | epoch));
-    int rc = wk_sparse_train(t->sparse, t->kv, t->env.model, &t->ctx, seed, s_progress, t,
+    int rc = wk_sparse_train(t->sparse, t->kv, t->base.env.model, &t->ctx, seed, s_progress, t,
                              &loss, &n, err);
     if (rc != 0)
         return rc;
@@ -80,7 +79,7 @@ static int s_train_epoch(wk_trainer *base, uint32_t epoch, uint32_t round, cm_ep
 static int s_evaluate(wk_trainer *base, uint32_t epoch, wk_eval *out, cm_error *err)
 {
     s_sparse *t = (s_sparse *)base;
-    const wk_params *p = t->env.p;
+    const wk_params *p = t->base.env.p;
     const int binary = wk_sparse_task(t->sparse) == CM_TASK_BINARY;
     const int learn = p->job->regularization == 1;
     if (binary && !t->hist && !(t->hist = malloc(2 * (size_t)CM_AUC_BINS * sizeof *t->hist)))
@@ -90,9 +89,9 @@ static int s_evaluate(wk_trainer *base, uint32_t epoch, wk_eval *out, cm_error *
         memset(t->hist, 0, 2 * (size_t)CM_AUC_BINS * sizeof *t->hist);
     wk_sparse_sums test, valid;
     wk_reg_sums reg = {0};
-    int rc = wk_sparse_eval(t->sparse, t->kv, t->env.model, &t->ctx, &test, pos, neg, err);
+    int rc = wk_sparse_eval(t->sparse, t->kv, t->base.env.model, &t->ctx, &test, pos, neg, err);
     if (rc == 0)
-        rc = wk_sparse_eval_valid(t->sparse, t->kv, t->env.model, &t->ctx, &valid,
+        rc = wk_sparse_eval_valid(t->sparse, t->kv, t->base.env.model, &t->ctx, &valid,
                                   learn ? &reg : NULL, err);
     if (rc != 0)
         return rc;
@@ -118,13 +117,9 @@ static const wk_trainer_ops s_ops = {
 
 wk_trainer *wk_trainer_sparse_new(const wk_trainer_env *env, cm_error *err)
 {
-    s_sparse *t = calloc(1, sizeof *t);
-    if (!t) {
-        cm_error_set(err, CM_ENOMEM, "worker: out of memory");
+    s_sparse *t = (s_sparse *)wk_trainer_alloc(sizeof *t, &s_ops, env, err);
+    if (!t)
         return NULL;
-    }
-    t->base.ops = &s_ops;
-    t->env = *env;
     const wk_params *p = env->p;
     if (!(t->sparse = wk_sparse_new(p->job, p->index, p->n_workers, env->dims[0], err))) {
         s_destroy(&t->base);

@@ -320,11 +320,3 @@ int wk_run(const wk_params *p, cm_error *err)
     wk_link_destroy(&w.link);
     return rc;
 }
-
-void wk_trainer_destroy(wk_trainer **pt)
-{
-    if (!pt || !*pt)
-        return;
-    (*pt)->ops->destroy(*pt);
-    *pt = NULL;
-}
