@@ -5,7 +5,6 @@
  * as the minibatch schedule's (SSP/BSP wait for the slowest worker). */
 #include <stdlib.h>
 
-#include "common/log.h"
 #include "worker/implicit_train.h"
 #include "worker/shard.h"
 #include "worker/trainer.h"

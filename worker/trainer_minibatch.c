@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "common/hash.h"
-#include "common/log.h"
 #include "common/rng.h"
 #include "common/sorted.h"
 #include "worker/rating_eval.h"

@@ -309,6 +309,9 @@ int wk_run(const wk_params *p, cm_error *err)
                                 .link = w.link};
     if (!(w.trainer = s_trainer_new(&env, err)))
         rc = err ? err->code : CM_ENOMEM;
+    else
+        cm_log(CM_LOG_DEBUG, "worker %u: %s trainer for model %s", p->index,
+               w.trainer->ops->name, p->job->model);
     if (rc == 0)
         rc = s_hello_and_plan(&w, err);
     if (rc == 0)
