@@ -136,49 +136,42 @@ static int s_cmp_u64(const void *a, const void *b)
 #define S_DENSE_FACTOR 4
 #define S_DENSE_MIN (1u << 20)
 
-int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
-                         size_t *n_uniq)
+/* Keys within [lo, lo + range): mark the keys present, rank them in key
+ * order, look each one up. */
+static int s_index_dense(const uint64_t *keys, size_t n, uint64_t lo, size_t range,
+                         uint32_t *loc, uint64_t **uniq, size_t *n_uniq)
 {
-    *uniq = NULL;
-    *n_uniq = 0;
-    if (n >= UINT32_MAX)
-        return CM_EINVAL;
-    uint64_t lo = UINT64_MAX, hi = 0;
-    for (size_t j = 0; j < n; j++) {
-        lo = keys[j] < lo ? keys[j] : lo;
-        hi = keys[j] > hi ? keys[j] : hi;
-    }
-    size_t limit = n * S_DENSE_FACTOR > S_DENSE_MIN ? n * S_DENSE_FACTOR : S_DENSE_MIN;
-    if (n > 0 && hi - lo < limit && hi - lo < UINT32_MAX - 1) {
-        /* dense: mark the keys present, rank them in key order, look up */
-        size_t range = (size_t)(hi - lo) + 1;
-        uint32_t *rank = calloc(range, sizeof *rank);
-        if (!rank)
-            return CM_ENOMEM;
-        for (size_t j = 0; j < n; j++)
-            rank[keys[j] - lo] = 1;
-        size_t k = 0;
-        for (size_t x = 0; x < range; x++)
-            if (rank[x])
-                rank[x] = (uint32_t)++k;
-        uint64_t *u = malloc((k + 1) * sizeof *u);
-        if (!u) {
-            free(rank);
-            return CM_ENOMEM;
-        }
-        for (size_t x = 0; x < range; x++)
-            if (rank[x])
-                u[rank[x] - 1] = lo + x;
-        for (size_t j = 0; j < n; j++)
-            loc[j] = rank[keys[j] - lo] - 1;
+    uint32_t *rank = calloc(range, sizeof *rank);
+    if (!rank)
+        return CM_ENOMEM;
+    for (size_t j = 0; j < n; j++)
+        rank[keys[j] - lo] = 1;
+    size_t k = 0;
+    for (size_t x = 0; x < range; x++)
+        if (rank[x])
+            rank[x] = (uint32_t)++k;
+    uint64_t *u = malloc((k + 1) * sizeof *u);
+    if (!u) {
         free(rank);
-        *uniq = u;
-        *n_uniq = k;
-        return 0;
+        return CM_ENOMEM;
     }
-    /* sparse (hashed ids): number keys in order of first sight with one
-     * lookup per rating (consecutive repeats skip it), then sort the
-     * distinct keys and renumber */
+    for (size_t x = 0; x < range; x++)
+        if (rank[x])
+            u[rank[x] - 1] = lo + x;
+    for (size_t j = 0; j < n; j++)
+        loc[j] = rank[keys[j] - lo] - 1;
+    free(rank);
+    *uniq = u;
+    *n_uniq = k;
+    return 0;
+}
+
+/* Keys spread wide (hashed ids): number keys in order of first sight with
+ * one lookup per rating (consecutive repeats skip it), then sort the
+ * distinct keys and renumber. */
+static int s_index_hashed(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                          size_t *n_uniq)
+{
     int rc = CM_ENOMEM;
     cm_hashmap *seen = cm_hashmap_new(n / 4 + 1024);
     uint64_t *u = NULL, *pairs = NULL;
@@ -238,6 +231,24 @@ out:
     free(pairs);
     free(perm);
     return rc;
+}
+
+int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                         size_t *n_uniq)
+{
+    *uniq = NULL;
+    *n_uniq = 0;
+    if (n >= UINT32_MAX)
+        return CM_EINVAL;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t j = 0; j < n; j++) {
+        lo = keys[j] < lo ? keys[j] : lo;
+        hi = keys[j] > hi ? keys[j] : hi;
+    }
+    size_t limit = n * S_DENSE_FACTOR > S_DENSE_MIN ? n * S_DENSE_FACTOR : S_DENSE_MIN;
+    if (n > 0 && hi - lo < limit && hi - lo < UINT32_MAX - 1)
+        return s_index_dense(keys, n, lo, (size_t)(hi - lo) + 1, loc, uniq, n_uniq);
+    return s_index_hashed(keys, n, loc, uniq, n_uniq);
 }
 
 size_t wk_blocks_msg_rows(void)

@@ -48,6 +48,7 @@ typedef struct {
 
 struct wk_sparse {
     const cm_job *job;   /* the run's job (outlives this) */
+    uint32_t index, n_workers; /* this worker keeps rows index mod n_workers */
     int task;
     int dim;
     uint32_t n_fields;   /* fields per example (ffm, deep); 0 when unused */
@@ -650,6 +651,25 @@ out:
     return rc;
 }
 
+/* This worker's rows of a held-out file (`what`: validation or test) into
+ * *set, labelled as the training rows are. The task is settled. */
+static int s_load_held_out(wk_sparse *s, const char *path, const char *what, int log_lines,
+                           s_set *set, cm_error *err)
+{
+    const int fields = s_needs_fields(s->job);
+    cm_examples all = {0};
+    int rc = wk_sparse_load_features(s->job, path, log_lines, &all, err);
+    if (rc == 0 && fields && (!all.field || all.n_fields > s->n_fields))
+        rc = cm_error_set(err, CM_ECONFIG, "%s: the %s data has %u fields, the model %u", path,
+                          what, all.n_fields, s->n_fields);
+    if (rc == 0)
+        rc = s_take(&all, s->index, s->n_workers, fields, NULL, 0, set, err);
+    cm_examples_free(&all);
+    if (rc == 0 && s->task == CM_TASK_BINARY)
+        rc = s_binarize(set, path, err);
+    return rc;
+}
+
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err)
 {
@@ -661,6 +681,8 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
         return NULL;
     }
     s->job = job;
+    s->index = index;
+    s->n_workers = n_workers;
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
@@ -726,34 +748,11 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     cm_examples_free(&all);
     if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
         goto fail;
-    if (job->validation[0]) {
-        if (wk_sparse_load_features(job, job->validation, log_lines, &all, err) != 0)
-            goto fail;
-        if (fields && (!all.field || all.n_fields > s->n_fields)) {
-            cm_error_set(err, CM_ECONFIG, "%s: the validation data has %u fields, the model %u",
-                         job->validation, all.n_fields, s->n_fields);
-            goto fail;
-        }
-        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->valid, err) != 0)
-            goto fail;
-        cm_examples_free(&all);
-        if (s->task == CM_TASK_BINARY && s_binarize(&s->valid, job->validation, err) != 0)
-            goto fail;
-    }
-    if (job->test[0]) {
-        if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0)
-            goto fail;
-        if (fields && (!all.field || all.n_fields > s->n_fields)) {
-            cm_error_set(err, CM_ECONFIG, "%s: the test data has %u fields, the model %u",
-                         job->test, all.n_fields, s->n_fields);
-            goto fail;
-        }
-        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->test, err) != 0)
-            goto fail;
-        cm_examples_free(&all);
-        if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
-            goto fail;
-    }
+    if (job->validation[0] &&
+        s_load_held_out(s, job->validation, "validation", log_lines, &s->valid, err) != 0)
+        goto fail;
+    if (job->test[0] && s_load_held_out(s, job->test, "test", log_lines, &s->test, err) != 0)
+        goto fail;
 loaded:
     free(held);
     return s;
