@@ -78,7 +78,9 @@ typedef struct {
                 cm_error *err);
     /* The EPOCH order of round `round` of epoch (only the blocks schedule
      * with one block per worker has rounds after 0): trains, and fills
-     * out's loss, n and max_lead (the worker sets seconds). */
+     * out's loss, n and max_lead (the worker sets seconds). The link's
+     * clock and progress start afresh for each call (wk_link_epoch_start);
+     * the trainer sends CLOCK and PROGRESS through it, not EPOCH_DONE. */
     int (*train_epoch)(wk_trainer *t, uint32_t epoch, uint32_t round, cm_epoch_done *out,
                        cm_error *err);
     /* The EVAL order after epoch: scores the held-out rows into out. */
