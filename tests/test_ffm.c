@@ -268,11 +268,12 @@ Test(ffm, sparse_new_checks_fields, .fini = s_cleanup)
     s = wk_sparse_new(&job, 0, 1, 1 + 2 * job.dim, &e);
     cr_assert_not_null(s, "%s", e.msg);
     cr_expect_eq(wk_sparse_task(s), CM_TASK_BINARY);
-    double st[7];
+    cm_hello he = {0};
     float load[4] = {0};
-    wk_sparse_hello(s, st, load, 4);
-    cr_expect_eq(st[0], 2, "two examples kept");
-    cr_expect_eq(st[5], 1, "one bad line counted");
+    wk_sparse_hello(s, &he, load, 4);
+    cr_expect_eq(he.n_train, 2, "two examples kept");
+    cr_expect_eq(he.bad_train, 1, "one bad line counted");
+    cr_expect_eq(he.task, CM_TASK_BINARY);
     wk_sparse_destroy(&s);
     cr_expect_null(s);
 

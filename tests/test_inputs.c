@@ -79,13 +79,15 @@ Test(inputs, ratings_csv_reads_as_ratings_for_sparse_models)
     wk_sparse *s = wk_sparse_new(&job, 0, 1, 1 + job.dim, &e);
     cr_assert_not_null(s, "%s", e.msg);
     cr_expect_eq(wk_sparse_task(s), CM_TASK_REGRESSION);
-    double stats[8] = {0};
+    cm_hello he = {0};
     float loads[16] = {0};
-    wk_sparse_hello(s, stats, loads, 16);
-    cr_expect_eq(stats[0], 3, "rows");
-    cr_expect(fabs(stats[1] - 10.5) < 1e-9, "label sum %g is the ratings' sum", stats[1]);
-    cr_expect_eq(stats[2], 2.0);
-    cr_expect_eq(stats[3], 4.5);
+    wk_sparse_hello(s, &he, loads, 16);
+    cr_expect_eq(he.n_train, 3, "rows");
+    cr_expect(fabs(he.label_sum - 10.5) < 1e-9, "label sum %g is the ratings' sum",
+              he.label_sum);
+    cr_expect_eq(he.label_min, 2.0);
+    cr_expect_eq(he.label_max, 4.5);
+    cr_expect_eq(he.task, CM_TASK_REGRESSION);
     wk_sparse_destroy(&s);
 }
 

@@ -136,49 +136,42 @@ static int s_cmp_u64(const void *a, const void *b)
 #define S_DENSE_FACTOR 4
 #define S_DENSE_MIN (1u << 20)
 
-int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
-                         size_t *n_uniq)
+/* Keys within [lo, lo + range): mark the keys present, rank them in key
+ * order, look each one up. */
+static int s_index_dense(const uint64_t *keys, size_t n, uint64_t lo, size_t range,
+                         uint32_t *loc, uint64_t **uniq, size_t *n_uniq)
 {
-    *uniq = NULL;
-    *n_uniq = 0;
-    if (n >= UINT32_MAX)
-        return CM_EINVAL;
-    uint64_t lo = UINT64_MAX, hi = 0;
-    for (size_t j = 0; j < n; j++) {
-        lo = keys[j] < lo ? keys[j] : lo;
-        hi = keys[j] > hi ? keys[j] : hi;
-    }
-    size_t limit = n * S_DENSE_FACTOR > S_DENSE_MIN ? n * S_DENSE_FACTOR : S_DENSE_MIN;
-    if (n > 0 && hi - lo < limit && hi - lo < UINT32_MAX - 1) {
-        /* dense: mark the keys present, rank them in key order, look up */
-        size_t range = (size_t)(hi - lo) + 1;
-        uint32_t *rank = calloc(range, sizeof *rank);
-        if (!rank)
-            return CM_ENOMEM;
-        for (size_t j = 0; j < n; j++)
-            rank[keys[j] - lo] = 1;
-        size_t k = 0;
-        for (size_t x = 0; x < range; x++)
-            if (rank[x])
-                rank[x] = (uint32_t)++k;
-        uint64_t *u = malloc((k + 1) * sizeof *u);
-        if (!u) {
-            free(rank);
-            return CM_ENOMEM;
-        }
-        for (size_t x = 0; x < range; x++)
-            if (rank[x])
-                u[rank[x] - 1] = lo + x;
-        for (size_t j = 0; j < n; j++)
-            loc[j] = rank[keys[j] - lo] - 1;
+    uint32_t *rank = calloc(range, sizeof *rank);
+    if (!rank)
+        return CM_ENOMEM;
+    for (size_t j = 0; j < n; j++)
+        rank[keys[j] - lo] = 1;
+    size_t k = 0;
+    for (size_t x = 0; x < range; x++)
+        if (rank[x])
+            rank[x] = (uint32_t)++k;
+    uint64_t *u = malloc((k + 1) * sizeof *u);
+    if (!u) {
         free(rank);
-        *uniq = u;
-        *n_uniq = k;
-        return 0;
+        return CM_ENOMEM;
     }
-    /* sparse (hashed ids): number keys in order of first sight with one
-     * lookup per rating (consecutive repeats skip it), then sort the
-     * distinct keys and renumber */
+    for (size_t x = 0; x < range; x++)
+        if (rank[x])
+            u[rank[x] - 1] = lo + x;
+    for (size_t j = 0; j < n; j++)
+        loc[j] = rank[keys[j] - lo] - 1;
+    free(rank);
+    *uniq = u;
+    *n_uniq = k;
+    return 0;
+}
+
+/* Keys spread wide (hashed ids): number keys in order of first sight with
+ * one lookup per rating (consecutive repeats skip it), then sort the
+ * distinct keys and renumber. */
+static int s_index_hashed(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                          size_t *n_uniq)
+{
     int rc = CM_ENOMEM;
     cm_hashmap *seen = cm_hashmap_new(n / 4 + 1024);
     uint64_t *u = NULL, *pairs = NULL;
@@ -238,6 +231,24 @@ out:
     free(pairs);
     free(perm);
     return rc;
+}
+
+int wk_blocks_index_keys(const uint64_t *keys, size_t n, uint32_t *loc, uint64_t **uniq,
+                         size_t *n_uniq)
+{
+    *uniq = NULL;
+    *n_uniq = 0;
+    if (n >= UINT32_MAX)
+        return CM_EINVAL;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t j = 0; j < n; j++) {
+        lo = keys[j] < lo ? keys[j] : lo;
+        hi = keys[j] > hi ? keys[j] : hi;
+    }
+    size_t limit = n * S_DENSE_FACTOR > S_DENSE_MIN ? n * S_DENSE_FACTOR : S_DENSE_MIN;
+    if (n > 0 && hi - lo < limit && hi - lo < UINT32_MAX - 1)
+        return s_index_dense(keys, n, lo, (size_t)(hi - lo) + 1, loc, uniq, n_uniq);
+    return s_index_hashed(keys, n, loc, uniq, n_uniq);
 }
 
 size_t wk_blocks_msg_rows(void)
@@ -315,13 +326,165 @@ static void s_shuffle(cm_rng *rng, wk_rating *r, size_t m)
     }
 }
 
+/* Each item's block (by the map's balance where it has the item, else by
+ * hash) and its place in that block, and each block's items in key order.
+ * ik: the n_items distinct items, ascending. 0 or CM_ENOMEM. */
+static int s_place_items(wk_blocks *b, const wk_block_map *map, const uint64_t *ik,
+                         size_t n_items, uint32_t *iblk, uint32_t *ilocal)
+{
+    uint32_t *placed = NULL;
+    b->spread_before = b->spread_after = -1;
+    if (map && map->n > 0) {
+        if (!(placed = malloc(map->n * sizeof *placed)))
+            return CM_ENOMEM;
+        int rc = wk_blocks_balance(map, b->n_blocks, placed, &b->spread_before,
+                                   &b->spread_after);
+        if (rc == CM_ENOMEM) {
+            free(placed);
+            return rc;
+        }
+        if (rc != 0) {
+            free(placed);
+            placed = NULL;
+        }
+    }
+    /* both key lists ascend: one walk finds each item's place in the map */
+    size_t at = 0;
+    for (size_t x = 0; x < n_items; x++) {
+        while (placed && at < map->n && map->keys[at] < ik[x])
+            at++;
+        iblk[x] = placed && at < map->n && map->keys[at] == ik[x]
+                      ? placed[at]
+                      : wk_block_of(ik[x], b->n_blocks);
+        ilocal[x] = (uint32_t)b->blocks[iblk[x]].n_items++;
+    }
+    free(placed);
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        bl->items = malloc((bl->n_items + 1) * sizeof *bl->items);
+        if (!bl->items)
+            return CM_ENOMEM;
+        if (bl->n_items > b->icap)
+            b->icap = bl->n_items;
+        bl->n_items = 0;
+    }
+    for (size_t x = 0; x < n_items; x++) {
+        s_block *bl = &b->blocks[iblk[x]];
+        bl->items[bl->n_items++] = ik[x];
+    }
+    return 0;
+}
+
+/* Counts each block's ratings by group of users and copies them into
+ * their block, in input order: uloc and il number each rating's user and
+ * item, iblk and ilocal each item's block and place there. Leaves
+ * group_at[g + 1] at the start of group g, the fill cursors of the second
+ * pass (s_sort_groups). Returns the most ratings of a block, 0 when out of
+ * memory (*oom set). */
+static size_t s_fill_blocks(wk_blocks *b, const cm_ratings *train, const uint32_t *uloc,
+                            const uint32_t *il, const uint32_t *iblk, const uint32_t *ilocal,
+                            int *oom)
+{
+    /* groups of users whose rows take about 256 KiB */
+    b->group_users = (256 * 1024) / (b->us * sizeof(float)) + 1;
+    b->n_groups = (uint32_t)((b->n_users + b->group_users - 1) / b->group_users);
+    if (b->n_groups == 0)
+        b->n_groups = 1;
+    *oom = 1;
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        b->blocks[k].group_at = calloc(b->n_groups + 2, sizeof(size_t));
+        if (!b->blocks[k].group_at)
+            return 0;
+    }
+    /* counting sort by (block, group); 32-bit division: user rows fit */
+    const uint32_t gu = (uint32_t)b->group_users;
+    for (size_t j = 0; j < train->n; j++)
+        b->blocks[iblk[il[j]]].group_at[uloc[j] / gu + 2]++;
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        for (uint32_t g = 0; g < b->n_groups; g++)
+            bl->group_at[g + 2] += bl->group_at[g + 1];
+        bl->n_ratings = bl->group_at[b->n_groups + 1];
+        bl->ratings = cm_alloc_big((bl->n_ratings + 1) * sizeof *bl->ratings);
+        if (!bl->ratings)
+            return 0;
+    }
+    *oom = 0;
+    /* In two stable passes, so that each pass writes to few places at once
+     * (one pass over thousands of groups of every block misses the caches
+     * on every write): by block, in input order (here); then each block by
+     * group through a scratch block (s_sort_groups). */
+    size_t most_ratings = 0;
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        most_ratings = b->blocks[k].n_ratings > most_ratings ? b->blocks[k].n_ratings
+                                                             : most_ratings;
+        b->blocks[k].n_ratings = 0; /* the cursor of the first pass */
+    }
+    for (size_t j = 0; j < train->n; j++) {
+        uint32_t x = il[j];
+        s_block *bl = &b->blocks[iblk[x]];
+        bl->ratings[bl->n_ratings++] = (wk_rating){uloc[j], ilocal[x], train->rating[j]};
+    }
+    return most_ratings;
+}
+
+/* The second pass: each block's ratings by group (group_at[g + 1] is the
+ * fill cursor of group g; filled, group_at[g] is where group g starts),
+ * then each group's fixed order, a shuffle seeded by the block alone. 0 or
+ * CM_ENOMEM. */
+static int s_sort_groups(wk_blocks *b, size_t most_ratings)
+{
+    const uint32_t gu = (uint32_t)b->group_users;
+    wk_rating *scratch = cm_alloc_big((most_ratings + 1) * sizeof *scratch);
+    if (!scratch)
+        return CM_ENOMEM;
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        for (size_t j = 0; j < bl->n_ratings; j++)
+            scratch[bl->group_at[bl->ratings[j].u / gu + 1]++] = bl->ratings[j];
+        memcpy(bl->ratings, scratch, bl->n_ratings * sizeof *scratch);
+    }
+    free(scratch);
+    for (uint32_t k = 0; k < b->n_blocks; k++) {
+        s_block *bl = &b->blocks[k];
+        cm_rng rng;
+        cm_rng_seed(&rng, S_BLOCK_SEED ^ cm_mix64(k + 1));
+        for (uint32_t g = 0; g < b->n_groups; g++)
+            s_shuffle(&rng, bl->ratings + bl->group_at[g], bl->group_at[g + 1] - bl->group_at[g]);
+    }
+    return 0;
+}
+
+/* The held user rows, the block rows and the prefetch; with user_init the
+ * user rows made as a server would make them. 0 or CM_ENOMEM. */
+static int s_alloc_rows(wk_blocks *b, const cm_table_spec *user_init)
+{
+    b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
+    b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
+    b->pf = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
+    const size_t most = b->n_users > b->icap ? b->n_users : b->icap;
+    b->pf_reqs = malloc((most / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
+    b->pf_block = UINT32_MAX;
+    if (!b->urows || !b->irows || !b->pf || !b->pf_reqs)
+        return CM_ENOMEM;
+    if (user_init) {
+        /* exactly the row a server makes on first touch: both call the
+         * spec's fresh_row */
+        for (size_t j = 0; j < b->n_users; j++)
+            cm_table_spec_fresh_row(user_init, b->users[j], b->urows + j * b->us);
+        b->have_users = 1;
+        b->users_dirty = 1; /* the servers have not made these rows yet */
+    }
+    return 0;
+}
+
 wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
                          const int *row_floats, const cm_table_spec *user_init,
                          const wk_block_map *map, const wk_key_index *given,
                          cm_error *err)
 {
     wk_blocks *b = calloc(1, sizeof *b);
-    uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL, *placed = NULL;
+    uint32_t *uloc = NULL, *iloc = NULL, *iblk = NULL, *ilocal = NULL;
     uint64_t *items = NULL;
     size_t n_items = 0;
     /* the item numbering: given (borrowed) or made here (iloc, items) */
@@ -359,132 +522,25 @@ wk_blocks *wk_blocks_new(const cm_ratings *train, uint32_t n_blocks, int dim,
         il = iloc;
         ik = items;
     }
-    /* each item's block and its row there: one hash per distinct item */
+    /* each item's block and its row there */
     iblk = malloc((n_items + 1) * sizeof *iblk);
     ilocal = malloc((n_items + 1) * sizeof *ilocal);
-    if (!iblk || !ilocal)
+    if (!iblk || !ilocal || s_place_items(b, map, ik, n_items, iblk, ilocal) != 0)
         goto oom;
-    b->spread_before = b->spread_after = -1;
-    if (map && map->n > 0) {
-        if (!(placed = malloc(map->n * sizeof *placed)))
-            goto oom;
-        int rc = wk_blocks_balance(map, n_blocks, placed, &b->spread_before, &b->spread_after);
-        if (rc == CM_ENOMEM)
-            goto oom;
-        if (rc != 0) {
-            free(placed);
-            placed = NULL;
-        }
-    }
-    /* both key lists ascend: one walk finds each item's place in the map */
-    size_t at = 0;
-    for (size_t x = 0; x < n_items; x++) {
-        while (placed && at < map->n && map->keys[at] < ik[x])
-            at++;
-        iblk[x] = placed && at < map->n && map->keys[at] == ik[x]
-                      ? placed[at]
-                      : wk_block_of(ik[x], n_blocks);
-        ilocal[x] = (uint32_t)b->blocks[iblk[x]].n_items++;
-    }
-    free(placed);
-    placed = NULL;
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        s_block *bl = &b->blocks[k];
-        bl->items = malloc((bl->n_items + 1) * sizeof *bl->items);
-        if (!bl->items)
-            goto oom;
-        if (bl->n_items > b->icap)
-            b->icap = bl->n_items;
-        bl->n_items = 0;
-    }
-    for (size_t x = 0; x < n_items; x++) {
-        s_block *bl = &b->blocks[iblk[x]];
-        bl->items[bl->n_items++] = ik[x];
-    }
     free(items);
     items = NULL;
-    ik = NULL;
-
-    /* groups of users whose rows take about 256 KiB */
-    b->group_users = (256 * 1024) / (b->us * sizeof(float)) + 1;
-    b->n_groups = (uint32_t)((b->n_users + b->group_users - 1) / b->group_users);
-    if (b->n_groups == 0)
-        b->n_groups = 1;
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        b->blocks[k].group_at = calloc(b->n_groups + 2, sizeof(size_t));
-        if (!b->blocks[k].group_at)
-            goto oom;
-    }
-    /* counting sort by (block, group); 32-bit division: user rows fit */
-    const uint32_t gu = (uint32_t)b->group_users;
-    for (size_t j = 0; j < train->n; j++)
-        b->blocks[iblk[il[j]]].group_at[uloc[j] / gu + 2]++;
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        s_block *bl = &b->blocks[k];
-        for (uint32_t g = 0; g < b->n_groups; g++)
-            bl->group_at[g + 2] += bl->group_at[g + 1];
-        bl->n_ratings = bl->group_at[b->n_groups + 1];
-        bl->ratings = cm_alloc_big((bl->n_ratings + 1) * sizeof *bl->ratings);
-        if (!bl->ratings)
-            goto oom;
-    }
-    /* In two stable passes, so that each pass writes to few places at once
-     * (one pass over thousands of groups of every block misses the caches
-     * on every write): by block, in input order; then each block by group
-     * through a scratch block. group_at[g + 1] is the fill cursor of group
-     * g; filled, group_at[g] is where group g starts. */
-    size_t most_ratings = 0;
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        most_ratings = b->blocks[k].n_ratings > most_ratings ? b->blocks[k].n_ratings
-                                                             : most_ratings;
-        b->blocks[k].n_ratings = 0; /* the cursor of the first pass */
-    }
-    for (size_t j = 0; j < train->n; j++) {
-        uint32_t x = il[j];
-        s_block *bl = &b->blocks[iblk[x]];
-        bl->ratings[bl->n_ratings++] = (wk_rating){uloc[j], ilocal[x], train->rating[j]};
-    }
+    int no_mem;
+    const size_t most_ratings = s_fill_blocks(b, train, uloc, il, iblk, ilocal, &no_mem);
+    if (no_mem)
+        goto oom;
+    /* the numberings are done with before the second pass's scratch */
     free(uloc);
     free(iloc);
     free(iblk);
     free(ilocal);
     uloc = iloc = iblk = ilocal = NULL;
-    il = NULL;
-    wk_rating *scratch = cm_alloc_big((most_ratings + 1) * sizeof *scratch);
-    if (!scratch)
+    if (s_sort_groups(b, most_ratings) != 0 || s_alloc_rows(b, user_init) != 0)
         goto oom;
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        s_block *bl = &b->blocks[k];
-        for (size_t j = 0; j < bl->n_ratings; j++)
-            scratch[bl->group_at[bl->ratings[j].u / gu + 1]++] = bl->ratings[j];
-        memcpy(bl->ratings, scratch, bl->n_ratings * sizeof *scratch);
-    }
-    free(scratch);
-    /* each group's fixed order: a shuffle seeded by the block alone */
-    for (uint32_t k = 0; k < n_blocks; k++) {
-        s_block *bl = &b->blocks[k];
-        cm_rng rng;
-        cm_rng_seed(&rng, S_BLOCK_SEED ^ cm_mix64(k + 1));
-        for (uint32_t g = 0; g < b->n_groups; g++)
-            s_shuffle(&rng, bl->ratings + bl->group_at[g], bl->group_at[g + 1] - bl->group_at[g]);
-    }
-
-    b->urows = cm_alloc_big((b->n_users + 1) * b->us * sizeof(float));
-    b->irows = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
-    b->pf = cm_alloc_big((b->icap + 1) * b->is * sizeof(float));
-    const size_t most = b->n_users > b->icap ? b->n_users : b->icap;
-    b->pf_reqs = malloc((most / S_ROWS_PER_MSG + 1) * sizeof *b->pf_reqs);
-    b->pf_block = UINT32_MAX;
-    if (!b->urows || !b->irows || !b->pf || !b->pf_reqs)
-        goto oom;
-    if (user_init) {
-        /* exactly the row a server makes on first touch: both call the
-         * spec's fresh_row */
-        for (size_t j = 0; j < b->n_users; j++)
-            cm_table_spec_fresh_row(user_init, b->users[j], b->urows + j * b->us);
-        b->have_users = 1;
-        b->users_dirty = 1; /* the servers have not made these rows yet */
-    }
     return b;
 oom:
     cm_error_set(err, CM_ENOMEM, "worker: out of memory indexing %zu ratings into %u blocks",
@@ -494,7 +550,6 @@ oom:
     free(iblk);
     free(ilocal);
     free(items);
-    free(placed);
     wk_blocks_destroy(&b);
     return NULL;
 }

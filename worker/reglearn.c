@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "common/log.h"
+
 void wk_reg_scale(const float *src, float *dst, size_t n, float t)
 {
     for (size_t k = 0; k < n; k++)
@@ -48,4 +50,13 @@ double wk_reg_next(double l2, const wk_reg_sums *s)
         step = -WK_REG_MAX_STEP;
     double next = exp(log(l2 > WK_REG_MIN ? l2 : WK_REG_MIN) + step);
     return next < WK_REG_MIN ? WK_REG_MIN : (next > WK_REG_MAX ? WK_REG_MAX : next);
+}
+
+float wk_reg_learn(float l2, const wk_reg_sums *s, double lr, uint32_t index, uint32_t epoch)
+{
+    const double before = l2;
+    const float after = (float)wk_reg_next(before, s);
+    cm_log(CM_LOG_INFO, "worker %u: epoch %u: learned l2 %.4g -> %.4g (dL_valid/dl2 %.3g)",
+           index, epoch, before, (double)after, wk_reg_grad(s, lr));
+    return after;
 }

@@ -17,6 +17,7 @@
 #define PSREC_WORKER_REGLEARN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The scale of the two extra predictions: rows * (1 +- WK_REG_EPS). */
 #define WK_REG_EPS 0.0625f
@@ -52,5 +53,9 @@ double wk_reg_grad(const wk_reg_sums *s, double lr);
 #define WK_REG_MIN 1e-6
 #define WK_REG_MAX 10.0
 double wk_reg_next(double l2, const wk_reg_sums *s);
+
+/* A worker's l2 after an evaluation: wk_reg_next of l2, logged as worker
+ * index's after epoch (lr: the job's, for the gradient logged). */
+float wk_reg_learn(float l2, const wk_reg_sums *s, double lr, uint32_t index, uint32_t epoch);
 
 #endif

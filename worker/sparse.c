@@ -48,6 +48,7 @@ typedef struct {
 
 struct wk_sparse {
     const cm_job *job;   /* the run's job (outlives this) */
+    uint32_t index, n_workers; /* this worker keeps rows index mod n_workers */
     int task;
     int dim;
     uint32_t n_fields;   /* fields per example (ffm, deep); 0 when unused */
@@ -398,7 +399,7 @@ static int s_take_ratings(const cm_ratings *all, const cm_side *us, const cm_sid
 /* 1 when the job's model reads a field per feature occurrence. */
 static int s_needs_fields(const cm_job *job)
 {
-    return strcmp(job->model, "ffm") == 0 || strcmp(job->model, "deep") == 0;
+    return cm_job_model(job)->fields;
 }
 
 /* Splits "a,b,c" into up to max names (pointers into buf). */
@@ -650,6 +651,25 @@ out:
     return rc;
 }
 
+/* This worker's rows of a held-out file (`what`: validation or test) into
+ * *set, labelled as the training rows are. The task is settled. */
+static int s_load_held_out(wk_sparse *s, const char *path, const char *what, int log_lines,
+                           s_set *set, cm_error *err)
+{
+    const int fields = s_needs_fields(s->job);
+    cm_examples all = {0};
+    int rc = wk_sparse_load_features(s->job, path, log_lines, &all, err);
+    if (rc == 0 && fields && (!all.field || all.n_fields > s->n_fields))
+        rc = cm_error_set(err, CM_ECONFIG, "%s: the %s data has %u fields, the model %u", path,
+                          what, all.n_fields, s->n_fields);
+    if (rc == 0)
+        rc = s_take(&all, s->index, s->n_workers, fields, NULL, 0, set, err);
+    cm_examples_free(&all);
+    if (rc == 0 && s->task == CM_TASK_BINARY)
+        rc = s_binarize(set, path, err);
+    return rc;
+}
+
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err)
 {
@@ -661,6 +681,8 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
         return NULL;
     }
     s->job = job;
+    s->index = index;
+    s->n_workers = n_workers;
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
@@ -726,34 +748,11 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     cm_examples_free(&all);
     if (s->task == CM_TASK_BINARY && s_binarize(&s->train, job->train, err) != 0)
         goto fail;
-    if (job->validation[0]) {
-        if (wk_sparse_load_features(job, job->validation, log_lines, &all, err) != 0)
-            goto fail;
-        if (fields && (!all.field || all.n_fields > s->n_fields)) {
-            cm_error_set(err, CM_ECONFIG, "%s: the validation data has %u fields, the model %u",
-                         job->validation, all.n_fields, s->n_fields);
-            goto fail;
-        }
-        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->valid, err) != 0)
-            goto fail;
-        cm_examples_free(&all);
-        if (s->task == CM_TASK_BINARY && s_binarize(&s->valid, job->validation, err) != 0)
-            goto fail;
-    }
-    if (job->test[0]) {
-        if (wk_sparse_load_features(job, job->test, log_lines, &all, err) != 0)
-            goto fail;
-        if (fields && (!all.field || all.n_fields > s->n_fields)) {
-            cm_error_set(err, CM_ECONFIG, "%s: the test data has %u fields, the model %u",
-                         job->test, all.n_fields, s->n_fields);
-            goto fail;
-        }
-        if (s_take(&all, index, n_workers, fields, NULL, 0, &s->test, err) != 0)
-            goto fail;
-        cm_examples_free(&all);
-        if (s->task == CM_TASK_BINARY && s_binarize(&s->test, job->test, err) != 0)
-            goto fail;
-    }
+    if (job->validation[0] &&
+        s_load_held_out(s, job->validation, "validation", log_lines, &s->valid, err) != 0)
+        goto fail;
+    if (job->test[0] && s_load_held_out(s, job->test, "test", log_lines, &s->test, err) != 0)
+        goto fail;
 loaded:
     free(held);
     return s;
@@ -764,7 +763,7 @@ fail:
     return NULL;
 }
 
-void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n_slots)
+void wk_sparse_hello(const wk_sparse *s, cm_hello *he, float *loads, uint32_t n_slots)
 {
     double sum = 0, lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < s->train.n; i++) {
@@ -772,13 +771,16 @@ void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n
         lo = fmin(lo, s->train.label[i]);
         hi = fmax(hi, s->train.label[i]);
     }
-    stats[0] = (double)s->train.n;
-    stats[1] = sum;
-    stats[2] = s->train.n ? lo : 0;
-    stats[3] = s->train.n ? hi : 0;
-    stats[4] = (double)s->test.n;
-    stats[5] = (double)s->train.bad_lines;
-    stats[6] = (double)s->test.bad_lines;
+    he->n_train = s->train.n;
+    he->label_sum = sum;
+    he->label_min = s->train.n ? lo : 0;
+    he->label_max = s->train.n ? hi : 0;
+    he->n_test = s->test.n;
+    he->bad_train = s->train.bad_lines;
+    he->bad_test = s->test.bad_lines;
+    he->noise_floor = -1;
+    he->task = s->task;
+    he->n_valid = s->valid.n;
     const size_t nnz = s->train.n ? s->train.at[s->train.n] : 0;
     for (size_t k = 0; k < nnz; k++)
         loads[cm_slot_of(s->train.key[k], 0, n_slots)] += 1.f;
@@ -1053,8 +1055,8 @@ static int s_reg_batch(wk_sparse *s, const wk_model_ops *m, const wk_model_ctx *
 
 /* Scores set d; pos/neg may be NULL (no AUC histograms). */
 static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
-                      const wk_model_ctx *ctx, double *stats, uint64_t *pos, uint64_t *neg,
-                      wk_reg_sums *reg, cm_error *err)
+                      const wk_model_ctx *ctx, wk_sparse_sums *out, uint64_t *pos,
+                      uint64_t *neg, wk_reg_sums *reg, cm_error *err)
 {
     double sq = 0, ab = 0, ll = 0;
     int rc0 = s_dense_setup(s, m, err);
@@ -1108,27 +1110,19 @@ static int s_eval_set(wk_sparse *s, s_set *d, wk_kv *kv, const wk_model_ops *m,
     free(sdown);
     if (rc != 0)
         return rc;
-    stats[0] = sq;
-    stats[1] = ab;
-    stats[2] = (double)d->n;
-    stats[3] = ll;
+    *out = (wk_sparse_sums){.sq = sq, .abs = ab, .logloss = ll, .n = d->n};
     return 0;
 }
 
 int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
-                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err)
+                   wk_sparse_sums *out, uint64_t *pos, uint64_t *neg, cm_error *err)
 {
-    return s_eval_set(s, &s->test, kv, m, ctx, stats, pos, neg, NULL, err);
+    return s_eval_set(s, &s->test, kv, m, ctx, out, pos, neg, NULL, err);
 }
 
 int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
-                         const wk_model_ctx *ctx, double *stats, wk_reg_sums *reg,
+                         const wk_model_ctx *ctx, wk_sparse_sums *out, wk_reg_sums *reg,
                          cm_error *err)
 {
-    return s_eval_set(s, &s->valid, kv, m, ctx, stats, NULL, NULL, reg, err);
-}
-
-size_t wk_sparse_n_valid(const wk_sparse *s)
-{
-    return s->valid.n;
+    return s_eval_set(s, &s->valid, kv, m, ctx, out, NULL, NULL, reg, err);
 }

@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/ctl.h"
 #include "common/dataset.h"
 #include "common/err.h"
 #include "common/features.h"
@@ -106,10 +107,11 @@ typedef struct {
 
 wk_sparse_view wk_sparse_examples(const wk_sparse *s, int test);
 
-/* HELLO statistics: n_train, label sum, label min, label max, n_test, bad
- * train lines, bad test lines (7 numbers); loads (n_slots floats) gets one
- * request per feature occurrence in the slot of its key. */
-void wk_sparse_hello(const wk_sparse *s, double *stats, float *loads, uint32_t n_slots);
+/* HELLO's statistics of the loaded examples (n_train, label sum, min and
+ * max, n_test, n_valid, bad lines, task; no noise floor); loads (n_slots
+ * floats) gets one request per feature occurrence in the slot of its key.
+ * he's slot_load fields are left as they are. */
+void wk_sparse_hello(const wk_sparse *s, cm_hello *he, float *loads, uint32_t n_slots);
 
 /* Called now and then with examples done and the loss so far. */
 typedef int (*wk_sparse_progress_fn)(void *arg, size_t done, double loss);
@@ -120,20 +122,25 @@ int wk_sparse_train(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_mod
                     uint64_t seed, wk_sparse_progress_fn progress, void *arg, double *loss,
                     size_t *n, cm_error *err);
 
-/* Evaluates the held-out rows: stats = {squared error, absolute error,
- * count, log loss sum}; for binary tasks pos/neg (CM_AUC_BINS each, zeroed
- * by the caller) get the AUC histograms of the predicted probabilities. */
+/* An evaluation's sums over one set of examples (binary tasks: the
+ * errors of the predicted probabilities). */
+typedef struct {
+    double sq, abs;      /* squared and absolute error sums */
+    double logloss;      /* log loss sum; 0 for regression */
+    uint64_t n;          /* examples */
+} wk_sparse_sums;
+
+/* Evaluates the held-out rows into *out; for binary tasks pos/neg
+ * (CM_AUC_BINS each, zeroed by the caller) get the AUC histograms of the
+ * predicted probabilities. */
 int wk_sparse_eval(wk_sparse *s, wk_kv *kv, const wk_model_ops *m, const wk_model_ctx *ctx,
-                   double *stats, uint64_t *pos, uint64_t *neg, cm_error *err);
+                   wk_sparse_sums *out, uint64_t *pos, uint64_t *neg, cm_error *err);
 
 /* The same over the validation rows (the job's validation file, or the
  * training rows carved for it: docs/validation.md); no AUC histograms.
  * reg (NULL: not wanted) gets the sums that learn l2 (reglearn.h). */
 int wk_sparse_eval_valid(wk_sparse *s, wk_kv *kv, const wk_model_ops *m,
-                         const wk_model_ctx *ctx, double *stats, wk_reg_sums *reg,
+                         const wk_model_ctx *ctx, wk_sparse_sums *out, wk_reg_sums *reg,
                          cm_error *err);
-
-/* This worker's validation rows. */
-size_t wk_sparse_n_valid(const wk_sparse *s);
 
 #endif
