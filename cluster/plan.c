@@ -5,8 +5,8 @@
  * ps_server_reply_bytes, the blocks schedule's row strides and message
  * size from worker/blocks.h, row sizes from the model's own table_params
  * (ffm's fields, deep's net rows), deep's scratch from
- * wk_deep_scratch_bytes. What is still counted
- * here: worker/worker.c's batch buffers (S_MIN_BATCH_CAP) and
+ * wk_deep_scratch_bytes, the minibatch trainer's buffers from
+ * wk_trainer_minibatch_bytes. What is still counted here:
  * worker/sparse.c's evaluation batch (S_EVAL_BATCH), and the worker-side
  * lines of docs/planner.md, which explains each line. */
 #include "cluster/plan.h"
@@ -27,12 +27,12 @@
 #include "worker/models/deep.h"
 #include "worker/models/model.h"
 #include "worker/sparse.h"
+#include "worker/trainer.h"
 
 /* cm_ratings: a user key, an item key and a rating per row (its columns) */
 #define S_RATING_BYTES                                                                    \
     (sizeof *((cm_ratings *)0)->user + sizeof *((cm_ratings *)0)->item +                \
      sizeof *((cm_ratings *)0)->rating)
-#define S_MIN_BATCH_CAP 4096              /* worker/worker.c: batch buffers */
 #define S_EVAL_BATCH 4096                 /* worker/sparse.c: deep scratch rows, at least */
 
 /* ------------------------------------------------------------------------
@@ -42,11 +42,6 @@
 static uint64_t s_ceil_div(uint64_t a, uint64_t b)
 {
     return b ? (a + b - 1) / b : a;
-}
-
-static uint64_t s_round_up(uint64_t a, uint64_t m)
-{
-    return s_ceil_div(a, m) * m;
 }
 
 static void s_add(cl_plan_role *r, const char *name, uint64_t bytes, int loading)
@@ -407,15 +402,13 @@ static void s_worker_mf(const cm_job *job, cl_plan *p)
     s_add(r, "ratings shard (train + test)", shard, 0);
     s_add(r, "input file, mapped or read (loading)", d->train_file_bytes, 1);
     s_add(r, "shard filter scratch (loading)", d->train_file_bytes, 1);
-    s_add(r, "example order", d->w_train * 4, 0);
-    uint64_t cap = (uint64_t)job->batch > S_MIN_BATCH_CAP ? (uint64_t)job->batch
-                                                          : S_MIN_BATCH_CAP;
-    uint64_t batch = cap * (8 + 16 + 4 + 4) +
-                     2 * (cap * (8 + 4) + 2 * s_round_up(cap * dim_t * 4, 64));
-    s_add(r, "minibatch buffers", batch, 0);
-    if (!cm_job_uses_blocks(job))
+    if (!cm_job_uses_blocks(job)) {
+        const int dims[2] = {(int)dim_t, (int)dim_t};
+        const uint64_t cap = wk_trainer_minibatch_cap(job->batch);
+        s_add(r, "example order", d->w_train * 4, 0);
+        s_add(r, "minibatch buffers", wk_trainer_minibatch_bytes(job->batch, dims), 0);
         s_add(r, "pull replies + push requests", 2 * cap * (8 + 2 * dim_t * 4), 0);
-    if (cm_job_uses_blocks(job)) {
+    } else {
         const uint64_t rf = (uint64_t)p->row_floats, st = wk_blocks_stride(p->row_floats);
         const uint64_t dcap = (d->w_users > d->block_items ? d->w_users : d->block_items) + 1;
         s_add(r, "blocks: user rows (rows + base)", 2 * (d->w_users + 1) * st * 4, 0);
@@ -505,8 +498,7 @@ int cl_plan_estimate_ex(const cm_job *job, int n_servers, int n_workers, uint64_
         batch_keys = (uint64_t)job->batch * avg + 1;
         s_worker_fm(job, out, &sh);
     } else {
-        batch_keys = (uint64_t)job->batch > S_MIN_BATCH_CAP ? (uint64_t)job->batch
-                                                            : S_MIN_BATCH_CAP;
+        batch_keys = wk_trainer_minibatch_cap(job->batch);
         s_worker_mf(job, out);
     }
     s_server(job, out, batch_keys, &sh);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cluster/plan.h"
+#include "worker/trainer.h"
 #include "tests/helpers.h"
 
 static char s_base[900], s_test[900];
@@ -119,7 +120,10 @@ Test(cli_plan, server_matches_hand_computation)
     cr_expect(p.data.w_train >= 40000 && p.data.w_train < 42000, "largest shard %llu",
               (unsigned long long)p.data.w_train);
     cr_expect_eq(s_item(w, "ratings shard (train + test)"), p.data.w_train * 20);
-    double batch = 4096 * (8 + 16 + 4 + 4) + 2 * (4096 * 12 + 2 * 4096 * 33 * 4);
+    /* per example: its key, dedupe scratch, two labels; then two sets
+     * (the one computing, the one whose pull is in flight) of two tables'
+     * unique keys and positions, rows and gradient sums */
+    double batch = 4096 * (8 + 16 + 4 + 4) + 2 * 2 * (4096 * 12 + 2 * 4096 * 33 * 4);
     s_near(s_item(w, "minibatch buffers"), batch, "batch buffers");
     /* loading: the file (80000 x 20) twice + the shard */
     s_near(w->loading, 2 * 80000 * 20.0 + 41000 * 20.0, "worker loading peak");
@@ -151,6 +155,29 @@ Test(cli_plan, grows_linearly_with_dim)
     cl_plan four;
     cr_assert_eq(cl_plan_estimate(&j, 4, 2, &four, &err), 0, "%s", err.msg);
     cr_expect_lt(s_item(&four.server, "rows: weights") * 3, s_item(&p[2].server, "rows: weights"));
+}
+
+/* Each schedule is charged for the buffers its own trainer allocates:
+ * minibatch's batch buffers (as the trainer reports them) and example
+ * order, none of them under blocks. */
+Test(cli_plan, worker_lines_follow_the_schedule)
+{
+    s_need_data();
+    cl_plan mb, bl;
+    cm_error err = {0};
+    cm_job j = s_job(32, "adagrad", "minibatch");
+    j.batch = 10000;
+    cr_assert_eq(cl_plan_estimate(&j, 1, 2, &mb, &err), 0, "%s", err.msg);
+    const int dims[2] = {33, 33};
+    cr_expect_eq(s_item(&mb.worker, "minibatch buffers"), wk_trainer_minibatch_bytes(10000, dims));
+    cr_expect_eq(s_item(&mb.worker, "example order"), mb.data.w_train * 4);
+    cr_expect_eq(wk_trainer_minibatch_cap(100), 4096);
+    cr_expect_eq(wk_trainer_minibatch_cap(10000), 10000);
+    j = s_job(32, "adagrad", "blocks");
+    cr_assert_eq(cl_plan_estimate(&j, 1, 2, &bl, &err), 0, "%s", err.msg);
+    cr_expect_eq(s_item(&bl.worker, "minibatch buffers"), 0);
+    cr_expect_eq(s_item(&bl.worker, "example order"), 0);
+    cr_expect(s_item(&bl.worker, "blocks: user rows (rows + base)") > 0);
 }
 
 Test(cli_plan, check_names_the_role)

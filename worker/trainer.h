@@ -111,6 +111,14 @@ wk_trainer *wk_trainer_minibatch_new(const wk_trainer_env *env, cm_error *err);
 wk_trainer *wk_trainer_sparse_new(const wk_trainer_env *env, cm_error *err);
 wk_trainer *wk_trainer_implicit_new(const wk_trainer_env *env, cm_error *err);
 
+/* The minibatch trainer's footprint, for the planner: its batch buffers
+ * hold wk_trainer_minibatch_cap(batch) examples (the job's batch, at
+ * least 4096), two sets of them (one computes while the other's pull is
+ * in flight) for rows of dims[0] (user) and dims[1] (item) floats take
+ * wk_trainer_minibatch_bytes, and the example order 4 bytes a rating. */
+size_t wk_trainer_minibatch_cap(int batch);
+uint64_t wk_trainer_minibatch_bytes(int batch, const int dims[2]);
+
 /* Frees *pt and NULLs it; no-op on NULL. */
 void wk_trainer_destroy(wk_trainer **pt);
 

@@ -13,6 +13,9 @@
 #include "worker/shard.h"
 #include "worker/trainer.h"
 
+/* The batch buffers hold at least this many examples. */
+#define S_MIN_CAP 4096
+
 /* Keys touched by one batch for one table, with the rows pulled for them
  * and their gradient sums. Buffers are reused from batch to batch. */
 typedef struct {
@@ -61,6 +64,23 @@ static int s_alloc(s_minibatch *t, size_t cap, cm_error *err)
         ok = ok && tk->uniq && tk->idx && tk->rows && tk->grads;
     }
     return ok ? 0 : cm_error_set(err, CM_ENOMEM, "worker: out of memory for batch buffers");
+}
+
+size_t wk_trainer_minibatch_cap(int batch)
+{
+    return batch > S_MIN_CAP ? (size_t)batch : S_MIN_CAP;
+}
+
+/* What s_alloc takes, the example order aside. */
+uint64_t wk_trainer_minibatch_bytes(int batch, const int dims[2])
+{
+    const uint64_t cap = wk_trainer_minibatch_cap(batch);
+    uint64_t bytes = cap * (sizeof(uint64_t) + 2 * sizeof(uint64_t) + 2 * sizeof(float));
+    for (int k = 0; k < 4; k++) {
+        const uint64_t rows = (cap * (uint64_t)dims[k % 2] * sizeof(float) + 63) / 64 * 64;
+        bytes += cap * (sizeof(uint64_t) + sizeof(uint32_t)) + 2 * rows;
+    }
+    return bytes;
 }
 
 static void s_destroy(wk_trainer *base)
@@ -253,9 +273,7 @@ wk_trainer *wk_trainer_minibatch_new(const wk_trainer_env *env, cm_error *err)
     s_minibatch *t = (s_minibatch *)wk_trainer_alloc(sizeof *t, &s_ops, env, err);
     if (!t)
         return NULL;
-    size_t cap = (size_t)env->p->job->batch;
-    if (cap < 4096)
-        cap = 4096;
+    size_t cap = wk_trainer_minibatch_cap(env->p->job->batch);
     if (wk_shard_load(env->p, &t->shard, err) != 0 ||
         wk_shard_validation(env->p, &t->shard, err) != 0 || s_alloc(t, cap, err) != 0) {
         s_destroy(&t->base);
