@@ -64,14 +64,43 @@ enum {
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
+/* Defaults that differ from the key table's, for keys the user left unset
+ * (cm_job_model_defaults; docs/config.md lists them, and tests/test_config.c
+ * checks every model, task and method against that list). They apply in
+ * this order, a later one winning: the family's, the model's, the task's,
+ * the method's. Tuned on frappe for the sparse models and on ml-100k u1,
+ * ratings >= 4, for implicit. */
+static const cm_default s_sparse_defaults[] = {{"l2", 0.01}, {NULL, 0}};
+/* squared loss on sparse features: smaller steps */
+static const cm_default s_sparse_regression_defaults[] = {{"lr", 0.04}, {NULL, 0}};
+static const cm_default s_fm_defaults[] = {{"dim", 64}, {NULL, 0}};
+/* ffm keeps the table's dim: its rows hold a vector per field */
+static const cm_default s_deep_defaults[] = {{"dim", 64}, {NULL, 0}};
+/* ranking from positives wants more factors, less shrinkage and a few more
+ * epochs than rating regression */
+static const cm_default s_implicit_defaults[] = {
+    {"dim", 64}, {"l2", 0.03}, {"lr", 0.05}, {"epochs", 30}, {"init_std", 0.1}, {NULL, 0}};
+/* method mcmc (fm, mf): sweeps, not epochs, and libFM's start
+ * (docs/mcmc.md has the figures) */
+static const cm_default s_mcmc_defaults[] = {
+    {"dim", 8}, {"epochs", 100}, {"init_std", 0.1}, {NULL, 0}};
+
+/* A family's defaults: for each of its models, and with task = regression. */
+static const struct {
+    const cm_default *all, *regression;
+} s_family_defaults[CM_FAMILY_IMPLICIT + 1] = {
+    [CM_FAMILY_SPARSE] = {s_sparse_defaults, s_sparse_regression_defaults},
+};
+
 /* Every model, in the order of the S_M_* bits; s_models names them for
  * the key's choices (tests/test_config.c checks the two agree). */
 static const cm_model s_model_table[] = {
     {.name = "mf", .family = CM_FAMILY_RATINGS, .quadratic = 1},
-    {.name = "fm", .family = CM_FAMILY_SPARSE, .quadratic = 1},
+    {.name = "fm", .family = CM_FAMILY_SPARSE, .quadratic = 1, .defaults = s_fm_defaults},
     {.name = "ffm", .family = CM_FAMILY_SPARSE, .fields = 1},
-    {.name = "deep", .family = CM_FAMILY_SPARSE, .fields = 1, .mlp = 1},
-    {.name = "implicit", .family = CM_FAMILY_IMPLICIT},
+    {.name = "deep", .family = CM_FAMILY_SPARSE, .fields = 1, .mlp = 1,
+     .defaults = s_deep_defaults},
+    {.name = "implicit", .family = CM_FAMILY_IMPLICIT, .defaults = s_implicit_defaults},
 };
 static const char *const s_models[] = {"mf", "fm", "ffm", "deep", "implicit", NULL};
 static const char *const s_losses[] = {"bpr", "logistic", NULL};
@@ -1280,51 +1309,30 @@ void cm_job_print(FILE *f, const cm_job *job)
 
 _Static_assert(S_NKEYS <= CM_JOB_MAX_KEYS, "explicit_ has one bit per key");
 
-/* Defaults that differ by model, for keys the user left unset (tuned on
- * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
- * implicit; docs/config.md lists them). task "regression" means the user
- * set task = regression on a sparse model. */
-static const struct {
-    const char *model; /* "sparse": fm, ffm and deep; "mcmc": method mcmc */
-    const char *key;
-    double value;
-} s_model_defaults[] = {
-    {"sparse", "l2", 0.01},
-    {"fm", "dim", 64},
-    {"deep", "dim", 64},
-    {"regression", "lr", 0.04},
-    /* ranking from positives wants more factors, less shrinkage and a few
-     * more epochs than rating regression */
-    {"implicit", "dim", 64},
-    {"implicit", "l2", 0.03},
-    {"implicit", "lr", 0.05},
-    {"implicit", "epochs", 30},
-    {"implicit", "init_std", 0.1},
-    /* method mcmc (fm, mf): sweeps, not epochs, and libFM's start; after the
-     * rows above, so that they win (docs/mcmc.md has the figures) */
-    {"mcmc", "dim", 8},
-    {"mcmc", "epochs", 100},
-    {"mcmc", "init_std", 0.1},
-};
-
-void cm_job_model_defaults(cm_job *job)
+/* Gives the keys of d that the user left unset d's values. */
+static void s_apply_defaults(cm_job *job, const cm_default *d)
 {
-    const int sparse = cm_job_is_sparse(job);
-    const int regression = sparse && job->task == 0 /* cm_task regression */;
-    for (size_t i = 0; i < sizeof s_model_defaults / sizeof s_model_defaults[0]; i++) {
-        const char *m = s_model_defaults[i].model;
-        if (!(strcmp(m, job->model) == 0 || (sparse && strcmp(m, "sparse") == 0) ||
-              (regression && strcmp(m, "regression") == 0) ||
-              (job->method == CM_METHOD_MCMC && strcmp(m, "mcmc") == 0)))
-            continue;
-        const s_key *k = s_find(s_model_defaults[i].key);
+    for (; d && d->key; d++) {
+        const s_key *k = s_find(d->key);
         if (!k || s_is_explicit(job, k))
             continue;
         if (k->type == S_INT)
-            *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;
+            *(int *)((char *)job + k->off) = (int)d->value;
         else if (k->type == S_DBL)
-            *(double *)((char *)job + k->off) = s_model_defaults[i].value;
+            *(double *)((char *)job + k->off) = d->value;
     }
+}
+
+void cm_job_model_defaults(cm_job *job)
+{
+    const cm_model *m = cm_job_model(job);
+    const int f = m->family;
+    s_apply_defaults(job, s_family_defaults[f].all);
+    s_apply_defaults(job, m->defaults);
+    if (job->task == 0 /* cm_task regression */)
+        s_apply_defaults(job, s_family_defaults[f].regression);
+    if (job->method == CM_METHOD_MCMC)
+        s_apply_defaults(job, s_mcmc_defaults);
 }
 
 int cm_job_is_explicit(const cm_job *job, const char *key)
