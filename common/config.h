@@ -260,6 +260,11 @@ int cm_job_is_sparse(const cm_job *job);
  * holds its default or the key is unknown. */
 int cm_job_is_explicit(const cm_job *job, const char *key);
 
+/* The first key of the table that only method sgd reads (lr, l2,
+ * optimizer, servers, checkpoint_dir, ...) and that the user set; NULL for
+ * none. One set asks for sgd where method = auto. */
+const char *cm_job_sgd_key_set(const cm_job *job);
+
 /* Name of an optimizer value ("sgd", "adagrad"). */
 const char *cm_optimizer_name(int opt);
 
