@@ -268,6 +268,25 @@ Test(config, enums)
                 "job.ini:3: worker_affinity: expected one of auto|off, got 'on'");
 }
 
+/* A numeric_transform psrec does not know is refused, in a job file and on
+ * the command line, naming the key and the values it takes; the job keeps
+ * its transform. */
+Test(config, numeric_transform_refuses_unknown_values)
+{
+    s_set_fails("numeric_transform", "sqrt",
+                "job.ini:3: numeric_transform: expected one of none|log, got 'sqrt'");
+    s_set_fails("numeric_transform", "",
+                "job.ini:3: numeric_transform: expected one of none|log, got ''");
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    const char *a[] = {"train", "--model", "fm", "--numeric-transform", "log10", NULL};
+    cr_assert_eq(s_args(&j, NULL, &err, a), CM_ECONFIG);
+    cr_assert_str_eq(err.msg, "--numeric-transform: expected one of none|log, got 'log10'",
+                     "the key as the user wrote it");
+    s_set_ok(&j, "numeric_transform", "None");
+    cr_expect_eq(j.numeric_transform, 0, "names match in any case");
+}
+
 Test(config, bools)
 {
     const char *yes[] = {"1", "true", "yes", "on", "TRUE", "Yes"};
