@@ -676,6 +676,96 @@ static int s_ckpt_same_fs(s_sched *s, cm_error *err)
     return 0;
 }
 
+/* The manifest's file list from the servers' checkpoint replies: a file
+ * per server and table, with the slots the server holds; *rows and
+ * *bytes their totals. */
+static int s_ckpt_files(const s_sched *s, const cm_msg *rep, cm_manifest *m, uint64_t *rows,
+                        uint64_t *bytes, cm_error *err)
+{
+    const uint32_t n_tab = (uint32_t)s->p->n_tables;
+    for (uint32_t i = 0; i < s->p->n_servers; i++) {
+        const cm_ckpt_reply *cr = &rep[i].hdr.ckpt;
+        if (rep[i].hdr.body != CM_BODY_CKPT || cr->n != n_tab)
+            return cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %zu tables, "
+                                "expected %u", i, rep[i].hdr.body == CM_BODY_CKPT ? cr->n : 0,
+                                n_tab);
+        for (uint32_t t = 0; t < n_tab; t++) {
+            cm_ckpt_file *f = &m->files[m->n_files++];
+            snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
+            f->table = t;
+            f->size = cr->shard[t].size;
+            f->checksum = cr->shard[t].checksum;
+            f->rows = cr->shard[t].rows;
+            f->writer = (int)i + 1;
+            f->slots = malloc(s->n_slots * sizeof *f->slots);
+            if (!f->slots)
+                return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+            for (uint32_t k = 0; k < s->n_slots; k++)
+                if (s->slot_map[k] == i)
+                    f->slots[f->n_slots++] = k;
+            *rows += f->rows;
+            *bytes += f->size;
+        }
+    }
+    return 0;
+}
+
+/* A checkpoint is published only when every file is in dir as its
+ * server reported it. */
+static int s_ckpt_verify(const s_sched *s, const char *dir, const cm_manifest *m,
+                         cm_error *err)
+{
+    for (size_t f = 0; f < m->n_files; f++) {
+        cm_error e = {0};
+        if (cm_ckpt_check_files(dir, &m->files[f], 1, &e) != 0) {
+            char host[256];
+            uint32_t i = (uint32_t)m->files[f].writer - 1;
+            return cm_error_set(err, e.code == CM_ENOTFOUND ? CM_EIO : e.code,
+                                "checkpoint %s not published: server %u on host %s wrote %s "
+                                "(%llu bytes), which the scheduler does not find as reported: "
+                                "%s",
+                                dir, i, s_server_host(s, i, host, sizeof host), m->files[f].name,
+                                (unsigned long long)m->files[f].size, e.msg);
+        }
+    }
+    return 0;
+}
+
+/* The rest of the manifest: the job, its tables and slot map, the epoch,
+ * its metrics and the validation's choice so far. */
+static void s_ckpt_describe(const s_sched *s, int epoch, const sch_result *res,
+                            char *job_text, cm_manifest *m)
+{
+    const sch_params *p = s->p;
+    m->version = 1;
+    m->job = job_text;
+    snprintf(m->model, sizeof m->model, "%s", p->job->model);
+    m->n_tables = (uint32_t)p->n_tables;
+    m->tables = (cm_ckpt_table *)p->tables;
+    m->n_slots = s->n_slots;
+    m->slot_map = s->slot_map;
+    m->epoch = (uint32_t)epoch;
+    m->global_mean = s->mean;
+    m->clip_lo = s->clip_lo;
+    m->clip_hi = s->clip_hi;
+    m->train_rmse = res->train_rmse;
+    m->test_rmse = res->test_rmse;
+    m->test_mae = res->test_mae;
+    m->created_unix = (uint64_t)time(NULL);
+    if (s->best.epoch > 0) {
+        m->valid_metric = s->valid_metric;
+        m->best_epoch = (uint32_t)s->best.epoch;
+        m->best_valid = s->best.metric;
+        m->stale_evals = (uint32_t)s->best.stale;
+        m->best_test_rmse = s->chosen[0];
+        m->best_test_mae = s->chosen[1];
+        m->best_test_auc = s->chosen[2];
+        m->best_test_logloss = s->chosen[3];
+    }
+    m->n_servers = p->n_servers;
+    m->n_workers = p->n_workers;
+}
+
 static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *err)
 {
     const sch_params *p = s->p;
@@ -711,75 +801,10 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
     if ((rc = s_ask_servers(s, &h, rep, err)) != 0)
         goto out;
     uint64_t rows = 0, bytes = 0;
-    for (uint32_t i = 0; i < n_srv; i++) {
-        const cm_ckpt_reply *cr = &rep[i].hdr.ckpt;
-        if (rep[i].hdr.body != CM_BODY_CKPT || cr->n != n_tab) {
-            rc = cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %zu tables, "
-                              "expected %u", i, rep[i].hdr.body == CM_BODY_CKPT ? cr->n : 0,
-                              n_tab);
-            goto out;
-        }
-        for (uint32_t t = 0; t < n_tab; t++) {
-            cm_ckpt_file *f = &m.files[m.n_files++];
-            snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
-            f->table = t;
-            f->size = cr->shard[t].size;
-            f->checksum = cr->shard[t].checksum;
-            f->rows = cr->shard[t].rows;
-            f->writer = (int)i + 1;
-            f->slots = malloc(s->n_slots * sizeof *f->slots);
-            if (!f->slots) {
-                rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
-                goto out;
-            }
-            for (uint32_t k = 0; k < s->n_slots; k++)
-                if (s->slot_map[k] == i)
-                    f->slots[f->n_slots++] = k;
-            rows += f->rows;
-            bytes += f->size;
-        }
-    }
-    /* published only when every file is here as its server reported it */
-    for (size_t f = 0; f < m.n_files; f++) {
-        cm_error e = {0};
-        if (cm_ckpt_check_files(dir, &m.files[f], 1, &e) != 0) {
-            char host[256];
-            uint32_t i = (uint32_t)m.files[f].writer - 1;
-            rc = cm_error_set(err, e.code == CM_ENOTFOUND ? CM_EIO : e.code,
-                              "checkpoint %s not published: server %u on host %s wrote %s "
-                              "(%llu bytes), which the scheduler does not find as reported: %s",
-                              dir, i, s_server_host(s, i, host, sizeof host), m.files[f].name,
-                              (unsigned long long)m.files[f].size, e.msg);
-            goto out;
-        }
-    }
-    m.version = 1;
-    m.job = job_text;
-    snprintf(m.model, sizeof m.model, "%s", job->model);
-    m.n_tables = n_tab;
-    m.tables = (cm_ckpt_table *)p->tables;
-    m.n_slots = s->n_slots;
-    m.slot_map = s->slot_map;
-    m.epoch = (uint32_t)epoch;
-    m.global_mean = s->mean;
-    m.clip_lo = s->clip_lo;
-    m.clip_hi = s->clip_hi;
-    m.train_rmse = res->train_rmse;
-    m.test_rmse = res->test_rmse;
-    m.test_mae = res->test_mae;
-    m.created_unix = (uint64_t)time(NULL);
-    if (s->best.epoch > 0) {
-        m.valid_metric = s->valid_metric;
-        m.best_epoch = (uint32_t)s->best.epoch;
-        m.best_valid = s->best.metric;
-        m.stale_evals = (uint32_t)s->best.stale;
-        m.best_test_rmse = s->chosen[0];
-        m.best_test_mae = s->chosen[1];
-        m.best_test_auc = s->chosen[2];
-        m.best_test_logloss = s->chosen[3];
-    }
-    m.n_servers = n_srv;
-    m.n_workers = p->n_workers;
+    if ((rc = s_ckpt_files(s, rep, &m, &rows, &bytes, err)) != 0 ||
+        (rc = s_ckpt_verify(s, dir, &m, err)) != 0)
+        goto out;
+    s_ckpt_describe(s, epoch, res, job_text, &m);
     if ((rc = cm_manifest_write(dir, &m, err)) != 0)
         goto out;
     if ((rc = cm_ckpt_publish(job->checkpoint_dir, name, job->checkpoint_keep, err)) != 0)
@@ -1403,6 +1428,57 @@ void sch_result_init(sch_result *res)
     res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
 }
 
+/* The job's last line: the final test metrics (or the validation choice
+ * when there is no test file), with the chosen epoch. */
+static void s_print_final(const s_sched *s, const sch_result *res)
+{
+    FILE *out = s->p->out;
+    if (res->recall >= 0) {
+        sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
+                          res->pop_ndcg, res->pop_hr};
+        char text[256];
+        sch_ranking_text(text, sizeof text, &rk);
+        fprintf(out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
+                (unsigned long long)res->eval_users, res->epochs, res->seconds);
+        fflush(out);
+    } else if (res->test_auc >= 0) {
+        fprintf(out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
+        s_print_chosen(s, res);
+        fprintf(out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
+        fflush(out);
+    } else if (res->test_rmse >= 0) {
+        fprintf(out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
+        s_print_chosen(s, res);
+        fprintf(out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
+        if (res->noise_floor >= 0)
+            fprintf(out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
+                    100.0 * (res->test_rmse / res->noise_floor - 1.0));
+        fputc('\n', out);
+        fflush(out);
+    } else if (res->best_epoch > 0) {
+        /* no test file: the choice is the result */
+        fprintf(out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
+                "epochs, %.2f s training\n", s_valid_name(s), res->valid_metric,
+                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
+                res->epochs, res->seconds);
+        fflush(out);
+    }
+}
+
+/* Connects a DEALER to every server. */
+static int s_connect_servers(s_sched *s, cm_error *err)
+{
+    const sch_params *p = s->p;
+    for (uint32_t i = 0; i < p->n_servers; i++) {
+        if (!(s->srv[i] = cm_sock_new(p->van, CM_SOCK_DEALER, err)))
+            return err ? err->code : CM_EIO;
+        if (cm_sock_connect(s->srv[i], p->server_eps[i]) != 0)
+            return cm_error_set(err, CM_EIO, "scheduler: cannot connect to server %u at %s: %s",
+                                i, p->server_eps[i], cm_sock_errmsg(s->srv[i]));
+    }
+    return 0;
+}
+
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
@@ -1426,17 +1502,8 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
         goto out;
     }
-    for (uint32_t i = 0; i < p->n_servers; i++) {
-        if (!(s.srv[i] = cm_sock_new(p->van, CM_SOCK_DEALER, err))) {
-            rc = err ? err->code : CM_EIO;
-            goto out;
-        }
-        if (cm_sock_connect(s.srv[i], p->server_eps[i]) != 0) {
-            rc = cm_error_set(err, CM_EIO, "scheduler: cannot connect to server %u at %s: %s",
-                              i, p->server_eps[i], cm_sock_errmsg(s.srv[i]));
-            goto out;
-        }
-    }
+    if ((rc = s_connect_servers(&s, err)) != 0)
+        goto out;
     if (p->job->metrics[0] &&
         !(s.metrics = sch_metrics_open(p->job->metrics, p->job->resume[0] != 0, err))) {
         rc = err ? err->code : CM_EIO;
@@ -1464,36 +1531,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         s_choose(&s, res);
     if (s.metrics && (rc = s_final_record(&s, res, err)) != 0)
         goto out;
-    if (res->recall >= 0) {
-        sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
-                          res->pop_ndcg, res->pop_hr};
-        char text[256];
-        sch_ranking_text(text, sizeof text, &rk);
-        fprintf(p->out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
-                (unsigned long long)res->eval_users, res->epochs, res->seconds);
-        fflush(p->out);
-    } else if (res->test_auc >= 0) {
-        fprintf(p->out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
-        s_print_chosen(&s, res);
-        fprintf(p->out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
-        fflush(p->out);
-    } else if (res->test_rmse >= 0) {
-        fprintf(p->out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
-        s_print_chosen(&s, res);
-        fprintf(p->out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
-        if (res->noise_floor >= 0)
-            fprintf(p->out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
-                    100.0 * (res->test_rmse / res->noise_floor - 1.0));
-        fputc('\n', p->out);
-        fflush(p->out);
-    } else if (res->best_epoch > 0) {
-        /* no test file: the choice is the result */
-        fprintf(p->out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
-                "epochs, %.2f s training\n", s_valid_name(&s), res->valid_metric,
-                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
-                res->epochs, res->seconds);
-        fflush(p->out);
-    }
+    s_print_final(&s, res);
 out:
     sch_progress_destroy(&s.progress);
     sch_metrics_close(&s.metrics);
