@@ -756,6 +756,48 @@ static int s_is_control(int op)
 /* ---------------------------------------------------------------------------
  * The loop */
 
+/* One request from a peer: its sender checked (control operations come
+ * from the scheduler only), then its handler; *stop after STOP. */
+static int s_dispatch(ps_server *s, const cm_msg *m, int *stop)
+{
+    int from = 0;
+    cm_error e = {0};
+    if (cm_msg_rank(m, &from, &e) != 0)
+        return s_reject(s, m, CM_EPERM, "%s", e.msg);
+    if (s_is_control(m->hdr.op) && from != 0)
+        return s_reject(s, m, CM_EPERM, "%s is taken from the scheduler (rank 0) only",
+                        cm_op_name(m->hdr.op));
+    int rc;
+    switch (m->hdr.op) {
+    case CM_OP_PULL:
+        return s_on_pull(s, m);
+    case CM_OP_PUSH:
+        return s_on_push(s, m);
+    case CM_OP_CHECKPOINT:
+        cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m->hdr.epoch);
+        rc = s_on_checkpoint(s, m);
+        cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
+        return rc;
+    case CM_OP_EPOCH:
+        s->epoch = m->hdr.epoch;
+        cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
+        return s_on_epoch(s, m);
+    case CM_OP_LOAD:
+        cm_hb_doing(s->hb, "loading a checkpoint");
+        rc = s_on_load(s, m);
+        cm_hb_doing(s->hb, "serving, before the first epoch");
+        return rc;
+    case CM_OP_SLOTS:
+        return s_on_slots(s, m);
+    case CM_OP_STOP:
+        *stop = 1;
+        return s_on_stop(s, m);
+    default:
+        return s_reject(s, m, CM_EPROTO, "unexpected op %s (%d)", cm_op_name(m->hdr.op),
+                        m->hdr.op);
+    }
+}
+
 int ps_server_run(ps_server *s)
 {
     cm_log(CM_LOG_INFO, "ps: serving %zu table%s on %s", s->n_tables,
@@ -803,56 +845,8 @@ int ps_server_run(ps_server *s)
             return rc;
         }
         s->n_requests++;
-        int stop = 0, from = 0;
-        if (cm_msg_rank(&m, &from, &e) != 0) {
-            rc = s_reject(s, &m, CM_EPERM, "%s", e.msg);
-            cm_msg_release(&m);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        if (s_is_control(m.hdr.op) && from != 0) {
-            rc = s_reject(s, &m, CM_EPERM, "%s is taken from the scheduler (rank 0) only",
-                          cm_op_name(m.hdr.op));
-            cm_msg_release(&m);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        switch (m.hdr.op) {
-        case CM_OP_PULL:
-            rc = s_on_pull(s, &m);
-            break;
-        case CM_OP_PUSH:
-            rc = s_on_push(s, &m);
-            break;
-        case CM_OP_CHECKPOINT:
-            cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m.hdr.epoch);
-            rc = s_on_checkpoint(s, &m);
-            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
-            break;
-        case CM_OP_EPOCH:
-            s->epoch = m.hdr.epoch;
-            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
-            rc = s_on_epoch(s, &m);
-            break;
-        case CM_OP_LOAD:
-            cm_hb_doing(s->hb, "loading a checkpoint");
-            rc = s_on_load(s, &m);
-            cm_hb_doing(s->hb, "serving, before the first epoch");
-            break;
-        case CM_OP_SLOTS:
-            rc = s_on_slots(s, &m);
-            break;
-        case CM_OP_STOP:
-            rc = s_on_stop(s, &m);
-            stop = 1;
-            break;
-        default:
-            rc = s_reject(s, &m, CM_EPROTO, "unexpected op %s (%d)", cm_op_name(m.hdr.op),
-                          m.hdr.op);
-            break;
-        }
+        int stop = 0;
+        rc = s_dispatch(s, &m, &stop);
         cm_msg_release(&m);
         if (rc < 0)
             return rc;
