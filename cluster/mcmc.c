@@ -251,15 +251,6 @@ static int s_record(s_run *r, int e, double loss, double secs, double elapsed,
     return sch_metrics_write(r->metrics, f, n, err);
 }
 
-/* Keys only sgd reads: one set by the user asks for sgd. */
-static const char *const s_sgd_keys[] = {
-    "validation", "validation_fraction", "patience", "optimizer", "lr", "l2",
-    "regularization", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
-    "ftrl_l1", "ftrl_beta", "batch", "schedule", "consistency", "staleness",
-    "blocks_per_worker", "wire_dtype", "servers", "workers", "slots", "shared_rows",
-    "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep", "resume",
-    "restarts", NULL};
-
 /* mf's keys for CSV columns by name, which the sparse loader (fm's) does
  * not read. */
 static const char *const s_column_keys[] = {"label_column",  "user_column",
@@ -293,11 +284,11 @@ static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t
         return "mcmc is for mf and fm";
     if (job->task == CM_TASK_BINARY)
         return "binary task: sgd's AUC is the better on click data";
-    for (const char *const *k = s_sgd_keys; *k; k++)
-        if (cm_job_is_explicit(job, *k)) {
-            snprintf(buf, n, "%s is set, which only sgd reads", *k);
-            return buf;
-        }
+    const char *sgd_key = cm_job_sgd_key_set(job);
+    if (sgd_key) {
+        snprintf(buf, n, "%s is set, which only sgd reads", sgd_key);
+        return buf;
+    }
     if (model->family == CM_FAMILY_RATINGS)
         for (const char *const *k = s_column_keys; *k; k++)
             if (cm_job_is_explicit(job, *k)) {

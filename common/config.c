@@ -47,6 +47,8 @@ typedef struct {
     const char *def;          /* default, as text a user could write */
     const char *help;         /* one line for --help and the docs */
     unsigned models;          /* S_M_* bits of the models the key applies to; 0: all */
+    int sgd_only;             /* read by method sgd alone: one the user sets asks for sgd
+                               * where method = auto (cm_job_sgd_key_set) */
 } s_key;
 
 /* Models as bits of s_key.models, in the order of s_models. A key that
@@ -64,14 +66,43 @@ enum {
 
 #define S_AT(field) .off = offsetof(cm_job, field), .size = sizeof(((cm_job *)0)->field)
 
+/* Defaults that differ from the key table's, for keys the user left unset
+ * (cm_job_model_defaults; docs/config.md lists them, and tests/test_config.c
+ * checks every model, task and method against that list). They apply in
+ * this order, a later one winning: the family's, the model's, the task's,
+ * the method's. Tuned on frappe for the sparse models and on ml-100k u1,
+ * ratings >= 4, for implicit. */
+static const cm_default s_sparse_defaults[] = {{"l2", 0.01}, {NULL, 0}};
+/* squared loss on sparse features: smaller steps */
+static const cm_default s_sparse_regression_defaults[] = {{"lr", 0.04}, {NULL, 0}};
+static const cm_default s_fm_defaults[] = {{"dim", 64}, {NULL, 0}};
+/* ffm keeps the table's dim: its rows hold a vector per field */
+static const cm_default s_deep_defaults[] = {{"dim", 64}, {NULL, 0}};
+/* ranking from positives wants more factors, less shrinkage and a few more
+ * epochs than rating regression */
+static const cm_default s_implicit_defaults[] = {
+    {"dim", 64}, {"l2", 0.03}, {"lr", 0.05}, {"epochs", 30}, {"init_std", 0.1}, {NULL, 0}};
+/* method mcmc (fm, mf): sweeps, not epochs, and libFM's start
+ * (docs/mcmc.md has the figures) */
+static const cm_default s_mcmc_defaults[] = {
+    {"dim", 8}, {"epochs", 100}, {"init_std", 0.1}, {NULL, 0}};
+
+/* A family's defaults: for each of its models, and with task = regression. */
+static const struct {
+    const cm_default *all, *regression;
+} s_family_defaults[CM_FAMILY_IMPLICIT + 1] = {
+    [CM_FAMILY_SPARSE] = {s_sparse_defaults, s_sparse_regression_defaults},
+};
+
 /* Every model, in the order of the S_M_* bits; s_models names them for
  * the key's choices (tests/test_config.c checks the two agree). */
 static const cm_model s_model_table[] = {
     {.name = "mf", .family = CM_FAMILY_RATINGS, .quadratic = 1},
-    {.name = "fm", .family = CM_FAMILY_SPARSE, .quadratic = 1},
+    {.name = "fm", .family = CM_FAMILY_SPARSE, .quadratic = 1, .defaults = s_fm_defaults},
     {.name = "ffm", .family = CM_FAMILY_SPARSE, .fields = 1},
-    {.name = "deep", .family = CM_FAMILY_SPARSE, .fields = 1, .mlp = 1},
-    {.name = "implicit", .family = CM_FAMILY_IMPLICIT},
+    {.name = "deep", .family = CM_FAMILY_SPARSE, .fields = 1, .mlp = 1,
+     .defaults = s_deep_defaults},
+    {.name = "implicit", .family = CM_FAMILY_IMPLICIT, .defaults = s_implicit_defaults},
 };
 static const char *const s_models[] = {"mf", "fm", "ffm", "deep", "implicit", NULL};
 static const char *const s_losses[] = {"bpr", "logistic", NULL};
@@ -102,16 +133,19 @@ static const s_key s_keys[] = {
      .help = "held-out data for metrics after each epoch; empty for none"},
     {.name = "validation", .type = S_STR, S_AT(validation), .def = "",
      .help = "validation data (the train file's format) that picks the epoch whose model is "
-             "kept and stops training early; empty: carve validation_fraction of train"},
+             "kept and stops training early; empty: carve validation_fraction of train",
+     .sgd_only = 1},
     {.name = "validation_fraction", .type = S_DBL, S_AT(validation_fraction), .dmin = 0,
      .dmax = 0.5, .def = "0.05",
      .help = "without a validation file: this share of the training examples, picked by a "
              "hash of each example and seed, is held out for validation, not trained on "
-             "(0: no validation; implicit: not used, see docs/validation.md)"},
+             "(0: no validation; implicit: not used, see docs/validation.md)",
+     .sgd_only = 1},
     {.name = "patience", .type = S_INT, S_AT(patience), .imin = 0, .imax = 100000,
      .def = "3",
      .help = "evaluations without a better validation metric before training stops early "
-             "(0: never stop early)"},
+             "(0: never stop early)",
+     .sgd_only = 1},
     {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
      .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
              "empty for none"},
@@ -202,55 +236,66 @@ static const s_key s_keys[] = {
     {.name = "eval_every", .type = S_INT, S_AT(eval_every), .imin = 1, .imax = 100000,
      .def = "1", .help = "evaluate on the test data every N epochs (and after the last)"},
     {.name = "servers", .type = S_INT, S_AT(servers), .imin = 1, .imax = 1024, .def = "1",
-     .help = "parameter-server ranks (mpirun: ranks 1..servers; the rest are workers)"},
+     .help = "parameter-server ranks (mpirun: ranks 1..servers; the rest are workers)",
+     .sgd_only = 1},
     {.name = "optimizer", .type = S_ENUM, S_AT(optimizer), .names = s_optimizers,
      .def = "adagrad",
      .help = "update rule for every row: sgd, adagrad (an accumulator per weight), "
              "rowwise_adagrad (one accumulator per row), adam (lazy: only rows with a "
-             "gradient move) or ftrl (FTRL-proximal; see docs/optimizers.md)"},
+             "gradient move) or ftrl (FTRL-proximal; see docs/optimizers.md)",
+     .sgd_only = 1},
     {.name = "lr", .type = S_DBL, S_AT(lr), .dmin = 0, .dmax = 100, .dmin_open = 1,
-     .def = "0.07", .help = "learning rate"},
+     .def = "0.07", .help = "learning rate", .sgd_only = 1},
     {.name = "l2", .type = S_DBL, S_AT(l2), .dmin = 0, .dmax = 100, .def = "0.12",
-     .help = "L2 regularisation, applied per occurrence of a row in a batch"},
+     .help = "L2 regularisation, applied per occurrence of a row in a batch",
+     .sgd_only = 1},
     {.name = "regularization", .type = S_ENUM, S_AT(regularization), .names = s_regularization,
      .def = "fixed",
      .help = "mf, fm (sgd): fixed (l2 as given) or learned (l2 is only the start; each "
              "evaluation moves it by the validation loss's gradient through one lookahead "
              "step; docs/validation.md)",
-     .models = S_M_MF | S_M_FM},
+     .models = S_M_MF | S_M_FM, .sgd_only = 1},
     {.name = "init_std", .type = S_DBL, S_AT(init_std), .dmin = 0, .dmax = 10, .def = "0.05",
      .help = "standard deviation of initial factor entries"},
     {.name = "min_count", .type = S_INT, S_AT(min_count), .imin = 0, .imax = 1000000,
      .def = "0",
      .help = "pushes of a key a server sees before it gives the key a row (before: reads "
-             "as zeros, gradients dropped); 0 or 1: at once"},
+             "as zeros, gradients dropped); 0 or 1: at once",
+     .sgd_only = 1},
     {.name = "ttl", .type = S_INT, S_AT(ttl), .imin = 0, .imax = 1000000, .def = "0",
-     .help = "evict rows not touched for this many epochs (0: never)"},
+     .help = "evict rows not touched for this many epochs (0: never)",
+     .sgd_only = 1},
     {.name = "max_rows", .type = S_INT, S_AT(max_rows), .imin = 0,
      .imax = 4000000000LL, .def = "0",
      .help = "rows per table per server; beyond it the least recently used are evicted "
-             "(0: unbounded)"},
+             "(0: unbounded)",
+     .sgd_only = 1},
     {.name = "adam_beta1", .type = S_DBL, S_AT(adam_beta1), .dmin = 0, .dmax = 0.999999,
-     .def = "0.9", .help = "Adam: decay of the first-moment (mean) estimate"},
+     .def = "0.9", .help = "Adam: decay of the first-moment (mean) estimate",
+     .sgd_only = 1},
     {.name = "adam_beta2", .type = S_DBL, S_AT(adam_beta2), .dmin = 0, .dmax = 0.999999,
-     .def = "0.999", .help = "Adam: decay of the second-moment estimate"},
+     .def = "0.999", .help = "Adam: decay of the second-moment estimate",
+     .sgd_only = 1},
     {.name = "ftrl_l1", .type = S_DBL, S_AT(ftrl_l1), .dmin = 0, .dmax = 1e6, .def = "0",
-     .help = "FTRL: L1 strength; weights whose |z| is below it are exactly 0"},
+     .help = "FTRL: L1 strength; weights whose |z| is below it are exactly 0",
+     .sgd_only = 1},
     {.name = "ftrl_beta", .type = S_DBL, S_AT(ftrl_beta), .dmin = 0, .dmax = 1e6,
      .dmin_open = 1, .def = "1",
-     .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))"},
+     .help = "FTRL: beta in the per-coordinate rate alpha / (beta + sqrt(n))",
+     .sgd_only = 1},
     {.name = "adagrad_init", .type = S_DBL, S_AT(adagrad_init), .dmin = 0, .dmax = 1e6,
      .def = "0.1",
      .help = "adagrad, rowwise_adagrad: the accumulators' starting value; a larger one "
              "damps the first steps of rarely seen rows (docs/optimizers.md)"},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
-     .help = "examples per minibatch per worker"},
+     .help = "examples per minibatch per worker",
+     .sgd_only = 1},
     {.name = "schedule", .type = S_ENUM, S_AT(schedule), .names = s_schedules,
      .def = "blocks",
      .help = "minibatch: every minibatch pulls its rows and pushes gradients that the servers "
              "apply; blocks: each worker trains one block of items at a time locally and "
              "pushes the changes (DSGD, far fewer messages)",
-     .models = S_M_MF},
+     .models = S_M_MF, .sgd_only = 1},
     {.name = "method", .type = S_ENUM, S_AT(method), .names = s_methods, .def = "auto",
      .help = "sgd (the parameter servers apply `optimizer` with lr and l2), mcmc (a "
              "Bayesian FM by Gibbs sampling in one process, as libFM's: no lr or l2 to "
@@ -264,16 +309,18 @@ static const s_key s_keys[] = {
      .def = "asp",
      .help = "minibatch schedule, inside an epoch: asp (never wait), ssp (wait when more "
              "than `staleness` minibatches ahead of the slowest worker) or bsp (wait after "
-             "every minibatch); epochs are always barriers"},
+             "every minibatch); epochs are always barriers",
+     .sgd_only = 1},
     {.name = "staleness", .type = S_INT, S_AT(staleness), .imin = 0, .imax = 1000000,
-     .def = "4", .help = "ssp: minibatches a worker may lead the slowest worker by"},
+     .def = "4", .help = "ssp: minibatches a worker may lead the slowest worker by",
+     .sgd_only = 1},
     {.name = "blocks_per_worker", .type = S_INT, S_AT(blocks_per_worker), .imin = 0,
      .imax = CM_MAX_BLOCKS_PER_WORKER, .def = "0",
      .help = "blocks schedule: item blocks per worker. From 2 on, a worker pulls its next "
              "block's rows while it trains one and rounds run without barriers (smaller blocks "
              "stay nearer the cores; a little less progress per epoch); 1: one barrier per "
              "round, no prefetch; 0: as many as keep one block's item rows within 8 MiB",
-     .models = S_M_MF},
+     .models = S_M_MF, .sgd_only = 1},
     {.name = "ingest", .type = S_ENUM, S_AT(ingest), .names = s_ingest, .def = "auto",
      .help = "how workers load ratings: auto (under mpirun with a .psrd file each worker "
              "reads 1/W of it and an MPI all-to-all routes rows to their owners; otherwise "
@@ -287,14 +334,16 @@ static const s_key s_keys[] = {
     {.name = "wire_dtype", .type = S_ENUM, S_AT(wire_dtype), .names = s_wire_dtypes,
      .def = "f32",
      .help = "values on the wire between workers and servers: f32, or f16 (half the bytes "
-             "for gradients and pulled weights; whole rows and deltas stay f32)"},
+             "for gradients and pulled weights; whole rows and deltas stay f32)",
+     .sgd_only = 1},
     {.name = "seed", .type = S_U64, S_AT(seed), .def = "1",
      .help = "seed for initialisation, shuffling and sampling"},
     {.name = "max_bad_lines", .type = S_INT, S_AT(max_bad_lines), .imin = 0,
      .imax = 1000000000000LL, .def = "10",
      .help = "stop loading data after more malformed lines than this"},
     {.name = "slots", .type = S_INT, S_AT(slots), .imin = 1, .imax = 1 << 20, .def = "4096",
-     .help = "virtual slots per table (keys hash to slots, slots map to servers)"},
+     .help = "virtual slots per table (keys hash to slots, slots map to servers)",
+     .sgd_only = 1},
     {.name = "progress", .type = S_ENUM, S_AT(progress), .names = s_progress,
      .values = s_progress_values, .def = "auto",
      .help = "progress bar: auto (when stderr is a terminal), on or off"},
@@ -303,23 +352,30 @@ static const s_key s_keys[] = {
     {.name = "local", .type = S_BOOL, S_AT(local), .def = "0",
      .help = "run every role as a thread of one process, without MPI"},
     {.name = "workers", .type = S_INT, S_AT(workers), .imin = 1, .imax = 1024, .def = "2",
-     .help = "worker threads with --local (under mpirun the rank count decides)"},
+     .help = "worker threads with --local (under mpirun the rank count decides)",
+     .sgd_only = 1},
     {.name = "checkpoint_dir", .type = S_STR, S_AT(checkpoint_dir), .def = "",
-     .help = "directory for checkpoints (shared by all ranks); empty: no checkpoints"},
+     .help = "directory for checkpoints (shared by all ranks); empty: no checkpoints",
+     .sgd_only = 1},
     {.name = "checkpoint_every", .type = S_INT, S_AT(checkpoint_every), .imin = 0,
      .imax = 1000000, .def = "1",
-     .help = "write a checkpoint every N epochs (0: only the last epoch)"},
+     .help = "write a checkpoint every N epochs (0: only the last epoch)",
+     .sgd_only = 1},
     {.name = "checkpoint_secs", .type = S_DBL, S_AT(checkpoint_secs), .dmin = 0, .dmax = 1e9,
-     .def = "0", .help = "also write one when this many seconds passed since the last (0: off)"},
+     .def = "0", .help = "also write one when this many seconds passed since the last (0: off)",
+     .sgd_only = 1},
     {.name = "checkpoint_keep", .type = S_INT, S_AT(checkpoint_keep), .imin = 0,
-     .imax = 1000000, .def = "3", .help = "keep the newest N checkpoints (0: keep all)"},
+     .imax = 1000000, .def = "3", .help = "keep the newest N checkpoints (0: keep all)",
+     .sgd_only = 1},
     {.name = "resume", .type = S_STR, S_AT(resume), .def = "",
      .help = "continue from a checkpoint directory, or 'auto' for the newest intact one "
-             "under checkpoint_dir (none there yet: start fresh)"},
+             "under checkpoint_dir (none there yet: start fresh)",
+     .sgd_only = 1},
     {.name = "restarts", .type = S_INT, S_AT(restarts), .imin = 0, .imax = 1000, .def = "0",
      .help = "under `psrec launch` (or with --local): after a failure, run the job again "
              "up to N times, from the newest intact checkpoint (resume = auto) when "
-             "checkpoint_dir is set"},
+             "checkpoint_dir is set",
+     .sgd_only = 1},
     {.name = "restart_backoff", .type = S_DBL, S_AT(restart_backoff), .dmin = 0,
      .dmax = 3600, .def = "2",
      .help = "seconds before the first restart; each further one waits twice as long, at "
@@ -349,7 +405,8 @@ static const s_key s_keys[] = {
     {.name = "shared_rows", .type = S_ENUM, S_AT(shared_rows), .names = s_affinity,
      .def = "auto",
      .help = "auto: a worker reads and writes the rows of servers on its host in place; "
-             "off: rows move by messages (for comparisons). PSREC_SHARED_ROWS overrides it"},
+             "off: rows move by messages (for comparisons). PSREC_SHARED_ROWS overrides it",
+     .sgd_only = 1},
     {.name = "allow_singleton", .type = S_BOOL, S_AT(allow_singleton), .def = "0",
      .help = "let `psrec train` without mpirun or --local start as a one-rank MPI job (MPI "
              "singleton; for debugging). PSREC_ALLOW_SINGLETON overrides it"},
@@ -1280,57 +1337,44 @@ void cm_job_print(FILE *f, const cm_job *job)
 
 _Static_assert(S_NKEYS <= CM_JOB_MAX_KEYS, "explicit_ has one bit per key");
 
-/* Defaults that differ by model, for keys the user left unset (tuned on
- * frappe for the sparse models and on ml-100k u1, ratings >= 4, for
- * implicit; docs/config.md lists them). task "regression" means the user
- * set task = regression on a sparse model. */
-static const struct {
-    const char *model; /* "sparse": fm, ffm and deep; "mcmc": method mcmc */
-    const char *key;
-    double value;
-} s_model_defaults[] = {
-    {"sparse", "l2", 0.01},
-    {"fm", "dim", 64},
-    {"deep", "dim", 64},
-    {"regression", "lr", 0.04},
-    /* ranking from positives wants more factors, less shrinkage and a few
-     * more epochs than rating regression */
-    {"implicit", "dim", 64},
-    {"implicit", "l2", 0.03},
-    {"implicit", "lr", 0.05},
-    {"implicit", "epochs", 30},
-    {"implicit", "init_std", 0.1},
-    /* method mcmc (fm, mf): sweeps, not epochs, and libFM's start; after the
-     * rows above, so that they win (docs/mcmc.md has the figures) */
-    {"mcmc", "dim", 8},
-    {"mcmc", "epochs", 100},
-    {"mcmc", "init_std", 0.1},
-};
-
-void cm_job_model_defaults(cm_job *job)
+/* Gives the keys of d that the user left unset d's values. */
+static void s_apply_defaults(cm_job *job, const cm_default *d)
 {
-    const int sparse = cm_job_is_sparse(job);
-    const int regression = sparse && job->task == 0 /* cm_task regression */;
-    for (size_t i = 0; i < sizeof s_model_defaults / sizeof s_model_defaults[0]; i++) {
-        const char *m = s_model_defaults[i].model;
-        if (!(strcmp(m, job->model) == 0 || (sparse && strcmp(m, "sparse") == 0) ||
-              (regression && strcmp(m, "regression") == 0) ||
-              (job->method == CM_METHOD_MCMC && strcmp(m, "mcmc") == 0)))
-            continue;
-        const s_key *k = s_find(s_model_defaults[i].key);
+    for (; d && d->key; d++) {
+        const s_key *k = s_find(d->key);
         if (!k || s_is_explicit(job, k))
             continue;
         if (k->type == S_INT)
-            *(int *)((char *)job + k->off) = (int)s_model_defaults[i].value;
+            *(int *)((char *)job + k->off) = (int)d->value;
         else if (k->type == S_DBL)
-            *(double *)((char *)job + k->off) = s_model_defaults[i].value;
+            *(double *)((char *)job + k->off) = d->value;
     }
+}
+
+void cm_job_model_defaults(cm_job *job)
+{
+    const cm_model *m = cm_job_model(job);
+    const int f = m->family;
+    s_apply_defaults(job, s_family_defaults[f].all);
+    s_apply_defaults(job, m->defaults);
+    if (job->task == 0 /* cm_task regression */)
+        s_apply_defaults(job, s_family_defaults[f].regression);
+    if (job->method == CM_METHOD_MCMC)
+        s_apply_defaults(job, s_mcmc_defaults);
 }
 
 int cm_job_is_explicit(const cm_job *job, const char *key)
 {
     const s_key *k = s_find(key);
     return k && s_is_explicit(job, k);
+}
+
+const char *cm_job_sgd_key_set(const cm_job *job)
+{
+    for (size_t i = 0; i < S_NKEYS; i++)
+        if (s_keys[i].sgd_only && s_is_explicit(job, &s_keys[i]))
+            return s_keys[i].name;
+    return NULL;
 }
 
 int cm_job_uses_blocks(const cm_job *job)

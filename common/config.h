@@ -210,10 +210,9 @@ void cm_job_print_help(FILE *f, int markdown);
 /* Writes the job as an INI file body (every key, current values). */
 void cm_job_print(FILE *f, const cm_job *job);
 
-/* Gives keys the user did not set the defaults that suit the job's model
- * (fm, ffm, deep: l2 = 0.01, where mf's 0.12 is tuned for MovieLens; fm
- * and deep: dim 64; sparse models with task = regression: lr 0.04;
- * implicit: dim 64, l2 0.03, lr 0.05, 30 epochs, init_std 0.1). */
+/* Gives keys the user did not set the defaults that suit the job's model,
+ * task and method (the model table in common/config.c declares them;
+ * docs/config.md lists them). */
 void cm_job_model_defaults(cm_job *job);
 
 /* How a model trains and what it reads: which trainer a worker runs for
@@ -228,12 +227,19 @@ typedef enum {
  * table beside the key table; the rest of psrec asks this instead of
  * comparing model names. */
 typedef struct {
+    const char *key; /* a key of the key table, int or float */
+    double value;
+} cm_default;
+
+typedef struct {
     const char *name;
     int family;     /* cm_family */
     int quadratic;  /* predictions quadratic in the weights: method = mcmc and
                      * regularization = learned apply (mf, fm) */
     int fields;     /* reads a field per feature occurrence (ffm, deep) */
     int mlp;        /* has hidden layers (deep) */
+    const cm_default *defaults; /* keys whose default differs for this model,
+                                 * ended by {NULL}; NULL for none */
 } cm_model;
 
 /* The model of that name; NULL for a name psrec does not know. */
@@ -253,6 +259,11 @@ int cm_job_is_sparse(const cm_job *job);
 /* 1 if the user set `key` (file, command line or environment), 0 if it
  * holds its default or the key is unknown. */
 int cm_job_is_explicit(const cm_job *job, const char *key);
+
+/* The first key of the table that only method sgd reads (lr, l2,
+ * optimizer, servers, checkpoint_dir, ...) and that the user set; NULL for
+ * none. One set asks for sgd where method = auto. */
+const char *cm_job_sgd_key_set(const cm_job *job);
 
 /* Name of an optimizer value ("sgd", "adagrad"). */
 const char *cm_optimizer_name(int opt);

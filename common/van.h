@@ -76,6 +76,16 @@ int cm_van_can_secure(void);
 int cm_van_keypair(uint8_t public_key[CM_KEY_BYTES], uint8_t secret_key[CM_KEY_BYTES],
                    cm_error *err);
 
+/* The public key of a CURVE secret key. CM_ENOTSUP when the transport
+ * has no CURVE. */
+int cm_van_public_of(uint8_t public_key[CM_KEY_BYTES], const uint8_t secret_key[CM_KEY_BYTES],
+                     cm_error *err);
+
+/* A key as text (40 Z85 characters and a NUL, as key files and clients
+ * hold it), and back: CM_EINVAL for text that is not a key. */
+void cm_van_key_text(char text[41], const uint8_t key[CM_KEY_BYTES]);
+int cm_van_key_parse(uint8_t key[CM_KEY_BYTES], const char *text);
+
 /* Secures the van with k (copied; admit too). Call once, before the van
  * makes any socket; CM_ESTATE after, CM_ENOTSUP when the transport cannot.
  * For a fault van this secures the inner one. */
@@ -127,16 +137,6 @@ typedef struct {
 
 int cm_sock_set_limits(cm_sock *s, const cm_sock_limits *l);
 
-/* Makes s a CURVE server (encrypted, clients must know its public key)
- * with this 40-character Z85 secret key. Call before bind. CM_ENOTSUP
- * when the transport has no CURVE. */
-int cm_sock_set_curve_server(cm_sock *s, const char *secret_z85);
-
-/* A new CURVE key pair, each 40 Z85 characters plus NUL; and the public
- * key of a secret key. CM_EINVAL for a malformed secret, CM_ENOTSUP when
- * the transport has no CURVE. */
-int cm_curve_keypair(char public_z85[41], char secret_z85[41]);
-int cm_curve_public(char public_z85[41], const char *secret_z85);
 
 /* Sends one multipart message of n frames (copies the bytes). */
 int cm_sock_send(cm_sock *s, const cm_iov *frames, size_t n);

@@ -537,6 +537,30 @@ int cm_van_keypair(uint8_t public_key[CM_KEY_BYTES], uint8_t secret_key[CM_KEY_B
     return 0;
 }
 
+int cm_van_public_of(uint8_t public_key[CM_KEY_BYTES], const uint8_t secret_key[CM_KEY_BYTES],
+                     cm_error *err)
+{
+    char zpub[41], zsec[41];
+    if (!cm_van_can_secure())
+        return cm_error_set(err, CM_ENOTSUP, "van: this libzmq has no CURVE support");
+    cm_van_key_text(zsec, secret_key);
+    int ok = zmq_curve_public(zpub, zsec) == 0 && zmq_z85_decode(public_key, zpub);
+    memset(zsec, 0, sizeof zsec);
+    if (!ok)
+        return cm_error_set(err, CM_EIO, "van: zmq_curve_public: %s", zmq_strerror(zmq_errno()));
+    return 0;
+}
+
+void cm_van_key_text(char text[41], const uint8_t key[CM_KEY_BYTES])
+{
+    zmq_z85_encode(text, key, CM_KEY_BYTES);
+}
+
+int cm_van_key_parse(uint8_t key[CM_KEY_BYTES], const char *text)
+{
+    return text && strlen(text) == 40 && zmq_z85_decode(key, text) ? 0 : CM_EINVAL;
+}
+
 /* Counts a refused handshake and logs it, at most once a minute for the
  * same peer (`who`: its address or the port it reached, and why). */
 static void s_refuse(s_van *z, const char *who)
@@ -905,38 +929,4 @@ int cm_sock_set_limits(cm_sock *s, const cm_sock_limits *l)
         (rc = s_setint(s, zs, ZMQ_SNDTIMEO, l->snd_timeout_ms, "ZMQ_SNDTIMEO")) < 0)
         return rc;
     return 0;
-}
-
-int cm_sock_set_curve_server(cm_sock *s, const char *secret_z85)
-{
-    void *zs = s ? s_zmq_of(s) : NULL;
-    if (!zs)
-        return s ? cm_sock_seterr_(s, CM_EINVAL, "curve: not a zmq socket") : CM_EINVAL;
-    if (!zmq_has("curve"))
-        return cm_sock_seterr_(s, CM_ENOTSUP, "curve: this libzmq was built without CURVE");
-    if (!secret_z85 || strlen(secret_z85) != 40)
-        return cm_sock_seterr_(s, CM_EINVAL, "curve: a secret key is 40 Z85 characters");
-    int rc = s_setint(s, zs, ZMQ_CURVE_SERVER, 1, "ZMQ_CURVE_SERVER");
-    if (rc < 0)
-        return rc;
-    /* 41 bytes: zmq reads a NUL-terminated Z85 string */
-    if (zmq_setsockopt(zs, ZMQ_CURVE_SECRETKEY, secret_z85, 41) != 0)
-        return s_fail(s, "setsockopt", "ZMQ_CURVE_SECRETKEY");
-    return 0;
-}
-
-int cm_curve_keypair(char public_z85[41], char secret_z85[41])
-{
-    if (!zmq_has("curve"))
-        return CM_ENOTSUP;
-    return zmq_curve_keypair(public_z85, secret_z85) == 0 ? 0 : CM_EIO;
-}
-
-int cm_curve_public(char public_z85[41], const char *secret_z85)
-{
-    if (!zmq_has("curve"))
-        return CM_ENOTSUP;
-    if (!secret_z85 || strlen(secret_z85) != 40)
-        return CM_EINVAL;
-    return zmq_curve_public(public_z85, secret_z85) == 0 ? 0 : CM_EINVAL;
 }

@@ -169,9 +169,17 @@ void ps_server_destroy(ps_server **ps)
     *ps = NULL;
 }
 
+/* Confines every table to this server's slots (once the slot map is in). */
+static void s_confine(ps_server *s)
+{
+    for (size_t i = 0; s->slot_map && i < s->n_tables; i++)
+        ps_table_confine(s->tables[i], s->slot_map, s->n_slots, (uint32_t)i, s->index);
+}
+
 void ps_server_set_index(ps_server *s, int index)
 {
     s->index = index;
+    s_confine(s);
 }
 
 void ps_server_set_checkpoints(ps_server *s, const char *root, const char *resume)
@@ -260,23 +268,21 @@ static int s_reject(ps_server *s, const cm_msg *m, int status, const char *fmt, 
     return s_sent(s, m, cm_msg_reply_error(s->sock, m, status, text));
 }
 
-/* Confinement: 0 when every key of m (a PULL or PUSH with keys) lies in
- * this server's slots, else the rejection's result in *rc and 1. */
-static int s_foreign_keys(ps_server *s, const cm_msg *m, int *rc)
+/* Rejects m, a PULL or PUSH with keys, after its table failed with rc:
+ * CM_EPERM when the request named a key of another server's slot (the
+ * table's confinement, set from the slot map: the first such key is
+ * named), else rows could not be made. */
+static int s_reject_rows(ps_server *s, const cm_msg *m, int rc)
 {
-    *rc = 0;
-    if (!s->slot_map || !m->keys)
-        return 0;
-    for (uint64_t i = 0; i < m->hdr.n_keys; i++) {
-        uint32_t slot = cm_slot_of(m->keys[i], m->hdr.table, s->n_slots);
-        if ((int)s->slot_map[slot] != s->index) {
-            *rc = s_reject(s, m, CM_EPERM, "key %" PRIu64 " of table %" PRIu32 " is in slot %"
-                           PRIu32 " of server %" PRIu32 ", not of this server (%d)",
-                           m->keys[i], m->hdr.table, slot, s->slot_map[slot], s->index);
-            return 1;
-        }
+    for (uint64_t i = 0; rc == CM_EPERM && s->slot_map && m->keys && i < m->hdr.n_keys; i++) {
+        const uint32_t slot = cm_slot_of(m->keys[i], m->hdr.table, s->n_slots);
+        if ((int)s->slot_map[slot] != s->index)
+            return s_reject(s, m, CM_EPERM, "key %" PRIu64 " of table %" PRIu32 " is in slot %"
+                            PRIu32 " of server %" PRIu32 ", not of this server (%d)",
+                            m->keys[i], m->hdr.table, slot, s->slot_map[slot], s->index);
     }
-    return 0;
+    return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
+                    cm_strerror(rc));
 }
 
 /* ---------------------------------------------------------------------------
@@ -378,8 +384,7 @@ static int s_on_place(ps_server *s, const cm_msg *m, ps_table *t)
     int rc = ps_table_place(t, m->keys, n, !(m->hdr.flags & CM_PULL_NO_CREATE), idx);
     if (rc != 0) {
         free(idx);
-        return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
-                        cm_strerror(rc));
+        return s_reject_rows(s, m, rc);
     }
     ps_table_share(t, &sh); /* the file may have grown */
     cm_hdr h = s_reply_hdr(m);
@@ -395,8 +400,6 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     int rc;
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
-        return rc;
-    if (s_foreign_keys(s, m, &rc))
         return rc;
     if (m->hdr.flags & CM_PULL_PLACE)
         return s_on_place(s, m, t);
@@ -443,8 +446,7 @@ static int s_on_pull(ps_server *s, const cm_msg *m)
     }
     if (rc < 0) {
         free(own);
-        return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
-                        cm_strerror(rc));
+        return s_reject_rows(s, m, rc);
     }
     cm_hdr h = s_reply_hdr(m);
     h.dim = (uint32_t)dim;
@@ -468,8 +470,6 @@ static int s_on_push(ps_server *s, const cm_msg *m)
     int rc;
     ps_table *t = s_table_for(s, m, &rc);
     if (!t)
-        return rc;
-    if (s_foreign_keys(s, m, &rc))
         return rc;
     size_t n = (size_t)m->hdr.n_keys;
     const int delta = (m->hdr.flags & CM_PUSH_DELTA) != 0;
@@ -502,8 +502,7 @@ static int s_on_push(ps_server *s, const cm_msg *m)
                    : ps_table_push(t, m->keys, n, m->vals);
     }
     if (rc < 0)
-        return s_reject(s, m, rc, "table %" PRIu32 ": cannot make rows: %s", m->hdr.table,
-                        cm_strerror(rc));
+        return s_reject_rows(s, m, rc);
     cm_hdr h = s_reply_hdr(m);
     h.dim = (uint32_t)dim;
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
@@ -711,7 +710,9 @@ static int s_on_load(ps_server *s, const cm_msg *m)
         }
         cm_shard_free(&sh);
         if (rc != 0) {
-            rc = s_reject(s, m, rc, "load: out of memory");
+            rc = s_reject(s, m, rc, "load: %s", rc == CM_EPERM
+                          ? "a row of another server's slot (SLOTS gave another map)"
+                          : "out of memory");
             goto out;
         }
     }
@@ -736,9 +737,11 @@ static int s_on_slots(ps_server *s, const cm_msg *m)
     if (!map)
         return s_reject(s, m, CM_ENOMEM, "out of memory for %" PRIu32 " slots", n);
     memcpy(map, m->hdr.slots, n * sizeof *map);
-    free(s->slot_map);
+    uint32_t *old = s->slot_map; /* the tables' until they have the new one */
     s->slot_map = map;
     s->n_slots = n;
+    s_confine(s);
+    free(old);
     cm_hdr h = s_reply_hdr(m);
     return s_sent(s, m, cm_msg_send(s->sock, m->route, m->route_size, &h, NULL, 0, NULL, 0));
 }
@@ -752,6 +755,48 @@ static int s_is_control(int op)
 
 /* ---------------------------------------------------------------------------
  * The loop */
+
+/* One request from a peer: its sender checked (control operations come
+ * from the scheduler only), then its handler; *stop after STOP. */
+static int s_dispatch(ps_server *s, const cm_msg *m, int *stop)
+{
+    int from = 0;
+    cm_error e = {0};
+    if (cm_msg_rank(m, &from, &e) != 0)
+        return s_reject(s, m, CM_EPERM, "%s", e.msg);
+    if (s_is_control(m->hdr.op) && from != 0)
+        return s_reject(s, m, CM_EPERM, "%s is taken from the scheduler (rank 0) only",
+                        cm_op_name(m->hdr.op));
+    int rc;
+    switch (m->hdr.op) {
+    case CM_OP_PULL:
+        return s_on_pull(s, m);
+    case CM_OP_PUSH:
+        return s_on_push(s, m);
+    case CM_OP_CHECKPOINT:
+        cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m->hdr.epoch);
+        rc = s_on_checkpoint(s, m);
+        cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
+        return rc;
+    case CM_OP_EPOCH:
+        s->epoch = m->hdr.epoch;
+        cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
+        return s_on_epoch(s, m);
+    case CM_OP_LOAD:
+        cm_hb_doing(s->hb, "loading a checkpoint");
+        rc = s_on_load(s, m);
+        cm_hb_doing(s->hb, "serving, before the first epoch");
+        return rc;
+    case CM_OP_SLOTS:
+        return s_on_slots(s, m);
+    case CM_OP_STOP:
+        *stop = 1;
+        return s_on_stop(s, m);
+    default:
+        return s_reject(s, m, CM_EPROTO, "unexpected op %s (%d)", cm_op_name(m->hdr.op),
+                        m->hdr.op);
+    }
+}
 
 int ps_server_run(ps_server *s)
 {
@@ -800,56 +845,8 @@ int ps_server_run(ps_server *s)
             return rc;
         }
         s->n_requests++;
-        int stop = 0, from = 0;
-        if (cm_msg_rank(&m, &from, &e) != 0) {
-            rc = s_reject(s, &m, CM_EPERM, "%s", e.msg);
-            cm_msg_release(&m);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        if (s_is_control(m.hdr.op) && from != 0) {
-            rc = s_reject(s, &m, CM_EPERM, "%s is taken from the scheduler (rank 0) only",
-                          cm_op_name(m.hdr.op));
-            cm_msg_release(&m);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        switch (m.hdr.op) {
-        case CM_OP_PULL:
-            rc = s_on_pull(s, &m);
-            break;
-        case CM_OP_PUSH:
-            rc = s_on_push(s, &m);
-            break;
-        case CM_OP_CHECKPOINT:
-            cm_hb_doing(s->hb, "writing its checkpoint files after epoch %u", m.hdr.epoch);
-            rc = s_on_checkpoint(s, &m);
-            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
-            break;
-        case CM_OP_EPOCH:
-            s->epoch = m.hdr.epoch;
-            cm_hb_doing(s->hb, "serving epoch %u", s->epoch);
-            rc = s_on_epoch(s, &m);
-            break;
-        case CM_OP_LOAD:
-            cm_hb_doing(s->hb, "loading a checkpoint");
-            rc = s_on_load(s, &m);
-            cm_hb_doing(s->hb, "serving, before the first epoch");
-            break;
-        case CM_OP_SLOTS:
-            rc = s_on_slots(s, &m);
-            break;
-        case CM_OP_STOP:
-            rc = s_on_stop(s, &m);
-            stop = 1;
-            break;
-        default:
-            rc = s_reject(s, &m, CM_EPROTO, "unexpected op %s (%d)", cm_op_name(m.hdr.op),
-                          m.hdr.op);
-            break;
-        }
+        int stop = 0;
+        rc = s_dispatch(s, &m, &stop);
         cm_msg_release(&m);
         if (rc < 0)
             return rc;

@@ -58,6 +58,7 @@
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/slots.h"
 #include "common/hash.h"
 #include "common/hashmap.h"
 #include "common/mem.h"
@@ -94,6 +95,7 @@ enum {
 struct ps_table {
     cm_table_spec p;              /* as given, validated */
     int dim;                        /* p.dim */
+    int fd;                         /* shared: the memory file; else -1 */
     size_t stride;                  /* floats per row slot, multiple of 16 */
     size_t used;                    /* floats of a slot that carry data */
     int pull_lines;                 /* cache lines a pull reads from a row */
@@ -103,17 +105,17 @@ struct ps_table {
     size_t n_chunks;
     size_t chunks_cap;              /* entries allocated in chunks[] */
     int geo;                        /* G: chunks [0, G) grow geometrically */
-    size_t geo_rows;                /* rows in those: 64 * (2^G - 1) */
     int fixed_log;                  /* F = 1 << fixed_log rows per later chunk */
+    size_t geo_rows;                /* rows in those: 64 * (2^G - 1) */
     size_t n_rows;                  /* slots handed out; indexes [0, n_rows) */
     size_t cap;                     /* row slots in the allocated chunks */
     size_t slab_bytes;              /* bytes of the allocated chunks */
-    int fd;                         /* shared: the memory file; else -1 */
     uint64_t token;                 /* shared: written after the magic */
     /* Admission and eviction; all zero/NULL when off. */
     int slow;                       /* admit || evict: pull/push via s_slow */
     int admit;                      /* min_count > 1 */
     int evict;                      /* ttl > 0 || max_rows > 0: meta kept */
+    uint32_t epoch;                 /* ps_table_set_epoch */
     cm_hashmap *pending;            /* key -> pushes seen, keys without a row */
     size_t max_pending;             /* pending cleared when it would pass this */
     s_meta **meta;                  /* per chunk, parallel to chunks[] */
@@ -121,10 +123,15 @@ struct ps_table {
     size_t free_head;               /* first free slot, or S_NONE */
     size_t n_free;                  /* slots on the free list */
     uint64_t clock;                 /* touch stamps */
-    uint32_t epoch;                 /* ps_table_set_epoch */
     uint64_t evicted;               /* rows evicted, ever */
     uint64_t dropped;               /* gradients dropped before admission */
     cm_rng rng;                     /* LRU sampling */
+    /* Confinement (ps_table_confine); slot_map NULL when off. The fields
+     * above are ordered without holes, so these cost no byte more. */
+    const uint32_t *slot_map;       /* slot -> server, borrowed */
+    uint32_t n_slots;
+    uint32_t table_id;              /* the slot hash's table */
+    int owner;                      /* this server's index */
 };
 
 /* ---------------------------------------------------------------------------
@@ -270,11 +277,20 @@ static void s_init_slot(ps_table *t, uint64_t key, float *row)
         memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
 }
 
-/* The row of key, made if missing: a copy of fill (t->used floats) when
- * fill is not NULL, else the initialisation. NULL on ENOMEM (table
- * unchanged). */
-static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill,
-                                   uint32_t *at)
+/* Confinement: 1 when key lies in another server's slot. Asked only of
+ * keys without a row: a confined table makes no row of another server's
+ * slot, so the rows it holds need no check. */
+static inline int s_foreign(const ps_table *t, uint64_t key)
+{
+    return t->slot_map &&
+           (int)t->slot_map[cm_slot_of(key, t->table_id, t->n_slots)] != t->owner;
+}
+
+/* *out = the row of key, made if missing: a copy of fill (t->used floats)
+ * when fill is not NULL, else the initialisation. 0, CM_ENOMEM or
+ * CM_EPERM (confinement; s_foreign), the table unchanged on failure. */
+static inline int s_get_or_make(ps_table *t, uint64_t key, const float *fill, uint32_t *at,
+                                float **out)
 {
     uint32_t idx;
     /* Room for one more row before the upsert, so a failed chunk
@@ -284,15 +300,23 @@ static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill,
         if (cm_hashmap_get(t->index, key, &idx)) {
             if (at)
                 *at = idx;
-            return s_row(t, idx);
+            *out = s_row(t, idx);
+            return 0;
         }
+        if (s_foreign(t, key))
+            return CM_EPERM;
         if (t->n_rows >= S_MAX_ROWS || s_grow(t) != 0)
-            return NULL;
+            return CM_ENOMEM;
     }
     int inserted;
     if (cm_hashmap_upsert(t->index, key, (uint32_t)t->n_rows, &idx, &inserted) != 0)
-        return NULL;
+        return CM_ENOMEM;
+    if (inserted && s_foreign(t, key)) {
+        cm_hashmap_remove(t->index, key);
+        return CM_EPERM;
+    }
     float *row = s_row(t, idx);
+    *out = row;
     if (at)
         *at = idx;
     if (inserted) {
@@ -305,7 +329,7 @@ static inline float *s_get_or_make(ps_table *t, uint64_t key, const float *fill,
                 memset(row + t->used, 0, (t->stride - t->used) * sizeof(float));
         }
     }
-    return row;
+    return 0;
 }
 
 static inline void s_prefetch(const float *row, int lines, int write)
@@ -322,17 +346,18 @@ static inline void s_prefetch(const float *row, int lines, int write)
 
 /* Pass 1 over a block of keys: every hash slot, then every row (made when
  * missing: a copy of fill + i * used when fill is not NULL, else the
- * initialisation), each prefetched for reading or writing. CM_ENOMEM when
- * a row cannot be made (the rows before it stand). */
+ * initialisation), each prefetched for reading or writing. CM_ENOMEM or
+ * CM_EPERM when a row cannot be made (the rows before it stand). */
 static int s_resolve(ps_table *t, const uint64_t *kb, size_t m, const float *fill, int lines,
                      int write, float **rows)
 {
     for (size_t i = 0; i < m; i++)
         cm_hashmap_prefetch(t->index, kb[i]);
     for (size_t i = 0; i < m; i++) {
-        float *row = s_get_or_make(t, kb[i], fill ? fill + i * t->used : NULL, NULL);
-        if (!row)
-            return CM_ENOMEM;
+        float *row;
+        int rc = s_get_or_make(t, kb[i], fill ? fill + i * t->used : NULL, NULL, &row);
+        if (rc != 0)
+            return rc;
         s_prefetch(row, lines, write);
         rows[i] = row;
     }
@@ -464,8 +489,8 @@ static int s_sighting(ps_table *t, uint64_t key)
 }
 
 /* The row of key under admission and eviction: *out = the row (touched),
- * or NULL when the key has none and `mode` does not make it. 0 or
- * CM_ENOMEM. */
+ * or NULL when the key has none and `mode` does not make it. 0, CM_ENOMEM
+ * or CM_EPERM (confinement, in any mode). */
 static int s_slow(ps_table *t, uint64_t key, int mode, float **out)
 {
     uint32_t idx;
@@ -476,6 +501,8 @@ static int s_slow(ps_table *t, uint64_t key, int mode, float **out)
         *out = s_row(t, idx);
         return 0;
     }
+    if (s_foreign(t, key))
+        return CM_EPERM;
     if (mode == S_READ || (t->admit && mode == S_PULL))
         return 0;
     if (t->admit && mode == S_PUSH) {
@@ -634,6 +661,9 @@ static int s_pull(ps_table *t, const uint64_t *keys, size_t n, float *out, int c
                 if (cm_hashmap_get(t->index, kb[i], &idx)) {
                     rows[i] = s_row(t, idx);
                     s_prefetch(rows[i], lines, 0);
+                } else if (s_foreign(t, kb[i])) {
+                    rc = CM_EPERM;
+                    goto out;
                 } else {
                     rows[i] = NULL;
                     missing++;
@@ -695,8 +725,9 @@ int ps_table_push(ps_table *t, const uint64_t *keys, size_t n, const float *grad
         return s_push_slow(t, keys, n, grads);
     for (size_t b = 0; b < n; b += S_BLOCK) {
         size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-        if (s_resolve(t, keys + b, m, NULL, t->push_lines, 1, rows) != 0)
-            return CM_ENOMEM;   /* the rows before keep their update */
+        int rc = s_resolve(t, keys + b, m, NULL, t->push_lines, 1, rows);
+        if (rc != 0)
+            return rc;   /* the rows before keep their update */
         s_apply(t, rows, m, grads + b * (size_t)t->dim);
     }
     return 0;
@@ -835,7 +866,9 @@ int ps_table_load_row(ps_table *t, uint64_t key, const float *row)
         if (rc < 0)
             return rc;
     } else {
-        dst = s_get_or_make(t, key, row, NULL);
+        int rc = s_get_or_make(t, key, row, NULL, &dst);
+        if (rc != 0)
+            return rc;
     }
     if (!dst)
         return CM_ENOMEM;
@@ -859,8 +892,9 @@ int ps_table_push_rows(ps_table *t, const uint64_t *keys, size_t n, const float 
             }
             continue;
         }
-        if (s_resolve(t, kb, m, rb, t->push_lines, 1, dst) != 0)
-            return CM_ENOMEM;
+        int rc = s_resolve(t, kb, m, rb, t->push_lines, 1, dst);
+        if (rc != 0)
+            return rc;
         for (size_t i = 0; i < m; i++)
             memcpy(dst[i], rb + i * rf, rf * sizeof(float));
     }
@@ -874,8 +908,9 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
         float *src[S_BLOCK];
         for (size_t b = 0; b < n; b += S_BLOCK) {
             size_t m = n - b < S_BLOCK ? n - b : S_BLOCK;
-            if (s_resolve(t, keys + b, m, NULL, t->push_lines, 0, src) != 0)
-                return CM_ENOMEM;
+            int rc = s_resolve(t, keys + b, m, NULL, t->push_lines, 0, src);
+            if (rc != 0)
+                return rc;
             for (size_t i = 0; i < m; i++)
                 memcpy(out + (b + i) * rf, src[i], rf * sizeof(float));
         }
@@ -896,9 +931,9 @@ int ps_table_pull_full(ps_table *t, const uint64_t *keys, size_t n, float *out)
                 continue;
             }
         } else {
-            row = s_get_or_make(t, keys[i], NULL, NULL);
-            if (!row)
-                return CM_ENOMEM;
+            int rc = s_get_or_make(t, keys[i], NULL, NULL, &row);
+            if (rc != 0)
+                return rc;
         }
         memcpy(out + i * rf, row, rf * sizeof(float));
     }
@@ -917,9 +952,9 @@ int ps_table_push_delta(ps_table *t, const uint64_t *keys, size_t n, const float
             if (!found)
                 continue;   /* not admitted yet: dropped */
         } else {
-            found = s_get_or_make(t, keys[i], NULL, NULL);
-            if (!found)
-                return CM_ENOMEM;
+            int rc = s_get_or_make(t, keys[i], NULL, NULL, &found);
+            if (rc != 0)
+                return rc;
         }
         float *restrict row = found;
         const float *restrict d = deltas + i * rf;
@@ -958,12 +993,28 @@ int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, int create, uint
             uint32_t at;
             if (!create) {
                 idx[b + i] = cm_hashmap_get(t->index, keys[b + i], &at) ? at : UINT64_MAX;
+                if (idx[b + i] == UINT64_MAX && s_foreign(t, keys[b + i]))
+                    return CM_EPERM;
                 continue;
             }
-            if (!s_get_or_make(t, keys[b + i], NULL, &at))
-                return CM_ENOMEM;
+            float *row;
+            int rc = s_get_or_make(t, keys[b + i], NULL, &at, &row);
+            if (rc != 0)
+                return rc;
             idx[b + i] = at;
         }
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Confinement */
+
+void ps_table_confine(ps_table *t, const uint32_t *slot_map, uint32_t n_slots,
+                      uint32_t table_id, int owner)
+{
+    t->slot_map = n_slots ? slot_map : NULL;
+    t->n_slots = n_slots;
+    t->table_id = table_id;
+    t->owner = owner;
 }

@@ -163,4 +163,15 @@ int ps_table_share(const ps_table *t, ps_table_share_info *out);
  * stand). */
 int ps_table_place(ps_table *t, const uint64_t *keys, size_t n, int create, uint64_t *idx);
 
+/* Confinement: from now on the table makes no row, and reads no missing
+ * row, of a key whose slot (cm_slot_of(key, table_id, n_slots)) slot_map
+ * gives to a server other than owner: the call that names one fails with
+ * CM_EPERM (the rows of the keys before it stand, as after CM_ENOMEM).
+ * Only keys without a row are checked, where the table hashes them
+ * anyway: the rows it holds were made under the map, or before it was
+ * set. slot_map is borrowed: it must stay valid until the next call or
+ * the table's end; NULL (or n_slots 0) turns confinement off. */
+void ps_table_confine(ps_table *t, const uint32_t *slot_map, uint32_t n_slots,
+                      uint32_t table_id, int owner);
+
 #endif

@@ -676,6 +676,96 @@ static int s_ckpt_same_fs(s_sched *s, cm_error *err)
     return 0;
 }
 
+/* The manifest's file list from the servers' checkpoint replies: a file
+ * per server and table, with the slots the server holds; *rows and
+ * *bytes their totals. */
+static int s_ckpt_files(const s_sched *s, const cm_msg *rep, cm_manifest *m, uint64_t *rows,
+                        uint64_t *bytes, cm_error *err)
+{
+    const uint32_t n_tab = (uint32_t)s->p->n_tables;
+    for (uint32_t i = 0; i < s->p->n_servers; i++) {
+        const cm_ckpt_reply *cr = &rep[i].hdr.ckpt;
+        if (rep[i].hdr.body != CM_BODY_CKPT || cr->n != n_tab)
+            return cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %zu tables, "
+                                "expected %u", i, rep[i].hdr.body == CM_BODY_CKPT ? cr->n : 0,
+                                n_tab);
+        for (uint32_t t = 0; t < n_tab; t++) {
+            cm_ckpt_file *f = &m->files[m->n_files++];
+            snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
+            f->table = t;
+            f->size = cr->shard[t].size;
+            f->checksum = cr->shard[t].checksum;
+            f->rows = cr->shard[t].rows;
+            f->writer = (int)i + 1;
+            f->slots = malloc(s->n_slots * sizeof *f->slots);
+            if (!f->slots)
+                return cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+            for (uint32_t k = 0; k < s->n_slots; k++)
+                if (s->slot_map[k] == i)
+                    f->slots[f->n_slots++] = k;
+            *rows += f->rows;
+            *bytes += f->size;
+        }
+    }
+    return 0;
+}
+
+/* A checkpoint is published only when every file is in dir as its
+ * server reported it. */
+static int s_ckpt_verify(const s_sched *s, const char *dir, const cm_manifest *m,
+                         cm_error *err)
+{
+    for (size_t f = 0; f < m->n_files; f++) {
+        cm_error e = {0};
+        if (cm_ckpt_check_files(dir, &m->files[f], 1, &e) != 0) {
+            char host[256];
+            uint32_t i = (uint32_t)m->files[f].writer - 1;
+            return cm_error_set(err, e.code == CM_ENOTFOUND ? CM_EIO : e.code,
+                                "checkpoint %s not published: server %u on host %s wrote %s "
+                                "(%llu bytes), which the scheduler does not find as reported: "
+                                "%s",
+                                dir, i, s_server_host(s, i, host, sizeof host), m->files[f].name,
+                                (unsigned long long)m->files[f].size, e.msg);
+        }
+    }
+    return 0;
+}
+
+/* The rest of the manifest: the job, its tables and slot map, the epoch,
+ * its metrics and the validation's choice so far. */
+static void s_ckpt_describe(const s_sched *s, int epoch, const sch_result *res,
+                            char *job_text, cm_manifest *m)
+{
+    const sch_params *p = s->p;
+    m->version = 1;
+    m->job = job_text;
+    snprintf(m->model, sizeof m->model, "%s", p->job->model);
+    m->n_tables = (uint32_t)p->n_tables;
+    m->tables = (cm_ckpt_table *)p->tables;
+    m->n_slots = s->n_slots;
+    m->slot_map = s->slot_map;
+    m->epoch = (uint32_t)epoch;
+    m->global_mean = s->mean;
+    m->clip_lo = s->clip_lo;
+    m->clip_hi = s->clip_hi;
+    m->train_rmse = res->train_rmse;
+    m->test_rmse = res->test_rmse;
+    m->test_mae = res->test_mae;
+    m->created_unix = (uint64_t)time(NULL);
+    if (s->best.epoch > 0) {
+        m->valid_metric = s->valid_metric;
+        m->best_epoch = (uint32_t)s->best.epoch;
+        m->best_valid = s->best.metric;
+        m->stale_evals = (uint32_t)s->best.stale;
+        m->best_test_rmse = s->chosen[0];
+        m->best_test_mae = s->chosen[1];
+        m->best_test_auc = s->chosen[2];
+        m->best_test_logloss = s->chosen[3];
+    }
+    m->n_servers = p->n_servers;
+    m->n_workers = p->n_workers;
+}
+
 static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *err)
 {
     const sch_params *p = s->p;
@@ -711,75 +801,10 @@ static int s_checkpoint(s_sched *s, int epoch, const sch_result *res, cm_error *
     if ((rc = s_ask_servers(s, &h, rep, err)) != 0)
         goto out;
     uint64_t rows = 0, bytes = 0;
-    for (uint32_t i = 0; i < n_srv; i++) {
-        const cm_ckpt_reply *cr = &rep[i].hdr.ckpt;
-        if (rep[i].hdr.body != CM_BODY_CKPT || cr->n != n_tab) {
-            rc = cm_error_set(err, CM_EPROTO, "server %u: checkpoint reply lists %zu tables, "
-                              "expected %u", i, rep[i].hdr.body == CM_BODY_CKPT ? cr->n : 0,
-                              n_tab);
-            goto out;
-        }
-        for (uint32_t t = 0; t < n_tab; t++) {
-            cm_ckpt_file *f = &m.files[m.n_files++];
-            snprintf(f->name, sizeof f->name, "t%u-s%u.rows", t, i);
-            f->table = t;
-            f->size = cr->shard[t].size;
-            f->checksum = cr->shard[t].checksum;
-            f->rows = cr->shard[t].rows;
-            f->writer = (int)i + 1;
-            f->slots = malloc(s->n_slots * sizeof *f->slots);
-            if (!f->slots) {
-                rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
-                goto out;
-            }
-            for (uint32_t k = 0; k < s->n_slots; k++)
-                if (s->slot_map[k] == i)
-                    f->slots[f->n_slots++] = k;
-            rows += f->rows;
-            bytes += f->size;
-        }
-    }
-    /* published only when every file is here as its server reported it */
-    for (size_t f = 0; f < m.n_files; f++) {
-        cm_error e = {0};
-        if (cm_ckpt_check_files(dir, &m.files[f], 1, &e) != 0) {
-            char host[256];
-            uint32_t i = (uint32_t)m.files[f].writer - 1;
-            rc = cm_error_set(err, e.code == CM_ENOTFOUND ? CM_EIO : e.code,
-                              "checkpoint %s not published: server %u on host %s wrote %s "
-                              "(%llu bytes), which the scheduler does not find as reported: %s",
-                              dir, i, s_server_host(s, i, host, sizeof host), m.files[f].name,
-                              (unsigned long long)m.files[f].size, e.msg);
-            goto out;
-        }
-    }
-    m.version = 1;
-    m.job = job_text;
-    snprintf(m.model, sizeof m.model, "%s", job->model);
-    m.n_tables = n_tab;
-    m.tables = (cm_ckpt_table *)p->tables;
-    m.n_slots = s->n_slots;
-    m.slot_map = s->slot_map;
-    m.epoch = (uint32_t)epoch;
-    m.global_mean = s->mean;
-    m.clip_lo = s->clip_lo;
-    m.clip_hi = s->clip_hi;
-    m.train_rmse = res->train_rmse;
-    m.test_rmse = res->test_rmse;
-    m.test_mae = res->test_mae;
-    m.created_unix = (uint64_t)time(NULL);
-    if (s->best.epoch > 0) {
-        m.valid_metric = s->valid_metric;
-        m.best_epoch = (uint32_t)s->best.epoch;
-        m.best_valid = s->best.metric;
-        m.stale_evals = (uint32_t)s->best.stale;
-        m.best_test_rmse = s->chosen[0];
-        m.best_test_mae = s->chosen[1];
-        m.best_test_auc = s->chosen[2];
-        m.best_test_logloss = s->chosen[3];
-    }
-    m.n_servers = n_srv;
-    m.n_workers = p->n_workers;
+    if ((rc = s_ckpt_files(s, rep, &m, &rows, &bytes, err)) != 0 ||
+        (rc = s_ckpt_verify(s, dir, &m, err)) != 0)
+        goto out;
+    s_ckpt_describe(s, epoch, res, job_text, &m);
     if ((rc = cm_manifest_write(dir, &m, err)) != 0)
         goto out;
     if ((rc = cm_ckpt_publish(job->checkpoint_dir, name, job->checkpoint_keep, err)) != 0)
@@ -989,250 +1014,314 @@ static int s_stopped(const cm_job *job, int sig, int e, cm_error *err)
                         job->checkpoint_dir, name);
 }
 
+/* One epoch's figures: gathered from the servers and workers, then
+ * printed, recorded and kept as the result. -1 where a figure does not
+ * apply (no test data, another task, not this epoch). */
+typedef struct {
+    int e;
+    /* server tables as the epoch started: totals and per table */
+    double srv_rows, srv_bytes, srv_evicted, srv_dropped;
+    double tab_rows[S_MAX_TABLES], tab_bytes[S_MAX_TABLES];
+    /* training */
+    double secs, n, train_mse;
+    double max_lead; /* -1: not tracked (asp, blocks) */
+    /* evaluation */
+    double rmse, mae, auc, logloss;
+    uint64_t unseen;
+    sch_ranking rk;
+    double eval_users;
+    double vmetric; /* validation metric */
+    int improved;   /* vmetric is the best so far */
+} s_epoch;
+
+/* Servers first: they age their rows and report their tables. */
+static int s_epoch_servers(s_sched *s, s_epoch *ep, cm_error *err)
+{
+    cm_msg *rep = calloc(s->p->n_servers, sizeof *rep);
+    cm_hdr h = cm_hdr_make(CM_OP_EPOCH);
+    h.epoch = (uint32_t)ep->e;
+    int rc = rep ? s_ask_servers(s, &h, rep, err)
+                 : cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
+    for (uint32_t i = 0; rep && i < s->p->n_servers; i++) {
+        const cm_table_stats *ts = &rep[i].hdr.tables;
+        for (size_t k = 0; rc == 0 && rep[i].hdr.body == CM_BODY_TABLES && k < ts->n; k++) {
+            const cm_table_stat *t = &ts->table[k];
+            if (k < S_MAX_TABLES) {
+                ep->tab_rows[k] += (double)t->rows;
+                ep->tab_bytes[k] += (double)t->bytes;
+            }
+            ep->srv_rows += (double)t->rows;
+            ep->srv_bytes += (double)t->bytes;
+            ep->srv_evicted += (double)t->evicted;
+            ep->srv_dropped += (double)t->dropped;
+        }
+        cm_msg_release(&rep[i]);
+    }
+    free(rep);
+    return rc;
+}
+
+/* The workers train the epoch: minibatch, one round; blocks, one block per
+ * worker: one round per block, each a barrier; more per worker: the
+ * workers run the rounds themselves, ordered by the pushed-through clocks
+ * they send. */
+static int s_epoch_train(s_sched *s, s_epoch *ep, double t0, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    cm_hb_doing(s->p->hb, "waiting for the workers to train epoch %d", ep->e);
+    const uint32_t rounds = cm_job_uses_blocks(job) && s->bpw == 1 ? s->p->n_workers : 1;
+    double sq = 0;
+    int rc = 0;
+    for (uint32_t r = 0; r < rounds && rc == 0; r++) {
+        rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)ep->e, r, err);
+        if (rc == 0)
+            rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)ep->e, t0, err);
+        for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
+            const cm_epoch_done *d = &s->wk[w].epoch_done;
+            sq += d->loss;
+            ep->n += (double)d->n;
+            ep->max_lead = fmax(ep->max_lead, (double)d->max_lead);
+        }
+    }
+    if (rc != 0)
+        return rc;
+    ep->secs = cm_now() - t0;
+    sch_progress_clear(s->progress);
+    ep->train_mse = ep->n > 0 ? sq / ep->n : 0;
+    return s_check_finite(job, ep->e, "training loss", ep->train_mse, err);
+}
+
+/* The workers evaluate the epoch on the test and validation data (rating
+ * and sparse models; implicit ranks in s_eval_ranking); a better
+ * validation metric makes the epoch the chosen one. */
+static int s_epoch_evaluate(s_sched *s, s_epoch *ep, double t0, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    const uint32_t e = (uint32_t)ep->e;
+    cm_hb_doing(s->p->hb, "waiting for the workers to evaluate epoch %d", ep->e);
+    if (s->auc_pos)
+        memset(s->auc_pos, 0, 2 * (size_t)CM_AUC_BINS * sizeof *s->auc_pos);
+    int rc = s_broadcast(s, CM_OP_EVAL, e, 0, err);
+    if (rc == 0)
+        rc = s_gather(s, CM_OP_EVAL_DONE, e, t0, err);
+    if (rc != 0)
+        return rc;
+    double tsq = 0, tab = 0, tn = 0, tll = 0, vsq = 0, vn = 0, vll = 0;
+    for (uint32_t w = 0; w < s->p->n_workers; w++) {
+        const cm_eval_done *ev = &s->wk[w].eval;
+        tsq += ev->test_sq;
+        tab += ev->test_abs;
+        tn += (double)ev->test_n;
+        ep->unseen += ev->unseen;
+        tll += ev->test_logloss;
+        vsq += ev->valid_sq;
+        vn += (double)ev->valid_n;
+        vll += ev->valid_logloss;
+    }
+    if ((rc = s_check_finite(job, ep->e, "test loss", tsq + tll, err)) != 0 ||
+        (rc = s_check_finite(job, ep->e, "validation loss", vsq + vll, err)) != 0)
+        return rc;
+    if (vn > 0)
+        ep->vmetric = s->task == CM_TASK_BINARY ? vll / vn : sqrt(vsq / vn);
+    ep->rmse = tn > 0 ? sqrt(tsq / tn) : -1;
+    ep->mae = tn > 0 ? tab / tn : -1;
+    if (s->task == CM_TASK_BINARY && tn > 0) {
+        ep->auc = cm_auc_from_hist(s->auc_pos, s->auc_neg);
+        ep->logloss = tll / tn;
+    }
+    if (!s->warned_unseen && ep->unseen > 0 && (s->warned_unseen = 1))
+        cm_log(CM_LOG_WARN,
+               "%s: %llu of %llu test rows have a user or item never seen in "
+               "training; they are predicted from the global mean and whichever "
+               "bias is known",
+               job->test, (unsigned long long)ep->unseen, (unsigned long long)s->n_test);
+    if (ep->vmetric >= 0) {
+        s->valid_metric = ep->vmetric;
+        if ((ep->improved = sch_best_add(&s->best, ep->e, ep->vmetric)) != 0) {
+            s->chosen[0] = ep->rmse;
+            s->chosen[1] = ep->mae;
+            s->chosen[2] = ep->auc;
+            s->chosen[3] = ep->logloss;
+        }
+    }
+    return 0;
+}
+
+/* The epoch's line on the output. */
+static void s_epoch_print(s_sched *s, const s_epoch *ep, double rate)
+{
+    const cm_job *job = s->p->job;
+    FILE *out = s->p->out;
+    if (s->implicit)
+        fprintf(out, "epoch %3d/%d  train_loss %.4f", ep->e, job->epochs, ep->train_mse);
+    else if (s->task == CM_TASK_BINARY)
+        fprintf(out, "epoch %3d/%d  train_logloss %.4f", ep->e, job->epochs, ep->train_mse);
+    else
+        fprintf(out, "epoch %3d/%d  train_rmse %.4f", ep->e, job->epochs, sqrt(ep->train_mse));
+    if (ep->rk.recall >= 0) {
+        char text[256];
+        sch_ranking_text(text, sizeof text, &ep->rk);
+        fprintf(out, "  %s", text);
+    } else if (ep->auc >= 0)
+        fprintf(out, "  test_auc %.4f  test_logloss %.4f", ep->auc, ep->logloss);
+    else if (ep->rmse >= 0)
+        fprintf(out, "  test_rmse %.4f  test_mae %.4f", ep->rmse, ep->mae);
+    if (ep->vmetric >= 0)
+        fprintf(out, "  valid_%s %.4f%s", s->task == CM_TASK_BINARY ? "logloss" : "rmse",
+                ep->vmetric, ep->improved ? " (best)" : "");
+    fprintf(out, "  %.3gM ex/s  %.2f s\n", rate / 1e6, ep->secs);
+    fflush(out);
+}
+
+/* The epoch's record in the metrics file. */
+static int s_epoch_record(s_sched *s, const s_epoch *ep, const sch_result *res, double rate,
+                          cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    const sch_ranking *rk = &ep->rk;
+    sch_field f[] = {
+        {"epoch", ep->e, 0},
+        {"train_loss", ep->train_mse, 0},
+        {"train_rmse", s->task == CM_TASK_BINARY ? -1 : sqrt(ep->train_mse), 1},
+        {"test_rmse", ep->rmse, 1},
+        {"test_mae", ep->mae, 1},
+        {"examples_per_s", rate, 0},
+        {"seconds", ep->secs, 0},
+        {"elapsed", cm_now() - s->t_start, 0},
+        {"noise_floor", res->noise_floor, 1},
+        {"test_auc", ep->auc, 1},
+        {"test_logloss", ep->logloss, 1},
+        /* server tables as the epoch started */
+        {"server_rows", ep->srv_rows, 0},
+        {"server_bytes", ep->srv_bytes, 0},
+        {"evicted", ep->srv_evicted, 0},
+        {"dropped_gradients", ep->srv_dropped, 0},
+        {"max_lead", ep->max_lead, 1},
+        /* validation: the metric of this epoch, and the chosen epoch so far */
+        {"valid_rmse", s->task != CM_TASK_BINARY ? ep->vmetric : -1, 1},
+        {"valid_logloss", s->task == CM_TASK_BINARY ? ep->vmetric : -1, 1},
+        {"best_epoch", s->best.epoch > 0 ? s->best.epoch : -1, 1},
+        /* implicit feedback only (the count below leaves them out) */
+        {"top_k", job->top_k, 0},
+        {"recall_at_k", rk->recall, 1},
+        {"ndcg_at_k", rk->ndcg, 1},
+        {"hr_at_k", rk->hr, 1},
+        {"pop_recall_at_k", rk->pop_recall, 1},
+        {"pop_ndcg_at_k", rk->pop_ndcg, 1},
+        {"pop_hr_at_k", rk->pop_hr, 1},
+        {"eval_users", ep->eval_users, 1},
+    };
+    size_t nf = sizeof f / sizeof f[0] - (s->implicit ? 0 : 8);
+    if (s->implicit)
+        f[2].value = -1; /* no rmse of a ranking loss */
+    /* then each table's rows and bytes over all servers:
+     * rows_<table>, bytes_<table> */
+    sch_field all[sizeof f / sizeof f[0] + 2 * S_MAX_TABLES];
+    char names[2 * S_MAX_TABLES][80];
+    /* a binary task's squared error is not its metric: leave
+     * test_rmse and test_mae out rather than have scripts read them */
+    size_t kept = 0;
+    for (size_t k = 0; k < nf; k++)
+        if (s->task != CM_TASK_BINARY ||
+            (strcmp(f[k].name, "test_rmse") != 0 && strcmp(f[k].name, "test_mae") != 0))
+            all[kept++] = f[k];
+    nf = kept;
+    for (size_t t = 0; t < s->p->n_tables && t < S_MAX_TABLES; t++) {
+        snprintf(names[2 * t], sizeof names[0], "rows_%s", s->p->tables[t].name);
+        snprintf(names[2 * t + 1], sizeof names[0], "bytes_%s", s->p->tables[t].name);
+        all[nf++] = (sch_field){names[2 * t], ep->tab_rows[t], 0};
+        all[nf++] = (sch_field){names[2 * t + 1], ep->tab_bytes[t], 0};
+    }
+    return sch_metrics_write(s->metrics, all, nf, err);
+}
+
+/* The epoch's figures into the job's result (the last epoch's stay). */
+static void s_epoch_result(const s_epoch *ep, sch_result *res)
+{
+    res->epochs = ep->e;
+    if (ep->max_lead > res->max_lead)
+        res->max_lead = ep->max_lead;
+    res->train_rmse = sqrt(ep->train_mse);
+    if (ep->rk.recall >= 0) {
+        res->top_k = ep->rk.k;
+        res->recall = ep->rk.recall;
+        res->ndcg = ep->rk.ndcg;
+        res->hr = ep->rk.hr;
+        res->pop_recall = ep->rk.pop_recall;
+        res->pop_ndcg = ep->rk.pop_ndcg;
+        res->pop_hr = ep->rk.pop_hr;
+        res->eval_users = (uint64_t)ep->eval_users;
+    }
+    if (ep->rmse >= 0) {
+        res->test_rmse = ep->rmse;
+        res->test_mae = ep->mae;
+        res->n_unseen = ep->unseen;
+        res->test_auc = ep->auc;
+        res->test_logloss = ep->logloss;
+    }
+}
+
+/* Writes the checkpoint of epoch e where one is due (checkpoint_every,
+ * the last epoch, a stop, a better or the last validation metric,
+ * checkpoint_secs); the chosen epoch's is published as the best. */
+static int s_epoch_checkpoint(s_sched *s, const s_epoch *ep, int stop, int early,
+                              const sch_result *res, cm_error *err)
+{
+    const cm_job *job = s->p->job;
+    const int e = ep->e;
+    if (!job->checkpoint_dir[0] ||
+        !((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) || e == job->epochs ||
+          stop || ep->improved || early ||
+          (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs)))
+        return 0;
+    cm_hb_doing(s->p->hb, "writing the checkpoint of epoch %d", e);
+    int rc = s_checkpoint(s, e, res, err);
+    if (rc != 0)
+        return rc;
+    /* after LATEST: the chosen epoch's model is what export reads */
+    if (!ep->improved)
+        return 0;
+    char name[64];
+    cm_ckpt_dirname((uint32_t)e, name, sizeof name);
+    return cm_ckpt_publish_best(job->checkpoint_dir, name, err);
+}
+
 static int s_epochs(s_sched *s, sch_result *res, cm_error *err)
 {
     const cm_job *job = s->p->job;
     double train_secs = 0;
     uint64_t examples = 0;
     for (int e = s->first_epoch; e <= job->epochs; e++) {
-        /* servers first: they age their rows and report their tables */
-        double srv_rows = 0, srv_bytes = 0, srv_evicted = 0, srv_dropped = 0;
-        double tab_rows[S_MAX_TABLES] = {0}, tab_bytes[S_MAX_TABLES] = {0};
-        {
-            cm_msg *rep = calloc(s->p->n_servers, sizeof *rep);
-            cm_hdr h = cm_hdr_make(CM_OP_EPOCH);
-            h.epoch = (uint32_t)e;
-            int rc = rep ? s_ask_servers(s, &h, rep, err)
-                         : cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
-            for (uint32_t i = 0; rep && i < s->p->n_servers; i++) {
-                const cm_table_stats *ts = &rep[i].hdr.tables;
-                for (size_t k = 0; rc == 0 && rep[i].hdr.body == CM_BODY_TABLES && k < ts->n;
-                     k++) {
-                    const cm_table_stat *t = &ts->table[k];
-                    if (k < S_MAX_TABLES) {
-                        tab_rows[k] += (double)t->rows;
-                        tab_bytes[k] += (double)t->bytes;
-                    }
-                    srv_rows += (double)t->rows;
-                    srv_bytes += (double)t->bytes;
-                    srv_evicted += (double)t->evicted;
-                    srv_dropped += (double)t->dropped;
-                }
-                cm_msg_release(&rep[i]);
-            }
-            free(rep);
-            if (rc != 0)
-                return rc;
-        }
-        double t0 = cm_now();
-        cm_hb_doing(s->p->hb, "waiting for the workers to train epoch %d", e);
-        /* minibatch: one round; blocks, one block per worker: one round per
-         * block, each a barrier; more per worker: the workers run the rounds
-         * themselves, ordered by the pushed-through clocks they send */
-        const uint32_t rounds = cm_job_uses_blocks(job) && s->bpw == 1 ? s->p->n_workers : 1;
-        double sq = 0, n = 0, max_lead = -1; /* -1: not tracked (asp, blocks) */
-        int rc = 0;
-        for (uint32_t r = 0; r < rounds && rc == 0; r++) {
-            rc = s_broadcast(s, CM_OP_EPOCH, (uint32_t)e, r, err);
-            if (rc == 0)
-                rc = s_gather(s, CM_OP_EPOCH_DONE, (uint32_t)e, t0, err);
-            for (uint32_t w = 0; w < s->p->n_workers && rc == 0; w++) {
-                const cm_epoch_done *d = &s->wk[w].epoch_done;
-                sq += d->loss;
-                n += (double)d->n;
-                max_lead = fmax(max_lead, (double)d->max_lead);
-            }
-        }
+        s_epoch ep = {.e = e, .max_lead = -1, .rmse = -1, .mae = -1, .auc = -1,
+                      .logloss = -1, .rk = {job->top_k, -1, -1, -1, -1, -1, -1},
+                      .eval_users = -1, .vmetric = -1};
+        int rc = s_epoch_servers(s, &ep, err);
         if (rc != 0)
             return rc;
-        double secs = cm_now() - t0;
-        sch_progress_clear(s->progress);
-        train_secs += secs;
-        examples += (uint64_t)n;
-        double train_mse = n > 0 ? sq / n : 0;
-        if ((rc = s_check_finite(job, e, "training loss", train_mse, err)) != 0)
+        const double t0 = cm_now();
+        if ((rc = s_epoch_train(s, &ep, t0, err)) != 0)
             return rc;
-        double rmse = -1, mae = -1;
-        uint64_t unseen = 0;
-        double auc = -1, logloss = -1;
-        sch_ranking rk = {job->top_k, -1, -1, -1, -1, -1, -1};
-        double eval_users = -1;
-        int evaluate = (s->n_test > 0 || s->n_valid > 0) &&
-                       (e % job->eval_every == 0 || e == job->epochs);
-        double vmetric = -1;
-        int improved = 0;
-        if (evaluate && s->implicit) {
-            if ((rc = s_eval_ranking(s, e, t0, &rk, &eval_users, err)) != 0)
-                return rc;
-            evaluate = 0;
-        }
-        if (evaluate) {
-            cm_hb_doing(s->p->hb, "waiting for the workers to evaluate epoch %d", e);
-            if (s->auc_pos)
-                memset(s->auc_pos, 0, 2 * (size_t)CM_AUC_BINS * sizeof *s->auc_pos);
-            rc = s_broadcast(s, CM_OP_EVAL, (uint32_t)e, 0, err);
-            if (rc == 0)
-                rc = s_gather(s, CM_OP_EVAL_DONE, (uint32_t)e, t0, err);
-            if (rc != 0)
-                return rc;
-            double tsq = 0, tab = 0, tn = 0, tll = 0, vsq = 0, vn = 0, vll = 0;
-            for (uint32_t w = 0; w < s->p->n_workers; w++) {
-                const cm_eval_done *ev = &s->wk[w].eval;
-                tsq += ev->test_sq;
-                tab += ev->test_abs;
-                tn += (double)ev->test_n;
-                unseen += ev->unseen;
-                tll += ev->test_logloss;
-                vsq += ev->valid_sq;
-                vn += (double)ev->valid_n;
-                vll += ev->valid_logloss;
-            }
-            if ((rc = s_check_finite(job, e, "test loss", tsq + tll, err)) != 0 ||
-                (rc = s_check_finite(job, e, "validation loss", vsq + vll, err)) != 0)
-                return rc;
-            if (vn > 0)
-                vmetric = s->task == CM_TASK_BINARY ? vll / vn : sqrt(vsq / vn);
-            rmse = tn > 0 ? sqrt(tsq / tn) : -1;
-            mae = tn > 0 ? tab / tn : -1;
-            if (s->task == CM_TASK_BINARY && tn > 0) {
-                auc = cm_auc_from_hist(s->auc_pos, s->auc_neg);
-                logloss = tll / tn;
-            }
-            if (!s->warned_unseen && unseen > 0 && (s->warned_unseen = 1))
-                cm_log(CM_LOG_WARN,
-                       "%s: %llu of %llu test rows have a user or item never seen in "
-                       "training; they are predicted from the global mean and whichever "
-                       "bias is known",
-                       job->test, (unsigned long long)unseen, (unsigned long long)s->n_test);
-            if (vmetric >= 0) {
-                s->valid_metric = vmetric;
-                if ((improved = sch_best_add(&s->best, e, vmetric)) != 0) {
-                    s->chosen[0] = rmse;
-                    s->chosen[1] = mae;
-                    s->chosen[2] = auc;
-                    s->chosen[3] = logloss;
-                }
-            }
-        }
-        double rate = secs > 0 ? n / secs : 0;
-        if (s->implicit)
-            fprintf(s->p->out, "epoch %3d/%d  train_loss %.4f", e, job->epochs, train_mse);
-        else if (s->task == CM_TASK_BINARY)
-            fprintf(s->p->out, "epoch %3d/%d  train_logloss %.4f", e, job->epochs, train_mse);
-        else
-            fprintf(s->p->out, "epoch %3d/%d  train_rmse %.4f", e, job->epochs,
-                    sqrt(train_mse));
-        if (rk.recall >= 0) {
-            char text[256];
-            sch_ranking_text(text, sizeof text, &rk);
-            fprintf(s->p->out, "  %s", text);
-        } else if (auc >= 0)
-            fprintf(s->p->out, "  test_auc %.4f  test_logloss %.4f", auc, logloss);
-        else if (rmse >= 0)
-            fprintf(s->p->out, "  test_rmse %.4f  test_mae %.4f", rmse, mae);
-        if (vmetric >= 0)
-            fprintf(s->p->out, "  valid_%s %.4f%s", s->task == CM_TASK_BINARY ? "logloss" : "rmse",
-                    vmetric, improved ? " (best)" : "");
-        fprintf(s->p->out, "  %.3gM ex/s  %.2f s\n", rate / 1e6, secs);
-        fflush(s->p->out);
-        if (s->metrics) {
-            sch_field f[] = {
-                {"epoch", e, 0},
-                {"train_loss", train_mse, 0},
-                {"train_rmse", s->task == CM_TASK_BINARY ? -1 : sqrt(train_mse), 1},
-                {"test_rmse", rmse, 1},
-                {"test_mae", mae, 1},
-                {"examples_per_s", rate, 0},
-                {"seconds", secs, 0},
-                {"elapsed", cm_now() - s->t_start, 0},
-                {"noise_floor", res->noise_floor, 1},
-                {"test_auc", auc, 1},
-                {"test_logloss", logloss, 1},
-                /* server tables as the epoch started */
-                {"server_rows", srv_rows, 0},
-                {"server_bytes", srv_bytes, 0},
-                {"evicted", srv_evicted, 0},
-                {"dropped_gradients", srv_dropped, 0},
-                {"max_lead", max_lead, 1},
-                /* validation: the metric of this epoch, and the chosen epoch so far */
-                {"valid_rmse", s->task != CM_TASK_BINARY ? vmetric : -1, 1},
-                {"valid_logloss", s->task == CM_TASK_BINARY ? vmetric : -1, 1},
-                {"best_epoch", s->best.epoch > 0 ? s->best.epoch : -1, 1},
-                /* implicit feedback only (the count below leaves them out) */
-                {"top_k", job->top_k, 0},
-                {"recall_at_k", rk.recall, 1},
-                {"ndcg_at_k", rk.ndcg, 1},
-                {"hr_at_k", rk.hr, 1},
-                {"pop_recall_at_k", rk.pop_recall, 1},
-                {"pop_ndcg_at_k", rk.pop_ndcg, 1},
-                {"pop_hr_at_k", rk.pop_hr, 1},
-                {"eval_users", eval_users, 1},
-            };
-            size_t nf = sizeof f / sizeof f[0] - (s->implicit ? 0 : 8);
-            if (s->implicit)
-                f[2].value = -1; /* no rmse of a ranking loss */
-            /* then each table's rows and bytes over all servers:
-             * rows_<table>, bytes_<table> */
-            sch_field all[sizeof f / sizeof f[0] + 2 * S_MAX_TABLES];
-            char names[2 * S_MAX_TABLES][80];
-            /* a binary task's squared error is not its metric: leave
-             * test_rmse and test_mae out rather than have scripts read them */
-            size_t kept = 0;
-            for (size_t k = 0; k < nf; k++)
-                if (s->task != CM_TASK_BINARY || (strcmp(f[k].name, "test_rmse") != 0 &&
-                                                  strcmp(f[k].name, "test_mae") != 0))
-                    all[kept++] = f[k];
-            nf = kept;
-            for (size_t t = 0; t < s->p->n_tables && t < S_MAX_TABLES; t++) {
-                snprintf(names[2 * t], sizeof names[0], "rows_%s", s->p->tables[t].name);
-                snprintf(names[2 * t + 1], sizeof names[0], "bytes_%s", s->p->tables[t].name);
-                all[nf++] = (sch_field){names[2 * t], tab_rows[t], 0};
-                all[nf++] = (sch_field){names[2 * t + 1], tab_bytes[t], 0};
-            }
-            rc = sch_metrics_write(s->metrics, all, nf, err);
-            if (rc != 0)
-                return rc;
-        }
-        res->epochs = e;
-        if (max_lead > res->max_lead)
-            res->max_lead = max_lead;
-        res->train_rmse = sqrt(train_mse);
-        if (rk.recall >= 0) {
-            res->top_k = rk.k;
-            res->recall = rk.recall;
-            res->ndcg = rk.ndcg;
-            res->hr = rk.hr;
-            res->pop_recall = rk.pop_recall;
-            res->pop_ndcg = rk.pop_ndcg;
-            res->pop_hr = rk.pop_hr;
-            res->eval_users = (uint64_t)eval_users;
-        }
-        if (rmse >= 0) {
-            res->test_rmse = rmse;
-            res->test_mae = mae;
-            res->n_unseen = unseen;
-            res->test_auc = auc;
-            res->test_logloss = logloss;
-        }
+        train_secs += ep.secs;
+        examples += (uint64_t)ep.n;
+        const int evaluate = (s->n_test > 0 || s->n_valid > 0) &&
+                             (e % job->eval_every == 0 || e == job->epochs);
+        if (evaluate && s->implicit)
+            rc = s_eval_ranking(s, e, t0, &ep.rk, &ep.eval_users, err);
+        else if (evaluate)
+            rc = s_epoch_evaluate(s, &ep, t0, err);
+        if (rc != 0)
+            return rc;
+        const double rate = ep.secs > 0 ? ep.n / ep.secs : 0;
+        s_epoch_print(s, &ep, rate);
+        if (s->metrics && (rc = s_epoch_record(s, &ep, res, rate, err)) != 0)
+            return rc;
+        s_epoch_result(&ep, res);
         res->seconds = train_secs;
         res->examples_per_s = train_secs > 0 ? (double)examples / train_secs : 0;
         const int stop = e < job->epochs ? cm_stop_requested() : 0;
-        const int early = e < job->epochs && vmetric >= 0 && sch_best_exhausted(&s->best);
-        if (job->checkpoint_dir[0] &&
-            ((job->checkpoint_every > 0 && e % job->checkpoint_every == 0) ||
-             e == job->epochs || stop || improved || early ||
-             (job->checkpoint_secs > 0 && cm_now() - s->last_ckpt >= job->checkpoint_secs))) {
-            cm_hb_doing(s->p->hb, "writing the checkpoint of epoch %d", e);
-            if ((rc = s_checkpoint(s, e, res, err)) != 0)
-                return rc;
-            /* after LATEST: the chosen epoch's model is what export reads */
-            if (improved) {
-                char name[64];
-                cm_ckpt_dirname((uint32_t)e, name, sizeof name);
-                if ((rc = cm_ckpt_publish_best(job->checkpoint_dir, name, err)) != 0)
-                    return rc;
-            }
-        }
+        const int early = e < job->epochs && ep.vmetric >= 0 && sch_best_exhausted(&s->best);
+        if ((rc = s_epoch_checkpoint(s, &ep, stop, early, res, err)) != 0)
+            return rc;
         if (stop)
             return s_stopped(job, stop, e, err);
         if (early) {
@@ -1339,6 +1428,57 @@ void sch_result_init(sch_result *res)
     res->pop_recall = res->pop_ndcg = res->pop_hr = -1;
 }
 
+/* The job's last line: the final test metrics (or the validation choice
+ * when there is no test file), with the chosen epoch. */
+static void s_print_final(const s_sched *s, const sch_result *res)
+{
+    FILE *out = s->p->out;
+    if (res->recall >= 0) {
+        sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
+                          res->pop_ndcg, res->pop_hr};
+        char text[256];
+        sch_ranking_text(text, sizeof text, &rk);
+        fprintf(out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
+                (unsigned long long)res->eval_users, res->epochs, res->seconds);
+        fflush(out);
+    } else if (res->test_auc >= 0) {
+        fprintf(out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
+        s_print_chosen(s, res);
+        fprintf(out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
+        fflush(out);
+    } else if (res->test_rmse >= 0) {
+        fprintf(out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
+        s_print_chosen(s, res);
+        fprintf(out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
+        if (res->noise_floor >= 0)
+            fprintf(out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
+                    100.0 * (res->test_rmse / res->noise_floor - 1.0));
+        fputc('\n', out);
+        fflush(out);
+    } else if (res->best_epoch > 0) {
+        /* no test file: the choice is the result */
+        fprintf(out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
+                "epochs, %.2f s training\n", s_valid_name(s), res->valid_metric,
+                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
+                res->epochs, res->seconds);
+        fflush(out);
+    }
+}
+
+/* Connects a DEALER to every server. */
+static int s_connect_servers(s_sched *s, cm_error *err)
+{
+    const sch_params *p = s->p;
+    for (uint32_t i = 0; i < p->n_servers; i++) {
+        if (!(s->srv[i] = cm_sock_new(p->van, CM_SOCK_DEALER, err)))
+            return err ? err->code : CM_EIO;
+        if (cm_sock_connect(s->srv[i], p->server_eps[i]) != 0)
+            return cm_error_set(err, CM_EIO, "scheduler: cannot connect to server %u at %s: %s",
+                                i, p->server_eps[i], cm_sock_errmsg(s->srv[i]));
+    }
+    return 0;
+}
+
 int sch_run(const sch_params *p, sch_result *res, cm_error *err)
 {
     s_sched s = {.p = p, .t_start = cm_now(), .first_epoch = 1, .load_ok = 1,
@@ -1362,17 +1502,8 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         rc = cm_error_set(err, CM_ENOMEM, "scheduler: out of memory");
         goto out;
     }
-    for (uint32_t i = 0; i < p->n_servers; i++) {
-        if (!(s.srv[i] = cm_sock_new(p->van, CM_SOCK_DEALER, err))) {
-            rc = err ? err->code : CM_EIO;
-            goto out;
-        }
-        if (cm_sock_connect(s.srv[i], p->server_eps[i]) != 0) {
-            rc = cm_error_set(err, CM_EIO, "scheduler: cannot connect to server %u at %s: %s",
-                              i, p->server_eps[i], cm_sock_errmsg(s.srv[i]));
-            goto out;
-        }
-    }
+    if ((rc = s_connect_servers(&s, err)) != 0)
+        goto out;
     if (p->job->metrics[0] &&
         !(s.metrics = sch_metrics_open(p->job->metrics, p->job->resume[0] != 0, err))) {
         rc = err ? err->code : CM_EIO;
@@ -1400,36 +1531,7 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
         s_choose(&s, res);
     if (s.metrics && (rc = s_final_record(&s, res, err)) != 0)
         goto out;
-    if (res->recall >= 0) {
-        sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
-                          res->pop_ndcg, res->pop_hr};
-        char text[256];
-        sch_ranking_text(text, sizeof text, &rk);
-        fprintf(p->out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
-                (unsigned long long)res->eval_users, res->epochs, res->seconds);
-        fflush(p->out);
-    } else if (res->test_auc >= 0) {
-        fprintf(p->out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
-        s_print_chosen(&s, res);
-        fprintf(p->out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
-        fflush(p->out);
-    } else if (res->test_rmse >= 0) {
-        fprintf(p->out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
-        s_print_chosen(&s, res);
-        fprintf(p->out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
-        if (res->noise_floor >= 0)
-            fprintf(p->out, "  (noise floor %.4f, %.1f%% above)", res->noise_floor,
-                    100.0 * (res->test_rmse / res->noise_floor - 1.0));
-        fputc('\n', p->out);
-        fflush(p->out);
-    } else if (res->best_epoch > 0) {
-        /* no test file: the choice is the result */
-        fprintf(p->out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
-                "epochs, %.2f s training\n", s_valid_name(&s), res->valid_metric,
-                res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
-                res->epochs, res->seconds);
-        fflush(p->out);
-    }
+    s_print_final(&s, res);
 out:
     sch_progress_destroy(&s.progress);
     sch_metrics_close(&s.metrics);

@@ -235,13 +235,16 @@ static void s_on_signal(int sig)
  * readable by its owner only) and prints the public key. */
 static int s_keygen(const char *path)
 {
-    char pub[41], sec[41];
-    int rc = cm_curve_keypair(pub, sec);
-    if (rc != 0) {
-        fprintf(stderr, "psrec serve: --keygen: %s\n",
-                rc == CM_ENOTSUP ? "this libzmq was built without CURVE" : cm_strerror(rc));
+    uint8_t pk[CM_KEY_BYTES], sk[CM_KEY_BYTES];
+    cm_error err = {0};
+    if (cm_van_keypair(pk, sk, &err) != 0) {
+        fprintf(stderr, "psrec serve: --keygen: %s\n", err.msg);
         return 1;
     }
+    char pub[41], sec[41];
+    cm_van_key_text(pub, pk);
+    cm_van_key_text(sec, sk);
+    memset(sk, 0, sizeof sk);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         fprintf(stderr, "psrec serve: --keygen %s: %s\n", path, strerror(errno));
@@ -263,7 +266,7 @@ static int s_keygen(const char *path)
 
 /* Reads a secret key file: 40 Z85 characters, then optional whitespace.
  * Refused when others may read it, as ssh does with its keys. */
-static int s_read_secret(const char *path, char sec[41], char pub[41])
+static int s_read_secret(const char *path, uint8_t sec[CM_KEY_BYTES], char pub[41])
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -286,12 +289,20 @@ static int s_read_secret(const char *path, char sec[41], char pub[41])
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
         len--;
     buf[len] = '\0';
-    if (len != 40 || cm_curve_public(pub, buf) != 0) {
+    uint8_t pk[CM_KEY_BYTES];
+    cm_error err = {0};
+    int rc = cm_van_key_parse(sec, buf);
+    memset(buf, 0, sizeof buf);
+    if (rc != 0) {
         fprintf(stderr, "psrec serve: --curve-secret-file %s: expected a 40-character Z85 "
                 "secret key (psrec serve --keygen FILE makes one)\n", path);
         return 1;
     }
-    memcpy(sec, buf, 41);
+    if (cm_van_public_of(pk, sec, &err) != 0) {
+        fprintf(stderr, "psrec serve: --curve-secret-file %s: %s\n", path, err.msg);
+        return 1;
+    }
+    cm_van_key_text(pub, pk);
     return 0;
 }
 
@@ -373,7 +384,8 @@ int sv_serve_main(int argc, char **argv)
         fprintf(stderr, "psrec serve: --log-level: bad value '%s'\n", level);
         return 2;
     }
-    char sec[41] = "", pub[41] = "";
+    uint8_t sec[CM_KEY_BYTES] = {0};
+    char pub[41] = "";
     if (secret_file) {
         if (s_read_secret(secret_file, sec, pub) != 0)
             return 1;

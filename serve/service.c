@@ -351,7 +351,24 @@ out:
 
 /* --------------------------------------------------------- lifecycle -- */
 
-/* Applies the limits and the key to the client socket and binds it. */
+/* Secures van with the server's CURVE key pair: its ROUTER is a CURVE
+ * server that any client knowing the public key may reach (no admit
+ * list); the inproc sockets to the workers have no handshake. */
+static int s_secure(cm_van *van, const uint8_t *secret, cm_error *err)
+{
+    cm_van_keys k;
+    memset(&k, 0, sizeof k);
+    memcpy(k.server_secret, secret, CM_KEY_BYTES);
+    int rc = cm_van_public_of(k.server_public, k.server_secret, err);
+    if (rc == 0)
+        rc = cm_van_secure(van, &k, err);
+    memset(&k, 0, sizeof k);
+    if (rc != 0)
+        cm_error_prefix(err, "serve: CURVE key");
+    return rc;
+}
+
+/* Applies the limits to the client socket and binds it. */
 static int s_bind_front(sv_service *s, const sv_service_params *p, cm_error *err)
 {
     const cm_sock_limits lim = {.max_msg_bytes = s->p.max_msg_bytes,
@@ -361,11 +378,6 @@ static int s_bind_front(sv_service *s, const sv_service_params *p, cm_error *err
     if (cm_sock_set_limits(s->sock, &lim) != 0)
         return cm_error_set(err, CM_EINVAL, "serve: socket limits: %s",
                             cm_sock_errmsg(s->sock));
-    if (p->curve_secret) {
-        int rc = cm_sock_set_curve_server(s->sock, p->curve_secret);
-        if (rc != 0)
-            return cm_error_set(err, rc, "serve: CURVE key: %s", cm_sock_errmsg(s->sock));
-    }
     if (cm_sock_bind(s->sock, p->bind, s->endpoint) != 0)
         return cm_error_set(err, CM_EIO, "serve: cannot bind %s: %s", p->bind,
                             cm_sock_errmsg(s->sock));
@@ -402,7 +414,8 @@ sv_service *sv_service_new(cm_van *van, const sv_service_params *p, cm_error *er
         s->p.threads = 4;
     if (s->p.queue == 0)
         s->p.queue = 64;
-    s->p.model = s->p.bind = s->p.curve_secret = NULL;   /* not kept: the caller's strings */
+    s->p.model = s->p.bind = NULL;   /* not kept: the caller's strings and key */
+    s->p.curve_secret = NULL;
     s->van = van;
     sv_model_path(p->model, s->path, sizeof s->path);
     sv_model *m = s_load(s->path, &s->cur_sig, err);
@@ -416,6 +429,8 @@ sv_service *sv_service_new(cm_van *van, const sv_service_params *p, cm_error *er
         cm_error_set(err, CM_ENOMEM, "serve: out of memory");
         goto fail;
     }
+    if (p->curve_secret && s_secure(van, p->curve_secret, err) != 0)
+        goto fail;
     s->sock = cm_sock_new(van, CM_SOCK_ROUTER, err);
     s->back = s->sock ? cm_sock_new(van, CM_SOCK_ROUTER, err) : NULL;
     if (!s->back)

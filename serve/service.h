@@ -55,13 +55,14 @@ typedef struct {
     int64_t max_msg_bytes;   /* largest request message; default 1 MiB */
     uint32_t threads;        /* workers answering requests; default 4, at most 64 */
     uint32_t queue;          /* requests waiting for a worker; default 64 */
-    const char *curve_secret; /* Z85 CURVE secret key (40 chars) or NULL: plain */
+    const uint8_t *curve_secret; /* CURVE secret key (CM_KEY_BYTES) or NULL: plain */
 } sv_service_params;
 
 sv_service_params sv_service_params_default(void);
 
-/* Loads the model, binds a ROUTER socket on van (with the limits and
- * the CURVE key of p) and starts the workers. NULL on failure with the
+/* Loads the model, binds a ROUTER socket on van (with the limits of p;
+ * with its CURVE key the van is secured, cm_van_secure, so van must not
+ * have made a socket yet) and starts the workers. NULL on failure with the
  * reason (model file, key, endpoint, limits) in err. */
 sv_service *sv_service_new(cm_van *van, const sv_service_params *p, cm_error *err);
 

@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cluster/mcmc.h"
@@ -230,6 +231,52 @@ Test(cluster_mcmc, auto_settles_by_model_task_size_and_keys)
     /* an unreadable file: sgd, whose start names it */
     j = s_auto("mf", "/nonexistent/ratings", NULL, NULL, 1, why, sizeof why);
     cr_expect_eq(j.method, CM_METHOD_SGD);
+}
+
+/* Every key that only sgd reads, set by the user even at its default
+ * value, makes auto pick sgd and name the key. The list is the one
+ * cluster/mcmc.c kept by hand before the key table flagged them. */
+Test(cluster_mcmc, auto_picks_sgd_for_each_key_only_sgd_reads)
+{
+    static const char *const sgd_keys[] = {
+        "validation", "validation_fraction", "patience", "optimizer", "lr", "l2",
+        "regularization", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
+        "ftrl_l1", "ftrl_beta", "batch", "schedule", "consistency", "staleness",
+        "blocks_per_worker", "wire_dtype", "servers", "workers", "slots", "shared_rows",
+        "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep", "resume",
+        "restarts"};
+    const char *data = s_data();
+    char u1[1024], why[256];
+    snprintf(u1, sizeof u1, "%.900s/ml-100k/u1.base", data);
+    /* each key's default, as the job prints it */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    const cm_job def = cm_job_default();
+    cm_job_print(f, &def);
+    cr_assert_eq(fclose(f), 0);
+    cm_job j = s_auto("mf", u1, NULL, NULL, 1, why, sizeof why);
+    cr_assert_eq(j.method, CM_METHOD_MCMC, "none set: %s", why);
+    cr_expect_null(cm_job_sgd_key_set(&j));
+    for (size_t i = 0; i < sizeof sgd_keys / sizeof sgd_keys[0]; i++) {
+        char head[64], value[CM_PATH_MAX] = "";
+        snprintf(head, sizeof head, "\n%s = ", sgd_keys[i]);
+        const char *at = strstr(text, head);
+        cr_assert_not_null(at, "%s", sgd_keys[i]);
+        sscanf(at + strlen(head), "%1023[^\n]", value);
+        j = s_auto("mf", u1, sgd_keys[i], value, 1, why, sizeof why);
+        cr_expect_eq(j.method, CM_METHOD_SGD, "%s = %s: %s", sgd_keys[i], value, why);
+        cr_expect_str_eq(cm_job_sgd_key_set(&j), sgd_keys[i]);
+        char want[96];
+        snprintf(want, sizeof want, "%s is set, which only sgd reads", sgd_keys[i]);
+        cr_expect(strstr(why, want) != NULL, "%s", why);
+    }
+    free(text);
+    /* keys both methods read ask for nothing */
+    j = s_auto("mf", u1, "dim", "8", 1, why, sizeof why);
+    cr_expect_null(cm_job_sgd_key_set(&j));
+    cr_expect_eq(j.method, CM_METHOD_MCMC, "%s", why);
 }
 
 /* The train command says what auto chose and why, and trains with it. */

@@ -268,6 +268,25 @@ Test(config, enums)
                 "job.ini:3: worker_affinity: expected one of auto|off, got 'on'");
 }
 
+/* A numeric_transform psrec does not know is refused, in a job file and on
+ * the command line, naming the key and the values it takes; the job keeps
+ * its transform. */
+Test(config, numeric_transform_refuses_unknown_values)
+{
+    s_set_fails("numeric_transform", "sqrt",
+                "job.ini:3: numeric_transform: expected one of none|log, got 'sqrt'");
+    s_set_fails("numeric_transform", "",
+                "job.ini:3: numeric_transform: expected one of none|log, got ''");
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    const char *a[] = {"train", "--model", "fm", "--numeric-transform", "log10", NULL};
+    cr_assert_eq(s_args(&j, NULL, &err, a), CM_ECONFIG);
+    cr_assert_str_eq(err.msg, "--numeric-transform: expected one of none|log, got 'log10'",
+                     "the key as the user wrote it");
+    s_set_ok(&j, "numeric_transform", "None");
+    cr_expect_eq(j.numeric_transform, 0, "names match in any case");
+}
+
 Test(config, bools)
 {
     const char *yes[] = {"1", "true", "yes", "on", "TRUE", "Yes"};
@@ -966,6 +985,140 @@ Test(config, model_defaults_fill_only_unset_keys)
     cm_job_model_defaults(&r);
     cr_expect_float_eq(r.lr, 0.2, 1e-12, "an lr the user gave is kept");
     cr_expect_eq(r.dim, 64, "deep's dim");
+}
+
+/* One row of docs/config.md's table of per-model defaults: the models it
+ * names, an optional condition (`task = regression`, `method = mcmc`) and
+ * its `key value` pairs. */
+typedef struct {
+    char models[64];
+    char cond_key[16], cond_value[16];
+    char keys[8][32], values[8][32];
+    int n;
+} s_doc_default;
+
+/* Reads that table (the rows after "| model | defaults that differ") into
+ * rows; returns how many. */
+static int s_doc_defaults(s_doc_default *rows, int cap)
+{
+    char path[CM_PATH_MAX];
+    snprintf(path, sizeof path, "%s/docs/config.md", PSREC_SOURCE_DIR);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[512];
+    int in = 0, n = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = line + strspn(line, " ");
+        if (!in) {
+            in = strncmp(p, "| model | defaults that differ", 30) == 0;
+            continue;
+        }
+        if (*p != '|')
+            break;
+        if (strncmp(p, "|---", 4) == 0)
+            continue;
+        cr_assert_lt(n, cap);
+        s_doc_default *r = &rows[n++];
+        memset(r, 0, sizeof *r);
+        const char *cells = strchr(p + 1, '|');
+        cr_assert_not_null(cells, "%s", line);
+        snprintf(r->models, sizeof r->models, "%.*s", (int)(cells - p - 1), p + 1);
+        char *with = strstr(r->models, " with `");
+        if (with) {
+            cr_assert_eq(sscanf(with, " with `%15s = %15[^`]`", r->cond_key, r->cond_value), 2,
+                         "%s", line);
+            *with = '\0';
+        }
+        /* every `key value` of the second cell */
+        for (const char *q = strchr(cells, '`'); q; q = strchr(q, '`')) {
+            const char *end = strchr(q + 1, '`');
+            cr_assert_not_null(end, "%s", line);
+            cr_assert_lt(r->n, 8);
+            cr_assert_eq(sscanf(q + 1, "%31s %31[^`]", r->keys[r->n], r->values[r->n]), 2, "%s",
+                         line);
+            r->n++;
+            q = end + 1;
+        }
+        cr_assert_gt(r->n, 0, "%s", line);
+    }
+    fclose(f);
+    return n;
+}
+
+/* 1 when `name` is one of the comma-separated models of the row. */
+static int s_names_model(const char *models, const char *name)
+{
+    char copy[sizeof ((s_doc_default *)0)->models];
+    memcpy(copy, models, sizeof copy);
+    char *save = NULL;
+    for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+        if (strcmp(t, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* The job as its printed key = value lines (malloc'd). */
+static char *s_job_text(const cm_job *job)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_not_null(f);
+    cm_job_print(f, job);
+    fclose(f);
+    return text;
+}
+
+/* The defaults every model, task and method gets are the ones
+ * docs/config.md lists (a later row winning), and no others: a default
+ * that moves in the model table or in the docs alone fails here. */
+Test(config, model_defaults_are_the_documented_ones)
+{
+    s_doc_default rows[16];
+    const int nrows = s_doc_defaults(rows, 16);
+    cr_assert_geq(nrows, 5, "docs/config.md's table of model defaults");
+    const char *const models[] = {"mf", "fm", "ffm", "deep", "implicit"};
+    const char *const tasks[] = {"auto", "regression", "binary"};
+    const char *const methods[] = {"auto", "sgd", "mcmc"};
+    int checked = 0, applied = 0;
+    for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++)
+        for (size_t ti = 0; ti < sizeof tasks / sizeof tasks[0]; ti++)
+            for (size_t hi = 0; hi < sizeof methods / sizeof methods[0]; hi++) {
+                cm_error err = {0};
+                cm_job base = cm_job_default();
+                snprintf(base.train, sizeof base.train, "x");
+                cr_assert_eq(cm_job_set(&base, "model", models[mi], "test", &err), 0);
+                cr_assert_eq(cm_job_set(&base, "task", tasks[ti], "test", &err), 0);
+                cr_assert_eq(cm_job_set(&base, "method", methods[hi], "test", &err), 0);
+                cm_job got = base;
+                cm_job_model_defaults(&got);
+                if (cm_job_validate(&got, &err) != 0)
+                    continue; /* a combination psrec refuses */
+                cm_job want = base;
+                for (int r = 0; r < nrows; r++) {
+                    const char *cond = !rows[r].cond_key[0]                       ? NULL
+                                       : strcmp(rows[r].cond_key, "task") == 0   ? tasks[ti]
+                                       : strcmp(rows[r].cond_key, "method") == 0 ? methods[hi]
+                                                                                  : "?";
+                    if (!s_names_model(rows[r].models, models[mi]) ||
+                        (cond && strcmp(cond, rows[r].cond_value) != 0))
+                        continue;
+                    for (int k = 0; k < rows[r].n; k++) {
+                        cr_assert_eq(cm_job_set(&want, rows[r].keys[k], rows[r].values[k],
+                                                "docs/config.md", &err),
+                                     0, "%s", err.msg);
+                        applied++;
+                    }
+                }
+                char *g = s_job_text(&got), *w = s_job_text(&want);
+                cr_expect_str_eq(g, w, "model %s, task %s, method %s", models[mi], tasks[ti],
+                                 methods[hi]);
+                free(g);
+                free(w);
+                checked++;
+            }
+    cr_expect_geq(checked, 10, "the combinations psrec accepts");
+    cr_expect_geq(applied, 20, "the documented defaults applied");
 }
 
 /* method mcmc: its own defaults (sweeps, dim, init) unless given, and only

@@ -5,6 +5,7 @@
  * OP_ERROR and the server keeps serving), pipelining, STOP and its stats,
  * and a transport shutdown ending the loop. */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -891,6 +892,11 @@ Test(server, keys_outside_its_slots_are_refused, .timeout = 30)
               "not of this server");
     s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_FULL), &theirs, 1, NULL, 0, CM_EPERM,
               "not of this server");
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, CM_PULL_NO_CREATE), two, 2, NULL, 0, CM_EPERM,
+              "not of this server");
+    char what[96];
+    snprintf(what, sizeof what, "key %" PRIu64 " of table 0 is in slot", theirs);
+    s_refused(&f, s_hdr(CM_OP_PULL, 0, 4, 0), &theirs, 1, NULL, 0, CM_EPERM, what);
     cr_assert_eq(ps_table_rows(ps_server_table(f.srv, 0)), 1, "only the own key's row exists");
     s_stop(&f);
     s_finish(&f);

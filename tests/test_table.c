@@ -15,6 +15,7 @@
 
 #include "common/config.h"
 #include "common/rng.h"
+#include "common/slots.h"
 #include "ps/table.h"
 
 #define TOL 1e-6f
@@ -1189,4 +1190,65 @@ Test(table, private_rows_cannot_be_placed)
     cr_expect_eq(ps_table_share(t, &sh), CM_ENOTSUP);
     cr_expect_eq(ps_table_place(t, &key, 1, 1, &idx), CM_ENOTSUP);
     ps_table_destroy(&t);
+}
+
+/* A key of the slot map's server `want`, from `from` on (table 3). */
+static uint64_t s_key_in(const uint32_t *map, uint32_t n, uint32_t want, uint64_t from)
+{
+    for (uint64_t k = from;; k++)
+        if (map[cm_slot_of(k, 3, n)] == want)
+            return k;
+}
+
+/* Confinement: a key of another server's slot gets no row and reads as no
+ * row through every way in (fast path, admission's slow path, whole rows,
+ * deltas, set rows, places), each refused with CM_EPERM;
+ * keys of the own slots work as before, and rows the table already holds
+ * are not asked about. */
+Test(table, confinement_refuses_keys_of_other_slots)
+{
+    const uint32_t map[8] = {0, 1, 1, 0, 1, 0, 0, 1};
+    for (int kind = 0; kind < 3; kind++) { /* fast, admission (slow), shared */
+        cm_table_spec p = s_params(4, CM_OPT_SGD, 5);
+        p.min_count = kind == 1 ? 2 : 0;
+        p.shared = kind == 2;
+        ps_table *t = s_new(&p);
+        const uint64_t mine = s_key_in(map, 8, 0, 1000), theirs = s_key_in(map, 8, 1, 1000);
+        float out[2 * 16], g[2 * 16];
+        for (int i = 0; i < 2 * 16; i++)
+            g[i] = 0.25f;
+        size_t missing = 0;
+        /* before confinement any key goes (two pushes: admitted) */
+        const uint64_t early = s_key_in(map, 8, 1, theirs + 1);
+        for (int i = 0; i < 2; i++)
+            cr_assert_eq(ps_table_push(t, &early, 1, g), 0);
+        cr_assert_not_null(ps_table_find(t, early));
+        ps_table_confine(t, map, 8, 3, 0);
+        const size_t rows = ps_table_rows(t);
+        cr_expect_eq(ps_table_pull(t, &early, 1, out, 1, &missing), 0, "a row it holds");
+        cr_expect_eq(ps_table_pull(t, &mine, 1, out, 1, &missing), 0);
+        cr_expect_eq(ps_table_push(t, &mine, 1, g), 0);
+        const size_t with_mine = ps_table_rows(t);
+        cr_expect_eq(with_mine, rows + (kind == 1 ? 0 : 1), "kind %d", kind);
+        const uint64_t two[2] = {mine, theirs};
+        int rc[7];
+        rc[0] = ps_table_pull(t, two, 2, out, 1, &missing);
+        rc[1] = ps_table_pull(t, two, 2, out, 0, &missing);
+        rc[2] = ps_table_push(t, &theirs, 1, g);
+        rc[3] = ps_table_pull_full(t, &theirs, 1, out);
+        rc[4] = ps_table_push_delta(t, &theirs, 1, g);
+        rc[5] = ps_table_push_rows(t, &theirs, 1, g);
+        uint64_t idx[2];
+        rc[6] = kind == 2 ? ps_table_place(t, two, 2, 0, idx) : CM_EPERM;
+        for (int i = 0; i < 7; i++)
+            cr_expect_eq(rc[i], CM_EPERM, "kind %d, way %d: %d", kind, i, rc[i]);
+        if (kind == 2)
+            cr_expect_eq(ps_table_place(t, two, 2, 1, idx), CM_EPERM);
+        cr_expect_null(ps_table_find(t, theirs), "kind %d: no row of another server", kind);
+        cr_expect_eq(ps_table_rows(t), with_mine);
+        /* off again: the key gets its row */
+        ps_table_confine(t, NULL, 0, 3, 0);
+        cr_expect_eq(ps_table_pull(t, &theirs, 1, out, 1, &missing), 0);
+        ps_table_destroy(&t);
+    }
 }

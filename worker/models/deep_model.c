@@ -255,18 +255,15 @@ static double s_train_ext(const wk_model_ctx *ctx, int task, const wk_sparse_bat
                     g[1 + c] += x * ge[c] + l2 * r[1 + c];
             }
         /* the net occurs in every example: l2 per example, as the rows
-         * get it per occurrence (padding is 0 and stays 0) */
+         * get it per occurrence (padding is 0 and stays 0). After the last
+         * chunk the net's gradient is of the batch's mean loss: summed over
+         * 256 examples it dwarfs AdaGrad's starting accumulator, and every
+         * first step is then +-lr on every weight whatever the gradient.
+         * One pass does both (scale 1 before the last chunk is exact). */
         const float dl2 = l2 * (float)n;
+        const float scale = first + (size_t)n >= b->n ? 1.f / (float)b->n : 1.f;
         for (size_t i = 0; i < s->n_weights; i++)
-            d->dense_grads[i] += dl2 * d->dense[i];
-    }
-    /* the net's gradient is of the batch's mean loss: summed over 256
-     * examples it dwarfs AdaGrad's starting accumulator, and every first
-     * step is then +-lr on every weight whatever the gradient */
-    if (b->n > 0) {
-        const float inv = 1.f / (float)b->n;
-        for (size_t i = 0; i < s->n_weights; i++)
-            d->dense_grads[i] *= inv;
+            d->dense_grads[i] = (d->dense_grads[i] + dl2 * d->dense[i]) * scale;
     }
     return loss;
 }
