@@ -286,7 +286,8 @@ static const s_key s_keys[] = {
     {.name = "adagrad_init", .type = S_DBL, S_AT(adagrad_init), .dmin = 0, .dmax = 1e6,
      .def = "0.1",
      .help = "adagrad, rowwise_adagrad: the accumulators' starting value; a larger one "
-             "damps the first steps of rarely seen rows (docs/optimizers.md)"},
+             "damps the first steps of rarely seen rows (docs/optimizers.md)",
+     .sgd_only = 1},
     {.name = "batch", .type = S_INT, S_AT(batch), .imin = 1, .imax = 10000000, .def = "256",
      .help = "examples per minibatch per worker",
      .sgd_only = 1},

@@ -244,7 +244,7 @@ Test(cluster_mcmc, auto_picks_sgd_for_each_key_only_sgd_reads)
         "ftrl_l1", "ftrl_beta", "batch", "schedule", "consistency", "staleness",
         "blocks_per_worker", "wire_dtype", "servers", "workers", "slots", "shared_rows",
         "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep", "resume",
-        "restarts"};
+        "restarts", "adagrad_init"};
     const char *data = s_data();
     char u1[1024], why[256];
     snprintf(u1, sizeof u1, "%.900s/ml-100k/u1.base", data);
