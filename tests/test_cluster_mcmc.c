@@ -173,7 +173,7 @@ static cm_job s_auto(const char *model, const char *train, const char *key, cons
         cr_assert_eq(cm_job_set(&job, key, value, "test", &err), 0, "%s", err.msg);
     cm_job_model_defaults(&job);
     cr_assert_eq(job.method, CM_METHOD_AUTO);
-    cl_method_settle(&job, local, why, n);
+    cl_method_settle(&job, local, why, n, NULL);
     return job;
 }
 
