@@ -458,7 +458,7 @@ static int s_train_local(cm_job *job, cl_mcmc_data *loaded)
     cl_mcmc_data_free(&loaded);
     for (int attempt = 0;; attempt++) {
         sch_result res;
-        if (cl_run_local(job, stdout, &res, &err) == 0)
+        if (cl_run_local_refit(job, stdout, &res, &err) == 0)
             return 0;
         fprintf(stderr, "psrec train: error: %s\n", err.msg);
         if (cm_stop_requested() || attempt >= job->restarts)
