@@ -659,10 +659,12 @@ static int s_append_metrics(const char *path, const char *to, cm_error *err)
 
 int cl_refits(const cm_job *job)
 {
-    /* learned regularization moves l2 by the validation rows all the run */
+    /* learned regularization moves l2 by the validation rows all the run;
+     * without checkpoints the test file is all a refit could be read by */
     return job->refit && job->method != CM_METHOD_MCMC && !job->regularization &&
            cm_job_model(job)->family != CM_FAMILY_IMPLICIT && !job->validation[0] &&
-           job->validation_fraction > 0 && !job->checkpoint_dir[0] && !job->resume[0];
+           job->validation_fraction > 0 && !job->checkpoint_dir[0] && !job->resume[0] &&
+           job->test[0];
 }
 
 int cl_run_local_refit(const cm_job *job, FILE *out, sch_result *res, cm_error *err)

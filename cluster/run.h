@@ -21,7 +21,7 @@ int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err);
 
 /* Whether a job refits (the refit key, docs/validation.md): a carved
  * validation set (no validation file), sgd with fixed regularization, no
- * checkpoints kept or resumed, not implicit. */
+ * checkpoints kept or resumed, a test file, not implicit. */
 int cl_refits(const cm_job *job);
 
 /* cl_run_local, and where the job refits, again on every training example

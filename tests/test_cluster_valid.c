@@ -374,6 +374,9 @@ Test(cluster_valid, refit_trains_again_on_every_row_for_the_chosen_epochs)
     other = s_job(data, "mf");
     other.regularization = 1;
     cr_expect_not(cl_refits(&other), "learned l2 needs the validation rows");
+    other = s_job(data, "mf");
+    other.test[0] = '\0';
+    cr_expect_not(cl_refits(&other), "nothing would measure the refit");
     remove(out);
     remove(metrics);
     rmdir(dir);
