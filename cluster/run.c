@@ -16,6 +16,7 @@
 #include "common/heartbeat.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "common/stop.h"
 #include "ps/server.h"
 #include "worker/models/deep.h"
 #include "worker/models/model.h"
@@ -646,11 +647,16 @@ static int s_append_metrics(const char *path, const char *to, cm_error *err)
     if (!in || !out) {
         if (in)
             fclose(in);
+        remove(path);
         return cm_error_set(err, CM_EIO, "refit: cannot copy %s to %s", path, to);
     }
     char line[4096];
-    while (fgets(line, sizeof line, in))
-        fprintf(out, line[0] == '{' ? "{\"refit\": 1, %s" : "%s", line + (line[0] == '{'));
+    while (fgets(line, sizeof line, in)) {
+        if (line[0] == '{')
+            fprintf(out, "{\"refit\": 1, %s", line + 1);
+        else
+            fputs(line, out); /* the rest of a long record */
+    }
     const int bad = ferror(in) || fclose(out) != 0;
     fclose(in);
     remove(path);
@@ -673,8 +679,8 @@ int cl_run_local_refit(const cm_job *job, FILE *out, sch_result *res, cm_error *
         return cl_run_local(job, out, res, err);
     s_filter first = {.out = out, .rename = "validation run: "};
     int rc = s_run_filtered(job, &first, res, err);
-    if (rc != 0 || res->best_epoch < 1)
-        return rc;
+    if (rc != 0 || res->best_epoch < 1 || cm_stop_requested())
+        return rc; /* a run stopped as asked is not trained again */
     cm_job *again = malloc(sizeof *again);
     if (!again)
         return cm_error_set(err, CM_ENOMEM, "out of memory");
