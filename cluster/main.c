@@ -444,12 +444,21 @@ static void s_write_pid_file(int lrank)
 
 /* --local: the job in this process, run again after a failure up to
  * `restarts` times, from the newest intact checkpoint. */
-static int s_train_local(cm_job *job)
+static int s_train_local(cm_job *job, cl_mcmc_data *loaded)
 {
     cm_error err = {0};
+    if (job->method == CM_METHOD_MCMC) {
+        /* the sampler, from the data method auto read (restarts is sgd's) */
+        sch_result res;
+        if (cl_run_mcmc_loaded(job, loaded, stdout, &res, &err) == 0)
+            return 0;
+        fprintf(stderr, "psrec train: error: %s\n", err.msg);
+        return 1;
+    }
+    cl_mcmc_data_free(&loaded);
     for (int attempt = 0;; attempt++) {
         sch_result res;
-        if (cl_run_local(job, stdout, &res, &err) == 0)
+        if (cl_run_local_refit(job, stdout, &res, &err) == 0)
             return 0;
         fprintf(stderr, "psrec train: error: %s\n", err.msg);
         if (cm_stop_requested() || attempt >= job->restarts)
@@ -530,18 +539,23 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
     }
     cm_log_set_level(job.log_level);
     cm_log_set_identity("psrec", -1);
+    cl_mcmc_data *loaded = NULL; /* what settling method auto read, for mcmc */
     if (job.method == CM_METHOD_AUTO) {
         char why[256];
-        cl_method_settle(&job, job.local, why, sizeof why);
+        cl_method_settle(&job, job.local, why, sizeof why, &loaded);
         cm_job_model_defaults(&job); /* mcmc's own where it is mcmc */
         if (lrank <= 0 && cm_job_model(&job)->quadratic)
             printf("method %s (auto: %s)\n", job.method == CM_METHOD_MCMC ? "mcmc" : "sgd",
                    why);
     }
+    if (!job.local || job.method != CM_METHOD_MCMC)
+        cl_mcmc_data_free(&loaded); /* only a --local job settles to mcmc */
     if (job.method == CM_METHOD_MCMC && !job.local)
         return s_train_mcmc(&job, lrank);
-    if (job.local && s_plan_refuses(&job))
+    if (job.local && s_plan_refuses(&job)) {
+        cl_mcmc_data_free(&loaded);
         return 2;
+    }
     /* from here on a stop signal is a request, in every thread
      * (common/stop.h); installed before MPI starts */
     static int loud;
@@ -552,7 +566,7 @@ static int s_train(int argc, char **argv, int *pargc, char ***pargv)
         cm_log(CM_LOG_WARN, "%s; SIGTERM will end the job without a last checkpoint", err.msg);
     s_write_pid_file(job.local ? -1 : lrank);
     if (job.local)
-        return s_train_local(&job);
+        return s_train_local(&job, loaded);
     if (job.restarts > 0 && lrank <= 0 && !getenv("PSREC_LAUNCHED"))
         fprintf(stderr, "psrec train: restarts = %d needs `psrec launch` to start mpirun "
                         "(a rank cannot restart the job); this run will not restart\n",

@@ -76,38 +76,56 @@ static wk_mcmc_rows s_rows(const wk_sparse_view *v, const uint32_t *idx)
     return (wk_mcmc_rows){v->n, v->at, idx, v->val, v->label};
 }
 
-/* The loader, asked for fields where the data have them: a job that reads
- * as ffm's when it can, as it is otherwise (libsvm has no fields). */
-static wk_sparse *s_load(const cm_job *job, cm_job *grouped, uint32_t *n_groups,
-                         cm_error *err)
+/* The data as loaded for the sampler: the job as the loader read it (the
+ * loader keeps a pointer to it), and the training and test sets. */
+struct cl_mcmc_data {
+    cm_job job;
+    wk_sparse *sparse;
+    uint32_t n_groups;
+};
+
+void cl_mcmc_data_free(cl_mcmc_data **pd)
 {
-    *grouped = *job;
+    if (!pd || !*pd)
+        return;
+    wk_sparse_destroy(&(*pd)->sparse);
+    free(*pd);
+    *pd = NULL;
+}
+
+/* Loads the job's data with their fields where the data have them (the
+ * priors' groups), else as one group (libsvm has no fields). */
+static cl_mcmc_data *s_load(const cm_job *job, cm_error *err)
+{
+    cl_mcmc_data *d = malloc(sizeof *d);
+    if (!d) {
+        cm_error_set(err, CM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    d->job = *job;
     /* the sampler chooses nothing (no epoch, no hyper-parameter), so it
      * trains on every training row */
-    grouped->validation[0] = '\0';
-    grouped->validation_fraction = 0;
-    cm_job plain = *grouped;
-    snprintf(grouped->model, sizeof grouped->model, "ffm");
+    d->job.validation[0] = '\0';
+    d->job.validation_fraction = 0;
     cm_error ferr = {0};
-    int f = wk_sparse_fields(grouped, &ferr);
-    if (f > 0) {
-        grouped->fields = f;
-        *n_groups = (uint32_t)f;
-        return wk_sparse_new(grouped, 0, 1, job->dim, err);
-    }
-    *grouped = plain;
-    *n_groups = 1;
-    return wk_sparse_new(grouped, 0, 1, job->dim, err);
+    const int f = wk_sparse_data_fields(&d->job, &ferr);
+    d->n_groups = f > 0 ? (uint32_t)f : 1;
+    if (f > 0)
+        d->job.fields = f;
+    d->sparse = wk_sparse_new_fields(&d->job, 0, 1, job->dim, f > 0, err);
+    if (!d->sparse)
+        cl_mcmc_data_free(&d);
+    return d;
 }
 
 typedef struct {
     const cm_job *job;
     FILE *out;
     sch_metrics *metrics;
-    wk_sparse *data;
     wk_sparse_view train, test;
     uint32_t *train_idx, *test_idx;
     s_dict dict;
+    cl_mcmc_data *loaded;
     wk_mcmc *m;
     double *draw, *avg;          /* test predictions: this sweep's, the average */
     float *prob;                 /* binary: the average as floats for the AUC */
@@ -120,7 +138,7 @@ static void s_free(s_run *r)
 {
     wk_mcmc_destroy(&r->m);
     sch_metrics_close(&r->metrics);
-    wk_sparse_destroy(&r->data);
+    cl_mcmc_data_free(&r->loaded);
     cm_hashmap_destroy(&r->dict.ids);
     free(r->dict.group);
     free(r->train_idx);
@@ -130,15 +148,16 @@ static void s_free(s_run *r)
     free(r->prob);
 }
 
-static int s_setup(s_run *r, cm_job *grouped, cm_error *err)
+static int s_setup(s_run *r, cm_error *err)
 {
     const cm_job *job = r->job;
-    uint32_t n_groups = 1;
-    if (!(r->data = s_load(job, grouped, &n_groups, err)))
+    if (!r->loaded && !(r->loaded = s_load(job, err)))
         return err && err->code ? err->code : CM_ENOMEM;
-    r->binary = wk_sparse_task(r->data) == CM_TASK_BINARY;
-    r->train = wk_sparse_examples(r->data, 0);
-    r->test = wk_sparse_examples(r->data, 1);
+    const uint32_t n_groups = r->loaded->n_groups;
+    const wk_sparse *data = r->loaded->sparse;
+    r->binary = wk_sparse_task(data) == CM_TASK_BINARY;
+    r->train = wk_sparse_examples(data, 0);
+    r->test = wk_sparse_examples(data, 1);
     if (r->train.n == 0)
         return cm_error_set(err, CM_ECONFIG, "%s: no training examples", job->train);
     const size_t ntr = r->train.at[r->train.n], nte = r->test.n ? r->test.at[r->test.n] : 0;
@@ -277,7 +296,8 @@ static long s_count_lines(const char *path, long limit)
 }
 
 /* The reason for sgd, or NULL where the job suits mcmc. */
-static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t n)
+static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t n,
+                               cl_mcmc_data **loaded)
 {
     const cm_model *model = cm_job_model(job);
     if (!model->quadratic)
@@ -306,30 +326,36 @@ static const char *s_needs_sgd(const cm_job *job, long *lines, char *buf, size_t
         return buf;
     }
     if (model->family == CM_FAMILY_SPARSE && job->task == CM_JOB_TASK_AUTO) {
-        cm_job *grouped = malloc(sizeof *grouped);
-        uint32_t groups = 1;
         cm_error err = {0};
-        wk_sparse *data = grouped ? s_load(job, grouped, &groups, &err) : NULL;
-        const int read = data != NULL, binary = read && wk_sparse_task(data) == CM_TASK_BINARY;
-        wk_sparse_destroy(&data);
-        free(grouped);
-        if (!read)
+        cl_mcmc_data *data = s_load(job, &err);
+        if (!data)
             return "the training data did not load as fm examples";
-        if (binary)
+        if (wk_sparse_task(data->sparse) == CM_TASK_BINARY) {
+            cl_mcmc_data_free(&data);
             return "binary labels (every one -1, 0 or 1): sgd's AUC is the better on click "
                    "data";
+        }
+        /* the sampler starts from these rather than reading them again */
+        *loaded = data;
     }
     return NULL;
 }
 
-void cl_method_settle(cm_job *job, int local, char *why, size_t n)
+void cl_method_settle(cm_job *job, int local, char *why, size_t n, cl_mcmc_data **data)
 {
+    if (data)
+        *data = NULL;
     if (job->method != CM_METHOD_AUTO)
         return;
     char buf[160];
     long lines = -1;
-    const char *sgd = local ? s_needs_sgd(job, &lines, buf, sizeof buf)
+    cl_mcmc_data *loaded = NULL;
+    const char *sgd = local ? s_needs_sgd(job, &lines, buf, sizeof buf, &loaded)
                             : "a cluster job (mcmc samples in one process: --local)";
+    if (data && !sgd)
+        *data = loaded;
+    else
+        cl_mcmc_data_free(&loaded);
     job->method = sgd ? CM_METHOD_SGD : CM_METHOD_MCMC;
     if (sgd)
         snprintf(why, n, "%s", sgd);
@@ -338,9 +364,9 @@ void cl_method_settle(cm_job *job, int local, char *why, size_t n)
                  lines);
 }
 
-int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
+/* What method mcmc refuses. */
+static int s_check(const cm_job *job, cm_error *err)
 {
-    sch_result_init(res);
     if (!cm_job_model(job)->quadratic)
         return cm_error_set(err, CM_ECONFIG, "method mcmc is for models fm and mf (got %s)",
                             job->model);
@@ -357,12 +383,26 @@ int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
                             "method mcmc keeps no checkpoints (its model is the average of "
                             "its sweeps' predictions, not one set of rows): leave "
                             "checkpoint_dir and resume empty, or use method sgd");
-    cm_job *grouped = malloc(sizeof *grouped);
-    if (!grouped)
-        return cm_error_set(err, CM_ENOMEM, "out of memory");
-    s_run r = {.job = job, .out = out, .burn_in = job->epochs / 10};
+    return 0;
+}
+
+int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
+{
+    return cl_run_mcmc_loaded(job, NULL, out, res, err);
+}
+
+int cl_run_mcmc_loaded(const cm_job *job, cl_mcmc_data *data, FILE *out, sch_result *res,
+                       cm_error *err)
+{
+    s_run r = {.job = job, .out = out, .burn_in = job->epochs / 10, .loaded = data};
+    sch_result_init(res);
+    int rc = s_check(job, err);
+    if (rc != 0) {
+        s_free(&r);
+        return rc;
+    }
     const double t_start = cm_now();
-    int rc = s_setup(&r, grouped, err);
+    rc = s_setup(&r, err);
     double train_secs = 0;
     for (int e = 1; rc == 0 && e <= job->epochs; e++) {
         const double t0 = cm_now();
@@ -401,6 +441,5 @@ int cl_run_mcmc(const cm_job *job, FILE *out, sch_result *res, cm_error *err)
         fflush(out);
     }
     s_free(&r);
-    free(grouped);
     return rc;
 }

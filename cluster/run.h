@@ -19,6 +19,19 @@
  * the scheduler's figures. */
 int cl_run_local(const cm_job *job, FILE *out, sch_result *res, cm_error *err);
 
+/* Whether a job refits (the refit key, docs/validation.md): a carved
+ * validation set (no validation file), sgd with fixed regularization, no
+ * checkpoints kept or resumed, a test file, not implicit. */
+int cl_refits(const cm_job *job);
+
+/* cl_run_local, and where the job refits, again on every training example
+ * (the carve too) for the epoch count the first run chose, without
+ * validation: the figures in *res and the final line are the refit's (the
+ * validation run's final line is renamed "validation run:"), best_epoch
+ * and n_valid the first run's; the metrics file gets both runs' records,
+ * the refit's marked "refit": 1. What `psrec train --local` runs. */
+int cl_run_local_refit(const cm_job *job, FILE *out, sch_result *res, cm_error *err);
+
 /* The memory check of `train` (1: the job does not fit; it has said why). */
 typedef int (*cl_refuse_fn)(const cm_job *job);
 

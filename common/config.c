@@ -146,6 +146,12 @@ static const s_key s_keys[] = {
      .help = "evaluations without a better validation metric before training stops early "
              "(0: never stop early)",
      .sgd_only = 1},
+    {.name = "refit", .type = S_BOOL, S_AT(refit), .def = "1",
+     .help = "with a carved validation set (validation_fraction, no validation file), "
+             "train again on every training example for the epoch count chosen on "
+             "validation, and keep that model (--local train with a test file, fixed "
+             "regularization, no checkpoint_dir; docs/validation.md)",
+     .models = S_M_MF | S_M_SPARSE, .sgd_only = 1},
     {.name = "metrics", .type = S_STR, S_AT(metrics), .def = "",
      .help = "JSON-lines metrics file, one object per epoch (a resumed run appends); "
              "empty for none"},

@@ -92,6 +92,7 @@ typedef struct {
     char validation[CM_PATH_MAX]; /* validation data; "" carves validation_fraction */
     double validation_fraction;   /* share of train carved for validation; 0: none */
     int patience;              /* evaluations without improvement before stopping; 0: never */
+    int refit;                 /* 1: retrain on all the training data for the chosen epochs */
     char metrics[CM_PATH_MAX]; /* JSON-lines metrics file; "" for none */
     char model[32];            /* "mf", "fm", "ffm", "deep", "implicit" */
     int loss;                  /* implicit: cm_implicit_loss */

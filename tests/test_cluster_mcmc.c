@@ -174,7 +174,7 @@ static cm_job s_auto(const char *model, const char *train, const char *key, cons
         cr_assert_eq(cm_job_set(&job, key, value, "test", &err), 0, "%s", err.msg);
     cm_job_model_defaults(&job);
     cr_assert_eq(job.method, CM_METHOD_AUTO);
-    cl_method_settle(&job, local, why, n);
+    cl_method_settle(&job, local, why, n, NULL);
     return job;
 }
 
@@ -244,7 +244,7 @@ Test(cluster_mcmc, auto_picks_sgd_for_each_key_only_sgd_reads)
         "ftrl_l1", "ftrl_beta", "batch", "schedule", "consistency", "staleness",
         "blocks_per_worker", "wire_dtype", "servers", "workers", "slots", "shared_rows",
         "checkpoint_dir", "checkpoint_every", "checkpoint_secs", "checkpoint_keep", "resume",
-        "restarts", "adagrad_init"};
+        "restarts", "adagrad_init", "refit"};
     const char *data = s_data();
     char u1[1024], why[256];
     snprintf(u1, sizeof u1, "%.900s/ml-100k/u1.base", data);
@@ -280,6 +280,49 @@ Test(cluster_mcmc, auto_picks_sgd_for_each_key_only_sgd_reads)
 }
 
 /* The train command says what auto chose and why, and trains with it. */
+/* method auto reads fm's data to see its task; where it picks mcmc it
+ * hands them on, and the chain run from them is the chain run from a
+ * fresh load (same seed, same draws, same figures); where it picks sgd,
+ * or is asked for nothing, it hands nothing on. */
+Test(cluster_mcmc, auto_hands_on_the_data_it_read)
+{
+    const char *data = s_data();
+    char u1[1024], frappe[1024], why[256];
+    snprintf(u1, sizeof u1, "%.900s/ml-100k/u1.base", data);
+    snprintf(frappe, sizeof frappe, "%.900s/frappe/frappe.validation.libfm", data);
+    cm_job job = s_job("fm", data, 1);
+    job.method = CM_METHOD_AUTO;
+    job.epochs = TH_SANITIZED ? 3 : 10;
+    cl_mcmc_data *loaded = NULL;
+    cl_method_settle(&job, 1, why, sizeof why, &loaded);
+    cr_assert_eq(job.method, CM_METHOD_MCMC, "%s", why);
+    cr_assert_not_null(loaded, "fm with task auto was read to settle it");
+    sch_result handed, fresh;
+    cm_error err = {0};
+    FILE *out = fopen("/dev/null", "w");
+    cr_assert_not_null(out);
+    cr_assert_eq(cl_run_mcmc_loaded(&job, loaded, out, &handed, &err), 0, "%s", err.msg);
+    cr_assert_eq(cl_run_mcmc(&job, out, &fresh, &err), 0, "%s", err.msg);
+    fclose(out);
+    cr_expect_eq(handed.n_train, 80000);
+    cr_expect_eq(handed.n_test, fresh.n_test);
+    cr_expect_eq(handed.test_rmse, fresh.test_rmse, "%.6f against %.6f", handed.test_rmse,
+                 fresh.test_rmse);
+    cr_expect_eq(handed.test_mae, fresh.test_mae);
+
+    cm_job binary = s_auto("fm", frappe, NULL, NULL, 1, why, sizeof why);
+    binary.method = CM_METHOD_AUTO;
+    loaded = (cl_mcmc_data *)&binary; /* must be reset */
+    cl_method_settle(&binary, 1, why, sizeof why, &loaded);
+    cr_expect_eq(binary.method, CM_METHOD_SGD);
+    cr_expect_null(loaded, "sgd gets nothing handed on");
+    cm_job mf = s_auto("mf", u1, NULL, NULL, 1, why, sizeof why);
+    mf.method = CM_METHOD_AUTO;
+    cl_method_settle(&mf, 1, why, sizeof why, &loaded);
+    cr_expect_eq(mf.method, CM_METHOD_MCMC, "%s", why);
+    cr_expect_null(loaded, "mf's task needs no read");
+}
+
 Test(cluster_mcmc, train_command_prints_the_choice)
 {
     const char *data = s_data();

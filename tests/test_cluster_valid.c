@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cluster/run.h"
 #include "common/ckpt.h"
@@ -300,6 +301,85 @@ Test(cluster_valid, every_model_chooses_on_validation)
     cr_expect(res.valid_metric > 0 && res.valid_metric < 0.69, "validation log loss %g",
               res.valid_metric);
     cr_expect_gt(res.test_auc, 0.5);
+}
+
+/* The lines of a file that contain s. */
+static int s_count_lines_with(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, s) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* refit (the default where the validation set is carved): after the
+ * validation run has chosen its epoch, the job trains again on every
+ * training row (the carve too) for that many epochs. Its final line says
+ * so and is the only "final" line; the validation run's is renamed; the
+ * metrics file holds both runs, the refit's marked. refit = 0, a
+ * validation file or a checkpoint_dir keeps the validation run's model. */
+Test(cluster_valid, refit_trains_again_on_every_row_for_the_chosen_epochs)
+{
+    const char *data = th_data_dir();
+    if (!data)
+        cr_skip_test("../shared/data not found (set PSREC_DATA)");
+    char dir[] = "/tmp/psrec-refit-XXXXXX", out[64], metrics[64];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    snprintf(metrics, sizeof metrics, "%s/m.jsonl", dir);
+    cm_job job = s_job(data, "mf");
+    job.epochs = TH_SANITIZED ? 3 : 6;
+    snprintf(job.metrics, sizeof job.metrics, "%s", metrics);
+    cr_expect(job.refit, "on by default");
+    cr_expect(cl_refits(&job));
+    FILE *f = fopen(out, "w");
+    cr_assert_not_null(f);
+    sch_result res;
+    cm_error err = {0};
+    cr_assert_eq(cl_run_local_refit(&job, f, &res, &err), 0, "%s", err.msg);
+    fclose(f);
+    cr_assert_gt(res.best_epoch, 0);
+    cr_expect_eq(res.epochs, res.best_epoch, "the refit runs the chosen count");
+    cr_expect_eq(res.n_train, 80000, "the refit trains on every row of u1.base");
+    cr_expect_gt(res.n_valid, 0, "the validation run's carve is reported");
+    cr_expect(res.test_rmse > 0.5 && res.test_rmse < 1.5, "test RMSE %g", res.test_rmse);
+    cr_expect_eq(s_count_lines_with(out, "validation run: test RMSE"), 1);
+    cr_expect_eq(s_count_lines_with(out, "refit: training again"), 1);
+    cr_expect_eq(s_count_lines_with(out, "final "), 1, "one final line, the refit's");
+    cr_expect_eq(s_count_lines_with(out, "(refit: all 80000 training examples"), 1);
+    cr_expect_eq(s_count_lines_with(metrics, "\"refit\": 1, \"epoch\""), res.best_epoch);
+    cr_expect_eq(s_count_lines_with(metrics, "\"refit\": 1, \"final\""), 1);
+    cr_expect_eq(s_count_lines_with(metrics, "\"final\""), 2, "the validation run's too");
+
+    /* off: the validation run's model, as cl_run_local */
+    job.refit = 0;
+    cr_expect_not(cl_refits(&job));
+    f = fopen(out, "w");
+    cr_assert_not_null(f);
+    cr_assert_eq(cl_run_local_refit(&job, f, &res, &err), 0, "%s", err.msg);
+    fclose(f);
+    cr_expect_lt(res.n_train, 80000, "the carve is not trained on");
+    cr_expect_eq(s_count_lines_with(out, "refit"), 0);
+    cr_expect_eq(s_count_lines_with(out, "final test RMSE"), 1);
+    cm_job other = s_job(data, "mf");
+    snprintf(other.validation, sizeof other.validation, "%.900s/ml-100k/ua.test", data);
+    cr_expect_not(cl_refits(&other), "a validation file is not training data");
+    other = s_job(data, "mf");
+    snprintf(other.checkpoint_dir, sizeof other.checkpoint_dir, "%s/ck", dir);
+    cr_expect_not(cl_refits(&other), "checkpoints keep the validation run's epochs");
+    other = s_job(data, "mf");
+    other.regularization = 1;
+    cr_expect_not(cl_refits(&other), "learned l2 needs the validation rows");
+    other = s_job(data, "mf");
+    other.test[0] = '\0';
+    cr_expect_not(cl_refits(&other), "nothing would measure the refit");
+    remove(out);
+    remove(metrics);
+    rmdir(dir);
 }
 
 static int s_have_mpirun(void)

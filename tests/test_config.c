@@ -22,7 +22,7 @@ static const char *const s_all_keys[] = {
     "schedule", "method", "checkpoint_dir", "checkpoint_every", "checkpoint_secs",
     "checkpoint_keep",
     "restarts", "restart_backoff",
-    "validation", "validation_fraction", "patience",
+    "validation", "validation_fraction", "patience", "refit",
     "resume", "eval_every", "min_count", "ttl", "max_rows", "adam_beta1", "adam_beta2",
     "ftrl_l1", "ftrl_beta", "adagrad_init", "task", "format", "label_column",
     "numeric_columns", "numeric_transform",

@@ -536,7 +536,14 @@ static int s_libffm_fields(const char *path, cm_error *err)
 
 int wk_sparse_fields(const cm_job *job, cm_error *err)
 {
-    if (!s_needs_fields(job) || job->fields > 0)
+    if (!s_needs_fields(job))
+        return job->fields;
+    return wk_sparse_data_fields(job, err);
+}
+
+int wk_sparse_data_fields(const cm_job *job, cm_error *err)
+{
+    if (job->fields > 0)
         return job->fields;
     switch (wk_sparse_format(job, job->train)) {
     case CM_FMT_RATINGS:
@@ -673,6 +680,12 @@ static int s_load_held_out(wk_sparse *s, const char *path, const char *what, int
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err)
 {
+    return wk_sparse_new_fields(job, index, n_workers, dim, s_needs_fields(job), err);
+}
+
+wk_sparse *wk_sparse_new_fields(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
+                                int keep_fields, cm_error *err)
+{
     wk_sparse *s = calloc(1, sizeof *s);
     cm_examples all = {0};
     unsigned char *held = NULL; /* per training row: 1 carved for validation */
@@ -686,7 +699,7 @@ wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, 
     s->dim = dim;
     s->batch = (size_t)job->batch;
     const int log_lines = index == 0 ? 5 : 0;
-    const int fields = s_needs_fields(job);
+    const int fields = keep_fields;
     if (fields) {
         /* the tables were made for job->fields: the launcher resolves 0 */
         if (job->fields < 1) {

@@ -75,6 +75,10 @@ void wk_ratings_columns(const cm_job *job, cm_load_opts *o);
  * made, the same on every rank. */
 int wk_sparse_fields(const cm_job *job, cm_error *err);
 
+/* The same count whatever the model: for a loader asked to keep the
+ * fields of a model that does not need them (wk_sparse_new_fields). */
+int wk_sparse_data_fields(const cm_job *job, cm_error *err);
+
 /* Loads a libsvm/libFM, libffm or csv file (by wk_sparse_format) with the
  * labels as written; logs the first log_lines bad lines. libffm lines with
  * a field >= job->fields (when set) are bad lines. */
@@ -87,6 +91,10 @@ int wk_sparse_load_features(const cm_job *job, const char *path, int log_lines,
  * more fields, or none, is CM_ECONFIG. job must outlive the result. */
 wk_sparse *wk_sparse_new(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
                          cm_error *err);
+/* The same with the fields kept (keep_fields, job->fields resolved) or
+ * not, whatever the model: mcmc groups fm's priors by field. */
+wk_sparse *wk_sparse_new_fields(const cm_job *job, uint32_t index, uint32_t n_workers, int dim,
+                                int keep_fields, cm_error *err);
 void wk_sparse_destroy(wk_sparse **ps);
 
 /* cm_task of the run. */
