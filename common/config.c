@@ -1046,7 +1046,10 @@ static int s_walk_args(cm_job *job, int argc, char **argv, int apply, const char
         if (eq) {
             value = eq + 1;
         } else if (k->type == S_BOOL) {
-            value = "1"; /* bare --local */
+            /* "--refit 0" takes its word; a bare --local, or one followed
+             * by anything but a boolean word (a job file), means 1 */
+            int v;
+            value = i + 1 < argc && s_parse_bool(argv[i + 1], &v) == 0 ? argv[++i] : "1";
         } else if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
             return cm_error_set(err, CM_ECONFIG, "%s: missing value (%s VALUE or %s=VALUE)",
                                 flag, flag, flag);

@@ -598,6 +598,22 @@ Test(config, args_local_flag, .init = s_setup, .fini = s_cleanup)
     cr_assert(strncmp(err.msg, "--local: expected a boolean", 27) == 0, "%s", err.msg);
 }
 
+/* A boolean key takes a following boolean word as its value. */
+Test(config, bool_key_takes_the_next_boolean_word)
+{
+    cm_job j = cm_job_default();
+    cm_error err = {0};
+    const char *a[] = {"train", "--refit", "0", "--local", "off", "--fm_term", "no", NULL};
+    cr_assert_eq(cm_job_parse_args(&j, 7, (char **)a, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(j.refit, 0);
+    cr_expect_eq(j.local, 0);
+    cr_expect_eq(j.fm_term, 0);
+    const char *b[] = {"train", "--refit", "--local", "yes", NULL};
+    cr_assert_eq(cm_job_parse_args(&j, 4, (char **)b, NULL, &err), 0, "%s", err.msg);
+    cr_expect_eq(j.refit, 1);
+    cr_expect_eq(j.local, 1);
+}
+
 Test(config, args_negative_and_empty_values)
 {
     cm_job j = cm_job_default();
