@@ -72,8 +72,12 @@ echo
       "test_rmse" "floor" "above"
   run "blocks, mpirun 1+1+2 ranks" \
       mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1
-  run "blocks, --local 1 server 2 workers" "$psrec" train --local --servers 1 --workers 2
-  run "blocks, --local 1 worker (baseline)" "$psrec" train --local --servers 1 --workers 1
+  # --refit 0: speed of one training run (a --local train would otherwise
+  # train again on all the data after the validation carve)
+  run "blocks, --local 1 server 2 workers" "$psrec" train --local --refit 0 --servers 1 \
+      --workers 2
+  run "blocks, --local 1 worker (baseline)" "$psrec" train --local --refit 0 --servers 1 \
+      --workers 1
   run "minibatch, mpirun 1+1+2 ranks" \
       mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \
       --schedule minibatch

@@ -156,9 +156,9 @@ mf_shape() {
       mpirun --oversubscribe --bind-to none -x PSREC_SHARED_ROWS=off -np 4 "$psrec" train \
       --servers 1
   run_psrec "blocks, --local 1 server + 2 workers" local2 \
-      "$psrec" train --local --servers 1 --workers 2
+      "$psrec" train --local --refit 0 --servers 1 --workers 2
   run_psrec "blocks, --local 1 worker (psrec baseline)" local1 \
-      "$psrec" train --local --servers 1 --workers 1
+      "$psrec" train --local --refit 0 --servers 1 --workers 1
   if [ "$minibatch" = 1 ] && [ "$name" = ml20m ]; then
     run_psrec "minibatch, mpirun 1 + 1 + 2" minibatch \
         mpirun --oversubscribe --bind-to none -np 4 "$psrec" train --servers 1 \

@@ -121,7 +121,10 @@ psrec_run() { # binary model data mode -> epoch lines in $work/last.ep
     mpirun --oversubscribe --bind-to none -np 4 "$bin" "${args[@]}" $extra \
         > "$work/last.out" 2>&1 || rc=$?
   else
-    "$bin" "${args[@]}" $extra --local --workers 2 > "$work/last.out" 2>&1 || rc=$?
+    # one training run: no refit on all the data after the validation carve
+    # (a build from before the key has none to turn off)
+    local refit=(); "$bin" train --help 2>&1 | grep -q refit && refit=(--refit 0)
+    "$bin" "${args[@]}" $extra "${refit[@]}" --local --workers 2 > "$work/last.out" 2>&1 || rc=$?
   fi
   wall=$(( ($(ms) - t0) / 1000000 ))
   if [ "$rc" != 0 ]; then # keep going: one failed run should not lose the others
