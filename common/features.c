@@ -1007,6 +1007,94 @@ static int s_side_check_spec(const char *path, const cm_side_spec *spec, uint32_
     return 0;
 }
 
+/* One value of a side row's column `col` as a feature key in *key: 0, 1
+ * when the value adds no feature (empty, or a 0 flag), -1 with `why` set
+ * when it is not the column's kind. */
+static int s_side_value_key(const cm_side_col *sc, uint32_t col, const s_cell *v,
+                            uint64_t seed, uint64_t *key, char *why, size_t cap)
+{
+    if (v->n == 0)
+        return 1; /* empty: absent */
+    if (sc->kind == CM_SIDE_CAT) {
+        *key = cm_hash_bytes(v->p, v->n, seed);
+        return 0;
+    }
+    if (sc->kind == CM_SIDE_FLAGS) {
+        if (v->n != 1 || (v->p[0] != '0' && v->p[0] != '1')) {
+            snprintf(why, cap, "column %u: expected a 0/1 flag, got '%.*s'", col, s_show(v->n),
+                     v->p);
+            return -1;
+        }
+        if (v->p[0] == '0')
+            return 1;
+        *key = seed;
+        return 0;
+    }
+    float x;
+    int pr = s_parse_f32(v->p, v->n, &x);
+    if (pr != 0) {
+        snprintf(why, cap, "column %u: expected a %snumber, got '%.*s'", col,
+                 pr == -2 ? "finite " : "", s_show(v->n), v->p);
+        return -1;
+    }
+    double bk = floor((double)x / sc->width);
+    if (!(fabs(bk) < 9.2e18)) {
+        snprintf(why, cap, "column %u: bucket of '%.*s' out of range", col, s_show(v->n), v->p);
+        return -1;
+    }
+    *key = cm_hash_key((uint64_t)(int64_t)bk, seed);
+    return 0;
+}
+
+/* One split line of a side file: its id and feature keys added to s. 0,
+ * 1 with `why` set for a bad line (s unchanged), -1 out of memory. */
+static int s_side_add_row(cm_side *s, const s_row *row, long k, uint32_t need,
+                          const uint64_t *seed, uint64_t max_index, char *why, size_t cap)
+{
+    const cm_side_spec *spec = &s->spec;
+    if (spec->n_columns ? (size_t)k != spec->n_columns : (size_t)k < need) {
+        snprintf(why, cap, "expected %s%u fields, got %ld", spec->n_columns ? "" : "at least ",
+                 spec->n_columns ? spec->n_columns : need, k);
+        return 1;
+    }
+    if (row->cells[0].n == 0) {
+        snprintf(why, cap, "empty id");
+        return 1;
+    }
+    uint64_t id = s_side_id(row->cells[0].p, row->cells[0].n);
+    uint32_t prev;
+    if (cm_hashmap_get(s->by_id, id, &prev)) {
+        snprintf(why, cap, "duplicate id '%.*s' (first on an earlier line)",
+                 s_show(row->cells[0].n), row->cells[0].p);
+        return 1;
+    }
+    size_t start = s->nkeys;
+    for (size_t r = 0; r < spec->n_cols; r++) {
+        const cm_side_col *sc = &spec->cols[r];
+        for (uint32_t col = sc->first; col <= sc->last; col++) {
+            uint64_t key;
+            int vr = s_side_value_key(sc, col, &row->cells[col], seed[col], &key, why, cap);
+            if (vr > 0)
+                continue;
+            if (vr < 0) {
+                s->nkeys = start;
+                return 1;
+            }
+            if (max_index)
+                key %= max_index;
+            if (s_side_push(s, key) != 0)
+                return -1;
+        }
+    }
+    if (s->n >= UINT32_MAX || cm_hashmap_put(s->by_id, id, (uint32_t)s->n) != 0)
+        return -1;
+    s->n++;
+    s->row_at[s->n] = s->nkeys;
+    if (s->nkeys - start > s->max_keys)
+        s->max_keys = s->nkeys - start;
+    return 0;
+}
+
 int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts *opts_in,
                  cm_side **out, cm_error *err)
 {
@@ -1056,79 +1144,14 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
         long k = s_split_csv(&row, spec->sep, ls, le);
         if (k < -1)
             goto nomem;
-        if (k < 0) {
+        int ar = 1;
+        if (k < 0)
             snprintf(why, sizeof why, "unterminated quote");
-            goto bad;
-        }
-        if (spec->n_columns ? (size_t)k != spec->n_columns : (size_t)k < need) {
-            snprintf(why, sizeof why, "expected %s%u fields, got %ld",
-                     spec->n_columns ? "" : "at least ", spec->n_columns ? spec->n_columns : need,
-                     k);
-            goto bad;
-        }
-        if (row.cells[0].n == 0) {
-            snprintf(why, sizeof why, "empty id");
-            goto bad;
-        }
-        uint64_t id = s_side_id(row.cells[0].p, row.cells[0].n);
-        uint32_t prev;
-        if (cm_hashmap_get(s->by_id, id, &prev)) {
-            snprintf(why, sizeof why, "duplicate id '%.*s' (first on an earlier line)",
-                     s_show(row.cells[0].n), row.cells[0].p);
-            goto bad;
-        }
-        size_t start = s->nkeys;
-        for (size_t r = 0; r < spec->n_cols; r++) {
-            const cm_side_col *sc = &spec->cols[r];
-            for (uint32_t col = sc->first; col <= sc->last; col++) {
-                const s_cell *v = &row.cells[col];
-                uint64_t key;
-                if (v->n == 0)
-                    continue; /* empty: absent */
-                if (sc->kind == CM_SIDE_CAT) {
-                    key = cm_hash_bytes(v->p, v->n, seed[col]);
-                } else if (sc->kind == CM_SIDE_FLAGS) {
-                    if (v->n != 1 || (v->p[0] != '0' && v->p[0] != '1')) {
-                        snprintf(why, sizeof why, "column %u: expected a 0/1 flag, got '%.*s'",
-                                 col, s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    if (v->p[0] == '0')
-                        continue;
-                    key = seed[col];
-                } else {
-                    float x;
-                    int pr = s_parse_f32(v->p, v->n, &x);
-                    if (pr != 0) {
-                        snprintf(why, sizeof why, "column %u: expected a %snumber, got '%.*s'",
-                                 col, pr == -2 ? "finite " : "", s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    double bk = floor((double)x / sc->width);
-                    if (!(fabs(bk) < 9.2e18)) {
-                        snprintf(why, sizeof why, "column %u: bucket of '%.*s' out of range",
-                                 col, s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    key = cm_hash_key((uint64_t)(int64_t)bk, seed[col]);
-                }
-                if (opts.max_index)
-                    key %= opts.max_index;
-                if (s_side_push(s, key) != 0)
-                    goto nomem;
-            }
-        }
-        if (s->n >= UINT32_MAX || cm_hashmap_put(s->by_id, id, (uint32_t)s->n) != 0)
+        else
+            ar = s_side_add_row(s, &row, k, need, seed, opts.max_index, why, sizeof why);
+        if (ar < 0)
             goto nomem;
-        s->n++;
-        s->row_at[s->n] = s->nkeys;
-        if (s->nkeys - start > s->max_keys)
-            s->max_keys = s->nkeys - start;
-        continue;
-    bad_row:
-        s->nkeys = start;
-    bad:
-        if (cm_badlines_add(&c, it.line, "%s", why)) {
+        if (ar > 0 && cm_badlines_add(&c, it.line, "%s", why)) {
             rc = cm_badlines_toomany(&c, it.line, err);
             goto out;
         }
