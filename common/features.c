@@ -764,6 +764,50 @@ static int s_csv_row(s_build *b, const s_row *row, size_t ncols, const int *role
     return 0;
 }
 
+/* What a CSV file's header says: the separator and, per file column, its
+ * role; per feature its key or seed and whether the header named it. */
+typedef struct {
+    char sep;
+    size_t ncols;
+    int *role;          /* per file column */
+    uint64_t *seed;     /* per feature: numeric key / categorical seed */
+    uint8_t *seen;      /* per feature: matched in the header */
+} s_csv_cols;
+
+static void s_csv_cols_free(s_csv_cols *h)
+{
+    free(h->role);
+    free(h->seed);
+    free(h->seen);
+}
+
+/* Reads the header (the first line that is not blank) into *h; row is the
+ * split scratch. */
+static int s_csv_header(const char *path, const cm_csv_spec *spec, size_t nfeat, cm_lines *it,
+                        s_row *row, s_csv_cols *h, cm_error *err)
+{
+    const char *ls, *le;
+    int have = 0;
+    while ((have = s_next_line(it, &ls, &le)) && ls == le)
+        ;
+    if (!have)
+        return cm_error_set(err, CM_EPARSE, "%s: no header line (a CSV file needs one)", path);
+    h->sep = spec->sep ? spec->sep : memchr(ls, '\t', (size_t)(le - ls)) ? '\t' : ',';
+    long nc = s_split_csv(row, h->sep, ls, le);
+    if (nc < -1)
+        return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
+    if (nc < 0)
+        return cm_error_set(err, CM_EPARSE, "%s:%zu: unterminated quote in the header", path,
+                            it->line);
+    h->ncols = (size_t)nc;
+    h->role = malloc(h->ncols * sizeof *h->role);
+    h->seed = malloc((nfeat ? nfeat : 1) * sizeof *h->seed);
+    h->seen = calloc(nfeat ? nfeat : 1, 1);
+    if (!h->role || !h->seed || !h->seen)
+        return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
+    return s_csv_roles(path, it->line, spec, row, h->ncols, h->role, h->seed, h->seen, err);
+}
+
 int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_feat_opts *opts_in,
                          cm_examples *out, cm_error *err)
 {
@@ -783,45 +827,14 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     cm_lines it;
     s_build b = {0};
     s_row row = {0};
-    int *role = NULL;           /* per file column */
-    uint64_t *seed = NULL;      /* per feature: numeric key / categorical seed */
-    uint8_t *seen = NULL;       /* per feature: matched in the header */
-    size_t ncols = 0;
+    s_csv_cols h = {0};
     const char *ls, *le;
     char why[320];
     cm_badlines c;
     cm_badlines_init(&c, path, opts.max_bad_lines, opts.log_bad_lines);
 
-    if ((rc = s_lines_init(&it, path, &f, err)) != 0)
-        goto out;
-    /* The header: the first line that is not blank. */
-    int have = 0;
-    while ((have = s_next_line(&it, &ls, &le)) && ls == le)
-        ;
-    if (!have) {
-        rc = cm_error_set(err, CM_EPARSE, "%s: no header line (a CSV file needs one)", path);
-        goto out;
-    }
-    char sep = spec->sep ? spec->sep : memchr(ls, '\t', (size_t)(le - ls)) ? '\t' : ',';
-    long nc = s_split_csv(&row, sep, ls, le);
-    if (nc < -1) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        goto out;
-    }
-    if (nc < 0) {
-        rc = cm_error_set(err, CM_EPARSE, "%s:%zu: unterminated quote in the header", path,
-                          it.line);
-        goto out;
-    }
-    ncols = (size_t)nc;
-    role = malloc(ncols * sizeof *role);
-    seed = malloc((nfeat ? nfeat : 1) * sizeof *seed);
-    seen = calloc(nfeat ? nfeat : 1, 1);
-    if (!role || !seed || !seen) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        goto out;
-    }
-    if ((rc = s_csv_roles(path, it.line, spec, &row, ncols, role, seed, seen, err)) != 0)
+    if ((rc = s_lines_init(&it, path, &f, err)) != 0 ||
+        (rc = s_csv_header(path, spec, nfeat, &it, &row, &h, err)) != 0)
         goto out;
 
     size_t rows = cm_lines_count(&it);
@@ -836,18 +849,19 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     while (s_next_line(&it, &ls, &le)) {
         if (ls == le)
             continue;
-        long k = s_split_csv(&row, sep, ls, le);
+        long k = s_split_csv(&row, h.sep, ls, le);
         float label = 0.0f;
         int r = 0;
         if (k < -1)
             r = CM_ENOMEM;
         else if (k < 0)
             r = 1, snprintf(why, sizeof why, "unterminated quote");
-        else if ((size_t)k != ncols)
+        else if ((size_t)k != h.ncols)
             r = 1, snprintf(why, sizeof why, "expected %zu fields (as in the header), got %ld",
-                            ncols, k);
+                            h.ncols, k);
         else
-            r = s_csv_row(&b, &row, ncols, role, seed, spec, &opts, &label, why, sizeof why);
+            r = s_csv_row(&b, &row, h.ncols, h.role, h.seed, spec, &opts, &label, why,
+                          sizeof why);
         if (r == 0 && s_end_row(&b, label) != 0)
             r = CM_ENOMEM;
         if (r < 0) {
@@ -868,9 +882,7 @@ out:
     s_owner_free(b.o);
     free(row.cells);
     free(row.scratch);
-    free(role);
-    free(seed);
-    free(seen);
+    s_csv_cols_free(&h);
     cm_textfile_close(&f);
     return rc;
 }
