@@ -687,6 +687,18 @@ static int s_manifest_tables(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_e
     return 0;
 }
 
+/* n slot numbers copied into *dst (malloc'd; left NULL when n is 0). */
+static int s_copy_slots(uint32_t **dst, const uint32_t *src, size_t n, cm_error *err)
+{
+    if (n == 0)
+        return 0;
+    *dst = malloc(n * sizeof **dst);
+    if (!*dst)
+        return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots", n);
+    memcpy(*dst, src, n * sizeof **dst);
+    return 0;
+}
+
 /* The shard files of a decoded manifest into m->files (m->n_files counts
  * the ones filled). */
 static int s_manifest_files(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_error *err)
@@ -709,14 +721,9 @@ static int s_manifest_files(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_er
         f->checksum = p->checksum;
         f->rows = p->rows;
         f->writer = p->writer;
-        if (p->n_slots) {
-            f->slots = malloc(p->n_slots * sizeof *f->slots);
-            if (!f->slots)
-                return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots",
-                                    p->n_slots);
-            memcpy(f->slots, p->slots, p->n_slots * sizeof *f->slots);
-            f->n_slots = p->n_slots;
-        }
+        if ((rc = s_copy_slots(&f->slots, p->slots, p->n_slots, err)) != 0)
+            return rc;
+        f->n_slots = p->n_slots;
     }
     return 0;
 }
@@ -761,13 +768,8 @@ static int s_manifest_owned(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_er
     if ((rc = s_copy_name(m->model, sizeof m->model, pb->model, "model name", 0, err)) != 0 ||
         (rc = s_manifest_tables(pb, m, err)) != 0)
         return rc;
-    if (pb->n_slot_map) {
-        m->slot_map = malloc(pb->n_slot_map * sizeof *m->slot_map);
-        if (!m->slot_map)
-            return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots",
-                                pb->n_slot_map);
-        memcpy(m->slot_map, pb->slot_map, pb->n_slot_map * sizeof *m->slot_map);
-    }
+    if ((rc = s_copy_slots(&m->slot_map, pb->slot_map, pb->n_slot_map, err)) != 0)
+        return rc;
     return s_manifest_files(pb, m, err);
 }
 
