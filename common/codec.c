@@ -687,15 +687,11 @@ static int s_manifest_tables(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_e
     return 0;
 }
 
-/* n slot numbers copied into *dst (malloc'd; left NULL when n is 0). */
+/* n slot numbers copied into *dst (malloc'd; NULL when n is 0). */
 static int s_copy_slots(uint32_t **dst, const uint32_t *src, size_t n, cm_error *err)
 {
-    if (n == 0)
-        return 0;
-    *dst = malloc(n * sizeof **dst);
-    if (!*dst)
+    if (s_dup(src, n, sizeof *src, (void **)dst) != 0)
         return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots", n);
-    memcpy(*dst, src, n * sizeof **dst);
     return 0;
 }
 
