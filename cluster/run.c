@@ -363,11 +363,23 @@ static int s_any_failed(const char *all, int size, const cm_error *setup, s_life
     return 0;
 }
 
+/* A server's run until STOP; a failure says whether the job failed
+ * (heartbeats) or the transport did. */
+static int s_run_server(ps_server *srv, cm_hb *hb, cm_error *err)
+{
+    int rc = ps_server_run(srv);
+    char why[256];
+    if (rc != 0 && cm_hb_failed(hb, why, sizeof why))
+        cm_error_set(err, rc, "server: the job failed: %s", why);
+    else if (rc != 0)
+        cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
+    return rc;
+}
+
 /* One rank's whole life, the same under MPI and locally. *loud is set when
  * this rank should print its error itself (the scheduler reports the
- * failures of workers that told it). */
-/* refused (rank 0): the memory check said no; the ranks stop at the
- * bootstrap, before any input is read. */
+ * failures of workers that told it). refused (rank 0): the memory check
+ * said no; the ranks stop at the bootstrap, before any input is read. */
 static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_result *res,
                   int *loud, s_life *life, cm_error *err)
 {
@@ -444,12 +456,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {
-        rc = ps_server_run(srv);
-        char why[256];
-        if (rc != 0 && cm_hb_failed(hb, why, sizeof why))
-            cm_error_set(err, rc, "server: the job failed: %s", why);
-        else if (rc != 0)
-            cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
+        rc = s_run_server(srv, hb, err);
     } else {
         wk_params wp = {
             .job = job, .van = van, .rank = rank,
