@@ -129,6 +129,79 @@ static int s_attempt(char **v, int attempt)
     return WIFEXITED(st) ? WEXITSTATUS(st) : S_NOEXEC;
 }
 
+/* The job's arguments (after `--`) checked here, so a typo fails at once,
+ * not N times: -1 when the job may run (*job filled), else the exit
+ * status. */
+static int s_check_job(char **train, int n_train, cm_job *job)
+{
+    char **targs = calloc((size_t)n_train + 2, sizeof *targs);
+    if (!targs) {
+        fprintf(stderr, "psrec launch: out of memory\n");
+        return 1;
+    }
+    targs[0] = "train";
+    for (int i = 0; i < n_train; i++)
+        targs[i + 1] = train[i];
+    *job = cm_job_default();
+    cm_error err = {0};
+    int help = 0, rc = cm_job_parse_args(job, n_train + 1, targs, &help, &err);
+    free(targs);
+    if (rc == 0 && !help) {
+        cm_job_model_defaults(job);
+        rc = cm_job_validate(job, &err);
+    }
+    if (rc == 0 && !help && !job->local)
+        return -1;
+    if (rc != 0)
+        fprintf(stderr, "psrec launch: %s\n", err.msg);
+    else if (job->local)
+        fprintf(stderr, "psrec launch: runs mpirun; a --local job restarts by itself "
+                        "(psrec train --local --restarts N)\n");
+    else
+        s_usage(stdout);
+    return rc == 0 && help ? 0 : S_REFUSED;
+}
+
+/* After attempt `attempt` ended with `status`: -1 to restart (after the
+ * back-off, said on stderr), else the exit status to end with. */
+static int s_after_attempt(const cm_job *job, int attempt, int status)
+{
+    if (status == 0) {
+        if (attempt > 0)
+            fprintf(stderr, "psrec launch: the job finished after %d restart%s\n", attempt,
+                    attempt == 1 ? "" : "s");
+        return 0;
+    }
+    const int sig = cm_stop_requested();
+    if (sig) {
+        fprintf(stderr, "psrec launch: stopped by signal %d (%s); not restarting (exit "
+                        "status %d)\n", sig, strsignal(sig), status);
+        return status;
+    }
+    if (status == S_REFUSED || status == S_NOEXEC) {
+        fprintf(stderr, "psrec launch: the job was %s (exit status %d); not restarting\n",
+                status == S_REFUSED ? "refused before it ran" : "not started", status);
+        return status;
+    }
+    if (attempt >= job->restarts) {
+        if (job->restarts > 0)
+            fprintf(stderr, "psrec launch: giving up: attempt %d of %d failed (exit status "
+                            "%d)\n", attempt + 1, job->restarts + 1, status);
+        return status;
+    }
+    const double d = cl_launch_delay(job->restart_backoff, attempt + 1);
+    if (job->checkpoint_dir[0])
+        fprintf(stderr, "psrec launch: attempt %d of %d failed (exit status %d); restarting "
+                        "in %.3g s from the newest intact checkpoint under %s\n",
+                attempt + 1, job->restarts + 1, status, d, job->checkpoint_dir);
+    else
+        fprintf(stderr, "psrec launch: attempt %d of %d failed (exit status %d); restarting "
+                        "in %.3g s from scratch (no checkpoint_dir)\n",
+                attempt + 1, job->restarts + 1, status, d);
+    s_wait(d);
+    return cm_stop_requested() ? status : -1;
+}
+
 int cl_launch_main(int argc, char **argv)
 {
     int dd = -1;
@@ -147,34 +220,10 @@ int cl_launch_main(int argc, char **argv)
     }
     char **mpi = argv + 1, **train = argv + dd + 1;
     const int n_mpi = dd - 1, n_train = argc - dd - 1;
-
-    /* the job is checked here, so a typo fails at once, not N times */
-    char **targs = calloc((size_t)n_train + 2, sizeof *targs);
-    if (!targs) {
-        fprintf(stderr, "psrec launch: out of memory\n");
-        return 1;
-    }
-    targs[0] = "train";
-    for (int i = 0; i < n_train; i++)
-        targs[i + 1] = train[i];
-    cm_job job = cm_job_default();
-    cm_error err = {0};
-    int help = 0, rc = cm_job_parse_args(&job, n_train + 1, targs, &help, &err);
-    free(targs);
-    if (rc == 0 && !help) {
-        cm_job_model_defaults(&job);
-        rc = cm_job_validate(&job, &err);
-    }
-    if (rc != 0 || help || job.local) {
-        if (rc != 0)
-            fprintf(stderr, "psrec launch: %s\n", err.msg);
-        else if (job.local)
-            fprintf(stderr, "psrec launch: runs mpirun; a --local job restarts by itself "
-                            "(psrec train --local --restarts N)\n");
-        else
-            s_usage(stdout);
-        return rc == 0 && help ? 0 : S_REFUSED;
-    }
+    cm_job job;
+    int rc = s_check_job(train, n_train, &job);
+    if (rc >= 0)
+        return rc;
 
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -190,12 +239,11 @@ int cl_launch_main(int argc, char **argv)
     /* the ranks learn that restarts are in hand (train warns otherwise) */
     setenv("PSREC_LAUNCHED", "1", 1);
     const int sigs[] = {SIGTERM, SIGINT, SIGHUP};
+    cm_error err = {0};
     if (cm_stop_watch(sigs, sizeof sigs / sizeof sigs[0], s_forward, NULL, &err) != 0) {
         fprintf(stderr, "psrec launch: %s\n", err.msg);
         return 1;
     }
-
-    int status = 0;
     for (int attempt = 0;; attempt++) {
         char **v = cl_launch_argv(mpirun, mpi, n_mpi, self, train, n_train,
                                   attempt > 0 && job.checkpoint_dir[0]);
@@ -203,42 +251,9 @@ int cl_launch_main(int argc, char **argv)
             fprintf(stderr, "psrec launch: out of memory\n");
             return 1;
         }
-        status = s_attempt(v, attempt);
+        const int status = s_attempt(v, attempt);
         free(v);
-        if (status == 0) {
-            if (attempt > 0)
-                fprintf(stderr, "psrec launch: the job finished after %d restart%s\n", attempt,
-                        attempt == 1 ? "" : "s");
-            return 0;
-        }
-        const int sig = cm_stop_requested();
-        if (sig) {
-            fprintf(stderr, "psrec launch: stopped by signal %d (%s); not restarting (exit "
-                            "status %d)\n", sig, strsignal(sig), status);
-            return status;
-        }
-        if (status == S_REFUSED || status == S_NOEXEC) {
-            fprintf(stderr, "psrec launch: the job was %s (exit status %d); not restarting\n",
-                    status == S_REFUSED ? "refused before it ran" : "not started", status);
-            return status;
-        }
-        if (attempt >= job.restarts) {
-            if (job.restarts > 0)
-                fprintf(stderr, "psrec launch: giving up: attempt %d of %d failed (exit status "
-                                "%d)\n", attempt + 1, job.restarts + 1, status);
-            return status;
-        }
-        const double d = cl_launch_delay(job.restart_backoff, attempt + 1);
-        if (job.checkpoint_dir[0])
-            fprintf(stderr, "psrec launch: attempt %d of %d failed (exit status %d); restarting "
-                            "in %.3g s from the newest intact checkpoint under %s\n",
-                    attempt + 1, job.restarts + 1, status, d, job.checkpoint_dir);
-        else
-            fprintf(stderr, "psrec launch: attempt %d of %d failed (exit status %d); restarting "
-                            "in %.3g s from scratch (no checkpoint_dir)\n",
-                    attempt + 1, job.restarts + 1, status, d);
-        s_wait(d);
-        if (cm_stop_requested())
-            return status;
+        if ((rc = s_after_attempt(&job, attempt, status)) >= 0)
+            return rc;
     }
 }

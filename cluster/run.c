@@ -296,11 +296,90 @@ static int s_stall_hook(cm_boot *b, const cm_job *job, cm_hb *hb, cm_error *err)
                         cm_boot_rank(b));
 }
 
+/* The scheduler's start-up: its control ROUTER bound and its endpoint
+ * advertised in mine; NULL or a failure in *setup. */
+static cm_sock *s_setup_scheduler(cm_boot *b, char mine[CM_ENDPOINT_MAX], cm_error *setup)
+{
+    char bind_ep[CM_ENDPOINT_MAX], bound[CM_ENDPOINT_MAX];
+    cm_boot_bind_endpoint(b, "ctl", bind_ep);
+    cm_sock *ctl = cm_sock_new(cm_boot_van(b), CM_SOCK_ROUTER, setup);
+    if (ctl && cm_sock_bind(ctl, bind_ep, bound) != 0)
+        cm_error_set(setup, CM_EIO, "scheduler: cannot bind %s: %s", bind_ep,
+                     cm_sock_errmsg(ctl));
+    if (!setup->code)
+        cm_boot_advertise(b, bound, mine, setup);
+    return ctl;
+}
+
+/* A server's start-up: its tables and data ROUTER, its endpoint advertised
+ * in mine and, with a checkpoint_dir, its mark in the checkpoint root
+ * (*token set once written). NULL or a failure in *setup. */
+static ps_server *s_setup_server(cm_boot *b, const cm_job *job, cm_hb *hb,
+                                 char mine[CM_ENDPOINT_MAX], int *token, cm_error *setup)
+{
+    const int rank = cm_boot_rank(b);
+    char bind_ep[CM_ENDPOINT_MAX];
+    cm_table_spec tp[WK_MAX_TABLES];
+    size_t n_tables = 0;
+    ps_server *srv = NULL;
+    cm_boot_bind_endpoint(b, "data", bind_ep);
+    if (s_tables(job, tp, NULL, &n_tables, setup) == 0 &&
+        (srv = ps_server_new(cm_boot_van(b), bind_ep, tp, n_tables, setup)) != NULL) {
+        ps_server_set_index(srv, rank - 1);
+        ps_server_set_checkpoints(srv, job->checkpoint_dir, job->resume);
+        ps_server_set_heartbeat(srv, hb);
+        cm_boot_advertise(b, ps_server_endpoint(srv), mine, setup);
+    }
+    /* its mark in the checkpoint root, which the scheduler must see
+     * (every mark is written before the allgather ends) */
+    if (!setup->code && job->checkpoint_dir[0]) {
+        char host[256];
+        cm_boot_hostname(b, rank, host, sizeof host);
+        cm_error e = {0};
+        if (cm_ckpt_token_write(job->checkpoint_dir, rank - 1, mine, &e) != 0)
+            cm_error_set(setup, e.code, "server %d on host %s: checkpoint_dir: %s", rank - 1,
+                         host, e.msg);
+        else
+            *token = 1;
+    }
+    return srv;
+}
+
+/* After the allgather of endpoints (all: size of them): the first rank
+ * that advertised a failure ends this one too, with this rank's own
+ * failure (setup) where it had one. */
+static int s_any_failed(const char *all, int size, const cm_error *setup, s_life *life,
+                        cm_error *err)
+{
+    for (int r = 0; r < size; r++) {
+        const char *ep = all + (size_t)r * CM_ENDPOINT_MAX;
+        if (ep[0] != S_FAILED[0])
+            continue;
+        life->agreed = 1;
+        if (setup->code)
+            return cm_error_set(err, setup->code, "%s", setup->msg);
+        return cm_error_set(err, CM_ESTATE, "rank %d could not start: %s", r, ep + 1);
+    }
+    return 0;
+}
+
+/* A server's run until STOP; a failure says whether the job failed
+ * (heartbeats) or the transport did. */
+static int s_run_server(ps_server *srv, cm_hb *hb, cm_error *err)
+{
+    int rc = ps_server_run(srv);
+    char why[256];
+    if (rc != 0 && cm_hb_failed(hb, why, sizeof why))
+        cm_error_set(err, rc, "server: the job failed: %s", why);
+    else if (rc != 0)
+        cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
+    return rc;
+}
+
 /* One rank's whole life, the same under MPI and locally. *loud is set when
  * this rank should print its error itself (the scheduler reports the
- * failures of workers that told it). */
-/* refused (rank 0): the memory check said no; the ranks stop at the
- * bootstrap, before any input is read. */
+ * failures of workers that told it). refused (rank 0): the memory check
+ * said no; the ranks stop at the bootstrap, before any input is read. */
 static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_result *res,
                   int *loud, s_life *life, cm_error *err)
 {
@@ -310,7 +389,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
     cm_sock *ctl = NULL;
     ps_server *srv = NULL;
     char *all = NULL;
-    char bind_ep[CM_ENDPOINT_MAX], mine[CM_ENDPOINT_MAX] = "";
+    char mine[CM_ENDPOINT_MAX] = "";
     cm_error setup = {0};
     int token = 0;
     char (*server_hosts)[256] = NULL; /* the scheduler's: for its messages */
@@ -326,38 +405,10 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
                                          "(memory plan above)");
     } else if (rank == 0) {
         cm_log_set_identity("sch", rank);
-        char bound[CM_ENDPOINT_MAX];
-        cm_boot_bind_endpoint(b, "ctl", bind_ep);
-        ctl = cm_sock_new(van, CM_SOCK_ROUTER, &setup);
-        if (ctl && cm_sock_bind(ctl, bind_ep, bound) != 0)
-            cm_error_set(&setup, CM_EIO, "scheduler: cannot bind %s: %s", bind_ep,
-                         cm_sock_errmsg(ctl));
-        if (!setup.code)
-            cm_boot_advertise(b, bound, mine, &setup);
+        ctl = s_setup_scheduler(b, mine, &setup);
     } else if (rank <= n_servers) {
         cm_log_set_identity("ps", rank);
-        cm_table_spec tp[WK_MAX_TABLES];
-        size_t n_tables = 0;
-        cm_boot_bind_endpoint(b, "data", bind_ep);
-        if (s_tables(job, tp, NULL, &n_tables, &setup) == 0 &&
-            (srv = ps_server_new(van, bind_ep, tp, n_tables, &setup)) != NULL) {
-            ps_server_set_index(srv, rank - 1);
-            ps_server_set_checkpoints(srv, job->checkpoint_dir, job->resume);
-            ps_server_set_heartbeat(srv, hb);
-            cm_boot_advertise(b, ps_server_endpoint(srv), mine, &setup);
-        }
-        /* its mark in the checkpoint root, which the scheduler must see
-         * (every mark is written before the allgather below ends) */
-        if (!setup.code && job->checkpoint_dir[0]) {
-            char host[256];
-            cm_boot_hostname(b, rank, host, sizeof host);
-            cm_error e = {0};
-            if (cm_ckpt_token_write(job->checkpoint_dir, rank - 1, mine, &e) != 0)
-                cm_error_set(&setup, e.code, "server %d on host %s: checkpoint_dir: %s",
-                             rank - 1, host, e.msg);
-            else
-                token = 1;
-        }
+        srv = s_setup_server(b, job, hb, mine, &token, &setup);
     } else {
         cm_log_set_identity("wk", rank);
         s_check_files(job, &setup);
@@ -371,19 +422,9 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         rc = cm_error_set(err, CM_ENOMEM, "out of memory");
         goto out;
     }
-    if ((rc = cm_boot_allgather(b, mine, all, err)) != 0)
+    if ((rc = cm_boot_allgather(b, mine, all, err)) != 0 ||
+        (rc = s_any_failed(all, size, &setup, life, err)) != 0)
         goto out;
-    for (int r = 0; r < size; r++) {
-        const char *ep = all + (size_t)r * CM_ENDPOINT_MAX;
-        if (ep[0] != S_FAILED[0])
-            continue;
-        life->agreed = 1;
-        if (setup.code)
-            rc = cm_error_set(err, setup.code, "%s", setup.msg);
-        else
-            rc = cm_error_set(err, CM_ESTATE, "rank %d could not start: %s", r, ep + 1);
-        goto out;
-    }
 
     const char *server_eps[1024];
     if (rank == 0)
@@ -415,12 +456,7 @@ static int s_role(cm_boot *b, const cm_job *job, int refused, FILE *out, sch_res
         };
         rc = sch_run(&sp, res, err);
     } else if (rank <= n_servers) {
-        rc = ps_server_run(srv);
-        char why[256];
-        if (rc != 0 && cm_hb_failed(hb, why, sizeof why))
-            cm_error_set(err, rc, "server: the job failed: %s", why);
-        else if (rc != 0)
-            cm_error_set(err, rc, "server: transport failed: %s", cm_strerror(rc));
+        rc = s_run_server(srv, hb, err);
     } else {
         wk_params wp = {
             .job = job, .van = van, .rank = rank,

@@ -212,10 +212,27 @@ static size_t s_first_nonfinite(const float *rows, const float *const *rowp, siz
     return n;
 }
 
-static int s_shard_write(const char *path, uint32_t table, int dim, int row_floats,
-                         const uint64_t *keys, const float *rows, const float *const *rowp,
-                         size_t n, uint64_t *size, uint64_t *checksum, cm_error *err)
+/* The rows a shard file holds: n keys, each with row_floats floats (the
+ * first dim of them weights), either contiguous (rows) or gathered from
+ * one pointer per row (rowp). */
+typedef struct {
+    uint32_t table;
+    int dim, row_floats;
+    const uint64_t *keys;
+    const float *rows;
+    const float *const *rowp;
+    size_t n;
+} s_shard_rows;
+
+static int s_shard_write(const char *path, const s_shard_rows *src, uint64_t *size,
+                         uint64_t *checksum, cm_error *err)
 {
+    const uint32_t table = src->table;
+    const int dim = src->dim, row_floats = src->row_floats;
+    const uint64_t *keys = src->keys;
+    const float *rows = src->rows;
+    const float *const *rowp = src->rowp;
+    const size_t n = src->n;
     if (!path)
         return cm_error_set(err, CM_EINVAL, "shard_write: NULL path");
     if (dim <= 0 || row_floats < dim)
@@ -310,16 +327,16 @@ int cm_shard_write(const char *path, uint32_t table, int dim, int row_floats,
                    const uint64_t *keys, const float *rows, size_t n, uint64_t *size,
                    uint64_t *checksum, cm_error *err)
 {
-    return s_shard_write(path, table, dim, row_floats, keys, rows, NULL, n, size, checksum,
-                         err);
+    const s_shard_rows src = {table, dim, row_floats, keys, rows, NULL, n};
+    return s_shard_write(path, &src, size, checksum, err);
 }
 
 int cm_shard_write_rows(const char *path, uint32_t table, int dim, int row_floats,
                         const uint64_t *keys, const float *const *rows, size_t n,
                         uint64_t *size, uint64_t *checksum, cm_error *err)
 {
-    return s_shard_write(path, table, dim, row_floats, keys, NULL, rows, n, size, checksum,
-                         err);
+    const s_shard_rows src = {table, dim, row_floats, keys, NULL, rows, n};
+    return s_shard_write(path, &src, size, checksum, err);
 }
 
 void cm_shard_free(cm_shard *s)

@@ -656,43 +656,26 @@ static int s_fits_int(uint32_t v, const char *what, size_t index, cm_error *err)
     return 0;
 }
 
-int cm_codec_manifest_unpack(const void *buf, size_t len, cm_manifest *m, cm_error *err)
+/* The tables of a decoded manifest into m->tables (m->n_tables counts the
+ * ones filled, for cm_manifest_free). */
+static int s_manifest_tables(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_error *err)
 {
-    memset(m, 0, sizeof *m);
-    Psrec__Pb__Manifest *pb = psrec__pb__manifest__unpack(NULL, len, buf);
-    if (!pb)
-        return cm_error_set(err, CM_EPROTO, "manifest of %zu bytes does not decode", len);
-    int rc = 0;
-    if (pb->n_slot_map != 0 && pb->n_slot_map != pb->n_slots) {
-        rc = cm_error_set(err, CM_EPROTO, "manifest: slot map has %zu entries, n_slots is %u",
-                          pb->n_slot_map, pb->n_slots);
-        goto out;
-    }
-    m->version = pb->version;
-    m->job = strdup(pb->job ? pb->job : "");
-    if (!m->job) {
-        rc = cm_error_set(err, CM_ENOMEM, "manifest: out of memory");
-        goto out;
-    }
-    if ((rc = s_copy_name(m->model, sizeof m->model, pb->model, "model name", 0, err)) != 0)
-        goto out;
     if (pb->n_tables) {
         m->tables = calloc(pb->n_tables, sizeof *m->tables);
-        if (!m->tables) {
-            rc = cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu tables",
-                              pb->n_tables);
-            goto out;
-        }
+        if (!m->tables)
+            return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu tables",
+                                pb->n_tables);
     }
     for (size_t i = 0; i < pb->n_tables; i++) {
         const Psrec__Pb__CkptTable *p = pb->tables[i];
         cm_ckpt_table *t = &m->tables[i];
         m->n_tables = i + 1;
+        int rc;
         if ((rc = s_copy_name(t->name, sizeof t->name, p->name, "table name", i, err)) != 0 ||
             (rc = s_fits_int(p->dim, "dim", i, err)) != 0 ||
             (rc = s_fits_int(p->row_floats, "row_floats", i, err)) != 0 ||
             (rc = s_fits_int(p->zero_prefix, "zero_prefix", i, err)) != 0)
-            goto out;
+            return rc;
         t->dim = (int)p->dim;
         t->row_floats = (int)p->row_floats;
         t->optimizer = p->optimizer;
@@ -701,47 +684,53 @@ int cm_codec_manifest_unpack(const void *buf, size_t len, cm_manifest *m, cm_err
         t->zero_prefix = (int)p->zero_prefix;
         t->init_std = p->init_std;
     }
-    m->n_slots = pb->n_slots;
-    if (pb->n_slot_map) {
-        m->slot_map = malloc(pb->n_slot_map * sizeof *m->slot_map);
-        if (!m->slot_map) {
-            rc = cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots",
-                              pb->n_slot_map);
-            goto out;
-        }
-        memcpy(m->slot_map, pb->slot_map, pb->n_slot_map * sizeof *m->slot_map);
-    }
-    m->epoch = pb->epoch;
+    return 0;
+}
+
+/* n slot numbers copied into *dst (malloc'd; NULL when n is 0). */
+static int s_copy_slots(uint32_t **dst, const uint32_t *src, size_t n, cm_error *err)
+{
+    if (s_dup(src, n, sizeof *src, (void **)dst) != 0)
+        return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots", n);
+    return 0;
+}
+
+/* The shard files of a decoded manifest into m->files (m->n_files counts
+ * the ones filled). */
+static int s_manifest_files(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_error *err)
+{
     if (pb->n_files) {
         m->files = calloc(pb->n_files, sizeof *m->files);
-        if (!m->files) {
-            rc = cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu files",
-                              pb->n_files);
-            goto out;
-        }
+        if (!m->files)
+            return cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu files",
+                                pb->n_files);
     }
     for (size_t i = 0; i < pb->n_files; i++) {
         const Psrec__Pb__CkptFile *p = pb->files[i];
         cm_ckpt_file *f = &m->files[i];
         m->n_files = i + 1;
-        if ((rc = s_copy_name(f->name, sizeof f->name, p->name, "file name", i, err)) != 0)
-            goto out;
+        int rc = s_copy_name(f->name, sizeof f->name, p->name, "file name", i, err);
+        if (rc != 0)
+            return rc;
         f->table = p->table;
         f->size = p->size;
         f->checksum = p->checksum;
         f->rows = p->rows;
         f->writer = p->writer;
-        if (p->n_slots) {
-            f->slots = malloc(p->n_slots * sizeof *f->slots);
-            if (!f->slots) {
-                rc = cm_error_set(err, CM_ENOMEM, "manifest: out of memory for %zu slots",
-                                  p->n_slots);
-                goto out;
-            }
-            memcpy(f->slots, p->slots, p->n_slots * sizeof *f->slots);
-            f->n_slots = p->n_slots;
-        }
+        if ((rc = s_copy_slots(&f->slots, p->slots, p->n_slots, err)) != 0)
+            return rc;
+        f->n_slots = p->n_slots;
     }
+    return 0;
+}
+
+/* A decoded manifest's plain numbers: the model's statistics and the
+ * validation record. */
+static void s_manifest_numbers(const Psrec__Pb__Manifest *pb, cm_manifest *m)
+{
+    m->version = pb->version;
+    m->n_slots = pb->n_slots;
+    m->epoch = pb->epoch;
     m->global_mean = pb->global_mean;
     m->clip_lo = pb->clip_lo;
     m->clip_hi = pb->clip_hi;
@@ -759,7 +748,36 @@ int cm_codec_manifest_unpack(const void *buf, size_t len, cm_manifest *m, cm_err
     m->best_test_mae = pb->best_test_mae;
     m->best_test_auc = pb->best_test_auc;
     m->best_test_logloss = pb->best_test_logloss;
-out:
+}
+
+/* Everything that a manifest owns: the job text, the model name, the
+ * tables, the slot map and the files. */
+static int s_manifest_owned(const Psrec__Pb__Manifest *pb, cm_manifest *m, cm_error *err)
+{
+    if (pb->n_slot_map != 0 && pb->n_slot_map != pb->n_slots)
+        return cm_error_set(err, CM_EPROTO, "manifest: slot map has %zu entries, n_slots is %u",
+                            pb->n_slot_map, pb->n_slots);
+    m->job = strdup(pb->job ? pb->job : "");
+    if (!m->job)
+        return cm_error_set(err, CM_ENOMEM, "manifest: out of memory");
+    int rc;
+    if ((rc = s_copy_name(m->model, sizeof m->model, pb->model, "model name", 0, err)) != 0 ||
+        (rc = s_manifest_tables(pb, m, err)) != 0)
+        return rc;
+    if ((rc = s_copy_slots(&m->slot_map, pb->slot_map, pb->n_slot_map, err)) != 0)
+        return rc;
+    return s_manifest_files(pb, m, err);
+}
+
+int cm_codec_manifest_unpack(const void *buf, size_t len, cm_manifest *m, cm_error *err)
+{
+    memset(m, 0, sizeof *m);
+    Psrec__Pb__Manifest *pb = psrec__pb__manifest__unpack(NULL, len, buf);
+    if (!pb)
+        return cm_error_set(err, CM_EPROTO, "manifest of %zu bytes does not decode", len);
+    int rc = s_manifest_owned(pb, m, err);
+    if (rc == 0)
+        s_manifest_numbers(pb, m);
     psrec__pb__manifest__free_unpacked(pb, NULL);
     if (rc != 0)
         cm_manifest_free(m);

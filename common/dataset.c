@@ -395,6 +395,55 @@ static int s_columns_resolve(const char *path, size_t line, s_sep sep, const cha
     return 0;
 }
 
+/* One split line of a ratings file (nf fields in fl): 0 with its rating
+ * in *r, 1 for a header to skip (the first line, maybe_header, whose
+ * rating is not a number), 2 for a bad line (why says what). */
+static int s_rating_fields(const s_columns *cols, int nf, const s_field *fl, int maybe_header,
+                           float *r, char *why, size_t cap)
+{
+    if (cols->named && nf != cols->n_columns) {
+        snprintf(why, cap, "expected %d fields (as the header), got %d", cols->n_columns, nf);
+        return 2;
+    }
+    if (!cols->named && (nf < 3 || nf > 4)) {
+        /* a wider file is usually a csv export with more columns */
+        snprintf(why, cap, "expected 3 or 4 fields (user item rating [timestamp]%s), got %d",
+                 nf > 4 ? "; name the columns of a wider file with user_column, "
+                          "item_column, rating_column"
+                        : "",
+                 nf);
+        return 2;
+    }
+    int pr = s_parse_rating(fl[2].p, fl[2].n, r);
+    if (pr != 0 && maybe_header)
+        return 1;
+    if (fl[0].n == 0 || fl[1].n == 0) {
+        snprintf(why, cap, "expected a non-empty %s id, got an empty field",
+                 fl[0].n == 0 ? "user" : "item");
+        return 2;
+    }
+    if (pr == -1 || pr == -2) {
+        snprintf(why, cap, "expected a %s rating, got '%.*s'", pr == -1 ? "numeric" : "finite",
+                 s_show_len(fl[2].n), fl[2].p);
+        return 2;
+    }
+    return 0;
+}
+
+/* Gives back the slack of blank, comment and bad lines: o keeps n rows. */
+static void s_owner_shrink(s_owner *o, size_t n)
+{
+    uint64_t *u = realloc(o->user, n * sizeof *u);
+    if (u)
+        o->user = u;
+    uint64_t *it = realloc(o->item, n * sizeof *it);
+    if (it)
+        o->item = it;
+    float *ra = realloc(o->rating, n * sizeof *ra);
+    if (ra)
+        o->rating = ra;
+}
+
 static int s_load_text(const char *path, const cm_load_opts *opts, const cm_textfile *f,
                        cm_ratings *out, cm_error *err)
 {
@@ -418,6 +467,7 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
     double noise_floor = -1.0;
     int rc = 0;
     s_field fl[S_MAX_FIELDS];
+    char why[320];
     const char *ls, *le;
     s_columns cols;
     s_columns_init(opts, &cols);
@@ -444,43 +494,14 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
         }
 
         int nf = s_split(sep, ls, le, cols.named ? cols.pick : NULL, fl);
-        if (cols.named && nf != cols.n_columns) {
-            if (cm_badlines_add(&c, line, "expected %d fields (as the header), got %d",
-                                cols.n_columns, nf))
-                goto toomany;
-            continue;
-        }
-        if (!cols.named && (nf < 3 || nf > 4)) {
-            /* a wider file is usually a csv export with more columns */
-            if (cm_badlines_add(&c, line, "expected 3 or 4 fields (user item rating [timestamp]%s), got %d",
-                                nf > 4 ? "; name the columns of a wider file with user_column, "
-                                         "item_column, rating_column"
-                                       : "",
-                                nf))
-                goto toomany;
-            continue;
-        }
         float r;
-        int pr = s_parse_rating(fl[2].p, fl[2].n, &r);
-        if (pr != 0 && first && line == 1) {
+        int lr = s_rating_fields(&cols, nf, fl, first && line == 1, &r, why, sizeof why);
+        if (lr == 1) {
             cm_log(CM_LOG_DEBUG, "%s:1: header line skipped", path);
             continue;
         }
-        if (fl[0].n == 0 || fl[1].n == 0) {
-            if (cm_badlines_add(&c, line, "expected a non-empty %s id, got an empty field",
-                           fl[0].n == 0 ? "user" : "item"))
-                goto toomany;
-            continue;
-        }
-        if (pr == -1) {
-            if (cm_badlines_add(&c, line, "expected a numeric rating, got '%.*s'",
-                           s_show_len(fl[2].n), fl[2].p))
-                goto toomany;
-            continue;
-        }
-        if (pr == -2) {
-            if (cm_badlines_add(&c, line, "expected a finite rating, got '%.*s'",
-                           s_show_len(fl[2].n), fl[2].p))
+        if (lr == 2) {
+            if (cm_badlines_add(&c, line, "%s", why))
                 goto toomany;
             continue;
         }
@@ -493,18 +514,8 @@ static int s_load_text(const char *path, const cm_load_opts *opts, const cm_text
     if ((rc = cm_badlines_finish(&c, n, it.line, err)) != 0)
         goto fail;
 
-    /* Give back the slack of blank, comment and bad lines. */
-    if (n < cap) {
-        uint64_t *u = realloc(o->user, n * sizeof *u);
-        if (u)
-            o->user = u;
-        uint64_t *it = realloc(o->item, n * sizeof *it);
-        if (it)
-            o->item = it;
-        float *ra = realloc(o->rating, n * sizeof *ra);
-        if (ra)
-            o->rating = ra;
-    }
+    if (n < cap)
+        s_owner_shrink(o, n);
     s_attach(out, o, n);
     out->bad_lines = c.bad;
     out->noise_floor = noise_floor;

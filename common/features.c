@@ -764,6 +764,50 @@ static int s_csv_row(s_build *b, const s_row *row, size_t ncols, const int *role
     return 0;
 }
 
+/* What a CSV file's header says: the separator and, per file column, its
+ * role; per feature its key or seed and whether the header named it. */
+typedef struct {
+    char sep;
+    size_t ncols;
+    int *role;          /* per file column */
+    uint64_t *seed;     /* per feature: numeric key / categorical seed */
+    uint8_t *seen;      /* per feature: matched in the header */
+} s_csv_cols;
+
+static void s_csv_cols_free(s_csv_cols *h)
+{
+    free(h->role);
+    free(h->seed);
+    free(h->seen);
+}
+
+/* Reads the header (the first line that is not blank) into *h; row is the
+ * split scratch. */
+static int s_csv_header(const char *path, const cm_csv_spec *spec, size_t nfeat, cm_lines *it,
+                        s_row *row, s_csv_cols *h, cm_error *err)
+{
+    const char *ls, *le;
+    int have = 0;
+    while ((have = s_next_line(it, &ls, &le)) && ls == le)
+        ;
+    if (!have)
+        return cm_error_set(err, CM_EPARSE, "%s: no header line (a CSV file needs one)", path);
+    h->sep = spec->sep ? spec->sep : memchr(ls, '\t', (size_t)(le - ls)) ? '\t' : ',';
+    long nc = s_split_csv(row, h->sep, ls, le);
+    if (nc < -1)
+        return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
+    if (nc < 0)
+        return cm_error_set(err, CM_EPARSE, "%s:%zu: unterminated quote in the header", path,
+                            it->line);
+    h->ncols = (size_t)nc;
+    h->role = malloc(h->ncols * sizeof *h->role);
+    h->seed = malloc((nfeat ? nfeat : 1) * sizeof *h->seed);
+    h->seen = calloc(nfeat ? nfeat : 1, 1);
+    if (!h->role || !h->seed || !h->seen)
+        return cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
+    return s_csv_roles(path, it->line, spec, row, h->ncols, h->role, h->seed, h->seen, err);
+}
+
 int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_feat_opts *opts_in,
                          cm_examples *out, cm_error *err)
 {
@@ -783,45 +827,14 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     cm_lines it;
     s_build b = {0};
     s_row row = {0};
-    int *role = NULL;           /* per file column */
-    uint64_t *seed = NULL;      /* per feature: numeric key / categorical seed */
-    uint8_t *seen = NULL;       /* per feature: matched in the header */
-    size_t ncols = 0;
+    s_csv_cols h = {0};
     const char *ls, *le;
     char why[320];
     cm_badlines c;
     cm_badlines_init(&c, path, opts.max_bad_lines, opts.log_bad_lines);
 
-    if ((rc = s_lines_init(&it, path, &f, err)) != 0)
-        goto out;
-    /* The header: the first line that is not blank. */
-    int have = 0;
-    while ((have = s_next_line(&it, &ls, &le)) && ls == le)
-        ;
-    if (!have) {
-        rc = cm_error_set(err, CM_EPARSE, "%s: no header line (a CSV file needs one)", path);
-        goto out;
-    }
-    char sep = spec->sep ? spec->sep : memchr(ls, '\t', (size_t)(le - ls)) ? '\t' : ',';
-    long nc = s_split_csv(&row, sep, ls, le);
-    if (nc < -1) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        goto out;
-    }
-    if (nc < 0) {
-        rc = cm_error_set(err, CM_EPARSE, "%s:%zu: unterminated quote in the header", path,
-                          it.line);
-        goto out;
-    }
-    ncols = (size_t)nc;
-    role = malloc(ncols * sizeof *role);
-    seed = malloc((nfeat ? nfeat : 1) * sizeof *seed);
-    seen = calloc(nfeat ? nfeat : 1, 1);
-    if (!role || !seed || !seen) {
-        rc = cm_error_set(err, CM_ENOMEM, "%s: out of memory", path);
-        goto out;
-    }
-    if ((rc = s_csv_roles(path, it.line, spec, &row, ncols, role, seed, seen, err)) != 0)
+    if ((rc = s_lines_init(&it, path, &f, err)) != 0 ||
+        (rc = s_csv_header(path, spec, nfeat, &it, &row, &h, err)) != 0)
         goto out;
 
     size_t rows = cm_lines_count(&it);
@@ -836,18 +849,19 @@ int cm_examples_load_csv(const char *path, const cm_csv_spec *spec, const cm_fea
     while (s_next_line(&it, &ls, &le)) {
         if (ls == le)
             continue;
-        long k = s_split_csv(&row, sep, ls, le);
+        long k = s_split_csv(&row, h.sep, ls, le);
         float label = 0.0f;
         int r = 0;
         if (k < -1)
             r = CM_ENOMEM;
         else if (k < 0)
             r = 1, snprintf(why, sizeof why, "unterminated quote");
-        else if ((size_t)k != ncols)
+        else if ((size_t)k != h.ncols)
             r = 1, snprintf(why, sizeof why, "expected %zu fields (as in the header), got %ld",
-                            ncols, k);
+                            h.ncols, k);
         else
-            r = s_csv_row(&b, &row, ncols, role, seed, spec, &opts, &label, why, sizeof why);
+            r = s_csv_row(&b, &row, h.ncols, h.role, h.seed, spec, &opts, &label, why,
+                          sizeof why);
         if (r == 0 && s_end_row(&b, label) != 0)
             r = CM_ENOMEM;
         if (r < 0) {
@@ -868,9 +882,7 @@ out:
     s_owner_free(b.o);
     free(row.cells);
     free(row.scratch);
-    free(role);
-    free(seed);
-    free(seen);
+    s_csv_cols_free(&h);
     cm_textfile_close(&f);
     return rc;
 }
@@ -1007,6 +1019,94 @@ static int s_side_check_spec(const char *path, const cm_side_spec *spec, uint32_
     return 0;
 }
 
+/* One value of a side row's column `col` as a feature key in *key: 0, 1
+ * when the value adds no feature (empty, or a 0 flag), -1 with `why` set
+ * when it is not the column's kind. */
+static int s_side_value_key(const cm_side_col *sc, uint32_t col, const s_cell *v,
+                            uint64_t seed, uint64_t *key, char *why, size_t cap)
+{
+    if (v->n == 0)
+        return 1; /* empty: absent */
+    if (sc->kind == CM_SIDE_CAT) {
+        *key = cm_hash_bytes(v->p, v->n, seed);
+        return 0;
+    }
+    if (sc->kind == CM_SIDE_FLAGS) {
+        if (v->n != 1 || (v->p[0] != '0' && v->p[0] != '1')) {
+            snprintf(why, cap, "column %u: expected a 0/1 flag, got '%.*s'", col, s_show(v->n),
+                     v->p);
+            return -1;
+        }
+        if (v->p[0] == '0')
+            return 1;
+        *key = seed;
+        return 0;
+    }
+    float x;
+    int pr = s_parse_f32(v->p, v->n, &x);
+    if (pr != 0) {
+        snprintf(why, cap, "column %u: expected a %snumber, got '%.*s'", col,
+                 pr == -2 ? "finite " : "", s_show(v->n), v->p);
+        return -1;
+    }
+    double bk = floor((double)x / sc->width);
+    if (!(fabs(bk) < 9.2e18)) {
+        snprintf(why, cap, "column %u: bucket of '%.*s' out of range", col, s_show(v->n), v->p);
+        return -1;
+    }
+    *key = cm_hash_key((uint64_t)(int64_t)bk, seed);
+    return 0;
+}
+
+/* One split line of a side file: its id and feature keys added to s. 0,
+ * 1 with `why` set for a bad line (s unchanged), -1 out of memory. */
+static int s_side_add_row(cm_side *s, const s_row *row, long k, uint32_t need,
+                          const uint64_t *seed, uint64_t max_index, char *why, size_t cap)
+{
+    const cm_side_spec *spec = &s->spec;
+    if (spec->n_columns ? (size_t)k != spec->n_columns : (size_t)k < need) {
+        snprintf(why, cap, "expected %s%u fields, got %ld", spec->n_columns ? "" : "at least ",
+                 spec->n_columns ? spec->n_columns : need, k);
+        return 1;
+    }
+    if (row->cells[0].n == 0) {
+        snprintf(why, cap, "empty id");
+        return 1;
+    }
+    uint64_t id = s_side_id(row->cells[0].p, row->cells[0].n);
+    uint32_t prev;
+    if (cm_hashmap_get(s->by_id, id, &prev)) {
+        snprintf(why, cap, "duplicate id '%.*s' (first on an earlier line)",
+                 s_show(row->cells[0].n), row->cells[0].p);
+        return 1;
+    }
+    size_t start = s->nkeys;
+    for (size_t r = 0; r < spec->n_cols; r++) {
+        const cm_side_col *sc = &spec->cols[r];
+        for (uint32_t col = sc->first; col <= sc->last; col++) {
+            uint64_t key;
+            int vr = s_side_value_key(sc, col, &row->cells[col], seed[col], &key, why, cap);
+            if (vr > 0)
+                continue;
+            if (vr < 0) {
+                s->nkeys = start;
+                return 1;
+            }
+            if (max_index)
+                key %= max_index;
+            if (s_side_push(s, key) != 0)
+                return -1;
+        }
+    }
+    if (s->n >= UINT32_MAX || cm_hashmap_put(s->by_id, id, (uint32_t)s->n) != 0)
+        return -1;
+    s->n++;
+    s->row_at[s->n] = s->nkeys;
+    if (s->nkeys - start > s->max_keys)
+        s->max_keys = s->nkeys - start;
+    return 0;
+}
+
 int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts *opts_in,
                  cm_side **out, cm_error *err)
 {
@@ -1056,79 +1156,14 @@ int cm_side_load(const char *path, const cm_side_spec *spec, const cm_feat_opts 
         long k = s_split_csv(&row, spec->sep, ls, le);
         if (k < -1)
             goto nomem;
-        if (k < 0) {
+        int ar = 1;
+        if (k < 0)
             snprintf(why, sizeof why, "unterminated quote");
-            goto bad;
-        }
-        if (spec->n_columns ? (size_t)k != spec->n_columns : (size_t)k < need) {
-            snprintf(why, sizeof why, "expected %s%u fields, got %ld",
-                     spec->n_columns ? "" : "at least ", spec->n_columns ? spec->n_columns : need,
-                     k);
-            goto bad;
-        }
-        if (row.cells[0].n == 0) {
-            snprintf(why, sizeof why, "empty id");
-            goto bad;
-        }
-        uint64_t id = s_side_id(row.cells[0].p, row.cells[0].n);
-        uint32_t prev;
-        if (cm_hashmap_get(s->by_id, id, &prev)) {
-            snprintf(why, sizeof why, "duplicate id '%.*s' (first on an earlier line)",
-                     s_show(row.cells[0].n), row.cells[0].p);
-            goto bad;
-        }
-        size_t start = s->nkeys;
-        for (size_t r = 0; r < spec->n_cols; r++) {
-            const cm_side_col *sc = &spec->cols[r];
-            for (uint32_t col = sc->first; col <= sc->last; col++) {
-                const s_cell *v = &row.cells[col];
-                uint64_t key;
-                if (v->n == 0)
-                    continue; /* empty: absent */
-                if (sc->kind == CM_SIDE_CAT) {
-                    key = cm_hash_bytes(v->p, v->n, seed[col]);
-                } else if (sc->kind == CM_SIDE_FLAGS) {
-                    if (v->n != 1 || (v->p[0] != '0' && v->p[0] != '1')) {
-                        snprintf(why, sizeof why, "column %u: expected a 0/1 flag, got '%.*s'",
-                                 col, s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    if (v->p[0] == '0')
-                        continue;
-                    key = seed[col];
-                } else {
-                    float x;
-                    int pr = s_parse_f32(v->p, v->n, &x);
-                    if (pr != 0) {
-                        snprintf(why, sizeof why, "column %u: expected a %snumber, got '%.*s'",
-                                 col, pr == -2 ? "finite " : "", s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    double bk = floor((double)x / sc->width);
-                    if (!(fabs(bk) < 9.2e18)) {
-                        snprintf(why, sizeof why, "column %u: bucket of '%.*s' out of range",
-                                 col, s_show(v->n), v->p);
-                        goto bad_row;
-                    }
-                    key = cm_hash_key((uint64_t)(int64_t)bk, seed[col]);
-                }
-                if (opts.max_index)
-                    key %= opts.max_index;
-                if (s_side_push(s, key) != 0)
-                    goto nomem;
-            }
-        }
-        if (s->n >= UINT32_MAX || cm_hashmap_put(s->by_id, id, (uint32_t)s->n) != 0)
+        else
+            ar = s_side_add_row(s, &row, k, need, seed, opts.max_index, why, sizeof why);
+        if (ar < 0)
             goto nomem;
-        s->n++;
-        s->row_at[s->n] = s->nkeys;
-        if (s->nkeys - start > s->max_keys)
-            s->max_keys = s->nkeys - start;
-        continue;
-    bad_row:
-        s->nkeys = start;
-    bad:
-        if (cm_badlines_add(&c, it.line, "%s", why)) {
+        if (ar > 0 && cm_badlines_add(&c, it.line, "%s", why)) {
             rc = cm_badlines_toomany(&c, it.line, err);
             goto out;
         }

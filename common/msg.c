@@ -147,20 +147,16 @@ static int s_gaps_decode(const uint8_t *in, size_t len, uint64_t *keys, size_t n
 
 /* --------------------------------------------------------------- send -- */
 
-/* cm_msg_send; *owned (NULL, or vals itself, malloc'd) passes to the van
- * with the values frame when it can (*owned is then NULL). */
-static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
-                  const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals,
-                  float **owned)
+/* What cm_msg_send refuses before anything is packed: counts without
+ * arrays, values that are not keys x dim, a push or pull of the wrong
+ * shape, an unknown dtype. Settles hdr->dim (when 0) and hdr->n_keys. */
+static int s_send_check(cm_sock *s, int router, const void *route, size_t route_size,
+                        cm_hdr *hdr, const uint64_t *keys, size_t n_keys, const float *vals,
+                        size_t n_vals)
 {
-    if (!s)
-        return CM_EINVAL;
-    if (!hdr)
-        return cm_sock_seterr_(s, CM_EINVAL, "msg send: no header");
     const char *op = cm_op_name(hdr->op);
     if ((n_keys && !keys) || (n_vals && !vals))
         return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: counts without arrays", op);
-    int router = cm_sock_type_of(s) == CM_SOCK_ROUTER;
     if (router && (!route || route_size == 0))
         return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: a ROUTER needs a route", op);
 
@@ -194,30 +190,57 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
     if (hdr->dtype != CM_DTYPE_F32 && hdr->dtype != CM_DTYPE_F16)
         return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: unknown dtype %" PRIu32, op,
                                hdr->dtype);
+    return 0;
+}
 
-    /* sorted keys as gaps where that is shorter (never longer on the wire):
-     * one walk checks their order and writes the gaps */
+/* Sorted keys as gaps where that is shorter (never longer on the wire):
+ * one walk checks their order and writes the gaps. Sets hdr->key_enc;
+ * *gaps (malloc'd) is NULL when the keys go raw. */
+static int s_send_keys(cm_sock *s, cm_hdr *hdr, const uint64_t *keys, size_t n_keys,
+                       uint8_t **gaps, size_t *gaps_len)
+{
+    *gaps = NULL;
+    *gaps_len = 0;
+    hdr->key_enc = CM_KEYS_RAW;
+    if (!s_needs_keys(hdr->op) || !n_keys)
+        return 0;
+    size_t bad;
+    if (n_keys <= SIZE_MAX / 10 && (*gaps = malloc(10 * n_keys)))
+        *gaps_len = s_gaps_encode(keys, n_keys, *gaps, &bad);
+    else
+        bad = s_first_unsorted(keys, n_keys);
+    if (bad < n_keys) {
+        free(*gaps);
+        *gaps = NULL;
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send %s: keys not strictly ascending at %zu",
+                               cm_op_name(hdr->op), bad);
+    }
+    if (*gaps && *gaps_len < n_keys * sizeof *keys) {
+        hdr->key_enc = CM_KEYS_GAPS;
+    } else {
+        free(*gaps);
+        *gaps = NULL;
+    }
+    return 0;
+}
+
+/* cm_msg_send; *owned (NULL, or vals itself, malloc'd) passes to the van
+ * with the values frame when it can (*owned is then NULL). */
+static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
+                  const uint64_t *keys, size_t n_keys, const float *vals, size_t n_vals,
+                  float **owned)
+{
+    if (!s)
+        return CM_EINVAL;
+    if (!hdr)
+        return cm_sock_seterr_(s, CM_EINVAL, "msg send: no header");
+    const char *op = cm_op_name(hdr->op);
+    int router = cm_sock_type_of(s) == CM_SOCK_ROUTER;
     uint8_t *gaps = NULL;
     size_t gaps_len = 0;
-    hdr->key_enc = CM_KEYS_RAW;
-    if (s_needs_keys(hdr->op) && n_keys) {
-        size_t bad;
-        if (n_keys <= SIZE_MAX / 10 && (gaps = malloc(10 * n_keys)))
-            gaps_len = s_gaps_encode(keys, n_keys, gaps, &bad);
-        else
-            bad = s_first_unsorted(keys, n_keys);
-        if (bad < n_keys) {
-            free(gaps);
-            return cm_sock_seterr_(s, CM_EINVAL,
-                                   "msg send %s: keys not strictly ascending at %zu", op, bad);
-        }
-        if (gaps && gaps_len < n_keys * sizeof *keys) {
-            hdr->key_enc = CM_KEYS_GAPS;
-        } else {
-            free(gaps);
-            gaps = NULL;
-        }
-    }
+    int rc = s_send_check(s, router, route, route_size, hdr, keys, n_keys, vals, n_vals);
+    if (rc != 0 || (rc = s_send_keys(s, hdr, keys, n_keys, &gaps, &gaps_len)) != 0)
+        return rc;
 
     uint16_t *halves = NULL;
     if (n_vals && hdr->dtype == CM_DTYPE_F16) {
@@ -247,7 +270,6 @@ static int s_send(cm_sock *s, const void *route, size_t route_size, cm_hdr *hdr,
         iov[n++] = (cm_iov){halves, n_vals * sizeof *halves};
     else if (n_vals)
         iov[n++] = (cm_iov){vals, n_vals * sizeof *vals};
-    int rc;
     if (*owned && n_vals && !halves) {
         rc = cm_sock_send_owned(s, iov, n, *owned);
         *owned = NULL;
@@ -278,25 +300,21 @@ int cm_msg_send_owned(cm_sock *s, const void *route, size_t route_size, cm_hdr *
 
 /* --------------------------------------------------------------- recv -- */
 
-/* Checks the body frames (header already decoded into m->hdr) and points
- * m->keys / m->vals at them. `first` is the index of the header frame. */
-static int s_validate(cm_msg *m, size_t first, cm_error *err)
+/* The body frames' sizes against the header: kbytes and vbytes are the
+ * keys and values frames' sizes (0 when absent), `body` the frames after
+ * the route. Gives the number of values and whether the keys are implied
+ * (an empty keys frame before values). */
+static int s_check_shape(const cm_hdr *h, size_t body, size_t kbytes, size_t vbytes,
+                         size_t *n_vals_out, int *implied_out, cm_error *err)
 {
-    const cm_frames *f = m->frames_;
-    const cm_hdr *h = &m->hdr;
-    size_t body = cm_frames_count(f) - first;
     const char *op = cm_op_name(h->op);
     uint64_t req = h->req_id;
-
     if (!s_known_op(h->op))
         return cm_error_set(err, CM_EPROTO, "req %" PRIu64 ": unknown op %d", req, h->op);
     if (body > 3)
         return cm_error_set(err, CM_EPROTO,
                             "%s req %" PRIu64 ": %zu frames after the route, at most 3 "
                             "(header, keys, values)", op, req, body);
-
-    size_t kbytes = body >= 2 ? cm_frames_size(f, first + 1) : 0;
-    size_t vbytes = body >= 3 ? cm_frames_size(f, first + 2) : 0;
     uint64_t n_keys = h->n_keys;
     const size_t esize = h->dtype == CM_DTYPE_F16 ? sizeof(uint16_t) : sizeof(float);
     if (vbytes % esize)
@@ -341,11 +359,23 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
         if (h->op == CM_OP_PUSH && n_vals == 0)
             return cm_error_set(err, CM_EPROTO, "PUSH req %" PRIu64 ": no values", req);
     }
+    *n_vals_out = n_vals;
+    *implied_out = implied;
+    return 0;
+}
 
-    /* Point into the frames, or into one aligned copy when a frame's bytes
-     * are misaligned (ZeroMQ's tcp decoder hands out slices of its buffer). */
-    const void *kp = kbytes ? cm_frames_data(f, first + 1) : NULL;
-    const void *vp = vbytes ? cm_frames_data(f, first + 2) : NULL;
+/* Points m->keys and m->vals at the keys frame kp (kbytes) and the values
+ * frame vp (vbytes, n_vals values), or into one aligned copy when a
+ * frame's bytes are misaligned (ZeroMQ's tcp decoder hands out slices of
+ * its buffer), the keys come as gaps, or the values as halves. */
+static int s_point_body(cm_msg *m, const void *kp, size_t kbytes, const void *vp,
+                        size_t vbytes, size_t n_vals, cm_error *err)
+{
+    const cm_hdr *h = &m->hdr;
+    const char *op = cm_op_name(h->op);
+    uint64_t req = h->req_id;
+    uint64_t n_keys = h->n_keys;
+    const int gaps = h->key_enc == CM_KEYS_GAPS;
     int copy_k = kp && (gaps || (uintptr_t)kp % _Alignof(uint64_t) != 0);
     const size_t kcopy = gaps ? (size_t)n_keys * sizeof(uint64_t) : kbytes;
     /* halves are widened into the copy, so the code reading m->vals always
@@ -385,8 +415,32 @@ static int s_validate(cm_msg *m, size_t first, cm_error *err)
     m->keys = kp;
     m->vals = vp;
     m->n_vals = n_vals;
+    return 0;
+}
 
+/* Checks the body frames (header already decoded into m->hdr) and points
+ * m->keys / m->vals at them. `first` is the index of the header frame. */
+static int s_validate(cm_msg *m, size_t first, cm_error *err)
+{
+    const cm_frames *f = m->frames_;
+    const cm_hdr *h = &m->hdr;
+    size_t body = cm_frames_count(f) - first;
+    size_t kbytes = body >= 2 ? cm_frames_size(f, first + 1) : 0;
+    size_t vbytes = body >= 3 ? cm_frames_size(f, first + 2) : 0;
+    size_t n_vals = 0;
+    int implied = 0;
+    int rc = s_check_shape(h, body, kbytes, vbytes, &n_vals, &implied, err);
+    if (rc != 0)
+        return rc;
+    const void *kp = kbytes ? cm_frames_data(f, first + 1) : NULL;
+    const void *vp = vbytes ? cm_frames_data(f, first + 2) : NULL;
+    if ((rc = s_point_body(m, kp, kbytes, vp, vbytes, n_vals, err)) != 0)
+        return rc;
+
+    uint64_t n_keys = h->n_keys;
     if (s_needs_keys(h->op) && !implied) {
+        const char *op = cm_op_name(h->op);
+        uint64_t req = h->req_id;
         size_t bad = s_first_unsorted(m->keys, (size_t)n_keys);
         if (bad < n_keys) {
             if (m->keys[bad] == m->keys[bad - 1])

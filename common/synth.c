@@ -340,6 +340,72 @@ static int s_validate(const cm_synth_params *p, cm_error *err)
     return 0;
 }
 
+/* The random streams of pass 2: the split, the user and item draws, the
+ * noise. */
+typedef struct {
+    cm_rng split, user, item, noise;
+} s_streams;
+
+/* (a) every random draw of a chunk: no table is touched */
+static void s_chunk_draw(const s_model *m, const cm_synth_params *p, s_streams *r, s_draws *d,
+                         size_t chunk)
+{
+    for (size_t t = 0; t < chunk; t++) {
+        s_alias_draw(&m->users, &r->user, &d->u[t], &d->uu[t]);
+        s_alias_draw(&m->items, &r->item, &d->i[t], &d->iu[t]);
+        d->e[t] = (float)(p->noise * cm_rng_normal(&r->noise));
+        d->test[t] = cm_rng_uniform(&r->split) < p->test_fraction;
+    }
+}
+
+/* (b) the draws through the alias tables, prefetched a few rows ahead */
+static void s_chunk_resolve(const s_model *m, s_draws *d, size_t chunk)
+{
+    for (size_t t = 0; t < chunk; t++) {
+        if (t + S_PREFETCH < chunk) {
+            __builtin_prefetch(&m->users.cell[d->u[t + S_PREFETCH]]);
+            __builtin_prefetch(&m->items.cell[d->i[t + S_PREFETCH]]);
+        }
+        d->u[t] = s_alias_resolve(&m->users, d->u[t], d->uu[t]);
+        d->i[t] = s_alias_resolve(&m->items, d->i[t], d->iu[t]);
+    }
+}
+
+/* (c) ratings from the planted rows, prefetched likewise, appended to the
+ * train or test buffer; the squared noise as stored summed per side */
+static void s_chunk_rate(const s_model *m, double mean, const s_draws *d, size_t chunk,
+                         s_buf *btr, s_buf *bte, double *se_train, double *se_test)
+{
+    const int k = m->rank;
+    const size_t st = m->stride;
+    for (size_t t = 0; t < chunk; t++) {
+        if (t + S_PREFETCH < chunk) {
+            __builtin_prefetch(m->P + (size_t)d->u[t + S_PREFETCH] * st);
+            __builtin_prefetch(m->Q + (size_t)d->i[t + S_PREFETCH] * st);
+        }
+        uint32_t u = d->u[t], i = d->i[t];
+        const float *pu = m->P + (size_t)u * st, *qi = m->Q + (size_t)i * st;
+        float dot = 0.0f;
+        for (int f = 1; f <= k; f++)
+            dot += pu[f] * qi[f];
+        double truth = mean + (double)pu[0] + (double)qi[0] + (double)dot;
+        float r = (float)(truth + (double)d->e[t]);
+        double diff = (double)r - truth; /* the noise as stored */
+        s_buf *b;
+        if (d->test[t]) {
+            *se_test += diff * diff;
+            b = bte;
+        } else {
+            *se_train += diff * diff;
+            b = btr;
+        }
+        b->user[b->n] = (uint64_t)u + 1;
+        b->item[b->n] = (uint64_t)i + 1;
+        b->rating[b->n] = r;
+        b->n++;
+    }
+}
+
 int cm_synth_write(const cm_synth_params *p, const char *prefix, cm_synth_report *rep,
                    cm_error *err)
 {
@@ -391,60 +457,18 @@ int cm_synth_write(const cm_synth_params *p, const char *prefix, cm_synth_report
         goto out;
 
     /* Pass 2: everything, the split stream replayed from the start. */
-    cm_rng ru, ri, rn;
-    s_stream(&rs, p->seed, S_STREAM_SPLIT);
-    s_stream(&ru, p->seed, S_STREAM_USER);
-    s_stream(&ri, p->seed, S_STREAM_ITEM);
-    s_stream(&rn, p->seed, S_STREAM_NOISE);
-    const int k = m.rank;
-    const size_t st = m.stride;
+    s_streams r;
+    s_stream(&r.split, p->seed, S_STREAM_SPLIT);
+    s_stream(&r.user, p->seed, S_STREAM_USER);
+    s_stream(&r.item, p->seed, S_STREAM_ITEM);
+    s_stream(&r.noise, p->seed, S_STREAM_NOISE);
     double se_test = 0.0, se_train = 0.0;
     for (uint64_t done = 0; done < p->n_ratings;) {
         size_t chunk = p->n_ratings - done < S_CHUNK ? (size_t)(p->n_ratings - done) : S_CHUNK;
-        /* (a) every random draw of the chunk: no table is touched */
-        for (size_t t = 0; t < chunk; t++) {
-            s_alias_draw(&m.users, &ru, &d.u[t], &d.uu[t]);
-            s_alias_draw(&m.items, &ri, &d.i[t], &d.iu[t]);
-            d.e[t] = (float)(p->noise * cm_rng_normal(&rn));
-            d.test[t] = cm_rng_uniform(&rs) < p->test_fraction;
-        }
-        /* (b) alias tables, prefetched a few rows ahead */
-        for (size_t t = 0; t < chunk; t++) {
-            if (t + S_PREFETCH < chunk) {
-                __builtin_prefetch(&m.users.cell[d.u[t + S_PREFETCH]]);
-                __builtin_prefetch(&m.items.cell[d.i[t + S_PREFETCH]]);
-            }
-            d.u[t] = s_alias_resolve(&m.users, d.u[t], d.uu[t]);
-            d.i[t] = s_alias_resolve(&m.items, d.i[t], d.iu[t]);
-        }
-        /* (c) ratings from the planted rows, prefetched likewise */
+        s_chunk_draw(&m, p, &r, &d, chunk);
+        s_chunk_resolve(&m, &d, chunk);
         btr.n = bte.n = 0;
-        for (size_t t = 0; t < chunk; t++) {
-            if (t + S_PREFETCH < chunk) {
-                __builtin_prefetch(m.P + (size_t)d.u[t + S_PREFETCH] * st);
-                __builtin_prefetch(m.Q + (size_t)d.i[t + S_PREFETCH] * st);
-            }
-            uint32_t u = d.u[t], i = d.i[t];
-            const float *pu = m.P + (size_t)u * st, *qi = m.Q + (size_t)i * st;
-            float dot = 0.0f;
-            for (int f = 1; f <= k; f++)
-                dot += pu[f] * qi[f];
-            double truth = p->mean + (double)pu[0] + (double)qi[0] + (double)dot;
-            float r = (float)(truth + (double)d.e[t]);
-            double diff = (double)r - truth; /* the noise as stored */
-            s_buf *b;
-            if (d.test[t]) {
-                se_test += diff * diff;
-                b = &bte;
-            } else {
-                se_train += diff * diff;
-                b = &btr;
-            }
-            b->user[b->n] = (uint64_t)u + 1;
-            b->item[b->n] = (uint64_t)i + 1;
-            b->rating[b->n] = r;
-            b->n++;
-        }
+        s_chunk_rate(&m, p->mean, &d, chunk, &btr, &bte, &se_train, &se_test);
         if ((rc = s_sink_append(&train, btr.user, btr.item, btr.rating, btr.n, err)) != 0 ||
             (rc = s_sink_append(&test, bte.user, bte.item, bte.rating, bte.n, err)) != 0)
             goto out;

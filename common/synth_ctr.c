@@ -572,6 +572,95 @@ static int s_write_info(const cm_synth_ctr_params *p, const s_model *m,
     return 0;
 }
 
+/* The output files of every asked-for format, train and test (libffm's
+ * with its header line). */
+static int s_open_outputs(const cm_synth_ctr_params *p, const s_model *m,
+                          const cm_synth_ctr_report *rep, s_out out[3][2], cm_error *err)
+{
+    for (int f = 0; f < 3; f++) {
+        if (!(p->formats & (1u << f)))
+            continue;
+        int rc;
+        if ((rc = s_out_open(&out[f][0], rep->train_path[f], err)) != 0 ||
+            (rc = s_out_open(&out[f][1], rep->test_path[f], err)) != 0)
+            return rc;
+        if (f == 2) {
+            s_write_header(&out[f][0], m);
+            s_write_header(&out[f][1], m);
+        }
+    }
+    return 0;
+}
+
+/* What the true model scores on the lines written, per side (0 train, 1
+ * test): AUC histograms, log loss and probability sums. */
+typedef struct {
+    uint64_t *pos[2], *neg[2];
+    double ll[2], sp[2];
+} s_tally;
+
+/* Every line: drawn, labelled by the true model, split, written in each
+ * format and scored; the counts and the Bayes scores into rep. */
+static int s_write_lines(const cm_synth_ctr_params *p, const s_model *m, s_out out[3][2],
+                         cm_synth_ctr_report *rep, cm_error *err)
+{
+    s_tally ty = {{NULL, NULL}, {NULL, NULL}, {0, 0}, {0, 0}};
+    uint64_t *idx = malloc((size_t)m->F * sizeof *idx);
+    float *val = malloc((size_t)m->F * sizeof *val);
+    double *acc = malloc((size_t)(m->k > 0 ? m->k : 1) * sizeof *acc);
+    int rc = 0;
+    for (int s = 0; s < 2; s++) {
+        ty.pos[s] = calloc(CM_AUC_BINS, sizeof *ty.pos[s]);
+        ty.neg[s] = calloc(CM_AUC_BINS, sizeof *ty.neg[s]);
+        if (!ty.pos[s] || !ty.neg[s])
+            rc = CM_ENOMEM;
+    }
+    if (rc != 0 || !idx || !val || !acc) {
+        rc = cm_error_set(err, CM_ENOMEM, "gen: out of memory");
+        goto out;
+    }
+    cm_rng rf, rl, rs;
+    s_stream(&rf, p->seed, S_STREAM_FEATURES);
+    s_stream(&rl, p->seed, S_STREAM_LABELS);
+    s_stream(&rs, p->seed, S_STREAM_SPLIT);
+    for (uint64_t t = 0; t < p->n_lines; t++) {
+        double lin, pair;
+        s_draw_line(m, &rf, idx, val);
+        s_logit_parts(m, idx, val, acc, &lin, &pair);
+        double prob = s_sigmoid(m->bias + lin + pair);
+        int label = cm_rng_uniform(&rl) < prob;
+        int test = cm_rng_uniform(&rs) < p->test_fraction;
+        if (test) {
+            rep->n_test++;
+            rep->clicks_test += (uint64_t)label;
+        } else {
+            rep->n_train++;
+            rep->clicks_train += (uint64_t)label;
+        }
+        cm_auc_add(ty.pos[test], ty.neg[test], (float)prob, label);
+        ty.ll[test] += cm_logloss((float)prob, label);
+        ty.sp[test] += prob;
+        for (int f = 0; f < 3; f++)
+            if (out[f][test].f)
+                s_write_line(&out[f][test], f, m, label, idx, val);
+    }
+    /* scored on the test lines, or on the train lines if there are none */
+    int on_test = rep->n_test > 0;
+    uint64_t n_eval = on_test ? rep->n_test : rep->n_train;
+    rep->bayes_auc = cm_auc_from_hist(ty.pos[on_test], ty.neg[on_test]);
+    rep->bayes_logloss = ty.ll[on_test] / (double)n_eval;
+    rep->mean_p = ty.sp[on_test] / (double)n_eval;
+out:
+    for (int s = 0; s < 2; s++) {
+        free(ty.pos[s]);
+        free(ty.neg[s]);
+    }
+    free(idx);
+    free(val);
+    free(acc);
+    return rc;
+}
+
 int cm_synth_ctr_write(const cm_synth_ctr_params *p, const char *prefix,
                        cm_synth_ctr_report *rep, cm_error *err)
 {
@@ -599,82 +688,16 @@ int cm_synth_ctr_write(const cm_synth_ctr_params *p, const char *prefix,
     s_model m;
     s_out out[3][2];
     memset(out, 0, sizeof out);
-    uint64_t *pos = NULL, *neg = NULL, *idx = NULL;
-    float *val = NULL;
-    double *acc = NULL;
     if ((rc = s_model_build(&m, p)) != 0 || (rc = s_model_calibrate(&m, p)) != 0) {
         rc = cm_error_set(err, rc, "gen: cannot allocate the model for %llu features, rank %d",
                           (unsigned long long)p->features, p->rank);
         goto out;
     }
-    pos = calloc(CM_AUC_BINS, sizeof *pos);
-    neg = calloc(CM_AUC_BINS, sizeof *neg);
-    idx = malloc((size_t)m.F * sizeof *idx);
-    val = malloc((size_t)m.F * sizeof *val);
-    acc = malloc((size_t)(m.k > 0 ? m.k : 1) * sizeof *acc);
-    if (!pos || !neg || !idx || !val || !acc) {
-        rc = cm_error_set(err, CM_ENOMEM, "gen: out of memory");
+    if ((rc = s_open_outputs(p, &m, rep, out, err)) != 0 ||
+        (rc = s_write_lines(p, &m, out, rep, err)) != 0)
         goto out;
-    }
-    for (int f = 0; f < 3; f++) {
-        if (!(p->formats & (1u << f)))
-            continue;
-        if ((rc = s_out_open(&out[f][0], rep->train_path[f], err)) != 0 ||
-            (rc = s_out_open(&out[f][1], rep->test_path[f], err)) != 0)
-            goto out;
-        if (f == 2) {
-            s_write_header(&out[f][0], &m);
-            s_write_header(&out[f][1], &m);
-        }
-    }
-
-    cm_rng rf, rl, rs;
-    s_stream(&rf, p->seed, S_STREAM_FEATURES);
-    s_stream(&rl, p->seed, S_STREAM_LABELS);
-    s_stream(&rs, p->seed, S_STREAM_SPLIT);
-    /* Scores on the test lines, or on the train lines if there are none:
-     * both are kept and the right one chosen at the end. */
-    uint64_t *tpos = pos, *tneg = neg;
-    uint64_t *trpos = calloc(CM_AUC_BINS, sizeof *trpos), *trneg = calloc(CM_AUC_BINS,
-                                                                          sizeof *trneg);
-    if (!trpos || !trneg) {
-        free(trpos);
-        free(trneg);
-        rc = cm_error_set(err, CM_ENOMEM, "gen: out of memory");
-        goto out;
-    }
-    double ll[2] = {0, 0}, sp[2] = {0, 0};
-    for (uint64_t t = 0; t < p->n_lines; t++) {
-        double lin, pair;
-        s_draw_line(&m, &rf, idx, val);
-        s_logit_parts(&m, idx, val, acc, &lin, &pair);
-        double prob = s_sigmoid(m.bias + lin + pair);
-        int label = cm_rng_uniform(&rl) < prob;
-        int test = cm_rng_uniform(&rs) < p->test_fraction;
-        if (test) {
-            rep->n_test++;
-            rep->clicks_test += (uint64_t)label;
-            cm_auc_add(tpos, tneg, (float)prob, label);
-        } else {
-            rep->n_train++;
-            rep->clicks_train += (uint64_t)label;
-            cm_auc_add(trpos, trneg, (float)prob, label);
-        }
-        ll[test] += cm_logloss((float)prob, label);
-        sp[test] += prob;
-        for (int f = 0; f < 3; f++)
-            if (out[f][test].f)
-                s_write_line(&out[f][test], f, &m, label, idx, val);
-    }
-    int on_test = rep->n_test > 0;
-    uint64_t n_eval = on_test ? rep->n_test : rep->n_train;
-    rep->bayes_auc = on_test ? cm_auc_from_hist(tpos, tneg) : cm_auc_from_hist(trpos, trneg);
-    rep->bayes_logloss = ll[on_test] / (double)n_eval;
-    rep->mean_p = sp[on_test] / (double)n_eval;
     rep->n_features = m.n_feat;
     rep->bias = m.bias;
-    free(trpos);
-    free(trneg);
     for (int f = 0; f < 3; f++)
         for (int s = 0; s < 2; s++)
             if ((rc = s_out_close(&out[f][s], err)) != 0)
@@ -689,11 +712,6 @@ out:
                     remove(s ? rep->test_path[f] : rep->train_path[f]);
             }
     }
-    free(pos);
-    free(neg);
-    free(idx);
-    free(val);
-    free(acc);
     s_model_free(&m);
     return rc;
 }

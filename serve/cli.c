@@ -306,6 +306,52 @@ static int s_read_secret(const char *path, uint8_t sec[CM_KEY_BYTES], char pub[4
     return 0;
 }
 
+/* Serves p until a signal or p->max_requests: the CURVE key read from
+ * secret_file (NULL: none), logging at level lv. The exit status. */
+static int s_serve(sv_service_params *p, const char *secret_file, int lv)
+{
+    uint8_t sec[CM_KEY_BYTES] = {0};
+    char pub[41] = "";
+    if (secret_file) {
+        if (s_read_secret(secret_file, sec, pub) != 0)
+            return 1;
+        p->curve_secret = sec;
+    }
+    cm_log_set_level(lv);
+    cm_log_set_identity("serve", -1);
+    cm_error err = {0};
+    cm_van *van = cm_van_new(&err);
+    if (!van) {
+        fprintf(stderr, "psrec serve: %s\n", err.msg);
+        return 1;
+    }
+    sv_service *s = sv_service_new(van, p, &err);
+    memset(sec, 0, sizeof sec);
+    if (!s) {
+        fprintf(stderr, "psrec serve: %s\n", err.msg);
+        cm_van_destroy(&van);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (secret_file)
+        printf("psrec serve: CURVE on; server public key %s\n", pub);
+    printf("psrec serve: serving %s on %s (%d threads)\n", p->model, sv_service_endpoint(s),
+           (int)p->threads);
+    fflush(stdout);
+    int rc = sv_service_run(s, &s_stop);
+    printf("psrec serve: stopped after %llu requests (model version %llu)\n",
+           (unsigned long long)sv_service_requests(s),
+           (unsigned long long)sv_service_model_version(s));
+    sv_service_destroy(&s);
+    cm_van_destroy(&van);
+    return rc == 0 ? 0 : 1;
+}
+
 int sv_serve_main(int argc, char **argv)
 {
     sv_service_params p = sv_service_params_default();
@@ -384,44 +430,5 @@ int sv_serve_main(int argc, char **argv)
         fprintf(stderr, "psrec serve: --log-level: bad value '%s'\n", level);
         return 2;
     }
-    uint8_t sec[CM_KEY_BYTES] = {0};
-    char pub[41] = "";
-    if (secret_file) {
-        if (s_read_secret(secret_file, sec, pub) != 0)
-            return 1;
-        p.curve_secret = sec;
-    }
-    cm_log_set_level(lv);
-    cm_log_set_identity("serve", -1);
-    cm_error err = {0};
-    cm_van *van = cm_van_new(&err);
-    if (!van) {
-        fprintf(stderr, "psrec serve: %s\n", err.msg);
-        return 1;
-    }
-    sv_service *s = sv_service_new(van, &p, &err);
-    memset(sec, 0, sizeof sec);
-    if (!s) {
-        fprintf(stderr, "psrec serve: %s\n", err.msg);
-        cm_van_destroy(&van);
-        return 1;
-    }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = s_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    if (secret_file)
-        printf("psrec serve: CURVE on; server public key %s\n", pub);
-    printf("psrec serve: serving %s on %s (%d threads)\n", p.model, sv_service_endpoint(s),
-           threads);
-    fflush(stdout);
-    rc = sv_service_run(s, &s_stop);
-    printf("psrec serve: stopped after %llu requests (model version %llu)\n",
-           (unsigned long long)sv_service_requests(s),
-           (unsigned long long)sv_service_model_version(s));
-    sv_service_destroy(&s);
-    cm_van_destroy(&van);
-    return rc == 0 ? 0 : 1;
+    return s_serve(&p, secret_file, lv);
 }

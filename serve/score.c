@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/metrics.h"
 #include "serve/psm.h"
 
@@ -44,10 +45,12 @@ void sv_model_path(const char *path, char *out, size_t n)
 static sv_model *s_model_from_psm(psm_file *f, const char *name, cm_error *err)
 {
     sv_model *m = NULL;
-    /* mf and implicit share the row layout; implicit scores have no
-     * global mean (they rank, they do not predict ratings) */
-    const int implicit = strcmp(psm_model(f), "implicit") == 0;
-    if (strcmp(psm_model(f), "mf") != 0 && !implicit) {
+    /* the ratings and implicit families (mf, implicit) share the row
+     * layout; implicit scores have no global mean (they rank, they do not
+     * predict ratings) */
+    const cm_model *md = cm_model_of(psm_model(f));
+    const int implicit = md && md->family == CM_FAMILY_IMPLICIT;
+    if (!md || (md->family != CM_FAMILY_RATINGS && !implicit)) {
         cm_error_set(err, CM_EINVAL, "%s: model '%s' cannot be served (only mf and implicit)",
                      name, psm_model(f));
         goto fail;

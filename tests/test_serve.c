@@ -252,6 +252,10 @@ Test(serve, model_open_errors)
     cr_assert_eq(sv_psm_write(s_path, &pm, &err), 0, "%s", err.msg);
     cr_expect_null(sv_model_open(s_path, &err));
     cr_expect(strstr(err.msg, "'fm'") != NULL, "%s", err.msg);
+    pm.model = "nosuch"; /* a name the model table does not know */
+    cr_assert_eq(sv_psm_write(s_path, &pm, &err), 0, "%s", err.msg);
+    cr_expect_null(sv_model_open(s_path, &err));
+    cr_expect(strstr(err.msg, "'nosuch'") != NULL, "%s", err.msg);
     pm.model = "mf";
     cr_assert_eq(sv_psm_write(s_path, &pm, &err), 0, "%s", err.msg);
     cr_expect_null(sv_model_open(s_path, &err));
