@@ -399,31 +399,45 @@ static void s_group(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n, s
 /* Sends one PULL or PUSH to server `srv` and counts it. `own`: NULL, or
  * vals itself, a malloc'd buffer that passes to the transport (freed in
  * any case). */
-static int s_request(wk_kv *kv, uint32_t srv, int op, uint32_t table, size_t dim,
-                     uint32_t flags, uint64_t req_id, const uint64_t *keys, size_t n,
-                     const float *vals, size_t n_vals, float *own, uint64_t key_ref,
-                     cm_error *err)
+/* One request to a server: its header's fields and its frames. */
+typedef struct {
+    int op;                /* CM_OP_PULL or CM_OP_PUSH */
+    uint32_t table;
+    size_t dim;            /* floats per row in vals (push) or in the reply (pull) */
+    uint32_t flags;
+    uint64_t req_id;
+    uint64_t key_ref;      /* a kept key list instead of keys, or 0 */
+    const uint64_t *keys;  /* n keys */
+    size_t n;
+    const float *vals;     /* n_vals values (push) */
+    size_t n_vals;
+    float *own;            /* vals whose buffer the message takes, or NULL */
+} s_req;
+
+static int s_request(wk_kv *kv, uint32_t srv, const s_req *r, cm_error *err)
 {
-    cm_hdr h = cm_hdr_make(op);
-    h.table = table;
-    h.key_ref = key_ref;
-    h.dim = (uint32_t)dim;
-    h.flags = flags;
+    cm_hdr h = cm_hdr_make(r->op);
+    h.table = r->table;
+    h.key_ref = r->key_ref;
+    h.dim = (uint32_t)r->dim;
+    h.flags = r->flags;
     h.sender = kv->rank;
-    h.req_id = req_id;
+    h.req_id = r->req_id;
     /* halves for gradients and weights; whole rows and row deltas (which
      * carry optimizer state) stay f32 */
-    if (!(flags & (CM_PULL_FULL | CM_PUSH_DELTA | CM_PUSH_SET)))
+    if (!(r->flags & (CM_PULL_FULL | CM_PUSH_DELTA | CM_PUSH_SET)))
         h.dtype = kv->wire_dtype;
-    int rc = own ? cm_msg_send_owned(kv->socks[srv], NULL, 0, &h, keys, n, own, n_vals)
-                 : cm_msg_send(kv->socks[srv], NULL, 0, &h, keys, n, vals, n_vals);
+    int rc = r->own
+                 ? cm_msg_send_owned(kv->socks[srv], NULL, 0, &h, r->keys, r->n, r->own,
+                                     r->n_vals)
+                 : cm_msg_send(kv->socks[srv], NULL, 0, &h, r->keys, r->n, r->vals, r->n_vals);
     if (rc != 0)
         return cm_error_set(err, rc, "kv: send to server %u failed: %s", srv,
                             cm_sock_errmsg(kv->socks[srv]));
     kv->counters.requests++;
-    kv->counters.pushes_by_ref += key_ref != 0;
+    kv->counters.pushes_by_ref += r->key_ref != 0;
     kv->counters.bytes_out +=
-        n * sizeof(uint64_t) + n_vals * (h.dtype == CM_DTYPE_F16 ? 2 : sizeof(float));
+        r->n * sizeof(uint64_t) + r->n_vals * (h.dtype == CM_DTYPE_F16 ? 2 : sizeof(float));
     return 0;
 }
 
@@ -472,8 +486,11 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
             /* one server: the sorted keys go as they are, no grouping */
             uint32_t fl = s_keep_note(kv, 0, q->table, q->flags, base + n_pending, q->keys,
                                       q->n);
-            int rc = s_request(kv, 0, CM_OP_PULL, q->table, s_pull_dim(kv, q), fl,
-                               base + n_pending, q->keys, q->n, NULL, 0, NULL, 0, err);
+            int rc = s_request(kv, 0,
+                               &(s_req){.op = CM_OP_PULL, .table = q->table,
+                                        .dim = s_pull_dim(kv, q), .flags = fl,
+                                        .req_id = base + n_pending, .keys = q->keys, .n = q->n},
+                               err);
             if (rc != 0)
                 return rc;
             kv->pending[n_pending++] = (s_pending){r, 0, q->n, 0, 1};
@@ -486,8 +503,11 @@ int wk_kv_pull_start(wk_kv *kv, const wk_pull *reqs, size_t n, cm_error *err)
                 continue;
             uint32_t fl = s_keep_note(kv, s, q->table, q->flags, base + n_pending,
                                       kv->f_keys + at + b, e - b);
-            int rc = s_request(kv, s, CM_OP_PULL, q->table, s_pull_dim(kv, q), fl,
-                               base + n_pending, kv->f_keys + at + b, e - b, NULL, 0, NULL, 0,
+            int rc = s_request(kv, s,
+                               &(s_req){.op = CM_OP_PULL, .table = q->table,
+                                        .dim = s_pull_dim(kv, q), .flags = fl,
+                                        .req_id = base + n_pending,
+                                        .keys = kv->f_keys + at + b, .n = e - b},
                                err);
             if (rc != 0)
                 return rc;
@@ -542,8 +562,12 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
     if (kv->n_servers == 1) {
         /* one server: keys and values go as they are, no grouping copy */
         uint64_t ref = flags ? 0 : s_keep_find(kv, 0, table, keys, n);
-        rc = s_request(kv, 0, CM_OP_PUSH, table, dim, flags, kv->next_req++, ref ? NULL : keys,
-                       ref ? 0 : n, grads, n * dim, own, ref, err);
+        rc = s_request(kv, 0,
+                       &(s_req){.op = CM_OP_PUSH, .table = table, .dim = dim, .flags = flags,
+                                .req_id = kv->next_req++, .key_ref = ref,
+                                .keys = ref ? NULL : keys, .n = ref ? 0 : n, .vals = grads,
+                                .n_vals = n * dim, .own = own},
+                       err);
         own = NULL;
         if (rc == 0)
             kv->pushes_pending++;
@@ -571,9 +595,12 @@ static int s_push(wk_kv *kv, uint32_t table, const uint64_t *keys, size_t n,
         for (size_t i = b; i < e; i++)
             memcpy(vals + (i - b) * dim, grads + (size_t)kv->pos[i] * dim, dim * sizeof(float));
         uint64_t ref = flags ? 0 : s_keep_find(kv, s, table, kv->keys + b, e - b);
-        rc = s_request(kv, s, CM_OP_PUSH, table, dim, flags, kv->next_req++,
-                       ref ? NULL : kv->keys + b, ref ? 0 : e - b, vals, (e - b) * dim, part,
-                       ref, err);
+        rc = s_request(kv, s,
+                       &(s_req){.op = CM_OP_PUSH, .table = table, .dim = dim, .flags = flags,
+                                .req_id = kv->next_req++, .key_ref = ref,
+                                .keys = ref ? NULL : kv->keys + b, .n = ref ? 0 : e - b,
+                                .vals = vals, .n_vals = (e - b) * dim, .own = part},
+                       err);
         if (rc == 0)
             kv->pushes_pending++;
     }
@@ -707,8 +734,10 @@ static int s_place_one(wk_kv *kv, uint32_t srv, uint32_t table, const uint64_t *
 {
     const size_t rf = (size_t)kv->row_floats[table];
     const uint32_t flags = CM_PULL_PLACE | (create ? 0 : CM_PULL_NO_CREATE);
-    int rc = s_request(kv, srv, CM_OP_PULL, table, rf, flags, kv->next_req++, keys, n, NULL, 0,
-                       NULL, 0, err);
+    int rc = s_request(kv, srv,
+                       &(s_req){.op = CM_OP_PULL, .table = table, .dim = rf, .flags = flags,
+                                .req_id = kv->next_req++, .keys = keys, .n = n},
+                       err);
     if (rc != 0)
         return rc;
     cm_msg m = {0};
