@@ -2,6 +2,7 @@
  * against finite differences of the loss it states, for both tasks. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <string.h>
 
 #include "common/features.h"
 #include "common/rng.h"
@@ -66,6 +67,62 @@ Test(fm, score_matches_pairwise_definition)
         }
         cr_expect_float_eq(score[j], y, 1e-5, "example %zu: %g vs %g", j, score[j], y);
     }
+}
+
+/* Wide rows (k 16 and 19: whole vectors and a tail) and 39 features per
+ * example, as on click data: the score and the loss training returns
+ * against the pairwise definition in double. */
+static void s_check_wide(int k)
+{
+    enum { N = 5, PER = 39, NROWS = 60 };
+    const int dim = k + 1;
+    static float rows[NROWS * 20], grads[NROWS * 20];
+    uint64_t at[N + 1];
+    uint32_t idx[N * PER];
+    float val[N * PER], label[N], score[N];
+    cm_rng r;
+    cm_rng_seed(&r, 23);
+    for (int i = 0; i < NROWS * dim; i++)
+        rows[i] = (float)(0.2 * cm_rng_normal(&r));
+    memset(grads, 0, sizeof grads);
+    for (int j = 0; j <= N; j++)
+        at[j] = (uint64_t)j * PER;
+    for (int a = 0; a < N * PER; a++) {
+        idx[a] = (uint32_t)(cm_rng_next(&r) % (NROWS - 1));
+        val[a] = (float)(0.5 + cm_rng_normal(&r));
+    }
+    for (int j = 0; j < N; j++)
+        label[j] = (float)(j % 2);
+    const wk_sparse_batch b = {N, at, idx, val, label, NROWS - 1};
+    wk_model_fm.predict_sparse(NULL, &b, dim, rows, score);
+    double want_loss = 0;
+    for (int j = 0; j < N; j++) {
+        double y = rows[(NROWS - 1) * dim], mag = fabs(y);
+        for (uint64_t a = at[j]; a < at[j + 1]; a++) {
+            y += rows[idx[a] * dim] * val[a];
+            mag += fabs(rows[idx[a] * dim] * val[a]);
+            for (uint64_t c = a + 1; c < at[j + 1]; c++) {
+                double dot = 0;
+                for (int f = 1; f < dim; f++)
+                    dot += (double)rows[idx[a] * dim + f] * rows[idx[c] * dim + f];
+                y += dot * val[a] * val[c];
+                mag += fabs(dot * val[a] * val[c]);
+            }
+        }
+        cr_expect(fabs(score[j] - y) <= 1e-5 * mag + 1e-5, "k %d example %d: %g vs %g", k, j,
+                  score[j], y);
+        want_loss += label[j] > 0.5f ? log1p(exp(-y)) : log1p(exp(y));
+    }
+    wk_model_ctx ctx = {.l2 = 0.f};
+    double loss = wk_model_fm.train_sparse(&ctx, CM_TASK_BINARY, &b, dim, rows, grads);
+    cr_expect(fabs(loss - want_loss) <= 1e-4 * fabs(want_loss) + 1e-4,
+              "k %d: training's loss %g vs %g", k, loss, want_loss);
+}
+
+Test(fm, wide_rows_score_as_the_pairwise_definition)
+{
+    s_check_wide(16);
+    s_check_wide(19);
 }
 
 static void s_check_gradients(int task, const float *label)

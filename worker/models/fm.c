@@ -30,35 +30,38 @@ static void s_table_params(const cm_job *job, size_t t, cm_table_spec *out)
     wk_model_table_common(job, out);
 }
 
-/* Score of example j (plus the context's offset); s (k floats) receives
- * sum_i v_if x_i. */
+/* Score of example j (plus the context's offset); s (2k floats) receives
+ * sum_i v_if x_i in s[0 .. k), and sum_i (v_if x_i)^2 in s[k .. 2k) as
+ * scratch. Both sums run per factor f, element by element (one vector
+ * lane per f, no reduction across lanes), so the loop over an example's
+ * features vectorizes; the two sums over f close the score once. */
 static float s_score(const wk_model_ctx *ctx, const wk_sparse_batch *b, size_t j, int dim,
                      const float *rows, float *s)
 {
     const int k = dim - 1;
+    float *restrict sv = s, *restrict sq = s + k;
     float y = (ctx ? ctx->offset : 0.f) + rows[(size_t)b->bias_row * dim];
-    float sq = 0.f;
-    memset(s, 0, (size_t)k * sizeof *s);
+    memset(s, 0, 2 * (size_t)k * sizeof *s);
     for (uint64_t a = b->at[j]; a < b->at[j + 1]; a++) {
-        const float *r = rows + (size_t)b->idx[a] * dim;
+        const float *restrict r = rows + (size_t)b->idx[a] * dim;
         const float x = b->val[a];
         y += r[0] * x;
         for (int f = 0; f < k; f++) {
-            float vx = r[1 + f] * x;
-            s[f] += vx;
-            sq += vx * vx;
+            const float vx = r[1 + f] * x;
+            sv[f] += vx;
+            sq[f] += vx * vx;
         }
     }
-    float ss = 0.f;
+    float pair = 0.f;
     for (int f = 0; f < k; f++)
-        ss += s[f] * s[f];
-    return y + 0.5f * (ss - sq);
+        pair += sv[f] * sv[f] - sq[f];
+    return y + 0.5f * pair;
 }
 
 static void s_predict_sparse(const wk_model_ctx *ctx, const wk_sparse_batch *b, int dim,
                              const float *rows, float *score)
 {
-    float s[S_MAX_DIM];
+    float s[2 * S_MAX_DIM];
     for (size_t j = 0; j < b->n; j++)
         score[j] = s_score(ctx, b, j, dim, rows, s);
 }
@@ -68,7 +71,7 @@ static double s_train_sparse(const wk_model_ctx *ctx, int task, const wk_sparse_
 {
     const int k = dim - 1;
     const float l2 = ctx->l2;
-    float s[S_MAX_DIM];
+    float s[2 * S_MAX_DIM];
     double loss = 0;
     for (size_t j = 0; j < b->n; j++) {
         const float y = s_score(ctx, b, j, dim, rows, s), t = b->label[j];
