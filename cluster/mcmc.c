@@ -192,7 +192,7 @@ static int s_setup(s_run *r, cm_error *err)
     wk_mcmc_rows rows = s_rows(&r->train, r->train_idx);
     if (!(r->m = wk_mcmc_new(&p, &rows, r->dict.n, err)))
         return err && err->code ? err->code : CM_ENOMEM;
-    if (job->metrics[0] && !(r->metrics = sch_metrics_open(job->metrics, 0, err)))
+    if (job->metrics[0] && !(r->metrics = sch_metrics_open(job->metrics, 0, NULL, err)))
         return err && err->code ? err->code : CM_EIO;
     cm_log(CM_LOG_INFO,
            "mcmc: %zu training examples, %zu features in %u group%s, dim %d, %s, global "

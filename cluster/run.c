@@ -1,4 +1,3 @@
-#define _GNU_SOURCE /* fopencookie */
 #include "cluster/run.h"
 
 #include <cblas.h>
@@ -618,87 +617,6 @@ typedef struct {
  * again on every training example
  * ------------------------------------------------------------------------ */
 
-/* Lines on their way to out, the run's "final" line rewritten: the
- * validation run's renamed (it is not the model kept), the refit's with a
- * note before its " after ". */
-typedef struct {
-    FILE *out;
-    char line[1024];
-    size_t n;
-    const char *rename;  /* replaces "final " (the validation run) */
-    const char *note;    /* goes before " after " (the refit) */
-} s_filter;
-
-static void s_filter_flush(s_filter *f)
-{
-    f->line[f->n] = '\0';
-    const char *l = f->line, *after = strstr(l, " after ");
-    if (strncmp(l, "final ", 6) == 0 && f->rename)
-        fprintf(f->out, "%s%s", f->rename, l + 6);
-    else if (strncmp(l, "final ", 6) == 0 && f->note && after)
-        fprintf(f->out, "%.*s%s%s", (int)(after - l), l, f->note, after);
-    else
-        fputs(l, f->out);
-    fflush(f->out);
-    f->n = 0;
-}
-
-static ssize_t s_filter_write(void *cookie, const char *buf, size_t size)
-{
-    s_filter *f = cookie;
-    for (size_t i = 0; i < size; i++) {
-        f->line[f->n++] = buf[i];
-        if (buf[i] == '\n' || f->n == sizeof f->line - 1)
-            s_filter_flush(f);
-    }
-    return (ssize_t)size;
-}
-
-static int s_filter_close(void *cookie)
-{
-    s_filter *f = cookie;
-    if (f->n)
-        s_filter_flush(f);
-    return 0;
-}
-
-/* cl_run_local with out passed through f; without a stream for it, out. */
-static int s_run_filtered(const cm_job *job, s_filter *f, sch_result *res, cm_error *err)
-{
-    FILE *fo = fopencookie(f, "w", (cookie_io_functions_t){.write = s_filter_write,
-                                                           .close = s_filter_close});
-    if (fo)
-        setvbuf(fo, NULL, _IOLBF, 0);
-    const int rc = cl_run_local(job, fo ? fo : f->out, res, err);
-    if (fo)
-        fclose(fo);
-    return rc;
-}
-
-/* Appends the refit's metrics records (from path) to the job's file, each
- * marked "refit": 1. */
-static int s_append_metrics(const char *path, const char *to, cm_error *err)
-{
-    FILE *in = fopen(path, "r"), *out = in ? fopen(to, "a") : NULL;
-    if (!in || !out) {
-        if (in)
-            fclose(in);
-        remove(path);
-        return cm_error_set(err, CM_EIO, "refit: cannot copy %s to %s", path, to);
-    }
-    char line[4096];
-    while (fgets(line, sizeof line, in)) {
-        if (line[0] == '{')
-            fprintf(out, "{\"refit\": 1, %s", line + 1);
-        else
-            fputs(line, out); /* the rest of a long record */
-    }
-    const int bad = ferror(in) || fclose(out) != 0;
-    fclose(in);
-    remove(path);
-    return bad ? cm_error_set(err, CM_EIO, "refit: cannot write %s", to) : 0;
-}
-
 int cl_refits(const cm_job *job)
 {
     /* learned regularization moves l2 by the validation rows all the run;
@@ -713,38 +631,30 @@ int cl_run_local_refit(const cm_job *job, FILE *out, sch_result *res, cm_error *
 {
     if (!cl_refits(job))
         return cl_run_local(job, out, res, err);
-    s_filter first = {.out = out, .rename = "validation run: "};
-    int rc = s_run_filtered(job, &first, res, err);
-    if (rc != 0 || res->best_epoch < 1 || cm_stop_requested())
-        return rc; /* a run stopped as asked is not trained again */
-    cm_job *again = malloc(sizeof *again);
-    if (!again)
+    cm_job *part = malloc(sizeof *part);
+    if (!part)
         return cm_error_set(err, CM_ENOMEM, "out of memory");
-    *again = *job;
-    again->validation_fraction = 0;
-    again->epochs = res->best_epoch;
-    again->patience = 0;
-    if (job->metrics[0] &&
-        snprintf(again->metrics, sizeof again->metrics, "%s.refit", job->metrics) >=
-            (int)sizeof again->metrics) {
-        free(again);
-        return cm_error_set(err, CM_ECONFIG, "metrics path too long for refit: %s",
-                            job->metrics);
+    *part = *job;
+    part->refit_part_ = 1;
+    int rc = cl_run_local(part, out, res, err);
+    if (rc != 0 || res->best_epoch < 1 || cm_stop_requested()) {
+        free(part);
+        return rc; /* a run stopped as asked is not trained again */
     }
-    char note[160];
-    snprintf(note, sizeof note, " (refit: all %llu training examples, the epoch count "
-             "chosen on validation)", (unsigned long long)(res->n_train + res->n_valid));
     fprintf(out, "refit: training again on all the training examples (the %.4g%% validation "
             "carve too) for the %d epoch%s chosen on validation; refit = 0 keeps the "
             "validation run's model\n", 100 * job->validation_fraction, res->best_epoch,
             res->best_epoch == 1 ? "" : "s");
     fflush(out);
+    /* the refit: every training example, the chosen count, its metrics
+     * records appended to the validation run's, marked */
+    part->refit_part_ = 2;
+    part->validation_fraction = 0;
+    part->epochs = res->best_epoch;
+    part->patience = 0;
     const sch_result chosen = *res;
-    s_filter refit = {.out = out, .note = note};
-    rc = s_run_filtered(again, &refit, res, err);
-    if (rc == 0 && job->metrics[0])
-        rc = s_append_metrics(again->metrics, job->metrics, err);
-    free(again);
+    rc = cl_run_local(part, out, res, err);
+    free(part);
     if (rc != 0)
         return rc;
     /* what chose the count stays in the result */

@@ -169,6 +169,10 @@ typedef struct {
     uint64_t explicit_[CM_JOB_MAX_KEYS / 64]; /* private: bit i set when key i of the
                                                 table was set by the user */
     uint64_t flagged_[CM_JOB_MAX_KEYS / 64];  /* private: ... set on the command line */
+    int refit_part_;           /* private, not a key: set by cl_run_local_refit, 0 for a
+                                  run of its own; 1: the validation run a refit follows
+                                  (its closing line is not the final one); 2: the refit
+                                  (its metrics records marked "refit": 1, appended) */
 } cm_job;
 
 /* The defaults (good ones: ml-100k u1 reaches RMSE <= 0.93 with them). */

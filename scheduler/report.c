@@ -106,9 +106,10 @@ int sch_ranking_text(char *out, size_t n, const sch_ranking *r)
 struct sch_metrics {
     FILE *f;
     char path[1024];
+    const char *mark; /* each record's first field, "mark": 1; NULL for none */
 };
 
-sch_metrics *sch_metrics_open(const char *path, int append, cm_error *err)
+sch_metrics *sch_metrics_open(const char *path, int append, const char *mark, cm_error *err)
 {
     sch_metrics *m = calloc(1, sizeof *m);
     if (!m) {
@@ -116,6 +117,7 @@ sch_metrics *sch_metrics_open(const char *path, int append, cm_error *err)
         return NULL;
     }
     snprintf(m->path, sizeof m->path, "%s", path);
+    m->mark = mark;
     m->f = fopen(path, append ? "a" : "w");
     if (!m->f) {
         cm_error_set(err, CM_EIO, "%s: cannot write metrics: %s", path, strerror(errno));
@@ -137,6 +139,8 @@ void sch_metrics_close(sch_metrics **pm)
 int sch_metrics_write(sch_metrics *m, const sch_field *fields, size_t n, cm_error *err)
 {
     fputc('{', m->f);
+    if (m->mark)
+        fprintf(m->f, "\"%s\": 1%s", m->mark, n ? ", " : "");
     for (size_t i = 0; i < n; i++) {
         double v = fields[i].value;
         fprintf(m->f, "%s\"%s\": ", i ? ", " : "", fields[i].name);

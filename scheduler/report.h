@@ -44,8 +44,9 @@ int sch_ranking_text(char *out, size_t n, const sch_ranking *r);
 typedef struct sch_metrics sch_metrics;
 
 /* Opens path for JSON lines, truncated or (append=1) appended to; NULL
- * with *err on failure. */
-sch_metrics *sch_metrics_open(const char *path, int append, cm_error *err);
+ * with *err on failure. mark: a name each record starts with, as
+ * "mark": 1 (the refit's records), or NULL. */
+sch_metrics *sch_metrics_open(const char *path, int append, const char *mark, cm_error *err);
 void sch_metrics_close(sch_metrics **pm);
 
 /* One field of a metrics line; a NaN or negative-by-convention value is

@@ -1390,7 +1390,10 @@ static void s_choose(s_sched *s, sch_result *res)
 /* " (epoch 7 of 12, chosen on validation RMSE 0.9123)" on the final line. */
 static void s_print_chosen(const s_sched *s, const sch_result *res)
 {
-    if (res->best_epoch > 0)
+    if (s->p->job->refit_part_ == 2)
+        fprintf(s->p->out, " (refit: all %llu training examples, the epoch count chosen on "
+                "validation)", (unsigned long long)res->n_train);
+    else if (res->best_epoch > 0)
         fprintf(s->p->out, " (epoch %d of %d, chosen on validation %s %.4f%s)", res->best_epoch,
                 res->epochs, s_valid_name(s), res->valid_metric,
                 res->early_stopped ? ", stopped early" : "");
@@ -1433,21 +1436,23 @@ void sch_result_init(sch_result *res)
 static void s_print_final(const s_sched *s, const sch_result *res)
 {
     FILE *out = s->p->out;
+    /* a validation run that a refit follows does not give the result */
+    const char *final = s->p->job->refit_part_ == 1 ? "validation run:" : "final";
     if (res->recall >= 0) {
         sch_ranking rk = {res->top_k, res->recall, res->ndcg, res->hr, res->pop_recall,
                           res->pop_ndcg, res->pop_hr};
         char text[256];
         sch_ranking_text(text, sizeof text, &rk);
-        fprintf(out, "final %s over %llu users after %d epochs, %.2f s training\n", text,
+        fprintf(out, "%s %s over %llu users after %d epochs, %.2f s training\n", final, text,
                 (unsigned long long)res->eval_users, res->epochs, res->seconds);
         fflush(out);
     } else if (res->test_auc >= 0) {
-        fprintf(out, "final test AUC %.4f  log loss %.4f", res->test_auc, res->test_logloss);
+        fprintf(out, "%s test AUC %.4f  log loss %.4f", final, res->test_auc, res->test_logloss);
         s_print_chosen(s, res);
         fprintf(out, " after %d epochs, %.2f s training\n", res->epochs, res->seconds);
         fflush(out);
     } else if (res->test_rmse >= 0) {
-        fprintf(out, "final test RMSE %.4f  MAE %.4f", res->test_rmse, res->test_mae);
+        fprintf(out, "%s test RMSE %.4f  MAE %.4f", final, res->test_rmse, res->test_mae);
         s_print_chosen(s, res);
         fprintf(out, " after %d epochs, %.2f s training", res->epochs, res->seconds);
         if (res->noise_floor >= 0)
@@ -1457,8 +1462,8 @@ static void s_print_final(const s_sched *s, const sch_result *res)
         fflush(out);
     } else if (res->best_epoch > 0) {
         /* no test file: the choice is the result */
-        fprintf(out, "final validation %s %.4f (epoch %d of %d%s; no test file) after %d "
-                "epochs, %.2f s training\n", s_valid_name(s), res->valid_metric,
+        fprintf(out, "%s validation %s %.4f (epoch %d of %d%s; no test file) after %d "
+                "epochs, %.2f s training\n", final, s_valid_name(s), res->valid_metric,
                 res->best_epoch, res->epochs, res->early_stopped ? ", stopped early" : "",
                 res->epochs, res->seconds);
         fflush(out);
@@ -1505,7 +1510,9 @@ int sch_run(const sch_params *p, sch_result *res, cm_error *err)
     if ((rc = s_connect_servers(&s, err)) != 0)
         goto out;
     if (p->job->metrics[0] &&
-        !(s.metrics = sch_metrics_open(p->job->metrics, p->job->resume[0] != 0, err))) {
+        !(s.metrics = sch_metrics_open(p->job->metrics,
+                                        p->job->resume[0] != 0 || p->job->refit_part_ == 2,
+                                        p->job->refit_part_ == 2 ? "refit" : NULL, err))) {
         rc = err ? err->code : CM_EIO;
         goto out;
     }

@@ -15,7 +15,7 @@ Test(report, metrics_lines)
     char path[256];
     snprintf(path, sizeof path, "%s/m.jsonl", dir);
     cm_error err = {0};
-    sch_metrics *m = sch_metrics_open(path, 0, &err);
+    sch_metrics *m = sch_metrics_open(path, 0, NULL, &err);
     cr_assert_not_null(m, "%s", err.msg);
     sch_field a[] = {{"epoch", 1, 0}, {"test_rmse", 0.9123456, 1}, {"test_mae", -1, 1},
                      {"bad", NAN, 0}};
@@ -42,7 +42,7 @@ Test(report, metrics_lines)
 Test(report, metrics_unwritable_path_is_an_error)
 {
     cm_error err = {0};
-    sch_metrics *m = sch_metrics_open("/nonexistent-dir/m.jsonl", 0, &err);
+    sch_metrics *m = sch_metrics_open("/nonexistent-dir/m.jsonl", 0, NULL, &err);
     cr_expect_null(m);
     cr_expect_eq(err.code, CM_EIO);
     cr_expect(strstr(err.msg, "/nonexistent-dir/m.jsonl") != NULL, "%s", err.msg);
